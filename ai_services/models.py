@@ -1,0 +1,151 @@
+"""AI tables: model versions (the registry), analysis jobs with progress, findings, the
+radiologist's decisions on them, and diagnostic reports."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from hospital.clock import utcnow
+from hospital.db import Base
+from hospital.models import Patient, User, enum_column
+from imaging_orders.models import ImagingStudy
+
+
+class ModelVersion(Base):
+    """An immutable trained model version; exactly one per model name is active."""
+
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    version: Mapped[str] = mapped_column(String(40))
+    weights_path: Mapped[str] = mapped_column(String(400))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    active: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+class AnalysisStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class AnalysisJob(Base):
+    """One AI analysis of one study. Unique per study: a rerun reuses and replaces, never adds."""
+
+    __tablename__ = "analysis_job"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("imaging_study.id"), unique=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    status: Mapped[AnalysisStatus] = mapped_column(enum_column(AnalysisStatus), default=AnalysisStatus.QUEUED)
+    slices_done: Mapped[int] = mapped_column(default=0)
+    slices_total: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    study: Mapped[ImagingStudy] = relationship()
+    model_version: Mapped[ModelVersion | None] = relationship()
+
+
+class ReportStatus(str, enum.Enum):
+    PRELIMINARY = "preliminary"
+    FINAL = "final"
+    AMENDED = "amended"
+
+
+class DiagnosticReport(Base):
+    __tablename__ = "diagnostic_report"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("imaging_study.id"), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    referral_id: Mapped[int | None] = mapped_column(ForeignKey("referral.id"), index=True)
+    analysis_job_id: Mapped[int | None] = mapped_column(ForeignKey("analysis_job.id"))
+    status: Mapped[ReportStatus] = mapped_column(enum_column(ReportStatus), default=ReportStatus.PRELIMINARY)
+    conclusion: Mapped[str] = mapped_column(Text, default="")
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    signed_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    signed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    study: Mapped[ImagingStudy] = relationship()
+    patient: Mapped[Patient] = relationship()
+    signed_by: Mapped[User | None] = relationship()
+    findings: Mapped[list[Finding]] = relationship(back_populates="report", order_by="Finding.id")
+
+
+class FindingSource(str, enum.Enum):
+    AI = "ai"
+    RADIOLOGIST = "radiologist"
+
+
+class ReviewStatus(str, enum.Enum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EDITED = "edited"
+
+
+class Finding(Base):
+    """One suspected abnormality on one study, with its location on the key slice."""
+
+    __tablename__ = "finding"
+    __table_args__ = (Index("ix_finding_report", "report_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("diagnostic_report.id"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    source: Mapped[FindingSource] = mapped_column(enum_column(FindingSource))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    slice_index: Mapped[int]
+    # Bounding box on the key slice, in pixel columns (x) and rows (y), inclusive-exclusive.
+    x0: Mapped[int]
+    y0: Mapped[int]
+    x1: Mapped[int]
+    y1: Mapped[int]
+    diameter_mm: Mapped[float] = mapped_column(Float)
+    n_slices: Mapped[int] = mapped_column(default=1)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    body_site: Mapped[str] = mapped_column(String(64), default="chest")
+    review_status: Mapped[ReviewStatus] = mapped_column(enum_column(ReviewStatus), default=ReviewStatus.PENDING)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    report: Mapped[DiagnosticReport] = relationship(back_populates="findings")
+    model_version: Mapped[ModelVersion | None] = relationship()
+    reviews: Mapped[list[FindingReview]] = relationship(back_populates="finding", order_by="FindingReview.id")
+
+
+class FindingReview(Base):
+    """One radiologist decision on a finding. Kept forever: they are the training labels."""
+
+    __tablename__ = "finding_review"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    finding_id: Mapped[int] = mapped_column(ForeignKey("finding.id"), index=True)
+    reviewer_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    decision: Mapped[ReviewStatus] = mapped_column(enum_column(ReviewStatus))
+    # The box before an edit, so the correction itself is a label.
+    previous: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    comment: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    finding: Mapped[Finding] = relationship(back_populates="reviews")

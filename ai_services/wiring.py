@@ -1,0 +1,20 @@
+"""Wires the ai_services stage into the app: blueprint, FHIR mappings, access scopes, events, CLI."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from hospital.jobs import subscribe
+from hospital.models import Role
+from hospital.web import add_nav_link
+from ai_services import cli, fhir, routes, seed
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(routes.bp)
+    fhir.register_fhir(app)
+    app.cli.add_command(cli.ai_group)
+    app.extensions["hospital.seeders"].append(seed.seed_model_registry)
+    subscribe(app, "imaging.study_completed", "ai_services.jobs.analyse_study", queue="ai")
+    add_nav_link(app, "Reading list", "ai_services.reading_list_page", Role.RADIOLOGIST)
+    add_nav_link(app, "Reports", "ai_services.reports_page", Role.CLINICIAN, Role.PATIENT, Role.RADIOLOGIST)

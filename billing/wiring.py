@@ -1,0 +1,22 @@
+"""Wires the billing stage into the app: blueprint, FHIR mappings, access scopes, events, CLI."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from billing import fhir, routes, seed
+from hospital.jobs import subscribe
+from hospital.models import Role
+from hospital.web import add_nav_link
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(routes.bp)
+    fhir.register_fhir(app)
+    app.extensions["hospital.seeders"].append(seed.seed_catalog)
+    subscribe(app, "imaging.study_completed", "billing.jobs.charge_scan", queue="billing")
+    subscribe(app, "ai.analysis_completed", "billing.jobs.charge_ai_analysis", queue="billing")
+    subscribe(app, "followup.consultation_finished", "billing.jobs.charge_consultation", queue="billing")
+    subscribe(app, "followup.medication_dispensed", "billing.jobs.charge_dispense", queue="billing")
+    add_nav_link(app, "Revenue", "billing.revenue_page", Role.ADMIN)
+    add_nav_link(app, "My invoices", "billing.my_invoices_page", Role.PATIENT)

@@ -1,0 +1,125 @@
+"""Care after the report: the consultation (a virtual Encounter), its follow-up plan and tasks,
+and prescriptions (MedicationRequest) with their dispenses."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from ai_services.models import DiagnosticReport
+from hospital.clock import utcnow
+from hospital.db import Base
+from hospital.models import Patient, Practitioner, User, enum_column
+
+
+class ConsultationStatus(str, enum.Enum):
+    PLANNED = "planned"
+    IN_PROGRESS = "in-progress"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+
+
+class Consultation(Base):
+    """A virtual visit opened by a signed report, held by the referring clinician."""
+
+    __tablename__ = "consultation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Unique: a signed report opens exactly one consultation, however often the job runs.
+    report_id: Mapped[int] = mapped_column(ForeignKey("diagnostic_report.id"), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    practitioner_id: Mapped[int] = mapped_column(ForeignKey("practitioner.id"), index=True)
+    status: Mapped[ConsultationStatus] = mapped_column(enum_column(ConsultationStatus), default=ConsultationStatus.PLANNED)
+    priority: Mapped[str] = mapped_column(String(16), default="routine")
+    reason: Mapped[str] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+
+    report: Mapped[DiagnosticReport] = relationship()
+    patient: Mapped[Patient] = relationship()
+    practitioner: Mapped[Practitioner] = relationship()
+
+
+class CarePlan(Base):
+    __tablename__ = "care_plan"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consultation_id: Mapped[int] = mapped_column(ForeignKey("consultation.id"), unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    consultation: Mapped[Consultation] = relationship()
+    tasks: Mapped[list[FollowUpTask]] = relationship(back_populates="care_plan", order_by="FollowUpTask.id")
+
+
+class TaskStatus(str, enum.Enum):
+    REQUESTED = "requested"
+    IN_PROGRESS = "in-progress"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class FollowUpTask(Base):
+    __tablename__ = "followup_task"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    care_plan_id: Mapped[int] = mapped_column(ForeignKey("care_plan.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # repeat-scan, lab-test, visit, review-report
+    description: Mapped[str] = mapped_column(Text)
+    status: Mapped[TaskStatus] = mapped_column(enum_column(TaskStatus), default=TaskStatus.REQUESTED)
+    due_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+
+    care_plan: Mapped[CarePlan] = relationship(back_populates="tasks")
+
+
+class MedicationRequestStatus(str, enum.Enum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class MedicationRequest(Base):
+    __tablename__ = "medication_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consultation_id: Mapped[int | None] = mapped_column(ForeignKey("consultation.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    prescriber_id: Mapped[int] = mapped_column(ForeignKey("practitioner.id"))
+    pharmacy_organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"), index=True)
+    medication_code: Mapped[str] = mapped_column(String(64))  # catalog code, e.g. an ATC code
+    medication_display: Mapped[str] = mapped_column(String(200))
+    dosage_text: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[int]
+    refills: Mapped[int] = mapped_column(default=0)
+    status: Mapped[MedicationRequestStatus] = mapped_column(
+        enum_column(MedicationRequestStatus), default=MedicationRequestStatus.ACTIVE
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    patient: Mapped[Patient] = relationship()
+    prescriber: Mapped[Practitioner] = relationship()
+    dispenses: Mapped[list[MedicationDispense]] = relationship(back_populates="request", order_by="MedicationDispense.id")
+
+
+class MedicationDispense(Base):
+    __tablename__ = "medication_dispense"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("medication_request.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    quantity: Mapped[int]
+    dispensed_by_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    dispensed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    request: Mapped[MedicationRequest] = relationship(back_populates="dispenses")
+    dispensed_by: Mapped[User] = relationship()

@@ -1,0 +1,21 @@
+"""Wires the followup stage into the app: blueprint, FHIR mappings, access scopes, events, CLI."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from followup import fhir, routes, service
+from hospital.access import register_patient_scope
+from hospital.jobs import subscribe
+from hospital.models import Role
+from hospital.web import add_nav_link
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(routes.bp)
+    fhir.register_fhir(app)
+    subscribe(app, "ai.report_signed", "followup.jobs.open_consultation")
+    register_patient_scope(app, Role.CLINICIAN, service.consulted_patient_ids)
+    register_patient_scope(app, Role.PHARMACIST, service.pharmacy_patient_ids)
+    add_nav_link(app, "Consultations", "followup.consultations_page", Role.CLINICIAN, Role.PATIENT)
+    add_nav_link(app, "Dispense queue", "followup.dispense_queue_page", Role.PHARMACIST)

@@ -1,0 +1,79 @@
+"""Patient-compartment authorisation: which patients' records a user may see.
+
+Each stage knows the relations it owns (a clinician's referrals, a centre's orders, a pharmacy's
+prescriptions) and registers them here as 'patient scopes' for a role; this module combines them.
+A patient sees only their own record; an administrator sees all (and every access is audited).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app
+from sqlalchemy import ColumnElement, Select, false, literal, true, union
+from sqlalchemy.orm import Session
+
+from hospital.audit import record_denied
+from hospital.errors import Forbidden
+from hospital.models import Role, User
+
+logger = logging.getLogger(__name__)
+
+# A scope maps a user to a SELECT of the patient ids that user may see through one relation.
+PatientScope = Callable[[User], Select[tuple[int]]]
+
+
+@dataclass
+class AccessPolicy:
+    scopes: dict[Role, list[PatientScope]] = field(default_factory=dict)
+
+    def add(self, role: Role, scope: PatientScope) -> None:
+        self.scopes.setdefault(role, []).append(scope)
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["hospital.access"] = AccessPolicy()
+
+
+def register_patient_scope(app: Flask, role: Role, scope: PatientScope) -> None:
+    app.extensions["hospital.access"].add(role, scope)
+
+
+def patient_filter(user: User, patient_column: ColumnElement[int] | object) -> ColumnElement[bool]:
+    """A WHERE clause limiting `patient_column` to the patients `user` may see."""
+    if user.role is Role.ADMIN:
+        return true()
+    if user.role is Role.PATIENT:
+        if user.patient_id is None:
+            return false()
+        return patient_column == literal(user.patient_id)  # type: ignore[operator,return-value]
+    policy: AccessPolicy = current_app.extensions["hospital.access"]
+    scopes = policy.scopes.get(user.role, [])
+    if not scopes:
+        return false()
+    selects = [scope(user) for scope in scopes]
+    allowed = selects[0] if len(selects) == 1 else union(*selects)
+    return patient_column.in_(allowed)  # type: ignore[attr-defined,no-any-return]
+
+
+def can_access_patient(session: Session, user: User, patient_id: int | None) -> bool:
+    if patient_id is None:
+        # Records that belong to no patient (catalog, schedules) are governed by role alone.
+        return True
+    if user.role is Role.ADMIN:
+        return True
+    if user.role is Role.PATIENT:
+        return user.patient_id == patient_id
+    clause = patient_filter(user, literal(patient_id))
+    return bool(session.scalar(Select(literal(True)).where(clause)))
+
+
+def ensure_patient_access(
+    session: Session, user: User, patient_id: int | None, entity_type: str, entity_id: object | None, action: str = "R"
+) -> None:
+    """Raise Forbidden (and audit the denial) unless `user` may act on this patient's record."""
+    if not can_access_patient(session, user, patient_id):
+        record_denied(user, action, entity_type, entity_id, "outside the user's patient compartment")
+        raise Forbidden(f"no access to this {entity_type}")

@@ -1,0 +1,67 @@
+"""Core JSON API: exchange a password for a bearer token, revoke it, and say who I am."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from hospital.auth import authenticate, current_user, issue_token, revoke_token, token_ttl
+from hospital.db import request_session
+from hospital.errors import InvalidInput, Unauthenticated
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or a clear 400 (never a 500 on a malformed body)."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return data
+
+
+def required(data: dict[str, Any], name: str, kind: type | tuple[type, ...] = str) -> Any:
+    value = data.get(name)
+    if value is None or value == "":
+        raise InvalidInput(f"{name} is required")
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise InvalidInput(f"{name} must be of type {getattr(kind, '__name__', kind)}")
+    return value
+
+
+@bp.post("/auth/token")
+def create_token() -> ResponseReturnValue:
+    data = json_body()
+    session = request_session()
+    try:
+        user = authenticate(session, required(data, "username"), required(data, "password"))
+    except Unauthenticated:
+        session.commit()  # keep the failed-login count
+        raise
+    plain, token = issue_token(session, user, token_ttl())
+    session.commit()
+    return jsonify(access_token=plain, token_type="Bearer", expires_in=token_ttl(), role=user.role.value), 201
+
+
+@bp.post("/auth/revoke")
+def revoke() -> ResponseReturnValue:
+    current_user()
+    header = request.headers.get("Authorization", "")
+    session = request_session()
+    revoke_token(session, header.partition(" ")[2].strip())
+    session.commit()
+    return "", 204
+
+
+@bp.get("/me")
+def me() -> ResponseReturnValue:
+    user = current_user()
+    return jsonify(
+        id=user.id, username=user.username, role=user.role.value, patient_id=user.patient_id,
+        practitioner_id=user.practitioner_id, organization_id=user.organization_id,
+    )

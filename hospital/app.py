@@ -1,0 +1,55 @@
+"""The app factory. This is the composition root: the one place that wires the stages in.
+
+Each stage's `wiring.register(app)`, which adds its blueprint, FHIR mappings, patient
+scopes, event subscriptions, CLI commands and demo seeders. Stages never import one another
+backwards; the factory only lists them in flow order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+import ai_services.wiring
+import billing.wiring
+import followup.wiring
+import imaging_orders.wiring
+import referrals.wiring
+from hospital import access, api, csrf, db, errors_http, jobs, web
+from hospital.config import load_config
+from hospital.fhir import registry as fhir_registry
+from hospital.fhir import routes as fhir_routes
+
+logger = logging.getLogger(__name__)
+
+STAGES = (referrals.wiring, imaging_orders.wiring, ai_services.wiring, followup.wiring, billing.wiring)
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    config = load_config(test_config)
+    app = Flask("hospital", instance_path=str(config["INSTANCE_DIR"]))
+    app.config.update(config)
+    config["INSTANCE_DIR"].mkdir(parents=True, exist_ok=True)
+    _configure_logging(app)
+
+    db.init_app(app)
+    jobs.init_app(app)
+    access.init_app(app)
+    fhir_registry.init_app(app)
+    app.extensions["hospital.seeders"] = []
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(web.bp)
+    app.register_blueprint(fhir_routes.bp)
+    csrf.init_app(app)
+    errors_http.init_app(app)
+    for stage in STAGES:
+        stage.register(app)
+    return app
+
+
+def _configure_logging(app: Flask) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,135 @@
+"""Who is calling: password login, bearer tokens, browser sessions, and role checks.
+
+Bearer tokens are random, stored only as SHA-256, expire, and can be revoked. Pages use the
+signed Flask session cookie. Passwords use Werkzeug's scrypt KDF.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from flask import current_app, g, request, session as cookie_session
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from hospital.clock import utcnow
+from hospital.db import request_session
+from hospital.errors import Forbidden, Unauthenticated
+from hospital.models import ApiToken, Role, User
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_FAILED_LOGINS = 5
+# One fixed hash to compare against when the user does not exist, so timing does not reveal it.
+_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    return generate_password_hash(password, method="scrypt")
+
+
+def authenticate(session: Session, username: str, password: str) -> User:
+    """Check a username and password; lock the account after repeated failures."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        check_password_hash(_DUMMY_HASH, password)
+        raise Unauthenticated("unknown username or wrong password")
+    if not user.active or user.failed_logins >= MAX_FAILED_LOGINS:
+        raise Unauthenticated("account locked; ask an administrator to unlock it")
+    if not check_password_hash(user.password_hash, password):
+        user.failed_logins += 1
+        raise Unauthenticated("unknown username or wrong password")
+    user.failed_logins = 0
+    return user
+
+
+def issue_token(session: Session, user: User, ttl_seconds: int) -> tuple[str, ApiToken]:
+    """Create a bearer token; the plain value is returned once and never stored."""
+    plain = secrets.token_urlsafe(32)
+    token = ApiToken(
+        user_id=user.id,
+        token_sha256=_sha256(plain),
+        expires_at=utcnow() + timedelta(seconds=ttl_seconds),
+    )
+    session.add(token)
+    session.flush()
+    return plain, token
+
+
+def revoke_token(session: Session, plain: str) -> None:
+    token = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == _sha256(plain)))
+    if token is not None and token.revoked_at is None:
+        token.revoked_at = utcnow()
+
+
+def user_for_token(session: Session, plain: str) -> User | None:
+    token = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == _sha256(plain)))
+    if token is None or token.revoked_at is not None or token.expires_at <= utcnow():
+        return None
+    user = token.user
+    return user if user.active else None
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def load_current_user() -> User | None:
+    """Resolve the caller from a bearer token or the session cookie, once per request."""
+    if "current_user" in g:
+        return g.current_user
+    user: User | None = None
+    db_session = request_session()
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthenticated("Authorization must be 'Bearer <token>'")
+        user = user_for_token(db_session, value.strip())
+        if user is None:
+            raise Unauthenticated("the bearer token is invalid, expired or revoked")
+        g.auth_via = "token"
+    elif "user_id" in cookie_session:
+        user = db_session.get(User, cookie_session["user_id"])
+        if user is None or not user.active:
+            cookie_session.clear()
+            user = None
+        g.auth_via = "cookie"
+    g.current_user = user
+    return user
+
+
+def current_user() -> User:
+    user = load_current_user()
+    if user is None:
+        raise Unauthenticated("authentication required")
+    return user
+
+
+def require_roles(*roles: Role) -> Callable[[F], F]:
+    """Route decorator: the caller must be signed in with one of `roles` (any role if none)."""
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            user = current_user()
+            if roles and user.role not in roles:
+                raise Forbidden(f"role {user.role.value!r} may not do this")
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorator
+
+
+def token_ttl() -> int:
+    return int(current_app.config["TOKEN_TTL_SECONDS"])

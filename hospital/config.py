@@ -1,0 +1,61 @@
+"""Configuration read from the environment, with defaults a newcomer can run as-is.
+
+Unset `DATABASE_URL` means an embedded SQLite file under `instance/`; unset `REDIS_URL` means jobs
+run inline in the process that created them. Production sets both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the app configuration: environment first, then explicit overrides (tests)."""
+    instance_dir = Path(os.environ.get("HOSPITAL_INSTANCE_DIR", DEFAULT_INSTANCE_DIR))
+    config: dict[str, Any] = {
+        "INSTANCE_DIR": instance_dir,
+        "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{instance_dir / 'hospital.db'}",
+        "REDIS_URL": os.environ.get("REDIS_URL") or None,
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
+        "DICOM_AE_TITLE": os.environ.get("DICOM_AE_TITLE", "HOSPITAL"),
+        "DICOM_HOST": os.environ.get("DICOM_HOST", "127.0.0.1"),
+        "DICOM_PORT": _env_int("DICOM_PORT", 11112),
+        "DICOM_STORAGE_DIR": Path(os.environ.get("DICOM_STORAGE_DIR", instance_dir / "dicom")),
+        "AI_WEIGHTS": Path(
+            os.environ.get("AI_WEIGHTS", PROJECT_ROOT / "ai_services" / "weights" / "lesion-detector-v1.pt")
+        ),
+        "TOKEN_TTL_SECONDS": _env_int("TOKEN_TTL_SECONDS", 8 * 3600),
+        "JOB_TIMEOUT_SECONDS": _env_int("JOB_TIMEOUT_SECONDS", 600),
+        "MAX_CONTENT_LENGTH": _env_int("MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "TESTING": False,
+    }
+    if overrides:
+        config.update(overrides)
+    if not config["SECRET_KEY"]:
+        # A random key per process is safe (sessions just do not survive restarts); say so once.
+        logger.warning("SECRET_KEY is not set; using a random key for this process only")
+        config["SECRET_KEY"] = secrets.token_hex(32)
+    for key in ("INSTANCE_DIR", "DICOM_STORAGE_DIR", "AI_WEIGHTS"):
+        config[key] = Path(config[key])
+    return config

@@ -1,0 +1,45 @@
+"""Typed domain errors. Services raise them; the edges turn them into an HTTP problem, a FHIR
+OperationOutcome, a DICOM status or a page. Never a stack trace to a user."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error a user may be told about. `status` is the HTTP status it maps to."""
+
+    status: int = 400
+    code: str = "invalid"  # FHIR issue-type code
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(DomainError):
+    status = 400
+    code = "invalid"
+
+
+class Unauthenticated(DomainError):
+    status = 401
+    code = "login"
+
+
+class Forbidden(DomainError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(DomainError):
+    status = 404
+    code = "not-found"
+
+
+class Conflict(DomainError):
+    status = 409
+    code = "conflict"
+
+
+class UnprocessableEntity(DomainError):
+    status = 422
+    code = "processing"

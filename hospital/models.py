@@ -1,0 +1,170 @@
+"""Core tables every stage shares: people, organisations, users and tokens, audit, and the durable
+job records behind domain events."""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Enum, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from hospital.clock import utcnow
+from hospital.db import Base
+
+
+def enum_column(enum_cls: type[enum.Enum]) -> Enum:
+    """Enums stored by value as plain strings (portable, readable in SQL, no native type)."""
+    return Enum(enum_cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+
+
+class Role(str, enum.Enum):
+    CLINICIAN = "clinician"
+    PATIENT = "patient"
+    IMAGING_STAFF = "imaging_staff"
+    RADIOLOGIST = "radiologist"
+    PHARMACIST = "pharmacist"
+    ADMIN = "admin"
+
+
+class OrganizationKind(str, enum.Enum):
+    IMAGING_CENTRE = "imaging_centre"
+    CLINIC = "clinic"
+    PHARMACY = "pharmacy"
+    HOSPITAL = "hospital"
+
+
+class Organization(Base):
+    __tablename__ = "organization"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[OrganizationKind] = mapped_column(enum_column(OrganizationKind))
+    # The AE title the centre's modalities are configured with as their Scheduled Station.
+    ae_title: Mapped[str | None] = mapped_column(String(16), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Medical record number: the PatientID in DICOM headers.
+    mrn: Mapped[str] = mapped_column(String(64), unique=True)
+    family_name: Mapped[str] = mapped_column(String(100))
+    given_name: Mapped[str] = mapped_column(String(100))
+    birth_date: Mapped[date | None]
+    gender: Mapped[str] = mapped_column(String(16), default="unknown")
+    phone: Mapped[str | None] = mapped_column(String(40))
+    email: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.given_name} {self.family_name}"
+
+    @property
+    def dicom_name(self) -> str:
+        return f"{self.family_name}^{self.given_name}"
+
+
+class Practitioner(Base):
+    __tablename__ = "practitioner"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    family_name: Mapped[str] = mapped_column(String(100))
+    given_name: Mapped[str] = mapped_column(String(100))
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    organization: Mapped[Organization | None] = relationship()
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.given_name} {self.family_name}"
+
+
+class User(Base):
+    __tablename__ = "user_account"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[Role] = mapped_column(enum_column(Role))
+    # A patient user is bound to exactly one patient record; staff to a practitioner and an org.
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    practitioner_id: Mapped[int | None] = mapped_column(ForeignKey("practitioner.id"))
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"))
+    active: Mapped[bool] = mapped_column(default=True)
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    patient: Mapped[Patient | None] = relationship()
+    practitioner: Mapped[Practitioner | None] = relationship()
+    organization: Mapped[Organization | None] = relationship()
+
+
+class ApiToken(Base):
+    """A bearer token. Only its SHA-256 is stored, so a database leak yields no usable token."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship()
+
+
+class AuditEvent(Base):
+    """Append-only record of who touched which record, when, and with what outcome."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_patient_recorded", "patient_id", "recorded_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"), index=True)
+    # FHIR AuditEvent.action: C create, R read, U update, D delete, E execute.
+    action: Mapped[str] = mapped_column(String(1))
+    entity_type: Mapped[str] = mapped_column(String(64))
+    entity_id: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    # FHIR outcome code: 0 success, 4 minor failure (e.g. denied), 8 serious, 12 major.
+    outcome: Mapped[int] = mapped_column(default=0)
+    description: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(32), default="api")
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobRecord(Base):
+    """Durable state of one unit of background work, written in the transaction that causes it.
+
+    Redis only carries the record id; if Redis loses the queue, the record still says what is owed.
+    """
+
+    __tablename__ = "job_record"
+    __table_args__ = (Index("ix_job_record_status_created", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    handler: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(40), default="default")
+    event: Mapped[str | None] = mapped_column(String(80))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[JobStatus] = mapped_column(enum_column(JobStatus), default=JobStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,1 @@
+"""Referrals: a clinician orders an imaging examination online (FHIR ServiceRequest)."""
