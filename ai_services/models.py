@@ -55,6 +55,11 @@ class AnalysisJob(Base):
     status: Mapped[AnalysisStatus] = mapped_column(enum_column(AnalysisStatus), default=AnalysisStatus.QUEUED)
     slices_done: Mapped[int] = mapped_column(default=0)
     slices_total: Mapped[int] = mapped_column(default=0)
+    # The analysed series: its SOP Instance UIDs in slice order and (row, column) pixel spacing,
+    # so findings can name their slice and sizes can be recomputed after an edit.
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    slice_sop_instance_uids: Mapped[list[Any]] = mapped_column(default=list)
+    pixel_spacing_mm: Mapped[list[Any]] = mapped_column(default=list)
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

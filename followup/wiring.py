@@ -14,7 +14,7 @@ from hospital.web import add_nav_link
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     fhir.register_fhir(app)
-    subscribe(app, "ai.report_signed", "followup.jobs.open_consultation")
+    subscribe(app, "ai.report_signed", "followup.jobs.open_consultation_for_report")
     register_patient_scope(app, Role.CLINICIAN, service.consulted_patient_ids)
     register_patient_scope(app, Role.PHARMACIST, service.pharmacy_patient_ids)
     add_nav_link(app, "Consultations", "followup.consultations_page", Role.CLINICIAN, Role.PATIENT)

@@ -19,6 +19,7 @@ import imaging_orders.wiring
 import referrals.wiring
 from hospital import access, api, csrf, db, errors_http, jobs, web
 from hospital.config import load_config
+from hospital.fhir import core_resources
 from hospital.fhir import registry as fhir_registry
 from hospital.fhir import routes as fhir_routes
 
@@ -38,6 +39,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     jobs.init_app(app)
     access.init_app(app)
     fhir_registry.init_app(app)
+    core_resources.register_fhir(app)
     app.extensions["hospital.seeders"] = []
 
     app.register_blueprint(api.bp)

@@ -85,7 +85,7 @@ def _sha256(value: str) -> str:
 
 def load_current_user() -> User | None:
     """Resolve the caller from a bearer token or the session cookie, once per request."""
-    if "current_user" in g:
+    if g.get("current_user_request") is request._get_current_object():  # type: ignore[attr-defined]
         return g.current_user
     user: User | None = None
     db_session = request_session()
@@ -105,6 +105,7 @@ def load_current_user() -> User | None:
             user = None
         g.auth_via = "cookie"
     g.current_user = user
+    g.current_user_request = request._get_current_object()  # type: ignore[attr-defined]
     return user
 
 

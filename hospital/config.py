@@ -43,6 +43,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "AI_WEIGHTS": Path(
             os.environ.get("AI_WEIGHTS", PROJECT_ROOT / "ai_services" / "weights" / "lesion-detector-v1.pt")
         ),
+        # A study is complete after this long with no new instance (as archives do).
+        "STUDY_QUIET_SECONDS": float(os.environ.get("STUDY_QUIET_SECONDS", "5")),
         "TOKEN_TTL_SECONDS": _env_int("TOKEN_TTL_SECONDS", 8 * 3600),
         "JOB_TIMEOUT_SECONDS": _env_int("JOB_TIMEOUT_SECONDS", 600),
         "MAX_CONTENT_LENGTH": _env_int("MAX_UPLOAD_BYTES", 512 * 1024 * 1024),

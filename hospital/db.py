@@ -8,6 +8,7 @@ back after each test.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -107,7 +108,13 @@ def init_app(app: Flask) -> None:
     url: str = app.config["DATABASE_URL"]
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    app.extensions["hospital.db"] = Database(url)
+    database = Database(url)
+    app.extensions["hospital.db"] = database
+    # RQ forks a work horse per job: pooled connections must not be shared across the fork.
+    os.register_at_fork(after_in_child=lambda: database.engine.dispose(close=False))
+    # Per request, not only per app context: a test or CLI may hold one app context around many
+    # requests, and each request must start with a fresh session.
+    app.teardown_request(_close_request_session)
     app.teardown_appcontext(_close_request_session)
 
 

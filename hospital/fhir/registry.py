@@ -11,18 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from flask import Flask, current_app
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, and_, false, or_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from hospital.db import Base
+from hospital.models import Role
 
 logger = logging.getLogger(__name__)
+
+# Naming bases for the identifier systems and canonical URLs this platform mints.
+CANONICAL_BASE = "https://closed-loop-hospital.example/fhir"
+IDENTIFIER_SYSTEM_BASE = f"{CANONICAL_BASE}/sid"
 
 
 class FhirValidationError(Exception):
@@ -46,11 +51,17 @@ class ResourceMapping:
     # Column holding the patient id; None for records outside any patient compartment.
     patient_column: InstrumentedAttribute[Any] | InstrumentedAttribute[int] | None
     search_params: dict[str, SearchParam] = field(default_factory=dict)
+    # Roles that may read or search this type at all; None: every role (the compartment check
+    # still applies). The audit trail, for one, is for administrators only.
+    read_roles: frozenset[Role] | None = None
 
     def patient_id_of(self, row: Any) -> int | None:
         if self.patient_column is None:
             return None
         return getattr(row, self.patient_column.key)
+
+    def readable_by(self, role: Role) -> bool:
+        return self.read_roles is None or role in self.read_roles
 
 
 @dataclass
@@ -124,12 +135,95 @@ def reference_id(value: str, type_name: str) -> int:
 
 
 def patient_reference_param(column: InstrumentedAttribute[Any]) -> SearchParam:
-    return SearchParam(
-        "reference",
-        lambda value: column == reference_id(value, "Patient"),
-        "The patient the resource is about",
-    )
+    return reference_param(column, "Patient", "The patient the resource is about")
+
+
+def reference_param(column: InstrumentedAttribute[Any], type_name: str, documentation: str = "") -> SearchParam:
+    """A reference search on a foreign-key column: 'Practitioner/3', '3' or a full URL."""
+    return SearchParam("reference", lambda value: column == reference_id(value, type_name), documentation)
+
+
+def id_param(column: InstrumentedAttribute[Any]) -> SearchParam:
+    """`_id`: the integer primary key; anything else is a bad value, not an empty result."""
+
+    def clause(value: str) -> ColumnElement[bool]:
+        if not value.isdigit():
+            raise ValueError(f"not a resource id: {value!r}")
+        return column == int(value)
+
+    return SearchParam("token", clause, "The logical id of the resource")
 
 
 def token_param(column: InstrumentedAttribute[Any], documentation: str = "") -> SearchParam:
     return SearchParam("token", lambda value: column == value.split("|")[-1], documentation)
+
+
+DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+
+
+def parse_date_search(value: str) -> tuple[str, datetime, datetime]:
+    """Split a FHIR date search value into (prefix, start, end): the half-open UTC range its
+    precision covers ('2024' is the whole year, '2024-03-05T10:00:00Z' one second). Values
+    without a zone are read as UTC, the zone everything is stored in."""
+    prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
+    raw = value[2:] if value[:2] in DATE_PREFIXES else value
+    try:
+        if len(raw) == 4 and raw.isdigit():
+            start = datetime(int(raw), 1, 1, tzinfo=UTC)
+            return prefix, start, start.replace(year=start.year + 1)
+        if len(raw) == 7 and raw[4] == "-":
+            start = datetime(int(raw[:4]), int(raw[5:7]), 1, tzinfo=UTC)
+            end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+            return prefix, start, end
+        if len(raw) == 10:
+            day = date.fromisoformat(raw)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return prefix, start, start + timedelta(days=1)
+        start = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise ValueError(f"not a FHIR date: {value!r}") from exc
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    start = start.astimezone(UTC)
+    return prefix, start, start + (timedelta(microseconds=1) if start.microsecond else timedelta(seconds=1))
+
+
+def date_param(column: InstrumentedAttribute[Any], documentation: str = "") -> SearchParam:
+    """A date search with the FHIR prefixes eq, ne, gt, lt, ge, le, sa, eb, on a timestamp or a
+    date column; the value's precision sets the range it matches."""
+    is_date_column = column.type.python_type is date
+
+    def clause(value: str) -> ColumnElement[bool]:
+        prefix, start, end = parse_date_search(value)
+        low: date | datetime = start
+        high: date | datetime = end
+        if is_date_column:
+            low = start.date()
+            high = end.date() if end.time() == datetime.min.time() else low + timedelta(days=1)
+        if prefix == "eq":
+            return and_(column >= low, column < high)
+        if prefix == "ne":
+            return or_(column < low, column >= high)
+        if prefix in ("gt", "sa"):
+            return column >= high
+        if prefix in ("lt", "eb"):
+            return column < low
+        if prefix == "ge":
+            return column >= low
+        return column < high  # le
+
+    return SearchParam("date", clause, documentation)
+
+
+def identifier_param(column: InstrumentedAttribute[Any], system: str, documentation: str = "") -> SearchParam:
+    """An identifier token: 'value', or 'system|value' which matches only under our system."""
+
+    def clause(value: str) -> ColumnElement[bool]:
+        if "|" in value:
+            given_system, _, code = value.partition("|")
+            if given_system != system:
+                return false()
+            return column == code
+        return column == value
+
+    return SearchParam("token", clause, documentation)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 13:26:30.523463
+Create Date: 2026-11-23 13:34:42.688890
 """
 from __future__ import annotations
 
@@ -306,6 +306,9 @@ def upgrade() -> None:
     sa.Column('status', sa.Enum('queued', 'running', 'completed', 'failed', name='analysisstatus', native_enum=False, length=32), nullable=False),
     sa.Column('slices_done', sa.Integer(), nullable=False),
     sa.Column('slices_total', sa.Integer(), nullable=False),
+    sa.Column('series_instance_uid', sa.String(length=64), nullable=True),
+    sa.Column('slice_sop_instance_uids', sa.JSON(), nullable=False),
+    sa.Column('pixel_spacing_mm', sa.JSON(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),

@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install services clean
+
+demo: install
+	$(BIN)/hospital db upgrade
+	$(BIN)/hospital demo
+
+test: install services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+services:
+	bash scripts/ensure-services.sh
+
+clean:
+	rm -rf $(VENV) instance *.egg-info

@@ -1,0 +1,38 @@
+"""RQ job: analyse one completed study. Thin: each step is a service call in its own commit, so
+progress is visible while the model runs and a failure is recorded before it is re-raised."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from ai_services.series_reader import read_ct_volume
+from ai_services.service import load_detector, prepare_analysis, record_analysis, record_failure, record_progress
+from hospital.db import get_db
+
+logger = logging.getLogger(__name__)
+
+
+def analyse_study(session: Session, study_id: int) -> None:
+    db = get_db()
+    plan = prepare_analysis(session, study_id, current_app.config["DICOM_STORAGE_DIR"])
+    session.commit()
+    if plan is None:
+        return
+
+    def progress(done: int, total: int) -> None:
+        with db.transaction() as progress_session:
+            record_progress(progress_session, plan.job_id, done, total)
+
+    try:
+        detector = load_detector(plan.weights_path, plan.weights_sha256)
+        volume = read_ct_volume(plan.instance_paths)
+        detections = detector.detect(volume, progress=progress)
+    except Exception as exc:
+        with db.transaction() as failure_session:
+            record_failure(failure_session, plan.job_id, f"{type(exc).__name__}: {exc}")
+        raise
+    record_analysis(session, plan, volume.sop_instance_uids, volume.pixel_spacing_mm, detections)
+    logger.info("study %s analysed: %d findings", study_id, len(detections))

@@ -1,0 +1,221 @@
+"""AI API and pages: analysis progress, reports with their findings, review and sign-off, and
+key images with the findings drawn over the slice."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from ai_services.models import AnalysisJob, DiagnosticReport, ModelVersion, ReportStatus, ReviewStatus
+from ai_services.overlay import WINDOWS, OverlayBox, render_overlay
+from ai_services.service import (
+    Box,
+    add_finding,
+    analysis_status,
+    finding_json,
+    get_report,
+    list_reports,
+    reading_list,
+    request_rerun,
+    review_finding,
+    sign_report,
+)
+from hospital.api import json_body, required
+from hospital.auth import current_user, require_roles
+from hospital.db import request_session
+from hospital.errors import DomainError, InvalidInput, NotFound
+from hospital.models import Role
+from imaging_orders.models import ImagingInstance
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("ai_services", __name__, template_folder="templates")
+
+
+def job_json(job: AnalysisJob) -> dict[str, Any]:
+    return {
+        "id": job.id, "study_id": job.study_id, "status": job.status.value, "slices_done": job.slices_done,
+        "slices_total": job.slices_total, "attempts": job.attempts, "error": job.error,
+        "model_version": job.model_version.label if job.model_version else None,
+    }
+
+
+def report_json(report: DiagnosticReport) -> dict[str, Any]:
+    return {
+        "id": report.id, "study_id": report.study_id, "patient_id": report.patient_id,
+        "referral_id": report.referral_id, "status": report.status.value, "conclusion": report.conclusion,
+        "issued_at": report.issued_at.isoformat(), "signed_at": report.signed_at.isoformat() if report.signed_at else None,
+        "findings": [finding_json(f) for f in report.findings], "fhir": f"DiagnosticReport/{report.id}",
+    }
+
+
+def _box(data: Any) -> Box:
+    if not (isinstance(data, list) and len(data) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in data)):
+        raise InvalidInput("box must be a list of four integers [x0, y0, x1, y1]")
+    return Box(*data)
+
+
+def _decision(value: Any) -> ReviewStatus:
+    try:
+        decision = ReviewStatus(value)
+    except ValueError as exc:
+        raise InvalidInput("decision must be accepted, rejected or edited") from exc
+    return decision
+
+
+@bp.get("/api/studies/<int:study_id>/analysis")
+@require_roles()
+def analysis(study_id: int) -> ResponseReturnValue:
+    session = request_session()
+    return jsonify(job_json(analysis_status(session, current_user(), study_id)))
+
+
+@bp.post("/api/studies/<int:study_id>/analysis")
+@require_roles(Role.RADIOLOGIST, Role.IMAGING_STAFF, Role.ADMIN)
+def rerun(study_id: int) -> ResponseReturnValue:
+    session = request_session()
+    job = request_rerun(session, current_user(), study_id)
+    payload = job_json(job)
+    session.commit()
+    return jsonify(payload), 202
+
+
+@bp.get("/api/reports")
+@require_roles()
+def reports() -> ResponseReturnValue:
+    status = request.args.get("status")
+    try:
+        status_filter = ReportStatus(status) if status else None
+    except ValueError as exc:
+        raise InvalidInput(f"unknown report status {status!r}") from exc
+    session = request_session()
+    found = list_reports(session, current_user(), status_filter)
+    if referral_id := request.args.get("referral_id", type=int):
+        found = [r for r in found if r.referral_id == referral_id]
+    payload = [report_json(r) for r in found]
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.get("/api/reports/<int:report_id>")
+@require_roles()
+def report(report_id: int) -> ResponseReturnValue:
+    session = request_session()
+    payload = report_json(get_report(session, current_user(), report_id))
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.post("/api/reports/<int:report_id>/findings/<int:finding_id>/review")
+@require_roles(Role.RADIOLOGIST)
+def review(report_id: int, finding_id: int) -> ResponseReturnValue:
+    data = json_body()
+    decision = _decision(data.get("decision"))
+    box = _box(data["box"]) if data.get("box") is not None else None
+    session = request_session()
+    finding = review_finding(session, current_user(), report_id, finding_id, decision, box, data.get("comment"))
+    payload = finding_json(finding)
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.post("/api/reports/<int:report_id>/findings")
+@require_roles(Role.RADIOLOGIST)
+def add(report_id: int) -> ResponseReturnValue:
+    data = json_body()
+    session = request_session()
+    finding = add_finding(
+        session, current_user(), report_id, required(data, "slice_index", int), _box(data.get("box")), data.get("comment")
+    )
+    payload = finding_json(finding)
+    session.commit()
+    return jsonify(payload), 201
+
+
+@bp.post("/api/reports/<int:report_id>/sign")
+@require_roles(Role.RADIOLOGIST)
+def sign(report_id: int) -> ResponseReturnValue:
+    data = request.get_json(silent=True) or {}
+    session = request_session()
+    signed = sign_report(session, current_user(), report_id, data.get("conclusion") if isinstance(data, dict) else None)
+    payload = report_json(signed)
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.get("/reports/<int:report_id>/findings/<int:finding_id>/image.png")
+@require_roles()
+def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
+    session = request_session()
+    found = get_report(session, current_user(), report_id)
+    finding = next((f for f in found.findings if f.id == finding_id), None)
+    if finding is None:
+        raise NotFound(f"finding {finding_id} is not on report {report_id}")
+    instance = session.scalar(select(ImagingInstance).where(ImagingInstance.sop_instance_uid == finding.sop_instance_uid))
+    if instance is None:
+        raise NotFound("the key image is not stored here")
+    preset = request.args.get("window", "lung")
+    if preset not in WINDOWS:
+        raise InvalidInput(f"window must be one of {sorted(WINDOWS)}")
+    boxes = [
+        OverlayBox(f.x0, f.y0, f.x1, f.y1, f"#{f.id} {f.diameter_mm:.0f} mm",
+                   "#ff4d4d" if f.id == finding.id else "#ffcc00")
+        for f in found.findings
+        if f.slice_index == finding.slice_index and f.review_status is not ReviewStatus.REJECTED
+    ]
+    png = render_overlay(current_app.config["DICOM_STORAGE_DIR"] / instance.path, boxes, preset)
+    session.commit()
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+@bp.get("/reading")
+@require_roles(Role.RADIOLOGIST)
+def reading_list_page() -> ResponseReturnValue:
+    session = request_session()
+    found = reading_list(session, current_user())
+    session.commit()
+    return render_template("ai_services/reading_list.html", reports=found)
+
+
+@bp.get("/reports")
+@require_roles(Role.CLINICIAN, Role.PATIENT, Role.RADIOLOGIST, Role.ADMIN)
+def reports_page() -> ResponseReturnValue:
+    session = request_session()
+    found = list_reports(session, current_user())
+    session.commit()
+    return render_template("ai_services/reports.html", reports=found)
+
+
+@bp.route("/reports/<int:report_id>", methods=["GET", "POST"])
+@require_roles()
+def report_page(report_id: int) -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        try:
+            if request.form.get("action") == "sign":
+                sign_report(session, user, report_id, request.form.get("conclusion"))
+                flash("Report signed.")
+            else:
+                review_finding(session, user, report_id, request.form.get("finding_id", type=int) or 0,
+                               _decision(request.form.get("decision")), None, request.form.get("comment") or None)
+        except DomainError as exc:
+            session.rollback()
+            flash(exc.message, "error")
+        else:
+            session.commit()
+        return redirect(url_for("ai_services.report_page", report_id=report_id))
+    found = get_report(session, user, report_id)
+    session.commit()
+    return render_template("ai_services/report.html", report=found)
+
+
+@bp.get("/models")
+@require_roles(Role.ADMIN, Role.RADIOLOGIST)
+def models_page() -> ResponseReturnValue:
+    versions = request_session().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    return render_template("ai_services/models.html", versions=versions)

@@ -1,0 +1,385 @@
+"""AI workflow: the model registry, analysing a study in three steps (prepare, infer, record),
+the radiologist's review of each finding, and signing the report.
+
+Analysis is split so that the slow middle step holds no database transaction: progress is
+committed slice batch by slice batch and the web page can show it live.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
+from ai_services.models import (
+    AnalysisJob,
+    AnalysisStatus,
+    DiagnosticReport,
+    Finding,
+    FindingReview,
+    FindingSource,
+    ModelVersion,
+    ReportStatus,
+    ReviewStatus,
+)
+from hospital.access import ensure_patient_access, patient_filter
+from hospital.audit import record_access
+from hospital.clock import utcnow
+from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.jobs import enqueue, publish
+from hospital.models import Role, User
+from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "lesion-detector"
+
+
+class ModelRegistryError(Exception):
+    """A weights file and its manifest disagree, or a version would be overwritten."""
+
+
+def register_model_version(session: Session, weights_path: Path, *, activate: bool) -> ModelVersion:
+    """Record a trained version from its weights file and manifest; versions are immutable."""
+    manifest = json.loads(manifest_path_for(weights_path).read_text())
+    digest = sha256_of_file(weights_path)
+    if manifest.get("sha256") not in (None, digest):
+        raise ModelRegistryError(f"{weights_path}: sha256 {digest} does not match its manifest {manifest['sha256']}")
+    name = str(manifest.get("model_name") or manifest.get("name") or DEFAULT_MODEL_NAME)
+    version = str(manifest.get("version") or digest[:12])
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version))
+    if existing is not None:
+        if existing.weights_sha256 != digest:
+            raise ModelRegistryError(f"{name} {version} is already registered with other weights")
+        model_version = existing
+    else:
+        model_version = ModelVersion(
+            name=name, version=version, weights_path=str(weights_path), weights_sha256=digest,
+            manifest=manifest, metrics=dict(manifest.get("metrics") or manifest.get("heldout_metrics") or {}),
+        )
+        session.add(model_version)
+        session.flush()
+    if activate:
+        activate_model_version(session, model_version)
+    return model_version
+
+
+def activate_model_version(session: Session, model_version: ModelVersion) -> None:
+    for other in session.scalars(
+        select(ModelVersion).where(ModelVersion.name == model_version.name, ModelVersion.active.is_(True))
+    ):
+        other.active = False
+    session.flush()
+    model_version.active = True
+
+
+def active_model_version(session: Session, name: str = DEFAULT_MODEL_NAME) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.active.is_(True)))
+
+
+@functools.lru_cache(maxsize=4)
+def load_detector(weights_path: str, sha256: str) -> LesionDetector:
+    """Load a model once per worker process (keyed by path and digest, so a new version reloads)."""
+    detector = LesionDetector.load(Path(weights_path))
+    logger.info("loaded AI model %s (sha256 %s)", weights_path, sha256[:12])
+    return detector
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    job_id: int
+    study_id: int
+    model_version_id: int
+    weights_path: str
+    weights_sha256: str
+    instance_paths: list[Path]
+
+
+def queue_analysis(session: Session, study_id: int) -> AnalysisJob:
+    """The study's analysis job, created once; a rerun resets the same row."""
+    job = session.scalar(select(AnalysisJob).where(AnalysisJob.study_id == study_id))
+    if job is None:
+        job = AnalysisJob(study_id=study_id)
+        session.add(job)
+        session.flush()
+    return job
+
+
+def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> AnalysisPlan | None:
+    """Step 1: mark the job running and list the slices. None when there is nothing to do."""
+    study = session.get(ImagingStudy, study_id)
+    if study is None or study.status is not StudyStatus.AVAILABLE or study.patient_id is None:
+        logger.info("study %s is gone, incomplete or unmatched; no analysis", study_id)
+        return None
+    report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == study_id))
+    if report is not None and (report.status is not ReportStatus.PRELIMINARY or _has_reviews(session, report.id)):
+        logger.info("report %s is already reviewed or signed; analysis is not redone", report.id)
+        return None
+    model_version = active_model_version(session)
+    if model_version is None:
+        raise ModelRegistryError("no active AI model version; run `hospital ai register`")
+    series = _series_to_analyse(study)
+    job = queue_analysis(session, study_id)
+    job.status = AnalysisStatus.RUNNING
+    job.attempts += 1
+    job.started_at = utcnow()
+    job.finished_at = None
+    job.error = None
+    job.model_version_id = model_version.id
+    job.slices_done = 0
+    job.slices_total = len(series.instances)
+    job.series_instance_uid = series.series_instance_uid
+    return AnalysisPlan(
+        job_id=job.id, study_id=study_id, model_version_id=model_version.id,
+        weights_path=model_version.weights_path, weights_sha256=model_version.weights_sha256,
+        instance_paths=[storage_dir / instance.path for instance in series.instances],
+    )
+
+
+def _series_to_analyse(study: ImagingStudy) -> ImagingSeries:
+    candidates = [s for s in study.series if s.modality == "CT" and s.instances]
+    if not candidates:
+        raise InvalidInput(f"study {study.id} has no CT series to analyse")
+    return max(candidates, key=lambda s: len(s.instances))
+
+
+def _has_reviews(session: Session, report_id: int) -> bool:
+    return session.scalar(
+        select(FindingReview.id).join(Finding).where(Finding.report_id == report_id).limit(1)
+    ) is not None
+
+
+def record_progress(session: Session, job_id: int, done: int, total: int) -> None:
+    job = session.get(AnalysisJob, job_id)
+    if job is not None:
+        job.slices_done = done
+        job.slices_total = total
+
+
+def record_failure(session: Session, job_id: int, error: str) -> None:
+    job = session.get(AnalysisJob, job_id)
+    if job is not None:
+        job.status = AnalysisStatus.FAILED
+        job.error = error[:4000]
+        job.finished_at = utcnow()
+
+
+def record_analysis(
+    session: Session,
+    plan: AnalysisPlan,
+    sop_instance_uids: list[str],
+    pixel_spacing_mm: tuple[float, float],
+    detections: list[Detection],
+) -> DiagnosticReport:
+    """Step 3: write the findings and the preliminary report. A rerun replaces, never adds."""
+    job = session.get(AnalysisJob, plan.job_id)
+    study = session.get(ImagingStudy, plan.study_id)
+    if job is None or study is None or study.patient_id is None:
+        raise NotFound(f"analysis job {plan.job_id} or its study vanished")
+    report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == study.id))
+    if report is None:
+        report = DiagnosticReport(study_id=study.id, patient_id=study.patient_id, referral_id=study.referral_id)
+        session.add(report)
+        session.flush()
+    elif report.status is not ReportStatus.PRELIMINARY:
+        raise Conflict(f"report {report.id} is {report.status.value}; its findings are not replaced")
+    session.execute(delete(Finding).where(Finding.report_id == report.id, Finding.source == FindingSource.AI))
+    for detection in detections:
+        x0, y0, x1, y1 = detection.bbox
+        session.add(
+            Finding(
+                report_id=report.id, patient_id=study.patient_id, source=FindingSource.AI,
+                model_version_id=plan.model_version_id,
+                sop_instance_uid=sop_instance_uids[detection.slice_index], slice_index=detection.slice_index,
+                x0=x0, y0=y0, x1=x1, y1=y1, diameter_mm=round(detection.diameter_mm, 1),
+                n_slices=detection.n_slices, confidence=round(detection.confidence, 4),
+            )
+        )
+    job.status = AnalysisStatus.COMPLETED
+    job.slices_done = job.slices_total = len(sop_instance_uids)
+    job.slice_sop_instance_uids = list(sop_instance_uids)
+    job.pixel_spacing_mm = [float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])]
+    job.finished_at = utcnow()
+    report.analysis_job_id = job.id
+    report.issued_at = utcnow()
+    report.conclusion = ai_conclusion(detections)
+    session.flush()
+    publish(session, "ai.analysis_completed", report_id=report.id)
+    return report
+
+
+def ai_conclusion(detections: list[Detection]) -> str:
+    if not detections:
+        return "AI analysis: no suspected abnormality flagged. Awaiting radiologist review."
+    largest = max(d.diameter_mm for d in detections)
+    return (
+        f"AI analysis: {len(detections)} suspected abnormalit{'y' if len(detections) == 1 else 'ies'} flagged "
+        f"for review (largest {largest:.0f} mm). Awaiting radiologist review."
+    )
+
+
+def get_report(session: Session, user: User, report_id: int, action: str = "R") -> DiagnosticReport:
+    report = session.get(DiagnosticReport, report_id)
+    if report is None:
+        raise NotFound(f"report {report_id} does not exist")
+    ensure_patient_access(session, user, report.patient_id, "DiagnosticReport", report_id, action)
+    if user.role is Role.PATIENT and report.status is ReportStatus.PRELIMINARY:
+        # A patient sees the report once a radiologist has signed it, not the machine's draft.
+        raise NotFound(f"report {report_id} is not available yet")
+    if action == "R":
+        record_access(session, user, "R", "DiagnosticReport", report.id, patient_id=report.patient_id)
+    return report
+
+
+def list_reports(session: Session, user: User, status: ReportStatus | None = None) -> list[DiagnosticReport]:
+    query = select(DiagnosticReport).where(patient_filter(user, DiagnosticReport.patient_id))
+    if user.role is Role.PATIENT:
+        query = query.where(DiagnosticReport.status != ReportStatus.PRELIMINARY)
+    if status is not None:
+        query = query.where(DiagnosticReport.status == status)
+    reports = list(session.scalars(query.order_by(DiagnosticReport.issued_at.desc()).limit(500)))
+    record_access(session, user, "E", "DiagnosticReport", None, description=f"list reports ({len(reports)})")
+    return reports
+
+
+def reading_list(session: Session, user: User) -> list[DiagnosticReport]:
+    """Preliminary reports of the radiologist's centre, most urgent first (largest confident finding)."""
+    reports = list_reports(session, user, ReportStatus.PRELIMINARY)
+    return sorted(reports, key=urgency, reverse=True)
+
+
+def urgency(report: DiagnosticReport) -> float:
+    scores = [(f.confidence or 0.0) * f.diameter_mm for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
+    return max(scores, default=0.0)
+
+
+def _radiologist_report(session: Session, user: User, report_id: int) -> DiagnosticReport:
+    if user.role is not Role.RADIOLOGIST:
+        raise Forbidden("only a radiologist can review or sign a report")
+    report = get_report(session, user, report_id, action="U")
+    if report.status is not ReportStatus.PRELIMINARY:
+        raise Conflict(f"report {report_id} is {report.status.value}; it can no longer be changed")
+    return report
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    def validate(self) -> Box:
+        if self.x0 < 0 or self.y0 < 0 or self.x1 <= self.x0 or self.y1 <= self.y0:
+            raise InvalidInput(f"a box needs 0 <= x0 < x1 and 0 <= y0 < y1, got {self}")
+        return self
+
+
+def _diameter_mm(session: Session, report: DiagnosticReport, box: Box) -> float:
+    job = session.get(AnalysisJob, report.analysis_job_id) if report.analysis_job_id else None
+    row_mm, col_mm = (job.pixel_spacing_mm if job and job.pixel_spacing_mm else [1.0, 1.0])
+    return round(max((box.x1 - box.x0) * col_mm, (box.y1 - box.y0) * row_mm), 1)
+
+
+def review_finding(
+    session: Session, user: User, report_id: int, finding_id: int, decision: ReviewStatus,
+    box: Box | None = None, comment: str | None = None,
+) -> Finding:
+    """Accept, reject or edit (move/resize) one finding. Every decision is kept as a label."""
+    report = _radiologist_report(session, user, report_id)
+    finding = session.get(Finding, finding_id)
+    if finding is None or finding.report_id != report.id:
+        raise NotFound(f"finding {finding_id} is not on report {report_id}")
+    if decision is ReviewStatus.PENDING:
+        raise InvalidInput("a decision is accepted, rejected or edited")
+    previous = {"x0": finding.x0, "y0": finding.y0, "x1": finding.x1, "y1": finding.y1,
+                "diameter_mm": finding.diameter_mm, "review_status": finding.review_status.value}
+    if decision is ReviewStatus.EDITED:
+        if box is None:
+            raise InvalidInput("an edit needs the corrected box")
+        box.validate()
+        finding.x0, finding.y0, finding.x1, finding.y1 = box.x0, box.y0, box.x1, box.y1
+        finding.diameter_mm = _diameter_mm(session, report, box)
+    finding.review_status = decision
+    session.add(FindingReview(finding_id=finding.id, reviewer_user_id=user.id, decision=decision, previous=previous, comment=comment))
+    record_access(session, user, "U", "Observation", finding.id, patient_id=finding.patient_id, description=decision.value)
+    return finding
+
+
+def add_finding(
+    session: Session, user: User, report_id: int, slice_index: int, box: Box, comment: str | None = None
+) -> Finding:
+    """A finding the AI missed, added by the radiologist (a positive label for retraining)."""
+    report = _radiologist_report(session, user, report_id)
+    job = session.get(AnalysisJob, report.analysis_job_id) if report.analysis_job_id else None
+    uids = job.slice_sop_instance_uids if job else []
+    if not 0 <= slice_index < len(uids):
+        raise InvalidInput(f"slice_index must be within 0..{len(uids) - 1}")
+    box.validate()
+    finding = Finding(
+        report_id=report.id, patient_id=report.patient_id, source=FindingSource.RADIOLOGIST,
+        sop_instance_uid=uids[slice_index], slice_index=slice_index, x0=box.x0, y0=box.y0, x1=box.x1, y1=box.y1,
+        diameter_mm=_diameter_mm(session, report, box), confidence=None, review_status=ReviewStatus.ACCEPTED,
+    )
+    session.add(finding)
+    session.flush()
+    session.add(FindingReview(finding_id=finding.id, reviewer_user_id=user.id, decision=ReviewStatus.ACCEPTED,
+                              previous={"added": True}, comment=comment))
+    record_access(session, user, "C", "Observation", finding.id, patient_id=report.patient_id)
+    return finding
+
+
+def sign_report(session: Session, user: User, report_id: int, conclusion: str | None = None) -> DiagnosticReport:
+    """Make the report final. Every AI finding must have a decision first."""
+    report = _radiologist_report(session, user, report_id)
+    pending = [f.id for f in report.findings if f.review_status is ReviewStatus.PENDING]
+    if pending:
+        raise Conflict(f"findings {pending} have no decision yet; accept, reject or edit each before signing")
+    kept = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
+    report.conclusion = (conclusion or "").strip() or (
+        f"{len(kept)} abnormalit{'y' if len(kept) == 1 else 'ies'} confirmed by the radiologist"
+        + (f" (largest {max(f.diameter_mm for f in kept):.0f} mm)." if kept else ": no abnormality.")
+    )
+    report.status = ReportStatus.FINAL
+    report.signed_by_user_id = user.id
+    report.signed_at = utcnow()
+    record_access(session, user, "U", "DiagnosticReport", report.id, patient_id=report.patient_id, description="signed")
+    publish(session, "ai.report_signed", report_id=report.id)
+    return report
+
+
+def analysis_status(session: Session, user: User, study_id: int) -> AnalysisJob:
+    job = session.scalar(select(AnalysisJob).where(AnalysisJob.study_id == study_id))
+    if job is None:
+        raise NotFound(f"study {study_id} has no analysis")
+    ensure_patient_access(session, user, job.study.patient_id, "ImagingStudy", study_id)
+    return job
+
+
+def request_rerun(session: Session, user: User, study_id: int) -> AnalysisJob:
+    """Re-run a failed or finished analysis (replaces its findings while unreviewed)."""
+    if user.role not in (Role.RADIOLOGIST, Role.IMAGING_STAFF, Role.ADMIN):
+        raise Forbidden("only imaging staff, radiologists or administrators can re-run an analysis")
+    job = analysis_status(session, user, study_id)
+    if job.status is AnalysisStatus.RUNNING:
+        raise Conflict("the analysis is running")
+    job.status = AnalysisStatus.QUEUED
+    enqueue(session, "ai_services.jobs.analyse_study", queue="ai", study_id=study_id)
+    return job
+
+
+def finding_json(finding: Finding) -> dict[str, Any]:
+    return {
+        "id": finding.id, "source": finding.source.value, "slice_index": finding.slice_index,
+        "sop_instance_uid": finding.sop_instance_uid, "box": [finding.x0, finding.y0, finding.x1, finding.y1],
+        "diameter_mm": finding.diameter_mm, "n_slices": finding.n_slices, "confidence": finding.confidence,
+        "review_status": finding.review_status.value, "body_site": finding.body_site,
+        "model_version_id": finding.model_version_id, "fhir": f"Observation/{finding.id}",
+    }

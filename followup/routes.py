@@ -1,0 +1,159 @@
+"""Consultation, prescription and dispensing API, and the clinician's, patient's and
+pharmacist's pages."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from followup.models import CarePlan, Consultation, MedicationDispense, MedicationRequest
+from followup.service import (
+    Prescription,
+    dispense,
+    dispense_queue,
+    finish_consultation,
+    get_consultation,
+    list_consultations,
+    prescribe,
+)
+from hospital.api import json_body, required
+from hospital.auth import current_user, require_roles
+from hospital.db import request_session
+from hospital.errors import DomainError
+from hospital.models import Role
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("followup", __name__, template_folder="templates")
+
+
+def consultation_json(session: Any, consultation: Consultation) -> dict[str, Any]:
+    plan = session.scalar(select(CarePlan).where(CarePlan.consultation_id == consultation.id))
+    return {
+        "id": consultation.id, "report_id": consultation.report_id, "patient_id": consultation.patient_id,
+        "practitioner_id": consultation.practitioner_id, "status": consultation.status.value,
+        "priority": consultation.priority, "reason": consultation.reason, "note": consultation.note,
+        "care_plan": None if plan is None else {
+            "id": plan.id, "title": plan.title,
+            "tasks": [{"id": t.id, "kind": t.kind, "description": t.description, "status": t.status.value,
+                       "due_at": t.due_at.isoformat() if t.due_at else None} for t in plan.tasks],
+        },
+        "fhir": f"Encounter/{consultation.id}",
+    }
+
+
+def medication_request_json(med: MedicationRequest) -> dict[str, Any]:
+    return {
+        "id": med.id, "consultation_id": med.consultation_id, "patient_id": med.patient_id,
+        "medication_code": med.medication_code, "medication_display": med.medication_display,
+        "dosage_text": med.dosage_text, "quantity": med.quantity, "refills": med.refills, "status": med.status.value,
+        "dispensed": sum(d.quantity for d in med.dispenses), "fhir": f"MedicationRequest/{med.id}",
+    }
+
+
+def dispense_json(record: MedicationDispense) -> dict[str, Any]:
+    return {"id": record.id, "request_id": record.request_id, "quantity": record.quantity,
+            "dispensed_at": record.dispensed_at.isoformat(), "fhir": f"MedicationDispense/{record.id}"}
+
+
+@bp.get("/api/consultations")
+@require_roles(Role.CLINICIAN, Role.PATIENT, Role.ADMIN)
+def consultations() -> ResponseReturnValue:
+    session = request_session()
+    payload = [consultation_json(session, c) for c in list_consultations(session, current_user())]
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.get("/api/consultations/<int:consultation_id>")
+@require_roles()
+def consultation(consultation_id: int) -> ResponseReturnValue:
+    session = request_session()
+    payload = consultation_json(session, get_consultation(session, current_user(), consultation_id))
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.post("/api/consultations/<int:consultation_id>/finish")
+@require_roles(Role.CLINICIAN)
+def finish(consultation_id: int) -> ResponseReturnValue:
+    data = json_body()
+    session = request_session()
+    finished = finish_consultation(session, current_user(), consultation_id, required(data, "note"))
+    payload = consultation_json(session, finished)
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.post("/api/consultations/<int:consultation_id>/prescriptions")
+@require_roles(Role.CLINICIAN)
+def create_prescription(consultation_id: int) -> ResponseReturnValue:
+    data = json_body()
+    prescription = Prescription(
+        medication_code=required(data, "medication_code"),
+        medication_display=str(data.get("medication_display") or ""),
+        dosage_text=required(data, "dosage_text"),
+        quantity=required(data, "quantity", int),
+        refills=int(data.get("refills") or 0),
+        pharmacy_organization_id=required(data, "pharmacy_organization_id", int),
+    )
+    session = request_session()
+    med = prescribe(session, current_user(), consultation_id, prescription)
+    payload = medication_request_json(med)
+    session.commit()
+    return jsonify(payload), 201
+
+
+@bp.get("/api/dispense-queue")
+@require_roles(Role.PHARMACIST)
+def queue() -> ResponseReturnValue:
+    session = request_session()
+    payload = [medication_request_json(m) for m in dispense_queue(session, current_user())]
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.post("/api/medication-requests/<int:request_id>/dispense")
+@require_roles(Role.PHARMACIST)
+def dispense_request(request_id: int) -> ResponseReturnValue:
+    data = request.get_json(silent=True) or {}
+    quantity = data.get("quantity") if isinstance(data, dict) else None
+    session = request_session()
+    record = dispense(session, current_user(), request_id, quantity if isinstance(quantity, int) else None)
+    payload = dispense_json(record)
+    session.commit()
+    return jsonify(payload), 201
+
+
+@bp.get("/consultations")
+@require_roles(Role.CLINICIAN, Role.PATIENT)
+def consultations_page() -> ResponseReturnValue:
+    session = request_session()
+    found = list_consultations(session, current_user())
+    plans = {c.id: session.scalar(select(CarePlan).where(CarePlan.consultation_id == c.id)) for c in found}
+    session.commit()
+    return render_template("followup/consultations.html", consultations=found, plans=plans)
+
+
+@bp.route("/dispense", methods=["GET", "POST"])
+@require_roles(Role.PHARMACIST)
+def dispense_queue_page() -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        try:
+            dispense(session, user, request.form.get("request_id", type=int) or 0)
+        except DomainError as exc:
+            session.rollback()
+            flash(exc.message, "error")
+        else:
+            session.commit()
+            flash("Dispensed.")
+        return redirect(url_for("followup.dispense_queue_page"))
+    found = dispense_queue(session, user)
+    session.commit()
+    return render_template("followup/dispense_queue.html", requests=found)

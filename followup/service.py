@@ -1,0 +1,207 @@
+"""Care after a signed report: the consultation, the follow-up plan, prescriptions and the
+pharmacy's dispense."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
+from followup.models import (
+    CarePlan,
+    Consultation,
+    ConsultationStatus,
+    FollowUpTask,
+    MedicationDispense,
+    MedicationRequest,
+    MedicationRequestStatus,
+    TaskStatus,
+)
+from hospital.access import ensure_patient_access, patient_filter
+from hospital.audit import record_access
+from hospital.clock import utcnow
+from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.jobs import publish
+from hospital.models import Organization, OrganizationKind, Role, User
+from referrals.models import Referral
+
+logger = logging.getLogger(__name__)
+
+# A confirmed finding at least this large makes the consultation urgent.
+URGENT_DIAMETER_MM = 10.0
+
+
+def open_consultation(session: Session, report_id: int) -> Consultation | None:
+    """Open the consultation of a signed report, with its follow-up plan. Idempotent."""
+    existing = session.scalar(select(Consultation).where(Consultation.report_id == report_id))
+    if existing is not None:
+        return existing
+    report = session.get(DiagnosticReport, report_id)
+    if report is None or report.status is ReportStatus.PRELIMINARY or report.referral_id is None:
+        logger.info("report %s is gone, unsigned or has no referral; no consultation", report_id)
+        return None
+    referral = session.get(Referral, report.referral_id)
+    assert referral is not None  # foreign key
+    confirmed = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
+    largest = max((f.diameter_mm for f in confirmed), default=0.0)
+    urgent = largest >= URGENT_DIAMETER_MM
+    consultation = Consultation(
+        report_id=report.id, patient_id=report.patient_id, practitioner_id=referral.requester_id,
+        priority="urgent" if urgent else "routine",
+        reason=f"Discuss imaging report {report.id}: {report.conclusion}",
+    )
+    session.add(consultation)
+    session.flush()
+    plan = CarePlan(consultation_id=consultation.id, patient_id=report.patient_id, title=f"Follow-up of report {report.id}")
+    session.add(plan)
+    session.flush()
+    now = utcnow()
+    session.add(FollowUpTask(
+        care_plan_id=plan.id, patient_id=report.patient_id, kind="visit",
+        description="Virtual consultation with the referring clinician to discuss the imaging report",
+        due_at=now + timedelta(days=2 if urgent else 14),
+    ))
+    if confirmed:
+        session.add(FollowUpTask(
+            care_plan_id=plan.id, patient_id=report.patient_id, kind="repeat-scan",
+            description=f"Repeat {referral.modality} {referral.body_part.lower()} to assess the "
+                        f"{len(confirmed)} finding(s)",
+            due_at=now + timedelta(days=90 if urgent else 180),
+        ))
+    logger.info("consultation %s opened for report %s (%s)", consultation.id, report.id, consultation.priority)
+    return consultation
+
+
+def get_consultation(session: Session, user: User, consultation_id: int, action: str = "R") -> Consultation:
+    consultation = session.get(Consultation, consultation_id)
+    if consultation is None:
+        raise NotFound(f"consultation {consultation_id} does not exist")
+    ensure_patient_access(session, user, consultation.patient_id, "Encounter", consultation_id, action)
+    if action == "R":
+        record_access(session, user, "R", "Encounter", consultation.id, patient_id=consultation.patient_id)
+    return consultation
+
+
+def list_consultations(session: Session, user: User) -> list[Consultation]:
+    query = select(Consultation).where(patient_filter(user, Consultation.patient_id))
+    if user.role is Role.CLINICIAN:
+        query = query.where(Consultation.practitioner_id == user.practitioner_id)
+    found = list(session.scalars(query.order_by(Consultation.priority.desc(), Consultation.created_at.desc())))
+    record_access(session, user, "E", "Encounter", None, description=f"list consultations ({len(found)})")
+    return found
+
+
+def _own_consultation(session: Session, user: User, consultation_id: int) -> Consultation:
+    consultation = get_consultation(session, user, consultation_id, action="U")
+    if user.role is not Role.CLINICIAN or consultation.practitioner_id != user.practitioner_id:
+        raise Forbidden("only the consulting clinician can do this")
+    return consultation
+
+
+def finish_consultation(session: Session, user: User, consultation_id: int, note: str) -> Consultation:
+    """Record the visit note and close the consultation (a billable event)."""
+    consultation = _own_consultation(session, user, consultation_id)
+    if consultation.status is ConsultationStatus.FINISHED:
+        return consultation
+    if consultation.status is ConsultationStatus.CANCELLED:
+        raise Conflict("a cancelled consultation cannot be finished")
+    if not note.strip():
+        raise InvalidInput("a visit note is required to finish the consultation")
+    now = utcnow()
+    consultation.status = ConsultationStatus.FINISHED
+    consultation.note = note.strip()
+    consultation.started_at = consultation.started_at or now
+    consultation.ended_at = now
+    for task in session.scalars(
+        select(FollowUpTask).join(CarePlan).where(CarePlan.consultation_id == consultation.id, FollowUpTask.kind == "visit")
+    ):
+        task.status = TaskStatus.COMPLETED
+        task.completed_at = now
+    record_access(session, user, "U", "Encounter", consultation.id, patient_id=consultation.patient_id, description="finished")
+    publish(session, "followup.consultation_finished", consultation_id=consultation.id)
+    return consultation
+
+
+@dataclass(frozen=True)
+class Prescription:
+    medication_code: str
+    medication_display: str
+    dosage_text: str
+    quantity: int
+    refills: int
+    pharmacy_organization_id: int
+
+
+def prescribe(session: Session, user: User, consultation_id: int, prescription: Prescription) -> MedicationRequest:
+    consultation = _own_consultation(session, user, consultation_id)
+    if prescription.quantity < 1 or prescription.refills < 0:
+        raise InvalidInput("quantity must be at least 1 and refills not negative")
+    if not prescription.medication_code.strip() or not prescription.dosage_text.strip():
+        raise InvalidInput("a medication code and dosage instructions are required")
+    pharmacy = session.get(Organization, prescription.pharmacy_organization_id)
+    if pharmacy is None or pharmacy.kind is not OrganizationKind.PHARMACY:
+        raise InvalidInput(f"organization {prescription.pharmacy_organization_id} is not a pharmacy")
+    assert user.practitioner_id is not None  # checked by _own_consultation
+    request = MedicationRequest(
+        consultation_id=consultation.id, patient_id=consultation.patient_id, prescriber_id=user.practitioner_id,
+        pharmacy_organization_id=pharmacy.id, medication_code=prescription.medication_code.strip(),
+        medication_display=prescription.medication_display.strip() or prescription.medication_code.strip(),
+        dosage_text=prescription.dosage_text.strip(), quantity=prescription.quantity, refills=prescription.refills,
+    )
+    session.add(request)
+    session.flush()
+    record_access(session, user, "C", "MedicationRequest", request.id, patient_id=consultation.patient_id)
+    return request
+
+
+def dispense_queue(session: Session, user: User) -> list[MedicationRequest]:
+    if user.role is not Role.PHARMACIST:
+        raise Forbidden("the dispense queue is for pharmacists")
+    found = list(session.scalars(
+        select(MedicationRequest)
+        .where(MedicationRequest.pharmacy_organization_id == user.organization_id,
+               MedicationRequest.status == MedicationRequestStatus.ACTIVE)
+        .order_by(MedicationRequest.created_at)
+    ))
+    record_access(session, user, "E", "MedicationRequest", None, description=f"dispense queue ({len(found)})")
+    return found
+
+
+def dispense(session: Session, user: User, request_id: int, quantity: int | None = None) -> MedicationDispense:
+    """Hand over medication; the request completes once the prescribed fills are all dispensed."""
+    if user.role is not Role.PHARMACIST:
+        raise Forbidden("only a pharmacist can dispense")
+    request = session.get(MedicationRequest, request_id, with_for_update=True)
+    if request is None:
+        raise NotFound(f"medication request {request_id} does not exist")
+    if request.pharmacy_organization_id != user.organization_id:
+        raise Forbidden("this prescription was sent to another pharmacy")
+    if request.status is not MedicationRequestStatus.ACTIVE:
+        raise Conflict(f"a prescription that is {request.status.value} cannot be dispensed")
+    amount = request.quantity if quantity is None else quantity
+    allowed_total = request.quantity * (1 + request.refills)
+    already = sum(d.quantity for d in request.dispenses)
+    if amount < 1 or already + amount > allowed_total:
+        raise InvalidInput(f"can dispense 1..{allowed_total - already} more of this prescription, not {amount}")
+    record = MedicationDispense(request_id=request.id, patient_id=request.patient_id, quantity=amount, dispensed_by_user_id=user.id)
+    session.add(record)
+    if already + amount == allowed_total:
+        request.status = MedicationRequestStatus.COMPLETED
+    session.flush()
+    record_access(session, user, "C", "MedicationDispense", record.id, patient_id=request.patient_id)
+    publish(session, "followup.medication_dispensed", dispense_id=record.id)
+    return record
+
+
+def consulted_patient_ids(user: User) -> Select[tuple[int]]:
+    """Patient scope of a clinician: patients they hold consultations with."""
+    return select(Consultation.patient_id).where(Consultation.practitioner_id == user.practitioner_id)
+
+
+def pharmacy_patient_ids(user: User) -> Select[tuple[int]]:
+    """Patient scope of a pharmacist: patients with prescriptions sent to their pharmacy."""
+    return select(MedicationRequest.patient_id).where(MedicationRequest.pharmacy_organization_id == user.organization_id)

@@ -1,0 +1,122 @@
+"""The `hospital` command: database, demo, web server, worker, and the stages' own commands
+(`hospital dicom`, `hospital ai ...`) which they register on the app."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import timedelta
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup
+from rq import Queue, Worker
+from sqlalchemy import select
+
+from hospital import migrate
+from hospital.app import create_app
+from hospital.clock import utcnow
+from hospital.db import get_db
+from hospital.demo import run_demo
+from hospital.jobs import QUEUES, dispatch, redis_connection
+from hospital.models import JobRecord, JobStatus
+from hospital.seed import DEMO_PASSWORD, seed_demo
+
+logger = logging.getLogger(__name__)
+
+
+@click.group(cls=FlaskGroup, create_app=lambda: create_app(), add_default_commands=True)
+def cli() -> None:
+    """Closed-loop imaging internet hospital."""
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Schema migrations (Alembic)."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Migrate the database in DATABASE_URL up to REVISION (default: head)."""
+    migrate.upgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"database at {revision}")
+
+
+@db_group.command("downgrade")
+@click.argument("revision", default="base")
+def db_downgrade(revision: str) -> None:
+    migrate.downgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"database at {revision}")
+
+
+@cli.command("seed")
+def seed_command() -> None:
+    """Add the demo organisations, users, schedules, catalog and AI model (idempotent)."""
+    with get_db().transaction() as session:
+        seed_demo(session, current_app._get_current_object())  # type: ignore[attr-defined]
+    click.echo(f"demo users seeded; password for all: {DEMO_PASSWORD}")
+
+
+@cli.command("demo")
+@click.option("--serve/--no-serve", default=True, show_default=True, help="serve the web app afterwards")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--dicom-port", default=None, type=int, help="port for the demo's DICOM server (default: config)")
+def demo_command(serve: bool, host: str, port: int, dicom_port: int | None) -> None:
+    """Run one whole closed loop (referral to invoice) and print its summary; then serve."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    summary = run_demo(app, dicom_port=dicom_port or app.config["DICOM_PORT"])
+    click.echo(summary.render())
+    if serve:
+        click.echo(f"\nServing on http://{host}:{port}  (demo logins: clinician, patient, imaging_staff, "
+                   f"radiologist, pharmacist, admin; password {DEMO_PASSWORD})")
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def serve_command(host: str, port: int) -> None:
+    """Serve the web app with Werkzeug (production: gunicorn 'hospital.wsgi:app')."""
+    current_app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+@cli.command("worker")
+@click.option("--queue", "queues", multiple=True, default=QUEUES, show_default=True)
+@click.option("--burst", is_flag=True, help="exit once the queues are empty")
+def worker_command(queues: tuple[str, ...], burst: bool) -> None:
+    """Run an RQ worker for the given queues (needs REDIS_URL)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    conn = redis_connection(app)
+    if conn is None:
+        raise click.ClickException("REDIS_URL is not set: without Redis, jobs run inline and no worker is needed")
+    worker = Worker([Queue(name, connection=conn) for name in queues], connection=conn)
+    worker.work(burst=burst, with_scheduler=True)
+
+
+@cli.group("jobs")
+def jobs_group() -> None:
+    """Durable job records."""
+
+
+@jobs_group.command("sweep")
+@click.option("--older-than", default=60, show_default=True, type=int, help="seconds a queued record may wait")
+def sweep_command(older_than: int) -> None:
+    """Hand queued or stuck job records to the queue again (e.g. after Redis lost its data)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    with get_db().session() as session:
+        ids = list(session.scalars(
+            select(JobRecord.id).where(JobRecord.status.in_([JobStatus.QUEUED, JobStatus.FAILED]), JobRecord.created_at < cutoff)
+        ))
+    dispatch(app, ids)
+    click.echo(f"re-dispatched {len(ids)} job record(s)")
+
+
+def main() -> None:
+    cli(prog_name="hospital")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Imaging-centre API and pages: triage referrals, slots and booking, the worklist, studies."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from hospital.access import ensure_patient_access, patient_filter
+from hospital.api import json_body, required
+from hospital.audit import record_access
+from hospital.auth import current_user, require_roles
+from hospital.clock import utcnow
+from hospital.db import request_session
+from hospital.errors import DomainError, InvalidInput, NotFound
+from hospital.models import Role
+from imaging_orders.models import Appointment, ImagingStudy, Slot
+from imaging_orders.service import (
+    WorklistEntry,
+    accept_referral,
+    appointments_for,
+    book_appointment,
+    free_slots,
+    pending_referrals,
+    reject_referral,
+    worklist,
+)
+from referrals.models import Referral, ReferralStatus
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("imaging_orders", __name__, template_folder="templates")
+
+
+def slot_json(slot: Slot) -> dict[str, Any]:
+    return {
+        "id": slot.id, "start": slot.start.isoformat(), "end": slot.end.isoformat(), "status": slot.status.value,
+        "schedule": slot.schedule.name, "modality": slot.schedule.modality, "room": slot.schedule.room,
+    }
+
+
+def appointment_json(appointment: Appointment) -> dict[str, Any]:
+    return {
+        "id": appointment.id, "referral_id": appointment.referral_id, "patient_id": appointment.patient_id,
+        "slot_id": appointment.slot_id, "start": appointment.start.isoformat(), "end": appointment.end.isoformat(),
+        "status": appointment.status.value, "description": appointment.description,
+        "fhir": f"Appointment/{appointment.id}",
+    }
+
+
+def worklist_json(entry: WorklistEntry) -> dict[str, Any]:
+    patient = entry.appointment.patient
+    return {
+        "appointment": appointment_json(entry.appointment),
+        "accession_number": entry.referral.accession_number,
+        "referral_id": entry.referral.id,
+        "priority": entry.referral.priority.value,
+        "procedure": entry.referral.procedure_description,
+        "modality": entry.schedule.modality,
+        "room": entry.schedule.room,
+        "station_ae_title": entry.schedule.station_ae_title,
+        "patient": {"id": patient.id, "mrn": patient.mrn, "name": patient.display_name},
+    }
+
+
+def study_json(study: ImagingStudy) -> dict[str, Any]:
+    return {
+        "id": study.id, "study_instance_uid": study.study_instance_uid, "accession_number": study.accession_number,
+        "referral_id": study.referral_id, "patient_id": study.patient_id, "status": study.status.value,
+        "series": [
+            {"uid": s.series_instance_uid, "number": s.number, "modality": s.modality, "instances": len(s.instances)}
+            for s in study.series
+        ],
+        "fhir": f"ImagingStudy/{study.id}",
+    }
+
+
+def _parse_date(value: str | None, default: date) -> date:
+    if not value:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput(f"dates are YYYY-MM-DD, got {value!r}") from exc
+
+
+def _parse_instant(value: str | None, default: datetime) -> datetime:
+    if not value:
+        return default
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput(f"times are ISO 8601 with a zone, got {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"time {value!r} needs a zone offset, e.g. 2026-01-01T09:00:00+00:00")
+    return parsed
+
+
+@bp.post("/api/referrals/<int:referral_id>/accept")
+@require_roles(Role.IMAGING_STAFF)
+def accept(referral_id: int) -> ResponseReturnValue:
+    session = request_session()
+    referral = accept_referral(session, current_user(), referral_id)
+    session.commit()
+    return jsonify(id=referral.id, status=referral.status.value, accession_number=referral.accession_number)
+
+
+@bp.post("/api/referrals/<int:referral_id>/reject")
+@require_roles(Role.IMAGING_STAFF)
+def reject(referral_id: int) -> ResponseReturnValue:
+    reason = required(json_body(), "reason")
+    session = request_session()
+    referral = reject_referral(session, current_user(), referral_id, reason)
+    session.commit()
+    return jsonify(id=referral.id, status=referral.status.value)
+
+
+@bp.get("/api/slots")
+@require_roles()
+def slots() -> ResponseReturnValue:
+    organization_id = request.args.get("organization_id", type=int)
+    if organization_id is None:
+        raise InvalidInput("organization_id is required")
+    now = utcnow()
+    start = _parse_instant(request.args.get("from"), now)
+    end = _parse_instant(request.args.get("to"), start + timedelta(days=14))
+    found = free_slots(request_session(), organization_id, request.args.get("modality"), start, end)
+    return jsonify([slot_json(s) for s in found])
+
+
+@bp.post("/api/appointments")
+@require_roles(Role.PATIENT, Role.CLINICIAN, Role.IMAGING_STAFF)
+def book() -> ResponseReturnValue:
+    data = json_body()
+    session = request_session()
+    appointment = book_appointment(session, current_user(), required(data, "referral_id", int), required(data, "slot_id", int))
+    session.commit()
+    return jsonify(appointment_json(appointment)), 201
+
+
+@bp.get("/api/appointments")
+@require_roles(Role.PATIENT, Role.CLINICIAN)
+def my_appointments() -> ResponseReturnValue:
+    session = request_session()
+    appointments = appointments_for(session, current_user())
+    session.commit()
+    return jsonify([appointment_json(a) for a in appointments])
+
+
+@bp.get("/api/worklist")
+@require_roles(Role.IMAGING_STAFF, Role.RADIOLOGIST, Role.ADMIN)
+def worklist_api() -> ResponseReturnValue:
+    session = request_session()
+    day = _parse_date(request.args.get("date"), utcnow().date())
+    entries = worklist(session, current_user(), day, request.args.get("modality"))
+    session.commit()
+    return jsonify(date=day.isoformat(), entries=[worklist_json(e) for e in entries])
+
+
+@bp.get("/api/studies")
+@require_roles()
+def studies() -> ResponseReturnValue:
+    user = current_user()
+    session = request_session()
+    query = select(ImagingStudy).where(patient_filter(user, ImagingStudy.patient_id)).order_by(ImagingStudy.id.desc())
+    if accession := request.args.get("accession"):
+        query = query.where(ImagingStudy.accession_number == accession)
+    if referral_id := request.args.get("referral_id", type=int):
+        query = query.where(ImagingStudy.referral_id == referral_id)
+    found = list(session.scalars(query.limit(200)))
+    record_access(session, user, "E", "ImagingStudy", None, description=f"list studies ({len(found)})")
+    session.commit()
+    return jsonify([study_json(s) for s in found])
+
+
+@bp.get("/api/studies/<int:study_id>")
+@require_roles()
+def study(study_id: int) -> ResponseReturnValue:
+    user = current_user()
+    session = request_session()
+    found = session.get(ImagingStudy, study_id)
+    if found is None:
+        raise NotFound(f"study {study_id} does not exist")
+    ensure_patient_access(session, user, found.patient_id, "ImagingStudy", study_id)
+    record_access(session, user, "R", "ImagingStudy", study_id, patient_id=found.patient_id)
+    session.commit()
+    return jsonify(study_json(found))
+
+
+@bp.get("/worklist")
+@require_roles(Role.IMAGING_STAFF, Role.RADIOLOGIST, Role.ADMIN)
+def worklist_page() -> ResponseReturnValue:
+    session = request_session()
+    day = _parse_date(request.args.get("date"), utcnow().date())
+    entries = worklist(session, current_user(), day, request.args.get("modality"))
+    session.commit()
+    return render_template("imaging_orders/worklist.html", entries=entries, day=day)
+
+
+@bp.route("/incoming", methods=["GET", "POST"])
+@require_roles(Role.IMAGING_STAFF)
+def incoming_page() -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        referral_id = request.form.get("referral_id", type=int) or 0
+        try:
+            if request.form.get("action") == "reject":
+                reject_referral(session, user, referral_id, request.form.get("reason", ""))
+                flash(f"Referral {referral_id} rejected.")
+            else:
+                referral = accept_referral(session, user, referral_id)
+                flash(f"Referral {referral_id} accepted: accession {referral.accession_number}.")
+        except DomainError as exc:
+            session.rollback()
+            flash(exc.message, "error")
+        else:
+            session.commit()
+        return redirect(url_for("imaging_orders.incoming_page"))
+    referrals = pending_referrals(session, user)
+    return render_template("imaging_orders/incoming.html", referrals=referrals)
+
+
+@bp.route("/appointments", methods=["GET", "POST"])
+@require_roles(Role.PATIENT, Role.CLINICIAN)
+def appointments_page() -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        try:
+            book_appointment(
+                session, user, request.form.get("referral_id", type=int) or 0, request.form.get("slot_id", type=int) or 0
+            )
+        except DomainError as exc:
+            session.rollback()
+            flash(exc.message, "error")
+        else:
+            session.commit()
+            flash("Appointment booked.")
+        return redirect(url_for("imaging_orders.appointments_page"))
+    appointments = appointments_for(session, user)
+    to_book = list(
+        session.scalars(
+            select(Referral)
+            .where(patient_filter(user, Referral.patient_id), Referral.status == ReferralStatus.ACCEPTED)
+            .where(Referral.requester_id == user.practitioner_id if user.role is Role.CLINICIAN else Referral.patient_id == user.patient_id)
+        )
+    )
+    offers = {r.id: free_slots(session, r.performer_organization_id, r.modality, utcnow(), utcnow() + timedelta(days=14), limit=12) for r in to_book}
+    session.commit()
+    return render_template("imaging_orders/appointments.html", appointments=appointments, to_book=to_book, offers=offers)

@@ -1,0 +1,195 @@
+"""The imaging centre's workflow: accept or reject referrals, offer slots, book appointments and
+publish the day's worklist. Receiving images is in `imaging_orders.ingest`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, UTC
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm.exc import StaleDataError
+
+from hospital.access import ensure_patient_access
+from hospital.audit import record_access
+from hospital.clock import utcnow
+from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.models import Role, User
+from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
+from referrals.models import Referral, ReferralStatus
+
+logger = logging.getLogger(__name__)
+
+BOOKABLE_REFERRAL_STATUSES = frozenset({ReferralStatus.ACCEPTED})
+
+
+def _centre_staff_referral(session: Session, user: User, referral_id: int) -> Referral:
+    referral = session.get(Referral, referral_id, with_for_update=True)
+    if referral is None:
+        raise NotFound(f"referral {referral_id} does not exist")
+    if user.role is not Role.IMAGING_STAFF or user.organization_id != referral.performer_organization_id:
+        raise Forbidden("only staff of the imaging centre this referral was sent to can do this")
+    return referral
+
+
+def accession_number_for(referral: Referral) -> str:
+    # Unique because referral ids are; 13 characters, within DICOM's 16 for AccessionNumber (SH).
+    return f"ACC{referral.id:010d}"
+
+
+def accept_referral(session: Session, user: User, referral_id: int) -> Referral:
+    referral = _centre_staff_referral(session, user, referral_id)
+    if referral.status is ReferralStatus.ACCEPTED:
+        return referral  # accepting twice is harmless
+    if referral.status is not ReferralStatus.ACTIVE:
+        raise Conflict(f"a referral that is {referral.status.value} cannot be accepted")
+    referral.status = ReferralStatus.ACCEPTED
+    referral.accession_number = accession_number_for(referral)
+    record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id, description="accepted")
+    return referral
+
+
+def reject_referral(session: Session, user: User, referral_id: int, reason: str) -> Referral:
+    referral = _centre_staff_referral(session, user, referral_id)
+    if referral.status is not ReferralStatus.ACTIVE:
+        raise Conflict(f"a referral that is {referral.status.value} cannot be rejected")
+    if not reason.strip():
+        raise InvalidInput("a reason is required to reject a referral")
+    referral.status = ReferralStatus.REJECTED
+    referral.status_reason = reason.strip()
+    record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id, description="rejected")
+    return referral
+
+
+def free_slots(
+    session: Session, organization_id: int, modality: str | None, start: datetime, end: datetime, limit: int = 200
+) -> list[Slot]:
+    query = (
+        select(Slot)
+        .join(Schedule)
+        .options(joinedload(Slot.schedule))
+        .where(
+            Schedule.organization_id == organization_id,
+            Schedule.active.is_(True),
+            Slot.status == SlotStatus.FREE,
+            Slot.start >= max(start, utcnow()),
+            Slot.start < end,
+        )
+        .order_by(Slot.start, Slot.id)
+        .limit(limit)
+    )
+    if modality:
+        query = query.where(Schedule.modality == modality.upper())
+    return list(session.scalars(query))
+
+
+def book_appointment(session: Session, user: User, referral_id: int, slot_id: int) -> Appointment:
+    """Book `slot_id` for an accepted referral. The patient, the referring clinician or the
+    centre's staff may book. Exactly one of two simultaneous bookings of a slot wins."""
+    referral = session.get(Referral, referral_id)
+    if referral is None:
+        raise NotFound(f"referral {referral_id} does not exist")
+    ensure_patient_access(session, user, referral.patient_id, "ServiceRequest", referral_id, "U")
+    allowed = (
+        (user.role is Role.PATIENT and user.patient_id == referral.patient_id)
+        or (user.role is Role.CLINICIAN and user.practitioner_id == referral.requester_id)
+        or (user.role is Role.IMAGING_STAFF and user.organization_id == referral.performer_organization_id)
+    )
+    if not allowed:
+        raise Forbidden("you may not book an appointment for this referral")
+    if referral.status not in BOOKABLE_REFERRAL_STATUSES:
+        raise Conflict(f"a referral that is {referral.status.value} cannot be booked (it must be accepted first)")
+    slot = session.get(Slot, slot_id)
+    if slot is None:
+        raise NotFound(f"slot {slot_id} does not exist")
+    if slot.schedule.organization_id != referral.performer_organization_id:
+        raise InvalidInput("that slot belongs to another imaging centre")
+    if slot.schedule.modality != referral.modality:
+        raise InvalidInput(f"that slot is for {slot.schedule.modality}, the referral asks for {referral.modality}")
+    if slot.status is not SlotStatus.FREE:
+        raise Conflict("that slot is already taken; choose another")
+    if slot.start <= utcnow():
+        raise Conflict("that slot is in the past")
+    slot.status = SlotStatus.BUSY
+    appointment = Appointment(
+        slot_id=slot.id,
+        referral_id=referral.id,
+        patient_id=referral.patient_id,
+        start=slot.start,
+        end=slot.end,
+        description=referral.procedure_description,
+        booked_by_user_id=user.id,
+    )
+    session.add(appointment)
+    referral.status = ReferralStatus.SCHEDULED
+    try:
+        # The slot's version column and the unique slot_id make a concurrent booking fail here.
+        session.flush()
+    except (StaleDataError, IntegrityError) as exc:
+        session.rollback()
+        raise Conflict("that slot was just taken by someone else; choose another") from exc
+    record_access(session, user, "C", "Appointment", appointment.id, patient_id=referral.patient_id)
+    return appointment
+
+
+@dataclass(frozen=True)
+class WorklistEntry:
+    appointment: Appointment
+    referral: Referral
+    schedule: Schedule
+
+
+def worklist(session: Session, user: User, day: date, modality: str | None = None) -> list[WorklistEntry]:
+    """The centre's scheduled examinations on `day` (UTC), earliest first."""
+    if user.role not in (Role.IMAGING_STAFF, Role.RADIOLOGIST, Role.ADMIN):
+        raise Forbidden("the worklist is for imaging-centre staff")
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    query = (
+        select(Appointment, Referral, Schedule)
+        .join(Referral, Appointment.referral_id == Referral.id)
+        .join(Slot, Appointment.slot_id == Slot.id)
+        .join(Schedule, Slot.schedule_id == Schedule.id)
+        .options(joinedload(Appointment.patient))
+        .where(
+            Appointment.start >= start,
+            Appointment.start < start + timedelta(days=1),
+            Appointment.status.in_([AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED, AppointmentStatus.FULFILLED]),
+        )
+        .order_by(Appointment.start, Appointment.id)
+    )
+    if user.role is not Role.ADMIN:
+        query = query.where(Schedule.organization_id == user.organization_id)
+    if modality:
+        query = query.where(Schedule.modality == modality.upper())
+    entries = [WorklistEntry(a, r, s) for a, r, s in session.execute(query)]
+    record_access(session, user, "E", "Appointment", None, description=f"worklist {day.isoformat()} ({len(entries)})")
+    return entries
+
+
+def pending_referrals(session: Session, user: User) -> list[Referral]:
+    """Referrals sent to the user's centre and not yet accepted or rejected."""
+    if user.role is not Role.IMAGING_STAFF:
+        raise Forbidden("only imaging-centre staff triage referrals")
+    return list(
+        session.scalars(
+            select(Referral)
+            .where(Referral.performer_organization_id == user.organization_id, Referral.status == ReferralStatus.ACTIVE)
+            .order_by(Referral.created_at)
+        )
+    )
+
+
+def appointments_for(session: Session, user: User) -> list[Appointment]:
+    """A patient's own appointments, or those of a clinician's referrals."""
+    query = select(Appointment).join(Referral, Appointment.referral_id == Referral.id).order_by(Appointment.start)
+    if user.role is Role.PATIENT:
+        query = query.where(Appointment.patient_id == user.patient_id)
+    elif user.role is Role.CLINICIAN:
+        query = query.where(Referral.requester_id == user.practitioner_id)
+    else:
+        raise Forbidden("this list is for patients and clinicians")
+    appointments = list(session.scalars(query))
+    record_access(session, user, "E", "Appointment", None, description=f"appointments ({len(appointments)})")
+    return appointments

@@ -1,0 +1,154 @@
+"""Referral API (`/api/referrals`) and the clinician's referral pages."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from hospital.api import json_body, required
+from hospital.auth import current_user, require_roles
+from hospital.db import request_session
+from hospital.errors import DomainError, InvalidInput
+from hospital.models import Organization, OrganizationKind, Patient, Role
+from referrals.models import Priority, Referral, ReferralStatus
+from referrals.service import ReferralRequest, cancel_referral, create_referral, get_referral, list_referrals
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("referrals", __name__, template_folder="templates")
+
+
+def referral_json(referral: Referral) -> dict[str, Any]:
+    return {
+        "id": referral.id,
+        "patient_id": referral.patient_id,
+        "requester_id": referral.requester_id,
+        "performer_organization_id": referral.performer_organization_id,
+        "status": referral.status.value,
+        "priority": referral.priority.value,
+        "modality": referral.modality,
+        "body_part": referral.body_part,
+        "procedure_description": referral.procedure_description,
+        "reason": referral.reason,
+        "accession_number": referral.accession_number,
+        "created_at": referral.created_at.isoformat(),
+        "fhir": f"ServiceRequest/{referral.id}",
+    }
+
+
+def parse_priority(value: Any) -> Priority:
+    try:
+        return Priority(value or "routine")
+    except ValueError as exc:
+        raise InvalidInput(f"priority must be one of {[p.value for p in Priority]}") from exc
+
+
+def _referral_request(data: dict[str, Any]) -> ReferralRequest:
+    return ReferralRequest(
+        patient_id=required(data, "patient_id", int),
+        performer_organization_id=required(data, "performer_organization_id", int),
+        modality=required(data, "modality"),
+        body_part=required(data, "body_part"),
+        procedure_description=str(data.get("procedure_description") or ""),
+        reason=required(data, "reason"),
+        priority=parse_priority(data.get("priority")),
+    )
+
+
+@bp.post("/api/referrals")
+@require_roles(Role.CLINICIAN)
+def create() -> ResponseReturnValue:
+    request_data = _referral_request(json_body())
+    session = request_session()
+    referral = create_referral(session, current_user(), request_data)
+    session.commit()
+    return jsonify(referral_json(referral)), 201, {"Location": url_for("referrals.show", referral_id=referral.id)}
+
+
+@bp.get("/api/referrals")
+@require_roles()
+def index() -> ResponseReturnValue:
+    status = request.args.get("status")
+    try:
+        status_filter = ReferralStatus(status) if status else None
+    except ValueError as exc:
+        raise InvalidInput(f"unknown status {status!r}") from exc
+    session = request_session()
+    referrals = list_referrals(session, current_user(), status_filter)
+    session.commit()
+    return jsonify([referral_json(r) for r in referrals])
+
+
+@bp.get("/api/referrals/<int:referral_id>")
+@require_roles()
+def show(referral_id: int) -> ResponseReturnValue:
+    session = request_session()
+    referral = get_referral(session, current_user(), referral_id)
+    session.commit()
+    return jsonify(referral_json(referral))
+
+
+@bp.post("/api/referrals/<int:referral_id>/cancel")
+@require_roles(Role.CLINICIAN)
+def cancel(referral_id: int) -> ResponseReturnValue:
+    data = json_body()
+    session = request_session()
+    referral = cancel_referral(session, current_user(), referral_id, str(data.get("reason") or "cancelled by clinician"))
+    session.commit()
+    return jsonify(referral_json(referral))
+
+
+@bp.get("/referrals")
+@require_roles(Role.CLINICIAN)
+def referral_list_page() -> ResponseReturnValue:
+    session = request_session()
+    referrals = list_referrals(session, current_user())
+    session.commit()
+    return render_template("referrals/list.html", referrals=referrals)
+
+
+@bp.route("/referrals/new", methods=["GET", "POST"])
+@require_roles(Role.CLINICIAN)
+def new_referral_page() -> ResponseReturnValue:
+    session = request_session()
+    error = None
+    if request.method == "POST":
+        form = request.form
+        try:
+            referral = create_referral(
+                session,
+                current_user(),
+                ReferralRequest(
+                    patient_id=_form_int(form.get("patient_id"), "patient"),
+                    performer_organization_id=_form_int(form.get("performer_organization_id"), "imaging centre"),
+                    modality=form.get("modality", ""),
+                    body_part=form.get("body_part", ""),
+                    procedure_description=form.get("procedure_description", ""),
+                    reason=form.get("reason", ""),
+                    priority=parse_priority(form.get("priority")),
+                ),
+            )
+        except DomainError as exc:
+            session.rollback()
+            error = exc.message
+        else:
+            session.commit()
+            flash(f"Referral {referral.id} sent to the imaging centre.")
+            return redirect(url_for("referrals.referral_list_page"))
+    patients = session.scalars(select(Patient).order_by(Patient.family_name).limit(200)).all()
+    centres = session.scalars(
+        select(Organization).where(Organization.kind == OrganizationKind.IMAGING_CENTRE).order_by(Organization.name)
+    ).all()
+    return render_template(
+        "referrals/new.html", patients=patients, centres=centres, priorities=list(Priority), error=error
+    ), 400 if error else 200
+
+
+def _form_int(value: str | None, label: str) -> int:
+    if not value or not value.isdigit():
+        raise InvalidInput(f"choose a {label}")
+    return int(value)

@@ -1,0 +1,110 @@
+"""Referral workflow: a clinician orders an imaging examination; the clinician may cancel it.
+
+The imaging centre's side (accept, reject, schedule) lives in `imaging_orders.service`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from hospital.access import ensure_patient_access, patient_filter
+from hospital.audit import record_access
+from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.models import Organization, OrganizationKind, Patient, Role, User
+from referrals.models import Priority, Referral, ReferralStatus
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = frozenset({"CT", "MR", "CR", "DX", "US", "PT", "NM", "MG", "XA", "RF"})
+OPEN_STATUSES = frozenset({ReferralStatus.ACTIVE, ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED})
+
+
+@dataclass(frozen=True)
+class ReferralRequest:
+    patient_id: int
+    performer_organization_id: int
+    modality: str
+    body_part: str
+    procedure_description: str
+    reason: str
+    priority: Priority = Priority.ROUTINE
+
+
+def create_referral(session: Session, user: User, request: ReferralRequest) -> Referral:
+    if user.role is not Role.CLINICIAN or user.practitioner_id is None:
+        raise Forbidden("only a referring clinician can create a referral")
+    patient = session.get(Patient, request.patient_id)
+    if patient is None:
+        raise InvalidInput(f"patient {request.patient_id} does not exist")
+    centre = session.get(Organization, request.performer_organization_id)
+    if centre is None or centre.kind is not OrganizationKind.IMAGING_CENTRE:
+        raise InvalidInput(f"organization {request.performer_organization_id} is not an imaging centre")
+    modality = request.modality.upper()
+    if modality not in MODALITIES:
+        raise InvalidInput(f"modality {request.modality!r} is not one of {sorted(MODALITIES)}")
+    if not request.reason.strip():
+        raise InvalidInput("a reason for the examination is required")
+    referral = Referral(
+        patient_id=patient.id,
+        requester_id=user.practitioner_id,
+        created_by_user_id=user.id,
+        performer_organization_id=centre.id,
+        modality=modality,
+        body_part=request.body_part.strip().upper() or "UNKNOWN",
+        procedure_description=request.procedure_description.strip() or f"{modality} {request.body_part}",
+        reason=request.reason.strip(),
+        priority=request.priority,
+    )
+    session.add(referral)
+    session.flush()
+    record_access(session, user, "C", "ServiceRequest", referral.id, patient_id=patient.id)
+    return referral
+
+
+def get_referral(session: Session, user: User, referral_id: int, action: str = "R") -> Referral:
+    referral = session.get(Referral, referral_id)
+    if referral is None:
+        raise NotFound(f"referral {referral_id} does not exist")
+    ensure_patient_access(session, user, referral.patient_id, "ServiceRequest", referral_id, action)
+    if action == "R":
+        record_access(session, user, "R", "ServiceRequest", referral.id, patient_id=referral.patient_id)
+    return referral
+
+
+def list_referrals(session: Session, user: User, status: ReferralStatus | None = None) -> list[Referral]:
+    query = select(Referral).where(patient_filter(user, Referral.patient_id))
+    if user.role is Role.CLINICIAN:
+        query = query.where(Referral.requester_id == user.practitioner_id)
+    if user.role in (Role.IMAGING_STAFF, Role.RADIOLOGIST):
+        query = query.where(Referral.performer_organization_id == user.organization_id)
+    if status is not None:
+        query = query.where(Referral.status == status)
+    referrals = list(session.scalars(query.order_by(Referral.created_at.desc(), Referral.id.desc()).limit(500)))
+    record_access(session, user, "E", "ServiceRequest", None, description=f"list referrals ({len(referrals)})")
+    return referrals
+
+
+def cancel_referral(session: Session, user: User, referral_id: int, reason: str) -> Referral:
+    referral = get_referral(session, user, referral_id, action="U")
+    if user.role is not Role.CLINICIAN or referral.requester_id != user.practitioner_id:
+        raise Forbidden("only the requesting clinician can cancel this referral")
+    if referral.status not in OPEN_STATUSES:
+        raise Conflict(f"a referral that is {referral.status.value} cannot be cancelled")
+    referral.status = ReferralStatus.CANCELLED
+    referral.status_reason = reason
+    record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id, description="cancelled")
+    return referral
+
+
+def referred_patient_ids(user: User) -> Select[tuple[int]]:
+    """Patient scope of a clinician: the patients they referred."""
+    return select(Referral.patient_id).where(Referral.requester_id == user.practitioner_id)
+
+
+def centre_patient_ids(user: User) -> Select[tuple[int]]:
+    """Patient scope of imaging-centre staff and radiologists: patients referred to their centre."""
+    return select(Referral.patient_id).where(Referral.performer_organization_id == user.organization_id)
