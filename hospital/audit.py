@@ -1,15 +1,16 @@
 """Audit trail of access to patient data (FHIR AuditEvent semantics).
 
-Records are written in the caller's transaction for successful access, and in a transaction of
-their own for denied access (the caller's work is being rolled back then). There is no update or
-delete path.
+Records are written in the caller's transaction for successful access. A denial is held until
+the request's error handler has rolled the request's work back, then written and committed on
+its own (outside a request: at once, in a transaction of its own). There is no update or delete
+path.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flask import current_app, has_request_context, request
+from flask import current_app, g, has_request_context, request
 from sqlalchemy.orm import Session
 
 from hospital.db import get_db
@@ -53,11 +54,23 @@ def record_access(
 def record_denied(
     user: User | None, action: str, entity_type: str, entity_id: object | None, description: str
 ) -> None:
-    """Write a denied-access record in its own transaction, surviving the caller's rollback."""
+    """Record a denied access so that it survives the rollback of the denied request."""
+    denial = dict(user_id=user.id if user else None, action=action, entity_type=entity_type,
+                  entity_id=None if entity_id is None else str(entity_id), description=description)
+    if has_request_context():
+        g.setdefault("audit_denials", []).append(denial)
+        return
     with get_db(current_app._get_current_object()).transaction() as session:  # type: ignore[attr-defined]
-        record_access(
-            session, user, action, entity_type, entity_id, outcome=OUTCOME_DENIED, description=description
-        )
+        session.add(AuditEvent(outcome=OUTCOME_DENIED, source="system", **denial))
+
+
+def write_pending_denials(session: Session) -> None:
+    """Called by the error handler after rolling the request back: persist its denials."""
+    denials = g.pop("audit_denials", [])
+    for denial in denials:
+        session.add(AuditEvent(outcome=OUTCOME_DENIED, source=_default_source(), **denial))
+    if denials:
+        session.commit()
 
 
 def _default_source() -> str:

@@ -10,6 +10,8 @@ from flask import Flask, Response, json, redirect, render_template, request, url
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from hospital.audit import write_pending_denials
+from hospital.db import request_session
 from hospital.errors import DomainError, Unauthenticated
 from hospital.fhir.outcome import FHIR_JSON, operation_outcome
 
@@ -45,6 +47,9 @@ def init_app(app: Flask) -> None:
     def _domain_error(exc: DomainError) -> Response:
         if isinstance(exc, Unauthenticated):
             logger.info("unauthenticated request to %s: %s", request.path, exc.message)
+        session = request_session()
+        session.rollback()  # nothing of a refused request is kept...
+        write_pending_denials(session)  # ...except the record that it was refused
         return error_response(exc.status, exc.message, exc.code)
 
     @app.errorhandler(HTTPException)

@@ -6,6 +6,7 @@ Idempotent: seeding twice finds the rows by their natural keys and adds nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,10 +85,16 @@ def seed_demo(session: Session, app: Flask) -> DemoSeed:
     return seed
 
 
+@functools.cache
+def _demo_password_hash() -> str:
+    # Hashed once per process: scrypt is deliberately slow, and every demo user shares the password.
+    return hash_password(DEMO_PASSWORD)
+
+
 def _user(session: Session, username: str, role: Role, **links: Any) -> User:
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
-        user = User(username=username, role=role, password_hash=hash_password(DEMO_PASSWORD), **links)
+        user = User(username=username, role=role, password_hash=_demo_password_hash(), **links)
         session.add(user)
         session.flush()
     return user

@@ -1,0 +1,111 @@
+"""Authentication and patient-compartment authorisation across the API and FHIR."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hospital.auth import MAX_FAILED_LOGINS
+from hospital.models import AuditEvent, User
+from hospital.seed import DEMO_PASSWORD, DemoSeed
+
+
+def test_request_without_token_gets_401_in_the_callers_format(client: FlaskClient, demo: DemoSeed) -> None:
+    fhir = client.get(f"/fhir/Patient/{demo.patient.id}")
+    assert fhir.status_code == 401
+    assert fhir.mimetype == "application/fhir+json"
+    assert fhir.get_json()["resourceType"] == "OperationOutcome"
+    assert fhir.get_json()["issue"][0]["code"] == "login"
+
+    api = client.get("/api/referrals")
+    assert api.status_code == 401
+    assert api.mimetype == "application/problem+json"
+
+    page = client.get("/worklist")
+    assert page.status_code == 302 and "/login" in page.headers["Location"]
+
+
+def test_invalid_or_revoked_token_is_refused(client: FlaskClient, demo: DemoSeed) -> None:
+    assert client.get("/api/me", headers={"Authorization": "Bearer nonsense"}).status_code == 401
+    token = client.post("/api/auth/token", json={"username": "patient", "password": DEMO_PASSWORD}).get_json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/me", headers=headers).get_json()["role"] == "patient"
+    assert client.post("/api/auth/revoke", headers=headers).status_code == 204
+    assert client.get("/api/me", headers=headers).status_code == 401
+
+
+def test_patient_cannot_read_another_patients_resources(as_role: Any, demo: DemoSeed, db_session: Session) -> None:
+    patient = as_role("patient")
+    assert patient.get(f"/fhir/Patient/{demo.patient.id}").status_code == 200
+    denied = patient.get(f"/fhir/Patient/{demo.other_patient.id}")
+    assert denied.status_code == 403
+    assert denied.get_json()["resourceType"] == "OperationOutcome"
+    # A search cannot widen the compartment either: the other patient's record is simply absent.
+    bundle = patient.get(f"/fhir/Patient?_id={demo.other_patient.id}").get_json()
+    assert bundle["resourceType"] == "Bundle" and bundle["total"] == 0
+    denial = db_session.scalars(
+        select(AuditEvent).where(AuditEvent.entity_type == "Patient", AuditEvent.outcome == 4)
+    ).all()
+    assert [(a.entity_id, a.user_id) for a in denial] == [(str(demo.other_patient.id), demo.users["patient"].id)]
+
+
+def test_clinician_sees_only_patients_they_referred(as_role: Any, demo: DemoSeed) -> None:
+    clinician = as_role("clinician")
+    assert clinician.get(f"/fhir/Patient/{demo.patient.id}").status_code == 403
+    created = clinician.post("/api/referrals", json={
+        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
+        "body_part": "CHEST", "reason": "cough",
+    })
+    assert created.status_code == 201
+    assert clinician.get(f"/fhir/Patient/{demo.patient.id}").status_code == 200
+    assert clinician.get(f"/fhir/Patient/{demo.other_patient.id}").status_code == 403
+
+
+def test_every_patient_read_is_audited(as_role: Any, demo: DemoSeed, db_session: Session) -> None:
+    as_role("patient").get(f"/fhir/Patient/{demo.patient.id}")
+    reads = db_session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "R", AuditEvent.patient_id == demo.patient.id)
+    ).all()
+    assert len(reads) == 1
+    assert reads[0].user_id == demo.users["patient"].id and reads[0].source == "fhir" and reads[0].outcome == 0
+
+
+def test_account_locks_after_repeated_failures(client: FlaskClient, demo: DemoSeed, db_session: Session) -> None:
+    for _ in range(MAX_FAILED_LOGINS):
+        assert client.post("/api/auth/token", json={"username": "admin", "password": "wrong"}).status_code == 401
+    locked = client.post("/api/auth/token", json={"username": "admin", "password": DEMO_PASSWORD})
+    assert locked.status_code == 401
+    assert "locked" in locked.get_json()["detail"]
+    db_session.expire_all()
+    user = db_session.scalar(select(User).where(User.username == "admin"))
+    assert user is not None and user.failed_logins == MAX_FAILED_LOGINS
+
+
+def test_malformed_json_body_is_a_400_problem(as_role: Any, demo: DemoSeed) -> None:
+    response = as_role("clinician").post("/api/referrals", data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["detail"] == "the request body must be a JSON object"
+
+
+def test_unknown_fhir_type_is_404_operation_outcome(as_role: Any, demo: DemoSeed) -> None:
+    response = as_role("admin").get("/fhir/Spaceship/1")
+    assert response.status_code == 404
+    assert response.get_json()["issue"][0]["code"] == "not-found"
+
+
+def test_unknown_search_parameter_is_400(as_role: Any, demo: DemoSeed) -> None:
+    response = as_role("admin").get("/fhir/Patient?colour=blue")
+    assert response.status_code == 400
+    assert "colour" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_cookie_form_post_without_csrf_token_is_refused(client: FlaskClient, demo: DemoSeed) -> None:
+    assert client.post("/login", data={"username": "clinician", "password": DEMO_PASSWORD}).status_code == 403
+    page = client.get("/login")
+    token = page.get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
+    signed_in = client.post("/login", data={"username": "clinician", "password": DEMO_PASSWORD, "csrf_token": token})
+    assert signed_in.status_code == 302
+    assert client.get("/referrals").status_code == 200
