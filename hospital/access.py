@@ -77,3 +77,20 @@ def ensure_patient_access(
     if not can_access_patient(session, user, patient_id):
         record_denied(user, action, entity_type, entity_id, "outside the user's patient compartment")
         raise Forbidden(f"no access to this {entity_type}")
+
+
+# Roles that may read a patient-bound record before it is matched to a patient (an unmatched
+# study names someone in its headers): the centre's staff who reconcile it, and administrators.
+UNMATCHED_READERS = frozenset({Role.ADMIN, Role.IMAGING_STAFF, Role.RADIOLOGIST})
+
+
+def ensure_patient_record_access(
+    session: Session, user: User, patient_id: int | None, entity_type: str, entity_id: object | None, action: str = "R"
+) -> None:
+    """Like `ensure_patient_access`, for records that always belong to a patient, matched or not."""
+    if patient_id is None:
+        if user.role not in UNMATCHED_READERS:
+            record_denied(user, action, entity_type, entity_id, "record not yet matched to a patient")
+            raise Forbidden(f"this {entity_type} is not available to the {user.role.value} role")
+        return
+    ensure_patient_access(session, user, patient_id, entity_type, entity_id, action)

@@ -79,8 +79,9 @@ def seed_demo(session: Session, app: Flask) -> DemoSeed:
     users["patient2"] = _user(session, "patient2", Role.PATIENT, patient_id=other.id)
     users["admin"] = _user(session, "admin", Role.ADMIN)
     seed = DemoSeed(centre, clinic, pharmacy, patient, other, users)
-    for seeder in app.extensions["hospital.seeders"]:
-        seeder(session, seed)
+    with app.app_context():  # stage seeders read the app's config
+        for seeder in app.extensions["hospital.seeders"]:
+            seeder(session, seed)
     session.flush()
     return seed
 

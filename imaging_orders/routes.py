@@ -10,7 +10,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from hospital.access import ensure_patient_access, patient_filter
+from hospital.access import ensure_patient_record_access, patient_filter
 from hospital.api import json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
@@ -185,7 +185,7 @@ def study(study_id: int) -> ResponseReturnValue:
     found = session.get(ImagingStudy, study_id)
     if found is None:
         raise NotFound(f"study {study_id} does not exist")
-    ensure_patient_access(session, user, found.patient_id, "ImagingStudy", study_id)
+    ensure_patient_record_access(session, user, found.patient_id, "ImagingStudy", study_id)
     record_access(session, user, "R", "ImagingStudy", study_id, patient_id=found.patient_id)
     session.commit()
     return jsonify(study_json(found))

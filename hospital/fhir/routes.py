@@ -9,17 +9,18 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, json, request, url_for
+from flask import Blueprint, Response, json, request
 from sqlalchemy import func, select
 
-from hospital.access import ensure_patient_access, patient_filter
-from hospital.audit import record_access
+from hospital.access import ensure_patient_access, ensure_patient_record_access, patient_filter
+from hospital.audit import record_access, record_denied
 from hospital.auth import current_user
 from hospital.clock import utcnow
 from hospital.db import request_session
-from hospital.errors import InvalidInput, NotFound
+from hospital.errors import Forbidden, InvalidInput, NotFound
 from hospital.fhir.outcome import FHIR_JSON
 from hospital.fhir.registry import FhirValidationError, ResourceMapping, fhir_registry, validate_resource
+from hospital.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,14 @@ def capability_statement() -> Response:
     return fhir_response(validate_resource(statement))
 
 
+def _ensure_role_may_read(mapping: ResourceMapping, user: User, resource_id: str | None) -> None:
+    """Some types are closed to whole roles (the audit trail is for administrators)."""
+    if not mapping.readable_by(user.role):
+        action = "R" if resource_id is not None else "E"
+        record_denied(user, action, mapping.type_name, resource_id, f"role {user.role.value} may not read {mapping.type_name}")
+        raise Forbidden(f"{mapping.type_name} is not available to the {user.role.value} role")
+
+
 def _mapping_or_404(type_name: str) -> ResourceMapping:
     mapping = fhir_registry().get(type_name)
     if mapping is None:
@@ -92,12 +101,16 @@ def _mapping_or_404(type_name: str) -> ResourceMapping:
 def read(type_name: str, resource_id: str) -> Response:
     mapping = _mapping_or_404(type_name)
     user = current_user()
+    _ensure_role_may_read(mapping, user, resource_id)
     session = request_session()
     row = session.get(mapping.model, int(resource_id)) if resource_id.isdigit() else None
     if row is None:
         raise NotFound(f"{type_name}/{resource_id} does not exist")
     patient_id = mapping.patient_id_of(row)
-    ensure_patient_access(session, user, patient_id, type_name, resource_id)
+    if mapping.patient_column is not None:
+        ensure_patient_record_access(session, user, patient_id, type_name, resource_id)
+    else:
+        ensure_patient_access(session, user, patient_id, type_name, resource_id)
     body = render_resource(mapping, row)
     record_access(session, user, "R", type_name, resource_id, patient_id=patient_id)
     session.commit()
@@ -108,6 +121,7 @@ def read(type_name: str, resource_id: str) -> Response:
 def search(type_name: str) -> Response:
     mapping = _mapping_or_404(type_name)
     user = current_user()
+    _ensure_role_may_read(mapping, user, None)
     session = request_session()
     clauses = []
     for name in request.args:

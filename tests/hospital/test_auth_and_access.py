@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from hospital.auth import MAX_FAILED_LOGINS
 from hospital.models import AuditEvent, User
 from hospital.seed import DEMO_PASSWORD, DemoSeed
+from imaging_orders.models import ImagingStudy
 
 
 def test_request_without_token_gets_401_in_the_callers_format(client: FlaskClient, demo: DemoSeed) -> None:
@@ -109,3 +110,14 @@ def test_cookie_form_post_without_csrf_token_is_refused(client: FlaskClient, dem
     signed_in = client.post("/login", data={"username": "clinician", "password": DEMO_PASSWORD, "csrf_token": token})
     assert signed_in.status_code == 302
     assert client.get("/referrals").status_code == 200
+
+
+def test_unmatched_study_is_readable_only_by_centre_staff(as_role: Any, demo: DemoSeed, db_session: Session) -> None:
+    study = ImagingStudy(study_instance_uid="1.2.3.999", dicom_patient_id="SOMEONE-ELSE", dicom_patient_name="Doe^Jane")
+    db_session.add(study)
+    db_session.commit()
+    for username in ("patient2", "clinician", "pharmacist"):
+        assert as_role(username).get(f"/fhir/ImagingStudy/{study.id}").status_code == 403, username
+        assert as_role(username).get(f"/api/studies/{study.id}").status_code == 403, username
+    assert as_role("imaging_staff").get(f"/fhir/ImagingStudy/{study.id}").status_code == 200
+    assert as_role("imaging_staff").get(f"/api/studies/{study.id}").status_code == 200

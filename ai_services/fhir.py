@@ -1,0 +1,306 @@
+"""FHIR mappings of the AI reading: Device (a model version), DiagnosticReport and the findings as
+imaging Observations.
+
+An Observation's status follows its report: preliminary until a radiologist signs, final (or
+amended) after; a finding the radiologist rejected is 'cancelled' and left out of the report's
+results. Confidence is given as a percentage (UCUM '%', 0-100); the key slice's SOP Instance UID
+is a component with code text "SOP Instance UID", so a viewer can open the exact image.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import ColumnElement, and_, false, select
+from sqlalchemy.orm import object_session
+
+from ai_services.models import (
+    AnalysisJob,
+    DiagnosticReport,
+    Finding,
+    FindingSource,
+    ModelVersion,
+    ReportStatus,
+    ReviewStatus,
+)
+from hospital.fhir.registry import (
+    CANONICAL_BASE,
+    IDENTIFIER_SYSTEM_BASE,
+    ResourceMapping,
+    SearchParam,
+    date_param,
+    fhir_instant,
+    id_param,
+    identifier_param,
+    patient_reference_param,
+    reference,
+    reference_id,
+    reference_param,
+    register_resource,
+    token_param,
+)
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_SHA256_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/model-weights-sha256"
+REVIEW_STATUS_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/finding-review-status"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+DEVICE_TYPE_TEXT = "AI lesion detection software"
+AI_FINDING_TEXT = "Suspected abnormality (AI lesion-agnostic detection)"
+RADIOLOGIST_FINDING_TEXT = "Radiologist-added finding"
+SOP_INSTANCE_UID_TEXT = "SOP Instance UID"
+
+RAD_CATEGORY = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}]
+}
+IMAGING_STUDY_CODE = {
+    "coding": [{"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}],
+    "text": "Diagnostic imaging study",
+}
+OBSERVATION_IMAGING_CATEGORY = {
+    "coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging", "display": "Imaging"}
+    ]
+}
+REVIEW_STATUS_DISPLAY = {
+    ReviewStatus.PENDING: "Awaiting radiologist review",
+    ReviewStatus.ACCEPTED: "Accepted by radiologist",
+    ReviewStatus.EDITED: "Edited by radiologist",
+    ReviewStatus.REJECTED: "Rejected by radiologist",
+}
+# Observation.status of a finding still standing, by the status of its report.
+OBSERVATION_STATUS_BY_REPORT = {
+    ReportStatus.PRELIMINARY: "preliminary",
+    ReportStatus.FINAL: "final",
+    ReportStatus.AMENDED: "amended",
+}
+
+
+def device_to_fhir(model_version: ModelVersion) -> dict[str, Any]:
+    return {
+        "resourceType": "Device",
+        "id": str(model_version.id),
+        "identifier": [{"system": WEIGHTS_SHA256_SYSTEM, "value": model_version.weights_sha256}],
+        "status": "active" if model_version.active else "inactive",
+        "manufacturer": "closed-loop-hospital",
+        "deviceName": [{"name": model_version.name, "type": "model-name"}],
+        "modelNumber": model_version.name,
+        "type": {"text": DEVICE_TYPE_TEXT},
+        "version": [{"value": model_version.version}],
+        "property": _metric_properties(model_version.metrics or {}) or None,
+    }
+
+
+def _metric_properties(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
+    """Held-out metrics as Device.property, nested groups flattened to 'group.key'."""
+    properties: list[dict[str, Any]] = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            properties.extend(_metric_properties(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            properties.append(
+                {"type": {"text": f"held-out {name}"}, "valueQuantity": [{"value": Decimal(str(value))}]}
+            )
+    return properties
+
+
+def diagnostic_report_to_fhir(report: DiagnosticReport) -> dict[str, Any]:
+    status = ReportStatus(report.status)
+    findings = report.findings
+    return {
+        "resourceType": "DiagnosticReport",
+        "id": str(report.id),
+        "meta": {"lastUpdated": fhir_instant(report.updated_at)},
+        "basedOn": [reference("ServiceRequest", report.referral_id)] if report.referral_id is not None else None,
+        "status": status.value,
+        "category": [RAD_CATEGORY],
+        "code": IMAGING_STUDY_CODE,
+        "subject": reference("Patient", report.patient_id),
+        "issued": fhir_instant(report.signed_at or report.issued_at),
+        "performer": _report_performer(report, findings),
+        "resultsInterpreter": [_signer(report)] if report.signed_by_user_id is not None else None,
+        "imagingStudy": [reference("ImagingStudy", report.study_id)],
+        "result": [
+            reference("Observation", f.id)
+            for f in findings
+            if ReviewStatus(f.review_status) is not ReviewStatus.REJECTED
+        ]
+        or None,
+        "conclusion": report.conclusion or None,
+    }
+
+
+def _signer(report: DiagnosticReport) -> dict[str, Any]:
+    signer = report.signed_by
+    if signer is not None and signer.practitioner_id is not None:
+        return {"reference": f"Practitioner/{signer.practitioner_id}", "display": signer.username}
+    return {"display": signer.username if signer is not None else f"user {report.signed_by_user_id}"}
+
+
+def _report_performer(report: DiagnosticReport, findings: list[Finding]) -> list[dict[str, Any]] | None:
+    """Who produced an unsigned preliminary report: the AI model.
+
+    DiagnosticReport.performer may not reference a Device in R4, so the model is named in a
+    display-only reference; each Observation links the Device itself.
+    """
+    if ReportStatus(report.status) is not ReportStatus.PRELIMINARY or report.signed_by_user_id is not None:
+        return None
+    model_version = next((f.model_version for f in findings if f.model_version is not None), None)
+    if model_version is None and report.analysis_job_id is not None:
+        session = object_session(report)
+        job = session.get(AnalysisJob, report.analysis_job_id) if session is not None else None
+        model_version = job.model_version if job is not None else None
+    if model_version is None:
+        return None
+    return [{"display": f"AI model {model_version.label} (Device/{model_version.id}), not yet reviewed"}]
+
+
+def observation_status(finding: Finding, report_status: ReportStatus) -> str:
+    if ReviewStatus(finding.review_status) is ReviewStatus.REJECTED:
+        return "cancelled"
+    return OBSERVATION_STATUS_BY_REPORT[ReportStatus(report_status)]
+
+
+def observation_to_fhir(finding: Finding) -> dict[str, Any]:
+    report = finding.report
+    review = ReviewStatus(finding.review_status)
+    source = FindingSource(finding.source)
+    components: list[dict[str, Any]] = [
+        {
+            "code": {
+                "coding": [{"system": LOINC, "code": "21889-1", "display": "Size Tumor"}],
+                "text": "Longest diameter",
+            },
+            "valueQuantity": {
+                "value": Decimal(str(round(finding.diameter_mm, 1))),
+                "unit": "mm",
+                "system": UCUM,
+                "code": "mm",
+            },
+        }
+    ]
+    if finding.confidence is not None:
+        components.append(
+            {
+                "code": {"text": "AI confidence"},
+                "valueQuantity": {
+                    "value": Decimal(str(round(finding.confidence * 100, 1))),
+                    "unit": "%",
+                    "system": UCUM,
+                    "code": "%",
+                },
+            }
+        )
+    components.extend(
+        [
+            {
+                "code": {"text": "Bounding box (key slice)"},
+                "valueString": f"{finding.x0},{finding.y0},{finding.x1},{finding.y1} px on slice {finding.slice_index}",
+            },
+            {"code": {"text": SOP_INSTANCE_UID_TEXT}, "valueString": finding.sop_instance_uid},
+            {"code": {"text": "Slices spanned"}, "valueInteger": finding.n_slices},
+        ]
+    )
+    return {
+        "resourceType": "Observation",
+        "id": str(finding.id),
+        "status": observation_status(finding, report.status),
+        "category": [OBSERVATION_IMAGING_CATEGORY],
+        "code": {"text": AI_FINDING_TEXT if source is FindingSource.AI else RADIOLOGIST_FINDING_TEXT},
+        "subject": reference("Patient", finding.patient_id),
+        "effectiveDateTime": fhir_instant(finding.created_at),
+        "interpretation": [
+            {
+                "coding": [{"system": REVIEW_STATUS_SYSTEM, "code": review.value, "display": REVIEW_STATUS_DISPLAY[review]}],
+                "text": REVIEW_STATUS_DISPLAY[review],
+            }
+        ],
+        "bodySite": {"text": finding.body_site},
+        "device": reference("Device", finding.model_version_id),
+        "derivedFrom": [reference("ImagingStudy", report.study_id)],
+        "component": components,
+    }
+
+
+def observation_status_param() -> SearchParam:
+    def clause(value: str) -> ColumnElement[bool]:
+        code = value.split("|")[-1]
+        if code == "cancelled":
+            return Finding.review_status == ReviewStatus.REJECTED
+        report_status = next((r for r, o in OBSERVATION_STATUS_BY_REPORT.items() if o == code), None)
+        if report_status is None:
+            return false()
+        return and_(
+            Finding.review_status != ReviewStatus.REJECTED,
+            Finding.report_id.in_(select(DiagnosticReport.id).where(DiagnosticReport.status == report_status)),
+        )
+
+    return SearchParam("token", clause, "preliminary | final | amended | cancelled")
+
+
+def observation_derived_from_param() -> SearchParam:
+    def clause(value: str) -> ColumnElement[bool]:
+        study_id = reference_id(value, "ImagingStudy")
+        return Finding.report_id.in_(select(DiagnosticReport.id).where(DiagnosticReport.study_id == study_id))
+
+    return SearchParam("reference", clause, "The ImagingStudy the finding was read from")
+
+
+def register_fhir(app: Flask) -> None:
+    register_resource(
+        app,
+        ResourceMapping(
+            "Device",
+            ModelVersion,
+            device_to_fhir,
+            None,
+            {
+                "_id": id_param(ModelVersion.id),
+                "identifier": identifier_param(ModelVersion.weights_sha256, WEIGHTS_SHA256_SYSTEM, "Weights sha256"),
+                "status": SearchParam(
+                    "token", lambda value: ModelVersion.active == (value.split("|")[-1] == "active"), "active | inactive"
+                ),
+            },
+        ),
+    )
+    report_patient = patient_reference_param(DiagnosticReport.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "DiagnosticReport",
+            DiagnosticReport,
+            diagnostic_report_to_fhir,
+            DiagnosticReport.patient_id,
+            {
+                "_id": id_param(DiagnosticReport.id),
+                "patient": report_patient,
+                "subject": report_patient,
+                "status": token_param(DiagnosticReport.status, "preliminary | final | amended"),
+                "based-on": reference_param(DiagnosticReport.referral_id, "ServiceRequest", "The referral"),
+                "issued": date_param(DiagnosticReport.issued_at, "When the report was issued"),
+            },
+        ),
+    )
+    finding_patient = patient_reference_param(Finding.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "Observation",
+            Finding,
+            observation_to_fhir,
+            Finding.patient_id,
+            {
+                "_id": id_param(Finding.id),
+                "patient": finding_patient,
+                "subject": finding_patient,
+                "status": observation_status_param(),
+                "derived-from": observation_derived_from_param(),
+                "device": reference_param(Finding.model_version_id, "Device", "The AI model version"),
+            },
+        ),
+    )

@@ -1,0 +1,258 @@
+"""FHIR mappings of care after the report: the consultation as a virtual Encounter, its CarePlan
+and Tasks, prescriptions (MedicationRequest) and their dispenses (MedicationDispense).
+
+R4 Encounter.reasonReference may not point at a DiagnosticReport, so the report that opened the
+consultation is linked with the core `workflow-reasonReference` extension and the reason text
+goes in reasonCode.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from followup.models import (
+    CarePlan,
+    Consultation,
+    ConsultationStatus,
+    FollowUpTask,
+    MedicationDispense,
+    MedicationRequest,
+    MedicationRequestStatus,
+    TaskStatus,
+)
+from hospital.fhir.registry import (
+    CANONICAL_BASE,
+    ResourceMapping,
+    date_param,
+    fhir_instant,
+    id_param,
+    patient_reference_param,
+    reference,
+    reference_param,
+    register_resource,
+    token_param,
+)
+
+logger = logging.getLogger(__name__)
+
+REASON_REFERENCE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/workflow-reasonReference"
+ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+ACT_PRIORITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActPriority"
+PARTICIPATION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+TASK_KIND_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/followup-task-kind"
+MEDICATION_CATALOG_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/medication-catalog"
+
+VIRTUAL_CLASS = {"system": ACT_CODE_SYSTEM, "code": "VR", "display": "virtual"}
+ACT_PRIORITY = {
+    "routine": ("R", "routine"),
+    "urgent": ("UR", "urgent"),
+    "asap": ("A", "ASAP"),
+    "stat": ("S", "stat"),
+    "emergency": ("EM", "emergency"),
+}
+PRIMARY_PERFORMER = {"system": PARTICIPATION_TYPE_SYSTEM, "code": "PPRF", "display": "primary performer"}
+CARE_PLAN_STATUSES = {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+
+
+def encounter_to_fhir(consultation: Consultation) -> dict[str, Any]:
+    period = {"start": fhir_instant(consultation.started_at), "end": fhir_instant(consultation.ended_at)}
+    report = reference("DiagnosticReport", consultation.report_id)
+    return {
+        "resourceType": "Encounter",
+        "id": str(consultation.id),
+        "extension": [{"url": REASON_REFERENCE_EXTENSION, "valueReference": report}],
+        "status": ConsultationStatus(consultation.status).value,
+        "class": VIRTUAL_CLASS,
+        "priority": encounter_priority(consultation.priority),
+        "subject": reference("Patient", consultation.patient_id),
+        "participant": [
+            {
+                "type": [{"coding": [PRIMARY_PERFORMER]}],
+                "individual": reference("Practitioner", consultation.practitioner_id),
+            }
+        ],
+        "period": period if period["start"] or period["end"] else None,
+        "reasonCode": [{"text": consultation.reason}] if consultation.reason else None,
+    }
+
+
+def encounter_priority(priority: str | None) -> dict[str, Any] | None:
+    if not priority:
+        return None
+    code = ACT_PRIORITY.get(priority)
+    if code is None:
+        return {"text": priority}
+    return {"coding": [{"system": ACT_PRIORITY_SYSTEM, "code": code[0], "display": code[1]}], "text": priority}
+
+
+def care_plan_to_fhir(care_plan: CarePlan) -> dict[str, Any]:
+    status = care_plan.status if care_plan.status in CARE_PLAN_STATUSES else "unknown"
+    return {
+        "resourceType": "CarePlan",
+        "id": str(care_plan.id),
+        "status": status,
+        "intent": "plan",
+        "title": care_plan.title,
+        "subject": reference("Patient", care_plan.patient_id),
+        "encounter": reference("Encounter", care_plan.consultation_id),
+        "created": fhir_instant(care_plan.created_at),
+        "activity": [{"reference": reference("Task", task.id)} for task in care_plan.tasks] or None,
+    }
+
+
+def task_to_fhir(task: FollowUpTask) -> dict[str, Any]:
+    status = TaskStatus(task.status)
+    return {
+        "resourceType": "Task",
+        "id": str(task.id),
+        "basedOn": [reference("CarePlan", task.care_plan_id)],
+        "status": status.value,
+        "intent": "order",
+        "code": {"coding": [{"system": TASK_KIND_SYSTEM, "code": task.kind}], "text": task.kind},
+        "description": task.description,
+        "for": reference("Patient", task.patient_id),
+        "authoredOn": fhir_instant(task.created_at),
+        "executionPeriod": {"end": fhir_instant(task.completed_at)} if task.completed_at else None,
+        "restriction": {"period": {"end": fhir_instant(task.due_at)}} if task.due_at else None,
+    }
+
+
+def medication_concept(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": MEDICATION_CATALOG_SYSTEM, "code": code, "display": display}], "text": display}
+
+
+def medication_request_to_fhir(request: MedicationRequest) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": str(request.id),
+        "status": MedicationRequestStatus(request.status).value,
+        "intent": "order",
+        "medicationCodeableConcept": medication_concept(request.medication_code, request.medication_display),
+        "subject": reference("Patient", request.patient_id),
+        "encounter": reference("Encounter", request.consultation_id),
+        "authoredOn": fhir_instant(request.created_at),
+        "requester": reference("Practitioner", request.prescriber_id),
+        "dosageInstruction": [{"text": request.dosage_text}],
+        "dispenseRequest": {
+            "quantity": {"value": request.quantity},
+            "numberOfRepeatsAllowed": request.refills or 0,
+            "performer": reference("Organization", request.pharmacy_organization_id),
+        },
+    }
+
+
+def medication_dispense_to_fhir(dispense: MedicationDispense) -> dict[str, Any]:
+    request = dispense.request
+    dispenser = dispense.dispensed_by
+    if dispenser is not None and dispenser.practitioner_id is not None:
+        actor = reference("Practitioner", dispenser.practitioner_id, dispenser.username)
+    else:
+        actor = {"display": dispenser.username if dispenser is not None else f"user {dispense.dispensed_by_user_id}"}
+    return {
+        "resourceType": "MedicationDispense",
+        "id": str(dispense.id),
+        "status": "completed",
+        "medicationCodeableConcept": medication_concept(request.medication_code, request.medication_display),
+        "subject": reference("Patient", dispense.patient_id),
+        "context": reference("Encounter", request.consultation_id),
+        "performer": [{"actor": actor}],
+        "authorizingPrescription": [reference("MedicationRequest", dispense.request_id)],
+        "quantity": {"value": dispense.quantity},
+        "whenHandedOver": fhir_instant(dispense.dispensed_at),
+        "dosageInstruction": [{"text": request.dosage_text}],
+    }
+
+
+def register_fhir(app: Flask) -> None:
+    encounter_patient = patient_reference_param(Consultation.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "Encounter",
+            Consultation,
+            encounter_to_fhir,
+            Consultation.patient_id,
+            {
+                "_id": id_param(Consultation.id),
+                "patient": encounter_patient,
+                "subject": encounter_patient,
+                "status": token_param(Consultation.status, "planned | in-progress | finished | cancelled"),
+                "practitioner": reference_param(Consultation.practitioner_id, "Practitioner", "The clinician holding it"),
+                "date": date_param(Consultation.started_at, "When the consultation started"),
+            },
+        ),
+    )
+    care_plan_patient = patient_reference_param(CarePlan.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "CarePlan",
+            CarePlan,
+            care_plan_to_fhir,
+            CarePlan.patient_id,
+            {
+                "_id": id_param(CarePlan.id),
+                "patient": care_plan_patient,
+                "subject": care_plan_patient,
+                "status": token_param(CarePlan.status, "active | completed | revoked ..."),
+                "encounter": reference_param(CarePlan.consultation_id, "Encounter", "The consultation that made it"),
+            },
+        ),
+    )
+    task_patient = patient_reference_param(FollowUpTask.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "Task",
+            FollowUpTask,
+            task_to_fhir,
+            FollowUpTask.patient_id,
+            {
+                "_id": id_param(FollowUpTask.id),
+                "patient": task_patient,
+                "subject": task_patient,
+                "status": token_param(FollowUpTask.status, "requested | in-progress | completed | cancelled"),
+                "based-on": reference_param(FollowUpTask.care_plan_id, "CarePlan", "The care plan it belongs to"),
+                "code": token_param(FollowUpTask.kind, f"Task kind ({TASK_KIND_SYSTEM})"),
+            },
+        ),
+    )
+    request_patient = patient_reference_param(MedicationRequest.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "MedicationRequest",
+            MedicationRequest,
+            medication_request_to_fhir,
+            MedicationRequest.patient_id,
+            {
+                "_id": id_param(MedicationRequest.id),
+                "patient": request_patient,
+                "subject": request_patient,
+                "status": token_param(MedicationRequest.status, "active | completed | cancelled"),
+                "encounter": reference_param(MedicationRequest.consultation_id, "Encounter", "The consultation"),
+                "requester": reference_param(MedicationRequest.prescriber_id, "Practitioner", "The prescriber"),
+                "authoredon": date_param(MedicationRequest.created_at, "When it was prescribed"),
+            },
+        ),
+    )
+    dispense_patient = patient_reference_param(MedicationDispense.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "MedicationDispense",
+            MedicationDispense,
+            medication_dispense_to_fhir,
+            MedicationDispense.patient_id,
+            {
+                "_id": id_param(MedicationDispense.id),
+                "patient": dispense_patient,
+                "subject": dispense_patient,
+                "prescription": reference_param(MedicationDispense.request_id, "MedicationRequest", "The prescription"),
+                "whenhandedover": date_param(MedicationDispense.dispensed_at, "When it was handed over"),
+            },
+        ),
+    )

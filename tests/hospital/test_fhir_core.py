@@ -1,0 +1,250 @@
+"""FHIR mappings of the core tables (Patient, Practitioner, Organization, AuditEvent) and the
+generic search helpers in the registry."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+from sqlalchemy import Date, column, table
+from sqlalchemy.dialects import postgresql
+
+from hospital.fhir.core_resources import (
+    MRN_SYSTEM,
+    ORGANIZATION_KIND_SYSTEM,
+    audit_event_to_fhir,
+    fhir_gender,
+    organization_to_fhir,
+    patient_to_fhir,
+    practitioner_to_fhir,
+)
+from hospital.fhir.registry import (
+    ResourceMapping,
+    date_param,
+    id_param,
+    identifier_param,
+    parse_date_search,
+    validate_resource,
+)
+from hospital.models import AuditEvent, Organization, OrganizationKind, Patient, Practitioner, Role, User
+
+NOW = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
+
+
+def make_patient(**overrides: object) -> Patient:
+    values: dict[str, object] = dict(
+        id=7, mrn="MRN-7", family_name="Rivera", given_name="Alex", birth_date=date(1968, 4, 12), gender="female",
+        phone="+44 20 7946 0000", email="alex@example.org", created_at=NOW, updated_at=NOW,
+    )
+    values.update(overrides)
+    return Patient(**values)
+
+
+def test_patient_maps_identifier_name_gender_birthdate_and_telecom() -> None:
+    resource = validate_resource(patient_to_fhir(make_patient()))
+
+    assert resource["id"] == "7"
+    assert resource["identifier"][0]["system"] == MRN_SYSTEM
+    assert resource["identifier"][0]["value"] == "MRN-7"
+    assert resource["name"] == [{"use": "official", "family": "Rivera", "given": ["Alex"]}]
+    assert resource["gender"] == "female"
+    assert resource["birthDate"] == "1968-04-12"
+    assert {"system": "phone", "value": "+44 20 7946 0000"} in resource["telecom"]
+    assert {"system": "email", "value": "alex@example.org"} in resource["telecom"]
+
+
+def test_patient_without_contact_details_or_birth_date_is_still_valid() -> None:
+    resource = validate_resource(patient_to_fhir(make_patient(phone=None, email=None, birth_date=None)))
+
+    assert "telecom" not in resource
+    assert "birthDate" not in resource
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [("female", "female"), ("Male", "male"), ("F", "female"), ("other", "other"), ("", "unknown"),
+     ("nonbinary", "unknown"), (None, "unknown")],
+)
+def test_gender_values_outside_fhir_become_unknown(stored: str | None, expected: str) -> None:
+    assert fhir_gender(stored) == expected
+
+
+def test_practitioner_maps_name() -> None:
+    resource = validate_resource(practitioner_to_fhir(Practitioner(id=3, family_name="Lovelace", given_name="Ada")))
+
+    assert resource["resourceType"] == "Practitioner"
+    assert resource["name"][0]["family"] == "Lovelace"
+
+
+def test_organization_type_comes_from_its_kind() -> None:
+    organization = Organization(id=2, name="Riverside Imaging Centre", kind=OrganizationKind.IMAGING_CENTRE, ae_title="RIVERSIDE")
+
+    resource = validate_resource(organization_to_fhir(organization))
+
+    codings = resource["type"][0]["coding"]
+    assert {"system": ORGANIZATION_KIND_SYSTEM, "code": "imaging_centre", "display": "Imaging centre"} in codings
+    assert resource["identifier"][0]["value"] == "RIVERSIDE"
+    assert resource["name"] == "Riverside Imaging Centre"
+
+
+def test_audit_event_of_a_denied_read_names_agent_entity_and_patient() -> None:
+    user = User(id=5, username="dr-ada", role=Role.CLINICIAN, practitioner_id=3)
+    event = AuditEvent(
+        id=11, recorded_at=NOW, user_id=5, action="R", entity_type="ServiceRequest", entity_id="4",
+        patient_id=7, outcome=4, description="outside the user's patient compartment", source="fhir",
+    )
+
+    resource = validate_resource(audit_event_to_fhir(event, user))
+
+    assert resource["type"]["system"] == "http://terminology.hl7.org/CodeSystem/audit-event-type"
+    assert resource["type"]["code"] == "rest"
+    assert resource["action"] == "R"
+    assert resource["recorded"] == "2025-03-14T09:30:00Z"
+    assert resource["outcome"] == "4"
+    agent = resource["agent"][0]
+    assert agent["requestor"] is True
+    assert agent["who"]["reference"] == "Practitioner/3"
+    assert "closed-loop-hospital" in resource["source"]["observer"]["display"]
+    whats = [e["what"]["reference"] for e in resource["entity"]]
+    assert whats == ["ServiceRequest/4", "Patient/7"]
+
+
+@pytest.mark.parametrize("outcome", [0, 4, 8, 12])
+def test_audit_outcome_is_the_fhir_code_as_a_string(outcome: int) -> None:
+    event = AuditEvent(id=1, recorded_at=NOW, user_id=None, action="E", entity_type="Patient", entity_id=None,
+                       patient_id=None, outcome=outcome, description="search", source="api")
+
+    resource = validate_resource(audit_event_to_fhir(event))
+
+    assert resource["outcome"] == str(outcome)
+    assert resource["agent"][0]["who"]["display"] == "closed-loop-hospital (system)"
+
+
+def test_audit_agent_of_a_patient_user_and_of_an_admin() -> None:
+    event = AuditEvent(id=1, recorded_at=NOW, user_id=9, action="R", entity_type="Patient", entity_id="7",
+                       patient_id=7, outcome=0, source="fhir")
+
+    as_patient = validate_resource(audit_event_to_fhir(event, User(id=9, username="alex", role=Role.PATIENT, patient_id=7)))
+    as_admin = validate_resource(audit_event_to_fhir(event, User(id=9, username="root", role=Role.ADMIN)))
+
+    assert as_patient["agent"][0]["who"]["reference"] == "Patient/7"
+    assert [e["what"]["reference"] for e in as_patient["entity"]] == ["Patient/7"]  # not listed twice
+    assert as_admin["agent"][0]["who"] == {"display": "root"}
+
+
+def test_mapping_read_roles_default_to_everyone() -> None:
+    open_mapping = ResourceMapping("Patient", Patient, patient_to_fhir, Patient.id)
+    admin_only = ResourceMapping("AuditEvent", AuditEvent, audit_event_to_fhir, AuditEvent.patient_id,
+                                 read_roles=frozenset({Role.ADMIN}))
+
+    assert open_mapping.readable_by(Role.PATIENT)
+    assert admin_only.readable_by(Role.ADMIN)
+    assert not admin_only.readable_by(Role.CLINICIAN)
+
+
+@pytest.mark.parametrize(
+    ("value", "prefix", "start", "end"),
+    [
+        ("2025", "eq", datetime(2025, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)),
+        ("ge2025-12", "ge", datetime(2025, 12, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)),
+        ("lt2025-03-14", "lt", datetime(2025, 3, 14, tzinfo=UTC), datetime(2025, 3, 15, tzinfo=UTC)),
+        ("gt2025-03-14T10:00:00+01:00", "gt", datetime(2025, 3, 14, 9, tzinfo=UTC), datetime(2025, 3, 14, 9, 0, 1, tzinfo=UTC)),
+        ("2025-03-14T09:00:00Z", "eq", datetime(2025, 3, 14, 9, tzinfo=UTC), datetime(2025, 3, 14, 9, 0, 1, tzinfo=UTC)),
+    ],
+)
+def test_date_search_values_cover_their_precision(value: str, prefix: str, start: datetime, end: datetime) -> None:
+    assert parse_date_search(value) == (prefix, start, end)
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2025-13", "ge2025-02-30"])
+def test_bad_date_search_values_are_rejected(value: str) -> None:
+    with pytest.raises(ValueError):
+        parse_date_search(value)
+
+
+def test_date_param_on_a_timestamp_and_on_a_date_column() -> None:
+    def sql(clause: object) -> str:
+        return str(clause.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))  # type: ignore[attr-defined]
+
+    on_timestamp = date_param(AuditEvent.recorded_at).clause("le2025-03-14")
+    assert "audit_event.recorded_at < '2025-03-15 00:00:00+00:00'" in sql(on_timestamp)
+
+    birth_date = table("patient", column("birth_date", Date)).c.birth_date
+    on_date = date_param(birth_date).clause("1968-04")  # type: ignore[arg-type]
+    assert sql(on_date) == "patient.birth_date >= '1968-04-01' AND patient.birth_date < '1968-05-01'"
+
+
+def test_id_and_identifier_params() -> None:
+    with pytest.raises(ValueError):
+        id_param(Patient.id).clause("abc")
+    param = identifier_param(Patient.mrn, MRN_SYSTEM)
+    assert str(param.clause(f"{MRN_SYSTEM}|MRN-7").compile(compile_kwargs={"literal_binds": True})) == "patient.mrn = 'MRN-7'"
+    assert str(param.clause("MRN-7").compile(compile_kwargs={"literal_binds": True})) == "patient.mrn = 'MRN-7'"
+    assert str(param.clause("urn:other|MRN-7").compile(compile_kwargs={"literal_binds": True})) == "false"
+
+
+# --- through the app -----------------------------------------------------------------------------
+
+
+def test_patient_reads_own_record_and_not_anothers(as_role, demo) -> None:
+    own = as_role("patient").get(f"/fhir/Patient/{demo.patient.id}")
+    assert own.status_code == 200, own.get_data(as_text=True)
+    body = validate_resource(own.get_json())
+    assert body["identifier"][0]["value"] == demo.patient.mrn
+
+    other = as_role("patient").get(f"/fhir/Patient/{demo.other_patient.id}")
+    assert other.status_code == 403
+    assert other.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_search_patient_by_identifier_and_organization_by_type(as_role, demo) -> None:
+    admin = as_role("admin")
+
+    found = admin.get(f"/fhir/Patient?identifier={MRN_SYSTEM}|{demo.patient.mrn}")
+    assert found.status_code == 200, found.get_data(as_text=True)
+    bundle = validate_resource(found.get_json())
+    assert bundle["total"] == 1
+    assert bundle["entry"][0]["resource"]["id"] == str(demo.patient.id)
+
+    centres = validate_resource(admin.get("/fhir/Organization?type=imaging_centre").get_json())
+    assert str(demo.imaging_centre.id) in {e["resource"]["id"] for e in centres["entry"]}
+
+    practitioner = demo.users["clinician"].practitioner_id
+    read = admin.get(f"/fhir/Practitioner/{practitioner}")
+    assert read.status_code == 200
+    validate_resource(read.get_json())
+
+
+def test_audit_events_are_served_to_admins_only(as_role, demo) -> None:
+    as_role("patient").get(f"/fhir/Patient/{demo.patient.id}")  # leaves an audit record
+
+    searched = as_role("admin").get(f"/fhir/AuditEvent?patient=Patient/{demo.patient.id}&action=R")
+    assert searched.status_code == 200, searched.get_data(as_text=True)
+    bundle = validate_resource(searched.get_json())
+    assert bundle["total"] >= 1
+    event = bundle["entry"][0]["resource"]
+    assert event["agent"][0]["who"]["reference"] == f"Patient/{demo.patient.id}"
+    read = as_role("admin").get(f"/fhir/AuditEvent/{event['id']}")
+    assert read.status_code == 200
+
+    for role in ("clinician", "patient"):
+        denied = as_role(role).get(f"/fhir/AuditEvent?patient=Patient/{demo.patient.id}")
+        assert denied.status_code == 403, role
+        assert denied.get_json()["resourceType"] == "OperationOutcome"
+        assert as_role(role).get(f"/fhir/AuditEvent/{event['id']}").status_code == 403
+
+
+def test_capability_statement_lists_every_mapped_type_and_its_search_params(as_role) -> None:
+    response = as_role("admin").get("/fhir/metadata")
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+    resources = {r["type"]: r for r in validate_resource(response.get_json())["rest"][0]["resource"]}
+
+    assert set(resources) >= {
+        "Patient", "Practitioner", "Organization", "AuditEvent", "ServiceRequest", "Schedule", "Slot", "Appointment",
+        "ImagingStudy", "Device", "DiagnosticReport", "Observation", "Encounter", "CarePlan", "Task",
+        "MedicationRequest", "MedicationDispense", "ChargeItemDefinition", "ChargeItem", "Invoice",
+    }
+    slot_params = {p["name"]: p["type"] for p in resources["Slot"]["searchParam"]}
+    assert slot_params["start"] == "date"
+    assert slot_params["schedule"] == "reference"
