@@ -1,0 +1,273 @@
+"""The imaging centre's DICOM node: a pynetdicom Application Entity that answers C-ECHO, receives
+images by C-STORE and serves the Modality Worklist by C-FIND, plus the background loop that
+declares quiet studies complete.
+
+Handlers are the edge: they turn typed errors from `imaging_orders.ingest` and
+`imaging_orders.worklist` into DICOM statuses and never let one bad peer stop the server. Each
+request runs its database work in its own app context and transaction. Log lines carry UIDs, AE
+titles and ids, never patient names or identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+from flask import Flask
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
+from hospital.db import get_db
+from imaging_orders.ingest import (
+    STATUS_OUT_OF_RESOURCES,
+    InstanceRejected,
+    StorageUnavailable,
+    complete_quiet_studies,
+    store_instance,
+)
+from imaging_orders.worklist import WorklistQueryError, find_worklist_items
+
+logger = logging.getLogger(__name__)
+
+STORAGE_TRANSFER_SYNTAXES = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+QUERY_TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
+
+# C-FIND statuses (PS3.4 Annex K).
+FIND_STATUS_PENDING = 0xFF00
+FIND_STATUS_CANCELLED = 0xFE00
+FIND_STATUS_IDENTIFIER_MISMATCH = 0xA900
+FIND_STATUS_UNABLE_TO_PROCESS = 0xC000
+
+COMPLETION_INTERVAL_SECONDS = 0.5
+_ERROR_COMMENT_MAX = 64  # ErrorComment is LO
+
+
+def build_ae(app: Flask, ae_title: str | None = None) -> AE:
+    """The AE with every presentation context this node accepts as an SCP."""
+    # pynetdicom logs whole C-FIND identifiers at INFO by default; those hold patient names.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    ae = AE(ae_title=ae_title or app.config["DICOM_AE_TITLE"])
+    ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+    ae.add_supported_context(ModalityWorklistInformationFind, QUERY_TRANSFER_SYNTAXES)
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.network_timeout = 60
+    ae.maximum_associations = 16
+    return ae
+
+
+def event_handlers(app: Flask) -> list[Any]:
+    return [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [app]),
+        (evt.EVT_C_FIND, handle_find, [app]),
+    ]
+
+
+def start_dicom_server(
+    app: Flask,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    ae_title: str | None = None,
+    block: bool = True,
+) -> ThreadedAssociationServer | None:
+    """Listen for associations and run the study-completion loop.
+
+    With `block=False` the running server is returned; its `shutdown()` also stops the completion
+    loop. With `block=True` this returns after SIGTERM or SIGINT (or Ctrl-C), having shut down.
+    """
+    address = (host or app.config["DICOM_HOST"], int(port if port is not None else app.config["DICOM_PORT"]))
+    ae = build_ae(app, ae_title)
+    server = ae.start_server(address, block=False, evt_handlers=event_handlers(app))
+    completion = StudyCompletionLoop(app)
+    completion.start()
+    _stop_loop_with_server(server, completion)
+    logger.info("DICOM node %s listening on %s:%d", ae.ae_title, *server.server_address[:2])
+    if not block:
+        return server
+    stop = threading.Event()
+    previous = _install_stop_signals(stop)
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        logger.info("DICOM node shutting down")
+        server.shutdown()
+        _restore_signals(previous)
+    return None
+
+
+def _stop_loop_with_server(server: ThreadedAssociationServer, loop: StudyCompletionLoop) -> None:
+    # pynetdicom creates the server itself, so it cannot be subclassed; wrapping this instance's
+    # shutdown keeps "the loop lives exactly as long as the server" true for every caller.
+    original_shutdown = server.shutdown
+
+    def shutdown() -> None:
+        loop.stop()
+        original_shutdown()
+
+    server.shutdown = shutdown  # type: ignore[method-assign]
+
+
+def _install_stop_signals(stop: threading.Event) -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signal handlers can only be set from the main thread
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received signal %d", signum)
+        stop.set()
+
+    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+class StudyCompletionLoop(threading.Thread):
+    """Calls `complete_quiet_studies` every interval until stopped."""
+
+    def __init__(self, app: Flask, interval: float = COMPLETION_INTERVAL_SECONDS) -> None:
+        super().__init__(name="study-completion", daemon=True)
+        self.app = app
+        self.interval = interval
+        self._stop_requested = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_requested.wait(self.interval):
+            try:
+                complete_quiet_studies(self.app)
+            except Exception:  # noqa: BLE001 - state lives in the database; the next tick retries
+                # A dead loop would leave every later study registered forever, so it keeps going.
+                logger.exception("completing quiet studies failed; retrying on the next tick")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop_requested.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers
+# ---------------------------------------------------------------------------------------------
+
+
+def handle_echo(event: Event) -> int:
+    logger.info("C-ECHO from %s", _calling_ae(event))
+    return 0x0000
+
+
+def handle_store(event: Event, app: Flask) -> int | Dataset:
+    """Store one instance; success is answered only once it is on disk and committed."""
+    request = event.request
+    calling_ae = _calling_ae(event)
+    try:
+        result = store_instance(
+            app,
+            event.encoded_dataset(include_meta=False),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            calling_ae=calling_ae,
+            expected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+        )
+    except InstanceRejected as exc:
+        logger.warning("rejected C-STORE from %s: %s", calling_ae, exc.reason)
+        return _status(exc.dicom_status, exc.reason)
+    except StorageUnavailable as exc:
+        logger.error("could not keep C-STORE from %s: %s", calling_ae, exc.reason)
+        return _status(exc.dicom_status, exc.reason)
+    except OSError as exc:
+        logger.error("storage failure for C-STORE from %s: %s", calling_ae, exc.strerror or type(exc).__name__)
+        return _status(STATUS_OUT_OF_RESOURCES, "storage unavailable")
+    return 0x0000
+
+
+def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """Modality Worklist C-FIND: pending responses, one per scheduled step, then success."""
+    calling_ae = _calling_ae(event)
+    if str(event.request.AffectedSOPClassUID) != ModalityWorklistInformationFind:
+        yield _status(FIND_STATUS_IDENTIFIER_MISMATCH, "only Modality Worklist queries are served"), None
+        return
+    try:
+        query = event.identifier
+        # Collected inside the transaction: the session must not outlive it while we send.
+        with app.app_context(), get_db(app).transaction() as session:
+            items = list(find_worklist_items(session, query))
+    except WorklistQueryError as exc:
+        logger.warning("bad worklist query from %s: %s", calling_ae, exc.message)
+        yield _status(FIND_STATUS_UNABLE_TO_PROCESS, exc.message), None
+        return
+    except SQLAlchemyError as exc:
+        logger.error("worklist query from %s failed in the database: %s", calling_ae, type(exc).__name__)
+        yield _status(STATUS_OUT_OF_RESOURCES, "worklist unavailable; try again later"), None
+        return
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
+        # pydicom decodes the identifier lazily, so a malformed one fails on first access here.
+        logger.warning("undecodable worklist query from %s: %s", calling_ae, type(exc).__name__)
+        yield _status(FIND_STATUS_UNABLE_TO_PROCESS, "the query identifier cannot be decoded"), None
+        return
+    logger.info("worklist query from %s: %d items", calling_ae, len(items))
+    for item in items:
+        if event.is_cancelled:
+            yield FIND_STATUS_CANCELLED, None
+            return
+        yield FIND_STATUS_PENDING, item
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:_ERROR_COMMENT_MAX]
+    return status
+
+
+def _calling_ae(event: Event) -> str:
+    try:
+        return str(event.assoc.requestor.ae_title).strip()
+    except AttributeError:
+        return "?"

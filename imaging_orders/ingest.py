@@ -1,0 +1,787 @@
+"""Receiving images: storing DICOM instances durably, indexing them, matching studies to orders and
+declaring studies complete.
+
+An instance is written to disk (temp file, fsync, rename, fsync of the directory) and indexed in the
+database, and the transaction commits, all before the sender is told it succeeded: a success answer
+is a promise the image is kept. Storing is idempotent on the SOP Instance UID because modalities
+and routers retry.
+
+A new study is matched to its referral by AccessionNumber, but only when the PatientID in the
+header agrees with the referral's patient (a wrong match would file images in another patient's
+record). Unmatched studies are kept with `referral_id` NULL: that is the reconciliation queue,
+which staff work through with `reconcile_study`.
+
+A study is complete when no instance has arrived for `STUDY_QUIET_SECONDS` (DICOM has no "end of
+study" message); `complete_quiet_studies` marks it available and publishes
+`imaging.study_completed` exactly once, even when two completers run at the same time.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+import threading
+import warnings
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from flask import Flask
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from hospital.clock import utcnow
+from hospital.db import get_db
+from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
+from hospital.jobs import publish
+from imaging_orders.models import (
+    Appointment,
+    AppointmentStatus,
+    ImagingInstance,
+    ImagingSeries,
+    ImagingStudy,
+    StudyStatus,
+)
+from referrals.models import Referral, ReferralStatus
+
+logger = logging.getLogger(__name__)
+
+STUDY_COMPLETED_EVENT = "imaging.study_completed"
+
+# DICOM PS3.4 Annex B storage statuses this module answers with.
+STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: out of resources (disk full; the sender may retry later)
+STATUS_DATASET_MISMATCH = 0xA900  # Error: data set does not match SOP class (a required UID missing)
+STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (not parseable DICOM)
+STATUS_PROCESSING_FAILURE = 0xC001  # Error: we could not index it (database unavailable)
+
+# Referral states in which arriving images may be attached to the order.
+MATCHABLE_REFERRAL_STATUSES = frozenset(
+    {ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED, ReferralStatus.IN_PROGRESS}
+)
+# A store can lose at most three races (study, series, instance) before it finds the winner's rows.
+_STORE_ATTEMPTS = 5
+_UID_MAX_LENGTH = 64
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+# (0002,0000) UL, explicit VR little endian: tag, "UL", 2-byte length 4.
+_META_GROUP_LENGTH_HEADER = b"\x02\x00\x00\x00UL\x04\x00"
+# warnings.catch_warnings swaps process-wide state; parsing under one lock keeps each instance's
+# warnings its own when several associations store at once.
+_PARSE_LOCK = threading.Lock()
+# What pydicom raises on bytes that are not (valid) DICOM; anything else is a bug and should surface.
+_PARSE_ERRORS = (
+    InvalidDicomError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    AttributeError,
+    OverflowError,
+    struct.error,
+    zlib.error,
+    UnicodeError,
+)
+
+
+class InstanceRejected(InvalidInput):
+    """The instance is not acceptable as sent; retrying the same bytes will fail again."""
+
+    def __init__(self, reason: str, dicom_status: int = STATUS_CANNOT_UNDERSTAND) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.dicom_status = dicom_status
+
+
+class StorageUnavailable(DomainError):
+    """The instance could not be kept now (disk or database); nothing was kept, a retry may work."""
+
+    status = 503
+    code = "transient"
+
+    def __init__(self, reason: str, dicom_status: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.dicom_status = dicom_status
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    instance_id: int
+    series_id: int
+    study_id: int
+    sop_instance_uid: str
+    path: str  # relative to DICOM_STORAGE_DIR
+    sha256: str
+    size_bytes: int
+    duplicate: bool  # the SOP instance was already stored; nothing new was written
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MatchOutcome:
+    referral_id: int | None
+    warning: str | None = None
+
+    @property
+    def matched(self) -> bool:
+        return self.referral_id is not None
+
+
+@dataclass
+class _ReceivedInstance:
+    """One instance parsed and re-wrapped as a Part 10 file, ready to write and index."""
+
+    header: Dataset
+    file_bytes: bytes
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def relative_path(self) -> str:
+        # The UIDs were validated (digits and dots only), so they are safe as path components.
+        return f"{self.study_instance_uid}/{self.series_instance_uid}/{self.sop_instance_uid}.dcm"
+
+
+# ---------------------------------------------------------------------------------------------
+# Storing
+# ---------------------------------------------------------------------------------------------
+
+
+def store_instance(
+    app: Flask,
+    dataset_or_bytes: Dataset | bytes,
+    *,
+    transfer_syntax_uid: str | None,
+    calling_ae: str,
+    expected_sop_class_uid: str | None = None,
+    expected_sop_instance_uid: str | None = None,
+) -> StoreResult:
+    """Keep one DICOM instance: validate, write durably, index, match, commit; then return.
+
+    `dataset_or_bytes` is a pydicom Dataset, a Part 10 file's bytes, or a bare encoded dataset (as
+    received over DIMSE) in `transfer_syntax_uid`. `expected_*` are the UIDs the C-STORE command
+    announced; a dataset that disagrees with them is rejected.
+
+    Raises `InstanceRejected` (bad input, do not retry) or `StorageUnavailable` (retry later).
+    """
+    received = _receive(dataset_or_bytes, transfer_syntax_uid)
+    if expected_sop_class_uid and expected_sop_class_uid.strip("\x00 ") != received.sop_class_uid:
+        raise InstanceRejected(
+            f"SOPClassUID {received.sop_class_uid} differs from the command's {expected_sop_class_uid}",
+            STATUS_DATASET_MISMATCH,
+        )
+    if expected_sop_instance_uid and expected_sop_instance_uid.strip("\x00 ") != received.sop_instance_uid:
+        raise InstanceRejected(
+            f"SOPInstanceUID {received.sop_instance_uid} differs from the command's {expected_sop_instance_uid}",
+            STATUS_DATASET_MISMATCH,
+        )
+    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
+    sha256 = hashlib.sha256(received.file_bytes).hexdigest()
+    db = get_db(app)
+    for attempt in range(1, _STORE_ATTEMPTS + 1):
+        try:
+            result = _store_once(db.session(), storage_dir, received, sha256)
+        except IntegrityError:
+            # Another association created the same study, series or instance between our read and
+            # our insert; its rows are committed now, so a fresh attempt finds and reuses them.
+            logger.info("store of %s raced another association (attempt %d); retrying", received.sop_instance_uid, attempt)
+            continue
+        except SQLAlchemyError as exc:
+            logger.error("database failure while indexing %s: %s", received.sop_instance_uid, type(exc).__name__)
+            raise StorageUnavailable("the image index is unavailable; try again later", STATUS_PROCESSING_FAILURE) from exc
+        logger.info(
+            "stored %s from %s (study %s, %d bytes%s)",
+            received.sop_instance_uid,
+            calling_ae,
+            result.study_id,
+            result.size_bytes,
+            ", duplicate" if result.duplicate else "",
+        )
+        return result
+    raise StorageUnavailable(
+        f"could not index {received.sop_instance_uid} after {_STORE_ATTEMPTS} attempts", STATUS_PROCESSING_FAILURE
+    )
+
+
+def _store_once(session: Session, storage_dir: Path, received: _ReceivedInstance, sha256: str) -> StoreResult:
+    """One transaction: index, write the file, commit. The file is removed if the commit fails."""
+    written: Path | None = None
+    try:
+        existing = session.scalar(
+            select(ImagingInstance).where(ImagingInstance.sop_instance_uid == received.sop_instance_uid)
+        )
+        if existing is not None:
+            result = _duplicate_result(storage_dir, existing, received, sha256)
+            session.commit()
+            return result
+
+        now = utcnow()
+        warnings_out = list(received.warnings)
+        study = _get_or_create_study(session, received, now, warnings_out)
+        series = _get_or_create_series(session, study, received)
+        if study.status is not StudyStatus.REGISTERED:
+            # Not reopened: the completion event has gone out and analysis may be running. Staff see
+            # the warning; a resend of a whole study would still be stored instance by instance.
+            warnings_out.append(f"arrived after the study was marked {study.status.value}")
+            logger.warning("instance %s arrived for study %s after completion", received.sop_instance_uid, study.id)
+        else:
+            study.last_instance_at = now
+        instance = ImagingInstance(
+            series_id=series.id,
+            sop_instance_uid=received.sop_instance_uid,
+            sop_class_uid=received.sop_class_uid,
+            transfer_syntax_uid=received.transfer_syntax_uid,
+            number=_int_or_none(received.header, "InstanceNumber", warnings_out),
+            path=received.relative_path,
+            size_bytes=len(received.file_bytes),
+            sha256=sha256,
+            warnings=warnings_out,
+            received_at=now,
+        )
+        session.add(instance)
+        # Flushing before the write holds the unique SOP Instance UID for this transaction, so a
+        # concurrent store of the same instance waits here instead of racing on the file.
+        session.flush()
+        target = storage_dir / received.relative_path
+        # Marked before writing so that a failure anywhere from here on removes what was written.
+        written = target
+        try:
+            write_file_durably(target, received.file_bytes)
+        except OSError as exc:
+            status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
+            logger.error("could not write %s: %s", received.sop_instance_uid, exc.strerror or type(exc).__name__)
+            raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", status) from exc
+        session.commit()
+        return StoreResult(
+            instance_id=instance.id,
+            series_id=series.id,
+            study_id=study.id,
+            sop_instance_uid=instance.sop_instance_uid,
+            path=instance.path,
+            sha256=sha256,
+            size_bytes=instance.size_bytes,
+            duplicate=False,
+            warnings=tuple(warnings_out),
+        )
+    except BaseException:
+        session.rollback()
+        if written is not None:
+            # No committed row points at it; leaving it would be an orphan nobody can find.
+            written.unlink(missing_ok=True)
+        raise
+    finally:
+        session.close()
+
+
+def _duplicate_result(
+    storage_dir: Path, existing: ImagingInstance, received: _ReceivedInstance, sha256: str
+) -> StoreResult:
+    target = storage_dir / existing.path
+    if not target.exists():
+        # The index is the promise; if the file was lost since, the resend restores it.
+        logger.warning("instance %s was indexed but its file was missing; rewriting it", existing.sop_instance_uid)
+        try:
+            write_file_durably(target, received.file_bytes)
+        except OSError as exc:
+            raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", STATUS_OUT_OF_RESOURCES) from exc
+    elif existing.sha256 != sha256:
+        # First one wins: a second, different object under the same UID is a sender bug.
+        logger.warning("instance %s sent again with different content; kept the first", existing.sop_instance_uid)
+    return StoreResult(
+        instance_id=existing.id,
+        series_id=existing.series_id,
+        study_id=existing.series.study_id,
+        sop_instance_uid=existing.sop_instance_uid,
+        path=existing.path,
+        sha256=existing.sha256,
+        size_bytes=existing.size_bytes,
+        duplicate=True,
+        warnings=tuple(existing.warnings or ()),
+    )
+
+
+def _get_or_create_study(
+    session: Session, received: _ReceivedInstance, now: datetime, warnings_out: list[str]
+) -> ImagingStudy:
+    study = session.scalar(
+        select(ImagingStudy).where(ImagingStudy.study_instance_uid == received.study_instance_uid)
+    )
+    if study is not None:
+        return study
+    header = received.header
+    study = ImagingStudy(
+        study_instance_uid=received.study_instance_uid,
+        accession_number=_text(header, "AccessionNumber", 16, warnings_out),
+        dicom_patient_id=_text(header, "PatientID", 64, warnings_out),
+        dicom_patient_name=_text(header, "PatientName", 200, warnings_out),
+        description=_text(header, "StudyDescription", 200, warnings_out),
+        started=_study_started(header, warnings_out),
+        status=StudyStatus.REGISTERED,
+        received_at=now,
+        last_instance_at=now,
+    )
+    session.add(study)
+    session.flush()
+    outcome = match_study_to_order(session, study)
+    if outcome.warning:
+        warnings_out.append(outcome.warning)
+    return study
+
+
+def _get_or_create_series(session: Session, study: ImagingStudy, received: _ReceivedInstance) -> ImagingSeries:
+    series = session.scalar(
+        select(ImagingSeries).where(ImagingSeries.series_instance_uid == received.series_instance_uid)
+    )
+    if series is not None:
+        if series.study_id != study.id:
+            raise InstanceRejected(
+                f"series {received.series_instance_uid} already belongs to another study",
+                STATUS_DATASET_MISMATCH,
+            )
+        return series
+    ignored: list[str] = []  # series-level oddities are already reported by the header checks
+    series = ImagingSeries(
+        study_id=study.id,
+        series_instance_uid=received.series_instance_uid,
+        number=_int_or_none(received.header, "SeriesNumber", ignored),
+        modality=_text(received.header, "Modality", 16, ignored) or "OT",
+        description=_text(received.header, "SeriesDescription", 200, ignored),
+        body_part=_text(received.header, "BodyPartExamined", 64, ignored),
+    )
+    session.add(series)
+    session.flush()
+    return series
+
+
+def write_file_durably(target: Path, data: bytes) -> None:
+    """Write `data` to `target` so that after return it survives a crash or power loss.
+
+    A temp file in the same directory is written and fsynced, renamed over the target (atomic on
+    POSIX, so readers see the old file or the new one, never half of one), then the directory is
+    fsynced so the rename itself is on disk.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing and validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _receive(dataset_or_bytes: Dataset | bytes, transfer_syntax_uid: str | None) -> _ReceivedInstance:
+    """Split the input into (dataset bytes, transfer syntax), parse the header and validate it."""
+    if isinstance(dataset_or_bytes, Dataset):
+        raw, syntax = _encode_dataset(dataset_or_bytes, transfer_syntax_uid)
+    elif isinstance(dataset_or_bytes, bytes | bytearray | memoryview):
+        raw, syntax = _split_part10(bytes(dataset_or_bytes), transfer_syntax_uid)
+    else:
+        raise TypeError(f"expected a pydicom Dataset or bytes, got {type(dataset_or_bytes).__name__}")
+    if not raw:
+        raise InstanceRejected("the data set is empty", STATUS_CANNOT_UNDERSTAND)
+
+    header, parse_warnings = _parse_header(raw, syntax)
+    if not any(keyword in header for keyword in _REQUIRED_UIDS):
+        # Bytes that parse into no identifying element at all are not a DICOM data set.
+        raise InstanceRejected("not a DICOM data set (no SOP, study or series UID)", STATUS_CANNOT_UNDERSTAND)
+    uids = {
+        keyword: _required_uid(header, keyword)
+        for keyword in _REQUIRED_UIDS
+    }
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = uids["SOPClassUID"]
+    meta.MediaStorageSOPInstanceUID = uids["SOPInstanceUID"]
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return _ReceivedInstance(
+        header=header,
+        # The received bytes are kept exactly as sent, under a file meta built from the dataset's
+        # own UIDs: no re-encoding, so compressed pixel data and private tags survive untouched.
+        file_bytes=_PREAMBLE + _encode_file_meta(meta) + raw,
+        transfer_syntax_uid=str(syntax),
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        warnings=parse_warnings,
+    )
+
+
+def _encode_dataset(ds: Dataset, transfer_syntax_uid: str | None) -> tuple[bytes, UID]:
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = UID(transfer_syntax_uid or (file_meta.get("TransferSyntaxUID") if file_meta else None) or ExplicitVRLittleEndian)
+    _check_syntax(syntax)
+    buffer = DicomBytesIO()
+    try:
+        # Write a copy so the caller's dataset keeps its own file meta.
+        copy = Dataset(ds)
+        copy.file_meta = FileMetaDataset()
+        copy.file_meta.TransferSyntaxUID = syntax
+        copy.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or "1.2"
+        copy.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or "1.2"
+        pydicom.dcmwrite(buffer, copy, enforce_file_format=True)
+    except _PARSE_ERRORS as exc:
+        raise InstanceRejected(f"the data set cannot be encoded: {exc}", STATUS_CANNOT_UNDERSTAND) from exc
+    return _split_part10(buffer.getvalue(), None)
+
+
+def _split_part10(data: bytes, transfer_syntax_uid: str | None) -> tuple[bytes, UID]:
+    """Bytes of a Part 10 file (preamble, DICM, meta) or of a bare data set -> (data set, syntax)."""
+    if data[128:132] != b"DICM":
+        if not transfer_syntax_uid:
+            raise InstanceRejected("not a DICOM file and no transfer syntax given", STATUS_CANNOT_UNDERSTAND)
+        syntax = UID(transfer_syntax_uid)
+        _check_syntax(syntax)
+        return data, syntax
+    if data[132:140] != _META_GROUP_LENGTH_HEADER or len(data) < 144:
+        raise InstanceRejected("the file meta information has no group length", STATUS_CANNOT_UNDERSTAND)
+    (meta_length,) = struct.unpack("<I", data[140:144])
+    start = 144 + meta_length
+    try:
+        meta = pydicom.dcmread(BytesIO(data[:start]), force=False).file_meta
+        syntax = UID(str(meta.TransferSyntaxUID).strip("\x00 "))
+    except (*_PARSE_ERRORS,) as exc:
+        raise InstanceRejected(f"unreadable file meta information: {exc}", STATUS_CANNOT_UNDERSTAND) from exc
+    _check_syntax(syntax)
+    return data[start:], syntax
+
+
+def _check_syntax(syntax: UID) -> None:
+    if not syntax.is_valid or not syntax.is_transfer_syntax:
+        raise InstanceRejected(f"unknown transfer syntax {str(syntax)[:64]!r}", STATUS_CANNOT_UNDERSTAND)
+
+
+def _encode_file_meta(meta: FileMetaDataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str]]:
+    """Parse everything but the pixel data, forcing every element to decode, and collect oddities.
+
+    pydicom decodes lazily, so a broken element would otherwise only fail later in a reader.
+    """
+    provisional = FileMetaDataset()
+    provisional.MediaStorageSOPClassUID = "1.2"
+    provisional.MediaStorageSOPInstanceUID = "1.2"
+    provisional.TransferSyntaxUID = syntax
+    stream = BytesIO(_PREAMBLE + _encode_file_meta(provisional) + raw)
+    found: list[str] = []
+    with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            header = pydicom.dcmread(stream, stop_before_pixels=True)
+            if len(header) == 0:
+                raise InstanceRejected("the data set has no elements", STATUS_CANNOT_UNDERSTAND)
+            _decode_all(header, found)
+            found.extend(_header_warnings(header))
+        except _PARSE_ERRORS as exc:
+            raise InstanceRejected(f"the data set cannot be parsed: {type(exc).__name__}: {exc}"[:300], STATUS_CANNOT_UNDERSTAND) from exc
+    for message in dict.fromkeys(str(w.message)[:200] for w in caught):
+        found.append(f"pydicom: {message}")
+    return header, found
+
+
+def _decode_all(ds: Dataset, found: list[str], depth: int = 0) -> None:
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+        except _PARSE_ERRORS as exc:
+            # The element stays in the file as received; readers are warned it is damaged.
+            found.append(f"element {BaseTag(tag)} could not be decoded ({type(exc).__name__})")
+            del ds[tag]
+            continue
+        if elem.VR == "SQ" and depth < 8:
+            for item in elem.value or []:
+                _decode_all(item, found, depth + 1)
+        elif not BaseTag(tag).is_private and elem.VR not in ("UN", None):
+            expected = _dictionary_vr(BaseTag(tag))
+            if expected and elem.VR not in expected.split(" or "):
+                found.append(f"element {BaseTag(tag)} has VR {elem.VR}, the dictionary says {expected}")
+
+
+def _dictionary_vr(tag: BaseTag) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None or str(value).strip("\x00 ") == "":
+        raise InstanceRejected(f"{keyword} is missing", STATUS_DATASET_MISMATCH)
+    uid = UID(str(value).strip("\x00 "))
+    if len(uid) > _UID_MAX_LENGTH or not uid.is_valid:
+        raise InstanceRejected(f"{keyword} {str(uid)[:70]!r} is not a valid UID", STATUS_DATASET_MISMATCH)
+    return str(uid)
+
+
+def _header_warnings(ds: Dataset) -> list[str]:
+    """Oddities that do not stop storage but that a human or a reader should know about."""
+    found: list[str] = []
+    if not str(ds.get("PatientName", "") or "").strip():
+        found.append("PatientName is missing")
+    if not str(ds.get("PatientID", "") or "").strip():
+        found.append("PatientID is missing; the study cannot be matched automatically")
+    if not str(ds.get("AccessionNumber", "") or "").strip():
+        found.append("AccessionNumber is missing; the study needs manual reconciliation")
+    charsets = ds.get("SpecificCharacterSet")
+    if charsets:
+        values = [charsets] if isinstance(charsets, str) else list(charsets)
+        unknown = [v for v in values if v and v.strip() not in python_encoding]
+        if unknown:
+            found.append(f"unknown SpecificCharacterSet {unknown!r}; text may be decoded wrongly")
+    private = sum(1 for elem in ds if elem.tag.is_private)
+    if private:
+        found.append(f"{private} private elements kept as received")
+    return found
+
+
+def _text(ds: Dataset, keyword: str, max_length: int, warnings_out: list[str]) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip("\x00 ")
+    if not text:
+        return None
+    if len(text) > max_length:
+        warnings_out.append(f"{keyword} longer than {max_length} characters; truncated in the index")
+        text = text[:max_length]
+    return text
+
+
+def _int_or_none(ds: Dataset, keyword: str, warnings_out: list[str]) -> int | None:
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        warnings_out.append(f"{keyword} {str(value)[:20]!r} is not an integer")
+        return None
+    if not -(2**31) <= number < 2**31:
+        # IS is a 32-bit value; a larger one would fail the INTEGER column and refuse the image.
+        warnings_out.append(f"{keyword} {number} is out of range")
+        return None
+    return number
+
+
+def _study_started(ds: Dataset, warnings_out: list[str]) -> datetime | None:
+    study_date = str(ds.get("StudyDate", "") or "").strip()
+    if not study_date:
+        return None
+    study_time = str(ds.get("StudyTime", "") or "").strip().split(".")[0].ljust(6, "0")[:6]
+    try:
+        # DICOM dates carry no zone; without TimezoneOffsetFromUTC they are taken as UTC.
+        started = datetime.strptime(study_date + study_time, "%Y%m%d%H%M%S")
+    except ValueError:
+        warnings_out.append("StudyDate/StudyTime are not valid DICOM date and time")
+        return None
+    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "").strip()
+    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        sign = 1 if offset[0] == "+" else -1
+        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+        return (started - sign * delta).replace(tzinfo=UTC)
+    return started.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching
+# ---------------------------------------------------------------------------------------------
+
+
+def match_study_to_order(session: Session, study: ImagingStudy) -> MatchOutcome:
+    """Attach a new study to its referral by AccessionNumber, if the patient agrees.
+
+    Never raises for a failed match: the study stays unmatched (reconciliation queue) and the
+    outcome says why.
+    """
+    if study.referral_id is not None:
+        return MatchOutcome(study.referral_id)
+    if not study.accession_number:
+        return MatchOutcome(None, "no AccessionNumber; left for reconciliation")
+    referral = session.scalar(
+        select(Referral).where(Referral.accession_number == study.accession_number).with_for_update()
+    )
+    if referral is None:
+        logger.info("study %s: no referral has its accession number; left for reconciliation", study.id)
+        return MatchOutcome(None, "no referral has this AccessionNumber; left for reconciliation")
+    refusal = _match_refusal(study, referral)
+    if refusal is not None:
+        logger.warning("study %s not matched to referral %s: %s", study.id, referral.id, refusal)
+        return MatchOutcome(None, f"not matched to referral {referral.id}: {refusal}")
+    _attach(session, study, referral)
+    logger.info("study %s matched to referral %s", study.id, referral.id)
+    return MatchOutcome(referral.id)
+
+
+def reconcile_study(session: Session, study_id: int, referral_id: int) -> ImagingStudy:
+    """Staff match an unmatched study to a referral by hand.
+
+    The accession number need not agree (that is usually why it is here), but the patient must,
+    and the referral must still be open. A study already complete is completed for the order now,
+    and its completion event is published. Needs an app context (for publishing).
+    """
+    study = session.get(ImagingStudy, study_id, with_for_update=True)
+    if study is None:
+        raise NotFound(f"imaging study {study_id} does not exist")
+    referral = session.get(Referral, referral_id, with_for_update=True)
+    if referral is None:
+        raise NotFound(f"referral {referral_id} does not exist")
+    if study.referral_id == referral.id:
+        return study  # reconciling twice is harmless
+    if study.referral_id is not None:
+        raise Conflict(f"imaging study {study_id} is already matched to referral {study.referral_id}")
+    if study.status is StudyStatus.CANCELLED:
+        raise Conflict(f"imaging study {study_id} is cancelled")
+    refusal = _match_refusal(study, referral)
+    if refusal is not None:
+        raise Conflict(f"imaging study {study_id} cannot be matched to referral {referral_id}: {refusal}")
+    _attach(session, study, referral)
+    if study.status is StudyStatus.AVAILABLE:
+        _close_order(session, study, referral)
+        publish(session, STUDY_COMPLETED_EVENT, study_id=study.id)
+    session.flush()
+    logger.info("study %s reconciled to referral %s", study.id, referral.id)
+    return study
+
+
+def _match_refusal(study: ImagingStudy, referral: Referral) -> str | None:
+    """Why `study` must not be attached to `referral`, or None when it may."""
+    if referral.status not in MATCHABLE_REFERRAL_STATUSES:
+        return f"the referral is {referral.status.value}"
+    header_patient_id = (study.dicom_patient_id or "").strip()
+    if not header_patient_id:
+        return "the images carry no PatientID to confirm the patient"
+    if header_patient_id != referral.patient.mrn.strip():
+        # The values themselves are PHI; the message only says that they differ.
+        return "the PatientID in the images differs from the referral's patient"
+    return None
+
+
+def _attach(session: Session, study: ImagingStudy, referral: Referral) -> None:
+    study.referral_id = referral.id
+    study.patient_id = referral.patient_id
+    study.organization_id = referral.performer_organization_id
+    if referral.status in (ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED):
+        referral.status = ReferralStatus.IN_PROGRESS
+    for appointment in _appointments(session, referral.id, (AppointmentStatus.BOOKED,)):
+        appointment.status = AppointmentStatus.ARRIVED
+
+
+def _close_order(session: Session, study: ImagingStudy, referral: Referral) -> None:
+    if referral.status in MATCHABLE_REFERRAL_STATUSES:
+        referral.status = ReferralStatus.COMPLETED
+    for appointment in _appointments(session, referral.id, (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)):
+        appointment.status = AppointmentStatus.FULFILLED
+
+
+def _appointments(session: Session, referral_id: int, statuses: Iterable[AppointmentStatus]) -> list[Appointment]:
+    return list(
+        session.scalars(
+            select(Appointment).where(Appointment.referral_id == referral_id, Appointment.status.in_(list(statuses)))
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Completion
+# ---------------------------------------------------------------------------------------------
+
+
+def complete_quiet_studies(app: Flask, now: datetime | None = None) -> list[int]:
+    """Mark every study that has been quiet for `STUDY_QUIET_SECONDS` available; return their ids.
+
+    Each study is completed in its own transaction by a conditional UPDATE (status still
+    registered, still quiet), so of two completers only one wins a study and publishes its event,
+    and an instance arriving at the last moment keeps the study open.
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=float(app.config["STUDY_QUIET_SECONDS"]))
+    db = get_db(app)
+    completed: list[int] = []
+    with app.app_context():
+        with db.transaction() as session:
+            candidates = list(
+                session.scalars(
+                    select(ImagingStudy.id)
+                    .where(ImagingStudy.status == StudyStatus.REGISTERED, ImagingStudy.last_instance_at < cutoff)
+                    .order_by(ImagingStudy.id)
+                )
+            )
+        for study_id in candidates:
+            with db.transaction() as session:
+                if _complete_study(session, study_id, cutoff, now):
+                    completed.append(study_id)
+    if completed:
+        logger.info("completed %d quiet studies: %s", len(completed), completed)
+    return completed
+
+
+def _complete_study(session: Session, study_id: int, cutoff: datetime, now: datetime) -> bool:
+    claimed = session.execute(
+        update(ImagingStudy)
+        .where(
+            ImagingStudy.id == study_id,
+            ImagingStudy.status == StudyStatus.REGISTERED,
+            ImagingStudy.last_instance_at < cutoff,
+        )
+        .values(status=StudyStatus.AVAILABLE, completed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        return False  # another completer won, or an instance just arrived
+    study = session.get(ImagingStudy, study_id, populate_existing=True)
+    if study is None or study.referral_id is None:
+        return True  # unmatched: published when reconciled
+    referral = session.get(Referral, study.referral_id, with_for_update=True)
+    if referral is not None:
+        _close_order(session, study, referral)
+    publish(session, STUDY_COMPLETED_EVENT, study_id=study.id)
+    return True

@@ -1,0 +1,281 @@
+"""The DICOM Modality Worklist: booked examinations as Scheduled Procedure Steps.
+
+A modality asks "what is scheduled on my station today?" with a C-FIND identifier; this module
+turns the identifier's matching keys into one SQL query over appointments, referrals, slots,
+schedules and patients, and answers each match with the return keys the modality asked for. The
+modality copies PatientID, AccessionNumber and StudyInstanceUID into the images it makes, which is
+what lets `imaging_orders.ingest` match the images back to the order.
+
+Dates and times are UTC, as in the web worklist (`imaging_orders.service.worklist`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy.orm import Session
+
+from hospital.errors import InvalidInput
+from hospital.models import Patient, Practitioner
+from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot
+from referrals.models import Priority, Referral, ReferralStatus
+
+logger = logging.getLogger(__name__)
+
+# Appointments a modality may still perform: booked, or the patient has arrived.
+WORKLIST_APPOINTMENT_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)
+WORKLIST_REFERRAL_STATUSES = (ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED, ReferralStatus.IN_PROGRESS)
+CHARACTER_SET = "ISO_IR 192"  # UTF-8: patient names are not limited to Latin-1
+_STUDY_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:hospital:imaging_orders:worklist:study")
+_PRIORITY_CODES = {
+    Priority.STAT: "STAT",
+    Priority.ASAP: "HIGH",
+    Priority.URGENT: "HIGH",
+    Priority.ROUTINE: "ROUTINE",
+}
+_SEX_CODES = {"male": "M", "female": "F", "other": "O"}
+
+
+class WorklistQueryError(InvalidInput):
+    """The C-FIND identifier cannot be understood (e.g. a malformed date range)."""
+
+
+@dataclass(frozen=True)
+class _Row:
+    appointment: Appointment
+    referral: Referral
+    patient: Patient
+    schedule: Schedule
+    requester: Practitioner
+
+
+def study_instance_uid_for(referral: Referral) -> str:
+    """The StudyInstanceUID the worklist hands out for `referral`: the same on every query.
+
+    Derived from the referral's id, accession number and creation time, so a referral id reused
+    after a database reset (development, tests) does not give a UID already used for other images.
+    """
+    created = referral.created_at.isoformat() if referral.created_at else ""
+    # A name-based (v5) UUID as a 2.25 UID (ISO/IEC 9834-8). pydicom's generate_uid ignores its
+    # entropy sources when prefix is None, so it cannot give a repeatable 2.25 UID.
+    name = "|".join([str(referral.id), referral.accession_number or "", created])
+    return f"2.25.{uuid.uuid5(_STUDY_UID_NAMESPACE, name).int}"
+
+
+def find_worklist_items(session: Session, query: Dataset) -> Iterator[Dataset]:
+    """Yield one response identifier per scheduled procedure step matching `query`.
+
+    Supported matching keys: ScheduledStationAETitle, Modality, ScheduledProcedureStepStartDate
+    (single date or range) inside ScheduledProcedureStepSequence, and PatientID, PatientName,
+    AccessionNumber at the top level; `*` and `?` wildcards are honoured, text matching is
+    case-insensitive. Raises `WorklistQueryError` for a query it cannot interpret.
+    """
+    step_query = _step_query(query)
+    statement = _base_statement()
+    statement = _filter(statement, Schedule.station_ae_title, _value(step_query, "ScheduledStationAETitle"))
+    statement = _filter(statement, Schedule.modality, _value(step_query, "Modality"))
+    statement = _filter_dates(statement, _value(step_query, "ScheduledProcedureStepStartDate"))
+    statement = _filter(statement, Patient.mrn, _value(query, "PatientID"))
+    statement = _filter(statement, Referral.accession_number, _value(query, "AccessionNumber"))
+    statement = _filter(
+        statement, Patient.family_name + "^" + Patient.given_name, _person_name(_value(query, "PatientName"))
+    )
+    count = 0
+    for appointment, referral, patient, schedule, requester in session.execute(statement):
+        count += 1
+        yield _response(query, step_query, _Row(appointment, referral, patient, schedule, requester))
+    logger.info("worklist query matched %d scheduled steps", count)
+
+
+def _base_statement() -> Select[Any]:
+    return (
+        select(Appointment, Referral, Patient, Schedule, Practitioner)
+        .join(Referral, Appointment.referral_id == Referral.id)
+        .join(Patient, Referral.patient_id == Patient.id)
+        .join(Practitioner, Referral.requester_id == Practitioner.id)
+        .join(Slot, Appointment.slot_id == Slot.id)
+        .join(Schedule, Slot.schedule_id == Schedule.id)
+        .where(
+            Appointment.status.in_(WORKLIST_APPOINTMENT_STATUSES),
+            Referral.status.in_(WORKLIST_REFERRAL_STATUSES),
+            Referral.accession_number.is_not(None),
+        )
+        .order_by(Appointment.start, Appointment.id)
+    )
+
+
+def _step_query(query: Dataset) -> Dataset | None:
+    """The query's single ScheduledProcedureStepSequence item (None when not asked for)."""
+    if "ScheduledProcedureStepSequence" not in query:
+        return None
+    items = query.ScheduledProcedureStepSequence
+    if items is None or len(items) == 0:
+        return Dataset()
+    if len(items) > 1:
+        raise WorklistQueryError("ScheduledProcedureStepSequence may hold only one item in a query")
+    return items[0]
+
+
+def _value(ds: Dataset | None, keyword: str) -> list[str]:
+    """The matching values for `keyword`: [] when absent or empty (universal match)."""
+    if ds is None or keyword not in ds:
+        return []
+    raw = ds[keyword].value
+    if raw is None:
+        return []
+    values = list(raw) if isinstance(raw, MultiValue | list) else [raw]
+    cleaned = [str(v).strip("\x00 ") for v in values]
+    return [v for v in cleaned if v and v != "*"]
+
+
+def _person_name(values: list[str]) -> list[str]:
+    # "DOE^JOHN^^^" and "DOE^JOHN" are the same name; stored names have two components.
+    return [v.rstrip("^ ") or "*" for v in values]
+
+
+def _filter(statement: Select[Any], column: ColumnElement[Any], values: list[str]) -> Select[Any]:
+    """Single-value, wildcard or (leniently, for several values) list matching on one column."""
+    if not values:
+        return statement
+    conditions: list[ColumnElement[bool]] = []
+    for value in values:
+        if value == "*":
+            return statement
+        # ILIKE without wildcards is a case-insensitive equality; modalities vary in case.
+        conditions.append(column.ilike(_like_pattern(value), escape="\\"))
+    return statement.where(or_(*conditions))
+
+
+def _like_pattern(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _filter_dates(statement: Select[Any], values: list[str]) -> Select[Any]:
+    if not values:
+        return statement
+    if len(values) > 1:
+        raise WorklistQueryError("ScheduledProcedureStepStartDate takes one date or one range")
+    first, last = _date_range(values[0])
+    conditions = []
+    if first is not None:
+        conditions.append(Appointment.start >= datetime.combine(first, time.min, tzinfo=UTC))
+    if last is not None:
+        conditions.append(Appointment.start < datetime.combine(last + timedelta(days=1), time.min, tzinfo=UTC))
+    return statement.where(and_(*conditions))
+
+
+def _date_range(value: str) -> tuple[date | None, date | None]:
+    """`YYYYMMDD`, `YYYYMMDD-YYYYMMDD`, `-YYYYMMDD` or `YYYYMMDD-` -> inclusive (first, last)."""
+    if "-" not in value:
+        day = _parse_date(value)
+        return day, day
+    start_text, _, end_text = value.partition("-")
+    if not start_text.strip() and not end_text.strip():
+        raise WorklistQueryError(f"date range {value!r} has neither start nor end")
+    first = _parse_date(start_text) if start_text.strip() else None
+    last = _parse_date(end_text) if end_text.strip() else None
+    if first and last and first > last:
+        raise WorklistQueryError(f"date range {value!r} ends before it starts")
+    return first, last
+
+
+def _parse_date(text: str) -> date:
+    text = text.strip()
+    # Some older modalities send ACR-NEMA style "YYYY.MM.DD".
+    compact = text.replace(".", "")
+    if len(compact) != 8 or not compact.isdigit():
+        raise WorklistQueryError(f"{text!r} is not a DICOM date (YYYYMMDD)")
+    try:
+        return datetime.strptime(compact, "%Y%m%d").date()
+    except ValueError as exc:
+        raise WorklistQueryError(f"{text!r} is not a valid date") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------
+
+
+def _priority(row: _Row) -> str:
+    return _PRIORITY_CODES.get(row.referral.priority, "ROUTINE")
+
+
+_TOP_LEVEL: dict[str, Callable[[_Row], Any]] = {
+    "PatientName": lambda r: r.patient.dicom_name,
+    "PatientID": lambda r: r.patient.mrn,
+    "PatientBirthDate": lambda r: r.patient.birth_date.strftime("%Y%m%d") if r.patient.birth_date else "",
+    "PatientSex": lambda r: _SEX_CODES.get((r.patient.gender or "").lower(), ""),
+    "AccessionNumber": lambda r: r.referral.accession_number or "",
+    "ReferringPhysicianName": lambda r: f"{r.requester.family_name}^{r.requester.given_name}",
+    "RequestedProcedureDescription": lambda r: r.referral.procedure_description[:64],
+    "RequestedProcedureID": lambda r: f"RP{r.referral.id}"[:16],
+    "RequestedProcedurePriority": _priority,
+    "StudyInstanceUID": lambda r: study_instance_uid_for(r.referral),
+    "BodyPartExamined": lambda r: r.referral.body_part[:16],
+}
+
+_STEP: dict[str, Callable[[_Row], Any]] = {
+    "Modality": lambda r: r.schedule.modality,
+    "ScheduledStationAETitle": lambda r: r.schedule.station_ae_title,
+    "ScheduledProcedureStepStartDate": lambda r: r.appointment.start.astimezone(UTC).strftime("%Y%m%d"),
+    "ScheduledProcedureStepStartTime": lambda r: r.appointment.start.astimezone(UTC).strftime("%H%M%S"),
+    "ScheduledProcedureStepEndDate": lambda r: r.appointment.end.astimezone(UTC).strftime("%Y%m%d"),
+    "ScheduledProcedureStepEndTime": lambda r: r.appointment.end.astimezone(UTC).strftime("%H%M%S"),
+    "ScheduledProcedureStepDescription": lambda r: (r.appointment.description or r.referral.procedure_description)[:64],
+    "ScheduledProcedureStepID": lambda r: f"SPS{r.appointment.id}"[:16],
+    "ScheduledStationName": lambda r: r.schedule.name[:16],
+    "ScheduledProcedureStepLocation": lambda r: r.schedule.room[:16],
+    "ScheduledProcedureStepStatus": lambda r: r.appointment.status.value.upper(),
+    "ScheduledPerformingPhysicianName": lambda r: "",
+}
+
+
+def _response(query: Dataset, step_query: Dataset | None, row: _Row) -> Dataset:
+    """The return keys the query asked for (plus SpecificCharacterSet), filled from `row`."""
+    response = Dataset()
+    response.SpecificCharacterSet = CHARACTER_SET
+    for elem in query:
+        keyword = elem.keyword
+        if not keyword or keyword == "SpecificCharacterSet":
+            continue
+        if keyword == "ScheduledProcedureStepSequence":
+            response.ScheduledProcedureStepSequence = Sequence([_step_response(step_query, row)])
+        elif keyword in _TOP_LEVEL:
+            setattr(response, keyword, _TOP_LEVEL[keyword](row))
+        else:
+            # Asked for but not held here: answered empty, as a return key with no value.
+            response.add(_empty_element(elem))
+    return response
+
+
+def _step_response(step_query: Dataset | None, row: _Row) -> Dataset:
+    item = Dataset()
+    keys = [elem.keyword for elem in step_query] if step_query is not None and len(step_query) else list(_STEP)
+    for keyword in keys:
+        if not keyword:
+            continue
+        if keyword in _STEP:
+            setattr(item, keyword, _STEP[keyword](row))
+        else:
+            tag = tag_for_keyword(keyword)
+            if tag is not None:
+                item.add(DataElement(tag, dictionary_VR(tag), Sequence() if dictionary_VR(tag) == "SQ" else None))
+    return item
+
+
+def _empty_element(elem: DataElement) -> DataElement:
+    if elem.VR == "SQ":
+        return DataElement(elem.tag, "SQ", Sequence())
+    return DataElement(elem.tag, elem.VR, None)

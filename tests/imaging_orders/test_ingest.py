@@ -1,0 +1,403 @@
+"""Storing instances, idempotency, matching to orders, reconciliation and study completion."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import hashlib
+import random
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+import hospital.jobs
+import imaging_orders.ingest as ingest
+from hospital.clock import utcnow
+from hospital.db import get_db
+from hospital.dicom_factory import ct_series_datasets
+from hospital.errors import Conflict
+from hospital.models import JobRecord
+from hospital.phantoms import make_ct_phantom
+from imaging_orders.ingest import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILURE,
+    InstanceRejected,
+    StorageUnavailable,
+    complete_quiet_studies,
+    reconcile_study,
+    store_instance,
+)
+from imaging_orders.models import (
+    AppointmentStatus,
+    ImagingInstance,
+    ImagingSeries,
+    ImagingStudy,
+    StudyStatus,
+)
+from referrals.models import ReferralStatus
+from tests.conftest import make_test_app
+from tests.imaging_orders.factories import Order, make_centre, make_order
+
+LATER = timedelta(hours=1)
+
+
+def ct_study(mrn: str, accession: str, *, slices: int = 4, series: int = 1, seed: int = 7) -> list[pydicom.Dataset]:
+    phantom = make_ct_phantom(seed, n_slices=slices, size=64)
+    study_uid = pydicom.uid.generate_uid()
+    datasets: list[pydicom.Dataset] = []
+    for number in range(1, series + 1):
+        datasets += ct_series_datasets(
+            phantom, patient_id=mrn, patient_name="Rivera^Alex", accession_number=accession,
+            study_instance_uid=study_uid, series_number=number,
+        )
+    return datasets
+
+
+@pytest.fixture()
+def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every study-completed publish, recorded; jobs are not dispatched (no AI runs here)."""
+    calls: list[dict[str, Any]] = []
+    real_publish = ingest.publish
+
+    def recording_publish(session: Session, event: str, **payload: Any) -> list[JobRecord]:
+        calls.append({"event": event, **payload})
+        return real_publish(session, event, **payload)
+
+    monkeypatch.setattr(ingest, "publish", recording_publish)
+    monkeypatch.setattr(hospital.jobs, "dispatch", lambda app, ids: None)
+    return calls
+
+
+def storage_files(app: Flask) -> set[Path]:
+    root = Path(app.config["DICOM_STORAGE_DIR"])
+    return set(root.rglob("*")) if root.exists() else set()
+
+
+def store_all(app: Flask, datasets: list[pydicom.Dataset]) -> list[ingest.StoreResult]:
+    return [store_instance(app, ds, transfer_syntax_uid=None, calling_ae="TESTSCU") for ds in datasets]
+
+
+# ---------------------------------------------------------------------------------------------
+# Storing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_store_writes_file_and_indexes_it(app: Flask, db_session: Session) -> None:
+    centre = make_centre(db_session)
+    order = make_order(db_session, centre)
+    datasets = ct_study(order.patient.mrn, order.referral.accession_number or "", series=2)
+
+    results = store_all(app, datasets)
+
+    assert not any(r.duplicate for r in results)
+    study = db_session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == datasets[0].StudyInstanceUID))
+    assert study is not None and study.status is StudyStatus.REGISTERED
+    assert len(study.series) == 2
+    instances = [i for s in study.series for i in s.instances]
+    assert len(instances) == len(datasets)
+    first = instances[0]
+    path = Path(app.config["DICOM_STORAGE_DIR"]) / first.path
+    assert first.path == f"{study.study_instance_uid}/{first.series.series_instance_uid}/{first.sop_instance_uid}.dcm"
+    data = path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == first.sha256
+    assert len(data) == first.size_bytes
+    on_disk = pydicom.dcmread(path)
+    assert on_disk.file_meta.MediaStorageSOPInstanceUID == first.sop_instance_uid
+    assert on_disk.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert on_disk.pixel_array.shape == (64, 64)
+    assert not list(path.parent.glob(".incoming-*"))  # no temp files left behind
+
+
+def test_same_instance_twice_is_stored_once(app: Flask, db_session: Session) -> None:
+    datasets = ct_study("MRN-NONE", "ACC-UNKNOWN1", slices=2)
+    first = store_all(app, datasets)
+    again = store_all(app, datasets)
+
+    assert [r.duplicate for r in again] == [True, True]
+    assert [r.instance_id for r in again] == [r.instance_id for r in first]
+    uids = [ds.SOPInstanceUID for ds in datasets]
+    count = db_session.scalar(select(func.count()).select_from(ImagingInstance).where(ImagingInstance.sop_instance_uid.in_(uids)))
+    assert count == 2
+
+
+def test_oddities_are_stored_with_warnings(app: Flask, db_session: Session) -> None:
+    ds = copy.deepcopy(ct_study("MRN-ODD", "ACC-ODD", slices=1)[0])
+    del ds.PatientName
+    ds.add_new(0x00091010, "LO", "vendor secret")
+    ds.SpecificCharacterSet = "ISO_IR 999"
+
+    result = store_instance(app, ds, transfer_syntax_uid=None, calling_ae="TESTSCU")
+
+    instance = db_session.get(ImagingInstance, result.instance_id)
+    assert instance is not None
+    text = " | ".join(instance.warnings)
+    assert "PatientName is missing" in text
+    assert "private elements" in text
+    assert "ISO_IR 999" in text
+
+
+@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"])
+def test_missing_uid_is_rejected_and_nothing_written(app: Flask, db_session: Session, keyword: str) -> None:
+    ds = copy.deepcopy(ct_study("MRN-X", "ACC-X", slices=1)[0])
+    delattr(ds, keyword)
+    before = storage_files(app)
+
+    with pytest.raises(InstanceRejected) as caught:
+        store_instance(app, ds, transfer_syntax_uid=None, calling_ae="TESTSCU")
+
+    assert caught.value.dicom_status == STATUS_DATASET_MISMATCH
+    assert keyword in caught.value.reason
+    assert storage_files(app) == before
+
+
+def test_invalid_uid_is_rejected(app: Flask, db_session: Session) -> None:
+    ds = copy.deepcopy(ct_study("MRN-X", "ACC-X", slices=1)[0])
+    ds.SeriesInstanceUID = "1.2.../../etc"
+    with pytest.raises(InstanceRejected) as caught:
+        store_instance(app, ds, transfer_syntax_uid=None, calling_ae="TESTSCU")
+    assert caught.value.dicom_status == STATUS_DATASET_MISMATCH
+
+
+@pytest.mark.parametrize("payload", [b"this is not dicom at all" * 20, bytes(range(256)) * 8, b""])
+def test_garbage_bytes_are_rejected(app: Flask, db_session: Session, payload: bytes) -> None:
+    with pytest.raises(InstanceRejected) as caught:
+        store_instance(app, payload, transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian, calling_ae="TESTSCU")
+    assert caught.value.dicom_status == STATUS_CANNOT_UNDERSTAND
+
+
+def test_part10_bytes_and_command_uid_mismatch(app: Flask, db_session: Session, tmp_path: Path) -> None:
+    ds = ct_study("MRN-P10", "ACC-P10", slices=1)[0]
+    path = tmp_path / "one.dcm"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+    with pytest.raises(InstanceRejected) as caught:
+        store_instance(
+            app, path.read_bytes(), transfer_syntax_uid=None, calling_ae="TESTSCU",
+            expected_sop_instance_uid="1.2.3.4",
+        )
+    assert caught.value.dicom_status == STATUS_DATASET_MISMATCH
+
+    result = store_instance(app, path.read_bytes(), transfer_syntax_uid=None, calling_ae="TESTSCU")
+    assert result.sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_disk_full_leaves_nothing_half_written(app: Flask, db_session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = ct_study("MRN-FULL", "ACC-FULL", slices=1)
+
+    def disk_full(target: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ingest, "write_file_durably", disk_full)
+    with pytest.raises(StorageUnavailable) as caught:
+        store_all(app, datasets)
+    assert caught.value.dicom_status == STATUS_OUT_OF_RESOURCES
+    assert db_session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == datasets[0].StudyInstanceUID)) is None
+
+
+def test_database_failure_after_write_removes_the_file(
+    app: Flask, db_session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datasets = ct_study("MRN-DB", "ACC-DB", slices=1)
+    real_write = ingest.write_file_durably
+    written: list[Path] = []
+
+    def write_then_lose_database(target: Path, data: bytes) -> None:
+        real_write(target, data)
+        written.append(target)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(ingest, "write_file_durably", write_then_lose_database)
+    with pytest.raises(StorageUnavailable) as caught:
+        store_all(app, datasets)
+    assert caught.value.dicom_status == STATUS_PROCESSING_FAILURE
+    assert written and not written[0].exists()
+    assert db_session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == datasets[0].StudyInstanceUID)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching and reconciliation
+# ---------------------------------------------------------------------------------------------
+
+
+def _study(session: Session, datasets: list[pydicom.Dataset]) -> ImagingStudy:
+    study = session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == datasets[0].StudyInstanceUID))
+    assert study is not None
+    session.refresh(study)
+    return study
+
+
+def test_study_matches_order_by_accession(app: Flask, db_session: Session) -> None:
+    centre = make_centre(db_session)
+    order = make_order(db_session, centre)
+    datasets = ct_study(order.patient.mrn, order.referral.accession_number or "")
+
+    store_all(app, datasets)
+
+    study = _study(db_session, datasets)
+    db_session.refresh(order.referral)
+    assert order.appointment is not None
+    db_session.refresh(order.appointment)
+    assert study.referral_id == order.referral.id
+    assert study.patient_id == order.patient.id
+    assert study.organization_id == centre.organization.id
+    assert order.referral.status is ReferralStatus.IN_PROGRESS
+    assert order.appointment.status is AppointmentStatus.ARRIVED
+
+
+def test_patient_id_mismatch_is_not_matched(app: Flask, db_session: Session) -> None:
+    centre = make_centre(db_session)
+    order = make_order(db_session, centre)
+    datasets = ct_study("SOMEONE-ELSE", order.referral.accession_number or "")
+
+    results = store_all(app, datasets)
+
+    study = _study(db_session, datasets)
+    db_session.refresh(order.referral)
+    assert study.referral_id is None and study.patient_id is None
+    assert order.referral.status is ReferralStatus.SCHEDULED
+    assert any("PatientID" in w for w in results[0].warnings)
+    # Staff cannot force it either: the patient must agree.
+    with pytest.raises(Conflict):
+        reconcile_study(db_session, study.id, order.referral.id)
+
+
+def test_unknown_accession_waits_for_reconciliation(app: Flask, db_session: Session, published: list[dict[str, Any]]) -> None:
+    centre = make_centre(db_session)
+    order = make_order(db_session, centre)
+    datasets = ct_study(order.patient.mrn, "TYPO-ACC")
+    store_all(app, datasets)
+    study = _study(db_session, datasets)
+    assert study.referral_id is None
+
+    assert study.id in complete_quiet_studies(app, now=utcnow() + LATER)
+    db_session.refresh(study)
+    assert study.status is StudyStatus.AVAILABLE
+    assert published == []  # unmatched: nothing downstream until a human decides
+
+    reconcile_study(db_session, study.id, order.referral.id)
+    db_session.flush()
+    db_session.refresh(order.referral)
+    assert study.referral_id == order.referral.id
+    assert order.referral.status is ReferralStatus.COMPLETED
+    assert published == [{"event": "imaging.study_completed", "study_id": study.id}]
+    # Reconciling twice changes nothing and publishes nothing more.
+    reconcile_study(db_session, study.id, order.referral.id)
+    assert len(published) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Completion
+# ---------------------------------------------------------------------------------------------
+
+
+def test_quiet_study_completes_once(app: Flask, db_session: Session, published: list[dict[str, Any]]) -> None:
+    centre = make_centre(db_session)
+    order = make_order(db_session, centre)
+    datasets = ct_study(order.patient.mrn, order.referral.accession_number or "")
+    store_all(app, datasets)
+    study = _study(db_session, datasets)
+
+    assert study.id not in complete_quiet_studies(app)  # not quiet yet
+    assert study.id in complete_quiet_studies(app, now=utcnow() + LATER)
+    assert study.id not in complete_quiet_studies(app, now=utcnow() + 2 * LATER)
+
+    db_session.refresh(study)
+    db_session.refresh(order.referral)
+    assert order.appointment is not None
+    db_session.refresh(order.appointment)
+    assert study.status is StudyStatus.AVAILABLE and study.completed_at is not None
+    assert order.referral.status is ReferralStatus.COMPLETED
+    assert order.appointment.status is AppointmentStatus.FULFILLED
+    assert published == [{"event": "imaging.study_completed", "study_id": study.id}]
+    records = db_session.scalars(select(JobRecord).where(JobRecord.event == "imaging.study_completed")).all()
+    subscribers = app.extensions["hospital.jobs"].subscriptions.get("imaging.study_completed", [])
+    assert len([r for r in records if r.payload == {"study_id": study.id}]) == len(subscribers)
+
+
+def test_instance_after_completion_is_kept_with_warning(app: Flask, db_session: Session, published: list[dict[str, Any]]) -> None:
+    datasets = ct_study("MRN-LATE", "ACC-LATE", slices=2)
+    store_all(app, datasets[:1])
+    complete_quiet_studies(app, now=utcnow() + LATER)
+    late = store_all(app, datasets[1:])[0]
+    assert not late.duplicate
+    assert any("after the study" in w for w in late.warnings)
+    assert _study(db_session, datasets).status is StudyStatus.AVAILABLE
+
+
+# ---------------------------------------------------------------------------------------------
+# Races (real commits, several threads)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def live_app(live_database: str, tmp_path: Path) -> Iterator[Flask]:
+    app = make_test_app(live_database, tmp_path)
+    yield app
+    get_db(app).engine.dispose()
+
+
+def _run_threads(count: int, target: Any) -> list[BaseException]:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            target(index)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return errors
+
+
+def test_concurrent_stores_of_one_study(live_app: Flask) -> None:
+    datasets = ct_study("MRN-RACE", "ACC-RACE", slices=6, series=2)
+
+    def send_all(index: int) -> None:
+        order = list(datasets)
+        random.Random(index).shuffle(order)
+        store_all(live_app, order)
+
+    assert _run_threads(6, send_all) == []
+    with get_db(live_app).session() as session:
+        assert session.scalar(select(func.count()).select_from(ImagingStudy)) == 1
+        assert session.scalar(select(func.count()).select_from(ImagingSeries)) == 2
+        assert session.scalar(select(func.count()).select_from(ImagingInstance)) == len(datasets)
+        for instance in session.scalars(select(ImagingInstance)):
+            data = (Path(live_app.config["DICOM_STORAGE_DIR"]) / instance.path).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == instance.sha256
+
+
+def test_two_completers_publish_once(live_app: Flask, published: list[dict[str, Any]]) -> None:
+    with get_db(live_app).transaction() as session:
+        centre = make_centre(session)
+        orders: list[Order] = [make_order(session, centre) for _ in range(4)]
+    for n, order in enumerate(orders):
+        store_all(live_app, ct_study(order.patient.mrn, order.referral.accession_number or "", slices=1, seed=n))
+
+    later = utcnow() + LATER
+    completed: list[list[int]] = [[], [], [], []]
+
+    def complete(index: int) -> None:
+        completed[index] = complete_quiet_studies(live_app, now=later)
+
+    assert _run_threads(4, complete) == []
+    winners = sorted(i for ids in completed for i in ids)
+    assert len(winners) == 4 and len(set(winners)) == 4
+    assert sorted(call["study_id"] for call in published) == winners
