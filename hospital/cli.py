@@ -102,13 +102,15 @@ def jobs_group() -> None:
 
 @jobs_group.command("sweep")
 @click.option("--older-than", default=60, show_default=True, type=int, help="seconds a queued record may wait")
-def sweep_command(older_than: int) -> None:
-    """Hand queued or stuck job records to the queue again (e.g. after Redis lost its data)."""
+@click.option("--include-failed", is_flag=True, help="also re-run records that failed (after fixing the cause)")
+def sweep_command(older_than: int, include_failed: bool) -> None:
+    """Hand queued job records to the queue again (e.g. after Redis lost its data)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     cutoff = utcnow() - timedelta(seconds=older_than)
+    statuses = [JobStatus.QUEUED, JobStatus.FAILED] if include_failed else [JobStatus.QUEUED]
     with get_db().session() as session:
         ids = list(session.scalars(
-            select(JobRecord.id).where(JobRecord.status.in_([JobStatus.QUEUED, JobStatus.FAILED]), JobRecord.created_at < cutoff)
+            select(JobRecord.id).where(JobRecord.status.in_(statuses), JobRecord.created_at < cutoff)
         ))
     dispatch(app, ids)
     click.echo(f"re-dispatched {len(ids)} job record(s)")

@@ -1,0 +1,101 @@
+"""Durable jobs: records written with the event, handed to RQ after commit, run once, failures
+recorded, lost work re-dispatched by the sweeper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from redis import Redis
+from rq import Queue
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hospital.cli import cli
+from hospital.db import get_db
+from hospital.jobs import enqueue, publish, run_job, subscribe
+from hospital.models import AuditEvent, JobRecord, JobStatus
+from tests.conftest import make_test_app
+
+CALLS: list[dict[str, Any]] = []
+
+
+def record_call(session: Session, **payload: Any) -> None:
+    CALLS.append(payload)
+    session.add(AuditEvent(action="E", entity_type="TestJob", entity_id=str(payload.get("n")), source="system"))
+
+
+def always_fails(session: Session, **payload: Any) -> None:
+    raise ValueError(f"cannot handle {payload}")
+
+
+@pytest.fixture()
+def redis_app(live_database: str, redis_url: str, tmp_path: Path) -> Flask:
+    app = make_test_app(live_database, tmp_path, REDIS_URL=redis_url)
+    subscribe(app, "test.happened", "tests.hospital.test_jobs.record_call", queue="default")
+    return app
+
+
+def test_records_are_enqueued_only_after_commit(redis_app: Flask, redis_url: str) -> None:
+    queue = Queue("default", connection=Redis.from_url(redis_url))
+    with redis_app.app_context():
+        session = get_db().session()
+        record = publish(session, "test.happened", n=1)[0]
+        assert queue.count == 0, "nothing may reach a worker before the transaction commits"
+        session.commit()
+        assert queue.job_ids == [f"hospital-job-{record.id}"]
+        rolled_back = publish(session, "test.happened", n=2)[0].id
+        session.rollback()
+        assert queue.job_ids == [f"hospital-job-{record.id}"]
+        session.close()
+        with get_db().session() as check:
+            assert check.get(JobRecord, rolled_back) is None
+
+
+def test_a_job_delivered_twice_runs_once(redis_app: Flask) -> None:
+    CALLS.clear()
+    with redis_app.app_context():
+        with get_db().transaction() as session:
+            record_id = enqueue(session, "tests.hospital.test_jobs.record_call", n=7).id
+        run_job(record_id)
+        run_job(record_id)
+        assert CALLS == [{"n": 7}]
+        with get_db().session() as session:
+            record = session.get(JobRecord, record_id)
+            assert record is not None and record.status is JobStatus.DONE and record.attempts == 1
+
+
+def test_a_failing_job_is_recorded_and_re_raised(redis_app: Flask) -> None:
+    with redis_app.app_context():
+        with get_db().transaction() as session:
+            record_id = enqueue(session, "tests.hospital.test_jobs.always_fails", n=1).id
+        with pytest.raises(ValueError, match="cannot handle"):
+            run_job(record_id)
+        with get_db().session() as session:
+            record = session.get(JobRecord, record_id)
+            assert record is not None and record.status is JobStatus.FAILED
+            assert record.last_error == "ValueError: cannot handle {'n': 1}"
+
+
+def test_sweeper_re_dispatches_work_that_redis_lost(redis_app: Flask, redis_url: str) -> None:
+    connection = Redis.from_url(redis_url)
+    with redis_app.app_context():
+        with get_db().transaction() as session:
+            record_id = enqueue(session, "tests.hospital.test_jobs.record_call", n=3).id
+    connection.flushdb()  # Redis restarted empty
+    result = redis_app.test_cli_runner().invoke(cli, ["jobs", "sweep", "--older-than", "0"])
+    assert result.exit_code == 0, result.output
+    assert "re-dispatched 1" in result.output
+    assert Queue("default", connection=connection).job_ids == [f"hospital-job-{record_id}"]
+
+
+def test_inline_mode_runs_handlers_after_commit(db_session: Session, app: Flask) -> None:
+    CALLS.clear()
+    subscribe(app, "test.inline", "tests.hospital.test_jobs.record_call")
+    publish(db_session, "test.inline", n=5)
+    assert CALLS == []
+    db_session.commit()
+    assert CALLS == [{"n": 5}]
+    assert db_session.scalar(select(AuditEvent.entity_id).where(AuditEvent.entity_type == "TestJob")) == "5"
