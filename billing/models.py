@@ -78,6 +78,21 @@ class ChargeItem(Base):
     invoice: Mapped[Invoice | None] = relationship(back_populates="items")
 
 
+class Coverage(Base):
+    """A patient's insurance (FHIR Coverage): the insurer pays `share_basis_points` of each invoice."""
+
+    __tablename__ = "coverage"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    payer_name: Mapped[str] = mapped_column(String(200))
+    member_id: Mapped[str] = mapped_column(String(64))
+    # Basis points (1/100 of a percent), so shares stay integers: 8000 = the insurer pays 80 %.
+    share_basis_points: Mapped[int]
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class InvoiceStatus(str, enum.Enum):
     ISSUED = "issued"
     BALANCED = "balanced"
@@ -92,10 +107,47 @@ class Invoice(Base):
     status: Mapped[InvoiceStatus] = mapped_column(enum_column(InvoiceStatus), default=InvoiceStatus.ISSUED)
     currency: Mapped[str] = mapped_column(String(3))
     total_minor: Mapped[int]
+    # total = insurer share + patient share; each payer's payments are tracked separately.
+    insurer_share_minor: Mapped[int] = mapped_column(default=0)
+    patient_share_minor: Mapped[int] = mapped_column(default=0)
+    coverage_id: Mapped[int | None] = mapped_column(ForeignKey("coverage.id"))
     paid_minor: Mapped[int] = mapped_column(default=0)
     issued_at: Mapped[datetime] = mapped_column(default=utcnow)
     period_start: Mapped[datetime | None]
     period_end: Mapped[datetime | None]
 
     patient: Mapped[Patient] = relationship()
+    coverage: Mapped[Coverage | None] = relationship()
     items: Mapped[list[ChargeItem]] = relationship(back_populates="invoice", order_by="ChargeItem.id")
+    payments: Mapped[list[Payment]] = relationship(back_populates="invoice", order_by="Payment.id")
+
+
+class Payer(str, enum.Enum):
+    PATIENT = "patient"
+    INSURER = "insurer"
+
+
+class PaymentKind(str, enum.Enum):
+    PAYMENT = "payment"
+    REFUND = "refund"
+
+
+class Payment(Base):
+    """Money received for (or returned on) an invoice. `idempotency_key` is unique: a payment
+    posted twice (a retried request, a double click) is recorded once."""
+
+    __tablename__ = "payment"
+    __table_args__ = (UniqueConstraint("idempotency_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id"), index=True)
+    payer: Mapped[Payer] = mapped_column(enum_column(Payer))
+    kind: Mapped[PaymentKind] = mapped_column(enum_column(PaymentKind))
+    amount_minor: Mapped[int]  # always positive; `kind` says which way it went
+    currency: Mapped[str] = mapped_column(String(3))
+    idempotency_key: Mapped[str] = mapped_column(String(120))
+    reference: Mapped[str | None] = mapped_column(String(200))
+    recorded_by_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    invoice: Mapped[Invoice] = relationship(back_populates="payments")

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, Response, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from billing.models import ChargeItem, Invoice
-from billing.service import format_money, get_invoice, issue_invoice, list_charges, revenue_by_service_line
+from billing.charts import revenue_bars_svg
+from billing.models import Payer, PaymentKind
+from billing.service import (
+    REVENUE_GROUPS,
+    PaymentRequest,
+    format_money,
+    get_invoice,
+    invoice_balance,
+    issue_invoice,
+    list_charges,
+    record_payment,
+    revenue_csv,
+    revenue_report,
+    set_coverage,
+)
 from hospital.api import json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
@@ -35,11 +50,49 @@ def charge_json(item: ChargeItem) -> dict[str, Any]:
 
 
 def invoice_json(invoice: Invoice) -> dict[str, Any]:
+    balance = invoice_balance(invoice)
     return {
         "id": invoice.id, "patient_id": invoice.patient_id, "status": invoice.status.value, "currency": invoice.currency,
-        "total_minor": invoice.total_minor, "paid_minor": invoice.paid_minor, "issued_at": invoice.issued_at.isoformat(),
-        "items": [charge_json(i) for i in invoice.items], "fhir": f"Invoice/{invoice.id}",
+        "total_minor": invoice.total_minor, "insurer_share_minor": invoice.insurer_share_minor,
+        "patient_share_minor": invoice.patient_share_minor, "paid_minor": invoice.paid_minor,
+        "patient_due_minor": balance.patient_due_minor, "insurer_due_minor": balance.insurer_due_minor,
+        "issued_at": invoice.issued_at.isoformat(), "items": [charge_json(i) for i in invoice.items],
+        "payments": [
+            {"id": p.id, "payer": p.payer.value, "kind": p.kind.value, "amount_minor": p.amount_minor,
+             "received_at": p.received_at.isoformat()} for p in invoice.payments
+        ],
+        "fhir": f"Invoice/{invoice.id}",
     }
+
+
+def _instant(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise InvalidInput(f"not an ISO 8601 time: {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"time {value!r} needs a zone offset")
+    return parsed
+
+
+def _enum(cls: Any, value: Any, name: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} must be one of {[m.value for m in cls]}") from exc
+
+
+def _payment_request(data: dict[str, Any], default_payer: Payer) -> PaymentRequest:
+    return PaymentRequest(
+        payer=_enum(Payer, data.get("payer") or default_payer.value, "payer"),
+        kind=_enum(PaymentKind, data.get("kind") or "payment", "kind"),
+        amount_minor=required(data, "amount_minor", int),
+        currency=required(data, "currency"),
+        idempotency_key=required(data, "idempotency_key"),
+        reference=data.get("reference"),
+    )
 
 
 @bp.get("/api/charge-items")
@@ -58,9 +111,11 @@ def charges() -> ResponseReturnValue:
 @bp.post("/api/invoices")
 @require_roles(Role.ADMIN)
 def create_invoice() -> ResponseReturnValue:
-    patient_id = required(json_body(), "patient_id", int)
+    data = json_body()
+    patient_id = required(data, "patient_id", int)
     session = request_session()
-    invoice = issue_invoice(session, current_user(), patient_id)
+    invoice = issue_invoice(session, current_user(), patient_id, _instant(data.get("period_start")),
+                            _instant(data.get("period_end")))
     payload = invoice_json(invoice)
     session.commit()
     return jsonify(payload), 201
@@ -75,17 +130,57 @@ def invoice(invoice_id: int) -> ResponseReturnValue:
     return jsonify(payload)
 
 
+@bp.post("/api/invoices/<int:invoice_id>/payments")
+@require_roles(Role.ADMIN, Role.PATIENT)
+def pay(invoice_id: int) -> ResponseReturnValue:
+    user = current_user()
+    payment_request = _payment_request(json_body(), Payer.PATIENT)
+    session = request_session()
+    payment = record_payment(session, user, invoice_id, payment_request)
+    payload = invoice_json(payment.invoice)
+    session.commit()
+    return jsonify(payload), 201
+
+
+@bp.post("/api/coverage")
+@require_roles(Role.ADMIN)
+def coverage() -> ResponseReturnValue:
+    data = json_body()
+    session = request_session()
+    created = set_coverage(session, current_user(), required(data, "patient_id", int), required(data, "payer_name"),
+                           required(data, "member_id"), required(data, "share_basis_points", int))
+    payload = {"id": created.id, "patient_id": created.patient_id, "payer_name": created.payer_name,
+               "share_basis_points": created.share_basis_points}
+    session.commit()
+    return jsonify(payload), 201
+
+
 @bp.get("/api/revenue")
 @require_roles(Role.ADMIN)
 def revenue() -> ResponseReturnValue:
-    return jsonify([asdict(line) for line in revenue_by_service_line(request_session(), current_user())])
+    group_by = request.args.get("group_by", "service_line")
+    lines = revenue_report(request_session(), current_user(), group_by)
+    if request.args.get("format") == "csv":
+        return Response(revenue_csv(lines, group_by), mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="revenue-by-{group_by}.csv"'})
+    return jsonify([asdict(line) for line in lines])
 
 
 @bp.get("/admin/revenue")
 @require_roles(Role.ADMIN)
 def revenue_page() -> ResponseReturnValue:
-    lines = revenue_by_service_line(request_session(), current_user())
-    return render_template("billing/revenue.html", lines=lines, money=format_money)
+    session = request_session()
+    user = current_user()
+    reports = {}
+    for group_by in REVENUE_GROUPS:
+        lines = revenue_report(session, user, group_by)
+        chart = revenue_bars_svg(
+            f"Revenue by {group_by.replace('_', ' ')}", [f"{line.group} ({line.currency})" for line in lines],
+            [line.total_minor for line in lines], [line.ai_attributed_minor for line in lines],
+            [format_money(line.total_minor, line.currency) for line in lines],
+        )
+        reports[group_by] = (lines, chart)
+    return render_template("billing/revenue.html", reports=reports, money=format_money)
 
 
 @bp.get("/invoices")

@@ -6,6 +6,8 @@ Money is integer minor units plus an ISO 4217 currency everywhere.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,13 +17,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ai_services.models import DiagnosticReport, Finding, FindingSource, ReviewStatus
-from billing.models import CatalogEntry, ChargeItem, ChargeStatus, Invoice, ServiceLine
+from billing.models import (
+    CatalogEntry,
+    ChargeItem,
+    ChargeStatus,
+    Coverage,
+    Invoice,
+    InvoiceStatus,
+    Payer,
+    Payment,
+    PaymentKind,
+)
 from followup.models import Consultation, MedicationDispense, MedicationRequest
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
-from hospital.models import Practitioner, Role, User
+from hospital.models import Organization, Practitioner, Role, User
 from imaging_orders.models import ImagingStudy
 from referrals.models import Referral
 
@@ -161,23 +173,56 @@ def charge_dispense(session: Session, dispense_id: int) -> ChargeItem | None:
     ))
 
 
-def issue_invoice(session: Session, user: User, patient_id: int) -> Invoice:
-    """Gather the patient's billable, not yet invoiced charges into one invoice."""
+def set_coverage(
+    session: Session, user: User, patient_id: int, payer_name: str, member_id: str, share_basis_points: int
+) -> Coverage:
+    """Record the patient's insurance; it replaces any earlier active coverage."""
+    if user.role is not Role.ADMIN:
+        raise Forbidden("only an administrator records insurance coverage")
+    if not 0 <= share_basis_points <= 10_000:
+        raise InvalidInput(f"share_basis_points must be within 0..10000, got {share_basis_points}")
+    if not payer_name.strip() or not member_id.strip():
+        raise InvalidInput("payer_name and member_id are required")
+    for old in session.scalars(select(Coverage).where(Coverage.patient_id == patient_id, Coverage.active.is_(True))):
+        old.active = False
+    coverage = Coverage(patient_id=patient_id, payer_name=payer_name.strip(), member_id=member_id.strip(),
+                        share_basis_points=share_basis_points)
+    session.add(coverage)
+    session.flush()
+    record_access(session, user, "C", "Coverage", coverage.id, patient_id=patient_id)
+    return coverage
+
+
+def issue_invoice(
+    session: Session, user: User, patient_id: int, period_start: datetime | None = None, period_end: datetime | None = None
+) -> Invoice:
+    """Gather the patient's billable, not yet invoiced charges of the period into one invoice,
+    split between the insurer (by the active coverage) and the patient."""
     if user.role is not Role.ADMIN:
         raise Forbidden("only an administrator issues invoices")
-    items = list(session.scalars(
+    query = (
         select(ChargeItem)
         .where(ChargeItem.patient_id == patient_id, ChargeItem.status == ChargeStatus.BILLABLE, ChargeItem.invoice_id.is_(None))
         .order_by(ChargeItem.occurred_at, ChargeItem.id)
         .with_for_update()
-    ))
+    )
+    if period_start is not None:
+        query = query.where(ChargeItem.occurred_at >= period_start)
+    if period_end is not None:
+        query = query.where(ChargeItem.occurred_at < period_end)
+    items = list(session.scalars(query))
     if not items:
-        raise Conflict(f"patient {patient_id} has nothing to invoice")
+        raise Conflict(f"patient {patient_id} has nothing to invoice in that period")
     currencies = {item.currency for item in items}
     if len(currencies) > 1:
         raise Conflict(f"charges are in several currencies {sorted(currencies)}; invoice them separately")
+    total = sum(i.total_minor for i in items)
+    coverage = session.scalar(select(Coverage).where(Coverage.patient_id == patient_id, Coverage.active.is_(True)))
+    # The insurer's share rounds down: a fraction of a cent is the patient's, never lost.
+    insurer_share = total * coverage.share_basis_points // 10_000 if coverage else 0
     invoice = Invoice(
-        patient_id=patient_id, currency=currencies.pop(), total_minor=sum(i.total_minor for i in items),
+        patient_id=patient_id, currency=currencies.pop(), total_minor=total, insurer_share_minor=insurer_share,
+        patient_share_minor=total - insurer_share, coverage_id=coverage.id if coverage else None,
         period_start=items[0].occurred_at, period_end=items[-1].occurred_at,
     )
     session.add(invoice)
@@ -187,6 +232,88 @@ def issue_invoice(session: Session, user: User, patient_id: int) -> Invoice:
         item.status = ChargeStatus.BILLED
     record_access(session, user, "C", "Invoice", invoice.id, patient_id=patient_id)
     return invoice
+
+
+@dataclass(frozen=True)
+class Balance:
+    patient_due_minor: int
+    insurer_due_minor: int
+
+    @property
+    def total_due_minor(self) -> int:
+        return self.patient_due_minor + self.insurer_due_minor
+
+
+def invoice_balance(invoice: Invoice) -> Balance:
+    def net(payer: Payer) -> int:
+        return sum(p.amount_minor if p.kind is PaymentKind.PAYMENT else -p.amount_minor
+                   for p in invoice.payments if p.payer is payer)
+
+    return Balance(invoice.patient_share_minor - net(Payer.PATIENT), invoice.insurer_share_minor - net(Payer.INSURER))
+
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    payer: Payer
+    kind: PaymentKind
+    amount_minor: int
+    currency: str
+    idempotency_key: str
+    reference: str | None = None
+
+
+def record_payment(session: Session, user: User, invoice_id: int, request: PaymentRequest) -> Payment:
+    """Post a payment or a refund. Posting the same idempotency key again returns the first."""
+    existing = session.scalar(select(Payment).where(Payment.idempotency_key == request.idempotency_key))
+    if existing is not None:
+        if (existing.invoice_id, existing.payer, existing.kind, existing.amount_minor) != (
+            invoice_id, request.payer, request.kind, request.amount_minor
+        ):
+            raise Conflict("that idempotency key was already used for a different payment")
+        return existing
+    invoice = session.get(Invoice, invoice_id, with_for_update=True)
+    if invoice is None:
+        raise NotFound(f"invoice {invoice_id} does not exist")
+    ensure_patient_access(session, user, invoice.patient_id, "Invoice", invoice_id, "U")
+    if user.role is Role.PATIENT:
+        if request.payer is not Payer.PATIENT or request.kind is not PaymentKind.PAYMENT:
+            raise Forbidden("a patient can only pay their own share")
+    elif user.role is not Role.ADMIN:
+        raise Forbidden("payments are recorded by the patient or an administrator")
+    if request.amount_minor <= 0:
+        raise InvalidInput("amount_minor must be a positive integer")
+    if request.currency != invoice.currency:
+        raise InvalidInput(f"the invoice is in {invoice.currency}, not {request.currency}")
+    if invoice.status is InvoiceStatus.CANCELLED:
+        raise Conflict("the invoice is cancelled")
+    balance = invoice_balance(invoice)
+    due = balance.patient_due_minor if request.payer is Payer.PATIENT else balance.insurer_due_minor
+    share = invoice.patient_share_minor if request.payer is Payer.PATIENT else invoice.insurer_share_minor
+    if request.kind is PaymentKind.PAYMENT and request.amount_minor > due:
+        raise InvalidInput(f"{request.payer.value} owes {due} minor units on this invoice, not {request.amount_minor}")
+    if request.kind is PaymentKind.REFUND and request.amount_minor > share - due:
+        raise InvalidInput(f"at most {share - due} minor units can be refunded to the {request.payer.value}")
+    payment = Payment(
+        invoice_id=invoice.id, payer=request.payer, kind=request.kind, amount_minor=request.amount_minor,
+        currency=request.currency, idempotency_key=request.idempotency_key, reference=request.reference,
+        recorded_by_user_id=user.id,
+    )
+    try:
+        with session.begin_nested():
+            session.add(payment)
+    except IntegrityError:
+        # The same key posted concurrently: the other request's payment stands.
+        found = session.scalar(select(Payment).where(Payment.idempotency_key == request.idempotency_key))
+        if found is None:
+            raise
+        return found
+    session.refresh(invoice, ["payments"])
+    signed = request.amount_minor if request.kind is PaymentKind.PAYMENT else -request.amount_minor
+    invoice.paid_minor += signed
+    invoice.status = InvoiceStatus.BALANCED if invoice_balance(invoice).total_due_minor == 0 else InvoiceStatus.ISSUED
+    record_access(session, user, "C", "PaymentReconciliation", payment.id, patient_id=invoice.patient_id,
+                  description=f"{request.kind.value} {request.amount_minor} {request.currency} by {request.payer.value}")
+    return payment
 
 
 def get_invoice(session: Session, user: User, invoice_id: int) -> Invoice:
@@ -209,31 +336,49 @@ def list_charges(session: Session, user: User, patient_id: int) -> list[ChargeIt
     return items
 
 
+REVENUE_GROUPS = ("service_line", "organization", "month")
+
+
 @dataclass(frozen=True)
 class RevenueLine:
-    service_line: str
+    group: str
     currency: str
     charges: int
     total_minor: int
     ai_attributed_minor: int
 
 
-def revenue_by_service_line(session: Session, user: User) -> list[RevenueLine]:
+def revenue_report(session: Session, user: User, group_by: str = "service_line") -> list[RevenueLine]:
+    """Billed and billable revenue grouped by service line, organisation or month (UTC), with the
+    part the AI made possible: AI analyses, and care that followed a confirmed AI finding."""
     if user.role is not Role.ADMIN:
         raise Forbidden("revenue is for administrators")
-    rows = session.execute(
-        select(
-            ChargeItem.service_line, ChargeItem.currency, func.count(ChargeItem.id), func.sum(ChargeItem.total_minor),
-            func.sum(ChargeItem.total_minor).filter(ChargeItem.ai_attributed.is_(True)),
-        )
+    if group_by not in REVENUE_GROUPS:
+        raise InvalidInput(f"group_by must be one of {REVENUE_GROUPS}")
+    items = session.execute(
+        select(ChargeItem.service_line, Organization.name, ChargeItem.occurred_at, ChargeItem.currency,
+               ChargeItem.total_minor, ChargeItem.ai_attributed)
+        .outerjoin(Organization, ChargeItem.organization_id == Organization.id)
         .where(ChargeItem.status != ChargeStatus.NOT_BILLABLE)
-        .group_by(ChargeItem.service_line, ChargeItem.currency)
-        .order_by(ChargeItem.service_line)
     )
-    return [
-        RevenueLine(line.value if isinstance(line, ServiceLine) else str(line), currency, count, total or 0, ai or 0)
-        for line, currency, count, total, ai in rows
-    ]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for line, org_name, occurred_at, currency, total, ai in items:
+        key = {"service_line": line.value, "organization": org_name or "(platform)",
+               "month": occurred_at.strftime("%Y-%m")}[group_by]
+        acc = groups.setdefault((key, currency), [0, 0, 0])
+        acc[0] += 1
+        acc[1] += total
+        acc[2] += total if ai else 0
+    return [RevenueLine(key, currency, *acc) for (key, currency), acc in sorted(groups.items())]
+
+
+def revenue_csv(lines: list[RevenueLine], group_by: str) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([group_by, "currency", "charges", "total_minor", "ai_attributed_minor"])
+    for line in lines:
+        writer.writerow([line.group, line.currency, line.charges, line.total_minor, line.ai_attributed_minor])
+    return out.getvalue()
 
 
 def format_money(minor: int, currency: str) -> str:

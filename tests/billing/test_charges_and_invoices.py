@@ -71,5 +71,5 @@ def test_invoice_gathers_unbilled_charges_once(as_role: Any, db_session: Session
     assert as_role("patient").get(f"/api/invoices/{data['id']}").status_code == 200
     assert as_role("patient2").get(f"/api/invoices/{data['id']}").status_code == 403
     assert as_role("clinician").post("/api/invoices", json={"patient_id": demo.patient.id}).status_code == 403
-    revenue = {line["service_line"]: line for line in admin.get("/api/revenue").get_json()}
+    revenue = {line["group"]: line for line in admin.get("/api/revenue").get_json()}
     assert revenue["ai-analysis"]["ai_attributed_minor"] == 2500 and revenue["scan"]["ai_attributed_minor"] == 0

@@ -1,0 +1,86 @@
+"""Insurance shares, payments and refunds posted once, balances, revenue reports and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from billing import jobs
+from billing.models import Payment
+from hospital.seed import DemoSeed
+from tests.factories import make_preliminary_report
+
+
+def invoiced(as_role: Any, db_session: Session, demo: DemoSeed, share_basis_points: int | None) -> dict[str, Any]:
+    report = make_preliminary_report(db_session, demo, [(10, 10, 30, 30)])
+    jobs.charge_scan(db_session, report.study_id)
+    jobs.charge_ai_analysis(db_session, report.id)
+    db_session.commit()
+    admin = as_role("admin")
+    if share_basis_points is not None:
+        assert admin.post("/api/coverage", json={"patient_id": demo.patient.id, "payer_name": "Acme Health",
+                                                 "member_id": "M-1", "share_basis_points": share_basis_points}).status_code == 201
+    response = admin.post("/api/invoices", json={"patient_id": demo.patient.id})
+    assert response.status_code == 201
+    return response.get_json()
+
+
+def pay(client: Any, invoice_id: int, amount: int, key: str, **extra: Any) -> Any:
+    return client.post(f"/api/invoices/{invoice_id}/payments",
+                       json={"amount_minor": amount, "currency": "EUR", "idempotency_key": key, **extra})
+
+
+def test_insurer_and_patient_shares_split_in_integers(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    invoice = invoiced(as_role, db_session, demo, share_basis_points=3333)
+    # 17500 x 33.33 % = 5832.75: the insurer's share rounds down, the cent fraction is the patient's.
+    assert (invoice["total_minor"], invoice["insurer_share_minor"], invoice["patient_share_minor"]) == (17500, 5832, 11668)
+    assert invoice["patient_due_minor"] + invoice["insurer_due_minor"] == invoice["total_minor"]
+
+
+def test_payment_posted_twice_is_recorded_once_and_balances(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    invoice = invoiced(as_role, db_session, demo, share_basis_points=8000)
+    patient, admin = as_role("patient"), as_role("admin")
+    first = pay(patient, invoice["id"], 3500, "card-tx-1")
+    again = pay(patient, invoice["id"], 3500, "card-tx-1")
+    assert first.status_code == again.status_code == 201
+    assert again.get_json()["patient_due_minor"] == 0
+    assert db_session.scalar(select(func.count()).select_from(Payment)) == 1
+    assert pay(patient, invoice["id"], 1, "card-tx-2").status_code == 400  # nothing left to pay
+    assert pay(patient, invoice["id"], 3500, "card-tx-1", payer="insurer").status_code in (403, 409)
+    settled = pay(admin, invoice["id"], 14000, "remittance-77", payer="insurer")
+    assert settled.status_code == 201 and settled.get_json()["status"] == "balanced"
+
+
+def test_refund_and_validation(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    invoice = invoiced(as_role, db_session, demo, share_basis_points=None)
+    patient, admin = as_role("patient"), as_role("admin")
+    assert pay(patient, invoice["id"], 17500, "p-1").get_json()["status"] == "balanced"
+    assert pay(patient, invoice["id"], 100, "r-0", kind="refund").status_code == 403  # refunds are the office's
+    assert pay(admin, invoice["id"], 20000, "r-1", kind="refund").status_code == 400  # more than was paid
+    refunded = pay(admin, invoice["id"], 2500, "r-2", kind="refund").get_json()
+    assert (refunded["status"], refunded["paid_minor"], refunded["patient_due_minor"]) == ("issued", 15000, 2500)
+    assert pay(admin, invoice["id"], 0, "z", kind="payment").status_code == 400
+    assert pay(admin, invoice["id"], 10, "usd", currency="USD").status_code == 400
+    assert pay(as_role("patient2"), invoice["id"], 10, "other").status_code == 403
+
+
+def test_revenue_by_group_and_csv(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    invoiced(as_role, db_session, demo, share_basis_points=None)
+    admin = as_role("admin")
+    by_org = {line["group"]: line for line in admin.get("/api/revenue?group_by=organization").get_json()}
+    assert by_org["Riverside Imaging Centre"]["total_minor"] == 17500
+    assert by_org["Riverside Imaging Centre"]["ai_attributed_minor"] == 2500
+    months = admin.get("/api/revenue?group_by=month").get_json()
+    assert len(months) == 1 and months[0]["charges"] == 2
+    exported = admin.get("/api/revenue?group_by=service_line&format=csv")
+    assert exported.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
+    assert {r["service_line"]: int(r["total_minor"]) for r in rows} == {"ai-analysis": 2500, "scan": 15000}
+    assert admin.get("/api/revenue?group_by=colour").status_code == 400
+    page = admin.get("/admin/revenue")
+    assert page.status_code == 200 and "<svg" in page.get_data(as_text=True)
+    assert as_role("clinician").get("/api/revenue").status_code == 403
