@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ai_services.models import DiagnosticReport
@@ -109,6 +109,20 @@ class MedicationRequest(Base):
     patient: Mapped[Patient] = relationship()
     prescriber: Mapped[Practitioner] = relationship()
     dispenses: Mapped[list[MedicationDispense]] = relationship(back_populates="request", order_by="MedicationDispense.id")
+
+
+class PharmacyStock(Base):
+    """Units of one medication on hand at one pharmacy. Dispensing decrements it with a guarded
+    UPDATE, so two pharmacists racing for the last unit cannot both succeed."""
+
+    __tablename__ = "pharmacy_stock"
+    __table_args__ = (UniqueConstraint("pharmacy_organization_id", "medication_code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pharmacy_organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
+    medication_code: Mapped[str] = mapped_column(String(64))
+    quantity_on_hand: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class MedicationDispense(Base):

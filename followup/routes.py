@@ -10,7 +10,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from followup.models import CarePlan, Consultation, MedicationDispense, MedicationRequest
+from followup.models import CarePlan, Consultation, MedicationDispense, MedicationRequest, PharmacyStock
 from followup.service import (
     Prescription,
     dispense,
@@ -19,12 +19,14 @@ from followup.service import (
     get_consultation,
     list_consultations,
     prescribe,
+    prescriptions_for_consultation,
+    restock,
 )
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import DomainError
-from hospital.models import Role
+from hospital.errors import DomainError, InvalidInput
+from hospital.models import Organization, OrganizationKind, Role
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +131,28 @@ def dispense_request(request_id: int) -> ResponseReturnValue:
     return jsonify(payload), 201
 
 
+@bp.get("/api/pharmacy/stock")
+@require_roles(Role.PHARMACIST)
+def stock() -> ResponseReturnValue:
+    user = current_user()
+    rows = request_session().scalars(
+        select(PharmacyStock).where(PharmacyStock.pharmacy_organization_id == user.organization_id)
+        .order_by(PharmacyStock.medication_code)
+    )
+    return jsonify([{"medication_code": r.medication_code, "quantity_on_hand": r.quantity_on_hand} for r in rows])
+
+
+@bp.post("/api/pharmacy/stock")
+@require_roles(Role.PHARMACIST)
+def add_stock() -> ResponseReturnValue:
+    data = json_body()
+    session = request_session()
+    row = restock(session, current_user(), required(data, "medication_code"), required(data, "quantity", int))
+    payload = {"medication_code": row.medication_code, "quantity_on_hand": row.quantity_on_hand}
+    session.commit()
+    return jsonify(payload), 201
+
+
 @bp.get("/consultations")
 @require_roles(Role.CLINICIAN, Role.PATIENT)
 def consultations_page() -> ResponseReturnValue:
@@ -146,14 +170,64 @@ def dispense_queue_page() -> ResponseReturnValue:
     user = current_user()
     if request.method == "POST":
         try:
-            dispense(session, user, request.form.get("request_id", type=int) or 0)
+            record = dispense(session, user, request.form.get("request_id", type=int) or 0)
+            message = (f"Dispensed {record.quantity} × {record.request.medication_display} "
+                       f"to {record.request.patient.display_name}.")
         except DomainError as exc:
             session.rollback()
             flash(exc.message, "error")
         else:
             session.commit()
-            flash("Dispensed.")
+            flash(message)
         return redirect(url_for("followup.dispense_queue_page"))
     found = dispense_queue(session, user)
     session.commit()
     return render_template("followup/dispense_queue.html", requests=found)
+
+
+@bp.route("/consultations/<int:consultation_id>", methods=["GET", "POST"])
+@require_roles(Role.CLINICIAN, Role.PATIENT)
+def consultation_page(consultation_id: int) -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        form = request.form
+        try:
+            if form.get("action") == "finish":
+                finish_consultation(session, user, consultation_id, form.get("note", ""))
+                message = "Consultation finished; the visit task is marked done."
+            else:
+                med = prescribe(session, user, consultation_id, Prescription(
+                    medication_code=form.get("medication_code", ""),
+                    medication_display=form.get("medication_display", ""),
+                    dosage_text=form.get("dosage_text", ""),
+                    quantity=_form_count(form.get("quantity"), "quantity"),
+                    refills=_form_count(form.get("refills") or "0", "refills"),
+                    pharmacy_organization_id=_form_count(form.get("pharmacy_organization_id"), "pharmacy"),
+                ))
+                message = f"Prescription {med.id} sent to the pharmacy."
+        except DomainError as exc:
+            session.rollback()
+            flash(exc.message, "error")
+        else:
+            session.commit()
+            flash(message)
+        return redirect(url_for("followup.consultation_page", consultation_id=consultation_id))
+    found = get_consultation(session, user, consultation_id)
+    page = render_template(
+        "followup/consultation.html", consultation=found,
+        plan=session.scalar(select(CarePlan).where(CarePlan.consultation_id == found.id)),
+        prescriptions=prescriptions_for_consultation(session, found.id),
+        pharmacies=session.scalars(
+            select(Organization).where(Organization.kind == OrganizationKind.PHARMACY).order_by(Organization.name)
+        ).all(),
+        can_act=user.role is Role.CLINICIAN and found.practitioner_id == user.practitioner_id,
+    )
+    session.commit()
+    return page
+
+
+def _form_count(value: str | None, label: str) -> int:
+    if value is None or not value.strip().isdigit():
+        raise InvalidInput(f"{label} must be a whole number")
+    return int(value)

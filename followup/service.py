@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
@@ -19,6 +19,7 @@ from followup.models import (
     MedicationDispense,
     MedicationRequest,
     MedicationRequestStatus,
+    PharmacyStock,
     TaskStatus,
 )
 from hospital.access import ensure_patient_access, patient_filter
@@ -158,6 +159,42 @@ def prescribe(session: Session, user: User, consultation_id: int, prescription: 
     return request
 
 
+class OutOfStock(Conflict):
+    """The pharmacy does not hold enough of the medication to dispense."""
+
+
+def take_from_stock(session: Session, pharmacy_id: int | None, medication_code: str, amount: int) -> None:
+    """Decrement stock only if enough is on hand, in one guarded UPDATE (safe under races)."""
+    result = session.execute(
+        update(PharmacyStock)
+        .where(PharmacyStock.pharmacy_organization_id == pharmacy_id, PharmacyStock.medication_code == medication_code,
+               PharmacyStock.quantity_on_hand >= amount)
+        .values(quantity_on_hand=PharmacyStock.quantity_on_hand - amount, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        on_hand = session.scalar(select(PharmacyStock.quantity_on_hand).where(
+            PharmacyStock.pharmacy_organization_id == pharmacy_id, PharmacyStock.medication_code == medication_code))
+        raise OutOfStock(f"out of stock: {medication_code} has {on_hand or 0} unit(s) on hand, {amount} needed")
+
+
+def restock(session: Session, user: User, medication_code: str, quantity: int) -> PharmacyStock:
+    """A pharmacist records a delivery to their pharmacy."""
+    if user.role is not Role.PHARMACIST or user.organization_id is None:
+        raise Forbidden("only a pharmacist restocks their pharmacy")
+    if quantity < 1:
+        raise InvalidInput("a delivery adds at least one unit")
+    stock = session.scalar(select(PharmacyStock).where(
+        PharmacyStock.pharmacy_organization_id == user.organization_id, PharmacyStock.medication_code == medication_code
+    ).with_for_update())
+    if stock is None:
+        stock = PharmacyStock(pharmacy_organization_id=user.organization_id, medication_code=medication_code, quantity_on_hand=0)
+        session.add(stock)
+    stock.quantity_on_hand += quantity
+    session.flush()
+    return stock
+
+
 def dispense_queue(session: Session, user: User) -> list[MedicationRequest]:
     if user.role is not Role.PHARMACIST:
         raise Forbidden("the dispense queue is for pharmacists")
@@ -187,6 +224,7 @@ def dispense(session: Session, user: User, request_id: int, quantity: int | None
     already = sum(d.quantity for d in request.dispenses)
     if amount < 1 or already + amount > allowed_total:
         raise InvalidInput(f"can dispense 1..{allowed_total - already} more of this prescription, not {amount}")
+    take_from_stock(session, request.pharmacy_organization_id, request.medication_code, amount)
     record = MedicationDispense(request_id=request.id, patient_id=request.patient_id, quantity=amount, dispensed_by_user_id=user.id)
     session.add(record)
     if already + amount == allowed_total:
@@ -205,3 +243,36 @@ def consulted_patient_ids(user: User) -> Select[tuple[int]]:
 def pharmacy_patient_ids(user: User) -> Select[tuple[int]]:
     """Patient scope of a pharmacist: patients with prescriptions sent to their pharmacy."""
     return select(MedicationRequest.patient_id).where(MedicationRequest.pharmacy_organization_id == user.organization_id)
+
+
+def prescriptions_for_consultation(session: Session, consultation_id: int) -> list[MedicationRequest]:
+    """The prescriptions written in one consultation, oldest first (the caller has checked access)."""
+    return list(session.scalars(
+        select(MedicationRequest).where(MedicationRequest.consultation_id == consultation_id).order_by(MedicationRequest.id)
+    ))
+
+
+TASK_TRANSITIONS = {
+    TaskStatus.REQUESTED: frozenset({TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED, TaskStatus.CANCELLED}),
+    TaskStatus.IN_PROGRESS: frozenset({TaskStatus.COMPLETED, TaskStatus.CANCELLED}),
+}
+
+
+def update_task_status(session: Session, user: User, task_id: int, status: TaskStatus) -> FollowUpTask:
+    """Move a follow-up task on (started, done, cancelled); only the consulting clinician may.
+    Setting the status it already has changes nothing."""
+    task = session.get(FollowUpTask, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id} does not exist")
+    ensure_patient_access(session, user, task.patient_id, "Task", task_id, "U")
+    consultation = task.care_plan.consultation
+    if user.role is not Role.CLINICIAN or consultation.practitioner_id != user.practitioner_id:
+        raise Forbidden("only the consulting clinician can update this task")
+    if task.status is status:
+        return task
+    if status not in TASK_TRANSITIONS.get(task.status, frozenset()):
+        raise Conflict(f"a task that is {task.status.value} cannot become {status.value}")
+    task.status = status
+    task.completed_at = utcnow() if status is TaskStatus.COMPLETED else None
+    record_access(session, user, "U", "Task", task.id, patient_id=task.patient_id, description=status.value)
+    return task

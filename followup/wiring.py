@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from followup import fhir, routes, service
+from followup import fhir, routes, seed, service
 from hospital.access import register_patient_scope
 from hospital.jobs import subscribe
 from hospital.models import Role
@@ -14,6 +14,7 @@ from hospital.web import add_nav_link
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     fhir.register_fhir(app)
+    app.extensions["hospital.seeders"].append(seed.seed_pharmacy_stock)
     subscribe(app, "ai.report_signed", "followup.jobs.open_consultation_for_report")
     register_patient_scope(app, Role.CLINICIAN, service.consulted_patient_ids)
     register_patient_scope(app, Role.PHARMACIST, service.pharmacy_patient_ids)

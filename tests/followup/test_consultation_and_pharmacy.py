@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ai_services.models import ReportStatus, ReviewStatus
-from followup.models import Consultation, FollowUpTask
-from followup.service import open_consultation
-from hospital.models import JobRecord
-from hospital.seed import DemoSeed
+from followup.models import Consultation, FollowUpTask, PharmacyStock
+from followup.service import OutOfStock, Prescription, dispense, open_consultation, prescribe
+from hospital.db import get_db
+from hospital.models import JobRecord, User
+from hospital.seed import DemoSeed, seed_demo
+from tests.conftest import make_test_app
 from tests.factories import make_preliminary_report
 
 
@@ -63,3 +66,57 @@ def test_finishing_needs_a_note_and_is_done_once(as_role: Any, db_session: Sessi
     assert len(finished) == 1
     assert as_role("patient").get(f"/api/consultations/{consultation_id}").status_code == 200
     assert as_role("patient2").get(f"/api/consultations/{consultation_id}").status_code == 403
+
+
+def test_out_of_stock_is_a_clear_error_and_restock_fixes_it(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    consultation_id = signed_consultation(db_session, demo, (10, 10, 14, 14))
+    med = as_role("clinician").post(f"/api/consultations/{consultation_id}/prescriptions", json={
+        "medication_code": "N02BE01", "dosage_text": "1 g qds", "quantity": 3, "pharmacy_organization_id": demo.pharmacy.id,
+    }).get_json()
+    pharmacist = as_role("pharmacist")
+    refused = pharmacist.post(f"/api/medication-requests/{med['id']}/dispense", json={})
+    assert refused.status_code == 409
+    assert refused.get_json()["detail"] == "out of stock: N02BE01 has 0 unit(s) on hand, 3 needed"
+    assert pharmacist.post("/api/pharmacy/stock", json={"medication_code": "N02BE01", "quantity": 3}).status_code == 201
+    assert pharmacist.post(f"/api/medication-requests/{med['id']}/dispense", json={}).status_code == 201
+    stock = {s["medication_code"]: s["quantity_on_hand"] for s in pharmacist.get("/api/pharmacy/stock").get_json()}
+    assert stock["N02BE01"] == 0 and stock["J01CA04"] == 100
+
+
+def test_two_pharmacists_racing_for_the_last_unit(live_database: str, tmp_path: Any) -> None:
+    app = make_test_app(live_database, tmp_path)
+    db = get_db(app)
+    with app.app_context(), db.transaction() as session:
+        demo = seed_demo(session, app)
+        consultation_id = signed_consultation(session, demo, (10, 10, 14, 14))
+        clinician = demo.users["clinician"]
+        request_ids = [prescribe(session, clinician, consultation_id, Prescription(
+            "R05DA01", "Codeine", "as needed", 1, 0, demo.pharmacy.id)).id for _ in range(2)]
+        session.execute(update(PharmacyStock).where(PharmacyStock.medication_code == "R05DA01").values(quantity_on_hand=1))
+        pharmacist_id = demo.users["pharmacist"].id
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def dispense_one(request_id: int) -> None:
+        with app.app_context():
+            session = db.session()
+            try:
+                user = session.get(User, pharmacist_id)
+                barrier.wait()
+                dispense(session, user, request_id)
+                session.commit()
+                outcomes.append("dispensed")
+            except OutOfStock:
+                session.rollback()
+                outcomes.append("out of stock")
+            finally:
+                session.close()
+
+    threads = [threading.Thread(target=dispense_one, args=(rid,)) for rid in request_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(outcomes) == ["dispensed", "out of stock"]
+    with db.session() as session:
+        assert session.scalar(select(PharmacyStock.quantity_on_hand).where(PharmacyStock.medication_code == "R05DA01")) == 0

@@ -1,4 +1,4 @@
-"""billing coverage and payments
+"""billing coverage and payments; pharmacy stock
 
 Revision ID: 0003
 Revises: 0002
@@ -19,6 +19,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table('pharmacy_stock',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('pharmacy_organization_id', sa.Integer(), nullable=False),
+    sa.Column('medication_code', sa.String(length=64), nullable=False),
+    sa.Column('quantity_on_hand', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['pharmacy_organization_id'], ['organization.id'], name=op.f('fk_pharmacy_stock_pharmacy_organization_id_organization')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_pharmacy_stock')),
+    sa.UniqueConstraint('pharmacy_organization_id', 'medication_code', name=op.f('uq_pharmacy_stock_pharmacy_organization_id_medication_code'))
+    )
     op.create_table('coverage',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('patient_id', sa.Integer(), nullable=False),
@@ -77,3 +87,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_coverage_patient_id'))
 
     op.drop_table('coverage')
+    op.drop_table('pharmacy_stock')
