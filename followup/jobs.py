@@ -6,10 +6,19 @@ import logging
 
 from sqlalchemy.orm import Session
 
+from followup.planning import open_due_repeat_scans, send_due_reminders
 from followup.service import open_consultation
+from hospital.notify import notifier
 
 logger = logging.getLogger(__name__)
 
 
 def open_consultation_for_report(session: Session, report_id: int) -> None:
     open_consultation(session, report_id)
+
+
+def process_due_followups(session: Session) -> None:
+    """Periodic: repeat scans that fell due become referrals; patients are reminded of due tasks."""
+    referrals = open_due_repeat_scans(session)
+    reminders = send_due_reminders(session, notifier())
+    logger.info("follow-ups: %d repeat-scan referral(s) opened, %d reminder(s) sent", len(referrals), reminders)

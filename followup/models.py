@@ -76,10 +76,29 @@ class FollowUpTask(Base):
     description: Mapped[str] = mapped_column(Text)
     status: Mapped[TaskStatus] = mapped_column(enum_column(TaskStatus), default=TaskStatus.REQUESTED)
     due_at: Mapped[datetime | None]
+    # The referral a repeat-scan task turned into when it fell due.
+    referral_id: Mapped[int | None] = mapped_column(ForeignKey("referral.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
 
     care_plan: Mapped[CarePlan] = relationship(back_populates="tasks")
+
+
+class Notification(Base):
+    """A reminder sent (or attempted) to a patient. Unique per task and kind: sent once."""
+
+    __tablename__ = "notification"
+    __table_args__ = (UniqueConstraint("task_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("followup_task.id"))
+    kind: Mapped[str] = mapped_column(String(40))  # e.g. task-due-reminder
+    channel: Mapped[str] = mapped_column(String(16))  # email, sms, log
+    recipient: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class MedicationRequestStatus(str, enum.Enum):

@@ -10,7 +10,8 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from followup.models import CarePlan, Consultation, MedicationDispense, MedicationRequest, PharmacyStock
+from followup.models import CarePlan, Consultation, FollowUpTask, MedicationDispense, MedicationRequest, PharmacyStock
+from followup.planning import apply_template, overdue_tasks
 from followup.service import (
     Prescription,
     dispense,
@@ -129,6 +130,32 @@ def dispense_request(request_id: int) -> ResponseReturnValue:
     payload = dispense_json(record)
     session.commit()
     return jsonify(payload), 201
+
+
+def task_json(task: FollowUpTask) -> dict[str, Any]:
+    return {"id": task.id, "kind": task.kind, "description": task.description, "status": task.status.value,
+            "due_at": task.due_at.isoformat() if task.due_at else None, "referral_id": task.referral_id,
+            "patient_id": task.patient_id, "fhir": f"Task/{task.id}"}
+
+
+@bp.post("/api/consultations/<int:consultation_id>/plan")
+@require_roles(Role.CLINICIAN)
+def add_plan(consultation_id: int) -> ResponseReturnValue:
+    template = required(json_body(), "template")
+    session = request_session()
+    tasks = apply_template(session, current_user(), consultation_id, template)
+    payload = [task_json(t) for t in tasks]
+    session.commit()
+    return jsonify(payload), 201
+
+
+@bp.get("/api/tasks/overdue")
+@require_roles(Role.CLINICIAN, Role.PATIENT)
+def overdue() -> ResponseReturnValue:
+    session = request_session()
+    payload = [task_json(t) for t in overdue_tasks(session, current_user())]
+    session.commit()
+    return jsonify(payload)
 
 
 @bp.get("/api/pharmacy/stock")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
@@ -27,6 +26,7 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.jobs import publish
+from followup.planning import TaskTemplate, add_tasks
 from hospital.models import Organization, OrganizationKind, Role, User
 from referrals.models import Referral
 
@@ -60,19 +60,11 @@ def open_consultation(session: Session, report_id: int) -> Consultation | None:
     plan = CarePlan(consultation_id=consultation.id, patient_id=report.patient_id, title=f"Follow-up of report {report.id}")
     session.add(plan)
     session.flush()
-    now = utcnow()
-    session.add(FollowUpTask(
-        care_plan_id=plan.id, patient_id=report.patient_id, kind="visit",
-        description="Virtual consultation with the referring clinician to discuss the imaging report",
-        due_at=now + timedelta(days=2 if urgent else 14),
-    ))
-    if confirmed:
-        session.add(FollowUpTask(
-            care_plan_id=plan.id, patient_id=report.patient_id, kind="repeat-scan",
-            description=f"Repeat {referral.modality} {referral.body_part.lower()} to assess the "
-                        f"{len(confirmed)} finding(s)",
-            due_at=now + timedelta(days=90 if urgent else 180),
-        ))
+    visit = TaskTemplate("visit", "Virtual consultation with the referring clinician to discuss the imaging report",
+                         days=2 if urgent else 14)
+    repeat = TaskTemplate("repeat-scan", f"Repeat {referral.modality} {referral.body_part.lower()} to assess the "
+                                         f"{len(confirmed)} finding(s)", months=3 if urgent else 6)
+    add_tasks(session, plan, (visit, repeat) if confirmed else (visit,), utcnow())
     logger.info("consultation %s opened for report %s (%s)", consultation.id, report.id, consultation.priority)
     return consultation
 

@@ -7,6 +7,7 @@ from flask import Flask
 from followup import fhir, routes, seed, service
 from hospital.access import register_patient_scope
 from hospital.jobs import subscribe
+from hospital.periodic import register_periodic
 from hospital.models import Role
 from hospital.web import add_nav_link
 
@@ -15,6 +16,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     fhir.register_fhir(app)
     app.extensions["hospital.seeders"].append(seed.seed_pharmacy_stock)
+    register_periodic(app, "followup.jobs.process_due_followups", app.config["FOLLOWUP_CHECK_SECONDS"])
     subscribe(app, "ai.report_signed", "followup.jobs.open_consultation_for_report")
     register_patient_scope(app, Role.CLINICIAN, service.consulted_patient_ids)
     register_patient_scope(app, Role.PHARMACIST, service.pharmacy_patient_ids)

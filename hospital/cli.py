@@ -20,6 +20,7 @@ from hospital.db import get_db
 from hospital.demo import run_demo
 from hospital.jobs import QUEUES, dispatch, redis_connection
 from hospital.models import JobRecord, JobStatus
+from hospital.periodic import enqueue_periodic_jobs, run_scheduler
 from hospital.seed import DEMO_PASSWORD, seed_demo
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,19 @@ def worker_command(queues: tuple[str, ...], burst: bool) -> None:
         raise click.ClickException("REDIS_URL is not set: without Redis, jobs run inline and no worker is needed")
     worker = Worker([Queue(name, connection=conn) for name in queues], connection=conn)
     worker.work(burst=burst, with_scheduler=True)
+
+
+@cli.command("scheduler")
+@click.option("--once", is_flag=True, help="enqueue every periodic job once and exit (for cron)")
+@click.option("--tick", default=5.0, show_default=True, type=float, help="seconds between checks")
+def scheduler_command(once: bool, tick: float) -> None:
+    """Enqueue periodic jobs (follow-up reminders, due repeat scans) when they fall due."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if once:
+        ids = enqueue_periodic_jobs(app)
+        click.echo(f"enqueued {len(ids)} periodic job(s)")
+        return
+    run_scheduler(app, tick_seconds=tick)
 
 
 @cli.group("jobs")

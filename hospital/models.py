@@ -7,7 +7,7 @@ import enum
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Text
+from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
@@ -58,6 +58,8 @@ class Patient(Base):
     gender: Mapped[str] = mapped_column(String(16), default="unknown")
     phone: Mapped[str | None] = mapped_column(String(40))
     email: Mapped[str | None] = mapped_column(String(200))
+    # IANA zone the patient lives in: follow-up dates fall on their calendar, not UTC's.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -168,3 +170,28 @@ class JobRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class ResourceVersion(Base):
+    """One version of a FHIR-visible record: what it looked like as FHIR after a change.
+
+    Written in the transaction of the change (by `hospital.fhir.versions`), so a rolled-back
+    change leaves no version behind. Serves vread, history and the ETag of every read. No foreign
+    keys: a version outlives the shape of the row it was taken from.
+    """
+
+    __tablename__ = "resource_version"
+    __table_args__ = (
+        UniqueConstraint("resource_type", "resource_id", "version_id"),
+        Index("ix_resource_version_type_updated", "resource_type", "last_updated"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[int]
+    version_id: Mapped[int]
+    last_updated: Mapped[datetime] = mapped_column(default=utcnow)
+    method: Mapped[str] = mapped_column(String(8))  # POST, PUT or DELETE, as in Bundle.entry.request
+    # The patient compartment the version belongs to, for authorising history searches.
+    patient_id: Mapped[int | None] = mapped_column(index=True)
+    resource: Mapped[dict[str, Any] | None]

@@ -17,7 +17,7 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Role, User
-from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
+from imaging_orders.models import Appointment, AppointmentStatus, ImagingStudy, Schedule, Slot, SlotStatus
 from referrals.models import Referral, ReferralStatus
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,18 @@ def accept_referral(session: Session, user: User, referral_id: int) -> Referral:
     referral.status = ReferralStatus.ACCEPTED
     referral.accession_number = accession_number_for(referral)
     record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id, description="accepted")
+    return referral
+
+
+def accept_follow_up_referral(session: Session, referral: Referral) -> Referral:
+    """System acceptance of a repeat scan at the centre that did the first one: the centre
+    already accepted this patient and examination, so no one needs to triage it again."""
+    if referral.status is not ReferralStatus.ACTIVE:
+        raise Conflict(f"a referral that is {referral.status.value} cannot be accepted")
+    referral.status = ReferralStatus.ACCEPTED
+    referral.accession_number = accession_number_for(referral)
+    record_access(session, None, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id,
+                  description="accepted as a follow-up of an earlier examination", source="system")
     return referral
 
 
@@ -193,3 +205,16 @@ def appointments_for(session: Session, user: User) -> list[Appointment]:
     appointments = list(session.scalars(query))
     record_access(session, user, "E", "Appointment", None, description=f"appointments ({len(appointments)})")
     return appointments
+
+
+def studies_by_referral(session: Session, referral_ids: list[int]) -> dict[int, ImagingStudy]:
+    """The study received for each referral (the newest if several), for the worklist's arrival column."""
+    if not referral_ids:
+        return {}
+    found: dict[int, ImagingStudy] = {}
+    for study in session.scalars(
+        select(ImagingStudy).where(ImagingStudy.referral_id.in_(referral_ids)).order_by(ImagingStudy.id)
+    ):
+        assert study.referral_id is not None  # filtered above
+        found[study.referral_id] = study
+    return found

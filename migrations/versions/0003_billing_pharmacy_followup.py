@@ -1,4 +1,4 @@
-"""billing coverage and payments; pharmacy stock
+"""billing coverage and payments; pharmacy stock; follow-up reminders and patient time zones
 
 Revision ID: 0003
 Revises: 0002
@@ -19,6 +19,28 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('patient', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('timezone', sa.String(length=64), nullable=False, server_default='UTC'))
+    with op.batch_alter_table('followup_task', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('referral_id', sa.Integer(), nullable=True))
+        batch_op.create_foreign_key(batch_op.f('fk_followup_task_referral_id_referral'), 'referral', ['referral_id'], ['id'])
+    op.create_table('notification',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('patient_id', sa.Integer(), nullable=False),
+    sa.Column('task_id', sa.Integer(), nullable=True),
+    sa.Column('kind', sa.String(length=40), nullable=False),
+    sa.Column('channel', sa.String(length=16), nullable=False),
+    sa.Column('recipient', sa.String(length=200), nullable=False),
+    sa.Column('subject', sa.String(length=200), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['patient_id'], ['patient.id'], name=op.f('fk_notification_patient_id_patient')),
+    sa.ForeignKeyConstraint(['task_id'], ['followup_task.id'], name=op.f('fk_notification_task_id_followup_task')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_notification')),
+    sa.UniqueConstraint('task_id', 'kind', name=op.f('uq_notification_task_id_kind'))
+    )
+    with op.batch_alter_table('notification', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_notification_patient_id'), ['patient_id'], unique=False)
     op.create_table('pharmacy_stock',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('pharmacy_organization_id', sa.Integer(), nullable=False),
@@ -88,3 +110,11 @@ def downgrade() -> None:
 
     op.drop_table('coverage')
     op.drop_table('pharmacy_stock')
+    with op.batch_alter_table('notification', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_notification_patient_id'))
+    op.drop_table('notification')
+    with op.batch_alter_table('followup_task', schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f('fk_followup_task_referral_id_referral'), type_='foreignkey')
+        batch_op.drop_column('referral_id')
+    with op.batch_alter_table('patient', schema=None) as batch_op:
+        batch_op.drop_column('timezone')

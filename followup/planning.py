@@ -1,0 +1,209 @@
+"""Follow-up plans: templates of tasks, due dates on the patient's own calendar, repeat scans
+that turn into referrals when due, and reminders.
+
+Due dates are computed in the patient's time zone ("in 3 months, at 09:00 where the patient
+lives") and stored as UTC, so a daylight-saving change between now and then moves nothing.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from followup.models import CarePlan, Consultation, FollowUpTask, Notification, TaskStatus
+from hospital.access import ensure_patient_access
+from hospital.audit import record_access
+from hospital.clock import utcnow
+from hospital.errors import Forbidden, InvalidInput
+from hospital.models import Patient, Role, User
+from hospital.notify import Notifier, OutgoingMessage
+from imaging_orders.service import accept_follow_up_referral
+from referrals.models import Priority, Referral
+from referrals.service import ReferralRequest, create_referral
+
+logger = logging.getLogger(__name__)
+
+LOCAL_DUE_TIME = time(9, 0)
+REMINDER_HORIZON = timedelta(days=3)
+
+
+@dataclass(frozen=True)
+class TaskTemplate:
+    kind: str
+    description: str
+    months: int = 0
+    days: int = 0
+
+
+FOLLOW_UP_TEMPLATES: dict[str, tuple[TaskTemplate, ...]] = {
+    "repeat-scan-3m": (TaskTemplate("repeat-scan", "Repeat the scan to check the finding(s)", months=3),),
+    "repeat-scan-6m": (TaskTemplate("repeat-scan", "Repeat the scan to check the finding(s)", months=6),),
+    "repeat-scan-12m": (TaskTemplate("repeat-scan", "Repeat the scan to check the finding(s)", months=12),),
+    "lab-and-visit": (
+        TaskTemplate("lab-test", "Blood tests before the review visit", days=7),
+        TaskTemplate("visit", "Review visit with the clinician", days=14),
+    ),
+}
+
+
+def patient_zone(patient: Patient) -> ZoneInfo:
+    try:
+        return ZoneInfo(patient.timezone or "UTC")
+    except ZoneInfoNotFoundError:
+        logger.warning("patient %s has an unknown time zone; using UTC", patient.id)
+        return ZoneInfo("UTC")
+
+
+def add_months(day: date, months: int) -> date:
+    """Same day of the month `months` later, clamped to the month's end (31 Jan + 1 = 28/29 Feb)."""
+    month_index = day.month - 1 + months
+    year, month = day.year + month_index // 12, month_index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def due_at(patient: Patient, start: datetime, *, months: int = 0, days: int = 0) -> datetime:
+    """09:00 on the patient's calendar, `months` and `days` after `start`, as UTC."""
+    zone = patient_zone(patient)
+    local_day = add_months(start.astimezone(zone).date(), months) + timedelta(days=days)
+    return datetime.combine(local_day, LOCAL_DUE_TIME, tzinfo=zone).astimezone(ZoneInfo("UTC"))
+
+
+def add_tasks(session: Session, plan: CarePlan, templates: tuple[TaskTemplate, ...], start: datetime) -> list[FollowUpTask]:
+    patient = session.get(Patient, plan.patient_id)
+    assert patient is not None  # foreign key
+    tasks = [
+        FollowUpTask(care_plan_id=plan.id, patient_id=plan.patient_id, kind=t.kind, description=t.description,
+                     due_at=due_at(patient, start, months=t.months, days=t.days))
+        for t in templates
+    ]
+    session.add_all(tasks)
+    session.flush()
+    return tasks
+
+
+def apply_template(session: Session, user: User, consultation_id: int, template_key: str) -> list[FollowUpTask]:
+    """The consulting clinician adds a template's tasks to the consultation's follow-up plan."""
+    templates = FOLLOW_UP_TEMPLATES.get(template_key)
+    if templates is None:
+        raise InvalidInput(f"unknown follow-up template {template_key!r}; choose one of {sorted(FOLLOW_UP_TEMPLATES)}")
+    consultation = session.get(Consultation, consultation_id)
+    if consultation is None:
+        raise InvalidInput(f"consultation {consultation_id} does not exist")
+    ensure_patient_access(session, user, consultation.patient_id, "CarePlan", None, "U")
+    if user.role is not Role.CLINICIAN or consultation.practitioner_id != user.practitioner_id:
+        raise Forbidden("only the consulting clinician sets the follow-up plan")
+    plan = session.scalar(select(CarePlan).where(CarePlan.consultation_id == consultation.id))
+    if plan is None:
+        plan = CarePlan(consultation_id=consultation.id, patient_id=consultation.patient_id, title="Follow-up plan")
+        session.add(plan)
+        session.flush()
+    tasks = add_tasks(session, plan, templates, utcnow())
+    record_access(session, user, "U", "CarePlan", plan.id, patient_id=plan.patient_id, description=f"template {template_key}")
+    return tasks
+
+
+def overdue_tasks(session: Session, user: User, now: datetime | None = None) -> list[FollowUpTask]:
+    """Open tasks past their due date: a clinician's own patients', or a patient's own."""
+    query = (
+        select(FollowUpTask).join(CarePlan).join(Consultation)
+        .where(FollowUpTask.status == TaskStatus.REQUESTED, FollowUpTask.due_at < (now or utcnow()))
+        .order_by(FollowUpTask.due_at)
+    )
+    if user.role is Role.CLINICIAN:
+        query = query.where(Consultation.practitioner_id == user.practitioner_id)
+    elif user.role is Role.PATIENT:
+        query = query.where(FollowUpTask.patient_id == user.patient_id)
+    else:
+        raise Forbidden("overdue tasks are listed for clinicians and patients")
+    tasks = list(session.scalars(query))
+    record_access(session, user, "E", "Task", None, description=f"overdue tasks ({len(tasks)})")
+    return tasks
+
+
+def open_due_repeat_scans(session: Session, now: datetime | None = None) -> list[int]:
+    """Turn each repeat-scan task that has fallen due into a new, accepted referral, once."""
+    now = now or utcnow()
+    created: list[int] = []
+    due = session.scalars(
+        select(FollowUpTask.id).where(
+            FollowUpTask.kind == "repeat-scan", FollowUpTask.status == TaskStatus.REQUESTED, FollowUpTask.due_at <= now
+        )
+    ).all()
+    for task_id in due:
+        # Claim the task first: of two schedulers running at once, only one wins the update.
+        claimed = session.execute(
+            update(FollowUpTask)
+            .where(FollowUpTask.id == task_id, FollowUpTask.status == TaskStatus.REQUESTED)
+            .values(status=TaskStatus.IN_PROGRESS)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if claimed != 1:
+            continue
+        task = session.get(FollowUpTask, task_id)
+        assert task is not None
+        session.refresh(task)
+        consultation = task.care_plan.consultation
+        original = session.get(Referral, consultation.report.referral_id) if consultation.report.referral_id else None
+        clinician = session.scalar(select(User).where(
+            User.practitioner_id == consultation.practitioner_id, User.role == Role.CLINICIAN, User.active.is_(True)))
+        if original is None or clinician is None:
+            logger.warning("repeat-scan task %s has no original referral or active clinician; left for a person", task_id)
+            task.status = TaskStatus.REQUESTED
+            continue
+        referral = create_referral(session, clinician, ReferralRequest(
+            patient_id=task.patient_id, performer_organization_id=original.performer_organization_id,
+            modality=original.modality, body_part=original.body_part,
+            procedure_description=original.procedure_description,
+            reason=f"Follow-up of report {consultation.report_id}: {task.description}",
+            priority=Priority.URGENT if consultation.priority == "urgent" else Priority.ROUTINE,
+        ))
+        referral.replaces_referral_id = original.id
+        accept_follow_up_referral(session, referral)
+        task.referral_id = referral.id
+        created.append(referral.id)
+        logger.info("repeat-scan task %s became referral %s", task_id, referral.id)
+    return created
+
+
+def send_due_reminders(session: Session, notifier: Notifier, now: datetime | None = None) -> int:
+    """Remind patients of tasks due within the horizon; each task's reminder is sent once."""
+    now = now or utcnow()
+    tasks = session.scalars(
+        select(FollowUpTask).where(
+            FollowUpTask.status.in_([TaskStatus.REQUESTED, TaskStatus.IN_PROGRESS]),
+            FollowUpTask.due_at <= now + REMINDER_HORIZON,
+            ~select(Notification.id).where(Notification.task_id == FollowUpTask.id,
+                                           Notification.kind == "task-due-reminder").exists(),
+        )
+    ).all()
+    sent = 0
+    for task in tasks:
+        patient = session.get(Patient, task.patient_id)
+        assert patient is not None
+        local_due = task.due_at.astimezone(patient_zone(patient)) if task.due_at else None
+        message = OutgoingMessage(
+            channel="email" if patient.email else "sms",
+            recipient=patient.email or patient.phone or "",
+            subject="Reminder: a follow-up step is due",
+            body=f"Dear {patient.given_name}, {task.description.lower()} is due on "
+                 f"{local_due.strftime('%A %d %B %Y at %H:%M') if local_due else 'soon'}. "
+                 "Please sign in to book or contact your clinician.",
+        )
+        notification = Notification(patient_id=patient.id, task_id=task.id, kind="task-due-reminder",
+                                    channel=message.channel, recipient=message.recipient, subject=message.subject,
+                                    body=message.body)
+        try:
+            with session.begin_nested():
+                session.add(notification)
+        except IntegrityError:
+            continue  # another run sent it
+        notifier.send(message)
+        sent += 1
+    return sent
