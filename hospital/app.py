@@ -17,7 +17,7 @@ import billing.wiring
 import followup.wiring
 import imaging_orders.wiring
 import referrals.wiring
-from hospital import access, api, csrf, db, errors_http, jobs, notify, periodic, web
+from hospital import access, api, csrf, db, errors_http, jobs, notify, periodic, ratelimit, web
 from hospital.config import load_config
 from hospital.fhir import core_resources
 from hospital.fhir import registry as fhir_registry
@@ -39,6 +39,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     jobs.init_app(app)
     access.init_app(app)
     notify.init_app(app)
+    ratelimit.init_app(app)
     periodic.init_app(app)
     fhir_registry.init_app(app)
     core_resources.register_fhir(app)

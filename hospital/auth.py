@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from flask import current_app, g, request, session as cookie_session
+from flask import current_app, g, has_request_context, request, session as cookie_session
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -23,6 +23,7 @@ from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import Forbidden, Unauthenticated
 from hospital.models import ApiToken, Role, User
+from hospital.ratelimit import check_rate
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,10 @@ def hash_password(password: str) -> str:
 
 
 def authenticate(session: Session, username: str, password: str) -> User:
-    """Check a username and password; lock the account after repeated failures."""
+    """Check a username and password; lock the account after repeated failures, and throttle
+    attempts per client address so guessing across many accounts is slow too."""
+    limit = int(current_app.config["LOGIN_ATTEMPTS_PER_MINUTE"])
+    check_rate(f"login:{request.remote_addr if has_request_context() else 'local'}", limit, 60)
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         check_password_hash(_DUMMY_HASH, password)

@@ -46,6 +46,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # A study is complete after this long with no new instance (as archives do).
         "STUDY_QUIET_SECONDS": float(os.environ.get("STUDY_QUIET_SECONDS", "5")),
         "FOLLOWUP_CHECK_SECONDS": _env_int("FOLLOWUP_CHECK_SECONDS", 900),
+        "LOGIN_ATTEMPTS_PER_MINUTE": _env_int("LOGIN_ATTEMPTS_PER_MINUTE", 20),
         "TOKEN_TTL_SECONDS": _env_int("TOKEN_TTL_SECONDS", 8 * 3600),
         "JOB_TIMEOUT_SECONDS": _env_int("JOB_TIMEOUT_SECONDS", 600),
         "MAX_CONTENT_LENGTH": _env_int("MAX_UPLOAD_BYTES", 512 * 1024 * 1024),

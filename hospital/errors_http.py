@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from hospital.audit import write_pending_denials
 from hospital.db import request_session
 from hospital.errors import DomainError, Unauthenticated
+from hospital.ratelimit import RateLimited
 from hospital.fhir.outcome import FHIR_JSON, operation_outcome
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ def init_app(app: Flask) -> None:
         session = request_session()
         session.rollback()  # nothing of a refused request is kept...
         write_pending_denials(session)  # ...except the record that it was refused
-        return error_response(exc.status, exc.message, exc.code)
+        response = error_response(exc.status, exc.message, exc.code)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -12,6 +12,7 @@ from hospital.auth import MAX_FAILED_LOGINS
 from hospital.models import AuditEvent, User
 from hospital.seed import DEMO_PASSWORD, DemoSeed
 from imaging_orders.models import ImagingStudy
+from tests.conftest import make_test_app
 
 
 def test_request_without_token_gets_401_in_the_callers_format(client: FlaskClient, demo: DemoSeed) -> None:
@@ -121,3 +122,12 @@ def test_unmatched_study_is_readable_only_by_centre_staff(as_role: Any, demo: De
         assert as_role(username).get(f"/api/studies/{study.id}").status_code == 403, username
     assert as_role("imaging_staff").get(f"/fhir/ImagingStudy/{study.id}").status_code == 200
     assert as_role("imaging_staff").get(f"/api/studies/{study.id}").status_code == 200
+
+
+def test_login_attempts_are_rate_limited_per_address(database_url: str, tmp_path: Any, db_session: Session) -> None:
+    limited = make_test_app(database_url, tmp_path, LOGIN_ATTEMPTS_PER_MINUTE=3)
+    client = limited.test_client()
+    codes = [client.post("/api/auth/token", json={"username": "nobody", "password": "x"}).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    throttled = client.post("/api/auth/token", json={"username": "nobody", "password": "x"})
+    assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) > 0
