@@ -124,7 +124,7 @@ def run_closed_loop(
     pharmacy_id: int,
     patient_mrn: str,
     patient_dicom_name: str,
-    phantom_seed: int = 20_007,
+    phantom_seed: int = 30_003,  # not a training phantom; it holds a 21 mm and a 16 mm lesion
     timeout: float = 180.0,
 ) -> LoopSummary:
     """Referral -> acceptance -> booking -> worklist -> C-STORE -> AI -> review and sign ->
