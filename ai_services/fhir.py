@@ -248,7 +248,21 @@ def observation_derived_from_param() -> SearchParam:
         study_id = reference_id(value, "ImagingStudy")
         return Finding.report_id.in_(select(DiagnosticReport.id).where(DiagnosticReport.study_id == study_id))
 
-    return SearchParam("reference", clause, "The ImagingStudy the finding was read from")
+    return SearchParam(
+        "reference", clause, "The ImagingStudy the finding was read from", target="ImagingStudy", path="derivedFrom"
+    )
+
+
+def diagnostic_report_result_param() -> SearchParam:
+    """Reports whose results include the Observation (a rejected finding is no result)."""
+
+    def clause(value: str) -> ColumnElement[bool]:
+        finding_id = reference_id(value, "Observation")
+        return DiagnosticReport.id.in_(
+            select(Finding.report_id).where(Finding.id == finding_id, Finding.review_status != ReviewStatus.REJECTED)
+        )
+
+    return SearchParam("reference", clause, "An Observation among the report's results", target="Observation", path="result")
 
 
 def register_fhir(app: Flask) -> None:
@@ -283,6 +297,7 @@ def register_fhir(app: Flask) -> None:
                 "status": token_param(DiagnosticReport.status, "preliminary | final | amended"),
                 "based-on": reference_param(DiagnosticReport.referral_id, "ServiceRequest", "The referral"),
                 "issued": date_param(DiagnosticReport.issued_at, "When the report was issued"),
+                "result": diagnostic_report_result_param(),
             },
         ),
     )

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.orm import Session
 
 from followup.models import (
     CarePlan,
@@ -23,18 +24,23 @@ from followup.models import (
     MedicationRequestStatus,
     TaskStatus,
 )
+from followup.service import Prescription, prescribe, update_task_status
+from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.fhir.registry import (
     CANONICAL_BASE,
     ResourceMapping,
+    coding_code,
     date_param,
     fhir_instant,
     id_param,
     patient_reference_param,
     reference,
     reference_param,
+    referenced_id,
     register_resource,
     token_param,
 )
+from hospital.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +150,47 @@ def medication_request_to_fhir(request: MedicationRequest) -> dict[str, Any]:
     }
 
 
+def prescription_from_fhir(resource: dict[str, Any]) -> tuple[int, Prescription]:
+    """A validated MedicationRequest as (consultation id, prescription) for the prescribing service."""
+    concept = resource.get("medicationCodeableConcept")
+    if not isinstance(concept, dict):
+        raise InvalidInput("MedicationRequest.medicationCodeableConcept is required (medicationReference is not supported)")
+    code = coding_code(concept, MEDICATION_CATALOG_SYSTEM) or coding_code(concept) or ""
+    display = next((c.get("display") for c in concept.get("coding") or [] if c.get("code") == code), None)
+    dispense_request = resource.get("dispenseRequest") or {}
+    quantity = (dispense_request.get("quantity") or {}).get("value")
+    if quantity is None or float(quantity) != int(float(quantity)):
+        raise InvalidInput("MedicationRequest.dispenseRequest.quantity.value must be a whole number")
+    return referenced_id(resource, "encounter", "Encounter"), Prescription(
+        medication_code=code,
+        medication_display=display or concept.get("text") or code,
+        dosage_text=" ".join(d.get("text", "") for d in resource.get("dosageInstruction") or []).strip(),
+        quantity=int(float(quantity)),
+        refills=int(dispense_request.get("numberOfRepeatsAllowed") or 0),
+        pharmacy_organization_id=referenced_id(dispense_request, "performer", "Organization"),
+    )
+
+
+def create_medication_request(session: Session, user: User, resource: dict[str, Any]) -> MedicationRequest:
+    if resource.get("status") != "active" or resource.get("intent") != "order":
+        raise InvalidInput("a new MedicationRequest must be an active order")
+    consultation_id, prescription = prescription_from_fhir(resource)
+    return prescribe(session, user, consultation_id, prescription)
+
+
+def update_task(session: Session, user: User, task: FollowUpTask, resource: dict[str, Any]) -> FollowUpTask:
+    """Clients may move a task's status on; what the task asks for is the care plan's."""
+    try:
+        status = TaskStatus(resource.get("status"))
+    except ValueError as exc:
+        raise UnprocessableEntity(
+            f"Task.status {resource.get('status')!r} is not one of {[s.value for s in TaskStatus]}"
+        ) from exc
+    if resource.get("description", task.description) != task.description:
+        raise UnprocessableEntity("only Task.status can be changed")
+    return update_task_status(session, user, task.id, status)
+
+
 def medication_dispense_to_fhir(dispense: MedicationDispense) -> dict[str, Any]:
     request = dispense.request
     dispenser = dispense.dispensed_by
@@ -180,7 +227,9 @@ def register_fhir(app: Flask) -> None:
                 "patient": encounter_patient,
                 "subject": encounter_patient,
                 "status": token_param(Consultation.status, "planned | in-progress | finished | cancelled"),
-                "practitioner": reference_param(Consultation.practitioner_id, "Practitioner", "The clinician holding it"),
+                "practitioner": reference_param(
+                    Consultation.practitioner_id, "Practitioner", "The clinician holding it", path="participant"
+                ),
                 "date": date_param(Consultation.started_at, "When the consultation started"),
             },
         ),
@@ -202,7 +251,7 @@ def register_fhir(app: Flask) -> None:
             },
         ),
     )
-    task_patient = patient_reference_param(FollowUpTask.patient_id)
+    task_patient = patient_reference_param(FollowUpTask.patient_id, "for")
     register_resource(
         app,
         ResourceMapping(
@@ -218,6 +267,7 @@ def register_fhir(app: Flask) -> None:
                 "based-on": reference_param(FollowUpTask.care_plan_id, "CarePlan", "The care plan it belongs to"),
                 "code": token_param(FollowUpTask.kind, f"Task kind ({TASK_KIND_SYSTEM})"),
             },
+            update=update_task,
         ),
     )
     request_patient = patient_reference_param(MedicationRequest.patient_id)
@@ -237,6 +287,7 @@ def register_fhir(app: Flask) -> None:
                 "requester": reference_param(MedicationRequest.prescriber_id, "Practitioner", "The prescriber"),
                 "authoredon": date_param(MedicationRequest.created_at, "When it was prescribed"),
             },
+            create=create_medication_request,
         ),
     )
     dispense_patient = patient_reference_param(MedicationDispense.patient_id)
@@ -251,7 +302,9 @@ def register_fhir(app: Flask) -> None:
                 "_id": id_param(MedicationDispense.id),
                 "patient": dispense_patient,
                 "subject": dispense_patient,
-                "prescription": reference_param(MedicationDispense.request_id, "MedicationRequest", "The prescription"),
+                "prescription": reference_param(
+                    MedicationDispense.request_id, "MedicationRequest", "The prescription", path="authorizingPrescription"
+                ),
                 "whenhandedover": date_param(MedicationDispense.dispensed_at, "When it was handed over"),
             },
         ),

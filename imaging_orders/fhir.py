@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import ColumnElement, false, or_
+from sqlalchemy.orm import Session
 
 from hospital.fhir.core_resources import AE_TITLE_SYSTEM
 from hospital.fhir.registry import (
@@ -23,10 +24,14 @@ from hospital.fhir.registry import (
     patient_reference_param,
     reference,
     reference_param,
+    referenced_id,
     register_resource,
     token_param,
 )
+from hospital.errors import InvalidInput
+from hospital.models import User
 from imaging_orders.models import Appointment, ImagingSeries, ImagingStudy, Schedule, Slot
+from imaging_orders.service import book_appointment
 from referrals.fhir import ACCESSION_SYSTEM, DICOM_MODALITY_SYSTEM, referral_accession_identifier
 
 logger = logging.getLogger(__name__)
@@ -95,6 +100,16 @@ def appointment_to_fhir(appointment: Appointment) -> dict[str, Any]:
         "basedOn": [reference("ServiceRequest", appointment.referral_id)] if appointment.referral_id is not None else None,
         "participant": participants,
     }
+
+
+def book_appointment_from_fhir(session: Session, user: User, resource: dict[str, Any]) -> Appointment:
+    """An Appointment for a Slot and a ServiceRequest (basedOn): booked by the booking service,
+    which decides the times, the patient and the description from the slot and the referral."""
+    if resource.get("status") not in ("booked", "proposed", "pending"):
+        raise InvalidInput("a new Appointment must be booked (or proposed/pending)")
+    referral_id = referenced_id(resource, "basedOn", "ServiceRequest")
+    slot_id = referenced_id(resource, "slot", "Slot")
+    return book_appointment(session, user, referral_id, slot_id)
 
 
 def study_uid_identifier(uid: str) -> dict[str, Any]:
@@ -205,7 +220,7 @@ def register_fhir(app: Flask) -> None:
             },
         ),
     )
-    appointment_patient = patient_reference_param(Appointment.patient_id)
+    appointment_patient = patient_reference_param(Appointment.patient_id, "participant")
     register_resource(
         app,
         ResourceMapping(
@@ -222,6 +237,7 @@ def register_fhir(app: Flask) -> None:
                 "slot": reference_param(Appointment.slot_id, "Slot", "The booked slot"),
                 "date": date_param(Appointment.start, "Appointment start time"),
             },
+            create=book_appointment_from_fhir,
         ),
     )
     study_patient = patient_reference_param(ImagingStudy.patient_id)
@@ -232,7 +248,8 @@ def register_fhir(app: Flask) -> None:
             ImagingStudy,
             imaging_study_to_fhir,
             ImagingStudy.patient_id,
-            {
+            unversioned_columns=frozenset({"last_instance_at"}),
+            search_params={
                 "_id": id_param(ImagingStudy.id),
                 "patient": study_patient,
                 "subject": study_patient,

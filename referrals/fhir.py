@@ -12,21 +12,28 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import ColumnElement, false
+from sqlalchemy.orm import Session
 
+from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.fhir.registry import (
     IDENTIFIER_SYSTEM_BASE,
     ResourceMapping,
     SearchParam,
+    coding_code,
     date_param,
     fhir_instant,
+    first_text,
     id_param,
     identifier_param,
     patient_reference_param,
     reference,
     reference_param,
+    referenced_id,
     register_resource,
 )
+from hospital.models import User
 from referrals.models import Priority, Referral, ReferralStatus
+from referrals.service import ReferralRequest, cancel_referral, create_referral
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,57 @@ def service_request_to_fhir(referral: Referral) -> dict[str, Any]:
     }
 
 
+def referral_request_from_fhir(resource: dict[str, Any]) -> ReferralRequest:
+    """A validated ServiceRequest as the referral the clinician's service creates."""
+    code = resource.get("code") or {}
+    modality = coding_code(code, DICOM_MODALITY_SYSTEM) or coding_code(code) or ""
+    priority = resource.get("priority") or Priority.ROUTINE.value
+    try:
+        referral_priority = Priority(priority)
+    except ValueError as exc:
+        raise InvalidInput(f"priority {priority!r} is not one of {[p.value for p in Priority]}") from exc
+    reason = first_text(resource.get("reasonCode")) or " ".join(n.get("text", "") for n in resource.get("note") or [])
+    return ReferralRequest(
+        patient_id=referenced_id(resource, "subject", "Patient"),
+        performer_organization_id=referenced_id(resource, "performer", "Organization"),
+        modality=modality,
+        body_part=first_text(resource.get("bodySite")),
+        procedure_description=code.get("text") or "",
+        reason=reason,
+        priority=referral_priority,
+    )
+
+
+def create_service_request(session: Session, user: User, resource: dict[str, Any]) -> Referral:
+    if resource.get("status") not in (None, "active", "draft"):
+        raise InvalidInput("a new ServiceRequest must be active")
+    return create_referral(session, user, referral_request_from_fhir(resource))
+
+
+def update_service_request(session: Session, user: User, referral: Referral, resource: dict[str, Any]) -> Referral:
+    """The one update the workflow allows a client: revoking (cancelling) the referral. Any other
+    change is refused rather than silently dropped."""
+    wanted = referral_request_from_fhir(resource)
+    current = ReferralRequest(
+        patient_id=referral.patient_id, performer_organization_id=referral.performer_organization_id,
+        modality=referral.modality, body_part=referral.body_part, procedure_description=referral.procedure_description,
+        reason=referral.reason, priority=Priority(referral.priority),
+    )
+    changed = [
+        name for name in ("patient_id", "performer_organization_id", "modality", "priority")
+        if getattr(wanted, name) != getattr(current, name)
+    ]
+    if changed:
+        raise UnprocessableEntity(f"only the status of a ServiceRequest can change (to revoked); not {changed}")
+    status = resource.get("status")
+    if status == FHIR_STATUS[ReferralStatus(referral.status)]:
+        return referral
+    if status != "revoked":
+        raise UnprocessableEntity(f"a ServiceRequest can only be revoked by a client, not set to {status!r}")
+    notes = [n.get("text", "") for n in resource.get("note") or [] if n.get("text")]
+    return cancel_referral(session, user, referral.id, notes[-1] if notes else "cancelled through FHIR")
+
+
 def service_request_status_param() -> SearchParam:
     def clause(value: str) -> ColumnElement[bool]:
         statuses = STATUSES_BY_FHIR.get(value.split("|")[-1])
@@ -113,5 +171,7 @@ def register_fhir(app: Flask) -> None:
                 ),
                 "authored": date_param(Referral.created_at, "When the referral was written"),
             },
+            create=create_service_request,
+            update=update_service_request,
         ),
     )

@@ -7,12 +7,13 @@ and places every stage's resources point at.
 from __future__ import annotations
 
 import logging
+from datetime import date
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from flask import Flask
 from sqlalchemy import ColumnElement, or_
-from sqlalchemy.orm import InstrumentedAttribute, object_session
+from sqlalchemy.orm import InstrumentedAttribute, Session, object_session
 
 from hospital.fhir.registry import (
     CANONICAL_BASE,
@@ -30,6 +31,7 @@ from hospital.fhir.registry import (
     token_param,
 )
 from hospital.models import AuditEvent, Organization, OrganizationKind, Patient, Practitioner, Role, User
+from hospital.patients import PatientDetails, create_patient, update_patient
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,31 @@ def patient_to_fhir(patient: Patient) -> dict[str, Any]:
         "gender": fhir_gender(patient.gender),
         "birthDate": fhir_date(patient.birth_date),
     }
+
+
+def patient_details_from_fhir(resource: dict[str, Any]) -> PatientDetails:
+    """A validated Patient resource as the details the patient service takes."""
+    names = resource.get("name") or []
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    telecom = resource.get("telecom") or []
+    mrn = next((i.get("value") for i in resource.get("identifier") or [] if i.get("system") == MRN_SYSTEM), None)
+    return PatientDetails(
+        family_name=name.get("family") or "",
+        given_name=" ".join(name.get("given") or []),
+        birth_date=date.fromisoformat(resource["birthDate"]) if len(resource.get("birthDate") or "") == 10 else None,
+        gender=resource.get("gender") or "unknown",
+        phone=next((t.get("value") for t in telecom if t.get("system") == "phone"), None),
+        email=next((t.get("value") for t in telecom if t.get("system") == "email"), None),
+        mrn=mrn,
+    )
+
+
+def create_patient_from_fhir(session: Session, user: User, resource: dict[str, Any]) -> Patient:
+    return create_patient(session, user, patient_details_from_fhir(resource))
+
+
+def update_patient_from_fhir(session: Session, user: User, patient: Patient, resource: dict[str, Any]) -> Patient:
+    return update_patient(session, user, patient.id, patient_details_from_fhir(resource))
 
 
 def practitioner_to_fhir(practitioner: Practitioner) -> dict[str, Any]:
@@ -227,6 +254,8 @@ def register_fhir(app: Flask) -> None:
                 "birthdate": date_param(Patient.birth_date, "Date of birth"),
                 "gender": gender_param(),
             },
+            create=create_patient_from_fhir,
+            update=update_patient_from_fhir,
         ),
     )
     register_resource(
@@ -269,7 +298,7 @@ def register_fhir(app: Flask) -> None:
             AuditEvent.patient_id,
             {
                 "_id": id_param(AuditEvent.id),
-                "patient": patient_reference_param(AuditEvent.patient_id),
+                "patient": patient_reference_param(AuditEvent.patient_id, "entity"),
                 "date": date_param(AuditEvent.recorded_at, "When the event was recorded"),
                 "action": token_param(AuditEvent.action, "C | R | U | D | E"),
                 "outcome": SearchParam(

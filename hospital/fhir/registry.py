@@ -18,10 +18,11 @@ from fhir.resources.R4B import get_fhir_model_class
 from flask import Flask, current_app
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, and_, false, or_
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from hospital.db import Base
-from hospital.models import Role
+from hospital.errors import InvalidInput
+from hospital.models import Role, User
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,18 @@ class SearchParam:
     type: str  # FHIR search param type: reference, token, date, string, number
     clause: Callable[[str], ColumnElement[bool]]
     documentation: str = ""
+    # Reference params: the type they point at, and the element of the resource that holds the
+    # reference (for _include); None: not includable.
+    target: str | None = None
+    path: str | None = None
+    # The column to order by when the param is named in _sort (date and _id params).
+    sort_column: Any = None
+
+
+# Write handlers: parse a validated resource (its `from_fhir`) and call the stage's service, the
+# same one the web pages use. They raise DomainError subclasses; the caller owns the transaction.
+CreateHandler = Callable[[Session, User, dict[str, Any]], Any]
+UpdateHandler = Callable[[Session, User, Any, dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,19 @@ class ResourceMapping:
     # Roles that may read or search this type at all; None: every role (the compartment check
     # still applies). The audit trail, for one, is for administrators only.
     read_roles: frozenset[Role] | None = None
+    create: CreateHandler | None = None
+    update: UpdateHandler | None = None
+    # Columns whose change alone is bookkeeping, not a new version (a study's last-instance time).
+    unversioned_columns: frozenset[str] = frozenset()
+
+    def interactions(self) -> list[str]:
+        """The FHIR interactions this type supports, for the CapabilityStatement."""
+        codes = ["read", "vread", "history-instance", "history-type", "search-type"]
+        if self.create is not None:
+            codes.append("create")
+        if self.update is not None:
+            codes.append("update")
+        return codes
 
     def patient_id_of(self, row: Any) -> int | None:
         if self.patient_column is None:
@@ -62,6 +88,11 @@ class ResourceMapping:
 
     def readable_by(self, role: Role) -> bool:
         return self.read_roles is None or role in self.read_roles
+
+
+# Every registered model, by class, for the version tracker (it runs in session events, where
+# there may be no app). Apps built in one process register the same mappings.
+VERSIONED_MODELS: dict[type[Any], ResourceMapping] = {}
 
 
 @dataclass
@@ -73,6 +104,7 @@ class FhirRegistry:
             raise ValueError(f"FHIR type {mapping.type_name} registered twice")
         get_fhir_model_class(mapping.type_name)  # fails fast on a misspelt type
         self.mappings[mapping.type_name] = mapping
+        VERSIONED_MODELS[mapping.model] = mapping
 
     def get(self, type_name: str) -> ResourceMapping | None:
         return self.mappings.get(type_name)
@@ -134,13 +166,17 @@ def reference_id(value: str, type_name: str) -> int:
         raise ValueError(f"not a {type_name} id: {value!r}") from exc
 
 
-def patient_reference_param(column: InstrumentedAttribute[Any]) -> SearchParam:
-    return reference_param(column, "Patient", "The patient the resource is about")
+def patient_reference_param(column: InstrumentedAttribute[Any], path: str = "subject") -> SearchParam:
+    return reference_param(column, "Patient", "The patient the resource is about", path)
 
 
-def reference_param(column: InstrumentedAttribute[Any], type_name: str, documentation: str = "") -> SearchParam:
+def reference_param(
+    column: InstrumentedAttribute[Any], type_name: str, documentation: str = "", path: str | None = None
+) -> SearchParam:
     """A reference search on a foreign-key column: 'Practitioner/3', '3' or a full URL."""
-    return SearchParam("reference", lambda value: column == reference_id(value, type_name), documentation)
+    return SearchParam(
+        "reference", lambda value: column == reference_id(value, type_name), documentation, target=type_name, path=path
+    )
 
 
 def id_param(column: InstrumentedAttribute[Any]) -> SearchParam:
@@ -151,7 +187,7 @@ def id_param(column: InstrumentedAttribute[Any]) -> SearchParam:
             raise ValueError(f"not a resource id: {value!r}")
         return column == int(value)
 
-    return SearchParam("token", clause, "The logical id of the resource")
+    return SearchParam("token", clause, "The logical id of the resource", sort_column=column)
 
 
 def token_param(column: InstrumentedAttribute[Any], documentation: str = "") -> SearchParam:
@@ -212,7 +248,7 @@ def date_param(column: InstrumentedAttribute[Any], documentation: str = "") -> S
             return column >= low
         return column < high  # le
 
-    return SearchParam("date", clause, documentation)
+    return SearchParam("date", clause, documentation, sort_column=column)
 
 
 def identifier_param(column: InstrumentedAttribute[Any], system: str, documentation: str = "") -> SearchParam:
@@ -227,3 +263,43 @@ def identifier_param(column: InstrumentedAttribute[Any], system: str, documentat
         return column == value
 
     return SearchParam("token", clause, documentation)
+
+
+# --- parsing resources that clients send (each stage's from_fhir uses these) ---------------------
+
+
+def referenced_id(resource: dict[str, Any], element: str, type_name: str) -> int:
+    """The id of the `type_name` reference in `resource[element]` (a Reference, or a list of
+    them: the first); a missing or mistyped reference is InvalidInput naming the element."""
+    value = resource.get(element)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    ref = value.get("reference") if isinstance(value, dict) else None
+    if not isinstance(ref, str):
+        raise InvalidInput(f"{resource.get('resourceType')}.{element} must reference a {type_name}")
+    try:
+        return reference_id(ref, type_name)
+    except ValueError as exc:
+        raise InvalidInput(f"{resource.get('resourceType')}.{element}: {exc}") from exc
+
+
+def first_text(concepts: Any) -> str:
+    """The text of a CodeableConcept (or the first of a list), else its first coding's display or code."""
+    if isinstance(concepts, list):
+        concepts = concepts[0] if concepts else None
+    if not isinstance(concepts, dict):
+        return ""
+    if concepts.get("text"):
+        return str(concepts["text"])
+    coding = (concepts.get("coding") or [{}])[0]
+    return str(coding.get("display") or coding.get("code") or "")
+
+
+def coding_code(concept: Any, system: str | None = None) -> str | None:
+    """The code of the first coding (under `system`, when given) of a CodeableConcept."""
+    if not isinstance(concept, dict):
+        return None
+    for coding in concept.get("coding") or []:
+        if system is None or coding.get("system") == system:
+            return coding.get("code")
+    return None

@@ -1,71 +1,134 @@
-"""FHIR REST routes: `GET /fhir/metadata`, read and search for every registered type.
+"""FHIR REST routes: the CapabilityStatement, read, vread, history, search (GET and POST
+`_search`), create and update through the stages' services, and transaction/batch Bundles.
 
-Every interaction is authorised by role and patient compartment and audited.
+Every interaction is authorised by role and patient compartment and audited. Writes go through
+each mapping's `create`/`update` handler, which parses the resource (the stage's `from_fhir`) and
+calls the same service function the web pages call.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlsplit
 
 from flask import Blueprint, Response, json, request
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
+from sqlalchemy.orm import Session
+from werkzeug.datastructures import MultiDict
+from werkzeug.http import http_date
 
 from hospital.access import ensure_patient_access, ensure_patient_record_access, patient_filter
-from hospital.audit import record_access, record_denied
+from hospital.audit import record_access, record_denied, write_pending_denials
 from hospital.auth import current_user
 from hospital.clock import utcnow
 from hospital.db import request_session
-from hospital.errors import Forbidden, InvalidInput, NotFound
-from hospital.fhir.outcome import FHIR_JSON
-from hospital.fhir.registry import FhirValidationError, ResourceMapping, fhir_registry, validate_resource
-from hospital.models import User
+from hospital.errors import DomainError, Forbidden, InvalidInput, NotFound
+from hospital.fhir.outcome import FHIR_JSON, operation_outcome
+from hospital.fhir.registry import (
+    FhirValidationError,
+    ResourceMapping,
+    fhir_registry,
+    parse_date_search,
+    validate_resource,
+)
+from hospital.fhir.search import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    SUMMARY_VALUES,
+    include_values,
+    page_url,
+    parse_search,
+    render_resource,
+    revinclude_values,
+    run_search,
+    sortable_params,
+)
+from hospital.fhir.versions import METHOD_DELETE, current_version, get_version, with_version_meta
+from hospital.models import ResourceVersion, User
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
 FHIR_VERSION = "4.0.1"
-RESULT_PARAMS = {"_count", "_page", "_format"}
-DEFAULT_COUNT = 50
-MAX_COUNT = 500
+HISTORY_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
+ETAG_PATTERN = re.compile(r'^(?:W/)?"?([0-9]+)"?$')
+# Bundle entries run in this order (FHIR transaction processing rules).
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
 
 
-def fhir_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body), status=status, mimetype=FHIR_JSON, headers=headers)
+class NotSupported(DomainError):
+    status = 405
+    code = "not-supported"
 
 
-def render_resource(mapping: ResourceMapping, row: Any) -> dict[str, Any]:
-    data = mapping.to_fhir(row)
-    try:
-        return validate_resource(data)
-    except FhirValidationError:
-        logger.exception("our own %s/%s failed FHIR validation", mapping.type_name, getattr(row, "id", "?"))
-        raise
+class PreconditionFailed(DomainError):
+    status = 412
+    code = "conflict"
+
+
+class Gone(DomainError):
+    status = 410
+    code = "deleted"
+
+
+def fhir_response(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body) if body is not None else "", status=status, mimetype=FHIR_JSON, headers=headers)
+
+
+def fhir_base() -> str:
+    return request.url_root + "fhir"
+
+
+def etag(version: ResourceVersion) -> str:
+    return f'W/"{version.version_id}"'
+
+
+def version_headers(mapping: ResourceMapping, version: ResourceVersion) -> dict[str, str]:
+    return {
+        "ETag": etag(version),
+        "Last-Modified": http_date(version.last_updated),
+        "Location": f"{fhir_base()}/{mapping.type_name}/{version.resource_id}/_history/{version.version_id}",
+    }
+
+
+# --- capability ----------------------------------------------------------------------------------
 
 
 @bp.get("/metadata")
 def capability_statement() -> Response:
+    registry = fhir_registry()
     resources = []
-    for mapping in sorted(fhir_registry().mappings.values(), key=lambda m: m.type_name):
-        resources.append(
-            {
-                "type": mapping.type_name,
-                "interaction": [{"code": "read"}, {"code": "search-type"}],
-                "searchParam": [
-                    {"name": name, "type": param.type, "documentation": param.documentation or None}
-                    for name, param in sorted(mapping.search_params.items())
-                ],
-            }
-        )
+    for mapping in sorted(registry.mappings.values(), key=lambda m: m.type_name):
+        entry: dict[str, Any] = {
+            "type": mapping.type_name,
+            "interaction": [{"code": code} for code in mapping.interactions()],
+            "versioning": "versioned",
+            "readHistory": True,
+            "updateCreate": False,
+            "conditionalCreate": mapping.create is not None,
+            "searchInclude": include_values(mapping) or None,
+            "searchRevInclude": revinclude_values(registry, mapping.type_name) or None,
+            "searchParam": [
+                {"name": name, "type": param.type, "documentation": param.documentation or None}
+                for name, param in sorted(mapping.search_params.items())
+            ],
+        }
+        if mapping.update is not None:
+            entry["conditionalUpdate"] = False
+        entry["extension"] = [
+            {"url": f"{fhir_base()}/StructureDefinition/sortable", "valueString": ",".join(sortable_params(mapping))}
+        ]
+        resources.append(entry)
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": utcnow().isoformat(),
         "kind": "instance",
         "software": {"name": "closed-loop-hospital", "version": "0.1.0"},
-        "implementation": {"description": "Closed-loop imaging internet hospital", "url": request.url_root + "fhir"},
+        "implementation": {"description": "Closed-loop imaging internet hospital", "url": fhir_base()},
         "fhirVersion": FHIR_VERSION,
         "format": ["json"],
         "rest": [
@@ -76,10 +139,21 @@ def capability_statement() -> Response:
                     "description": "Bearer tokens from POST /api/auth/token",
                 },
                 "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "searchParam": [
+                    {"name": "_count", "type": "number", "documentation": f"Page size, default {DEFAULT_COUNT}, at most {MAX_COUNT}"},
+                    {"name": "_sort", "type": "special", "documentation": "_id, _lastUpdated or a date parameter; '-' for descending"},
+                    {"name": "_summary", "type": "token", "documentation": " | ".join(sorted(SUMMARY_VALUES))},
+                    {"name": "_include", "type": "special", "documentation": "See each resource's searchInclude"},
+                    {"name": "_revinclude", "type": "special", "documentation": "See each resource's searchRevInclude"},
+                ],
             }
         ],
     }
     return fhir_response(validate_resource(statement))
+
+
+# --- shared checks -------------------------------------------------------------------------------
 
 
 def _ensure_role_may_read(mapping: ResourceMapping, user: User, resource_id: str | None) -> None:
@@ -97,76 +171,166 @@ def _mapping_or_404(type_name: str) -> ResourceMapping:
     return mapping
 
 
+def _ensure_record_access(
+    session: Session, user: User, mapping: ResourceMapping, patient_id: int | None, resource_id: object, action: str = "R"
+) -> None:
+    if mapping.patient_column is not None:
+        ensure_patient_record_access(session, user, patient_id, mapping.type_name, resource_id, action)
+    else:
+        ensure_patient_access(session, user, patient_id, mapping.type_name, resource_id, action)
+
+
+def _load_row(session: Session, mapping: ResourceMapping, resource_id: str) -> Any:
+    row = session.get(mapping.model, int(resource_id)) if resource_id.isdigit() else None
+    if row is None:
+        raise NotFound(f"{mapping.type_name}/{resource_id} does not exist")
+    return row
+
+
+def _lenient() -> bool:
+    return "handling=lenient" in request.headers.get("Prefer", "").replace(" ", "")
+
+
+# --- read, vread, history ------------------------------------------------------------------------
+
+
+def read_resource(session: Session, user: User, mapping: ResourceMapping, resource_id: str) -> tuple[dict[str, Any], ResourceVersion]:
+    _ensure_role_may_read(mapping, user, resource_id)
+    row = _load_row(session, mapping, resource_id)
+    patient_id = mapping.patient_id_of(row)
+    _ensure_record_access(session, user, mapping, patient_id, resource_id)
+    version = current_version(session, mapping, row)
+    body = with_version_meta(render_resource(mapping, row), version)
+    record_access(session, user, "R", mapping.type_name, resource_id, patient_id=patient_id)
+    return body, version
+
+
 @bp.get("/<type_name>/<resource_id>")
 def read(type_name: str, resource_id: str) -> Response:
     mapping = _mapping_or_404(type_name)
-    user = current_user()
-    _ensure_role_may_read(mapping, user, resource_id)
     session = request_session()
-    row = session.get(mapping.model, int(resource_id)) if resource_id.isdigit() else None
-    if row is None:
-        raise NotFound(f"{type_name}/{resource_id} does not exist")
-    patient_id = mapping.patient_id_of(row)
-    if mapping.patient_column is not None:
-        ensure_patient_record_access(session, user, patient_id, type_name, resource_id)
-    else:
-        ensure_patient_access(session, user, patient_id, type_name, resource_id)
-    body = render_resource(mapping, row)
-    record_access(session, user, "R", type_name, resource_id, patient_id=patient_id)
+    body, version = read_resource(session, current_user(), mapping, resource_id)
     session.commit()
-    return fhir_response(body)
+    headers = version_headers(mapping, version)
+    headers.pop("Location")
+    return fhir_response(body, headers=headers)
 
 
-@bp.get("/<type_name>")
-def search(type_name: str) -> Response:
+def _authorise_history(session: Session, user: User, mapping: ResourceMapping, resource_id: str) -> int:
+    """Authorise access to one resource's versions, by its current row or, once deleted, by
+    the compartment of its last version."""
+    _ensure_role_may_read(mapping, user, resource_id)
+    if not resource_id.isdigit():
+        raise NotFound(f"{mapping.type_name}/{resource_id} does not exist")
+    row = session.get(mapping.model, int(resource_id))
+    if row is not None:
+        patient_id = mapping.patient_id_of(row)
+    else:
+        last = session.scalar(
+            select(ResourceVersion)
+            .where(ResourceVersion.resource_type == mapping.type_name, ResourceVersion.resource_id == int(resource_id))
+            .order_by(ResourceVersion.version_id.desc())
+            .limit(1)
+        )
+        if last is None:
+            raise NotFound(f"{mapping.type_name}/{resource_id} does not exist")
+        patient_id = last.patient_id
+    _ensure_record_access(session, user, mapping, patient_id, resource_id)
+    return int(resource_id)
+
+
+@bp.get("/<type_name>/<resource_id>/_history/<version_id>")
+def vread(type_name: str, resource_id: str, version_id: str) -> Response:
+    mapping = _mapping_or_404(type_name)
+    user = current_user()
+    session = request_session()
+    row_id = _authorise_history(session, user, mapping, resource_id)
+    version = get_version(session, type_name, row_id, int(version_id)) if version_id.isdigit() else None
+    if version is None:
+        raise NotFound(f"{type_name}/{resource_id} has no version {version_id}")
+    if version.method == METHOD_DELETE or version.resource is None:
+        raise Gone(f"{type_name}/{resource_id} was deleted in version {version_id}")
+    body = with_version_meta(validate_resource(version.resource), version)
+    record_access(session, user, "R", type_name, resource_id, patient_id=version.patient_id, description=f"vread {version_id}")
+    session.commit()
+    headers = version_headers(mapping, version)
+    headers.pop("Location")
+    return fhir_response(body, headers=headers)
+
+
+@bp.get("/<type_name>/<resource_id>/_history")
+def instance_history(type_name: str, resource_id: str) -> Response:
+    mapping = _mapping_or_404(type_name)
+    user = current_user()
+    session = request_session()
+    row_id = _authorise_history(session, user, mapping, resource_id)
+    bundle = _history_bundle(
+        session, mapping, [ResourceVersion.resource_type == type_name, ResourceVersion.resource_id == row_id]
+    )
+    record_access(session, user, "R", type_name, resource_id, description="history")
+    session.commit()
+    return fhir_response(bundle)
+
+
+@bp.get("/<type_name>/_history")
+def type_history(type_name: str) -> Response:
     mapping = _mapping_or_404(type_name)
     user = current_user()
     _ensure_role_may_read(mapping, user, None)
     session = request_session()
-    clauses = []
-    for name in request.args:
-        if name in RESULT_PARAMS:
-            continue
-        param = mapping.search_params.get(name)
-        if param is None:
-            raise InvalidInput(f"unknown search parameter {name!r} for {type_name}")
-        for value in request.args.getlist(name):
-            try:
-                clauses.append(param.clause(value))
-            except ValueError as exc:
-                raise InvalidInput(f"bad value for {name}: {exc}") from exc
-    if mapping.patient_column is not None:
-        clauses.append(patient_filter(user, mapping.patient_column))
-    count = _int_arg("_count", DEFAULT_COUNT, 0, MAX_COUNT)
-    page = _int_arg("_page", 1, 1, 10**9)
-
-    pk = mapping.model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
-    total = session.scalar(select(func.count()).select_from(mapping.model).where(*clauses)) or 0
-    rows = session.scalars(
-        select(mapping.model).where(*clauses).order_by(pk).limit(count).offset((page - 1) * count)
-    ).all()
-    base = request.base_url
-    entries = []
-    for row in rows:
-        entries.append(
-            {
-                "fullUrl": f"{request.url_root}fhir/{type_name}/{row.id}",
-                "resource": render_resource(mapping, row),
-                "search": {"mode": "match"},
-            }
-        )
-    links = [{"relation": "self", "url": _page_url(base, page)}]
-    if page * count < total:
-        links.append({"relation": "next", "url": _page_url(base, page + 1)})
-    if page > 1:
-        links.append({"relation": "previous", "url": _page_url(base, page - 1)})
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
-    record_access(
-        session, user, "E", type_name, None, description=f"search {request.query_string.decode()[:500]}",
-        patient_id=next((mapping.patient_id_of(r) for r in rows), None) if len({mapping.patient_id_of(r) for r in rows}) == 1 else None,
-    )
+    compartment = patient_filter(user, ResourceVersion.patient_id) if mapping.patient_column is not None else true()
+    bundle = _history_bundle(session, mapping, [ResourceVersion.resource_type == type_name, compartment])
+    record_access(session, user, "E", type_name, None, description=f"history {request.query_string.decode()[:500]}")
     session.commit()
-    return fhir_response(validate_resource(bundle))
+    return fhir_response(bundle)
+
+
+def _history_bundle(session: Session, mapping: ResourceMapping, clauses: list[Any]) -> dict[str, Any]:
+    for name in request.args:
+        if name not in ("_count", "_page", "_since", "_format") and not _lenient():
+            raise InvalidInput(f"unknown history parameter {name!r}")
+    since = request.args.get("_since")
+    if since is not None:
+        try:
+            _prefix, start, _end = parse_date_search(since)
+        except ValueError as exc:
+            raise InvalidInput(f"bad _since: {exc}") from exc
+        clauses.append(ResourceVersion.last_updated >= start)
+    count = _int_arg("_count", DEFAULT_COUNT, 1, MAX_COUNT)
+    page = _int_arg("_page", 1, 1, 10**9)
+    total = session.scalar(select(func.count()).select_from(ResourceVersion).where(*clauses)) or 0
+    versions = session.scalars(
+        select(ResourceVersion)
+        .where(*clauses)
+        .order_by(ResourceVersion.last_updated.desc(), ResourceVersion.id.desc())
+        .limit(count)
+        .offset((page - 1) * count)
+    ).all()
+    params = [(k, v) for k in request.args for v in request.args.getlist(k) if k != "_page"]
+    links = [{"relation": "self", "url": page_url(request.base_url, params, page)}]
+    if page * count < total:
+        links.append({"relation": "next", "url": page_url(request.base_url, params, page + 1)})
+    if page > 1:
+        links.append({"relation": "previous", "url": page_url(request.base_url, params, page - 1)})
+    entries = []
+    for version in versions:
+        url = f"{mapping.type_name}/{version.resource_id}"
+        entry: dict[str, Any] = {
+            "fullUrl": f"{fhir_base()}/{url}",
+            "request": {"method": version.method, "url": mapping.type_name if version.method == "POST" else url},
+            "response": {
+                "status": HISTORY_STATUS[version.method],
+                "etag": etag(version),
+                "lastModified": version.last_updated.isoformat(),
+            },
+        }
+        if version.resource is not None:
+            entry["resource"] = with_version_meta(validate_resource(version.resource), version)
+        entries.append(entry)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": total, "link": links}
+    if entries:
+        bundle["entry"] = entries
+    return validate_resource(bundle)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -180,7 +344,274 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-def _page_url(base: str, page: int) -> str:
-    args = [(k, v) for k in request.args for v in request.args.getlist(k) if k != "_page"]
-    args.append(("_page", str(page)))
-    return f"{base}?{urlencode(args)}"
+# --- search --------------------------------------------------------------------------------------
+
+
+def search_resources(
+    session: Session, user: User, mapping: ResourceMapping, params: MultiDict[str, str], *, lenient: bool
+) -> dict[str, Any]:
+    _ensure_role_may_read(mapping, user, None)
+    registry = fhir_registry()
+    search = parse_search(registry, mapping, user, params, lenient=lenient)
+    base_url = f"{fhir_base()}/{mapping.type_name}"
+    bundle, rows = run_search(session, registry, mapping, user, search, base_url, fhir_base())
+    patients = {mapping.patient_id_of(r) for r in rows}
+    record_access(
+        session, user, "E", mapping.type_name, None,
+        description=f"search {'&'.join(f'{k}={v}' for k, v in search.used)[:500]}",
+        patient_id=next(iter(patients)) if len(patients) == 1 else None,
+    )
+    return validate_resource(bundle)
+
+
+@bp.get("/<type_name>")
+def search(type_name: str) -> Response:
+    mapping = _mapping_or_404(type_name)
+    session = request_session()
+    bundle = search_resources(session, current_user(), mapping, request.args, lenient=_lenient())
+    session.commit()
+    return fhir_response(bundle)
+
+
+@bp.post("/<type_name>/_search")
+def search_by_post(type_name: str) -> Response:
+    """Search with the parameters in a form body (and the query string), as FHIR allows."""
+    mapping = _mapping_or_404(type_name)
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise InvalidInput("POST _search takes application/x-www-form-urlencoded parameters")
+    params: MultiDict[str, str] = MultiDict(request.args)
+    for key in request.form:
+        for value in request.form.getlist(key):
+            params.add(key, value)
+    session = request_session()
+    bundle = search_resources(session, current_user(), mapping, params, lenient=_lenient())
+    session.commit()
+    return fhir_response(bundle)
+
+
+# --- create and update ---------------------------------------------------------------------------
+
+
+def parse_body_resource(data: Any, type_name: str) -> dict[str, Any]:
+    """The request's resource validated by fhir.resources; a bad one is a 400 with its message."""
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a FHIR JSON resource")
+    if data.get("resourceType") != type_name:
+        raise InvalidInput(f"expected a {type_name} resource, got {data.get('resourceType')!r}")
+    try:
+        return validate_resource(data)
+    except FhirValidationError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+def _request_json() -> Any:
+    data = request.get_json(force=True, silent=True)
+    if data is None:
+        raise InvalidInput("the body is not JSON")
+    return data
+
+
+def create_resource(
+    session: Session, user: User, mapping: ResourceMapping, data: Any, if_none_exist: str | None
+) -> tuple[Any, int]:
+    """Create through the mapping's handler, or find the one match of `if_none_exist`.
+    Returns the row and 201 (created) or 200 (already there)."""
+    if mapping.create is None:
+        raise NotSupported(f"{mapping.type_name} cannot be created through FHIR")
+    resource = parse_body_resource(data, mapping.type_name)
+    if if_none_exist:
+        params: MultiDict[str, str] = MultiDict(parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True))
+        search = parse_search(fhir_registry(), mapping, user, params, lenient=False)
+        matches = session.scalars(select(mapping.model).where(*search.clauses).limit(2)).all()
+        if len(matches) > 1:
+            raise PreconditionFailed(f"If-None-Exist {if_none_exist} matches more than one {mapping.type_name}")
+        if matches:
+            return matches[0], 200
+    row = mapping.create(session, user, resource)
+    session.flush()
+    return row, 201
+
+
+def update_resource(
+    session: Session, user: User, mapping: ResourceMapping, resource_id: str, data: Any, if_match: str | None
+) -> Any:
+    if mapping.update is None:
+        raise NotSupported(f"{mapping.type_name} cannot be updated through FHIR")
+    resource = parse_body_resource(data, mapping.type_name)
+    if resource.get("id") != resource_id:
+        raise InvalidInput(f"the resource's id ({resource.get('id')!r}) must match the URL ({resource_id!r})")
+    row = _load_row(session, mapping, resource_id)
+    _ensure_record_access(session, user, mapping, mapping.patient_id_of(row), resource_id, "U")
+    if if_match:
+        matched = ETAG_PATTERN.match(if_match.strip())
+        current = current_version(session, mapping, row)
+        if matched is None or int(matched.group(1)) != current.version_id:
+            raise PreconditionFailed(
+                f"If-Match {if_match} is stale: {mapping.type_name}/{resource_id} is at version {current.version_id}"
+            )
+    row = mapping.update(session, user, row, resource)
+    session.flush()
+    return row
+
+
+def _write_response(mapping: ResourceMapping, row: Any, status: int, session: Session) -> Response:
+    version = current_version(session, mapping, row)
+    body = with_version_meta(render_resource(mapping, row), version)
+    session.commit()
+    headers = version_headers(mapping, version)
+    prefer = request.headers.get("Prefer", "").replace(" ", "")
+    if "return=minimal" in prefer:
+        return fhir_response(None, status, headers)
+    if "return=OperationOutcome" in prefer:
+        outcome = operation_outcome(f"{mapping.type_name}/{row.id} version {version.version_id} saved", code="informational", severity="information")
+        return fhir_response(outcome, status, headers)
+    return fhir_response(body, status, headers)
+
+
+@bp.post("/<type_name>")
+def create(type_name: str) -> Response:
+    mapping = _mapping_or_404(type_name)
+    session = request_session()
+    row, status = create_resource(session, current_user(), mapping, _request_json(), request.headers.get("If-None-Exist"))
+    return _write_response(mapping, row, status, session)
+
+
+@bp.put("/<type_name>/<resource_id>")
+def update(type_name: str, resource_id: str) -> Response:
+    mapping = _mapping_or_404(type_name)
+    session = request_session()
+    row = update_resource(session, current_user(), mapping, resource_id, _request_json(), request.headers.get("If-Match"))
+    return _write_response(mapping, row, 200, session)
+
+
+# --- transaction and batch -----------------------------------------------------------------------
+
+
+@bp.post("", strict_slashes=False)
+def transaction_or_batch() -> Response:
+    """A transaction (all entries or none, one database transaction) or a batch (each entry on
+    its own) Bundle."""
+    data = _request_json()
+    if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
+        raise InvalidInput("POST /fhir takes a transaction or batch Bundle")
+    try:
+        bundle = validate_resource(data)
+    except FhirValidationError as exc:
+        raise InvalidInput(str(exc)) from exc
+    kind = bundle.get("type")
+    if kind not in ("transaction", "batch"):
+        raise InvalidInput(f"Bundle.type must be transaction or batch, got {kind!r}")
+    # Validation normalised the entries; references are rewritten in the raw JSON, which the
+    # handlers validate again.
+    entries = data.get("entry") or []
+    session = request_session()
+    user = current_user()
+    if kind == "transaction":
+        responses = _run_transaction(session, user, entries)
+        session.commit()
+    else:
+        responses = _run_batch(session, user, entries)
+    return fhir_response(validate_resource({"resourceType": "Bundle", "type": f"{kind}-response", "entry": responses}))
+
+
+def _run_transaction(session: Session, user: User, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    responses: list[dict[str, Any] | None] = [None] * len(entries)
+    resolved: dict[str, str] = {}  # urn:uuid fullUrl -> Type/id
+    pending = sorted(range(len(entries)), key=lambda i: METHOD_ORDER.get(_method(entries[i]), 9))
+    # Creates run when every urn:uuid they reference is resolved, whatever the entry order.
+    while pending:
+        ready = [i for i in pending if not (_urn_references(entries[i].get("resource")) - resolved.keys())]
+        if not ready:
+            unresolved = sorted(set().union(*(_urn_references(entries[i].get("resource")) for i in pending)) - resolved.keys())
+            raise InvalidInput(f"the transaction references {unresolved} that no entry creates")
+        index = ready[0]
+        pending.remove(index)
+        entry = entries[index]
+        responses[index] = _run_entry(session, user, entry, resolved)
+        full_url = entry.get("fullUrl")
+        location = responses[index]["response"].get("location", "")  # type: ignore[index]
+        if isinstance(full_url, str) and full_url.startswith("urn:") and location:
+            resolved[full_url] = "/".join(location.split("/")[:2])
+    return [r for r in responses if r is not None]
+
+
+def _run_batch(session: Session, user: User, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    responses = []
+    for entry in entries:
+        try:
+            responses.append(_run_entry(session, user, entry, {}))
+            session.commit()
+        except DomainError as exc:
+            session.rollback()
+            write_pending_denials(session)
+            responses.append(
+                {"response": {"status": str(exc.status), "outcome": operation_outcome(exc.message, code=exc.code)}}
+            )
+    return responses
+
+
+def _method(entry: dict[str, Any]) -> str:
+    return str((entry.get("request") or {}).get("method", "")).upper()
+
+
+def _urn_references(element: Any) -> set[str]:
+    if isinstance(element, list):
+        return set().union(*(_urn_references(e) for e in element)) if element else set()
+    if isinstance(element, dict):
+        found = set().union(*(_urn_references(v) for k, v in element.items() if k != "reference")) if element else set()
+        ref = element.get("reference")
+        if isinstance(ref, str) and ref.startswith("urn:"):
+            found.add(ref)
+        return found
+    return set()
+
+
+def _resolve_references(element: Any, resolved: dict[str, str]) -> Any:
+    if isinstance(element, list):
+        return [_resolve_references(e, resolved) for e in element]
+    if isinstance(element, dict):
+        copy = {k: _resolve_references(v, resolved) for k, v in element.items()}
+        ref = copy.get("reference")
+        if isinstance(ref, str) and ref in resolved:
+            copy["reference"] = resolved[ref]
+        return copy
+    return element
+
+
+def _run_entry(session: Session, user: User, entry: dict[str, Any], resolved: dict[str, str]) -> dict[str, Any]:
+    req = entry.get("request") or {}
+    method = _method(entry)
+    url = urlsplit(str(req.get("url", "")))
+    parts = [p for p in url.path.strip("/").split("/") if p]
+    if not parts:
+        raise InvalidInput(f"a Bundle entry has no request.url ({req.get('url')!r})")
+    mapping = _mapping_or_404(parts[0])
+    if method == "POST" and len(parts) == 1:
+        resource = _resolve_references(entry.get("resource"), resolved)
+        row, status = create_resource(session, user, mapping, resource, req.get("ifNoneExist"))
+        return _entry_response(session, mapping, row, "201 Created" if status == 201 else "200 OK")
+    if method == "PUT" and len(parts) == 2:
+        resource = _resolve_references(entry.get("resource"), resolved)
+        row = update_resource(session, user, mapping, parts[1], resource, req.get("ifMatch"))
+        return _entry_response(session, mapping, row, "200 OK")
+    if method == "GET" and len(parts) == 2:
+        body, version = read_resource(session, user, mapping, parts[1])
+        return {"resource": body, "response": {"status": "200 OK", "etag": etag(version)}}
+    if method == "GET" and len(parts) == 1:
+        params: MultiDict[str, str] = MultiDict(parse_qsl(url.query, keep_blank_values=True))
+        return {"resource": search_resources(session, user, mapping, params, lenient=False), "response": {"status": "200 OK"}}
+    raise NotSupported(f"{method} {req.get('url')} is not supported in a Bundle")
+
+
+def _entry_response(session: Session, mapping: ResourceMapping, row: Any, status: str) -> dict[str, Any]:
+    version = current_version(session, mapping, row)
+    return {
+        "fullUrl": f"{fhir_base()}/{mapping.type_name}/{row.id}",
+        "resource": with_version_meta(render_resource(mapping, row), version),
+        "response": {
+            "status": status,
+            "location": f"{mapping.type_name}/{row.id}/_history/{version.version_id}",
+            "etag": etag(version),
+            "lastModified": version.last_updated.isoformat(),
+        },
+    }
