@@ -26,7 +26,7 @@ def ai_group() -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("ai_services/weights"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--phantoms", "n_train_phantoms", type=int, default=48, show_default=True)
-@click.option("--epochs", type=int, default=12, show_default=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
 def train_command(out_dir: Path, seed: int, n_train_phantoms: int, epochs: int) -> None:
     """Train a model on synthetic phantoms (seeded, reproducible) and write weights + manifest."""
     result = train_model(out_dir, seed=seed, n_train_phantoms=n_train_phantoms, epochs=epochs)
