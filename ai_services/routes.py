@@ -23,6 +23,7 @@ from ai_services.service import (
     request_rerun,
     review_finding,
     sign_report,
+    urgency,
 )
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
@@ -177,8 +178,9 @@ def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
 def reading_list_page() -> ResponseReturnValue:
     session = request_session()
     found = reading_list(session, current_user())
+    page = render_template("ai_services/reading_list.html", reports=found, urgency=urgency)
     session.commit()
-    return render_template("ai_services/reading_list.html", reports=found)
+    return page
 
 
 @bp.get("/reports")
@@ -186,8 +188,9 @@ def reading_list_page() -> ResponseReturnValue:
 def reports_page() -> ResponseReturnValue:
     session = request_session()
     found = list_reports(session, current_user())
+    page = render_template("ai_services/reports.html", reports=found)
     session.commit()
-    return render_template("ai_services/reports.html", reports=found)
+    return page
 
 
 @bp.route("/reports/<int:report_id>", methods=["GET", "POST"])
@@ -195,23 +198,44 @@ def reports_page() -> ResponseReturnValue:
 def report_page(report_id: int) -> ResponseReturnValue:
     session = request_session()
     user = current_user()
+    preset = request.values.get("window", "lung")
+    if preset not in WINDOWS:
+        preset = "lung"
+    anchor = None
     if request.method == "POST":
         try:
             if request.form.get("action") == "sign":
                 sign_report(session, user, report_id, request.form.get("conclusion"))
-                flash("Report signed.")
+                message = "Report signed. The referring clinician now has a consultation to follow it up."
             else:
-                review_finding(session, user, report_id, request.form.get("finding_id", type=int) or 0,
-                               _decision(request.form.get("decision")), None, request.form.get("comment") or None)
+                finding_id = request.form.get("finding_id", type=int) or 0
+                decision = _decision(request.form.get("decision"))
+                box = _form_box(request.form) if decision is ReviewStatus.EDITED else None
+                review_finding(session, user, report_id, finding_id, decision, box, request.form.get("comment") or None)
+                message = f"Finding {finding_id} {decision.value}."
+                anchor = f"finding-{finding_id}"
         except DomainError as exc:
             session.rollback()
             flash(exc.message, "error")
         else:
             session.commit()
-        return redirect(url_for("ai_services.report_page", report_id=report_id))
+            flash(message)
+        return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset, _anchor=anchor))
     found = get_report(session, user, report_id)
+    page = render_template(
+        "ai_services/report.html", report=found, window=preset, windows=list(WINDOWS),
+        pending=[f.id for f in found.findings if f.review_status is ReviewStatus.PENDING],
+        kept=[f for f in found.findings if f.review_status is not ReviewStatus.REJECTED],
+    )
     session.commit()
-    return render_template("ai_services/report.html", report=found)
+    return page
+
+
+def _form_box(form: Any) -> Box:
+    try:
+        return Box(*(int(form.get(name, "")) for name in ("x0", "y0", "x1", "y1")))
+    except ValueError as exc:
+        raise InvalidInput("an edited box needs whole-number x0, y0, x1 and y1") from exc
 
 
 @bp.get("/models")

@@ -17,4 +17,5 @@ def register(app: Flask) -> None:
     app.extensions["hospital.seeders"].append(seed.seed_model_registry)
     subscribe(app, "imaging.study_completed", "ai_services.jobs.analyse_study", queue="ai")
     add_nav_link(app, "Reading list", "ai_services.reading_list_page", Role.RADIOLOGIST)
+    add_nav_link(app, "Model versions", "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)
     add_nav_link(app, "Reports", "ai_services.reports_page", Role.CLINICIAN, Role.PATIENT, Role.RADIOLOGIST)

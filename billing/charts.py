@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 BAR_HEIGHT = 22
 GAP = 10
-LABEL_WIDTH = 170
+LABEL_WIDTH = 260
 CHART_WIDTH = 420
 
 

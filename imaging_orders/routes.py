@@ -27,6 +27,7 @@ from imaging_orders.service import (
     free_slots,
     pending_referrals,
     reject_referral,
+    studies_by_referral,
     worklist,
 )
 from referrals.models import Referral, ReferralStatus
@@ -197,8 +198,13 @@ def worklist_page() -> ResponseReturnValue:
     session = request_session()
     day = _parse_date(request.args.get("date"), utcnow().date())
     entries = worklist(session, current_user(), day, request.args.get("modality"))
+    studies = studies_by_referral(session, [e.referral.id for e in entries])
+    page = render_template(
+        "imaging_orders/worklist.html", entries=entries, day=day, studies=studies,
+        previous_day=day - timedelta(days=1), next_day=day + timedelta(days=1), today=utcnow().date(),
+    )
     session.commit()
-    return render_template("imaging_orders/worklist.html", entries=entries, day=day)
+    return page
 
 
 @bp.route("/incoming", methods=["GET", "POST"])
@@ -211,10 +217,11 @@ def incoming_page() -> ResponseReturnValue:
         try:
             if request.form.get("action") == "reject":
                 reject_referral(session, user, referral_id, request.form.get("reason", ""))
-                flash(f"Referral {referral_id} rejected.")
+                flash(f"Referral {referral_id} rejected; the referring clinician can see the reason.")
             else:
                 referral = accept_referral(session, user, referral_id)
-                flash(f"Referral {referral_id} accepted: accession {referral.accession_number}.")
+                flash(f"Referral {referral_id} accepted: accession {referral.accession_number}. "
+                      "The patient can now book a slot.")
         except DomainError as exc:
             session.rollback()
             flash(exc.message, "error")
@@ -240,7 +247,7 @@ def appointments_page() -> ResponseReturnValue:
             flash(exc.message, "error")
         else:
             session.commit()
-            flash("Appointment booked.")
+            flash("Appointment booked. You will find it in the list below.")
         return redirect(url_for("imaging_orders.appointments_page"))
     appointments = appointments_for(session, user)
     to_book = list(

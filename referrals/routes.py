@@ -137,14 +137,15 @@ def new_referral_page() -> ResponseReturnValue:
             error = exc.message
         else:
             session.commit()
-            flash(f"Referral {referral.id} sent to the imaging centre.")
+            flash(f"Referral {referral.id} sent to {referral.performer.name}. Its status is shown below.")
             return redirect(url_for("referrals.referral_list_page"))
     patients = session.scalars(select(Patient).order_by(Patient.family_name).limit(200)).all()
     centres = session.scalars(
         select(Organization).where(Organization.kind == OrganizationKind.IMAGING_CENTRE).order_by(Organization.name)
     ).all()
     return render_template(
-        "referrals/new.html", patients=patients, centres=centres, priorities=list(Priority), error=error
+        "referrals/new.html", patients=patients, centres=centres, priorities=list(Priority), error=error,
+        form=request.form,
     ), 400 if error else 200
 
 

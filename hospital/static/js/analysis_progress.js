@@ -1,0 +1,42 @@
+/* Live AI-analysis progress on the worklist: every element with data-analysis-url is refreshed
+   from GET /api/studies/<id>/analysis (cookie auth) until the job completes or fails.
+   Progressive enhancement: without JavaScript the page shows the state it was rendered with. */
+(function () {
+  "use strict";
+  var INTERVAL_MS = 2000;
+  var FINAL = { completed: true, failed: true };
+
+  function render(el, job) {
+    var label = el.querySelector(".ai-label");
+    var bar = el.querySelector("progress");
+    var total = job.slices_total || 0;
+    var done = job.slices_done || 0;
+    el.dataset.status = job.status;
+    if (bar) { bar.max = total || 1; bar.value = done; bar.hidden = job.status !== "running"; }
+    var text = "AI " + job.status;
+    if (job.status === "running" || job.status === "completed") { text += " " + done + "/" + total + " slices"; }
+    if (job.status === "failed" && job.error) { text += ": " + job.error; }
+    label.textContent = text;
+  }
+
+  function poll(el) {
+    fetch(el.dataset.analysisUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        if (response.status === 404) { return null; }  // images in, analysis not started yet
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
+      })
+      .then(function (job) {
+        if (job) { render(el, job); }
+        if (!job || !FINAL[job.status]) { window.setTimeout(function () { poll(el); }, INTERVAL_MS); }
+      })
+      .catch(function () {
+        // A network blip: try again later, more slowly, without disturbing the page.
+        window.setTimeout(function () { poll(el); }, INTERVAL_MS * 3);
+      });
+  }
+
+  document.querySelectorAll("[data-analysis-url]").forEach(function (el) {
+    if (!FINAL[el.dataset.status]) { poll(el); }
+  });
+})();
