@@ -22,9 +22,10 @@ from followup.models import (
     MedicationDispense,
     MedicationRequest,
     MedicationRequestStatus,
+    Message,
     TaskStatus,
 )
-from followup.service import Prescription, prescribe, update_task_status
+from followup.service import Prescription, prescribe, send_message, update_task_status
 from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.fhir.registry import (
     CANONICAL_BASE,
@@ -41,6 +42,7 @@ from hospital.fhir.registry import (
     token_param,
 )
 from hospital.models import User
+from hospital.notify import notifier
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +215,55 @@ def medication_dispense_to_fhir(dispense: MedicationDispense) -> dict[str, Any]:
     }
 
 
+def communication_to_fhir(message: Message) -> dict[str, Any]:
+    consultation = message.consultation
+    clinician = reference("Practitioner", consultation.practitioner_id)
+    patient = reference("Patient", message.patient_id)
+    from_patient = message.recipient_role == "clinician"
+    return {
+        "resourceType": "Communication",
+        "id": str(message.id),
+        "status": "completed",
+        "category": [{"text": "Secure message in a consultation"}],
+        "subject": patient,
+        "encounter": reference("Encounter", message.consultation_id),
+        "sent": fhir_instant(message.sent_at),
+        "received": fhir_instant(message.read_at),
+        "sender": patient if from_patient else clinician,
+        "recipient": [clinician if from_patient else patient],
+        "payload": [{"contentString": message.body}],
+    }
+
+
+def create_communication(session: Session, user: User, resource: dict[str, Any]) -> Message:
+    """POST /fhir/Communication: a message in the consultation named by `encounter`."""
+    consultation_id = referenced_id(resource, "encounter", "Encounter")
+    payload = resource.get("payload") or []
+    text = next((p.get("contentString") for p in payload if isinstance(p, dict) and p.get("contentString")), None)
+    if not text:
+        raise InvalidInput("Communication.payload needs a contentString")
+    return send_message(session, user, consultation_id, text, notifier())
+
+
 def register_fhir(app: Flask) -> None:
+    communication_patient = patient_reference_param(Message.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "Communication",
+            Message,
+            communication_to_fhir,
+            Message.patient_id,
+            {
+                "_id": id_param(Message.id),
+                "patient": communication_patient,
+                "subject": communication_patient,
+                "encounter": reference_param(Message.consultation_id, "Encounter", "The consultation it belongs to"),
+                "sent": date_param(Message.sent_at, "When it was sent"),
+            },
+            create=create_communication,
+        ),
+    )
     encounter_patient = patient_reference_param(Consultation.patient_id)
     register_resource(
         app,

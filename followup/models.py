@@ -45,6 +45,25 @@ class Consultation(Base):
     practitioner: Mapped[Practitioner] = relationship()
 
 
+class Message(Base):
+    """A secure message in a consultation between the clinician and the patient (FHIR Communication)."""
+
+    __tablename__ = "consultation_message"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consultation_id: Mapped[int] = mapped_column(ForeignKey("consultation.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    sender_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    # "patient" when the clinician writes, "clinician" when the patient does.
+    recipient_role: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+    read_at: Mapped[datetime | None]
+
+    sender: Mapped[User] = relationship()
+    consultation: Mapped[Consultation] = relationship()
+
+
 class CarePlan(Base):
     __tablename__ = "care_plan"
 

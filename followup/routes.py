@@ -10,7 +10,16 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from followup.models import CarePlan, Consultation, FollowUpTask, MedicationDispense, MedicationRequest, PharmacyStock
+from ai_services.models import ReviewStatus
+from followup.models import (
+    CarePlan,
+    Consultation,
+    FollowUpTask,
+    MedicationDispense,
+    MedicationRequest,
+    Message,
+    PharmacyStock,
+)
 from followup.planning import apply_template, overdue_tasks
 from followup.service import (
     Prescription,
@@ -19,15 +28,18 @@ from followup.service import (
     finish_consultation,
     get_consultation,
     list_consultations,
+    list_messages,
     prescribe,
     prescriptions_for_consultation,
     restock,
+    send_message,
 )
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import DomainError, InvalidInput
 from hospital.models import Organization, OrganizationKind, Role
+from hospital.notify import notifier
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +57,12 @@ def consultation_json(session: Any, consultation: Consultation) -> dict[str, Any
             "tasks": [{"id": t.id, "kind": t.kind, "description": t.description, "status": t.status.value,
                        "due_at": t.due_at.isoformat() if t.due_at else None} for t in plan.tasks],
         },
+        "attachments": [{"title": f"Imaging report {consultation.report_id}",
+                         "url": url_for("ai_services.report", report_id=consultation.report_id)}] + [
+            {"title": f"Key image: finding {f.id}, {f.diameter_mm:.0f} mm",
+             "url": url_for("ai_services.key_image", report_id=consultation.report_id, finding_id=f.id)}
+            for f in consultation.report.findings if f.review_status is not ReviewStatus.REJECTED
+        ],
         "fhir": f"Encounter/{consultation.id}",
     }
 
@@ -156,6 +174,32 @@ def overdue() -> ResponseReturnValue:
     payload = [task_json(t) for t in overdue_tasks(session, current_user())]
     session.commit()
     return jsonify(payload)
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {"id": message.id, "consultation_id": message.consultation_id, "from": message.sender.role.value,
+            "to": message.recipient_role, "body": message.body, "sent_at": message.sent_at.isoformat(),
+            "read_at": message.read_at.isoformat() if message.read_at else None, "fhir": f"Communication/{message.id}"}
+
+
+@bp.get("/api/consultations/<int:consultation_id>/messages")
+@require_roles(Role.CLINICIAN, Role.PATIENT)
+def messages(consultation_id: int) -> ResponseReturnValue:
+    session = request_session()
+    payload = [message_json(m) for m in list_messages(session, current_user(), consultation_id)]
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.post("/api/consultations/<int:consultation_id>/messages")
+@require_roles(Role.CLINICIAN, Role.PATIENT)
+def post_message(consultation_id: int) -> ResponseReturnValue:
+    body = required(json_body(), "body")
+    session = request_session()
+    message = send_message(session, current_user(), consultation_id, body, notifier())
+    payload = message_json(message)
+    session.commit()
+    return jsonify(payload), 201
 
 
 @bp.get("/api/pharmacy/stock")

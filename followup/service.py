@@ -18,6 +18,7 @@ from followup.models import (
     MedicationDispense,
     MedicationRequest,
     MedicationRequestStatus,
+    Message,
     PharmacyStock,
     TaskStatus,
 )
@@ -28,6 +29,7 @@ from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.jobs import publish
 from followup.planning import TaskTemplate, add_tasks
 from hospital.models import Organization, OrganizationKind, Role, User
+from hospital.notify import Notifier, OutgoingMessage, notifier
 from referrals.models import Referral
 
 logger = logging.getLogger(__name__)
@@ -65,8 +67,65 @@ def open_consultation(session: Session, report_id: int) -> Consultation | None:
     repeat = TaskTemplate("repeat-scan", f"Repeat {referral.modality} {referral.body_part.lower()} to assess the "
                                          f"{len(confirmed)} finding(s)", months=3 if urgent else 6)
     add_tasks(session, plan, (visit, repeat) if confirmed else (visit,), utcnow())
+    if urgent:
+        notify_party(session, consultation, "clinician", "Urgent imaging result",
+                     "A signed imaging report with a large finding needs an urgent consultation. Please sign in.",
+                     notifier())
     logger.info("consultation %s opened for report %s (%s)", consultation.id, report.id, consultation.priority)
     return consultation
+
+
+def send_message(session: Session, user: User, consultation_id: int, body: str, notifier: Notifier) -> Message:
+    """The consulting clinician or the patient writes in the consultation; the other is told."""
+    consultation = get_consultation(session, user, consultation_id, action="U")
+    if user.role is Role.CLINICIAN and consultation.practitioner_id == user.practitioner_id:
+        recipient_role = "patient"
+    elif user.role is Role.PATIENT and user.patient_id == consultation.patient_id:
+        recipient_role = "clinician"
+    else:
+        raise Forbidden("only the consulting clinician and the patient write in a consultation")
+    text = body.strip()
+    if not text:
+        raise InvalidInput("a message needs some text")
+    if len(text) > 10_000:
+        raise InvalidInput("a message is at most 10,000 characters")
+    message = Message(consultation_id=consultation.id, patient_id=consultation.patient_id, sender_user_id=user.id,
+                      recipient_role=recipient_role, body=text)
+    session.add(message)
+    session.flush()
+    record_access(session, user, "C", "Communication", message.id, patient_id=consultation.patient_id)
+    notify_party(session, consultation, recipient_role, "New message in your consultation",
+                 "You have a new secure message. Please sign in to read it.", notifier)
+    return message
+
+
+def list_messages(session: Session, user: User, consultation_id: int) -> list[Message]:
+    """The consultation's messages, oldest first; the reader's incoming ones become read."""
+    consultation = get_consultation(session, user, consultation_id)
+    messages = list(session.scalars(
+        select(Message).where(Message.consultation_id == consultation.id).order_by(Message.sent_at, Message.id)))
+    reader_role = "patient" if user.role is Role.PATIENT else "clinician"
+    now = utcnow()
+    for message in messages:
+        if message.recipient_role == reader_role and message.read_at is None and (
+            user.role is Role.PATIENT or consultation.practitioner_id == user.practitioner_id
+        ):
+            message.read_at = now
+    return messages
+
+
+def notify_party(
+    session: Session, consultation: Consultation, role: str, subject: str, body: str, notifier: Notifier
+) -> None:
+    """Tell the patient or the consulting clinician that something needs them (no PHI in the text)."""
+    if role == "patient":
+        patient = consultation.patient
+        recipient, channel = (patient.email, "email") if patient.email else (patient.phone or "", "sms")
+    else:
+        clinician = session.scalar(select(User).where(User.practitioner_id == consultation.practitioner_id,
+                                                      User.role == Role.CLINICIAN))
+        recipient, channel = (clinician.username if clinician else "", "email")
+    notifier.send(OutgoingMessage(channel=channel, recipient=recipient, subject=subject, body=body))
 
 
 def get_consultation(session: Session, user: User, consultation_id: int, action: str = "R") -> Consultation:

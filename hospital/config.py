@@ -30,21 +30,21 @@ def _env_int(name: str, default: int) -> int:
 
 def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the app configuration: environment first, then explicit overrides (tests)."""
-    instance_dir = Path(os.environ.get("HOSPITAL_INSTANCE_DIR", DEFAULT_INSTANCE_DIR))
+    instance_dir = Path(os.environ.get("HOSPITAL_INSTANCE_DIR") or DEFAULT_INSTANCE_DIR)
     config: dict[str, Any] = {
         "INSTANCE_DIR": instance_dir,
         "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{instance_dir / 'hospital.db'}",
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
         "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
-        "DICOM_AE_TITLE": os.environ.get("DICOM_AE_TITLE", "HOSPITAL"),
-        "DICOM_HOST": os.environ.get("DICOM_HOST", "127.0.0.1"),
+        "DICOM_AE_TITLE": os.environ.get("DICOM_AE_TITLE") or "HOSPITAL",
+        "DICOM_HOST": os.environ.get("DICOM_HOST") or "127.0.0.1",
         "DICOM_PORT": _env_int("DICOM_PORT", 11112),
-        "DICOM_STORAGE_DIR": Path(os.environ.get("DICOM_STORAGE_DIR", instance_dir / "dicom")),
+        "DICOM_STORAGE_DIR": Path(os.environ.get("DICOM_STORAGE_DIR") or instance_dir / "dicom"),
         "AI_WEIGHTS": Path(
-            os.environ.get("AI_WEIGHTS", PROJECT_ROOT / "ai_services" / "weights" / "lesion-detector-v1.pt")
+            os.environ.get("AI_WEIGHTS") or PROJECT_ROOT / "ai_services" / "weights" / "lesion-detector-v1.pt"
         ),
         # A study is complete after this long with no new instance (as archives do).
-        "STUDY_QUIET_SECONDS": float(os.environ.get("STUDY_QUIET_SECONDS", "5")),
+        "STUDY_QUIET_SECONDS": float(os.environ.get("STUDY_QUIET_SECONDS") or "5"),
         "FOLLOWUP_CHECK_SECONDS": _env_int("FOLLOWUP_CHECK_SECONDS", 900),
         "LOGIN_ATTEMPTS_PER_MINUTE": _env_int("LOGIN_ATTEMPTS_PER_MINUTE", 20),
         "TOKEN_TTL_SECONDS": _env_int("TOKEN_TTL_SECONDS", 8 * 3600),

@@ -1,4 +1,4 @@
-"""billing coverage and payments; pharmacy stock; follow-up reminders and patient time zones
+"""billing coverage and payments; pharmacy stock; follow-up reminders, patient time zones, consultation messages
 
 Revision ID: 0003
 Revises: 0002
@@ -19,6 +19,23 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table('consultation_message',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('consultation_id', sa.Integer(), nullable=False),
+    sa.Column('patient_id', sa.Integer(), nullable=False),
+    sa.Column('sender_user_id', sa.Integer(), nullable=False),
+    sa.Column('recipient_role', sa.String(length=16), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('read_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['consultation_id'], ['consultation.id'], name=op.f('fk_consultation_message_consultation_id_consultation')),
+    sa.ForeignKeyConstraint(['patient_id'], ['patient.id'], name=op.f('fk_consultation_message_patient_id_patient')),
+    sa.ForeignKeyConstraint(['sender_user_id'], ['user_account.id'], name=op.f('fk_consultation_message_sender_user_id_user_account')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_consultation_message'))
+    )
+    with op.batch_alter_table('consultation_message', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_consultation_message_consultation_id'), ['consultation_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_consultation_message_patient_id'), ['patient_id'], unique=False)
     with op.batch_alter_table('patient', schema=None) as batch_op:
         batch_op.add_column(sa.Column('timezone', sa.String(length=64), nullable=False, server_default='UTC'))
     with op.batch_alter_table('followup_task', schema=None) as batch_op:
@@ -110,6 +127,10 @@ def downgrade() -> None:
 
     op.drop_table('coverage')
     op.drop_table('pharmacy_stock')
+    with op.batch_alter_table('consultation_message', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_consultation_message_patient_id'))
+        batch_op.drop_index(batch_op.f('ix_consultation_message_consultation_id'))
+    op.drop_table('consultation_message')
     with op.batch_alter_table('notification', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_notification_patient_id'))
     op.drop_table('notification')

@@ -120,3 +120,29 @@ def test_two_pharmacists_racing_for_the_last_unit(live_database: str, tmp_path: 
     assert sorted(outcomes) == ["dispensed", "out of stock"]
     with db.session() as session:
         assert session.scalar(select(PharmacyStock.quantity_on_hand).where(PharmacyStock.medication_code == "R05DA01")) == 0
+
+
+def test_secure_messages_between_clinician_and_patient(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    consultation_id = signed_consultation(db_session, demo, (10, 10, 14, 14))
+    clinician, patient = as_role("clinician"), as_role("patient")
+    url = f"/api/consultations/{consultation_id}/messages"
+    assert clinician.post(url, json={"body": "Your scan shows a small nodule; let us talk."}).status_code == 201
+    assert patient.post(url, json={"body": "Thank you, Thursday works."}).status_code == 201
+    assert patient.post(url, json={"body": "   "}).status_code == 400
+    assert as_role("patient2").post(url, json={"body": "hi"}).status_code == 403
+    assert as_role("pharmacist").get(url).status_code == 403
+    thread = patient.get(url).get_json()
+    assert [(m["from"], m["to"]) for m in thread] == [("clinician", "patient"), ("patient", "clinician")]
+    assert thread[0]["read_at"] is not None and thread[1]["read_at"] is None  # the patient read the clinician's
+    consultation = clinician.get(f"/api/consultations/{consultation_id}").get_json()
+    assert consultation["attachments"][0]["url"].endswith(f"/api/reports/{consultation['report_id']}")
+    assert any("/image.png" in a["url"] for a in consultation["attachments"])
+    # The same thread through FHIR: Communication resources, and a create through the same service.
+    bundle = patient.get(f"/fhir/Communication?encounter=Encounter/{consultation_id}").get_json()
+    assert [e["resource"]["payload"][0]["contentString"] for e in bundle["entry"]][1] == "Thank you, Thursday works."
+    created = clinician.post("/fhir/Communication", json={
+        "resourceType": "Communication", "status": "completed",
+        "encounter": {"reference": f"Encounter/{consultation_id}"}, "payload": [{"contentString": "See you then."}]},
+        headers={"Content-Type": "application/fhir+json"})
+    assert created.status_code == 201, created.get_data(as_text=True)
+    assert len(patient.get(url).get_json()) == 3
