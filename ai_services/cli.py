@@ -1,4 +1,4 @@
-"""`hospital ai ...`: train, evaluate and register model versions."""
+"""`hospital ai ...`: train, evaluate, register and retrain model versions."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from ai_services.jobs import retraining_output_dir
+from ai_services.retraining import RetrainConfig, retrain
 from ai_services.service import register_model_version
 from ai_services.training import HELDOUT_SEED_BASE, evaluate_model, train_model
 from hospital.db import get_db
@@ -54,3 +56,27 @@ def register_command(weights: Path | None, activate: bool) -> None:
     with get_db().transaction() as session:
         version = register_model_version(session, weights or current_app.config["AI_WEIGHTS"], activate=activate)
         click.echo(f"registered {version.label} (active: {version.active})")
+
+
+@ai_group.command("retrain")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="where candidate weights go (default: AI_MODELS_DIR or <instance>/models)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, default=RetrainConfig.steps, show_default=True)
+@click.option("--margin", type=float, default=RetrainConfig.margin, show_default=True,
+              help="primary-metric gain needed to promote")
+@click.option("--tolerance", type=float, default=RetrainConfig.tolerance, show_default=True,
+              help="largest drop allowed on any secondary check")
+@with_appcontext
+def retrain_command(out_dir: Path | None, seed: int, steps: int, margin: float, tolerance: float) -> None:
+    """Fine-tune a candidate on signed reports' reviewed findings; promote it only if it is better."""
+    config = RetrainConfig(**{**current_app.config.get("AI_RETRAIN_CONFIG", {}),
+                              "seed": seed, "steps": steps, "margin": margin, "tolerance": tolerance})
+    with get_db().transaction() as session:
+        version = retrain(session, Path(current_app.config["DICOM_STORAGE_DIR"]),
+                          out_dir or retraining_output_dir(current_app), config)
+        if version is None:
+            click.echo("nothing to retrain on (too few new labels, or these labels were already used)")
+            return
+        click.echo(f"{version.label}: {version.status.value}")
+        click.echo(version.decision_reason or "")

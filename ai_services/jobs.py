@@ -4,12 +4,21 @@ progress is visible while the model runs and a failure is recorded before it is 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from flask import current_app
+from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
+from ai_services.retraining import RetrainConfig, prepare_retraining, record_candidate, train_candidate
 from ai_services.series_reader import read_ct_volume
-from ai_services.service import load_detector, prepare_analysis, record_analysis, record_failure, record_progress
+from ai_services.service import (
+    load_detector,
+    prepare_analysis,
+    record_analysis,
+    record_failure,
+    record_progress,
+    store_report_outputs,
+)
 from hospital.db import get_db
 
 logger = logging.getLogger(__name__)
@@ -36,3 +45,29 @@ def analyse_study(session: Session, study_id: int) -> None:
         raise
     record_analysis(session, plan, volume.sop_instance_uids, volume.pixel_spacing_mm, detections)
     logger.info("study %s analysed: %d findings", study_id, len(detections))
+
+
+def make_report_outputs(session: Session, report_id: int) -> None:
+    """On `ai.analysis_completed` and `ai.report_signed`: store the report's SR and key images in
+    its study. The handler's session is left unused so no transaction is held while storing."""
+    store_report_outputs(current_app, report_id)
+
+
+def retrain_model(session: Session) -> None:
+    """Periodic: fine-tune a candidate on newly signed reports and promote it only if it is better.
+
+    Reads in one transaction, trains with none open, records the verdict in a new one. Idempotent:
+    a label set already trained on (same digest, same parent) is skipped.
+    """
+    config = RetrainConfig(**current_app.config.get("AI_RETRAIN_CONFIG", {}))
+    inputs = prepare_retraining(session, Path(current_app.config["DICOM_STORAGE_DIR"]), config)
+    session.commit()
+    if inputs is None:
+        return
+    result = train_candidate(inputs, retraining_output_dir(current_app), config)
+    version = record_candidate(session, result)
+    logger.info("retraining recorded %s: %s", version.label, version.decision_reason)
+
+
+def retraining_output_dir(app: Flask) -> Path:
+    return Path(app.config["AI_MODELS_DIR"])

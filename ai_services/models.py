@@ -16,6 +16,16 @@ from hospital.models import Patient, User, enum_column
 from imaging_orders.models import ImagingStudy
 
 
+class ModelStatus(str, enum.Enum):
+    """Where a version stands: a retrained candidate is promoted (active) or refused (rejected);
+    an active version is retired when another one is promoted."""
+
+    CANDIDATE = "candidate"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    REJECTED = "rejected"
+
+
 class ModelVersion(Base):
     """An immutable trained model version; exactly one per model name is active."""
 
@@ -31,6 +41,13 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     active: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[ModelStatus] = mapped_column(
+        enum_column(ModelStatus), default=ModelStatus.CANDIDATE, server_default=ModelStatus.CANDIDATE.value
+    )
+    # Why a candidate was promoted or refused (the promotion rule's verdict, with the numbers).
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    # The version a retrained candidate was fine-tuned from.
+    parent_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
 
     @property
     def label(self) -> str:

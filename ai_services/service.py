@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydicom
+from flask import Flask
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from ai_services.dicom_outputs import OutputFinding, OutputReport, build_report_outputs, output_series_uids
 from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
 from ai_services.models import (
     AnalysisJob,
@@ -25,6 +28,7 @@ from ai_services.models import (
     Finding,
     FindingReview,
     FindingSource,
+    ModelStatus,
     ModelVersion,
     ReportStatus,
     ReviewStatus,
@@ -32,9 +36,11 @@ from ai_services.models import (
 from hospital.access import ensure_patient_access, patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
+from hospital.db import get_db
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.jobs import enqueue, publish
-from hospital.models import Role, User
+from hospital.models import Organization, Role, User
+from imaging_orders.ingest import StoreResult, store_instance
 from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 
 logger = logging.getLogger(__name__)
@@ -76,8 +82,10 @@ def activate_model_version(session: Session, model_version: ModelVersion) -> Non
         select(ModelVersion).where(ModelVersion.name == model_version.name, ModelVersion.active.is_(True))
     ):
         other.active = False
+        other.status = ModelStatus.RETIRED
     session.flush()
     model_version.active = True
+    model_version.status = ModelStatus.ACTIVE
 
 
 def active_model_version(session: Session, name: str = DEFAULT_MODEL_NAME) -> ModelVersion | None:
@@ -383,3 +391,109 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "review_status": finding.review_status.value, "body_site": finding.body_site,
         "model_version_id": finding.model_version_id, "fhir": f"Observation/{finding.id}",
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM outputs: the report's findings stored back into the study (SR + key-image captures)
+# ---------------------------------------------------------------------------------------------
+
+OUTPUTS_CALLING_AE = "AI-OUTPUTS"
+
+
+@dataclass(frozen=True)
+class ReportOutputsRequest:
+    """What `build_report_outputs` needs, read from the database and the stored slices."""
+
+    report: OutputReport
+    source_images: dict[str, pydicom.Dataset]
+    series_uids: tuple[str, str]
+
+
+def report_outputs_request(session: Session, report_id: int, storage_dir: Path) -> ReportOutputsRequest | None:
+    """Read a report, its findings and its key slices. None when there is nothing to show yet."""
+    report = session.get(DiagnosticReport, report_id)
+    if report is None or report.analysis_job_id is None:
+        logger.info("report %s is gone or has no analysis; no DICOM outputs", report_id)
+        return None
+    job = session.get(AnalysisJob, report.analysis_job_id)
+    if job is None or not job.slice_sop_instance_uids:
+        return None
+    findings = tuple(
+        OutputFinding(
+            finding_id=f.id, sop_instance_uid=f.sop_instance_uid, box=(f.x0, f.y0, f.x1, f.y1),
+            diameter_mm=float(f.diameter_mm), confidence=f.confidence, review_status=f.review_status.value,
+            source=f.source.value,
+        )
+        for f in report.findings
+    )
+    # A report with no finding still gets an SR ("nothing found"), attached to the first slice.
+    wanted = list(dict.fromkeys(f.sop_instance_uid for f in findings)) or [job.slice_sop_instance_uids[0]]
+    instances = session.scalars(select(ImagingInstance).where(ImagingInstance.sop_instance_uid.in_(wanted))).all()
+    source_images = {i.sop_instance_uid: pydicom.dcmread(storage_dir / i.path) for i in instances}
+    missing = [uid for uid in wanted if uid not in source_images]
+    if missing:
+        raise InvalidInput(f"report {report_id}: key slices {missing[:3]} are not stored")
+    signer = report.signed_by
+    signer_name = None
+    if signer is not None:
+        practitioner = signer.practitioner
+        signer_name = f"{practitioner.family_name}^{practitioner.given_name}" if practitioner else signer.username
+    model_version = job.model_version
+    organization = session.get(Organization, report.study.organization_id) if report.study.organization_id else None
+    request_report = OutputReport(
+        report_id=report.id, status=report.status.value, findings=findings,
+        model_name=model_version.name if model_version else DEFAULT_MODEL_NAME,
+        model_version=model_version.version if model_version else "unknown",
+        signed_by=signer_name if report.status is not ReportStatus.PRELIMINARY else None,
+        signed_at=report.signed_at,
+        organization=organization.name if organization else "Closed Loop Hospital",
+    )
+    study_uid = report.study.study_instance_uid
+    return ReportOutputsRequest(request_report, source_images, output_series_uids(study_uid, report.id))
+
+
+def store_report_outputs(app: Flask, report_id: int) -> list[StoreResult]:
+    """Build the report's SR and key images and store them as instances of its study.
+
+    Idempotent: the instance UIDs follow the report's content, so a rerun for the same state stores
+    duplicates (nothing new), and a changed report replaces the previous outputs in the same two
+    series (new instances are stored first, then the old ones are removed).
+    """
+    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
+    db = get_db(app)
+    session = db.session()
+    try:
+        request = report_outputs_request(session, report_id, storage_dir)
+    finally:
+        session.close()
+    if request is None:
+        return []
+    outputs = build_report_outputs(request.report, request.source_images)
+    results = [
+        store_instance(app, dataset, transfer_syntax_uid=None, calling_ae=OUTPUTS_CALLING_AE)
+        for dataset in outputs.datasets
+    ]
+    removed = remove_stale_outputs(app, request.series_uids, keep={r.sop_instance_uid for r in results})
+    logger.info("report %s: %d DICOM outputs stored (%d new), %d stale removed", report_id, len(results),
+                sum(not r.duplicate for r in results), removed)
+    return results
+
+
+def remove_stale_outputs(app: Flask, series_uids: tuple[str, ...], keep: set[str]) -> int:
+    """Delete earlier output instances of a report (rows, then files once the delete committed)."""
+    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
+    with get_db(app).transaction() as session:
+        stale = session.scalars(
+            select(ImagingInstance).join(ImagingSeries)
+            .where(ImagingSeries.series_instance_uid.in_(series_uids), ImagingInstance.sop_instance_uid.not_in(keep))
+        ).all()
+        paths = [storage_dir / instance.path for instance in stale]
+        for instance in stale:
+            session.delete(instance)
+        session.flush()
+        for series in session.scalars(select(ImagingSeries).where(ImagingSeries.series_instance_uid.in_(series_uids))):
+            if not session.scalar(select(ImagingInstance.id).where(ImagingInstance.series_id == series.id).limit(1)):
+                session.delete(series)
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return len(paths)

@@ -24,7 +24,7 @@ import logging
 import math
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -327,11 +327,12 @@ def fit_platt(max_probability: np.ndarray, n_voxels: np.ndarray, outcomes: np.nd
     return Calibration(coef_logit=float(coef[0]), coef_size=float(coef[1]), intercept=float(intercept))
 
 
-def _run_on_phantoms(detector: LesionDetector, seeds: Sequence[int]
+def _run_on_phantoms(detector: LesionDetector, seeds: Sequence[int],
+                     make_phantom: Callable[[int], Phantom] = make_eval_phantom,
                      ) -> list[tuple[Phantom, np.ndarray, list[Detection], list[int]]]:
     results = []
     for seed in seeds:
-        phantom = make_eval_phantom(seed)
+        phantom = make_phantom(seed)
         spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
         prob = detector.predict_probabilities(phantom.volume_hu.astype(np.float32))
         detections = extract_detections(prob, spacing, threshold=detector.threshold,
@@ -340,8 +341,9 @@ def _run_on_phantoms(detector: LesionDetector, seeds: Sequence[int]
     return results
 
 
-def calibrate(detector: LesionDetector, seeds: Sequence[int]) -> Calibration:
-    runs = _run_on_phantoms(detector, seeds)
+def calibrate(detector: LesionDetector, seeds: Sequence[int],
+              make_phantom: Callable[[int], Phantom] = make_eval_phantom) -> Calibration:
+    runs = _run_on_phantoms(detector, seeds, make_phantom)
     max_p = np.array([d.max_probability for _, _, dets, _ in runs for d in dets])
     n_vox = np.array([d.n_voxels for _, _, dets, _ in runs for d in dets], dtype=np.float64)
     hits = np.array([m >= 0 for _, _, _, matches in runs for m in matches])
@@ -351,10 +353,12 @@ def calibrate(detector: LesionDetector, seeds: Sequence[int]) -> Calibration:
     return calibration
 
 
-def evaluate_detector(detector: LesionDetector, heldout_seeds: Sequence[int]) -> EvaluationMetrics:
+def evaluate_detector(detector: LesionDetector, heldout_seeds: Sequence[int],
+                      make_phantom: Callable[[int], Phantom] = make_eval_phantom) -> EvaluationMetrics:
+    """Held-out metrics on ``make_phantom(seed)`` for each seed (default: the 256x256x24 phantoms)."""
     if not heldout_seeds:
         raise TrainingError("evaluation needs at least one held-out seed")
-    runs = _run_on_phantoms(detector, heldout_seeds)
+    runs = _run_on_phantoms(detector, heldout_seeds, make_phantom)
     confidences, lesion_ids, outcomes = [], [], []
     slice_scores, slice_labels = [], []
     lesion_size, lesion_kind = {}, {}

@@ -39,16 +39,25 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "DICOM_AE_TITLE": os.environ.get("DICOM_AE_TITLE") or "HOSPITAL",
         "DICOM_HOST": os.environ.get("DICOM_HOST") or "127.0.0.1",
         "DICOM_PORT": _env_int("DICOM_PORT", 11112),
+        # Where C-MOVE may send studies ("AE=host:port,AE2=host:port") and which calling AE
+        # titles may query and retrieve ("*" for any; a comma list to restrict).
+        "DICOM_MOVE_DESTINATIONS": os.environ.get("DICOM_MOVE_DESTINATIONS") or "",
+        "DICOM_QR_CALLING_AES": os.environ.get("DICOM_QR_CALLING_AES") or "*",
+        "DICOM_QR_MAX_RESULTS": _env_int("DICOM_QR_MAX_RESULTS", 10_000),
         "DICOM_STORAGE_DIR": Path(os.environ.get("DICOM_STORAGE_DIR") or instance_dir / "dicom"),
         "AI_WEIGHTS": Path(
             os.environ.get("AI_WEIGHTS") or PROJECT_ROOT / "ai_services" / "weights" / "lesion-detector-v1.pt"
         ),
         # A study is complete after this long with no new instance (as archives do).
         "STUDY_QUIET_SECONDS": float(os.environ.get("STUDY_QUIET_SECONDS") or "5"),
+        "AI_RETRAIN_EVERY_SECONDS": _env_int("AI_RETRAIN_EVERY_SECONDS", 86_400),
+        "AI_MODELS_DIR": Path(os.environ.get("AI_MODELS_DIR") or instance_dir / "models"),
         "FOLLOWUP_CHECK_SECONDS": _env_int("FOLLOWUP_CHECK_SECONDS", 900),
         "LOGIN_ATTEMPTS_PER_MINUTE": _env_int("LOGIN_ATTEMPTS_PER_MINUTE", 20),
         "TOKEN_TTL_SECONDS": _env_int("TOKEN_TTL_SECONDS", 8 * 3600),
         "JOB_TIMEOUT_SECONDS": _env_int("JOB_TIMEOUT_SECONDS", 600),
+        # Handlers that legitimately run longer than the default (dotted path -> seconds).
+        "JOB_TIMEOUTS": {"ai_services.jobs.retrain_model": _env_int("AI_RETRAIN_TIMEOUT_SECONDS", 6 * 3600)},
         "MAX_CONTENT_LENGTH": _env_int("MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -5,19 +5,27 @@ in that same transaction, so the work owed survives a crash. Only after the comm
 ids handed on: to RQ when `REDIS_URL` is set, else run inline in this process (the embedded
 default). Handlers are plain importable functions `handler(session, **payload)` named by dotted
 path; `run_job` commits their session, and a handler run twice must give the same result.
+
+Work that Redis or a worker lost is found again by `sweep_lost_jobs`, which every `hospital worker`
+runs in the background: records still queued whose RQ job is gone or dead, and records left
+running by a worker that died (older than the job timeout, past which RQ would have killed it).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from redis import Redis
 from rq import Queue, Retry
+from rq.job import Job
 from sqlalchemy import event as sa_event
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.utils import import_string
 
@@ -30,6 +38,9 @@ logger = logging.getLogger(__name__)
 QUEUES = ("ai", "billing", "notify", "default")
 _PENDING_KEY = "hospital.pending_jobs"
 _APP_KEY = "hospital.app"
+_SWEEP_LOCK_KEY = "hospital:jobs:sweep-lock"
+# RQ states in which a job will still run (or is running) without our help.
+_LIVE_RQ_STATES = frozenset({"queued", "scheduled", "deferred", "started"})
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,7 @@ def dispatch(app: Flask, record_ids: list[int]) -> None:
                 record.id,
                 job_id=f"hospital-job-{record.id}",
                 retry=Retry(max=3, interval=[5, 30, 120]),
-                job_timeout=app.config["JOB_TIMEOUT_SECONDS"],
+                job_timeout=app.config["JOB_TIMEOUTS"].get(record.handler, app.config["JOB_TIMEOUT_SECONDS"]),
             )
         except Exception:  # noqa: BLE001 - the record stays queued; `hospital jobs sweep` re-sends it
             logger.exception("could not enqueue job record %s; left queued for the sweeper", record.id)
@@ -155,6 +166,12 @@ def run_job(record_id: int) -> None:
         if record is None or record.status is JobStatus.DONE:
             logger.info("job record %s is gone or done; nothing to do", record_id)
             return
+        if record.status is JobStatus.RUNNING and not _lease_expired(record, app.config["JOB_TIMEOUT_SECONDS"]):
+            # A second delivery (RQ retry of an abandoned job, a sweep) while another worker holds
+            # it: running it concurrently would race the handler against itself. If that worker
+            # died, the sweeper hands the record on once its lease (the job timeout) has run out.
+            logger.info("job record %s is running elsewhere since %s; this delivery stops", record_id, record.started_at)
+            return
         record.status = JobStatus.RUNNING
         record.attempts += 1
         record.started_at = utcnow()
@@ -177,3 +194,104 @@ def run_job(record_id: int) -> None:
             record.status = JobStatus.DONE
             record.last_error = None
             record.finished_at = utcnow()
+
+
+def _lease_expired(record: JobRecord, timeout_seconds: float) -> bool:
+    return record.started_at is None or record.started_at < utcnow() - timedelta(seconds=timeout_seconds)
+
+
+def _rq_states(conn: Redis, record_ids: list[int]) -> dict[int, str | None]:
+    """The RQ status of each record's job (`None` when Redis has no such job), in one round trip."""
+    with conn.pipeline(transaction=False) as pipe:
+        for record_id in record_ids:
+            pipe.hget(Job.key_for(f"hospital-job-{record_id}"), "status")
+        raw = pipe.execute()
+    return {rid: (value.decode() if isinstance(value, bytes) else value) for rid, value in zip(record_ids, raw)}
+
+
+def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bool = False) -> list[int]:
+    """Hand on again the job records whose work was lost; returns their ids.
+
+    Lost means: QUEUED for longer than `older_than_seconds` while RQ holds no live job for it
+    (Redis restarted empty, or RQ gave up while the database was unreachable), or RUNNING since
+    before the job timeout plus `older_than_seconds` (its worker died: RQ kills any job that
+    outlives its timeout, so no live execution can be that old). `include_failed` also re-sends
+    FAILED records (an operator's choice after fixing the cause). Safe to run from several
+    processes at once: a stale RUNNING record is claimed by a conditional UPDATE, and `run_job`
+    runs a record at most once at a time.
+    """
+    now = utcnow()
+    queued_cutoff = now - timedelta(seconds=older_than_seconds)
+    running_cutoff = queued_cutoff - timedelta(seconds=app.config["JOB_TIMEOUT_SECONDS"])
+    conn = redis_connection(app)
+    db = get_db(app)
+    with db.session() as session:
+        queued = list(session.scalars(
+            select(JobRecord.id).where(JobRecord.status == JobStatus.QUEUED, JobRecord.created_at < queued_cutoff)
+        ))
+        stale = list(session.scalars(
+            select(JobRecord.id).where(JobRecord.status == JobStatus.RUNNING, JobRecord.started_at < running_cutoff)
+        ))
+        failed = list(session.scalars(
+            select(JobRecord.id).where(JobRecord.status == JobStatus.FAILED, JobRecord.created_at < queued_cutoff)
+        )) if include_failed else []
+    if conn is not None:
+        states = _rq_states(conn, queued + stale)
+        queued = [rid for rid in queued if states[rid] not in _LIVE_RQ_STATES]
+        # "started" here means a dead worker's leftover: the record outlived the timeout.
+        stale = [rid for rid in stale if states[rid] not in _LIVE_RQ_STATES - {"started"}]
+    claimed: list[int] = []
+    if stale:
+        with db.transaction() as session:
+            for rid in stale:
+                result = session.execute(
+                    update(JobRecord)
+                    .where(JobRecord.id == rid, JobRecord.status == JobStatus.RUNNING,
+                           JobRecord.started_at < running_cutoff)
+                    .values(status=JobStatus.QUEUED, last_error="worker lost; re-dispatched by the sweeper")
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount == 1:
+                    claimed.append(rid)
+    lost = sorted(set(queued) | set(claimed) | set(failed))
+    if lost:
+        logger.warning("re-dispatching %d lost job record(s): %s", len(lost), lost[:50])
+        dispatch(app, lost)
+    return lost
+
+
+def sweep_if_due(app: Flask, *, every_seconds: float, older_than_seconds: float) -> list[int] | None:
+    """One sweep, unless another process swept within `every_seconds` (a Redis lock decides);
+    so N workers each running a sweeper still sweep about once per interval."""
+    conn = redis_connection(app)
+    if conn is None:
+        return None
+    if not conn.set(_SWEEP_LOCK_KEY, "1", nx=True, ex=max(1, int(every_seconds))):
+        return None
+    return sweep_lost_jobs(app, older_than_seconds=older_than_seconds)
+
+
+class JobSweeper(threading.Thread):
+    """Background thread of `hospital worker`: sweeps for lost work every `every_seconds`.
+
+    It only reads the database and enqueues ids; a failed sweep (Redis or PostgreSQL down) is
+    logged and tried again next interval, which is the whole point of a sweeper.
+    """
+
+    def __init__(self, app: Flask, *, every_seconds: float, older_than_seconds: float) -> None:
+        super().__init__(name="hospital-job-sweeper", daemon=True)
+        self.app = app
+        self.every_seconds = every_seconds
+        self.older_than_seconds = older_than_seconds
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.every_seconds):
+            try:
+                with self.app.app_context():
+                    sweep_if_due(self.app, every_seconds=self.every_seconds, older_than_seconds=self.older_than_seconds)
+            except Exception:  # noqa: BLE001 - not a job: nothing retries a sweep but the next tick
+                logger.exception("job sweep failed; trying again in %s s", self.every_seconds)
+
+    def stop(self) -> None:
+        self._stopped.set()

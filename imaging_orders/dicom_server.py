@@ -1,6 +1,7 @@
 """The imaging centre's DICOM node: a pynetdicom Application Entity that answers C-ECHO, receives
-images by C-STORE and serves the Modality Worklist by C-FIND, plus the background loop that
-declares quiet studies complete.
+images by C-STORE, serves the Modality Worklist by C-FIND and Study Root Query/Retrieve by C-FIND,
+C-GET and C-MOVE (`imaging_orders.query_retrieve`), plus the background loop that declares quiet
+studies complete.
 
 Handlers are the edge: they turn typed errors from `imaging_orders.ingest` and
 `imaging_orders.worklist` into DICOM statuses and never let one bad peer stop the server. Each
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -48,6 +50,14 @@ from imaging_orders.ingest import (
     StorageUnavailable,
     complete_quiet_studies,
     store_instance,
+)
+from imaging_orders.query_retrieve import (
+    QR_FIND_CONTEXTS,
+    QR_GET_CONTEXTS,
+    QR_MOVE_CONTEXTS,
+    handle_qr_find,
+    handle_qr_get,
+    handle_qr_move,
 )
 from imaging_orders.worklist import WorklistQueryError, find_worklist_items
 
@@ -88,8 +98,12 @@ def build_ae(app: Flask, ae_title: str | None = None) -> AE:
     ae = AE(ae_title=ae_title or app.config["DICOM_AE_TITLE"])
     ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        # The role flags accept a C-GET requestor's proposal to be the Storage SCP for the
+        # sub-operations; an ordinary sender proposes no roles and stays the SCU.
+        ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     ae.add_supported_context(ModalityWorklistInformationFind, QUERY_TRANSFER_SYNTAXES)
+    for abstract_syntax in (*QR_FIND_CONTEXTS, *QR_GET_CONTEXTS, *QR_MOVE_CONTEXTS):
+        ae.add_supported_context(abstract_syntax, QUERY_TRANSFER_SYNTAXES)
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 60
@@ -99,9 +113,12 @@ def build_ae(app: Flask, ae_title: str | None = None) -> AE:
 
 def event_handlers(app: Flask) -> list[Any]:
     return [
+        (evt.EVT_CONN_OPEN, disable_nagle),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [app]),
         (evt.EVT_C_FIND, handle_find, [app]),
+        (evt.EVT_C_GET, handle_qr_get, [app]),
+        (evt.EVT_C_MOVE, handle_qr_move, [app]),
     ]
 
 
@@ -197,6 +214,15 @@ class StudyCompletionLoop(threading.Thread):
 # ---------------------------------------------------------------------------------------------
 
 
+def disable_nagle(event: Event) -> None:
+    """Send each PDU at once. pynetdicom writes PDUs in pieces, so with Nagle's algorithm every
+    response (a C-STORE status, each C-FIND match) waited for the peer's delayed ACK, ~40 ms."""
+    try:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+    except (AttributeError, OSError) as exc:
+        logger.debug("could not set TCP_NODELAY: %s", exc)
+
+
 def handle_echo(event: Event) -> int:
     logger.info("C-ECHO from %s", _calling_ae(event))
     return 0x0000
@@ -228,10 +254,16 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
 
 
 def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """Modality Worklist C-FIND: pending responses, one per scheduled step, then success."""
+    """Modality Worklist C-FIND: pending responses, one per scheduled step, then success.
+
+    Study Root queries go to `handle_qr_find`."""
     calling_ae = _calling_ae(event)
-    if str(event.request.AffectedSOPClassUID) != ModalityWorklistInformationFind:
-        yield _status(FIND_STATUS_IDENTIFIER_MISMATCH, "only Modality Worklist queries are served"), None
+    sop_class = str(event.request.AffectedSOPClassUID)
+    if sop_class in QR_FIND_CONTEXTS:
+        yield from handle_qr_find(event, app)
+        return
+    if sop_class != ModalityWorklistInformationFind:
+        yield _status(FIND_STATUS_IDENTIFIER_MISMATCH, "only worklist and Study Root queries are served"), None
         return
     try:
         query = event.identifier
@@ -262,7 +294,8 @@ def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Datas
 def _status(code: int, comment: str) -> Dataset:
     status = Dataset()
     status.Status = code
-    status.ErrorComment = comment[:_ERROR_COMMENT_MAX]
+    # A backslash would split the LO value in two.
+    status.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_MAX]
     return status
 
 

@@ -38,7 +38,7 @@ from flask import Flask
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
@@ -88,6 +88,7 @@ _PARSE_LOCK = threading.Lock()
 # What pydicom raises on bytes that are not (valid) DICOM; anything else is a bug and should surface.
 _PARSE_ERRORS = (
     InvalidDicomError,
+    BytesLengthException,  # an element whose length does not fit its VR
     ValueError,
     TypeError,
     KeyError,

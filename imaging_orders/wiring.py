@@ -6,14 +6,17 @@ from flask import Flask
 
 from hospital.models import Role
 from hospital.web import add_nav_link
-from imaging_orders import cli, fhir, routes, seed
+from imaging_orders import cli, dicomweb, fhir, reconciliation, routes, seed
 
 
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
+    app.register_blueprint(dicomweb.bp)
+    app.register_blueprint(reconciliation.bp)
     fhir.register_fhir(app)
     app.cli.add_command(cli.dicom_command)
     app.extensions["hospital.seeders"].append(seed.seed_schedules)
     add_nav_link(app, "Worklist", "imaging_orders.worklist_page", Role.IMAGING_STAFF, Role.ADMIN)
+    add_nav_link(app, "Reconciliation", "reconciliation.reconciliation_page", Role.IMAGING_STAFF, Role.ADMIN)
     add_nav_link(app, "Referrals to accept", "imaging_orders.incoming_page", Role.IMAGING_STAFF)
     add_nav_link(app, "Appointments", "imaging_orders.appointments_page", Role.PATIENT, Role.CLINICIAN)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from pydicom.uid import CTImageStorage, Comprehensive3DSRStorage
 from sqlalchemy import func, select
 
 from ai_services.models import DiagnosticReport, Finding
@@ -71,7 +72,11 @@ def assert_loop_closed(app: Flask, summary: LoopSummary) -> None:
     with get_db(app).session() as session:
         study = session.get(ImagingStudy, summary.study_id)
         assert study is not None and study.referral_id == summary.referral_id
-        assert session.scalar(select(func.count()).select_from(ImagingInstance)) == summary.instances_sent
+        ct_instances = select(func.count()).select_from(ImagingInstance).where(ImagingInstance.sop_class_uid == CTImageStorage)
+        assert session.scalar(ct_instances) == summary.instances_sent
+        # The AI's DICOM outputs went back into the study: a TID 1500 SR and key-image captures.
+        outputs = set(session.scalars(select(ImagingInstance.sop_class_uid).where(ImagingInstance.sop_class_uid != CTImageStorage)))
+        assert Comprehensive3DSRStorage in outputs and len(outputs) == 2
         assert session.scalar(select(func.count()).select_from(DiagnosticReport)) == 1
         assert session.scalar(select(func.count()).select_from(Finding)) == len(summary.findings)
         assert session.scalar(select(func.count()).select_from(Consultation)) == 1

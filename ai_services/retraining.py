@@ -1,0 +1,589 @@
+"""The closed learning loop: radiologists' decisions on signed reports become training labels, a
+candidate model is fine-tuned from the active one, and it replaces the active one only when it is
+measurably better and nowhere worse.
+
+1. ``collect_labels``: every finding of a SIGNED report with a decision is a label on its key slice.
+   Accepted, edited (final box) and radiologist-added findings are positives: the mask is the
+   ellipse inscribed in the final box. Rejected AI findings are explicit negatives: their box is
+   background, and patches are drawn there on purpose (hard negatives). The key slice and its two
+   neighbours (the network's 2.5D input) are read from the stored DICOM files. Cases are split by a
+   hash of the study id (stable, independent of order) into a fine-tune part and a held-out part.
+2. ``train_candidate``: fine-tune a copy of the active weights (BatchNorm statistics frozen) on
+   patches drawn half from reviewed slices and half from synthetic phantoms (fixed seeds, so the
+   base skills are rehearsed), re-fit the Platt calibration on synthetic validation phantoms, and
+   evaluate candidate and active version on the same held-out data: synthetic phantoms (ground
+   truth) and the held-out reviewed cases (radiologists' truth).
+3. Promotion rule (``decide_promotion``). Primary metric: the mean of FROC sensitivity at 4 false
+   positives per scan on the synthetic held-out phantoms and on the held-out reviewed cases (only
+   the synthetic one when no reviewed case is held out). The candidate is promoted when its primary
+   metric beats the active version's by at least ``margin`` (default 0.05, above the one-lesion
+   granularity of the default held-out sets) AND it is not worse by
+   more than ``tolerance`` (default 0.05) on: synthetic sensitivity at 4 FP/scan, reviewed
+   sensitivity at 4 FP/scan, and each lesion size group (<6, 6-10, >10 mm) of either held-out set.
+   Otherwise it is kept registered as ``rejected`` with the reason. Synthetic ground truth guards
+   against corrupted labels: a labeller who rejects true lesions makes a candidate that misses
+   lesions the phantoms know are there, and that is refused however well it fits the labels.
+
+``retrain`` runs the three steps; ``ai_services.jobs.retrain_model`` runs them without holding a
+transaction during training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from torch.nn import functional as F
+
+from ai_services.inference import (
+    DEFAULT_CANDIDATE_THRESHOLD,
+    Calibration,
+    Detection,
+    LesionDetector,
+    manifest_path_for,
+    sha256_of_file,
+    window_hu,
+)
+from ai_services.models import (
+    AnalysisJob,
+    DiagnosticReport,
+    FindingSource,
+    ModelStatus,
+    ModelVersion,
+    ReportStatus,
+    ReviewStatus,
+)
+from ai_services.network import CONTEXT_SLICES, WINDOWS, LesionUNet
+from ai_services.series_reader import read_ct_volume
+from ai_services.service import DEFAULT_MODEL_NAME, activate_model_version, active_model_version, register_model_version
+from ai_services.training import (
+    SIZE_GROUPS,
+    EvaluationMetrics,
+    _loss,
+    calibrate,
+    evaluate_detector,
+    froc_curve,
+    sensitivity_at_fp_rate,
+)
+from hospital.phantoms import Phantom, make_ct_phantom
+from imaging_orders.models import ImagingInstance
+
+logger = logging.getLogger(__name__)
+
+POSITIVE_DECISIONS = (ReviewStatus.ACCEPTED, ReviewStatus.EDITED)
+SIGNED_STATUSES = (ReportStatus.FINAL, ReportStatus.AMENDED)
+# Retraining draws synthetic phantoms from its own seed block, disjoint from the v1 training seeds
+# (0..9999 in blocks of 1000 per run seed), validation (10 000..) and held-out (20 000..).
+RETRAIN_SYNTHETIC_SEED_BASE = 5_000
+RETRAIN_VALIDATION_SEED_BASE = 15_000
+RETRAIN_HELDOUT_SEED_BASE = 20_000
+
+
+class RetrainingError(RuntimeError):
+    """Retraining cannot start (no active version, too few labels) or its inputs are unusable."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelBox:
+    slice_index: int
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1, x1/y1 exclusive
+
+
+@dataclass
+class ReviewedCase:
+    """One signed report's labels, on the series the AI analysed."""
+
+    study_id: int
+    report_id: int
+    instance_paths: list[Path]  # slice order, as analysed
+    pixel_spacing_mm: tuple[float, float]
+    positives: list[LabelBox]
+    negatives: list[LabelBox]
+    heldout: bool
+
+
+@dataclass
+class LabelledSlice:
+    """A training example: the 2.5D HU input of one slice and its target mask."""
+
+    hu: np.ndarray  # float32 (CONTEXT_SLICES, H, W)
+    mask: np.ndarray  # bool (H, W)
+    focus: list[tuple[int, int]]  # (row, col) points patches are centred on: lesions and negatives
+
+
+@dataclass
+class ReviewedLabels:
+    cases: list[ReviewedCase]
+    finetune: list[LabelledSlice]
+
+    @property
+    def heldout(self) -> list[ReviewedCase]:
+        return [c for c in self.cases if c.heldout]
+
+    def digest(self) -> str:
+        """Identifies the label set, so the periodic job does not retrain on unchanged labels."""
+        data = [(c.report_id, [asdict(b) for b in c.positives], [asdict(b) for b in c.negatives]) for c in self.cases]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def is_heldout_study(study_id: int, heldout_percent: int) -> bool:
+    """Deterministic split by a hash of the study id (all of a patient's study stays on one side)."""
+    bucket = int.from_bytes(hashlib.sha256(f"study:{study_id}".encode()).digest()[:4], "big") % 100
+    return bucket < heldout_percent
+
+
+def collect_labels(session: Session, storage_dir: Path, *, heldout_percent: int = 30) -> ReviewedLabels:
+    """Labels from every signed report's reviewed findings (see the module docstring)."""
+    cases: list[ReviewedCase] = []
+    finetune: list[LabelledSlice] = []
+    reports = session.scalars(
+        select(DiagnosticReport).where(DiagnosticReport.status.in_(SIGNED_STATUSES),
+                                       DiagnosticReport.analysis_job_id.is_not(None))
+        .order_by(DiagnosticReport.id)
+    ).all()
+    for report in reports:
+        job = session.get(AnalysisJob, report.analysis_job_id)
+        if job is None or not job.slice_sop_instance_uids:
+            continue
+        positives, negatives = [], []
+        for finding in report.findings:
+            label = LabelBox(finding.slice_index, (finding.x0, finding.y0, finding.x1, finding.y1))
+            if finding.review_status in POSITIVE_DECISIONS:
+                positives.append(label)
+            elif finding.review_status is ReviewStatus.REJECTED and finding.source is FindingSource.AI:
+                negatives.append(label)
+        paths_by_uid = dict(session.execute(
+            select(ImagingInstance.sop_instance_uid, ImagingInstance.path)
+            .where(ImagingInstance.sop_instance_uid.in_(job.slice_sop_instance_uids))
+        ).all())
+        missing = [uid for uid in job.slice_sop_instance_uids if uid not in paths_by_uid]
+        if missing:
+            logger.warning("report %s: %d analysed slices are no longer stored; skipped", report.id, len(missing))
+            continue
+        case = ReviewedCase(
+            study_id=report.study_id, report_id=report.id,
+            instance_paths=[storage_dir / paths_by_uid[uid] for uid in job.slice_sop_instance_uids],
+            pixel_spacing_mm=(float(job.pixel_spacing_mm[0]), float(job.pixel_spacing_mm[1])) if job.pixel_spacing_mm else (1.0, 1.0),
+            positives=positives, negatives=negatives,
+            heldout=is_heldout_study(report.study_id, heldout_percent),
+        )
+        cases.append(case)
+        if not case.heldout:
+            finetune.extend(labelled_slices(case))
+    logger.info("collected labels from %d signed reports: %d fine-tune slices, %d held-out cases",
+                len(cases), len(finetune), sum(c.heldout for c in cases))
+    return ReviewedLabels(cases, finetune)
+
+
+def labelled_slices(case: ReviewedCase) -> list[LabelledSlice]:
+    """One example per labelled key slice: its context read from the stored files, its mask."""
+    by_slice: dict[int, tuple[list[LabelBox], list[LabelBox]]] = {}
+    for box in case.positives:
+        by_slice.setdefault(box.slice_index, ([], []))[0].append(box)
+    for box in case.negatives:
+        by_slice.setdefault(box.slice_index, ([], []))[1].append(box)
+    n = len(case.instance_paths)
+    half = CONTEXT_SLICES // 2
+    out = []
+    for index, (positives, negatives) in sorted(by_slice.items()):
+        neighbours = [min(max(index + k, 0), n - 1) for k in range(-half, half + 1)]
+        hu = np.stack([_slice_hu(case.instance_paths[i]) for i in neighbours])
+        mask = np.zeros(hu.shape[1:], dtype=bool)
+        for label in positives:
+            mask |= inscribed_ellipse(mask.shape, label.box)
+        focus = [((b.box[1] + b.box[3]) // 2, (b.box[0] + b.box[2]) // 2) for b in positives + negatives]
+        out.append(LabelledSlice(hu, mask, focus))
+    return out
+
+
+def inscribed_ellipse(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """Boolean mask of the ellipse inscribed in ``box`` (x0, y0, x1, y1; pixel centres inside)."""
+    x0, y0, x1, y1 = box
+    rows, cols = np.ogrid[:shape[0], :shape[1]]
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    ry, rx = max((y1 - y0) / 2, 0.5), max((x1 - x0) / 2, 0.5)
+    return ((rows + 0.5 - cy) / ry) ** 2 + ((cols + 0.5 - cx) / rx) ** 2 <= 1.0
+
+
+def _slice_hu(path: Path) -> np.ndarray:
+    dataset = pydicom.dcmread(path)
+    return (dataset.pixel_array.astype(np.float32) * float(getattr(dataset, "RescaleSlope", 1.0))
+            + float(getattr(dataset, "RescaleIntercept", 0.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data and evaluation on reviewed cases
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Knobs of one retraining run; the defaults are the production schedule."""
+
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 16
+    patch_size: int = 96
+    learning_rate: float = 1e-3
+    reviewed_fraction: float = 0.5  # share of patches drawn from reviewed slices
+    synthetic_train_phantoms: int = 16
+    synthetic_validation_phantoms: int = 8
+    synthetic_heldout_phantoms: int = 12
+    phantom_size: int = 256
+    phantom_slices: int = 12
+    heldout_percent: int = 30
+    min_finetune_slices: int = 4
+    margin: float = 0.05
+    tolerance: float = 0.05
+    threads: int = 2
+
+    def make_phantom(self, seed: int, n_lesions: int | None = None) -> Phantom:
+        return make_ct_phantom(seed, n_slices=self.phantom_slices, size=self.phantom_size, n_lesions=n_lesions)
+
+
+def synthetic_slices(config: RetrainConfig) -> list[LabelledSlice]:
+    """Base-data rehearsal: every slice of a few fixed-seed phantoms, with the ground-truth mask."""
+    out = []
+    half = CONTEXT_SLICES // 2
+    for k in range(config.synthetic_train_phantoms):
+        phantom = config.make_phantom(RETRAIN_SYNTHETIC_SEED_BASE + config.seed * 100 + k)
+        volume = phantom.volume_hu.astype(np.float32)
+        n = volume.shape[0]
+        for index in range(n):
+            neighbours = [min(max(index + d, 0), n - 1) for d in range(-half, half + 1)]
+            mask = phantom.lesion_mask[index]
+            ys, xs = np.nonzero(mask)
+            focus = [(int(ys[i]), int(xs[i])) for i in np.linspace(0, ys.size - 1, min(ys.size, 8)).astype(int)] if ys.size else []
+            out.append(LabelledSlice(volume[neighbours], mask.copy(), focus))
+    return out
+
+
+@dataclass
+class ReviewedMetrics:
+    """Held-out reviewed cases, scored against the radiologists' final boxes."""
+
+    n_cases: int
+    n_lesions: int
+    froc_sensitivity_at_4fp: float
+    froc_sensitivity_at_1fp: float
+    mean_false_positives_per_scan: float
+    sensitivity_by_size_at_4fp: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _hits(detection: Detection, label: LabelBox) -> bool:
+    """The detection spans the label's slice and its centre is inside the box (or vice versa)."""
+    if not detection.first_slice <= label.slice_index <= detection.last_slice:
+        return False
+    x0, y0, x1, y1 = label.box
+    cx, cy = detection.centre_xy
+    if x0 <= cx < x1 and y0 <= cy < y1:
+        return True
+    dx0, dy0, dx1, dy1 = detection.bbox
+    bx, by = (x0 + x1) / 2, (y0 + y1) / 2
+    return dx0 <= bx < dx1 and dy0 <= by < dy1
+
+
+def evaluate_reviewed(detector: LesionDetector, cases: Sequence[ReviewedCase]) -> ReviewedMetrics | None:
+    """FROC on held-out reviewed cases: positives are the final boxes; every other detection,
+    including one on a rejected box, is a false positive. None when no positive is held out."""
+    confidences: list[float] = []
+    lesion_ids: list[int] = []
+    sizes: dict[int, str] = {}
+    for scan, case in enumerate(cases):
+        for i, label in enumerate(case.positives):
+            x0, y0, x1, y1 = label.box
+            diameter = max((x1 - x0) * case.pixel_spacing_mm[1], (y1 - y0) * case.pixel_spacing_mm[0])
+            sizes[scan * 1000 + i] = next(name for name, lo, hi in SIZE_GROUPS if lo <= diameter < hi)
+        volume = read_ct_volume(case.instance_paths)
+        for detection in detector.detect(volume):
+            hit = next((i for i, label in enumerate(case.positives) if _hits(detection, label)), None)
+            confidences.append(detection.confidence)
+            lesion_ids.append(scan * 1000 + hit if hit is not None else -1)
+    if not sizes:
+        return None
+    points = froc_curve(confidences, lesion_ids, len(sizes), len(cases))
+    sens4, thr4 = sensitivity_at_fp_rate(points, 4.0)
+    sens1, _ = sensitivity_at_fp_rate(points, 1.0)
+    found = {lid for c, lid in zip(confidences, lesion_ids) if lid >= 0 and c >= thr4}
+    by_size: dict[str, float] = {}
+    for group in sorted(set(sizes.values())):
+        ids = [lid for lid, g in sizes.items() if g == group]
+        by_size[group] = round(sum(lid in found for lid in ids) / len(ids), 4)
+    return ReviewedMetrics(len(cases), len(sizes), sens4, sens1, points[-1].false_positives_per_scan, by_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Pool:
+    inputs: list[torch.Tensor]  # windowed (CONTEXT_SLICES * len(WINDOWS), H, W), padded to >= patch
+    masks: list[torch.Tensor]
+    focus: list[list[tuple[int, int]]]
+
+
+def _pool(slices: Sequence[LabelledSlice], patch: int) -> _Pool:
+    inputs, masks, focus = [], [], []
+    for item in slices:
+        _, h, w = item.hu.shape
+        pad_h, pad_w = max(patch - h, 0), max(patch - w, 0)
+        hu = torch.from_numpy(np.ascontiguousarray(item.hu, dtype=np.float32))
+        mask = torch.from_numpy(item.mask.astype(np.float32))
+        if pad_h or pad_w:
+            hu = F.pad(hu, (0, pad_w, 0, pad_h), value=-1000.0)
+            mask = F.pad(mask, (0, pad_w, 0, pad_h))
+        inputs.append(window_hu(hu).reshape(-1, *hu.shape[1:]).half())
+        masks.append(mask)
+        focus.append(item.focus)
+    return _Pool(inputs, masks, focus)
+
+
+def _draw(pool: _Pool, patch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    k = int(rng.integers(len(pool.inputs)))
+    x, target = pool.inputs[k], pool.masks[k]
+    h, w = target.shape
+    if pool.focus[k] and rng.random() < 0.8:
+        cy, cx = pool.focus[k][int(rng.integers(len(pool.focus[k])))]
+        cy += int(rng.integers(-patch // 4, patch // 4 + 1))
+        cx += int(rng.integers(-patch // 4, patch // 4 + 1))
+    else:
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0 = min(max(cy - patch // 2, 0), h - patch)
+    x0 = min(max(cx - patch // 2, 0), w - patch)
+    xp = x[:, y0:y0 + patch, x0:x0 + patch].float()
+    tp = target[y0:y0 + patch, x0:x0 + patch]
+    if rng.random() < 0.5:
+        xp, tp = xp.flip(-1), tp.flip(-1)
+    return xp, tp
+
+
+def fine_tune(model: LesionUNet, reviewed: Sequence[LabelledSlice], synthetic: Sequence[LabelledSlice],
+              config: RetrainConfig) -> float:
+    """Fine-tune ``model`` in place; returns the mean loss of the last 20% of steps."""
+    if config.patch_size % 8:
+        raise RetrainingError(f"patch_size must be a multiple of 8, got {config.patch_size}")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng([config.seed, 4242])
+    pools = [_pool(reviewed, config.patch_size), _pool(synthetic, config.patch_size) if synthetic else None]
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()  # a few hundred small batches would only add noise to the running statistics
+    losses = []
+    for _ in range(config.steps):
+        xs, ys = [], []
+        for _ in range(config.batch_size):
+            from_reviewed = pools[1] is None or rng.random() < config.reviewed_fraction
+            x, y = _draw(pools[0] if from_reviewed else pools[1], config.patch_size, rng)
+            xs.append(x)
+            ys.append(y)
+        loss = _loss(model(torch.stack(xs)), torch.stack(ys)[:, None])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    model.eval()
+    tail = losses[-max(1, len(losses) // 5):]
+    return float(sum(tail) / len(tail))
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidate, evaluation and the promotion rule
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class VersionScores:
+    synthetic: EvaluationMetrics
+    reviewed: ReviewedMetrics | None
+
+    @property
+    def primary(self) -> float:
+        """Mean FROC sensitivity at 4 FP/scan over the synthetic and reviewed held-out sets."""
+        if self.reviewed is None:
+            return self.synthetic.froc_sensitivity_at_4fp
+        return (self.synthetic.froc_sensitivity_at_4fp + self.reviewed.froc_sensitivity_at_4fp) / 2
+
+    def to_json(self) -> dict[str, Any]:
+        return {"primary": round(self.primary, 4), "synthetic_heldout": self.synthetic.to_json(),
+                "reviewed_heldout": self.reviewed.to_json() if self.reviewed else None}
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(candidate: VersionScores, active: VersionScores, *, margin: float, tolerance: float) -> PromotionDecision:
+    """The promotion rule of the module docstring, with every number in the reason."""
+    problems = []
+    checks: list[tuple[str, float, float]] = [
+        ("synthetic sensitivity@4FP", candidate.synthetic.froc_sensitivity_at_4fp, active.synthetic.froc_sensitivity_at_4fp)]
+    for group, value in active.synthetic.sensitivity_by_size_at_4fp.items():
+        checks.append((f"synthetic {group}", candidate.synthetic.sensitivity_by_size_at_4fp.get(group, 0.0), value))
+    if candidate.reviewed is not None and active.reviewed is not None:
+        checks.append(("reviewed sensitivity@4FP", candidate.reviewed.froc_sensitivity_at_4fp, active.reviewed.froc_sensitivity_at_4fp))
+        for group, value in active.reviewed.sensitivity_by_size_at_4fp.items():
+            checks.append((f"reviewed {group}", candidate.reviewed.sensitivity_by_size_at_4fp.get(group, 0.0), value))
+    for name, new, old in checks:
+        if new < old - tolerance:
+            problems.append(f"{name} fell {old:.3f} -> {new:.3f} (tolerance {tolerance})")
+    gain = candidate.primary - active.primary
+    summary = f"primary (mean FROC sensitivity@4FP synthetic+reviewed) {active.primary:.3f} -> {candidate.primary:.3f}"
+    if gain < margin:
+        problems.insert(0, f"{summary}: gain {gain:+.3f} below margin {margin}")
+    if problems:
+        return PromotionDecision(False, "refused: " + "; ".join(problems))
+    return PromotionDecision(True, f"promoted: {summary} (gain {gain:+.3f} >= margin {margin}); "
+                                   f"no check worse than tolerance {tolerance}")
+
+
+@dataclass
+class RetrainingInputs:
+    parent_id: int
+    parent_label: str
+    parent_weights_path: Path
+    labels: ReviewedLabels
+    version: str
+
+
+@dataclass
+class CandidateResult:
+    inputs: RetrainingInputs
+    weights_path: Path
+    candidate: VersionScores
+    active: VersionScores
+    decision: PromotionDecision
+    wall_time_s: float
+
+
+def prepare_retraining(session: Session, storage_dir: Path, config: RetrainConfig,
+                       name: str = DEFAULT_MODEL_NAME) -> RetrainingInputs | None:
+    """Read the active version and the labels; None when there is nothing new to learn from."""
+    active = active_model_version(session, name)
+    if active is None:
+        raise RetrainingError(f"no active {name} version to fine-tune from")
+    labels = collect_labels(session, storage_dir, heldout_percent=config.heldout_percent)
+    if len(labels.finetune) < config.min_finetune_slices:
+        logger.info("retraining skipped: %d labelled slices, %d needed", len(labels.finetune), config.min_finetune_slices)
+        return None
+    digest = labels.digest()
+    for version in session.scalars(select(ModelVersion).where(ModelVersion.name == name)):
+        if (version.manifest or {}).get("retraining", {}).get("labels_digest") == digest:
+            logger.info("retraining skipped: %s was already trained on these labels", version.label)
+            return None
+    versions = session.scalars(select(ModelVersion.version).where(ModelVersion.name == name)).all()
+    next_number = max((int(v) for v in versions if v.isdigit()), default=1) + 1
+    return RetrainingInputs(active.id, active.label, Path(active.weights_path), labels, str(next_number))
+
+
+def _load_model(weights_path: Path) -> tuple[LesionUNet, dict[str, Any]]:
+    manifest = json.loads(manifest_path_for(weights_path).read_text())
+    if manifest.get("sha256") != sha256_of_file(weights_path):
+        raise RetrainingError(f"{weights_path} does not match its manifest's sha256")
+    arch = manifest.get("architecture", {})
+    model = LesionUNet(int(arch.get("in_channels", CONTEXT_SLICES * len(WINDOWS))), tuple(arch.get("widths", (8, 16, 32, 48))))
+    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return model, manifest
+
+
+def score(detector: LesionDetector, labels: ReviewedLabels, config: RetrainConfig) -> VersionScores:
+    seeds = range(RETRAIN_HELDOUT_SEED_BASE, RETRAIN_HELDOUT_SEED_BASE + config.synthetic_heldout_phantoms)
+    return VersionScores(
+        synthetic=evaluate_detector(detector, seeds, config.make_phantom),
+        reviewed=evaluate_reviewed(detector, labels.heldout),
+    )
+
+
+def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConfig,
+                    name: str = DEFAULT_MODEL_NAME) -> CandidateResult:
+    """Fine-tune, calibrate, evaluate candidate and parent, decide; writes weights + manifest."""
+    started = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    model, parent_manifest = _load_model(inputs.parent_weights_path)
+    active_detector = LesionDetector.load(inputs.parent_weights_path)
+    final_loss = fine_tune(model, inputs.labels.finetune, synthetic_slices(config), config)
+    validation = range(RETRAIN_VALIDATION_SEED_BASE, RETRAIN_VALIDATION_SEED_BASE + config.synthetic_validation_phantoms)
+    threshold = float(parent_manifest.get("candidate_threshold", DEFAULT_CANDIDATE_THRESHOLD))
+    calibration = calibrate(LesionDetector.from_model(model, threshold=threshold), validation, config.make_phantom) \
+        if config.synthetic_validation_phantoms else Calibration()
+    candidate_detector = LesionDetector.from_model(model, calibration=calibration, threshold=threshold)
+    candidate_scores = score(candidate_detector, inputs.labels, config)
+    active_scores = score(active_detector, inputs.labels, config)
+    decision = decide_promotion(candidate_scores, active_scores, margin=config.margin, tolerance=config.tolerance)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / f"{name}-v{inputs.version}.pt"
+    torch.save(model.state_dict(), weights_path)
+    wall = time.perf_counter() - started
+    manifest = {
+        **{k: v for k, v in parent_manifest.items() if k in ("architecture", "working_size", "hit_rule")},
+        "model_name": name,
+        "version": inputs.version,
+        "weights_file": weights_path.name,
+        "sha256": sha256_of_file(weights_path),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "candidate_threshold": threshold,
+        "calibration": calibration.to_json(),
+        "parent": {"label": inputs.parent_label, "sha256": parent_manifest.get("sha256")},
+        "retraining": {
+            "config": asdict(config),
+            "labels_digest": inputs.labels.digest(),
+            "reviewed_cases": len(inputs.labels.cases),
+            "finetune_slices": len(inputs.labels.finetune),
+            "heldout_cases": len(inputs.labels.heldout),
+            "final_loss": round(final_loss, 5),
+            "wall_time_s": round(wall, 1),
+        },
+        "heldout_metrics": candidate_scores.synthetic.to_json(),
+        "evaluation": {"candidate": candidate_scores.to_json(), "active": active_scores.to_json()},
+        "decision": {"promote": decision.promote, "reason": decision.reason},
+    }
+    manifest_path_for(weights_path).write_text(json.dumps(manifest, indent=2) + "\n")
+    logger.info("candidate %s v%s: %s (%.0f s)", name, inputs.version, decision.reason, wall)
+    return CandidateResult(inputs, weights_path, candidate_scores, active_scores, decision, wall)
+
+
+def record_candidate(session: Session, result: CandidateResult) -> ModelVersion:
+    """Register the candidate; activate it if the rule said so, else keep it as rejected."""
+    version = register_model_version(session, result.weights_path, activate=False)
+    version.parent_version_id = result.inputs.parent_id
+    version.decision_reason = result.decision.reason
+    version.metrics = {"candidate": result.candidate.to_json(), "active": result.active.to_json()}
+    if result.decision.promote:
+        activate_model_version(session, version)
+    else:
+        version.status = ModelStatus.REJECTED
+    session.flush()
+    return version
+
+
+def retrain(session: Session, storage_dir: Path, out_dir: Path, config: RetrainConfig | None = None) -> ModelVersion | None:
+    """Collect labels, train and evaluate a candidate, record the decision (caller commits)."""
+    config = config or RetrainConfig()
+    inputs = prepare_retraining(session, storage_dir, config)
+    if inputs is None:
+        return None
+    return record_candidate(session, train_candidate(inputs, out_dir, config))

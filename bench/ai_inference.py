@@ -1,0 +1,168 @@
+"""Benchmark of the imaging AI: per-slice inference, a whole study from files to report, training.
+
+1. Inference per 512x512 CT slice with the shipped v1 weights: the full ``predict_probabilities``
+   pipeline (area downsampling to the 256 working size, windowing, 2.5D stacking, U-Net, upsampling
+   back to 512) at batch 1 and batched; ms per slice, median of repeats. ``--device cuda`` runs the
+   same pipeline with the model and tensors on the GPU (synchronised before each clock read).
+2. Study to report (CPU): a 100-slice 512x512 phantom study written to disk, then stored with
+   ``store_instance`` (arrival), marked complete and analysed by ``ai_services.jobs.analyse_study``
+   on embedded SQLite with inline jobs, until the preliminary report exists; median of 3.
+3. Training: seconds per fine-tuning step (batch 16, 96x96 patches) as ``ai_services.retraining``
+   runs it, and the v1 training wall time recorded in its manifest.
+
+Usage: .venv/bin/python bench/ai_inference.py [--device cpu|cuda] [--threads 2] [--repeats 5]
+Prints a Markdown section for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ai_services.inference import LesionDetector, stack_context, window_hu  # noqa: E402
+from ai_services.network import CONTEXT_SLICES  # noqa: E402
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "ai_services" / "weights" / "lesion-detector-v1.pt"
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def predict_on_device(detector: LesionDetector, hu: np.ndarray, device: str, batch_size: int) -> np.ndarray:
+    """``LesionDetector.predict_probabilities`` with every tensor on ``device``."""
+    n, rows, cols = hu.shape
+    hu_t = torch.from_numpy(hu).to(device)
+    scale = min(1.0, detector.working_size / max(rows, cols))
+    if scale < 1.0:
+        hu_t = F.interpolate(hu_t[:, None], size=(round(rows * scale), round(cols * scale)), mode="area")[:, 0]
+    windowed = window_hu(hu_t)
+    h, w = hu_t.shape[1:]
+    out = torch.empty((n, h, w), device=device)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            idx = range(start, min(start + batch_size, n))
+            x = stack_context(windowed, idx).contiguous(memory_format=torch.channels_last)
+            out[start:idx.stop] = torch.sigmoid(detector.model(x))[:, 0]
+        out = F.interpolate(out[:, None], size=(rows, cols), mode="bilinear", align_corners=False)[:, 0]
+    return out.cpu().numpy()
+
+
+def bench_slices(device: str, repeats: int) -> dict[str, float]:
+    from hospital.phantoms import make_ct_phantom
+
+    detector = LesionDetector.load(WEIGHTS)
+    detector.model.to(device)
+    volume = make_ct_phantom(20_000, n_slices=32, size=512, pixel_spacing_mm=0.75).volume_hu.astype(np.float32)
+    results = {}
+    for label, batch, n in (("batch 1", 1, 8), ("batch 8", 8, 32), ("batch 32", 32, 32)):
+        times = []
+        for _ in range(repeats + 1):
+            _sync(device)
+            started = time.perf_counter()
+            predict_on_device(detector, volume[:n], device, batch)
+            _sync(device)
+            times.append((time.perf_counter() - started) / n * 1000)
+        results[label] = statistics.median(times[1:])  # the first run warms up
+    return results
+
+
+def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
+    from hospital.app import create_app
+    from hospital.db import get_db
+    from hospital.dicom_factory import write_ct_series
+    from hospital.migrate import upgrade
+    from hospital.phantoms import make_ct_phantom
+    from hospital.seed import seed_demo
+    from ai_services.jobs import analyse_study
+    from ai_services.models import DiagnosticReport
+    from imaging_orders.ingest import store_instance
+    from imaging_orders.models import ImagingStudy, StudyStatus
+    from sqlalchemy import select
+
+    phantom = make_ct_phantom(20_001, n_slices=n_slices, size=512, pixel_spacing_mm=0.75, slice_thickness_mm=2.5)
+    times = []
+    for run in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            url = f"sqlite:///{tmp_path / 'hospital.db'}"
+            upgrade(url)
+            app = create_app({"DATABASE_URL": url, "REDIS_URL": None, "SECRET_KEY": "bench", "INSTANCE_DIR": tmp_path,
+                              "DICOM_STORAGE_DIR": tmp_path / "dicom"})
+            with app.app_context():
+                with get_db(app).transaction() as session:
+                    seed = seed_demo(session, app)
+                    patient_id, mrn = seed.patient.id, seed.patient.mrn
+                files = write_ct_series(phantom, tmp_path / "incoming", patient_id=mrn, patient_name="Bench^Study",
+                                        accession_number=f"BENCH{run}")
+                started = time.perf_counter()
+                results = [store_instance(app, f.read_bytes(), transfer_syntax_uid=None, calling_ae="BENCH")
+                           for f in files]
+                with get_db(app).transaction() as session:
+                    study = session.get(ImagingStudy, results[0].study_id)
+                    study.patient_id, study.status = patient_id, StudyStatus.AVAILABLE
+                with get_db(app).transaction() as session:
+                    analyse_study(session, results[0].study_id)
+                with get_db(app).session() as session:
+                    report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == results[0].study_id))
+                    assert report is not None, "no report was made"
+                times.append(time.perf_counter() - started)
+            get_db(app).engine.dispose()
+    return times
+
+
+def bench_training_step(steps: int) -> float:
+    from ai_services.retraining import RetrainConfig, _load_model, fine_tune, synthetic_slices
+
+    config = RetrainConfig(steps=steps, batch_size=16, patch_size=96, synthetic_train_phantoms=2, phantom_slices=8)
+    data = synthetic_slices(config)
+    model, _ = _load_model(WEIGHTS)
+    started = time.perf_counter()
+    fine_tune(model, data, data, config)
+    return (time.perf_counter() - started) / steps
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--study-runs", type=int, default=3)
+    parser.add_argument("--study-slices", type=int, default=100)
+    parser.add_argument("--training-steps", type=int, default=20)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    slices = bench_slices(args.device, args.repeats)
+    study = bench_study_to_report(args.study_runs, args.study_slices) if args.study_runs else []
+    step = bench_training_step(args.training_steps) if args.training_steps else float("nan")
+    v1 = json.loads(WEIGHTS.with_suffix(".json").read_text())
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
+    print(f"### Inference per 512x512 slice ({device}, torch {torch.__version__}), median of {args.repeats}\n")
+    print("| batch | ms per slice |\n|---|---|")
+    for label, ms in slices.items():
+        print(f"| {label.removeprefix('batch ')} | {ms:.1f} |")
+    if study:
+        print(f"\n### Study to preliminary report: {args.study_slices} slices 512x512, CPU, SQLite, inline jobs\n")
+        print(f"median {statistics.median(study):.1f} s; runs: {', '.join(f'{t:.1f}' for t in study)} s")
+    print("\n### Training\n")
+    print(f"fine-tuning step (batch 16, 96x96 patches, {CONTEXT_SLICES}-slice input): {step * 1000:.0f} ms; "
+          f"v1 full training (manifest): {v1['training']['wall_time_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

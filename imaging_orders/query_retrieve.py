@@ -1,0 +1,684 @@
+"""Study Root Query/Retrieve over the image index: who may find which studies, series and
+instances, the DICOM C-FIND / C-GET / C-MOVE handlers, and the search that QIDO-RS shares.
+
+The index (ImagingStudy -> ImagingSeries -> ImagingInstance) answers the matching keys the index
+holds (PatientID, PatientName, AccessionNumber, StudyDate, the UIDs, Modality); any other return
+key is read from the header of a representative stored file, so a viewer asking for Rows or
+PatientBirthDate still gets what the images say. Retrieval reads the stored Part 10 files.
+
+DICOM carries no user, so the node trusts its network peers: `DICOM_QR_CALLING_AES` ("*" or a
+comma list of calling AE titles) says who may query and retrieve, and a C-MOVE goes only to a
+destination named in `DICOM_MOVE_DESTINATIONS` ("AE=host:port,AE2=host:port"), never to an
+address the request supplies.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from flask import Flask
+from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from hospital.db import get_db
+from hospital.errors import InvalidInput
+from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy
+from imaging_orders.worklist import CHARACTER_SET, WorklistQueryError, _date_range, _like_pattern
+
+logger = logging.getLogger(__name__)
+
+QR_FIND_CONTEXTS = (StudyRootQueryRetrieveInformationModelFind,)
+QR_GET_CONTEXTS = (StudyRootQueryRetrieveInformationModelGet,)
+QR_MOVE_CONTEXTS = (StudyRootQueryRetrieveInformationModelMove,)
+
+# PS3.4 Annex C statuses.
+STATUS_SUCCESS = 0x0000
+STATUS_PENDING = 0xFF00
+STATUS_CANCELLED = 0xFE00
+STATUS_REFUSED_NOT_AUTHORISED = 0x0124  # general "refused: not authorized" (PS3.7 C.5.20)
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+STATUS_UNABLE_TO_PROCESS = 0xC000
+
+LEVELS = ("STUDY", "SERIES", "IMAGE")
+DEFAULT_MAX_RESULTS = 10_000
+_ERROR_COMMENT_MAX = 64
+
+
+class QueryError(InvalidInput):
+    """A query cannot be understood (bad level, bad date range, unknown attribute)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching: one criteria object, built from a C-FIND identifier or from QIDO-RS parameters
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyCriteria:
+    """Matching keys over the index; an empty list means universal matching."""
+
+    patient_ids: list[str] = field(default_factory=list)
+    patient_names: list[str] = field(default_factory=list)
+    accession_numbers: list[str] = field(default_factory=list)
+    study_date: str | None = None
+    study_uids: list[str] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+    series_uids: list[str] = field(default_factory=list)
+    sop_instance_uids: list[str] = field(default_factory=list)
+    series_numbers: list[str] = field(default_factory=list)
+    instance_numbers: list[str] = field(default_factory=list)
+
+    _KEYS = {
+        "PatientID": "patient_ids",
+        "PatientName": "patient_names",
+        "AccessionNumber": "accession_numbers",
+        "StudyInstanceUID": "study_uids",
+        "ModalitiesInStudy": "modalities",
+        "Modality": "modalities",
+        "SeriesInstanceUID": "series_uids",
+        "SOPInstanceUID": "sop_instance_uids",
+        "SeriesNumber": "series_numbers",
+        "InstanceNumber": "instance_numbers",
+    }
+    MATCHING_KEYWORDS = frozenset({*_KEYS, "StudyDate"})
+
+    def set(self, keyword: str, values: list[str]) -> None:
+        values = [v for v in values if v and v != "*"]
+        if not values:
+            return
+        if keyword == "StudyDate":
+            if len(values) > 1:
+                raise QueryError("StudyDate takes one date or one range")
+            self.study_date = values[0]
+            return
+        if keyword == "PatientName":
+            # "DOE^JOHN^^^" and "DOE^JOHN" are the same name.
+            values = [v.rstrip("^ ") or "*" for v in values]
+        getattr(self, self._KEYS[keyword]).extend(values)
+
+
+def criteria_from_identifier(identifier: Dataset) -> StudyCriteria:
+    """Matching keys of a C-FIND / C-GET / C-MOVE identifier."""
+    criteria = StudyCriteria()
+    for keyword in StudyCriteria.MATCHING_KEYWORDS:
+        if keyword in identifier:
+            criteria.set(keyword, _element_values(identifier[keyword].value))
+    return criteria
+
+
+def _element_values(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    values = list(raw) if isinstance(raw, MultiValue | list) else [raw]
+    return [str(v).strip("\x00 ") for v in values]
+
+
+def keyword_of(name: str) -> str | None:
+    """`PatientID` or `00100020` -> the keyword, or None when neither names a known attribute."""
+    if tag_for_keyword(name) is not None:
+        return name
+    if len(name) == 8:
+        try:
+            return keyword_for_tag(int(name, 16)) or None
+        except ValueError:
+            return None
+    return None
+
+
+def search_studies(
+    session: Session,
+    criteria: StudyCriteria,
+    visible: ColumnElement[bool] | None = None,
+    *,
+    limit: int = DEFAULT_MAX_RESULTS,
+    offset: int = 0,
+) -> list[ImagingStudy]:
+    statement = _study_statement(criteria, visible).order_by(ImagingStudy.id)
+    return list(session.scalars(statement.offset(offset).limit(limit)))
+
+
+def search_series(
+    session: Session,
+    criteria: StudyCriteria,
+    visible: ColumnElement[bool] | None = None,
+    *,
+    limit: int = DEFAULT_MAX_RESULTS,
+    offset: int = 0,
+) -> list[ImagingSeries]:
+    studies = _study_statement(criteria, visible, with_series_keys=False).with_only_columns(ImagingStudy.id)
+    statement = select(ImagingSeries).where(ImagingSeries.study_id.in_(studies))
+    statement = _series_filters(statement, criteria)
+    statement = statement.order_by(ImagingSeries.study_id, ImagingSeries.number, ImagingSeries.id)
+    return list(session.scalars(statement.offset(offset).limit(limit)))
+
+
+def search_instances(
+    session: Session,
+    criteria: StudyCriteria,
+    visible: ColumnElement[bool] | None = None,
+    *,
+    limit: int = DEFAULT_MAX_RESULTS,
+    offset: int = 0,
+) -> list[ImagingInstance]:
+    studies = _study_statement(criteria, visible, with_series_keys=False).with_only_columns(ImagingStudy.id)
+    series = _series_filters(select(ImagingSeries.id).where(ImagingSeries.study_id.in_(studies)), criteria)
+    statement = select(ImagingInstance).where(ImagingInstance.series_id.in_(series))
+    if criteria.sop_instance_uids:
+        statement = statement.where(ImagingInstance.sop_instance_uid.in_(_split_uids(criteria.sop_instance_uids)))
+    if criteria.instance_numbers:
+        statement = statement.where(ImagingInstance.number.in_(_integers(criteria.instance_numbers, "InstanceNumber")))
+    statement = statement.order_by(ImagingInstance.series_id, ImagingInstance.number, ImagingInstance.id)
+    return list(session.scalars(statement.offset(offset).limit(limit)))
+
+
+def _study_statement(
+    criteria: StudyCriteria, visible: ColumnElement[bool] | None, *, with_series_keys: bool = True
+) -> Select[Any]:
+    statement = select(ImagingStudy)
+    if visible is not None:
+        statement = statement.where(visible)
+    statement = _match(statement, ImagingStudy.dicom_patient_id, criteria.patient_ids)
+    statement = _match(statement, ImagingStudy.dicom_patient_name, criteria.patient_names)
+    statement = _match(statement, ImagingStudy.accession_number, criteria.accession_numbers)
+    if criteria.study_uids:
+        statement = statement.where(ImagingStudy.study_instance_uid.in_(_split_uids(criteria.study_uids)))
+    if criteria.study_date:
+        statement = statement.where(_date_clause(criteria.study_date))
+    if criteria.modalities:
+        # ModalitiesInStudy matches a study having any series of one of the modalities.
+        statement = statement.where(
+            ImagingStudy.id.in_(
+                select(ImagingSeries.study_id).where(func.upper(ImagingSeries.modality).in_([m.upper() for m in criteria.modalities]))
+            )
+        )
+    if with_series_keys and criteria.series_uids:
+        statement = statement.where(
+            ImagingStudy.id.in_(
+                select(ImagingSeries.study_id).where(ImagingSeries.series_instance_uid.in_(_split_uids(criteria.series_uids)))
+            )
+        )
+    return statement
+
+
+def _series_filters(statement: Select[Any], criteria: StudyCriteria) -> Select[Any]:
+    if criteria.series_uids:
+        statement = statement.where(ImagingSeries.series_instance_uid.in_(_split_uids(criteria.series_uids)))
+    if criteria.modalities:
+        statement = statement.where(func.upper(ImagingSeries.modality).in_([m.upper() for m in criteria.modalities]))
+    if criteria.series_numbers:
+        statement = statement.where(ImagingSeries.number.in_(_integers(criteria.series_numbers, "SeriesNumber")))
+    return statement
+
+
+def _match(statement: Select[Any], column: ColumnElement[Any], values: list[str]) -> Select[Any]:
+    if not values or "*" in values:
+        return statement
+    return statement.where(or_(*(column.ilike(_like_pattern(v), escape="\\") for v in values)))
+
+
+def _split_uids(values: Iterable[str]) -> list[str]:
+    # UID list matching: backslash-separated in DIMSE, comma-separated in QIDO-RS.
+    return [uid.strip() for value in values for uid in value.replace(",", "\\").split("\\") if uid.strip()]
+
+
+def _integers(values: list[str], keyword: str) -> list[int]:
+    try:
+        return [int(v) for value in values for v in value.replace(",", "\\").split("\\") if v.strip()]
+    except ValueError as exc:
+        raise QueryError(f"{keyword} must be an integer, got {values!r}") from exc
+
+
+def _date_clause(value: str) -> ColumnElement[bool]:
+    try:
+        first, last = _date_range(value)
+    except WorklistQueryError as exc:
+        raise QueryError(f"StudyDate: {exc.message}") from exc
+    conditions = []
+    if first is not None:
+        conditions.append(ImagingStudy.started >= datetime.combine(first, time.min, tzinfo=UTC))
+    if last is not None:
+        conditions.append(ImagingStudy.started < datetime.combine(last + timedelta(days=1), time.min, tzinfo=UTC))
+    return and_(*conditions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attributes of a match
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyCounts:
+    series: int
+    instances: int
+    modalities: tuple[str, ...]
+
+
+def study_counts(session: Session, study_ids: Sequence[int]) -> dict[int, StudyCounts]:
+    """Series and instance counts and modalities of several studies, in three queries."""
+    if not study_ids:
+        return {}
+    n_series = dict(
+        session.execute(
+            select(ImagingSeries.study_id, func.count(ImagingSeries.id))
+            .where(ImagingSeries.study_id.in_(study_ids))
+            .group_by(ImagingSeries.study_id)
+        ).all()
+    )
+    n_instances = dict(
+        session.execute(
+            select(ImagingSeries.study_id, func.count(ImagingInstance.id))
+            .join(ImagingInstance, ImagingInstance.series_id == ImagingSeries.id)
+            .where(ImagingSeries.study_id.in_(study_ids))
+            .group_by(ImagingSeries.study_id)
+        ).all()
+    )
+    modalities: dict[int, set[str]] = {}
+    for study_id, modality in session.execute(
+        select(ImagingSeries.study_id, ImagingSeries.modality).where(ImagingSeries.study_id.in_(study_ids)).distinct()
+    ):
+        if modality:
+            modalities.setdefault(study_id, set()).add(modality)
+    counts = {
+        study_id: StudyCounts(
+            int(n_series.get(study_id, 0)), int(n_instances.get(study_id, 0)), tuple(sorted(modalities.get(study_id, ())))
+        )
+        for study_id in study_ids
+    }
+    return counts
+
+
+def series_instance_counts(session: Session, series_ids: Sequence[int]) -> dict[int, int]:
+    if not series_ids:
+        return {}
+    return dict(
+        session.execute(
+            select(ImagingInstance.series_id, func.count(ImagingInstance.id))
+            .where(ImagingInstance.series_id.in_(series_ids))
+            .group_by(ImagingInstance.series_id)
+        ).all()
+    )
+
+
+def study_attributes(study: ImagingStudy, counts: StudyCounts | None) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = CHARACTER_SET
+    started = study.started
+    ds.StudyDate = started.strftime("%Y%m%d") if started else ""
+    ds.StudyTime = started.strftime("%H%M%S") if started else ""
+    ds.AccessionNumber = study.accession_number or ""
+    ds.PatientName = study.dicom_patient_name or ""
+    ds.PatientID = study.dicom_patient_id or ""
+    ds.StudyInstanceUID = study.study_instance_uid
+    ds.StudyDescription = study.description or ""
+    ds.InstanceAvailability = "ONLINE"
+    if counts is not None:
+        ds.ModalitiesInStudy = list(counts.modalities)
+        ds.NumberOfStudyRelatedSeries = counts.series
+        ds.NumberOfStudyRelatedInstances = counts.instances
+    return ds
+
+
+def series_attributes(series: ImagingSeries, n_instances: int | None) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = CHARACTER_SET
+    ds.StudyInstanceUID = series.study.study_instance_uid
+    ds.SeriesInstanceUID = series.series_instance_uid
+    ds.Modality = series.modality or ""
+    ds.SeriesNumber = series.number if series.number is not None else ""
+    ds.SeriesDescription = series.description or ""
+    ds.BodyPartExamined = series.body_part or ""
+    ds.InstanceAvailability = "ONLINE"
+    if n_instances is not None:
+        ds.NumberOfSeriesRelatedInstances = n_instances
+    return ds
+
+
+def instance_attributes(instance: ImagingInstance) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = CHARACTER_SET
+    ds.StudyInstanceUID = instance.series.study.study_instance_uid
+    ds.SeriesInstanceUID = instance.series.series_instance_uid
+    ds.SOPClassUID = instance.sop_class_uid
+    ds.SOPInstanceUID = instance.sop_instance_uid
+    ds.InstanceNumber = instance.number if instance.number is not None else ""
+    ds.AvailableTransferSyntaxUID = instance.transfer_syntax_uid
+    ds.InstanceAvailability = "ONLINE"
+    return ds
+
+
+def representative_instance(session: Session, *, study_id: int | None = None, series_id: int | None = None) -> ImagingInstance | None:
+    statement = select(ImagingInstance).order_by(ImagingInstance.number, ImagingInstance.id).limit(1)
+    if series_id is not None:
+        statement = statement.where(ImagingInstance.series_id == series_id)
+    else:
+        statement = statement.where(
+            ImagingInstance.series_id.in_(select(ImagingSeries.id).where(ImagingSeries.study_id == study_id))
+        )
+    return session.scalar(statement)
+
+
+def add_from_file(ds: Dataset, path: Path | None, keywords: Iterable[str]) -> None:
+    """Copy `keywords` missing from `ds` out of the stored file's header (empty when absent)."""
+    missing = [k for k in keywords if k and k not in ds and tag_for_keyword(k) is not None]
+    if not missing:
+        return
+    header: Dataset | None = None
+    if path is not None:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=missing)
+        except (OSError, ValueError, TypeError, AttributeError, EOFError, KeyError) as exc:
+            logger.warning("could not read header of %s: %s", path.name, type(exc).__name__)
+    for keyword in missing:
+        if header is not None and keyword in header:
+            ds.add(header[keyword])
+        else:
+            tag = tag_for_keyword(keyword)
+            vr = dictionary_VR(tag)
+            ds.add(DataElement(tag, vr, DicomSequence() if vr == "SQ" else None))
+
+
+def stored_path(storage_dir: Path, instance: ImagingInstance) -> Path:
+    return storage_dir / instance.path
+
+
+# ---------------------------------------------------------------------------------------------
+# DIMSE handlers
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_move_destinations(text: str | Mapping[str, Any] | None) -> dict[str, tuple[str, int]]:
+    """`"AE=host:port,AE2=host:port"` (or a mapping) -> {AE: (host, port)}."""
+    if not text:
+        return {}
+    if isinstance(text, Mapping):
+        return {str(ae).strip(): (str(addr[0]), int(addr[1])) for ae, addr in text.items()}
+    destinations: dict[str, tuple[str, int]] = {}
+    for entry in str(text).split(","):
+        if not entry.strip():
+            continue
+        ae, _, address = entry.partition("=")
+        host, _, port = address.strip().rpartition(":")
+        if not ae.strip() or not host or not port.isdigit():
+            raise ValueError(f"DICOM_MOVE_DESTINATIONS entry {entry!r} is not AE=host:port")
+        destinations[ae.strip()] = (host, int(port))
+    return destinations
+
+
+def calling_ae_allowed(app: Flask, calling_ae: str) -> bool:
+    allowed = str(app.config.get("DICOM_QR_CALLING_AES", "*") or "*")
+    if allowed.strip() == "*":
+        return True
+    return calling_ae.strip() in {a.strip() for a in allowed.split(",") if a.strip()}
+
+
+def handle_qr_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """Study Root C-FIND at STUDY, SERIES or IMAGE level: pending per match, then success."""
+    calling_ae = _calling_ae(event)
+    if not calling_ae_allowed(app, calling_ae):
+        logger.warning("C-FIND from %s refused: not in DICOM_QR_CALLING_AES", calling_ae)
+        yield status_dataset(STATUS_REFUSED_NOT_AUTHORISED, "calling AE not allowed to query"), None
+        return
+    try:
+        identifier = event.identifier
+        level = _level(identifier)
+        criteria = criteria_from_identifier(identifier)
+        limit = int(app.config.get("DICOM_QR_MAX_RESULTS", DEFAULT_MAX_RESULTS))
+        with app.app_context(), get_db(app).transaction() as session:
+            responses = _find_responses(session, app, identifier, level, criteria, limit)
+    except QueryError as exc:
+        logger.warning("bad C-FIND from %s: %s", calling_ae, exc.message)
+        yield status_dataset(STATUS_IDENTIFIER_MISMATCH, exc.message), None
+        return
+    except SQLAlchemyError as exc:
+        logger.error("C-FIND from %s failed in the database: %s", calling_ae, type(exc).__name__)
+        yield status_dataset(STATUS_OUT_OF_RESOURCES, "index unavailable; try again later"), None
+        return
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
+        logger.warning("undecodable C-FIND from %s: %s", calling_ae, type(exc).__name__)
+        yield status_dataset(STATUS_UNABLE_TO_PROCESS, "the query identifier cannot be decoded"), None
+        return
+    logger.info("C-FIND %s level from %s: %d matches", level, calling_ae, len(responses))
+    for response in responses:
+        if event.is_cancelled:
+            yield STATUS_CANCELLED, None
+            return
+        yield STATUS_PENDING, response
+
+
+def _find_responses(
+    session: Session, app: Flask, identifier: Dataset, level: str, criteria: StudyCriteria, limit: int
+) -> list[Dataset]:
+    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
+    requested = [elem.keyword for elem in identifier if elem.keyword and elem.keyword != "QueryRetrieveLevel"]
+    found: list[tuple[Dataset, ImagingInstance | None]] = []
+    if level == "STUDY":
+        studies = search_studies(session, criteria, limit=limit)
+        counts = study_counts(session, [s.id for s in studies])
+        needs_file = any(k not in _STUDY_KEYS for k in requested)
+        for study in studies:
+            rep = representative_instance(session, study_id=study.id) if needs_file else None
+            found.append((study_attributes(study, counts.get(study.id, StudyCounts(0, 0, ()))), rep))
+    elif level == "SERIES":
+        series_list = search_series(session, criteria, limit=limit)
+        n_instances = series_instance_counts(session, [s.id for s in series_list])
+        needs_file = any(k not in _SERIES_KEYS for k in requested)
+        for series in series_list:
+            rep = representative_instance(session, series_id=series.id) if needs_file else None
+            found.append((series_attributes(series, n_instances.get(series.id, 0)), rep))
+    else:
+        for instance in search_instances(session, criteria, limit=limit):
+            found.append((instance_attributes(instance), instance))
+    responses = []
+    for attributes, rep in found:
+        add_from_file(attributes, stored_path(storage_dir, rep) if rep else None, requested)
+        responses.append(_only_requested(attributes, identifier, level, app))
+    return responses
+
+
+_STUDY_KEYS = frozenset(
+    {"SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "PatientName", "PatientID",
+     "StudyInstanceUID", "StudyDescription", "InstanceAvailability", "ModalitiesInStudy",
+     "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "RetrieveAETitle"}
+)
+_SERIES_KEYS = frozenset(
+    {"SpecificCharacterSet", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
+     "SeriesDescription", "BodyPartExamined", "InstanceAvailability", "NumberOfSeriesRelatedInstances",
+     "RetrieveAETitle"}
+)
+
+
+def _only_requested(attributes: Dataset, identifier: Dataset, level: str, app: Flask) -> Dataset:
+    response = Dataset()
+    response.SpecificCharacterSet = CHARACTER_SET
+    response.QueryRetrieveLevel = level
+    for elem in identifier:
+        keyword = elem.keyword
+        if not keyword or keyword in ("SpecificCharacterSet", "QueryRetrieveLevel"):
+            continue
+        if keyword == "RetrieveAETitle":
+            response.RetrieveAETitle = app.config["DICOM_AE_TITLE"]
+        elif keyword in attributes:
+            response.add(attributes[keyword])
+        else:
+            response.add(DataElement(elem.tag, elem.VR, DicomSequence() if elem.VR == "SQ" else None))
+    return response
+
+
+def _level(identifier: Dataset) -> str:
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if level not in LEVELS:
+        raise QueryError(f"QueryRetrieveLevel must be one of {', '.join(LEVELS)}, got {level[:16]!r}")
+    return level
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+def _retrieve_instances(app: Flask, identifier: Dataset) -> list[StoredFile]:
+    """The stored files matching a C-GET/C-MOVE identifier (unique keys down to its level)."""
+    level = _level(identifier)
+    criteria = criteria_from_identifier(identifier)
+    if not (criteria.study_uids or criteria.series_uids or criteria.sop_instance_uids):
+        raise QueryError("a retrieve needs a StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID")
+    if level == "STUDY":
+        criteria.series_uids, criteria.sop_instance_uids = [], []
+    elif level == "SERIES":
+        criteria.sop_instance_uids = []
+    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
+    # A retrieve answers at most 65535 sub-operations (the counts are US).
+    limit = min(int(app.config.get("DICOM_QR_MAX_RESULTS", DEFAULT_MAX_RESULTS)), 65535)
+    with app.app_context(), get_db(app).transaction() as session:
+        return [
+            StoredFile(stored_path(storage_dir, i), i.sop_class_uid, i.transfer_syntax_uid)
+            for i in search_instances(session, criteria, limit=limit)
+        ]
+
+
+def _storage_contexts(files: list[StoredFile]) -> list[PresentationContext]:
+    """Contexts for a C-MOVE's association to the destination: one per SOP class sent, offering
+    each stored transfer syntax first and the uncompressed ones as fallbacks."""
+    syntaxes: dict[str, list[str]] = {}
+    for stored in files:
+        offered = syntaxes.setdefault(stored.sop_class_uid, [])
+        if stored.transfer_syntax_uid not in offered:
+            offered.append(stored.transfer_syntax_uid)
+    contexts = []
+    for sop_class, offered in list(syntaxes.items())[:128]:
+        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if fallback not in offered:
+                offered.append(fallback)
+        contexts.append(build_context(sop_class, offered))
+    return contexts
+
+
+def _retrieve_datasets(event: Event, files: list[StoredFile]) -> Iterator[tuple[int, Dataset | None]]:
+    for stored in files:
+        path = stored.path
+        if event.is_cancelled:
+            yield STATUS_CANCELLED, None
+            return
+        try:
+            yield STATUS_PENDING, pydicom.dcmread(path)
+        except (OSError, ValueError, TypeError, AttributeError, EOFError) as exc:
+            logger.error("stored file %s unreadable for retrieve: %s", path.name, type(exc).__name__)
+            # A failed sub-operation: pynetdicom counts it and lists the instance as failed.
+            yield STATUS_UNABLE_TO_PROCESS, _failed_identifier(path)
+
+
+def _failed_identifier(path: Path) -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID = path.stem
+    return ds
+
+
+def handle_qr_get(event: Event, app: Flask) -> Iterator[Any]:
+    """Study Root C-GET: the number of sub-operations, then each instance over this association."""
+    calling_ae = _calling_ae(event)
+    if not calling_ae_allowed(app, calling_ae):
+        logger.warning("C-GET from %s refused: not in DICOM_QR_CALLING_AES", calling_ae)
+        yield status_dataset(STATUS_REFUSED_NOT_AUTHORISED, "calling AE not allowed to retrieve"), None
+        return
+    try:
+        files = _retrieve_instances(app, event.identifier)
+    except QueryError as exc:
+        logger.warning("bad C-GET from %s: %s", calling_ae, exc.message)
+        yield status_dataset(STATUS_IDENTIFIER_MISMATCH, exc.message), None
+        return
+    except SQLAlchemyError as exc:
+        logger.error("C-GET from %s failed in the database: %s", calling_ae, type(exc).__name__)
+        yield status_dataset(STATUS_OUT_OF_RESOURCES, "index unavailable; try again later"), None
+        return
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
+        logger.warning("undecodable C-GET from %s: %s", calling_ae, type(exc).__name__)
+        yield status_dataset(STATUS_UNABLE_TO_PROCESS, "the identifier cannot be decoded"), None
+        return
+    logger.info("C-GET from %s: %d instances", calling_ae, len(files))
+    yield len(files)
+    yield from _retrieve_datasets(event, files)
+
+
+def handle_qr_move(event: Event, app: Flask) -> Iterator[Any]:
+    """Study Root C-MOVE to a configured destination AE only."""
+    calling_ae = _calling_ae(event)
+    destination = str(event.move_destination or "").strip()
+    destinations = parse_move_destinations(app.config.get("DICOM_MOVE_DESTINATIONS"))
+    if not calling_ae_allowed(app, calling_ae) or destination not in destinations:
+        logger.warning("C-MOVE from %s to %r refused: unknown destination or caller", calling_ae, destination)
+        yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+        return
+    failure: Dataset | None = None
+    files: list[StoredFile] = []
+    try:
+        files = _retrieve_instances(app, event.identifier)
+    except QueryError as exc:
+        logger.warning("bad C-MOVE from %s: %s", calling_ae, exc.message)
+        failure = status_dataset(STATUS_IDENTIFIER_MISMATCH, exc.message)
+    except SQLAlchemyError as exc:
+        logger.error("C-MOVE from %s failed in the database: %s", calling_ae, type(exc).__name__)
+        failure = status_dataset(STATUS_OUT_OF_RESOURCES, "index unavailable; try again later")
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
+        logger.warning("undecodable C-MOVE from %s: %s", calling_ae, type(exc).__name__)
+        failure = status_dataset(STATUS_UNABLE_TO_PROCESS, "the identifier cannot be decoded")
+    host, port = destinations[destination]
+    contexts = _storage_contexts(files) or [build_context(Verification)]
+    # pynetdicom wants the destination first and a count before any status, so a failure is
+    # reported as the one (failed) sub-operation.
+    yield host, port, {"ae_title": destination, "contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, _no_delay)]}
+    if failure is not None:
+        yield 1
+        yield failure, None
+        return
+    logger.info("C-MOVE from %s to %s: %d instances", calling_ae, destination, len(files))
+    yield len(files)
+    yield from _retrieve_datasets(event, files)
+
+
+def _no_delay(event: Event) -> None:
+    # As on the node's own associations (dicom_server.disable_nagle): send each PDU at once.
+    try:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+    except (AttributeError, OSError):
+        pass
+
+
+def status_dataset(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_MAX]
+    return status
+
+
+def _calling_ae(event: Event) -> str:
+    try:
+        return str(event.assoc.requestor.ae_title).strip()
+    except AttributeError:
+        return "?"

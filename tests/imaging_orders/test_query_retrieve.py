@@ -1,0 +1,134 @@
+"""Study Root Query/Retrieve against dcmtk peers: findscu -S at STUDY, SERIES and IMAGE level,
+getscu, and movescu to a configured destination (dcmtk's storescp)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from flask import Flask
+from pydicom.uid import generate_uid
+from pynetdicom.transport import ThreadedAssociationServer
+
+from hospital.db import get_db
+from imaging_orders.dicom_server import start_dicom_server
+from imaging_orders.ingest import store_instance
+from imaging_orders.query_retrieve import parse_move_destinations
+from tests.conftest import make_test_app
+from tests.imaging_orders.dicom_payloads import small_ct_study
+from tests.imaging_orders.test_dicom_peers import TOOL_TIMEOUT, free_port, run_tool
+
+NODE_AE = "QRNODE"
+DEST_AE = "VIEWER"
+
+
+@dataclass
+class QRNode:
+    app: Flask
+    port: int
+    dest_port: int
+    study_uid: str
+    prefix: str  # of this node's PatientIDs, so matches never depend on what other tests left
+
+
+@pytest.fixture()
+def qr_node(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[QRNode]:
+    """A node holding one two-series study (6 instances) and one single-instance study."""
+    monkeypatch.setattr("hospital.jobs.dispatch", lambda app, ids: None)
+    dest_port = free_port()
+    app = make_test_app(live_database, tmp_path / "instance", STUDY_QUIET_SECONDS=60,
+                        DICOM_MOVE_DESTINATIONS=f"{DEST_AE}=127.0.0.1:{dest_port}")
+    study_uid = generate_uid()
+    prefix = f"QR{uuid.uuid4().hex[:6].upper()}"
+    for ds in small_ct_study(patient_id=f"{prefix}-0001", accession_number="QRACC1", n_slices=3, series=2, study_uid=study_uid):
+        store_instance(app, ds, transfer_syntax_uid=None, calling_ae="MODALITY")
+    store_instance(app, small_ct_study(patient_id=f"{prefix}-0002", accession_number="QRACC2", n_slices=1)[0],
+                   transfer_syntax_uid=None, calling_ae="MODALITY")
+    port = free_port()
+    server = start_dicom_server(app, host="127.0.0.1", port=port, ae_title=NODE_AE, block=False)
+    assert isinstance(server, ThreadedAssociationServer)
+    try:
+        yield QRNode(app, port, dest_port, study_uid, prefix)
+    finally:
+        server.shutdown()
+        get_db(app).engine.dispose()
+
+
+def find(port: int, out: Path, *keys: str) -> list[pydicom.Dataset]:
+    out.mkdir()
+    args = ["findscu", "-S", "-aet", "FINDSCU", "-aec", NODE_AE, "-X", "127.0.0.1", str(port)]
+    for key in keys:
+        args += ["-k", key]
+    run_tool(args, cwd=out)
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_findscu_study_series_and_image_levels(qr_node: QRNode, tmp_path: Path) -> None:
+    port, study_uid, prefix = qr_node.port, qr_node.study_uid, qr_node.prefix
+    [study] = find(port, tmp_path / "study", "QueryRetrieveLevel=STUDY", f"PatientID={prefix}-0001", "StudyInstanceUID",
+                   "NumberOfStudyRelatedInstances", "ModalitiesInStudy", "PatientBirthDate", "StudyDate=20260301-")
+    assert study.StudyInstanceUID == study_uid
+    assert int(study.NumberOfStudyRelatedInstances) == 6
+    assert study.ModalitiesInStudy == "CT"
+    assert study.PatientBirthDate == "19680412"  # not in the index: read from a stored header
+    assert len(find(port, tmp_path / "wild", "QueryRetrieveLevel=STUDY", f"PatientID={prefix}-*", "AccessionNumber")) == 2
+    series = find(port, tmp_path / "series", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study_uid}",
+                  "SeriesInstanceUID", "SeriesNumber", "NumberOfSeriesRelatedInstances")
+    assert sorted(int(s.SeriesNumber) for s in series) == [1, 2]
+    assert all(int(s.NumberOfSeriesRelatedInstances) == 3 for s in series)
+    images = find(port, tmp_path / "image", "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid}",
+                  f"SeriesInstanceUID={series[0].SeriesInstanceUID}", "SOPInstanceUID", "Rows")
+    assert len(images) == 3 and all(int(i.Rows) == 32 for i in images)
+    bad = subprocess.run(["findscu", "-v", "-S", "-aec", NODE_AE, "-k", "QueryRetrieveLevel=PATIENT", "127.0.0.1", str(port)],
+                         capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    assert "DataSetDoesNotMatchSOPClass" in bad.stdout + bad.stderr  # 0xA900
+
+
+def test_getscu_retrieves_a_study(qr_node: QRNode, tmp_path: Path) -> None:
+    port, study_uid = qr_node.port, qr_node.study_uid
+    out = tmp_path / "got"
+    out.mkdir()
+    run_tool(["getscu", "-S", "-aet", "GETSCU", "-aec", NODE_AE, "-od", str(out),
+              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)])
+    received = [pydicom.dcmread(p) for p in out.iterdir()]
+    assert len(received) == 6
+    assert {ds.StudyInstanceUID for ds in received} == {study_uid}
+
+
+def test_movescu_to_a_configured_destination_only(qr_node: QRNode, tmp_path: Path) -> None:
+    port, dest_port, study_uid = qr_node.port, qr_node.dest_port, qr_node.study_uid
+    out = tmp_path / "moved"
+    out.mkdir()
+    receiver = subprocess.Popen(["storescp", "-aet", DEST_AE, "-od", str(out), str(dest_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        run_tool(["movescu", "-S", "-aet", "MOVESCU", "-aec", NODE_AE, "-aem", DEST_AE,
+                  "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study_uid}",
+                  "-k", f"SeriesInstanceUID={_first_series(port, tmp_path, study_uid)}", "127.0.0.1", str(port)])
+        assert len(list(out.iterdir())) == 3
+        unknown = subprocess.run(["movescu", "-v", "-S", "-aec", NODE_AE, "-aem", "STRANGER", "-k", "QueryRetrieveLevel=STUDY",
+                                  "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)],
+                                 capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+        assert "MoveDestinationUnknown" in unknown.stdout + unknown.stderr  # 0xA801
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+
+
+def _first_series(port: int, tmp_path: Path, study_uid: str) -> str:
+    series = find(port, tmp_path / "s", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study_uid}", "SeriesInstanceUID")
+    return str(series[0].SeriesInstanceUID)
+
+
+def test_move_destinations_parse() -> None:
+    assert parse_move_destinations("A=host:104, B = 10.0.0.2:11112") == {"A": ("host", 104), "B": ("10.0.0.2", 11112)}
+    assert parse_move_destinations("") == {}
+    with pytest.raises(ValueError):
+        parse_move_destinations("A=host")
