@@ -470,7 +470,7 @@ def store_report_outputs(app: Flask, report_id: int) -> list[StoreResult]:
         return []
     outputs = build_report_outputs(request.report, request.source_images)
     results = [
-        store_instance(app, dataset, transfer_syntax_uid=None, calling_ae=OUTPUTS_CALLING_AE)
+        store_instance(app, dataset, transfer_syntax_uid=None, calling_ae=OUTPUTS_CALLING_AE, derived=True)
         for dataset in outputs.datasets
     ]
     removed = remove_stale_outputs(app, request.series_uids, keep={r.sop_instance_uid for r in results})

@@ -180,12 +180,15 @@ def store_instance(
     calling_ae: str,
     expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
+    derived: bool = False,
 ) -> StoreResult:
     """Keep one DICOM instance: validate, write durably, index, match, commit; then return.
 
     `dataset_or_bytes` is a pydicom Dataset, a Part 10 file's bytes, or a bare encoded dataset (as
     received over DIMSE) in `transfer_syntax_uid`. `expected_*` are the UIDs the C-STORE command
-    announced; a dataset that disagrees with them is rejected.
+    announced; a dataset that disagrees with them is rejected. `derived` marks instances the
+    platform made from the study itself (the AI's SR and key images): they arrive after
+    completion by design, so that is not worth a warning.
 
     Raises `InstanceRejected` (bad input, do not retry) or `StorageUnavailable` (retry later).
     """
@@ -205,7 +208,7 @@ def store_instance(
     db = get_db(app)
     for attempt in range(1, _STORE_ATTEMPTS + 1):
         try:
-            result = _store_once(db.session(), storage_dir, received, sha256)
+            result = _store_once(db.session(), storage_dir, received, sha256, derived)
         except IntegrityError:
             # Another association created the same study, series or instance between our read and
             # our insert; its rows are committed now, so a fresh attempt finds and reuses them.
@@ -228,7 +231,9 @@ def store_instance(
     )
 
 
-def _store_once(session: Session, storage_dir: Path, received: _ReceivedInstance, sha256: str) -> StoreResult:
+def _store_once(
+    session: Session, storage_dir: Path, received: _ReceivedInstance, sha256: str, derived: bool
+) -> StoreResult:
     """One transaction: index, write the file, commit. The file is removed if the commit fails."""
     written: Path | None = None
     try:
@@ -244,7 +249,7 @@ def _store_once(session: Session, storage_dir: Path, received: _ReceivedInstance
         warnings_out = list(received.warnings)
         study = _get_or_create_study(session, received, now, warnings_out)
         series = _get_or_create_series(session, study, received)
-        if study.status is not StudyStatus.REGISTERED:
+        if study.status is not StudyStatus.REGISTERED and not derived:
             # Not reopened: the completion event has gone out and analysis may be running. Staff see
             # the warning; a resend of a whole study would still be stored instance by instance.
             warnings_out.append(f"arrived after the study was marked {study.status.value}")
