@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
@@ -31,7 +32,7 @@ from hospital.api import json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import InvalidInput
+from hospital.errors import DomainError, InvalidInput
 from hospital.models import Role
 
 logger = logging.getLogger(__name__)
@@ -191,4 +192,26 @@ def my_invoices_page() -> ResponseReturnValue:
     invoices = list(session.scalars(select(Invoice).where(Invoice.patient_id == user.patient_id).order_by(Invoice.issued_at.desc())))
     record_access(session, user, "E", "Invoice", None, patient_id=user.patient_id, description=f"my invoices ({len(invoices)})")
     session.commit()
-    return render_template("billing/invoices.html", invoices=invoices, money=format_money)
+    # A fresh key per rendered form: a double click or a resubmitted form posts the payment once.
+    return render_template("billing/invoices.html", invoices=invoices, money=format_money,
+                           balances={i.id: invoice_balance(i) for i in invoices}, payment_key=uuid.uuid4().hex)
+
+
+@bp.post("/invoices/<int:invoice_id>/pay")
+@require_roles(Role.PATIENT)
+def pay_page(invoice_id: int) -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    invoice = get_invoice(session, user, invoice_id)
+    due = invoice_balance(invoice).patient_due_minor
+    try:
+        record_payment(session, user, invoice_id, PaymentRequest(
+            payer=Payer.PATIENT, kind=PaymentKind.PAYMENT, amount_minor=due, currency=invoice.currency,
+            idempotency_key=f"web:{user.id}:{request.form.get('payment_key', '')}", reference="web payment"))
+    except DomainError as exc:
+        session.rollback()
+        flash(exc.message, "error")
+    else:
+        session.commit()
+        flash(f"Paid {format_money(due, invoice.currency)} on invoice {invoice_id}. Thank you.")
+    return redirect(url_for("billing.my_invoices_page"))

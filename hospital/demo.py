@@ -57,6 +57,7 @@ class LoopSummary:
     medication_request_id: int = 0
     invoice_id: int = 0
     invoice_total_minor: int = 0
+    invoice_status: str = ""
     currency: str = ""
     charges: list[dict[str, Any]] = field(default_factory=list)
 
@@ -77,7 +78,8 @@ class LoopSummary:
         lines.append(f"  Encounter/{self.consultation_id} finished; MedicationRequest/{self.medication_request_id} dispensed")
         for c in self.charges:
             lines.append(f"  ChargeItem/{c['id']}: {c['display']} x{c['quantity']} = {c['total_minor']} {c['currency']} minor units")
-        lines.append(f"  Invoice/{self.invoice_id}: total {whole}.{cents:02d} {self.currency} ({self.invoice_total_minor} minor units)")
+        lines.append(f"  Invoice/{self.invoice_id}: total {whole}.{cents:02d} {self.currency} ({self.invoice_total_minor} minor units), "
+                     f"{self.invoice_status}")
         return "\n".join(lines)
 
 
@@ -128,7 +130,7 @@ def run_closed_loop(
     timeout: float = 180.0,
 ) -> LoopSummary:
     """Referral -> acceptance -> booking -> worklist -> C-STORE -> AI -> review and sign ->
-    consultation, follow-up and prescription -> dispense -> charges -> invoice."""
+    consultation, follow-up and prescription -> dispense -> charges -> invoice -> payment."""
     clinician = ApiSession(client, "clinician")
     staff = ApiSession(client, "imaging_staff")
     patient = ApiSession(client, "patient")
@@ -213,6 +215,12 @@ def run_closed_loop(
     invoice = admin.call("POST", "/api/invoices", 201, json={"patient_id": patient_id})
     summary.invoice_id, summary.invoice_total_minor = invoice["id"], invoice["total_minor"]
     summary.currency, summary.charges = invoice["currency"], invoice["items"]
+    payment = {"amount_minor": invoice["patient_due_minor"], "currency": invoice["currency"],
+               "idempotency_key": f"demo-card-{invoice['id']}"}
+    # Posted twice, as a flaky network would: the second is the same payment, not another.
+    patient.call("POST", f"/api/invoices/{invoice['id']}/payments", 201, json=payment)
+    paid = patient.call("POST", f"/api/invoices/{invoice['id']}/payments", 201, json=payment)
+    summary.invoice_status = paid["status"]
     return summary
 
 

@@ -34,7 +34,7 @@ def test_demo_on_the_embedded_default_prints_the_closed_loop(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Closed loop complete" in result.stdout
     assert "DiagnosticReport/1 (final)" in result.stdout
-    assert "Invoice/1: total 243.50 EUR (24350 minor units)" in result.stdout
+    assert "Invoice/1: total 243.50 EUR (24350 minor units), balanced" in result.stdout
     assert (tmp_path / "instance" / "hospital.db").exists()
 
 

@@ -67,6 +67,7 @@ def assert_loop_closed(app: Flask, summary: LoopSummary) -> None:
     assert summary.report_status == "final"
     assert summary.findings, "the AI flagged nothing on a phantom with three lesions"
     assert summary.invoice_total_minor == EXPECTED_TOTAL_MINOR
+    assert summary.invoice_status == "balanced"
     assert summary.currency == "EUR"
     assert sorted(c["service_line"] for c in summary.charges) == ["ai-analysis", "consultation", "medication", "scan"]
     with get_db(app).session() as session:
@@ -84,6 +85,7 @@ def assert_loop_closed(app: Flask, summary: LoopSummary) -> None:
         assert session.scalar(select(func.count()).select_from(ChargeItem)) == 4
         invoice = session.get(Invoice, summary.invoice_id)
         assert invoice is not None and invoice.total_minor == sum(i.total_minor for i in invoice.items)
+        assert [(p.amount_minor, p.payer.value) for p in invoice.payments] == [(EXPECTED_TOTAL_MINOR, "patient")]
         statuses = set(session.scalars(select(JobRecord.status)))
         assert statuses == {JobStatus.DONE}, statuses
         assert session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.patient_id.is_not(None))) > 0

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from billing import jobs
 from billing.models import Payment
-from hospital.seed import DemoSeed
+from hospital.seed import DEMO_PASSWORD, DemoSeed
 from tests.factories import make_preliminary_report
 
 
@@ -84,3 +84,19 @@ def test_revenue_by_group_and_csv(as_role: Any, db_session: Session, demo: DemoS
     page = admin.get("/admin/revenue")
     assert page.status_code == 200 and "<svg" in page.get_data(as_text=True)
     assert as_role("clinician").get("/api/revenue").status_code == 403
+
+
+def test_patient_pays_on_the_invoices_page_once(client: Any, as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    invoice = invoiced(as_role, db_session, demo, share_basis_points=None)
+    page = client.get("/login")
+    token = page.get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
+    client.post("/login", data={"username": "patient", "password": DEMO_PASSWORD, "csrf_token": token})
+    html = client.get("/invoices").get_data(as_text=True)
+    assert "Pay 175.00 EUR" in html
+    key = html.split('name="payment_key" value="')[1].split('"')[0]
+    # Signing in starts a new session, with a new CSRF token: take the one the page carries.
+    form = {"csrf_token": html.split('name="csrf_token" value="')[1].split('"')[0], "payment_key": key}
+    assert client.post(f"/invoices/{invoice['id']}/pay", data=form).status_code == 302
+    assert client.post(f"/invoices/{invoice['id']}/pay", data=form).status_code == 302  # resubmitted form
+    assert db_session.scalar(select(func.count()).select_from(Payment)) == 1
+    assert "Pay 175.00 EUR" not in client.get("/invoices").get_data(as_text=True)
