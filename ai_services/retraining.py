@@ -7,7 +7,7 @@ measurably better and nowhere worse.
    ellipse inscribed in the final box. Rejected AI findings are explicit negatives: their box is
    background, and patches are drawn there on purpose (hard negatives). The key slice and its two
    neighbours (the network's 2.5D input) are read from the stored DICOM files. Cases are split by a
-   hash of the study id (stable, independent of order) into a fine-tune part and a held-out part.
+   hash of the StudyInstanceUID (stable, independent of order) into a fine-tune part and a held-out part.
 2. ``train_candidate``: fine-tune a copy of the active weights (BatchNorm statistics frozen) on
    patches drawn half from reviewed slices and half from synthetic phantoms (fixed seeds, so the
    base skills are rehearsed), re-fit the Platt calibration on synthetic validation phantoms, and
@@ -142,9 +142,10 @@ class ReviewedLabels:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def is_heldout_study(study_id: int, heldout_percent: int) -> bool:
-    """Deterministic split by a hash of the study id (all of a patient's study stays on one side)."""
-    bucket = int.from_bytes(hashlib.sha256(f"study:{study_id}".encode()).digest()[:4], "big") % 100
+def is_heldout_study(study_instance_uid: str, heldout_percent: int) -> bool:
+    """Deterministic split by a hash of the StudyInstanceUID: the same study falls on the same side
+    in every database and every run (row ids would depend on insertion history)."""
+    bucket = int.from_bytes(hashlib.sha256(f"study:{study_instance_uid}".encode()).digest()[:4], "big") % 100
     return bucket < heldout_percent
 
 
@@ -181,7 +182,7 @@ def collect_labels(session: Session, storage_dir: Path, *, heldout_percent: int 
             instance_paths=[storage_dir / paths_by_uid[uid] for uid in job.slice_sop_instance_uids],
             pixel_spacing_mm=(float(job.pixel_spacing_mm[0]), float(job.pixel_spacing_mm[1])) if job.pixel_spacing_mm else (1.0, 1.0),
             positives=positives, negatives=negatives,
-            heldout=is_heldout_study(report.study_id, heldout_percent),
+            heldout=is_heldout_study(report.study.study_instance_uid, heldout_percent),
         )
         cases.append(case)
         if not case.heldout:

@@ -307,8 +307,9 @@ def record(summary: dict[str, Any], args: argparse.Namespace) -> None:
         f"{summary['p50_ms']} ms | {summary['p99_ms']} ms | {r['studies_sent']} | {summary['instances_sent']} | "
         f"{summary['booking_conflicts_409']} |", "",
         "Chaos during the run: " + "; ".join(summary["chaos"]) + ".", "",
-        "Reconciliation after the queues drained "
-        f"({summary['drain_s']} s): lost studies **{r['lost_studies']}**, duplicate reports **{r['duplicate_reports']}**, "
+        ("Reconciliation when the drain timed out, work still queued "
+         if "drain timed out" in summary["chaos"] else "Reconciliation after the queues drained ")
+        + f"({summary['drain_s']} s): lost studies **{r['lost_studies']}**, duplicate reports **{r['duplicate_reports']}**, "
         f"duplicate charges **{r['duplicate_charges']}**; {r['studies_received']} studies received, "
         f"{r['studies_with_report']} with a report, {r['scan_charges']} scan and {r['ai_charges']} AI charges; "
         f"job records {r['jobs']}.", "",

@@ -19,7 +19,10 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or a clear 400 (never a 500 on a malformed body)."""
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError as exc:
+        raise InvalidInput("the request body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise InvalidInput("the request body must be a JSON object")
     return data

@@ -17,7 +17,7 @@ import billing.wiring
 import followup.wiring
 import imaging_orders.wiring
 import referrals.wiring
-from hospital import access, admin_pages, api, csrf, db, errors_http, jobs, notify, periodic, ratelimit, web
+from hospital import access, admin_pages, api, csrf, db, errors_http, jobs, notify, openapi, periodic, ratelimit, web
 from hospital.config import load_config
 from hospital.fhir import core_resources
 from hospital.fhir import registry as fhir_registry
@@ -46,6 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["hospital.seeders"] = []
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(fhir_routes.bp)
     admin_pages.register(app)

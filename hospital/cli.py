@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import timedelta
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup
 from rq import Queue, Worker
-from sqlalchemy import select
+from werkzeug.serving import run_simple
 
 from hospital import migrate
 from hospital.app import create_app
-from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.demo import run_demo
-from hospital.jobs import QUEUES, dispatch, redis_connection
-from hospital.models import JobRecord, JobStatus
+from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sweep_lost_jobs
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
 from hospital.seed import DEMO_PASSWORD, seed_demo
 
@@ -72,7 +69,7 @@ def demo_command(serve: bool, host: str, port: int, dicom_port: int | None) -> N
     if serve:
         click.echo(f"\nServing on http://{host}:{port}  (demo logins: clinician, patient, imaging_staff, "
                    f"radiologist, pharmacist, admin; password {DEMO_PASSWORD})")
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        run_simple(host, port, app, threaded=True)
 
 
 @cli.command("serve")
@@ -80,20 +77,36 @@ def demo_command(serve: bool, host: str, port: int, dicom_port: int | None) -> N
 @click.option("--port", default=5000, show_default=True, type=int)
 def serve_command(host: str, port: int) -> None:
     """Serve the web app with Werkzeug (production: gunicorn 'hospital.wsgi:app')."""
-    current_app.run(host=host, port=port, threaded=True, use_reloader=False)
+    # Werkzeug directly: Flask refuses app.run() inside its own CLI.
+    run_simple(host, port, current_app._get_current_object(), threaded=True)  # type: ignore[attr-defined]
 
 
 @cli.command("worker")
 @click.option("--queue", "queues", multiple=True, default=QUEUES, show_default=True)
 @click.option("--burst", is_flag=True, help="exit once the queues are empty")
-def worker_command(queues: tuple[str, ...], burst: bool) -> None:
-    """Run an RQ worker for the given queues (needs REDIS_URL)."""
+@click.option("--sweep-every", default=30.0, show_default=True, type=float, envvar="JOB_SWEEP_SECONDS",
+              help="seconds between sweeps for lost work, across all workers (0: no sweeper)")
+@click.option("--sweep-after", default=60.0, show_default=True, type=float, envvar="JOB_SWEEP_AFTER_SECONDS",
+              help="seconds a queued record may wait (running: the job timeout plus this) before it counts as lost")
+def worker_command(queues: tuple[str, ...], burst: bool, sweep_every: float, sweep_after: float) -> None:
+    """Run an RQ worker for the given queues (needs REDIS_URL), with a sweeper that re-sends work
+    lost with Redis or with a dead worker (a burst worker sweeps once, when it starts)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     conn = redis_connection(app)
     if conn is None:
         raise click.ClickException("REDIS_URL is not set: without Redis, jobs run inline and no worker is needed")
+    sweeper = None
+    if sweep_every > 0 and burst:
+        sweep_if_due(app, every_seconds=sweep_every, older_than_seconds=sweep_after)
+    elif sweep_every > 0:
+        sweeper = JobSweeper(app, every_seconds=sweep_every, older_than_seconds=sweep_after)
+        sweeper.start()
     worker = Worker([Queue(name, connection=conn) for name in queues], connection=conn)
-    worker.work(burst=burst, with_scheduler=True)
+    try:
+        worker.work(burst=burst, with_scheduler=True)
+    finally:
+        if sweeper is not None:
+            sweeper.stop()
 
 
 @cli.command("scheduler")
@@ -118,15 +131,10 @@ def jobs_group() -> None:
 @click.option("--older-than", default=60, show_default=True, type=int, help="seconds a queued record may wait")
 @click.option("--include-failed", is_flag=True, help="also re-run records that failed (after fixing the cause)")
 def sweep_command(older_than: int, include_failed: bool) -> None:
-    """Hand queued job records to the queue again (e.g. after Redis lost its data)."""
+    """Hand lost job records to the queue again now (workers also do this on their own):
+    queued ones RQ no longer holds (e.g. Redis lost its data) and running ones whose worker died."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    cutoff = utcnow() - timedelta(seconds=older_than)
-    statuses = [JobStatus.QUEUED, JobStatus.FAILED] if include_failed else [JobStatus.QUEUED]
-    with get_db().session() as session:
-        ids = list(session.scalars(
-            select(JobRecord.id).where(JobRecord.status.in_(statuses), JobRecord.created_at < cutoff)
-        ))
-    dispatch(app, ids)
+    ids = sweep_lost_jobs(app, older_than_seconds=older_than, include_failed=include_failed)
     click.echo(f"re-dispatched {len(ids)} job record(s)")
 
 

@@ -7,7 +7,7 @@ import logging
 from http import HTTPStatus
 
 from flask import Flask, Response, json, redirect, render_template, request, url_for
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from hospital.audit import write_pending_denials
@@ -59,6 +59,18 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(DataError)
+    def _data_error(exc: DataError) -> Response:
+        # The caller's value got past validation but not past the column: out of range, too long,
+        # a NUL byte. Their mistake, not an outage; the message names no value (it may be PHI).
+        logger.warning("database refused a value on %s %s: %s", request.method, request.path, type(exc.orig).__name__)
+        return error_response(400, "a value is out of range, too long or contains characters that cannot be stored")
+
+    @app.errorhandler(IntegrityError)
+    def _integrity_error(exc: IntegrityError) -> Response:
+        logger.warning("constraint refused a change on %s %s: %s", request.method, request.path, type(exc.orig).__name__)
+        return error_response(409, "the request conflicts with existing records or refers to one that does not exist")
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError) -> Response:

@@ -129,12 +129,16 @@ def validate_resource(data: dict[str, Any]) -> dict[str, Any]:
         raise FhirValidationError("resourceType is missing")
     try:
         model_cls = get_fhir_model_class(type_name)
-    except ValueError as exc:
+    except (ValueError, KeyError) as exc:  # fhir.resources raises KeyError for a wrongly cased name
         raise FhirValidationError(f"unknown resourceType {type_name!r}") from exc
     try:
         resource = model_cls.model_validate(data)
     except ValidationError as exc:
         raise FhirValidationError(f"{type_name}: {exc}") from exc
+    except KeyError as exc:  # a contained resource of an unknown (e.g. wrongly cased) type
+        raise FhirValidationError(f"{type_name}: unknown resource type {exc}") from exc
+    except RecursionError as exc:
+        raise FhirValidationError(f"{type_name}: nested too deeply") from exc
     return resource.model_dump(mode="json", exclude_none=True)
 
 

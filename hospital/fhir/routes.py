@@ -376,6 +376,7 @@ def search(type_name: str) -> Response:
 @bp.post("/<type_name>/_search")
 def search_by_post(type_name: str) -> Response:
     """Search with the parameters in a form body (and the query string), as FHIR allows."""
+    user = current_user()  # before looking at the body: an anonymous caller learns nothing from it
     mapping = _mapping_or_404(type_name)
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidInput("POST _search takes application/x-www-form-urlencoded parameters")
@@ -384,7 +385,7 @@ def search_by_post(type_name: str) -> Response:
         for value in request.form.getlist(key):
             params.add(key, value)
     session = request_session()
-    bundle = search_resources(session, current_user(), mapping, params, lenient=_lenient())
+    bundle = search_resources(session, user, mapping, params, lenient=_lenient())
     session.commit()
     return fhir_response(bundle)
 
@@ -405,7 +406,10 @@ def parse_body_resource(data: Any, type_name: str) -> dict[str, Any]:
 
 
 def _request_json() -> Any:
-    data = request.get_json(force=True, silent=True)
+    try:
+        data = request.get_json(force=True, silent=True)
+    except RecursionError as exc:
+        raise InvalidInput("the body is nested too deeply") from exc
     if data is None:
         raise InvalidInput("the body is not JSON")
     return data
@@ -491,6 +495,7 @@ def update(type_name: str, resource_id: str) -> Response:
 def transaction_or_batch() -> Response:
     """A transaction (all entries or none, one database transaction) or a batch (each entry on
     its own) Bundle."""
+    current_user()  # before looking at the body: an anonymous caller learns nothing from it
     data = _request_json()
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle")

@@ -3,10 +3,12 @@ the slices go through `store_instance` (files on disk, rows indexed) like a moda
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 from flask import Flask
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
@@ -24,6 +26,7 @@ class StoredStudy:
     study_id: int
     report_id: int
     sop_instance_uids: list[str]
+    study_instance_uid: str
 
 
 def store_study_with_report(
@@ -37,6 +40,8 @@ def store_study_with_report(
     datasets = ct_series_datasets(
         volume_hu, patient_id=demo.patient.mrn, patient_name="Test^Patient",
         accession_number=referral.accession_number or "", pixel_spacing_mm=pixel_spacing_mm, slice_thickness_mm=5.0,
+        # Derived from the pixels, so the same volume is the same study in every run and order.
+        study_instance_uid=generate_uid(PYDICOM_ROOT_UID, [hashlib.sha256(volume_hu.tobytes()).hexdigest()]),
     )
     results = [store_instance(app, ds, transfer_syntax_uid=None, calling_ae="TESTCT") for ds in datasets]
     study = session.get(ImagingStudy, results[0].study_id)
@@ -62,4 +67,4 @@ def store_study_with_report(
             confidence=confidence,
         ))
     session.commit()
-    return StoredStudy(study.id, report.id, uids)
+    return StoredStudy(study.id, report.id, uids, study.study_instance_uid)

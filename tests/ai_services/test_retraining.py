@@ -87,7 +87,7 @@ def sign_cases(
         review(session, radiologist, report, truth)
         sign_report(session, radiologist, report.id)
         session.commit()
-        counts[is_heldout_study(stored.study_id, CONFIG.heldout_percent)] += 1
+        counts[is_heldout_study(stored.study_instance_uid, CONFIG.heldout_percent)] += 1
 
 
 def correct_labels(session: Session, user: User, report: DiagnosticReport, truth: LabelBox) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -9,7 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hospital.auth import MAX_FAILED_LOGINS
-from hospital.models import AuditEvent, User
+from hospital.clock import utcnow
+from hospital.models import ApiToken, AuditEvent, User
 from hospital.seed import DEMO_PASSWORD, DemoSeed
 from imaging_orders.models import ImagingStudy
 from tests.conftest import make_test_app
@@ -131,3 +134,16 @@ def test_login_attempts_are_rate_limited_per_address(database_url: str, tmp_path
     assert codes == [401, 401, 401, 429]
     throttled = client.post("/api/auth/token", json={"username": "nobody", "password": "x"})
     assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) > 0
+
+
+def test_tokens_are_stored_hashed_and_expire(client: FlaskClient, demo: DemoSeed, db_session: Session) -> None:
+    token = client.post("/api/auth/token", json={"username": "patient", "password": DEMO_PASSWORD}).get_json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    stored = db_session.scalars(select(ApiToken).where(ApiToken.user_id == demo.users["patient"].id)).all()
+    assert stored and all(token not in (row.token_sha256 or "") for row in stored), "the plain token is kept"
+    assert any(row.token_sha256 == hashlib.sha256(token.encode()).hexdigest() for row in stored)
+    assert client.get("/api/me", headers=headers).status_code == 200
+    for row in stored:
+        row.expires_at = utcnow() - timedelta(seconds=1)
+    db_session.commit()
+    assert client.get("/api/me", headers=headers).status_code == 401

@@ -3,6 +3,7 @@ recorded, lost work re-dispatched by the sweeper."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hospital.cli import cli
+from hospital.clock import utcnow
 from hospital.db import get_db
-from hospital.jobs import enqueue, publish, run_job, subscribe
+from hospital.jobs import enqueue, publish, run_job, subscribe, sweep_if_due, sweep_lost_jobs
 from hospital.models import AuditEvent, JobRecord, JobStatus
 from tests.conftest import make_test_app
 
@@ -99,3 +101,45 @@ def test_inline_mode_runs_handlers_after_commit(db_session: Session, app: Flask)
     db_session.commit()
     assert CALLS == [{"n": 5}]
     assert db_session.scalar(select(AuditEvent.entity_id).where(AuditEvent.entity_type == "TestJob")) == "5"
+
+
+def _record_in_state(app: Flask, status: JobStatus, started_seconds_ago: float | None = None, n: int = 1) -> int:
+    with app.app_context(), get_db().transaction() as session:
+        record = enqueue(session, "tests.hospital.test_jobs.record_call", n=n)
+        record.created_at = utcnow() - timedelta(seconds=3600)
+        record.status = status
+        if started_seconds_ago is not None:
+            record.started_at = utcnow() - timedelta(seconds=started_seconds_ago)
+        return record.id
+
+
+def test_sweeper_leaves_live_work_alone_and_re_sends_what_redis_lost(redis_app: Flask, redis_url: str) -> None:
+    connection = Redis.from_url(redis_url)
+    queued = _record_in_state(redis_app, JobStatus.QUEUED)  # dispatched after commit: RQ holds it
+    assert sweep_lost_jobs(redis_app, older_than_seconds=60) == []
+    connection.flushdb()
+    assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [queued]
+    assert Queue("default", connection=connection).job_ids == [f"hospital-job-{queued}"]
+
+
+def test_sweeper_re_sends_work_of_a_dead_worker_once_its_lease_ran_out(redis_app: Flask, redis_url: str) -> None:
+    CALLS.clear()
+    timeout = redis_app.config["JOB_TIMEOUT_SECONDS"]
+    alive = _record_in_state(redis_app, JobStatus.RUNNING, started_seconds_ago=timeout / 2, n=1)
+    dead = _record_in_state(redis_app, JobStatus.RUNNING, started_seconds_ago=timeout + 120, n=2)
+    Redis.from_url(redis_url).flushdb()  # the dead worker's RQ job expired with it
+    with redis_app.app_context():
+        run_job(alive)  # a second delivery while its worker holds it: does nothing
+        assert CALLS == []
+        assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [dead]
+        assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [], "claimed once, queued in RQ now"
+        with get_db().session() as session:
+            assert session.get(JobRecord, dead).status is JobStatus.QUEUED
+        run_job(dead)
+        assert CALLS == [{"n": 2}]
+
+
+def test_only_one_sweep_per_interval_across_workers(redis_app: Flask, redis_url: str) -> None:
+    Redis.from_url(redis_url).flushdb()
+    assert sweep_if_due(redis_app, every_seconds=30, older_than_seconds=60) == []
+    assert sweep_if_due(redis_app, every_seconds=30, older_than_seconds=60) is None

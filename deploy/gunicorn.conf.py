@@ -1,0 +1,27 @@
+"""gunicorn settings for `gunicorn -c deploy/gunicorn.conf.py 'hospital.wsgi:app'`.
+
+Stateless workers: sessions are signed cookies and bearer tokens live in PostgreSQL, so any
+worker on any machine can answer any request (no sticky sessions). Tune with the environment.
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("WEB_BIND", "0.0.0.0:8000")
+# Threads overlap database waits; processes use the cores. (2 x cores) + 1 is gunicorn's own advice.
+workers = int(os.environ.get("WEB_WORKERS", multiprocessing.cpu_count() * 2 + 1))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+worker_class = "gthread"
+timeout = int(os.environ.get("WEB_TIMEOUT", "60"))
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then so a slow leak cannot grow forever.
+max_requests = 2000
+max_requests_jitter = 200
+# Each worker opens its own pool after the fork (pool_pre_ping drops connections a restart killed).
+preload_app = False
+accesslog = "-"
+errorlog = "-"
+# No query strings in the access log: they can carry identifiers (accession, MRN searches).
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
