@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
@@ -138,7 +138,7 @@ def dispatch(app: Flask, record_ids: list[int]) -> None:
                 record.id,
                 job_id=f"hospital-job-{record.id}",
                 retry=Retry(max=3, interval=[5, 30, 120]),
-                job_timeout=app.config["JOB_TIMEOUTS"].get(record.handler, app.config["JOB_TIMEOUT_SECONDS"]),
+                job_timeout=job_timeout(app, record.handler),
             )
         except Exception:  # noqa: BLE001 - the record stays queued; `hospital jobs sweep` re-sends it
             logger.exception("could not enqueue job record %s; left queued for the sweeper", record.id)
@@ -166,7 +166,7 @@ def run_job(record_id: int) -> None:
         if record is None or record.status is JobStatus.DONE:
             logger.info("job record %s is gone or done; nothing to do", record_id)
             return
-        if record.status is JobStatus.RUNNING and not _lease_expired(record, app.config["JOB_TIMEOUT_SECONDS"]):
+        if record.status is JobStatus.RUNNING and not _lease_expired(record, job_timeout(app, record.handler)):
             # A second delivery (RQ retry of an abandoned job, a sweep) while another worker holds
             # it: running it concurrently would race the handler against itself. If that worker
             # died, the sweeper hands the record on once its lease (the job timeout) has run out.
@@ -196,6 +196,11 @@ def run_job(record_id: int) -> None:
             record.finished_at = utcnow()
 
 
+def job_timeout(app: Flask, handler: str) -> int:
+    """RQ's timeout for a handler: the default, or the longer one configured for it."""
+    return int(app.config["JOB_TIMEOUTS"].get(handler, app.config["JOB_TIMEOUT_SECONDS"]))
+
+
 def _lease_expired(record: JobRecord, timeout_seconds: float) -> bool:
     return record.started_at is None or record.started_at < utcnow() - timedelta(seconds=timeout_seconds)
 
@@ -222,32 +227,37 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
     """
     now = utcnow()
     queued_cutoff = now - timedelta(seconds=older_than_seconds)
-    running_cutoff = queued_cutoff - timedelta(seconds=app.config["JOB_TIMEOUT_SECONDS"])
+
+    def running_cutoff(handler: str) -> datetime:
+        return queued_cutoff - timedelta(seconds=job_timeout(app, handler))
+
     conn = redis_connection(app)
     db = get_db(app)
     with db.session() as session:
         queued = list(session.scalars(
             select(JobRecord.id).where(JobRecord.status == JobStatus.QUEUED, JobRecord.created_at < queued_cutoff)
         ))
-        stale = list(session.scalars(
-            select(JobRecord.id).where(JobRecord.status == JobStatus.RUNNING, JobRecord.started_at < running_cutoff)
-        ))
+        running = session.execute(
+            select(JobRecord.id, JobRecord.handler, JobRecord.started_at).where(JobRecord.status == JobStatus.RUNNING)
+        ).all()
+        # RUNNING always has a start time (run_job sets both together).
+        stale = [(rid, handler) for rid, handler, started in running if started < running_cutoff(handler)]
         failed = list(session.scalars(
             select(JobRecord.id).where(JobRecord.status == JobStatus.FAILED, JobRecord.created_at < queued_cutoff)
         )) if include_failed else []
     if conn is not None:
-        states = _rq_states(conn, queued + stale)
+        states = _rq_states(conn, queued + [rid for rid, _ in stale])
         queued = [rid for rid in queued if states[rid] not in _LIVE_RQ_STATES]
-        # "started" here means a dead worker's leftover: the record outlived the timeout.
-        stale = [rid for rid in stale if states[rid] not in _LIVE_RQ_STATES - {"started"}]
+        # "started" here means a dead worker's leftover: the record outlived its timeout.
+        stale = [(rid, h) for rid, h in stale if states[rid] not in _LIVE_RQ_STATES - {"started"}]
     claimed: list[int] = []
     if stale:
         with db.transaction() as session:
-            for rid in stale:
+            for rid, handler in stale:
                 result = session.execute(
                     update(JobRecord)
                     .where(JobRecord.id == rid, JobRecord.status == JobStatus.RUNNING,
-                           JobRecord.started_at < running_cutoff)
+                           JobRecord.started_at < running_cutoff(handler))
                     .values(status=JobStatus.QUEUED, last_error="worker lost; re-dispatched by the sweeper")
                     .execution_options(synchronize_session=False)
                 )

@@ -143,3 +143,19 @@ def test_only_one_sweep_per_interval_across_workers(redis_app: Flask, redis_url:
     Redis.from_url(redis_url).flushdb()
     assert sweep_if_due(redis_app, every_seconds=30, older_than_seconds=60) == []
     assert sweep_if_due(redis_app, every_seconds=30, older_than_seconds=60) is None
+
+
+def test_a_long_job_within_its_own_timeout_is_not_taken_for_lost(redis_app: Flask) -> None:
+    """Retraining may run for hours: its longer timeout, not the default, decides when it is lost."""
+    redis_app.config["JOB_TIMEOUTS"] = {"tests.hospital.test_jobs.record_call": 7200}
+    with redis_app.app_context():
+        with get_db().transaction() as session:
+            record = enqueue(session, "tests.hospital.test_jobs.record_call", n=9)
+            record.status = JobStatus.RUNNING
+            record.started_at = utcnow() - timedelta(seconds=redis_app.config["JOB_TIMEOUT_SECONDS"] + 300)
+            record_id = record.id
+        Redis.from_url(redis_app.config["REDIS_URL"]).flushdb()  # its worker and RQ's record of it are gone
+        assert sweep_lost_jobs(redis_app, older_than_seconds=60) == []
+        with get_db().transaction() as session:
+            session.get(JobRecord, record_id).started_at = utcnow() - timedelta(seconds=7200 + 300)
+        assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [record_id]
