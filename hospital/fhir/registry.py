@@ -228,29 +228,34 @@ def parse_date_search(value: str) -> tuple[str, datetime, datetime]:
     return prefix, start, start + (timedelta(microseconds=1) if start.microsecond else timedelta(seconds=1))
 
 
+def date_clause(column: Any, value: str, *, is_date_column: bool = False) -> ColumnElement[bool]:
+    """The WHERE clause of one FHIR date search value (prefixes eq, ne, gt, lt, ge, le, sa, eb;
+    the value's precision sets the range it matches) on a timestamp or date expression."""
+    prefix, start, end = parse_date_search(value)
+    low: date | datetime = start
+    high: date | datetime = end
+    if is_date_column:
+        low = start.date()
+        high = end.date() if end.time() == datetime.min.time() else low + timedelta(days=1)
+    if prefix == "eq":
+        return and_(column >= low, column < high)
+    if prefix == "ne":
+        return or_(column < low, column >= high)
+    if prefix in ("gt", "sa"):
+        return column >= high
+    if prefix in ("lt", "eb"):
+        return column < low
+    if prefix == "ge":
+        return column >= low
+    return column < high  # le
+
+
 def date_param(column: InstrumentedAttribute[Any], documentation: str = "") -> SearchParam:
-    """A date search with the FHIR prefixes eq, ne, gt, lt, ge, le, sa, eb, on a timestamp or a
-    date column; the value's precision sets the range it matches."""
+    """A date search with the FHIR prefixes on a timestamp or a date column."""
     is_date_column = column.type.python_type is date
 
     def clause(value: str) -> ColumnElement[bool]:
-        prefix, start, end = parse_date_search(value)
-        low: date | datetime = start
-        high: date | datetime = end
-        if is_date_column:
-            low = start.date()
-            high = end.date() if end.time() == datetime.min.time() else low + timedelta(days=1)
-        if prefix == "eq":
-            return and_(column >= low, column < high)
-        if prefix == "ne":
-            return or_(column < low, column >= high)
-        if prefix in ("gt", "sa"):
-            return column >= high
-        if prefix in ("lt", "eb"):
-            return column < low
-        if prefix == "ge":
-            return column >= low
-        return column < high  # le
+        return date_clause(column, value, is_date_column=is_date_column)
 
     return SearchParam("date", clause, documentation, sort_column=column)
 

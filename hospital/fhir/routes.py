@@ -142,6 +142,7 @@ def capability_statement() -> Response:
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 "searchParam": [
                     {"name": "_count", "type": "number", "documentation": f"Page size, default {DEFAULT_COUNT}, at most {MAX_COUNT}"},
+                    {"name": "_lastUpdated", "type": "date", "documentation": "When the resource last changed (prefixes ge, le, gt, lt, eq, ne)"},
                     {"name": "_sort", "type": "special", "documentation": "_id, _lastUpdated or a date parameter; '-' for descending"},
                     {"name": "_summary", "type": "token", "documentation": " | ".join(sorted(SUMMARY_VALUES))},
                     {"name": "_include", "type": "special", "documentation": "See each resource's searchInclude"},

@@ -21,7 +21,14 @@ from werkzeug.datastructures import MultiDict
 
 from hospital.access import patient_filter
 from hospital.errors import InvalidInput
-from hospital.fhir.registry import FhirRegistry, FhirValidationError, ResourceMapping, SearchParam, validate_resource
+from hospital.fhir.registry import (
+    FhirRegistry,
+    FhirValidationError,
+    ResourceMapping,
+    SearchParam,
+    date_clause,
+    validate_resource,
+)
 from hospital.models import ResourceVersion, User
 
 logger = logging.getLogger(__name__)
@@ -84,6 +91,14 @@ def parse_search(
         if name in RESULT_PARAMS:
             if name not in ("_page", "_format"):
                 search.used.extend((name, v) for v in values)
+            continue
+        if name == "_lastUpdated":
+            for value in values:
+                try:
+                    search.clauses.append(date_clause(last_updated_column(mapping), value))
+                except ValueError as exc:
+                    raise InvalidInput(f"bad value for _lastUpdated: {exc}") from exc
+                search.used.append((name, value))
             continue
         param = mapping.search_params.get(name)
         if param is None:

@@ -5,7 +5,7 @@ handling), writes through the stages' services, and transaction/batch Bundles.""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy import func, select
 
@@ -280,6 +280,17 @@ def test_sort_by_date_and_last_updated(as_role, demo, db_session) -> None:
         **ok(clinician.get(f"/fhir/ServiceRequest/{first.id}")), "status": "revoked"}))
     assert ids_of(ok(clinician.get("/fhir/ServiceRequest?_sort=-_lastUpdated")))[0] == str(first.id)
     assert "cannot sort" in outcome(clinician.get("/fhir/ServiceRequest?_sort=reason"), 400)
+
+
+def test_last_updated_search(as_role, demo, db_session) -> None:
+    first = make_referral(db_session, demo)
+    db_session.commit()
+    clinician = as_role("clinician")
+    changed = quote(ok(clinician.get(f"/fhir/ServiceRequest/{first.id}"))["meta"]["lastUpdated"])
+    assert ids_of(ok(clinician.get(f"/fhir/ServiceRequest?_lastUpdated=ge{changed}"))) == [str(first.id)]
+    assert ids_of(ok(clinician.get(f"/fhir/ServiceRequest?_lastUpdated=lt{changed}"))) == []
+    assert ids_of(ok(clinician.get("/fhir/ServiceRequest?_lastUpdated=gt2999-01-01"))) == []
+    assert "not a FHIR date" in outcome(clinician.get("/fhir/ServiceRequest?_lastUpdated=yesterday"), 400)
 
 
 def test_include_and_revinclude_respect_roles_and_compartments(as_role, demo, db_session) -> None:
