@@ -28,10 +28,10 @@ from hospital.fhir.registry import (
     register_resource,
     token_param,
 )
-from hospital.errors import InvalidInput
+from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.models import User
 from imaging_orders.models import Appointment, ImagingSeries, ImagingStudy, Schedule, Slot
-from imaging_orders.service import book_appointment
+from imaging_orders.service import book_appointment, cancel_appointment, move_appointment
 from referrals.fhir import ACCESSION_SYSTEM, DICOM_MODALITY_SYSTEM, referral_accession_identifier
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,22 @@ def book_appointment_from_fhir(session: Session, user: User, resource: dict[str,
     referral_id = referenced_id(resource, "basedOn", "ServiceRequest")
     slot_id = referenced_id(resource, "slot", "Slot")
     return book_appointment(session, user, referral_id, slot_id)
+
+
+def update_appointment_from_fhir(
+    session: Session, user: User, appointment: Appointment, resource: dict[str, Any]
+) -> Appointment:
+    """PUT Appointment: `status: cancelled` cancels it, a different `slot` moves it; both through
+    the same services as the pages. Nothing else about a booking is the client's to change."""
+    status = resource.get("status")
+    if status == "cancelled":
+        return cancel_appointment(session, user, appointment.id)
+    if status != appointment.status.value:
+        raise UnprocessableEntity(f"Appointment.status can only become 'cancelled' through FHIR, not {status!r}")
+    slot_id = referenced_id(resource, "slot", "Slot")
+    if slot_id != appointment.slot_id:
+        return move_appointment(session, user, appointment.id, slot_id)
+    return appointment
 
 
 def study_uid_identifier(uid: str) -> dict[str, Any]:
@@ -238,6 +254,7 @@ def register_fhir(app: Flask) -> None:
                 "date": date_param(Appointment.start, "Appointment start time"),
             },
             create=book_appointment_from_fhir,
+            update=update_appointment_from_fhir,
         ),
     )
     study_patient = patient_reference_param(ImagingStudy.patient_id)

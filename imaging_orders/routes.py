@@ -24,7 +24,9 @@ from imaging_orders.service import (
     accept_referral,
     appointments_for,
     book_appointment,
+    cancel_appointment,
     free_slots,
+    move_appointment,
     pending_referrals,
     reject_referral,
     studies_by_referral,
@@ -141,6 +143,27 @@ def book() -> ResponseReturnValue:
     appointment = book_appointment(session, current_user(), required(data, "referral_id", int), required(data, "slot_id", int))
     session.commit()
     return jsonify(appointment_json(appointment)), 201
+
+
+@bp.post("/api/appointments/<int:appointment_id>/move")
+@require_roles(Role.PATIENT, Role.CLINICIAN, Role.IMAGING_STAFF)
+def move(appointment_id: int) -> ResponseReturnValue:
+    slot_id = required(json_body(), "slot_id", int)
+    session = request_session()
+    appointment = move_appointment(session, current_user(), appointment_id, slot_id)
+    payload = appointment_json(appointment)
+    session.commit()
+    return jsonify(payload)
+
+
+@bp.post("/api/appointments/<int:appointment_id>/cancel")
+@require_roles(Role.PATIENT, Role.CLINICIAN, Role.IMAGING_STAFF)
+def cancel(appointment_id: int) -> ResponseReturnValue:
+    session = request_session()
+    appointment = cancel_appointment(session, current_user(), appointment_id)
+    payload = appointment_json(appointment)
+    session.commit()
+    return jsonify(payload)
 
 
 @bp.get("/api/appointments")

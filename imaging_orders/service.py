@@ -97,13 +97,8 @@ def free_slots(
     return list(session.scalars(query))
 
 
-def book_appointment(session: Session, user: User, referral_id: int, slot_id: int) -> Appointment:
-    """Book `slot_id` for an accepted referral. The patient, the referring clinician or the
-    centre's staff may book. Exactly one of two simultaneous bookings of a slot wins."""
-    referral = session.get(Referral, referral_id)
-    if referral is None:
-        raise NotFound(f"referral {referral_id} does not exist")
-    ensure_patient_access(session, user, referral.patient_id, "ServiceRequest", referral_id, "U")
+def _ensure_may_book(session: Session, user: User, referral: Referral) -> None:
+    ensure_patient_access(session, user, referral.patient_id, "ServiceRequest", referral.id, "U")
     allowed = (
         (user.role is Role.PATIENT and user.patient_id == referral.patient_id)
         or (user.role is Role.CLINICIAN and user.practitioner_id == referral.requester_id)
@@ -111,8 +106,10 @@ def book_appointment(session: Session, user: User, referral_id: int, slot_id: in
     )
     if not allowed:
         raise Forbidden("you may not book an appointment for this referral")
-    if referral.status not in BOOKABLE_REFERRAL_STATUSES:
-        raise Conflict(f"a referral that is {referral.status.value} cannot be booked (it must be accepted first)")
+
+
+def _free_slot_for(session: Session, referral: Referral, slot_id: int) -> Slot:
+    """The slot, checked to be free, in the future, at the referral's centre and modality."""
     slot = session.get(Slot, slot_id)
     if slot is None:
         raise NotFound(f"slot {slot_id} does not exist")
@@ -124,6 +121,28 @@ def book_appointment(session: Session, user: User, referral_id: int, slot_id: in
         raise Conflict("that slot is already taken; choose another")
     if slot.start <= utcnow():
         raise Conflict("that slot is in the past")
+    return slot
+
+
+def _flush_booking(session: Session) -> None:
+    try:
+        # The slot's version column and the unique slot_id make a concurrent booking fail here.
+        session.flush()
+    except (StaleDataError, IntegrityError) as exc:
+        session.rollback()
+        raise Conflict("that slot was just taken by someone else; choose another") from exc
+
+
+def book_appointment(session: Session, user: User, referral_id: int, slot_id: int) -> Appointment:
+    """Book `slot_id` for an accepted referral. The patient, the referring clinician or the
+    centre's staff may book. Exactly one of two simultaneous bookings of a slot wins."""
+    referral = session.get(Referral, referral_id)
+    if referral is None:
+        raise NotFound(f"referral {referral_id} does not exist")
+    _ensure_may_book(session, user, referral)
+    if referral.status not in BOOKABLE_REFERRAL_STATUSES:
+        raise Conflict(f"a referral that is {referral.status.value} cannot be booked (it must be accepted first)")
+    slot = _free_slot_for(session, referral, slot_id)
     slot.status = SlotStatus.BUSY
     appointment = Appointment(
         slot_id=slot.id,
@@ -136,13 +155,54 @@ def book_appointment(session: Session, user: User, referral_id: int, slot_id: in
     )
     session.add(appointment)
     referral.status = ReferralStatus.SCHEDULED
-    try:
-        # The slot's version column and the unique slot_id make a concurrent booking fail here.
-        session.flush()
-    except (StaleDataError, IntegrityError) as exc:
-        session.rollback()
-        raise Conflict("that slot was just taken by someone else; choose another") from exc
+    _flush_booking(session)
     record_access(session, user, "C", "Appointment", appointment.id, patient_id=referral.patient_id)
+    return appointment
+
+
+def _changeable_appointment(session: Session, user: User, appointment_id: int) -> tuple[Appointment, Referral]:
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None or appointment.referral_id is None:
+        raise NotFound(f"appointment {appointment_id} does not exist")
+    referral = session.get(Referral, appointment.referral_id)
+    assert referral is not None  # foreign key
+    _ensure_may_book(session, user, referral)
+    if appointment.status is not AppointmentStatus.BOOKED:
+        raise Conflict(f"an appointment that is {appointment.status.value} cannot be changed")
+    return appointment, referral
+
+
+def move_appointment(session: Session, user: User, appointment_id: int, slot_id: int) -> Appointment:
+    """Move a booked appointment to another open slot; the old slot opens again."""
+    appointment, referral = _changeable_appointment(session, user, appointment_id)
+    if appointment.slot_id == slot_id:
+        return appointment
+    new_slot = _free_slot_for(session, referral, slot_id)
+    old_slot = session.get(Slot, appointment.slot_id) if appointment.slot_id else None
+    if old_slot is not None:
+        old_slot.status = SlotStatus.FREE
+    new_slot.status = SlotStatus.BUSY
+    appointment.slot_id, appointment.start, appointment.end = new_slot.id, new_slot.start, new_slot.end
+    _flush_booking(session)
+    record_access(session, user, "U", "Appointment", appointment.id, patient_id=appointment.patient_id,
+                  description="moved")
+    return appointment
+
+
+def cancel_appointment(session: Session, user: User, appointment_id: int) -> Appointment:
+    """Cancel a booked appointment: its slot opens again and the referral can be booked anew."""
+    appointment, referral = _changeable_appointment(session, user, appointment_id)
+    slot = session.get(Slot, appointment.slot_id) if appointment.slot_id else None
+    if slot is not None:
+        slot.status = SlotStatus.FREE
+    # Releasing the slot id keeps the one-live-appointment-per-slot constraint for the next booking.
+    appointment.slot_id = None
+    appointment.status = AppointmentStatus.CANCELLED
+    if referral.status is ReferralStatus.SCHEDULED:
+        referral.status = ReferralStatus.ACCEPTED
+    session.flush()
+    record_access(session, user, "U", "Appointment", appointment.id, patient_id=appointment.patient_id,
+                  description="cancelled")
     return appointment
 
 

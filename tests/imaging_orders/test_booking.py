@@ -109,3 +109,40 @@ def test_two_simultaneous_bookings_of_the_last_slot_one_wins(live_database: str,
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Appointment).where(Appointment.slot_id == slot_id)) == 1
         assert session.get(Slot, slot_id).status is SlotStatus.BUSY
+
+
+def test_move_and_cancel_an_appointment(as_role: Any, demo: DemoSeed, db_session: Session) -> None:
+    accepted = accepted_referral(as_role, demo)
+    patient = as_role("patient")
+    first, second = patient.get(f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT").get_json()[:2]
+    booked = patient.post("/api/appointments", json={"referral_id": accepted["id"], "slot_id": first["id"]}).get_json()
+    moved = patient.post(f"/api/appointments/{booked['id']}/move", json={"slot_id": second["id"]})
+    assert moved.status_code == 200 and moved.get_json()["start"] == second["start"]
+    free_ids = {s["id"] for s in patient.get(f"/api/slots?organization_id={demo.imaging_centre.id}").get_json()}
+    assert first["id"] in free_ids and second["id"] not in free_ids
+    assert as_role("patient2").post(f"/api/appointments/{booked['id']}/cancel").status_code == 403
+    cancelled = patient.post(f"/api/appointments/{booked['id']}/cancel").get_json()
+    assert cancelled["status"] == "cancelled" and cancelled["slot_id"] is None
+    assert patient.post(f"/api/appointments/{booked['id']}/move", json={"slot_id": first["id"]}).status_code == 409
+    db_session.expire_all()
+    assert db_session.get(Referral, accepted["id"]).status is ReferralStatus.ACCEPTED
+    # The freed slot can be booked again for the same referral.
+    again = patient.post("/api/appointments", json={"referral_id": accepted["id"], "slot_id": second["id"]})
+    assert again.status_code == 201
+
+
+def test_fhir_update_moves_then_cancels_an_appointment(as_role: Any, demo: DemoSeed) -> None:
+    accepted = accepted_referral(as_role, demo)
+    patient = as_role("patient")
+    first, second = patient.get(f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT").get_json()[:2]
+    booked = patient.post("/api/appointments", json={"referral_id": accepted["id"], "slot_id": first["id"]}).get_json()
+    url = f"/fhir/Appointment/{booked['id']}"
+    resource = patient.get(url).get_json()
+    moved = patient.put(url, json={**resource, "slot": [{"reference": f"Slot/{second['id']}"}]},
+                        headers={"If-Match": patient.get(url).headers["ETag"]})
+    assert moved.status_code == 200, moved.get_data(as_text=True)
+    assert patient.get(url).get_json()["start"][:16] == second["start"][:16]
+    refused = patient.put(url, json={**patient.get(url).get_json(), "status": "fulfilled"})
+    assert refused.status_code == 422
+    cancelled = patient.put(url, json={**patient.get(url).get_json(), "status": "cancelled"})
+    assert cancelled.status_code == 200 and patient.get(url).get_json()["status"] == "cancelled"
