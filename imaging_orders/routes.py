@@ -18,7 +18,7 @@ from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import DomainError, InvalidInput, NotFound
 from hospital.models import Role
-from imaging_orders.models import Appointment, ImagingStudy, Slot
+from imaging_orders.models import Appointment, AppointmentStatus, ImagingStudy, Slot
 from imaging_orders.service import (
     WorklistEntry,
     accept_referral,
@@ -261,16 +261,25 @@ def appointments_page() -> ResponseReturnValue:
     session = request_session()
     user = current_user()
     if request.method == "POST":
+        action = request.form.get("action", "book")
+        appointment_id = request.form.get("appointment_id", type=int) or 0
+        slot_id = request.form.get("slot_id", type=int) or 0
         try:
-            book_appointment(
-                session, user, request.form.get("referral_id", type=int) or 0, request.form.get("slot_id", type=int) or 0
-            )
+            if action == "cancel":
+                cancel_appointment(session, user, appointment_id)
+                done = "Appointment cancelled; the referral can be booked again below."
+            elif action == "move":
+                move_appointment(session, user, appointment_id, slot_id)
+                done = "Appointment moved."
+            else:
+                book_appointment(session, user, request.form.get("referral_id", type=int) or 0, slot_id)
+                done = "Appointment booked. You will find it in the list below."
         except DomainError as exc:
             session.rollback()
             flash(exc.message, "error")
         else:
             session.commit()
-            flash("Appointment booked. You will find it in the list below.")
+            flash(done)
         return redirect(url_for("imaging_orders.appointments_page"))
     appointments = appointments_for(session, user)
     to_book = list(
@@ -280,6 +289,10 @@ def appointments_page() -> ResponseReturnValue:
             .where(Referral.requester_id == user.practitioner_id if user.role is Role.CLINICIAN else Referral.patient_id == user.patient_id)
         )
     )
-    offers = {r.id: free_slots(session, r.performer_organization_id, r.modality, utcnow(), utcnow() + timedelta(days=14), limit=12) for r in to_book}
+    window = (utcnow(), utcnow() + timedelta(days=14))
+    offers = {r.id: free_slots(session, r.performer_organization_id, r.modality, *window, limit=12) for r in to_book}
+    movable = {a.id: free_slots(session, a.referral.performer_organization_id, a.referral.modality, *window, limit=12)
+               for a in appointments if a.status is AppointmentStatus.BOOKED and a.referral is not None}
     session.commit()
-    return render_template("imaging_orders/appointments.html", appointments=appointments, to_book=to_book, offers=offers)
+    return render_template("imaging_orders/appointments.html", appointments=appointments, to_book=to_book,
+                           offers=offers, movable=movable)

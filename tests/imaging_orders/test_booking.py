@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from hospital.db import get_db
 from hospital.models import User
-from hospital.seed import DemoSeed, seed_demo
+from hospital.seed import DEMO_PASSWORD, DemoSeed, seed_demo
 from imaging_orders.models import Appointment, Slot, SlotStatus
 from imaging_orders.service import book_appointment
 from referrals.models import Referral, ReferralStatus
@@ -146,3 +146,19 @@ def test_fhir_update_moves_then_cancels_an_appointment(as_role: Any, demo: DemoS
     assert refused.status_code == 422
     cancelled = patient.put(url, json={**patient.get(url).get_json(), "status": "cancelled"})
     assert cancelled.status_code == 200 and patient.get(url).get_json()["status"] == "cancelled"
+
+
+def test_patient_moves_and_cancels_on_the_appointments_page(client: Any, as_role: Any, demo: DemoSeed) -> None:
+    accepted = accepted_referral(as_role, demo)
+    first, second = as_role("patient").get(f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT").get_json()[:2]
+    booked = as_role("patient").post("/api/appointments", json={"referral_id": accepted["id"], "slot_id": first["id"]}).get_json()
+    token = client.get("/login").get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
+    client.post("/login", data={"username": "patient", "password": DEMO_PASSWORD, "csrf_token": token})
+    html = client.get("/appointments").get_data(as_text=True)
+    token = html.split('name="csrf_token" value="')[1].split('"')[0]
+    form = {"csrf_token": token, "appointment_id": booked["id"], "slot_id": second["id"]}
+    moved = client.post("/appointments", data={**form, "action": "move"}, follow_redirects=True)
+    assert "Appointment moved." in moved.get_data(as_text=True)
+    cancelled = client.post("/appointments", data={**form, "action": "cancel"}, follow_redirects=True)
+    assert "Appointment cancelled" in cancelled.get_data(as_text=True)
+    assert as_role("patient").get(f"/fhir/Appointment/{booked['id']}").get_json()["status"] == "cancelled"
