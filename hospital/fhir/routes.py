@@ -489,6 +489,22 @@ def update(type_name: str, resource_id: str) -> Response:
     return _write_response(mapping, row, 200, session)
 
 
+@bp.delete("/<type_name>/<resource_id>")
+def delete(type_name: str, resource_id: str) -> Response:
+    """Health and billing records are kept (retention, audit): ending one is a status change."""
+    current_user()
+    mapping = _mapping_or_404(type_name)
+    how = DELETE_ALTERNATIVES.get(mapping.type_name, "records of this type are kept for the legal retention period")
+    raise NotSupported(f"{mapping.type_name} records are never deleted; {how}")
+
+
+DELETE_ALTERNATIVES = {
+    "ServiceRequest": "cancel with an update to status 'revoked'",
+    "Appointment": "cancel with an update to status 'cancelled'",
+    "Task": "end it with an update to status 'cancelled'",
+}
+
+
 # --- transaction and batch -----------------------------------------------------------------------
 
 

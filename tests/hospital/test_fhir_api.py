@@ -371,3 +371,13 @@ def test_batch_runs_each_entry_on_its_own(as_role, demo, db_session) -> None:
     statuses = [e["response"]["status"] for e in response["entry"]]
     assert statuses[0] == "400" and statuses[1].startswith("201") and statuses[2].startswith("200")
     assert db_session.scalar(select(func.count()).select_from(Patient).where(Patient.mrn == "MRN-BATCH-1")) == 1
+
+
+def test_delete_is_refused_with_the_workflow_alternative(as_role, demo, db_session) -> None:
+    referral = make_referral(db_session, demo)
+    db_session.commit()
+    clinician = as_role("clinician")
+    refused = clinician.delete(f"/fhir/ServiceRequest/{referral.id}")
+    assert "status 'revoked'" in outcome(refused, 405)
+    assert ok(clinician.get(f"/fhir/ServiceRequest/{referral.id}"))["id"] == str(referral.id)
+    assert outcome(clinician.delete("/fhir/Spaceship/1"), 404)
