@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, DiagnosticReport, ModelVersion, ReportStatus, ReviewStatus
 from ai_services.overlay import WINDOWS, OverlayBox, render_overlay
@@ -173,6 +174,64 @@ def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
     return Response(png, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
 
 
+@bp.get("/reports/<int:report_id>/slices/<int:index>.png")
+@require_roles()
+def slice_image(report_id: int, index: int) -> ResponseReturnValue:
+    """Any slice of the analysed series, windowed, with the report's kept findings on it drawn."""
+    session = request_session()
+    found = get_report(session, current_user(), report_id)
+    uids = _slice_uids(session, found)
+    if not uids:
+        raise NotFound(f"report {report_id} has no analysed series")
+    if not 0 <= index < len(uids):
+        raise NotFound(f"slice {index} is not in 0..{len(uids) - 1}")
+    preset = request.args.get("window", "lung")
+    if preset not in WINDOWS:
+        raise InvalidInput(f"window must be one of {sorted(WINDOWS)}")
+    instance = session.scalar(select(ImagingInstance).where(ImagingInstance.sop_instance_uid == uids[index]))
+    if instance is None:
+        raise NotFound(f"slice {index} is not stored here")
+    boxes = [
+        OverlayBox(f.x0, f.y0, f.x1, f.y1, f"#{f.id} {f.diameter_mm:.0f} mm")
+        for f in found.findings
+        if f.slice_index == index and f.review_status is not ReviewStatus.REJECTED
+    ]
+    png = render_overlay(current_app.config["DICOM_STORAGE_DIR"] / instance.path, boxes, preset)
+    session.commit()
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+def _slice_uids(session: Session, report: DiagnosticReport) -> list[str]:
+    job = session.get(AnalysisJob, report.analysis_job_id) if report.analysis_job_id else None
+    return list(job.slice_sop_instance_uids or []) if job else []
+
+
+@bp.post("/reports/<int:report_id>/findings/add")
+@require_roles(Role.RADIOLOGIST)
+def add_finding_page(report_id: int) -> ResponseReturnValue:
+    """The "add a missed finding" form of the slice viewer; the slice number is 1-based as shown."""
+    session = request_session()
+    form = request.form
+    preset = form.get("window", "lung") if form.get("window") in WINDOWS else "lung"
+    slice_number = form.get("slice", type=int)
+    anchor = "slice-viewer"
+    try:
+        if slice_number is None:
+            raise InvalidInput("a missed finding needs a whole slice number")
+        box = _form_box(form)
+        finding = add_finding(session, current_user(), report_id, slice_number - 1, box, form.get("comment") or None)
+        message = f"Finding {finding.id} added on slice {slice_number}."
+        anchor = f"finding-{finding.id}"
+    except DomainError as exc:
+        session.rollback()
+        flash(exc.message, "error")
+    else:
+        session.commit()
+        flash(message)
+    return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset,
+                            slice=slice_number, _anchor=anchor))
+
+
 @bp.get("/reading")
 @require_roles(Role.RADIOLOGIST)
 def reading_list_page() -> ResponseReturnValue:
@@ -222,10 +281,14 @@ def report_page(report_id: int) -> ResponseReturnValue:
             flash(message)
         return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset, _anchor=anchor))
     found = get_report(session, user, report_id)
+    kept = [f for f in found.findings if f.review_status is not ReviewStatus.REJECTED]
+    slice_count = len(_slice_uids(session, found)) if user.role is not Role.PATIENT else 0
+    # The viewer opens on the asked slice, else on the first kept finding's slice.
+    current = request.args.get("slice", type=int) or (kept[0].slice_index + 1 if kept else 1)
     page = render_template(
         "ai_services/report.html", report=found, window=preset, windows=list(WINDOWS),
-        pending=[f.id for f in found.findings if f.review_status is ReviewStatus.PENDING],
-        kept=[f for f in found.findings if f.review_status is not ReviewStatus.REJECTED],
+        pending=[f.id for f in found.findings if f.review_status is ReviewStatus.PENDING], kept=kept,
+        slice_count=slice_count, current_slice=min(max(current, 1), max(slice_count, 1)),
     )
     session.commit()
     return page
@@ -235,7 +298,7 @@ def _form_box(form: Any) -> Box:
     try:
         return Box(*(int(form.get(name, "")) for name in ("x0", "y0", "x1", "y1")))
     except ValueError as exc:
-        raise InvalidInput("an edited box needs whole-number x0, y0, x1 and y1") from exc
+        raise InvalidInput("a box needs whole-number x0, y0, x1 and y1") from exc
 
 
 @bp.get("/models")

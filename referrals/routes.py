@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
 from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import DomainError, InvalidInput
 from hospital.models import Organization, OrganizationKind, Patient, Role
+from hospital.patients import GENDERS, PatientDetails, create_patient
 from referrals.models import Priority, Referral, ReferralStatus
 from referrals.service import ReferralRequest, cancel_referral, create_referral, get_referral, list_referrals
 
@@ -114,9 +116,21 @@ def referral_list_page() -> ResponseReturnValue:
 @bp.route("/referrals/new", methods=["GET", "POST"])
 @require_roles(Role.CLINICIAN)
 def new_referral_page() -> ResponseReturnValue:
+    """The referral form, with a server-side patient search (`?q=`) and "register a new patient",
+    which comes back here with the new patient chosen (`?patient_id=`)."""
     session = request_session()
     error = None
-    if request.method == "POST":
+    if request.method == "POST" and request.form.get("action") == "register_patient":
+        try:
+            patient = create_patient(session, current_user(), _patient_details(request.form))
+        except DomainError as exc:
+            session.rollback()
+            error = exc.message
+        else:
+            session.commit()
+            flash(f"Patient {patient.display_name} registered with MRN {patient.mrn}; they are chosen below.")
+            return redirect(url_for("referrals.new_referral_page", patient_id=patient.id))
+    elif request.method == "POST":
         form = request.form
         try:
             referral = create_referral(
@@ -139,14 +153,43 @@ def new_referral_page() -> ResponseReturnValue:
             session.commit()
             flash(f"Referral {referral.id} sent to {referral.performer.name}. Its status is shown below.")
             return redirect(url_for("referrals.referral_list_page"))
-    patients = session.scalars(select(Patient).order_by(Patient.family_name).limit(200)).all()
+    form = request.form if request.method == "POST" else request.args
+    search = (request.args.get("q") or "").strip()
+    patients = list(session.scalars(_patient_search(search).order_by(Patient.family_name, Patient.given_name).limit(200)))
+    chosen = form.get("patient_id", type=int)
+    if chosen and all(p.id != chosen for p in patients) and (patient := session.get(Patient, chosen)) is not None:
+        patients.insert(0, patient)  # the patient just registered or chosen stays selectable
     centres = session.scalars(
         select(Organization).where(Organization.kind == OrganizationKind.IMAGING_CENTRE).order_by(Organization.name)
     ).all()
     return render_template(
         "referrals/new.html", patients=patients, centres=centres, priorities=list(Priority), error=error,
-        form=request.form,
+        form=form, search=search, genders=sorted(GENDERS),
+        registering=request.form.get("action") == "register_patient",
     ), 400 if error else 200
+
+
+def _patient_search(text: str) -> Any:
+    """Patients whose MRN, given or family name (or "given family") contains every word of `text`."""
+    query = select(Patient)
+    for word in text.split()[:5]:
+        pattern = f"%{word.replace('%', '').replace('_', '')}%"
+        query = query.where(or_(Patient.mrn.ilike(pattern), Patient.given_name.ilike(pattern), Patient.family_name.ilike(pattern)))
+    return query
+
+
+def _patient_details(form: Any) -> PatientDetails:
+    for name, limit in (("family_name", 100), ("given_name", 100), ("mrn", 64)):
+        if len(form.get(name, "")) > limit:
+            raise InvalidInput(f"{name.replace('_', ' ')} is longer than {limit} characters")
+    try:
+        birth_date = date.fromisoformat(form["birth_date"]) if form.get("birth_date") else None
+    except ValueError as exc:
+        raise InvalidInput(f"birth date {form.get('birth_date')!r} is not a date (YYYY-MM-DD)") from exc
+    return PatientDetails(
+        family_name=form.get("family_name", ""), given_name=form.get("given_name", ""), birth_date=birth_date,
+        gender=form.get("gender") or "unknown", mrn=(form.get("mrn") or "").strip() or None,
+    )
 
 
 def _form_int(value: str | None, label: str) -> int:
