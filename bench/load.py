@@ -170,6 +170,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2, help="concurrent client loops")
     parser.add_argument("--slices", type=int, default=16, help="CT slices per study")
     parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--ai-workers", type=int, default=1, help="`hospital worker --queue ai` processes")
     parser.add_argument("--drain-timeout", type=float, default=240, help="seconds to wait for the queues to empty")
     parser.add_argument("--record", action="store_true", help="write the result into bench/RESULTS.md")
     args = parser.parse_args()
@@ -207,6 +208,8 @@ def main() -> int:
             [sys.executable, "-m", "hospital.cli", "dicom", "--host", "127.0.0.1", "--port", str(dicom_port),
              "--ae-title", AE_TITLE], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         processes["ai"] = start_worker(env, "ai", log=work / "workers.log")
+        for extra in range(1, args.ai_workers):  # only the first is the chaos victim
+            processes[f"ai{extra + 1}"] = start_worker(env, "ai", log=work / "workers.log")
         processes["other"] = start_worker(env, "billing", "notify", "default", log=work / "workers.log")
         base = f"http://127.0.0.1:{web_port}"
 
@@ -295,9 +298,10 @@ def record(summary: dict[str, Any], args: argparse.Namespace) -> None:
     r = summary["reconciliation"]
     lines = [
         "## Load and chaos", "",
-        f"`bench/load.py` (run: `.venv/bin/python bench/load.py --duration {args.duration:.0f} --clients {args.clients} --record`).",
+        f"`bench/load.py` (run: `.venv/bin/python bench/load.py --duration {args.duration:.0f} --clients {args.clients} "
+        f"--ai-workers {args.ai_workers} --drain-timeout {args.drain_timeout:.0f} --record`).",
         "Production layout on this 2-CPU machine: gunicorn (`deploy/gunicorn.conf.py`, "
-        f"{args.web_workers} workers x 4 threads), `hospital dicom`, one AI worker and one billing+notify+default worker, "
+        f"{args.web_workers} workers x 4 threads), `hospital dicom`, {args.ai_workers} AI worker(s) and one billing+notify+default worker, "
         "fresh PostgreSQL database, a Redis of the benchmark's own. Each client loop: referral, acceptance, slot search, "
         f"booking, worklist, then a {args.slices}-slice CT study over one DICOM association; the AI reads every study, "
         "billing charges scan and AI.", "",

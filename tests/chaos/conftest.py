@@ -1,5 +1,5 @@
-"""Fixtures for chaos tests: our own Redis (restartable), the run's database, a worker launcher
-that cleans up after itself."""
+"""Fixtures for chaos tests: our own Redis and PostgreSQL (restartable), the run's database, a
+worker launcher that cleans up after itself."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.processes import OwnRedis, hospital_env, kill_hard, start_worker
+from hospital.migrate import upgrade
+from tests.chaos.processes import (
+    OwnPostgres,
+    OwnRedis,
+    hospital_env,
+    kill_hard,
+    own_postgres_unavailable,
+    start_worker,
+)
 
 # Short enough that a dead worker's job is re-sent within the test, long enough for the analysis.
 JOB_TIMEOUT_SECONDS = 15
@@ -22,6 +30,23 @@ def own_redis() -> Iterator[OwnRedis]:
     redis.start()
     yield redis
     redis.stop()
+
+
+@pytest.fixture()
+def own_postgres() -> Iterator[OwnPostgres]:
+    """A migrated PostgreSQL cluster of the test's own, so it can be stopped without touching the
+    shared server every other test run on this machine uses."""
+    reason = own_postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    postgres = OwnPostgres()
+    try:
+        postgres.init()
+        postgres.start()
+        upgrade(postgres.url)
+        yield postgres
+    finally:
+        postgres.destroy()
 
 
 @pytest.fixture()

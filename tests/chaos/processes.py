@@ -5,6 +5,7 @@ killed with SIGKILL, horse and all, as a machine losing power would."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -71,10 +72,25 @@ class OwnRedis:
         self.kill()
 
 
+def own_postgres_unavailable() -> str | None:
+    """Why `OwnPostgres` cannot run here (a reason to skip with), or None when it can."""
+    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
+        return f"no initdb/pg_ctl under {PG_BIN} (set PG_BIN)"
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            return "running as root without runuser, and initdb refuses root"
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root without a `postgres` user to own the cluster"
+    return None
+
+
 @dataclass
 class OwnPostgres:
     """A PostgreSQL cluster in a temporary directory on a free port, run as the `postgres` user
-    when we are root (initdb refuses root)."""
+    when we are root (initdb refuses root). Trust authentication, listening on 127.0.0.1 only;
+    fsync off, since a crash of the test machine may lose it all."""
 
     port: int = field(default_factory=free_port)
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chaos-pg-")))
@@ -83,28 +99,44 @@ class OwnPostgres:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _as_owner(self, *args: str) -> list[str]:
-        return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+    def _run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        command = ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+        # cwd: the postgres user may not be allowed into ours, and initdb needs to know where it is.
+        result = subprocess.run(command, cwd=self.data_dir, capture_output=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({result.returncode}): "
+                               f"{(result.stderr or result.stdout).decode(errors='replace')[-2000:]}{self._log_tail()}")
+        return result
+
+    def _log_tail(self) -> str:
+        try:
+            return "\nserver log:\n" + (self.data_dir / "log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
 
     def init(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.data_dir, "postgres", "postgres")
-        subprocess.run(self._as_owner(str(PG_BIN / "initdb"), "-D", str(self.data_dir / "data"), "-U", "postgres",
-                                      "--auth=trust", "-E", "UTF8", "--no-sync"),
-                       check=True, capture_output=True)
+        self._run(str(PG_BIN / "initdb"), "-D", str(self.data_dir / "data"), "-U", "postgres", "--auth=trust",
+                  "-E", "UTF8", "--no-sync", "--no-instructions")
 
     def start(self) -> None:
-        subprocess.run(self._as_owner(
-            str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "-w", "-l", str(self.data_dir / "log"),
+        self._run(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "-w", "-t", "30", "-l", str(self.data_dir / "log"),
             "-o", f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
-        ), check=True, capture_output=True)
+        )
 
-    def stop(self, mode: str = "immediate") -> None:
-        subprocess.run(self._as_owner(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "-m", mode, "-w",
-                                      "stop"), capture_output=True)
+    def stop(self, mode: str = "fast") -> None:
+        """`fast` ends every session at once (their transactions roll back), then shuts down cleanly."""
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "-m", mode, "-w", "-t", "30", "stop",
+                  check=False)
+
+    def is_running(self) -> bool:
+        return self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "status", check=False).returncode == 0
 
     def destroy(self) -> None:
-        self.stop()
+        if (self.data_dir / "data" / "postmaster.pid").exists():
+            self.stop("immediate")
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
