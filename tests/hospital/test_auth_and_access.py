@@ -6,8 +6,10 @@ import hashlib
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from hospital.auth import MAX_FAILED_LOGINS
@@ -147,3 +149,16 @@ def test_tokens_are_stored_hashed_and_expire(client: FlaskClient, demo: DemoSeed
         row.expires_at = utcnow() - timedelta(seconds=1)
     db_session.commit()
     assert client.get("/api/me", headers=headers).status_code == 401
+
+
+def test_audit_trail_is_append_only_in_the_database(db_session: Session, demo: DemoSeed) -> None:
+    event = AuditEvent(action="R", entity_type="Patient", entity_id=str(demo.patient.id), patient_id=demo.patient.id)
+    db_session.add(event)
+    db_session.flush()
+    record_id = event.id
+    for statement in (update(AuditEvent).where(AuditEvent.id == record_id).values(outcome=0),
+                      delete(AuditEvent).where(AuditEvent.id == record_id)):
+        nested = db_session.begin_nested()
+        with pytest.raises(DBAPIError, match="append-only"):
+            db_session.execute(statement)
+        nested.rollback()
