@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
@@ -14,10 +14,12 @@ from sqlalchemy import select
 
 from billing.models import ChargeItem, Invoice
 from billing.charts import revenue_bars_svg
-from billing.models import Payer, PaymentKind
+from billing.models import Payer, PaymentKind, ServiceLine
 from billing.service import (
     REVENUE_GROUPS,
     PaymentRequest,
+    add_catalog_entry,
+    catalog_entries,
     format_money,
     get_invoice,
     invoice_balance,
@@ -33,7 +35,7 @@ from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import DomainError, InvalidInput
-from hospital.models import Role
+from hospital.models import Organization, Role
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +184,49 @@ def revenue_page() -> ResponseReturnValue:
         )
         reports[group_by] = (lines, chart)
     return render_template("billing/revenue.html", reports=reports, money=format_money)
+
+
+@bp.route("/admin/catalog", methods=["GET", "POST"])
+@require_roles(Role.ADMIN)
+def catalog_page() -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        form = request.form
+        try:
+            add_catalog_entry(
+                session, user, code=form.get("code", ""), display=form.get("display", ""),
+                service_line=_enum(ServiceLine, form.get("service_line"), "service_line"),
+                organization_id=form.get("organization_id", type=int),
+                unit_price_minor=_form_minor_units(form.get("price", "")), currency=form.get("currency", ""),
+                effective_from=_form_day(form.get("effective_from", "")),
+            )
+        except DomainError as exc:
+            session.rollback()
+            flash(exc.message, "error")
+        else:
+            session.commit()
+            flash("Price saved.")
+        return redirect(url_for("billing.catalog_page"))
+    entries = catalog_entries(session, user)
+    organizations = session.scalars(select(Organization).order_by(Organization.name)).all()
+    return render_template("billing/catalog.html", entries=entries, organizations=organizations,
+                           service_lines=list(ServiceLine), money=format_money)
+
+
+def _form_minor_units(value: str) -> int:
+    """'150.00' or '150' (major units, at most two decimals) -> 15000 minor units, without floats."""
+    whole, _, fraction = value.strip().partition(".")
+    if not whole.isdigit() or len(fraction) > 2 or (fraction and not fraction.isdigit()):
+        raise InvalidInput(f"the price is an amount like 150.00, not {value!r}")
+    return int(whole) * 100 + int(fraction.ljust(2, "0") or 0)
+
+
+def _form_day(value: str) -> datetime:
+    try:
+        return datetime.combine(date.fromisoformat(value), time.min, tzinfo=UTC)
+    except ValueError as exc:
+        raise InvalidInput(f"the start date is YYYY-MM-DD, not {value!r}") from exc
 
 
 @bp.get("/invoices")

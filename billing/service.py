@@ -27,6 +27,7 @@ from billing.models import (
     Payer,
     Payment,
     PaymentKind,
+    ServiceLine,
 )
 from followup.models import Consultation, MedicationDispense, MedicationRequest
 from hospital.access import ensure_patient_access
@@ -386,3 +387,64 @@ def format_money(minor: int, currency: str) -> str:
     sign = "-" if minor < 0 else ""
     whole, cents = divmod(abs(minor), 100)
     return f"{sign}{whole:,}.{cents:02d} {currency}"
+
+
+# Appended-only edit: this import belongs in the `billing.models` import at the top.
+
+
+def add_catalog_entry(
+    session: Session,
+    user: User,
+    *,
+    code: str,
+    display: str,
+    service_line: ServiceLine,
+    organization_id: int | None,
+    unit_price_minor: int,
+    currency: str,
+    effective_from: datetime,
+) -> CatalogEntry:
+    """An administrator sets a new price from a date on. The price in force until then (the
+    open-ended entry of the same code and organisation) ends where the new one starts, so exactly
+    one price applies on any date and past charges keep the price they were made at."""
+    if user.role is not Role.ADMIN:
+        raise Forbidden("only an administrator changes the price catalog")
+    code, display, currency = code.strip(), display.strip(), currency.strip().upper()
+    if not code or not display:
+        raise InvalidInput("a price needs a service code and a display name")
+    if isinstance(unit_price_minor, bool) or not isinstance(unit_price_minor, int) or unit_price_minor < 0:
+        raise InvalidInput(f"the price is a whole, non-negative number of minor units, not {unit_price_minor!r}")
+    if len(currency) != 3 or not currency.isascii() or not currency.isalpha():
+        raise InvalidInput(f"the currency is an ISO 4217 code of 3 letters, not {currency!r}")
+    if effective_from.tzinfo is None:
+        raise InvalidInput("effective_from needs a time zone")
+    if organization_id is not None and session.get(Organization, organization_id) is None:
+        raise NotFound(f"organization {organization_id} does not exist")
+    same_price_line = [
+        CatalogEntry.code == code,
+        CatalogEntry.organization_id == organization_id if organization_id is not None
+        else CatalogEntry.organization_id.is_(None),
+    ]
+    current = session.scalar(
+        select(CatalogEntry).where(*same_price_line, CatalogEntry.effective_to.is_(None)).with_for_update()
+    )
+    if current is not None:
+        if effective_from <= current.effective_from:
+            raise Conflict(f"the price in force for {code!r} starts {current.effective_from.date().isoformat()}; "
+                           "a new price must start after it")
+        current.effective_to = effective_from
+    entry = CatalogEntry(code=code, display=display, service_line=service_line, organization_id=organization_id,
+                         unit_price_minor=unit_price_minor, currency=currency, effective_from=effective_from)
+    session.add(entry)
+    session.flush()
+    record_access(session, user, "C", "ChargeItemDefinition", entry.id,
+                  description=f"{code} {unit_price_minor} {currency} from {effective_from.isoformat()}")
+    return entry
+
+
+def catalog_entries(session: Session, user: User) -> list[CatalogEntry]:
+    """The whole price catalog for an administrator, by organisation (platform-wide first), code and date."""
+    if user.role is not Role.ADMIN:
+        raise Forbidden("the price catalog is for administrators")
+    return list(session.scalars(select(CatalogEntry).order_by(
+        CatalogEntry.organization_id.nulls_first(), CatalogEntry.code, CatalogEntry.effective_from)))

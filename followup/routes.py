@@ -264,7 +264,10 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
     if request.method == "POST":
         form = request.form
         try:
-            if form.get("action") == "finish":
+            if form.get("action") == "message":
+                send_message(session, user, consultation_id, form.get("body", ""), notifier())
+                message = "Message sent."
+            elif form.get("action") == "finish":
                 finish_consultation(session, user, consultation_id, form.get("note", ""))
                 message = "Consultation finished; the visit task is marked done."
             else:
@@ -289,6 +292,9 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
         "followup/consultation.html", consultation=found,
         plan=session.scalar(select(CarePlan).where(CarePlan.consultation_id == found.id)),
         prescriptions=prescriptions_for_consultation(session, found.id),
+        messages=list_messages(session, user, found.id),
+        can_message=(user.role is Role.CLINICIAN and found.practitioner_id == user.practitioner_id)
+        or (user.role is Role.PATIENT and found.patient_id == user.patient_id),
         pharmacies=session.scalars(
             select(Organization).where(Organization.kind == OrganizationKind.PHARMACY).order_by(Organization.name)
         ).all(),

@@ -1,4 +1,5 @@
-"""Administrator pages of the core: search the audit trail by patient, user and date.
+"""Administrator pages of the core: search the audit trail by patient, user and date; list the
+user accounts and unlock those that failed sign-ins have locked.
 
 The audit trail is append-only; this page only reads it, and the search itself is audited (an
 administrator looking through who saw what is an access worth recording too).
@@ -10,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from flask import Blueprint, Flask, render_template, request
+from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
@@ -18,8 +19,9 @@ from sqlalchemy.orm import Session, aliased
 from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import InvalidInput
+from hospital.errors import DomainError, InvalidInput
 from hospital.models import AuditEvent, Patient, Role, User
+from hospital.users import is_locked, list_users, unlock_user
 from hospital.web import add_nav_link
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,29 @@ def audit_log_page() -> ResponseReturnValue:
     return page
 
 
+@bp.route("/admin/users", methods=["GET", "POST"])
+@require_roles(Role.ADMIN)
+def users_page() -> ResponseReturnValue:
+    session = request_session()
+    admin = current_user()
+    if request.method == "POST":
+        try:
+            user = unlock_user(session, admin, request.form.get("user_id", type=int) or 0)
+            message = f"{user.username} is unlocked and may sign in again."
+        except DomainError as exc:
+            session.rollback()
+            flash(exc.message, "error")
+        else:
+            session.commit()
+            flash(message)
+        return redirect(url_for("admin_pages.users_page"))
+    users = list_users(session, admin)
+    page = render_template("admin/users.html", users=users, locked={u.id for u in users if is_locked(u)})
+    session.commit()
+    return page
+
+
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     add_nav_link(app, "Audit log", "admin_pages.audit_log_page", Role.ADMIN)
+    add_nav_link(app, "Users", "admin_pages.users_page", Role.ADMIN)

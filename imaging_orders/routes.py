@@ -25,6 +25,7 @@ from imaging_orders.service import (
     appointments_for,
     book_appointment,
     cancel_appointment,
+    check_in_appointment,
     free_slots,
     move_appointment,
     pending_referrals,
@@ -228,6 +229,22 @@ def worklist_page() -> ResponseReturnValue:
     )
     session.commit()
     return page
+
+
+@bp.post("/worklist/appointments/<int:appointment_id>/check-in")
+@require_roles(Role.IMAGING_STAFF)
+def check_in_page(appointment_id: int) -> ResponseReturnValue:
+    session = request_session()
+    try:
+        appointment = check_in_appointment(session, current_user(), appointment_id)
+        message = f"{appointment.patient.display_name} checked in."
+    except DomainError as exc:
+        session.rollback()
+        flash(exc.message, "error")
+    else:
+        session.commit()
+        flash(message)
+    return redirect(url_for("imaging_orders.worklist_page", date=request.form.get("date") or None))
 
 
 @bp.route("/incoming", methods=["GET", "POST"])

@@ -278,3 +278,24 @@ def studies_by_referral(session: Session, referral_ids: list[int]) -> dict[int, 
         assert study.referral_id is not None  # filtered above
         found[study.referral_id] = study
     return found
+
+
+def check_in_appointment(session: Session, user: User, appointment_id: int) -> Appointment:
+    """Imaging staff record that the patient has arrived (booked -> arrived). Idempotent: checking
+    in an arrived patient again changes nothing."""
+    appointment = session.get(Appointment, appointment_id, with_for_update=True)
+    if appointment is None:
+        raise NotFound(f"appointment {appointment_id} does not exist")
+    slot = session.get(Slot, appointment.slot_id) if appointment.slot_id else None
+    schedule = session.get(Schedule, slot.schedule_id) if slot is not None else None
+    if user.role is not Role.IMAGING_STAFF or schedule is None or schedule.organization_id != user.organization_id:
+        raise Forbidden("only staff of the imaging centre holding this appointment can check the patient in")
+    if appointment.status is AppointmentStatus.ARRIVED:
+        return appointment
+    if appointment.status is not AppointmentStatus.BOOKED:
+        raise Conflict(f"an appointment that is {appointment.status.value} cannot be checked in")
+    appointment.status = AppointmentStatus.ARRIVED
+    session.flush()
+    record_access(session, user, "U", "Appointment", appointment.id, patient_id=appointment.patient_id,
+                  description="checked in")
+    return appointment

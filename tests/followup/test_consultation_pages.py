@@ -1,0 +1,56 @@
+"""The consultation page's message thread: the consulting clinician and the patient read and
+write; another patient is refused."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from followup.models import Message
+from hospital.seed import DemoSeed
+from tests.followup.test_consultation_and_pharmacy import signed_consultation
+from tests.referrals.test_referral_pages import csrf_token_of, sign_in
+
+
+def post_message(client: FlaskClient, url: str, body: str) -> None:
+    token = csrf_token_of(client.get(url).get_data(as_text=True))
+    response = client.post(url, data={"action": "message", "body": body, "csrf_token": token})
+    assert response.status_code == 302
+
+
+def test_clinician_and_patient_exchange_messages_on_the_page(
+    client: FlaskClient, app, db_session: Session, demo: DemoSeed
+) -> None:
+    consultation_id = signed_consultation(db_session, demo, (10, 10, 14, 14))
+    url = f"/consultations/{consultation_id}"
+    sign_in(client, "clinician")
+    assert 'id="message-form"' in client.get(url).get_data(as_text=True)
+    post_message(client, url, "Your scan shows a small nodule; let us talk.")
+    client.post("/logout", data={"csrf_token": csrf_token_of(client.get(url).get_data(as_text=True))})
+
+    patient = app.test_client()
+    sign_in(patient, "patient")
+    post_message(patient, url, "Thank you, Thursday works.")
+    page = patient.get(url).get_data(as_text=True)
+    thread = page.split('id="message-thread"')[1].split("</ol>")[0]
+    assert thread.index("small nodule") < thread.index("Thursday works")  # oldest first
+    assert "Clinician" in thread and "You" in thread and " UTC</time>" in thread
+    empty = patient.post(url, data={"action": "message", "body": "  ", "csrf_token": csrf_token_of(page)},
+                         follow_redirects=True)
+    assert "a message needs some text" in empty.get_data(as_text=True)
+    assert [m.body for m in db_session.scalars(select(Message).order_by(Message.id))] == [
+        "Your scan shows a small nodule; let us talk.", "Thank you, Thursday works."]
+
+
+def test_another_patient_cannot_open_or_write_in_the_consultation(
+    client: FlaskClient, db_session: Session, demo: DemoSeed
+) -> None:
+    consultation_id = signed_consultation(db_session, demo, (10, 10, 14, 14))
+    sign_in(client, "patient2")
+    url = f"/consultations/{consultation_id}"
+    assert client.get(url).status_code == 403
+    token = csrf_token_of(client.get("/consultations").get_data(as_text=True))
+    refused = client.post(url, data={"action": "message", "body": "hi", "csrf_token": token}, follow_redirects=True)
+    assert db_session.scalars(select(Message)).all() == []
+    assert refused.status_code in (200, 403)
