@@ -8,7 +8,7 @@ from dataclasses import asdict
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
@@ -34,8 +34,9 @@ from hospital.api import json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import DomainError, InvalidInput
+from hospital.errors import InvalidInput
 from hospital.models import Organization, Role
+from hospital.web import form_action
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,8 @@ def catalog_page() -> ResponseReturnValue:
     user = current_user()
     if request.method == "POST":
         form = request.form
-        try:
+
+        def save_price() -> str:
             add_catalog_entry(
                 session, user, code=form.get("code", ""), display=form.get("display", ""),
                 service_line=_enum(ServiceLine, form.get("service_line"), "service_line"),
@@ -201,12 +203,9 @@ def catalog_page() -> ResponseReturnValue:
                 unit_price_minor=_form_minor_units(form.get("price", "")), currency=form.get("currency", ""),
                 effective_from=_form_day(form.get("effective_from", "")),
             )
-        except DomainError as exc:
-            session.rollback()
-            flash(exc.message, "error")
-        else:
-            session.commit()
-            flash("Price saved.")
+            return "Price saved."
+
+        form_action(session, save_price)
         return redirect(url_for("billing.catalog_page"))
     entries = catalog_entries(session, user)
     organizations = session.scalars(select(Organization).order_by(Organization.name)).all()
@@ -249,14 +248,12 @@ def pay_page(invoice_id: int) -> ResponseReturnValue:
     user = current_user()
     invoice = get_invoice(session, user, invoice_id)
     due = invoice_balance(invoice).patient_due_minor
-    try:
+
+    def pay() -> str:
         record_payment(session, user, invoice_id, PaymentRequest(
             payer=Payer.PATIENT, kind=PaymentKind.PAYMENT, amount_minor=due, currency=invoice.currency,
             idempotency_key=f"web:{user.id}:{request.form.get('payment_key', '')}", reference="web payment"))
-    except DomainError as exc:
-        session.rollback()
-        flash(exc.message, "error")
-    else:
-        session.commit()
-        flash(f"Paid {format_money(due, invoice.currency)} on invoice {invoice_id}. Thank you.")
+        return f"Paid {format_money(due, invoice.currency)} on invoice {invoice_id}. Thank you."
+
+    form_action(session, pay)
     return redirect(url_for("billing.my_invoices_page"))

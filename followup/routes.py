@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
@@ -37,9 +37,10 @@ from followup.service import (
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import DomainError, InvalidInput
+from hospital.errors import InvalidInput
 from hospital.models import Organization, OrganizationKind, Role
 from hospital.notify import notifier
+from hospital.web import form_action
 
 logger = logging.getLogger(__name__)
 
@@ -240,16 +241,13 @@ def dispense_queue_page() -> ResponseReturnValue:
     session = request_session()
     user = current_user()
     if request.method == "POST":
-        try:
+
+        def hand_over() -> str:
             record = dispense(session, user, request.form.get("request_id", type=int) or 0)
-            message = (f"Dispensed {record.quantity} × {record.request.medication_display} "
-                       f"to {record.request.patient.display_name}.")
-        except DomainError as exc:
-            session.rollback()
-            flash(exc.message, "error")
-        else:
-            session.commit()
-            flash(message)
+            return (f"Dispensed {record.quantity} × {record.request.medication_display} "
+                    f"to {record.request.patient.display_name}.")
+
+        form_action(session, hand_over)
         return redirect(url_for("followup.dispense_queue_page"))
     found = dispense_queue(session, user)
     session.commit()
@@ -263,29 +261,25 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
     user = current_user()
     if request.method == "POST":
         form = request.form
-        try:
+
+        def act() -> str:
             if form.get("action") == "message":
                 send_message(session, user, consultation_id, form.get("body", ""), notifier())
-                message = "Message sent."
-            elif form.get("action") == "finish":
+                return "Message sent."
+            if form.get("action") == "finish":
                 finish_consultation(session, user, consultation_id, form.get("note", ""))
-                message = "Consultation finished; the visit task is marked done."
-            else:
-                med = prescribe(session, user, consultation_id, Prescription(
-                    medication_code=form.get("medication_code", ""),
-                    medication_display=form.get("medication_display", ""),
-                    dosage_text=form.get("dosage_text", ""),
-                    quantity=_form_count(form.get("quantity"), "quantity"),
-                    refills=_form_count(form.get("refills") or "0", "refills"),
-                    pharmacy_organization_id=_form_count(form.get("pharmacy_organization_id"), "pharmacy"),
-                ))
-                message = f"Prescription {med.id} sent to the pharmacy."
-        except DomainError as exc:
-            session.rollback()
-            flash(exc.message, "error")
-        else:
-            session.commit()
-            flash(message)
+                return "Consultation finished; the visit task is marked done."
+            med = prescribe(session, user, consultation_id, Prescription(
+                medication_code=form.get("medication_code", ""),
+                medication_display=form.get("medication_display", ""),
+                dosage_text=form.get("dosage_text", ""),
+                quantity=_form_count(form.get("quantity"), "quantity"),
+                refills=_form_count(form.get("refills") or "0", "refills"),
+                pharmacy_organization_id=_form_count(form.get("pharmacy_organization_id"), "pharmacy"),
+            ))
+            return f"Prescription {med.id} sent to the pharmacy."
+
+        form_action(session, act)
         return redirect(url_for("followup.consultation_page", consultation_id=consultation_id))
     found = get_consultation(session, user, consultation_id)
     page = render_template(

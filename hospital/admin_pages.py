@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, aliased
 from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import DomainError, InvalidInput
+from hospital.errors import InvalidInput
 from hospital.models import AuditEvent, Patient, Role, User
 from hospital.users import is_locked, list_users, unlock_user
-from hospital.web import add_nav_link
+from hospital.web import add_nav_link, form_action
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +112,12 @@ def users_page() -> ResponseReturnValue:
     session = request_session()
     admin = current_user()
     if request.method == "POST":
-        try:
+
+        def unlock() -> str:
             user = unlock_user(session, admin, request.form.get("user_id", type=int) or 0)
-            message = f"{user.username} is unlocked and may sign in again."
-        except DomainError as exc:
-            session.rollback()
-            flash(exc.message, "error")
-        else:
-            session.commit()
-            flash(message)
+            return f"{user.username} is unlocked and may sign in again."
+
+        form_action(session, unlock)
         return redirect(url_for("admin_pages.users_page"))
     users = list_users(session, admin)
     page = render_template("admin/users.html", users=users, locked={u.id for u in users if is_locked(u)})

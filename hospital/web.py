@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Blueprint, Flask, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, current_app, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
+from sqlalchemy.orm import Session
 
 from hospital.auth import authenticate, load_current_user
 from hospital.db import request_session
-from hospital.errors import Unauthenticated
+from hospital.errors import DomainError, Unauthenticated
 from hospital.models import Role
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,20 @@ class NavLink:
 
 def add_nav_link(app: Flask, label: str, endpoint: str, *roles: Role) -> None:
     app.extensions.setdefault("hospital.nav", []).append(NavLink(label, endpoint, frozenset(roles)))
+
+
+def form_action(session: Session, action: Callable[[], str]) -> bool:
+    """Run one page form's service call: on success commit and flash the message it returns; on a
+    domain error roll back and flash the error (the page is shown again, nothing half-written)."""
+    try:
+        message = action()
+    except DomainError as exc:
+        session.rollback()
+        flash(exc.message, "error")
+        return False
+    session.commit()
+    flash(message)
+    return True
 
 
 @bp.app_context_processor

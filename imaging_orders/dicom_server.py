@@ -233,7 +233,7 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
     request = event.request
     calling_ae = _calling_ae(event)
     try:
-        result = store_instance(
+        store_instance(
             app,
             event.encoded_dataset(include_meta=False),
             transfer_syntax_uid=str(event.context.transfer_syntax),

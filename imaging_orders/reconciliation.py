@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session
@@ -25,8 +25,9 @@ from hospital.api import json_body, required
 from hospital.audit import record_access, record_denied
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import DomainError, Forbidden, NotFound
+from hospital.errors import Forbidden, NotFound
 from hospital.models import Patient, Role, User
+from hospital.web import form_action
 from imaging_orders.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study
 from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import Referral
@@ -209,14 +210,12 @@ def reconciliation_page() -> ResponseReturnValue:
     if request.method == "POST":
         study_id = request.form.get("study_id", type=int) or 0
         referral_id = request.form.get("referral_id", type=int) or 0
-        try:
+
+        def match() -> str:
             reconcile_for_user(session, user, study_id, referral_id)
-        except DomainError as exc:
-            session.rollback()
-            flash(exc.message, "error")
-        else:
-            session.commit()
-            flash(f"Study {study_id} matched to referral {referral_id}.")
+            return f"Study {study_id} matched to referral {referral_id}."
+
+        form_action(session, match)
         return redirect(url_for("reconciliation.reconciliation_page"))
     entries = reconciliation_queue(session, user)
     record_access(session, user, "E", "ImagingStudy", None, description=f"reconciliation queue ({len(entries)})")

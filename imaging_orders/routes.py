@@ -6,7 +6,7 @@ import logging
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
@@ -16,8 +16,9 @@ from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.clock import utcnow
 from hospital.db import request_session
-from hospital.errors import DomainError, InvalidInput, NotFound
+from hospital.errors import InvalidInput, NotFound
 from hospital.models import Role
+from hospital.web import form_action
 from imaging_orders.models import Appointment, AppointmentStatus, ImagingStudy, Slot
 from imaging_orders.service import (
     WorklistEntry,
@@ -235,15 +236,12 @@ def worklist_page() -> ResponseReturnValue:
 @require_roles(Role.IMAGING_STAFF)
 def check_in_page(appointment_id: int) -> ResponseReturnValue:
     session = request_session()
-    try:
+
+    def check_in() -> str:
         appointment = check_in_appointment(session, current_user(), appointment_id)
-        message = f"{appointment.patient.display_name} checked in."
-    except DomainError as exc:
-        session.rollback()
-        flash(exc.message, "error")
-    else:
-        session.commit()
-        flash(message)
+        return f"{appointment.patient.display_name} checked in."
+
+    form_action(session, check_in)
     return redirect(url_for("imaging_orders.worklist_page", date=request.form.get("date") or None))
 
 
@@ -254,19 +252,16 @@ def incoming_page() -> ResponseReturnValue:
     user = current_user()
     if request.method == "POST":
         referral_id = request.form.get("referral_id", type=int) or 0
-        try:
+
+        def decide() -> str:
             if request.form.get("action") == "reject":
                 reject_referral(session, user, referral_id, request.form.get("reason", ""))
-                flash(f"Referral {referral_id} rejected; the referring clinician can see the reason.")
-            else:
-                referral = accept_referral(session, user, referral_id)
-                flash(f"Referral {referral_id} accepted: accession {referral.accession_number}. "
-                      "The patient can now book a slot.")
-        except DomainError as exc:
-            session.rollback()
-            flash(exc.message, "error")
-        else:
-            session.commit()
+                return f"Referral {referral_id} rejected; the referring clinician can see the reason."
+            referral = accept_referral(session, user, referral_id)
+            return (f"Referral {referral_id} accepted: accession {referral.accession_number}. "
+                    "The patient can now book a slot.")
+
+        form_action(session, decide)
         return redirect(url_for("imaging_orders.incoming_page"))
     referrals = pending_referrals(session, user)
     return render_template("imaging_orders/incoming.html", referrals=referrals)
@@ -281,22 +276,18 @@ def appointments_page() -> ResponseReturnValue:
         action = request.form.get("action", "book")
         appointment_id = request.form.get("appointment_id", type=int) or 0
         slot_id = request.form.get("slot_id", type=int) or 0
-        try:
+
+        def change() -> str:
             if action == "cancel":
                 cancel_appointment(session, user, appointment_id)
-                done = "Appointment cancelled; the referral can be booked again below."
-            elif action == "move":
+                return "Appointment cancelled; the referral can be booked again below."
+            if action == "move":
                 move_appointment(session, user, appointment_id, slot_id)
-                done = "Appointment moved."
-            else:
-                book_appointment(session, user, request.form.get("referral_id", type=int) or 0, slot_id)
-                done = "Appointment booked. You will find it in the list below."
-        except DomainError as exc:
-            session.rollback()
-            flash(exc.message, "error")
-        else:
-            session.commit()
-            flash(done)
+                return "Appointment moved."
+            book_appointment(session, user, request.form.get("referral_id", type=int) or 0, slot_id)
+            return "Appointment booked. You will find it in the list below."
+
+        form_action(session, change)
         return redirect(url_for("imaging_orders.appointments_page"))
     appointments = appointments_for(session, user)
     to_book = list(

@@ -5,6 +5,7 @@ sent afterwards must store."""
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import struct
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from pynetdicom import AE, _config
+from pynetdicom.association import Association
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from sqlalchemy import select
 
@@ -33,6 +35,8 @@ VALID_STATUSES = {0x0000, 0xA700, 0xA900, 0xC000, 0xC001, 0xB000, 0xB007, 0xB006
 
 # pydicom warns about every odd element it meets; here that is thousands of warnings by design.
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+logger = logging.getLogger(__name__)
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -73,7 +77,7 @@ def test_cstore_fuzz(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     ae.dimse_timeout = 5
     statuses: list[int] = []
-    lost: list[str] = []
+    unanswered: list[str] = []
     per_association = MUTANTS // ASSOCIATIONS
     for start in range(0, MUTANTS, per_association):
         assoc = _associate(ae, node.port)
@@ -83,22 +87,19 @@ def test_cstore_fuzz(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 if "Status" in answer:
                     statuses.append(int(answer.Status))
                 else:
-                    # KNOWN ISSUE (rare, timing-dependent): pynetdicom's SCU sometimes sees a
-                    # response it does not expect and waits out its DIMSE timeout. Tolerated for
-                    # at most two mutants per run; the node itself must stay up (checked below).
-                    lost.append(path.name)
-                    assoc.abort()
+                    # The SCU has aborted after its DIMSE timeout; go on, to name every one.
+                    unanswered.append(path.name)
                     assoc = _associate(ae, node.port)
         finally:
             assoc.release()
-    assert len(lost) <= 2, lost
-    assert len(statuses) + len(lost) == MUTANTS
+    assert unanswered == []
+    assert len(statuses) == MUTANTS
     assert set(statuses) <= VALID_STATUSES, sorted(set(statuses) - VALID_STATUSES)
     assert sum(1 for s in statuses if s != 0) > MUTANTS // 3  # many mutants are refused...
 
     # ...and the node still stores a valid instance and answers a new peer.
     valid = small_ct_study(patient_id="FUZZ-2", accession_number="FUZZOK", n_slices=1)[0]
-    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assoc = _associate(ae, node.port)
     assert assoc.send_c_store(valid).Status == 0x0000
     assoc.release()
     run_tool(["echoscu", "-aec", NODE_AE, "127.0.0.1", str(node.port)])
@@ -106,13 +107,41 @@ def test_cstore_fuzz(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert session.scalar(select(ImagingInstance).where(ImagingInstance.sop_instance_uid == valid.SOPInstanceUID))
 
 
-def _associate(ae: AE, port: int) -> Any:
+def _associate(ae: AE, port: int) -> Association:
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
     assert assoc.is_established
     # pynetdicom writes each PDU in pieces; without this, Nagle's algorithm meets the receiver's
     # delayed ACK and every C-STORE waits ~40 ms.
     assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _keep_responses_for_the_waiting_request(assoc)
     return assoc
+
+
+def _keep_responses_for_the_waiting_request(assoc: Association) -> None:
+    """Work around a race in pynetdicom's SCU (3.0.4, and upstream since the checkpoint of #351).
+
+    `send_c_store` pauses the association's reactor by clearing `_reactor_checkpoint` and spinning
+    until `_is_paused` is true, but the reactor sets that flag just *before* it waits on the
+    checkpoint and clears it just after. Caught between the two, the reactor looks paused while it
+    is about to take the next message off the DIMSE queue; when the node answers fast enough, that
+    message is our own C-STORE response. The reactor drops it as "Received unexpected C-STORE
+    service message" (logged by the RequestorThread) and `send_c_store` waits out its DIMSE
+    timeout: about one C-STORE in 5,000, so one fuzz run in five lost a mutant.
+
+    A response can only reach the reactor while a `send_*` method waits with the checkpoint
+    cleared, so it is put back on the queue that method is reading. Requests from the peer (none
+    are expected here) are still served as before.
+    """
+    serve_request = assoc._serve_request
+
+    def serve_or_return(msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and not assoc._reactor_checkpoint.is_set():
+            logger.warning("returned a %s taken by the reactor to the waiting request", msg.msg_type)
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve_request(msg, context_id)
+
+    assoc._serve_request = serve_or_return  # type: ignore[method-assign]
 
 
 def test_stow_fuzz(node: Node) -> None:  # noqa: F811
