@@ -76,7 +76,7 @@ def retrain_command(out_dir: Path | None, seed: int, steps: int, margin: float, 
         version = retrain(session, Path(current_app.config["DICOM_STORAGE_DIR"]),
                           out_dir or retraining_output_dir(current_app), config)
         if version is None:
-            click.echo("nothing to retrain on (too few new labels, or these labels were already used)")
+            click.echo("nothing to retrain (no active model, too few new labels, or these labels were already used)")
             return
         click.echo(f"{version.label}: {version.status.value}")
         click.echo(version.decision_reason or "")

@@ -483,7 +483,9 @@ def prepare_retraining(session: Session, storage_dir: Path, config: RetrainConfi
     """Read the active version and the labels; None when there is nothing new to learn from."""
     active = active_model_version(session, name)
     if active is None:
-        raise RetrainingError(f"no active {name} version to fine-tune from")
+        # A new installation before `hospital ai register`: nothing to fine-tune, not a failure.
+        logger.warning("retraining skipped: no active %s version to fine-tune from", name)
+        return None
     labels = collect_labels(session, storage_dir, heldout_percent=config.heldout_percent)
     if len(labels.finetune) < config.min_finetune_slices:
         logger.info("retraining skipped: %d labelled slices, %d needed", len(labels.finetune), config.min_finetune_slices)

@@ -27,6 +27,7 @@ from ai_services.retraining import (
     decide_promotion,
     inscribed_ellipse,
     is_heldout_study,
+    prepare_retraining,
     retrain,
 )
 from ai_services.service import Box, active_model_version, add_finding, review_finding, sign_report
@@ -198,3 +199,11 @@ def test_promotion_rule_needs_a_gain_and_no_drop_beyond_tolerance() -> None:
     assert not no_gain.promote and "below margin" in no_gain.reason
     small_worse = decide_promotion(scores(0.6, 0.1, 0.75), active, margin=0.02, tolerance=0.05)
     assert not small_worse.promote and "synthetic <6mm fell 0.300 -> 0.100" in small_worse.reason
+
+
+def test_retraining_without_an_active_model_is_skipped_not_failed(db_session: Session, app: Flask, tmp_path: Path) -> None:
+    """A fresh installation's scheduler runs retraining before any model is registered."""
+    for version in db_session.scalars(select(ModelVersion)):
+        version.active = False
+    db_session.flush()
+    assert prepare_retraining(db_session, tmp_path, RetrainConfig()) is None
