@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pydicom
 
 from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
+from hospital.dicom_factory import ct_series_datasets
 from hospital.clock import utcnow
 from hospital.seed import DemoSeed
-from imaging_orders.models import ImagingStudy, StudyStatus
+from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import Referral, ReferralStatus
 
 
@@ -57,3 +63,36 @@ def make_preliminary_report(
         ))
     session.flush()
     return report
+
+
+def store_report_slices(
+    session: Session, storage_dir: Path, report: DiagnosticReport, volume: np.ndarray, *,
+    pixel_spacing_mm: float, slice_thickness_mm: float,
+) -> None:
+    """Write `volume` as the CT series the report's analysis announced (same SOP Instance UIDs, in
+    slice order) under `storage_dir`, and index it, so key images and slices render."""
+    job = session.get(AnalysisJob, report.analysis_job_id)
+    assert job is not None and len(job.slice_sop_instance_uids) == volume.shape[0]
+    study = report.study
+    datasets = ct_series_datasets(
+        volume, patient_id=report.patient.mrn, patient_name=report.patient.dicom_name,
+        accession_number=study.accession_number or "", study_instance_uid=study.study_instance_uid,
+        pixel_spacing_mm=pixel_spacing_mm, slice_thickness_mm=slice_thickness_mm,
+    )
+    series = ImagingSeries(study_id=study.id, series_instance_uid=datasets[0].SeriesInstanceUID, number=1, modality="CT")
+    session.add(series)
+    session.flush()
+    folder = storage_dir / "reports" / str(report.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (ds, uid) in enumerate(zip(datasets, job.slice_sop_instance_uids, strict=True)):
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        path = folder / f"{index:03d}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        data = path.read_bytes()
+        session.add(ImagingInstance(
+            series_id=series.id, sop_instance_uid=uid, sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), number=index + 1,
+            path=str(path.relative_to(storage_dir)), size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        ))
+    session.flush()

@@ -3,22 +3,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, DiagnosticReport, FindingSource, ReviewStatus
-from hospital.dicom_factory import ct_series_datasets
 from hospital.seed import DEMO_PASSWORD, DemoSeed
-from imaging_orders.models import ImagingInstance, ImagingSeries
-from tests.factories import make_preliminary_report
+from tests.factories import make_preliminary_report, store_report_slices
 
 
 def store_slices(session: Session, app: Flask, demo: DemoSeed, report: DiagnosticReport) -> None:
@@ -26,29 +22,8 @@ def store_slices(session: Session, app: Flask, demo: DemoSeed, report: Diagnosti
     job = session.get(AnalysisJob, report.analysis_job_id)
     assert job is not None
     volume = np.full((len(job.slice_sop_instance_uids), 32, 32), -800.0, dtype=np.float32)
-    datasets = ct_series_datasets(
-        volume, patient_id=demo.patient.mrn, patient_name=demo.patient.dicom_name,
-        accession_number=report.study.accession_number or "", study_instance_uid=report.study.study_instance_uid,
-        pixel_spacing_mm=0.8, slice_thickness_mm=1.0,
-    )
-    series = ImagingSeries(study_id=report.study_id, series_instance_uid=datasets[0].SeriesInstanceUID, number=1, modality="CT")
-    session.add(series)
-    session.flush()
-    storage = Path(app.config["DICOM_STORAGE_DIR"])
-    folder = storage / "pages" / str(report.id)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, (ds, uid) in enumerate(zip(datasets, job.slice_sop_instance_uids, strict=True)):
-        ds.SOPInstanceUID = uid
-        ds.file_meta.MediaStorageSOPInstanceUID = uid
-        path = folder / f"{index:03d}.dcm"
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
-        data = path.read_bytes()
-        session.add(ImagingInstance(
-            series_id=series.id, sop_instance_uid=uid, sop_class_uid=str(ds.SOPClassUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), number=index + 1,
-            path=str(path.relative_to(storage)), size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-        ))
-    session.flush()
+    store_report_slices(session, Path(app.config["DICOM_STORAGE_DIR"]), report, volume,
+                        pixel_spacing_mm=0.8, slice_thickness_mm=1.0)
 
 
 def csrf_token_of(html: str) -> str:

@@ -7,7 +7,6 @@ of each main page go to `artifacts/screenshots/` for a human to look at.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,20 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from ai_services.models import AnalysisJob
 from hospital.db import get_db
-from hospital.dicom_factory import ct_series_datasets
 from hospital.jobs import publish
 from hospital.phantoms import make_ct_phantom
 from hospital.seed import DEMO_PASSWORD, DemoSeed, seed_demo
-from imaging_orders.models import ImagingInstance, ImagingSeries
 from tests.conftest import make_test_app
-from tests.factories import make_preliminary_report
+from tests.factories import make_preliminary_report, store_report_slices
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -139,29 +134,8 @@ def make_report_with_key_images(site: LiveSite) -> int:
     with site.app.app_context(), get_db(site.app).transaction() as session:
         demo = site.demo
         report = make_preliminary_report(session, demo, boxes)
-        job = session.get(AnalysisJob, report.analysis_job_id)
-        study = report.study
-        datasets = ct_series_datasets(
-            volume, patient_id=demo.patient.mrn, patient_name=demo.patient.dicom_name,
-            accession_number=study.accession_number or "", study_instance_uid=study.study_instance_uid,
-            pixel_spacing_mm=phantom.pixel_spacing_mm, slice_thickness_mm=phantom.slice_thickness_mm,
-        )
-        series = ImagingSeries(study_id=study.id, series_instance_uid=datasets[0].SeriesInstanceUID, number=1, modality="CT")
-        session.add(series)
-        session.flush()
-        folder = storage / "browser" / str(study.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, (ds, uid) in enumerate(zip(datasets, job.slice_sop_instance_uids, strict=True)):
-            ds.SOPInstanceUID = uid
-            ds.file_meta.MediaStorageSOPInstanceUID = uid
-            path = folder / f"{index:03d}.dcm"
-            pydicom.dcmwrite(path, ds, enforce_file_format=True)
-            data = path.read_bytes()
-            session.add(ImagingInstance(
-                series_id=series.id, sop_instance_uid=uid, sop_class_uid=str(ds.SOPClassUID),
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), number=index + 1,
-                path=str(path.relative_to(storage)), size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-            ))
+        store_report_slices(session, storage, report, volume, pixel_spacing_mm=phantom.pixel_spacing_mm,
+                            slice_thickness_mm=phantom.slice_thickness_mm)
         # What the analysis job would have announced: the AI analysis is billed.
         publish(session, "ai.analysis_completed", report_id=report.id)
         report_id = report.id
