@@ -26,7 +26,7 @@ from ai_services.service import (
     sign_report,
     urgency,
 )
-from hospital.api import json_body, required
+from hospital.api import json_body, optional_enum_arg, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import DomainError, InvalidInput, NotFound
@@ -89,13 +89,8 @@ def rerun(study_id: int) -> ResponseReturnValue:
 @bp.get("/api/reports")
 @require_roles()
 def reports() -> ResponseReturnValue:
-    status = request.args.get("status")
-    try:
-        status_filter = ReportStatus(status) if status else None
-    except ValueError as exc:
-        raise InvalidInput(f"unknown report status {status!r}") from exc
     session = request_session()
-    found = list_reports(session, current_user(), status_filter)
+    found = list_reports(session, current_user(), optional_enum_arg(ReportStatus, "status"))
     if referral_id := request.args.get("referral_id", type=int):
         found = [r for r in found if r.referral_id == referral_id]
     payload = [report_json(r) for r in found]

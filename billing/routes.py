@@ -30,7 +30,7 @@ from billing.service import (
     revenue_report,
     set_coverage,
 )
-from hospital.api import json_body, required
+from hospital.api import enum_value, json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
@@ -81,17 +81,10 @@ def _instant(value: Any) -> datetime | None:
     return parsed
 
 
-def _enum(cls: Any, value: Any, name: str) -> Any:
-    try:
-        return cls(value)
-    except ValueError as exc:
-        raise InvalidInput(f"{name} must be one of {[m.value for m in cls]}") from exc
-
-
 def _payment_request(data: dict[str, Any], default_payer: Payer) -> PaymentRequest:
     return PaymentRequest(
-        payer=_enum(Payer, data.get("payer") or default_payer.value, "payer"),
-        kind=_enum(PaymentKind, data.get("kind") or "payment", "kind"),
+        payer=enum_value(Payer, data.get("payer") or default_payer.value, "payer"),
+        kind=enum_value(PaymentKind, data.get("kind") or "payment", "kind"),
         amount_minor=required(data, "amount_minor", int),
         currency=required(data, "currency"),
         idempotency_key=required(data, "idempotency_key"),
@@ -198,7 +191,7 @@ def catalog_page() -> ResponseReturnValue:
         def save_price() -> str:
             add_catalog_entry(
                 session, user, code=form.get("code", ""), display=form.get("display", ""),
-                service_line=_enum(ServiceLine, form.get("service_line"), "service_line"),
+                service_line=enum_value(ServiceLine, form.get("service_line"), "service_line"),
                 organization_id=form.get("organization_id", type=int),
                 unit_price_minor=_form_minor_units(form.get("price", "")), currency=form.get("currency", ""),
                 effective_from=_form_day(form.get("effective_from", "")),

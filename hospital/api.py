@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -35,6 +36,23 @@ def required(data: dict[str, Any], name: str, kind: type | tuple[type, ...] = st
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise InvalidInput(f"{name} must be of type {getattr(kind, '__name__', kind)}")
     return value
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def enum_value(cls: type[E], value: Any, name: str) -> E:
+    """`value` as a member of `cls`, or a clear 400 listing the accepted values."""
+    try:
+        return cls(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} must be one of {[m.value for m in cls]}") from exc
+
+
+def optional_enum_arg(cls: type[E], name: str) -> E | None:
+    """A query-string filter such as `?status=active`; absent means no filter."""
+    value = request.args.get(name)
+    return enum_value(cls, value, name) if value else None
 
 
 @bp.post("/auth/token")

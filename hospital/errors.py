@@ -40,6 +40,31 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class NotAcceptable(DomainError):
+    status = 406
+    code = "not-supported"
+
+
+class NotSupported(DomainError):
+    status = 405
+    code = "not-supported"
+
+
+class Gone(DomainError):
+    status = 410
+    code = "deleted"
+
+
+class PreconditionFailed(DomainError):
+    status = 412
+    code = "conflict"
+
+
+class UnsupportedMediaType(DomainError):
+    status = 415
+    code = "not-supported"
+
+
 class UnprocessableEntity(DomainError):
     status = 422
     code = "processing"

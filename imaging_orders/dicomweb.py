@@ -38,7 +38,7 @@ from hospital.access import ensure_patient_record_access
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import DomainError, InvalidInput, NotFound, UnprocessableEntity
+from hospital.errors import InvalidInput, NotAcceptable, NotFound, UnprocessableEntity, UnsupportedMediaType
 from hospital.models import Role, User
 from imaging_orders.ingest import (
     STATUS_DATASET_MISMATCH,
@@ -84,16 +84,6 @@ _ALL_FIELDS = {
     "series": ("SeriesDate", "SeriesTime", "PerformedProcedureStepStartDate", "ProtocolName"),
     "instance": ("Rows", "Columns", "BitsAllocated", "NumberOfFrames", "PhotometricInterpretation", "ImageType"),
 }
-
-
-class NotAcceptable(DomainError):
-    status = 406
-    code = "not-supported"
-
-
-class UnsupportedMediaType(DomainError):
-    status = 415
-    code = "not-supported"
 
 
 # ---------------------------------------------------------------------------------------------

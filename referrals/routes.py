@@ -10,7 +10,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from sqlalchemy import or_, select
 
-from hospital.api import json_body, required
+from hospital.api import enum_value, json_body, optional_enum_arg, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import DomainError, InvalidInput
@@ -43,10 +43,7 @@ def referral_json(referral: Referral) -> dict[str, Any]:
 
 
 def parse_priority(value: Any) -> Priority:
-    try:
-        return Priority(value or "routine")
-    except ValueError as exc:
-        raise InvalidInput(f"priority must be one of {[p.value for p in Priority]}") from exc
+    return enum_value(Priority, value or "routine", "priority")
 
 
 def _referral_request(data: dict[str, Any]) -> ReferralRequest:
@@ -74,13 +71,8 @@ def create() -> ResponseReturnValue:
 @bp.get("/api/referrals")
 @require_roles()
 def index() -> ResponseReturnValue:
-    status = request.args.get("status")
-    try:
-        status_filter = ReferralStatus(status) if status else None
-    except ValueError as exc:
-        raise InvalidInput(f"unknown status {status!r}") from exc
     session = request_session()
-    referrals = list_referrals(session, current_user(), status_filter)
+    referrals = list_referrals(session, current_user(), optional_enum_arg(ReferralStatus, "status"))
     session.commit()
     return jsonify([referral_json(r) for r in referrals])
 

@@ -24,7 +24,7 @@ from hospital.audit import record_access, record_denied, write_pending_denials
 from hospital.auth import current_user
 from hospital.clock import utcnow
 from hospital.db import request_session
-from hospital.errors import DomainError, Forbidden, InvalidInput, NotFound
+from hospital.errors import DomainError, Forbidden, Gone, InvalidInput, NotFound, NotSupported, PreconditionFailed
 from hospital.fhir.outcome import FHIR_JSON, operation_outcome
 from hospital.fhir.registry import (
     FhirValidationError,
@@ -57,21 +57,6 @@ HISTORY_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Cont
 ETAG_PATTERN = re.compile(r'^(?:W/)?"?([0-9]+)"?$')
 # Bundle entries run in this order (FHIR transaction processing rules).
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
-
-
-class NotSupported(DomainError):
-    status = 405
-    code = "not-supported"
-
-
-class PreconditionFailed(DomainError):
-    status = 412
-    code = "conflict"
-
-
-class Gone(DomainError):
-    status = 410
-    code = "deleted"
 
 
 def fhir_response(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None) -> Response:
