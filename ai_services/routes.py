@@ -274,7 +274,9 @@ def report_page(report_id: int) -> ResponseReturnValue:
         else:
             session.commit()
             flash(message)
-        return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset, _anchor=anchor))
+        # Back to the same window and slice the reader was on (the form carries the viewer's slice).
+        return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset,
+                                slice=request.form.get("slice", type=int), _anchor=anchor))
     found = get_report(session, user, report_id)
     kept = [f for f in found.findings if f.review_status is not ReviewStatus.REJECTED]
     slice_count = len(_slice_uids(session, found)) if user.role is not Role.PATIENT else 0

@@ -1,6 +1,9 @@
 /* The radiologist's slice viewer on the report page: previous/next, a range slider, the mouse wheel
    and the arrow keys move through the analysed series; window buttons re-render the slice; a drag on
    the image outlines a missed finding and fills the "add a missed finding" form in image pixels.
+   The rest of the page follows the viewer: the window links at the top, the review forms, the key
+   images and the address bar carry the current slice and window, so a reload, a window change or a
+   decision on a finding comes back to the slice the reader was on.
    Progressive enhancement: without JavaScript the links and forms of the viewer work on their own. */
 (function () {
   "use strict";
@@ -31,6 +34,33 @@
       ["x0", "y0", "x1", "y1"].forEach(function (name) { var input = field(name); if (input) { input.value = ""; } });
     }
 
+    // Everything outside the viewer that names a slice or a window, kept in step with it.
+    function syncPage() {
+      document.querySelectorAll("nav.windows a[data-window]").forEach(function (link) {
+        var url = new URL(link.href, window.location.href);
+        url.searchParams.set("slice", String(index + 1));
+        link.href = url.pathname + url.search + url.hash;
+        if (link.dataset.window === preset) { link.setAttribute("aria-current", "true"); }
+        else { link.removeAttribute("aria-current"); }
+      });
+      document.querySelectorAll("input.keeps-slice").forEach(function (input) { input.value = String(index + 1); });
+      document.querySelectorAll("form input[type=hidden][name=window]").forEach(function (input) { input.value = preset; });
+      document.querySelectorAll("img.key-image").forEach(function (img) {
+        var url = new URL(img.getAttribute("src"), window.location.href);
+        if (url.searchParams.get("window") !== preset) {
+          url.searchParams.set("window", preset);
+          img.src = url.pathname + url.search;
+          img.alt = img.alt.replace(/, [a-z ]+ window,/, ", " + preset.replace("_", " ") + " window,");
+        }
+      });
+      if (window.history && window.history.replaceState) {
+        var here = new URL(window.location.href);
+        here.searchParams.set("window", preset);
+        here.searchParams.set("slice", String(index + 1));
+        window.history.replaceState(window.history.state, "", here.pathname + here.search + here.hash);
+      }
+    }
+
     function show(i) {
       i = Math.max(0, Math.min(count - 1, i));
       if (i !== index) { clearBox(); }
@@ -46,6 +76,7 @@
         var target = i + parseInt(link.dataset.step, 10);
         link.setAttribute("aria-disabled", target < 0 || target >= count ? "true" : "false");
       });
+      syncPage();
     }
 
     viewer.querySelectorAll("[data-step]").forEach(function (link) {
@@ -73,8 +104,6 @@
           windows.querySelectorAll("[data-window]").forEach(function (b) {
             b.setAttribute("aria-pressed", b === button ? "true" : "false");
           });
-          var hidden = addForm && addForm.querySelector("[name=window]");
-          if (hidden) { hidden.value = preset; }
           show(index);
         });
       });
