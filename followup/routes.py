@@ -33,6 +33,7 @@ from followup.service import (
     prescriptions_for_consultation,
     restock,
     send_message,
+    unread_message_counts,
 )
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
@@ -231,8 +232,9 @@ def consultations_page() -> ResponseReturnValue:
     session = request_session()
     found = list_consultations(session, current_user())
     plans = {c.id: session.scalar(select(CarePlan).where(CarePlan.consultation_id == c.id)) for c in found}
+    unread = unread_message_counts(session, current_user(), [c.id for c in found])
     session.commit()
-    return render_template("followup/consultations.html", consultations=found, plans=plans)
+    return render_template("followup/consultations.html", consultations=found, plans=plans, unread=unread)
 
 
 @bp.route("/dispense", methods=["GET", "POST"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
@@ -112,6 +112,26 @@ def list_messages(session: Session, user: User, consultation_id: int) -> list[Me
         ):
             message.read_at = now
     return messages
+
+
+def unread_message_counts(session: Session, user: User, consultation_ids: list[int]) -> dict[int, int]:
+    """How many messages addressed to the reader are still unread, per consultation (none listed
+    when none are unread). Only the parties of a consultation have messages addressed to them."""
+    if not consultation_ids or user.role not in (Role.PATIENT, Role.CLINICIAN):
+        return {}
+    reader_role = "patient" if user.role is Role.PATIENT else "clinician"
+    statement = (
+        select(Message.consultation_id, func.count())
+        .join(Consultation, Consultation.id == Message.consultation_id)
+        .where(Message.consultation_id.in_(consultation_ids), Message.recipient_role == reader_role,
+               Message.read_at.is_(None))
+        .group_by(Message.consultation_id)
+    )
+    if user.role is Role.PATIENT:
+        statement = statement.where(Consultation.patient_id == user.patient_id)
+    else:
+        statement = statement.where(Consultation.practitioner_id == user.practitioner_id)
+    return {consultation_id: count for consultation_id, count in session.execute(statement)}
 
 
 def notify_party(

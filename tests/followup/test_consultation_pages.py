@@ -54,3 +54,28 @@ def test_another_patient_cannot_open_or_write_in_the_consultation(
     refused = client.post(url, data={"action": "message", "body": "hi", "csrf_token": token}, follow_redirects=True)
     assert db_session.scalars(select(Message)).all() == []
     assert refused.status_code in (200, 403)
+
+
+def test_unread_messages_are_counted_until_opened_and_the_sender_sees_a_receipt(
+    client: FlaskClient, app, db_session: Session, demo: DemoSeed
+) -> None:
+    consultation_id = signed_consultation(db_session, demo, (10, 10, 14, 14))
+    url = f"/consultations/{consultation_id}"
+    sign_in(client, "clinician")
+    post_message(client, url, "Please book the repeat scan.")
+    post_message(client, url, "And bring your old films.")
+    assert "not read yet" in client.get(url).get_data(as_text=True)
+
+    patient = app.test_client()
+    sign_in(patient, "patient")
+    listing = patient.get("/consultations").get_data(as_text=True)
+    assert "2 unread messages" in listing
+    patient.get(url)  # reading the thread marks the clinician's messages read
+    assert "unread message" not in patient.get("/consultations").get_data(as_text=True)
+
+    receipts = client.get(url).get_data(as_text=True)
+    assert receipts.count('class="receipt">read<') == 2 and "not read yet" not in receipts
+    # The patient's own unanswered message is unread for the clinician, not for the patient.
+    post_message(patient, url, "Will do.")
+    assert "1 unread message" in client.get("/consultations").get_data(as_text=True)
+    assert "unread message" not in patient.get("/consultations").get_data(as_text=True)
