@@ -198,12 +198,15 @@ def catalog_page() -> ResponseReturnValue:
             )
             return "Price saved."
 
-        form_action(session, save_price)
-        return redirect(url_for("billing.catalog_page"))
+        if form_action(session, save_price):
+            return redirect(url_for("billing.catalog_page"))
+    # A refused price is shown again with what was typed, so nothing has to be typed twice.
     entries = catalog_entries(session, user)
     organizations = session.scalars(select(Organization).order_by(Organization.name)).all()
-    return render_template("billing/catalog.html", entries=entries, organizations=organizations,
-                           service_lines=list(ServiceLine), money=format_money)
+    page = render_template("billing/catalog.html", entries=entries, organizations=organizations,
+                           service_lines=list(ServiceLine), money=format_money,
+                           form=request.form if request.method == "POST" else {})
+    return page, 422 if request.method == "POST" else 200
 
 
 def _form_minor_units(value: str) -> int:
