@@ -1,0 +1,90 @@
+"""An accessibility audit of every role's pages with axe-core (WCAG 2.1 A and AA rules: labels,
+names, contrast, landmarks, ARIA), at desktop and at phone width, in headless Chromium.
+
+The pages are audited with content in them (a booked examination, a report with key images, a
+consultation with messages), not only in their empty states. Every page a role's navigation
+offers is visited, so a page added to the navigation later is audited without touching this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+
+from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
+from followup.service import open_consultation
+from hospital.db import get_db
+from hospital.models import Role
+from tests.browser.conftest import LiveSite, has_horizontal_scroll, login, make_report_with_key_images
+
+pytestmark = pytest.mark.browser
+
+WCAG_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+           "resultTypes": ["violations"]}
+WIDTHS = {"desktop": 1280, "phone": 375}
+
+
+def audit(axe: Axe, page: Any, where: str) -> list[str]:
+    results = axe.run(page, options=WCAG_AA)
+    problems = []
+    for violation in results.response["violations"]:
+        targets = "; ".join(" ".join(node["target"]) for node in violation["nodes"][:3])
+        problems.append(f"{where}: {violation['id']} ({violation['impact']}) {violation['help']} at {targets}")
+    return problems
+
+
+def populate(site: LiveSite) -> dict[str, list[str]]:
+    """Content on the pages, and the pages reached from a list rather than the navigation."""
+    demo = site.demo
+    referral = site.api("POST", "/api/referrals", site.token("clinician"), {
+        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
+        "body_part": "CHEST", "procedure_description": "CT chest without contrast",
+        "reason": "Persistent cough", "priority": "urgent",
+    })
+    site.api("POST", f"/api/referrals/{referral['id']}/accept", site.token("imaging_staff"))
+    patient_token = site.token("patient")
+    slots = site.api("GET", f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT", patient_token)
+    appointment = site.api("POST", "/api/appointments", patient_token, {"referral_id": referral["id"], "slot_id": slots[0]["id"]})
+    review_id = make_report_with_key_images(site)
+    signed_id = make_report_with_key_images(site)
+    with site.app.app_context(), get_db(site.app).transaction() as session:
+        report = session.get(DiagnosticReport, signed_id)
+        assert report is not None
+        for finding in report.findings:
+            finding.review_status = ReviewStatus.ACCEPTED
+        report.status = ReportStatus.FINAL
+        consultation = open_consultation(session, signed_id)
+        assert consultation is not None
+        consultation_id = consultation.id
+    return {
+        "clinician": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", "/login"],
+        "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}"],
+        "radiologist": [f"/reports/{review_id}"],
+        "imaging_staff": [f"/worklist?date={appointment['start'][:10]}"],
+        "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page"],
+        "pharmacist": [],
+    }
+
+
+def test_every_page_of_every_role_passes_the_wcag_aa_audit(browser: Any, site: LiveSite) -> None:
+    extra = populate(site)
+    axe = Axe()
+    problems: list[str] = []
+    audited = 0
+    for role in Role:
+        page = login(browser, site, role.value)
+        links = page.get_by_role("navigation", name="Main").get_by_role("link")
+        paths = ["/"] + [str(href) for href in links.evaluate_all("els => els.map(e => e.getAttribute('href'))")]
+        for path in dict.fromkeys(paths + extra[role.value]):
+            page.goto(path)
+            for width_name, width in WIDTHS.items():
+                page.set_viewport_size({"width": width, "height": 900})
+                problems += audit(axe, page, f"{role.value} {path} ({width_name})")
+                if width_name == "phone" and has_horizontal_scroll(page):
+                    problems.append(f"{role.value} {path}: scrolls sideways at phone width")
+                audited += 1
+        page.context.close()
+    assert audited >= 40, f"only {audited} page views were audited"
+    assert not problems, "\n".join(problems)
