@@ -132,3 +132,44 @@ def test_admin_sets_a_price_and_a_refused_one_keeps_what_was_typed(browser: Any,
     expect(row).to_contain_text("2030-01-01")
     expect(form.get_by_label("Service code")).to_have_value("")  # a saved price leaves an empty form
     screenshot(admin, "admin-catalog")
+
+
+def test_patient_books_moves_and_cancels_an_appointment_on_a_phone(browser: Any, site: LiveSite) -> None:
+    demo = site.demo
+    referral = site.api("POST", "/api/referrals", site.token("clinician"), {
+        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
+        "body_part": "CHEST", "procedure_description": "CT chest without contrast",
+        "reason": "Repeat scan of a lung nodule", "priority": "routine",
+    })
+    site.api("POST", f"/api/referrals/{referral['id']}/accept", site.token("imaging_staff"))
+    patient = login(browser, site, "patient", width=375, height=800)
+    nav(patient, "Appointments")
+    offered = patient.get_by_label("Open slot").locator("option")
+    first_label = offered.nth(0).inner_text()
+    first_slot_id = int(offered.nth(0).get_attribute("value"))
+    patient.get_by_role("button", name="Book this slot").click()
+    expect(flash(patient)).to_contain_text("Appointment booked")
+    row = patient.locator("#appointments tbody tr").filter(has_text="CT chest without contrast")
+    expect(row.locator(".badge")).to_have_text("booked")
+    expect(row.locator("td[data-label=When]")).to_contain_text(first_label.split(" UTC")[0][-5:])
+    assert not has_horizontal_scroll(patient)
+
+    # Move to another open time: the old slot is offered again, the new one is taken.
+    new_time = row.get_by_label("New time").locator("option").nth(2)
+    new_label, new_time_value = new_time.inner_text(), new_time.get_attribute("value")
+    row.get_by_label("New time").select_option(new_time_value)
+    row.get_by_role("button", name="Move").click()
+    expect(flash(patient)).to_contain_text("moved")
+    expect(row.locator("td[data-label=When]")).to_contain_text(new_label.split(" UTC")[0][-5:])
+    free = {s["id"] for s in site.api("GET", f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT",
+                                      site.token("patient"))}
+    assert first_slot_id in free, "the slot left behind is free again"
+    assert int(new_time_value) not in free, "the new slot is taken"
+    screenshot(patient, "patient-appointment-moved-phone")
+
+    row.get_by_role("button", name="Cancel").click()
+    expect(flash(patient)).to_contain_text("cancelled")
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    expect(row.get_by_role("button", name="Move")).to_have_count(0)
+    appointments = site.api("GET", "/api/appointments", site.token("patient"))
+    assert [a["status"] for a in appointments] == ["cancelled"]
