@@ -1,5 +1,7 @@
-"""Administrator pages of the core: search the audit trail by patient, user and date; list the
-user accounts and unlock those that failed sign-ins have locked.
+"""Administrator pages of the core: search the audit trail by patient, user and date; manage user
+accounts (list them, create one with the profile its role needs, change its role, deactivate or
+reactivate it, reset its password, unlock it). The rules live in `hospital.users`; these pages
+parse the form, call it, and show the outcome (POST, then redirect to a GET).
 
 The audit trail is append-only; this page only reads it, and the search itself is audited (an
 administrator looking through who saw what is an access worth recording too).
@@ -15,13 +17,18 @@ from flask import Blueprint, Flask, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
+from werkzeug.datastructures import MultiDict
 
+from hospital.api import enum_value
 from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput
-from hospital.models import AuditEvent, Patient, Role, User
-from hospital.users import is_locked, list_users, unlock_user
+from hospital.models import AuditEvent, Organization, Patient, Role, User
+from hospital.users import (
+    MIN_PASSWORD_LENGTH, PROFILE_RULES, AccountProfile, NewAccount, change_role, create_user, deactivate_user,
+    get_user, is_locked, list_users, reactivate_user, reset_password, role_label, unlock_user, with_article,
+)
 from hospital.web import add_nav_link, form_action
 
 logger = logging.getLogger(__name__)
@@ -123,6 +130,99 @@ def users_page() -> ResponseReturnValue:
     page = render_template("admin/users.html", users=users, locked={u.id for u in users if is_locked(u)})
     session.commit()
     return page
+
+
+@bp.route("/admin/users/new", methods=["GET", "POST"])
+@require_roles(Role.ADMIN)
+def new_user_page() -> ResponseReturnValue:
+    """Create an account. On an error the form comes back as typed (but for the password)."""
+    session = request_session()
+    admin = current_user()
+    form = request.form
+    if request.method == "POST":
+        created: list[User] = []
+
+        def create() -> str:
+            account = NewAccount(
+                username=form.get("username", ""), role=enum_value(Role, form.get("role"), "role"),
+                temporary_password=form.get("temporary_password", ""), profile=_account_profile(form),
+            )
+            created.append(create_user(session, admin, account))
+            role = with_article(role_label(account.role))
+            return (f"Account {created[0].username} created as {role}. Give them the temporary password; "
+                    "they must choose their own when they first sign in.")
+
+        if form_action(session, create):
+            return redirect(url_for("admin_pages.user_page", user_id=created[0].id))
+    page = render_template("admin/user_new.html", values=form, **_form_choices(session))
+    return page, 400 if request.method == "POST" else 200
+
+
+@bp.route("/admin/users/<int:user_id>", methods=["GET", "POST"])
+@require_roles(Role.ADMIN)
+def user_page(user_id: int) -> ResponseReturnValue:
+    """One account: change its role and profile, reset its password, deactivate or reactivate it,
+    unlock it. Each form posts an `action`."""
+    session = request_session()
+    admin = current_user()
+    form = request.form
+    action = form.get("action", "")
+    if request.method == "POST":
+
+        def act() -> str:
+            if action == "role":
+                role = enum_value(Role, form.get("role"), "role")
+                user = change_role(session, admin, user_id, role, _account_profile(form))
+                return (f"Saved: {user.username} is {with_article(role_label(role))}. If what the account may "
+                        "reach changed, the API tokens it held are revoked.")
+            if action == "reset_password":
+                user = reset_password(session, admin, user_id, form.get("temporary_password", ""))
+                return (f"{user.username} has a new temporary password and is unlocked; "
+                        "they must choose their own at their next sign-in.")
+            if action == "deactivate":
+                user = deactivate_user(session, admin, user_id)
+                return f"{user.username} is deactivated: they cannot sign in, and their API tokens are revoked."
+            if action == "reactivate":
+                user = reactivate_user(session, admin, user_id)
+                return f"{user.username} is active again."
+            if action == "unlock":
+                user = unlock_user(session, admin, user_id)
+                return f"{user.username} is unlocked and may sign in again."
+            raise InvalidInput(f"unknown action {action[:40]!r}")
+
+        if form_action(session, act):
+            return redirect(url_for("admin_pages.user_page", user_id=user_id))
+    user = get_user(session, admin, user_id)
+    # After a refused role change the form shows what was typed; otherwise the account as it is.
+    values = form if action == "role" else MultiDict(_profile_values(user))
+    page = render_template("admin/user.html", user=user, locked=is_locked(user), values=values, **_form_choices(session))
+    session.commit()
+    return page, 400 if request.method == "POST" else 200
+
+
+def _account_profile(form: MultiDict[str, str]) -> AccountProfile:
+    organization = form.get("organization_id", "").strip()
+    if organization and not organization.isdigit():
+        raise InvalidInput(f"organisation must be chosen from the list, got {organization[:40]!r}")
+    return AccountProfile(
+        patient_mrn=form.get("patient_mrn", ""), given_name=form.get("given_name", ""),
+        family_name=form.get("family_name", ""), organization_id=int(organization) if organization else None,
+    )
+
+
+def _profile_values(user: User) -> dict[str, str]:
+    return {
+        "role": user.role.value,
+        "patient_mrn": user.patient.mrn if user.patient else "",
+        "given_name": user.practitioner.given_name if user.practitioner else "",
+        "family_name": user.practitioner.family_name if user.practitioner else "",
+        "organization_id": str(user.organization_id or ""),
+    }
+
+
+def _form_choices(session: Session) -> dict[str, object]:
+    organizations = session.scalars(select(Organization).order_by(Organization.kind, Organization.name)).all()
+    return {"roles": list(Role), "rules": PROFILE_RULES, "organizations": organizations, "min_length": MIN_PASSWORD_LENGTH}
 
 
 def register(app: Flask) -> None:

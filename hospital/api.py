@@ -1,4 +1,8 @@
-"""Core JSON API: exchange a password for a bearer token, revoke it, and say who I am."""
+"""Core JSON API: exchange a password for a bearer token, revoke it, and say who I am.
+
+An account whose password an administrator set gets no token (403) until its user has chosen
+their own password in the web app at /account/password: a temporary password is for that alone.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from flask.typing import ResponseReturnValue
 
 from hospital.auth import authenticate, current_user, issue_token, revoke_token, token_ttl
 from hospital.db import request_session
-from hospital.errors import InvalidInput, Unauthenticated
+from hospital.errors import Forbidden, InvalidInput, Unauthenticated
+from hospital.users import PASSWORD_CHANGE_REQUIRED
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +69,9 @@ def create_token() -> ResponseReturnValue:
     except Unauthenticated:
         session.commit()  # keep the failed-login count
         raise
+    if user.must_change_password:
+        session.commit()  # the password was right: keep the cleared failed-login count
+        raise Forbidden(PASSWORD_CHANGE_REQUIRED)
     plain, token = issue_token(session, user, token_ttl())
     session.commit()
     return jsonify(access_token=plain, token_type="Bearer", expires_in=token_ttl(), role=user.role.value), 201

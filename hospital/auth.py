@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from flask import current_app, g, has_request_context, request, session as cookie_session
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -73,6 +73,19 @@ def revoke_token(session: Session, plain: str) -> None:
     token = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == _sha256(plain)))
     if token is not None and token.revoked_at is None:
         token.revoked_at = utcnow()
+
+
+def revoke_user_tokens(session: Session, user: User) -> int:
+    """Revoke every live bearer token of `user`: a token carries no role of its own, but it must not
+    outlive a change of what the account may do (role, organisation, deactivation, a reset
+    password). Returns how many tokens were live."""
+    now = utcnow()
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None), ApiToken.expires_at > now)
+        .values(revoked_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def user_for_token(session: Session, plain: str) -> User | None:

@@ -1,19 +1,133 @@
-"""User accounts as an administrator sees them: the list of users with their roles, and unlocking
-an account that repeated failed sign-ins have locked."""
+"""User accounts: an administrator lists them, creates one with the profile its role needs, changes
+its role, deactivates and reactivates it, resets its password and unlocks it; any user changes
+their own password. The one place a User row is written after seeding.
+
+What each role needs is written once, in `PROFILE_RULES`, and follows how the stages read a user:
+
+- patient: `patient_id` (a patient sees only that record's compartment); one active account per
+  patient record, so two people never share one compartment by mistake;
+- clinician: a Practitioner (`practitioner_id`: referrals, consultations and prescriptions are
+  theirs through it) in an optional clinic or hospital (a consultation is billed to it when set);
+- radiologist: a Practitioner (who signs reports) and an imaging centre: `organization_id` scopes
+  the referrals, studies and patients a radiologist sees, so without one they would see nothing;
+- imaging_staff: an imaging centre (the centre's orders, schedules and worklist);
+- pharmacist: a pharmacy (its dispense queue and stock);
+- admin: nothing.
+
+Links the role does not use are cleared, so a former clinician keeps no path to their patients.
+
+A password an administrator chooses is temporary: `must_change_password` sends the user to change
+it at the next sign-in, and no bearer token is issued until then. Anything that changes what an
+account may do (role, links, deactivation, a reset password) revokes its live bearer tokens; a
+browser session re-reads the user on every request. Every change is audited; the log names user
+ids and roles, never a name or an MRN.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+from werkzeug.security import check_password_hash
 
 from hospital.audit import record_access
-from hospital.auth import MAX_FAILED_LOGINS
-from hospital.errors import Forbidden, NotFound
-from hospital.models import Role, User
+from hospital.auth import MAX_FAILED_LOGINS, hash_password, revoke_user_tokens
+from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.models import Organization, OrganizationKind, Patient, Practitioner, Role, User
+from hospital.ratelimit import check_rate
 
 logger = logging.getLogger(__name__)
+
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{3,80}")
+# No password rule existed before temporary passwords; 12 characters is NIST SP 800-63B's floor
+# for a password chosen for someone (8) with a margin, and the demo's password already meets it.
+MIN_PASSWORD_LENGTH = 12
+# scrypt's cost grows with the input; a bound keeps a pasted megabyte from tying up a worker.
+MAX_PASSWORD_LENGTH = 256
+NAME_MAX_LENGTH = 100  # Practitioner.given_name / family_name
+# What the APIs answer (403) to an account that still has a temporary password.
+PASSWORD_CHANGE_REQUIRED = (
+    "the password was set by an administrator and must be changed first, in the web app at /account/password"
+)
+
+
+def role_label(role: Role) -> str:
+    return role.value.replace("_", " ")
+
+
+def with_article(noun: str) -> str:
+    """'a pharmacy', 'an imaging centre': messages an administrator reads should read well."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+@dataclass(frozen=True)
+class ProfileRule:
+    """What an account of one role must be linked to."""
+
+    patient: bool = False  # linked to an existing Patient, found by MRN
+    practitioner: bool = False  # given and family name make (or rename) its Practitioner
+    organization_kinds: frozenset[OrganizationKind] = frozenset()  # empty: no organisation
+    organization_required: bool = False
+
+    def describe(self) -> str:
+        """The rule in words, for the form's hints."""
+        parts = []
+        if self.patient:
+            parts.append("the patient's MRN")
+        if self.practitioner:
+            parts.append("given and family name")
+        if self.organization_kinds:
+            kinds = " or ".join(sorted(k.value.replace("_", " ") for k in self.organization_kinds))
+            parts.append(with_article(kinds) if self.organization_required else f"optionally {with_article(kinds)}")
+        return ", ".join(parts) or "nothing else"
+
+
+PROFILE_RULES: dict[Role, ProfileRule] = {
+    Role.PATIENT: ProfileRule(patient=True),
+    Role.CLINICIAN: ProfileRule(
+        practitioner=True, organization_kinds=frozenset({OrganizationKind.CLINIC, OrganizationKind.HOSPITAL})
+    ),
+    Role.RADIOLOGIST: ProfileRule(
+        practitioner=True, organization_kinds=frozenset({OrganizationKind.IMAGING_CENTRE}), organization_required=True
+    ),
+    Role.IMAGING_STAFF: ProfileRule(
+        organization_kinds=frozenset({OrganizationKind.IMAGING_CENTRE}), organization_required=True
+    ),
+    Role.PHARMACIST: ProfileRule(organization_kinds=frozenset({OrganizationKind.PHARMACY}), organization_required=True),
+    Role.ADMIN: ProfileRule(),
+}
+
+
+@dataclass(frozen=True)
+class AccountProfile:
+    """What an account is linked to, as an administrator typed it. Which fields count depends on
+    the role (`PROFILE_RULES`); the others are ignored."""
+
+    patient_mrn: str = ""
+    given_name: str = ""
+    family_name: str = ""
+    organization_id: int | None = None
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    username: str
+    role: Role
+    temporary_password: str
+    profile: AccountProfile = field(default_factory=AccountProfile)
+
+
+@dataclass(frozen=True)
+class _Links:
+    """A profile checked against its role's rule: what the account will point at."""
+
+    patient: Patient | None = None
+    organization: Organization | None = None
+    names: tuple[str, str] | None = None  # (given, family) of the account's Practitioner
 
 
 def is_locked(user: User) -> bool:
@@ -21,22 +135,134 @@ def is_locked(user: User) -> bool:
     return user.failed_logins >= MAX_FAILED_LOGINS
 
 
-def list_users(session: Session, admin: User) -> list[User]:
+def _require_admin(admin: User, what: str) -> None:
     if admin.role is not Role.ADMIN:
-        raise Forbidden("the user list is for administrators")
-    users = list(session.scalars(select(User).order_by(User.role, User.username)))
+        raise Forbidden(f"only an administrator {what}")
+
+
+def list_users(session: Session, admin: User) -> list[User]:
+    _require_admin(admin, "sees the user list")
+    users = list(session.scalars(
+        select(User)
+        .options(selectinload(User.organization), selectinload(User.practitioner), selectinload(User.patient))
+        .order_by(User.role, User.username)
+    ))
     record_access(session, admin, "E", "User", None, description=f"user list ({len(users)})")
     return users
+
+
+def get_user(session: Session, admin: User, user_id: int) -> User:
+    _require_admin(admin, "sees a user account")
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} does not exist")
+    record_access(session, admin, "R", "User", user.id, patient_id=user.patient_id)
+    return user
+
+
+def create_user(session: Session, admin: User, account: NewAccount) -> User:
+    """A new account with a temporary password and the profile its role needs. A clinician or
+    radiologist gets a new Practitioner."""
+    _require_admin(admin, "creates accounts")
+    username = _checked_username(session, account.username)
+    _check_password_rule(account.temporary_password, username)
+    links = _resolve_profile(session, account.role, account.profile, user_id=None)
+    user = User(
+        username=username, role=account.role, password_hash=hash_password(account.temporary_password),
+        must_change_password=True, active=True, failed_logins=0,
+    )
+    session.add(user)
+    _apply_links(session, user, account.role, links)
+    session.flush()
+    record_access(session, admin, "C", "User", user.id, patient_id=user.patient_id,
+                  description=f"created ({account.role.value})")
+    logger.info("user %s created as %s by user %s", user.id, account.role.value, admin.id)
+    return user
+
+
+def change_role(session: Session, admin: User, user_id: int, role: Role, profile: AccountProfile) -> User:
+    """Give an account `role` with the profile that role needs (the same role with a different
+    profile moves it, e.g. to another pharmacy). Links the role does not use are cleared; if what
+    the account may reach changed, its live bearer tokens are revoked. Nothing changes, nothing is
+    recorded, when the account already is what was asked."""
+    _require_admin(admin, "changes roles")
+    active_admins = _lock_active_admins(session)
+    user = _locked_user(session, user_id)
+    if user.role is Role.ADMIN and role is not Role.ADMIN:
+        _ensure_admin_remains(user, active_admins, admin, "demote")
+    links = _resolve_profile(session, role, profile, user_id=user.id)
+    old_role = user.role
+    before = _reach(user)
+    names_before = _practitioner_state(user)
+    _apply_links(session, user, role, links)
+    session.flush()
+    if _reach(user) == before and _practitioner_state(user) == names_before:
+        return user
+    revoked = revoke_user_tokens(session, user) if _reach(user) != before else 0
+    change = f"role {old_role.value} -> {role.value}" if role is not old_role else f"profile changed ({role.value})"
+    record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id,
+                  description=f"{change}; {revoked} token(s) revoked")
+    logger.info("user %s: %s by user %s; %d token(s) revoked", user.id, change, admin.id, revoked)
+    return user
+
+
+def deactivate_user(session: Session, admin: User, user_id: int) -> User:
+    """The account can no longer sign in; its browser session ends at its next request and its
+    bearer tokens are revoked. Deactivating an inactive account changes nothing."""
+    _require_admin(admin, "deactivates accounts")
+    active_admins = _lock_active_admins(session)
+    user = _locked_user(session, user_id)
+    if not user.active:
+        return user
+    if user.role is Role.ADMIN:
+        _ensure_admin_remains(user, active_admins, admin, "deactivate")
+    user.active = False
+    revoked = revoke_user_tokens(session, user)
+    session.flush()
+    record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id,
+                  description=f"deactivated; {revoked} token(s) revoked")
+    logger.info("user %s deactivated by user %s; %d token(s) revoked", user.id, admin.id, revoked)
+    return user
+
+
+def reactivate_user(session: Session, admin: User, user_id: int) -> User:
+    """The account may sign in again (a lock by failed sign-ins stays until it is unlocked)."""
+    _require_admin(admin, "reactivates accounts")
+    user = _locked_user(session, user_id)
+    if user.active:
+        return user
+    if user.role is Role.PATIENT and user.patient_id is not None:
+        # Meanwhile another account may have been linked to the same patient record.
+        _ensure_patient_unclaimed(session, user.patient_id, user.id)
+    user.active = True
+    session.flush()
+    record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id, description="reactivated")
+    logger.info("user %s reactivated by user %s", user.id, admin.id)
+    return user
+
+
+def reset_password(session: Session, admin: User, user_id: int, temporary_password: str) -> User:
+    """Set a temporary password the user must change at the next sign-in; this also unlocks the
+    account, and revokes its bearer tokens (a reset usually means the old password is not safe)."""
+    _require_admin(admin, "resets passwords")
+    user = _locked_user(session, user_id)
+    _check_password_rule(temporary_password, user.username)
+    user.password_hash = hash_password(temporary_password)
+    user.must_change_password = True
+    user.failed_logins = 0
+    revoked = revoke_user_tokens(session, user)
+    session.flush()
+    record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id,
+                  description=f"password reset; {revoked} token(s) revoked")
+    logger.info("user %s: password reset by user %s; %d token(s) revoked", user.id, admin.id, revoked)
+    return user
 
 
 def unlock_user(session: Session, admin: User, user_id: int) -> User:
     """Clear the failed sign-in count so the user may sign in again. Unlocking an account that is
     not locked changes nothing."""
-    if admin.role is not Role.ADMIN:
-        raise Forbidden("only an administrator unlocks accounts")
-    user = session.get(User, user_id, with_for_update=True)
-    if user is None:
-        raise NotFound(f"user {user_id} does not exist")
+    _require_admin(admin, "unlocks accounts")
+    user = _locked_user(session, user_id)
     if user.failed_logins == 0:
         return user
     user.failed_logins = 0
@@ -44,3 +270,166 @@ def unlock_user(session: Session, admin: User, user_id: int) -> User:
     record_access(session, admin, "U", "User", user.id, description="unlocked")
     logger.info("user %s unlocked by user %s", user.id, admin.id)
     return user
+
+
+def change_own_password(session: Session, user: User, current: str, new: str, confirmation: str) -> User:
+    """A signed-in user replaces their password (required once after an administrator set it).
+    The user's bearer tokens are revoked: whoever knew the old password may have made one."""
+    # Per account, as sign-in is per address: a stolen session must not guess the password quickly.
+    check_rate(f"password-change:{user.id}", int(current_app.config["LOGIN_ATTEMPTS_PER_MINUTE"]), 60)
+    if not check_password_hash(user.password_hash, current):
+        raise InvalidInput("the current password is not correct")
+    if new != confirmation:
+        raise InvalidInput("the new password and its confirmation are not the same")
+    _check_password_rule(new, user.username)
+    if check_password_hash(user.password_hash, new):
+        raise InvalidInput("the new password must differ from the current one")
+    user.password_hash = hash_password(new)
+    user.must_change_password = False
+    revoked = revoke_user_tokens(session, user)
+    session.flush()
+    record_access(session, user, "U", "User", user.id, patient_id=user.patient_id,
+                  description=f"own password changed; {revoked} token(s) revoked")
+    logger.info("user %s changed their password; %d token(s) revoked", user.id, revoked)
+    return user
+
+
+def _checked_username(session: Session, username: str) -> str:
+    username = username.strip()
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise InvalidInput(
+            f"a username is 3 to 80 letters, digits, '.', '_' or '-', got {username[:100]!r}"
+        )
+    # Sign-in matches exactly, but 'Admin' beside 'admin' would only confuse people.
+    if session.scalar(select(User.id).where(func.lower(User.username) == username.lower())) is not None:
+        raise Conflict(f"the username {username!r} is already taken")
+    return username
+
+
+def _check_password_rule(password: str, username: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidInput(f"a password may have at most {MAX_PASSWORD_LENGTH} characters")
+    if username.lower() in password.lower():
+        raise InvalidInput("a password must not contain the username")
+
+
+def _required_name(value: str, label: str, role: Role) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidInput(f"{with_article(role_label(role))} account needs a {label}")
+    if len(value) > NAME_MAX_LENGTH:
+        raise InvalidInput(f"the {label} may have at most {NAME_MAX_LENGTH} characters")
+    return value
+
+
+def _resolve_profile(session: Session, role: Role, profile: AccountProfile, user_id: int | None) -> _Links:
+    """Check `profile` against the rule of `role` and find what it names; nothing is written, so an
+    error here leaves nothing half-done."""
+    rule = PROFILE_RULES[role]
+    label = with_article(role_label(role))
+    patient = None
+    if rule.patient:
+        mrn = profile.patient_mrn.strip()
+        if not mrn:
+            raise InvalidInput("a patient account needs the MRN of the patient's record")
+        # Locked, so two administrators linking accounts to one record at once take turns and the
+        # second sees the first's account.
+        patient = session.scalar(select(Patient).where(Patient.mrn == mrn).with_for_update())
+        if patient is None:
+            raise InvalidInput(f"no patient has the MRN {mrn[:64]!r}; register the patient first")
+        _ensure_patient_unclaimed(session, patient.id, user_id)
+    names = None
+    if rule.practitioner:
+        names = (_required_name(profile.given_name, "given name", role),
+                 _required_name(profile.family_name, "family name", role))
+    organization = None
+    if rule.organization_kinds:
+        kinds = " or ".join(sorted(k.value.replace("_", " ") for k in rule.organization_kinds))
+        if profile.organization_id is None:
+            if rule.organization_required:
+                raise InvalidInput(f"{label} account needs an organisation: {with_article(kinds)}")
+        else:
+            organization = session.get(Organization, profile.organization_id)
+            if organization is None:
+                raise InvalidInput(f"organisation {profile.organization_id} does not exist")
+            if organization.kind not in rule.organization_kinds:
+                raise InvalidInput(
+                    f"{organization.name} is {with_article(organization.kind.value.replace('_', ' '))}; "
+                    f"{label} account belongs to {with_article(kinds)}"
+                )
+    return _Links(patient=patient, organization=organization, names=names)
+
+
+def _ensure_patient_unclaimed(session: Session, patient_id: int, user_id: int | None) -> None:
+    statement = select(User.username).where(
+        User.patient_id == patient_id, User.role == Role.PATIENT, User.active.is_(True)
+    )
+    if user_id is not None:
+        statement = statement.where(User.id != user_id)
+    other = session.scalar(statement.limit(1))
+    if other is not None:
+        raise Conflict(
+            f"this patient record already has an active account ({other!r}); deactivate that account first"
+        )
+
+
+def _apply_links(session: Session, user: User, role: Role, links: _Links) -> None:
+    # Relationships, not ids, so the objects in this session agree with the row after the flush.
+    user.role = role
+    user.patient = links.patient
+    user.organization = links.organization
+    if links.names is None:
+        user.practitioner = None
+        return
+    given, family = links.names
+    practitioner = user.practitioner
+    if practitioner is None:
+        user.practitioner = Practitioner(given_name=given, family_name=family, organization=links.organization)
+        session.add(user.practitioner)
+        return
+    # The same person in a new post keeps their Practitioner: their referrals and signed reports
+    # still point at them. Only what changed is written, so an unchanged profile adds no version.
+    if (practitioner.given_name, practitioner.family_name) != (given, family):
+        practitioner.given_name, practitioner.family_name = given, family
+    if practitioner.organization is not links.organization:
+        practitioner.organization = links.organization
+
+
+def _reach(user: User) -> tuple[Role, int | None, int | None, int | None]:
+    """What decides what the account may see and do."""
+    return user.role, user.patient_id, user.practitioner_id, user.organization_id
+
+
+def _practitioner_state(user: User) -> tuple[str, str, int | None] | None:
+    practitioner = user.practitioner
+    if practitioner is None:
+        return None
+    return practitioner.given_name, practitioner.family_name, practitioner.organization_id
+
+
+def _locked_user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id, with_for_update=True, populate_existing=True)
+    if user is None:
+        raise NotFound(f"user {user_id} does not exist")
+    return user
+
+
+def _lock_active_admins(session: Session) -> list[int]:
+    """Lock the active administrators' rows, in id order, before any account row: two
+    administrators demoting each other at once then queue instead of both seeing 'another admin
+    remains' (or deadlocking), and the second sees the first's change."""
+    return list(session.scalars(
+        select(User.id).where(User.role == Role.ADMIN, User.active.is_(True)).order_by(User.id).with_for_update()
+    ))
+
+
+def _ensure_admin_remains(user: User, active_admins: list[int], admin: User, verb: str) -> None:
+    if user.active and active_admins == [user.id]:
+        raise Conflict(
+            f"{user.username!r} is the last active administrator and cannot be {verb}d; "
+            "make another account an administrator first"
+        )
+    if user.id == admin.id:
+        raise Conflict(f"you cannot {verb} your own account; ask another administrator")

@@ -1,4 +1,11 @@
-"""Core pages: sign in, sign out, and a home page that shows each role its own work."""
+"""Core pages: sign in, sign out, change one's own password, and a home page that shows each role
+its own work.
+
+A user whose password an administrator set (`User.must_change_password`) is sent to the password
+page after signing in, and every other page sends them back there until it is changed; the JSON
+APIs answer 403 meanwhile (and `POST /api/auth/token` issues no token), so a temporary password
+works for nothing but choosing a new one.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +17,23 @@ from flask import Blueprint, Flask, current_app, flash, redirect, render_templat
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
-from hospital.auth import authenticate, load_current_user
+from hospital.auth import authenticate, current_user, load_current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import DomainError, Unauthenticated
+from hospital.errors import DomainError, Forbidden, Unauthenticated
 from hospital.models import Role
+from hospital.users import MIN_PASSWORD_LENGTH, PASSWORD_CHANGE_REQUIRED, change_own_password
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
+
+# What a user who must change their password may still reach: the change itself, signing in and
+# out, and what needs no user at all.
+PASSWORD_CHANGE_EXEMPT = frozenset({
+    "web.change_password_page", "web.login", "web.logout", "web.health", "web.static", "static",
+})
+# Machine clients get a problem document, not a redirect to a page they cannot fill in.
+API_PREFIXES = ("/api", "/fhir", "/dicomweb", "/wado")
 
 
 @dataclass(frozen=True)
@@ -51,9 +67,10 @@ def _inject_user() -> dict[str, object]:
         user = load_current_user()
     except Unauthenticated:
         user = None
+    # No links while the password must be changed: each would only lead back to the password page.
     links = [
         link for link in current_app.extensions.get("hospital.nav", [])
-        if user is not None and (not link.roles or user.role in link.roles)
+        if user is not None and not user.must_change_password and (not link.roles or user.role in link.roles)
     ]
     return {"current_user": user, "nav_links": links}
 
@@ -72,6 +89,10 @@ def login() -> ResponseReturnValue:
             db_session.commit()
             session.clear()
             session["user_id"] = user.id
+            if user.must_change_password:
+                logger.info("user %s signed in with a temporary password", user.id)
+                flash("Your password was set by an administrator. Choose your own password to continue.")
+                return redirect(url_for("web.change_password_page"))
             target = request.args.get("next") or url_for("web.home")
             # Only same-site paths, so a crafted link cannot bounce a user to another site.
             if not target.startswith("/") or target.startswith("//"):
@@ -84,6 +105,42 @@ def login() -> ResponseReturnValue:
 def logout() -> ResponseReturnValue:
     session.clear()
     return redirect(url_for("web.login"))
+
+
+@bp.before_app_request
+def _require_password_change() -> ResponseReturnValue | None:
+    """Hold a user with a temporary password at the password page (see the module docstring)."""
+    if request.endpoint is None or request.endpoint in PASSWORD_CHANGE_EXEMPT:
+        return None
+    try:
+        user = load_current_user()
+    except Unauthenticated:
+        return None  # a malformed Authorization header: the route's own check answers it
+    if user is None or not user.must_change_password:
+        return None
+    if request.path.startswith(API_PREFIXES):
+        raise Forbidden(PASSWORD_CHANGE_REQUIRED)
+    return redirect(url_for("web.change_password_page"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@require_roles()
+def change_password_page() -> ResponseReturnValue:
+    """Any signed-in user changes their own password: current, new, and the new one again."""
+    db_session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        form = request.form
+
+        def change() -> str:
+            change_own_password(db_session, user, form.get("current_password", ""), form.get("new_password", ""),
+                                form.get("confirm_password", ""))
+            return "Your password is changed."
+
+        if form_action(db_session, change):
+            return redirect(url_for("web.home"))
+    page = render_template("account_password.html", user=user, min_length=MIN_PASSWORD_LENGTH)
+    return page, 400 if request.method == "POST" else 200
 
 
 @bp.get("/")

@@ -1,5 +1,5 @@
-"""The administrator's users page: roles listed, a locked account unlocked (and audited), and
-nobody else may do it."""
+"""The administrator's users page: roles and links listed, a locked account unlocked (and audited),
+and nobody else may do it. Creating and changing accounts: tests/hospital/test_users.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from hospital.auth import MAX_FAILED_LOGINS
 from hospital.errors import Forbidden
-from hospital.models import AuditEvent
+from hospital.models import AuditEvent, Role
 from hospital.seed import DEMO_PASSWORD, DemoSeed
-from hospital.users import unlock_user
+from hospital.users import NewAccount, create_user, unlock_user
 from tests.referrals.test_referral_pages import csrf_token_of, sign_in
 
 
@@ -49,3 +49,24 @@ def test_only_an_admin_sees_users_or_unlocks(client: FlaskClient, db_session: Se
         unlock_user(db_session, demo.users["clinician"], demo.users["pharmacist"].id)
     sign_in(client, "clinician")
     assert client.get("/admin/users").status_code == 403
+
+
+def test_users_page_shows_each_accounts_links_and_status_with_a_way_to_manage_it(
+    client: FlaskClient, db_session: Session, demo: DemoSeed
+) -> None:
+    fresh = create_user(db_session, demo.users["admin"], NewAccount("fresh.admin", Role.ADMIN, "temporary-pass-0001"))
+    db_session.commit()
+    sign_in(client, "admin")
+    page = client.get("/admin/users").get_data(as_text=True)
+    assert 'href="/admin/users/new"' in page
+
+    def row(user_id: int) -> str:
+        return page.split(f'data-user-id="{user_id}"')[1].split("</tr>")[0]
+
+    assert demo.patient.mrn in row(demo.users["patient"].id)
+    assert "Ada Lovelace" in row(demo.users["clinician"].id) and "Hillside Family Practice" in row(demo.users["clinician"].id)
+    assert "temporary password" in row(fresh.id) and "temporary password" not in row(demo.users["clinician"].id)
+    for user in (*demo.users.values(), fresh):
+        assert f'href="/admin/users/{user.id}"' in row(user.id)
+    assert "user list" in db_session.scalars(select(AuditEvent.description).where(
+        AuditEvent.entity_type == "User", AuditEvent.action == "E").order_by(AuditEvent.id.desc())).first()
