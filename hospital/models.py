@@ -43,6 +43,8 @@ class Organization(Base):
     kind: Mapped[OrganizationKind] = mapped_column(enum_column(OrganizationKind))
     # The AE title the centre's modalities are configured with as their Scheduled Station.
     ae_title: Mapped[str | None] = mapped_column(String(16), unique=True)
+    # IANA zone of the centre's wall clock: opening hours are local, slots are stored in UTC.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

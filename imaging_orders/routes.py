@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
@@ -19,6 +19,27 @@ from hospital.db import request_session
 from hospital.errors import InvalidInput, NotFound
 from hospital.models import Role
 from hospital.web import form_action
+from imaging_orders.centres import (
+    MAX_RANGE_DAYS,
+    SUMMARY_DAYS,
+    WEEKDAY_NAMES,
+    CentreDetails,
+    ScannerDetails,
+    SlotOpening,
+    SlotWindow,
+    add_scanner,
+    centre_scanners,
+    centre_zone,
+    create_centre,
+    get_centre,
+    list_centres,
+    open_slots,
+    set_scanner_active,
+    set_slots_blocked,
+    slot_calendar,
+    update_centre,
+    zone_names,
+)
 from imaging_orders.models import Appointment, AppointmentStatus, ImagingStudy, Slot
 from imaging_orders.service import (
     WorklistEntry,
@@ -35,6 +56,7 @@ from imaging_orders.service import (
     worklist,
 )
 from referrals.models import Referral, ReferralStatus
+from referrals.service import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -304,3 +326,181 @@ def appointments_page() -> ResponseReturnValue:
     session.commit()
     return render_template("imaging_orders/appointments.html", appointments=appointments, to_book=to_book,
                            offers=offers, movable=movable)
+
+
+# ---------------------------------------------------------------------------------------------
+# Administrators: imaging centres, their scanners and opening slots (service: imaging_orders.centres)
+# ---------------------------------------------------------------------------------------------
+
+
+def _form_day(name: str, label: str) -> date:
+    value = request.form.get(name, "").strip()
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{label} is a date YYYY-MM-DD, not {value!r}") from exc
+
+
+def _form_optional_time(name: str, label: str) -> time | None:
+    return _form_time(name, label) if request.form.get(name, "").strip() else None
+
+
+def _form_time(name: str, label: str) -> time:
+    value = request.form.get(name, "").strip()
+    try:
+        # Browsers send HH:MM; seconds would only make slots start at odd moments.
+        return time.fromisoformat(value).replace(second=0, microsecond=0, tzinfo=None)
+    except ValueError as exc:
+        raise InvalidInput(f"{label} is a time HH:MM, not {value!r}") from exc
+
+
+def _form_int(name: str, label: str) -> int:
+    value = request.form.get(name, "").strip()
+    if not value.isdigit():
+        raise InvalidInput(f"{label} is a whole number, not {value!r}")
+    return int(value)
+
+
+def _form_weekdays() -> frozenset[int]:
+    values = request.form.getlist("weekday")
+    if not all(v.isdigit() and int(v) < 7 for v in values):
+        raise InvalidInput(f"days of the week are 0 (Monday) to 6 (Sunday), not {values!r}")
+    return frozenset(int(v) for v in values)
+
+
+def _centre_details() -> CentreDetails:
+    form = request.form
+    return CentreDetails(name=form.get("name", ""), ae_title=form.get("ae_title", ""),
+                         timezone=form.get("timezone", ""))
+
+
+@bp.route("/admin/centres", methods=["GET", "POST"])
+@require_roles(Role.ADMIN)
+def centres_page() -> ResponseReturnValue:
+    session = request_session()
+    admin = current_user()
+    if request.method == "POST":
+        created: list[int] = []
+
+        def create() -> str:
+            centre = create_centre(session, admin, _centre_details())
+            created.append(centre.id)
+            return f"Imaging centre {centre.name} created. Add its scanners, then open their slots."
+
+        if form_action(session, create):
+            return redirect(url_for("imaging_orders.centre_page", centre_id=created[0]))
+        return redirect(url_for("imaging_orders.centres_page"))
+    summaries = list_centres(session, admin)
+    page = render_template("imaging_orders/centres.html", summaries=summaries, zones=zone_names(),
+                           summary_days=SUMMARY_DAYS)
+    session.commit()
+    return page
+
+
+@bp.route("/admin/centres/<int:centre_id>", methods=["GET", "POST"])
+@require_roles(Role.ADMIN)
+def centre_page(centre_id: int) -> ResponseReturnValue:
+    session = request_session()
+    admin = current_user()
+    if request.method == "POST":
+
+        def save() -> str:
+            centre = update_centre(session, admin, centre_id, _centre_details())
+            return f"{centre.name} saved."
+
+        form_action(session, save)
+        return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+    centre = get_centre(session, admin, centre_id)
+    zone = centre_zone(centre)
+    today = utcnow().astimezone(zone).date()
+    page = render_template(
+        "imaging_orders/centre.html", centre=centre, scanners=centre_scanners(session, admin, centre_id),
+        calendar=slot_calendar(session, admin, centre_id), zones=zone_names(), modalities=sorted(MODALITIES),
+        weekdays=list(enumerate(WEEKDAY_NAMES)), today=today, default_last_day=today + timedelta(days=27),
+        summary_days=SUMMARY_DAYS, max_range_days=MAX_RANGE_DAYS,
+    )
+    session.commit()
+    return page
+
+
+@bp.post("/admin/centres/<int:centre_id>/scanners")
+@require_roles(Role.ADMIN)
+def add_scanner_page(centre_id: int) -> ResponseReturnValue:
+    session = request_session()
+    form = request.form
+
+    def add() -> str:
+        schedule = add_scanner(session, current_user(), centre_id, ScannerDetails(
+            name=form.get("name", ""), modality=form.get("modality", ""), room=form.get("room", ""),
+            station_ae_title=form.get("station_ae_title", ""),
+        ))
+        return (f"{schedule.name} added ({schedule.modality}, station AE title {schedule.station_ae_title}). "
+                "Open its slots to make it bookable.")
+
+    form_action(session, add)
+    return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+
+
+@bp.post("/admin/centres/<int:centre_id>/scanners/<int:schedule_id>/active")
+@require_roles(Role.ADMIN)
+def scanner_active_page(centre_id: int, schedule_id: int) -> ResponseReturnValue:
+    session = request_session()
+    active = request.form.get("active") == "1"
+
+    def change() -> str:
+        schedule = set_scanner_active(session, current_user(), centre_id, schedule_id, active)
+        if active:
+            return f"{schedule.name} is in service again; its free slots can be booked."
+        return f"{schedule.name} is out of service; its slots are no longer offered."
+
+    form_action(session, change)
+    return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+
+
+@bp.post("/admin/centres/<int:centre_id>/slots")
+@require_roles(Role.ADMIN)
+def open_slots_page(centre_id: int) -> ResponseReturnValue:
+    session = request_session()
+
+    def open_range() -> str:
+        opening = SlotOpening(
+            first_day=_form_day("first_day", "the first day"), last_day=_form_day("last_day", "the last day"),
+            weekdays=_form_weekdays(), opens=_form_time("opens", "the opening time"),
+            closes=_form_time("closes", "the closing time"),
+            slot_minutes=_form_int("slot_minutes", "the slot length"),
+        )
+        result = open_slots(session, current_user(), centre_id, _form_int("schedule_id", "the scanner"), opening)
+        skipped = []
+        if result.skipped_overlapping:
+            skipped.append(f"{result.skipped_overlapping} skipped because the scanner already has a slot then")
+        if result.skipped_past:
+            skipped.append(f"{result.skipped_past} skipped because they would start in the past")
+        return f"{result.created} slot{'' if result.created == 1 else 's'} opened" + (
+            f"; {' and '.join(skipped)}." if skipped else ".")
+
+    form_action(session, open_range)
+    return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+
+
+@bp.post("/admin/centres/<int:centre_id>/slots/block")
+@require_roles(Role.ADMIN)
+def block_slots_page(centre_id: int) -> ResponseReturnValue:
+    session = request_session()
+    blocking = request.form.get("action", "block") != "release"
+
+    def block() -> str:
+        window = SlotWindow(
+            first_day=_form_day("first_day", "the first day"), last_day=_form_day("last_day", "the last day"),
+            from_time=_form_optional_time("from_time", "the start time"),
+            until_time=_form_optional_time("until_time", "the end time"),
+        )
+        result = set_slots_blocked(session, current_user(), centre_id, _form_int("schedule_id", "the scanner"),
+                                   window, blocked=blocking)
+        message = f"{result.changed} slot{'' if result.changed == 1 else 's'} {'blocked' if blocking else 'released'}"
+        if result.booked_untouched:
+            message += (f"; {result.booked_untouched} booked slot{'' if result.booked_untouched == 1 else 's'} "
+                        "in that window kept (move or cancel those appointments to free them)")
+        return message + "."
+
+    form_action(session, block)
+    return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))

@@ -117,6 +117,11 @@ def _free_slot_for(session: Session, referral: Referral, slot_id: int) -> Slot:
         raise InvalidInput("that slot belongs to another imaging centre")
     if slot.schedule.modality != referral.modality:
         raise InvalidInput(f"that slot is for {slot.schedule.modality}, the referral asks for {referral.modality}")
+    # A shared lock, re-read: bookings do not wait for each other, but an administrator taking the
+    # scanner out of service (`centres.set_scanner_active`, FOR UPDATE) sees this booking or is seen by it.
+    schedule = session.get(Schedule, slot.schedule_id, with_for_update={"read": True}, populate_existing=True)
+    if schedule is None or not schedule.active:
+        raise Conflict("that scanner is out of service; choose another slot")
     if slot.status is not SlotStatus.FREE:
         raise Conflict("that slot is already taken; choose another")
     if slot.start <= utcnow():

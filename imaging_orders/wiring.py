@@ -20,3 +20,4 @@ def register(app: Flask) -> None:
     add_nav_link(app, "Reconciliation", "reconciliation.reconciliation_page", Role.IMAGING_STAFF, Role.ADMIN)
     add_nav_link(app, "Referrals to accept", "imaging_orders.incoming_page", Role.IMAGING_STAFF)
     add_nav_link(app, "Appointments", "imaging_orders.appointments_page", Role.PATIENT, Role.CLINICIAN)
+    add_nav_link(app, "Imaging centres", "imaging_orders.centres_page", Role.ADMIN)

@@ -141,7 +141,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(flash(radiologist)).to_contain_text("have no decision yet")
     radiologist.get_by_role("button", name=f"Accept finding {first}").click()
     expect(flash(radiologist)).to_have_text(f"Finding {first} accepted.")
-    expect(radiologist).to_have_url(re.compile(rf"window=soft_tissue#finding-{first}$"))
+    expect(radiologist).to_have_url(re.compile(rf"window=soft_tissue&slice=\d+#finding-{first}$"))
     radiologist.get_by_role("button", name=f"Reject finding {second}").click()
     expect(flash(radiologist)).to_have_text(f"Finding {second} rejected.")
     radiologist.get_by_label("Conclusion").fill("One nodule in the right lung; follow-up CT advised.")
