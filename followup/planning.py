@@ -11,7 +11,7 @@ import calendar
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from followup.models import CarePlan, Consultation, FollowUpTask, Notification, TaskStatus
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
+from hospital import clock
 from hospital.clock import utcnow
 from hospital.errors import Forbidden, InvalidInput
 from hospital.models import Patient, Role, User
@@ -54,11 +55,7 @@ FOLLOW_UP_TEMPLATES: dict[str, tuple[TaskTemplate, ...]] = {
 
 
 def patient_zone(patient: Patient) -> ZoneInfo:
-    try:
-        return ZoneInfo(patient.timezone or "UTC")
-    except ZoneInfoNotFoundError:
-        logger.warning("patient %s has an unknown time zone; using UTC", patient.id)
-        return ZoneInfo("UTC")
+    return clock.zone(patient.timezone)
 
 
 def add_months(day: date, months: int) -> date:

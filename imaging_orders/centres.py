@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hospital.audit import record_access
+from hospital import clock
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Organization, OrganizationKind, Role, User
@@ -170,7 +171,7 @@ def valid_timezone(value: str) -> str:
 
 
 def centre_zone(centre: Organization) -> ZoneInfo:
-    return ZoneInfo(centre.timezone or "UTC")
+    return clock.zone(centre.timezone)
 
 
 def _required_text(value: str, label: str, limit: int) -> str:
