@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from flask import Blueprint, Flask, current_app, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
+from hospital import clock
 from hospital.auth import authenticate, current_user, load_current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import DomainError, Forbidden, Unauthenticated
@@ -59,6 +61,16 @@ def form_action(session: Session, action: Callable[[], str]) -> bool:
     session.commit()
     flash(message)
     return True
+
+
+@bp.app_template_filter("local_time")
+def local_time(instant: datetime | None, zone_name: str | None, fmt: str = "%a %d %b %Y %H:%M") -> str:
+    """`instant` on the wall clock of `zone_name`, with the zone's abbreviation ("08:00 CET"):
+    people read an appointment's time as the clock where it happens shows it."""
+    if instant is None:
+        return "—"
+    local = instant.astimezone(clock.zone(zone_name))
+    return f"{local.strftime(fmt)} {local.tzname()}"
 
 
 @bp.app_context_processor

@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify, redirect, render_template, request, url_fo
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
+from hospital import clock
 from hospital.access import ensure_patient_record_access, patient_filter
 from hospital.api import json_body, required
 from hospital.audit import record_access
@@ -54,6 +55,8 @@ from imaging_orders.service import (
     reject_referral,
     studies_by_referral,
     worklist,
+    worklist_day_today,
+    worklist_rooms,
 )
 from referrals.models import Referral, ReferralStatus
 from referrals.service import MODALITIES
@@ -90,6 +93,8 @@ def worklist_json(entry: WorklistEntry) -> dict[str, Any]:
         "modality": entry.schedule.modality,
         "room": entry.schedule.room,
         "station_ae_title": entry.schedule.station_ae_title,
+        "timezone": entry.timezone,
+        "local_start": entry.appointment.start.astimezone(clock.zone(entry.timezone)).isoformat(),
         "patient": {"id": patient.id, "mrn": patient.mrn, "name": patient.display_name},
     }
 
@@ -203,8 +208,9 @@ def my_appointments() -> ResponseReturnValue:
 @require_roles(Role.IMAGING_STAFF, Role.RADIOLOGIST, Role.ADMIN)
 def worklist_api() -> ResponseReturnValue:
     session = request_session()
-    day = _parse_date(request.args.get("date"), utcnow().date())
-    entries = worklist(session, current_user(), day, request.args.get("modality"))
+    user = current_user()
+    day = _parse_date(request.args.get("date"), worklist_day_today(user))
+    entries = worklist(session, user, day, request.args.get("modality"), request.args.get("room"))
     session.commit()
     return jsonify(date=day.isoformat(), entries=[worklist_json(e) for e in entries])
 
@@ -243,12 +249,17 @@ def study(study_id: int) -> ResponseReturnValue:
 @require_roles(Role.IMAGING_STAFF, Role.RADIOLOGIST, Role.ADMIN)
 def worklist_page() -> ResponseReturnValue:
     session = request_session()
-    day = _parse_date(request.args.get("date"), utcnow().date())
-    entries = worklist(session, current_user(), day, request.args.get("modality"))
+    user = current_user()
+    today = worklist_day_today(user)
+    day = _parse_date(request.args.get("date"), today)
+    modality, room = request.args.get("modality") or None, request.args.get("room") or None
+    entries = worklist(session, user, day, modality, room)
     studies = studies_by_referral(session, [e.referral.id for e in entries])
+    rooms = worklist_rooms(session, user)
     page = render_template(
-        "imaging_orders/worklist.html", entries=entries, day=day, studies=studies,
-        previous_day=day - timedelta(days=1), next_day=day + timedelta(days=1), today=utcnow().date(),
+        "imaging_orders/worklist.html", entries=entries, day=day, studies=studies, today=today,
+        previous_day=day - timedelta(days=1), next_day=day + timedelta(days=1),
+        modalities=sorted({m for m, _ in rooms}), rooms=sorted({r for _, r in rooms}), modality=modality, room=room,
     )
     session.commit()
     return page
@@ -264,7 +275,10 @@ def check_in_page(appointment_id: int) -> ResponseReturnValue:
         return f"{appointment.patient.display_name} checked in."
 
     form_action(session, check_in)
-    return redirect(url_for("imaging_orders.worklist_page", date=request.form.get("date") or None))
+    # Back to the list the staff member was looking at: the same day, modality and room.
+    form = request.form
+    return redirect(url_for("imaging_orders.worklist_page", date=form.get("date") or None,
+                            modality=form.get("modality") or None, room=form.get("room") or None))
 
 
 @bp.route("/incoming", methods=["GET", "POST"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, UTC
+from datetime import date, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +14,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
+from hospital import clock
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Role, User
@@ -217,21 +218,32 @@ class WorklistEntry:
     referral: Referral
     schedule: Schedule
 
+    @property
+    def timezone(self) -> str:
+        """The zone of the centre the examination happens at: its times are read on that clock."""
+        return self.schedule.organization.timezone
 
-def worklist(session: Session, user: User, day: date, modality: str | None = None) -> list[WorklistEntry]:
-    """The centre's scheduled examinations on `day` (UTC), earliest first."""
-    if user.role not in (Role.IMAGING_STAFF, Role.RADIOLOGIST, Role.ADMIN):
-        raise Forbidden("the worklist is for imaging-centre staff")
-    start = datetime.combine(day, time.min, tzinfo=UTC)
+
+def worklist_day_today(user: User) -> date:
+    """Today on the wall clock of the user's centre (UTC for a user without one, e.g. an admin)."""
+    return clock.local_date(utcnow(), user.organization.timezone if user.organization else None)
+
+
+def worklist(
+    session: Session, user: User, day: date, modality: str | None = None, room: str | None = None
+) -> list[WorklistEntry]:
+    """The examinations scheduled on `day`, earliest first. `day` is a day on each centre's own
+    calendar (08:00 in Berlin on the 24th is on the 24th's list, whatever its UTC date)."""
+    window_start, window_end = clock.utc_window_for_days(day, day)
     query = (
         select(Appointment, Referral, Schedule)
         .join(Referral, Appointment.referral_id == Referral.id)
         .join(Slot, Appointment.slot_id == Slot.id)
         .join(Schedule, Slot.schedule_id == Schedule.id)
-        .options(joinedload(Appointment.patient))
+        .options(joinedload(Appointment.patient), joinedload(Schedule.organization))
         .where(
-            Appointment.start >= start,
-            Appointment.start < start + timedelta(days=1),
+            Appointment.start >= window_start,
+            Appointment.start < window_end,
             Appointment.status.in_([AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED, AppointmentStatus.FULFILLED]),
         )
         .order_by(Appointment.start, Appointment.id)
@@ -240,9 +252,22 @@ def worklist(session: Session, user: User, day: date, modality: str | None = Non
         query = query.where(Schedule.organization_id == user.organization_id)
     if modality:
         query = query.where(Schedule.modality == modality.upper())
-    entries = [WorklistEntry(a, r, s) for a, r, s in session.execute(query)]
+    if room:
+        query = query.where(Schedule.room == room)
+    entries = [
+        WorklistEntry(a, r, s) for a, r, s in session.execute(query)
+        if clock.local_date(a.start, s.organization.timezone) == day
+    ]
     record_access(session, user, "E", "Appointment", None, description=f"worklist {day.isoformat()} ({len(entries)})")
     return entries
+
+
+def worklist_rooms(session: Session, user: User) -> list[tuple[str, str]]:
+    """(modality, room) of the scanners whose worklist the user may filter on, for the page's choices."""
+    query = select(Schedule.modality, Schedule.room).distinct().order_by(Schedule.modality, Schedule.room)
+    if user.role is not Role.ADMIN:
+        query = query.where(Schedule.organization_id == user.organization_id)
+    return [(modality, room) for modality, room in session.execute(query)]
 
 
 def pending_referrals(session: Session, user: User) -> list[Referral]:

@@ -32,10 +32,12 @@ class Order:
 
 
 def make_centre(
-    session: Session, *, station_ae_title: str = "CT1", modality: str = "CT", room: str = "Room 1"
+    session: Session, *, station_ae_title: str = "CT1", modality: str = "CT", room: str = "Room 1",
+    timezone: str = "UTC",
 ) -> Centre:
     n = next(_counter)
-    organization = Organization(name=f"Centre {n}", kind=OrganizationKind.IMAGING_CENTRE, ae_title=f"CENTRE{n}")
+    organization = Organization(name=f"Centre {n}", kind=OrganizationKind.IMAGING_CENTRE, ae_title=f"CENTRE{n}",
+                                timezone=timezone)
     session.add(organization)
     session.flush()
     requester = Practitioner(family_name="Lovelace", given_name="Ada", organization_id=organization.id)

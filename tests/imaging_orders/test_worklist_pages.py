@@ -71,3 +71,41 @@ def test_only_staff_of_the_appointments_centre_check_in(db_session: Session, dem
     assert cancelled.appointment is not None
     with pytest.raises(Conflict, match="cancelled"):
         check_in_appointment(db_session, other.user, cancelled.appointment.id)
+
+
+def test_the_worklist_follows_the_centres_calendar_and_filters_by_modality_and_room(
+    client: FlaskClient, db_session: Session, demo: DemoSeed
+) -> None:
+    demo.imaging_centre.timezone = "Europe/Berlin"
+    ct = demo_centre(db_session, demo)
+    mr = Schedule(organization_id=demo.imaging_centre.id, name="MR 1", modality="MR", room="Room 4",
+                  station_ae_title="WLPMR1")
+    db_session.add(mr)
+    db_session.flush()
+    # 00:30 in Berlin on the 24th (winter, UTC+1) is 23:30 UTC on the 23rd.
+    late = make_order(db_session, ct, mrn="TZP-1", accession_number="TZP1", start=datetime(2031, 11, 23, 23, 30, tzinfo=UTC))
+    brain = make_order(db_session, Centre(ct.organization, ct.requester, ct.user, mr), mrn="TZP-2",
+                       accession_number="TZP2", start=datetime(2031, 11, 24, 9, 0, tzinfo=UTC))
+    db_session.commit()
+    sign_in(client, "imaging_staff")
+
+    page = client.get("/worklist?date=2031-11-24").get_data(as_text=True)
+    assert "TZP1" in page and "TZP2" in page
+    assert ">00:30 CET</td>" in page and ">10:00 CET</td>" in page
+    assert "TZP1" not in client.get("/worklist?date=2031-11-23").get_data(as_text=True)
+
+    only_mr = client.get("/worklist?date=2031-11-24&modality=MR").get_data(as_text=True)
+    assert "TZP2" in only_mr and "TZP1" not in only_mr and "(MR)" in only_mr
+    assert '<option selected>MR</option>' in only_mr  # the filter shows what it is set to
+    only_room9 = client.get("/worklist?date=2031-11-24&room=Room+9").get_data(as_text=True)
+    assert "TZP1" in only_room9 and "TZP2" not in only_room9
+    api = client.get("/api/worklist?date=2031-11-24&room=Room+4").get_json()
+    assert [e["accession_number"] for e in api["entries"]] == ["TZP2"]
+    assert api["entries"][0]["local_start"] == "2031-11-24T10:00:00+01:00"
+    assert api["entries"][0]["timezone"] == "Europe/Berlin"
+
+    # Checking in keeps the filtered list the staff member was on.
+    action = f"/worklist/appointments/{brain.appointment.id}/check-in"
+    done = client.post(action, data={"csrf_token": csrf_token_of(only_mr), "date": "2031-11-24", "modality": "MR"})
+    assert done.headers["Location"].endswith("/worklist?date=2031-11-24&modality=MR")
+    assert late.appointment.status is AppointmentStatus.BOOKED
