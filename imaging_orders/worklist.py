@@ -6,7 +6,10 @@ schedules and patients, and answers each match with the return keys the modality
 modality copies PatientID, AccessionNumber and StudyInstanceUID into the images it makes, which is
 what lets `imaging_orders.ingest` match the images back to the order.
 
-Dates and times are UTC, as in the web worklist (`imaging_orders.service.worklist`).
+Dates and times are local to the centre whose scanner the step is on, as DICOM expects of a
+modality's clock: a query for 20261124 returns the steps on the 24th of that centre's calendar,
+and a step at 08:00 in Berlin is answered as 080000 with TimezoneOffsetFromUTC +0100 when the
+query asks for that key. Stored times stay UTC (`hospital.clock`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from pydicom.dataelem import DataElement
@@ -23,11 +26,12 @@ from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy import ColumnElement, Select, or_, select
 from sqlalchemy.orm import Session
 
+from hospital import clock
 from hospital.errors import InvalidInput
-from hospital.models import Patient, Practitioner
+from hospital.models import Organization, Patient, Practitioner
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot
 from referrals.models import Priority, Referral, ReferralStatus
 
@@ -58,6 +62,10 @@ class _Row:
     patient: Patient
     schedule: Schedule
     requester: Practitioner
+    timezone: str  # the centre's IANA zone
+
+    def local(self, instant: datetime) -> datetime:
+        return instant.astimezone(clock.zone(self.timezone))
 
 
 def study_instance_uid_for(referral: Referral) -> str:
@@ -85,27 +93,38 @@ def find_worklist_items(session: Session, query: Dataset) -> Iterator[Dataset]:
     statement = _base_statement()
     statement = _filter(statement, Schedule.station_ae_title, _value(step_query, "ScheduledStationAETitle"))
     statement = _filter(statement, Schedule.modality, _value(step_query, "Modality"))
-    statement = _filter_dates(statement, _value(step_query, "ScheduledProcedureStepStartDate"))
+    first_day, last_day = _date_bounds(_value(step_query, "ScheduledProcedureStepStartDate"))
+    window_start, window_end = clock.utc_window_for_days(first_day, last_day)
+    if window_start is not None:
+        statement = statement.where(Appointment.start >= window_start)
+    if window_end is not None:
+        statement = statement.where(Appointment.start < window_end)
     statement = _filter(statement, Patient.mrn, _value(query, "PatientID"))
     statement = _filter(statement, Referral.accession_number, _value(query, "AccessionNumber"))
     statement = _filter(
         statement, Patient.family_name + "^" + Patient.given_name, _person_name(_value(query, "PatientName"))
     )
     count = 0
-    for appointment, referral, patient, schedule, requester in session.execute(statement):
+    for appointment, referral, patient, schedule, requester, timezone in session.execute(statement):
+        row = _Row(appointment, referral, patient, schedule, requester, timezone)
+        # The SQL window is wide enough for any zone; the centre's own calendar decides the day.
+        day = row.local(appointment.start).date()
+        if (first_day and day < first_day) or (last_day and day > last_day):
+            continue
         count += 1
-        yield _response(query, step_query, _Row(appointment, referral, patient, schedule, requester))
+        yield _response(query, step_query, row)
     logger.info("worklist query matched %d scheduled steps", count)
 
 
 def _base_statement() -> Select[Any]:
     return (
-        select(Appointment, Referral, Patient, Schedule, Practitioner)
+        select(Appointment, Referral, Patient, Schedule, Practitioner, Organization.timezone)
         .join(Referral, Appointment.referral_id == Referral.id)
         .join(Patient, Referral.patient_id == Patient.id)
         .join(Practitioner, Referral.requester_id == Practitioner.id)
         .join(Slot, Appointment.slot_id == Slot.id)
         .join(Schedule, Slot.schedule_id == Schedule.id)
+        .join(Organization, Schedule.organization_id == Organization.id)
         .where(
             Appointment.status.in_(WORKLIST_APPOINTMENT_STATUSES),
             Referral.status.in_(WORKLIST_REFERRAL_STATUSES),
@@ -162,18 +181,13 @@ def _like_pattern(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _filter_dates(statement: Select[Any], values: list[str]) -> Select[Any]:
+def _date_bounds(values: list[str]) -> tuple[date | None, date | None]:
+    """The inclusive local days a ScheduledProcedureStepStartDate key asks for (None: unbounded)."""
     if not values:
-        return statement
+        return None, None
     if len(values) > 1:
         raise WorklistQueryError("ScheduledProcedureStepStartDate takes one date or one range")
-    first, last = _date_range(values[0])
-    conditions = []
-    if first is not None:
-        conditions.append(Appointment.start >= datetime.combine(first, time.min, tzinfo=UTC))
-    if last is not None:
-        conditions.append(Appointment.start < datetime.combine(last + timedelta(days=1), time.min, tzinfo=UTC))
-    return statement.where(and_(*conditions))
+    return _date_range(values[0])
 
 
 def _date_range(value: str) -> tuple[date | None, date | None]:
@@ -224,15 +238,17 @@ _TOP_LEVEL: dict[str, Callable[[_Row], Any]] = {
     "RequestedProcedurePriority": _priority,
     "StudyInstanceUID": lambda r: study_instance_uid_for(r.referral),
     "BodyPartExamined": lambda r: r.referral.body_part[:16],
+    # The offset the step's DA and TM values are in (PS3.3 C.12.1.1.8), e.g. "+0100".
+    "TimezoneOffsetFromUTC": lambda r: r.local(r.appointment.start).strftime("%z"),
 }
 
 _STEP: dict[str, Callable[[_Row], Any]] = {
     "Modality": lambda r: r.schedule.modality,
     "ScheduledStationAETitle": lambda r: r.schedule.station_ae_title,
-    "ScheduledProcedureStepStartDate": lambda r: r.appointment.start.astimezone(UTC).strftime("%Y%m%d"),
-    "ScheduledProcedureStepStartTime": lambda r: r.appointment.start.astimezone(UTC).strftime("%H%M%S"),
-    "ScheduledProcedureStepEndDate": lambda r: r.appointment.end.astimezone(UTC).strftime("%Y%m%d"),
-    "ScheduledProcedureStepEndTime": lambda r: r.appointment.end.astimezone(UTC).strftime("%H%M%S"),
+    "ScheduledProcedureStepStartDate": lambda r: r.local(r.appointment.start).strftime("%Y%m%d"),
+    "ScheduledProcedureStepStartTime": lambda r: r.local(r.appointment.start).strftime("%H%M%S"),
+    "ScheduledProcedureStepEndDate": lambda r: r.local(r.appointment.end).strftime("%Y%m%d"),
+    "ScheduledProcedureStepEndTime": lambda r: r.local(r.appointment.end).strftime("%H%M%S"),
     "ScheduledProcedureStepDescription": lambda r: (r.appointment.description or r.referral.procedure_description)[:64],
     "ScheduledProcedureStepID": lambda r: f"SPS{r.appointment.id}"[:16],
     "ScheduledStationName": lambda r: r.schedule.name[:16],

@@ -147,3 +147,28 @@ def test_study_uid_is_stable(db_session: Session, booked: dict[str, Order]) -> N
     assert first == second and len(first) == 1
     assert first != other
     assert len(first[0]) <= 64
+
+
+def test_dates_and_times_are_on_the_centres_own_calendar(db_session: Session) -> None:
+    """Half past midnight in Berlin on 24 November is 23:30 UTC on the 23rd: a Berlin modality
+    asking for the 24th gets it, at 003000 local, with the offset when it asks for one."""
+    berlin = make_centre(db_session, station_ae_title="WLBER1", timezone="Europe/Berlin")
+    sydney = make_centre(db_session, station_ae_title="WLSYD1", timezone="Australia/Sydney")
+    make_order(db_session, berlin, mrn="TZ-1", accession_number="TZB1", start=datetime(2031, 11, 23, 23, 30, tzinfo=UTC))
+    # 10:00 in Sydney (UTC+11 in summer) on the 24th is 23:00 UTC on the 23rd as well.
+    make_order(db_session, sydney, mrn="TZ-2", accession_number="TZS1", start=datetime(2031, 11, 23, 23, 0, tzinfo=UTC))
+
+    assert accessions(db_session, query(date="20311124")) == {"TZB1", "TZS1"}
+    assert accessions(db_session, query(date="20311123")) == set()
+    assert accessions(db_session, query(station="WLBER1", date="20311120-20311124")) == {"TZB1"}
+    assert accessions(db_session, query(date="-20311123")) == set()
+
+    q = query(station="WLBER1", date="20311124")
+    q.TimezoneOffsetFromUTC = ""
+    (item,) = find_worklist_items(db_session, q)
+    step = item.ScheduledProcedureStepSequence[0]
+    assert (step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) == ("20311124", "003000")
+    assert item.TimezoneOffsetFromUTC == "+0100"
+    (sydney_item,) = find_worklist_items(db_session, query(station="WLSYD1", date="20311124"))
+    assert sydney_item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime == "100000"
+    assert "TimezoneOffsetFromUTC" not in sydney_item  # only the keys the modality asked for
