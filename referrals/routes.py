@@ -17,7 +17,14 @@ from hospital.errors import DomainError, InvalidInput
 from hospital.models import Organization, OrganizationKind, Patient, Role
 from hospital.patients import GENDERS, PatientDetails, create_patient
 from referrals.models import Priority, Referral, ReferralStatus
-from referrals.service import ReferralRequest, cancel_referral, create_referral, get_referral, list_referrals
+from referrals.service import (
+    MODALITY_NAMES,
+    ReferralRequest,
+    cancel_referral,
+    create_referral,
+    get_referral,
+    list_referrals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +163,7 @@ def new_referral_page() -> ResponseReturnValue:
     ).all()
     return render_template(
         "referrals/new.html", patients=patients, centres=centres, priorities=list(Priority), error=error,
-        form=form, search=search, genders=sorted(GENDERS),
+        form=form, search=search, genders=sorted(GENDERS), modalities=MODALITY_NAMES,
         registering=request.form.get("action") == "register_patient",
     ), 400 if error else 200
 

@@ -19,7 +19,13 @@ from referrals.models import Priority, Referral, ReferralStatus
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = frozenset({"CT", "MR", "CR", "DX", "US", "PT", "NM", "MG", "XA", "RF"})
+# DICOM modality codes (PS3.3 C.7.3.1.1.1) a referral may ask for, with the names clinicians know.
+MODALITY_NAMES = {
+    "CT": "Computed tomography", "MR": "Magnetic resonance", "CR": "Computed radiography (X-ray)",
+    "DX": "Digital radiography (X-ray)", "US": "Ultrasound", "PT": "PET", "NM": "Nuclear medicine",
+    "MG": "Mammography", "XA": "X-ray angiography", "RF": "Fluoroscopy",
+}
+MODALITIES = frozenset(MODALITY_NAMES)
 OPEN_STATUSES = frozenset({ReferralStatus.ACTIVE, ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED})
 
 
