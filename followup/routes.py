@@ -281,8 +281,10 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
             ))
             return f"Prescription {med.id} sent to the pharmacy."
 
-        form_action(session, act)
-        return redirect(url_for("followup.consultation_page", consultation_id=consultation_id))
+        if form_action(session, act):
+            return redirect(url_for("followup.consultation_page", consultation_id=consultation_id))
+    # A refused message, prescription or note is shown again with what was typed in its form.
+    posted = request.form.get("action", "prescribe") if request.method == "POST" else None
     found = get_consultation(session, user, consultation_id)
     page = render_template(
         "followup/consultation.html", consultation=found,
@@ -295,9 +297,10 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
             select(Organization).where(Organization.kind == OrganizationKind.PHARMACY).order_by(Organization.name)
         ).all(),
         can_act=user.role is Role.CLINICIAN and found.practitioner_id == user.practitioner_id,
+        posted=posted, form=request.form if posted else {},
     )
     session.commit()
-    return page
+    return page, 422 if posted else 200
 
 
 def _form_count(value: str | None, label: str) -> int:

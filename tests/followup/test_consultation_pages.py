@@ -7,7 +7,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from followup.models import Message
+from followup.models import MedicationRequest, Message
 from hospital.seed import DemoSeed
 from tests.followup.test_consultation_and_pharmacy import signed_consultation
 from tests.referrals.test_referral_pages import csrf_token_of, sign_in
@@ -79,3 +79,22 @@ def test_unread_messages_are_counted_until_opened_and_the_sender_sees_a_receipt(
     post_message(patient, url, "Will do.")
     assert "1 unread message" in client.get("/consultations").get_data(as_text=True)
     assert "unread message" not in patient.get("/consultations").get_data(as_text=True)
+
+
+def test_a_refused_prescription_comes_back_with_what_was_typed(
+    client: FlaskClient, db_session: Session, demo: DemoSeed
+) -> None:
+    consultation_id = signed_consultation(db_session, demo, (10, 10, 14, 14))
+    url = f"/consultations/{consultation_id}"
+    sign_in(client, "clinician")
+    form = {"csrf_token": csrf_token_of(client.get(url).get_data(as_text=True)), "action": "prescribe",
+            "medication_code": "J01CA04", "medication_display": "Amoxicillin 500 mg", "dosage_text": "1 capsule tds",
+            "quantity": "a box", "refills": "2", "pharmacy_organization_id": str(demo.pharmacy.id)}
+    refused = client.post(url, data=form)
+    page = refused.get_data(as_text=True)
+    assert refused.status_code == 422 and "quantity must be a whole number" in page
+    assert 'value="Amoxicillin 500 mg"' in page and 'value="1 capsule tds"' in page and 'value="a box"' in page
+    assert 'value="2"' in page and f'<option value="{demo.pharmacy.id}" selected>' in page
+    assert db_session.scalars(select(MedicationRequest)).all() == []
+    # The other forms on the page stay empty.
+    assert '<textarea id="note" name="note" rows="4" required></textarea>' in page
