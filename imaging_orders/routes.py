@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -62,6 +62,10 @@ from referrals.models import Referral, ReferralStatus
 from referrals.service import MODALITIES
 
 logger = logging.getLogger(__name__)
+
+# What a patient choosing a time is offered: the next free slots over four weeks, grouped by day.
+BOOKING_DAYS_AHEAD = 28
+OFFERED_SLOTS = 120
 
 bp = Blueprint("imaging_orders", __name__, template_folder="templates")
 
@@ -303,6 +307,15 @@ def incoming_page() -> ResponseReturnValue:
     return render_template("imaging_orders/incoming.html", referrals=referrals)
 
 
+def _by_local_day(slots: list[Slot]) -> list[tuple[str, list[Slot]]]:
+    """Free slots grouped under the day they fall on at their centre, for a select's optgroups."""
+    days: dict[str, list[Slot]] = {}
+    for slot in slots:
+        local = slot.start.astimezone(clock.zone(slot.schedule.organization.timezone))
+        days.setdefault(local.strftime("%A %d %B %Y"), []).append(slot)
+    return list(days.items())
+
+
 @bp.route("/appointments", methods=["GET", "POST"])
 @require_roles(Role.PATIENT, Role.CLINICIAN)
 def appointments_page() -> ResponseReturnValue:
@@ -333,9 +346,11 @@ def appointments_page() -> ResponseReturnValue:
             .where(Referral.requester_id == user.practitioner_id if user.role is Role.CLINICIAN else Referral.patient_id == user.patient_id)
         )
     )
-    window = (utcnow(), utcnow() + timedelta(days=14))
-    offers = {r.id: free_slots(session, r.performer_organization_id, r.modality, *window, limit=12) for r in to_book}
-    movable = {a.id: free_slots(session, a.referral.performer_organization_id, a.referral.modality, *window, limit=12)
+    window = (utcnow(), utcnow() + timedelta(days=BOOKING_DAYS_AHEAD))
+    offers = {r.id: _by_local_day(free_slots(session, r.performer_organization_id, r.modality, *window,
+                                             limit=OFFERED_SLOTS)) for r in to_book}
+    movable = {a.id: _by_local_day(free_slots(session, a.referral.performer_organization_id, a.referral.modality,
+                                              *window, limit=OFFERED_SLOTS))
                for a in appointments if a.status is AppointmentStatus.BOOKED and a.referral is not None}
     session.commit()
     return render_template("imaging_orders/appointments.html", appointments=appointments, to_book=to_book,
@@ -403,12 +418,12 @@ def centres_page() -> ResponseReturnValue:
 
         if form_action(session, create):
             return redirect(url_for("imaging_orders.centre_page", centre_id=created[0]))
-        return redirect(url_for("imaging_orders.centres_page"))
+    # A refused centre is shown again as typed (422), so the administrator corrects, not retypes.
     summaries = list_centres(session, admin)
     page = render_template("imaging_orders/centres.html", summaries=summaries, zones=zone_names(),
-                           summary_days=SUMMARY_DAYS)
+                           summary_days=SUMMARY_DAYS, form=request.form)
     session.commit()
-    return page
+    return page, 422 if request.method == "POST" else 200
 
 
 @bp.route("/admin/centres/<int:centre_id>", methods=["GET", "POST"])
@@ -422,8 +437,20 @@ def centre_page(centre_id: int) -> ResponseReturnValue:
             centre = update_centre(session, admin, centre_id, _centre_details())
             return f"{centre.name} saved."
 
-        form_action(session, save)
-        return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+        if form_action(session, save):
+            return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+        return _centre_page_refused(centre_id, "details")
+    return _render_centre_page(centre_id)
+
+
+# The forms of the centre page, as `posted` names them to the template: after a refusal only the
+# form that was sent shows what was typed; the others keep their defaults.
+CentrePageForm = Literal["details", "scanner", "slots", "block"]
+
+
+def _render_centre_page(centre_id: int, posted: CentrePageForm | None = None) -> str:
+    session = request_session()
+    admin = current_user()
     centre = get_centre(session, admin, centre_id)
     zone = centre_zone(centre)
     today = utcnow().astimezone(zone).date()
@@ -431,10 +458,16 @@ def centre_page(centre_id: int) -> ResponseReturnValue:
         "imaging_orders/centre.html", centre=centre, scanners=centre_scanners(session, admin, centre_id),
         calendar=slot_calendar(session, admin, centre_id), zones=zone_names(), modalities=sorted(MODALITIES),
         weekdays=list(enumerate(WEEKDAY_NAMES)), today=today, default_last_day=today + timedelta(days=27),
-        summary_days=SUMMARY_DAYS, max_range_days=MAX_RANGE_DAYS,
+        summary_days=SUMMARY_DAYS, max_range_days=MAX_RANGE_DAYS, posted=posted, form=request.form,
     )
     session.commit()
     return page
+
+
+def _centre_page_refused(centre_id: int, posted: CentrePageForm) -> ResponseReturnValue:
+    """The centre page again after `form_action` refused the form `posted` (its error is flashed):
+    422 with what was typed in that form, so nothing has to be typed twice."""
+    return _render_centre_page(centre_id, posted), 422
 
 
 @bp.post("/admin/centres/<int:centre_id>/scanners")
@@ -451,8 +484,9 @@ def add_scanner_page(centre_id: int) -> ResponseReturnValue:
         return (f"{schedule.name} added ({schedule.modality}, station AE title {schedule.station_ae_title}). "
                 "Open its slots to make it bookable.")
 
-    form_action(session, add)
-    return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+    if form_action(session, add):
+        return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+    return _centre_page_refused(centre_id, "scanner")
 
 
 @bp.post("/admin/centres/<int:centre_id>/scanners/<int:schedule_id>/active")
@@ -467,6 +501,8 @@ def scanner_active_page(centre_id: int, schedule_id: int) -> ResponseReturnValue
             return f"{schedule.name} is in service again; its free slots can be booked."
         return f"{schedule.name} is out of service; its slots are no longer offered."
 
+    # Nothing is typed into this one-button form, so a refusal (upcoming appointments) loses
+    # nothing: back to the page with the reason flashed, and a reload does not post again.
     form_action(session, change)
     return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
 
@@ -492,8 +528,9 @@ def open_slots_page(centre_id: int) -> ResponseReturnValue:
         return f"{result.created} slot{'' if result.created == 1 else 's'} opened" + (
             f"; {' and '.join(skipped)}." if skipped else ".")
 
-    form_action(session, open_range)
-    return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+    if form_action(session, open_range):
+        return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+    return _centre_page_refused(centre_id, "slots")
 
 
 @bp.post("/admin/centres/<int:centre_id>/slots/block")
@@ -516,5 +553,6 @@ def block_slots_page(centre_id: int) -> ResponseReturnValue:
                         "in that window kept (move or cancel those appointments to free them)")
         return message + "."
 
-    form_action(session, block)
-    return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+    if form_action(session, block):
+        return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+    return _centre_page_refused(centre_id, "block")

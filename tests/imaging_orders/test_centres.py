@@ -2,13 +2,15 @@
 
 Slots are laid out on the centre's local calendar and stored in UTC (a daylight-saving change
 moves the UTC hour), opening a range twice creates nothing new, blocking never touches a booked
-slot, invalid AE titles and time zones are refused with nothing written, and a centre created
-here works downstream: referrals name it, patients book its slots, its station gets its worklist.
+slot, invalid AE titles and time zones are refused with nothing written (the refused form comes
+back as typed, with status 422), and a centre created here works downstream: referrals name it,
+patients book its slots, its station gets its worklist.
 """
 
 from __future__ import annotations
 
 import calendar
+import html
 import re
 import threading
 from datetime import UTC, date, datetime, time, timedelta
@@ -148,6 +150,106 @@ def test_the_list_has_an_empty_state(client: FlaskClient, db_session: Session) -
     sign_in(client, "lone-admin")
     page = client.get("/admin/centres").get_data(as_text=True)
     assert "No imaging centres yet" in page and 'name="csrf_token"' in page
+
+
+def field_value(page: str, field_id: str) -> str:
+    tag = re.search(rf'<input id="{field_id}"[^>]*>', page)
+    assert tag is not None, f"no input {field_id}"
+    value = re.search(r'value="([^"]*)"', tag.group(0))
+    return html.unescape(value.group(1)) if value else ""
+
+
+def selected_options(page: str, select_id: str) -> list[str]:
+    options = page.split(f'<select id="{select_id}"')[1].split("</select>")[0]
+    return re.findall(r'<option value="([^"]*)" selected>', options)
+
+
+def checked_weekdays(page: str) -> list[str]:
+    return re.findall(r'name="weekday" value="(\d)" checked', page)
+
+
+def test_a_refused_centre_comes_back_as_typed(client: FlaskClient, db_session: Session, demo: DemoSeed) -> None:
+    sign_in(client, "admin")
+    token = csrf_token_of(client.get("/admin/centres").get_data(as_text=True))
+    before = count(db_session, Organization)
+    refused = client.post("/admin/centres", data={
+        "csrf_token": token, "name": "Harbour & Sons Imaging", "ae_title": "HARBOUR\\1", "timezone": "Europe/Lisbon"})
+    assert refused.status_code == 422
+    page = refused.get_data(as_text=True)
+    assert "backslash" in page  # the service's reason, flashed on the same page
+    assert (field_value(page, "name"), field_value(page, "ae_title"), field_value(page, "timezone")) == (
+        "Harbour & Sons Imaging", "HARBOUR\\1", "Europe/Lisbon")
+    assert 'name="csrf_token"' in page and 'for="name"' in page
+    assert count(db_session, Organization) == before
+    # A plain visit afterwards is the empty form again.
+    fresh = client.get("/admin/centres").get_data(as_text=True)
+    assert (field_value(fresh, "name"), field_value(fresh, "timezone")) == ("", "UTC")
+
+
+def test_refused_centre_page_forms_keep_what_was_typed_in_that_form_only(
+    client: FlaskClient, db_session: Session, demo: DemoSeed
+) -> None:
+    admin = demo.users["admin"]
+    centre = berlin_centre(db_session, admin)
+    ct = ct_scanner(db_session, admin, centre)
+    mr = add_scanner(db_session, admin, centre.id, ScannerDetails("MR scanner B", "MR", "Room 2", "BERLINMR1"))
+    db_session.commit()
+    sign_in(client, "admin")
+    url = f"/admin/centres/{centre.id}"
+    token = csrf_token_of(client.get(url).get_data(as_text=True))
+    schedules = count(db_session, Schedule, Schedule.organization_id == centre.id)
+
+    duplicate = client.post(f"{url}/scanners", data={
+        "csrf_token": token, "name": "US scanner C", "modality": "US", "room": "Room 9", "station_ae_title": "berlinct1"})
+    assert duplicate.status_code == 422
+    page = duplicate.get_data(as_text=True)
+    assert "already used by the active scanner" in page
+    assert (field_value(page, "scanner-name"), field_value(page, "scanner-room"),
+            field_value(page, "scanner-ae")) == ("US scanner C", "Room 9", "berlinct1")
+    assert selected_options(page, "scanner-modality") == ["US"]
+    # The other forms are untouched: the centre as stored, the opening form's defaults.
+    assert (field_value(page, "centre-name"), field_value(page, "centre-tz")) == ("Berlin Imaging", "Europe/Berlin")
+    assert checked_weekdays(page) == ["0", "1", "2", "3", "4"] and field_value(page, "open-length") == "30"
+    assert count(db_session, Schedule, Schedule.organization_id == centre.id) == schedules
+
+    day = utcnow().date() + timedelta(days=3)
+    opening = {"csrf_token": token, "schedule_id": str(mr.id), "first_day": day.isoformat(),
+               "last_day": (day + timedelta(days=6)).isoformat(), "weekday": ["1", "5"], "opens": "07:30",
+               "closes": "11:15", "slot_minutes": "1"}
+    short = client.post(f"{url}/slots", data=opening)
+    assert short.status_code == 422
+    page = short.get_data(as_text=True)
+    assert "5 to 480 minutes, not 1" in page
+    assert [field_value(page, f) for f in ("open-first", "open-last", "open-opens", "open-closes", "open-length")] == [
+        opening["first_day"], opening["last_day"], "07:30", "11:15", "1"]
+    assert checked_weekdays(page) == ["1", "5"]
+    assert selected_options(page, "open-scanner") == [str(mr.id)]
+    assert selected_options(page, "block-scanner") == [] and field_value(page, "block-first") != opening["last_day"]
+    assert field_value(page, "scanner-name") == "" and selected_options(page, "scanner-modality") == []
+    assert slot_starts(db_session, ct) == [] and slot_starts(db_session, mr) == []
+    # Every day unticked comes back unticked, not as the Monday-to-Friday default.
+    none_ticked = client.post(f"{url}/slots", data={**opening, "weekday": [], "slot_minutes": "30"})
+    assert none_ticked.status_code == 422 and checked_weekdays(none_ticked.get_data(as_text=True)) == []
+
+    window = {"csrf_token": token, "schedule_id": str(mr.id), "first_day": day.isoformat(), "from_time": "09:00",
+              "last_day": "tomorrow", "until_time": "10:00", "action": "block"}
+    blocked = client.post(f"{url}/slots/block", data=window)
+    assert blocked.status_code == 422
+    page = blocked.get_data(as_text=True)
+    assert "the last day is a date YYYY-MM-DD, not &#39;tomorrow&#39;" in page
+    assert [field_value(page, f) for f in ("block-first", "block-from-time", "block-last", "block-until-time")] == [
+        day.isoformat(), "09:00", "tomorrow", "10:00"]
+    assert selected_options(page, "block-scanner") == [str(mr.id)] and selected_options(page, "open-scanner") == []
+
+    renamed = client.post(url, data={"csrf_token": token, "name": "Berlin Imaging Mitte", "ae_title": "BERLIN\\IMG",
+                                      "timezone": "Europe/Paris"})
+    assert renamed.status_code == 422
+    page = renamed.get_data(as_text=True)
+    assert (field_value(page, "centre-name"), field_value(page, "centre-ae"), field_value(page, "centre-tz")) == (
+        "Berlin Imaging Mitte", "BERLIN\\IMG", "Europe/Paris")
+    assert "<h1>Berlin Imaging</h1>" in page  # the heading is the centre as stored
+    db_session.refresh(centre)
+    assert (centre.name, centre.ae_title, centre.timezone) == ("Berlin Imaging", "BERLINIMG", "Europe/Berlin")
 
 
 @pytest.mark.parametrize("role", [r.value for r in Role if r is not Role.ADMIN])
