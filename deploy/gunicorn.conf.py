@@ -25,3 +25,7 @@ errorlog = "-"
 # No query strings in the access log: they can carry identifiers (accession, MRN searches).
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Production is served behind HTTPS (TLS ends at the proxy): the session cookie must never travel
+# over plain HTTP. The workers import the app after this file runs, so they read it from the
+# environment; set SESSION_COOKIE_SECURE=false only for a deliberate plain-HTTP test install.
+os.environ.setdefault("SESSION_COOKIE_SECURE", "true")

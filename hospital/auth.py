@@ -1,7 +1,10 @@
 """Who is calling: password login, bearer tokens, browser sessions, and role checks.
 
 Bearer tokens are random, stored only as SHA-256, expire, and can be revoked. Pages use the
-signed Flask session cookie. Passwords use Werkzeug's scrypt KDF.
+signed Flask session cookie, which carries when the user signed in and when they were last seen:
+it ends after `SESSION_IDLE_MINUTES` without a request and `SESSION_MAX_HOURS` after signing in,
+so a shared ward computer left signed in does not stay signed in. Passwords use Werkzeug's scrypt
+KDF.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from flask import current_app, g, has_request_context, request, session as cookie_session
+from flask import current_app, flash, g, has_request_context, request, session as cookie_session
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -30,6 +33,15 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_FAILED_LOGINS = 5
+# Cookie-session keys for the times of a sign-in, in UTC epoch seconds (the cookie is JSON).
+SIGNED_IN_AT = "signed_in_at"
+LAST_SEEN_AT = "last_seen_at"
+# Last-seen is rewritten at most this often: a new Set-Cookie on every response costs bytes and lets
+# two open tabs overwrite each other's cookie for nothing. Idle time is measured to within this.
+LAST_SEEN_STEP_SECONDS = 60
+# Sent by a page's own background polling (hospital/static/js): such a request is not the user at
+# the keyboard, so it may find the session ended but does not keep it alive.
+BACKGROUND_REQUEST_HEADER = "X-Background-Request"
 # One fixed hash to compare against when the user does not exist, so timing does not reveal it.
 _DUMMY_HASH = generate_password_hash("not-a-real-password")
 
@@ -100,6 +112,58 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def start_browser_session(user: User) -> None:
+    """Sign `user` in on this browser: the cookie session starts empty (nothing from before, such as
+    the previous user's CSRF token on a shared computer, carries over) and records the time."""
+    now = _epoch_seconds()
+    cookie_session.clear()
+    cookie_session["user_id"] = user.id
+    cookie_session[SIGNED_IN_AT] = now
+    cookie_session[LAST_SEEN_AT] = now
+
+
+def _epoch_seconds() -> int:
+    return int(utcnow().timestamp())
+
+
+def _browser_session_end_notice(now: int) -> str | None:
+    """Why the cookie session has ended, as the sign-in page should say it; None while it is live."""
+    signed_in_at, last_seen_at = cookie_session.get(SIGNED_IN_AT), cookie_session.get(LAST_SEEN_AT)
+    if not isinstance(signed_in_at, int) or not isinstance(last_seen_at, int):
+        # Signed in before sessions carried their times: its age is unknown, so it is over.
+        return "Your session has ended. Sign in again to continue."
+    idle_minutes = int(current_app.config["SESSION_IDLE_MINUTES"])
+    max_hours = int(current_app.config["SESSION_MAX_HOURS"])
+    if now - last_seen_at > idle_minutes * 60:
+        return f"You were signed out after {_count(idle_minutes, 'minute')} without activity."
+    if now - signed_in_at > max_hours * 3600:
+        return f"You were signed out {_count(max_hours, 'hour')} after signing in. Sign in again to continue."
+    return None
+
+
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 's'}"
+
+
+def _load_cookie_user(db_session: Session) -> User | None:
+    """The user of the signed cookie session, or None (and the session cleared) once it has ended."""
+    now = _epoch_seconds()
+    notice = _browser_session_end_notice(now)
+    if notice is not None:
+        logger.info("browser session of user %s ended: %s", cookie_session.get("user_id"), notice)
+        cookie_session.clear()
+        flash(notice)  # shown on the sign-in page the caller is sent to next
+        return None
+    user = db_session.get(User, cookie_session["user_id"])
+    if user is None or not user.active:
+        cookie_session.clear()
+        return None
+    background = bool(request.headers.get(BACKGROUND_REQUEST_HEADER))
+    if not background and now - cookie_session[LAST_SEEN_AT] >= LAST_SEEN_STEP_SECONDS:
+        cookie_session[LAST_SEEN_AT] = now
+    return user
+
+
 def load_current_user() -> User | None:
     """Resolve the caller from a bearer token or the session cookie, once per request."""
     if g.get("current_user_request") is request._get_current_object():  # type: ignore[attr-defined]
@@ -116,10 +180,7 @@ def load_current_user() -> User | None:
             raise Unauthenticated("the bearer token is invalid, expired or revoked")
         g.auth_via = "token"
     elif "user_id" in cookie_session:
-        user = db_session.get(User, cookie_session["user_id"])
-        if user is None or not user.active:
-            cookie_session.clear()
-            user = None
+        user = _load_cookie_user(db_session)
         g.auth_via = "cookie"
     g.current_user = user
     g.current_user_request = request._get_current_object()  # type: ignore[attr-defined]

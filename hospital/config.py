@@ -28,6 +28,17 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
 def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the app configuration: environment first, then explicit overrides (tests)."""
     instance_dir = Path(os.environ.get("HOSPITAL_INSTANCE_DIR") or DEFAULT_INSTANCE_DIR)
@@ -61,6 +72,13 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": _env_int("MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
+        # Off for the embedded run on http://localhost; must be on behind HTTPS (deploy/gunicorn.conf.py
+        # turns it on), or the cookie that signs a user in could travel over plain HTTP.
+        "SESSION_COOKIE_SECURE": _env_bool("SESSION_COOKIE_SECURE", False),
+        # A page session ends after this long without a request (a shared ward computer left
+        # signed in), and in any case this long after signing in. Bearer tokens have their own TTL.
+        "SESSION_IDLE_MINUTES": _env_int("SESSION_IDLE_MINUTES", 30),
+        "SESSION_MAX_HOURS": _env_int("SESSION_MAX_HOURS", 12),
         "TESTING": False,
     }
     if overrides:
@@ -71,4 +89,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         config["SECRET_KEY"] = secrets.token_hex(32)
     for key in ("INSTANCE_DIR", "DICOM_STORAGE_DIR", "AI_WEIGHTS"):
         config[key] = Path(config[key])
+    for key in ("SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS"):
+        # Zero or less would sign every user out on their next click, which is never what was meant.
+        if int(config[key]) < 1:
+            raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
     return config

@@ -19,7 +19,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
 from hospital import clock
-from hospital.auth import authenticate, current_user, load_current_user, require_roles
+from hospital.auth import authenticate, current_user, load_current_user, require_roles, start_browser_session
 from hospital.db import request_session
 from hospital.errors import DomainError, Forbidden, Unauthenticated
 from hospital.models import Role
@@ -99,8 +99,7 @@ def login() -> ResponseReturnValue:
             error = exc.message
         else:
             db_session.commit()
-            session.clear()
-            session["user_id"] = user.id
+            start_browser_session(user)
             if user.must_change_password:
                 logger.info("user %s signed in with a temporary password", user.id)
                 flash("Your password was set by an administrator. Choose your own password to continue.")

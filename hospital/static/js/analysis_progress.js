@@ -1,10 +1,14 @@
 /* Live AI-analysis progress on the worklist: every element with data-analysis-url is refreshed
    from GET /api/studies/<id>/analysis (cookie auth) until the job completes or fails.
-   Progressive enhancement: without JavaScript the page shows the state it was rendered with. */
+   Progressive enhancement: without JavaScript the page shows the state it was rendered with.
+   Polls say they are background requests, so a worklist left open does not keep its user signed in;
+   once the session has ended (401) the page reloads, which leads to the sign-in page instead of
+   leaving patients' names on an unattended screen. */
 (function () {
   "use strict";
   var INTERVAL_MS = 2000;
   var FINAL = { completed: true, failed: true };
+  var signedOut = false;
 
   function render(el, job) {
     var label = el.querySelector(".ai-label");
@@ -20,13 +24,16 @@
   }
 
   function poll(el) {
-    fetch(el.dataset.analysisUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+    var headers = { Accept: "application/json", "X-Background-Request": "1" };
+    fetch(el.dataset.analysisUrl, { credentials: "same-origin", headers: headers })
       .then(function (response) {
+        if (response.status === 401) { signedOut = true; window.location.reload(); return null; }
         if (response.status === 404) { return null; }  // images in, analysis not started yet
         if (!response.ok) { throw new Error("HTTP " + response.status); }
         return response.json();
       })
       .then(function (job) {
+        if (signedOut) { return; }  // the page is reloading; nothing more to poll
         if (job) { render(el, job); }
         if (!job || !FINAL[job.status]) { window.setTimeout(function () { poll(el); }, INTERVAL_MS); }
       })
