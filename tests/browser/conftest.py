@@ -13,6 +13,7 @@ import shutil
 import threading
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,9 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-@pytest.fixture()
-def site(live_database: str, tmp_path: Path) -> Iterator[LiveSite]:
-    app = make_test_app(live_database, tmp_path)
+@contextmanager
+def served(app: Flask) -> Iterator[LiveSite]:
+    """`app`, seeded with the demo, served over HTTP from a thread until the block ends."""
     with app.app_context(), get_db(app).transaction() as session:
         demo = seed_demo(session, app)
     server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -87,6 +88,13 @@ def site(live_database: str, tmp_path: Path) -> Iterator[LiveSite]:
         server.shutdown()
         thread.join(5)
         get_db(app).engine.dispose()
+
+
+@pytest.fixture()
+def site(live_database: str, tmp_path: Path) -> Iterator[LiveSite]:
+    """The site with jobs run inline: the pages' own behaviour, without worker processes."""
+    with served(make_test_app(live_database, tmp_path)) as live:
+        yield live
 
 
 def new_page(browser: Any, site: LiveSite, *, width: int = 1280, height: int = 900) -> Any:
