@@ -12,9 +12,8 @@ from flask import Blueprint, Response, jsonify, redirect, render_template, reque
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from billing.models import ChargeItem, Invoice
 from billing.charts import revenue_bars_svg
-from billing.models import Payer, PaymentKind, ServiceLine
+from billing.models import ChargeItem, Invoice, Payer, PaymentKind, ServiceLine
 from billing.service import (
     REVENUE_GROUPS,
     PaymentRequest,
@@ -25,10 +24,12 @@ from billing.service import (
     invoice_balance,
     issue_invoice,
     list_charges,
+    recent_invoices,
     record_payment,
     revenue_csv,
     revenue_report,
     set_coverage,
+    unbilled_charges,
 )
 from hospital.api import enum_value, json_body, required
 from hospital.audit import record_access
@@ -222,6 +223,40 @@ def _form_day(value: str) -> datetime:
         return datetime.combine(date.fromisoformat(value), time.min, tzinfo=UTC)
     except ValueError as exc:
         raise InvalidInput(f"the start date is YYYY-MM-DD, not {value!r}") from exc
+
+
+@bp.route("/admin/billing", methods=["GET", "POST"])
+@require_roles(Role.ADMIN)
+def billing_office_page() -> ResponseReturnValue:
+    """The billing office: patients with charges waiting for an invoice (issue it), and the latest
+    invoices with what each payer still owes (record the insurer's payment)."""
+    session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        form = request.form
+
+        def act() -> str:
+            if form.get("action") == "insurer_payment":
+                invoice = get_invoice(session, user, form.get("invoice_id", type=int) or 0)
+                payment = record_payment(session, user, invoice.id, PaymentRequest(
+                    payer=Payer.INSURER, kind=PaymentKind.PAYMENT,
+                    amount_minor=_form_minor_units(form.get("amount", "")), currency=invoice.currency,
+                    idempotency_key=f"web:{user.id}:{form.get('payment_key', '')}",
+                    reference=form.get("reference", "").strip() or "insurer remittance"))
+                return (f"Insurer payment of {format_money(payment.amount_minor, payment.currency)} "
+                        f"recorded on invoice {invoice.id}.")
+            invoice = issue_invoice(session, user, form.get("patient_id", type=int) or 0)
+            return (f"Invoice {invoice.id} issued to {invoice.patient.display_name}: "
+                    f"{format_money(invoice.total_minor, invoice.currency)}.")
+
+        form_action(session, act)
+        return redirect(url_for("billing.billing_office_page"))
+    waiting = unbilled_charges(session, user)
+    invoices = recent_invoices(session, user)
+    page = render_template("billing/office.html", waiting=waiting, invoices=invoices, money=format_money,
+                           balances={i.id: invoice_balance(i) for i in invoices}, payment_key=uuid.uuid4().hex)
+    session.commit()
+    return page
 
 
 @bp.get("/invoices")

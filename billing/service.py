@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ from hospital.access import ensure_patient_access
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
-from hospital.models import Organization, Practitioner, Role, User
+from hospital.models import Organization, Patient, Practitioner, Role, User
 from imaging_orders.models import ImagingStudy
 from referrals.models import Referral
 
@@ -335,6 +335,45 @@ def list_charges(session: Session, user: User, patient_id: int) -> list[ChargeIt
     items = list(session.scalars(select(ChargeItem).where(ChargeItem.patient_id == patient_id).order_by(ChargeItem.id)))
     record_access(session, user, "E", "ChargeItem", None, patient_id=patient_id, description=f"list charges ({len(items)})")
     return items
+
+
+@dataclass(frozen=True)
+class UnbilledCharges:
+    """One patient's billable charges not yet on an invoice, in one currency."""
+
+    patient: Patient
+    currency: str
+    count: int
+    total_minor: int
+    oldest: datetime
+
+
+def unbilled_charges(session: Session, user: User) -> list[UnbilledCharges]:
+    """Who has charges waiting for an invoice, oldest waiting first (the billing office's queue)."""
+    if user.role is not Role.ADMIN:
+        raise Forbidden("the billing queue is for administrators")
+    statement = (
+        select(Patient, ChargeItem.currency, func.count(), func.sum(ChargeItem.total_minor), func.min(ChargeItem.occurred_at))
+        .join(Patient, Patient.id == ChargeItem.patient_id)
+        .where(ChargeItem.status == ChargeStatus.BILLABLE, ChargeItem.invoice_id.is_(None))
+        .group_by(Patient.id, ChargeItem.currency)
+        .order_by(func.min(ChargeItem.occurred_at), Patient.id)
+    )
+    found = [UnbilledCharges(patient, currency, count, int(total), oldest)
+             for patient, currency, count, total, oldest in session.execute(statement)]
+    record_access(session, user, "E", "ChargeItem", None, description=f"unbilled charges ({len(found)} patients)")
+    return found
+
+
+def recent_invoices(session: Session, user: User, limit: int = 50) -> list[Invoice]:
+    """The latest invoices, open ones first, for the billing office."""
+    if user.role is not Role.ADMIN:
+        raise Forbidden("the invoice list is for administrators")
+    invoices = list(session.scalars(
+        select(Invoice).order_by((Invoice.status == InvoiceStatus.BALANCED), Invoice.issued_at.desc(), Invoice.id.desc())
+        .limit(limit)))
+    record_access(session, user, "E", "Invoice", None, description=f"recent invoices ({len(invoices)})")
+    return invoices
 
 
 REVENUE_GROUPS = ("service_line", "organization", "month")

@@ -20,4 +20,5 @@ def register(app: Flask) -> None:
     subscribe(app, "followup.medication_dispensed", "billing.jobs.charge_dispense", queue="billing")
     add_nav_link(app, "Revenue", "billing.revenue_page", Role.ADMIN)
     add_nav_link(app, "Price catalog", "billing.catalog_page", Role.ADMIN)
+    add_nav_link(app, "Billing", "billing.billing_office_page", Role.ADMIN)
     add_nav_link(app, "My invoices", "billing.my_invoices_page", Role.PATIENT)

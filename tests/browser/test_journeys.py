@@ -196,8 +196,16 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(admin.locator("#audit tbody")).not_to_contain_text("clinician")
     screenshot(admin, "admin-audit")
 
-    # Patient: the invoice an administrator issues, and the signed report in plain language.
-    invoice = site.api("POST", "/api/invoices", site.token("admin"), {"patient_id": site.demo.patient.id})
+    # Administrator: the billing office issues the invoice for everything the patient received.
+    nav(admin, "Billing")
+    expect(admin.locator("#unbilled")).to_contain_text("Alex Rivera")
+    admin.get_by_role("button", name="Issue an invoice to Alex Rivera").click()
+    expect(flash(admin)).to_contain_text(re.compile(r"^Invoice \d+ issued to Alex Rivera"))
+    invoice = {"id": int(re.search(r"Invoice (\d+)", flash(admin).inner_text()).group(1))}
+    expect(admin.locator(f"#invoice-{invoice['id']}")).to_contain_text("issued")
+    screenshot(admin, "admin-billing")
+
+    # Patient: the invoice, and the signed report in plain language.
     nav(patient, "My invoices")
     expect(patient.locator(f"#invoice-{invoice['id']}")).to_contain_text("Amoxicillin")
     screenshot(patient, "patient-invoices")
