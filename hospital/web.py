@@ -22,7 +22,7 @@ from hospital import clock
 from hospital.auth import authenticate, current_user, load_current_user, require_roles, start_browser_session
 from hospital.db import request_session
 from hospital.errors import DomainError, Forbidden, Unauthenticated
-from hospital.models import Role
+from hospital.models import Role, User
 from hospital.users import MIN_PASSWORD_LENGTH, PASSWORD_CHANGE_REQUIRED, change_own_password
 
 logger = logging.getLogger(__name__)
@@ -65,12 +65,12 @@ def form_action(session: Session, action: Callable[[], str]) -> bool:
 
 @bp.app_template_filter("local_time")
 def local_time(instant: datetime | None, zone_name: str | None, fmt: str = "%a %d %b %Y %H:%M") -> str:
-    """`instant` on the wall clock of `zone_name`, with the zone's abbreviation ("08:00 CET"):
-    people read an appointment's time as the clock where it happens shows it."""
+    """`instant` on the wall clock of `zone_name`, with the zone's abbreviation when a time of day
+    is shown ("08:00 CET"): people read an appointment's time as the clock where it happens shows it."""
     if instant is None:
         return "—"
     local = instant.astimezone(clock.zone(zone_name))
-    return f"{local.strftime(fmt)} {local.tzname()}"
+    return f"{local.strftime(fmt)} {local.tzname()}" if "%H" in fmt else local.strftime(fmt)
 
 
 @bp.app_context_processor
@@ -84,7 +84,16 @@ def _inject_user() -> dict[str, object]:
         link for link in current_app.extensions.get("hospital.nav", [])
         if user is not None and not user.must_change_password and (not link.roles or user.role in link.roles)
     ]
-    return {"current_user": user, "nav_links": links}
+    return {"current_user": user, "nav_links": links, "reader_timezone": reader_timezone(user)}
+
+
+def reader_timezone(user: User | None) -> str | None:
+    """The zone a reader's own clock shows: a patient's home zone, staff's organisation's zone."""
+    if user is None:
+        return None
+    if user.patient is not None:
+        return user.patient.timezone
+    return user.organization.timezone if user.organization is not None else None
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -29,13 +29,17 @@ def test_clinician_and_patient_exchange_messages_on_the_page(
     post_message(client, url, "Your scan shows a small nodule; let us talk.")
     client.post("/logout", data={"csrf_token": csrf_token_of(client.get(url).get_data(as_text=True))})
 
+    demo.patient.timezone = "Asia/Tokyo"  # the patient reads on their own clock (JST, no DST)
+    db_session.commit()
     patient = app.test_client()
     sign_in(patient, "patient")
     post_message(patient, url, "Thank you, Thursday works.")
     page = patient.get(url).get_data(as_text=True)
     thread = page.split('id="message-thread"')[1].split("</ol>")[0]
     assert thread.index("small nodule") < thread.index("Thursday works")  # oldest first
-    assert "Clinician" in thread and "You" in thread and " UTC</time>" in thread
+    assert "Clinician" in thread and "You" in thread and thread.count(" JST</time>") == 2
+    sign_in(client, "clinician")
+    assert client.get(url).get_data(as_text=True).count(" UTC</time>") == 2  # the clinic's zone
     empty = patient.post(url, data={"action": "message", "body": "  ", "csrf_token": csrf_token_of(page)},
                          follow_redirects=True)
     assert "a message needs some text" in empty.get_data(as_text=True)
