@@ -97,6 +97,25 @@ def site(live_database: str, tmp_path: Path) -> Iterator[LiveSite]:
         yield live
 
 
+def accepted_referral(site: LiveSite, reason: str, priority: str = "routine") -> dict[str, Any]:
+    """A CT chest referral for the demo patient, sent by the clinician and accepted by the centre
+    through the JSON API (the pages that do this have their own tests); returns it accepted."""
+    demo = site.demo
+    referral = site.api("POST", "/api/referrals", site.token("clinician"), {
+        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
+        "body_part": "CHEST", "procedure_description": "CT chest without contrast", "reason": reason,
+        "priority": priority,
+    })
+    return dict(site.api("POST", f"/api/referrals/{referral['id']}/accept", site.token("imaging_staff")))
+
+
+def booked_appointment(site: LiveSite, referral: dict[str, Any]) -> dict[str, Any]:
+    """The patient books the first free CT slot for `referral`; returns the appointment."""
+    token = site.token("patient")
+    slots = site.api("GET", f"/api/slots?organization_id={site.demo.imaging_centre.id}&modality=CT", token)
+    return dict(site.api("POST", "/api/appointments", token, {"referral_id": referral["id"], "slot_id": slots[0]["id"]}))
+
+
 def new_page(browser: Any, site: LiveSite, *, width: int = 1280, height: int = 900) -> Any:
     context = browser.new_context(viewport={"width": width, "height": height}, base_url=site.base_url)
     context.set_default_timeout(TIMEOUT_MS)

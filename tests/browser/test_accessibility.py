@@ -17,7 +17,14 @@ from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
 from followup.service import open_consultation
 from hospital.db import get_db
 from hospital.models import Role
-from tests.browser.conftest import LiveSite, has_horizontal_scroll, login, make_report_with_key_images
+from tests.browser.conftest import (
+    LiveSite,
+    accepted_referral,
+    booked_appointment,
+    has_horizontal_scroll,
+    login,
+    make_report_with_key_images,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -37,16 +44,7 @@ def audit(axe: Axe, page: Any, where: str) -> list[str]:
 
 def populate(site: LiveSite) -> dict[str, list[str]]:
     """Content on the pages, and the pages reached from a list rather than the navigation."""
-    demo = site.demo
-    referral = site.api("POST", "/api/referrals", site.token("clinician"), {
-        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "procedure_description": "CT chest without contrast",
-        "reason": "Persistent cough", "priority": "urgent",
-    })
-    site.api("POST", f"/api/referrals/{referral['id']}/accept", site.token("imaging_staff"))
-    patient_token = site.token("patient")
-    slots = site.api("GET", f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT", patient_token)
-    appointment = site.api("POST", "/api/appointments", patient_token, {"referral_id": referral["id"], "slot_id": slots[0]["id"]})
+    appointment = booked_appointment(site, accepted_referral(site, "Persistent cough", "urgent"))
     review_id = make_report_with_key_images(site)
     signed_id = make_report_with_key_images(site)
     with site.app.app_context(), get_db(site.app).transaction() as session:

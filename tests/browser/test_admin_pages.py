@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from hospital import clock
 from hospital.seed import DEMO_PASSWORD
-from tests.browser.conftest import LiveSite, has_horizontal_scroll, login, new_page, screenshot
+from tests.browser.conftest import LiveSite, has_horizontal_scroll, login, new_page, publish_docs_screenshots, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -196,3 +196,4 @@ def test_a_new_centre_is_set_up_booked_and_worked_on_its_own_clock(browser: Any,
     expect(row).to_contain_text("Room 3 / HARBOURMR1")
     expect(row).to_contain_text("MR brain without contrast")
     screenshot(staff, "staff-worklist-new-centre")
+    publish_docs_screenshots({"admin-centre": "admin-centre"})

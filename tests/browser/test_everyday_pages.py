@@ -13,7 +13,14 @@ from playwright.sync_api import expect
 from ai_services.models import ReportStatus, ReviewStatus
 from followup.service import open_consultation
 from hospital.db import get_db
-from tests.browser.conftest import LiveSite, has_horizontal_scroll, login, screenshot
+from tests.browser.conftest import (
+    LiveSite,
+    accepted_referral,
+    booked_appointment,
+    has_horizontal_scroll,
+    login,
+    screenshot,
+)
 from tests.factories import make_preliminary_report
 
 pytestmark = pytest.mark.browser
@@ -81,17 +88,8 @@ def test_clinician_and_patient_write_to_each_other(browser: Any, site: LiveSite)
 
 
 def test_staff_check_a_booked_patient_in_at_the_worklist(browser: Any, site: LiveSite) -> None:
-    demo = site.demo
-    referral = site.api("POST", "/api/referrals", site.token("clinician"), {
-        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "procedure_description": "CT chest without contrast",
-        "reason": "Follow-up of a lung nodule", "priority": "routine",
-    })
-    site.api("POST", f"/api/referrals/{referral['id']}/accept", site.token("imaging_staff"))
-    patient_token = site.token("patient")
-    slots = site.api("GET", f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT", patient_token)
-    appointment = site.api("POST", "/api/appointments", patient_token,
-                           {"referral_id": referral["id"], "slot_id": slots[0]["id"]})
+    referral = accepted_referral(site, "Follow-up of a lung nodule")
+    appointment = booked_appointment(site, referral)
 
     staff = login(browser, site, "imaging_staff")
     staff.goto(f"/worklist?date={appointment['start'][:10]}")
@@ -104,7 +102,7 @@ def test_staff_check_a_booked_patient_in_at_the_worklist(browser: Any, site: Liv
     expect(row.locator("td[data-label=Appointment] .badge")).to_have_text("arrived")
     expect(row.get_by_role("button", name="Check in Alex Rivera")).to_have_count(0)
     screenshot(staff, "staff-checked-in")
-    appointments = site.api("GET", "/api/appointments", patient_token)
+    appointments = site.api("GET", "/api/appointments", site.token("patient"))
     assert [a["status"] for a in appointments if a["id"] == appointment["id"]] == ["arrived"]
 
 
@@ -136,12 +134,7 @@ def test_admin_sets_a_price_and_a_refused_one_keeps_what_was_typed(browser: Any,
 
 def test_patient_books_moves_and_cancels_an_appointment_on_a_phone(browser: Any, site: LiveSite) -> None:
     demo = site.demo
-    referral = site.api("POST", "/api/referrals", site.token("clinician"), {
-        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "procedure_description": "CT chest without contrast",
-        "reason": "Repeat scan of a lung nodule", "priority": "routine",
-    })
-    site.api("POST", f"/api/referrals/{referral['id']}/accept", site.token("imaging_staff"))
+    accepted_referral(site, "Repeat scan of a lung nodule")
     patient = login(browser, site, "patient", width=375, height=800)
     nav(patient, "Appointments")
     offered = patient.get_by_label("Open slot").locator("option")

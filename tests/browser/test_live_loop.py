@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from hospital.demo import dicom_server_process, free_port
 from hospital.dicom_factory import write_ct_series
 from hospital.phantoms import make_ct_phantom
-from tests.browser.conftest import LiveSite, login, screenshot, served
+from tests.browser.conftest import LiveSite, accepted_referral, booked_appointment, login, screenshot, served
 from tests.chaos.processes import hospital_env, kill_hard, start_worker
 from tests.conftest import make_test_app
 
@@ -52,15 +52,9 @@ def test_a_modalitys_images_reach_the_pages_through_dicom_rq_and_the_model(
 ) -> None:
     site, env = site_on_redis
     demo = site.demo
-    referral = site.api("POST", "/api/referrals", site.token("clinician"), {
-        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "procedure_description": "CT chest without contrast",
-        "reason": "Persistent cough; ex-smoker", "priority": "urgent",
-    })
-    accession = site.api("POST", f"/api/referrals/{referral['id']}/accept", site.token("imaging_staff"))["accession_number"]
-    patient_token = site.token("patient")
-    slots = site.api("GET", f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT", patient_token)
-    appointment = site.api("POST", "/api/appointments", patient_token, {"referral_id": referral["id"], "slot_id": slots[0]["id"]})
+    referral = accepted_referral(site, "Persistent cough; ex-smoker", "urgent")
+    accession = referral["accession_number"]
+    appointment = booked_appointment(site, referral)
 
     staff = login(browser, site, "imaging_staff")
     worklist_url = f"/worklist?date={appointment['start'][:10]}"
