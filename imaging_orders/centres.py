@@ -383,24 +383,59 @@ def slot_calendar(session: Session, admin: User, centre_id: int, days: int = SUM
     return sorted(calendar, key=lambda c: (c.day, c.schedule.name, c.schedule.id))
 
 
-def add_scanner(session: Session, admin: User, centre_id: int, details: ScannerDetails) -> Schedule:
-    _ensure_admin(admin)
-    centre = _centre(session, centre_id)
+def _clean_scanner(details: ScannerDetails) -> ScannerDetails:
     modality = details.modality.strip().upper()
     if modality not in MODALITIES:
         raise InvalidInput(f"modality {details.modality!r} is not one of {', '.join(sorted(MODALITIES))}")
-    name = _required_text(details.name, "scanner name", SCANNER_NAME_MAX)
-    room = _required_text(details.room, "room", ROOM_MAX)
-    station = valid_ae_title(details.station_ae_title, "station AE title")
-    _ensure_station_ae_title_free(session, station, None)
+    return ScannerDetails(
+        name=_required_text(details.name, "scanner name", SCANNER_NAME_MAX), modality=modality,
+        room=_required_text(details.room, "room", ROOM_MAX),
+        station_ae_title=valid_ae_title(details.station_ae_title, "station AE title"),
+    )
+
+
+def add_scanner(session: Session, admin: User, centre_id: int, details: ScannerDetails) -> Schedule:
+    _ensure_admin(admin)
+    centre = _centre(session, centre_id)
+    clean = _clean_scanner(details)
+    _ensure_station_ae_title_free(session, clean.station_ae_title, None)
     schedule = Schedule(
-        organization_id=centre.id, name=name, modality=modality, room=room, station_ae_title=station, active=True
+        organization_id=centre.id, name=clean.name, modality=clean.modality, room=clean.room,
+        station_ae_title=clean.station_ae_title, active=True,
     )
     session.add(schedule)
     session.flush()
     record_access(session, admin, "C", "Schedule", schedule.id,
-                  description=f"scanner {name!r} ({modality}, station {station}) at centre {centre.id}")
+                  description=f"scanner {clean.name!r} ({clean.modality}, station {clean.station_ae_title}) "
+                              f"at centre {centre.id}")
     logger.info("scanner %s added to centre %s by user %s", schedule.id, centre.id, admin.id)
+    return schedule
+
+
+def update_scanner(
+    session: Session, admin: User, centre_id: int, schedule_id: int, details: ScannerDetails
+) -> Schedule:
+    """Correct a scanner's name, room, station AE title or modality. The modality does not change
+    while appointments are booked on the scanner: they were booked for what it examines. A new
+    station AE title takes effect at the modality's next worklist query."""
+    _ensure_admin(admin)
+    schedule = _scanner(session, centre_id, schedule_id, lock=True)
+    clean = _clean_scanner(details)
+    if clean.modality != schedule.modality:
+        upcoming = _upcoming_appointments(session, schedule.id)
+        if upcoming:
+            raise Conflict(f"{schedule.name} has {upcoming} upcoming appointment{'' if upcoming == 1 else 's'} "
+                           f"booked as {schedule.modality}; its modality cannot change until they are moved or cancelled")
+    if schedule.active:
+        _ensure_station_ae_title_free(session, clean.station_ae_title, schedule.id)
+    changed = [f for f in ("name", "modality", "room", "station_ae_title") if getattr(schedule, f) != getattr(clean, f)]
+    if not changed:
+        return schedule
+    schedule.name, schedule.modality = clean.name, clean.modality
+    schedule.room, schedule.station_ae_title = clean.room, clean.station_ae_title
+    session.flush()
+    record_access(session, admin, "U", "Schedule", schedule.id, description=f"changed {', '.join(changed)}")
+    logger.info("scanner %s changed (%s) by user %s", schedule.id, ", ".join(changed), admin.id)
     return schedule
 
 

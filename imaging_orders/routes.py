@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -39,6 +39,7 @@ from imaging_orders.centres import (
     set_slots_blocked,
     slot_calendar,
     update_centre,
+    update_scanner,
     zone_names,
 )
 from imaging_orders.models import Appointment, AppointmentStatus, ImagingStudy, Slot
@@ -443,12 +444,10 @@ def centre_page(centre_id: int) -> ResponseReturnValue:
     return _render_centre_page(centre_id)
 
 
-# The forms of the centre page, as `posted` names them to the template: after a refusal only the
-# form that was sent shows what was typed; the others keep their defaults.
-CentrePageForm = Literal["details", "scanner", "slots", "block"]
-
-
-def _render_centre_page(centre_id: int, posted: CentrePageForm | None = None) -> str:
+def _render_centre_page(centre_id: int, posted: str | None = None) -> str:
+    """The centre page. `posted` names the form a refusal sends back ("details", "scanner",
+    "slots", "block", or "scanner-<id>" for a scanner's own form): only that form shows what was
+    typed, the others keep their defaults."""
     session = request_session()
     admin = current_user()
     centre = get_centre(session, admin, centre_id)
@@ -464,7 +463,7 @@ def _render_centre_page(centre_id: int, posted: CentrePageForm | None = None) ->
     return page
 
 
-def _centre_page_refused(centre_id: int, posted: CentrePageForm) -> ResponseReturnValue:
+def _centre_page_refused(centre_id: int, posted: str) -> ResponseReturnValue:
     """The centre page again after `form_action` refused the form `posted` (its error is flashed):
     422 with what was typed in that form, so nothing has to be typed twice."""
     return _render_centre_page(centre_id, posted), 422
@@ -487,6 +486,24 @@ def add_scanner_page(centre_id: int) -> ResponseReturnValue:
     if form_action(session, add):
         return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
     return _centre_page_refused(centre_id, "scanner")
+
+
+@bp.post("/admin/centres/<int:centre_id>/scanners/<int:schedule_id>")
+@require_roles(Role.ADMIN)
+def edit_scanner_page(centre_id: int, schedule_id: int) -> ResponseReturnValue:
+    session = request_session()
+    form = request.form
+
+    def save() -> str:
+        schedule = update_scanner(session, current_user(), centre_id, schedule_id, ScannerDetails(
+            name=form.get("name", ""), modality=form.get("modality", ""), room=form.get("room", ""),
+            station_ae_title=form.get("station_ae_title", ""),
+        ))
+        return f"{schedule.name} saved ({schedule.modality}, {schedule.room}, station AE title {schedule.station_ae_title})."
+
+    if form_action(session, save):
+        return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
+    return _centre_page_refused(centre_id, f"scanner-{schedule_id}")
 
 
 @bp.post("/admin/centres/<int:centre_id>/scanners/<int:schedule_id>/active")

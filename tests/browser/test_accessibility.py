@@ -61,7 +61,9 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}"],
         "radiologist": [f"/reports/{review_id}"],
         "imaging_staff": [f"/worklist?date={appointment['start'][:10]}"],
-        "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page"],
+        "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page",
+                  f"/admin/centres/{site.demo.imaging_centre.id}", "/admin/users/new",
+                  f"/admin/users/{site.demo.users['clinician'].id}"],
         "pharmacist": [],
     }
 

@@ -39,6 +39,7 @@ from imaging_orders.centres import (
     set_scanner_active,
     set_slots_blocked,
     update_centre,
+    update_scanner,
     valid_ae_title,
 )
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
@@ -568,3 +569,37 @@ def test_taking_a_scanner_out_of_service_waits_for_a_booking_in_flight(live_data
     assert "1 upcoming appointment" in outcomes["deactivation"]
     with db.session() as session:
         assert session.get(Schedule, ids["schedule"]).active
+
+
+def test_a_scanner_is_corrected_but_keeps_its_modality_while_booked(
+    client: FlaskClient, db_session: Session, demo: DemoSeed
+) -> None:
+    centre, scanner, appointment, _ = booked_in_new_centre(db_session, demo)
+    admin = demo.users["admin"]
+    update_scanner(db_session, admin, centre.id, scanner.id,
+                   ScannerDetails("CT 1 (Siemens)", "CT", "Room 2", "berlinct9"))
+    assert (scanner.name, scanner.room, scanner.station_ae_title) == ("CT 1 (Siemens)", "Room 2", "berlinct9")
+    day = appointment.start.strftime("%Y%m%d")
+    assert len(list(find_worklist_items(db_session, query(station="BERLINCT9", date=day)))) == 1
+    with pytest.raises(Conflict, match="1 upcoming appointment booked as CT"):
+        update_scanner(db_session, admin, centre.id, scanner.id, ScannerDetails("CT 1", "MR", "Room 2", "BERLINCT9"))
+    assert scanner.modality == "CT"
+    db_session.commit()
+
+    # On the page: a refused correction comes back in that scanner's form with what was typed.
+    sign_in(client, "admin")
+    url = f"/admin/centres/{centre.id}"
+    token = csrf_token_of(client.get(url).get_data(as_text=True))
+    refused = client.post(f"{url}/scanners/{scanner.id}", data={
+        "csrf_token": token, "name": "CT one", "modality": "CT", "room": "Room 7", "station_ae_title": "BAD\\AE"})
+    page = refused.get_data(as_text=True)
+    assert refused.status_code == 422 and "backslash" in page
+    edit = page.split(f'id="edit-name-{scanner.id}"')[1].split("</form>")[0]
+    assert 'value="Room 7"' in edit and 'value="BAD\\AE"' in edit
+    db_session.refresh(scanner)
+    assert (scanner.name, scanner.room) == ("CT 1 (Siemens)", "Room 2")
+    saved = client.post(f"{url}/scanners/{scanner.id}", data={
+        "csrf_token": token, "name": "CT one", "modality": "CT", "room": "Room 7", "station_ae_title": "BERLINCT9"},
+        follow_redirects=True)
+    assert "CT one saved (CT, Room 7, station AE title BERLINCT9)." in saved.get_data(as_text=True)
+    assert audit_descriptions(db_session, "Schedule")[-1] == "changed name, room, station_ae_title"
