@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 MRN_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/mrn"
 AE_TITLE_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/dicom-ae-title"
 ORGANIZATION_KIND_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/organization-kind"
+# R4's core extension for an IANA time zone (R5 renames it `timezone`): the centre's wall clock.
+TIMEZONE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/tz-code"
 ORGANIZATION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/organization-type"
 AUDIT_EVENT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 AUDIT_SOURCE_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/security-source-type"
@@ -132,6 +134,7 @@ def organization_to_fhir(organization: Organization) -> dict[str, Any]:
     return {
         "resourceType": "Organization",
         "id": str(organization.id),
+        "extension": [{"url": TIMEZONE_EXTENSION, "valueCode": organization.timezone or "UTC"}],
         "identifier": identifiers or None,
         "active": True,
         "type": [

@@ -77,7 +77,8 @@ def test_practitioner_maps_name() -> None:
 
 
 def test_organization_type_comes_from_its_kind() -> None:
-    organization = Organization(id=2, name="Riverside Imaging Centre", kind=OrganizationKind.IMAGING_CENTRE, ae_title="RIVERSIDE")
+    organization = Organization(id=2, name="Riverside Imaging Centre", kind=OrganizationKind.IMAGING_CENTRE, ae_title="RIVERSIDE",
+                                timezone="Europe/Berlin")
 
     resource = validate_resource(organization_to_fhir(organization))
 
@@ -85,6 +86,7 @@ def test_organization_type_comes_from_its_kind() -> None:
     assert {"system": ORGANIZATION_KIND_SYSTEM, "code": "imaging_centre", "display": "Imaging centre"} in codings
     assert resource["identifier"][0]["value"] == "RIVERSIDE"
     assert resource["name"] == "Riverside Imaging Centre"
+    assert resource["extension"] == [{"url": "http://hl7.org/fhir/StructureDefinition/tz-code", "valueCode": "Europe/Berlin"}]
 
 
 def test_audit_event_of_a_denied_read_names_agent_entity_and_patient() -> None:
