@@ -155,7 +155,7 @@ def new_user_page() -> ResponseReturnValue:
         if form_action(session, create):
             return redirect(url_for("admin_pages.user_page", user_id=created[0].id))
     page = render_template("admin/user_new.html", values=form, **_form_choices(session))
-    return page, 400 if request.method == "POST" else 200
+    return page, 422 if request.method == "POST" else 200
 
 
 @bp.route("/admin/users/<int:user_id>", methods=["GET", "POST"])
@@ -197,7 +197,7 @@ def user_page(user_id: int) -> ResponseReturnValue:
     values = form if action == "role" else MultiDict(_profile_values(user))
     page = render_template("admin/user.html", user=user, locked=is_locked(user), values=values, **_form_choices(session))
     session.commit()
-    return page, 400 if request.method == "POST" else 200
+    return page, 422 if request.method == "POST" else 200
 
 
 def _account_profile(form: MultiDict[str, str]) -> AccountProfile:

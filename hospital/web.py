@@ -160,7 +160,7 @@ def change_password_page() -> ResponseReturnValue:
         if form_action(db_session, change):
             return redirect(url_for("web.home"))
     page = render_template("account_password.html", user=user, min_length=MIN_PASSWORD_LENGTH)
-    return page, 400 if request.method == "POST" else 200
+    return page, 422 if request.method == "POST" else 200
 
 
 @bp.get("/")

@@ -165,7 +165,7 @@ def new_referral_page() -> ResponseReturnValue:
         "referrals/new.html", patients=patients, centres=centres, priorities=list(Priority), error=error,
         form=form, search=search, genders=sorted(GENDERS), modalities=MODALITY_NAMES,
         registering=request.form.get("action") == "register_patient",
-    ), 400 if error else 200
+    ), 422 if error else 200
 
 
 def _patient_search(text: str) -> Any:

@@ -128,7 +128,7 @@ def test_each_kind_of_account_is_created_then_must_change_its_password_before_an
 
     mismatch = post(newcomer, "/account/password", current_password=TEMPORARY, new_password=CHOSEN,
                     confirm_password=CHOSEN + "x")
-    assert mismatch.status_code == 400 and "not the same" in flash_error(mismatch.get_data(as_text=True))
+    assert mismatch.status_code == 422 and "not the same" in flash_error(mismatch.get_data(as_text=True))
     changed = post(newcomer, "/account/password", current_password=TEMPORARY, new_password=CHOSEN,
                    confirm_password=CHOSEN)
     assert changed.status_code == 302 and changed.headers["Location"].endswith("/")
@@ -187,7 +187,7 @@ def test_a_clinician_becoming_a_radiologist_keeps_their_practitioner_and_needs_a
     url = f"/admin/users/{clinician.id}"
     names = {"given_name": "Ada", "family_name": "Lovelace"}
     no_centre = post(admin, url, action="role", role="radiologist", **names)
-    assert no_centre.status_code == 400
+    assert no_centre.status_code == 422
     assert "a radiologist account needs an organisation: an imaging centre" in flash_error(no_centre.get_data(as_text=True))
     assert 'value="radiologist" selected' in no_centre.get_data(as_text=True)  # the form keeps what was typed
     clinic = post(admin, url, action="role", role="radiologist", organization_id=str(demo.clinic.id), **names)
@@ -220,9 +220,9 @@ def test_the_last_active_administrator_cannot_be_deactivated_or_demoted(
     me = demo.users["admin"]
     url = f"/admin/users/{me.id}"
     alone = post(admin, url, action="deactivate")
-    assert alone.status_code == 400 and "last active administrator" in flash_error(alone.get_data(as_text=True))
+    assert alone.status_code == 422 and "last active administrator" in flash_error(alone.get_data(as_text=True))
     demoted = post(admin, url, action="role", role="clinician", given_name="A", family_name="B")
-    assert demoted.status_code == 400 and "last active administrator" in flash_error(demoted.get_data(as_text=True))
+    assert demoted.status_code == 422 and "last active administrator" in flash_error(demoted.get_data(as_text=True))
     db_session.refresh(me)
     assert (me.role, me.active) == (Role.ADMIN, True)
 
@@ -285,7 +285,7 @@ def test_a_password_reset_unlocks_revokes_and_forces_a_change(
     url = f"/admin/users/{radiologist.id}"
     assert "Unlock radiologist" in admin.get(url).get_data(as_text=True)
     short = post(admin, url, action="reset_password", temporary_password="short")
-    assert short.status_code == 400 and "at least 12 characters" in flash_error(short.get_data(as_text=True))
+    assert short.status_code == 422 and "at least 12 characters" in flash_error(short.get_data(as_text=True))
     db_session.refresh(radiologist)
     assert (radiologist.failed_logins, radiologist.must_change_password) == (MAX_FAILED_LOGINS, False)
 
@@ -316,7 +316,7 @@ def test_a_user_changes_their_own_password(app: Flask, db_session: Session, demo
     }
     for message, form in refusals.items():
         refused = post(browser, "/account/password", **form)
-        assert refused.status_code == 400 and message in flash_error(refused.get_data(as_text=True)), message
+        assert refused.status_code == 422 and message in flash_error(refused.get_data(as_text=True)), message
     assert token.get("/api/me").status_code == 200  # nothing changed yet
     assert post(browser, "/account/password", current_password=DEMO_PASSWORD, new_password=CHOSEN,
                 confirm_password=CHOSEN).status_code == 302
@@ -369,7 +369,7 @@ def test_a_refused_account_is_explained_and_nothing_is_written(
               AuditEvent.entity_type == "User", AuditEvent.action == "C"))
     refused = post(admin, "/admin/users/new", **form)
     page = refused.get_data(as_text=True)
-    assert refused.status_code == 400
+    assert refused.status_code == 422
     assert message in flash_error(page).replace("&#39;", "'"), flash_error(page)
     assert f'value="{form["username"]}"' in page and TEMPORARY not in page  # kept as typed, but not the password
     assert (count(db_session, User), count(db_session, Practitioner), count(db_session, AuditEvent,
@@ -383,14 +383,14 @@ def test_a_patient_record_has_one_active_account(admin: FlaskClient, db_session:
                    patient_mrn=demo.patient.mrn)
     assert created.status_code == 302  # the record is free once its account is inactive
     again = post(admin, f"/admin/users/{old.id}", action="reactivate")
-    assert again.status_code == 400 and "already has an active account ('alex.r')" in flash_error(
+    assert again.status_code == 422 and "already has an active account ('alex.r')" in flash_error(
         again.get_data(as_text=True)).replace("&#39;", "'")
     db_session.refresh(old)
     assert old.active is False
     # Moving another patient account onto the record is refused the same way.
     other = demo.users["patient2"]
     moved = post(admin, f"/admin/users/{other.id}", action="role", role="patient", patient_mrn=demo.patient.mrn)
-    assert moved.status_code == 400
+    assert moved.status_code == 422
     db_session.refresh(other)
     assert other.patient_id == demo.other_patient.id
 

@@ -65,11 +65,11 @@ def test_register_a_new_patient_then_they_are_chosen(client: FlaskClient, demo: 
     assert selected_option(shown) == "Haddad, Noor (MRN-7777)"
 
     again = client.post("/referrals/new", data=form)  # the same MRN twice
-    assert again.status_code == 400 and "already exists" in again.get_data(as_text=True)
+    assert again.status_code == 422 and "already exists" in again.get_data(as_text=True)
     assert 'value="Noor"' in again.get_data(as_text=True)  # what was typed is kept
     for bad in ({"birth_date": "02/04/1961"}, {"given_name": " "}, {"gender": "x"}, {"mrn": "M" * 65}):
         refused = client.post("/referrals/new", data={**form, "mrn": "", **bad})
-        assert refused.status_code == 400 and "flash-error" in refused.get_data(as_text=True)
+        assert refused.status_code == 422 and "flash-error" in refused.get_data(as_text=True)
 
     # The referral itself still goes through, for the new patient.
     sent = client.post("/referrals/new", data={
