@@ -1,10 +1,11 @@
 """The imaging centre's DICOM node: a pynetdicom Application Entity that answers C-ECHO, receives
 images by C-STORE, serves the Modality Worklist by C-FIND and Study Root Query/Retrieve by C-FIND,
-C-GET and C-MOVE (`imaging_orders.query_retrieve`), plus the background loop that declares quiet
-studies complete.
+C-GET and C-MOVE (`imaging_orders.query_retrieve`), takes Modality Performed Procedure Step
+N-CREATE and N-SET (`imaging_orders.mpps`), plus the background loop that declares quiet studies
+complete.
 
-Handlers are the edge: they turn typed errors from `imaging_orders.ingest` and
-`imaging_orders.worklist` into DICOM statuses and never let one bad peer stop the server. Each
+Handlers are the edge: they turn typed errors from `imaging_orders.ingest`, `imaging_orders.mpps`
+and `imaging_orders.worklist` into DICOM statuses and never let one bad peer stop the server. Each
 request runs its database work in its own app context and transaction. Log lines carry UIDs, AE
 titles and ids, never patient names or identifiers.
 """
@@ -15,7 +16,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -35,13 +36,15 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
+    generate_uid,
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from hospital.db import get_db
 from imaging_orders.ingest import (
@@ -50,6 +53,12 @@ from imaging_orders.ingest import (
     StorageUnavailable,
     complete_quiet_studies,
     store_instance,
+)
+from imaging_orders.mpps import (
+    STATUS_PROCESSING_FAILURE as MPPS_STATUS_PROCESSING_FAILURE,
+    ProcedureStepRefused,
+    create_performed_step,
+    update_performed_step,
 )
 from imaging_orders.query_retrieve import (
     QR_FIND_CONTEXTS,
@@ -85,6 +94,10 @@ FIND_STATUS_PENDING = 0xFF00
 FIND_STATUS_CANCELLED = 0xFE00
 FIND_STATUS_IDENTIFIER_MISMATCH = 0xA900
 FIND_STATUS_UNABLE_TO_PROCESS = 0xC000
+# N-service status (PS3.7 Annex C) for a request on a SOP class this node does not manage.
+N_STATUS_NO_SUCH_SOP_CLASS = 0x0118
+# What pydicom raises when a lazily decoded dataset from a peer turns out to be malformed.
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, NotImplementedError)
 
 COMPLETION_INTERVAL_SECONDS = 0.5
 _ERROR_COMMENT_MAX = 64  # ErrorComment is LO
@@ -102,6 +115,7 @@ def build_ae(app: Flask, ae_title: str | None = None) -> AE:
         # sub-operations; an ordinary sender proposes no roles and stays the SCU.
         ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     ae.add_supported_context(ModalityWorklistInformationFind, QUERY_TRANSFER_SYNTAXES)
+    ae.add_supported_context(ModalityPerformedProcedureStep, QUERY_TRANSFER_SYNTAXES)
     for abstract_syntax in (*QR_FIND_CONTEXTS, *QR_GET_CONTEXTS, *QR_MOVE_CONTEXTS):
         ae.add_supported_context(abstract_syntax, QUERY_TRANSFER_SYNTAXES)
     ae.acse_timeout = 30
@@ -119,6 +133,8 @@ def event_handlers(app: Flask) -> list[Any]:
         (evt.EVT_C_FIND, handle_find, [app]),
         (evt.EVT_C_GET, handle_qr_get, [app]),
         (evt.EVT_C_MOVE, handle_qr_move, [app]),
+        (evt.EVT_N_CREATE, handle_mpps_create, [app]),
+        (evt.EVT_N_SET, handle_mpps_set, [app]),
     ]
 
 
@@ -289,6 +305,60 @@ def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Datas
             yield FIND_STATUS_CANCELLED, None
             return
         yield FIND_STATUS_PENDING, item
+
+
+def handle_mpps_create(event: Event, app: Flask) -> tuple[int | Dataset, Dataset | None]:
+    """MPPS N-CREATE: the modality has started a step. Success only once the step is committed."""
+    calling_ae = _calling_ae(event)
+    if str(event.request.AffectedSOPClassUID) != ModalityPerformedProcedureStep:
+        return _status(N_STATUS_NO_SUCH_SOP_CLASS, "only MPPS instances are created here"), None
+    sop_instance_uid = str(event.request.AffectedSOPInstanceUID or "").strip("\x00 ")
+    # PS3.4 F.7.2.1.1 has the modality supply the UID; for one that does not, the SCP assigns it
+    # and returns it in the response (pynetdicom moves it into the command set).
+    assigned = not sop_instance_uid
+    if assigned:
+        sop_instance_uid = generate_uid()
+    failure = _run_mpps(
+        app, calling_ae, "N-CREATE",
+        lambda session: create_performed_step(session, sop_instance_uid, event.attribute_list, calling_ae=calling_ae),
+    )
+    if failure is not None:
+        return failure, None
+    if assigned:
+        reply = Dataset()
+        reply.AffectedSOPInstanceUID = sop_instance_uid
+        return 0x0000, reply
+    return 0x0000, None
+
+
+def handle_mpps_set(event: Event, app: Flask) -> tuple[int | Dataset, Dataset | None]:
+    """MPPS N-SET: the modality updates or ends a step it created."""
+    calling_ae = _calling_ae(event)
+    if str(event.request.RequestedSOPClassUID) != ModalityPerformedProcedureStep:
+        return _status(N_STATUS_NO_SUCH_SOP_CLASS, "only MPPS instances are updated here"), None
+    sop_instance_uid = str(event.request.RequestedSOPInstanceUID or "").strip("\x00 ")
+    failure = _run_mpps(
+        app, calling_ae, "N-SET",
+        lambda session: update_performed_step(session, sop_instance_uid, event.modification_list, calling_ae=calling_ae),
+    )
+    return (failure, None) if failure is not None else (0x0000, None)
+
+
+def _run_mpps(app: Flask, calling_ae: str, operation: str, work: Callable[[Session], object]) -> Dataset | None:
+    """Run one MPPS write in its own transaction; None on success, else the failure status."""
+    try:
+        with app.app_context(), get_db(app).transaction() as session:
+            work(session)
+    except ProcedureStepRefused as exc:
+        logger.warning("refused MPPS %s from %s: %s", operation, calling_ae, exc.message)
+        return _status(exc.dicom_status, exc.message)
+    except SQLAlchemyError as exc:
+        logger.error("MPPS %s from %s failed in the database: %s", operation, calling_ae, type(exc).__name__)
+        return _status(MPPS_STATUS_PROCESSING_FAILURE, "procedure step store unavailable; try again later")
+    except _DECODE_ERRORS as exc:
+        logger.warning("undecodable MPPS %s from %s: %s", operation, calling_ae, type(exc).__name__)
+        return _status(MPPS_STATUS_PROCESSING_FAILURE, "the attribute list cannot be decoded")
+    return None
 
 
 def _status(code: int, comment: str) -> Dataset:

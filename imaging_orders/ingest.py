@@ -59,6 +59,7 @@ from imaging_orders.models import (
     ImagingStudy,
     StudyStatus,
 )
+from imaging_orders.service import start_examination
 from referrals.models import Referral, ReferralStatus
 
 logger = logging.getLogger(__name__)
@@ -715,10 +716,7 @@ def _attach(session: Session, study: ImagingStudy, referral: Referral) -> None:
     study.referral_id = referral.id
     study.patient_id = referral.patient_id
     study.organization_id = referral.performer_organization_id
-    if referral.status in (ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED):
-        referral.status = ReferralStatus.IN_PROGRESS
-    for appointment in _appointments(session, referral.id, (AppointmentStatus.BOOKED,)):
-        appointment.status = AppointmentStatus.ARRIVED
+    start_examination(session, referral)
 
 
 def _close_order(session: Session, study: ImagingStudy, referral: Referral) -> None:

@@ -149,3 +149,43 @@ class ImagingInstance(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     series: Mapped[ImagingSeries] = relationship(back_populates="instances")
+
+
+class PerformedStepStatus(str, enum.Enum):
+    """PerformedProcedureStepStatus (PS3.3 C.4.14), stored in lower case like the other enums."""
+
+    IN_PROGRESS = "in-progress"
+    COMPLETED = "completed"
+    DISCONTINUED = "discontinued"
+
+
+class PerformedProcedureStep(Base):
+    """What a modality reported performing over MPPS (PS3.4 Annex F): one row per N-CREATE.
+
+    `appointment_id` is NULL for an unscheduled step (the modality named no accession or step we
+    know); the row is kept so staff can see it, and the modality was not failed for it.
+    """
+
+    __tablename__ = "performed_procedure_step"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Unique: the Affected SOP Instance UID of the N-CREATE; a second create of it is a duplicate.
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    appointment_id: Mapped[int | None] = mapped_column(ForeignKey("appointment.id"), index=True)
+    referral_id: Mapped[int | None] = mapped_column(ForeignKey("referral.id"), index=True)
+    # What the modality sent, kept for reconciling an unscheduled step by hand.
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[PerformedStepStatus] = mapped_column(
+        enum_column(PerformedStepStatus), default=PerformedStepStatus.IN_PROGRESS
+    )
+    performed_station_ae_title: Mapped[str | None] = mapped_column(String(16))
+    # When this node was told (N-CREATE / the final N-SET): the modality's own DA/TM are local and
+    # carry no zone.
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    # "CodingScheme CodeValue: CodeMeaning" of PerformedProcedureStepDiscontinuationReasonCodeSequence.
+    discontinuation_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    appointment: Mapped[Appointment | None] = relationship()

@@ -329,3 +329,19 @@ def check_in_appointment(session: Session, user: User, appointment_id: int) -> A
     record_access(session, user, "U", "Appointment", appointment.id, patient_id=appointment.patient_id,
                   description="checked in")
     return appointment
+
+
+def start_examination(session: Session, referral: Referral) -> None:
+    """The patient is being examined (a modality reported the step in progress, or the first
+    images arrived): the referral goes in progress and its booked appointments to arrived.
+
+    Idempotent, and it never moves a referral or appointment backwards, so the MPPS SCP and image
+    ingest may both call it in either order. No user: the caller audits with its own source.
+    """
+    if referral.status in (ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED):
+        referral.status = ReferralStatus.IN_PROGRESS
+    booked = session.scalars(
+        select(Appointment).where(Appointment.referral_id == referral.id, Appointment.status == AppointmentStatus.BOOKED)
+    )
+    for appointment in list(booked):
+        appointment.status = AppointmentStatus.ARRIVED
