@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from hospital.phantoms import make_ct_phantom
 from tests.browser.conftest import LiveSite, accepted_referral, booked_appointment, login, screenshot, served
 from tests.chaos.processes import hospital_env, kill_hard, start_worker
 from tests.conftest import make_test_app
+from tests.imaging_orders.test_dicom_peers import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -35,16 +35,6 @@ def site_on_redis(live_database: str, redis_url: str, tmp_path: Path) -> Iterato
     app = make_test_app(live_database, tmp_path, REDIS_URL=redis_url, DICOM_STORAGE_DIR=storage, STUDY_QUIET_SECONDS=1)
     with served(app) as live:
         yield live, hospital_env(live_database, redis_url, storage, tmp_path)
-
-
-def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_modalitys_images_reach_the_pages_through_dicom_rq_and_the_model(
@@ -73,8 +63,9 @@ def test_a_modalitys_images_reach_the_pages_through_dicom_rq_and_the_model(
                                   capture_output=True, text=True, timeout=120)
             assert sent.returncode == 0, sent.stdout + sent.stderr
             staff_token = site.token("imaging_staff")
-            wait_for("the study to be complete", lambda: any(
-                s["status"] == "available" for s in site.api("GET", f"/api/studies?accession={accession}", staff_token)))
+            wait_for(lambda: any(s["status"] == "available"
+                                 for s in site.api("GET", f"/api/studies?accession={accession}", staff_token)),
+                     90, "the study to be complete")
 
             # The worklist, loaded once, follows the worker's analysis to the end without a reload.
             staff.goto(worklist_url)
@@ -111,7 +102,7 @@ def test_a_modalitys_images_reach_the_pages_through_dicom_rq_and_the_model(
             clinician.goto("/consultations")
             return consultations.count() > 0
 
-        wait_for("the consultation", consultation_listed, timeout=60)
+        wait_for(consultation_listed, 60, "the consultation")
         expect(consultations.first.get_by_role("link", name="Open the report")).to_be_visible()
         admin_token = site.token("admin")
 
@@ -119,7 +110,7 @@ def test_a_modalitys_images_reach_the_pages_through_dicom_rq_and_the_model(
             items = site.api("GET", f"/api/charge-items?patient_id={demo.patient.id}", admin_token)
             return {item["service_line"] for item in items}
 
-        wait_for("the scan and AI analysis charges", lambda: billed_lines() >= {"scan", "ai-analysis"})
+        wait_for(lambda: billed_lines() >= {"scan", "ai-analysis"}, 90, "the scan and AI analysis charges")
     finally:
         worker.terminate()
         try:

@@ -100,14 +100,15 @@ def run_tool(args: list[str], cwd: Path | None = None) -> subprocess.CompletedPr
     return result
 
 
-def wait_for(condition: Any, timeout: float = 10.0) -> Any:
+def wait_for(condition: Any, timeout: float = 10.0, what: str = "the condition") -> Any:
+    """Poll `condition` until it returns something truthy (returned), or fail naming `what`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def test_echoscu(node: Node) -> None:
