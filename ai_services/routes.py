@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,8 +29,9 @@ from ai_services.service import (
 from hospital.api import json_body, optional_enum_arg, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import DomainError, InvalidInput, NotFound
+from hospital.errors import InvalidInput, NotFound
 from hospital.models import Role
+from hospital.web import form_action
 from imaging_orders.models import ImagingInstance
 
 logger = logging.getLogger(__name__)
@@ -209,22 +210,19 @@ def add_finding_page(report_id: int) -> ResponseReturnValue:
     form = request.form
     preset = form.get("window", "lung") if form.get("window") in WINDOWS else "lung"
     slice_number = form.get("slice", type=int)
-    anchor = "slice-viewer"
-    try:
+    anchor = ["slice-viewer"]  # the added finding's card once it exists
+
+    def add() -> str:
         if slice_number is None:
             raise InvalidInput("a missed finding needs a whole slice number")
         box = _form_box(form)
         finding = add_finding(session, current_user(), report_id, slice_number - 1, box, form.get("comment") or None)
-        message = f"Finding {finding.id} added on slice {slice_number}."
-        anchor = f"finding-{finding.id}"
-    except DomainError as exc:
-        session.rollback()
-        flash(exc.message, "error")
-    else:
-        session.commit()
-        flash(message)
+        anchor[0] = f"finding-{finding.id}"
+        return f"Finding {finding.id} added on slice {slice_number}."
+
+    form_action(session, add)
     return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset,
-                            slice=slice_number, _anchor=anchor))
+                            slice=slice_number, _anchor=anchor[0]))
 
 
 @bp.get("/reading")
@@ -255,28 +253,24 @@ def report_page(report_id: int) -> ResponseReturnValue:
     preset = request.values.get("window", "lung")
     if preset not in WINDOWS:
         preset = "lung"
-    anchor = None
     if request.method == "POST":
-        try:
+        anchor: list[str | None] = [None]  # the decided finding's card
+
+        def act() -> str:
             if request.form.get("action") == "sign":
                 sign_report(session, user, report_id, request.form.get("conclusion"))
-                message = "Report signed. The referring clinician now has a consultation to follow it up."
-            else:
-                finding_id = request.form.get("finding_id", type=int) or 0
-                decision = _decision(request.form.get("decision"))
-                box = _form_box(request.form) if decision is ReviewStatus.EDITED else None
-                review_finding(session, user, report_id, finding_id, decision, box, request.form.get("comment") or None)
-                message = f"Finding {finding_id} {decision.value}."
-                anchor = f"finding-{finding_id}"
-        except DomainError as exc:
-            session.rollback()
-            flash(exc.message, "error")
-        else:
-            session.commit()
-            flash(message)
+                return "Report signed. The referring clinician now has a consultation to follow it up."
+            finding_id = request.form.get("finding_id", type=int) or 0
+            decision = _decision(request.form.get("decision"))
+            box = _form_box(request.form) if decision is ReviewStatus.EDITED else None
+            review_finding(session, user, report_id, finding_id, decision, box, request.form.get("comment") or None)
+            anchor[0] = f"finding-{finding_id}"
+            return f"Finding {finding_id} {decision.value}."
+
+        form_action(session, act)
         # Back to the same window and slice the reader was on (the form carries the viewer's slice).
         return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset,
-                                slice=request.form.get("slice", type=int), _anchor=anchor))
+                                slice=request.form.get("slice", type=int), _anchor=anchor[0]))
     found = get_report(session, user, report_id)
     kept = [f for f in found.findings if f.review_status is not ReviewStatus.REJECTED]
     slice_count = len(_slice_uids(session, found)) if user.role is not Role.PATIENT else 0
