@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from hospital.clock import utcnow
 from hospital.db import Base
 from hospital.models import Patient, User, enum_column
-from imaging_orders.models import ImagingStudy
+from imaging_orders.archive.models import ImagingStudy
 
 
 class ModelStatus(str, enum.Enum):

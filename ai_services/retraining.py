@@ -78,7 +78,7 @@ from ai_services.training import (
     sensitivity_at_fp_rate,
 )
 from hospital.phantoms import Phantom, make_ct_phantom
-from imaging_orders.models import ImagingInstance
+from imaging_orders.archive.models import ImagingInstance
 
 logger = logging.getLogger(__name__)
 

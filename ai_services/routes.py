@@ -32,7 +32,7 @@ from hospital.db import request_session
 from hospital.errors import InvalidInput, NotFound
 from hospital.models import Role
 from hospital.web import form_action
-from imaging_orders.models import ImagingInstance
+from imaging_orders.archive.models import ImagingInstance
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from hospital.db import get_db
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.jobs import enqueue, publish
 from hospital.models import Organization, Role, User
-from imaging_orders.ingest import StoreResult, store_instance
-from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.ingest import StoreResult, store_instance
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 
 logger = logging.getLogger(__name__)
 

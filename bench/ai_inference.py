@@ -89,8 +89,8 @@ def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
     from hospital.seed import seed_demo
     from ai_services.jobs import analyse_study
     from ai_services.models import DiagnosticReport
-    from imaging_orders.ingest import store_instance
-    from imaging_orders.models import ImagingStudy, StudyStatus
+    from imaging_orders.archive.ingest import store_instance
+    from imaging_orders.archive.models import ImagingStudy, StudyStatus
     from sqlalchemy import select
 
     phantom = make_ct_phantom(20_001, n_slices=n_slices, size=512, pixel_spacing_mm=0.75, slice_thickness_mm=2.5)

@@ -35,7 +35,7 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Organization, Patient, Practitioner, Role, User
-from imaging_orders.models import ImagingStudy
+from imaging_orders.archive.models import ImagingStudy
 from referrals.models import Referral
 
 logger = logging.getLogger(__name__)

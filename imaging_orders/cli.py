@@ -9,7 +9,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from imaging_orders.dicom_server import start_dicom_server
+from imaging_orders.archive.dicom_server import start_dicom_server
 
 logger = logging.getLogger(__name__)
 

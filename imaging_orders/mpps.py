@@ -4,7 +4,7 @@ A modality that took a step from our worklist announces the start with an N-CREA
 IN PROGRESS) naming the scheduled step it performs, and the end with an N-SET to COMPLETED or
 DISCONTINUED. This module owns those two writes: it records the step in `performed_procedure_step`,
 matches it to the booked appointment, and moves the order along. The DICOM handlers in
-`imaging_orders.dicom_server` are the edge; here errors are `ProcedureStepRefused` subclasses that
+`imaging_orders.archive.dicom_server` are the edge; here errors are `ProcedureStepRefused` subclasses that
 carry the DIMSE status the handler answers with.
 
 Decisions:
@@ -18,7 +18,7 @@ Decisions:
 - IN PROGRESS moves the appointment to arrived and the referral to in progress
   (`imaging_orders.service.start_examination`, the same transition image arrival makes).
 - COMPLETED records the step only. Fulfilling the appointment and completing the referral stay with
-  study completion in `imaging_orders.ingest`, which has the images the report needs; two writers
+  study completion in `imaging_orders.archive.ingest`, which has the images the report needs; two writers
   of that transition could close an order whose images never came.
 - DISCONTINUED records the reason and leaves the appointment arrived, so staff can rebook.
 - A COMPLETED or DISCONTINUED step is final (PS3.4 F.7.2.2.2): a later N-SET is refused.
@@ -39,6 +39,14 @@ from sqlalchemy.orm import Session
 
 from hospital.audit import record_access
 from hospital.clock import utcnow
+from hospital.dicom_status import (
+    DUPLICATE_SOP_INSTANCE,
+    INVALID_ATTRIBUTE_VALUE,
+    MISSING_ATTRIBUTE,
+    NO_SUCH_SOP_INSTANCE,
+    PROCESSING_FAILURE,
+    DicomFailure,
+)
 from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from imaging_orders.models import Appointment, PerformedProcedureStep, PerformedStepStatus
 from imaging_orders.service import start_examination
@@ -46,13 +54,6 @@ from imaging_orders.worklist import WORKLIST_APPOINTMENT_STATUSES, WORKLIST_REFE
 from referrals.models import Referral
 
 logger = logging.getLogger(__name__)
-
-# DIMSE N-CREATE / N-SET statuses (PS3.7 Annex C) this module answers with.
-STATUS_INVALID_ATTRIBUTE_VALUE = 0x0106
-STATUS_PROCESSING_FAILURE = 0x0110  # for MPPS also "may no longer be updated"
-STATUS_DUPLICATE_SOP_INSTANCE = 0x0111
-STATUS_NO_SUCH_SOP_INSTANCE = 0x0112
-STATUS_MISSING_ATTRIBUTE = 0x0120
 
 AUDIT_SOURCE = "dicom"
 AUDIT_ENTITY = "PerformedProcedureStep"
@@ -68,30 +69,30 @@ _ACCESSION_MAX = 16
 _REASON_MAX = 200
 
 
-class ProcedureStepRefused(DomainError):
+class ProcedureStepRefused(DomainError, DicomFailure):
     """An MPPS request this node will not carry out; `dicom_status` is the answer to send."""
 
-    dicom_status: int = STATUS_PROCESSING_FAILURE
+    dicom_status: int = PROCESSING_FAILURE
 
 
 class InvalidStepAttribute(ProcedureStepRefused, InvalidInput):
-    dicom_status = STATUS_INVALID_ATTRIBUTE_VALUE
+    dicom_status = INVALID_ATTRIBUTE_VALUE
 
 
 class MissingStepAttribute(ProcedureStepRefused, InvalidInput):
-    dicom_status = STATUS_MISSING_ATTRIBUTE
+    dicom_status = MISSING_ATTRIBUTE
 
 
 class DuplicateStep(ProcedureStepRefused, Conflict):
-    dicom_status = STATUS_DUPLICATE_SOP_INSTANCE
+    dicom_status = DUPLICATE_SOP_INSTANCE
 
 
 class UnknownStep(ProcedureStepRefused, NotFound):
-    dicom_status = STATUS_NO_SUCH_SOP_INSTANCE
+    dicom_status = NO_SUCH_SOP_INSTANCE
 
 
 class StepAlreadyFinal(ProcedureStepRefused, Conflict):
-    dicom_status = STATUS_PROCESSING_FAILURE
+    dicom_status = PROCESSING_FAILURE
 
 
 def create_performed_step(

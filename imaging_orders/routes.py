@@ -42,7 +42,8 @@ from imaging_orders.centres import (
     update_scanner,
     zone_names,
 )
-from imaging_orders.models import Appointment, AppointmentStatus, ImagingStudy, Slot
+from imaging_orders.models import Appointment, AppointmentStatus, Slot
+from imaging_orders.archive.models import ImagingStudy
 from imaging_orders.service import (
     WorklistEntry,
     accept_referral,

@@ -1,5 +1,5 @@
 """The imaging centre's workflow: accept or reject referrals, offer slots, book appointments and
-publish the day's worklist. Receiving images is in `imaging_orders.ingest`."""
+publish the day's worklist. Receiving images is in `imaging_orders.archive.ingest`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from hospital import clock
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Role, User
-from imaging_orders.models import Appointment, AppointmentStatus, ImagingStudy, Schedule, Slot, SlotStatus
+from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
+from imaging_orders.archive.models import ImagingStudy
 from referrals.models import Referral, ReferralStatus
 
 logger = logging.getLogger(__name__)

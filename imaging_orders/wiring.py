@@ -6,7 +6,8 @@ from flask import Flask
 
 from hospital.models import Role
 from hospital.web import add_nav_link
-from imaging_orders import cli, dicomweb, fhir, reconciliation, routes, seed
+from imaging_orders import cli, fhir, routes, seed
+from imaging_orders.archive import dicomweb, reconciliation
 
 
 def register(app: Flask) -> None:

@@ -4,7 +4,7 @@ A modality asks "what is scheduled on my station today?" with a C-FIND identifie
 turns the identifier's matching keys into one SQL query over appointments, referrals, slots,
 schedules and patients, and answers each match with the return keys the modality asked for. The
 modality copies PatientID, AccessionNumber and StudyInstanceUID into the images it makes, which is
-what lets `imaging_orders.ingest` match the images back to the order.
+what lets `imaging_orders.archive.ingest` match the images back to the order.
 
 Dates and times are local to the centre whose scanner the step is on, as DICOM expects of a
 modality's clock: a query for 20261124 returns the steps on the 24th of that centre's calendar,
@@ -30,6 +30,7 @@ from sqlalchemy import ColumnElement, Select, or_, select
 from sqlalchemy.orm import Session
 
 from hospital import clock
+from hospital.dicom_status import UNABLE_TO_PROCESS, DicomFailure
 from hospital.errors import InvalidInput
 from hospital.models import Organization, Patient, Practitioner
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot
@@ -51,8 +52,10 @@ _PRIORITY_CODES = {
 _SEX_CODES = {"male": "M", "female": "F", "other": "O"}
 
 
-class WorklistQueryError(InvalidInput):
+class WorklistQueryError(InvalidInput, DicomFailure):
     """The C-FIND identifier cannot be understood (e.g. a malformed date range)."""
+
+    dicom_status = UNABLE_TO_PROCESS
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import ai_services.models  # noqa: F401 - registers tables on Base.metadata
 import billing.models  # noqa: F401
 import followup.models  # noqa: F401
 import hospital.models  # noqa: F401
+import imaging_orders.archive.models  # noqa: F401
 import imaging_orders.models  # noqa: F401
 import referrals.models  # noqa: F401
 from hospital.config import load_config

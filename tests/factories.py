@@ -15,7 +15,7 @@ from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Fi
 from hospital.dicom_factory import ct_series_datasets
 from hospital.clock import utcnow
 from hospital.seed import DemoSeed
-from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import Referral, ReferralStatus
 
 

@@ -24,7 +24,7 @@ from hospital.demo import LoopSummary, dicom_server_process, free_port, run_clos
 from hospital.migrate import upgrade
 from hospital.models import AuditEvent, JobRecord, JobStatus
 from hospital.seed import seed_demo
-from imaging_orders.models import ImagingInstance, ImagingStudy
+from imaging_orders.archive.models import ImagingInstance, ImagingStudy
 from tests.conftest import make_test_app
 
 pytestmark = pytest.mark.e2e

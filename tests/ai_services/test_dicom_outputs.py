@@ -29,7 +29,7 @@ from ai_services.service import Box, add_finding, review_finding, sign_report, s
 from hospital.dicom_factory import ct_series_datasets
 from hospital.phantoms import make_ct_phantom
 from hospital.seed import DemoSeed
-from imaging_orders.models import ImagingInstance, ImagingSeries
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries
 from tests.ai_services.studies import store_study_with_report
 
 

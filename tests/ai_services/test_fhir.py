@@ -22,7 +22,7 @@ from ai_services.models import DiagnosticReport, Finding, FindingSource, ModelVe
 from hospital.fhir.registry import validate_resource
 from hospital.models import Role, User
 from hospital.seed import DemoSeed
-from imaging_orders.models import ImagingStudy, StudyStatus
+from imaging_orders.archive.models import ImagingStudy, StudyStatus
 
 NOW = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
 SIGNED = datetime(2025, 3, 14, 11, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from ai_services.models import AnalysisJob, AnalysisStatus
 from hospital.clock import utcnow
 from hospital.db import get_db
-from imaging_orders.models import ImagingStudy, StudyStatus
+from imaging_orders.archive.models import ImagingStudy, StudyStatus
 from referrals.models import Referral
 from tests.browser.conftest import (
     LiveSite,

@@ -34,7 +34,7 @@ from hospital.demo import dicom_server_process, free_port
 from hospital.dicom_factory import write_ct_series
 from hospital.phantoms import make_ct_phantom
 from hospital.seed import DEMO_PASSWORD, seed_demo
-from imaging_orders.models import ImagingInstance
+from imaging_orders.archive.models import ImagingInstance
 from tests.chaos.processes import OwnPostgres, wait_until
 
 pytestmark = pytest.mark.chaos

@@ -23,7 +23,7 @@ from hospital.jobs import enqueue, sweep_lost_jobs
 from hospital.models import JobRecord, JobStatus
 from hospital.phantoms import make_ct_phantom
 from hospital.seed import seed_demo
-from imaging_orders.ingest import complete_quiet_studies, store_instance
+from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
 from referrals.models import ReferralStatus
 from tests.chaos.conftest import JOB_TIMEOUT_SECONDS
 from tests.chaos.processes import OwnRedis, kill_hard, wait_until

@@ -31,7 +31,7 @@ from followup.models import (
 from hospital.fhir.registry import validate_resource
 from hospital.models import Role, User
 from hospital.seed import DemoSeed
-from imaging_orders.models import ImagingStudy, StudyStatus
+from imaging_orders.archive.models import ImagingStudy, StudyStatus
 
 NOW = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ from hospital.auth import MAX_FAILED_LOGINS
 from hospital.clock import utcnow
 from hospital.models import ApiToken, AuditEvent, User
 from hospital.seed import DEMO_PASSWORD, DemoSeed
-from imaging_orders.models import ImagingStudy
+from imaging_orders.archive.models import ImagingStudy
 from tests.conftest import make_test_app
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from hospital.auth import issue_token
 from hospital.db import get_db
-from imaging_orders.models import ImagingInstance
+from imaging_orders.archive.models import ImagingInstance
 from tests.imaging_orders.dicom_payloads import multipart_body, part10, small_ct_study
 from tests.imaging_orders.factories import make_centre
 from tests.imaging_orders.test_dicom_peers import NODE_AE, Node, _encode, _part10_file, node, run_tool  # noqa: F401

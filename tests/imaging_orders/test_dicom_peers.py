@@ -32,9 +32,10 @@ import hospital.jobs
 from hospital.db import get_db
 from hospital.dicom_factory import ct_series_datasets, write_ct_series
 from hospital.phantoms import make_ct_phantom
-from imaging_orders.dicom_server import start_dicom_server
-from imaging_orders.ingest import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
-from imaging_orders.models import AppointmentStatus, ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.dicom_server import start_dicom_server
+from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
+from imaging_orders.models import AppointmentStatus
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from imaging_orders.worklist import study_instance_uid_for
 from referrals.models import Referral, ReferralStatus
 from tests.conftest import make_test_app
@@ -69,7 +70,7 @@ def node(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         return real_publish(session, event, **payload)
 
     # Jobs are recorded but not run: the AI and billing stages are not under test here.
-    monkeypatch.setattr("imaging_orders.ingest.publish", recording_publish)
+    monkeypatch.setattr("imaging_orders.archive.ingest.publish", recording_publish)
     monkeypatch.setattr(hospital.jobs, "dispatch", lambda app, ids: None)
     app = make_test_app(live_database, tmp_path / "instance", STUDY_QUIET_SECONDS=0.5)
     port = free_port()
@@ -320,11 +321,11 @@ def test_broken_instances_fail_and_the_server_keeps_serving(
     finally:
         assoc.release()
 
-    assert statuses["garbage"].Status == STATUS_CANNOT_UNDERSTAND
-    assert statuses["no_sop_uid"].Status == STATUS_DATASET_MISMATCH
+    assert statuses["garbage"].Status == CANNOT_UNDERSTAND
+    assert statuses["no_sop_uid"].Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert "SOPInstanceUID" in statuses["no_sop_uid"].ErrorComment
-    assert statuses["no_study_uid"].Status == STATUS_DATASET_MISMATCH
-    assert statuses["truncated"].Status in (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH)
+    assert statuses["no_study_uid"].Status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert statuses["truncated"].Status in (CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS)
     assert all(status.get("ErrorComment") for status in statuses.values())
     assert good.Status == 0x0000
 

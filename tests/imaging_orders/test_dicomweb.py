@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 from hospital.auth import issue_token
 from hospital.models import AuditEvent
 from hospital.seed import DemoSeed
-from imaging_orders import dicomweb, reconciliation
-from imaging_orders.dicomweb import parse_multipart_related
-from imaging_orders.ingest import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
-from imaging_orders.models import ImagingInstance, ImagingStudy
+from imaging_orders.archive import dicomweb, reconciliation
+from imaging_orders.archive.dicomweb import parse_multipart_related
+from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
+from imaging_orders.archive.models import ImagingInstance, ImagingStudy
 from tests.conftest import ApiClient, make_test_app
 from tests.imaging_orders.dicom_payloads import demo_order, multipart_body, part10, small_ct_study
 from tests.imaging_orders.factories import make_centre
@@ -106,7 +106,7 @@ def test_stow_is_idempotent_and_reports_partial_failure(stored: dict[str, Any], 
     answer = response.get_json()
     assert len(answer[REFERENCED_SOP_SEQUENCE]["Value"]) == 3
     [failed] = answer[FAILED_SOP_SEQUENCE]["Value"]
-    assert failed[FAILURE_REASON]["Value"] == [STATUS_CANNOT_UNDERSTAND]
+    assert failed[FAILURE_REASON]["Value"] == [CANNOT_UNDERSTAND]
     count = db_session.scalar(select(func.count()).select_from(ImagingInstance))
     assert count == 3
 
@@ -121,7 +121,7 @@ def test_stow_refusals(as_role: Any, demo: DemoSeed) -> None:
     body, content_type = multipart_body([part10(ds)])
     wrong_study = staff.post(f"/dicomweb/studies/{generate_uid()}", data=body, content_type=content_type)
     assert wrong_study.status_code == 409
-    assert wrong_study.get_json()[FAILED_SOP_SEQUENCE]["Value"][0][FAILURE_REASON]["Value"] == [STATUS_DATASET_MISMATCH]
+    assert wrong_study.get_json()[FAILED_SOP_SEQUENCE]["Value"][0][FAILURE_REASON]["Value"] == [DATASET_DOES_NOT_MATCH_SOP_CLASS]
     assert staff.post("/dicomweb/studies", data=body, content_type="application/dicom").status_code == 415
     no_boundary = staff.post("/dicomweb/studies", data=body, content_type='multipart/related; type="application/dicom"')
     assert no_boundary.status_code == 400

@@ -20,31 +20,17 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import hospital.jobs
-import imaging_orders.ingest as ingest
+import imaging_orders.archive.ingest as ingest
 from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.dicom_factory import ct_series_datasets
 from hospital.errors import Conflict
 from hospital.models import JobRecord
 from hospital.phantoms import make_ct_phantom
-from imaging_orders.ingest import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DATASET_MISMATCH,
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_PROCESSING_FAILURE,
-    InstanceRejected,
-    StorageUnavailable,
-    complete_quiet_studies,
-    reconcile_study,
-    store_instance,
-)
-from imaging_orders.models import (
-    AppointmentStatus,
-    ImagingInstance,
-    ImagingSeries,
-    ImagingStudy,
-    StudyStatus,
-)
+from imaging_orders.archive.ingest import InstanceRejected, StorageUnavailable, complete_quiet_studies, reconcile_study, store_instance
+from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, STORE_PROCESSING_FAILURE
+from imaging_orders.models import AppointmentStatus
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import ReferralStatus
 from tests.conftest import make_test_app
 from tests.imaging_orders.factories import Order, make_centre, make_order
@@ -156,7 +142,7 @@ def test_missing_uid_is_rejected_and_nothing_written(app: Flask, db_session: Ses
     with pytest.raises(InstanceRejected) as caught:
         store_instance(app, ds, transfer_syntax_uid=None, calling_ae="TESTSCU")
 
-    assert caught.value.dicom_status == STATUS_DATASET_MISMATCH
+    assert caught.value.dicom_status == DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert keyword in caught.value.reason
     assert storage_files(app) == before
 
@@ -166,14 +152,14 @@ def test_invalid_uid_is_rejected(app: Flask, db_session: Session) -> None:
     ds.SeriesInstanceUID = "1.2.../../etc"
     with pytest.raises(InstanceRejected) as caught:
         store_instance(app, ds, transfer_syntax_uid=None, calling_ae="TESTSCU")
-    assert caught.value.dicom_status == STATUS_DATASET_MISMATCH
+    assert caught.value.dicom_status == DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 
 @pytest.mark.parametrize("payload", [b"this is not dicom at all" * 20, bytes(range(256)) * 8, b""])
 def test_garbage_bytes_are_rejected(app: Flask, db_session: Session, payload: bytes) -> None:
     with pytest.raises(InstanceRejected) as caught:
         store_instance(app, payload, transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian, calling_ae="TESTSCU")
-    assert caught.value.dicom_status == STATUS_CANNOT_UNDERSTAND
+    assert caught.value.dicom_status == CANNOT_UNDERSTAND
 
 
 def test_part10_bytes_and_command_uid_mismatch(app: Flask, db_session: Session, tmp_path: Path) -> None:
@@ -186,7 +172,7 @@ def test_part10_bytes_and_command_uid_mismatch(app: Flask, db_session: Session, 
             app, path.read_bytes(), transfer_syntax_uid=None, calling_ae="TESTSCU",
             expected_sop_instance_uid="1.2.3.4",
         )
-    assert caught.value.dicom_status == STATUS_DATASET_MISMATCH
+    assert caught.value.dicom_status == DATASET_DOES_NOT_MATCH_SOP_CLASS
 
     result = store_instance(app, path.read_bytes(), transfer_syntax_uid=None, calling_ae="TESTSCU")
     assert result.sop_instance_uid == ds.SOPInstanceUID
@@ -201,7 +187,7 @@ def test_disk_full_leaves_nothing_half_written(app: Flask, db_session: Session, 
     monkeypatch.setattr(ingest, "write_file_durably", disk_full)
     with pytest.raises(StorageUnavailable) as caught:
         store_all(app, datasets)
-    assert caught.value.dicom_status == STATUS_OUT_OF_RESOURCES
+    assert caught.value.dicom_status == OUT_OF_RESOURCES
     assert db_session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == datasets[0].StudyInstanceUID)) is None
 
 
@@ -220,7 +206,7 @@ def test_database_failure_after_write_removes_the_file(
     monkeypatch.setattr(ingest, "write_file_durably", write_then_lose_database)
     with pytest.raises(StorageUnavailable) as caught:
         store_all(app, datasets)
-    assert caught.value.dicom_status == STATUS_PROCESSING_FAILURE
+    assert caught.value.dicom_status == STORE_PROCESSING_FAILURE
     assert written and not written[0].exists()
     assert db_session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == datasets[0].StudyInstanceUID)) is None
 

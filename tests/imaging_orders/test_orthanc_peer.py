@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from hospital.db import get_db
-from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from tests.imaging_orders.dicom_payloads import part10, small_ct_study
 from tests.imaging_orders.factories import Order
 from tests.imaging_orders.test_dicom_peers import NODE_AE, Node, free_port, node, order  # noqa: F401 - fixtures

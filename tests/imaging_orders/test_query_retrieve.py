@@ -17,9 +17,9 @@ from pydicom.uid import generate_uid
 from pynetdicom.transport import ThreadedAssociationServer
 
 from hospital.db import get_db
-from imaging_orders.dicom_server import start_dicom_server
-from imaging_orders.ingest import store_instance
-from imaging_orders.query_retrieve import parse_move_destinations
+from imaging_orders.archive.dicom_server import start_dicom_server
+from imaging_orders.archive.ingest import store_instance
+from imaging_orders.archive.query_retrieve import parse_move_destinations
 from tests.conftest import make_test_app
 from tests.imaging_orders.dicom_payloads import small_ct_study
 from tests.imaging_orders.test_dicom_peers import TOOL_TIMEOUT, free_port, run_tool

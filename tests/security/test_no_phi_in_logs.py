@@ -19,7 +19,7 @@ from hospital.dicom_factory import write_ct_series
 from hospital.models import Patient
 from hospital.phantoms import make_ct_phantom
 from hospital.seed import DemoSeed
-from imaging_orders.ingest import complete_quiet_studies, store_instance
+from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
 
 
 def phi_of(demo: DemoSeed) -> list[str]:

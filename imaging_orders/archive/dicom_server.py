@@ -1,10 +1,10 @@
 """The imaging centre's DICOM node: a pynetdicom Application Entity that answers C-ECHO, receives
 images by C-STORE, serves the Modality Worklist by C-FIND and Study Root Query/Retrieve by C-FIND,
-C-GET and C-MOVE (`imaging_orders.query_retrieve`), takes Modality Performed Procedure Step
+C-GET and C-MOVE (`imaging_orders.archive.query_retrieve`), takes Modality Performed Procedure Step
 N-CREATE and N-SET (`imaging_orders.mpps`), plus the background loop that declares quiet studies
 complete.
 
-Handlers are the edge: they turn typed errors from `imaging_orders.ingest`, `imaging_orders.mpps`
+Handlers are the edge: they turn typed errors from `imaging_orders.archive.ingest`, `imaging_orders.mpps`
 and `imaging_orders.worklist` into DICOM statuses and never let one bad peer stop the server. Each
 request runs its database work in its own app context and transaction. Log lines carry UIDs, AE
 titles and ids, never patient names or identifiers.
@@ -43,24 +43,25 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from hospital.db import get_db
-from imaging_orders.ingest import (
-    STATUS_OUT_OF_RESOURCES,
-    InstanceRejected,
-    StorageUnavailable,
-    complete_quiet_studies,
-    store_instance,
+from hospital.dicom_status import (
+    ANSWERABLE,
+    CANCEL,
+    FIND,
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    N_SERVICE,
+    NO_SUCH_SOP_CLASS,
+    PENDING,
+    STORAGE,
+    SUCCESS,
+    failure_status,
+    status_dataset,
 )
-from imaging_orders.mpps import (
-    STATUS_PROCESSING_FAILURE as MPPS_STATUS_PROCESSING_FAILURE,
-    ProcedureStepRefused,
-    create_performed_step,
-    update_performed_step,
-)
-from imaging_orders.query_retrieve import (
+from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
+from imaging_orders.mpps import create_performed_step, update_performed_step
+from imaging_orders.archive.query_retrieve import (
     QR_FIND_CONTEXTS,
     QR_GET_CONTEXTS,
     QR_MOVE_CONTEXTS,
@@ -68,7 +69,7 @@ from imaging_orders.query_retrieve import (
     handle_qr_get,
     handle_qr_move,
 )
-from imaging_orders.worklist import WorklistQueryError, find_worklist_items
+from imaging_orders.worklist import find_worklist_items
 
 logger = logging.getLogger(__name__)
 
@@ -89,18 +90,8 @@ STORAGE_TRANSFER_SYNTAXES = [
 ]
 QUERY_TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 
-# C-FIND statuses (PS3.4 Annex K).
-FIND_STATUS_PENDING = 0xFF00
-FIND_STATUS_CANCELLED = 0xFE00
-FIND_STATUS_IDENTIFIER_MISMATCH = 0xA900
-FIND_STATUS_UNABLE_TO_PROCESS = 0xC000
-# N-service status (PS3.7 Annex C) for a request on a SOP class this node does not manage.
-N_STATUS_NO_SUCH_SOP_CLASS = 0x0118
-# What pydicom raises when a lazily decoded dataset from a peer turns out to be malformed.
-_DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, NotImplementedError)
 
 COMPLETION_INTERVAL_SECONDS = 0.5
-_ERROR_COMMENT_MAX = 64  # ErrorComment is LO
 
 
 def build_ae(app: Flask, ae_title: str | None = None) -> AE:
@@ -241,7 +232,7 @@ def disable_nagle(event: Event) -> None:
 
 def handle_echo(event: Event) -> int:
     logger.info("C-ECHO from %s", _calling_ae(event))
-    return 0x0000
+    return SUCCESS
 
 
 def handle_store(event: Event, app: Flask) -> int | Dataset:
@@ -257,16 +248,10 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
             expected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
             expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
         )
-    except InstanceRejected as exc:
-        logger.warning("rejected C-STORE from %s: %s", calling_ae, exc.reason)
-        return _status(exc.dicom_status, exc.reason)
-    except StorageUnavailable as exc:
-        logger.error("could not keep C-STORE from %s: %s", calling_ae, exc.reason)
-        return _status(exc.dicom_status, exc.reason)
-    except OSError as exc:
-        logger.error("storage failure for C-STORE from %s: %s", calling_ae, exc.strerror or type(exc).__name__)
-        return _status(STATUS_OUT_OF_RESOURCES, "storage unavailable")
-    return 0x0000
+    except ANSWERABLE as exc:
+        logger.warning("C-STORE from %s not kept: %s: %s", calling_ae, type(exc).__name__, exc)
+        return failure_status(exc, STORAGE)
+    return SUCCESS
 
 
 def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -279,39 +264,30 @@ def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Datas
         yield from handle_qr_find(event, app)
         return
     if sop_class != ModalityWorklistInformationFind:
-        yield _status(FIND_STATUS_IDENTIFIER_MISMATCH, "only worklist and Study Root queries are served"), None
+        yield status_dataset(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "only worklist and Study Root queries are served"), None
         return
     try:
         query = event.identifier
         # Collected inside the transaction: the session must not outlive it while we send.
         with app.app_context(), get_db(app).transaction() as session:
             items = list(find_worklist_items(session, query))
-    except WorklistQueryError as exc:
-        logger.warning("bad worklist query from %s: %s", calling_ae, exc.message)
-        yield _status(FIND_STATUS_UNABLE_TO_PROCESS, exc.message), None
-        return
-    except SQLAlchemyError as exc:
-        logger.error("worklist query from %s failed in the database: %s", calling_ae, type(exc).__name__)
-        yield _status(STATUS_OUT_OF_RESOURCES, "worklist unavailable; try again later"), None
-        return
-    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
-        # pydicom decodes the identifier lazily, so a malformed one fails on first access here.
-        logger.warning("undecodable worklist query from %s: %s", calling_ae, type(exc).__name__)
-        yield _status(FIND_STATUS_UNABLE_TO_PROCESS, "the query identifier cannot be decoded"), None
+    except ANSWERABLE as exc:
+        logger.warning("worklist query from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
+        yield failure_status(exc, FIND), None
         return
     logger.info("worklist query from %s: %d items", calling_ae, len(items))
     for item in items:
         if event.is_cancelled:
-            yield FIND_STATUS_CANCELLED, None
+            yield CANCEL, None
             return
-        yield FIND_STATUS_PENDING, item
+        yield PENDING, item
 
 
 def handle_mpps_create(event: Event, app: Flask) -> tuple[int | Dataset, Dataset | None]:
     """MPPS N-CREATE: the modality has started a step. Success only once the step is committed."""
     calling_ae = _calling_ae(event)
     if str(event.request.AffectedSOPClassUID) != ModalityPerformedProcedureStep:
-        return _status(N_STATUS_NO_SUCH_SOP_CLASS, "only MPPS instances are created here"), None
+        return status_dataset(NO_SUCH_SOP_CLASS, "only MPPS instances are created here"), None
     sop_instance_uid = str(event.request.AffectedSOPInstanceUID or "").strip("\x00 ")
     # PS3.4 F.7.2.1.1 has the modality supply the UID; for one that does not, the SCP assigns it
     # and returns it in the response (pynetdicom moves it into the command set).
@@ -327,21 +303,21 @@ def handle_mpps_create(event: Event, app: Flask) -> tuple[int | Dataset, Dataset
     if assigned:
         reply = Dataset()
         reply.AffectedSOPInstanceUID = sop_instance_uid
-        return 0x0000, reply
-    return 0x0000, None
+        return SUCCESS, reply
+    return SUCCESS, None
 
 
 def handle_mpps_set(event: Event, app: Flask) -> tuple[int | Dataset, Dataset | None]:
     """MPPS N-SET: the modality updates or ends a step it created."""
     calling_ae = _calling_ae(event)
     if str(event.request.RequestedSOPClassUID) != ModalityPerformedProcedureStep:
-        return _status(N_STATUS_NO_SUCH_SOP_CLASS, "only MPPS instances are updated here"), None
+        return status_dataset(NO_SUCH_SOP_CLASS, "only MPPS instances are updated here"), None
     sop_instance_uid = str(event.request.RequestedSOPInstanceUID or "").strip("\x00 ")
     failure = _run_mpps(
         app, calling_ae, "N-SET",
         lambda session: update_performed_step(session, sop_instance_uid, event.modification_list, calling_ae=calling_ae),
     )
-    return (failure, None) if failure is not None else (0x0000, None)
+    return (failure, None) if failure is not None else (SUCCESS, None)
 
 
 def _run_mpps(app: Flask, calling_ae: str, operation: str, work: Callable[[Session], object]) -> Dataset | None:
@@ -349,24 +325,10 @@ def _run_mpps(app: Flask, calling_ae: str, operation: str, work: Callable[[Sessi
     try:
         with app.app_context(), get_db(app).transaction() as session:
             work(session)
-    except ProcedureStepRefused as exc:
-        logger.warning("refused MPPS %s from %s: %s", operation, calling_ae, exc.message)
-        return _status(exc.dicom_status, exc.message)
-    except SQLAlchemyError as exc:
-        logger.error("MPPS %s from %s failed in the database: %s", operation, calling_ae, type(exc).__name__)
-        return _status(MPPS_STATUS_PROCESSING_FAILURE, "procedure step store unavailable; try again later")
-    except _DECODE_ERRORS as exc:
-        logger.warning("undecodable MPPS %s from %s: %s", operation, calling_ae, type(exc).__name__)
-        return _status(MPPS_STATUS_PROCESSING_FAILURE, "the attribute list cannot be decoded")
+    except ANSWERABLE as exc:
+        logger.warning("MPPS %s from %s refused: %s: %s", operation, calling_ae, type(exc).__name__, exc)
+        return failure_status(exc, N_SERVICE)
     return None
-
-
-def _status(code: int, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    # A backslash would split the LO value in two.
-    status.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_MAX]
-    return status
 
 
 def _calling_ae(event: Event) -> str:

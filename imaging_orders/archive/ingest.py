@@ -49,16 +49,17 @@ from sqlalchemy.orm import Session
 
 from hospital.clock import utcnow
 from hospital.db import get_db
+from hospital.dicom_status import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    STORE_PROCESSING_FAILURE,
+    DicomFailure,
+)
 from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from hospital.jobs import publish
-from imaging_orders.models import (
-    Appointment,
-    AppointmentStatus,
-    ImagingInstance,
-    ImagingSeries,
-    ImagingStudy,
-    StudyStatus,
-)
+from imaging_orders.models import Appointment, AppointmentStatus
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from imaging_orders.service import start_examination
 from referrals.models import Referral, ReferralStatus
 
@@ -66,11 +67,6 @@ logger = logging.getLogger(__name__)
 
 STUDY_COMPLETED_EVENT = "imaging.study_completed"
 
-# DICOM PS3.4 Annex B storage statuses this module answers with.
-STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: out of resources (disk full; the sender may retry later)
-STATUS_DATASET_MISMATCH = 0xA900  # Error: data set does not match SOP class (a required UID missing)
-STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (not parseable DICOM)
-STATUS_PROCESSING_FAILURE = 0xC001  # Error: we could not index it (database unavailable)
 
 # Referral states in which arriving images may be attached to the order.
 MATCHABLE_REFERRAL_STATUSES = frozenset(
@@ -105,16 +101,16 @@ _PARSE_ERRORS = (
 )
 
 
-class InstanceRejected(InvalidInput):
+class InstanceRejected(InvalidInput, DicomFailure):
     """The instance is not acceptable as sent; retrying the same bytes will fail again."""
 
-    def __init__(self, reason: str, dicom_status: int = STATUS_CANNOT_UNDERSTAND) -> None:
+    def __init__(self, reason: str, dicom_status: int = CANNOT_UNDERSTAND) -> None:
         super().__init__(reason)
         self.reason = reason
         self.dicom_status = dicom_status
 
 
-class StorageUnavailable(DomainError):
+class StorageUnavailable(DomainError, DicomFailure):
     """The instance could not be kept now (disk or database); nothing was kept, a retry may work."""
 
     status = 503
@@ -197,12 +193,12 @@ def store_instance(
     if expected_sop_class_uid and expected_sop_class_uid.strip("\x00 ") != received.sop_class_uid:
         raise InstanceRejected(
             f"SOPClassUID {received.sop_class_uid} differs from the command's {expected_sop_class_uid}",
-            STATUS_DATASET_MISMATCH,
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
         )
     if expected_sop_instance_uid and expected_sop_instance_uid.strip("\x00 ") != received.sop_instance_uid:
         raise InstanceRejected(
             f"SOPInstanceUID {received.sop_instance_uid} differs from the command's {expected_sop_instance_uid}",
-            STATUS_DATASET_MISMATCH,
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
         )
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     sha256 = hashlib.sha256(received.file_bytes).hexdigest()
@@ -217,7 +213,7 @@ def store_instance(
             continue
         except SQLAlchemyError as exc:
             logger.error("database failure while indexing %s: %s", received.sop_instance_uid, type(exc).__name__)
-            raise StorageUnavailable("the image index is unavailable; try again later", STATUS_PROCESSING_FAILURE) from exc
+            raise StorageUnavailable("the image index is unavailable; try again later", STORE_PROCESSING_FAILURE) from exc
         logger.info(
             "stored %s from %s (study %s, %d bytes%s)",
             received.sop_instance_uid,
@@ -228,7 +224,7 @@ def store_instance(
         )
         return result
     raise StorageUnavailable(
-        f"could not index {received.sop_instance_uid} after {_STORE_ATTEMPTS} attempts", STATUS_PROCESSING_FAILURE
+        f"could not index {received.sop_instance_uid} after {_STORE_ATTEMPTS} attempts", STORE_PROCESSING_FAILURE
     )
 
 
@@ -279,7 +275,7 @@ def _store_once(
         try:
             write_file_durably(target, received.file_bytes)
         except OSError as exc:
-            status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
+            status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STORE_PROCESSING_FAILURE
             logger.error("could not write %s: %s", received.sop_instance_uid, exc.strerror or type(exc).__name__)
             raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", status) from exc
         session.commit()
@@ -314,7 +310,7 @@ def _duplicate_result(
         try:
             write_file_durably(target, received.file_bytes)
         except OSError as exc:
-            raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", STATUS_OUT_OF_RESOURCES) from exc
+            raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", OUT_OF_RESOURCES) from exc
     elif existing.sha256 != sha256:
         # First one wins: a second, different object under the same UID is a sender bug.
         logger.warning("instance %s sent again with different content; kept the first", existing.sop_instance_uid)
@@ -367,7 +363,7 @@ def _get_or_create_series(session: Session, study: ImagingStudy, received: _Rece
         if series.study_id != study.id:
             raise InstanceRejected(
                 f"series {received.series_instance_uid} already belongs to another study",
-                STATUS_DATASET_MISMATCH,
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
             )
         return series
     ignored: list[str] = []  # series-level oddities are already reported by the header checks
@@ -427,12 +423,12 @@ def _receive(dataset_or_bytes: Dataset | bytes, transfer_syntax_uid: str | None)
     else:
         raise TypeError(f"expected a pydicom Dataset or bytes, got {type(dataset_or_bytes).__name__}")
     if not raw:
-        raise InstanceRejected("the data set is empty", STATUS_CANNOT_UNDERSTAND)
+        raise InstanceRejected("the data set is empty", CANNOT_UNDERSTAND)
 
     header, parse_warnings = _parse_header(raw, syntax)
     if not any(keyword in header for keyword in _REQUIRED_UIDS):
         # Bytes that parse into no identifying element at all are not a DICOM data set.
-        raise InstanceRejected("not a DICOM data set (no SOP, study or series UID)", STATUS_CANNOT_UNDERSTAND)
+        raise InstanceRejected("not a DICOM data set (no SOP, study or series UID)", CANNOT_UNDERSTAND)
     uids = {
         keyword: _required_uid(header, keyword)
         for keyword in _REQUIRED_UIDS
@@ -470,7 +466,7 @@ def _encode_dataset(ds: Dataset, transfer_syntax_uid: str | None) -> tuple[bytes
         copy.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or "1.2"
         pydicom.dcmwrite(buffer, copy, enforce_file_format=True)
     except _PARSE_ERRORS as exc:
-        raise InstanceRejected(f"the data set cannot be encoded: {exc}", STATUS_CANNOT_UNDERSTAND) from exc
+        raise InstanceRejected(f"the data set cannot be encoded: {exc}", CANNOT_UNDERSTAND) from exc
     return _split_part10(buffer.getvalue(), None)
 
 
@@ -478,26 +474,26 @@ def _split_part10(data: bytes, transfer_syntax_uid: str | None) -> tuple[bytes, 
     """Bytes of a Part 10 file (preamble, DICM, meta) or of a bare data set -> (data set, syntax)."""
     if data[128:132] != b"DICM":
         if not transfer_syntax_uid:
-            raise InstanceRejected("not a DICOM file and no transfer syntax given", STATUS_CANNOT_UNDERSTAND)
+            raise InstanceRejected("not a DICOM file and no transfer syntax given", CANNOT_UNDERSTAND)
         syntax = UID(transfer_syntax_uid)
         _check_syntax(syntax)
         return data, syntax
     if data[132:140] != _META_GROUP_LENGTH_HEADER or len(data) < 144:
-        raise InstanceRejected("the file meta information has no group length", STATUS_CANNOT_UNDERSTAND)
+        raise InstanceRejected("the file meta information has no group length", CANNOT_UNDERSTAND)
     (meta_length,) = struct.unpack("<I", data[140:144])
     start = 144 + meta_length
     try:
         meta = pydicom.dcmread(BytesIO(data[:start]), force=False).file_meta
         syntax = UID(str(meta.TransferSyntaxUID).strip("\x00 "))
     except (*_PARSE_ERRORS,) as exc:
-        raise InstanceRejected(f"unreadable file meta information: {exc}", STATUS_CANNOT_UNDERSTAND) from exc
+        raise InstanceRejected(f"unreadable file meta information: {exc}", CANNOT_UNDERSTAND) from exc
     _check_syntax(syntax)
     return data[start:], syntax
 
 
 def _check_syntax(syntax: UID) -> None:
     if not syntax.is_valid or not syntax.is_transfer_syntax:
-        raise InstanceRejected(f"unknown transfer syntax {str(syntax)[:64]!r}", STATUS_CANNOT_UNDERSTAND)
+        raise InstanceRejected(f"unknown transfer syntax {str(syntax)[:64]!r}", CANNOT_UNDERSTAND)
 
 
 def _encode_file_meta(meta: FileMetaDataset) -> bytes:
@@ -524,11 +520,11 @@ def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str]]:
         try:
             header = pydicom.dcmread(stream, stop_before_pixels=True)
             if len(header) == 0:
-                raise InstanceRejected("the data set has no elements", STATUS_CANNOT_UNDERSTAND)
+                raise InstanceRejected("the data set has no elements", CANNOT_UNDERSTAND)
             _decode_all(header, found)
             found.extend(_header_warnings(header))
         except _PARSE_ERRORS as exc:
-            raise InstanceRejected(f"the data set cannot be parsed: {type(exc).__name__}: {exc}"[:300], STATUS_CANNOT_UNDERSTAND) from exc
+            raise InstanceRejected(f"the data set cannot be parsed: {type(exc).__name__}: {exc}"[:300], CANNOT_UNDERSTAND) from exc
     for message in dict.fromkeys(str(w.message)[:200] for w in caught):
         found.append(f"pydicom: {message}")
     return header, found
@@ -562,10 +558,10 @@ def _dictionary_vr(tag: BaseTag) -> str | None:
 def _required_uid(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None or str(value).strip("\x00 ") == "":
-        raise InstanceRejected(f"{keyword} is missing", STATUS_DATASET_MISMATCH)
+        raise InstanceRejected(f"{keyword} is missing", DATASET_DOES_NOT_MATCH_SOP_CLASS)
     uid = UID(str(value).strip("\x00 "))
     if len(uid) > _UID_MAX_LENGTH or not uid.is_valid:
-        raise InstanceRejected(f"{keyword} {str(uid)[:70]!r} is not a valid UID", STATUS_DATASET_MISMATCH)
+        raise InstanceRejected(f"{keyword} {str(uid)[:70]!r} is not a valid UID", DATASET_DOES_NOT_MATCH_SOP_CLASS)
     return str(uid)
 
 

@@ -1,6 +1,6 @@
 """The reconciliation queue: studies that arrived but could not be matched to an order, shown to
 the centre's staff with what their headers said and why matching failed, and matched by hand to an
-open referral through `imaging_orders.ingest.reconcile_study`.
+open referral through `imaging_orders.archive.ingest.reconcile_study`.
 
 An unmatched study has no patient and no centre yet (the images only name them). It is counted as
 a centre's when its AccessionNumber is that of one of the centre's referrals, or when it names no
@@ -28,8 +28,8 @@ from hospital.db import request_session
 from hospital.errors import Forbidden, NotFound
 from hospital.models import Patient, Role, User
 from hospital.web import form_action
-from imaging_orders.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study
-from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import Referral
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """DICOMweb (PS3.18) for the image index: STOW-RS to store, QIDO-RS to search, WADO-RS to
 retrieve instances, metadata and rendered frames.
 
-STOW-RS stores every part through `imaging_orders.ingest.store_instance`, so a web upload gets the
+STOW-RS stores every part through `imaging_orders.archive.ingest.store_instance`, so a web upload gets the
 same durability, idempotency and order matching as a C-STORE. The multipart body is parsed here
 (it is bounded by MAX_CONTENT_LENGTH, which Werkzeug enforces while reading). Searches go through
-`imaging_orders.query_retrieve` restricted by `imaging_orders.reconciliation.visible_studies`;
+`imaging_orders.archive.query_retrieve` restricted by `imaging_orders.archive.reconciliation.visible_studies`;
 retrievals check `ensure_patient_record_access` and the centre rule. Every access is audited.
 Errors become RFC 9457 problem documents (`hospital.errors_http`).
 
@@ -38,16 +38,16 @@ from hospital.access import ensure_patient_record_access
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
+from hospital.dicom_status import DATASET_DOES_NOT_MATCH_SOP_CLASS
 from hospital.errors import InvalidInput, NotAcceptable, NotFound, UnprocessableEntity, UnsupportedMediaType
 from hospital.models import Role, User
-from imaging_orders.ingest import (
-    STATUS_DATASET_MISMATCH,
+from imaging_orders.archive.ingest import (
     InstanceRejected,
     StorageUnavailable,
     store_instance,
 )
-from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy
-from imaging_orders.query_retrieve import (
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
+from imaging_orders.archive.query_retrieve import (
     StudyCriteria,
     StudyCounts,
     add_from_file,
@@ -63,7 +63,7 @@ from imaging_orders.query_retrieve import (
     study_attributes,
     study_counts,
 )
-from imaging_orders.reconciliation import ensure_study_visible, visible_studies
+from imaging_orders.archive.reconciliation import ensure_study_visible, visible_studies
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _store_part(app: Any, part: BodyPart, path_study_uid: str | None, user: User
         outcome.failure_reason = FAILURE_SOP_CLASS_NOT_SUPPORTED
         return outcome
     if path_study_uid is not None and outcome.study_instance_uid not in (None, path_study_uid):
-        outcome.failure_reason = STATUS_DATASET_MISMATCH
+        outcome.failure_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
         return outcome
     try:
         result = store_instance(

@@ -40,12 +40,24 @@ from pynetdicom.sop_class import (
     Verification,
 )
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from hospital.db import get_db
+from hospital.dicom_status import (
+    ANSWERABLE,
+    CANCEL,
+    FIND,
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    PENDING,
+    REFUSED_NOT_AUTHORIZED,
+    RETRIEVE,
+    UNABLE_TO_PROCESS,
+    DicomFailure,
+    failure_status,
+    status_dataset,
+)
 from hospital.errors import InvalidInput
-from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from imaging_orders.worklist import CHARACTER_SET, WorklistQueryError, _date_range, _like_pattern
 
 logger = logging.getLogger(__name__)
@@ -54,23 +66,14 @@ QR_FIND_CONTEXTS = (StudyRootQueryRetrieveInformationModelFind,)
 QR_GET_CONTEXTS = (StudyRootQueryRetrieveInformationModelGet,)
 QR_MOVE_CONTEXTS = (StudyRootQueryRetrieveInformationModelMove,)
 
-# PS3.4 Annex C statuses.
-STATUS_SUCCESS = 0x0000
-STATUS_PENDING = 0xFF00
-STATUS_CANCELLED = 0xFE00
-STATUS_REFUSED_NOT_AUTHORISED = 0x0124  # general "refused: not authorized" (PS3.7 C.5.20)
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
-STATUS_IDENTIFIER_MISMATCH = 0xA900
-STATUS_UNABLE_TO_PROCESS = 0xC000
-
 LEVELS = ("STUDY", "SERIES", "IMAGE")
 DEFAULT_MAX_RESULTS = 10_000
-_ERROR_COMMENT_MAX = 64
 
 
-class QueryError(InvalidInput):
+class QueryError(InvalidInput, DicomFailure):
     """A query cannot be understood (bad level, bad date range, unknown attribute)."""
+
+    dicom_status = IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +444,7 @@ def handle_qr_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Da
     calling_ae = _calling_ae(event)
     if not calling_ae_allowed(app, calling_ae):
         logger.warning("C-FIND from %s refused: not in DICOM_QR_CALLING_AES", calling_ae)
-        yield status_dataset(STATUS_REFUSED_NOT_AUTHORISED, "calling AE not allowed to query"), None
+        yield status_dataset(REFUSED_NOT_AUTHORIZED, "calling AE not allowed to query"), None
         return
     try:
         identifier = event.identifier
@@ -450,24 +453,16 @@ def handle_qr_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Da
         limit = int(app.config.get("DICOM_QR_MAX_RESULTS", DEFAULT_MAX_RESULTS))
         with app.app_context(), get_db(app).transaction() as session:
             responses = _find_responses(session, app, identifier, level, criteria, limit)
-    except QueryError as exc:
-        logger.warning("bad C-FIND from %s: %s", calling_ae, exc.message)
-        yield status_dataset(STATUS_IDENTIFIER_MISMATCH, exc.message), None
-        return
-    except SQLAlchemyError as exc:
-        logger.error("C-FIND from %s failed in the database: %s", calling_ae, type(exc).__name__)
-        yield status_dataset(STATUS_OUT_OF_RESOURCES, "index unavailable; try again later"), None
-        return
-    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
-        logger.warning("undecodable C-FIND from %s: %s", calling_ae, type(exc).__name__)
-        yield status_dataset(STATUS_UNABLE_TO_PROCESS, "the query identifier cannot be decoded"), None
+    except ANSWERABLE as exc:
+        logger.warning("C-FIND from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
+        yield failure_status(exc, FIND), None
         return
     logger.info("C-FIND %s level from %s: %d matches", level, calling_ae, len(responses))
     for response in responses:
         if event.is_cancelled:
-            yield STATUS_CANCELLED, None
+            yield CANCEL, None
             return
-        yield STATUS_PENDING, response
+        yield PENDING, response
 
 
 def _find_responses(
@@ -584,14 +579,14 @@ def _retrieve_datasets(event: Event, files: list[StoredFile]) -> Iterator[tuple[
     for stored in files:
         path = stored.path
         if event.is_cancelled:
-            yield STATUS_CANCELLED, None
+            yield CANCEL, None
             return
         try:
-            yield STATUS_PENDING, pydicom.dcmread(path)
+            yield PENDING, pydicom.dcmread(path)
         except (OSError, ValueError, TypeError, AttributeError, EOFError) as exc:
             logger.error("stored file %s unreadable for retrieve: %s", path.name, type(exc).__name__)
             # A failed sub-operation: pynetdicom counts it and lists the instance as failed.
-            yield STATUS_UNABLE_TO_PROCESS, _failed_identifier(path)
+            yield UNABLE_TO_PROCESS, _failed_identifier(path)
 
 
 def _failed_identifier(path: Path) -> Dataset:
@@ -605,21 +600,13 @@ def handle_qr_get(event: Event, app: Flask) -> Iterator[Any]:
     calling_ae = _calling_ae(event)
     if not calling_ae_allowed(app, calling_ae):
         logger.warning("C-GET from %s refused: not in DICOM_QR_CALLING_AES", calling_ae)
-        yield status_dataset(STATUS_REFUSED_NOT_AUTHORISED, "calling AE not allowed to retrieve"), None
+        yield status_dataset(REFUSED_NOT_AUTHORIZED, "calling AE not allowed to retrieve"), None
         return
     try:
         files = _retrieve_instances(app, event.identifier)
-    except QueryError as exc:
-        logger.warning("bad C-GET from %s: %s", calling_ae, exc.message)
-        yield status_dataset(STATUS_IDENTIFIER_MISMATCH, exc.message), None
-        return
-    except SQLAlchemyError as exc:
-        logger.error("C-GET from %s failed in the database: %s", calling_ae, type(exc).__name__)
-        yield status_dataset(STATUS_OUT_OF_RESOURCES, "index unavailable; try again later"), None
-        return
-    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
-        logger.warning("undecodable C-GET from %s: %s", calling_ae, type(exc).__name__)
-        yield status_dataset(STATUS_UNABLE_TO_PROCESS, "the identifier cannot be decoded"), None
+    except ANSWERABLE as exc:
+        logger.warning("C-GET from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
+        yield failure_status(exc, RETRIEVE), None
         return
     logger.info("C-GET from %s: %d instances", calling_ae, len(files))
     yield len(files)
@@ -639,15 +626,9 @@ def handle_qr_move(event: Event, app: Flask) -> Iterator[Any]:
     files: list[StoredFile] = []
     try:
         files = _retrieve_instances(app, event.identifier)
-    except QueryError as exc:
-        logger.warning("bad C-MOVE from %s: %s", calling_ae, exc.message)
-        failure = status_dataset(STATUS_IDENTIFIER_MISMATCH, exc.message)
-    except SQLAlchemyError as exc:
-        logger.error("C-MOVE from %s failed in the database: %s", calling_ae, type(exc).__name__)
-        failure = status_dataset(STATUS_OUT_OF_RESOURCES, "index unavailable; try again later")
-    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
-        logger.warning("undecodable C-MOVE from %s: %s", calling_ae, type(exc).__name__)
-        failure = status_dataset(STATUS_UNABLE_TO_PROCESS, "the identifier cannot be decoded")
+    except ANSWERABLE as exc:
+        logger.warning("C-MOVE from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
+        failure = failure_status(exc, RETRIEVE)
     host, port = destinations[destination]
     contexts = _storage_contexts(files) or [build_context(Verification)]
     # pynetdicom wants the destination first and a count before any status, so a failure is
@@ -668,13 +649,6 @@ def _no_delay(event: Event) -> None:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
     except (AttributeError, OSError):
         pass
-
-
-def status_dataset(code: int, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = comment.replace("\\", "/")[:_ERROR_COMMENT_MAX]
-    return status
 
 
 def _calling_ae(event: Event) -> str:
