@@ -9,6 +9,7 @@ from pathlib import Path
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
+from ai_services.events import AnalysisCompleted, ReportSigned
 from ai_services.retraining import RetrainConfig, prepare_retraining, record_candidate, train_candidate
 from ai_services.series_reader import read_ct_volume
 from ai_services.service import (
@@ -20,11 +21,18 @@ from ai_services.service import (
     store_report_outputs,
 )
 from hospital.db import get_db
+from imaging_orders.archive.events import StudyCompleted
 
 logger = logging.getLogger(__name__)
 
 
-def analyse_study(session: Session, study_id: int) -> None:
+def analyse_study(session: Session, event: StudyCompleted) -> None:
+    """On `StudyCompleted`: read the study with the active model."""
+    analyse_study_again(session, event.study_id)
+
+
+def analyse_study_again(session: Session, study_id: int) -> None:
+    """Analyse one study (also run directly when staff re-run a failed or finished analysis)."""
     db = get_db()
     plan = prepare_analysis(session, study_id, current_app.config["DICOM_STORAGE_DIR"])
     session.commit()
@@ -47,10 +55,10 @@ def analyse_study(session: Session, study_id: int) -> None:
     logger.info("study %s analysed: %d findings", study_id, len(detections))
 
 
-def make_report_outputs(session: Session, report_id: int) -> None:
-    """On `ai.analysis_completed` and `ai.report_signed`: store the report's SR and key images in
-    its study. The handler's session is left unused so no transaction is held while storing."""
-    store_report_outputs(current_app, report_id)
+def make_report_outputs(session: Session, event: AnalysisCompleted | ReportSigned) -> None:
+    """On `AnalysisCompleted` and `ReportSigned`: store the report's SR and key images in its
+    study. The handler's session is left unused so no transaction is held while storing."""
+    store_report_outputs(current_app, event.report_id)
 
 
 def retrain_model(session: Session) -> None:

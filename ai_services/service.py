@@ -38,6 +38,8 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from ai_services.events import AnalysisCompleted, ReportSigned
+from hospital.events import iso_instant
 from hospital.jobs import enqueue, publish
 from hospital.models import Organization, Role, User
 from imaging_orders.archive.ingest import StoreResult, store_instance
@@ -219,7 +221,10 @@ def record_analysis(
     report.issued_at = utcnow()
     report.conclusion = ai_conclusion(detections)
     session.flush()
-    publish(session, "ai.analysis_completed", report_id=report.id)
+    publish(session, AnalysisCompleted(
+        report_id=report.id, study_id=study.id, patient_id=report.patient_id,
+        organization_id=study.organization_id, issued_at=iso_instant(report.issued_at),
+    ))
     return report
 
 
@@ -359,7 +364,7 @@ def sign_report(session: Session, user: User, report_id: int, conclusion: str | 
     report.signed_by_user_id = user.id
     report.signed_at = utcnow()
     record_access(session, user, "U", "DiagnosticReport", report.id, patient_id=report.patient_id, description="signed")
-    publish(session, "ai.report_signed", report_id=report.id)
+    publish(session, ReportSigned(report_id=report.id, patient_id=report.patient_id, referral_id=report.referral_id))
     return report
 
 
@@ -379,7 +384,7 @@ def request_rerun(session: Session, user: User, study_id: int) -> AnalysisJob:
     if job.status is AnalysisStatus.RUNNING:
         raise Conflict("the analysis is running")
     job.status = AnalysisStatus.QUEUED
-    enqueue(session, "ai_services.jobs.analyse_study", queue="ai", study_id=study_id)
+    enqueue(session, "ai_services.jobs.analyse_study_again", queue="ai", study_id=study_id)
     return job
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ai_services.events import AnalysisCompleted, ReportSigned
 from hospital.jobs import subscribe
+from imaging_orders.archive.events import StudyCompleted
 from hospital.models import Role
 from hospital.periodic import register_periodic
 from hospital.web import add_nav_link
@@ -16,10 +18,10 @@ def register(app: Flask) -> None:
     fhir.register_fhir(app)
     app.cli.add_command(cli.ai_group)
     app.extensions["hospital.seeders"].append(seed.seed_model_registry)
-    subscribe(app, "imaging.study_completed", "ai_services.jobs.analyse_study", queue="ai")
+    subscribe(app, StudyCompleted, "ai_services.jobs.analyse_study", queue="ai")
     # The SR and key images follow the report: made with the draft, remade when it is signed.
-    subscribe(app, "ai.analysis_completed", "ai_services.jobs.make_report_outputs", queue="ai")
-    subscribe(app, "ai.report_signed", "ai_services.jobs.make_report_outputs", queue="ai")
+    subscribe(app, AnalysisCompleted, "ai_services.jobs.make_report_outputs", queue="ai")
+    subscribe(app, ReportSigned, "ai_services.jobs.make_report_outputs", queue="ai")
     register_periodic(app, "ai_services.jobs.retrain_model", app.config["AI_RETRAIN_EVERY_SECONDS"], queue="ai")
     add_nav_link(app, "Reading list", "ai_services.reading_list_page", Role.RADIOLOGIST)
     add_nav_link(app, "Model versions", "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)

@@ -87,7 +87,7 @@ def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
     from hospital.migrate import upgrade
     from hospital.phantoms import make_ct_phantom
     from hospital.seed import seed_demo
-    from ai_services.jobs import analyse_study
+    from ai_services.jobs import analyse_study_again
     from ai_services.models import DiagnosticReport
     from imaging_orders.archive.ingest import store_instance
     from imaging_orders.archive.models import ImagingStudy, StudyStatus
@@ -115,7 +115,7 @@ def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
                     study = session.get(ImagingStudy, results[0].study_id)
                     study.patient_id, study.status = patient_id, StudyStatus.AVAILABLE
                 with get_db(app).transaction() as session:
-                    analyse_study(session, results[0].study_id)
+                    analyse_study_again(session, results[0].study_id)
                 with get_db(app).session() as session:
                     report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == results[0].study_id))
                     assert report is not None, "no report was made"

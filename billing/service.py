@@ -16,7 +16,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ai_services.models import DiagnosticReport, Finding, FindingSource, ReviewStatus
+from ai_services.events import AnalysisCompleted
 from billing.models import (
     CatalogEntry,
     ChargeItem,
@@ -29,14 +29,14 @@ from billing.models import (
     PaymentKind,
     ServiceLine,
 )
-from followup.models import Consultation, MedicationDispense, MedicationRequest
+from followup.events import ConsultationFinished, MedicationDispensed
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
 from hospital.clock import utcnow
+from hospital.events import parse_instant
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
-from hospital.models import Organization, Patient, Practitioner, Role, User
-from imaging_orders.archive.models import ImagingStudy
-from referrals.models import Referral
+from hospital.models import Organization, Patient, Role, User
+from imaging_orders.archive.events import StudyCompleted
 
 logger = logging.getLogger(__name__)
 
@@ -112,65 +112,39 @@ def charge(session: Session, event: BillableEvent) -> ChargeItem:
     return item
 
 
-def report_has_confirmed_ai_finding(session: Session, report_id: int) -> bool:
-    return session.scalar(
-        select(Finding.id).where(
-            Finding.report_id == report_id, Finding.source == FindingSource.AI,
-            Finding.review_status != ReviewStatus.REJECTED,
-        ).limit(1)
-    ) is not None
-
-
-def charge_scan(session: Session, study_id: int) -> ChargeItem | None:
-    study = session.get(ImagingStudy, study_id)
-    if study is None or study.patient_id is None or study.referral_id is None:
-        return None
-    referral = session.get(Referral, study.referral_id)
-    assert referral is not None  # foreign key
+def charge_scan(session: Session, event: StudyCompleted) -> ChargeItem:
     return charge(session, BillableEvent(
-        event_key=f"scan:ImagingStudy/{study.id}", patient_id=study.patient_id, code=scan_code(referral.modality),
-        organization_id=study.organization_id, service_reference=f"ImagingStudy/{study.id}",
-        occurred_at=study.completed_at or utcnow(),
+        event_key=f"scan:ImagingStudy/{event.study_id}", patient_id=event.patient_id, code=scan_code(event.modality),
+        organization_id=event.organization_id, service_reference=f"ImagingStudy/{event.study_id}",
+        occurred_at=parse_instant(event.completed_at) or utcnow(),
     ))
 
 
-def charge_ai_analysis(session: Session, report_id: int) -> ChargeItem | None:
-    report = session.get(DiagnosticReport, report_id)
-    if report is None:
-        return None
+def charge_ai_analysis(session: Session, event: AnalysisCompleted) -> ChargeItem:
     # Keyed by study: a re-run analysis of the same study is not billed again.
     return charge(session, BillableEvent(
-        event_key=f"ai-analysis:ImagingStudy/{report.study_id}", patient_id=report.patient_id, code=AI_ANALYSIS_CODE,
-        organization_id=report.study.organization_id, service_reference=f"DiagnosticReport/{report.id}",
-        occurred_at=report.issued_at, ai_attributed=True,
+        event_key=f"ai-analysis:ImagingStudy/{event.study_id}", patient_id=event.patient_id, code=AI_ANALYSIS_CODE,
+        organization_id=event.organization_id, service_reference=f"DiagnosticReport/{event.report_id}",
+        occurred_at=parse_instant(event.issued_at) or utcnow(), ai_attributed=True,
     ))
 
 
-def charge_consultation(session: Session, consultation_id: int) -> ChargeItem | None:
-    consultation = session.get(Consultation, consultation_id)
-    if consultation is None:
-        return None
-    practitioner = session.get(Practitioner, consultation.practitioner_id)
+def charge_consultation(session: Session, event: ConsultationFinished) -> ChargeItem:
     return charge(session, BillableEvent(
-        event_key=f"consultation:Encounter/{consultation.id}", patient_id=consultation.patient_id,
-        code=CONSULTATION_CODE, organization_id=practitioner.organization_id if practitioner else None,
-        service_reference=f"Encounter/{consultation.id}", occurred_at=consultation.ended_at or utcnow(),
-        ai_attributed=report_has_confirmed_ai_finding(session, consultation.report_id),
+        event_key=f"consultation:Encounter/{event.consultation_id}", patient_id=event.patient_id,
+        code=CONSULTATION_CODE, organization_id=event.organization_id,
+        service_reference=f"Encounter/{event.consultation_id}", occurred_at=parse_instant(event.ended_at) or utcnow(),
+        ai_attributed=event.ai_attributed,
     ))
 
 
-def charge_dispense(session: Session, dispense_id: int) -> ChargeItem | None:
-    record = session.get(MedicationDispense, dispense_id)
-    if record is None:
-        return None
-    request = session.get(MedicationRequest, record.request_id)
-    assert request is not None  # foreign key
-    consultation = session.get(Consultation, request.consultation_id) if request.consultation_id else None
+def charge_dispense(session: Session, event: MedicationDispensed) -> ChargeItem:
     return charge(session, BillableEvent(
-        event_key=f"dispense:MedicationDispense/{record.id}", patient_id=record.patient_id,
-        code=medication_code(request.medication_code), organization_id=request.pharmacy_organization_id,
-        service_reference=f"MedicationDispense/{record.id}", occurred_at=record.dispensed_at, quantity=record.quantity,
-        ai_attributed=consultation is not None and report_has_confirmed_ai_finding(session, consultation.report_id),
+        event_key=f"dispense:MedicationDispense/{event.dispense_id}", patient_id=event.patient_id,
+        code=medication_code(event.medication_code), organization_id=event.pharmacy_organization_id,
+        service_reference=f"MedicationDispense/{event.dispense_id}",
+        occurred_at=parse_instant(event.dispensed_at) or utcnow(), quantity=event.quantity,
+        ai_attributed=event.ai_attributed,
     ))
 
 

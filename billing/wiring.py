@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ai_services.events import AnalysisCompleted
 from billing import fhir, routes, seed
+from followup.events import ConsultationFinished, MedicationDispensed
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.web import add_nav_link
+from imaging_orders.archive.events import StudyCompleted
 
 
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     fhir.register_fhir(app)
     app.extensions["hospital.seeders"].append(seed.seed_catalog)
-    subscribe(app, "imaging.study_completed", "billing.jobs.charge_scan", queue="billing")
-    subscribe(app, "ai.analysis_completed", "billing.jobs.charge_ai_analysis", queue="billing")
-    subscribe(app, "followup.consultation_finished", "billing.jobs.charge_consultation", queue="billing")
-    subscribe(app, "followup.medication_dispensed", "billing.jobs.charge_dispense", queue="billing")
+    subscribe(app, StudyCompleted, "billing.jobs.charge_scan", queue="billing")
+    subscribe(app, AnalysisCompleted, "billing.jobs.charge_ai_analysis", queue="billing")
+    subscribe(app, ConsultationFinished, "billing.jobs.charge_consultation", queue="billing")
+    subscribe(app, MedicationDispensed, "billing.jobs.charge_dispense", queue="billing")
     add_nav_link(app, "Revenue", "billing.revenue_page", Role.ADMIN)
     add_nav_link(app, "Price catalog", "billing.catalog_page", Role.ADMIN)
     add_nav_link(app, "Billing", "billing.billing_office_page", Role.ADMIN)

@@ -6,6 +6,7 @@ import logging
 
 from sqlalchemy.orm import Session
 
+from ai_services.events import ReportSigned
 from followup.planning import open_due_repeat_scans, send_due_reminders
 from followup.service import open_consultation
 from hospital.notify import notifier
@@ -13,8 +14,8 @@ from hospital.notify import notifier
 logger = logging.getLogger(__name__)
 
 
-def open_consultation_for_report(session: Session, report_id: int) -> None:
-    open_consultation(session, report_id)
+def open_consultation_for_report(session: Session, event: ReportSigned) -> None:
+    open_consultation(session, event.report_id)
 
 
 def process_due_followups(session: Session) -> None:

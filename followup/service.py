@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
-from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
+from ai_services.models import DiagnosticReport, FindingSource, ReportStatus, ReviewStatus
 from followup.models import (
     CarePlan,
     Consultation,
@@ -26,9 +26,11 @@ from hospital.access import ensure_patient_access, patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from followup.events import ConsultationFinished, MedicationDispensed
+from hospital.events import iso_instant
 from hospital.jobs import publish
 from followup.planning import TaskTemplate, add_tasks
-from hospital.models import Organization, OrganizationKind, Role, User
+from hospital.models import Organization, OrganizationKind, Practitioner, Role, User
 from hospital.notify import Notifier, OutgoingMessage, notifier
 from referrals.models import Referral
 
@@ -194,8 +196,22 @@ def finish_consultation(session: Session, user: User, consultation_id: int, note
         task.status = TaskStatus.COMPLETED
         task.completed_at = now
     record_access(session, user, "U", "Encounter", consultation.id, patient_id=consultation.patient_id, description="finished")
-    publish(session, "followup.consultation_finished", consultation_id=consultation.id)
+    practitioner = session.get(Practitioner, consultation.practitioner_id)
+    publish(session, ConsultationFinished(
+        consultation_id=consultation.id, patient_id=consultation.patient_id,
+        organization_id=practitioner.organization_id if practitioner else None,
+        ended_at=iso_instant(consultation.ended_at), ai_attributed=opened_by_ai_finding(consultation),
+    ))
     return consultation
+
+
+def opened_by_ai_finding(consultation: Consultation) -> bool:
+    """Whether the report that opened `consultation` holds an AI finding the radiologist kept: the
+    care that follows counts as AI-enabled revenue."""
+    return any(
+        finding.source is FindingSource.AI and finding.review_status is not ReviewStatus.REJECTED
+        for finding in consultation.report.findings
+    )
 
 
 @dataclass(frozen=True)
@@ -302,7 +318,13 @@ def dispense(session: Session, user: User, request_id: int, quantity: int | None
         request.status = MedicationRequestStatus.COMPLETED
     session.flush()
     record_access(session, user, "C", "MedicationDispense", record.id, patient_id=request.patient_id)
-    publish(session, "followup.medication_dispensed", dispense_id=record.id)
+    consultation = session.get(Consultation, request.consultation_id) if request.consultation_id else None
+    publish(session, MedicationDispensed(
+        dispense_id=record.id, patient_id=record.patient_id, pharmacy_organization_id=request.pharmacy_organization_id,
+        medication_code=request.medication_code, quantity=record.quantity,
+        dispensed_at=iso_instant(record.dispensed_at),
+        ai_attributed=consultation is not None and opened_by_ai_finding(consultation),
+    ))
     return record
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ai_services.events import ReportSigned
 from followup import fhir, routes, seed, service
 from hospital.access import register_patient_scope
 from hospital.jobs import subscribe
@@ -17,7 +18,7 @@ def register(app: Flask) -> None:
     fhir.register_fhir(app)
     app.extensions["hospital.seeders"].append(seed.seed_pharmacy_stock)
     register_periodic(app, "followup.jobs.process_due_followups", app.config["FOLLOWUP_CHECK_SECONDS"])
-    subscribe(app, "ai.report_signed", "followup.jobs.open_consultation_for_report")
+    subscribe(app, ReportSigned, "followup.jobs.open_consultation_for_report")
     register_patient_scope(app, Role.CLINICIAN, service.consulted_patient_ids)
     register_patient_scope(app, Role.PHARMACIST, service.pharmacy_patient_ids)
     add_nav_link(app, "Consultations", "followup.consultations_page", Role.CLINICIAN, Role.PATIENT)

@@ -54,6 +54,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors_http.init_app(app)
     for stage in STAGES:
         stage.register(app)
+    jobs.check_subscriptions(app, packages=[stage.__name__.split(".")[0] for stage in STAGES])
     return app
 
 

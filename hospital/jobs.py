@@ -1,10 +1,12 @@
 """Durable background work: domain events and the jobs that react to them.
 
-A stage publishes an event inside its transaction; each subscribed handler gets a `JobRecord` row
-in that same transaction, so the work owed survives a crash. Only after the commit are the record
-ids handed on: to RQ when `REDIS_URL` is set, else run inline in this process (the embedded
-default). Handlers are plain importable functions `handler(session, **payload)` named by dotted
-path; `run_job` commits their session, and a handler run twice must give the same result.
+A stage publishes a typed event (`hospital.events.DomainEvent`) inside its transaction; each
+subscribed handler gets a `JobRecord` row in that same transaction, so the work owed survives a
+crash. Only after the commit are the record ids handed on: to RQ when `REDIS_URL` is set, else run
+inline in this process (the embedded default). Handlers are plain importable functions named by
+dotted path: `handler(session, event)` for an event, `handler(session, **payload)` for work
+scheduled directly with `enqueue`. `run_job` is their unit of work (it commits or rolls back their
+session; a handler never commits), and a handler run twice must give the same result.
 
 Work that Redis or a worker lost is found again by `sweep_lost_jobs`, which every `hospital worker`
 runs in the background: records still queued whose RQ job is gone or dead, and records left
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +33,7 @@ from werkzeug.utils import import_string
 
 from hospital.clock import utcnow
 from hospital.db import get_db
+from hospital.events import DomainEvent, declared_event_types, event_type
 from hospital.models import JobRecord, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -43,42 +46,77 @@ _SWEEP_LOCK_KEY = "hospital:jobs:sweep-lock"
 _LIVE_RQ_STATES = frozenset({"queued", "scheduled", "deferred", "started"})
 
 
+class UnsubscribedEvent(RuntimeError):
+    """An event type that no handler subscribes to: its work would be silently dropped."""
+
+
 @dataclass(frozen=True)
 class Subscription:
-    event: str
+    event: type[DomainEvent]
     handler: str
     queue: str = "default"
 
 
 @dataclass
 class JobRegistry:
-    """Per-app table of which handlers react to which events."""
+    """Per-app table of which handlers react to which event types."""
 
-    subscriptions: dict[str, list[Subscription]] = field(default_factory=dict)
+    subscriptions: dict[type[DomainEvent], list[Subscription]] = field(default_factory=dict)
 
-    def subscribe(self, event: str, handler: str, queue: str = "default") -> None:
+    def subscribe(self, event: type[DomainEvent], handler: str, queue: str = "default") -> None:
+        if not (isinstance(event, type) and issubclass(event, DomainEvent)):
+            raise TypeError(f"subscribe to a DomainEvent subclass, not {event!r}")
         if queue not in QUEUES:
             raise ValueError(f"unknown queue {queue!r}; expected one of {QUEUES}")
         subs = self.subscriptions.setdefault(event, [])
         if not any(s.handler == handler for s in subs):
             subs.append(Subscription(event, handler, queue))
 
+    def all(self) -> list[Subscription]:
+        return [sub for subs in self.subscriptions.values() for sub in subs]
+
 
 def init_app(app: Flask) -> None:
     app.extensions["hospital.jobs"] = JobRegistry()
 
 
-def subscribe(app: Flask, event: str, handler: str, queue: str = "default") -> None:
+def subscribe(app: Flask, event: type[DomainEvent], handler: str, queue: str = "default") -> None:
     app.extensions["hospital.jobs"].subscribe(event, handler, queue)
 
 
-def publish(session: Session, event: str, **payload: Any) -> list[JobRecord]:
-    """Record that `event` happened; every subscriber gets a job, dispatched after commit."""
-    registry: JobRegistry = current_app.extensions["hospital.jobs"]
-    return [
-        _add_record(session, sub.handler, sub.queue, payload, event=event)
-        for sub in registry.subscriptions.get(event, [])
+def registry(app: Flask) -> JobRegistry:
+    reg: JobRegistry = app.extensions["hospital.jobs"]
+    return reg
+
+
+def check_subscriptions(app: Flask, packages: Iterable[str]) -> None:
+    """At start-up: every event type declared by these packages (the wired stages) has at least one
+    subscriber (see hospital.events)."""
+    subscribed = set(registry(app).subscriptions)
+    roots = set(packages)
+    missing = [
+        cls for cls in declared_event_types() if cls.__module__.split(".")[0] in roots and cls not in subscribed
     ]
+    if missing:
+        names = ", ".join(f"{cls.name} ({cls.__module__}.{cls.__qualname__})" for cls in missing)
+        raise UnsubscribedEvent(f"events declared with no subscriber: {names}")
+
+
+def publish(session: Session, event: DomainEvent) -> list[JobRecord]:
+    """Record that `event` happened; every subscriber gets a job, dispatched after commit."""
+    subscriptions = registry(current_app).subscriptions.get(type(event), [])
+    if not subscriptions:
+        raise UnsubscribedEvent(f"{type(event).__name__} ({event.name}) has no subscriber")
+    return [
+        _add_record(session, sub.handler, sub.queue, event.payload(), event=event.name)
+        for sub in subscriptions
+    ]
+
+
+def deliver(session: Session, handler: str, event: DomainEvent, *, queue: str = "default") -> JobRecord:
+    """Schedule one handler's job for `event` without publishing it to the others (an operator's
+    re-delivery), dispatched after commit."""
+    return _add_record(session, handler, queue, event.payload(), event=event.name)
 
 
 def enqueue(session: Session, handler: str, *, queue: str = "default", **payload: Any) -> JobRecord:
@@ -175,11 +213,14 @@ def run_job(record_id: int) -> None:
         record.status = JobStatus.RUNNING
         record.attempts += 1
         record.started_at = utcnow()
-        handler_path, payload = record.handler, dict(record.payload)
+        handler_path, payload, event_name = record.handler, dict(record.payload), record.event
     handler: Callable[..., Any] = import_string(handler_path)
     try:
         with db.transaction() as session:
-            handler(session, **payload)
+            if event_name is not None:
+                handler(session, event_type(event_name).from_payload(payload))
+            else:
+                handler(session, **payload)
     except Exception as exc:
         with db.transaction() as session:
             record = session.get(JobRecord, record_id)

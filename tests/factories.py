@@ -11,10 +11,17 @@ import pydicom
 
 from sqlalchemy.orm import Session
 
+from ai_services.events import AnalysisCompleted
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
 from hospital.dicom_factory import ct_series_datasets
+from followup.events import ConsultationFinished
+from followup.models import Consultation
+from followup.service import opened_by_ai_finding
 from hospital.clock import utcnow
+from hospital.events import iso_instant
+from hospital.models import Practitioner
 from hospital.seed import DemoSeed
+from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import Referral, ReferralStatus
 
@@ -96,3 +103,32 @@ def store_report_slices(
             path=str(path.relative_to(storage_dir)), size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
         ))
     session.flush()
+
+
+# The events the stages would have published for these rows (billing and follow-up tests run their
+# handlers directly, the way `hospital.jobs.run_job` delivers them).
+
+
+def study_completed(session: Session, study_id: int) -> StudyCompleted:
+    study = session.get(ImagingStudy, study_id)
+    assert study is not None and study.referral_id is not None and study.patient_id is not None
+    referral = session.get(Referral, study.referral_id)
+    assert referral is not None
+    return StudyCompleted(study_id=study.id, patient_id=study.patient_id, referral_id=referral.id,
+                          organization_id=study.organization_id, modality=referral.modality,
+                          completed_at=iso_instant(study.completed_at))
+
+
+def analysis_completed(session: Session, report: DiagnosticReport) -> AnalysisCompleted:
+    study = session.get(ImagingStudy, report.study_id)
+    assert study is not None
+    return AnalysisCompleted(report_id=report.id, study_id=report.study_id, patient_id=report.patient_id,
+                             organization_id=study.organization_id, issued_at=iso_instant(report.issued_at))
+
+
+def consultation_finished(session: Session, consultation: Consultation) -> ConsultationFinished:
+    practitioner = session.get(Practitioner, consultation.practitioner_id)
+    return ConsultationFinished(
+        consultation_id=consultation.id, patient_id=consultation.patient_id,
+        organization_id=practitioner.organization_id if practitioner else None,
+        ended_at=iso_instant(consultation.ended_at), ai_attributed=opened_by_ai_finding(consultation))

@@ -57,15 +57,15 @@ from hospital.dicom_status import (
     DicomFailure,
 )
 from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
+from hospital.events import iso_instant
 from hospital.jobs import publish
+from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.models import Appointment, AppointmentStatus
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from imaging_orders.service import start_examination
 from referrals.models import Referral, ReferralStatus
 
 logger = logging.getLogger(__name__)
-
-STUDY_COMPLETED_EVENT = "imaging.study_completed"
 
 
 # Referral states in which arriving images may be attached to the order.
@@ -689,7 +689,6 @@ def reconcile_study(session: Session, study_id: int, referral_id: int) -> Imagin
     _attach(session, study, referral)
     if study.status is StudyStatus.AVAILABLE:
         _close_order(session, study, referral)
-        publish(session, STUDY_COMPLETED_EVENT, study_id=study.id)
     session.flush()
     logger.info("study %s reconciled to referral %s", study.id, referral.id)
     return study
@@ -716,10 +715,17 @@ def _attach(session: Session, study: ImagingStudy, referral: Referral) -> None:
 
 
 def _close_order(session: Session, study: ImagingStudy, referral: Referral) -> None:
+    """A complete study fulfils its order; later stages are told once (`StudyCompleted`)."""
     if referral.status in MATCHABLE_REFERRAL_STATUSES:
         referral.status = ReferralStatus.COMPLETED
     for appointment in _appointments(session, referral.id, (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)):
         appointment.status = AppointmentStatus.FULFILLED
+    assert study.patient_id is not None  # attached to the referral's patient
+    publish(session, StudyCompleted(
+        study_id=study.id, patient_id=study.patient_id, referral_id=referral.id,
+        organization_id=study.organization_id, modality=referral.modality,
+        completed_at=iso_instant(study.completed_at),
+    ))
 
 
 def _appointments(session: Session, referral_id: int, statuses: Iterable[AppointmentStatus]) -> list[Appointment]:
@@ -781,7 +787,6 @@ def _complete_study(session: Session, study_id: int, cutoff: datetime, now: date
     if study is None or study.referral_id is None:
         return True  # unmatched: published when reconciled
     referral = session.get(Referral, study.referral_id, with_for_update=True)
-    if referral is not None:
-        _close_order(session, study, referral)
-    publish(session, STUDY_COMPLETED_EVENT, study_id=study.id)
+    assert referral is not None  # foreign key
+    _close_order(session, study, referral)
     return True

@@ -23,6 +23,7 @@ from ai_services.dicom_outputs import (
     build_report_outputs,
     read_measurement_report,
 )
+from ai_services.events import ReportSigned
 from ai_services.jobs import make_report_outputs
 from ai_services.models import DiagnosticReport, ReviewStatus
 from ai_services.service import Box, add_finding, review_finding, sign_report, store_report_outputs
@@ -160,7 +161,8 @@ def test_outputs_are_stored_in_the_study_idempotently_and_refreshed_when_signed(
     db_session.commit()
     old_paths = [storage / r.path for r in first]
 
-    make_report_outputs(db_session, stored.report_id)  # the job the report_signed event runs
+    signed = ReportSigned(report_id=report.id, patient_id=report.patient_id, referral_id=report.referral_id)
+    make_report_outputs(db_session, signed)  # the job the ReportSigned event runs
 
     outputs = _output_instances(db_session, stored.study_id)
     assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1, SC_SERIES_NUMBER: 2}

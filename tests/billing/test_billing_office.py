@@ -11,15 +11,15 @@ from billing import jobs
 from billing.models import ChargeItem, ChargeStatus, Invoice, InvoiceStatus, Payment
 from billing.service import set_coverage
 from hospital.seed import DemoSeed
-from tests.factories import make_preliminary_report
+from tests.factories import analysis_completed, make_preliminary_report, study_completed
 from tests.referrals.test_referral_pages import csrf_token_of, sign_in
 
 
 def charged_patient(db_session: Session, demo: DemoSeed) -> None:
     """A scan and its AI analysis billed to the demo patient, 70 % covered by their insurer."""
     report = make_preliminary_report(db_session, demo, [(10, 10, 30, 30)])
-    jobs.charge_scan(db_session, report.study_id)
-    jobs.charge_ai_analysis(db_session, report.id)
+    jobs.charge_scan(db_session, study_completed(db_session, report.study_id))
+    jobs.charge_ai_analysis(db_session, analysis_completed(db_session, report))
     set_coverage(db_session, demo.users["admin"], demo.patient.id, "Acme Health", "ACME-1", 7000)
     db_session.commit()
 

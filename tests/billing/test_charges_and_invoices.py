@@ -15,7 +15,7 @@ from billing.models import CatalogEntry, ChargeItem, ServiceLine
 from billing.service import PriceNotFound, price_for, scan_code
 from followup.service import open_consultation
 from hospital.seed import DemoSeed
-from tests.factories import make_preliminary_report
+from tests.factories import analysis_completed, consultation_finished, make_preliminary_report, study_completed
 
 
 def test_centre_price_wins_over_platform_price_within_its_dates(db_session: Session, demo: DemoSeed) -> None:
@@ -35,8 +35,8 @@ def test_centre_price_wins_over_platform_price_within_its_dates(db_session: Sess
 def test_each_billing_job_run_twice_charges_once(db_session: Session, demo: DemoSeed) -> None:
     report = make_preliminary_report(db_session, demo, [(10, 10, 30, 30)])
     for _ in range(2):
-        jobs.charge_scan(db_session, report.study_id)
-        jobs.charge_ai_analysis(db_session, report.id)
+        jobs.charge_scan(db_session, study_completed(db_session, report.study_id))
+        jobs.charge_ai_analysis(db_session, analysis_completed(db_session, report))
     items = db_session.scalars(select(ChargeItem).order_by(ChargeItem.id)).all()
     assert [(i.service_line, i.total_minor, i.ai_attributed) for i in items] == [
         (ServiceLine.SCAN, 15000, False), (ServiceLine.AI_ANALYSIS, 2500, True)]
@@ -49,8 +49,8 @@ def test_consultation_after_a_confirmed_ai_finding_is_ai_attributed(db_session: 
     consultation = open_consultation(db_session, report.id)
     assert consultation is not None and open_consultation(db_session, report.id) is consultation
     consultation.ended_at = report.issued_at
-    jobs.charge_consultation(db_session, consultation.id)
-    jobs.charge_consultation(db_session, consultation.id)
+    jobs.charge_consultation(db_session, consultation_finished(db_session, consultation))
+    jobs.charge_consultation(db_session, consultation_finished(db_session, consultation))
     item = db_session.scalar(select(ChargeItem).where(ChargeItem.service_line == ServiceLine.CONSULTATION))
     assert item is not None and item.ai_attributed and item.total_minor == 6000
     assert db_session.scalar(select(func.count()).select_from(ChargeItem)) == 1
@@ -58,8 +58,8 @@ def test_consultation_after_a_confirmed_ai_finding_is_ai_attributed(db_session: 
 
 def test_invoice_gathers_unbilled_charges_once(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
     report = make_preliminary_report(db_session, demo, [(10, 10, 30, 30)])
-    jobs.charge_scan(db_session, report.study_id)
-    jobs.charge_ai_analysis(db_session, report.id)
+    jobs.charge_scan(db_session, study_completed(db_session, report.study_id))
+    jobs.charge_ai_analysis(db_session, analysis_completed(db_session, report))
     db_session.commit()
     admin = as_role("admin")
     invoice = admin.post("/api/invoices", json={"patient_id": demo.patient.id})

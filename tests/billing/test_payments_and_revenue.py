@@ -12,13 +12,13 @@ from sqlalchemy.orm import Session
 from billing import jobs
 from billing.models import Payment
 from hospital.seed import DEMO_PASSWORD, DemoSeed
-from tests.factories import make_preliminary_report
+from tests.factories import analysis_completed, make_preliminary_report, study_completed
 
 
 def invoiced(as_role: Any, db_session: Session, demo: DemoSeed, share_basis_points: int | None) -> dict[str, Any]:
     report = make_preliminary_report(db_session, demo, [(10, 10, 30, 30)])
-    jobs.charge_scan(db_session, report.study_id)
-    jobs.charge_ai_analysis(db_session, report.id)
+    jobs.charge_scan(db_session, study_completed(db_session, report.study_id))
+    jobs.charge_ai_analysis(db_session, analysis_completed(db_session, report))
     db_session.commit()
     admin = as_role("admin")
     if share_basis_points is not None:

@@ -28,7 +28,7 @@ from hospital.jobs import publish
 from hospital.phantoms import make_ct_phantom
 from hospital.seed import DEMO_PASSWORD, DemoSeed, seed_demo
 from tests.conftest import make_test_app
-from tests.factories import make_preliminary_report, store_report_slices
+from tests.factories import analysis_completed, make_preliminary_report, store_report_slices
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -164,7 +164,7 @@ def make_report_with_key_images(site: LiveSite) -> int:
         store_report_slices(session, storage, report, volume, pixel_spacing_mm=phantom.pixel_spacing_mm,
                             slice_thickness_mm=phantom.slice_thickness_mm)
         # What the analysis job would have announced: the AI analysis is billed.
-        publish(session, "ai.analysis_completed", report_id=report.id)
+        publish(session, analysis_completed(session, report))
         report_id = report.id
     return report_id
 

@@ -19,7 +19,7 @@ from billing.models import ChargeItem, ServiceLine
 from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.dicom_factory import write_ct_series
-from hospital.jobs import enqueue, sweep_lost_jobs
+from hospital.jobs import deliver, sweep_lost_jobs
 from hospital.models import JobRecord, JobStatus
 from hospital.phantoms import make_ct_phantom
 from hospital.seed import seed_demo
@@ -28,7 +28,7 @@ from referrals.models import ReferralStatus
 from tests.chaos.conftest import JOB_TIMEOUT_SECONDS
 from tests.chaos.processes import OwnRedis, kill_hard, wait_until
 from tests.conftest import make_test_app
-from tests.factories import make_preliminary_report, make_referral
+from tests.factories import analysis_completed, make_preliminary_report, make_referral, study_completed
 
 pytestmark = pytest.mark.chaos
 
@@ -103,14 +103,14 @@ def test_redis_restarted_empty_with_jobs_waiting_loses_no_charge(
         seed = seed_demo(session, chaos_app)
         reports = [make_preliminary_report(session, seed, [(10, 10, 30, 30)]) for _ in range(6)]
         for report in reports:
-            enqueue(session, "billing.jobs.charge_scan", queue="billing", study_id=report.study_id)
-            enqueue(session, "billing.jobs.charge_ai_analysis", queue="billing", report_id=report.id)
+            deliver(session, "billing.jobs.charge_scan", study_completed(session, report.study_id), queue="billing")
+            deliver(session, "billing.jobs.charge_ai_analysis", analysis_completed(session, report), queue="billing")
     assert Queue("billing", connection=Redis.from_url(own_redis.url)).count == 12
 
     own_redis.kill()
     with chaos_app.app_context(), get_db(chaos_app).transaction() as session:
         # Published while Redis is down: the enqueue fails after commit; the record stays queued.
-        enqueue(session, "billing.jobs.charge_scan", queue="billing", study_id=reports[0].study_id)
+        deliver(session, "billing.jobs.charge_scan", study_completed(session, reports[0].study_id), queue="billing")
     own_redis.start()  # back, empty
     assert Queue("billing", connection=Redis.from_url(own_redis.url)).count == 0
 

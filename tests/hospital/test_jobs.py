@@ -3,6 +3,7 @@ recorded, lost work re-dispatched by the sweeper."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,31 @@ from sqlalchemy.orm import Session
 from hospital.cli import cli
 from hospital.clock import utcnow
 from hospital.db import get_db
-from hospital.jobs import enqueue, publish, run_job, subscribe, sweep_if_due, sweep_lost_jobs
+from hospital.events import DomainEvent, withdraw_event_type
+from hospital.jobs import (
+    UnsubscribedEvent,
+    enqueue,
+    publish,
+    run_job,
+    subscribe,
+    sweep_if_due,
+    sweep_lost_jobs,
+)
 from hospital.models import AuditEvent, JobRecord, JobStatus
 from tests.conftest import make_test_app
 
 CALLS: list[dict[str, Any]] = []
 
 
-def record_call(session: Session, **payload: Any) -> None:
+@dataclass(frozen=True)
+class Happened(DomainEvent):
+    name = "test.happened"
+
+    n: int
+
+
+def record_call(session: Session, event: Happened | None = None, **payload: Any) -> None:
+    payload = event.payload() if event is not None else payload
     CALLS.append(payload)
     session.add(AuditEvent(action="E", entity_type="TestJob", entity_id=str(payload.get("n")), source="system"))
 
@@ -36,7 +54,7 @@ def always_fails(session: Session, **payload: Any) -> None:
 @pytest.fixture()
 def redis_app(live_database: str, redis_url: str, tmp_path: Path) -> Flask:
     app = make_test_app(live_database, tmp_path, REDIS_URL=redis_url)
-    subscribe(app, "test.happened", "tests.hospital.test_jobs.record_call", queue="default")
+    subscribe(app, Happened, "tests.hospital.test_jobs.record_call", queue="default")
     return app
 
 
@@ -44,11 +62,11 @@ def test_records_are_enqueued_only_after_commit(redis_app: Flask, redis_url: str
     queue = Queue("default", connection=Redis.from_url(redis_url))
     with redis_app.app_context():
         session = get_db().session()
-        record = publish(session, "test.happened", n=1)[0]
+        record = publish(session, Happened(n=1))[0]
         assert queue.count == 0, "nothing may reach a worker before the transaction commits"
         session.commit()
         assert queue.job_ids == [f"hospital-job-{record.id}"]
-        rolled_back = publish(session, "test.happened", n=2)[0].id
+        rolled_back = publish(session, Happened(n=2))[0].id
         session.rollback()
         assert queue.job_ids == [f"hospital-job-{record.id}"]
         session.close()
@@ -95,8 +113,8 @@ def test_sweeper_re_dispatches_work_that_redis_lost(redis_app: Flask, redis_url:
 
 def test_inline_mode_runs_handlers_after_commit(db_session: Session, app: Flask) -> None:
     CALLS.clear()
-    subscribe(app, "test.inline", "tests.hospital.test_jobs.record_call")
-    publish(db_session, "test.inline", n=5)
+    subscribe(app, Happened, "tests.hospital.test_jobs.record_call")
+    publish(db_session, Happened(n=5))
     assert CALLS == []
     db_session.commit()
     assert CALLS == [{"n": 5}]
@@ -159,3 +177,36 @@ def test_a_long_job_within_its_own_timeout_is_not_taken_for_lost(redis_app: Flas
         with get_db().transaction() as session:
             session.get(JobRecord, record_id).started_at = utcnow() - timedelta(seconds=7200 + 300)
         assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [record_id]
+
+
+@dataclass(frozen=True)
+class NobodyListens(DomainEvent):
+    name = "test.nobody_listens"
+
+    n: int
+
+
+def test_publishing_an_event_nobody_subscribes_to_is_an_error(db_session: Session, app: Flask) -> None:
+    with pytest.raises(UnsubscribedEvent, match="test.nobody_listens"):
+        publish(db_session, NobodyListens(n=1))
+    assert db_session.scalar(select(JobRecord.id).where(JobRecord.event == "test.nobody_listens")) is None
+
+
+def test_a_stage_event_without_subscriber_stops_the_app_at_start_up(database_url: str, tmp_path: Path) -> None:
+    @dataclass(frozen=True)
+    class Orphan(DomainEvent):
+        name = "billing.orphan"
+
+    Orphan.__module__ = "billing.events"  # as if a stage declared it; nothing subscribes to it
+    try:
+        with pytest.raises(UnsubscribedEvent, match="billing.orphan"):
+            make_test_app(database_url, tmp_path)
+    finally:
+        withdraw_event_type("billing.orphan")
+    make_test_app(database_url, tmp_path)  # and without it the app starts
+
+
+def test_events_carry_plain_values_only() -> None:
+    with pytest.raises(TypeError, match="must be an int, str, bool or None"):
+        Happened(n=utcnow())  # type: ignore[arg-type]
+    assert Happened.from_payload(Happened(n=3).payload()) == Happened(n=3)

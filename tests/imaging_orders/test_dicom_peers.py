@@ -65,9 +65,9 @@ def node(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     published: list[dict[str, Any]] = []
     real_publish = hospital.jobs.publish
 
-    def recording_publish(session: Any, event: str, **payload: Any) -> Any:
-        published.append({"event": event, **payload})
-        return real_publish(session, event, **payload)
+    def recording_publish(session: Any, event: Any) -> Any:
+        published.append({"event": event.name, "study_id": event.study_id})
+        return real_publish(session, event)
 
     # Jobs are recorded but not run: the AI and billing stages are not under test here.
     monkeypatch.setattr("imaging_orders.archive.ingest.publish", recording_publish)

@@ -25,7 +25,9 @@ from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.dicom_factory import ct_series_datasets
 from hospital.errors import Conflict
+from hospital.events import DomainEvent
 from hospital.models import JobRecord
+from imaging_orders.archive.events import StudyCompleted
 from hospital.phantoms import make_ct_phantom
 from imaging_orders.archive.ingest import InstanceRejected, StorageUnavailable, complete_quiet_studies, reconcile_study, store_instance
 from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, STORE_PROCESSING_FAILURE
@@ -56,9 +58,9 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     real_publish = ingest.publish
 
-    def recording_publish(session: Session, event: str, **payload: Any) -> list[JobRecord]:
-        calls.append({"event": event, **payload})
-        return real_publish(session, event, **payload)
+    def recording_publish(session: Session, event: DomainEvent) -> list[JobRecord]:
+        calls.append({"event": event.name, "study_id": event.payload()["study_id"]})
+        return real_publish(session, event)
 
     monkeypatch.setattr(ingest, "publish", recording_publish)
     monkeypatch.setattr(hospital.jobs, "dispatch", lambda app, ids: None)
@@ -307,8 +309,8 @@ def test_quiet_study_completes_once(app: Flask, db_session: Session, published: 
     assert order.appointment.status is AppointmentStatus.FULFILLED
     assert published == [{"event": "imaging.study_completed", "study_id": study.id}]
     records = db_session.scalars(select(JobRecord).where(JobRecord.event == "imaging.study_completed")).all()
-    subscribers = app.extensions["hospital.jobs"].subscriptions.get("imaging.study_completed", [])
-    assert len([r for r in records if r.payload == {"study_id": study.id}]) == len(subscribers)
+    subscribers = app.extensions["hospital.jobs"].subscriptions.get(StudyCompleted, [])
+    assert len([r for r in records if r.payload["study_id"] == study.id]) == len(subscribers)
 
 
 def test_instance_after_completion_is_kept_with_warning(app: Flask, db_session: Session, published: list[dict[str, Any]]) -> None:

@@ -1,0 +1,31 @@
+"""Events the AI stage publishes (see hospital.events)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hospital.events import DomainEvent
+
+
+@dataclass(frozen=True)
+class AnalysisCompleted(DomainEvent):
+    """The model read a study: a preliminary report with its findings exists."""
+
+    name = "ai.analysis_completed"
+
+    report_id: int
+    study_id: int
+    patient_id: int
+    organization_id: int | None
+    issued_at: str | None
+
+
+@dataclass(frozen=True)
+class ReportSigned(DomainEvent):
+    """A radiologist signed the report: it is final and care may follow."""
+
+    name = "ai.report_signed"
+
+    report_id: int
+    patient_id: int
+    referral_id: int | None
