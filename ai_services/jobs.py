@@ -1,5 +1,7 @@
-"""RQ job: analyse one completed study. Thin: each step is a service call in its own commit, so
-progress is visible while the model runs and a failure is recorded before it is re-raised."""
+"""RQ jobs of the AI stage. Thin: each step is a service call in a unit of work of its own
+(`Database.transaction`), so progress is visible while the model runs and a failure is recorded
+before it is re-raised; the handler's own session, committed by `hospital.jobs.run_job`, takes the
+result."""
 
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ def analyse_study(session: Session, event: StudyCompleted) -> None:
 def analyse_study_again(session: Session, study_id: int) -> None:
     """Analyse one study (also run directly when staff re-run a failed or finished analysis)."""
     db = get_db()
-    plan = prepare_analysis(session, study_id, current_app.config["DICOM_STORAGE_DIR"])
-    session.commit()
+    # Its own unit of work, ended before the model runs: "running" is visible at once, and no
+    # transaction is held open through inference. The findings go in the job's own session.
+    with db.transaction() as prepare_session:
+        plan = prepare_analysis(prepare_session, study_id, current_app.config["DICOM_STORAGE_DIR"])
     if plan is None:
         return
 
@@ -68,8 +72,8 @@ def retrain_model(session: Session) -> None:
     a label set already trained on (same digest, same parent) is skipped.
     """
     config = RetrainConfig(**current_app.config.get("AI_RETRAIN_CONFIG", {}))
-    inputs = prepare_retraining(session, Path(current_app.config["DICOM_STORAGE_DIR"]), config)
-    session.commit()
+    with get_db().transaction() as read_session:
+        inputs = prepare_retraining(read_session, Path(current_app.config["DICOM_STORAGE_DIR"]), config)
     if inputs is None:
         return
     result = train_candidate(inputs, retraining_output_dir(current_app), config)

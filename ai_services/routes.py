@@ -83,7 +83,6 @@ def rerun(study_id: int) -> ResponseReturnValue:
     session = request_session()
     job = request_rerun(session, current_user(), study_id)
     payload = job_json(job)
-    session.commit()
     return jsonify(payload), 202
 
 
@@ -95,7 +94,6 @@ def reports() -> ResponseReturnValue:
     if referral_id := request.args.get("referral_id", type=int):
         found = [r for r in found if r.referral_id == referral_id]
     payload = [report_json(r) for r in found]
-    session.commit()
     return jsonify(payload)
 
 
@@ -104,7 +102,6 @@ def reports() -> ResponseReturnValue:
 def report(report_id: int) -> ResponseReturnValue:
     session = request_session()
     payload = report_json(get_report(session, current_user(), report_id))
-    session.commit()
     return jsonify(payload)
 
 
@@ -117,7 +114,6 @@ def review(report_id: int, finding_id: int) -> ResponseReturnValue:
     session = request_session()
     finding = review_finding(session, current_user(), report_id, finding_id, decision, box, data.get("comment"))
     payload = finding_json(finding)
-    session.commit()
     return jsonify(payload)
 
 
@@ -130,7 +126,6 @@ def add(report_id: int) -> ResponseReturnValue:
         session, current_user(), report_id, required(data, "slice_index", int), _box(data.get("box")), data.get("comment")
     )
     payload = finding_json(finding)
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -141,7 +136,6 @@ def sign(report_id: int) -> ResponseReturnValue:
     session = request_session()
     signed = sign_report(session, current_user(), report_id, data.get("conclusion") if isinstance(data, dict) else None)
     payload = report_json(signed)
-    session.commit()
     return jsonify(payload)
 
 
@@ -166,7 +160,6 @@ def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
         if f.slice_index == finding.slice_index and f.review_status is not ReviewStatus.REJECTED
     ]
     png = render_overlay(current_app.config["DICOM_STORAGE_DIR"] / instance.path, boxes, preset)
-    session.commit()
     return Response(png, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
 
 
@@ -193,7 +186,6 @@ def slice_image(report_id: int, index: int) -> ResponseReturnValue:
         if f.slice_index == index and f.review_status is not ReviewStatus.REJECTED
     ]
     png = render_overlay(current_app.config["DICOM_STORAGE_DIR"] / instance.path, boxes, preset)
-    session.commit()
     return Response(png, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
 
 
@@ -231,7 +223,6 @@ def reading_list_page() -> ResponseReturnValue:
     session = request_session()
     found = reading_list(session, current_user())
     page = render_template("ai_services/reading_list.html", reports=found, urgency=urgency)
-    session.commit()
     return page
 
 
@@ -241,7 +232,6 @@ def reports_page() -> ResponseReturnValue:
     session = request_session()
     found = list_reports(session, current_user())
     page = render_template("ai_services/reports.html", reports=found)
-    session.commit()
     return page
 
 
@@ -281,7 +271,6 @@ def report_page(report_id: int) -> ResponseReturnValue:
         pending=[f.id for f in found.findings if f.review_status is ReviewStatus.PENDING], kept=kept,
         slice_count=slice_count, current_slice=min(max(current, 1), max(slice_count, 1)),
     )
-    session.commit()
     return page
 
 

@@ -102,7 +102,6 @@ def charges() -> ResponseReturnValue:
         raise InvalidInput("patient_id is required")
     session = request_session()
     payload = [charge_json(i) for i in list_charges(session, user, patient_id)]
-    session.commit()
     return jsonify(payload)
 
 
@@ -115,7 +114,6 @@ def create_invoice() -> ResponseReturnValue:
     invoice = issue_invoice(session, current_user(), patient_id, _instant(data.get("period_start")),
                             _instant(data.get("period_end")))
     payload = invoice_json(invoice)
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -124,7 +122,6 @@ def create_invoice() -> ResponseReturnValue:
 def invoice(invoice_id: int) -> ResponseReturnValue:
     session = request_session()
     payload = invoice_json(get_invoice(session, current_user(), invoice_id))
-    session.commit()
     return jsonify(payload)
 
 
@@ -136,7 +133,6 @@ def pay(invoice_id: int) -> ResponseReturnValue:
     session = request_session()
     payment = record_payment(session, user, invoice_id, payment_request)
     payload = invoice_json(payment.invoice)
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -149,7 +145,6 @@ def coverage() -> ResponseReturnValue:
                            required(data, "member_id"), required(data, "share_basis_points", int))
     payload = {"id": created.id, "patient_id": created.patient_id, "payer_name": created.payer_name,
                "share_basis_points": created.share_basis_points}
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -255,7 +250,6 @@ def billing_office_page() -> ResponseReturnValue:
     invoices = recent_invoices(session, user)
     page = render_template("billing/office.html", waiting=waiting, invoices=invoices, money=format_money,
                            balances={i.id: invoice_balance(i) for i in invoices}, payment_key=uuid.uuid4().hex)
-    session.commit()
     return page
 
 
@@ -266,7 +260,6 @@ def my_invoices_page() -> ResponseReturnValue:
     session = request_session()
     invoices = list(session.scalars(select(Invoice).where(Invoice.patient_id == user.patient_id).order_by(Invoice.issued_at.desc())))
     record_access(session, user, "E", "Invoice", None, patient_id=user.patient_id, description=f"my invoices ({len(invoices)})")
-    session.commit()
     # A fresh key per rendered form: a double click or a resubmitted form posts the payment once.
     return render_template("billing/invoices.html", invoices=invoices, money=format_money,
                            balances={i.id: invoice_balance(i) for i in invoices}, payment_key=uuid.uuid4().hex)

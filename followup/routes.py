@@ -88,7 +88,6 @@ def dispense_json(record: MedicationDispense) -> dict[str, Any]:
 def consultations() -> ResponseReturnValue:
     session = request_session()
     payload = [consultation_json(session, c) for c in list_consultations(session, current_user())]
-    session.commit()
     return jsonify(payload)
 
 
@@ -97,7 +96,6 @@ def consultations() -> ResponseReturnValue:
 def consultation(consultation_id: int) -> ResponseReturnValue:
     session = request_session()
     payload = consultation_json(session, get_consultation(session, current_user(), consultation_id))
-    session.commit()
     return jsonify(payload)
 
 
@@ -108,7 +106,6 @@ def finish(consultation_id: int) -> ResponseReturnValue:
     session = request_session()
     finished = finish_consultation(session, current_user(), consultation_id, required(data, "note"))
     payload = consultation_json(session, finished)
-    session.commit()
     return jsonify(payload)
 
 
@@ -127,7 +124,6 @@ def create_prescription(consultation_id: int) -> ResponseReturnValue:
     session = request_session()
     med = prescribe(session, current_user(), consultation_id, prescription)
     payload = medication_request_json(med)
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -136,7 +132,6 @@ def create_prescription(consultation_id: int) -> ResponseReturnValue:
 def queue() -> ResponseReturnValue:
     session = request_session()
     payload = [medication_request_json(m) for m in dispense_queue(session, current_user())]
-    session.commit()
     return jsonify(payload)
 
 
@@ -148,7 +143,6 @@ def dispense_request(request_id: int) -> ResponseReturnValue:
     session = request_session()
     record = dispense(session, current_user(), request_id, quantity if isinstance(quantity, int) else None)
     payload = dispense_json(record)
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -165,7 +159,6 @@ def add_plan(consultation_id: int) -> ResponseReturnValue:
     session = request_session()
     tasks = apply_template(session, current_user(), consultation_id, template)
     payload = [task_json(t) for t in tasks]
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -174,7 +167,6 @@ def add_plan(consultation_id: int) -> ResponseReturnValue:
 def overdue() -> ResponseReturnValue:
     session = request_session()
     payload = [task_json(t) for t in overdue_tasks(session, current_user())]
-    session.commit()
     return jsonify(payload)
 
 
@@ -189,7 +181,6 @@ def message_json(message: Message) -> dict[str, Any]:
 def messages(consultation_id: int) -> ResponseReturnValue:
     session = request_session()
     payload = [message_json(m) for m in list_messages(session, current_user(), consultation_id)]
-    session.commit()
     return jsonify(payload)
 
 
@@ -200,7 +191,6 @@ def post_message(consultation_id: int) -> ResponseReturnValue:
     session = request_session()
     message = send_message(session, current_user(), consultation_id, body, notifier())
     payload = message_json(message)
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -222,7 +212,6 @@ def add_stock() -> ResponseReturnValue:
     session = request_session()
     row = restock(session, current_user(), required(data, "medication_code"), required(data, "quantity", int))
     payload = {"medication_code": row.medication_code, "quantity_on_hand": row.quantity_on_hand}
-    session.commit()
     return jsonify(payload), 201
 
 
@@ -233,7 +222,6 @@ def consultations_page() -> ResponseReturnValue:
     found = list_consultations(session, current_user())
     plans = {c.id: session.scalar(select(CarePlan).where(CarePlan.consultation_id == c.id)) for c in found}
     unread = unread_message_counts(session, current_user(), [c.id for c in found])
-    session.commit()
     return render_template("followup/consultations.html", consultations=found, plans=plans, unread=unread)
 
 
@@ -252,7 +240,6 @@ def dispense_queue_page() -> ResponseReturnValue:
         form_action(session, hand_over)
         return redirect(url_for("followup.dispense_queue_page"))
     found = dispense_queue(session, user)
-    session.commit()
     return render_template("followup/dispense_queue.html", requests=found)
 
 
@@ -299,7 +286,6 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
         can_act=user.role is Role.CLINICIAN and found.practitioner_id == user.practitioner_id,
         posted=posted, form=request.form if posted else {},
     )
-    session.commit()
     return page, 422 if posted else 200
 
 

@@ -109,7 +109,6 @@ def audit_log_page() -> ResponseReturnValue:
     record_access(session, user, "E", "AuditEvent", None, description=f"audit search ({len(rows)}) {query}")
     page = render_template("admin/audit.html", rows=rows, query=query, searched=searched,
                            max_rows=MAX_ROWS, actions=ACTION_LABELS, denied=OUTCOME_DENIED)
-    session.commit()
     return page
 
 
@@ -128,7 +127,6 @@ def users_page() -> ResponseReturnValue:
         return redirect(url_for("admin_pages.users_page"))
     users = list_users(session, admin)
     page = render_template("admin/users.html", users=users, locked={u.id for u in users if is_locked(u)})
-    session.commit()
     return page
 
 
@@ -196,7 +194,6 @@ def user_page(user_id: int) -> ResponseReturnValue:
     # After a refused role change the form shows what was typed; otherwise the account as it is.
     values = form if action == "role" else MultiDict(_profile_values(user))
     page = render_template("admin/user.html", user=user, locked=is_locked(user), values=values, **_form_choices(session))
-    session.commit()
     return page, 422 if request.method == "POST" else 200
 
 

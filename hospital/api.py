@@ -14,7 +14,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from hospital.auth import authenticate, current_user, issue_token, revoke_token, token_ttl
-from hospital.db import request_session
+from hospital.db import keep_work_despite_refusal, request_session
 from hospital.errors import Forbidden, InvalidInput, Unauthenticated
 from hospital.users import PASSWORD_CHANGE_REQUIRED
 
@@ -67,13 +67,12 @@ def create_token() -> ResponseReturnValue:
     try:
         user = authenticate(session, required(data, "username"), required(data, "password"))
     except Unauthenticated:
-        session.commit()  # keep the failed-login count
+        keep_work_despite_refusal()  # keep the failed-login count
         raise
     if user.must_change_password:
-        session.commit()  # the password was right: keep the cleared failed-login count
+        keep_work_despite_refusal()  # the password was right: keep the cleared failed-login count
         raise Forbidden(PASSWORD_CHANGE_REQUIRED)
     plain, token = issue_token(session, user, token_ttl())
-    session.commit()
     return jsonify(access_token=plain, token_type="Bearer", expires_in=token_ttl(), role=user.role.value), 201
 
 
@@ -83,7 +82,6 @@ def revoke() -> ResponseReturnValue:
     header = request.headers.get("Authorization", "")
     session = request_session()
     revoke_token(session, header.partition(" ")[2].strip())
-    session.commit()
     return "", 204
 
 

@@ -30,7 +30,7 @@ STAGES = (referrals.wiring, imaging_orders.wiring, ai_services.wiring, followup.
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     config = load_config(test_config)
-    app = Flask("hospital", instance_path=str(config["INSTANCE_DIR"]))
+    app = db.UnitOfWorkFlask("hospital", instance_path=str(config["INSTANCE_DIR"]))
     app.config.update(config)
     config["INSTANCE_DIR"].mkdir(parents=True, exist_ok=True)
     _configure_logging(app)

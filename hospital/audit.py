@@ -1,9 +1,9 @@
 """Audit trail of access to patient data (FHIR AuditEvent semantics).
 
 Records are written in the caller's transaction for successful access. A denial is held until
-the request's error handler has rolled the request's work back, then written and committed on
-its own (outside a request: at once, in a transaction of its own). There is no update or delete
-path.
+the request's unit of work ends (`hospital.db.abandon_request_work` rolls the refused work back
+and keeps only the denial); outside a request it is written at once, in a transaction of its own.
+There is no update or delete path.
 """
 
 from __future__ import annotations
@@ -55,22 +55,15 @@ def record_denied(
     user: User | None, action: str, entity_type: str, entity_id: object | None, description: str
 ) -> None:
     """Record a denied access so that it survives the rollback of the denied request."""
-    denial = dict(user_id=user.id if user else None, action=action, entity_type=entity_type,
-                  entity_id=None if entity_id is None else str(entity_id), description=description)
+    denial = AuditEvent(user_id=user.id if user else None, action=action, entity_type=entity_type,
+                        entity_id=None if entity_id is None else str(entity_id), description=description,
+                        outcome=OUTCOME_DENIED, source=_default_source())
     if has_request_context():
+        # Not added to the request's session: that work is about to be rolled back.
         g.setdefault("audit_denials", []).append(denial)
         return
     with get_db(current_app._get_current_object()).transaction() as session:  # type: ignore[attr-defined]
-        session.add(AuditEvent(outcome=OUTCOME_DENIED, source="system", **denial))
-
-
-def write_pending_denials(session: Session) -> None:
-    """Called by the error handler after rolling the request back: persist its denials."""
-    denials = g.pop("audit_denials", [])
-    for denial in denials:
-        session.add(AuditEvent(outcome=OUTCOME_DENIED, source=_default_source(), **denial))
-    if denials:
-        session.commit()
+        session.add(denial)
 
 
 def _default_source() -> str:

@@ -1,8 +1,21 @@
-"""The SQLAlchemy engine, the declarative base and session handling.
+"""The SQLAlchemy engine, the declarative base, and the unit of work: the one owner of transactions.
 
-One session per request (closed at teardown) or per job. Services own the transaction; models
-never commit. Tests swap `Database.session_factory` for one bound to a connection that is rolled
-back after each test.
+The rule, for every newcomer: **only this module commits.** Services and models add, change and
+`flush()`; they never `commit()`. Whoever sits at the edge owns one unit of work, and it commits
+when the work is done or rolls back when it is not:
+
+- an HTTP request: `request_session()` is the request's session; when the view returns, its work
+  is committed (`UnitOfWorkFlask.dispatch_request`), before the response leaves. A view that
+  raises has nothing kept: the error handler calls `abandon_request_work()`, which rolls back and
+  keeps only the audit record of a refusal (and, for a refused sign-in, the failure count that
+  `keep_work_despite_refusal()` asked to keep). A form that shows an error page instead of
+  raising runs its action in a savepoint (`hospital.web.form_action`), so a failed action leaves
+  nothing while the page view itself (and its audit) is kept;
+- a job: `hospital.jobs.run_job` runs the handler inside `Database.transaction()`;
+- a DICOM message, a CLI command, a background loop: `Database.transaction()` around the work.
+
+So "when is this durable?" has one answer: when the unit of work at the edge has ended. Tests swap
+`Database.session_factory` for one bound to a connection that is rolled back after each test.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app, g
+from flask.typing import ResponseReturnValue
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -103,6 +117,48 @@ def make_engine(url: str) -> Engine:
         return engine
     # hide_parameters: a logged database error shows the SQL, never the values (names, MRNs).
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
+
+
+class UnitOfWorkFlask(Flask):
+    """Flask whose view functions are each one unit of work (see the module docstring)."""
+
+    def dispatch_request(self) -> ResponseReturnValue:  # type: ignore[override]
+        rv = super().dispatch_request()
+        # Committed here, inside the dispatch, so a commit that fails (a constraint, a lost
+        # connection) reaches the error handlers like any other error and nothing is claimed done.
+        complete_request_work()
+        return rv
+
+
+def complete_request_work() -> None:
+    """Commit the current request's work, if it opened a session or recorded a refusal."""
+    denials = g.pop("audit_denials", [])
+    session: Session | None = g.get("db_session")
+    if session is None and not denials:
+        return
+    session = request_session()
+    session.add_all(denials)
+    session.commit()
+
+
+def keep_work_despite_refusal() -> None:
+    """Ask that the request's work be kept although it ends in an error (a refused sign-in keeps
+    its failure count and its audit record)."""
+    g.keep_work_despite_refusal = True
+
+
+def abandon_request_work() -> None:
+    """A request failed: roll its work back (unless asked to keep it), then record the refusals
+    that `hospital.audit.record_denied` held for this moment, in a transaction of their own."""
+    session = request_session()
+    if g.pop("keep_work_despite_refusal", False):
+        session.commit()
+    else:
+        session.rollback()
+    denials = g.pop("audit_denials", [])
+    if denials:
+        session.add_all(denials)
+        session.commit()
 
 
 def init_app(app: Flask) -> None:

@@ -10,8 +10,7 @@ from flask import Flask, Response, json, redirect, render_template, request, url
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from hospital.audit import write_pending_denials
-from hospital.db import request_session
+from hospital.db import abandon_request_work
 from hospital.errors import DomainError, Unauthenticated
 from hospital.ratelimit import RateLimited
 from hospital.fhir.outcome import FHIR_JSON, operation_outcome
@@ -48,9 +47,7 @@ def init_app(app: Flask) -> None:
     def _domain_error(exc: DomainError) -> Response:
         if isinstance(exc, Unauthenticated):
             logger.info("unauthenticated request to %s: %s", request.path, exc.message)
-        session = request_session()
-        session.rollback()  # nothing of a refused request is kept...
-        write_pending_denials(session)  # ...except the record that it was refused
+        abandon_request_work()  # nothing of a refused request is kept but the record that it was refused
         response = error_response(exc.status, exc.message, exc.code)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)

@@ -50,15 +50,15 @@ def add_nav_link(app: Flask, label: str, endpoint: str, *roles: Role) -> None:
 
 
 def form_action(session: Session, action: Callable[[], str]) -> bool:
-    """Run one page form's service call: on success commit and flash the message it returns; on a
-    domain error roll back and flash the error (the page is shown again, nothing half-written)."""
+    """Run one page form's service call in a savepoint: on success flash the message it returns
+    (the request's unit of work commits it); on a domain error undo just the action and flash the
+    error (the page is shown again with what was typed, nothing half-written)."""
     try:
-        message = action()
+        with session.begin_nested():
+            message = action()
     except DomainError as exc:
-        session.rollback()
         flash(exc.message, "error")
         return False
-    session.commit()
     flash(message)
     return True
 
@@ -104,10 +104,8 @@ def login() -> ResponseReturnValue:
         try:
             user = authenticate(db_session, request.form.get("username", ""), request.form.get("password", ""))
         except Unauthenticated as exc:
-            db_session.commit()
-            error = exc.message
+            error = exc.message  # the page answers 401; the unit of work keeps the failure count
         else:
-            db_session.commit()
             start_browser_session(user)
             if user.must_change_password:
                 logger.info("user %s signed in with a temporary password", user.id)

@@ -143,7 +143,6 @@ def _parse_instant(value: str | None, default: datetime) -> datetime:
 def accept(referral_id: int) -> ResponseReturnValue:
     session = request_session()
     referral = accept_referral(session, current_user(), referral_id)
-    session.commit()
     return jsonify(id=referral.id, status=referral.status.value, accession_number=referral.accession_number)
 
 
@@ -153,7 +152,6 @@ def reject(referral_id: int) -> ResponseReturnValue:
     reason = required(json_body(), "reason")
     session = request_session()
     referral = reject_referral(session, current_user(), referral_id, reason)
-    session.commit()
     return jsonify(id=referral.id, status=referral.status.value)
 
 
@@ -176,7 +174,6 @@ def book() -> ResponseReturnValue:
     data = json_body()
     session = request_session()
     appointment = book_appointment(session, current_user(), required(data, "referral_id", int), required(data, "slot_id", int))
-    session.commit()
     return jsonify(appointment_json(appointment)), 201
 
 
@@ -187,7 +184,6 @@ def move(appointment_id: int) -> ResponseReturnValue:
     session = request_session()
     appointment = move_appointment(session, current_user(), appointment_id, slot_id)
     payload = appointment_json(appointment)
-    session.commit()
     return jsonify(payload)
 
 
@@ -197,7 +193,6 @@ def cancel(appointment_id: int) -> ResponseReturnValue:
     session = request_session()
     appointment = cancel_appointment(session, current_user(), appointment_id)
     payload = appointment_json(appointment)
-    session.commit()
     return jsonify(payload)
 
 
@@ -206,7 +201,6 @@ def cancel(appointment_id: int) -> ResponseReturnValue:
 def my_appointments() -> ResponseReturnValue:
     session = request_session()
     appointments = appointments_for(session, current_user())
-    session.commit()
     return jsonify([appointment_json(a) for a in appointments])
 
 
@@ -217,7 +211,6 @@ def worklist_api() -> ResponseReturnValue:
     user = current_user()
     day = _parse_date(request.args.get("date"), worklist_day_today(user))
     entries = worklist(session, user, day, request.args.get("modality"), request.args.get("room"))
-    session.commit()
     return jsonify(date=day.isoformat(), entries=[worklist_json(e) for e in entries])
 
 
@@ -233,7 +226,6 @@ def studies() -> ResponseReturnValue:
         query = query.where(ImagingStudy.referral_id == referral_id)
     found = list(session.scalars(query.limit(200)))
     record_access(session, user, "E", "ImagingStudy", None, description=f"list studies ({len(found)})")
-    session.commit()
     return jsonify([study_json(s) for s in found])
 
 
@@ -247,7 +239,6 @@ def study(study_id: int) -> ResponseReturnValue:
         raise NotFound(f"study {study_id} does not exist")
     ensure_patient_record_access(session, user, found.patient_id, "ImagingStudy", study_id)
     record_access(session, user, "R", "ImagingStudy", study_id, patient_id=found.patient_id)
-    session.commit()
     return jsonify(study_json(found))
 
 
@@ -267,7 +258,6 @@ def worklist_page() -> ResponseReturnValue:
         previous_day=day - timedelta(days=1), next_day=day + timedelta(days=1),
         modalities=sorted({m for m, _ in rooms}), rooms=sorted({r for _, r in rooms}), modality=modality, room=room,
     )
-    session.commit()
     return page
 
 
@@ -354,7 +344,6 @@ def appointments_page() -> ResponseReturnValue:
     movable = {a.id: _by_local_day(free_slots(session, a.referral.performer_organization_id, a.referral.modality,
                                               *window, limit=OFFERED_SLOTS))
                for a in appointments if a.status is AppointmentStatus.BOOKED and a.referral is not None}
-    session.commit()
     return render_template("imaging_orders/appointments.html", appointments=appointments, to_book=to_book,
                            offers=offers, movable=movable)
 
@@ -424,7 +413,6 @@ def centres_page() -> ResponseReturnValue:
     summaries = list_centres(session, admin)
     page = render_template("imaging_orders/centres.html", summaries=summaries, zones=zone_names(),
                            summary_days=SUMMARY_DAYS, form=request.form)
-    session.commit()
     return page, 422 if request.method == "POST" else 200
 
 
@@ -460,7 +448,6 @@ def _render_centre_page(centre_id: int, posted: str | None = None) -> str:
         weekdays=list(enumerate(WEEKDAY_NAMES)), today=today, default_last_day=today + timedelta(days=27),
         summary_days=SUMMARY_DAYS, max_range_days=MAX_RANGE_DAYS, posted=posted, form=request.form,
     )
-    session.commit()
     return page
 
 

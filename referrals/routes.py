@@ -71,7 +71,6 @@ def create() -> ResponseReturnValue:
     request_data = _referral_request(json_body())
     session = request_session()
     referral = create_referral(session, current_user(), request_data)
-    session.commit()
     return jsonify(referral_json(referral)), 201, {"Location": url_for("referrals.show", referral_id=referral.id)}
 
 
@@ -80,7 +79,6 @@ def create() -> ResponseReturnValue:
 def index() -> ResponseReturnValue:
     session = request_session()
     referrals = list_referrals(session, current_user(), optional_enum_arg(ReferralStatus, "status"))
-    session.commit()
     return jsonify([referral_json(r) for r in referrals])
 
 
@@ -89,7 +87,6 @@ def index() -> ResponseReturnValue:
 def show(referral_id: int) -> ResponseReturnValue:
     session = request_session()
     referral = get_referral(session, current_user(), referral_id)
-    session.commit()
     return jsonify(referral_json(referral))
 
 
@@ -99,7 +96,6 @@ def cancel(referral_id: int) -> ResponseReturnValue:
     data = json_body()
     session = request_session()
     referral = cancel_referral(session, current_user(), referral_id, str(data.get("reason") or "cancelled by clinician"))
-    session.commit()
     return jsonify(referral_json(referral))
 
 
@@ -108,7 +104,6 @@ def cancel(referral_id: int) -> ResponseReturnValue:
 def referral_list_page() -> ResponseReturnValue:
     session = request_session()
     referrals = list_referrals(session, current_user())
-    session.commit()
     return render_template("referrals/list.html", referrals=referrals)
 
 
@@ -126,7 +121,6 @@ def new_referral_page() -> ResponseReturnValue:
             session.rollback()
             error = exc.message
         else:
-            session.commit()
             flash(f"Patient {patient.display_name} registered with MRN {patient.mrn}; they are chosen below.")
             return redirect(url_for("referrals.new_referral_page", patient_id=patient.id))
     elif request.method == "POST":
@@ -149,7 +143,6 @@ def new_referral_page() -> ResponseReturnValue:
             session.rollback()
             error = exc.message
         else:
-            session.commit()
             flash(f"Referral {referral.id} sent to {referral.performer.name}. Its status is shown below.")
             return redirect(url_for("referrals.referral_list_page"))
     form = request.form if request.method == "POST" else request.args

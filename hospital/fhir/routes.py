@@ -20,7 +20,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.http import http_date
 
 from hospital.access import ensure_patient_access, ensure_patient_record_access, patient_filter
-from hospital.audit import record_access, record_denied, write_pending_denials
+from hospital.audit import record_access, record_denied
 from hospital.auth import current_user
 from hospital.clock import utcnow
 from hospital.db import request_session
@@ -196,7 +196,6 @@ def read(type_name: str, resource_id: str) -> Response:
     mapping = _mapping_or_404(type_name)
     session = request_session()
     body, version = read_resource(session, current_user(), mapping, resource_id)
-    session.commit()
     headers = version_headers(mapping, version)
     headers.pop("Location")
     return fhir_response(body, headers=headers)
@@ -238,7 +237,6 @@ def vread(type_name: str, resource_id: str, version_id: str) -> Response:
         raise Gone(f"{type_name}/{resource_id} was deleted in version {version_id}")
     body = with_version_meta(validate_resource(version.resource), version)
     record_access(session, user, "R", type_name, resource_id, patient_id=version.patient_id, description=f"vread {version_id}")
-    session.commit()
     headers = version_headers(mapping, version)
     headers.pop("Location")
     return fhir_response(body, headers=headers)
@@ -254,7 +252,6 @@ def instance_history(type_name: str, resource_id: str) -> Response:
         session, mapping, [ResourceVersion.resource_type == type_name, ResourceVersion.resource_id == row_id]
     )
     record_access(session, user, "R", type_name, resource_id, description="history")
-    session.commit()
     return fhir_response(bundle)
 
 
@@ -267,7 +264,6 @@ def type_history(type_name: str) -> Response:
     compartment = patient_filter(user, ResourceVersion.patient_id) if mapping.patient_column is not None else true()
     bundle = _history_bundle(session, mapping, [ResourceVersion.resource_type == type_name, compartment])
     record_access(session, user, "E", type_name, None, description=f"history {request.query_string.decode()[:500]}")
-    session.commit()
     return fhir_response(bundle)
 
 
@@ -355,7 +351,6 @@ def search(type_name: str) -> Response:
     mapping = _mapping_or_404(type_name)
     session = request_session()
     bundle = search_resources(session, current_user(), mapping, request.args, lenient=_lenient())
-    session.commit()
     return fhir_response(bundle)
 
 
@@ -372,7 +367,6 @@ def search_by_post(type_name: str) -> Response:
             params.add(key, value)
     session = request_session()
     bundle = search_resources(session, user, mapping, params, lenient=_lenient())
-    session.commit()
     return fhir_response(bundle)
 
 
@@ -447,7 +441,6 @@ def update_resource(
 def _write_response(mapping: ResourceMapping, row: Any, status: int, session: Session) -> Response:
     version = current_version(session, mapping, row)
     body = with_version_meta(render_resource(mapping, row), version)
-    session.commit()
     headers = version_headers(mapping, version)
     prefer = request.headers.get("Prefer", "").replace(" ", "")
     if "return=minimal" in prefer:
@@ -515,7 +508,6 @@ def transaction_or_batch() -> Response:
     user = current_user()
     if kind == "transaction":
         responses = _run_transaction(session, user, entries)
-        session.commit()
     else:
         responses = _run_batch(session, user, entries)
     return fhir_response(validate_resource({"resourceType": "Bundle", "type": f"{kind}-response", "entry": responses}))
@@ -545,12 +537,12 @@ def _run_transaction(session: Session, user: User, entries: list[dict[str, Any]]
 def _run_batch(session: Session, user: User, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     responses = []
     for entry in entries:
+        # Each entry in a savepoint: a refused entry leaves nothing, the others are kept (its denial
+        # is recorded by the unit of work at the end of the request).
         try:
-            responses.append(_run_entry(session, user, entry, {}))
-            session.commit()
+            with session.begin_nested():
+                responses.append(_run_entry(session, user, entry, {}))
         except DomainError as exc:
-            session.rollback()
-            write_pending_denials(session)
             responses.append(
                 {"response": {"status": str(exc.status), "outcome": operation_outcome(exc.message, code=exc.code)}}
             )

@@ -173,7 +173,6 @@ def stow(study_uid: str | None = None) -> ResponseReturnValue:
         count = sum(1 for o in stored if o.study_id == study_id)
         record_access(session, user, "C", "ImagingStudy", study_id, patient_id=patient_id,
                       description=f"STOW-RS {count} instances")
-    session.commit()
     logger.info("STOW-RS by user %s: %d stored, %d failed", user.id, len(stored), len(failed))
     if not failed:
         status = 200
@@ -387,7 +386,6 @@ def search_for_instances(study_uid: str, series_uid: str | None = None) -> Respo
 
 def _search_response(session: Session, user: User, what: str, results: list[Dataset], search: _SearchRequest) -> Response:
     record_access(session, user, "E", "ImagingStudy", None, description=f"QIDO-RS {what} ({len(results)})")
-    session.commit()
     response = Response(json.dumps([ds.to_json_dict() for ds in results]), status=200, mimetype=DICOM_JSON)
     if search.ignored:
         # PS3.18 8.3.4.4: unsupported matching keys are ignored and the client is told.
@@ -440,7 +438,6 @@ def retrieve_instance(study_uid: str, series_uid: str | None = None, instance_ui
         raise StorageUnavailable("some images of this request are not readable now", FAILURE_PROCESSING)
     record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
                   description=f"WADO-RS {len(files)} instances")
-    session.commit()
     boundary = secrets.token_hex(16)
     response = Response(_multipart_stream(files, boundary), status=200, direct_passthrough=True)
     response.headers["Content-Type"] = f'multipart/related; type="application/dicom"; boundary={boundary}'
@@ -497,7 +494,6 @@ def retrieve_metadata(study_uid: str, series_uid: str | None = None, instance_ui
         documents.append(document)
     record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
                   description=f"WADO-RS metadata {len(documents)} instances")
-    session.commit()
     return Response(json.dumps(documents), status=200, mimetype=DICOM_JSON)
 
 
@@ -520,7 +516,6 @@ def retrieve_rendered(study_uid: str, series_uid: str, instance_uid: str, frame:
     image = render_frame(ds, frame, window)
     record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
                   description=f"WADO-RS rendered frame {frame}")
-    session.commit()
     buffer = BytesIO()
     if mimetype == "image/png":
         image.save(buffer, format="PNG")

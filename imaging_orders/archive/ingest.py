@@ -48,7 +48,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from hospital.clock import utcnow
-from hospital.db import get_db
+from hospital.db import Database, get_db
 from hospital.dicom_status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -205,7 +205,7 @@ def store_instance(
     db = get_db(app)
     for attempt in range(1, _STORE_ATTEMPTS + 1):
         try:
-            result = _store_once(db.session(), storage_dir, received, sha256, derived)
+            result = _store_attempt(db, storage_dir, received, sha256, derived)
         except IntegrityError:
             # Another association created the same study, series or instance between our read and
             # our insert; its rows are committed now, so a fresh attempt finds and reuses them.
@@ -228,76 +228,79 @@ def store_instance(
     )
 
 
-def _store_once(
-    session: Session, storage_dir: Path, received: _ReceivedInstance, sha256: str, derived: bool
-) -> StoreResult:
-    """One transaction: index, write the file, commit. The file is removed if the commit fails."""
-    written: Path | None = None
+def _store_attempt(db: Database, storage_dir: Path, received: _ReceivedInstance, sha256: str, derived: bool) -> StoreResult:
+    """One unit of work: index the instance and write its file, then commit. What was written is
+    removed if the transaction does not commit: no committed row would point at it."""
+    written: list[Path] = []
     try:
-        existing = session.scalar(
-            select(ImagingInstance).where(ImagingInstance.sop_instance_uid == received.sop_instance_uid)
-        )
-        if existing is not None:
-            result = _duplicate_result(storage_dir, existing, received, sha256)
-            session.commit()
-            return result
-
-        now = utcnow()
-        warnings_out = list(received.warnings)
-        study = _get_or_create_study(session, received, now, warnings_out)
-        series = _get_or_create_series(session, study, received)
-        if study.status is not StudyStatus.REGISTERED and not derived:
-            # Not reopened: the completion event has gone out and analysis may be running. Staff see
-            # the warning; a resend of a whole study would still be stored instance by instance.
-            warnings_out.append(f"arrived after the study was marked {study.status.value}")
-            logger.warning("instance %s arrived for study %s after completion", received.sop_instance_uid, study.id)
-        else:
-            study.last_instance_at = now
-        instance = ImagingInstance(
-            series_id=series.id,
-            sop_instance_uid=received.sop_instance_uid,
-            sop_class_uid=received.sop_class_uid,
-            transfer_syntax_uid=received.transfer_syntax_uid,
-            number=_int_or_none(received.header, "InstanceNumber", warnings_out),
-            path=received.relative_path,
-            size_bytes=len(received.file_bytes),
-            sha256=sha256,
-            warnings=warnings_out,
-            received_at=now,
-        )
-        session.add(instance)
-        # Flushing before the write holds the unique SOP Instance UID for this transaction, so a
-        # concurrent store of the same instance waits here instead of racing on the file.
-        session.flush()
-        target = storage_dir / received.relative_path
-        # Marked before writing so that a failure anywhere from here on removes what was written.
-        written = target
-        try:
-            write_file_durably(target, received.file_bytes)
-        except OSError as exc:
-            status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STORE_PROCESSING_FAILURE
-            logger.error("could not write %s: %s", received.sop_instance_uid, exc.strerror or type(exc).__name__)
-            raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", status) from exc
-        session.commit()
-        return StoreResult(
-            instance_id=instance.id,
-            series_id=series.id,
-            study_id=study.id,
-            sop_instance_uid=instance.sop_instance_uid,
-            path=instance.path,
-            sha256=sha256,
-            size_bytes=instance.size_bytes,
-            duplicate=False,
-            warnings=tuple(warnings_out),
-        )
+        with db.transaction() as session:
+            return _index_and_write(session, storage_dir, received, sha256, derived, written)
     except BaseException:
-        session.rollback()
-        if written is not None:
-            # No committed row points at it; leaving it would be an orphan nobody can find.
-            written.unlink(missing_ok=True)
+        for path in written:
+            path.unlink(missing_ok=True)
         raise
-    finally:
-        session.close()
+
+
+def _index_and_write(
+    session: Session, storage_dir: Path, received: _ReceivedInstance, sha256: str, derived: bool,
+    written: list[Path],
+) -> StoreResult:
+    """Index the instance and write its file durably (paths written are appended to `written`, so
+    the caller removes them if its transaction does not commit)."""
+    existing = session.scalar(
+        select(ImagingInstance).where(ImagingInstance.sop_instance_uid == received.sop_instance_uid)
+    )
+    if existing is not None:
+        return _duplicate_result(storage_dir, existing, received, sha256)
+
+    now = utcnow()
+    warnings_out = list(received.warnings)
+    study = _get_or_create_study(session, received, now, warnings_out)
+    series = _get_or_create_series(session, study, received)
+    if study.status is not StudyStatus.REGISTERED and not derived:
+        # Not reopened: the completion event has gone out and analysis may be running. Staff see
+        # the warning; a resend of a whole study would still be stored instance by instance.
+        warnings_out.append(f"arrived after the study was marked {study.status.value}")
+        logger.warning("instance %s arrived for study %s after completion", received.sop_instance_uid, study.id)
+    else:
+        study.last_instance_at = now
+    instance = ImagingInstance(
+        series_id=series.id,
+        sop_instance_uid=received.sop_instance_uid,
+        sop_class_uid=received.sop_class_uid,
+        transfer_syntax_uid=received.transfer_syntax_uid,
+        number=_int_or_none(received.header, "InstanceNumber", warnings_out),
+        path=received.relative_path,
+        size_bytes=len(received.file_bytes),
+        sha256=sha256,
+        warnings=warnings_out,
+        received_at=now,
+    )
+    session.add(instance)
+    # Flushing before the write holds the unique SOP Instance UID for this transaction, so a
+    # concurrent store of the same instance waits here instead of racing on the file.
+    session.flush()
+    target = storage_dir / received.relative_path
+    # Marked before writing so that a failure anywhere from here on removes what was written.
+    written.append(target)
+    try:
+        write_file_durably(target, received.file_bytes)
+    except OSError as exc:
+        status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STORE_PROCESSING_FAILURE
+        logger.error("could not write %s: %s", received.sop_instance_uid, exc.strerror or type(exc).__name__)
+        raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", status) from exc
+    return StoreResult(
+        instance_id=instance.id,
+        series_id=series.id,
+        study_id=study.id,
+        sop_instance_uid=instance.sop_instance_uid,
+        path=instance.path,
+        sha256=sha256,
+        size_bytes=instance.size_bytes,
+        duplicate=False,
+        warnings=tuple(warnings_out),
+    )
+
 
 
 def _duplicate_result(

@@ -185,7 +185,6 @@ def queue_api() -> ResponseReturnValue:
     user = current_user()
     entries = reconciliation_queue(session, user)
     record_access(session, user, "E", "ImagingStudy", None, description=f"reconciliation queue ({len(entries)})")
-    session.commit()
     return jsonify([entry_json(e) for e in entries])
 
 
@@ -195,7 +194,6 @@ def reconcile_api(study_id: int) -> ResponseReturnValue:
     data = json_body()
     session = request_session()
     study = reconcile_for_user(session, current_user(), study_id, required(data, "referral_id", int))
-    session.commit()
     return jsonify(
         id=study.id, study_instance_uid=study.study_instance_uid, referral_id=study.referral_id,
         patient_id=study.patient_id, status=study.status.value, fhir=f"ImagingStudy/{study.id}",
@@ -220,5 +218,4 @@ def reconciliation_page() -> ResponseReturnValue:
     entries = reconciliation_queue(session, user)
     record_access(session, user, "E", "ImagingStudy", None, description=f"reconciliation queue ({len(entries)})")
     page = render_template("imaging_orders/reconciliation.html", entries=entries)
-    session.commit()
     return page
