@@ -12,7 +12,7 @@ import pydicom
 from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
-from hospital.dicom_factory import ct_series_datasets
+from synthetic.dicom_factory import ct_series_datasets
 from hospital.clock import utcnow
 from hospital.seed import DemoSeed
 from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus

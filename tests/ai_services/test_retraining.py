@@ -32,7 +32,7 @@ from ai_services.retraining import (
 )
 from ai_services.service import Box, active_model_version, add_finding, review_finding, sign_report
 from hospital.models import User
-from hospital.phantoms import make_ct_phantom
+from synthetic.phantoms import make_ct_phantom
 from hospital.seed import DemoSeed
 from ai_services.training import EvaluationMetrics
 from tests.ai_services.studies import store_study_with_report

@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hospital.dicom_factory import ct_series_datasets
+from synthetic.dicom_factory import ct_series_datasets
 from hospital.models import Practitioner, User
 from hospital.seed import DemoSeed
 from imaging_orders.models import Schedule

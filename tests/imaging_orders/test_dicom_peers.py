@@ -30,8 +30,8 @@ from sqlalchemy import func, select
 
 import hospital.jobs
 from hospital.db import get_db
-from hospital.dicom_factory import ct_series_datasets, write_ct_series
-from hospital.phantoms import make_ct_phantom
+from synthetic.dicom_factory import ct_series_datasets, write_ct_series
+from synthetic.phantoms import make_ct_phantom
 from imaging_orders.dicom_server import start_dicom_server
 from imaging_orders.ingest import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from imaging_orders.models import AppointmentStatus, ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus

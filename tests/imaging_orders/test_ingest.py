@@ -23,10 +23,10 @@ import hospital.jobs
 import imaging_orders.ingest as ingest
 from hospital.clock import utcnow
 from hospital.db import get_db
-from hospital.dicom_factory import ct_series_datasets
+from synthetic.dicom_factory import ct_series_datasets
 from hospital.errors import Conflict
 from hospital.models import JobRecord
-from hospital.phantoms import make_ct_phantom
+from synthetic.phantoms import make_ct_phantom
 from imaging_orders.ingest import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
