@@ -77,8 +77,8 @@ from ai_services.training import (
     froc_curve,
     sensitivity_at_fp_rate,
 )
-from synthetic.phantoms import Phantom, make_ct_phantom
 from imaging_orders.models import ImagingInstance
+from synthetic.phantoms import Phantom, make_ct_phantom
 
 logger = logging.getLogger(__name__)
 

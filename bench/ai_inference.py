@@ -83,14 +83,14 @@ def bench_slices(device: str, repeats: int) -> dict[str, float]:
 def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
     from hospital.app import create_app
     from hospital.db import get_db
-    from synthetic.dicom_factory import write_ct_series
     from hospital.migrate import upgrade
-    from synthetic.phantoms import make_ct_phantom
     from hospital.seed import seed_demo
     from ai_services.jobs import analyse_study
     from ai_services.models import DiagnosticReport
     from imaging_orders.ingest import store_instance
     from imaging_orders.models import ImagingStudy, StudyStatus
+    from synthetic.dicom_factory import write_ct_series
+    from synthetic.phantoms import make_ct_phantom
     from sqlalchemy import select
 
     phantom = make_ct_phantom(20_001, n_slices=n_slices, size=512, pixel_spacing_mm=0.75, slice_thickness_mm=2.5)

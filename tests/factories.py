@@ -12,11 +12,11 @@ import pydicom
 from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
-from synthetic.dicom_factory import ct_series_datasets
 from hospital.clock import utcnow
 from hospital.seed import DemoSeed
 from imaging_orders.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import Referral, ReferralStatus
+from synthetic.dicom_factory import ct_series_datasets
 
 
 def make_referral(session: Session, demo: DemoSeed, status: ReferralStatus = ReferralStatus.ACTIVE) -> Referral:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hospital.demo import free_port
+from demo.closed_loop import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -23,9 +23,9 @@ import hospital.jobs
 import imaging_orders.ingest as ingest
 from hospital.clock import utcnow
 from hospital.db import get_db
-from synthetic.dicom_factory import ct_series_datasets
 from hospital.errors import Conflict
 from hospital.models import JobRecord
+from synthetic.dicom_factory import ct_series_datasets
 from synthetic.phantoms import make_ct_phantom
 from imaging_orders.ingest import (
     STATUS_CANNOT_UNDERSTAND,

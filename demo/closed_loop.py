@@ -28,9 +28,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from hospital.db import get_db
+from hospital.seed import DEMO_PASSWORD, seed_demo
 from synthetic.dicom_factory import write_ct_series
 from synthetic.phantoms import make_ct_phantom
-from hospital.seed import DEMO_PASSWORD, seed_demo
 
 logger = logging.getLogger(__name__)
 
