@@ -77,7 +77,7 @@ from ai_services.training import (
     froc_curve,
     sensitivity_at_fp_rate,
 )
-from hospital.phantoms import Phantom, make_ct_phantom
+from synthetic.phantoms import Phantom, make_ct_phantom
 from imaging_orders.archive.models import ImagingInstance
 
 logger = logging.getLogger(__name__)

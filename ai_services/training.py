@@ -47,7 +47,7 @@ from ai_services.inference import (
     window_hu,
 )
 from ai_services.network import CONTEXT_SLICES, DEFAULT_WIDTHS, IN_CHANNELS, WINDOWS, LesionUNet, count_parameters
-from hospital.phantoms import Phantom, make_ct_phantom
+from synthetic.phantoms import Phantom, make_ct_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -512,7 +512,7 @@ def train_model(
                      "learning_rate": learning_rate, "final_epoch_loss": round(running / steps, 5),
                      "threads": threads, "wall_time_s": round(wall, 1)},
         "training_data": {
-            "generator": "hospital.phantoms.make_ct_phantom",
+            "generator": "synthetic.phantoms.make_ct_phantom",
             "phantom_shape": [PHANTOM_SLICES, PHANTOM_SIZE, PHANTOM_SIZE],
             "train_seeds": [train_seeds[0], train_seeds[-1]],
             "n_train_phantoms": n_train_phantoms,

@@ -62,7 +62,7 @@ def predict_on_device(detector: LesionDetector, hu: np.ndarray, device: str, bat
 
 
 def bench_slices(device: str, repeats: int) -> dict[str, float]:
-    from hospital.phantoms import make_ct_phantom
+    from synthetic.phantoms import make_ct_phantom
 
     detector = LesionDetector.load(WEIGHTS)
     detector.model.to(device)
@@ -83,9 +83,9 @@ def bench_slices(device: str, repeats: int) -> dict[str, float]:
 def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
     from hospital.app import create_app
     from hospital.db import get_db
-    from hospital.dicom_factory import write_ct_series
+    from synthetic.dicom_factory import write_ct_series
     from hospital.migrate import upgrade
-    from hospital.phantoms import make_ct_phantom
+    from synthetic.phantoms import make_ct_phantom
     from hospital.seed import seed_demo
     from ai_services.jobs import analyse_study_again
     from ai_services.models import DiagnosticReport

@@ -40,8 +40,8 @@ from sqlalchemy import create_engine, text
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hospital.db import get_db  # noqa: E402
-from hospital.dicom_factory import ct_series_datasets  # noqa: E402
 from hospital.migrate import upgrade  # noqa: E402
+from synthetic.dicom_factory import ct_series_datasets  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -36,15 +36,15 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from ai_services.models import DiagnosticReport  # noqa: E402
 from billing.models import ChargeItem, ServiceLine  # noqa: E402
+from demo.closed_loop import free_port, send_with_pynetdicom, wait_for_dicom  # noqa: E402
 from hospital.app import create_app  # noqa: E402
 from hospital.db import get_db  # noqa: E402
-from hospital.demo import free_port, send_with_pynetdicom, wait_for_dicom  # noqa: E402
-from hospital.dicom_factory import write_ct_series  # noqa: E402
 from hospital.migrate import upgrade  # noqa: E402
 from hospital.models import JobRecord, JobStatus  # noqa: E402
-from hospital.phantoms import make_ct_phantom  # noqa: E402
 from hospital.seed import DEMO_PASSWORD, seed_demo  # noqa: E402
 from imaging_orders.models import ImagingStudy  # noqa: E402
+from synthetic.dicom_factory import write_ct_series  # noqa: E402
+from synthetic.phantoms import make_ct_phantom  # noqa: E402
 from tests.chaos.processes import OwnRedis, hospital_env, kill_hard, start_worker, stop_gracefully, wait_until  # noqa: E402
 
 logger = logging.getLogger("bench.load")

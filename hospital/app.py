@@ -60,4 +60,4 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 def _configure_logging(app: Flask) -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,10 +12,10 @@ from flask.cli import FlaskGroup
 from rq import Queue, Worker
 from werkzeug.serving import run_simple
 
+from demo.cli import demo_command
 from hospital import migrate
 from hospital.app import create_app
 from hospital.db import get_db
-from hospital.demo import run_demo
 from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sweep_lost_jobs
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
 from hospital.seed import DEMO_PASSWORD, seed_demo
@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 @click.group(cls=FlaskGroup, create_app=lambda: create_app(), add_default_commands=True)
 def cli() -> None:
     """Closed-loop imaging internet hospital."""
+
+
+# The demo is not core but a client of the public API in its own package; this composition root is
+# the one place the core names it.
+cli.add_command(demo_command)
 
 
 @cli.group("db")
@@ -54,22 +59,6 @@ def seed_command() -> None:
     with get_db().transaction() as session:
         seed_demo(session, current_app._get_current_object())  # type: ignore[attr-defined]
     click.echo(f"demo users seeded; password for all: {DEMO_PASSWORD}")
-
-
-@cli.command("demo")
-@click.option("--serve/--no-serve", default=True, show_default=True, help="serve the web app afterwards")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--dicom-port", default=None, type=int, help="port for the demo's DICOM server (default: config)")
-def demo_command(serve: bool, host: str, port: int, dicom_port: int | None) -> None:
-    """Run one whole closed loop (referral to invoice) and print its summary; then serve."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    summary = run_demo(app, dicom_port=dicom_port or app.config["DICOM_PORT"])
-    click.echo(summary.render())
-    if serve:
-        click.echo(f"\nServing on http://{host}:{port}  (demo logins: clinician, patient, imaging_staff, "
-                   f"radiologist, pharmacist, admin; password {DEMO_PASSWORD})")
-        run_simple(host, port, app, threaded=True)
 
 
 @cli.command("serve")

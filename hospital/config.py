@@ -79,6 +79,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # signed in), and in any case this long after signing in. Bearer tokens have their own TTL.
         "SESSION_IDLE_MINUTES": _env_int("SESSION_IDLE_MINUTES", 30),
         "SESSION_MAX_HOURS": _env_int("SESSION_MAX_HOURS", 12),
+        # The root log level of each process (the demo asks its DICOM server for WARNING).
+        "LOG_LEVEL": (os.environ.get("LOG_LEVEL") or "INFO").upper(),
         "TESTING": False,
     }
     if overrides:

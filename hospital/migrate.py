@@ -6,6 +6,10 @@ import logging
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 from hospital.config import PROJECT_ROOT
 
@@ -22,6 +26,17 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
+
+
+def is_at_head(database_url: str) -> bool:
+    """Whether the schema is at the newest migration (an empty database is not). Connection errors raise."""
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return set(MigrationContext.configure(connection).get_current_heads()) == heads
+    finally:
+        engine.dispose()
 
 
 def downgrade(database_url: str, revision: str = "base") -> None:

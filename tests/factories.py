@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from ai_services.events import AnalysisCompleted
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
-from hospital.dicom_factory import ct_series_datasets
+from synthetic.dicom_factory import ct_series_datasets
 from followup.events import ConsultationFinished
 from followup.models import Consultation
 from followup.service import opened_by_ai_finding

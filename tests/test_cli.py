@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hospital.demo import free_port
+from demo.closed_loop import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -27,15 +27,33 @@ def embedded_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_demo_on_the_embedded_default_prints_the_closed_loop(tmp_path: Path) -> None:
-    env = embedded_env(tmp_path)
-    assert hospital("db", "upgrade", env=env).returncode == 0
+# Lines written for every DICOM instance: pynetdicom's, on both ends, and the archive's.
+PER_INSTANCE_LINES = ("Sending Store Request", "Received Store Request", "imaging_orders.ingest: stored")
+
+
+def test_demo_on_the_embedded_default_migrates_it_and_prints_a_line_per_step_and_the_closed_loop(
+        tmp_path: Path) -> None:
+    env = embedded_env(tmp_path)  # no `hospital db upgrade` first: the demo brings the embedded database up
     result = hospital("demo", "--no-serve", "--dicom-port", str(free_port()), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "embedded database" in result.stdout and "migrated to the current schema" in result.stdout
+    assert "24 CT images sent over DICOM C-STORE" in result.stdout
     assert "Closed loop complete" in result.stdout
     assert "DiagnosticReport/1 (final)" in result.stdout
     assert "Invoice/1: total 243.50 EUR (24350 minor units), balanced" in result.stdout
     assert (tmp_path / "instance" / "hospital.db").exists()
+    output = result.stdout + result.stderr
+    assert not [line for line in PER_INSTANCE_LINES if line in output], output[-3000:]
+    assert len(result.stdout.splitlines()) < 40, result.stdout
+
+
+def test_demo_verbose_logs_every_dicom_instance(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path)
+    result = hospital("demo", "--no-serve", "--verbose", "--dicom-port", str(free_port()), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Closed loop complete" in result.stdout
+    for line in PER_INSTANCE_LINES:
+        assert result.stderr.count(line) >= 24, line
 
 
 def test_serve_answers_http(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 
 from ai_services.models import DiagnosticReport, Finding
 from billing.models import ChargeItem, Invoice
+from demo.closed_loop import LoopSummary, dicom_server_process, free_port, run_closed_loop, send_with_pynetdicom
 from followup.models import Consultation, FollowUpTask
 from hospital.db import get_db
-from hospital.demo import LoopSummary, dicom_server_process, free_port, run_closed_loop, send_with_pynetdicom
 from hospital.migrate import upgrade
 from hospital.models import AuditEvent, JobRecord, JobStatus
 from hospital.seed import seed_demo

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
 from ai_services.service import active_model_version
-from hospital.dicom_factory import ct_series_datasets
 from hospital.seed import DemoSeed
 from imaging_orders.archive.ingest import store_instance
 from imaging_orders.archive.models import ImagingStudy, StudyStatus
 from referrals.models import ReferralStatus
+from synthetic.dicom_factory import ct_series_datasets
 from tests.factories import make_referral
 
 

@@ -16,7 +16,7 @@ from ai_services.inference import (
 )
 from ai_services.series_reader import CtVolume
 from ai_services.training import evaluate_model, match_detections
-from hospital.phantoms import make_ct_phantom
+from synthetic.phantoms import make_ct_phantom
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "ai_services" / "weights" / "lesion-detector-v1.pt"
 # Seeds from the held-out block but outside the 20 scans used for the reported metrics.

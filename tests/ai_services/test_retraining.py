@@ -31,10 +31,10 @@ from ai_services.retraining import (
     retrain,
 )
 from ai_services.service import Box, active_model_version, add_finding, review_finding, sign_report
-from hospital.models import User
-from hospital.phantoms import make_ct_phantom
-from hospital.seed import DemoSeed
 from ai_services.training import EvaluationMetrics
+from hospital.models import User
+from hospital.seed import DemoSeed
+from synthetic.phantoms import make_ct_phantom
 from tests.ai_services.studies import store_study_with_report
 
 CROP = 96

@@ -8,8 +8,8 @@ import pydicom
 import pytest
 
 from ai_services.series_reader import SeriesReadError, read_ct_volume
-from hospital.dicom_factory import write_ct_series
-from hospital.phantoms import make_ct_phantom
+from synthetic.dicom_factory import write_ct_series
+from synthetic.phantoms import make_ct_phantom
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from ai_services.training import (
     train_model,
     training_lesion_count,
 )
-from hospital.phantoms import make_ct_phantom
+from synthetic.phantoms import make_ct_phantom
 
 
 def test_auroc_known_cases() -> None:

@@ -25,8 +25,8 @@ from werkzeug.serving import make_server
 
 from hospital.db import get_db
 from hospital.jobs import publish
-from hospital.phantoms import make_ct_phantom
 from hospital.seed import DEMO_PASSWORD, DemoSeed, seed_demo
+from synthetic.phantoms import make_ct_phantom
 from tests.conftest import make_test_app
 from tests.factories import analysis_completed, make_preliminary_report, store_report_slices
 

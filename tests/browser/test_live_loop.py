@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from hospital.demo import dicom_server_process, free_port
-from hospital.dicom_factory import write_ct_series
-from hospital.phantoms import make_ct_phantom
+from demo.closed_loop import dicom_server_process, free_port
+from synthetic.dicom_factory import write_ct_series
+from synthetic.phantoms import make_ct_phantom
 from tests.browser.conftest import LiveSite, accepted_referral, booked_appointment, login, screenshot, served
 from tests.chaos.processes import hospital_env, kill_hard, start_worker
 from tests.conftest import make_test_app

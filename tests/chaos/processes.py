@@ -17,7 +17,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from hospital.demo import free_port
+from demo.closed_loop import free_port
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 

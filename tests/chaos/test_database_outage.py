@@ -30,9 +30,9 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from hospital.app import create_app
 from hospital.db import get_db
-from hospital.demo import dicom_server_process, free_port
-from hospital.dicom_factory import write_ct_series
-from hospital.phantoms import make_ct_phantom
+from demo.closed_loop import dicom_server_process, free_port
+from synthetic.dicom_factory import write_ct_series
+from synthetic.phantoms import make_ct_phantom
 from hospital.seed import DEMO_PASSWORD, seed_demo
 from imaging_orders.archive.models import ImagingInstance
 from tests.chaos.processes import OwnPostgres, wait_until

@@ -18,10 +18,10 @@ from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport
 from billing.models import ChargeItem, ServiceLine
 from hospital.clock import utcnow
 from hospital.db import get_db
-from hospital.dicom_factory import write_ct_series
+from synthetic.dicom_factory import write_ct_series
 from hospital.jobs import deliver, sweep_lost_jobs
 from hospital.models import JobRecord, JobStatus
-from hospital.phantoms import make_ct_phantom
+from synthetic.phantoms import make_ct_phantom
 from hospital.seed import seed_demo
 from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
 from referrals.models import ReferralStatus

@@ -14,10 +14,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hospital.dicom_factory import ct_series_datasets
 from hospital.models import Practitioner, User
 from hospital.seed import DemoSeed
 from imaging_orders.models import Schedule
+from synthetic.dicom_factory import ct_series_datasets
 from tests.imaging_orders.factories import Centre, Order, make_order
 
 STUDY_DATETIME = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)

@@ -30,8 +30,8 @@ from sqlalchemy import func, select
 
 import hospital.jobs
 from hospital.db import get_db
-from hospital.dicom_factory import ct_series_datasets, write_ct_series
-from hospital.phantoms import make_ct_phantom
+from synthetic.dicom_factory import ct_series_datasets, write_ct_series
+from synthetic.phantoms import make_ct_phantom
 from imaging_orders.archive.dicom_server import start_dicom_server
 from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
 from imaging_orders.models import AppointmentStatus

@@ -23,12 +23,12 @@ import hospital.jobs
 import imaging_orders.archive.ingest as ingest
 from hospital.clock import utcnow
 from hospital.db import get_db
-from hospital.dicom_factory import ct_series_datasets
+from synthetic.dicom_factory import ct_series_datasets
 from hospital.errors import Conflict
 from hospital.events import DomainEvent
 from hospital.models import JobRecord
 from imaging_orders.archive.events import StudyCompleted
-from hospital.phantoms import make_ct_phantom
+from synthetic.phantoms import make_ct_phantom
 from imaging_orders.archive.ingest import InstanceRejected, StorageUnavailable, complete_quiet_studies, reconcile_study, store_instance
 from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, STORE_PROCESSING_FAILURE
 from imaging_orders.models import AppointmentStatus

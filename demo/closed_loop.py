@@ -28,19 +28,25 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from hospital.db import get_db
-from hospital.dicom_factory import write_ct_series
-from hospital.phantoms import make_ct_phantom
 from hospital.seed import DEMO_PASSWORD, seed_demo
+from synthetic.dicom_factory import write_ct_series
+from synthetic.phantoms import make_ct_phantom
 
 logger = logging.getLogger(__name__)
 
 DEMO_MEDICATION_CODE = "J01CA04"
 SendStudy = Callable[[list[Path]], None]
 DrainJobs = Callable[[], None]
+ReportStep = Callable[[str], None]
 
 
 class ClosedLoopError(RuntimeError):
     """A step of the loop did not reach the state it should have; the message says which."""
+
+
+class DicomPortInUse(ClosedLoopError):
+    """Something already listens on the port our DICOM server was to use: whatever answers there
+    is not ours, so the study must not be sent to it."""
 
 
 @dataclass
@@ -128,9 +134,12 @@ def run_closed_loop(
     patient_dicom_name: str,
     phantom_seed: int = 30_003,  # not a training phantom; it holds a 21 mm and a 16 mm lesion
     timeout: float = 180.0,
+    report_step: ReportStep = logger.info,
 ) -> LoopSummary:
     """Referral -> acceptance -> booking -> worklist -> C-STORE -> AI -> review and sign ->
-    consultation, follow-up and prescription -> dispense -> charges -> invoice -> payment."""
+    consultation, follow-up and prescription -> dispense -> charges -> invoice -> payment.
+
+    ``report_step`` hears one line as each step is done (`hospital demo` prints them)."""
     clinician = ApiSession(client, "clinician")
     staff = ApiSession(client, "imaging_staff")
     patient = ApiSession(client, "patient")
@@ -147,6 +156,8 @@ def run_closed_loop(
     summary.referral_id = referral["id"]
     accepted = staff.call("POST", f"/api/referrals/{referral['id']}/accept")
     summary.accession_number = accepted["accession_number"]
+    report_step(f"referral ServiceRequest/{summary.referral_id} sent by the clinician, accepted by the imaging centre "
+                f"as accession {summary.accession_number}")
 
     slots = patient.call("GET", f"/api/slots?organization_id={imaging_centre_id}&modality=CT")
     if not slots:
@@ -157,6 +168,7 @@ def run_closed_loop(
     worklist = staff.call("GET", f"/api/worklist?date={day}")
     if not any(e["accession_number"] == summary.accession_number for e in worklist["entries"]):
         raise ClosedLoopError(f"accession {summary.accession_number} is not on the {day} worklist")
+    report_step(f"Appointment/{summary.appointment_id} booked by the patient; on the {day} modality worklist")
 
     phantom = make_ct_phantom(phantom_seed, n_lesions=3)
     files = write_ct_series(
@@ -165,6 +177,7 @@ def run_closed_loop(
     )
     send_study(files)
     summary.instances_sent = len(files)
+    report_step(f"{len(files)} CT images sent over DICOM C-STORE")
 
     def study_available() -> dict[str, Any] | None:
         studies = staff.call("GET", f"/api/studies?accession={summary.accession_number}")
@@ -172,6 +185,7 @@ def run_closed_loop(
 
     study = _wait_for("the study to be received and complete", study_available, timeout)
     summary.study_id = study["id"]
+    report_step(f"ImagingStudy/{summary.study_id} received, matched to the referral and complete")
     drain_jobs()
 
     def preliminary_report() -> dict[str, Any] | None:
@@ -181,11 +195,13 @@ def run_closed_loop(
     report = _wait_for("the AI's preliminary report", preliminary_report, timeout)
     if report["status"] != "preliminary":
         raise ClosedLoopError(f"the AI report is {report['status']}, expected preliminary")
+    report_step(f"AI read the study: preliminary DiagnosticReport/{report['id']} with {len(report['findings'])} finding(s)")
     for finding in report["findings"]:
         decision = "accepted" if (finding["confidence"] or 0) >= 0.5 else "rejected"
         radiologist.call("POST", f"/api/reports/{report['id']}/findings/{finding['id']}/review", json={"decision": decision})
     signed = radiologist.call("POST", f"/api/reports/{report['id']}/sign", json={})
     summary.report_id, summary.report_status, summary.findings = signed["id"], signed["status"], signed["findings"]
+    report_step(f"radiologist reviewed every finding and signed the report ({summary.report_status})")
     drain_jobs()
 
     def consultation() -> dict[str, Any] | None:
@@ -194,6 +210,7 @@ def run_closed_loop(
 
     consult = _wait_for("the consultation to open", consultation, timeout)
     summary.consultation_id = consult["id"]
+    report_step(f"consultation Encounter/{summary.consultation_id} opened for the clinician")
     medication = clinician.call("POST", f"/api/consultations/{consult['id']}/prescriptions", 201, json={
         "medication_code": DEMO_MEDICATION_CODE, "medication_display": "Amoxicillin 500 mg capsules, pack of 21",
         "dosage_text": "500 mg three times a day for 7 days", "quantity": 1, "refills": 0,
@@ -202,6 +219,8 @@ def run_closed_loop(
     summary.medication_request_id = medication["id"]
     clinician.call("POST", f"/api/consultations/{consult['id']}/finish", json={"note": "Findings discussed; repeat CT planned."})
     pharmacist.call("POST", f"/api/medication-requests/{medication['id']}/dispense", 201, json={})
+    report_step(f"MedicationRequest/{summary.medication_request_id} prescribed, consultation finished, "
+                f"medication dispensed by the pharmacy")
     drain_jobs()
 
     expected_lines = {"scan", "ai-analysis", "consultation", "medication"}
@@ -211,7 +230,8 @@ def run_closed_loop(
         mine = [i for i in items if i["invoice_id"] is None]
         return mine if {i["service_line"] for i in mine} >= expected_lines else None
 
-    _wait_for("a charge for every service", all_charged, timeout)
+    charged = _wait_for("a charge for every service", all_charged, timeout)
+    report_step(f"{len(charged)} services charged")
     invoice = admin.call("POST", "/api/invoices", 201, json={"patient_id": patient_id})
     summary.invoice_id, summary.invoice_total_minor = invoice["id"], invoice["total_minor"]
     summary.currency, summary.charges = invoice["currency"], invoice["items"]
@@ -221,6 +241,7 @@ def run_closed_loop(
     patient.call("POST", f"/api/invoices/{invoice['id']}/payments", 201, json=payment)
     paid = patient.call("POST", f"/api/invoices/{invoice['id']}/payments", 201, json=payment)
     summary.invoice_status = paid["status"]
+    report_step(f"Invoice/{summary.invoice_id} issued and paid by the patient (the payment posted twice counts once)")
     return summary
 
 
@@ -228,6 +249,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def refuse_taken_port(host: str, port: int) -> None:
+    """Raise DicomPortInUse when something already listens on host:port."""
+    with socket.socket() as sock:
+        # SO_REUSEADDR: a port our last run left in TIME_WAIT is free; one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DicomPortInUse(f"cannot listen on DICOM port {port} on {host}: {exc.strerror}") from exc
 
 
 def send_with_pynetdicom(host: str, port: int, called_ae: str, files: list[Path], calling_ae: str = "DEMO_CT") -> None:
@@ -246,11 +278,15 @@ def send_with_pynetdicom(host: str, port: int, called_ae: str, files: list[Path]
         assoc.release()
 
 
-def wait_for_dicom(host: str, port: int, called_ae: str, timeout: float = 60.0) -> None:
+def wait_for_dicom(host: str, port: int, called_ae: str, timeout: float = 60.0,
+                   server: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until C-ECHO succeeds; with ``server``, fail as soon as that process has exited."""
     ae = AE(ae_title="DEMO_ECHO")
     ae.add_requested_context(Verification)
 
     def echo_ok() -> bool:
+        if server is not None and server.poll() is not None:
+            raise ClosedLoopError(f"the DICOM server {called_ae} exited with status {server.returncode} before answering")
         try:  # a plain TCP probe first, so pynetdicom does not log every refused attempt
             socket.create_connection((host, port), timeout=1).close()
         except OSError:
@@ -266,14 +302,21 @@ def wait_for_dicom(host: str, port: int, called_ae: str, timeout: float = 60.0) 
 
 
 @contextmanager
-def dicom_server_process(env: dict[str, str], port: int, ae_title: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `hospital dicom` in its own process, as in production, and stop it afterwards."""
+def dicom_server_process(env: dict[str, str], port: int, ae_title: str,
+                         quiet: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `hospital dicom` in its own process, as in production, and stop it afterwards.
+
+    Refuses a port something already listens on (DicomPortInUse): our server could not bind it,
+    and the echo we wait for would come from a stranger, who would then be sent the study."""
+    refuse_taken_port("127.0.0.1", port)
     process = subprocess.Popen(
         [sys.executable, "-m", "hospital.cli", "dicom", "--host", "127.0.0.1", "--port", str(port), "--ae-title", ae_title],
         env=env,
+        # Its stdout only says "DICOM node stopped"; warnings and errors go to stderr, kept either way.
+        stdout=subprocess.DEVNULL if quiet else None,
     )
     try:
-        wait_for_dicom("127.0.0.1", port, ae_title)
+        wait_for_dicom("127.0.0.1", port, ae_title, server=process)
         yield process
     finally:
         process.terminate()
@@ -283,22 +326,29 @@ def dicom_server_process(env: dict[str, str], port: int, ae_title: str) -> Itera
             process.kill()
 
 
-def run_demo(app: Flask, *, dicom_port: int) -> LoopSummary:
-    """`hospital demo`: seed, start the DICOM server, run the loop with inline or RQ jobs."""
-    with get_db(app).transaction() as session:
-        seed = seed_demo(session, app)
-        ids = dict(centre=seed.imaging_centre.id, patient=seed.patient.id, pharmacy=seed.pharmacy.id,
-                   mrn=seed.patient.mrn, name=seed.patient.dicom_name)
+def run_demo(app: Flask, *, dicom_port: int, verbose: bool = False, report_step: ReportStep = logger.info) -> LoopSummary:
+    """`hospital demo`: start the DICOM server, seed, run the loop with inline or RQ jobs.
+
+    Quiet unless ``verbose``: the DICOM server logs warnings only, not a line per instance."""
     ae_title = app.config["DICOM_AE_TITLE"]
     env = {**os.environ, "DATABASE_URL": app.config["DATABASE_URL"], "STUDY_QUIET_SECONDS": "1",
-           "DICOM_STORAGE_DIR": str(app.config["DICOM_STORAGE_DIR"]), "SECRET_KEY": app.config["SECRET_KEY"]}
+           "DICOM_STORAGE_DIR": str(app.config["DICOM_STORAGE_DIR"]), "SECRET_KEY": app.config["SECRET_KEY"],
+           "LOG_LEVEL": "INFO" if verbose else "WARNING"}
     if app.config.get("REDIS_URL"):
         env["REDIS_URL"] = app.config["REDIS_URL"]
-    with dicom_server_process(env, dicom_port, ae_title), tempfile.TemporaryDirectory() as tmp, app.app_context():
+    with dicom_server_process(env, dicom_port, ae_title, quiet=not verbose), tempfile.TemporaryDirectory() as tmp, \
+            app.app_context():
+        report_step(f"DICOM node {ae_title} listening on 127.0.0.1:{dicom_port}")
+        with get_db(app).transaction() as session:
+            seed = seed_demo(session, app)
+            ids = dict(centre=seed.imaging_centre.id, patient=seed.patient.id, pharmacy=seed.pharmacy.id,
+                       mrn=seed.patient.mrn, name=seed.patient.dicom_name)
+        report_step("demo organisations, users, schedules and AI model seeded")
         return run_closed_loop(
             app.test_client(),
             send_study=lambda files: send_with_pynetdicom("127.0.0.1", dicom_port, ae_title, files),
             drain_jobs=lambda: None,  # inline jobs are done when the call returns; RQ needs `hospital worker`
             work_dir=Path(tmp), imaging_centre_id=ids["centre"], patient_id=ids["patient"],
             pharmacy_id=ids["pharmacy"], patient_mrn=ids["mrn"], patient_dicom_name=ids["name"],
+            report_step=report_step,
         )

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from hospital.phantoms import (
+from synthetic.phantoms import (
     LUNG_LESION_KINDS,
     PhantomError,
     make_ct_phantom,

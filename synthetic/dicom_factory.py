@@ -1,7 +1,7 @@
 """Writes synthetic CT volumes as real DICOM CT Image Storage series.
 
 The platform's DICOM receiver, the AI reader and the tests all need genuine DICOM files; this module
-turns a ``hospital.phantoms.Phantom`` (or any HU volume) into one dataset per slice with a proper
+turns a ``synthetic.phantoms.Phantom`` (or any HU volume) into one dataset per slice with a proper
 file meta, unique UIDs and the geometry tags a reader needs to rebuild the volume.
 
 Pixels are stored unsigned (``HU + 1024``) with ``RescaleIntercept = -1024`` on purpose: a reader
@@ -19,7 +19,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from hospital.phantoms import Phantom
+from synthetic.phantoms import Phantom
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ scan (training manifests record seeds rather than data). Geometry is built in mi
 sampled on the requested grid, so the same seed at a finer pixel spacing gives the same anatomy.
 
 Conventions: arrays are (slice, row, column) = (z, y, x). Slice 0 is the most inferior slice
-(z grows towards the head, matching ImagePositionPatient in ``hospital.dicom_factory``); row 0 is
+(z grows towards the head, matching ImagePositionPatient in ``synthetic.dicom_factory``); row 0 is
 anterior; column 0 is the patient's right (radiological display convention).
 """
 

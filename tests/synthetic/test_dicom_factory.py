@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from hospital.dicom_factory import DicomFactoryError, ct_series_datasets, write_ct_series
-from hospital.phantoms import make_ct_phantom
+from synthetic.dicom_factory import DicomFactoryError, ct_series_datasets, write_ct_series
+from synthetic.phantoms import make_ct_phantom
 
 
 @pytest.fixture(scope="module")
