@@ -13,7 +13,6 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from hospital.clock import utcnow
 from hospital.db import Base
 from hospital.models import Patient, User, enum_column
-from imaging_orders.archive.models import ImagingStudy
 
 
 class ModelStatus(str, enum.Enum):
@@ -83,7 +82,6 @@ class AnalysisJob(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
-    study: Mapped[ImagingStudy] = relationship()
     model_version: Mapped[ModelVersion | None] = relationship()
 
 
@@ -108,7 +106,6 @@ class DiagnosticReport(Base):
     signed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    study: Mapped[ImagingStudy] = relationship()
     patient: Mapped[Patient] = relationship()
     signed_by: Mapped[User | None] = relationship()
     findings: Mapped[list[Finding]] = relationship(back_populates="report", order_by="Finding.id")

@@ -71,14 +71,14 @@ from ai_services.service import DEFAULT_MODEL_NAME, activate_model_version, acti
 from ai_services.training import (
     SIZE_GROUPS,
     EvaluationMetrics,
-    _loss,
+    detection_loss,
     calibrate,
     evaluate_detector,
     froc_curve,
     sensitivity_at_fp_rate,
 )
 from synthetic.phantoms import Phantom, make_ct_phantom
-from imaging_orders.archive.models import ImagingInstance
+from imaging_orders.archive.public import instance_paths, study_ref
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,12 @@ def is_heldout_study(study_instance_uid: str, heldout_percent: int) -> bool:
     return bucket < heldout_percent
 
 
+def _study_uid(session: Session, study_id: int) -> str:
+    study = study_ref(session, study_id)
+    assert study is not None  # foreign key
+    return study.study_instance_uid
+
+
 def collect_labels(session: Session, storage_dir: Path, *, heldout_percent: int = 30) -> ReviewedLabels:
     """Labels from every signed report's reviewed findings (see the module docstring)."""
     cases: list[ReviewedCase] = []
@@ -169,20 +175,17 @@ def collect_labels(session: Session, storage_dir: Path, *, heldout_percent: int 
                 positives.append(label)
             elif finding.review_status is ReviewStatus.REJECTED and finding.source is FindingSource.AI:
                 negatives.append(label)
-        paths_by_uid = dict(session.execute(
-            select(ImagingInstance.sop_instance_uid, ImagingInstance.path)
-            .where(ImagingInstance.sop_instance_uid.in_(job.slice_sop_instance_uids))
-        ).all())
+        paths_by_uid = instance_paths(session, job.slice_sop_instance_uids, storage_dir)
         missing = [uid for uid in job.slice_sop_instance_uids if uid not in paths_by_uid]
         if missing:
             logger.warning("report %s: %d analysed slices are no longer stored; skipped", report.id, len(missing))
             continue
         case = ReviewedCase(
             study_id=report.study_id, report_id=report.id,
-            instance_paths=[storage_dir / paths_by_uid[uid] for uid in job.slice_sop_instance_uids],
+            instance_paths=[paths_by_uid[uid] for uid in job.slice_sop_instance_uids],
             pixel_spacing_mm=(float(job.pixel_spacing_mm[0]), float(job.pixel_spacing_mm[1])) if job.pixel_spacing_mm else (1.0, 1.0),
             positives=positives, negatives=negatives,
-            heldout=is_heldout_study(report.study.study_instance_uid, heldout_percent),
+            heldout=is_heldout_study(_study_uid(session, report.study_id), heldout_percent),
         )
         cases.append(case)
         if not case.heldout:
@@ -398,7 +401,7 @@ def fine_tune(model: LesionUNet, reviewed: Sequence[LabelledSlice], synthetic: S
             x, y = _draw(pools[0] if from_reviewed else pools[1], config.patch_size, rng)
             xs.append(x)
             ys.append(y)
-        loss = _loss(model(torch.stack(xs)), torch.stack(ys)[:, None])
+        loss = detection_loss(model(torch.stack(xs)), torch.stack(ys)[:, None])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -500,7 +503,7 @@ def prepare_retraining(session: Session, storage_dir: Path, config: RetrainConfi
     return RetrainingInputs(active.id, active.label, Path(active.weights_path), labels, str(next_number))
 
 
-def _load_model(weights_path: Path) -> tuple[LesionUNet, dict[str, Any]]:
+def load_model(weights_path: Path) -> tuple[LesionUNet, dict[str, Any]]:
     manifest = json.loads(manifest_path_for(weights_path).read_text())
     if manifest.get("sha256") != sha256_of_file(weights_path):
         raise RetrainingError(f"{weights_path} does not match its manifest's sha256")
@@ -523,7 +526,7 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
     """Fine-tune, calibrate, evaluate candidate and parent, decide; writes weights + manifest."""
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
-    model, parent_manifest = _load_model(inputs.parent_weights_path)
+    model, parent_manifest = load_model(inputs.parent_weights_path)
     active_detector = LesionDetector.load(inputs.parent_weights_path)
     final_loss = fine_tune(model, inputs.labels.finetune, synthetic_slices(config), config)
     validation = range(RETRAIN_VALIDATION_SEED_BASE, RETRAIN_VALIDATION_SEED_BASE + config.synthetic_validation_phantoms)

@@ -32,7 +32,7 @@ from hospital.db import request_session
 from hospital.errors import InvalidInput, NotFound
 from hospital.models import Role
 from hospital.web import form_action
-from imaging_orders.archive.models import ImagingInstance
+from imaging_orders.archive.public import instance_paths, study_ref
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +147,9 @@ def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
     finding = next((f for f in found.findings if f.id == finding_id), None)
     if finding is None:
         raise NotFound(f"finding {finding_id} is not on report {report_id}")
-    instance = session.scalar(select(ImagingInstance).where(ImagingInstance.sop_instance_uid == finding.sop_instance_uid))
-    if instance is None:
+    storage_dir = current_app.config["DICOM_STORAGE_DIR"]
+    path = instance_paths(session, [finding.sop_instance_uid], storage_dir).get(finding.sop_instance_uid)
+    if path is None:
         raise NotFound("the key image is not stored here")
     preset = request.args.get("window", "lung")
     if preset not in WINDOWS:
@@ -159,7 +160,7 @@ def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
         for f in found.findings
         if f.slice_index == finding.slice_index and f.review_status is not ReviewStatus.REJECTED
     ]
-    png = render_overlay(current_app.config["DICOM_STORAGE_DIR"] / instance.path, boxes, preset)
+    png = render_overlay(path, boxes, preset)
     return Response(png, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
 
 
@@ -177,15 +178,15 @@ def slice_image(report_id: int, index: int) -> ResponseReturnValue:
     preset = request.args.get("window", "lung")
     if preset not in WINDOWS:
         raise InvalidInput(f"window must be one of {sorted(WINDOWS)}")
-    instance = session.scalar(select(ImagingInstance).where(ImagingInstance.sop_instance_uid == uids[index]))
-    if instance is None:
+    path = instance_paths(session, [uids[index]], current_app.config["DICOM_STORAGE_DIR"]).get(uids[index])
+    if path is None:
         raise NotFound(f"slice {index} is not stored here")
     boxes = [
         OverlayBox(f.x0, f.y0, f.x1, f.y1, f"#{f.id} {f.diameter_mm:.0f} mm")
         for f in found.findings
         if f.slice_index == index and f.review_status is not ReviewStatus.REJECTED
     ]
-    png = render_overlay(current_app.config["DICOM_STORAGE_DIR"] / instance.path, boxes, preset)
+    png = render_overlay(path, boxes, preset)
     return Response(png, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
 
 
@@ -267,7 +268,8 @@ def report_page(report_id: int) -> ResponseReturnValue:
     # The viewer opens on the asked slice, else on the first kept finding's slice.
     current = request.args.get("slice", type=int) or (kept[0].slice_index + 1 if kept else 1)
     page = render_template(
-        "ai_services/report.html", report=found, window=preset, windows=list(WINDOWS),
+        "ai_services/report.html", report=found, study=study_ref(session, found.study_id), window=preset,
+        windows=list(WINDOWS),
         pending=[f.id for f in found.findings if f.review_status is ReviewStatus.PENDING], kept=kept,
         slice_count=slice_count, current_slice=min(max(current, 1), max(slice_count, 1)),
     )

@@ -41,9 +41,17 @@ from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from ai_services.events import AnalysisCompleted, ReportSigned
 from hospital.events import iso_instant
 from hospital.jobs import enqueue, publish
+from hospital.records import load_record
 from hospital.models import Organization, Role, User
-from imaging_orders.archive.ingest import StoreResult, store_instance
-from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.public import (
+    SeriesFiles,
+    StoreResult,
+    instance_paths,
+    store_instance,
+    study_ref,
+    study_series,
+    withdraw_derived_instances,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +132,8 @@ def queue_analysis(session: Session, study_id: int) -> AnalysisJob:
 
 def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> AnalysisPlan | None:
     """Step 1: mark the job running and list the slices. None when there is nothing to do."""
-    study = session.get(ImagingStudy, study_id)
-    if study is None or study.status is not StudyStatus.AVAILABLE or study.patient_id is None:
+    study = study_ref(session, study_id)
+    if study is None or not study.complete or study.patient_id is None:
         logger.info("study %s is gone, incomplete or unmatched; no analysis", study_id)
         return None
     report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == study_id))
@@ -135,7 +143,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     model_version = active_model_version(session)
     if model_version is None:
         raise ModelRegistryError("no active AI model version; run `hospital ai register`")
-    series = _series_to_analyse(study)
+    series = _series_to_analyse(study_id, study_series(session, study_id, storage_dir))
     job = queue_analysis(session, study_id)
     job.status = AnalysisStatus.RUNNING
     job.attempts += 1
@@ -149,14 +157,14 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     return AnalysisPlan(
         job_id=job.id, study_id=study_id, model_version_id=model_version.id,
         weights_path=model_version.weights_path, weights_sha256=model_version.weights_sha256,
-        instance_paths=[storage_dir / instance.path for instance in series.instances],
+        instance_paths=[instance.path for instance in series.instances],
     )
 
 
-def _series_to_analyse(study: ImagingStudy) -> ImagingSeries:
-    candidates = [s for s in study.series if s.modality == "CT" and s.instances]
+def _series_to_analyse(study_id: int, series: tuple[SeriesFiles, ...]) -> SeriesFiles:
+    candidates = [s for s in series if s.modality == "CT" and s.instances]
     if not candidates:
-        raise InvalidInput(f"study {study.id} has no CT series to analyse")
+        raise InvalidInput(f"study {study_id} has no CT series to analyse")
     return max(candidates, key=lambda s: len(s.instances))
 
 
@@ -190,12 +198,12 @@ def record_analysis(
 ) -> DiagnosticReport:
     """Step 3: write the findings and the preliminary report. A rerun replaces, never adds."""
     job = session.get(AnalysisJob, plan.job_id)
-    study = session.get(ImagingStudy, plan.study_id)
+    study = study_ref(session, plan.study_id)
     if job is None or study is None or study.patient_id is None:
         raise NotFound(f"analysis job {plan.job_id} or its study vanished")
-    report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == study.id))
+    report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == study.study_id))
     if report is None:
-        report = DiagnosticReport(study_id=study.id, patient_id=study.patient_id, referral_id=study.referral_id)
+        report = DiagnosticReport(study_id=study.study_id, patient_id=study.patient_id, referral_id=study.referral_id)
         session.add(report)
         session.flush()
     elif report.status is not ReportStatus.PRELIMINARY:
@@ -222,7 +230,7 @@ def record_analysis(
     report.conclusion = ai_conclusion(detections)
     session.flush()
     publish(session, AnalysisCompleted(
-        report_id=report.id, study_id=study.id, patient_id=report.patient_id,
+        report_id=report.id, study_id=study.study_id, patient_id=report.patient_id,
         organization_id=study.organization_id, issued_at=iso_instant(report.issued_at),
     ))
     return report
@@ -239,15 +247,12 @@ def ai_conclusion(detections: list[Detection]) -> str:
 
 
 def get_report(session: Session, user: User, report_id: int, action: str = "R") -> DiagnosticReport:
-    report = session.get(DiagnosticReport, report_id)
-    if report is None:
-        raise NotFound(f"report {report_id} does not exist")
-    ensure_patient_access(session, user, report.patient_id, "DiagnosticReport", report_id, action)
+    report = load_record(session, user, DiagnosticReport, report_id, entity_type="DiagnosticReport", noun="report",
+                         action=action)
     if user.role is Role.PATIENT and report.status is ReportStatus.PRELIMINARY:
-        # A patient sees the report once a radiologist has signed it, not the machine's draft.
+        # A patient sees the report once a radiologist has signed it, not the machine's draft (the
+        # read audited above is rolled back with this refusal).
         raise NotFound(f"report {report_id} is not available yet")
-    if action == "R":
-        record_access(session, user, "R", "DiagnosticReport", report.id, patient_id=report.patient_id)
     return report
 
 
@@ -372,7 +377,8 @@ def analysis_status(session: Session, user: User, study_id: int) -> AnalysisJob:
     job = session.scalar(select(AnalysisJob).where(AnalysisJob.study_id == study_id))
     if job is None:
         raise NotFound(f"study {study_id} has no analysis")
-    ensure_patient_access(session, user, job.study.patient_id, "ImagingStudy", study_id)
+    study = study_ref(session, study_id)
+    ensure_patient_access(session, user, study.patient_id if study else None, "ImagingStudy", study_id)
     return job
 
 
@@ -433,8 +439,7 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
     )
     # A report with no finding still gets an SR ("nothing found"), attached to the first slice.
     wanted = list(dict.fromkeys(f.sop_instance_uid for f in findings)) or [job.slice_sop_instance_uids[0]]
-    instances = session.scalars(select(ImagingInstance).where(ImagingInstance.sop_instance_uid.in_(wanted))).all()
-    source_images = {i.sop_instance_uid: pydicom.dcmread(storage_dir / i.path) for i in instances}
+    source_images = {uid: pydicom.dcmread(path) for uid, path in instance_paths(session, wanted, storage_dir).items()}
     missing = [uid for uid in wanted if uid not in source_images]
     if missing:
         raise InvalidInput(f"report {report_id}: key slices {missing[:3]} are not stored")
@@ -444,7 +449,9 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
         practitioner = signer.practitioner
         signer_name = f"{practitioner.family_name}^{practitioner.given_name}" if practitioner else signer.username
     model_version = job.model_version
-    organization = session.get(Organization, report.study.organization_id) if report.study.organization_id else None
+    study = study_ref(session, report.study_id)
+    assert study is not None  # foreign key
+    organization = session.get(Organization, study.organization_id) if study.organization_id else None
     request_report = OutputReport(
         report_id=report.id, status=report.status.value, findings=findings,
         model_name=model_version.name if model_version else DEFAULT_MODEL_NAME,
@@ -453,7 +460,7 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
         signed_at=report.signed_at,
         organization=organization.name if organization else "Closed Loop Hospital",
     )
-    study_uid = report.study.study_instance_uid
+    study_uid = study.study_instance_uid
     return ReportOutputsRequest(request_report, source_images, output_series_uids(study_uid, report.id))
 
 
@@ -478,27 +485,7 @@ def store_report_outputs(app: Flask, report_id: int) -> list[StoreResult]:
         store_instance(app, dataset, transfer_syntax_uid=None, calling_ae=OUTPUTS_CALLING_AE, derived=True)
         for dataset in outputs.datasets
     ]
-    removed = remove_stale_outputs(app, request.series_uids, keep={r.sop_instance_uid for r in results})
+    removed = withdraw_derived_instances(app, request.series_uids, keep={r.sop_instance_uid for r in results})
     logger.info("report %s: %d DICOM outputs stored (%d new), %d stale removed", report_id, len(results),
                 sum(not r.duplicate for r in results), removed)
     return results
-
-
-def remove_stale_outputs(app: Flask, series_uids: tuple[str, ...], keep: set[str]) -> int:
-    """Delete earlier output instances of a report (rows, then files once the delete committed)."""
-    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
-    with get_db(app).transaction() as session:
-        stale = session.scalars(
-            select(ImagingInstance).join(ImagingSeries)
-            .where(ImagingSeries.series_instance_uid.in_(series_uids), ImagingInstance.sop_instance_uid.not_in(keep))
-        ).all()
-        paths = [storage_dir / instance.path for instance in stale]
-        for instance in stale:
-            session.delete(instance)
-        session.flush()
-        for series in session.scalars(select(ImagingSeries).where(ImagingSeries.series_instance_uid.in_(series_uids))):
-            if not session.scalar(select(ImagingInstance.id).where(ImagingInstance.series_id == series.id).limit(1)):
-                session.delete(series)
-    for path in paths:
-        path.unlink(missing_ok=True)
-    return len(paths)

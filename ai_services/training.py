@@ -286,7 +286,7 @@ def _sample_batch(data: _TrainingSet, batch_size: int, rng: np.random.Generator
     return torch.stack(xs), torch.stack(ys)[:, None]
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def detection_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE for calibrated per-pixel probabilities plus soft Dice so tiny lesions are not ignored."""
     bce = F.binary_cross_entropy_with_logits(logits, target)
     prob = torch.sigmoid(logits)
@@ -470,7 +470,7 @@ def train_model(
         running = 0.0
         for _ in range(steps):
             x, y = _sample_batch(data, batch_size, rng)
-            loss = _loss(model(x), y)
+            loss = detection_loss(model(x), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -125,11 +125,11 @@ def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
 
 
 def bench_training_step(steps: int) -> float:
-    from ai_services.retraining import RetrainConfig, _load_model, fine_tune, synthetic_slices
+    from ai_services.retraining import RetrainConfig, load_model, fine_tune, synthetic_slices
 
     config = RetrainConfig(steps=steps, batch_size=16, patch_size=96, synthetic_train_phantoms=2, phantom_slices=8)
     data = synthetic_slices(config)
-    model, _ = _load_model(WEIGHTS)
+    model, _ = load_model(WEIGHTS)
     started = time.perf_counter()
     fine_tune(model, data, data, config)
     return (time.perf_counter() - started) / steps

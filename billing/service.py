@@ -35,6 +35,7 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.events import parse_instant
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.records import load_record
 from hospital.models import Organization, Patient, Role, User
 from imaging_orders.archive.events import StudyCompleted
 
@@ -292,14 +293,9 @@ def record_payment(session: Session, user: User, invoice_id: int, request: Payme
 
 
 def get_invoice(session: Session, user: User, invoice_id: int) -> Invoice:
-    invoice = session.get(Invoice, invoice_id)
-    if invoice is None:
-        raise NotFound(f"invoice {invoice_id} does not exist")
     if user.role not in (Role.ADMIN, Role.PATIENT):
         raise Forbidden("invoices are for the patient and administrators")
-    ensure_patient_access(session, user, invoice.patient_id, "Invoice", invoice_id)
-    record_access(session, user, "R", "Invoice", invoice.id, patient_id=invoice.patient_id)
-    return invoice
+    return load_record(session, user, Invoice, invoice_id, entity_type="Invoice", noun="invoice")
 
 
 def list_charges(session: Session, user: User, patient_id: int) -> list[ChargeItem]:

@@ -9,7 +9,6 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ai_services.models import DiagnosticReport
 from hospital.clock import utcnow
 from hospital.db import Base
 from hospital.models import Patient, Practitioner, User, enum_column
@@ -40,7 +39,6 @@ class Consultation(Base):
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
 
-    report: Mapped[DiagnosticReport] = relationship()
     patient: Mapped[Patient] = relationship()
     practitioner: Mapped[Practitioner] = relationship()
 

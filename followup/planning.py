@@ -25,9 +25,9 @@ from hospital.clock import utcnow
 from hospital.errors import Forbidden, InvalidInput
 from hospital.models import Patient, Role, User
 from hospital.notify import Notifier, OutgoingMessage
-from imaging_orders.service import accept_follow_up_referral
-from referrals.models import Priority, Referral
-from referrals.service import ReferralRequest, create_referral
+from ai_services.public import report_summary
+from imaging_orders.public import accept_follow_up_referral
+from referrals.public import Priority, ReferralRequest, create_referral, referral_summary
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ def open_due_repeat_scans(session: Session, now: datetime | None = None) -> list
         assert task is not None
         session.refresh(task)
         consultation = task.care_plan.consultation
-        original = session.get(Referral, consultation.report.referral_id) if consultation.report.referral_id else None
+        report = report_summary(session, consultation.report_id)
+        original = referral_summary(session, report.referral_id) if report and report.referral_id else None
         clinician = session.scalar(select(User).where(
             User.practitioner_id == consultation.practitioner_id, User.role == Role.CLINICIAN, User.active.is_(True)))
         if original is None or clinician is None:
@@ -160,12 +161,11 @@ def open_due_repeat_scans(session: Session, now: datetime | None = None) -> list
             procedure_description=original.procedure_description,
             reason=f"Follow-up of report {consultation.report_id}: {task.description}",
             priority=Priority.URGENT if consultation.priority == "urgent" else Priority.ROUTINE,
-        ))
-        referral.replaces_referral_id = original.id
-        accept_follow_up_referral(session, referral)
-        task.referral_id = referral.id
-        created.append(referral.id)
-        logger.info("repeat-scan task %s became referral %s", task_id, referral.id)
+        ), replaces_referral_id=original.referral_id)
+        accept_follow_up_referral(session, referral.referral_id)
+        task.referral_id = referral.referral_id
+        created.append(referral.referral_id)
+        logger.info("repeat-scan task %s became referral %s", task_id, referral.referral_id)
     return created
 
 

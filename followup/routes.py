@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify, redirect, render_template, request, url_fo
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from ai_services.models import ReviewStatus
+from ai_services.public import report_summary
 from followup.models import (
     CarePlan,
     Consultation,
@@ -50,6 +50,7 @@ bp = Blueprint("followup", __name__, template_folder="templates")
 
 def consultation_json(session: Any, consultation: Consultation) -> dict[str, Any]:
     plan = session.scalar(select(CarePlan).where(CarePlan.consultation_id == consultation.id))
+    report = report_summary(session, consultation.report_id)
     return {
         "id": consultation.id, "report_id": consultation.report_id, "patient_id": consultation.patient_id,
         "practitioner_id": consultation.practitioner_id, "status": consultation.status.value,
@@ -61,9 +62,9 @@ def consultation_json(session: Any, consultation: Consultation) -> dict[str, Any
         },
         "attachments": [{"title": f"Imaging report {consultation.report_id}",
                          "url": url_for("ai_services.report", report_id=consultation.report_id)}] + [
-            {"title": f"Key image: finding {f.id}, {f.diameter_mm:.0f} mm",
-             "url": url_for("ai_services.key_image", report_id=consultation.report_id, finding_id=f.id)}
-            for f in consultation.report.findings if f.review_status is not ReviewStatus.REJECTED
+            {"title": f"Key image: finding {f.finding_id}, {f.diameter_mm:.0f} mm",
+             "url": url_for("ai_services.key_image", report_id=consultation.report_id, finding_id=f.finding_id)}
+            for f in (report.kept_findings if report else ())
         ],
         "fhir": f"Encounter/{consultation.id}",
     }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
-from ai_services.models import DiagnosticReport, FindingSource, ReportStatus, ReviewStatus
+from ai_services.public import report_summary
 from followup.models import (
     CarePlan,
     Consultation,
@@ -30,9 +30,10 @@ from followup.events import ConsultationFinished, MedicationDispensed
 from hospital.events import iso_instant
 from hospital.jobs import publish
 from followup.planning import TaskTemplate, add_tasks
+from hospital.records import load_record
 from hospital.models import Organization, OrganizationKind, Practitioner, Role, User
 from hospital.notify import Notifier, OutgoingMessage, notifier
-from referrals.models import Referral
+from referrals.public import referral_summary
 
 logger = logging.getLogger(__name__)
 
@@ -45,23 +46,23 @@ def open_consultation(session: Session, report_id: int) -> Consultation | None:
     existing = session.scalar(select(Consultation).where(Consultation.report_id == report_id))
     if existing is not None:
         return existing
-    report = session.get(DiagnosticReport, report_id)
-    if report is None or report.status is ReportStatus.PRELIMINARY or report.referral_id is None:
+    report = report_summary(session, report_id)
+    if report is None or not report.signed or report.referral_id is None:
         logger.info("report %s is gone, unsigned or has no referral; no consultation", report_id)
         return None
-    referral = session.get(Referral, report.referral_id)
+    referral = referral_summary(session, report.referral_id)
     assert referral is not None  # foreign key
-    confirmed = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
+    confirmed = report.kept_findings
     largest = max((f.diameter_mm for f in confirmed), default=0.0)
     urgent = largest >= URGENT_DIAMETER_MM
     consultation = Consultation(
-        report_id=report.id, patient_id=report.patient_id, practitioner_id=referral.requester_id,
+        report_id=report.report_id, patient_id=report.patient_id, practitioner_id=referral.requester_id,
         priority="urgent" if urgent else "routine",
-        reason=f"Discuss imaging report {report.id}: {report.conclusion}",
+        reason=f"Discuss imaging report {report.report_id}: {report.conclusion}",
     )
     session.add(consultation)
     session.flush()
-    plan = CarePlan(consultation_id=consultation.id, patient_id=report.patient_id, title=f"Follow-up of report {report.id}")
+    plan = CarePlan(consultation_id=consultation.id, patient_id=report.patient_id, title=f"Follow-up of report {report.report_id}")
     session.add(plan)
     session.flush()
     visit = TaskTemplate("visit", "Virtual consultation with the referring clinician to discuss the imaging report",
@@ -73,7 +74,7 @@ def open_consultation(session: Session, report_id: int) -> Consultation | None:
         notify_party(session, consultation, "clinician", "Urgent imaging result",
                      "A signed imaging report with a large finding needs an urgent consultation. Please sign in.",
                      notifier())
-    logger.info("consultation %s opened for report %s (%s)", consultation.id, report.id, consultation.priority)
+    logger.info("consultation %s opened for report %s (%s)", consultation.id, report.report_id, consultation.priority)
     return consultation
 
 
@@ -151,13 +152,8 @@ def notify_party(
 
 
 def get_consultation(session: Session, user: User, consultation_id: int, action: str = "R") -> Consultation:
-    consultation = session.get(Consultation, consultation_id)
-    if consultation is None:
-        raise NotFound(f"consultation {consultation_id} does not exist")
-    ensure_patient_access(session, user, consultation.patient_id, "Encounter", consultation_id, action)
-    if action == "R":
-        record_access(session, user, "R", "Encounter", consultation.id, patient_id=consultation.patient_id)
-    return consultation
+    return load_record(session, user, Consultation, consultation_id, entity_type="Encounter", noun="consultation",
+                       action=action)
 
 
 def list_consultations(session: Session, user: User) -> list[Consultation]:
@@ -200,18 +196,16 @@ def finish_consultation(session: Session, user: User, consultation_id: int, note
     publish(session, ConsultationFinished(
         consultation_id=consultation.id, patient_id=consultation.patient_id,
         organization_id=practitioner.organization_id if practitioner else None,
-        ended_at=iso_instant(consultation.ended_at), ai_attributed=opened_by_ai_finding(consultation),
+        ended_at=iso_instant(consultation.ended_at), ai_attributed=opened_by_ai_finding(session, consultation),
     ))
     return consultation
 
 
-def opened_by_ai_finding(consultation: Consultation) -> bool:
+def opened_by_ai_finding(session: Session, consultation: Consultation) -> bool:
     """Whether the report that opened `consultation` holds an AI finding the radiologist kept: the
     care that follows counts as AI-enabled revenue."""
-    return any(
-        finding.source is FindingSource.AI and finding.review_status is not ReviewStatus.REJECTED
-        for finding in consultation.report.findings
-    )
+    report = report_summary(session, consultation.report_id)
+    return report is not None and report.ai_finding_kept
 
 
 @dataclass(frozen=True)
@@ -323,7 +317,7 @@ def dispense(session: Session, user: User, request_id: int, quantity: int | None
         dispense_id=record.id, patient_id=record.patient_id, pharmacy_organization_id=request.pharmacy_organization_id,
         medication_code=request.medication_code, quantity=record.quantity,
         dispensed_at=iso_instant(record.dispensed_at),
-        ai_attributed=consultation is not None and opened_by_ai_finding(consultation),
+        ai_attributed=consultation is not None and opened_by_ai_finding(session, consultation),
     ))
     return record
 

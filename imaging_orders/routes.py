@@ -11,13 +11,14 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from hospital import clock
-from hospital.access import ensure_patient_record_access, patient_filter
+from hospital.access import patient_filter
 from hospital.api import json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.clock import utcnow
 from hospital.db import request_session
-from hospital.errors import InvalidInput, NotFound
+from hospital.errors import InvalidInput
+from hospital.records import load_record
 from hospital.models import Role
 from hospital.web import form_action
 from imaging_orders.centres import (
@@ -234,11 +235,8 @@ def studies() -> ResponseReturnValue:
 def study(study_id: int) -> ResponseReturnValue:
     user = current_user()
     session = request_session()
-    found = session.get(ImagingStudy, study_id)
-    if found is None:
-        raise NotFound(f"study {study_id} does not exist")
-    ensure_patient_record_access(session, user, found.patient_id, "ImagingStudy", study_id)
-    record_access(session, user, "R", "ImagingStudy", study_id, patient_id=found.patient_id)
+    found = load_record(session, user, ImagingStudy, study_id, entity_type="ImagingStudy", noun="study",
+                        matched_or_not=True)
     return jsonify(study_json(found))
 
 

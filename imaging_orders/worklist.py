@@ -30,8 +30,7 @@ from sqlalchemy import ColumnElement, Select, or_, select
 from sqlalchemy.orm import Session
 
 from hospital import clock
-from hospital.dicom_status import UNABLE_TO_PROCESS, DicomFailure
-from hospital.errors import InvalidInput
+from hospital.dicom_matching import InvalidMatchKey, date_range, wildcard_pattern
 from hospital.models import Organization, Patient, Practitioner
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot
 from referrals.models import Priority, Referral, ReferralStatus
@@ -52,10 +51,8 @@ _PRIORITY_CODES = {
 _SEX_CODES = {"male": "M", "female": "F", "other": "O"}
 
 
-class WorklistQueryError(InvalidInput, DicomFailure):
+class WorklistQueryError(InvalidMatchKey):
     """The C-FIND identifier cannot be understood (e.g. a malformed date range)."""
-
-    dicom_status = UNABLE_TO_PROCESS
 
 
 @dataclass(frozen=True)
@@ -175,13 +172,8 @@ def _filter(statement: Select[Any], column: ColumnElement[Any], values: list[str
         if value == "*":
             return statement
         # ILIKE without wildcards is a case-insensitive equality; modalities vary in case.
-        conditions.append(column.ilike(_like_pattern(value), escape="\\"))
+        conditions.append(column.ilike(wildcard_pattern(value), escape="\\"))
     return statement.where(or_(*conditions))
-
-
-def _like_pattern(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
 
 
 def _date_bounds(values: list[str]) -> tuple[date | None, date | None]:
@@ -190,34 +182,10 @@ def _date_bounds(values: list[str]) -> tuple[date | None, date | None]:
         return None, None
     if len(values) > 1:
         raise WorklistQueryError("ScheduledProcedureStepStartDate takes one date or one range")
-    return _date_range(values[0])
-
-
-def _date_range(value: str) -> tuple[date | None, date | None]:
-    """`YYYYMMDD`, `YYYYMMDD-YYYYMMDD`, `-YYYYMMDD` or `YYYYMMDD-` -> inclusive (first, last)."""
-    if "-" not in value:
-        day = _parse_date(value)
-        return day, day
-    start_text, _, end_text = value.partition("-")
-    if not start_text.strip() and not end_text.strip():
-        raise WorklistQueryError(f"date range {value!r} has neither start nor end")
-    first = _parse_date(start_text) if start_text.strip() else None
-    last = _parse_date(end_text) if end_text.strip() else None
-    if first and last and first > last:
-        raise WorklistQueryError(f"date range {value!r} ends before it starts")
-    return first, last
-
-
-def _parse_date(text: str) -> date:
-    text = text.strip()
-    # Some older modalities send ACR-NEMA style "YYYY.MM.DD".
-    compact = text.replace(".", "")
-    if len(compact) != 8 or not compact.isdigit():
-        raise WorklistQueryError(f"{text!r} is not a DICOM date (YYYYMMDD)")
     try:
-        return datetime.strptime(compact, "%Y%m%d").date()
-    except ValueError as exc:
-        raise WorklistQueryError(f"{text!r} is not a valid date") from exc
+        return date_range(values[0])
+    except InvalidMatchKey as exc:
+        raise WorklistQueryError(exc.message) from exc
 
 
 # ---------------------------------------------------------------------------------------------

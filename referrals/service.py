@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from hospital.access import ensure_patient_access, patient_filter
+from hospital.access import patient_filter
 from hospital.audit import record_access
-from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.errors import Conflict, Forbidden, InvalidInput
+from hospital.records import load_record
 from hospital.models import Organization, OrganizationKind, Patient, Role, User
 from referrals.models import Priority, Referral, ReferralStatus
 
@@ -72,13 +73,7 @@ def create_referral(session: Session, user: User, request: ReferralRequest) -> R
 
 
 def get_referral(session: Session, user: User, referral_id: int, action: str = "R") -> Referral:
-    referral = session.get(Referral, referral_id)
-    if referral is None:
-        raise NotFound(f"referral {referral_id} does not exist")
-    ensure_patient_access(session, user, referral.patient_id, "ServiceRequest", referral_id, action)
-    if action == "R":
-        record_access(session, user, "R", "ServiceRequest", referral.id, patient_id=referral.patient_id)
-    return referral
+    return load_record(session, user, Referral, referral_id, entity_type="ServiceRequest", noun="referral", action=action)
 
 
 def list_referrals(session: Session, user: User, status: ReferralStatus | None = None) -> list[Referral]:

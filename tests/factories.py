@@ -80,7 +80,8 @@ def store_report_slices(
     slice order) under `storage_dir`, and index it, so key images and slices render."""
     job = session.get(AnalysisJob, report.analysis_job_id)
     assert job is not None and len(job.slice_sop_instance_uids) == volume.shape[0]
-    study = report.study
+    study = session.get(ImagingStudy, report.study_id)
+    assert study is not None
     datasets = ct_series_datasets(
         volume, patient_id=report.patient.mrn, patient_name=report.patient.dicom_name,
         accession_number=study.accession_number or "", study_instance_uid=study.study_instance_uid,
@@ -131,4 +132,4 @@ def consultation_finished(session: Session, consultation: Consultation) -> Consu
     return ConsultationFinished(
         consultation_id=consultation.id, patient_id=consultation.patient_id,
         organization_id=practitioner.organization_id if practitioner else None,
-        ended_at=iso_instant(consultation.ended_at), ai_attributed=opened_by_ai_finding(consultation))
+        ended_at=iso_instant(consultation.ended_at), ai_attributed=opened_by_ai_finding(session, consultation))

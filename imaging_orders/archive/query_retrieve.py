@@ -43,6 +43,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from hospital.db import get_db
+from hospital.dicom_matching import InvalidMatchKey, date_range, wildcard_pattern
 from hospital.dicom_status import (
     ANSWERABLE,
     CANCEL,
@@ -58,7 +59,7 @@ from hospital.dicom_status import (
 )
 from hospital.errors import InvalidInput
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
-from imaging_orders.worklist import CHARACTER_SET, WorklistQueryError, _date_range, _like_pattern
+from imaging_orders.worklist import CHARACTER_SET
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def _series_filters(statement: Select[Any], criteria: StudyCriteria) -> Select[A
 def _match(statement: Select[Any], column: ColumnElement[Any], values: list[str]) -> Select[Any]:
     if not values or "*" in values:
         return statement
-    return statement.where(or_(*(column.ilike(_like_pattern(v), escape="\\") for v in values)))
+    return statement.where(or_(*(column.ilike(wildcard_pattern(v), escape="\\") for v in values)))
 
 
 def _split_uids(values: Iterable[str]) -> list[str]:
@@ -258,8 +259,8 @@ def _integers(values: list[str], keyword: str) -> list[int]:
 
 def _date_clause(value: str) -> ColumnElement[bool]:
     try:
-        first, last = _date_range(value)
-    except WorklistQueryError as exc:
+        first, last = date_range(value)
+    except InvalidMatchKey as exc:
         raise QueryError(f"StudyDate: {exc.message}") from exc
     conditions = []
     if first is not None:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
