@@ -159,7 +159,7 @@ def get_consultation(session: Session, user: User, consultation_id: int, action:
 
 
 def list_consultations(session: Session, user: User) -> list[Consultation]:
-    query = select(Consultation).where(patient_filter(user, Consultation.patient_id))
+    query = select(Consultation).where(patient_filter(user, Consultation.patient_id, "Encounter"))
     if user.role is Role.CLINICIAN:
         query = query.where(Consultation.practitioner_id == user.practitioner_id)
     found = list(session.scalars(query.order_by(Consultation.priority.desc(), Consultation.created_at.desc())))

@@ -82,7 +82,7 @@ def get_referral(session: Session, user: User, referral_id: int, action: str = "
 
 
 def list_referrals(session: Session, user: User, status: ReferralStatus | None = None) -> list[Referral]:
-    query = select(Referral).where(patient_filter(user, Referral.patient_id))
+    query = select(Referral).where(patient_filter(user, Referral.patient_id, "ServiceRequest"))
     if user.role is Role.CLINICIAN:
         query = query.where(Referral.requester_id == user.practitioner_id)
     if user.role in (Role.IMAGING_STAFF, Role.RADIOLOGIST):
