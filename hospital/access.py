@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from flask import Flask, current_app
 from sqlalchemy import ColumnElement, Select, false, literal, true, union
 from sqlalchemy.orm import Session
 
 from hospital.audit import record_denied
+from hospital.clock import utcnow
 from hospital.errors import Forbidden
 from hospital.models import Role, User
 from hospital.policy import may_see_type
@@ -42,6 +44,18 @@ def init_app(app: Flask) -> None:
 
 def register_patient_scope(app: Flask, role: Role, scope: PatientScope) -> None:
     app.extensions["hospital.access"].add(role, scope)
+
+
+# How the audit trail marks a clinician starting a care relationship with a patient not yet in
+# their care (with the reason they gave); the admin audit page filters on it.
+CARE_RELATIONSHIP_STARTED = "care relationship started"
+
+
+def relationship_cutoff() -> datetime:
+    """A care relationship that has ended (a completed referral, a finished consultation) still
+    opens the record until this long ago (`CARE_RELATIONSHIP_DAYS`): time to read the report and
+    answer the patient's questions, not for ever."""
+    return utcnow() - timedelta(days=int(current_app.config["CARE_RELATIONSHIP_DAYS"]))
 
 
 def patient_filter(

@@ -79,6 +79,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # signed in), and in any case this long after signing in. Bearer tokens have their own TTL.
         "SESSION_IDLE_MINUTES": _env_int("SESSION_IDLE_MINUTES", 30),
         "SESSION_MAX_HOURS": _env_int("SESSION_MAX_HOURS", 12),
+        # A clinician's completed referral or finished consultation still opens the patient's record
+        # for this many days (see hospital/access.py); a live one opens it until it ends.
+        "CARE_RELATIONSHIP_DAYS": _env_int("CARE_RELATIONSHIP_DAYS", 30),
         "TESTING": False,
     }
     if overrides:

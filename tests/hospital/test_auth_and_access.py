@@ -64,7 +64,7 @@ def test_clinician_sees_only_patients_they_referred(as_role: Any, demo: DemoSeed
     assert clinician.get(f"/fhir/Patient/{demo.patient.id}").status_code == 403
     created = clinician.post("/api/referrals", json={
         "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "reason": "cough",
+        "body_part": "CHEST", "reason": "cough", "access_reason": "new patient referred to me",
     })
     assert created.status_code == 201
     assert clinician.get(f"/fhir/Patient/{demo.patient.id}").status_code == 200

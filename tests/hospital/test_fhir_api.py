@@ -11,11 +11,12 @@ from sqlalchemy import func, select
 
 from ai_services.models import Finding, FindingSource
 from followup.models import FollowUpTask, MedicationRequest, TaskStatus
+from hospital.clock import utcnow
 from hospital.fhir.core_resources import MRN_SYSTEM
 from hospital.fhir.registry import validate_resource
 from hospital.models import Patient
 from imaging_orders.models import Appointment, Slot, SlotStatus
-from referrals.fhir import DICOM_MODALITY_SYSTEM
+from referrals.fhir import ACCESS_REASON_EXTENSION, DICOM_MODALITY_SYSTEM
 from referrals.models import Referral, ReferralStatus
 from tests.factories import make_preliminary_report, make_referral
 from tests.followup.test_fhir import insert_care
@@ -48,6 +49,7 @@ def new_service_request(demo: Any, patient_ref: str, modality: str = "CT") -> di
         "performer": [{"reference": f"Organization/{demo.imaging_centre.id}"}],
         "reasonCode": [{"text": "Persistent cough"}],
         "bodySite": [{"text": "CHEST"}],
+        "extension": [{"url": ACCESS_REASON_EXTENSION, "valueString": "new patient referred to me"}],
     }
 
 
@@ -212,6 +214,8 @@ def test_appointment_booked_from_a_slot_and_the_referral(as_role, demo, db_sessi
 
 def test_medication_request_and_task_through_the_followup_service(as_role, demo, db_session) -> None:
     consultation, _plan, task, _request, _dispense = insert_care(db_session, demo)
+    consultation.ended_at = utcnow()  # finished today: still within the clinician's care relationship
+    db_session.commit()
     clinician = as_role("clinician")
     prescription = {
         "resourceType": "MedicationRequest", "status": "active", "intent": "order",

@@ -74,7 +74,7 @@ def test_register_a_new_patient_then_they_are_chosen(client: FlaskClient, demo: 
     # The referral itself still goes through, for the new patient.
     sent = client.post("/referrals/new", data={
         "patient_id": str(patient.id), "performer_organization_id": str(demo.imaging_centre.id), "modality": "CT",
-        "body_part": "CHEST", "procedure_description": "CT chest", "priority": "routine", "reason": "Cough",
+        "body_part": "CHEST", "procedure_description": "CT chest", "priority": "routine", "reason": "Cough", "access_reason": "newly registered",
         "csrf_token": csrf_token_of(shown),
     })
     assert sent.status_code == 302 and sent.headers["Location"].endswith("/referrals")
