@@ -171,8 +171,14 @@ def test_conditional_create_finds_the_existing_patient(as_role, demo) -> None:
         "/fhir/Patient", json=new_patient(mrn="MRN-COND-1"), headers={"If-None-Exist": f"identifier={MRN_SYSTEM}|MRN-COND-1"}
     )
     # The match is outside the clinician's compartment (no referral yet): it is not revealed,
-    # and creating a second record with that MRN is refused.
-    outcome(again, 409)
+    # and creating a second record with that MRN is refused without naming the MRN or the record.
+    outcome(again, 422)
+    for refused in (again, clinician.post("/fhir/Patient", json=new_patient(mrn=demo.other_patient.mrn),
+                                          headers={"If-None-Exist": f"identifier={demo.other_patient.mrn}"})):
+        assert refused.status_code == 422
+        body = refused.get_data(as_text=True)
+        assert "MRN-COND-1" not in body and demo.other_patient.mrn not in body and "already exists" not in body
+        assert f"Patient/{first['id']}" not in body and "Location" not in refused.headers
     admin_again = as_role("admin").post(
         "/fhir/Patient", json=new_patient(mrn="MRN-COND-1"), headers={"If-None-Exist": "identifier=MRN-COND-1"}
     )
