@@ -22,13 +22,13 @@ from werkzeug.datastructures import MultiDict
 from hospital.access import CARE_RELATIONSHIP_STARTED
 from hospital.api import enum_value
 from hospital.audit import OUTCOME_DENIED, record_access
-from hospital.auth import current_user, require_roles
+from hospital.auth import current_user, is_locked, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import AuditEvent, Organization, Patient, Role, User
 from hospital.users import (
     MIN_PASSWORD_LENGTH, PROFILE_RULES, AccountProfile, NewAccount, change_role, create_user, deactivate_user,
-    get_user, is_locked, list_users, reactivate_user, reset_password, role_label, unlock_user, with_article,
+    get_user, list_users, reactivate_user, reset_password, role_label, unlock_user, with_article,
 )
 from hospital.web import add_nav_link, form_action
 

@@ -13,11 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.models import ReportStatus, ReviewStatus
-from billing.models import ChargeItem, Invoice
 from followup.service import open_consultation
-from hospital.models import AuditEvent
+from hospital.models import AuditEvent, Role
 from hospital.policy import POLICY, may_see_type
-from hospital.models import Role
 from hospital.seed import DemoSeed
 from tests.ai_services.test_report_pages import store_slices
 from tests.billing.test_fhir import insert_invoice
