@@ -257,7 +257,7 @@ def get_report(session: Session, user: User, report_id: int, action: str = "R") 
 
 
 def list_reports(session: Session, user: User, status: ReportStatus | None = None) -> list[DiagnosticReport]:
-    query = select(DiagnosticReport).where(patient_filter(user, DiagnosticReport.patient_id))
+    query = select(DiagnosticReport).where(patient_filter(user, DiagnosticReport.patient_id, "DiagnosticReport"))
     if user.role is Role.PATIENT:
         query = query.where(DiagnosticReport.status != ReportStatus.PRELIMINARY)
     if status is not None:

@@ -107,6 +107,7 @@ def client_loop(base: str, dicom_port: int, ids: dict[str, int], deadline: float
         status, referral = clinician.call("POST", "/api/referrals", {
             "patient_id": ids["patient"], "performer_organization_id": ids["centre"], "modality": "CT",
             "body_part": "CHEST", "procedure_description": "CT chest", "reason": "load test", "priority": "routine",
+            "access_reason": "load test",
         }, name="POST /api/referrals")
         if status != 201:
             continue

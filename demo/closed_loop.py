@@ -152,6 +152,7 @@ def run_closed_loop(
         "patient_id": patient_id, "performer_organization_id": imaging_centre_id, "modality": "CT",
         "body_part": "CHEST", "procedure_description": "CT chest without contrast",
         "reason": "Persistent cough for 8 weeks; ex-smoker", "priority": "routine",
+        "access_reason": "new patient at the practice",
     })
     summary.referral_id = referral["id"]
     accepted = staff.call("POST", f"/api/referrals/{referral['id']}/accept")

@@ -29,3 +29,7 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # over plain HTTP. The workers import the app after this file runs, so they read it from the
 # environment; set SESSION_COOKIE_SECURE=false only for a deliberate plain-HTTP test install.
 os.environ.setdefault("SESSION_COOKIE_SECURE", "true")
+# The documented setup has one reverse proxy (TLS ends there): take the client's address from its
+# X-Forwarded-For, or every client shares the proxy's address and one login rate bucket. Set it to
+# the number of proxies that append to X-Forwarded-For (0 when gunicorn faces clients directly).
+os.environ.setdefault("TRUSTED_PROXIES", "1")

@@ -161,6 +161,8 @@ def open_due_repeat_scans(session: Session, now: datetime | None = None) -> list
             procedure_description=original.procedure_description,
             reason=f"Follow-up of report {consultation.report_id}: {task.description}",
             priority=Priority.URGENT if consultation.priority == "urgent" else Priority.ROUTINE,
+            # Months later the consultation may be long finished; the plan it agreed is the reason.
+            access_reason=f"repeat scan planned in consultation {consultation.id} (task {task_id})",
         ), replaces_referral_id=original.referral_id)
         accept_follow_up_referral(session, referral.referral_id)
         task.referral_id = referral.referral_id

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.public import report_summary
@@ -22,7 +22,7 @@ from followup.models import (
     PharmacyStock,
     TaskStatus,
 )
-from hospital.access import ensure_patient_access, patient_filter
+from hospital.access import ensure_patient_access, patient_filter, relationship_cutoff
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -157,7 +157,7 @@ def get_consultation(session: Session, user: User, consultation_id: int, action:
 
 
 def list_consultations(session: Session, user: User) -> list[Consultation]:
-    query = select(Consultation).where(patient_filter(user, Consultation.patient_id))
+    query = select(Consultation).where(patient_filter(user, Consultation.patient_id, "Encounter"))
     if user.role is Role.CLINICIAN:
         query = query.where(Consultation.practitioner_id == user.practitioner_id)
     found = list(session.scalars(query.order_by(Consultation.priority.desc(), Consultation.created_at.desc())))
@@ -323,8 +323,13 @@ def dispense(session: Session, user: User, request_id: int, quantity: int | None
 
 
 def consulted_patient_ids(user: User) -> Select[tuple[int]]:
-    """Patient scope of a clinician: patients they hold consultations with."""
-    return select(Consultation.patient_id).where(Consultation.practitioner_id == user.practitioner_id)
+    """Patient scope of a clinician: patients they hold an open consultation with, or one that
+    finished within `CARE_RELATIONSHIP_DAYS`. A cancelled consultation opens nothing."""
+    return select(Consultation.patient_id).where(
+        Consultation.practitioner_id == user.practitioner_id,
+        or_(Consultation.status.in_([ConsultationStatus.PLANNED, ConsultationStatus.IN_PROGRESS]),
+            and_(Consultation.status == ConsultationStatus.FINISHED, Consultation.ended_at >= relationship_cutoff())),
+    )
 
 
 def pharmacy_patient_ids(user: User) -> Select[tuple[int]]:

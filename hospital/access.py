@@ -3,6 +3,8 @@
 Each stage knows the relations it owns (a clinician's referrals, a centre's orders, a pharmacy's
 prescriptions) and registers them here as 'patient scopes' for a role; this module combines them.
 A patient sees only their own record; an administrator sees all (and every access is audited).
+Within the patients a user may see, `hospital.policy` says which resource types their role reads;
+both checks happen here, so every surface that asks for a resource type gets the same answer.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from flask import Flask, current_app
 from sqlalchemy import ColumnElement, Select, false, literal, true, union
 from sqlalchemy.orm import Session
 
 from hospital.audit import record_denied
+from hospital.clock import utcnow
 from hospital.errors import Forbidden
 from hospital.models import Role, User
+from hospital.policy import may_see_type
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +46,25 @@ def register_patient_scope(app: Flask, role: Role, scope: PatientScope) -> None:
     app.extensions["hospital.access"].add(role, scope)
 
 
-def patient_filter(user: User, patient_column: ColumnElement[int] | object) -> ColumnElement[bool]:
-    """A WHERE clause limiting `patient_column` to the patients `user` may see."""
+# How the audit trail marks a clinician starting a care relationship with a patient not yet in
+# their care (with the reason they gave); the admin audit page filters on it.
+CARE_RELATIONSHIP_STARTED = "care relationship started"
+
+
+def relationship_cutoff() -> datetime:
+    """A care relationship that has ended (a completed referral, a finished consultation) still
+    opens the record until this long ago (`CARE_RELATIONSHIP_DAYS`): time to read the report and
+    answer the patient's questions, not for ever."""
+    return utcnow() - timedelta(days=int(current_app.config["CARE_RELATIONSHIP_DAYS"]))
+
+
+def patient_filter(
+    user: User, patient_column: ColumnElement[int] | object, resource_type: str | None = None
+) -> ColumnElement[bool]:
+    """A WHERE clause limiting `patient_column` to the patients `user` may see; with
+    `resource_type`, to none at all when the user's role may not see that type (`hospital.policy`)."""
+    if resource_type is not None and not may_see_type(user.role, resource_type):
+        return false()
     if user.role is Role.ADMIN:
         return true()
     if user.role is Role.PATIENT:
@@ -73,7 +95,11 @@ def can_access_patient(session: Session, user: User, patient_id: int | None) -> 
 def ensure_patient_access(
     session: Session, user: User, patient_id: int | None, entity_type: str, entity_id: object | None, action: str = "R"
 ) -> None:
-    """Raise Forbidden (and audit the denial) unless `user` may act on this patient's record."""
+    """Raise Forbidden (and audit the denial) unless `user` may act on this patient's record, and
+    their role may see records of `entity_type`."""
+    if patient_id is not None and not may_see_type(user.role, entity_type):
+        record_denied(user, action, entity_type, entity_id, f"role {user.role.value} may not see {entity_type}")
+        raise Forbidden(f"{entity_type} is not available to the {user.role.value} role")
     if not can_access_patient(session, user, patient_id):
         record_denied(user, action, entity_type, entity_id, "outside the user's patient compartment")
         raise Forbidden(f"no access to this {entity_type}")

@@ -19,15 +19,16 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
 from werkzeug.datastructures import MultiDict
 
+from hospital.access import CARE_RELATIONSHIP_STARTED
 from hospital.api import enum_value
 from hospital.audit import OUTCOME_DENIED, record_access
-from hospital.auth import current_user, require_roles
+from hospital.auth import current_user, is_locked, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import AuditEvent, Organization, Patient, Role, User
 from hospital.users import (
     MIN_PASSWORD_LENGTH, PROFILE_RULES, AccountProfile, NewAccount, change_role, create_user, deactivate_user,
-    get_user, is_locked, list_users, reactivate_user, reset_password, role_label, unlock_user, with_article,
+    get_user, list_users, reactivate_user, reset_password, role_label, unlock_user, with_article,
 )
 from hospital.web import add_nav_link, form_action
 
@@ -46,6 +47,7 @@ class AuditQuery:
     date_from: date | None = None
     date_to: date | None = None  # inclusive
     denied_only: bool = False
+    relationships_only: bool = False  # clinicians starting a care relationship, with their reason
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ def search_audit_events(session: Session, query: AuditQuery, limit: int = MAX_RO
         statement = statement.where(AuditEvent.recorded_at < end)
     if query.denied_only:
         statement = statement.where(AuditEvent.outcome == OUTCOME_DENIED)
+    if query.relationships_only:
+        statement = statement.where(AuditEvent.description.startswith(f"{CARE_RELATIONSHIP_STARTED}:", autoescape=True))
     return [AuditRow(event, username, patient) for event, username, patient in session.execute(statement)]
 
 
@@ -98,7 +102,7 @@ def audit_log_page() -> ResponseReturnValue:
     query = AuditQuery(
         patient=args.get("patient", "").strip(), username=args.get("user", "").strip(),
         date_from=_parse_day(args.get("from"), "from"), date_to=_parse_day(args.get("to"), "to"),
-        denied_only=args.get("denied") == "1",
+        denied_only=args.get("denied") == "1", relationships_only=args.get("relationships") == "1",
     )
     if query.date_from and query.date_to and query.date_to < query.date_from:
         raise InvalidInput("the 'to' date is before the 'from' date")

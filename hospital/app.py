@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import ai_services.wiring
 import billing.wiring
@@ -34,6 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(config)
     config["INSTANCE_DIR"].mkdir(parents=True, exist_ok=True)
     _configure_logging(app)
+    _trust_proxies(app)
 
     db.init_app(app)
     jobs.init_app(app)
@@ -56,6 +58,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         stage.register(app)
     jobs.check_subscriptions(app, packages=[stage.__name__.split(".")[0] for stage in STAGES])
     return app
+
+
+def _trust_proxies(app: Flask) -> None:
+    """Take the client's address and scheme from the `TRUSTED_PROXIES` nearest X-Forwarded-*
+    entries, so rate limits and audit see the real client, not the proxy."""
+    count = int(app.config["TRUSTED_PROXIES"])
+    if count > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
 
 
 def _configure_logging(app: Flask) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import Forbidden, Unauthenticated
@@ -33,6 +34,12 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 MAX_FAILED_LOGINS = 5
+# The first lock lasts this long; each further failure after a lock doubles it, up to the cap. A
+# guesser is slowed to a handful of tries an hour, and a prankster cannot lock anyone out for long.
+FIRST_LOCK_SECONDS = 60
+MAX_LOCK_SECONDS = 3600
+# The one answer to any failed sign-in, so it tells nobody which usernames exist or are locked.
+SIGN_IN_FAILED = "unknown username or wrong password, or too many attempts; try again in a few minutes"
 # Cookie-session keys for the times of a sign-in, in UTC epoch seconds (the cookie is JSON).
 SIGNED_IN_AT = "signed_in_at"
 LAST_SEEN_AT = "last_seen_at"
@@ -51,21 +58,50 @@ def hash_password(password: str) -> str:
 
 
 def authenticate(session: Session, username: str, password: str) -> User:
-    """Check a username and password; lock the account after repeated failures, and throttle
-    attempts per client address so guessing across many accounts is slow too."""
+    """Check a username and password; lock the account for a while after repeated failures, and
+    throttle attempts per client address so guessing across many accounts is slow too. Every
+    failure gets the same answer and is audited (the caller commits it with the failure count)."""
     limit = int(current_app.config["LOGIN_ATTEMPTS_PER_MINUTE"])
     check_rate(f"login:{request.remote_addr if has_request_context() else 'local'}", limit, 60)
     user = session.scalar(select(User).where(User.username == username))
-    if user is None:
-        check_password_hash(_DUMMY_HASH, password)
-        raise Unauthenticated("unknown username or wrong password")
-    if not user.active or user.failed_logins >= MAX_FAILED_LOGINS:
-        raise Unauthenticated("account locked; ask an administrator to unlock it")
+    if user is None or not user.active or is_locked(user):
+        check_password_hash(_DUMMY_HASH if user is None else user.password_hash, password)  # same time either way
+        _record_failed_sign_in(session, user, "unknown username" if user is None else "account inactive or locked")
+        raise Unauthenticated(SIGN_IN_FAILED)
     if not check_password_hash(user.password_hash, password):
         user.failed_logins += 1
-        raise Unauthenticated("unknown username or wrong password")
+        reason = "wrong password"
+        if user.failed_logins >= MAX_FAILED_LOGINS:
+            seconds = lock_seconds(user.failed_logins)
+            user.locked_until = utcnow() + timedelta(seconds=seconds)
+            revoked = revoke_user_tokens(session, user)
+            reason += f"; account locked for {seconds} s, {revoked} token(s) revoked"
+            logger.warning("user %s locked for %d s after %d failed sign-ins", user.id, seconds, user.failed_logins)
+        _record_failed_sign_in(session, user, reason)
+        raise Unauthenticated(SIGN_IN_FAILED)
     user.failed_logins = 0
+    user.locked_until = None
     return user
+
+
+def lock_seconds(failed_logins: int) -> int:
+    """How long the account locks at this many consecutive failures: doubling from the first lock."""
+    return min(MAX_LOCK_SECONDS, FIRST_LOCK_SECONDS * 2 ** max(0, failed_logins - MAX_FAILED_LOGINS))
+
+
+def is_locked(user: User) -> bool:
+    """Locked by failed sign-ins: until `locked_until`; with no time set (a lock from before locks
+    expired), until an administrator unlocks it."""
+    if user.failed_logins < MAX_FAILED_LOGINS:
+        return False
+    return user.locked_until is None or user.locked_until > utcnow()
+
+
+def _record_failed_sign_in(session: Session, user: User | None, reason: str) -> None:
+    # The username tried is not recorded for an unknown user: it is often a password typed in the
+    # wrong box.
+    record_access(session, user, "E", "User", user.id if user is not None else None, outcome=OUTCOME_DENIED,
+                  description=f"sign-in failed: {reason}")
 
 
 def issue_token(session: Session, user: User, ttl_seconds: int) -> tuple[str, ApiToken]:

@@ -65,6 +65,10 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "AI_MODELS_DIR": Path(os.environ.get("AI_MODELS_DIR") or instance_dir / "models"),
         "FOLLOWUP_CHECK_SECONDS": _env_int("FOLLOWUP_CHECK_SECONDS", 900),
         "LOGIN_ATTEMPTS_PER_MINUTE": _env_int("LOGIN_ATTEMPTS_PER_MINUTE", 20),
+        # How many reverse proxies in front of the app set X-Forwarded-For/-Proto. 0: trust no such
+        # header (direct exposure). Behind one proxy and 0, every client has the proxy's address,
+        # so all share one login rate bucket; more than there are, and clients can forge theirs.
+        "TRUSTED_PROXIES": _env_int("TRUSTED_PROXIES", 0),
         "TOKEN_TTL_SECONDS": _env_int("TOKEN_TTL_SECONDS", 8 * 3600),
         "JOB_TIMEOUT_SECONDS": _env_int("JOB_TIMEOUT_SECONDS", 600),
         # Handlers that legitimately run longer than the default (dotted path -> seconds).
@@ -81,6 +85,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "SESSION_MAX_HOURS": _env_int("SESSION_MAX_HOURS", 12),
         # The root log level of each process (the demo asks its DICOM server for WARNING).
         "LOG_LEVEL": (os.environ.get("LOG_LEVEL") or "INFO").upper(),
+        # A clinician's completed referral or finished consultation still opens the patient's record
+        # for this many days (see hospital/access.py); a live one opens it until it ends.
+        "CARE_RELATIONSHIP_DAYS": _env_int("CARE_RELATIONSHIP_DAYS", 30),
         "TESTING": False,
     }
     if overrides:

@@ -103,6 +103,8 @@ class User(Base):
     organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"))
     active: Mapped[bool] = mapped_column(default=True)
     failed_logins: Mapped[int] = mapped_column(default=0)
+    # Set when failed sign-ins lock the account: it unlocks by itself at this time (see hospital.auth).
+    locked_until: Mapped[datetime | None]
     # Set when an administrator chose the password (a new account, a reset): the user must replace
     # it at their next sign-in, so the administrator never knows a password in use.
     must_change_password: Mapped[bool] = mapped_column(default=False, server_default=false())

@@ -15,9 +15,9 @@ from datetime import date
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hospital.access import ensure_patient_access
+from hospital.access import can_access_patient, ensure_patient_access
 from hospital.audit import record_access
-from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound, UnprocessableEntity
 from hospital.models import Patient, Role, User
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def create_patient(session: Session, user: User, details: PatientDetails) -> Pat
         raise Forbidden("only clinicians and administrators register patients")
     details = _checked(details)
     mrn = (details.mrn or "").strip() or new_mrn()
-    if session.scalar(select(Patient.id).where(Patient.mrn == mrn)) is not None:
-        raise Conflict(f"a patient with MRN {mrn} already exists")
+    existing_id = session.scalar(select(Patient.id).where(Patient.mrn == mrn))
+    if existing_id is not None:
+        _refuse_taken_mrn(session, user, existing_id, mrn)
     patient = Patient(
         mrn=mrn, family_name=details.family_name.strip(), given_name=details.given_name.strip(),
         birth_date=details.birth_date, gender=details.gender, phone=details.phone, email=details.email,
@@ -66,6 +67,17 @@ def create_patient(session: Session, user: User, details: PatientDetails) -> Pat
     session.flush()
     record_access(session, user, "C", "Patient", patient.id, patient_id=patient.id)
     return patient
+
+
+def _refuse_taken_mrn(session: Session, user: User, existing_id: int, mrn: str) -> None:
+    """Say that `mrn` is taken without telling someone who may not see that patient whose it is.
+    That the MRN is in use cannot be hidden (it is unique), but the answer names neither the MRN
+    nor the record, and is the same whatever the client sent it through (page, FHIR, a conditional
+    create whose If-None-Exist found nothing the caller may see)."""
+    if can_access_patient(session, user, existing_id):
+        raise Conflict(f"a patient with MRN {mrn} already exists")
+    logger.info("user %s tried to register an MRN already in use outside their care", user.id)
+    raise UnprocessableEntity("this medical record number cannot be used; leave it empty to have one assigned")
 
 
 def update_patient(session: Session, user: User, patient_id: int, details: PatientDetails) -> Patient:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, selectinload
 from werkzeug.security import check_password_hash
 
 from hospital.audit import record_access
-from hospital.auth import MAX_FAILED_LOGINS, hash_password, revoke_user_tokens
+from hospital.auth import hash_password, revoke_user_tokens
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Organization, OrganizationKind, Patient, Practitioner, Role, User
 from hospital.ratelimit import check_rate
@@ -128,11 +128,6 @@ class _Links:
     patient: Patient | None = None
     organization: Organization | None = None
     names: tuple[str, str] | None = None  # (given, family) of the account's Practitioner
-
-
-def is_locked(user: User) -> bool:
-    """Locked by failed sign-ins (the rule `authenticate` applies)."""
-    return user.failed_logins >= MAX_FAILED_LOGINS
 
 
 def _require_admin(admin: User, what: str) -> None:
@@ -250,6 +245,7 @@ def reset_password(session: Session, admin: User, user_id: int, temporary_passwo
     user.password_hash = hash_password(temporary_password)
     user.must_change_password = True
     user.failed_logins = 0
+    user.locked_until = None
     revoked = revoke_user_tokens(session, user)
     session.flush()
     record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id,
@@ -266,6 +262,7 @@ def unlock_user(session: Session, admin: User, user_id: int) -> User:
     if user.failed_logins == 0:
         return user
     user.failed_logins = 0
+    user.locked_until = None
     session.flush()
     record_access(session, admin, "U", "User", user.id, description="unlocked")
     logger.info("user %s unlocked by user %s", user.id, admin.id)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
@@ -111,12 +112,22 @@ def login() -> ResponseReturnValue:
                 logger.info("user %s signed in with a temporary password", user.id)
                 flash("Your password was set by an administrator. Choose your own password to continue.")
                 return redirect(url_for("web.change_password_page"))
-            target = request.args.get("next") or url_for("web.home")
-            # Only same-site paths, so a crafted link cannot bounce a user to another site.
-            if not target.startswith("/") or target.startswith("//"):
-                target = url_for("web.home")
-            return redirect(target)
+            return redirect(same_site_path(request.args.get("next")) or url_for("web.home"))
     return render_template("login.html", error=error), 401 if error else 200
+
+
+def same_site_path(target: str | None) -> str | None:
+    """`target` as a path on this site, or None: a crafted `next=` must not bounce a user to another
+    site. Browsers drop tabs and newlines inside a URL and read a backslash as a slash, so
+    `/%09/evil.example` (a tab) and `/\\evil.example` both mean `//evil.example`; normalise the way they
+    do, then accept only a path with no scheme and no host."""
+    if not target:
+        return None
+    cleaned = "".join(ch for ch in target if ch.isprintable() and not ch.isspace()).replace("\\", "/")
+    parts = urlsplit(cleaned)
+    if parts.scheme or parts.netloc or not cleaned.startswith("/") or cleaned.startswith("//"):
+        return None
+    return cleaned
 
 
 @bp.post("/logout")

@@ -220,7 +220,7 @@ def worklist_api() -> ResponseReturnValue:
 def studies() -> ResponseReturnValue:
     user = current_user()
     session = request_session()
-    query = select(ImagingStudy).where(patient_filter(user, ImagingStudy.patient_id)).order_by(ImagingStudy.id.desc())
+    query = select(ImagingStudy).where(patient_filter(user, ImagingStudy.patient_id, "ImagingStudy")).order_by(ImagingStudy.id.desc())
     if accession := request.args.get("accession"):
         query = query.where(ImagingStudy.accession_number == accession)
     if referral_id := request.args.get("referral_id", type=int):
@@ -332,7 +332,7 @@ def appointments_page() -> ResponseReturnValue:
     to_book = list(
         session.scalars(
             select(Referral)
-            .where(patient_filter(user, Referral.patient_id), Referral.status == ReferralStatus.ACCEPTED)
+            .where(patient_filter(user, Referral.patient_id, "ServiceRequest"), Referral.status == ReferralStatus.ACCEPTED)
             .where(Referral.requester_id == user.practitioner_id if user.role is Role.CLINICIAN else Referral.patient_id == user.patient_id)
         )
     )

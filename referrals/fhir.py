@@ -3,6 +3,10 @@
 Our workflow has more states than ServiceRequest.status: accepted, scheduled and in-progress are
 all FHIR 'active' (the Appointment and ImagingStudy say how far it got), rejected and cancelled are
 both 'revoked'.
+
+A clinician who refers a patient not yet in their care says why they may open the record in an
+extension (`ACCESS_REASON_EXTENSION`, valueString) on the ServiceRequest: reasonCode is the clinical
+question for the radiologist, this is the access justification the audit trail keeps.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.fhir.registry import (
+    CANONICAL_BASE,
     IDENTIFIER_SYSTEM_BASE,
     ResourceMapping,
     SearchParam,
@@ -38,6 +43,7 @@ from referrals.service import ReferralRequest, cancel_referral, create_referral
 logger = logging.getLogger(__name__)
 
 ACCESSION_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/accession"
+ACCESS_REASON_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/access-reason"
 DICOM_MODALITY_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
 IMAGING_CATEGORY = {"coding": [{"system": SNOMED, "code": "363679005", "display": "Imaging"}], "text": "Imaging"}
@@ -109,6 +115,8 @@ def referral_request_from_fhir(resource: dict[str, Any]) -> ReferralRequest:
         procedure_description=code.get("text") or "",
         reason=reason,
         priority=referral_priority,
+        access_reason=next((str(e.get("valueString") or "") for e in resource.get("extension") or []
+                            if e.get("url") == ACCESS_REASON_EXTENSION), None),
     )
 
 

@@ -62,6 +62,7 @@ def _referral_request(data: dict[str, Any]) -> ReferralRequest:
         procedure_description=str(data.get("procedure_description") or ""),
         reason=required(data, "reason"),
         priority=parse_priority(data.get("priority")),
+        access_reason=str(data.get("access_reason") or "") or None,
     )
 
 
@@ -137,6 +138,7 @@ def new_referral_page() -> ResponseReturnValue:
                     procedure_description=form.get("procedure_description", ""),
                     reason=form.get("reason", ""),
                     priority=parse_priority(form.get("priority")),
+                    access_reason=form.get("access_reason") or None,
                 ),
             )
         except DomainError as exc:

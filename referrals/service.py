@@ -1,6 +1,12 @@
 """Referral workflow: a clinician orders an imaging examination; the clinician may cancel it.
 
 The imaging centre's side (accept, reject, schedule) lives in `imaging_orders.service`.
+
+A referral is also a care relationship: while it is live (sent, accepted, scheduled, in progress)
+it opens the patient's record to the requesting clinician and to the chosen centre; once completed
+it stays open to the clinician for `CARE_RELATIONSHIP_DAYS` and to the centre that performed it;
+rejected or cancelled, it opens nothing. Referring a patient who is not yet in the clinician's
+care starts such a relationship, so it needs an access reason, which the audit trail keeps.
 """
 
 from __future__ import annotations
@@ -8,10 +14,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from hospital.access import patient_filter
+from hospital.access import (
+    CARE_RELATIONSHIP_STARTED,
+    can_access_patient,
+    patient_filter,
+    relationship_cutoff,
+)
 from hospital.audit import record_access
 from hospital.errors import Conflict, Forbidden, InvalidInput
 from hospital.records import load_record
@@ -28,6 +39,8 @@ MODALITY_NAMES = {
 }
 MODALITIES = frozenset(MODALITY_NAMES)
 OPEN_STATUSES = frozenset({ReferralStatus.ACTIVE, ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED})
+# From sending until the examination is done: the order is live and opens the record.
+LIVE_STATUSES = OPEN_STATUSES | {ReferralStatus.IN_PROGRESS}
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,9 @@ class ReferralRequest:
     procedure_description: str
     reason: str
     priority: Priority = Priority.ROUTINE
+    # Why the clinician may open this patient's record: required when the patient is not yet in
+    # their care (no live relationship). Audited, never shown to the imaging centre.
+    access_reason: str | None = None
 
 
 def create_referral(session: Session, user: User, request: ReferralRequest) -> Referral:
@@ -55,6 +71,12 @@ def create_referral(session: Session, user: User, request: ReferralRequest) -> R
         raise InvalidInput(f"modality {request.modality!r} is not one of {sorted(MODALITIES)}")
     if not request.reason.strip():
         raise InvalidInput("a reason for the examination is required")
+    access_reason = (request.access_reason or "").strip()
+    starts_relationship = not can_access_patient(session, user, patient.id)
+    if starts_relationship and not access_reason:
+        raise Forbidden(
+            f"patient {patient.id} is not in your care; a referral that starts a care relationship needs an access reason"
+        )
     referral = Referral(
         patient_id=patient.id,
         requester_id=user.practitioner_id,
@@ -69,17 +91,25 @@ def create_referral(session: Session, user: User, request: ReferralRequest) -> R
     session.add(referral)
     session.flush()
     record_access(session, user, "C", "ServiceRequest", referral.id, patient_id=patient.id)
+    if starts_relationship:
+        record_access(session, user, "C", "ServiceRequest", referral.id, patient_id=patient.id,
+                      description=f"{CARE_RELATIONSHIP_STARTED}: {access_reason[:1000]}")
+        logger.info("clinician %s started a care relationship through referral %s", user.id, referral.id)
     return referral
 
 
 def get_referral(session: Session, user: User, referral_id: int, action: str = "R") -> Referral:
-    return load_record(session, user, Referral, referral_id, entity_type="ServiceRequest", noun="referral", action=action)
+    # The requester reads and cancels their own order (its status, a rejection to act on) even
+    # once it no longer opens the patient's record; nothing else of the record comes with it.
+    return load_record(session, user, Referral, referral_id, entity_type="ServiceRequest", noun="referral",
+                       action=action, authored_by=lambda referral: _is_requester(user, referral))
 
 
 def list_referrals(session: Session, user: User, status: ReferralStatus | None = None) -> list[Referral]:
-    query = select(Referral).where(patient_filter(user, Referral.patient_id))
     if user.role is Role.CLINICIAN:
-        query = query.where(Referral.requester_id == user.practitioner_id)
+        query = select(Referral).where(Referral.requester_id == user.practitioner_id)  # their own orders (see get_referral)
+    else:
+        query = select(Referral).where(patient_filter(user, Referral.patient_id, "ServiceRequest"))
     if user.role in (Role.IMAGING_STAFF, Role.RADIOLOGIST):
         query = query.where(Referral.performer_organization_id == user.organization_id)
     if status is not None:
@@ -101,11 +131,24 @@ def cancel_referral(session: Session, user: User, referral_id: int, reason: str)
     return referral
 
 
+def _is_requester(user: User, referral: Referral) -> bool:
+    return user.role is Role.CLINICIAN and user.practitioner_id is not None and referral.requester_id == user.practitioner_id
+
+
 def referred_patient_ids(user: User) -> Select[tuple[int]]:
-    """Patient scope of a clinician: the patients they referred."""
-    return select(Referral.patient_id).where(Referral.requester_id == user.practitioner_id)
+    """Patient scope of a clinician: patients with a referral of theirs that is live, or completed
+    within `CARE_RELATIONSHIP_DAYS`. Rejected and cancelled referrals open nothing."""
+    return select(Referral.patient_id).where(
+        Referral.requester_id == user.practitioner_id,
+        or_(Referral.status.in_(LIVE_STATUSES),
+            and_(Referral.status == ReferralStatus.COMPLETED, Referral.updated_at >= relationship_cutoff())),
+    )
 
 
 def centre_patient_ids(user: User) -> Select[tuple[int]]:
-    """Patient scope of imaging-centre staff and radiologists: patients referred to their centre."""
-    return select(Referral.patient_id).where(Referral.performer_organization_id == user.organization_id)
+    """Patient scope of imaging-centre staff and radiologists: patients with an order to their
+    centre that is live or was performed there (the centre keeps the images it made)."""
+    return select(Referral.patient_id).where(
+        Referral.performer_organization_id == user.organization_id,
+        Referral.status.in_(LIVE_STATUSES | {ReferralStatus.COMPLETED}),
+    )

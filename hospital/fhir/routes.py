@@ -261,7 +261,7 @@ def type_history(type_name: str) -> Response:
     user = current_user()
     _ensure_role_may_read(mapping, user, None)
     session = request_session()
-    compartment = patient_filter(user, ResourceVersion.patient_id) if mapping.patient_column is not None else true()
+    compartment = patient_filter(user, ResourceVersion.patient_id, type_name) if mapping.patient_column is not None else true()
     bundle = _history_bundle(session, mapping, [ResourceVersion.resource_type == type_name, compartment])
     record_access(session, user, "E", type_name, None, description=f"history {request.query_string.decode()[:500]}")
     return fhir_response(bundle)

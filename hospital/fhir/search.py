@@ -112,7 +112,7 @@ def parse_search(
                 raise InvalidInput(f"bad value for {name}: {exc}") from exc
             search.used.append((name, value))
     if mapping.patient_column is not None:
-        search.clauses.append(patient_filter(user, mapping.patient_column))
+        search.clauses.append(patient_filter(user, mapping.patient_column, mapping.type_name))
     search.count = _int_param(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
     search.page = _int_param(params, "_page", 1, 1, 10**9)
     search.order_by = _order_by(mapping, params.getlist("_sort"))
@@ -294,7 +294,7 @@ def visible_rows(session: Session, mapping: ResourceMapping, user: User, clause:
         return []
     clauses = [clause]
     if mapping.patient_column is not None:
-        clauses.append(patient_filter(user, mapping.patient_column))
+        clauses.append(patient_filter(user, mapping.patient_column, mapping.type_name))
     return list(session.scalars(select(mapping.model).where(*clauses).order_by(primary_key(mapping)).limit(MAX_INCLUDED)))
 
 

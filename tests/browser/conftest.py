@@ -103,7 +103,7 @@ def accepted_referral(site: LiveSite, reason: str, priority: str = "routine") ->
     demo = site.demo
     referral = site.api("POST", "/api/referrals", site.token("clinician"), {
         "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "procedure_description": "CT chest without contrast", "reason": reason,
+        "body_part": "CHEST", "procedure_description": "CT chest without contrast", "reason": reason, "access_reason": "new patient referred to me",
         "priority": priority,
     })
     return dict(site.api("POST", f"/api/referrals/{referral['id']}/accept", site.token("imaging_staff")))

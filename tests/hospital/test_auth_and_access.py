@@ -12,7 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from hospital.auth import MAX_FAILED_LOGINS
+from hospital.auth import MAX_FAILED_LOGINS, SIGN_IN_FAILED
 from hospital.clock import utcnow
 from hospital.models import ApiToken, AuditEvent, User
 from hospital.seed import DEMO_PASSWORD, DemoSeed
@@ -64,7 +64,7 @@ def test_clinician_sees_only_patients_they_referred(as_role: Any, demo: DemoSeed
     assert clinician.get(f"/fhir/Patient/{demo.patient.id}").status_code == 403
     created = clinician.post("/api/referrals", json={
         "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "reason": "cough",
+        "body_part": "CHEST", "reason": "cough", "access_reason": "new patient referred to me",
     })
     assert created.status_code == 201
     assert clinician.get(f"/fhir/Patient/{demo.patient.id}").status_code == 200
@@ -85,7 +85,7 @@ def test_account_locks_after_repeated_failures(client: FlaskClient, demo: DemoSe
         assert client.post("/api/auth/token", json={"username": "admin", "password": "wrong"}).status_code == 401
     locked = client.post("/api/auth/token", json={"username": "admin", "password": DEMO_PASSWORD})
     assert locked.status_code == 401
-    assert "locked" in locked.get_json()["detail"]
+    assert locked.get_json()["detail"] == SIGN_IN_FAILED  # the same answer as for an unknown user
     db_session.expire_all()
     user = db_session.scalar(select(User).where(User.username == "admin"))
     assert user is not None and user.failed_logins == MAX_FAILED_LOGINS

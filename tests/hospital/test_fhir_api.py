@@ -11,11 +11,12 @@ from sqlalchemy import func, select
 
 from ai_services.models import Finding, FindingSource
 from followup.models import FollowUpTask, MedicationRequest, TaskStatus
+from hospital.clock import utcnow
 from hospital.fhir.core_resources import MRN_SYSTEM
 from hospital.fhir.registry import validate_resource
 from hospital.models import Patient
 from imaging_orders.models import Appointment, Slot, SlotStatus
-from referrals.fhir import DICOM_MODALITY_SYSTEM
+from referrals.fhir import ACCESS_REASON_EXTENSION, DICOM_MODALITY_SYSTEM
 from referrals.models import Referral, ReferralStatus
 from tests.factories import make_preliminary_report, make_referral
 from tests.followup.test_fhir import insert_care
@@ -48,6 +49,7 @@ def new_service_request(demo: Any, patient_ref: str, modality: str = "CT") -> di
         "performer": [{"reference": f"Organization/{demo.imaging_centre.id}"}],
         "reasonCode": [{"text": "Persistent cough"}],
         "bodySite": [{"text": "CHEST"}],
+        "extension": [{"url": ACCESS_REASON_EXTENSION, "valueString": "new patient referred to me"}],
     }
 
 
@@ -169,8 +171,14 @@ def test_conditional_create_finds_the_existing_patient(as_role, demo) -> None:
         "/fhir/Patient", json=new_patient(mrn="MRN-COND-1"), headers={"If-None-Exist": f"identifier={MRN_SYSTEM}|MRN-COND-1"}
     )
     # The match is outside the clinician's compartment (no referral yet): it is not revealed,
-    # and creating a second record with that MRN is refused.
-    outcome(again, 409)
+    # and creating a second record with that MRN is refused without naming the MRN or the record.
+    outcome(again, 422)
+    for refused in (again, clinician.post("/fhir/Patient", json=new_patient(mrn=demo.other_patient.mrn),
+                                          headers={"If-None-Exist": f"identifier={demo.other_patient.mrn}"})):
+        assert refused.status_code == 422
+        body = refused.get_data(as_text=True)
+        assert "MRN-COND-1" not in body and demo.other_patient.mrn not in body and "already exists" not in body
+        assert f"Patient/{first['id']}" not in body and "Location" not in refused.headers
     admin_again = as_role("admin").post(
         "/fhir/Patient", json=new_patient(mrn="MRN-COND-1"), headers={"If-None-Exist": "identifier=MRN-COND-1"}
     )
@@ -212,6 +220,8 @@ def test_appointment_booked_from_a_slot_and_the_referral(as_role, demo, db_sessi
 
 def test_medication_request_and_task_through_the_followup_service(as_role, demo, db_session) -> None:
     consultation, _plan, task, _request, _dispense = insert_care(db_session, demo)
+    consultation.ended_at = utcnow()  # finished today: still within the clinician's care relationship
+    db_session.commit()
     clinician = as_role("clinician")
     prescription = {
         "resourceType": "MedicationRequest", "status": "active", "intent": "order",

@@ -21,7 +21,7 @@ from tests.factories import make_referral
 def accepted_referral(as_role: Any, demo: DemoSeed) -> dict[str, Any]:
     referral = as_role("clinician").post("/api/referrals", json={
         "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "reason": "cough"}).get_json()
+        "body_part": "CHEST", "reason": "cough", "access_reason": "new patient"}).get_json()
     accepted = as_role("imaging_staff").post(f"/api/referrals/{referral['id']}/accept")
     assert accepted.status_code == 200
     return accepted.get_json()
@@ -67,7 +67,7 @@ def test_booking_a_taken_slot_is_a_conflict_and_changes_nothing(as_role: Any, de
 def test_unaccepted_referral_cannot_be_booked(as_role: Any, demo: DemoSeed) -> None:
     referral = as_role("clinician").post("/api/referrals", json={
         "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "reason": "cough"}).get_json()
+        "body_part": "CHEST", "reason": "cough", "access_reason": "new patient"}).get_json()
     slot_id = as_role("patient").get(f"/api/slots?organization_id={demo.imaging_centre.id}").get_json()[0]["id"]
     response = as_role("patient").post("/api/appointments", json={"referral_id": referral["id"], "slot_id": slot_id})
     assert response.status_code == 409 and "accepted first" in response.get_json()["detail"]

@@ -419,7 +419,7 @@ def booked_in_new_centre(db_session: Session, demo: DemoSeed) -> tuple[Organizat
     db_session.flush()
     referral = create_referral(db_session, demo.users["clinician"], ReferralRequest(
         patient_id=demo.patient.id, performer_organization_id=centre.id, modality="CT", body_part="CHEST",
-        procedure_description="CT chest", reason="cough"))
+        procedure_description="CT chest", reason="cough", access_reason="new patient"))
     accept_referral(db_session, staff, referral.id)
     offered = free_slots(db_session, centre.id, "CT", utcnow(), utcnow() + timedelta(days=14))
     assert len(offered) == 6 and {s.schedule_id for s in offered} == {scanner.id}

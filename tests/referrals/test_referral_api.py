@@ -14,7 +14,8 @@ from referrals.models import Referral
 
 def referral_body(demo: DemoSeed, **overrides: Any) -> dict[str, Any]:
     body = {"patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "ct",
-            "body_part": "chest", "reason": "Haemoptysis", "priority": "urgent"}
+            "body_part": "chest", "reason": "Haemoptysis", "priority": "urgent",
+            "access_reason": "new patient of the practice"}
     body.update(overrides)
     return body
 

@@ -65,7 +65,8 @@ def test_register_a_new_patient_then_they_are_chosen(client: FlaskClient, demo: 
     assert selected_option(shown) == "Haddad, Noor (MRN-7777)"
 
     again = client.post("/referrals/new", data=form)  # the same MRN twice
-    assert again.status_code == 422 and "already exists" in again.get_data(as_text=True)
+    # Not yet in this clinician's care (no referral yet), so the answer does not say whose MRN it is.
+    assert again.status_code == 422 and "cannot be used" in again.get_data(as_text=True)
     assert 'value="Noor"' in again.get_data(as_text=True)  # what was typed is kept
     for bad in ({"birth_date": "02/04/1961"}, {"given_name": " "}, {"gender": "x"}, {"mrn": "M" * 65}):
         refused = client.post("/referrals/new", data={**form, "mrn": "", **bad})
@@ -74,7 +75,7 @@ def test_register_a_new_patient_then_they_are_chosen(client: FlaskClient, demo: 
     # The referral itself still goes through, for the new patient.
     sent = client.post("/referrals/new", data={
         "patient_id": str(patient.id), "performer_organization_id": str(demo.imaging_centre.id), "modality": "CT",
-        "body_part": "CHEST", "procedure_description": "CT chest", "priority": "routine", "reason": "Cough",
+        "body_part": "CHEST", "procedure_description": "CT chest", "priority": "routine", "reason": "Cough", "access_reason": "newly registered",
         "csrf_token": csrf_token_of(shown),
     })
     assert sent.status_code == 302 and sent.headers["Location"].endswith("/referrals")

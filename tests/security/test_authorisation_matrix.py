@@ -1,5 +1,8 @@
 """Every route of the app, for every role and for nobody: no 500s, no anonymous access outside the
-public routes, and no role past a `require_roles` guard that does not name it.
+public routes, and no role past a `require_roles` guard that does not name it. Then, for every state
+of a care relationship (none, live, lapsed, revoked, another centre), who reads a patient's report
+on each surface (API, page, FHIR read/history/search/_revinclude). The pharmacist's rows of the
+policy table are in test_least_privilege.py.
 
 The routes come from `app.url_map`, so a route added later is covered without touching this file.
 """
@@ -17,6 +20,7 @@ from werkzeug.routing import Rule
 
 from hospital.models import Role
 from hospital.seed import DemoSeed
+from tests.security.care_world import add_relationship, make_care_world
 
 # Reachable without signing in: the sign-in itself, health, static files, the FHIR and OpenAPI
 # descriptions, and the home page (which sends a visitor to the login page).
@@ -107,3 +111,67 @@ def test_each_role_gets_no_500_and_no_route_its_role_guard_refuses(
         if roles is not None and Role(role) not in roles and status not in (403, 404):
             problems.append(f"{method} {url}: {role} is not among {sorted(r.value for r in roles)} but got {status}")
     assert not problems, "\n".join(problems)
+
+
+# --- care relationships: who reads a patient's report, by the state of their tie to the patient ---
+
+# state of the demo clinician's (and through a referral, the demo centre's) tie to demo.patient ->
+# (the clinician may read, the centre's staff and radiologists may read).
+RELATIONSHIP_STATES = {
+    "none": (False, False),
+    "referral:active": (True, True),
+    "referral:accepted": (True, True),
+    "referral:scheduled": (True, True),
+    "referral:in-progress": (True, True),
+    "referral:completed": (True, True),
+    "referral:completed:long-ago": (False, True),  # the centre performed it and keeps its images
+    "referral:cancelled": (False, False),
+    "referral:rejected": (False, False),
+    "consultation:planned": (True, False),
+    "consultation:in-progress": (True, False),
+    "consultation:finished": (True, False),
+    "consultation:finished:long-ago": (False, False),
+    "consultation:cancelled": (False, False),
+}
+
+
+def report_surfaces(report_id: int, patient_id: int) -> dict[str, str]:
+    return {
+        "api": f"/api/reports/{report_id}",
+        "page": f"/reports/{report_id}",
+        "fhir read": f"/fhir/DiagnosticReport/{report_id}",
+        "fhir history": f"/fhir/DiagnosticReport/{report_id}/_history",
+        "fhir search": f"/fhir/DiagnosticReport?patient=Patient/{patient_id}",
+        "fhir _revinclude": f"/fhir/Patient?_id={patient_id}&_revinclude=DiagnosticReport:patient",
+        "fhir type history": "/fhir/DiagnosticReport/_history",
+    }
+
+
+def sees_report(client: Any, surface: str, url: str, report_id: int) -> bool:
+    response = client.get(url)
+    if surface in ("fhir search", "fhir _revinclude", "fhir type history"):
+        assert response.status_code == 200, response.get_data(as_text=True)
+        entries = response.get_json().get("entry", [])
+        return any(e.get("resource", {}).get("resourceType") == "DiagnosticReport"
+                   and e["resource"].get("id") == str(report_id) for e in entries)
+    assert response.status_code in (200, 403), f"{surface} {url}: {response.status_code}"
+    return response.status_code == 200
+
+
+@pytest.mark.parametrize("state", list(RELATIONSHIP_STATES))
+def test_report_access_follows_the_care_relationship(
+    app: Flask, as_role: Any, db_session: Any, demo: DemoSeed, state: str
+) -> None:
+    world = make_care_world(db_session, demo)
+    add_relationship(db_session, demo, world, state)
+    db_session.commit()
+    clinician_may, centre_may = RELATIONSHIP_STATES[state]
+    expected = {"clinician": clinician_may, "imaging_staff": centre_may, "radiologist": centre_may,
+                "far_staff": False, "patient": True, "patient2": False, "pharmacist": False}
+    problems = []
+    for username, may in expected.items():
+        client = as_role(username)
+        for surface, url in report_surfaces(world.report.id, demo.patient.id).items():
+            if sees_report(client, surface, url, world.report.id) != may:
+                problems.append(f"{username} via {surface}: expected {'access' if may else 'no access'}")
+    assert not problems, f"state {state}:\n" + "\n".join(problems)

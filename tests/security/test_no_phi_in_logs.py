@@ -41,7 +41,7 @@ def test_a_loop_through_the_api_and_dicom_logs_no_phi(
 
     referral = clinician.post("/api/referrals", json={
         "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
-        "body_part": "CHEST", "procedure_description": "CT chest", "reason": "cough", "priority": "routine",
+        "body_part": "CHEST", "procedure_description": "CT chest", "reason": "cough", "access_reason": "new patient", "priority": "routine",
     }).get_json()
     accession = staff.post(f"/api/referrals/{referral['id']}/accept").get_json()["accession_number"]
     slot = patient.get(f"/api/slots?organization_id={demo.imaging_centre.id}&modality=CT").get_json()[0]
