@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from ai_services.models import ReportStatus, ReviewStatus
 from followup.service import open_consultation
+from imaging_orders.archive.models import ImagingStudy
 from hospital.models import AuditEvent, Role
 from hospital.policy import POLICY, may_see_type
 from hospital.seed import DemoSeed
@@ -56,7 +57,9 @@ def world(as_role: Any, app: Flask, db_session: Session, demo: DemoSeed) -> Phar
     ids = {"DiagnosticReport": report.id, "Observation": report.findings[0].id, "ImagingStudy": report.study_id,
            "Encounter": consultation.id, "ChargeItem": charge.id, "Invoice": invoice.id,
            "ServiceRequest": report.referral_id}
-    return PharmacyWorld(ids, report.study.study_instance_uid, report.id, report.findings[0].id, med.get_json()["id"])
+    study = db_session.get(ImagingStudy, report.study_id)
+    assert study is not None
+    return PharmacyWorld(ids, study.study_instance_uid, report.id, report.findings[0].id, med.get_json()["id"])
 
 
 def test_the_policy_table_gives_pharmacists_medication_and_demographics_only() -> None:
