@@ -3,8 +3,10 @@ declaring studies complete.
 
 An instance is written to disk (temp file, fsync, rename, fsync of the directory) and indexed in the
 database, and the transaction commits, all before the sender is told it succeeded: a success answer
-is a promise the image is kept. Storing is idempotent on the SOP Instance UID because modalities
-and routers retry.
+is a promise the image is kept. It is also a promise the image is whole: pixel data shorter than
+the image's own attributes say, or compressed pixel data that does not decode, is refused before
+anything is written (`imaging_orders.archive.pixel_data`), because the sender deletes its copy on
+success. Storing is idempotent on the SOP Instance UID because modalities and routers retry.
 
 A new study is matched to its referral by AccessionNumber, but only when the PatientID in the
 header agrees with the referral's patient (a wrong match would file images in another patient's
@@ -60,6 +62,7 @@ from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from hospital.jobs import publish
 from imaging_orders.models import Appointment, AppointmentStatus
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
 from imaging_orders.service import start_examination
 from referrals.models import Referral, ReferralStatus
 
@@ -433,6 +436,13 @@ def _receive(dataset_or_bytes: Dataset | bytes, transfer_syntax_uid: str | None)
         keyword: _required_uid(header, keyword)
         for keyword in _REQUIRED_UIDS
     }
+    try:
+        check_pixel_data(header, syntax, parse_warnings)
+    except IncompletePixelData as exc:
+        raise InstanceRejected(exc.reason, exc.dicom_status) from exc
+    # The index needs the header only; the bytes go to disk as received.
+    for keyword in PIXEL_DATA_KEYWORDS:
+        header.pop(keyword, None)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = uids["SOPClassUID"]
     meta.MediaStorageSOPInstanceUID = uids["SOPInstanceUID"]
@@ -505,9 +515,10 @@ def _encode_file_meta(meta: FileMetaDataset) -> bytes:
 
 
 def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str]]:
-    """Parse everything but the pixel data, forcing every element to decode, and collect oddities.
+    """Parse the data set, forcing every element to decode, and collect oddities.
 
-    pydicom decodes lazily, so a broken element would otherwise only fail later in a reader.
+    pydicom decodes lazily, so a broken element would otherwise only fail later in a reader. The
+    pixel data is read too (not decoded), so that `check_pixel_data` can see whether it is whole.
     """
     provisional = FileMetaDataset()
     provisional.MediaStorageSOPClassUID = "1.2"
@@ -518,7 +529,7 @@ def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str]]:
     with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            header = pydicom.dcmread(stream, stop_before_pixels=True)
+            header = pydicom.dcmread(stream)
             if len(header) == 0:
                 raise InstanceRejected("the data set has no elements", CANNOT_UNDERSTAND)
             _decode_all(header, found)

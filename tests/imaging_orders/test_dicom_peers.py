@@ -410,3 +410,40 @@ def test_compressed_and_other_transfer_syntaxes_are_kept_as_sent(node: Node, tmp
     for path in Path(node.app.config["DICOM_STORAGE_DIR"]).rglob("*.dcm"):
         stored = pydicom.dcmread(path, stop_before_pixels=True)
         assert stored.file_meta.TransferSyntaxUID == expected[stored.SOPInstanceUID]
+
+
+def test_storescu_of_cut_off_images_is_refused_and_nothing_kept(node: Node, tmp_path: Path) -> None:
+    """A modality deletes its copy on Success, so an image cut off on its way must get a failure."""
+    whole, short_element, multiframe, rle = write_ct_series(
+        make_ct_phantom(13, n_slices=4, size=64), tmp_path / "plain",
+        patient_id="CUT-0001", patient_name="Cut^Carla", accession_number="CUTACC",
+    )
+    # The Pixel Data element's own length is consistent, but 100 rows are missing.
+    ds = pydicom.dcmread(short_element)
+    ds.PixelData = ds.PixelData[: 64 * 2 * 20]
+    pydicom.dcmwrite(short_element, ds, enforce_file_format=True)
+    # Says three frames, holds two.
+    ds = pydicom.dcmread(multiframe)
+    ds.NumberOfFrames = 3
+    ds.PixelData = ds.PixelData * 2
+    pydicom.dcmwrite(multiframe, ds, enforce_file_format=True)
+    # RLE with a frame count its fragments do not have.
+    converted = tmp_path / "rle.dcm"
+    run_tool(["dcmcrle", str(rle), str(converted)])
+    ds = pydicom.dcmread(converted)
+    ds.NumberOfFrames = 2
+    pydicom.dcmwrite(converted, ds, enforce_file_format=True)
+
+    for path, flag in [(short_element, "-xe"), (multiframe, "-xe"), (converted, "-xr")]:
+        result = subprocess.run(
+            ["storescu", "-d", flag, "-aec", NODE_AE, "127.0.0.1", str(node.port), str(path)],
+            capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False,
+        )
+        output = result.stdout + result.stderr
+        assert "0xa900" in output and "cut off" in output, output
+    run_tool(["storescu", "-aec", NODE_AE, "127.0.0.1", str(node.port), str(whole)])
+
+    with get_db(node.app).session() as session:
+        stored = session.scalars(select(ImagingInstance.sop_instance_uid)).all()
+    assert stored == [pydicom.dcmread(whole, stop_before_pixels=True).SOPInstanceUID]
+    assert len(list(Path(node.app.config["DICOM_STORAGE_DIR"]).rglob("*.dcm"))) == 1

@@ -227,3 +227,27 @@ def test_wado_is_refused_outside_the_compartment(stored: dict[str, Any], as_role
         assert response.mimetype == "application/problem+json"
     denied = db_session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.outcome == 4))
     assert denied >= 3
+
+
+def test_stow_of_cut_off_images_fails_them_and_keeps_nothing(as_role: Any, demo: DemoSeed, db_session: Session) -> None:
+    whole, cut, compressed_cut = small_ct_study(patient_id="CUT-W", accession_number="CUTW", n_slices=3)
+    cut.PixelData = cut.PixelData[:-200]
+    compressed_cut.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+    compressed_cut.NumberOfFrames = 2  # one fragment for two frames
+    body, content_type = multipart_body([part10(whole), part10(cut), part10(compressed_cut)])
+
+    response = as_role("imaging_staff").post("/dicomweb/studies", data=body, content_type=content_type)
+
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert [item[REFERENCED_SOP_INSTANCE_UID]["Value"][0] for item in answer[REFERENCED_SOP_SEQUENCE]["Value"]] == [
+        whole.SOPInstanceUID
+    ]
+    failed = {item[REFERENCED_SOP_INSTANCE_UID]["Value"][0]: item[FAILURE_REASON]["Value"][0]
+              for item in answer[FAILED_SOP_SEQUENCE]["Value"]}
+    assert failed == {cut.SOPInstanceUID: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      compressed_cut.SOPInstanceUID: DATASET_DOES_NOT_MATCH_SOP_CLASS}
+    kept = db_session.scalars(select(ImagingInstance.sop_instance_uid).where(
+        ImagingInstance.sop_instance_uid.in_([whole.SOPInstanceUID, cut.SOPInstanceUID, compressed_cut.SOPInstanceUID])
+    )).all()
+    assert kept == [whole.SOPInstanceUID]
