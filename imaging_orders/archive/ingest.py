@@ -8,6 +8,10 @@ the image's own attributes say, or compressed pixel data that does not decode, i
 anything is written (`imaging_orders.archive.pixel_data`), because the sender deletes its copy on
 success. Storing is idempotent on the SOP Instance UID because modalities and routers retry.
 
+Header values are indexed whole, even past their VR's maximum length, so a query by the full value
+finds them; of a value sent with several (AccessionNumber "ACC1\\ACC2", VM 1 by the standard) the
+first is indexed and matched, and the instance's warnings say there were more.
+
 A new study is matched to its referral by AccessionNumber, but only when the PatientID in the
 header agrees with the referral's patient (a wrong match would file images in another patient's
 record). Unmatched studies are kept with `referral_id` NULL: that is the reconciliation queue,
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from flask import Flask
@@ -43,6 +48,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from sqlalchemy import select, update
@@ -61,7 +67,7 @@ from hospital.dicom_status import (
 from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from hospital.jobs import publish
 from imaging_orders.models import Appointment, AppointmentStatus
-from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.models import VR_MAX_CHARACTERS, ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
 from imaging_orders.service import start_examination
 from referrals.models import Referral, ReferralStatus
@@ -341,10 +347,10 @@ def _get_or_create_study(
     header = received.header
     study = ImagingStudy(
         study_instance_uid=received.study_instance_uid,
-        accession_number=_text(header, "AccessionNumber", 16, warnings_out),
-        dicom_patient_id=_text(header, "PatientID", 64, warnings_out),
-        dicom_patient_name=_text(header, "PatientName", 200, warnings_out),
-        description=_text(header, "StudyDescription", 200, warnings_out),
+        accession_number=_text(header, "AccessionNumber", ImagingStudy.accession_number, warnings_out),
+        dicom_patient_id=_text(header, "PatientID", ImagingStudy.dicom_patient_id, warnings_out),
+        dicom_patient_name=_text(header, "PatientName", ImagingStudy.dicom_patient_name, warnings_out),
+        description=_text(header, "StudyDescription", ImagingStudy.description, warnings_out),
         started=_study_started(header, warnings_out),
         status=StudyStatus.REGISTERED,
         received_at=now,
@@ -374,9 +380,9 @@ def _get_or_create_series(session: Session, study: ImagingStudy, received: _Rece
         study_id=study.id,
         series_instance_uid=received.series_instance_uid,
         number=_int_or_none(received.header, "SeriesNumber", ignored),
-        modality=_text(received.header, "Modality", 16, ignored) or "OT",
-        description=_text(received.header, "SeriesDescription", 200, ignored),
-        body_part=_text(received.header, "BodyPartExamined", 64, ignored),
+        modality=_text(received.header, "Modality", ImagingSeries.modality, ignored) or "OT",
+        description=_text(received.header, "SeriesDescription", ImagingSeries.description, ignored),
+        body_part=_text(received.header, "BodyPartExamined", ImagingSeries.body_part, ignored),
     )
     session.add(series)
     session.flush()
@@ -597,16 +603,33 @@ def _header_warnings(ds: Dataset) -> list[str]:
     return found
 
 
-def _text(ds: Dataset, keyword: str, max_length: int, warnings_out: list[str]) -> str | None:
+def _text(ds: Dataset, keyword: str, column: Any, warnings_out: list[str]) -> str | None:
+    """A header value as the index keeps it in `column`: whole, and the first of several values.
+
+    Every attribute indexed here has VM 1, so a second value is a sender's mistake; the first is
+    indexed (and used to match the order) and the instance says how many there were. A value
+    longer than its VR allows is kept whole up to the column's size (see `header_text`).
+    """
     value = ds.get(keyword)
     if value is None:
         return None
+    if isinstance(value, MultiValue):
+        values = [str(v).strip("\x00 ") for v in value]
+        if len(values) > 1:
+            warnings_out.append(f"{keyword} has {len(values)} values; the first is indexed and matched")
+        value = next((v for v in values if v), "")
     text = str(value).strip("\x00 ")
     if not text:
         return None
+    vr_max = VR_MAX_CHARACTERS.get(ds[keyword].VR)
+    max_length = column.type.length
     if len(text) > max_length:
-        warnings_out.append(f"{keyword} longer than {max_length} characters; truncated in the index")
+        warnings_out.append(f"{keyword} is {len(text)} characters; the index keeps the first {max_length}")
         text = text[:max_length]
+    elif vr_max is not None and len(text) > vr_max:
+        warnings_out.append(
+            f"{keyword} is {len(text)} characters, more than {ds[keyword].VR} allows ({vr_max}); indexed in full"
+        )
     return text
 
 

@@ -32,6 +32,7 @@ from imaging_orders.archive.ingest import InstanceRejected, StorageUnavailable, 
 from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, STORE_PROCESSING_FAILURE
 from imaging_orders.models import AppointmentStatus
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.query_retrieve import StudyCriteria, search_studies
 from referrals.models import ReferralStatus
 from tests.conftest import make_test_app
 from tests.imaging_orders.factories import Order, make_centre, make_order
@@ -306,6 +307,42 @@ def test_whole_images_in_every_shape_are_kept(app: Flask, db_session: Session) -
     results = store_all(app, [source[0], multiframe, _rle(source[2])])
     assert not any(r.duplicate for r in results)
     assert not any("Pixel" in w for r in results for w in r.warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Odd header values: indexed as sent, never the loop stopped
+# ---------------------------------------------------------------------------------------------
+
+
+def test_two_valued_accession_number_indexes_and_matches_the_first(app: Flask, db_session: Session) -> None:
+    centre = make_centre(db_session)
+    order = make_order(db_session, centre)
+    datasets = ct_study(order.patient.mrn, order.referral.accession_number or "", slices=1)
+    datasets[0].AccessionNumber = [order.referral.accession_number, "OTHERACC"]
+
+    [result] = store_all(app, datasets)
+
+    study = _study(db_session, datasets)
+    assert study.accession_number == order.referral.accession_number
+    assert study.referral_id == order.referral.id
+    assert any("AccessionNumber has 2 values" in w for w in result.warnings)
+
+
+def test_values_longer_than_their_vr_allows_are_indexed_whole_and_found(app: Flask, db_session: Session) -> None:
+    long_accession = "RIS-2026-000000123456"  # 21 characters; SH allows 16
+    long_patient_id = "HOSPITAL-NORTH/" + "9" * 60  # 75; LO allows 64
+    long_description = "CT THORAX ABDOMEN PELVIS WITH CONTRAST, PORTAL VENOUS PHASE, LOW DOSE PROTOCOL v2"
+    datasets = ct_study(long_patient_id, long_accession, slices=1)
+    datasets[0].StudyDescription = long_description
+
+    [result] = store_all(app, datasets)
+
+    study = _study(db_session, datasets)
+    assert (study.accession_number, study.dicom_patient_id, study.description) == (
+        long_accession, long_patient_id, long_description)
+    assert any("AccessionNumber is 21 characters" in w and "indexed in full" in w for w in result.warnings)
+    found = search_studies(db_session, StudyCriteria(accession_numbers=[long_accession], patient_ids=[long_patient_id]))
+    assert [s.id for s in found] == [study.id]
 
 
 # ---------------------------------------------------------------------------------------------
