@@ -51,6 +51,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -61,6 +62,7 @@ from hospital.dicom_status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
+    SOP_CLASS_NOT_SUPPORTED,
     STORE_PROCESSING_FAILURE,
     DicomFailure,
 )
@@ -84,6 +86,9 @@ MATCHABLE_REFERRAL_STATUSES = frozenset(
 # A store can lose at most three races (study, series, instance) before it finds the winner's rows.
 _STORE_ATTEMPTS = 5
 _UID_MAX_LENGTH = 64
+# The storage SOP classes the DICOM node offers presentation contexts for; others (private, or
+# newer than pynetdicom) are stored only when DICOM_ACCEPT_UNKNOWN_SOP_CLASSES is on.
+STORAGE_SOP_CLASSES = frozenset(str(context.abstract_syntax) for context in AllStoragePresentationContexts)
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 # (0002,0000) UL, explicit VR little endian: tag, "UL", 2-byte length 4.
@@ -196,6 +201,9 @@ def store_instance(
     platform made from the study itself (the AI's SR and key images): they arrive after
     completion by design, so that is not worth a warning.
 
+    An instance of a SOP class outside `STORAGE_SOP_CLASSES` is refused (0122) unless the app's
+    DICOM_ACCEPT_UNKNOWN_SOP_CLASSES is on: the same policy the DICOM node applies in negotiation.
+
     Raises `InstanceRejected` (bad input, do not retry) or `StorageUnavailable` (retry later).
     """
     received = _receive(dataset_or_bytes, transfer_syntax_uid)
@@ -208,6 +216,10 @@ def store_instance(
         raise InstanceRejected(
             f"SOPInstanceUID {received.sop_instance_uid} differs from the command's {expected_sop_instance_uid}",
             DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+    if received.sop_class_uid not in STORAGE_SOP_CLASSES and not app.config.get("DICOM_ACCEPT_UNKNOWN_SOP_CLASSES", False):
+        raise InstanceRejected(
+            f"unknown or private SOP class {received.sop_class_uid} not accepted here", SOP_CLASS_NOT_SUPPORTED
         )
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     sha256 = hashlib.sha256(received.file_bytes).hexdigest()
