@@ -7,7 +7,8 @@ Flask, no database):
   one TID 1410 "Planar ROI Measurements and Qualitative Evaluations" group per finding, with the
   bounding box as a closed SCOORD POLYLINE on the key slice's SOP instance, the long-axis diameter
   in mm, the AI's calibrated confidence as "Certainty of Finding" (%), and the radiologist's review
-  status and the finding's source as qualitative evaluations;
+  status and the finding's source as qualitative evaluations; a report with no finding gets one
+  TID 1501 group for lesions saying "Presence: Absent" instead (TID 1500 needs at least one group);
 - one Secondary Capture (``highdicom.sc.SCImage``) per key slice: the slice windowed to 8-bit RGB
   with the finding boxes burned in (BurnedInAnnotation YES), for viewers that do not render SR.
 
@@ -40,11 +41,13 @@ from highdicom.sr import (
     ImageRegion,
     Measurement,
     MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
     PersonObserverIdentifyingAttributes,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
+    SourceImageForMeasurementGroup,
     SourceImageForRegion,
     TrackingIdentifier,
 )
@@ -66,6 +69,8 @@ SC_SERIES_DESCRIPTION = "AI findings (key images)"
 PRIVATE_SCHEME = "99CLHOSP"
 REVIEW_STATUS_CONCEPT = CodedConcept("REVIEW", PRIVATE_SCHEME, "Radiologist review status")
 FINDING_SOURCE_CONCEPT = CodedConcept("SOURCE", PRIVATE_SCHEME, "Finding source")
+# Not in pydicom's code dictionary: SNOMED CT "Presence", valued Present/Absent.
+PRESENCE_CONCEPT = CodedConcept("705057003", "SCT", "Presence")
 REVIEW_STATUS_CODES = {
     "pending": CodedConcept("PENDING", PRIVATE_SCHEME, "Pending review"),
     "accepted": CodedConcept("ACCEPTED", PRIVATE_SCHEME, "Accepted by radiologist"),
@@ -162,7 +167,7 @@ def build_measurement_report(report: OutputReport, source_images: Mapping[str, D
     digest = report.content_digest()
     sr_series_uid, _ = output_series_uids(study_uid, report.report_id)
     algorithm = AlgorithmIdentification(name=report.model_name, version=report.model_version)
-    groups = []
+    groups: list[PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations] = []
     for finding in report.findings:
         image = source_images[finding.sop_instance_uid]
         x0, y0, x1, y1 = finding.box
@@ -192,6 +197,8 @@ def build_measurement_report(report: OutputReport, source_images: Mapping[str, D
                 QualitativeEvaluation(name=FINDING_SOURCE_CONCEPT, value=FINDING_SOURCE_CODES[finding.source]),
             ],
         ))
+    if not groups:
+        groups.append(_no_finding_group(report, study_uid, algorithm, any_image))
     device = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -209,7 +216,7 @@ def build_measurement_report(report: OutputReport, source_images: Mapping[str, D
     content = MeasurementReport(
         observation_context=ObservationContext(observer_person_context=person, observer_device_context=device),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-        imaging_measurements=groups or None,
+        imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
     # Evidence: every slice the report points at (or one slice of the study when there is none).
@@ -228,6 +235,27 @@ def build_measurement_report(report: OutputReport, source_images: Mapping[str, D
         verifying_observer_name=report.signed_by if report.is_signed else None,
         verifying_organization=report.organization if report.is_signed else None,
         series_description=SR_SERIES_DESCRIPTION,
+    )
+
+
+def _no_finding_group(
+    report: OutputReport, study_uid: str, algorithm: AlgorithmIdentification, image: Dataset
+) -> MeasurementsAndQualitativeEvaluations:
+    """A TID 1501 group for lesions stating "Presence: Absent", for a report with no finding.
+
+    TID 1500 needs at least one Imaging Measurements group (and highdicom refuses none), and an SR
+    that says nothing reads like one that was never finished; this one says the study was looked at
+    and no lesion was found, with the slice it was attached to as its source.
+    """
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[study_uid, f"report:{report.report_id}", "no-finding"]),
+            identifier="No finding",
+        ),
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=algorithm,
+        qualitative_evaluations=[QualitativeEvaluation(name=PRESENCE_CONCEPT, value=codes.SCT.Absent)],
+        source_images=[SourceImageForMeasurementGroup.from_source_image(image)],
     )
 
 

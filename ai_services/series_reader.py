@@ -2,8 +2,9 @@
 
 Pure pydicom and numpy: paths in, a ``CtVolume`` out. Files may arrive in any order (C-STORE gives
 no ordering guarantee), so slices are sorted by their position along the slice normal, falling back
-to InstanceNumber when geometry is missing. Every problem raises ``SeriesReadError`` naming the
-offending file and value, so the job that called us can record exactly what was wrong.
+to InstanceNumber when geometry is missing; an InstanceNumber that is not a number counts as
+missing. Every problem raises ``SeriesReadError`` naming the offending file and value, so the job
+that called us can record exactly what was wrong.
 """
 
 from __future__ import annotations
@@ -94,8 +95,21 @@ def _read_slice(path: Path) -> _Slice:
             raise SeriesReadError(f"{path}: bad ImageOrientationPatient {list(orientation)!r}")
         normal = np.cross(orientation[:3], orientation[3:])
         position = float(origin @ normal)
-    instance = ds.get("InstanceNumber")
-    return _Slice(path, ds, position, int(instance) if instance not in (None, "") else None)
+    return _Slice(path, ds, position, _instance_number(ds))
+
+
+def _instance_number(ds: pydicom.Dataset) -> int | None:
+    """InstanceNumber when it is a number, else None: modalities send "A1" or "" in an IS, and an
+    odd label must not stop the reader when positions order the slices anyway."""
+    element = ds.get((0x0020, 0x0013))
+    raw = element.value if element is not None else None
+    if raw is None:
+        return None
+    try:
+        number = float(str(raw).strip())
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
 
 
 def _sort_slices(slices: list[_Slice]) -> list[_Slice]:

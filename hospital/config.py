@@ -55,6 +55,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "DICOM_MOVE_DESTINATIONS": os.environ.get("DICOM_MOVE_DESTINATIONS") or "",
         "DICOM_QR_CALLING_AES": os.environ.get("DICOM_QR_CALLING_AES") or "*",
         "DICOM_QR_MAX_RESULTS": _env_int("DICOM_QR_MAX_RESULTS", 10_000),
+        # Private or unknown SOP classes: refused (the node offers no presentation context for
+        # them, STOW-RS answers 0122) unless this is on; one policy for DIMSE and DICOMweb.
+        "DICOM_ACCEPT_UNKNOWN_SOP_CLASSES": _env_bool("DICOM_ACCEPT_UNKNOWN_SOP_CLASSES", False),
         "DICOM_STORAGE_DIR": Path(os.environ.get("DICOM_STORAGE_DIR") or instance_dir / "dicom"),
         "AI_WEIGHTS": Path(
             os.environ.get("AI_WEIGHTS") or PROJECT_ROOT / "ai_services" / "weights" / "lesion-detector-v1.pt"

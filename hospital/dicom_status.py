@@ -43,6 +43,9 @@ MISSING_ATTRIBUTE = 0x0120
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 REFUSED_NOT_AUTHORIZED = 0x0124
 
+# Modality Performed Procedure Step (PS3.4 F.7.2.2.2): an N-SET on a COMPLETED or DISCONTINUED step.
+PPS_MAY_NO_LONGER_BE_UPDATED = 0xC310
+
 ERROR_COMMENT_MAX = 64  # ErrorComment is LO
 
 # What pydicom raises when a lazily decoded data set from a peer turns out to be malformed.

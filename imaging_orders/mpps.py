@@ -21,7 +21,7 @@ Decisions:
   study completion in `imaging_orders.archive.ingest`, which has the images the report needs; two writers
   of that transition could close an order whose images never came.
 - DISCONTINUED records the reason and leaves the appointment arrived, so staff can rebook.
-- A COMPLETED or DISCONTINUED step is final (PS3.4 F.7.2.2.2): a later N-SET is refused.
+- A COMPLETED or DISCONTINUED step is final (PS3.4 F.7.2.2.2): a later N-SET is refused with C310.
 
 Every write is audited with source "dicom" and no user (the modality is not a user); log lines
 carry UIDs, AE titles and ids, never patient identifiers or accession numbers.
@@ -44,6 +44,7 @@ from hospital.dicom_status import (
     INVALID_ATTRIBUTE_VALUE,
     MISSING_ATTRIBUTE,
     NO_SUCH_SOP_INSTANCE,
+    PPS_MAY_NO_LONGER_BE_UPDATED,
     PROCESSING_FAILURE,
     DicomFailure,
 )
@@ -92,7 +93,7 @@ class UnknownStep(ProcedureStepRefused, NotFound):
 
 
 class StepAlreadyFinal(ProcedureStepRefused, Conflict):
-    dicom_status = PROCESSING_FAILURE
+    dicom_status = PPS_MAY_NO_LONGER_BE_UPDATED
 
 
 def create_performed_step(

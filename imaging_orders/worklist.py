@@ -197,6 +197,23 @@ def _priority(row: _Row) -> str:
     return _PRIORITY_CODES.get(row.referral.priority, "ROUTINE")
 
 
+# Orders carry no standard procedure code (no LOINC/RadLex playbook here), so the procedure is
+# coded in our own scheme ("99" marks a local one, PS3.16 8.2): modality and body part as the code,
+# the order's description as its meaning. A modality selects its protocol from these.
+PROCEDURE_CODING_SCHEME = "99CLHOSP"
+# Scheduled Procedure Step Status (0040,0020) defined terms, PS3.3 C.4.10; the worklist holds only
+# booked and arrived steps.
+_STEP_STATUSES = {AppointmentStatus.BOOKED: "SCHEDULED", AppointmentStatus.ARRIVED: "ARRIVED"}
+
+
+def _procedure_code(row: _Row) -> Sequence:
+    code = Dataset()
+    code.CodeValue = f"{row.referral.modality}-{row.referral.body_part}".upper()[:16]
+    code.CodingSchemeDesignator = PROCEDURE_CODING_SCHEME
+    code.CodeMeaning = row.referral.procedure_description[:64]
+    return Sequence([code])
+
+
 _TOP_LEVEL: dict[str, Callable[[_Row], Any]] = {
     "PatientName": lambda r: r.patient.dicom_name,
     "PatientID": lambda r: r.patient.mrn,
@@ -209,6 +226,7 @@ _TOP_LEVEL: dict[str, Callable[[_Row], Any]] = {
     "RequestedProcedurePriority": _priority,
     "StudyInstanceUID": lambda r: study_instance_uid_for(r.referral),
     "BodyPartExamined": lambda r: r.referral.body_part[:16],
+    "RequestedProcedureCodeSequence": _procedure_code,
     # The offset the step's DA and TM values are in (PS3.3 C.12.1.1.8), e.g. "+0100".
     "TimezoneOffsetFromUTC": lambda r: r.local(r.appointment.start).strftime("%z"),
 }
@@ -224,7 +242,8 @@ _STEP: dict[str, Callable[[_Row], Any]] = {
     "ScheduledProcedureStepID": lambda r: f"SPS{r.appointment.id}"[:16],
     "ScheduledStationName": lambda r: r.schedule.name[:16],
     "ScheduledProcedureStepLocation": lambda r: r.schedule.room[:16],
-    "ScheduledProcedureStepStatus": lambda r: r.appointment.status.value.upper(),
+    "ScheduledProcedureStepStatus": lambda r: _STEP_STATUSES.get(r.appointment.status, "SCHEDULED"),
+    "ScheduledProtocolCodeSequence": _procedure_code,
     "ScheduledPerformingPhysicianName": lambda r: "",
 }
 

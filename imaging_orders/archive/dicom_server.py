@@ -100,6 +100,12 @@ def build_ae(app: Flask, ae_title: str | None = None) -> AE:
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     ae = AE(ae_title=ae_title or app.config["DICOM_AE_TITLE"])
+    # An association addressed to another AE title is a misconfigured peer: refuse it (A-ASSOCIATE-RJ,
+    # "called AE title not recognized") rather than file its images under the wrong node.
+    ae.require_called_aet = True
+    # pynetdicom has this only as a process-wide setting; the node is the one SCP in its process.
+    # On, every proposed abstract syntax is accepted as storage and ingest applies the same policy.
+    _config.UNRESTRICTED_STORAGE_SERVICE = bool(app.config.get("DICOM_ACCEPT_UNKNOWN_SOP_CLASSES", False))
     ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         # The role flags accept a C-GET requestor's proposal to be the Storage SCP for the

@@ -38,7 +38,7 @@ from hospital.access import ensure_patient_record_access
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.dicom_status import DATASET_DOES_NOT_MATCH_SOP_CLASS
+from hospital.dicom_status import DATASET_DOES_NOT_MATCH_SOP_CLASS, PROCESSING_FAILURE, SOP_CLASS_NOT_SUPPORTED
 from hospital.errors import InvalidInput, NotAcceptable, NotFound, UnprocessableEntity, UnsupportedMediaType
 from hospital.models import Role, User
 from imaging_orders.archive.ingest import (
@@ -75,9 +75,6 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _MAX_BOUNDARY = 70  # RFC 2046
 _CHUNK = 1 << 20
-# PS3.18 Table 10.5.3-1 failure reasons not already DICOM statuses from ingest.
-FAILURE_PROCESSING = 0x0110
-FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
 # Extra attributes `includefield=all` adds, per level, read from a stored header.
 _ALL_FIELDS = {
     "study": ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID", "InstitutionName"),
@@ -190,7 +187,7 @@ def _store_part(app: Any, part: BodyPart, path_study_uid: str | None, user: User
     outcome = _PartOutcome(*peeked)
     mimetype, params = parse_options_header(part.headers.get("content-type", "application/dicom"))
     if mimetype.lower() != "application/dicom":
-        outcome.failure_reason = FAILURE_SOP_CLASS_NOT_SUPPORTED
+        outcome.failure_reason = SOP_CLASS_NOT_SUPPORTED
         return outcome
     if path_study_uid is not None and outcome.study_instance_uid not in (None, path_study_uid):
         outcome.failure_reason = DATASET_DOES_NOT_MATCH_SOP_CLASS
@@ -435,7 +432,7 @@ def retrieve_instance(study_uid: str, series_uid: str | None = None, instance_ui
     missing = [path.name for path, _ in files if not path.is_file()]
     if missing:
         logger.error("WADO-RS: %d indexed files missing, e.g. %s", len(missing), missing[0])
-        raise StorageUnavailable("some images of this request are not readable now", FAILURE_PROCESSING)
+        raise StorageUnavailable("some images of this request are not readable now", PROCESSING_FAILURE)
     record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
                   description=f"WADO-RS {len(files)} instances")
     boundary = secrets.token_hex(16)
@@ -487,7 +484,7 @@ def retrieve_metadata(study_uid: str, series_uid: str | None = None, instance_ui
         try:
             header = pydicom.dcmread(stored_path(storage_dir, instance), stop_before_pixels=True)
         except OSError as exc:
-            raise StorageUnavailable("an image of this request is not readable now", FAILURE_PROCESSING) from exc
+            raise StorageUnavailable("an image of this request is not readable now", PROCESSING_FAILURE) from exc
         document = header.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e, i=instance: _instance_url(i))
         if instance.sop_class_uid and "00080016" not in document:
             document["00080016"] = {"vr": "UI", "Value": [instance.sop_class_uid]}
@@ -512,7 +509,7 @@ def retrieve_rendered(study_uid: str, series_uid: str, instance_uid: str, frame:
     try:
         ds = pydicom.dcmread(path)
     except OSError as exc:
-        raise StorageUnavailable("the image is not readable now", FAILURE_PROCESSING) from exc
+        raise StorageUnavailable("the image is not readable now", PROCESSING_FAILURE) from exc
     image = render_frame(ds, frame, window)
     record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
                   description=f"WADO-RS rendered frame {frame}")

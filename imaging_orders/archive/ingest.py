@@ -3,8 +3,14 @@ declaring studies complete.
 
 An instance is written to disk (temp file, fsync, rename, fsync of the directory) and indexed in the
 database, and the transaction commits, all before the sender is told it succeeded: a success answer
-is a promise the image is kept. Storing is idempotent on the SOP Instance UID because modalities
-and routers retry.
+is a promise the image is kept. It is also a promise the image is whole: pixel data shorter than
+the image's own attributes say, or compressed pixel data that does not decode, is refused before
+anything is written (`imaging_orders.archive.pixel_data`), because the sender deletes its copy on
+success. Storing is idempotent on the SOP Instance UID because modalities and routers retry.
+
+Header values are indexed whole, even past their VR's maximum length, so a query by the full value
+finds them; of a value sent with several (AccessionNumber "ACC1\\ACC2", VM 1 by the standard) the
+first is indexed and matched, and the instance's warnings say there were more.
 
 A new study is matched to its referral by AccessionNumber, but only when the PatientID in the
 header agrees with the referral's patient (a wrong match would file images in another patient's
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from flask import Flask
@@ -41,8 +48,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -53,6 +62,7 @@ from hospital.dicom_status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
+    SOP_CLASS_NOT_SUPPORTED,
     STORE_PROCESSING_FAILURE,
     DicomFailure,
 )
@@ -61,7 +71,8 @@ from hospital.events import iso_instant
 from hospital.jobs import publish
 from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.models import Appointment, AppointmentStatus
-from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.models import VR_MAX_CHARACTERS, ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
 from imaging_orders.service import start_examination
 from referrals.models import Referral, ReferralStatus
 
@@ -75,6 +86,9 @@ MATCHABLE_REFERRAL_STATUSES = frozenset(
 # A store can lose at most three races (study, series, instance) before it finds the winner's rows.
 _STORE_ATTEMPTS = 5
 _UID_MAX_LENGTH = 64
+# The storage SOP classes the DICOM node offers presentation contexts for; others (private, or
+# newer than pynetdicom) are stored only when DICOM_ACCEPT_UNKNOWN_SOP_CLASSES is on.
+STORAGE_SOP_CLASSES = frozenset(str(context.abstract_syntax) for context in AllStoragePresentationContexts)
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 # (0002,0000) UL, explicit VR little endian: tag, "UL", 2-byte length 4.
@@ -187,6 +201,9 @@ def store_instance(
     platform made from the study itself (the AI's SR and key images): they arrive after
     completion by design, so that is not worth a warning.
 
+    An instance of a SOP class outside `STORAGE_SOP_CLASSES` is refused (0122) unless the app's
+    DICOM_ACCEPT_UNKNOWN_SOP_CLASSES is on: the same policy the DICOM node applies in negotiation.
+
     Raises `InstanceRejected` (bad input, do not retry) or `StorageUnavailable` (retry later).
     """
     received = _receive(dataset_or_bytes, transfer_syntax_uid)
@@ -199,6 +216,10 @@ def store_instance(
         raise InstanceRejected(
             f"SOPInstanceUID {received.sop_instance_uid} differs from the command's {expected_sop_instance_uid}",
             DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+    if received.sop_class_uid not in STORAGE_SOP_CLASSES and not app.config.get("DICOM_ACCEPT_UNKNOWN_SOP_CLASSES", False):
+        raise InstanceRejected(
+            f"unknown or private SOP class {received.sop_class_uid} not accepted here", SOP_CLASS_NOT_SUPPORTED
         )
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     sha256 = hashlib.sha256(received.file_bytes).hexdigest()
@@ -341,10 +362,10 @@ def _get_or_create_study(
     header = received.header
     study = ImagingStudy(
         study_instance_uid=received.study_instance_uid,
-        accession_number=_text(header, "AccessionNumber", 16, warnings_out),
-        dicom_patient_id=_text(header, "PatientID", 64, warnings_out),
-        dicom_patient_name=_text(header, "PatientName", 200, warnings_out),
-        description=_text(header, "StudyDescription", 200, warnings_out),
+        accession_number=_text(header, "AccessionNumber", ImagingStudy.accession_number, warnings_out),
+        dicom_patient_id=_text(header, "PatientID", ImagingStudy.dicom_patient_id, warnings_out),
+        dicom_patient_name=_text(header, "PatientName", ImagingStudy.dicom_patient_name, warnings_out),
+        description=_text(header, "StudyDescription", ImagingStudy.description, warnings_out),
         started=_study_started(header, warnings_out),
         status=StudyStatus.REGISTERED,
         received_at=now,
@@ -374,9 +395,9 @@ def _get_or_create_series(session: Session, study: ImagingStudy, received: _Rece
         study_id=study.id,
         series_instance_uid=received.series_instance_uid,
         number=_int_or_none(received.header, "SeriesNumber", ignored),
-        modality=_text(received.header, "Modality", 16, ignored) or "OT",
-        description=_text(received.header, "SeriesDescription", 200, ignored),
-        body_part=_text(received.header, "BodyPartExamined", 64, ignored),
+        modality=_text(received.header, "Modality", ImagingSeries.modality, ignored) or "OT",
+        description=_text(received.header, "SeriesDescription", ImagingSeries.description, ignored),
+        body_part=_text(received.header, "BodyPartExamined", ImagingSeries.body_part, ignored),
     )
     session.add(series)
     session.flush()
@@ -436,6 +457,13 @@ def _receive(dataset_or_bytes: Dataset | bytes, transfer_syntax_uid: str | None)
         keyword: _required_uid(header, keyword)
         for keyword in _REQUIRED_UIDS
     }
+    try:
+        check_pixel_data(header, syntax, parse_warnings)
+    except IncompletePixelData as exc:
+        raise InstanceRejected(exc.reason, exc.dicom_status) from exc
+    # The index needs the header only; the bytes go to disk as received.
+    for keyword in PIXEL_DATA_KEYWORDS:
+        header.pop(keyword, None)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = uids["SOPClassUID"]
     meta.MediaStorageSOPInstanceUID = uids["SOPInstanceUID"]
@@ -508,9 +536,10 @@ def _encode_file_meta(meta: FileMetaDataset) -> bytes:
 
 
 def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str]]:
-    """Parse everything but the pixel data, forcing every element to decode, and collect oddities.
+    """Parse the data set, forcing every element to decode, and collect oddities.
 
-    pydicom decodes lazily, so a broken element would otherwise only fail later in a reader.
+    pydicom decodes lazily, so a broken element would otherwise only fail later in a reader. The
+    pixel data is read too (not decoded), so that `check_pixel_data` can see whether it is whole.
     """
     provisional = FileMetaDataset()
     provisional.MediaStorageSOPClassUID = "1.2"
@@ -521,7 +550,7 @@ def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str]]:
     with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            header = pydicom.dcmread(stream, stop_before_pixels=True)
+            header = pydicom.dcmread(stream)
             if len(header) == 0:
                 raise InstanceRejected("the data set has no elements", CANNOT_UNDERSTAND)
             _decode_all(header, found)
@@ -589,16 +618,33 @@ def _header_warnings(ds: Dataset) -> list[str]:
     return found
 
 
-def _text(ds: Dataset, keyword: str, max_length: int, warnings_out: list[str]) -> str | None:
+def _text(ds: Dataset, keyword: str, column: Any, warnings_out: list[str]) -> str | None:
+    """A header value as the index keeps it in `column`: whole, and the first of several values.
+
+    Every attribute indexed here has VM 1, so a second value is a sender's mistake; the first is
+    indexed (and used to match the order) and the instance says how many there were. A value
+    longer than its VR allows is kept whole up to the column's size (see `header_text`).
+    """
     value = ds.get(keyword)
     if value is None:
         return None
+    if isinstance(value, MultiValue):
+        values = [str(v).strip("\x00 ") for v in value]
+        if len(values) > 1:
+            warnings_out.append(f"{keyword} has {len(values)} values; the first is indexed and matched")
+        value = next((v for v in values if v), "")
     text = str(value).strip("\x00 ")
     if not text:
         return None
+    vr_max = VR_MAX_CHARACTERS.get(ds[keyword].VR)
+    max_length = column.type.length
     if len(text) > max_length:
-        warnings_out.append(f"{keyword} longer than {max_length} characters; truncated in the index")
+        warnings_out.append(f"{keyword} is {len(text)} characters; the index keeps the first {max_length}")
         text = text[:max_length]
+    elif vr_max is not None and len(text) > vr_max:
+        warnings_out.append(
+            f"{keyword} is {len(text)} characters, more than {ds[keyword].VR} allows ({vr_max}); indexed in full"
+        )
     return text
 
 

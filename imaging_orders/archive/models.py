@@ -21,6 +21,20 @@ from hospital.models import Patient, enum_column
 from referrals.models import Referral
 
 
+# PS3.5 Table 6.2-1 maximum lengths in characters (PN: 64 per component group, three groups).
+VR_MAX_CHARACTERS = {"SH": 16, "LO": 64, "CS": 16, "PN": 64 * 3 + 2}
+# Senders exceed those in the wild (a RIS's 21-character AccessionNumber, a long description). The
+# index keeps such a value whole, so a query by the full value finds it: columns holding header
+# values allow this many times their VR's maximum, and only a value longer still is cut (with a
+# warning on the instance).
+OVERLONG_ALLOWANCE = 4
+
+
+def header_text(vr: str) -> String:
+    """The column type for a header value of `vr`."""
+    return String(VR_MAX_CHARACTERS[vr] * OVERLONG_ALLOWANCE)
+
+
 class StudyStatus(str, enum.Enum):
     REGISTERED = "registered"  # instances arriving
     AVAILABLE = "available"  # complete: all instances in, analysis may start
@@ -32,16 +46,16 @@ class ImagingStudy(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    accession_number: Mapped[str | None] = mapped_column(header_text("SH"), index=True)
     # Null until matched: an unmatched study waits in the reconciliation queue, never dropped.
     referral_id: Mapped[int | None] = mapped_column(ForeignKey("referral.id"), index=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"), index=True)
     organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"))
     status: Mapped[StudyStatus] = mapped_column(enum_column(StudyStatus), default=StudyStatus.REGISTERED)
     # What the images' headers said, kept for reconciliation.
-    dicom_patient_id: Mapped[str | None] = mapped_column(String(64))
-    dicom_patient_name: Mapped[str | None] = mapped_column(String(200))
-    description: Mapped[str | None] = mapped_column(String(200))
+    dicom_patient_id: Mapped[str | None] = mapped_column(header_text("LO"))
+    dicom_patient_name: Mapped[str | None] = mapped_column(header_text("PN"))
+    description: Mapped[str | None] = mapped_column(header_text("LO"))
     started: Mapped[datetime | None]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_instance_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -59,9 +73,9 @@ class ImagingSeries(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("imaging_study.id"), index=True)
     series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     number: Mapped[int | None]
-    modality: Mapped[str] = mapped_column(String(16))
-    description: Mapped[str | None] = mapped_column(String(200))
-    body_part: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str] = mapped_column(header_text("CS"))
+    description: Mapped[str | None] = mapped_column(header_text("LO"))
+    body_part: Mapped[str | None] = mapped_column(header_text("CS"))
 
     study: Mapped[ImagingStudy] = relationship(back_populates="series")
     instances: Mapped[list[ImagingInstance]] = relationship(

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.dicom_outputs import (
+    PRESENCE_CONCEPT,
     SC_SERIES_NUMBER,
     SR_SERIES_NUMBER,
     DicomOutputError,
@@ -114,6 +115,25 @@ def test_same_report_state_gives_same_uids_and_a_change_gives_new_ones() -> None
     assert once.structured_report.SeriesInstanceUID == accepted.structured_report.SeriesInstanceUID
 
 
+def test_a_report_with_no_finding_gets_an_sr_saying_so() -> None:
+    slices = _slices()
+    first = next(iter(slices))
+    report = OutputReport(11, "final", (), model_version="1", signed_by="Rad^Rita")
+
+    outputs = build_report_outputs(report, slices)
+    stored = _round_trip(outputs.structured_report)
+
+    assert outputs.secondary_captures == []
+    assert stored.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert (stored.CompletionFlag, stored.VerificationFlag) == ("COMPLETE", "VERIFIED")
+    assert read_measurement_report(stored) == []  # no region, no measurement
+    sr = hd.sr.Comprehensive3DSR.from_dataset(stored)
+    [group] = sr.content.get_image_measurement_groups()
+    [evaluation] = group.get_qualitative_evaluations(name=PRESENCE_CONCEPT)
+    assert (evaluation.value.value, evaluation.value.scheme_designator) == ("272519000", "SCT")  # Absent
+    assert {e[2] for e in sr.get_evidence()} == {first}
+
+
 def test_a_missing_key_slice_is_refused() -> None:
     report = OutputReport(10, "preliminary", (OutputFinding(1, "1.2.3.4", (1, 1, 4, 4), 3.0, 0.5, "pending", "ai"),))
     with pytest.raises(DicomOutputError, match="1.2.3.4"):
@@ -174,3 +194,27 @@ def test_outputs_are_stored_in_the_study_idempotently_and_refreshed_when_signed(
     captured = {pydicom.dcmread(storage / row.path).SourceImageSequence[0].ReferencedSOPInstanceUID
                 for row in outputs[SC_SERIES_NUMBER]}
     assert captured == {stored.sop_instance_uids[1], stored.sop_instance_uids[3]}
+
+
+def test_a_study_with_no_finding_gets_its_sr_stored_and_refreshed_when_signed(
+    app: Flask, db_session: Session, demo: DemoSeed
+) -> None:
+    phantom = make_ct_phantom(12, n_slices=3, size=64)
+    stored = store_study_with_report(app, db_session, demo, phantom.volume_hu, pixel_spacing_mm=1.5, ai_boxes=[])
+    storage = Path(app.config["DICOM_STORAGE_DIR"])
+
+    make_report_outputs(db_session, stored.report_id)  # the job the analysis_completed event runs
+
+    outputs = _output_instances(db_session, stored.study_id)
+    assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1}
+    preliminary = pydicom.dcmread(storage / outputs[SR_SERIES_NUMBER][0].path)
+    assert preliminary.CompletionFlag == "PARTIAL" and read_measurement_report(preliminary) == []
+
+    sign_report(db_session, demo.users["radiologist"], stored.report_id)
+    db_session.commit()
+    make_report_outputs(db_session, stored.report_id)
+
+    outputs = _output_instances(db_session, stored.study_id)
+    assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1}
+    signed = pydicom.dcmread(storage / outputs[SR_SERIES_NUMBER][0].path)
+    assert (signed.CompletionFlag, signed.VerificationFlag) == ("COMPLETE", "VERIFIED")

@@ -69,3 +69,32 @@ def test_mixed_sizes_rejected(series, tmp_path: Path) -> None:
 def test_empty_input_rejected() -> None:
     with pytest.raises(SeriesReadError):
         read_ct_volume([])
+
+
+def _with_instance_numbers(paths: list[Path], out_dir: Path, numbers: list[str], *, keep_geometry: bool = True) -> list[Path]:
+    """Copies of `paths` whose InstanceNumber is written as given (IS values a modality got wrong)."""
+    out = []
+    for path, number in zip(paths, numbers, strict=True):
+        ds = pydicom.dcmread(path)
+        # pydicom will not write a bad IS, so the value goes out as LO and its VR is patched to IS.
+        ds["InstanceNumber"] = pydicom.DataElement(0x00200013, "LO", number)
+        if not keep_geometry:
+            del ds.ImagePositionPatient
+        out.append(out_dir / path.name)
+        ds.save_as(out[-1], enforce_file_format=True)
+        data = out[-1].read_bytes()
+        out[-1].write_bytes(data.replace(b"\x20\x00\x13\x00LO", b"\x20\x00\x13\x00IS", 1))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+def test_non_numeric_instance_numbers_do_not_stop_the_reader(series, tmp_path: Path) -> None:
+    phantom, paths = series
+    odd = _with_instance_numbers(list(reversed(paths)), tmp_path, ["A1", "", "3.0", "x", " 5", "B"])
+    volume = read_ct_volume(odd)  # ordered by position along the slice normal; InstanceNumber unused
+    assert np.array_equal(volume.hu, phantom.volume_hu.astype(np.float32))
+
+    (tmp_path / "nogeo").mkdir()
+    no_geometry = _with_instance_numbers(paths, tmp_path / "nogeo", ["1", "2", "3", "4", "5", "A6"], keep_geometry=False)
+    with pytest.raises(SeriesReadError, match="neither ImagePositionPatient nor InstanceNumber"):
+        read_ct_volume(no_geometry)

@@ -410,3 +410,110 @@ def test_compressed_and_other_transfer_syntaxes_are_kept_as_sent(node: Node, tmp
     for path in Path(node.app.config["DICOM_STORAGE_DIR"]).rglob("*.dcm"):
         stored = pydicom.dcmread(path, stop_before_pixels=True)
         assert stored.file_meta.TransferSyntaxUID == expected[stored.SOPInstanceUID]
+
+
+def test_storescu_of_cut_off_images_is_refused_and_nothing_kept(node: Node, tmp_path: Path) -> None:
+    """A modality deletes its copy on Success, so an image cut off on its way must get a failure."""
+    whole, short_element, multiframe, rle = write_ct_series(
+        make_ct_phantom(13, n_slices=4, size=64), tmp_path / "plain",
+        patient_id="CUT-0001", patient_name="Cut^Carla", accession_number="CUTACC",
+    )
+    # The Pixel Data element's own length is consistent, but 100 rows are missing.
+    ds = pydicom.dcmread(short_element)
+    ds.PixelData = ds.PixelData[: 64 * 2 * 20]
+    pydicom.dcmwrite(short_element, ds, enforce_file_format=True)
+    # Says three frames, holds two.
+    ds = pydicom.dcmread(multiframe)
+    ds.NumberOfFrames = 3
+    ds.PixelData = ds.PixelData * 2
+    pydicom.dcmwrite(multiframe, ds, enforce_file_format=True)
+    # RLE with a frame count its fragments do not have.
+    converted = tmp_path / "rle.dcm"
+    run_tool(["dcmcrle", str(rle), str(converted)])
+    ds = pydicom.dcmread(converted)
+    ds.NumberOfFrames = 2
+    pydicom.dcmwrite(converted, ds, enforce_file_format=True)
+
+    for path, flag in [(short_element, "-xe"), (multiframe, "-xe"), (converted, "-xr")]:
+        result = subprocess.run(
+            ["storescu", "-d", flag, "-aec", NODE_AE, "127.0.0.1", str(node.port), str(path)],
+            capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False,
+        )
+        output = result.stdout + result.stderr
+        assert "0xa900" in output and "cut off" in output, output
+    run_tool(["storescu", "-aec", NODE_AE, "127.0.0.1", str(node.port), str(whole)])
+
+    with get_db(node.app).session() as session:
+        stored = session.scalars(select(ImagingInstance.sop_instance_uid)).all()
+    assert stored == [pydicom.dcmread(whole, stop_before_pixels=True).SOPInstanceUID]
+    assert len(list(Path(node.app.config["DICOM_STORAGE_DIR"]).rglob("*.dcm"))) == 1
+
+
+def test_an_association_to_another_called_ae_title_is_rejected(node: Node) -> None:
+    ae = AE(ae_title="LOSTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="SOMEONEELSE")
+    assert assoc.is_rejected
+    refused = subprocess.run(["echoscu", "-aec", "SOMEONEELSE", "127.0.0.1", str(node.port)],
+                             capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False)
+    assert refused.returncode != 0 and "Called AE Title Not Recognized" in refused.stdout + refused.stderr
+    run_tool(["echoscu", "-aec", NODE_AE, "127.0.0.1", str(node.port)])
+
+
+PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.8.498.99.1"  # pydicom's root: a vendor's private storage class
+
+
+def _private_instance() -> pydicom.Dataset:
+    ds = ct_series_datasets(make_ct_phantom(17, n_slices=1, size=32), patient_id="PRIV-1", patient_name="Private^Pat",
+                            accession_number="PRIVACC")[0]
+    ds.SOPClassUID = PRIVATE_SOP_CLASS
+    return ds
+
+
+def _send_private(port: int) -> int | None:
+    """C-STORE one private-class instance; its status, or None when no context was accepted."""
+    ds = _private_instance()
+    ae = AE(ae_title="VENDORSCU")
+    ae.add_requested_context(PRIVATE_SOP_CLASS, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assert assoc.is_established
+    try:
+        if not any(cx.abstract_syntax == PRIVATE_SOP_CLASS for cx in assoc.accepted_contexts):
+            return None
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def test_private_sop_classes_are_refused_by_default(node: Node) -> None:
+    assert _send_private(node.port) is None
+    with get_db(node.app).session() as session:
+        assert session.scalar(select(func.count()).select_from(ImagingInstance)) == 0
+
+
+@pytest.fixture()
+def accepting_node(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
+    monkeypatch.setattr("hospital.jobs.dispatch", lambda app, ids: None)
+    app = make_test_app(live_database, tmp_path / "instance", DICOM_ACCEPT_UNKNOWN_SOP_CLASSES=True)
+    port = free_port()
+    previous = _config.UNRESTRICTED_STORAGE_SERVICE
+    server = start_dicom_server(app, host="127.0.0.1", port=port, ae_title=NODE_AE, block=False)
+    assert server is not None
+    try:
+        yield Node(app, server, port, [])
+    finally:
+        server.shutdown()
+        _config.UNRESTRICTED_STORAGE_SERVICE = previous  # a pynetdicom global: restore it
+        get_db(app).engine.dispose()
+
+
+def test_private_sop_classes_are_stored_when_the_policy_accepts_them(accepting_node: Node, tmp_path: Path) -> None:
+    assert _send_private(accepting_node.port) == 0x0000
+    # A public class still goes through its ordinary context.
+    [whole] = write_ct_series(make_ct_phantom(18, n_slices=1, size=32), tmp_path, patient_id="PRIV-2",
+                              patient_name="Public^Pat", accession_number="PUBACC")
+    run_tool(["storescu", "-aec", NODE_AE, "127.0.0.1", str(accepting_node.port), str(whole)])
+    with get_db(accepting_node.app).session() as session:
+        classes = sorted(session.scalars(select(ImagingInstance.sop_class_uid)).all())
+    assert classes == sorted([PRIVATE_SOP_CLASS, CTImageStorage])

@@ -22,7 +22,7 @@ from hospital.models import AuditEvent
 from hospital.seed import DemoSeed
 from imaging_orders.archive import dicomweb, reconciliation
 from imaging_orders.archive.dicomweb import parse_multipart_related
-from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
+from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, SOP_CLASS_NOT_SUPPORTED
 from imaging_orders.archive.models import ImagingInstance, ImagingStudy
 from tests.conftest import ApiClient, make_test_app
 from tests.imaging_orders.dicom_payloads import demo_order, multipart_body, part10, small_ct_study
@@ -227,3 +227,44 @@ def test_wado_is_refused_outside_the_compartment(stored: dict[str, Any], as_role
         assert response.mimetype == "application/problem+json"
     denied = db_session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.outcome == 4))
     assert denied >= 3
+
+
+def test_stow_of_cut_off_images_fails_them_and_keeps_nothing(as_role: Any, demo: DemoSeed, db_session: Session) -> None:
+    whole, cut, compressed_cut = small_ct_study(patient_id="CUT-W", accession_number="CUTW", n_slices=3)
+    cut.PixelData = cut.PixelData[:-200]
+    compressed_cut.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+    compressed_cut.NumberOfFrames = 2  # one fragment for two frames
+    body, content_type = multipart_body([part10(whole), part10(cut), part10(compressed_cut)])
+
+    response = as_role("imaging_staff").post("/dicomweb/studies", data=body, content_type=content_type)
+
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert [item[REFERENCED_SOP_INSTANCE_UID]["Value"][0] for item in answer[REFERENCED_SOP_SEQUENCE]["Value"]] == [
+        whole.SOPInstanceUID
+    ]
+    failed = {item[REFERENCED_SOP_INSTANCE_UID]["Value"][0]: item[FAILURE_REASON]["Value"][0]
+              for item in answer[FAILED_SOP_SEQUENCE]["Value"]}
+    assert failed == {cut.SOPInstanceUID: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                      compressed_cut.SOPInstanceUID: DATASET_DOES_NOT_MATCH_SOP_CLASS}
+    kept = db_session.scalars(select(ImagingInstance.sop_instance_uid).where(
+        ImagingInstance.sop_instance_uid.in_([whole.SOPInstanceUID, cut.SOPInstanceUID, compressed_cut.SOPInstanceUID])
+    )).all()
+    assert kept == [whole.SOPInstanceUID]
+
+
+def test_stow_applies_the_unknown_sop_class_policy(app: Flask, as_role: Any, demo: DemoSeed, db_session: Session) -> None:
+    ds = small_ct_study(patient_id="PRIV-W", accession_number="PRIVW", n_slices=1)[0]
+    ds.SOPClassUID = "1.2.826.0.1.3680043.8.498.99.1"
+    body, content_type = multipart_body([part10(ds)])
+
+    refused = as_role("imaging_staff").post("/dicomweb/studies", data=body, content_type=content_type)
+    assert refused.status_code == 409
+    assert refused.get_json()[FAILED_SOP_SEQUENCE]["Value"][0][FAILURE_REASON]["Value"] == [SOP_CLASS_NOT_SUPPORTED]
+
+    app.config["DICOM_ACCEPT_UNKNOWN_SOP_CLASSES"] = True
+    try:
+        accepted = as_role("imaging_staff").post("/dicomweb/studies", data=body, content_type=content_type)
+    finally:
+        app.config["DICOM_ACCEPT_UNKNOWN_SOP_CLASSES"] = False
+    assert accepted.status_code == 200, accepted.get_data(as_text=True)

@@ -6,6 +6,7 @@ import copy
 import errno
 import hashlib
 import random
+import struct
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -33,6 +34,7 @@ from imaging_orders.archive.ingest import InstanceRejected, StorageUnavailable, 
 from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, STORE_PROCESSING_FAILURE
 from imaging_orders.models import AppointmentStatus
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.query_retrieve import StudyCriteria, search_studies
 from referrals.models import ReferralStatus
 from tests.conftest import make_test_app
 from tests.imaging_orders.factories import Order, make_centre, make_order
@@ -211,6 +213,138 @@ def test_database_failure_after_write_removes_the_file(
     assert caught.value.dicom_status == STORE_PROCESSING_FAILURE
     assert written and not written[0].exists()
     assert db_session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == datasets[0].StudyInstanceUID)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel data integrity: a Success is a promise the image is whole
+# ---------------------------------------------------------------------------------------------
+
+
+def _nothing_kept(app: Flask, db_session: Session, ds: pydicom.Dataset, before: set[Path]) -> None:
+    assert storage_files(app) == before
+    assert db_session.scalar(select(ImagingInstance).where(ImagingInstance.sop_instance_uid == ds.SOPInstanceUID)) is None
+    assert db_session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == ds.StudyInstanceUID)) is None
+
+
+def _multiframe(ds: pydicom.Dataset, frames: int) -> pydicom.Dataset:
+    many = copy.deepcopy(ds)
+    many.NumberOfFrames = frames
+    many.PixelData = ds.PixelData * frames
+    return many
+
+
+def _rle(ds: pydicom.Dataset) -> pydicom.Dataset:
+    compressed = copy.deepcopy(ds)
+    compressed.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+    return compressed
+
+
+def _cut_pixel_data(ds: pydicom.Dataset, keep: int) -> pydicom.Dataset:
+    cut = copy.deepcopy(ds)
+    cut.PixelData = ds.PixelData[:keep]
+    return cut
+
+
+@pytest.mark.parametrize(
+    "make_broken",
+    [
+        pytest.param(lambda ds: _cut_pixel_data(ds, len(ds.PixelData) - 128), id="native-short"),
+        pytest.param(lambda ds: _cut_pixel_data(_multiframe(ds, 3), 2 * len(ds.PixelData)), id="native-frames-missing"),
+        pytest.param(lambda ds: _cut_pixel_data(ds, 0), id="native-empty"),
+    ],
+)
+def test_cut_off_native_pixel_data_is_refused_and_nothing_kept(
+    app: Flask, db_session: Session, make_broken: Any
+) -> None:
+    ds = make_broken(ct_study("MRN-CUT", "ACC-CUT", slices=1)[0])
+    before = storage_files(app)
+
+    with pytest.raises(InstanceRejected) as caught:
+        store_instance(app, ds, transfer_syntax_uid=None, calling_ae="TESTSCU")
+
+    assert caught.value.dicom_status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert "cut off" in caught.value.reason
+    _nothing_kept(app, db_session, ds, before)
+
+
+def test_file_cut_off_inside_its_pixel_data_is_refused(app: Flask, db_session: Session, tmp_path: Path) -> None:
+    ds = ct_study("MRN-CUTF", "ACC-CUTF", slices=1)[0]
+    path = tmp_path / "whole.dcm"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    before = storage_files(app)
+
+    with pytest.raises(InstanceRejected) as caught:
+        store_instance(app, path.read_bytes()[:-1000], transfer_syntax_uid=None, calling_ae="TESTSCU")
+
+    assert "cut off" in caught.value.reason
+    _nothing_kept(app, db_session, ds, before)
+
+
+def test_compressed_pixel_data_with_missing_frames_or_cut_off_is_refused(app: Flask, db_session: Session) -> None:
+    source = ct_study("MRN-RLE", "ACC-RLE", slices=1)[0]
+    one_frame_of_two = _rle(source)
+    one_frame_of_two.NumberOfFrames = 2
+    cut_in_fragment = _rle(source)
+    cut_in_fragment.PixelData = cut_in_fragment.PixelData[:-64]  # the last item's length now runs past the end
+    undecodable = _rle(source)
+    # An RLE header with one segment: 16-bit pixels need two, so the frame cannot be decoded.
+    one_segment = struct.pack("<16L", 1, 64, *([0] * 14)) + b"\x00\x00" * 8
+    undecodable.PixelData = pydicom.encaps.encapsulate([one_segment])
+    before = storage_files(app)
+
+    for broken, status, words in [
+        (one_frame_of_two, DATASET_DOES_NOT_MATCH_SOP_CLASS, "2 frame(s) declared, 1 fragment(s)"),
+        (cut_in_fragment, DATASET_DOES_NOT_MATCH_SOP_CLASS, "cut off"),
+        (undecodable, CANNOT_UNDERSTAND, "cannot be decoded"),
+    ]:
+        with pytest.raises(InstanceRejected) as caught:
+            store_instance(app, broken, transfer_syntax_uid=None, calling_ae="TESTSCU")
+        assert (caught.value.dicom_status, words in caught.value.reason) == (status, True), caught.value.reason
+    _nothing_kept(app, db_session, source, before)
+
+
+def test_whole_images_in_every_shape_are_kept(app: Flask, db_session: Session) -> None:
+    source = ct_study("MRN-WHOLE", "ACC-WHOLE", slices=3)
+    multiframe = _multiframe(source[1], 4)
+    results = store_all(app, [source[0], multiframe, _rle(source[2])])
+    assert not any(r.duplicate for r in results)
+    assert not any("Pixel" in w for r in results for w in r.warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Odd header values: indexed as sent, never the loop stopped
+# ---------------------------------------------------------------------------------------------
+
+
+def test_two_valued_accession_number_indexes_and_matches_the_first(app: Flask, db_session: Session) -> None:
+    centre = make_centre(db_session)
+    order = make_order(db_session, centre)
+    datasets = ct_study(order.patient.mrn, order.referral.accession_number or "", slices=1)
+    datasets[0].AccessionNumber = [order.referral.accession_number, "OTHERACC"]
+
+    [result] = store_all(app, datasets)
+
+    study = _study(db_session, datasets)
+    assert study.accession_number == order.referral.accession_number
+    assert study.referral_id == order.referral.id
+    assert any("AccessionNumber has 2 values" in w for w in result.warnings)
+
+
+def test_values_longer_than_their_vr_allows_are_indexed_whole_and_found(app: Flask, db_session: Session) -> None:
+    long_accession = "RIS-2026-000000123456"  # 21 characters; SH allows 16
+    long_patient_id = "HOSPITAL-NORTH/" + "9" * 60  # 75; LO allows 64
+    long_description = "CT THORAX ABDOMEN PELVIS WITH CONTRAST, PORTAL VENOUS PHASE, LOW DOSE PROTOCOL v2"
+    datasets = ct_study(long_patient_id, long_accession, slices=1)
+    datasets[0].StudyDescription = long_description
+
+    [result] = store_all(app, datasets)
+
+    study = _study(db_session, datasets)
+    assert (study.accession_number, study.dicom_patient_id, study.description) == (
+        long_accession, long_patient_id, long_description)
+    assert any("AccessionNumber is 21 characters" in w and "indexed in full" in w for w in result.warnings)
+    found = search_studies(db_session, StudyCriteria(accession_numbers=[long_accession], patient_ids=[long_patient_id]))
+    assert [s.id for s in found] == [study.id]
 
 
 # ---------------------------------------------------------------------------------------------

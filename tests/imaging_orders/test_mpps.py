@@ -162,7 +162,7 @@ def test_completed_ends_the_step_and_later_sets_are_refused(node: Node, order: O
     assert order_statuses(node, order) == (AppointmentStatus.ARRIVED, ReferralStatus.IN_PROGRESS)
 
     refused = update(modality, final("DISCONTINUED"), uid)
-    assert int(refused.Status) == 0x0110
+    assert int(refused.Status) == 0xC310  # PS3.4 F.7.2.2.2: may no longer be updated
     assert "no longer be updated" in str(refused.ErrorComment)
     again = load_step(node, uid)
     assert again is not None and again["status"] is PerformedStepStatus.COMPLETED

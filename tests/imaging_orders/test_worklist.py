@@ -172,3 +172,20 @@ def test_dates_and_times_are_on_the_centres_own_calendar(db_session: Session) ->
     (sydney_item,) = find_worklist_items(db_session, query(station="WLSYD1", date="20311124"))
     assert sydney_item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime == "100000"
     assert "TimezoneOffsetFromUTC" not in sydney_item  # only the keys the modality asked for
+
+
+def test_step_status_and_code_sequences_are_dicom_values(db_session: Session, booked: dict[str, Order]) -> None:
+    statuses: dict[str, str] = {}
+    for name, date in (("doe", "20310310"), ("arrived", "20310311")):
+        q = query(station="WLCT1", date=date, AccessionNumber=booked[name].referral.accession_number or "")
+        q.RequestedProcedureCodeSequence = Sequence()
+        q.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus = ""
+        q.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence = Sequence()
+        [item] = find_worklist_items(db_session, q)
+        step = item.ScheduledProcedureStepSequence[0]
+        statuses[name] = step.ScheduledProcedureStepStatus
+        for sequence in (item.RequestedProcedureCodeSequence, step.ScheduledProtocolCodeSequence):
+            [code] = sequence  # one item, with the three attributes of a code (PS3.3 8.8)
+            assert code.CodeValue == "CT-CHEST" and code.CodingSchemeDesignator == "99CLHOSP"
+            assert code.CodeMeaning == "CT chest without contrast"
+    assert statuses == {"doe": "SCHEDULED", "arrived": "ARRIVED"}
