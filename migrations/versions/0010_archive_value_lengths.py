@@ -7,7 +7,7 @@ four times the VR maximum (imaging_orders.archive.models.header_text). Widening 
 table rewrite on PostgreSQL; the downgrade cuts longer values back to the old sizes.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-01 10:00:00
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
