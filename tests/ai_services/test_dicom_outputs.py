@@ -33,6 +33,7 @@ from synthetic.phantoms import make_ct_phantom
 from hospital.seed import DemoSeed
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries
 from tests.ai_services.studies import store_study_with_report
+from tests.factories import analysis_completed
 
 
 def _round_trip(dataset: pydicom.Dataset) -> pydicom.Dataset:
@@ -203,18 +204,25 @@ def test_a_study_with_no_finding_gets_its_sr_stored_and_refreshed_when_signed(
     stored = store_study_with_report(app, db_session, demo, phantom.volume_hu, pixel_spacing_mm=1.5, ai_boxes=[])
     storage = Path(app.config["DICOM_STORAGE_DIR"])
 
-    make_report_outputs(db_session, stored.report_id)  # the job the analysis_completed event runs
+    make_report_outputs(db_session, analysis_completed(db_session, report_of(db_session, stored.report_id)))
 
     outputs = _output_instances(db_session, stored.study_id)
     assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1}
     preliminary = pydicom.dcmread(storage / outputs[SR_SERIES_NUMBER][0].path)
     assert preliminary.CompletionFlag == "PARTIAL" and read_measurement_report(preliminary) == []
 
-    sign_report(db_session, demo.users["radiologist"], stored.report_id)
+    signed_report = sign_report(db_session, demo.users["radiologist"], stored.report_id)
     db_session.commit()
-    make_report_outputs(db_session, stored.report_id)
+    make_report_outputs(db_session, ReportSigned(report_id=signed_report.id, patient_id=signed_report.patient_id,
+                                                 referral_id=signed_report.referral_id))
 
     outputs = _output_instances(db_session, stored.study_id)
     assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1}
     signed = pydicom.dcmread(storage / outputs[SR_SERIES_NUMBER][0].path)
     assert (signed.CompletionFlag, signed.VerificationFlag) == ("COMPLETE", "VERIFIED")
+
+
+def report_of(session: Session, report_id: int) -> DiagnosticReport:
+    report = session.get(DiagnosticReport, report_id)
+    assert report is not None
+    return report
