@@ -3,14 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install services clean
+.PHONY: demo test lint install services clean
 
 demo: install
 	$(BIN)/hospital db upgrade
 	$(BIN)/hospital demo
 
-test: install services
+test: install lint services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 install: $(VENV)/.installed
 

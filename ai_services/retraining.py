@@ -326,7 +326,7 @@ def evaluate_reviewed(detector: LesionDetector, cases: Sequence[ReviewedCase]) -
     points = froc_curve(confidences, lesion_ids, len(sizes), len(cases))
     sens4, thr4 = sensitivity_at_fp_rate(points, 4.0)
     sens1, _ = sensitivity_at_fp_rate(points, 1.0)
-    found = {lid for c, lid in zip(confidences, lesion_ids) if lid >= 0 and c >= thr4}
+    found = {lid for c, lid in zip(confidences, lesion_ids, strict=True) if lid >= 0 and c >= thr4}
     by_size: dict[str, float] = {}
     for group in sorted(set(sizes.values())):
         ids = [lid for lid, g in sizes.items() if g == group]

@@ -9,6 +9,7 @@ that called us can record exactly what was wrong.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ def _sort_slices(slices: list[_Slice]) -> list[_Slice]:
     if all(s.position is not None for s in slices):
         ordered = sorted(slices, key=lambda s: s.position)  # type: ignore[arg-type, return-value]
         positions = [s.position for s in ordered]
-        for a, b in zip(ordered, ordered[1:]):
+        for a, b in itertools.pairwise(ordered):
             if a.position == b.position:
                 raise SeriesReadError(f"{b.path}: duplicate slice position {b.position} (also {a.path})")
         logger.debug("sorted %d slices by position %.2f..%.2f", len(ordered), positions[0], positions[-1])

@@ -366,7 +366,7 @@ def evaluate_detector(detector: LesionDetector, heldout_seeds: Sequence[int],
         for i, lesion in enumerate(phantom.lesions):
             lesion_size[scan * 1000 + i] = _size_group(lesion.diameter_mm)
             lesion_kind[scan * 1000 + i] = f"{lesion.region}:{lesion.kind}"
-        for det, m in zip(detections, matches):
+        for det, m in zip(detections, matches, strict=True):
             confidences.append(det.confidence)
             lesion_ids.append(scan * 1000 + m if m >= 0 else -1)
             outcomes.append(m >= 0)
@@ -376,7 +376,7 @@ def evaluate_detector(detector: LesionDetector, heldout_seeds: Sequence[int],
     points = froc_curve(confidences, lesion_ids, n_lesions, n_scans)
     sens1, thr1 = sensitivity_at_fp_rate(points, 1.0)
     sens4, thr4 = sensitivity_at_fp_rate(points, 4.0)
-    hit_at_4 = {lid for c, lid in zip(confidences, lesion_ids) if lid >= 0 and c >= thr4}
+    hit_at_4 = {lid for c, lid in zip(confidences, lesion_ids, strict=True) if lid >= 0 and c >= thr4}
 
     def grouped(key: dict[int, str]) -> tuple[dict[str, float], dict[str, int]]:
         counts: dict[str, int] = {}

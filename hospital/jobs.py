@@ -252,7 +252,7 @@ def _rq_states(conn: Redis, record_ids: list[int]) -> dict[int, str | None]:
         for record_id in record_ids:
             pipe.hget(Job.key_for(f"hospital-job-{record_id}"), "status")
         raw = pipe.execute()
-    return {rid: (value.decode() if isinstance(value, bytes) else value) for rid, value in zip(record_ids, raw)}
+    return {rid: (value.decode() if isinstance(value, bytes) else value) for rid, value in zip(record_ids, raw, strict=True)}
 
 
 def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bool = False) -> list[int]:

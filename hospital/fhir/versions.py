@@ -80,10 +80,10 @@ def write_versions(session: Session, changes: list[tuple[ResourceMapping, Any, s
     """
     now = utcnow()
     keys = [(m.type_name, row.id) for m, row, _method in changes]
-    latest = _latest_versions(session, [key for key, (_m, _r, method) in zip(keys, changes) if method != METHOD_CREATE])
+    latest = _latest_versions(session, [key for key, (_m, _r, method) in zip(keys, changes, strict=True) if method != METHOD_CREATE])
     rendered = _render_rows(session, [(m, row.id) for m, row, method in changes if method != METHOD_DELETE])
     rows = []
-    for (mapping, row, method), key in zip(changes, keys):
+    for (mapping, row, method), key in zip(changes, keys, strict=True):
         version_id = latest.get(key, 0) + 1
         latest[key] = version_id
         resource, patient_id = rendered.get(key, (None, mapping.patient_id_of(row)))

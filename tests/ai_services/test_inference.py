@@ -66,7 +66,7 @@ def test_finds_big_lesions_with_matching_boxes(detector: LesionDetector,
             if lesion.diameter_mm <= 10:
                 continue
             big += 1
-            hits = [d for d, m in zip(detections, matches) if m == i]
+            hits = [d for d, m in zip(detections, matches, strict=True) if m == i]
             if not hits:
                 continue
             found += 1
@@ -104,10 +104,10 @@ def test_512_input_is_downsampled_and_boxes_are_in_original_pixels(detector: Les
     assert probability.shape == (8, 512, 512)
     detections = detector.detect(phantom.volume_hu, (0.75, 0.75))
     matches = match_detections(detections, phantom)
-    big = [i for i, l in enumerate(phantom.lesions) if l.diameter_mm > 10]
+    big = [i for i, lesion in enumerate(phantom.lesions) if lesion.diameter_mm > 10]
     found = 0
     for i in big:
-        hits = [d for d, m in zip(detections, matches) if m == i]
+        hits = [d for d, m in zip(detections, matches, strict=True) if m == i]
         if not hits:
             continue
         found += 1
@@ -144,7 +144,7 @@ def test_label_components_3d_matches_flood_fill() -> None:
     # Reference: breadth-first flood fill.
     ref = np.zeros(mask.shape, dtype=int)
     n = 0
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         if ref[start]:
             continue
         n += 1
@@ -158,7 +158,7 @@ def test_label_components_3d_matches_flood_fill() -> None:
                     ref[q] = n
                     stack.append(q)
     assert count == n
-    pairs = set(zip(labels[mask].tolist(), ref[mask].tolist()))
+    pairs = set(zip(labels[mask].tolist(), ref[mask].tolist(), strict=True))
     assert len(pairs) == n  # a one-to-one relabelling
 
 

@@ -137,7 +137,7 @@ def test_patient_create_read_update_with_versions_and_if_match(as_role, demo) ->
 
     type_history = ok(admin.get("/fhir/Patient/_history?_count=1"))
     assert type_history["total"] >= 3  # the two demo patients and both versions of this one
-    assert len(type_history["entry"]) == 1 and any(l["relation"] == "next" for l in type_history["link"])
+    assert len(type_history["entry"]) == 1 and any(link["relation"] == "next" for link in type_history["link"])
 
     minimal = admin.put(f"/fhir/Patient/{patient_id}", json=changed, headers={"Prefer": "return=minimal"})
     assert minimal.status_code == 200 and minimal.get_data() == b""
@@ -266,11 +266,11 @@ def test_paging_through_two_thousand_observations_sees_each_once(as_role, demo, 
         bundle = ok(radiologist.get(url))
         assert bundle["total"] == 2000
         seen.extend(ids_of(bundle))
-        url = next((relative(l["url"]) for l in bundle["link"] if l["relation"] == "next"), None)
+        url = next((relative(link["url"]) for link in bundle["link"] if link["relation"] == "next"), None)
         pages += 1
     assert pages == 40 and len(seen) == 2000 and len(set(seen)) == 2000
     previous = ok(radiologist.get(f"/fhir/Observation?patient={demo.patient.id}&_count=50&_page=3"))
-    back = next(relative(l["url"]) for l in previous["link"] if l["relation"] == "previous")
+    back = next(relative(link["url"]) for link in previous["link"] if link["relation"] == "previous")
     assert ids_of(ok(radiologist.get(back))) == seen[50:100]
 
     descending = ok(radiologist.get(f"/fhir/Observation?patient={demo.patient.id}&_count=5&_sort=-_id"))

@@ -9,6 +9,7 @@ patients book its slots, its station gets its worklist.
 
 from __future__ import annotations
 
+import itertools
 import calendar
 import html
 import re
@@ -388,7 +389,7 @@ def test_a_night_across_the_change_has_real_length_slots(db_session: Session, de
                SlotOpening(sunday, sunday, EVERY_DAY, time(0, 0), time(6, 0), 60))
     starts = slot_starts(db_session, scanner)
     assert len(starts) == 7 and starts[0] == datetime.combine(sunday - timedelta(days=1), time(22), tzinfo=UTC)
-    assert all(b - a == timedelta(hours=1) for a, b in zip(starts, starts[1:]))
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(starts))
 
 
 def test_slots_in_the_past_are_skipped(db_session: Session, demo: DemoSeed) -> None:

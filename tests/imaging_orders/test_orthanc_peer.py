@@ -50,9 +50,9 @@ def orthanc(node: Node, tmp_path: Path) -> Iterator[str]:  # noqa: F811 - pytest
             try:
                 urllib.request.urlopen(f"{base}/system", timeout=1).read()
                 break
-            except OSError:
+            except OSError as exc:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"Orthanc did not start: {process.stderr.read().decode()[-2000:] if process.stderr else ''}")
+                    raise AssertionError(f"Orthanc did not start: {process.stderr.read().decode()[-2000:] if process.stderr else ''}") from exc
                 time.sleep(0.2)
         yield base
     finally:

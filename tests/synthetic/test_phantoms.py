@@ -60,8 +60,8 @@ def test_lesions_have_masks_sizes_and_variety() -> None:
 
 def test_lung_lesion_is_denser_than_lung() -> None:
     p = make_ct_phantom(5, n_lesions=6)
-    solid = [l for l in p.lesions if l.region == "lung" and l.kind in ("solid", "lobulated")
-             and l.diameter_mm > 8]
+    solid = [candidate for candidate in p.lesions if candidate.region == "lung"
+             and candidate.kind in ("solid", "lobulated") and candidate.diameter_mm > 8]
     for lesion in solid:
         z, y, x = (int(round(v)) for v in lesion.centre_zyx)
         assert p.volume_hu[z, y - 1:y + 2, x - 1:x + 2].mean() > -300
