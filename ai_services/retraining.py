@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +71,14 @@ from ai_services.service import DEFAULT_MODEL_NAME, activate_model_version, acti
 from ai_services.training import (
     SIZE_GROUPS,
     EvaluationMetrics,
-    detection_loss,
     calibrate,
+    detection_loss,
     evaluate_detector,
     froc_curve,
     sensitivity_at_fp_rate,
 )
-from synthetic.phantoms import Phantom, make_ct_phantom
 from imaging_orders.archive.public import instance_paths, study_ref
+from synthetic.phantoms import Phantom, make_ct_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -549,7 +549,7 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
         "version": inputs.version,
         "weights_file": weights_path.name,
         "sha256": sha256_of_file(weights_path),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "candidate_threshold": threshold,
         "calibration": calibration.to_json(),

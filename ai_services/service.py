@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ai_services.dicom_outputs import OutputFinding, OutputReport, build_report_outputs, output_series_uids
+from ai_services.events import AnalysisCompleted, ReportSigned
 from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
 from ai_services.models import (
     AnalysisJob,
@@ -38,11 +39,10 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
-from ai_services.events import AnalysisCompleted, ReportSigned
 from hospital.events import iso_instant
 from hospital.jobs import enqueue, publish
-from hospital.records import load_record
 from hospital.models import Organization, Role, User
+from hospital.records import load_record
 from imaging_orders.archive.public import (
     SeriesFiles,
     StoreResult,

@@ -26,7 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -497,7 +497,7 @@ def train_model(
         "version": MODEL_VERSION,
         "weights_file": weights_path.name,
         "sha256": digest,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": _code_version(),
         "torch_version": torch.__version__,
         "architecture": {"class": "ai_services.network.LesionUNet", "in_channels": IN_CHANNELS,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ai_services import cli, fhir, routes, seed
 from ai_services.events import AnalysisCompleted, ReportSigned
 from hospital.jobs import subscribe
-from imaging_orders.archive.events import StudyCompleted
 from hospital.models import Role
 from hospital.periodic import register_periodic
 from hospital.web import add_nav_link
-from ai_services import cli, fhir, routes, seed
+from imaging_orders.archive.events import StudyCompleted
 
 
 def register(app: Flask) -> None:

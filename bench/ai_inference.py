@@ -81,17 +81,18 @@ def bench_slices(device: str, repeats: int) -> dict[str, float]:
 
 
 def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
-    from hospital.app import create_app
-    from hospital.db import get_db
-    from synthetic.dicom_factory import write_ct_series
-    from hospital.migrate import upgrade
-    from synthetic.phantoms import make_ct_phantom
-    from hospital.seed import seed_demo
+    from sqlalchemy import select
+
     from ai_services.jobs import analyse_study_again
     from ai_services.models import DiagnosticReport
+    from hospital.app import create_app
+    from hospital.db import get_db
+    from hospital.migrate import upgrade
+    from hospital.seed import seed_demo
     from imaging_orders.archive.ingest import store_instance
     from imaging_orders.archive.models import ImagingStudy, StudyStatus
-    from sqlalchemy import select
+    from synthetic.dicom_factory import write_ct_series
+    from synthetic.phantoms import make_ct_phantom
 
     phantom = make_ct_phantom(20_001, n_slices=n_slices, size=512, pixel_spacing_mm=0.75, slice_thickness_mm=2.5)
     times = []
@@ -125,7 +126,7 @@ def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
 
 
 def bench_training_step(steps: int) -> float:
-    from ai_services.retraining import RetrainConfig, load_model, fine_tune, synthetic_slices
+    from ai_services.retraining import RetrainConfig, fine_tune, load_model, synthetic_slices
 
     config = RetrainConfig(steps=steps, batch_size=16, patch_size=96, synthetic_train_phantoms=2, phantom_slices=8)
     data = synthetic_slices(config)

@@ -33,10 +33,10 @@ from followup.events import ConsultationFinished, MedicationDispensed
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
 from hospital.clock import utcnow
-from hospital.events import parse_instant
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
-from hospital.records import load_record
+from hospital.events import parse_instant
 from hospital.models import Organization, Patient, Role, User
+from hospital.records import load_record
 from imaging_orders.archive.events import StudyCompleted
 
 logger = logging.getLogger(__name__)

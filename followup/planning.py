@@ -17,15 +17,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ai_services.public import report_summary
 from followup.models import CarePlan, Consultation, FollowUpTask, Notification, TaskStatus
+from hospital import clock
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
-from hospital import clock
 from hospital.clock import utcnow
 from hospital.errors import Forbidden, InvalidInput
 from hospital.models import Patient, Role, User
 from hospital.notify import Notifier, OutgoingMessage
-from ai_services.public import report_summary
 from imaging_orders.public import accept_follow_up_referral
 from referrals.public import Priority, ReferralRequest, create_referral, referral_summary
 

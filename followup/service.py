@@ -10,6 +10,7 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.public import report_summary
+from followup.events import ConsultationFinished, MedicationDispensed
 from followup.models import (
     CarePlan,
     Consultation,
@@ -22,17 +23,16 @@ from followup.models import (
     PharmacyStock,
     TaskStatus,
 )
+from followup.planning import TaskTemplate, add_tasks
 from hospital.access import ensure_patient_access, patient_filter, relationship_cutoff
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
-from followup.events import ConsultationFinished, MedicationDispensed
 from hospital.events import iso_instant
 from hospital.jobs import publish
-from followup.planning import TaskTemplate, add_tasks
-from hospital.records import load_record
 from hospital.models import Organization, OrganizationKind, Practitioner, Role, User
 from hospital.notify import Notifier, OutgoingMessage, notifier
+from hospital.records import load_record
 from referrals.public import referral_summary
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from ai_services.events import ReportSigned
 from followup import fhir, routes, seed, service
 from hospital.access import register_patient_scope
 from hospital.jobs import subscribe
-from hospital.periodic import register_periodic
 from hospital.models import Role
+from hospital.periodic import register_periodic
 from hospital.web import add_nav_link
 
 

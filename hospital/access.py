@@ -70,14 +70,14 @@ def patient_filter(
     if user.role is Role.PATIENT:
         if user.patient_id is None:
             return false()
-        return patient_column == literal(user.patient_id)  # type: ignore[operator,return-value]
+        return patient_column == literal(user.patient_id)
     policy: AccessPolicy = current_app.extensions["hospital.access"]
     scopes = policy.scopes.get(user.role, [])
     if not scopes:
         return false()
     selects = [scope(user) for scope in scopes]
     allowed = selects[0] if len(selects) == 1 else union(*selects)
-    return patient_column.in_(allowed)  # type: ignore[attr-defined,no-any-return]
+    return patient_column.in_(allowed)  # type: ignore[union-attr]
 
 
 def can_access_patient(session: Session, user: User, patient_id: int | None) -> bool:

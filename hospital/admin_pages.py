@@ -27,8 +27,20 @@ from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import AuditEvent, Organization, Patient, Role, User
 from hospital.users import (
-    MIN_PASSWORD_LENGTH, PROFILE_RULES, AccountProfile, NewAccount, change_role, create_user, deactivate_user,
-    get_user, list_users, reactivate_user, reset_password, role_label, unlock_user, with_article,
+    MIN_PASSWORD_LENGTH,
+    PROFILE_RULES,
+    AccountProfile,
+    NewAccount,
+    change_role,
+    create_user,
+    deactivate_user,
+    get_user,
+    list_users,
+    reactivate_user,
+    reset_password,
+    role_label,
+    unlock_user,
+    with_article,
 )
 from hospital.web import add_nav_link, form_action
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from flask import current_app, flash, g, has_request_context, request, session as cookie_session
+from flask import current_app, flash, g, has_request_context, request
+from flask import session as cookie_session
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -86,7 +87,7 @@ def authenticate(session: Session, username: str, password: str) -> User:
 
 def lock_seconds(failed_logins: int) -> int:
     """How long the account locks at this many consecutive failures: doubling from the first lock."""
-    return min(MAX_LOCK_SECONDS, FIRST_LOCK_SECONDS * 2 ** max(0, failed_logins - MAX_FAILED_LOGINS))
+    return int(min(MAX_LOCK_SECONDS, FIRST_LOCK_SECONDS * 2 ** max(0, failed_logins - MAX_FAILED_LOGINS)))
 
 
 def is_locked(user: User) -> bool:
@@ -203,7 +204,8 @@ def _load_cookie_user(db_session: Session) -> User | None:
 def load_current_user() -> User | None:
     """Resolve the caller from a bearer token or the session cookie, once per request."""
     if g.get("current_user_request") is request._get_current_object():  # type: ignore[attr-defined]
-        return g.current_user
+        cached: User | None = g.current_user
+        return cached
     user: User | None = None
     db_session = request_session()
     header = request.headers.get("Authorization", "")

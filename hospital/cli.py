@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 from flask import current_app
@@ -132,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -122,7 +122,7 @@ def make_engine(url: str) -> Engine:
 class UnitOfWorkFlask(Flask):
     """Flask whose view functions are each one unit of work (see the module docstring)."""
 
-    def dispatch_request(self) -> ResponseReturnValue:  # type: ignore[override]
+    def dispatch_request(self) -> ResponseReturnValue:
         rv = super().dispatch_request()
         # Committed here, inside the dispatch, so a commit that fails (a constraint, a lost
         # connection) reaches the error handlers like any other error and nothing is claimed done.
@@ -176,14 +176,16 @@ def init_app(app: Flask) -> None:
 
 
 def get_db(app: Flask | None = None) -> Database:
-    return (app or current_app).extensions["hospital.db"]
+    database: Database = (app or current_app).extensions["hospital.db"]
+    return database
 
 
 def request_session() -> Session:
     """The session of the current request or app context, created on first use."""
     if "db_session" not in g:
         g.db_session = get_db().session()
-    return g.db_session
+    session: Session = g.db_session
+    return session
 
 
 def _close_request_session(_exc: BaseException | None) -> None:

@@ -12,8 +12,8 @@ from werkzeug.exceptions import HTTPException
 
 from hospital.db import abandon_request_work
 from hospital.errors import DomainError, Unauthenticated
-from hospital.ratelimit import RateLimited
 from hospital.fhir.outcome import FHIR_JSON, operation_outcome
+from hospital.ratelimit import RateLimited
 
 logger = logging.getLogger(__name__)
 

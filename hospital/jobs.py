@@ -147,7 +147,7 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_APP_KEY, None)
 
 
-def redis_connection(app: Flask) -> Redis | None:
+def redis_connection(app: Flask) -> Redis[bytes] | None:
     url = app.config.get("REDIS_URL")
     if not url:
         return None
@@ -246,7 +246,7 @@ def _lease_expired(record: JobRecord, timeout_seconds: float) -> bool:
     return record.started_at is None or record.started_at < utcnow() - timedelta(seconds=timeout_seconds)
 
 
-def _rq_states(conn: Redis, record_ids: list[int]) -> dict[int, str | None]:
+def _rq_states(conn: Redis[bytes], record_ids: list[int]) -> dict[int, str | None]:
     """The RQ status of each record's job (`None` when Redis has no such job), in one round trip."""
     with conn.pipeline(transaction=False) as pipe:
         for record_id in record_ids:
@@ -282,7 +282,8 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
             select(JobRecord.id, JobRecord.handler, JobRecord.started_at).where(JobRecord.status == JobStatus.RUNNING)
         ).all()
         # RUNNING always has a start time (run_job sets both together).
-        stale = [(rid, handler) for rid, handler, started in running if started < running_cutoff(handler)]
+        stale = [(rid, handler) for rid, handler, started in running
+                 if started is not None and started < running_cutoff(handler)]
         failed = list(session.scalars(
             select(JobRecord.id).where(JobRecord.status == JobStatus.FAILED, JobRecord.created_at < queued_cutoff)
         )) if include_failed else []
@@ -302,7 +303,7 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
                     .values(status=JobStatus.QUEUED, last_error="worker lost; re-dispatched by the sweeper")
                     .execution_options(synchronize_session=False)
                 )
-                if result.rowcount == 1:
+                if result.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(rid)
     lost = sorted(set(queued) | set(claimed) | set(failed))
     if lost:

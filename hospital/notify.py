@@ -40,4 +40,5 @@ def init_app(app: Flask) -> None:
 
 
 def notifier() -> Notifier:
-    return current_app.extensions["hospital.notifier"]
+    configured: Notifier = current_app.extensions["hospital.notifier"]
+    return configured

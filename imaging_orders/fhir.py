@@ -14,6 +14,7 @@ from flask import Flask
 from sqlalchemy import ColumnElement, false, or_
 from sqlalchemy.orm import Session
 
+from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.fhir.core_resources import AE_TITLE_SYSTEM
 from hospital.fhir.registry import (
     ResourceMapping,
@@ -28,10 +29,9 @@ from hospital.fhir.registry import (
     register_resource,
     token_param,
 )
-from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.models import User
-from imaging_orders.models import Appointment, Schedule, Slot
 from imaging_orders.archive.models import ImagingSeries, ImagingStudy
+from imaging_orders.models import Appointment, Schedule, Slot
 from imaging_orders.service import book_appointment, cancel_appointment, move_appointment
 from referrals.fhir import ACCESSION_SYSTEM, DICOM_MODALITY_SYSTEM, referral_accession_identifier
 

@@ -18,9 +18,10 @@ from hospital.auth import current_user, require_roles
 from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import InvalidInput
-from hospital.records import load_record
 from hospital.models import Role
+from hospital.records import load_record
 from hospital.web import form_action
+from imaging_orders.archive.models import ImagingStudy
 from imaging_orders.centres import (
     MAX_RANGE_DAYS,
     SUMMARY_DAYS,
@@ -44,7 +45,6 @@ from imaging_orders.centres import (
     zone_names,
 )
 from imaging_orders.models import Appointment, AppointmentStatus, Slot
-from imaging_orders.archive.models import ImagingStudy
 from imaging_orders.service import (
     WorklistEntry,
     accept_referral,

@@ -12,14 +12,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.exc import StaleDataError
 
+from hospital import clock
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
-from hospital import clock
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Role, User
-from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
 from imaging_orders.archive.models import ImagingStudy
+from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
 from referrals.models import Referral, ReferralStatus
 
 logger = logging.getLogger(__name__)

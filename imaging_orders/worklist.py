@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from sqlalchemy import ColumnElement, Select, or_, select

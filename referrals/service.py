@@ -25,8 +25,8 @@ from hospital.access import (
 )
 from hospital.audit import record_access
 from hospital.errors import Conflict, Forbidden, InvalidInput
-from hospital.records import load_record
 from hospital.models import Organization, OrganizationKind, Patient, Role, User
+from hospital.records import load_record
 from referrals.models import Priority, Referral, ReferralStatus
 
 logger = logging.getLogger(__name__)

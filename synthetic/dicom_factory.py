@@ -11,13 +11,13 @@ that forgets to apply the rescale produces visibly wrong HU, so tests catch it.
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from synthetic.phantoms import Phantom
 
@@ -79,7 +79,7 @@ def ct_series_datasets(
     study_uid = study_instance_uid or generate_uid()
     series_uid = series_instance_uid or generate_uid()
     frame_of_reference_uid = generate_uid()
-    when = study_datetime or datetime.now(timezone.utc)
+    when = study_datetime or datetime.now(UTC)
     n_slices, rows, columns = volume_hu.shape
     stored = np.clip(np.rint(volume_hu.astype(np.float32) - RESCALE_INTERCEPT), 0, _MAX_STORED)
     stored = stored.astype(np.uint16)

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-
 from sqlalchemy.orm import Session
 
 from ai_services.events import AnalysisCompleted
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
-from synthetic.dicom_factory import ct_series_datasets
 from followup.events import ConsultationFinished
 from followup.models import Consultation
 from followup.service import opened_by_ai_finding
@@ -24,6 +22,7 @@ from hospital.seed import DemoSeed
 from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import Referral, ReferralStatus
+from synthetic.dicom_factory import ct_series_datasets
 
 
 def make_referral(session: Session, demo: DemoSeed, status: ReferralStatus = ReferralStatus.ACTIVE) -> Referral:

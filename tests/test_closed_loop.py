@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from pydicom.uid import CTImageStorage, Comprehensive3DSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, CTImageStorage
 from sqlalchemy import func, select
 
 from ai_services.models import DiagnosticReport, Finding

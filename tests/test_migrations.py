@@ -13,13 +13,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from hospital.db import Base
-from hospital.migrate import downgrade, upgrade
-from tests.conftest import ADMIN_URL
-
 import ai_services.models  # noqa: F401,E402 - every table on the metadata
 import billing.models  # noqa: F401,E402
 import followup.models  # noqa: F401,E402
+from hospital.db import Base
+from hospital.migrate import downgrade, upgrade
+from tests.conftest import ADMIN_URL
 
 
 @pytest.fixture()

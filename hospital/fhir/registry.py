@@ -84,7 +84,8 @@ class ResourceMapping:
     def patient_id_of(self, row: Any) -> int | None:
         if self.patient_column is None:
             return None
-        return getattr(row, self.patient_column.key)
+        patient_id: int | None = getattr(row, self.patient_column.key)
+        return patient_id
 
     def readable_by(self, role: Role) -> bool:
         return self.read_roles is None or role in self.read_roles
@@ -119,7 +120,8 @@ def register_resource(app: Flask, mapping: ResourceMapping) -> None:
 
 
 def fhir_registry() -> FhirRegistry:
-    return current_app.extensions["hospital.fhir"]
+    registry: FhirRegistry = current_app.extensions["hospital.fhir"]
+    return registry
 
 
 def validate_resource(data: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +230,7 @@ def parse_date_search(value: str) -> tuple[str, datetime, datetime]:
     return prefix, start, start + (timedelta(microseconds=1) if start.microsecond else timedelta(seconds=1))
 
 
-def date_clause(column: Any, value: str, *, is_date_column: bool = False) -> ColumnElement[bool]:
+def date_clause(column: ColumnElement[Any] | InstrumentedAttribute[Any], value: str, *, is_date_column: bool = False) -> ColumnElement[bool]:
     """The WHERE clause of one FHIR date search value (prefixes eq, ne, gt, lt, ge, le, sa, eb;
     the value's precision sets the range it matches) on a timestamp or date expression."""
     prefix, start, end = parse_date_search(value)
@@ -310,5 +312,6 @@ def coding_code(concept: Any, system: str | None = None) -> str | None:
         return None
     for coding in concept.get("coding") or []:
         if system is None or coding.get("system") == system:
-            return coding.get("code")
+            code = coding.get("code")
+            return str(code) if code is not None else None
     return None

@@ -67,7 +67,7 @@ def render_resource(mapping: ResourceMapping, row: Any) -> dict[str, Any]:
 
 
 def primary_key(mapping: ResourceMapping) -> Any:
-    return mapping.model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
+    return mapping.model.__mapper__.primary_key[0]
 
 
 def last_updated_column(mapping: ResourceMapping) -> Any:
@@ -241,7 +241,7 @@ def run_search(
         if search.page > 1:
             links.append({"relation": "previous", "url": page_url(base_url, search.used, min(search.page - 1, last_page))})
         links.append({"relation": "last", "url": page_url(base_url, search.used, last_page)})
-    entries = []
+    entries: list[dict[str, Any]] = []
     seen: set[tuple[str, int]] = set()
     for row in rows:
         resource = render_resource(mapping, row)

@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import event, func, inspect, select
+from sqlalchemy import event, func, insert, inspect, select
 from sqlalchemy.orm import Session, UOWTransaction
 
 from hospital.clock import utcnow
@@ -98,7 +98,7 @@ def write_versions(session: Session, changes: list[tuple[ResourceMapping, Any, s
                 "resource": resource,
             }
         )
-    session.connection().execute(ResourceVersion.__table__.insert(), rows)
+    session.connection().execute(insert(ResourceVersion), rows)
 
 
 def _render_rows(
@@ -115,9 +115,9 @@ def _render_rows(
     with Session(bind=session.connection(), autoflush=False) as reader:
         for type_name, ids in ids_by_type.items():
             mapping = mappings[type_name]
-            pk = mapping.model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
+            pk = mapping.model.__mapper__.primary_key[0]
             for row in reader.scalars(select(mapping.model).where(pk.in_(ids))):
-                rendered[(type_name, row.id)] = (json_safe(mapping.to_fhir(row)), mapping.patient_id_of(row))
+                rendered[(type_name, getattr(row, str(pk.key)))] = (json_safe(mapping.to_fhir(row)), mapping.patient_id_of(row))
     return rendered
 
 

@@ -23,11 +23,11 @@ from typing import Any
 from flask import Flask
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -60,7 +60,6 @@ from hospital.dicom_status import (
     status_dataset,
 )
 from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
-from imaging_orders.mpps import create_performed_step, update_performed_step
 from imaging_orders.archive.query_retrieve import (
     QR_FIND_CONTEXTS,
     QR_GET_CONTEXTS,
@@ -69,6 +68,7 @@ from imaging_orders.archive.query_retrieve import (
     handle_qr_get,
     handle_qr_move,
 )
+from imaging_orders.mpps import create_performed_step, update_performed_step
 from imaging_orders.worklist import find_worklist_items
 
 logger = logging.getLogger(__name__)

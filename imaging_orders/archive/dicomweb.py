@@ -48,8 +48,8 @@ from imaging_orders.archive.ingest import (
 )
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from imaging_orders.archive.query_retrieve import (
-    StudyCriteria,
     StudyCounts,
+    StudyCriteria,
     add_from_file,
     instance_attributes,
     keyword_of,

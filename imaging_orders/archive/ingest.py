@@ -70,9 +70,9 @@ from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.jobs import publish
 from imaging_orders.archive.events import StudyCompleted
-from imaging_orders.models import Appointment, AppointmentStatus
 from imaging_orders.archive.models import VR_MAX_CHARACTERS, ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
+from imaging_orders.models import Appointment, AppointmentStatus
 from imaging_orders.service import start_examination
 from referrals.models import Referral, ReferralStatus
 

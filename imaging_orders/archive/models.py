@@ -20,7 +20,6 @@ from hospital.db import Base
 from hospital.models import Patient, enum_column
 from referrals.models import Referral
 
-
 # PS3.5 Table 6.2-1 maximum lengths in characters (PN: 64 per component group, three groups).
 VR_MAX_CHARACTERS = {"SH": 16, "LO": 64, "CS": 16, "PN": 64 * 3 + 2}
 # Senders exceed those in the wild (a RIS's 21-character AccessionNumber, a long description). The

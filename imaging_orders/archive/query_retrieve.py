@@ -24,8 +24,8 @@ from typing import Any
 
 import pydicom
 from flask import Flask
-from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence

@@ -28,10 +28,10 @@ from ai_services.events import ReportSigned
 from ai_services.jobs import make_report_outputs
 from ai_services.models import DiagnosticReport, ReviewStatus
 from ai_services.service import Box, add_finding, review_finding, sign_report, store_report_outputs
-from synthetic.dicom_factory import ct_series_datasets
-from synthetic.phantoms import make_ct_phantom
 from hospital.seed import DemoSeed
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries
+from synthetic.dicom_factory import ct_series_datasets
+from synthetic.phantoms import make_ct_phantom
 from tests.ai_services.studies import store_study_with_report
 from tests.factories import analysis_completed
 

@@ -13,7 +13,14 @@ from playwright.sync_api import expect
 
 from hospital import clock
 from hospital.seed import DEMO_PASSWORD
-from tests.browser.conftest import LiveSite, has_horizontal_scroll, login, new_page, publish_docs_screenshots, screenshot
+from tests.browser.conftest import (
+    LiveSite,
+    has_horizontal_scroll,
+    login,
+    new_page,
+    publish_docs_screenshots,
+    screenshot,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -28,13 +28,13 @@ from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import create_engine, select
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from demo.closed_loop import dicom_server_process, free_port
 from hospital.app import create_app
 from hospital.db import get_db
-from demo.closed_loop import dicom_server_process, free_port
-from synthetic.dicom_factory import write_ct_series
-from synthetic.phantoms import make_ct_phantom
 from hospital.seed import DEMO_PASSWORD, seed_demo
 from imaging_orders.archive.models import ImagingInstance
+from synthetic.dicom_factory import write_ct_series
+from synthetic.phantoms import make_ct_phantom
 from tests.chaos.processes import OwnPostgres, wait_until
 
 pytestmark = pytest.mark.chaos

@@ -18,13 +18,13 @@ from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport
 from billing.models import ChargeItem, ServiceLine
 from hospital.clock import utcnow
 from hospital.db import get_db
-from synthetic.dicom_factory import write_ct_series
 from hospital.jobs import deliver, sweep_lost_jobs
 from hospital.models import JobRecord, JobStatus
-from synthetic.phantoms import make_ct_phantom
 from hospital.seed import seed_demo
 from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
 from referrals.models import ReferralStatus
+from synthetic.dicom_factory import write_ct_series
+from synthetic.phantoms import make_ct_phantom
 from tests.chaos.conftest import JOB_TIMEOUT_SECONDS
 from tests.chaos.processes import OwnRedis, kill_hard, wait_until
 from tests.conftest import make_test_app

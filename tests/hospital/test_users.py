@@ -19,7 +19,13 @@ from hospital.errors import Conflict, Forbidden, InvalidInput
 from hospital.models import ApiToken, AuditEvent, Organization, OrganizationKind, Patient, Practitioner, Role, User
 from hospital.seed import DEMO_PASSWORD, DemoSeed
 from hospital.users import (
-    AccountProfile, NewAccount, change_role, create_user, deactivate_user, reactivate_user, reset_password,
+    AccountProfile,
+    NewAccount,
+    change_role,
+    create_user,
+    deactivate_user,
+    reactivate_user,
+    reset_password,
 )
 from tests.conftest import login_api
 from tests.referrals.test_referral_pages import csrf_token_of, sign_in

@@ -9,9 +9,9 @@ patients book its slots, its station gets its worklist.
 
 from __future__ import annotations
 
-import itertools
 import calendar
 import html
+import itertools
 import re
 import threading
 from datetime import UTC, date, datetime, time, timedelta

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from sqlalchemy import select
 
 from hospital.auth import issue_token

@@ -30,14 +30,14 @@ from sqlalchemy import func, select
 
 import hospital.jobs
 from hospital.db import get_db
-from synthetic.dicom_factory import ct_series_datasets, write_ct_series
-from synthetic.phantoms import make_ct_phantom
-from imaging_orders.archive.dicom_server import start_dicom_server
 from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
-from imaging_orders.models import AppointmentStatus
+from imaging_orders.archive.dicom_server import start_dicom_server
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.models import AppointmentStatus
 from imaging_orders.worklist import study_instance_uid_for
 from referrals.models import Referral, ReferralStatus
+from synthetic.dicom_factory import ct_series_datasets, write_ct_series
+from synthetic.phantoms import make_ct_phantom
 from tests.conftest import make_test_app
 from tests.imaging_orders.factories import Order, make_centre, make_order
 

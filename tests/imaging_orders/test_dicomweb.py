@@ -18,11 +18,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hospital.auth import issue_token
+from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, SOP_CLASS_NOT_SUPPORTED
 from hospital.models import AuditEvent
 from hospital.seed import DemoSeed
 from imaging_orders.archive import dicomweb, reconciliation
 from imaging_orders.archive.dicomweb import parse_multipart_related
-from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, SOP_CLASS_NOT_SUPPORTED
 from imaging_orders.archive.models import ImagingInstance, ImagingStudy
 from tests.conftest import ApiClient, make_test_app
 from tests.imaging_orders.dicom_payloads import demo_order, multipart_body, part10, small_ct_study

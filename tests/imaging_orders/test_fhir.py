@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 
 from hospital.fhir.registry import validate_resource
 from hospital.seed import DemoSeed
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from imaging_orders.fhir import appointment_to_fhir, imaging_study_to_fhir, schedule_to_fhir, slot_to_fhir
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
-from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.fhir import ACCESSION_SYSTEM
 from referrals.models import Referral, ReferralStatus
 

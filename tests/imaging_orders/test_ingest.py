@@ -24,18 +24,29 @@ import hospital.jobs
 import imaging_orders.archive.ingest as ingest
 from hospital.clock import utcnow
 from hospital.db import get_db
-from synthetic.dicom_factory import ct_series_datasets
+from hospital.dicom_status import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    STORE_PROCESSING_FAILURE,
+)
 from hospital.errors import Conflict
 from hospital.events import DomainEvent
 from hospital.models import JobRecord
 from imaging_orders.archive.events import StudyCompleted
-from synthetic.phantoms import make_ct_phantom
-from imaging_orders.archive.ingest import InstanceRejected, StorageUnavailable, complete_quiet_studies, reconcile_study, store_instance
-from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, STORE_PROCESSING_FAILURE
-from imaging_orders.models import AppointmentStatus
+from imaging_orders.archive.ingest import (
+    InstanceRejected,
+    StorageUnavailable,
+    complete_quiet_studies,
+    reconcile_study,
+    store_instance,
+)
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from imaging_orders.archive.query_retrieve import StudyCriteria, search_studies
+from imaging_orders.models import AppointmentStatus
 from referrals.models import ReferralStatus
+from synthetic.dicom_factory import ct_series_datasets
+from synthetic.phantoms import make_ct_phantom
 from tests.conftest import make_test_app
 from tests.imaging_orders.factories import Order, make_centre, make_order
 

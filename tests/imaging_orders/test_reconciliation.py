@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from hospital.auth import issue_token
 from hospital.seed import DEMO_PASSWORD, DemoSeed
 from imaging_orders.archive.ingest import store_instance
-from imaging_orders.models import AppointmentStatus
 from imaging_orders.archive.models import ImagingStudy
+from imaging_orders.models import AppointmentStatus
 from referrals.models import ReferralStatus
 from tests.conftest import ApiClient, make_test_app
 from tests.imaging_orders.dicom_payloads import demo_order, small_ct_study

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 
 from ai_services.models import ReportStatus, ReviewStatus
 from followup.service import open_consultation
-from imaging_orders.archive.models import ImagingStudy
 from hospital.models import AuditEvent, Role
 from hospital.policy import POLICY, may_see_type
 from hospital.seed import DemoSeed
+from imaging_orders.archive.models import ImagingStudy
 from tests.ai_services.test_report_pages import store_slices
 from tests.billing.test_fhir import insert_invoice
 from tests.factories import make_preliminary_report

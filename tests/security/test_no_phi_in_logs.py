@@ -15,11 +15,11 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from hospital.clock import utcnow
-from synthetic.dicom_factory import write_ct_series
 from hospital.models import Patient
-from synthetic.phantoms import make_ct_phantom
 from hospital.seed import DemoSeed
 from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
+from synthetic.dicom_factory import write_ct_series
+from synthetic.phantoms import make_ct_phantom
 
 
 def phi_of(demo: DemoSeed) -> list[str]:

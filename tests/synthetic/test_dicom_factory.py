@@ -1,6 +1,6 @@
 """Tests for writing phantoms as CT DICOM series."""
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from io import BytesIO
 from pathlib import Path
 
@@ -22,7 +22,7 @@ def test_datasets_round_trip_through_pydicom(phantom) -> None:
     datasets = ct_series_datasets(phantom, patient_id="P-1", patient_name="Doe^Jane",
                                   accession_number="ACC1", patient_sex="F",
                                   patient_birth_date=date(1970, 1, 2),
-                                  study_datetime=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+                                  study_datetime=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
     assert len(datasets) == 5
     for index, ds in enumerate(datasets):
         buffer = BytesIO()
