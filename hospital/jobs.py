@@ -135,6 +135,10 @@ def _add_record(session: Session, handler: str, queue: str, payload: dict[str, A
 
 @sa_event.listens_for(Session, "after_commit")
 def _dispatch_after_commit(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        # A savepoint was released (a form action, a batch entry): nothing is durable until the
+        # unit of work's own transaction commits, so its records wait for that.
+        return
     pending: list[int] = session.info.pop(_PENDING_KEY, [])
     app: Flask | None = session.info.pop(_APP_KEY, None)
     if pending and app is not None:
@@ -143,6 +147,10 @@ def _dispatch_after_commit(session: Session) -> None:
 
 @sa_event.listens_for(Session, "after_rollback")
 def _forget_after_rollback(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        # Only a savepoint was undone: what was published before it still stands. Its own records
+        # are gone with it, and `run_job` skips an id it cannot find.
+        return
     session.info.pop(_PENDING_KEY, None)
     session.info.pop(_APP_KEY, None)
 

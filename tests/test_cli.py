@@ -28,7 +28,7 @@ def embedded_env(tmp_path: Path) -> dict[str, str]:
 
 
 # Lines written for every DICOM instance: pynetdicom's, on both ends, and the archive's.
-PER_INSTANCE_LINES = ("Sending Store Request", "Received Store Request", "imaging_orders.ingest: stored")
+PER_INSTANCE_LINES = ("Sending Store Request", "Received Store Request", "imaging_orders.archive.ingest: stored")
 
 
 def test_demo_on_the_embedded_default_migrates_it_and_prints_a_line_per_step_and_the_closed_loop(

@@ -66,7 +66,8 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     # Clinician: a referral through the form, then its status in "My referrals".
     clinician = login(browser, site, "clinician")
     nav(clinician, "New referral")
-    clinician.get_by_label("Patient").select_option(label="Rivera, Alex (MRN-1001)")
+    clinician.get_by_label("Patient", exact=True).select_option(label="Rivera, Alex (MRN-1001)")
+    clinician.get_by_label("Access reason").fill("New patient at the practice")
     clinician.get_by_label("Priority").select_option("urgent")
     clinician.get_by_label("Reason for the examination").fill("Persistent cough for six weeks; ex-smoker")
     screenshot(clinician, "clinician-new-referral")
@@ -233,7 +234,7 @@ def test_sign_in_errors_logout_not_found_and_phone_width(browser: Any, site: Liv
     page.get_by_label("Username").fill("clinician")
     page.get_by_label("Password").fill("not-the-password")
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("alert")).to_have_text("unknown username or wrong password")
+    expect(page.get_by_role("alert")).to_contain_text("unknown username or wrong password")
     expect(page.get_by_label("Username")).to_have_value("clinician")
     screenshot(page, "login-failed")
 

@@ -210,3 +210,19 @@ def test_events_carry_plain_values_only() -> None:
     with pytest.raises(TypeError, match="must be an int, str, bool or None"):
         Happened(n=utcnow())  # type: ignore[arg-type]
     assert Happened.from_payload(Happened(n=3).payload()) == Happened(n=3)
+
+
+def test_jobs_published_in_a_savepoint_wait_for_the_outer_commit(db_session: Session, app: Flask) -> None:
+    """Form actions and batch entries run in savepoints: releasing one must not hand its jobs on
+    (nothing is committed yet), and undoing one must not forget jobs published before it."""
+    CALLS.clear()
+    subscribe(app, Happened, "tests.hospital.test_jobs.record_call")
+    publish(db_session, Happened(n=1))
+    with db_session.begin_nested():
+        publish(db_session, Happened(n=2))
+    assert CALLS == [], "a released savepoint is not a commit"
+    with pytest.raises(RuntimeError), db_session.begin_nested():
+        publish(db_session, Happened(n=3))
+        raise RuntimeError("this action is undone")
+    db_session.commit()
+    assert sorted(call["n"] for call in CALLS) == [1, 2]
