@@ -1,5 +1,5 @@
-"""Core tables every stage shares: people, organisations, users and tokens, audit, and the durable
-job records behind domain events."""
+"""Core tables every stage shares: people, organisations, users, tokens and browser sessions, audit,
+and the durable job records behind domain events."""
 
 from __future__ import annotations
 
@@ -128,6 +128,20 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship()
+
+
+class BrowserSession(Base):
+    """A signed-in browser. The signed cookie carries a random id whose SHA-256 is stored here, so a
+    session can be ended on the server: sign-out (a copied cookie stops working too), and every
+    session of an account when it is deactivated, locked, or its password changes."""
+
+    __tablename__ = "browser_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
 
 
 class AuditEvent(Base):
