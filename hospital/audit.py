@@ -52,12 +52,15 @@ def record_access(
 
 
 def record_denied(
-    user: User | None, action: str, entity_type: str, entity_id: object | None, description: str
+    user: User | None, action: str, entity_type: str, entity_id: object | None, description: str,
+    *, patient_id: int | None = None,
 ) -> None:
-    """Record a denied access so that it survives the rollback of the denied request."""
+    """Record a denied access so that it survives the rollback of the denied request. `patient_id`
+    names whose record was targeted, when the refusal knows it: a privacy officer asks "who tried
+    to open this patient's record", not only "what did this user try"."""
     denial = AuditEvent(user_id=user.id if user else None, action=action, entity_type=entity_type,
-                        entity_id=None if entity_id is None else str(entity_id), description=description,
-                        outcome=OUTCOME_DENIED, source=_default_source())
+                        entity_id=None if entity_id is None else str(entity_id), patient_id=patient_id,
+                        description=description, outcome=OUTCOME_DENIED, source=_default_source())
     if has_request_context():
         # Not added to the request's session: that work is about to be rolled back.
         g.setdefault("audit_denials", []).append(denial)
