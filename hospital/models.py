@@ -7,7 +7,7 @@ import enum
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint, false
+from sqlalchemy import Enum, FetchedValue, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
@@ -162,6 +162,13 @@ class AuditEvent(Base):
     outcome: Mapped[int] = mapped_column(default=0)
     description: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(32), default="api")
+    # The hash chain (see hospital.audit): the previous row's row_hash, and the SHA-256 of this row's
+    # fields and prev_hash. Filled by the database's trigger (SQLite: by hospital.audit), never by hand.
+    prev_hash: Mapped[str | None] = mapped_column(String(64), server_default=FetchedValue())
+    row_hash: Mapped[str | None] = mapped_column(String(64), server_default=FetchedValue())
+
+    # One row at a time, so each row's chain link on SQLite sees the row saved before it.
+    __mapper_args__ = {"batch": False}
 
 
 class JobStatus(str, enum.Enum):
