@@ -47,6 +47,15 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {revision}")
 
 
+@db_group.command("grant-app-role")
+@click.argument("role")
+def db_grant_app_role(role: str) -> None:
+    """Create ROLE for the application to connect as (run as the tables' owner): normal reads and
+    writes everywhere, but only SELECT and INSERT on the audit trail. Set its password with ALTER ROLE."""
+    migrate.grant_app_role(current_app.config["DATABASE_URL"], role)
+    click.echo(f"role {role} may read and write the tables, and only read and append audit_event")
+
+
 @db_group.command("downgrade")
 @click.argument("revision", default="base")
 def db_downgrade(revision: str) -> None:

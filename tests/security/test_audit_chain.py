@@ -1,22 +1,26 @@
 """An audit trail you can defend (issue 13, finding 7): each row is hash-chained to the one before
 it (on PostgreSQL by a trigger, safe under concurrent inserts), `hospital audit verify` finds the
 first row changed or removed behind the application's back, even by a superuser who switched the
-triggers off, and TRUNCATE is refused."""
+triggers off, and TRUNCATE is refused. The role the application connects as
+(`hospital db grant-app-role`) may only read and append the trail, and cannot switch triggers off."""
 
 from __future__ import annotations
 
 import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hospital.audit import GENESIS_HASH, record_access, row_hash, verify_chain
 from hospital.cli import cli
-from hospital.migrate import upgrade
+from hospital.migrate import grant_app_role, upgrade
 from hospital.models import AuditEvent
 
 
@@ -127,3 +131,34 @@ def test_sqlite_chains_in_python(tmp_path: Path) -> None:
 def test_the_cli_command_is_registered(app: Flask, db_session: Session) -> None:
     assert "verify" in app.test_cli_runner().invoke(cli, ["audit", "--help"]).output
 
+
+
+@pytest.fixture()
+def app_role_url(database_url: str) -> Iterator[str]:
+    role = f"hospital_app_{uuid.uuid4().hex[:8]}"
+    grant_app_role(database_url, role)
+    grant_app_role(database_url, role)  # a second run changes nothing
+    yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
+    owner = create_engine(database_url)
+    with owner.begin() as conn:
+        conn.execute(text(f'DROP OWNED BY "{role}"'))
+        conn.execute(text(f'DROP ROLE "{role}"'))
+    owner.dispose()
+
+
+def test_the_app_role_may_only_read_and_append_the_audit_trail(app_role_url: str) -> None:
+    engine = create_engine(app_role_url)
+    try:
+        with sessionmaker(bind=engine).begin() as session:
+            event = record_access(session, None, "R", "Patient", 1, source="test")
+            session.flush()
+            event_id = event.id
+            session.execute(text("SELECT count(*) FROM patient"))
+        for statement in (f"UPDATE audit_event SET description = 'x' WHERE id = {event_id}",
+                          f"DELETE FROM audit_event WHERE id = {event_id}", "TRUNCATE audit_event",
+                          "SET session_replication_role = replica",
+                          "ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only"):
+            with engine.connect() as conn, pytest.raises(DBAPIError, match="permission denied|must be owner"):
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
