@@ -143,7 +143,7 @@ def sign(report_id: int) -> ResponseReturnValue:
 @require_roles()
 def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
     session = request_session()
-    found = get_report(session, current_user(), report_id)
+    found = get_report(session, current_user(), report_id, image_of_opened_report=True)
     finding = next((f for f in found.findings if f.id == finding_id), None)
     if finding is None:
         raise NotFound(f"finding {finding_id} is not on report {report_id}")
@@ -169,7 +169,7 @@ def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
 def slice_image(report_id: int, index: int) -> ResponseReturnValue:
     """Any slice of the analysed series, windowed, with the report's kept findings on it drawn."""
     session = request_session()
-    found = get_report(session, current_user(), report_id)
+    found = get_report(session, current_user(), report_id, image_of_opened_report=True)
     uids = _slice_uids(session, found)
     if not uids:
         raise NotFound(f"report {report_id} has no analysed series")

@@ -246,9 +246,14 @@ def ai_conclusion(detections: list[Detection]) -> str:
     )
 
 
-def get_report(session: Session, user: User, report_id: int, action: str = "R") -> DiagnosticReport:
+def get_report(
+    session: Session, user: User, report_id: int, action: str = "R", *, image_of_opened_report: bool = False
+) -> DiagnosticReport:
+    """The report, if `user` may `action` it. `image_of_opened_report`: the fetch of one of its
+    images (a slice, a key image) as a viewer scrolls; not another audited read when the user has
+    just read the report (`hospital.records`)."""
     report = load_record(session, user, DiagnosticReport, report_id, entity_type="DiagnosticReport", noun="report",
-                         action=action)
+                         action=action, part_of_opened_record=image_of_opened_report)
     if user.role is Role.PATIENT and report.status is ReportStatus.PRELIMINARY:
         # A patient sees the report once a radiologist has signed it, not the machine's draft (the
         # read audited above is rolled back with this refusal).

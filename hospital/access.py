@@ -95,13 +95,15 @@ def can_access_patient(session: Session, user: User, patient_id: int | None) -> 
 def ensure_patient_access(
     session: Session, user: User, patient_id: int | None, entity_type: str, entity_id: object | None, action: str = "R"
 ) -> None:
-    """Raise Forbidden (and audit the denial) unless `user` may act on this patient's record, and
-    their role may see records of `entity_type`."""
+    """Raise Forbidden (and audit the denial, naming the patient) unless `user` may act on this
+    patient's record, and their role may see records of `entity_type`."""
     if patient_id is not None and not may_see_type(user.role, entity_type):
-        record_denied(user, action, entity_type, entity_id, f"role {user.role.value} may not see {entity_type}")
+        record_denied(user, action, entity_type, entity_id, f"role {user.role.value} may not see {entity_type}",
+                      patient_id=patient_id)
         raise Forbidden(f"{entity_type} is not available to the {user.role.value} role")
     if not can_access_patient(session, user, patient_id):
-        record_denied(user, action, entity_type, entity_id, "outside the user's patient compartment")
+        record_denied(user, action, entity_type, entity_id, "outside the user's patient compartment",
+                      patient_id=patient_id)
         raise Forbidden(f"no access to this {entity_type}")
 
 

@@ -4,16 +4,21 @@ reactivate it, reset its password, unlock it). The rules live in `hospital.users
 parse the form, call it, and show the outcome (POST, then redirect to a GET).
 
 The audit trail is append-only; this page only reads it, and the search itself is audited (an
-administrator looking through who saw what is an access worth recording too).
+administrator looking through who saw what is an access worth recording too). It pages newest first
+by id (keyset: "older than this id", so a page does not shift while rows are added), and exports
+every row of a search as CSV (streamed, in pages; the export is audited too).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from flask import Blueprint, Flask, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, redirect, render_template, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
@@ -69,16 +74,21 @@ class AuditRow:
     patient: Patient | None
 
 
-def search_audit_events(session: Session, query: AuditQuery, limit: int = MAX_ROWS) -> list[AuditRow]:
-    """Audit events matching every given criterion, newest first."""
+def search_audit_events(
+    session: Session, query: AuditQuery, limit: int | None = None, before_id: int | None = None
+) -> list[AuditRow]:
+    """Audit events matching every given criterion, newest (highest id: the hash chain's order)
+    first; with `before_id`, only those older than that row."""
     actor = aliased(User)
     statement = (
         select(AuditEvent, actor.username, Patient)
         .outerjoin(actor, AuditEvent.user_id == actor.id)
         .outerjoin(Patient, AuditEvent.patient_id == Patient.id)
-        .order_by(AuditEvent.recorded_at.desc(), AuditEvent.id.desc())
-        .limit(limit)
+        .order_by(AuditEvent.id.desc())
+        .limit(MAX_ROWS if limit is None else limit)
     )
+    if before_id is not None:
+        statement = statement.where(AuditEvent.id < before_id)
     if query.patient:
         pattern = f"%{query.patient}%"
         statement = statement.where(or_(
@@ -107,9 +117,7 @@ def _parse_day(value: str | None, label: str) -> date | None:
         raise InvalidInput(f"{label} must be a date YYYY-MM-DD, got {value!r}") from exc
 
 
-@bp.get("/admin/audit")
-@require_roles(Role.ADMIN)
-def audit_log_page() -> ResponseReturnValue:
+def _audit_query() -> AuditQuery:
     args = request.args
     query = AuditQuery(
         patient=args.get("patient", "").strip(), username=args.get("user", "").strip(),
@@ -118,14 +126,84 @@ def audit_log_page() -> ResponseReturnValue:
     )
     if query.date_from and query.date_to and query.date_to < query.date_from:
         raise InvalidInput("the 'to' date is before the 'from' date")
+    return query
+
+
+def _query_args(query: AuditQuery) -> dict[str, str]:
+    """The search as query-string arguments, for the next page's and the export's links."""
+    args = {"patient": query.patient, "user": query.username,
+            "from": query.date_from.isoformat() if query.date_from else "",
+            "to": query.date_to.isoformat() if query.date_to else "",
+            "denied": "1" if query.denied_only else "", "relationships": "1" if query.relationships_only else ""}
+    return {name: value for name, value in args.items() if value}
+
+
+@bp.get("/admin/audit")
+@require_roles(Role.ADMIN)
+def audit_log_page() -> ResponseReturnValue:
+    query = _audit_query()
+    before_id = request.args.get("before", type=int)
     session = request_session()
     user = current_user()
     searched = bool(request.args)
-    rows = search_audit_events(session, query)
-    record_access(session, user, "E", "AuditEvent", None, description=f"audit search ({len(rows)}) {query}")
-    page = render_template("admin/audit.html", rows=rows, query=query, searched=searched,
-                           max_rows=MAX_ROWS, actions=ACTION_LABELS, denied=OUTCOME_DENIED)
+    rows = search_audit_events(session, query, limit=MAX_ROWS + 1, before_id=before_id)
+    older = rows[MAX_ROWS - 1].event.id if len(rows) > MAX_ROWS else None
+    rows = rows[:MAX_ROWS]
+    record_access(session, user, "E", "AuditEvent", None,
+                  description=f"audit search ({len(rows)}{f', before {before_id}' if before_id else ''}) {query}")
+    args = _query_args(query)
+    page = render_template("admin/audit.html", rows=rows, query=query, searched=searched, actions=ACTION_LABELS,
+                           denied=OUTCOME_DENIED, older_url=url_for(".audit_log_page", **args, before=older) if older else None,
+                           newest_url=url_for(".audit_log_page", **args) if before_id else None,
+                           export_url=url_for(".audit_export", **args))
     return page
+
+
+CSV_COLUMNS = ("id", "recorded_at", "user", "action", "entity_type", "entity_id", "patient_id", "patient_mrn",
+               "outcome", "source", "description", "prev_hash", "row_hash")
+# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): descriptions hold text users typed.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+@bp.get("/admin/audit.csv")
+@require_roles(Role.ADMIN)
+def audit_export() -> ResponseReturnValue:
+    """Every row of the search, newest first, as CSV."""
+    query = _audit_query()
+    session = request_session()
+    record_access(session, current_user(), "E", "AuditEvent", None, description=f"audit export (csv) {query}")
+
+    def lines() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(CSV_COLUMNS)
+        before_id = None
+        while True:
+            rows = search_audit_events(request_session(), query, limit=1000, before_id=before_id)
+            for row in rows:
+                writer.writerow([_csv_cell(value) for value in _csv_values(row)])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(rows) < 1000:
+                return
+            before_id = rows[-1].event.id
+
+    filename = f"audit-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.csv"
+    return Response(stream_with_context(lines()), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _csv_values(row: AuditRow) -> tuple[object, ...]:
+    e = row.event
+    return (e.id, e.recorded_at.isoformat(), row.username or "", ACTION_LABELS.get(e.action, e.action),
+            e.entity_type, e.entity_id, e.patient_id, row.patient.mrn if row.patient else "",
+            "denied" if e.outcome == OUTCOME_DENIED else e.outcome, e.source, e.description, e.prev_hash, e.row_hash)
+
+
+def _csv_cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
 
 
 @bp.route("/admin/users", methods=["GET", "POST"])

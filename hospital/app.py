@@ -18,7 +18,9 @@ import billing.wiring
 import followup.wiring
 import imaging_orders.wiring
 import referrals.wiring
-from hospital import access, admin_pages, api, csrf, db, errors_http, jobs, notify, openapi, periodic, ratelimit, web
+from hospital import (
+    access, admin_pages, api, csrf, db, errors_http, jobs, limits, notify, openapi, periodic, ratelimit, web,
+)
 from hospital.config import load_config
 from hospital.fhir import core_resources
 from hospital.fhir import registry as fhir_registry
@@ -52,6 +54,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(web.bp)
     app.register_blueprint(fhir_routes.bp)
     admin_pages.register(app)
+    limits.init_app(app)
     csrf.init_app(app)
     errors_http.init_app(app)
     for stage in STAGES:

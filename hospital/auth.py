@@ -3,8 +3,11 @@
 Bearer tokens are random, stored only as SHA-256, expire, and can be revoked. Pages use the
 signed Flask session cookie, which carries when the user signed in and when they were last seen:
 it ends after `SESSION_IDLE_MINUTES` without a request and `SESSION_MAX_HOURS` after signing in,
-so a shared ward computer left signed in does not stay signed in. Passwords use Werkzeug's scrypt
-KDF.
+so a shared ward computer left signed in does not stay signed in. The cookie also names a
+server-side `BrowserSession` (a random id, stored as SHA-256 like a token) that is checked on every
+request: signing out revokes it, so a copy of the cookie stops working too, and whatever revokes an
+account's tokens because the account may no longer be trusted (deactivation, a lock, a new
+password) revokes its browser sessions as well. Passwords use Werkzeug's scrypt KDF.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import Forbidden, Unauthenticated
-from hospital.models import ApiToken, Role, User
+from hospital.models import ApiToken, BrowserSession, Role, User
 from hospital.ratelimit import check_rate
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,9 @@ SIGN_IN_FAILED = "unknown username or wrong password, or too many attempts; try 
 # Cookie-session keys for the times of a sign-in, in UTC epoch seconds (the cookie is JSON).
 SIGNED_IN_AT = "signed_in_at"
 LAST_SEEN_AT = "last_seen_at"
+# Cookie-session key for the random id of the server-side BrowserSession record.
+SESSION_ID = "sid"
+SESSION_ENDED = "Your session has ended. Sign in again to continue."
 # Last-seen is rewritten at most this often: a new Set-Cookie on every response costs bytes and lets
 # two open tabs overwrite each other's cookie for nothing. Idle time is measured to within this.
 LAST_SEEN_STEP_SECONDS = 60
@@ -76,7 +82,8 @@ def authenticate(session: Session, username: str, password: str) -> User:
             seconds = lock_seconds(user.failed_logins)
             user.locked_until = utcnow() + timedelta(seconds=seconds)
             revoked = revoke_user_tokens(session, user)
-            reason += f"; account locked for {seconds} s, {revoked} token(s) revoked"
+            ended = revoke_user_sessions(session, user)
+            reason += f"; account locked for {seconds} s, {revoked} token(s) revoked, {ended} browser session(s) ended"
             logger.warning("user %s locked for %d s after %d failed sign-ins", user.id, seconds, user.failed_logins)
         _record_failed_sign_in(session, user, reason)
         raise Unauthenticated(SIGN_IN_FAILED)
@@ -149,14 +156,59 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def start_browser_session(user: User) -> None:
+def start_browser_session(session: Session, user: User) -> None:
     """Sign `user` in on this browser: the cookie session starts empty (nothing from before, such as
-    the previous user's CSRF token on a shared computer, carries over) and records the time."""
+    the previous user's CSRF token on a shared computer, carries over), records the time, and names
+    a new server-side session record."""
     now = _epoch_seconds()
     cookie_session.clear()
     cookie_session["user_id"] = user.id
     cookie_session[SIGNED_IN_AT] = now
     cookie_session[LAST_SEEN_AT] = now
+    cookie_session[SESSION_ID] = _new_session_record(session, user)
+
+
+def renew_browser_session(session: Session, user: User) -> None:
+    """Give this browser a new session record, keeping its sign-in times (after a password change
+    that ended every session of the user, this one carries on under a fresh id)."""
+    _revoke_current_record(session)
+    cookie_session[SESSION_ID] = _new_session_record(session, user)
+
+
+def end_browser_session(session: Session) -> None:
+    """Sign this browser out: its session record is revoked, so a copy of the cookie is useless."""
+    _revoke_current_record(session)
+    cookie_session.clear()
+
+
+def revoke_user_sessions(session: Session, user: User) -> int:
+    """End every browser session of `user` at its next request. Returns how many were live."""
+    result = session.execute(
+        update(BrowserSession)
+        .where(BrowserSession.user_id == user.id, BrowserSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _new_session_record(session: Session, user: User) -> str:
+    plain = secrets.token_urlsafe(32)
+    session.add(BrowserSession(user_id=user.id, session_sha256=_sha256(plain)))
+    session.flush()
+    return plain
+
+
+def _current_record(session: Session) -> BrowserSession | None:
+    plain = cookie_session.get(SESSION_ID)
+    if not isinstance(plain, str):
+        return None
+    return session.scalar(select(BrowserSession).where(BrowserSession.session_sha256 == _sha256(plain)))
+
+
+def _revoke_current_record(session: Session) -> None:
+    record = _current_record(session)
+    if record is not None and record.revoked_at is None:
+        record.revoked_at = utcnow()
 
 
 def _epoch_seconds() -> int:
@@ -168,7 +220,7 @@ def _browser_session_end_notice(now: int) -> str | None:
     signed_in_at, last_seen_at = cookie_session.get(SIGNED_IN_AT), cookie_session.get(LAST_SEEN_AT)
     if not isinstance(signed_in_at, int) or not isinstance(last_seen_at, int):
         # Signed in before sessions carried their times: its age is unknown, so it is over.
-        return "Your session has ended. Sign in again to continue."
+        return SESSION_ENDED
     idle_minutes = int(current_app.config["SESSION_IDLE_MINUTES"])
     max_hours = int(current_app.config["SESSION_MAX_HOURS"])
     if now - last_seen_at > idle_minutes * 60:
@@ -190,6 +242,13 @@ def _load_cookie_user(db_session: Session) -> User | None:
         logger.info("browser session of user %s ended: %s", cookie_session.get("user_id"), notice)
         cookie_session.clear()
         flash(notice)  # shown on the sign-in page the caller is sent to next
+        return None
+    record = _current_record(db_session)
+    if record is None or record.revoked_at is not None or record.user_id != cookie_session["user_id"]:
+        # Signed out (perhaps in another copy of this cookie), or ended by a change to the account.
+        logger.info("browser session of user %s ended on the server", cookie_session.get("user_id"))
+        cookie_session.clear()
+        flash(SESSION_ENDED)
         return None
     user = db_session.get(User, cookie_session["user_id"])
     if user is None or not user.active:

@@ -14,6 +14,7 @@ from werkzeug.serving import run_simple
 from demo.cli import demo_command
 from hospital import migrate
 from hospital.app import create_app
+from hospital.audit import verify_chain
 from hospital.db import get_db
 from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sweep_lost_jobs
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
@@ -45,11 +46,39 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {revision}")
 
 
+@db_group.command("grant-app-role")
+@click.argument("role")
+def db_grant_app_role(role: str) -> None:
+    """Create ROLE for the application to connect as (run as the tables' owner): normal reads and
+    writes everywhere, but only SELECT and INSERT on the audit trail. Set its password with ALTER ROLE."""
+    migrate.grant_app_role(current_app.config["DATABASE_URL"], role)
+    click.echo(f"role {role} may read and write the tables, and only read and append audit_event")
+
+
 @db_group.command("downgrade")
 @click.argument("revision", default="base")
 def db_downgrade(revision: str) -> None:
     migrate.downgrade(current_app.config["DATABASE_URL"], revision)
     click.echo(f"database at {revision}")
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """The audit trail."""
+
+
+@audit_group.command("verify")
+def audit_verify_command() -> None:
+    """Walk the audit trail's hash chain; report the first broken link and exit 1 if there is one.
+    Keep the printed head hash somewhere the database's superuser cannot reach: a trail cut short
+    at its end (or emptied) is a valid chain, and only a head kept elsewhere shows it."""
+    with get_db().transaction() as session:
+        report = verify_chain(session)
+    if report.broken is not None:
+        click.echo(f"audit chain broken at audit_event {report.broken.event_id}: {report.broken.reason} "
+                   f"({report.rows} rows read)", err=True)
+        sys.exit(1)
+    click.echo(f"audit chain intact: {report.rows} rows; head {report.head_hash}")
 
 
 @cli.command("seed")

@@ -77,6 +77,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # Handlers that legitimately run longer than the default (dotted path -> seconds).
         "JOB_TIMEOUTS": {"ai_services.jobs.retrain_model": _env_int("AI_RETRAIN_TIMEOUT_SECONDS", 6 * 3600)},
         "MAX_CONTENT_LENGTH": _env_int("MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
+        # FHIR and JSON API bodies are parsed whole: their own, smaller limit (hospital/limits.py).
+        "MAX_JSON_BYTES": _env_int("MAX_JSON_BYTES", 10 * 1024 * 1024),
+        "FHIR_MAX_BUNDLE_ENTRIES": _env_int("FHIR_MAX_BUNDLE_ENTRIES", 1000),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         # Off for the embedded run on http://localhost; must be on behind HTTPS (deploy/gunicorn.conf.py

@@ -60,6 +60,11 @@ class PreconditionFailed(DomainError):
     code = "conflict"
 
 
+class PayloadTooLarge(DomainError):
+    status = 413
+    code = "too-long"
+
+
 class UnsupportedMediaType(DomainError):
     status = 415
     code = "not-supported"

@@ -1,14 +1,16 @@
-"""Schema migrations through Alembic, for the CLI and the tests."""
+"""Schema migrations through Alembic, for the CLI and the tests; and the application's database role,
+which owns nothing (the migrations run as the owner)."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from hospital.config import PROJECT_ROOT
@@ -41,3 +43,34 @@ def is_at_head(database_url: str) -> bool:
 
 def downgrade(database_url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def grant_app_role(database_url: str, role: str) -> None:
+    """Create (if need be) the PostgreSQL role the application connects as, and give it ordinary
+    reads and writes on every table but the audit trail, where it may only read and append, and
+    none on the migrations' own table. Run as the tables' owner, after `upgrade`; run again after
+    each upgrade that adds tables. The role's password is set by the operator (ALTER ROLE)."""
+    if not ROLE_NAME.fullmatch(role):
+        raise ValueError(f"a role name is lower-case letters, digits and '_', got {role!r}")
+    engine = create_engine(database_url, poolclass=NullPool)
+    if engine.dialect.name != "postgresql":
+        raise ValueError("database roles are PostgreSQL's; the embedded SQLite database has none")
+    statements = [
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
+        f"THEN CREATE ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE; END IF; END $$",
+        f'GRANT USAGE ON SCHEMA public TO "{role}"',
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"',
+        f'REVOKE UPDATE, DELETE, TRUNCATE ON audit_event FROM "{role}"',
+        f'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON alembic_version FROM "{role}"',
+        f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{role}"',
+    ]
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+    finally:
+        engine.dispose()
+    logger.info("role %s may read and write the tables, and only read and append the audit trail", role)

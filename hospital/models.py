@@ -1,5 +1,5 @@
-"""Core tables every stage shares: people, organisations, users and tokens, audit, and the durable
-job records behind domain events."""
+"""Core tables every stage shares: people, organisations, users, tokens and browser sessions, audit,
+and the durable job records behind domain events."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import enum
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint, false
+from sqlalchemy import Enum, FetchedValue, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
@@ -130,6 +130,20 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class BrowserSession(Base):
+    """A signed-in browser. The signed cookie carries a random id whose SHA-256 is stored here, so a
+    session can be ended on the server: sign-out (a copied cookie stops working too), and every
+    session of an account when it is deactivated, locked, or its password changes."""
+
+    __tablename__ = "browser_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
 class AuditEvent(Base):
     """Append-only record of who touched which record, when, and with what outcome."""
 
@@ -148,6 +162,13 @@ class AuditEvent(Base):
     outcome: Mapped[int] = mapped_column(default=0)
     description: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(32), default="api")
+    # The hash chain (see hospital.audit): the previous row's row_hash, and the SHA-256 of this row's
+    # fields and prev_hash. Filled by the database's trigger (SQLite: by hospital.audit), never by hand.
+    prev_hash: Mapped[str | None] = mapped_column(String(64), server_default=FetchedValue())
+    row_hash: Mapped[str | None] = mapped_column(String(64), server_default=FetchedValue())
+
+    # One row at a time, so each row's chain link on SQLite sees the row saved before it.
+    __mapper_args__ = {"batch": False}
 
 
 class JobStatus(str, enum.Enum):

@@ -4,6 +4,12 @@ check_author)`, HAPI's interceptors).
 `load_record` finds the row (404 when absent), authorises the user's action on the patient it
 belongs to (403, with the denial audited, through `hospital.access`), and audits a read. Every
 stage's `get_*` for a single record goes through it, so no route can forget one of the three.
+
+One read per opening, not per part fetched: the parts of a record a page fetches one by one (a
+report's slices and key images, as the viewer scrolls) ask with `part_of_opened_record`; they are
+authorised every time, but audited as a read only when the same user has no successful read of
+the same record within the last `SESSION_IDLE_MINUTES` (a part fetched on its own, or in a new
+sitting, is still a read). Refusals are always audited.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from datetime import timedelta
+
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from hospital.access import ensure_patient_access, ensure_patient_record_access
-from hospital.audit import record_access
+from hospital.audit import OUTCOME_SUCCESS, record_access
+from hospital.clock import utcnow
 from hospital.errors import NotFound
-from hospital.models import User
+from hospital.models import AuditEvent, User
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ def load_record(
     matched_or_not: bool = False,
     lock: bool = False,
     authored_by: Callable[[R], bool] | None = None,
+    part_of_opened_record: bool = False,
 ) -> R:
     """The `model` row whose primary key (or `by` column) is `key`, if `user` may `action` it.
 
@@ -52,7 +63,8 @@ def load_record(
     (an arriving study): only the readers of unmatched records may see those. `lock` takes a row
     lock for a change that follows. `authored_by` says whether the user wrote the record itself
     (a clinician's own order): its author may act on it without a care relationship. A read ("R") is audited here; a change is audited by the
-    service that makes it, which knows what changed.
+    service that makes it, which knows what changed. `part_of_opened_record`: see the module
+    docstring.
     """
     if by is None:
         record = session.get(model, key, with_for_update=lock)
@@ -64,6 +76,17 @@ def load_record(
     if authored_by is None or not authored_by(record):
         check = ensure_patient_record_access if matched_or_not else ensure_patient_access
         check(session, user, record.patient_id, entity_type, record.id, action)
-    if action == "R":
+    if action == "R" and not (part_of_opened_record and _read_recently(session, user, entity_type, record.id)):
         record_access(session, user, "R", entity_type, record.id, patient_id=record.patient_id)
     return record
+
+
+def _read_recently(session: Session, user: User, entity_type: str, record_id: object) -> bool:
+    since = utcnow() - timedelta(minutes=int(current_app.config["SESSION_IDLE_MINUTES"]))
+    return session.scalar(
+        select(AuditEvent.id).where(
+            AuditEvent.user_id == user.id, AuditEvent.entity_type == entity_type,
+            AuditEvent.entity_id == str(record_id), AuditEvent.action == "R",
+            AuditEvent.outcome == OUTCOME_SUCCESS, AuditEvent.recorded_at >= since,
+        ).limit(1)
+    ) is not None

@@ -19,7 +19,8 @@ Links the role does not use are cleared, so a former clinician keeps no path to 
 A password an administrator chooses is temporary: `must_change_password` sends the user to change
 it at the next sign-in, and no bearer token is issued until then. Anything that changes what an
 account may do (role, links, deactivation, a reset password) revokes its live bearer tokens; a
-browser session re-reads the user on every request. Every change is audited; the log names user
+browser session re-reads the user on every request, and deactivation or a new password (reset or
+changed) also ends every browser session of the account. Every change is audited; the log names user
 ids and roles, never a name or an MRN.
 """
 
@@ -35,7 +36,7 @@ from sqlalchemy.orm import Session, selectinload
 from werkzeug.security import check_password_hash
 
 from hospital.audit import record_access
-from hospital.auth import hash_password, revoke_user_tokens
+from hospital.auth import hash_password, revoke_user_sessions, revoke_user_tokens
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Organization, OrganizationKind, Patient, Practitioner, Role, User
 from hospital.ratelimit import check_rate
@@ -213,9 +214,10 @@ def deactivate_user(session: Session, admin: User, user_id: int) -> User:
         _ensure_admin_remains(user, active_admins, admin, "deactivate")
     user.active = False
     revoked = revoke_user_tokens(session, user)
+    ended = revoke_user_sessions(session, user)
     session.flush()
     record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id,
-                  description=f"deactivated; {revoked} token(s) revoked")
+                  description=f"deactivated; {revoked} token(s) revoked, {ended} browser session(s) ended")
     logger.info("user %s deactivated by user %s; %d token(s) revoked", user.id, admin.id, revoked)
     return user
 
@@ -247,9 +249,10 @@ def reset_password(session: Session, admin: User, user_id: int, temporary_passwo
     user.failed_logins = 0
     user.locked_until = None
     revoked = revoke_user_tokens(session, user)
+    ended = revoke_user_sessions(session, user)
     session.flush()
     record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id,
-                  description=f"password reset; {revoked} token(s) revoked")
+                  description=f"password reset; {revoked} token(s) revoked, {ended} browser session(s) ended")
     logger.info("user %s: password reset by user %s; %d token(s) revoked", user.id, admin.id, revoked)
     return user
 
@@ -271,7 +274,8 @@ def unlock_user(session: Session, admin: User, user_id: int) -> User:
 
 def change_own_password(session: Session, user: User, current: str, new: str, confirmation: str) -> User:
     """A signed-in user replaces their password (required once after an administrator set it).
-    The user's bearer tokens are revoked: whoever knew the old password may have made one."""
+    The user's bearer tokens and browser sessions are revoked: whoever knew the old password may
+    have made one (the page that changed it starts this browser a new session)."""
     # Per account, as sign-in is per address: a stolen session must not guess the password quickly.
     check_rate(f"password-change:{user.id}", int(current_app.config["LOGIN_ATTEMPTS_PER_MINUTE"]), 60)
     if not check_password_hash(user.password_hash, current):
@@ -284,9 +288,10 @@ def change_own_password(session: Session, user: User, current: str, new: str, co
     user.password_hash = hash_password(new)
     user.must_change_password = False
     revoked = revoke_user_tokens(session, user)
+    ended = revoke_user_sessions(session, user)
     session.flush()
     record_access(session, user, "U", "User", user.id, patient_id=user.patient_id,
-                  description=f"own password changed; {revoked} token(s) revoked")
+                  description=f"own password changed; {revoked} token(s) revoked, {ended} browser session(s) ended")
     logger.info("user %s changed their password; %d token(s) revoked", user.id, revoked)
     return user
 

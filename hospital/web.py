@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
 from hospital import clock
-from hospital.auth import authenticate, current_user, load_current_user, require_roles, start_browser_session
+from hospital.auth import (
+    authenticate, current_user, end_browser_session, load_current_user, renew_browser_session, require_roles,
+    start_browser_session,
+)
 from hospital.db import request_session
 from hospital.errors import DomainError, Forbidden, Unauthenticated
 from hospital.models import Role, User
@@ -107,7 +110,7 @@ def login() -> ResponseReturnValue:
         except Unauthenticated as exc:
             error = exc.message  # the page answers 401; the unit of work keeps the failure count
         else:
-            start_browser_session(user)
+            start_browser_session(db_session, user)
             if user.must_change_password:
                 logger.info("user %s signed in with a temporary password", user.id)
                 flash("Your password was set by an administrator. Choose your own password to continue.")
@@ -132,7 +135,7 @@ def same_site_path(target: str | None) -> str | None:
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
-    session.clear()
+    end_browser_session(request_session())
     return redirect(url_for("web.login"))
 
 
@@ -167,6 +170,9 @@ def change_password_page() -> ResponseReturnValue:
             return "Your password is changed."
 
         if form_action(db_session, change):
+            # The change ended every session of the user's (whoever knew the old password may hold
+            # one); this browser carries on under a new session id.
+            renew_browser_session(db_session, user)
             return redirect(url_for("web.home"))
     page = render_template("account_password.html", user=user, min_length=MIN_PASSWORD_LENGTH)
     return page, 422 if request.method == "POST" else 200

@@ -51,11 +51,18 @@ def _diff(url: str) -> list[object]:
 
 
 @pytest.mark.parametrize("engine_kind", ["postgresql", "sqlite"])
-def test_upgrade_from_empty_then_downgrade_to_base(engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_upgrade_from_empty_then_downgrade_to_base(
+    engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = request.getfixturevalue("empty_postgres") if engine_kind == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
     assert _tables(url) == set()
     upgrade(url)
     assert _tables(url) == set(Base.metadata.tables)
     assert _diff(url) == [], "the migration and the models disagree"
+    monkeypatch.delenv("HOSPITAL_ALLOW_AUDIT_DOWNGRADE", raising=False)
+    with pytest.raises(RuntimeError, match="HOSPITAL_ALLOW_AUDIT_DOWNGRADE"):
+        downgrade(url)  # taking the audit trail's protections down must be deliberate
+    assert "audit_event" in _tables(url)
+    monkeypatch.setenv("HOSPITAL_ALLOW_AUDIT_DOWNGRADE", "1")
     downgrade(url)
     assert _tables(url) == set()

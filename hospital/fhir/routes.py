@@ -46,6 +46,7 @@ from hospital.fhir.search import (
     sortable_params,
 )
 from hospital.fhir.versions import METHOD_DELETE, current_version, get_version, with_version_meta
+from hospital.limits import check_bundle_entries
 from hospital.models import ResourceVersion, User
 
 logger = logging.getLogger(__name__)
@@ -494,6 +495,8 @@ def transaction_or_batch() -> Response:
     data = _request_json()
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle")
+    if isinstance(data.get("entry"), list):
+        check_bundle_entries(len(data["entry"]))  # before validating thousands of entries
     try:
         bundle = validate_resource(data)
     except FhirValidationError as exc:

@@ -67,7 +67,8 @@ def ensure_study_visible(session: Session, user: User, study: ImagingStudy, acti
     """Raise Forbidden (audited) unless `user` may see `study`."""
     if session.scalar(select(true()).where(ImagingStudy.id == study.id, visible_studies(user))):
         return
-    record_denied(user, action, "ImagingStudy", study.id, "study outside the user's centre or compartment")
+    record_denied(user, action, "ImagingStudy", study.id, "study outside the user's centre or compartment",
+                  patient_id=study.patient_id)
     raise Forbidden("no access to this imaging study")
 
 

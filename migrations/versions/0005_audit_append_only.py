@@ -6,6 +6,7 @@ Create Date: 2026-11-23 15:10:00
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from alembic import op
@@ -37,6 +38,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Removing the audit trail's protection must be deliberate (see 0012).
+    if os.environ.get("HOSPITAL_ALLOW_AUDIT_DOWNGRADE") != "1":
+        raise RuntimeError("refusing to make audit_event writable; set HOSPITAL_ALLOW_AUDIT_DOWNGRADE=1 to do it deliberately")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS audit_event_append_only ON audit_event")
         op.execute("DROP FUNCTION IF EXISTS audit_event_append_only()")

@@ -278,7 +278,7 @@ def test_deactivation_ends_tokens_and_sessions_and_reactivation_restores_sign_in
     descriptions = db_session.scalars(select(AuditEvent.description).where(
         AuditEvent.entity_type == "User", AuditEvent.entity_id == str(clinician.id), AuditEvent.action == "U",
     ).order_by(AuditEvent.id)).all()
-    assert descriptions == ["deactivated; 1 token(s) revoked", "reactivated"]
+    assert descriptions == ["deactivated; 1 token(s) revoked, 1 browser session(s) ended", "reactivated"]
 
 
 def test_a_password_reset_unlocks_revokes_and_forces_a_change(
@@ -330,7 +330,7 @@ def test_a_user_changes_their_own_password(app: Flask, db_session: Session, demo
     assert login_api(app.test_client(), "clinician", CHOSEN).get("/api/me").get_json()["username"] == "clinician"
     audit = db_session.scalars(select(AuditEvent).where(
         AuditEvent.entity_type == "User", AuditEvent.entity_id == str(demo.users["clinician"].id))).one()
-    assert (audit.user_id, audit.description) == (demo.users["clinician"].id, "own password changed; 1 token(s) revoked")
+    assert (audit.user_id, audit.description) == (demo.users["clinician"].id, "own password changed; 1 token(s) revoked, 1 browser session(s) ended")
 
 
 def test_a_token_of_an_account_that_must_change_its_password_is_refused(
