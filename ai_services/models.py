@@ -58,6 +58,9 @@ class AnalysisStatus(str, enum.Enum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    # The series is outside the model's validated range (ai_services.applicability): the model did
+    # not read it, the radiologist reads it without AI findings, and no AI analysis is billed.
+    NOT_APPLICABLE = "not_applicable"
 
 
 class AnalysisJob(Base):
@@ -78,6 +81,8 @@ class AnalysisJob(Base):
     pixel_spacing_mm: Mapped[list[Any]] = mapped_column(default=list)
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why the model was not run, when it is NOT_APPLICABLE ("modality NM; the model reads CT only").
+    not_applicable_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -108,6 +113,7 @@ class DiagnosticReport(Base):
 
     patient: Mapped[Patient] = relationship()
     signed_by: Mapped[User | None] = relationship()
+    analysis_job: Mapped[AnalysisJob | None] = relationship()
     findings: Mapped[list[Finding]] = relationship(back_populates="report", order_by="Finding.id")
 
 
