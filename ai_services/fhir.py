@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, and_, false, select
 from sqlalchemy.orm import object_session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
-from ai_services.model_card import ModelCard, model_card_from_manifest
+from ai_services.model_card import ModelCard
 from ai_services.models import (
     AnalysisJob,
     AnalysisStatus,
@@ -105,14 +105,10 @@ def device_to_fhir(model_version: ModelVersion) -> dict[str, Any]:
         "type": {"text": DEVICE_TYPE_TEXT},
         "version": [{"value": model_version.version}],
         "property": _metric_properties(model_version.metrics or {}) or None,
-        "note": [{"text": card.text()}] if (card := _model_card(model_version)) else None,
+        "note": [{"text": card.text()}] if (card := model_version.card) else None,
     }
 
 
-def _model_card(model_version: ModelVersion | None) -> ModelCard | None:
-    if model_version is None:
-        return None
-    return model_card_from_manifest(model_version.name, model_version.version, model_version.manifest)
 
 
 def _metric_properties(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
@@ -134,7 +130,7 @@ def diagnostic_report_to_fhir(report: DiagnosticReport) -> dict[str, Any]:
     findings = report.findings
     job = _analysis_job(report)
     not_applicable = job is not None and AnalysisStatus(job.status) is AnalysisStatus.NOT_APPLICABLE
-    card = _model_card(job.model_version if job is not None else None)
+    card = job.model_version.card if job is not None and job.model_version is not None else None
     results = [
         reference("Observation", f.id) for f in findings if ReviewStatus(f.review_status) is not ReviewStatus.REJECTED
     ]

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from ai_services.model_card import ModelCard, model_card_from_manifest
 from hospital.clock import utcnow
 from hospital.db import Base
 from hospital.models import Patient, User, enum_column
@@ -51,6 +52,11 @@ class ModelVersion(Base):
     @property
     def label(self) -> str:
         return f"{self.name} {self.version}"
+
+    @property
+    def card(self) -> ModelCard | None:
+        """The model card from this version's manifest (None when it has none)."""
+        return model_card_from_manifest(self.name, self.version, self.manifest)
 
 
 class AnalysisStatus(str, enum.Enum):

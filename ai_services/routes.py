@@ -285,6 +285,8 @@ def report_page(report_id: int) -> ResponseReturnValue:
         windows=list(WINDOWS),
         pending=[f.id for f in found.findings if f.review_status is ReviewStatus.PENDING], kept=kept,
         slice_count=slice_count, current_slice=min(max(current, 1), max(slice_count, 1)),
+        analysis=found.analysis_job,
+        model_card=found.analysis_job.model_version.card if found.analysis_job and found.analysis_job.model_version else None,
     )
     return page
 

@@ -5,6 +5,7 @@ radiologist still reads and signs it. A normal synthetic CT is still analysed an
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +16,19 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ai_services.fhir import AI_OUTCOME_SYSTEM, DATA_ABSENT_REASON_SYSTEM, diagnostic_report_to_fhir
+from ai_services.fhir import (
+    AI_OUTCOME_SYSTEM,
+    DATA_ABSENT_REASON_SYSTEM,
+    device_to_fhir,
+    diagnostic_report_to_fhir,
+)
 from ai_services.jobs import analyse_study_again
-from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, ReportStatus
+from ai_services.models import (
+    AnalysisJob,
+    AnalysisStatus,
+    DiagnosticReport,
+    ReportStatus,
+)
 from ai_services.service import report_outputs_request, sign_report
 from hospital.fhir.registry import validate_resource
 from hospital.models import JobRecord
@@ -128,3 +139,35 @@ def test_a_normal_synthetic_ct_is_still_analysed_and_billed(app: Flask, db_sessi
         "ai_services.jobs.make_report_outputs", "billing.jobs.charge_ai_analysis"]
     resource = validate_resource(diagnostic_report_to_fhir(report))
     assert "conclusionCode" not in resource and "contained" not in resource
+
+
+def test_the_model_card_from_the_manifest_is_beside_the_findings_and_in_fhir(
+    app: Flask, db_session: Session, demo: DemoSeed, as_role: Any
+) -> None:
+    job, report = analysed(app, db_session, demo, lambda uid: gate_series.normal_ct(20_006, uid))
+    db_session.commit()
+    assert job.model_version is not None
+    card = job.model_version.manifest["model_card"]
+    metrics = job.model_version.manifest["heldout_metrics"]
+    # The card quotes the recorded held-out numbers; it does not make its own.
+    assert card["operating_point"]["sensitivity"] == metrics["max_sensitivity"]
+    assert card["operating_point"]["false_positives_per_scan"] == metrics["mean_false_positives_per_scan"]
+
+    page = as_role("radiologist").get(f"/reports/{report.id}").get_data(as_text=True)
+    card_html = page.split('id="model-card"')[1].split("</aside>")[0]
+    assert "About the AI model: lesion-detector 1" in card_html
+    assert "Trained on synthetic data only." in card_html
+    assert "Not validated on patient data" in card_html and "slice thickness 4.5-5.5 mm" in card_html
+    assert "sensitivity 0.61 (95% CI 0.50-0.72)" in card_html
+    assert "1.8 (95% CI 1.26-2.49) false positives per scan" in card_html
+    assert "seeds 20000-20019 (20 scans, 70 lesions)" in card_html
+    assert "Lesions under 10 mm are mostly missed" in card_html
+    assert page.index('id="model-card"') < page.index("</aside>") < page.rindex("Sign report")
+
+    resource = validate_resource(diagnostic_report_to_fhir(report))
+    [form] = resource["presentedForm"]
+    text = base64.b64decode(form["data"]).decode()
+    assert form["title"] == "AI model card: lesion-detector 1" and form["contentType"].startswith("text/plain")
+    assert "Trained on synthetic data only." in text and "sensitivity 0.61 (95% CI 0.50-0.72)" in text
+    device = validate_resource(device_to_fhir(job.model_version))
+    assert device["note"][0]["text"] == text
