@@ -1,6 +1,11 @@
 """FHIR mappings of the AI reading: Device (a model version), DiagnosticReport and the findings as
 imaging Observations.
 
+When the series was outside the model's validated range the report carries the conclusionCode
+`ai-outcome#not-applicable` and one contained Observation whose dataAbsentReason is
+`not-applicable` with the reason as its text. The model card (intended use, operating point,
+known failure modes) is the Device's note and the report's presentedForm.
+
 An Observation's status follows its report: preliminary until a radiologist signs, final (or
 amended) after; a finding the radiologist rejected is 'cancelled' and left out of the report's
 results. Confidence is given as a percentage (UCUM '%', 0-100); the key slice's SOP Instance UID
@@ -9,6 +14,7 @@ is a component with code text "SOP Instance UID", so a viewer can open the exact
 
 from __future__ import annotations
 
+import base64
 import logging
 from decimal import Decimal
 from typing import Any
@@ -17,8 +23,11 @@ from flask import Flask
 from sqlalchemy import ColumnElement, and_, false, select
 from sqlalchemy.orm import object_session
 
+from ai_services.applicability import NOT_APPLICABLE_PREFIX
+from ai_services.model_card import ModelCard
 from ai_services.models import (
     AnalysisJob,
+    AnalysisStatus,
     DiagnosticReport,
     Finding,
     FindingSource,
@@ -47,6 +56,10 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_SHA256_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/model-weights-sha256"
 REVIEW_STATUS_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/finding-review-status"
+AI_OUTCOME_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/ai-outcome"
+DATA_ABSENT_REASON_SYSTEM = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+AI_OUTCOME_ID = "ai-outcome"
+AI_RESULT_TEXT = "AI lesion detection result"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 DEVICE_TYPE_TEXT = "AI lesion detection software"
@@ -92,7 +105,10 @@ def device_to_fhir(model_version: ModelVersion) -> dict[str, Any]:
         "type": {"text": DEVICE_TYPE_TEXT},
         "version": [{"value": model_version.version}],
         "property": _metric_properties(model_version.metrics or {}) or None,
+        "note": [{"text": card.text()}] if (card := model_version.card) else None,
     }
+
+
 
 
 def _metric_properties(metrics: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
@@ -112,6 +128,14 @@ def _metric_properties(metrics: dict[str, Any], prefix: str = "") -> list[dict[s
 def diagnostic_report_to_fhir(report: DiagnosticReport) -> dict[str, Any]:
     status = ReportStatus(report.status)
     findings = report.findings
+    job = _analysis_job(report)
+    not_applicable = job is not None and AnalysisStatus(job.status) is AnalysisStatus.NOT_APPLICABLE
+    card = job.model_version.card if job is not None and job.model_version is not None else None
+    results = [
+        reference("Observation", f.id) for f in findings if ReviewStatus(f.review_status) is not ReviewStatus.REJECTED
+    ]
+    if not_applicable:
+        results.append({"reference": f"#{AI_OUTCOME_ID}"})
     return {
         "resourceType": "DiagnosticReport",
         "id": str(report.id),
@@ -125,13 +149,53 @@ def diagnostic_report_to_fhir(report: DiagnosticReport) -> dict[str, Any]:
         "performer": _report_performer(report, findings),
         "resultsInterpreter": [_signer(report)] if report.signed_by_user_id is not None else None,
         "imagingStudy": [reference("ImagingStudy", report.study_id)],
-        "result": [
-            reference("Observation", f.id)
-            for f in findings
-            if ReviewStatus(f.review_status) is not ReviewStatus.REJECTED
-        ]
-        or None,
+        "contained": [_not_applicable_observation(report, job)] if not_applicable and job is not None else None,
+        "result": results or None,
         "conclusion": report.conclusion or None,
+        "conclusionCode": [_not_applicable_code(job)] if not_applicable and job is not None else None,
+        "presentedForm": [_card_attachment(card)] if card is not None else None,
+    }
+
+
+def _analysis_job(report: DiagnosticReport) -> AnalysisJob | None:
+    if report.analysis_job is not None or report.analysis_job_id is None:
+        return report.analysis_job
+    session = object_session(report)
+    return session.get(AnalysisJob, report.analysis_job_id) if session is not None else None
+
+
+def _not_applicable_code(job: AnalysisJob) -> dict[str, Any]:
+    return {
+        "coding": [{"system": AI_OUTCOME_SYSTEM, "code": "not-applicable", "display": "AI not applicable"}],
+        "text": f"{NOT_APPLICABLE_PREFIX}{job.not_applicable_reason}",
+    }
+
+
+def _not_applicable_observation(report: DiagnosticReport, job: AnalysisJob) -> dict[str, Any]:
+    """The AI result that is absent, and why: the series was outside the model's validated range."""
+    return {
+        "resourceType": "Observation",
+        "id": AI_OUTCOME_ID,
+        "status": OBSERVATION_STATUS_BY_REPORT[ReportStatus(report.status)],
+        "category": [OBSERVATION_IMAGING_CATEGORY],
+        "code": {"text": AI_RESULT_TEXT},
+        "subject": reference("Patient", report.patient_id),
+        "effectiveDateTime": fhir_instant(job.finished_at) if job.finished_at else None,
+        "dataAbsentReason": {
+            "coding": [{"system": DATA_ABSENT_REASON_SYSTEM, "code": "not-applicable", "display": "Not Applicable"}],
+            "text": f"{NOT_APPLICABLE_PREFIX}{job.not_applicable_reason}",
+        },
+        "device": reference("Device", job.model_version_id) if job.model_version_id is not None else None,
+        "derivedFrom": [reference("ImagingStudy", report.study_id)],
+    }
+
+
+def _card_attachment(card: ModelCard) -> dict[str, Any]:
+    return {
+        "contentType": "text/plain; charset=utf-8",
+        "language": "en",
+        "title": f"AI model card: {card.model}",
+        "data": base64.b64encode(card.text().encode("utf-8")).decode("ascii"),
     }
 
 

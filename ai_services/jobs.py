@@ -13,12 +13,14 @@ from sqlalchemy.orm import Session
 
 from ai_services.events import AnalysisCompleted, ReportSigned
 from ai_services.retraining import RetrainConfig, prepare_retraining, record_candidate, train_candidate
-from ai_services.series_reader import read_ct_volume
+from ai_services.applicability import ValidatedRange, check_headers, check_volume
+from ai_services.series_reader import CtVolume, SeriesReadError, read_ct_volume, read_series_headers
 from ai_services.service import (
     load_detector,
     prepare_analysis,
     record_analysis,
     record_failure,
+    record_not_applicable,
     record_progress,
     store_report_outputs,
 )
@@ -49,14 +51,33 @@ def analyse_study_again(session: Session, study_id: int) -> None:
 
     try:
         detector = load_detector(plan.weights_path, plan.weights_sha256)
-        volume = read_ct_volume(plan.instance_paths)
-        detections = detector.detect(volume, progress=progress)
+        # The gate before inference: outside the model's validated range it does not run at all.
+        valid = ValidatedRange.from_manifest(detector.manifest)
+        verdict = check_headers(read_series_headers(plan.instance_paths), valid)
+        volume = read_ct_volume(plan.instance_paths) if verdict.applicable else _viewable_volume(plan.instance_paths)
+        if volume is not None and verdict.applicable:
+            verdict = check_volume(volume, valid)
+        detections = detector.detect(volume, progress=progress) if volume is not None and verdict.applicable else []
     except Exception as exc:
         with db.transaction() as failure_session:
             record_failure(failure_session, plan.job_id, f"{type(exc).__name__}: {exc}")
         raise
+    if verdict.reason is not None or volume is None:
+        record_not_applicable(session, plan, str(verdict.reason), volume.sop_instance_uids if volume else [],
+                              volume.pixel_spacing_mm if volume else None)
+        return
     record_analysis(session, plan, volume.sop_instance_uids, volume.pixel_spacing_mm, detections)
     logger.info("study %s analysed: %d findings", study_id, len(detections))
+
+
+def _viewable_volume(paths: list[Path]) -> CtVolume | None:
+    """A refused series read anyway when it can be, so the radiologist can page through its slices
+    on the report; an NM or RT dose object (multi-frame) cannot, and that is no failure here."""
+    try:
+        return read_ct_volume(paths)
+    except SeriesReadError as exc:
+        logger.info("series not readable as slices (%s); the report has no slice viewer", exc)
+        return None
 
 
 def make_report_outputs(session: Session, event: AnalysisCompleted | ReportSigned) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from ai_services.model_card import ModelCard, model_card_from_manifest
 from hospital.clock import utcnow
 from hospital.db import Base
 from hospital.models import Patient, User, enum_column
@@ -52,12 +53,20 @@ class ModelVersion(Base):
     def label(self) -> str:
         return f"{self.name} {self.version}"
 
+    @property
+    def card(self) -> ModelCard | None:
+        """The model card from this version's manifest (None when it has none)."""
+        return model_card_from_manifest(self.name, self.version, self.manifest)
+
 
 class AnalysisStatus(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    # The series is outside the model's validated range (ai_services.applicability): the model did
+    # not read it, the radiologist reads it without AI findings, and no AI analysis is billed.
+    NOT_APPLICABLE = "not_applicable"
 
 
 class AnalysisJob(Base):
@@ -78,6 +87,8 @@ class AnalysisJob(Base):
     pixel_spacing_mm: Mapped[list[Any]] = mapped_column(default=list)
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why the model was not run, when it is NOT_APPLICABLE ("modality NM; the model reads CT only").
+    not_applicable_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -108,6 +119,7 @@ class DiagnosticReport(Base):
 
     patient: Mapped[Patient] = relationship()
     signed_by: Mapped[User | None] = relationship()
+    analysis_job: Mapped[AnalysisJob | None] = relationship()
     findings: Mapped[list[Finding]] = relationship(back_populates="report", order_by="Finding.id")
 
 

@@ -58,6 +58,7 @@ from ai_services.inference import (
 )
 from ai_services.models import (
     AnalysisJob,
+    AnalysisStatus,
     DiagnosticReport,
     FindingSource,
     ModelStatus,
@@ -168,6 +169,8 @@ def collect_labels(session: Session, storage_dir: Path, *, heldout_percent: int 
         job = session.get(AnalysisJob, report.analysis_job_id)
         if job is None or not job.slice_sop_instance_uids:
             continue
+        if job.status is AnalysisStatus.NOT_APPLICABLE:
+            continue  # outside the model's validated range: not training material for it
         positives, negatives = [], []
         for finding in report.findings:
             label = LabelBox(finding.slice_index, (finding.x0, finding.y0, finding.x1, finding.y1))
@@ -544,7 +547,7 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
     torch.save(model.state_dict(), weights_path)
     wall = time.perf_counter() - started
     manifest = {
-        **{k: v for k, v in parent_manifest.items() if k in ("architecture", "working_size", "hit_rule")},
+        **{k: v for k, v in parent_manifest.items() if k in ("architecture", "working_size", "hit_rule", "intended_use")},
         "model_name": name,
         "version": inputs.version,
         "weights_file": weights_path.name,

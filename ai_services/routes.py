@@ -11,7 +11,8 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ai_services.models import AnalysisJob, DiagnosticReport, ModelVersion, ReportStatus, ReviewStatus
+from ai_services.applicability import NOT_APPLICABLE_PREFIX
+from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, ModelVersion, ReportStatus, ReviewStatus
 from ai_services.overlay import WINDOWS, OverlayBox, render_overlay
 from ai_services.service import (
     Box,
@@ -43,8 +44,20 @@ def job_json(job: AnalysisJob) -> dict[str, Any]:
     return {
         "id": job.id, "study_id": job.study_id, "status": job.status.value, "slices_done": job.slices_done,
         "slices_total": job.slices_total, "attempts": job.attempts, "error": job.error,
+        "not_applicable_reason": job.not_applicable_reason, "summary": analysis_summary(job),
         "model_version": job.model_version.label if job.model_version else None,
     }
+
+
+def analysis_summary(job: AnalysisJob) -> str:
+    """The job's state in words, as the worklist shows it."""
+    if job.status is AnalysisStatus.NOT_APPLICABLE:
+        return f"{NOT_APPLICABLE_PREFIX}{job.not_applicable_reason}"
+    if job.status in (AnalysisStatus.RUNNING, AnalysisStatus.COMPLETED):
+        return f"AI {job.status.value} {job.slices_done}/{job.slices_total} slices"
+    if job.status is AnalysisStatus.FAILED and job.error:
+        return f"AI failed: {job.error}"
+    return f"AI {job.status.value}"
 
 
 def report_json(report: DiagnosticReport) -> dict[str, Any]:
@@ -272,6 +285,8 @@ def report_page(report_id: int) -> ResponseReturnValue:
         windows=list(WINDOWS),
         pending=[f.id for f in found.findings if f.review_status is ReviewStatus.PENDING], kept=kept,
         slice_count=slice_count, current_slice=min(max(current, 1), max(slice_count, 1)),
+        analysis=found.analysis_job,
+        model_card=found.analysis_job.model_version.card if found.analysis_job and found.analysis_job.model_version else None,
     )
     return page
 

@@ -164,3 +164,15 @@ def _slice_thickness(ordered: list[_Slice]) -> float:
         return float(value) if value not in (None, "") else 1.0
     except (TypeError, ValueError) as exc:
         raise SeriesReadError(f"{ordered[0].path}: bad SliceThickness {value!r}") from exc
+
+
+def read_series_headers(paths: Sequence[Path]) -> list[pydicom.Dataset]:
+    """Every file's header without its pixels, for checks that must not depend on decoding them
+    (an NM or RT dose object is multi-frame and would fail ``read_ct_volume`` for the wrong reason)."""
+    headers: list[pydicom.Dataset] = []
+    for path in paths:
+        try:
+            headers.append(pydicom.dcmread(Path(path), stop_before_pixels=True))
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            raise SeriesReadError(f"{path}: not a readable DICOM file ({exc})") from exc
+    return headers

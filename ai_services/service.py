@@ -19,6 +19,7 @@ from flask import Flask
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from ai_services.applicability import NOT_APPLICABLE_PREFIX
 from ai_services.dicom_outputs import OutputFinding, OutputReport, build_report_outputs, output_series_uids
 from ai_services.events import AnalysisCompleted, ReportSigned
 from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
@@ -46,6 +47,7 @@ from hospital.records import load_record
 from imaging_orders.archive.public import (
     SeriesFiles,
     StoreResult,
+    StudyRef,
     instance_paths,
     store_instance,
     study_ref,
@@ -150,6 +152,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     job.started_at = utcnow()
     job.finished_at = None
     job.error = None
+    job.not_applicable_reason = None
     job.model_version_id = model_version.id
     job.slices_done = 0
     job.slices_total = len(series.instances)
@@ -162,10 +165,13 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
 
 
 def _series_to_analyse(study_id: int, series: tuple[SeriesFiles, ...]) -> SeriesFiles:
-    candidates = [s for s in series if s.modality == "CT" and s.instances]
+    """The largest CT series; in a study without CT, the largest series of any modality, so that
+    the applicability gate says why the model does not read it (an NM study is "not applicable",
+    not a failed job)."""
+    candidates = [s for s in series if s.instances]
     if not candidates:
-        raise InvalidInput(f"study {study_id} has no CT series to analyse")
-    return max(candidates, key=lambda s: len(s.instances))
+        raise InvalidInput(f"study {study_id} has no images to analyse")
+    return max(candidates, key=lambda s: (s.modality == "CT", len(s.instances)))
 
 
 def _has_reviews(session: Session, report_id: int) -> bool:
@@ -197,18 +203,7 @@ def record_analysis(
     detections: list[Detection],
 ) -> DiagnosticReport:
     """Step 3: write the findings and the preliminary report. A rerun replaces, never adds."""
-    job = session.get(AnalysisJob, plan.job_id)
-    study = study_ref(session, plan.study_id)
-    if job is None or study is None or study.patient_id is None:
-        raise NotFound(f"analysis job {plan.job_id} or its study vanished")
-    report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == study.study_id))
-    if report is None:
-        report = DiagnosticReport(study_id=study.study_id, patient_id=study.patient_id, referral_id=study.referral_id)
-        session.add(report)
-        session.flush()
-    elif report.status is not ReportStatus.PRELIMINARY:
-        raise Conflict(f"report {report.id} is {report.status.value}; its findings are not replaced")
-    session.execute(delete(Finding).where(Finding.report_id == report.id, Finding.source == FindingSource.AI))
+    job, study, report = _job_and_preliminary_report(session, plan)
     for detection in detections:
         x0, y0, x1, y1 = detection.bbox
         session.add(
@@ -234,6 +229,58 @@ def record_analysis(
         organization_id=study.organization_id, issued_at=iso_instant(report.issued_at),
     ))
     return report
+
+
+def record_not_applicable(
+    session: Session,
+    plan: AnalysisPlan,
+    reason: str,
+    sop_instance_uids: list[str],
+    pixel_spacing_mm: tuple[float, float] | None,
+) -> DiagnosticReport:
+    """Step 3 when the applicability gate refused the series: the job ends NOT_APPLICABLE with its
+    reason and the preliminary report says "AI not applicable: <reason>", with no AI findings.
+
+    No `AnalysisCompleted` is published: the model read nothing, so nothing is billed as an AI
+    analysis and no AI SR is made. The radiologist reads and signs the study as usual; the slices
+    (when they could be read) stay viewable on the report page. A rerun replaces, never adds.
+    """
+    job, study, report = _job_and_preliminary_report(session, plan)
+    job.status = AnalysisStatus.NOT_APPLICABLE
+    job.not_applicable_reason = reason
+    job.slices_done = 0
+    job.slices_total = len(sop_instance_uids)
+    job.slice_sop_instance_uids = list(sop_instance_uids)
+    job.pixel_spacing_mm = [float(v) for v in pixel_spacing_mm] if pixel_spacing_mm else []
+    job.finished_at = utcnow()
+    report.analysis_job_id = job.id
+    report.issued_at = utcnow()
+    report.conclusion = not_applicable_conclusion(reason)
+    session.flush()
+    logger.info("study %s: AI not applicable (%s)", study.study_id, reason)
+    return report
+
+
+def _job_and_preliminary_report(session: Session, plan: AnalysisPlan) -> tuple[AnalysisJob, StudyRef, DiagnosticReport]:
+    """The plan's job, its study and the study's preliminary report (made if missing), with the
+    report's earlier AI findings removed: a rerun replaces them."""
+    job = session.get(AnalysisJob, plan.job_id)
+    study = study_ref(session, plan.study_id)
+    if job is None or study is None or study.patient_id is None:
+        raise NotFound(f"analysis job {plan.job_id} or its study vanished")
+    report = session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == study.study_id))
+    if report is None:
+        report = DiagnosticReport(study_id=study.study_id, patient_id=study.patient_id, referral_id=study.referral_id)
+        session.add(report)
+        session.flush()
+    elif report.status is not ReportStatus.PRELIMINARY:
+        raise Conflict(f"report {report.id} is {report.status.value}; its findings are not replaced")
+    session.execute(delete(Finding).where(Finding.report_id == report.id, Finding.source == FindingSource.AI))
+    return job, study, report
+
+
+def not_applicable_conclusion(reason: str) -> str:
+    return f"{NOT_APPLICABLE_PREFIX}{reason}. No AI findings; awaiting the radiologist's reading."
 
 
 def ai_conclusion(detections: list[Detection]) -> str:
@@ -433,6 +480,10 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
         return None
     job = session.get(AnalysisJob, report.analysis_job_id)
     if job is None or not job.slice_sop_instance_uids:
+        return None
+    if job.status is AnalysisStatus.NOT_APPLICABLE:
+        # An AI SR would claim a reading the model never made; the report says why there is none.
+        logger.info("report %s: AI not applicable; no AI DICOM outputs", report_id)
         return None
     findings = tuple(
         OutputFinding(

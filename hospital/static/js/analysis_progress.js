@@ -7,7 +7,8 @@
 (function () {
   "use strict";
   var INTERVAL_MS = 2000;
-  var FINAL = { completed: true, failed: true };
+  // not_applicable: the series is outside the model's validated range; the model did not run.
+  var FINAL = { completed: true, failed: true, not_applicable: true };
   var signedOut = false;
 
   function render(el, job) {
@@ -17,9 +18,10 @@
     var done = job.slices_done || 0;
     el.dataset.status = job.status;
     if (bar) { bar.max = total || 1; bar.value = done; bar.hidden = job.status !== "running"; }
-    var text = "AI " + job.status;
-    if (job.status === "running" || job.status === "completed") { text += " " + done + "/" + total + " slices"; }
-    if (job.status === "failed" && job.error) { text += ": " + job.error; }
+    // The server words the state ("AI not applicable: modality NM; ..."); older answers lack it.
+    var text = job.summary || "AI " + job.status;
+    if (!job.summary && (job.status === "running" || job.status === "completed")) { text += " " + done + "/" + total + " slices"; }
+    if (!job.summary && job.status === "failed" && job.error) { text += ": " + job.error; }
     label.textContent = text;
   }
 
