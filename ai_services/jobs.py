@@ -11,9 +11,9 @@ from pathlib import Path
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
+from ai_services.applicability import ValidatedRange, check_headers, check_volume
 from ai_services.events import AnalysisCompleted, ReportSigned
 from ai_services.retraining import RetrainConfig, prepare_retraining, record_candidate, train_candidate
-from ai_services.applicability import ValidatedRange, check_headers, check_volume
 from ai_services.series_reader import CtVolume, SeriesReadError, read_ct_volume, read_series_headers
 from ai_services.service import (
     load_detector,

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
@@ -129,7 +130,7 @@ def _audit_query() -> AuditQuery:
     return query
 
 
-def _query_args(query: AuditQuery) -> dict[str, str]:
+def _query_args(query: AuditQuery) -> dict[str, Any]:
     """The search as query-string arguments, for the next page's and the export's links."""
     args = {"patient": query.patient, "user": query.username,
             "from": query.date_from.isoformat() if query.date_from else "",

@@ -19,7 +19,19 @@ import followup.wiring
 import imaging_orders.wiring
 import referrals.wiring
 from hospital import (
-    access, admin_pages, api, csrf, db, errors_http, jobs, limits, notify, openapi, periodic, ratelimit, web,
+    access,
+    admin_pages,
+    api,
+    csrf,
+    db,
+    errors_http,
+    jobs,
+    limits,
+    notify,
+    openapi,
+    periodic,
+    ratelimit,
+    web,
 )
 from hospital.config import load_config
 from hospital.fhir import core_resources

@@ -165,5 +165,4 @@ def verify_chain(session: Session) -> ChainReport:
 
 def _rows_in_order(session: Session) -> Iterator[AuditEvent]:
     statement = select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=1000)
-    for audit in session.scalars(statement):
-        yield audit
+    yield from session.scalars(statement)

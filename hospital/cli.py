@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 from flask import current_app

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
-
 from datetime import timedelta
+from typing import Any, Protocol, TypeVar
 
 from flask import current_app
 from sqlalchemy import select

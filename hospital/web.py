@@ -21,7 +21,12 @@ from sqlalchemy.orm import Session
 
 from hospital import clock
 from hospital.auth import (
-    authenticate, current_user, end_browser_session, load_current_user, renew_browser_session, require_roles,
+    authenticate,
+    current_user,
+    end_browser_session,
+    load_current_user,
+    renew_browser_session,
+    require_roles,
     start_browser_session,
 )
 from hospital.db import request_session

@@ -6,6 +6,7 @@ triggers off, and TRUNCATE is refused. The role the application connects as
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ def verify_by_cli(app: Flask) -> tuple[int, str]:
 
 def test_each_row_is_chained_to_the_one_before_it(app: Flask, db_session: Session) -> None:
     events = write_events(db_session, 3)
-    for before, after in zip(events, events[1:]):
+    for before, after in itertools.pairwise(events):
         assert after.id > before.id and after.prev_hash == before.row_hash
     assert all(e.row_hash == row_hash(e, e.prev_hash or "") for e in events)  # Python and SQL agree
     report = verify_chain(db_session)
