@@ -19,7 +19,9 @@ which staff work through with `reconcile_study`.
 
 A study is complete when no instance has arrived for `STUDY_QUIET_SECONDS` (DICOM has no "end of
 study" message); `complete_quiet_studies` marks it available and publishes
-`imaging.study_completed` exactly once, even when two completers run at the same time.
+`imaging.study_completed` exactly once per order, even when two completers run at the same time.
+A second study under the AccessionNumber of an order that already has its study is not matched:
+one accession, one fulfilment; it waits in reconciliation (merge or attach elsewhere).
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ from hospital.events import iso_instant
 from hospital.jobs import publish
 from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.models import Appointment, AppointmentStatus
-from imaging_orders.archive.models import VR_MAX_CHARACTERS, ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.models import (
+    VR_MAX_CHARACTERS, ImagingInstance, ImagingSeries, ImagingStudy, OrderFulfilment, StudyStatus,
+)
 from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
 from imaging_orders.service import start_examination
 from referrals.models import Referral, ReferralStatus
@@ -704,7 +708,7 @@ def match_study_to_order(session: Session, study: ImagingStudy) -> MatchOutcome:
     if referral is None:
         logger.info("study %s: no referral has its accession number; left for reconciliation", study.id)
         return MatchOutcome(None, "no referral has this AccessionNumber; left for reconciliation")
-    refusal = _match_refusal(study, referral)
+    refusal = _order_taken(session, study, referral) or _match_refusal(study, referral)
     if refusal is not None:
         logger.warning("study %s not matched to referral %s: %s", study.id, referral.id, refusal)
         return MatchOutcome(None, f"not matched to referral {referral.id}: {refusal}")
@@ -732,7 +736,7 @@ def reconcile_study(session: Session, study_id: int, referral_id: int) -> Imagin
         raise Conflict(f"imaging study {study_id} is already matched to referral {study.referral_id}")
     if study.status is StudyStatus.CANCELLED:
         raise Conflict(f"imaging study {study_id} is cancelled")
-    refusal = _match_refusal(study, referral)
+    refusal = _order_taken(session, study, referral) or _match_refusal(study, referral)
     if refusal is not None:
         raise Conflict(f"imaging study {study_id} cannot be matched to referral {referral_id}: {refusal}")
     _attach(session, study, referral)
@@ -756,6 +760,29 @@ def _match_refusal(study: ImagingStudy, referral: Referral) -> str | None:
     return None
 
 
+def _order_taken(session: Session, study: ImagingStudy, referral: Referral) -> str | None:
+    """Why `referral` cannot take `study` because it already has a study of its own, or None.
+
+    One accession, one fulfilment: a second StudyInstanceUID under the same AccessionNumber (a
+    re-scan, a second series sent as a new study, a modality's error) would be analysed and charged
+    again. It waits in reconciliation, where staff merge it into the first study or attach it to
+    another order. The caller holds the referral's row lock, so a concurrent new study for the same
+    order waits and then sees this one.
+    """
+    other = session.scalar(
+        select(ImagingStudy.id).where(
+            ImagingStudy.referral_id == referral.id, ImagingStudy.id != study.id,
+            ImagingStudy.status != StudyStatus.CANCELLED,
+        ).order_by(ImagingStudy.id).limit(1)
+    )
+    if other is None:
+        other = session.scalar(select(OrderFulfilment.study_id).where(
+            OrderFulfilment.referral_id == referral.id, OrderFulfilment.study_id != study.id))
+    if other is None:
+        return None
+    return f"the order already has study {other} (one accession, one fulfilment): merge into it or attach elsewhere"
+
+
 def _attach(session: Session, study: ImagingStudy, referral: Referral) -> None:
     study.referral_id = referral.id
     study.patient_id = referral.patient_id
@@ -764,7 +791,26 @@ def _attach(session: Session, study: ImagingStudy, referral: Referral) -> None:
 
 
 def _close_order(session: Session, study: ImagingStudy, referral: Referral) -> None:
-    """A complete study fulfils its order; later stages are told once (`StudyCompleted`)."""
+    """A complete study fulfils its order; later stages are told once (`StudyCompleted`).
+
+    The order is claimed by inserting its `OrderFulfilment` row: of two studies (or two
+    completers) reaching here for one order, only the first insert succeeds; the other leaves the
+    order and its events as they are.
+    """
+    claimed = session.scalar(select(OrderFulfilment).where(OrderFulfilment.referral_id == referral.id))
+    if claimed is None:
+        try:
+            with session.begin_nested():
+                session.add(OrderFulfilment(referral_id=referral.id, study_id=study.id))
+        except IntegrityError:
+            claimed = session.scalar(select(OrderFulfilment).where(OrderFulfilment.referral_id == referral.id))
+            if claimed is None:
+                raise
+    if claimed is not None:
+        if claimed.study_id != study.id:
+            logger.warning("study %s completed for referral %s, already fulfilled by study %s; not published again",
+                           study.id, referral.id, claimed.study_id)
+        return
     if referral.status in MATCHABLE_REFERRAL_STATUSES:
         referral.status = ReferralStatus.COMPLETED
     for appointment in _appointments(session, referral.id, (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)):

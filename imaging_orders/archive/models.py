@@ -60,10 +60,27 @@ class ImagingStudy(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_instance_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
+    # Set when staff merged this study into another one (its series moved there; it is cancelled).
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("imaging_study.id"))
 
     referral: Mapped[Referral | None] = relationship()
     patient: Mapped[Patient | None] = relationship()
     series: Mapped[list[ImagingSeries]] = relationship(back_populates="study", order_by="ImagingSeries.number")
+
+
+class OrderFulfilment(Base):
+    """The one study that fulfilled an order: one accession, one fulfilment.
+
+    Written when the order's study completes, in the same transaction that publishes
+    `StudyCompleted`; the primary key on the referral makes a second completion for the same order
+    fail (even from a concurrent completer), so analysis and the scan charge happen at most once.
+    """
+
+    __tablename__ = "order_fulfilment"
+
+    referral_id: Mapped[int] = mapped_column(ForeignKey("referral.id"), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("imaging_study.id"), unique=True)
+    fulfilled_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ImagingSeries(Base):
