@@ -263,14 +263,14 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
 def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """Modality Worklist C-FIND: pending responses, one per scheduled step, then success.
 
-    Study Root queries go to `handle_qr_find`."""
+    Study Root and Patient Root queries go to `handle_qr_find`."""
     calling_ae = _calling_ae(event)
     sop_class = str(event.request.AffectedSOPClassUID)
     if sop_class in QR_FIND_CONTEXTS:
         yield from handle_qr_find(event, app)
         return
     if sop_class != ModalityWorklistInformationFind:
-        yield status_dataset(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "only worklist and Study Root queries are served"), None
+        yield status_dataset(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "only worklist, Study and Patient Root queries are served"), None
         return
     try:
         query = event.identifier
