@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -637,34 +637,60 @@ def _retrieve_instances(app: Flask, identifier: Dataset, patient_root: bool = Fa
 
 
 def _storage_contexts(files: list[StoredFile]) -> list[PresentationContext]:
-    """Contexts for a C-MOVE's association to the destination: one per SOP class sent, offering
-    each stored transfer syntax first and the uncompressed ones as fallbacks."""
-    syntaxes: dict[str, list[str]] = {}
+    """Contexts for a C-MOVE's association to the destination: one per (SOP class, stored transfer
+    syntax), and one per SOP class offering the uncompressed syntaxes.
+
+    A context holding several syntaxes is accepted with one of them only, so every instance stored
+    in another would fail; separate contexts let the peer accept each syntax it can read, and the
+    uncompressed one lets an instance whose syntax it refused be sent decompressed
+    (`_as_peer_accepts`). At most 128 contexts fit an association: the uncompressed ones come
+    first, so every SOP class can be sent.
+    """
+    uncompressed: dict[str, None] = {}
+    compressed: dict[tuple[str, str], None] = {}
     for stored in files:
-        offered = syntaxes.setdefault(stored.sop_class_uid, [])
-        if stored.transfer_syntax_uid not in offered:
-            offered.append(stored.transfer_syntax_uid)
-    contexts = []
-    for sop_class, offered in list(syntaxes.items())[:128]:
-        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if fallback not in offered:
-                offered.append(fallback)
-        contexts.append(build_context(sop_class, offered))
-    return contexts
+        uncompressed.setdefault(stored.sop_class_uid, None)
+        if stored.transfer_syntax_uid not in _UNCOMPRESSED:
+            compressed.setdefault((stored.sop_class_uid, stored.transfer_syntax_uid), None)
+    contexts = [build_context(sop_class, list(_UNCOMPRESSED[:2])) for sop_class in uncompressed]
+    contexts += [build_context(sop_class, syntax) for sop_class, syntax in compressed]
+    return contexts[:128]
 
 
-def _retrieve_datasets(event: Event, files: list[StoredFile]) -> Iterator[tuple[int, Dataset | None]]:
+# Sent as they are by pynetdicom over any accepted uncompressed context (it re-encodes between them).
+_UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), "1.2.840.10008.1.2.2")
+
+
+def _retrieve_datasets(
+    event: Event, files: list[StoredFile], accepted: Callable[[], Sequence[PresentationContext]],
+) -> Iterator[tuple[int, Dataset | None]]:
+    """Each stored file as a pending sub-operation, in a syntax the peer accepted (`accepted`
+    gives the storage association's accepted contexts once it exists)."""
     for stored in files:
         path = stored.path
         if event.is_cancelled:
             yield CANCEL, None
             return
         try:
-            yield PENDING, pydicom.dcmread(path)
-        except (OSError, ValueError, TypeError, AttributeError, EOFError) as exc:
-            logger.error("stored file %s unreadable for retrieve: %s", path.name, type(exc).__name__)
+            yield PENDING, _as_peer_accepts(pydicom.dcmread(path), stored, accepted())
+        except (OSError, ValueError, TypeError, AttributeError, EOFError, RuntimeError, NotImplementedError) as exc:
+            logger.error("stored file %s unreadable or not convertible for retrieve: %s", path.name, type(exc).__name__)
             # A failed sub-operation: pynetdicom counts it and lists the instance as failed.
             yield UNABLE_TO_PROCESS, _failed_identifier(path)
+
+
+def _as_peer_accepts(ds: Dataset, stored: StoredFile, accepted: Sequence[PresentationContext]) -> Dataset:
+    """`ds` as stored when the peer accepted its syntax for its SOP class, else decompressed to
+    explicit VR little endian when the peer accepted an uncompressed syntax (pydicom's decoders:
+    RLE natively, JPEG and JPEG 2000 through pylibjpeg or Pillow)."""
+    syntaxes = {str(ts) for cx in accepted if cx.abstract_syntax == stored.sop_class_uid for ts in cx.transfer_syntax}
+    if stored.transfer_syntax_uid in syntaxes or not pydicom.uid.UID(stored.transfer_syntax_uid).is_compressed:
+        return ds
+    if syntaxes & set(_UNCOMPRESSED):
+        # A change of transfer syntax is the same instance (PS3.5 A.4): its UID stays.
+        ds.decompress(generate_instance_uid=False)
+        logger.info("sent %s decompressed: the peer did not accept %s", stored.path.stem, stored.transfer_syntax_uid)
+    return ds
 
 
 def _failed_identifier(path: Path) -> Dataset:
@@ -690,7 +716,8 @@ def handle_qr_get(event: Event, app: Flask) -> Iterator[Any]:
         return
     logger.info("C-GET from %s: %d instances", calling_ae, len(files))
     yield len(files)
-    yield from _retrieve_datasets(event, files)
+    # Over C-GET the instances go back over the requestor's own association and its contexts.
+    yield from _retrieve_datasets(event, files, lambda: event.assoc.accepted_contexts)
 
 
 def handle_qr_move(event: Event, app: Flask) -> Iterator[Any]:
@@ -711,16 +738,19 @@ def handle_qr_move(event: Event, app: Flask) -> Iterator[Any]:
         failure = failure_status(exc, RETRIEVE)
     host, port = destinations[destination]
     contexts = _storage_contexts(files) or [build_context(Verification)]
+    # pynetdicom makes the storage association itself; its accepted contexts are caught here.
+    store_assoc: list[Any] = []
+    handlers = [(evt.EVT_CONN_OPEN, _no_delay), (evt.EVT_ACCEPTED, lambda e: store_assoc.append(e.assoc))]
     # pynetdicom wants the destination first and a count before any status, so a failure is
     # reported as the one (failed) sub-operation.
-    yield host, port, {"ae_title": destination, "contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, _no_delay)]}
+    yield host, port, {"ae_title": destination, "contexts": contexts, "evt_handlers": handlers}
     if failure is not None:
         yield 1
         yield failure, None
         return
     logger.info("C-MOVE from %s to %s: %d instances", calling_ae, destination, len(files))
     yield len(files)
-    yield from _retrieve_datasets(event, files)
+    yield from _retrieve_datasets(event, files, lambda: store_assoc[0].accepted_contexts if store_assoc else [])
 
 
 def _no_delay(event: Event) -> None:
