@@ -49,6 +49,7 @@ from hospital.db import get_db
 from hospital.dicom_status import (
     ANSWERABLE,
     CANCEL,
+    COERCION_OF_DATA_ELEMENTS,
     FIND,
     IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
     N_SERVICE,
@@ -246,7 +247,7 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
     request = event.request
     calling_ae = _calling_ae(event)
     try:
-        store_instance(
+        result = store_instance(
             app,
             event.encoded_dataset(include_meta=False),
             transfer_syntax_uid=str(event.context.transfer_syntax),
@@ -257,6 +258,11 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
     except ANSWERABLE as exc:
         logger.warning("C-STORE from %s not kept: %s: %s", calling_ae, type(exc).__name__, exc)
         return failure_status(exc, STORAGE)
+    if result.superseded:
+        # Kept, but not as the sender may think: it replaced an earlier, different version.
+        return status_dataset(
+            COERCION_OF_DATA_ELEMENTS, f"kept as version {result.version}; earlier version kept"
+        )
     return SUCCESS
 
 

@@ -74,7 +74,8 @@ from hospital.jobs import publish
 from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.models import Appointment, AppointmentStatus
 from imaging_orders.archive.models import (
-    VR_MAX_CHARACTERS, ImagingInstance, ImagingSeries, ImagingStudy, OrderFulfilment, StudyStatus,
+    VR_MAX_CHARACTERS, ImagingInstance, ImagingInstanceVersion, ImagingSeries, ImagingStudy, OrderFulfilment,
+    StudyStatus,
 )
 from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
 from imaging_orders.service import start_examination
@@ -151,6 +152,10 @@ class StoreResult:
     size_bytes: int
     duplicate: bool  # the SOP instance was already stored; nothing new was written
     warnings: tuple[str, ...] = ()
+    # A re-send of a stored SOP Instance UID with different content, kept as its newest version
+    # (the earlier file is kept too); the sender is warned (COERCION_OF_DATA_ELEMENTS).
+    superseded: bool = False
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -230,7 +235,9 @@ def store_instance(
     db = get_db(app)
     for attempt in range(1, _STORE_ATTEMPTS + 1):
         try:
-            result = _store_attempt(db, storage_dir, received, sha256, derived)
+            # An app context: a corrected re-send may match a complete study and publish its event.
+            with app.app_context():
+                result = _store_attempt(db, storage_dir, received, sha256, derived)
         except IntegrityError:
             # Another association created the same study, series or instance between our read and
             # our insert; its rows are committed now, so a fresh attempt finds and reuses them.
@@ -276,7 +283,9 @@ def _index_and_write(
         select(ImagingInstance).where(ImagingInstance.sop_instance_uid == received.sop_instance_uid)
     )
     if existing is not None:
-        return _duplicate_result(storage_dir, existing, received, sha256)
+        if existing.sha256 == sha256:
+            return _duplicate_result(storage_dir, existing, received, sha256)
+        return _supersede(session, storage_dir, existing, received, sha256, written)
 
     now = utcnow()
     warnings_out = list(received.warnings)
@@ -339,9 +348,6 @@ def _duplicate_result(
             write_file_durably(target, received.file_bytes)
         except OSError as exc:
             raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", OUT_OF_RESOURCES) from exc
-    elif existing.sha256 != sha256:
-        # First one wins: a second, different object under the same UID is a sender bug.
-        logger.warning("instance %s sent again with different content; kept the first", existing.sop_instance_uid)
     return StoreResult(
         instance_id=existing.id,
         series_id=existing.series_id,
@@ -352,7 +358,81 @@ def _duplicate_result(
         size_bytes=existing.size_bytes,
         duplicate=True,
         warnings=tuple(existing.warnings or ()),
+        version=existing.version,
     )
+
+
+def _supersede(
+    session: Session, storage_dir: Path, existing: ImagingInstance, received: _ReceivedInstance, sha256: str,
+    written: list[Path],
+) -> StoreResult:
+    """A re-send of `existing`'s SOP Instance UID with different content: keep it as the newest
+    version, keep the earlier file (an `ImagingInstanceVersion`), and let a corrected header
+    (PatientID, AccessionNumber) match an unmatched study.
+
+    Senders re-send to correct an instance; keeping only the first version would silently keep the
+    error, keeping only the last would lose what a reader may already have seen.
+    """
+    # Locked: two different re-sends at once become versions 2 and 3, not two versions 2.
+    session.refresh(existing, with_for_update=True)
+    if existing.sha256 == sha256:
+        return _duplicate_result(storage_dir, existing, received, sha256)
+    now = utcnow()
+    session.add(ImagingInstanceVersion(
+        instance_id=existing.id, version=existing.version, transfer_syntax_uid=existing.transfer_syntax_uid,
+        path=existing.path, size_bytes=existing.size_bytes, sha256=existing.sha256,
+        received_at=existing.received_at, superseded_at=now,
+    ))
+    version = existing.version + 1
+    series = existing.series
+    study = series.study
+    warnings_out = [
+        *received.warnings,
+        f"version {version} of this instance: different content under the same SOP Instance UID; "
+        f"version {existing.version} kept",
+    ]
+    if (received.study_instance_uid, received.series_instance_uid) != (study.study_instance_uid, series.series_instance_uid):
+        warnings_out.append("the new version names another study or series; it stays indexed where it was")
+    relative = f"{study.study_instance_uid}/{series.series_instance_uid}/{existing.sop_instance_uid}.v{version}.dcm"
+    existing.version = version
+    existing.path = relative
+    existing.sha256 = sha256
+    existing.size_bytes = len(received.file_bytes)
+    existing.transfer_syntax_uid = received.transfer_syntax_uid
+    existing.number = _int_or_none(received.header, "InstanceNumber", warnings_out)
+    existing.warnings = warnings_out
+    existing.received_at = now
+    session.flush()
+    target = storage_dir / relative
+    written.append(target)
+    try:
+        write_file_durably(target, received.file_bytes)
+    except OSError as exc:
+        status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STORE_PROCESSING_FAILURE
+        raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", status) from exc
+    if study.referral_id is None and study.status is not StudyStatus.CANCELLED:
+        _rematch_corrected(session, study, received.header, warnings_out)
+    logger.warning("instance %s re-sent with different content: kept as version %d", existing.sop_instance_uid, version)
+    return StoreResult(
+        instance_id=existing.id, series_id=series.id, study_id=study.id, sop_instance_uid=existing.sop_instance_uid,
+        path=relative, sha256=sha256, size_bytes=existing.size_bytes, duplicate=False,
+        warnings=tuple(warnings_out), superseded=True, version=version,
+    )
+
+
+def _rematch_corrected(session: Session, study: ImagingStudy, header: Dataset, warnings_out: list[str]) -> None:
+    """An unmatched study takes the corrected header's identifiers and is matched again."""
+    ignored: list[str] = []
+    study.dicom_patient_id = _text(header, "PatientID", ImagingStudy.dicom_patient_id, ignored)
+    study.dicom_patient_name = _text(header, "PatientName", ImagingStudy.dicom_patient_name, ignored)
+    study.accession_number = _text(header, "AccessionNumber", ImagingStudy.accession_number, ignored)
+    outcome = match_study_to_order(session, study)
+    if outcome.warning:
+        warnings_out.append(outcome.warning)
+    if outcome.matched and study.status is StudyStatus.AVAILABLE:
+        referral = session.get(Referral, study.referral_id)
+        assert referral is not None  # just matched
+        _close_order(session, study, referral)
 
 
 def _get_or_create_study(
