@@ -285,6 +285,10 @@ def _index_and_write(
     if existing is not None:
         if existing.sha256 == sha256:
             return _duplicate_result(storage_dir, existing, received, sha256)
+        if derived:
+            # The platform's own outputs carry their UIDs by design (made again, same UID): the
+            # stored one stands, as the stage that made them expects; senders' re-sends version.
+            return _duplicate_result(storage_dir, existing, received, existing.sha256)
         return _supersede(session, storage_dir, existing, received, sha256, written)
 
     now = utcnow()
