@@ -27,6 +27,9 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 # C000-CFFF is "cannot understand"; this code says the index, not the data set, failed.
 STORE_PROCESSING_FAILURE = 0xC001
+# Warning: stored, but not as a plain new instance (PS3.4 B.2.3 "Coercion of Data Elements"); the
+# archive answers it when a re-sent SOP Instance UID with different content became a new version.
+COERCION_OF_DATA_ELEMENTS = 0xB000
 
 # Query/Retrieve and Modality Worklist (PS3.4 C.4, K.4).
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900

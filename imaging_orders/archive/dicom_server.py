@@ -49,6 +49,7 @@ from hospital.db import get_db
 from hospital.dicom_status import (
     ANSWERABLE,
     CANCEL,
+    COERCION_OF_DATA_ELEMENTS,
     FIND,
     IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
     N_SERVICE,
@@ -246,7 +247,7 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
     request = event.request
     calling_ae = _calling_ae(event)
     try:
-        store_instance(
+        result = store_instance(
             app,
             event.encoded_dataset(include_meta=False),
             transfer_syntax_uid=str(event.context.transfer_syntax),
@@ -257,20 +258,25 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
     except ANSWERABLE as exc:
         logger.warning("C-STORE from %s not kept: %s: %s", calling_ae, type(exc).__name__, exc)
         return failure_status(exc, STORAGE)
+    if result.superseded:
+        # Kept, but not as the sender may think: it replaced an earlier, different version.
+        return status_dataset(
+            COERCION_OF_DATA_ELEMENTS, f"kept as version {result.version}; earlier version kept"
+        )
     return SUCCESS
 
 
 def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """Modality Worklist C-FIND: pending responses, one per scheduled step, then success.
 
-    Study Root queries go to `handle_qr_find`."""
+    Study Root and Patient Root queries go to `handle_qr_find`."""
     calling_ae = _calling_ae(event)
     sop_class = str(event.request.AffectedSOPClassUID)
     if sop_class in QR_FIND_CONTEXTS:
         yield from handle_qr_find(event, app)
         return
     if sop_class != ModalityWorklistInformationFind:
-        yield status_dataset(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "only worklist and Study Root queries are served"), None
+        yield status_dataset(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "only worklist, Study and Patient Root queries are served"), None
         return
     try:
         query = event.identifier

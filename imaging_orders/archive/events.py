@@ -10,7 +10,7 @@ from hospital.events import DomainEvent
 @dataclass(frozen=True)
 class StudyCompleted(DomainEvent):
     """A study matched to its order is complete (no instance for STUDY_QUIET_SECONDS): the AI may
-    read it and the scan may be billed. Published once per study."""
+    read it and the scan may be billed. Published at most once per order (`OrderFulfilment`)."""
 
     name = "imaging.study_completed"
 

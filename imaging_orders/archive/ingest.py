@@ -19,7 +19,9 @@ which staff work through with `reconcile_study`.
 
 A study is complete when no instance has arrived for `STUDY_QUIET_SECONDS` (DICOM has no "end of
 study" message); `complete_quiet_studies` marks it available and publishes
-`imaging.study_completed` exactly once, even when two completers run at the same time.
+`imaging.study_completed` exactly once per order, even when two completers run at the same time.
+A second study under the AccessionNumber of an order that already has its study is not matched:
+one accession, one fulfilment; it waits in reconciliation (merge or attach elsewhere).
 """
 
 from __future__ import annotations
@@ -70,7 +72,15 @@ from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.jobs import publish
 from imaging_orders.archive.events import StudyCompleted
-from imaging_orders.archive.models import VR_MAX_CHARACTERS, ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.models import (
+    VR_MAX_CHARACTERS,
+    ImagingInstance,
+    ImagingInstanceVersion,
+    ImagingSeries,
+    ImagingStudy,
+    OrderFulfilment,
+    StudyStatus,
+)
 from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
 from imaging_orders.models import Appointment, AppointmentStatus
 from imaging_orders.service import start_examination
@@ -147,6 +157,10 @@ class StoreResult:
     size_bytes: int
     duplicate: bool  # the SOP instance was already stored; nothing new was written
     warnings: tuple[str, ...] = ()
+    # A re-send of a stored SOP Instance UID with different content, kept as its newest version
+    # (the earlier file is kept too); the sender is warned (COERCION_OF_DATA_ELEMENTS).
+    superseded: bool = False
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -226,7 +240,9 @@ def store_instance(
     db = get_db(app)
     for attempt in range(1, _STORE_ATTEMPTS + 1):
         try:
-            result = _store_attempt(db, storage_dir, received, sha256, derived)
+            # An app context: a corrected re-send may match a complete study and publish its event.
+            with app.app_context():
+                result = _store_attempt(db, storage_dir, received, sha256, derived)
         except IntegrityError:
             # Another association created the same study, series or instance between our read and
             # our insert; its rows are committed now, so a fresh attempt finds and reuses them.
@@ -272,7 +288,13 @@ def _index_and_write(
         select(ImagingInstance).where(ImagingInstance.sop_instance_uid == received.sop_instance_uid)
     )
     if existing is not None:
-        return _duplicate_result(storage_dir, existing, received, sha256)
+        if existing.sha256 == sha256:
+            return _duplicate_result(storage_dir, existing, received, sha256)
+        if derived:
+            # The platform's own outputs carry their UIDs by design (made again, same UID): the
+            # stored one stands, as the stage that made them expects; senders' re-sends version.
+            return _duplicate_result(storage_dir, existing, received, existing.sha256)
+        return _supersede(session, storage_dir, existing, received, sha256, written)
 
     now = utcnow()
     warnings_out = list(received.warnings)
@@ -335,9 +357,6 @@ def _duplicate_result(
             write_file_durably(target, received.file_bytes)
         except OSError as exc:
             raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", OUT_OF_RESOURCES) from exc
-    elif existing.sha256 != sha256:
-        # First one wins: a second, different object under the same UID is a sender bug.
-        logger.warning("instance %s sent again with different content; kept the first", existing.sop_instance_uid)
     return StoreResult(
         instance_id=existing.id,
         series_id=existing.series_id,
@@ -348,7 +367,81 @@ def _duplicate_result(
         size_bytes=existing.size_bytes,
         duplicate=True,
         warnings=tuple(existing.warnings or ()),
+        version=existing.version,
     )
+
+
+def _supersede(
+    session: Session, storage_dir: Path, existing: ImagingInstance, received: _ReceivedInstance, sha256: str,
+    written: list[Path],
+) -> StoreResult:
+    """A re-send of `existing`'s SOP Instance UID with different content: keep it as the newest
+    version, keep the earlier file (an `ImagingInstanceVersion`), and let a corrected header
+    (PatientID, AccessionNumber) match an unmatched study.
+
+    Senders re-send to correct an instance; keeping only the first version would silently keep the
+    error, keeping only the last would lose what a reader may already have seen.
+    """
+    # Locked: two different re-sends at once become versions 2 and 3, not two versions 2.
+    session.refresh(existing, with_for_update=True)
+    if existing.sha256 == sha256:
+        return _duplicate_result(storage_dir, existing, received, sha256)
+    now = utcnow()
+    session.add(ImagingInstanceVersion(
+        instance_id=existing.id, version=existing.version, transfer_syntax_uid=existing.transfer_syntax_uid,
+        path=existing.path, size_bytes=existing.size_bytes, sha256=existing.sha256,
+        received_at=existing.received_at, superseded_at=now,
+    ))
+    version = existing.version + 1
+    series = existing.series
+    study = series.study
+    warnings_out = [
+        *received.warnings,
+        f"version {version} of this instance: different content under the same SOP Instance UID; "
+        f"version {existing.version} kept",
+    ]
+    if (received.study_instance_uid, received.series_instance_uid) != (study.study_instance_uid, series.series_instance_uid):
+        warnings_out.append("the new version names another study or series; it stays indexed where it was")
+    relative = f"{study.study_instance_uid}/{series.series_instance_uid}/{existing.sop_instance_uid}.v{version}.dcm"
+    existing.version = version
+    existing.path = relative
+    existing.sha256 = sha256
+    existing.size_bytes = len(received.file_bytes)
+    existing.transfer_syntax_uid = received.transfer_syntax_uid
+    existing.number = _int_or_none(received.header, "InstanceNumber", warnings_out)
+    existing.warnings = warnings_out
+    existing.received_at = now
+    session.flush()
+    target = storage_dir / relative
+    written.append(target)
+    try:
+        write_file_durably(target, received.file_bytes)
+    except OSError as exc:
+        status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STORE_PROCESSING_FAILURE
+        raise StorageUnavailable(f"could not write the image to storage ({exc.strerror})", status) from exc
+    if study.referral_id is None and study.status is not StudyStatus.CANCELLED:
+        _rematch_corrected(session, study, received.header, warnings_out)
+    logger.warning("instance %s re-sent with different content: kept as version %d", existing.sop_instance_uid, version)
+    return StoreResult(
+        instance_id=existing.id, series_id=series.id, study_id=study.id, sop_instance_uid=existing.sop_instance_uid,
+        path=relative, sha256=sha256, size_bytes=existing.size_bytes, duplicate=False,
+        warnings=tuple(warnings_out), superseded=True, version=version,
+    )
+
+
+def _rematch_corrected(session: Session, study: ImagingStudy, header: Dataset, warnings_out: list[str]) -> None:
+    """An unmatched study takes the corrected header's identifiers and is matched again."""
+    ignored: list[str] = []
+    study.dicom_patient_id = _text(header, "PatientID", ImagingStudy.dicom_patient_id, ignored)
+    study.dicom_patient_name = _text(header, "PatientName", ImagingStudy.dicom_patient_name, ignored)
+    study.accession_number = _text(header, "AccessionNumber", ImagingStudy.accession_number, ignored)
+    outcome = match_study_to_order(session, study)
+    if outcome.warning:
+        warnings_out.append(outcome.warning)
+    if outcome.matched and study.status is StudyStatus.AVAILABLE:
+        referral = session.get(Referral, study.referral_id)
+        assert referral is not None  # just matched
+        _close_order(session, study, referral)
 
 
 def _get_or_create_study(
@@ -704,7 +797,7 @@ def match_study_to_order(session: Session, study: ImagingStudy) -> MatchOutcome:
     if referral is None:
         logger.info("study %s: no referral has its accession number; left for reconciliation", study.id)
         return MatchOutcome(None, "no referral has this AccessionNumber; left for reconciliation")
-    refusal = _match_refusal(study, referral)
+    refusal = _order_taken(session, study, referral) or _match_refusal(study, referral)
     if refusal is not None:
         logger.warning("study %s not matched to referral %s: %s", study.id, referral.id, refusal)
         return MatchOutcome(None, f"not matched to referral {referral.id}: {refusal}")
@@ -732,7 +825,7 @@ def reconcile_study(session: Session, study_id: int, referral_id: int) -> Imagin
         raise Conflict(f"imaging study {study_id} is already matched to referral {study.referral_id}")
     if study.status is StudyStatus.CANCELLED:
         raise Conflict(f"imaging study {study_id} is cancelled")
-    refusal = _match_refusal(study, referral)
+    refusal = _order_taken(session, study, referral) or _match_refusal(study, referral)
     if refusal is not None:
         raise Conflict(f"imaging study {study_id} cannot be matched to referral {referral_id}: {refusal}")
     _attach(session, study, referral)
@@ -756,6 +849,29 @@ def _match_refusal(study: ImagingStudy, referral: Referral) -> str | None:
     return None
 
 
+def _order_taken(session: Session, study: ImagingStudy, referral: Referral) -> str | None:
+    """Why `referral` cannot take `study` because it already has a study of its own, or None.
+
+    One accession, one fulfilment: a second StudyInstanceUID under the same AccessionNumber (a
+    re-scan, a second series sent as a new study, a modality's error) would be analysed and charged
+    again. It waits in reconciliation, where staff merge it into the first study or attach it to
+    another order. The caller holds the referral's row lock, so a concurrent new study for the same
+    order waits and then sees this one.
+    """
+    other = session.scalar(
+        select(ImagingStudy.id).where(
+            ImagingStudy.referral_id == referral.id, ImagingStudy.id != study.id,
+            ImagingStudy.status != StudyStatus.CANCELLED,
+        ).order_by(ImagingStudy.id).limit(1)
+    )
+    if other is None:
+        other = session.scalar(select(OrderFulfilment.study_id).where(
+            OrderFulfilment.referral_id == referral.id, OrderFulfilment.study_id != study.id))
+    if other is None:
+        return None
+    return f"the order already has study {other} (one accession, one fulfilment): merge into it or attach elsewhere"
+
+
 def _attach(session: Session, study: ImagingStudy, referral: Referral) -> None:
     study.referral_id = referral.id
     study.patient_id = referral.patient_id
@@ -764,7 +880,26 @@ def _attach(session: Session, study: ImagingStudy, referral: Referral) -> None:
 
 
 def _close_order(session: Session, study: ImagingStudy, referral: Referral) -> None:
-    """A complete study fulfils its order; later stages are told once (`StudyCompleted`)."""
+    """A complete study fulfils its order; later stages are told once (`StudyCompleted`).
+
+    The order is claimed by inserting its `OrderFulfilment` row: of two studies (or two
+    completers) reaching here for one order, only the first insert succeeds; the other leaves the
+    order and its events as they are.
+    """
+    claimed = session.scalar(select(OrderFulfilment).where(OrderFulfilment.referral_id == referral.id))
+    if claimed is None:
+        try:
+            with session.begin_nested():
+                session.add(OrderFulfilment(referral_id=referral.id, study_id=study.id))
+        except IntegrityError:
+            claimed = session.scalar(select(OrderFulfilment).where(OrderFulfilment.referral_id == referral.id))
+            if claimed is None:
+                raise
+    if claimed is not None:
+        if claimed.study_id != study.id:
+            logger.warning("study %s completed for referral %s, already fulfilled by study %s; not published again",
+                           study.id, referral.id, claimed.study_id)
+        return
     if referral.status in MATCHABLE_REFERRAL_STATUSES:
         referral.status = ReferralStatus.COMPLETED
     for appointment in _appointments(session, referral.id, (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)):

@@ -12,7 +12,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
@@ -59,10 +59,27 @@ class ImagingStudy(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_instance_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
+    # Set when staff merged this study into another one (its series moved there; it is cancelled).
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("imaging_study.id"))
 
     referral: Mapped[Referral | None] = relationship()
     patient: Mapped[Patient | None] = relationship()
     series: Mapped[list[ImagingSeries]] = relationship(back_populates="study", order_by="ImagingSeries.number")
+
+
+class OrderFulfilment(Base):
+    """The one study that fulfilled an order: one accession, one fulfilment.
+
+    Written when the order's study completes, in the same transaction that publishes
+    `StudyCompleted`; the primary key on the referral makes a second completion for the same order
+    fail (even from a concurrent completer), so analysis and the scan charge happen at most once.
+    """
+
+    __tablename__ = "order_fulfilment"
+
+    referral_id: Mapped[int] = mapped_column(ForeignKey("referral.id"), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("imaging_study.id"), unique=True)
+    fulfilled_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ImagingSeries(Base):
@@ -98,5 +115,26 @@ class ImagingInstance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     warnings: Mapped[list[Any]] = mapped_column(default=list)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Versions received under this SOP Instance UID; earlier ones are in imaging_instance_version.
+    version: Mapped[int] = mapped_column(default=1, server_default="1")
 
     series: Mapped[ImagingSeries] = relationship(back_populates="instances")
+
+
+class ImagingInstanceVersion(Base):
+    """An earlier version of an instance, superseded by a re-send of the same SOP Instance UID
+    with different content (a corrected PatientID, say). The instance row is the newest version;
+    these rows keep the files of the ones before, so nothing a sender was told is kept is lost."""
+
+    __tablename__ = "imaging_instance_version"
+    __table_args__ = (UniqueConstraint("instance_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("imaging_instance.id"), index=True)
+    version: Mapped[int]  # 1 is the first received
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(400))  # relative to DICOM_STORAGE_DIR
+    size_bytes: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+    superseded_at: Mapped[datetime] = mapped_column(default=utcnow)

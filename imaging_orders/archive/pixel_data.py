@@ -95,8 +95,11 @@ def _check_encapsulated(ds: Dataset, syntax: UID, frames: int, warnings_out: lis
         raise IncompletePixelData(
             f"{frames} frame(s) declared, the Basic Offset Table lists {len(offsets)}", DATASET_DOES_NOT_MATCH_SOP_CLASS
         )
-    decoder = get_decoder(syntax)
-    if not decoder.is_available:
+    try:
+        decodable = get_decoder(syntax).is_available
+    except NotImplementedError:  # pydicom has no decoder at all for this syntax (MPEG, J2K Part 2)
+        decodable = False
+    if not decodable:
         warnings_out.append(f"{syntax.name} pixel data not decoded on ingest (no decoder installed); structure checked")
         return
     try:

@@ -1,5 +1,11 @@
-"""Study Root Query/Retrieve over the image index: who may find which studies, series and
-instances, the DICOM C-FIND / C-GET / C-MOVE handlers, and the search that QIDO-RS shares.
+"""Study Root and Patient Root Query/Retrieve over the image index: who may find which patients,
+studies, series and instances, the DICOM C-FIND / C-GET / C-MOVE handlers, and the search that
+QIDO-RS shares.
+
+Both information models share one code path: Patient Root adds the PATIENT level (the distinct
+PatientID/PatientName pairs of the studies' headers, with their counts) above the same STUDY,
+SERIES and IMAGE levels, where PatientID is one more matching key. dcmtk's tools use Patient Root
+unless told `-S`.
 
 The index (ImagingStudy -> ImagingSeries -> ImagingInstance) answers the matching keys the index
 holds (PatientID, PatientName, AccessionNumber, StudyDate, the UIDs, Modality); any other return
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -34,6 +40,9 @@ from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -63,11 +72,16 @@ from imaging_orders.worklist import CHARACTER_SET
 
 logger = logging.getLogger(__name__)
 
-QR_FIND_CONTEXTS = (StudyRootQueryRetrieveInformationModelFind,)
-QR_GET_CONTEXTS = (StudyRootQueryRetrieveInformationModelGet,)
-QR_MOVE_CONTEXTS = (StudyRootQueryRetrieveInformationModelMove,)
+QR_FIND_CONTEXTS = (StudyRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelFind)
+QR_GET_CONTEXTS = (StudyRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelGet)
+QR_MOVE_CONTEXTS = (StudyRootQueryRetrieveInformationModelMove, PatientRootQueryRetrieveInformationModelMove)
+PATIENT_ROOT_MODELS = frozenset({
+    PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+})
 
 LEVELS = ("STUDY", "SERIES", "IMAGE")
+PATIENT_ROOT_LEVELS = ("PATIENT", *LEVELS)
 DEFAULT_MAX_RESULTS = 10_000
 
 
@@ -164,6 +178,35 @@ def search_studies(
 ) -> list[ImagingStudy]:
     statement = _study_statement(criteria, visible).order_by(ImagingStudy.id)
     return list(session.scalars(statement.offset(offset).limit(limit)))
+
+
+@dataclass(frozen=True)
+class PatientMatch:
+    """One patient as the images name them (PatientID and PatientName of the studies' headers)."""
+
+    patient_id: str
+    patient_name: str
+    study_ids: tuple[int, ...]
+
+
+def search_patients(
+    session: Session,
+    criteria: StudyCriteria,
+    visible: ColumnElement[bool] | None = None,
+    *,
+    limit: int = DEFAULT_MAX_RESULTS,
+) -> list[PatientMatch]:
+    """The distinct (PatientID, PatientName) of the matching studies, with their study ids."""
+    studies = _study_statement(criteria, visible).with_only_columns(
+        ImagingStudy.id, ImagingStudy.dicom_patient_id, ImagingStudy.dicom_patient_name
+    ).order_by(ImagingStudy.dicom_patient_id, ImagingStudy.dicom_patient_name, ImagingStudy.id)
+    grouped: dict[tuple[str, str], list[int]] = {}
+    for study_id, patient_id, patient_name in session.execute(studies):
+        key = (patient_id or "", patient_name or "")
+        if key not in grouped and len(grouped) >= limit:
+            break
+        grouped.setdefault(key, []).append(study_id)
+    return [PatientMatch(pid, name, tuple(ids)) for (pid, name), ids in grouped.items()]
 
 
 def search_series(
@@ -347,6 +390,17 @@ def study_attributes(study: ImagingStudy, counts: StudyCounts | None) -> Dataset
     return ds
 
 
+def patient_attributes(patient: PatientMatch, counts: Mapping[int, StudyCounts]) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = CHARACTER_SET
+    ds.PatientID = patient.patient_id
+    ds.PatientName = patient.patient_name
+    ds.NumberOfPatientRelatedStudies = len(patient.study_ids)
+    ds.NumberOfPatientRelatedSeries = sum(counts[i].series for i in patient.study_ids if i in counts)
+    ds.NumberOfPatientRelatedInstances = sum(counts[i].instances for i in patient.study_ids if i in counts)
+    return ds
+
+
 def series_attributes(series: ImagingSeries, n_instances: int | None) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = CHARACTER_SET
@@ -441,7 +495,8 @@ def calling_ae_allowed(app: Flask, calling_ae: str) -> bool:
 
 
 def handle_qr_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """Study Root C-FIND at STUDY, SERIES or IMAGE level: pending per match, then success."""
+    """Study Root C-FIND at STUDY, SERIES or IMAGE level, Patient Root also at PATIENT level:
+    pending per match, then success."""
     calling_ae = _calling_ae(event)
     if not calling_ae_allowed(app, calling_ae):
         logger.warning("C-FIND from %s refused: not in DICOM_QR_CALLING_AES", calling_ae)
@@ -449,7 +504,7 @@ def handle_qr_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Da
         return
     try:
         identifier = event.identifier
-        level = _level(identifier)
+        level = _level(identifier, _patient_root(event))
         criteria = criteria_from_identifier(identifier)
         limit = int(app.config.get("DICOM_QR_MAX_RESULTS", DEFAULT_MAX_RESULTS))
         with app.app_context(), get_db(app).transaction() as session:
@@ -472,7 +527,14 @@ def _find_responses(
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     requested = [elem.keyword for elem in identifier if elem.keyword and elem.keyword != "QueryRetrieveLevel"]
     found: list[tuple[Dataset, ImagingInstance | None]] = []
-    if level == "STUDY":
+    if level == "PATIENT":
+        patients = search_patients(session, criteria, limit=limit)
+        counts = study_counts(session, [i for p in patients for i in p.study_ids])
+        needs_file = any(k not in _PATIENT_KEYS for k in requested)
+        for patient in patients:
+            rep = representative_instance(session, study_id=patient.study_ids[0]) if needs_file else None
+            found.append((patient_attributes(patient, counts), rep))
+    elif level == "STUDY":
         studies = search_studies(session, criteria, limit=limit)
         counts = study_counts(session, [s.id for s in studies])
         needs_file = any(k not in _STUDY_KEYS for k in requested)
@@ -496,6 +558,10 @@ def _find_responses(
     return responses
 
 
+_PATIENT_KEYS = frozenset(
+    {"SpecificCharacterSet", "PatientID", "PatientName", "NumberOfPatientRelatedStudies",
+     "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances", "RetrieveAETitle"}
+)
 _STUDY_KEYS = frozenset(
     {"SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "PatientName", "PatientID",
      "StudyInstanceUID", "StudyDescription", "InstanceAvailability", "ModalitiesInStudy",
@@ -525,11 +591,17 @@ def _only_requested(attributes: Dataset, identifier: Dataset, level: str, app: F
     return response
 
 
-def _level(identifier: Dataset) -> str:
+def _level(identifier: Dataset, patient_root: bool) -> str:
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    if level not in LEVELS:
-        raise QueryError(f"QueryRetrieveLevel must be one of {', '.join(LEVELS)}, got {level[:16]!r}")
+    levels = PATIENT_ROOT_LEVELS if patient_root else LEVELS
+    if level not in levels:
+        raise QueryError(f"QueryRetrieveLevel must be one of {', '.join(levels)}, got {level[:16]!r}")
     return level
+
+
+def _patient_root(event: Event) -> bool:
+    """Whether the request is in the Patient Root information model (else Study Root)."""
+    return str(event.request.AffectedSOPClassUID) in PATIENT_ROOT_MODELS
 
 
 @dataclass(frozen=True)
@@ -539,11 +611,16 @@ class StoredFile:
     transfer_syntax_uid: str
 
 
-def _retrieve_instances(app: Flask, identifier: Dataset) -> list[StoredFile]:
+def _retrieve_instances(app: Flask, identifier: Dataset, patient_root: bool = False) -> list[StoredFile]:
     """The stored files matching a C-GET/C-MOVE identifier (unique keys down to its level)."""
-    level = _level(identifier)
+    level = _level(identifier, patient_root)
     criteria = criteria_from_identifier(identifier)
-    if not (criteria.study_uids or criteria.series_uids or criteria.sop_instance_uids):
+    if level == "PATIENT":
+        # The unique key of the level: one patient, named exactly (a wildcard would send everyone's).
+        if len(criteria.patient_ids) != 1 or any(c in criteria.patient_ids[0] for c in "*?\\"):
+            raise QueryError("a PATIENT level retrieve needs one PatientID, without wildcards")
+        criteria = StudyCriteria(patient_ids=criteria.patient_ids)
+    elif not (criteria.study_uids or criteria.series_uids or criteria.sop_instance_uids):
         raise QueryError("a retrieve needs a StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID")
     if level == "STUDY":
         criteria.series_uids, criteria.sop_instance_uids = [], []
@@ -560,34 +637,60 @@ def _retrieve_instances(app: Flask, identifier: Dataset) -> list[StoredFile]:
 
 
 def _storage_contexts(files: list[StoredFile]) -> list[PresentationContext]:
-    """Contexts for a C-MOVE's association to the destination: one per SOP class sent, offering
-    each stored transfer syntax first and the uncompressed ones as fallbacks."""
-    syntaxes: dict[str, list[str]] = {}
+    """Contexts for a C-MOVE's association to the destination: one per (SOP class, stored transfer
+    syntax), and one per SOP class offering the uncompressed syntaxes.
+
+    A context holding several syntaxes is accepted with one of them only, so every instance stored
+    in another would fail; separate contexts let the peer accept each syntax it can read, and the
+    uncompressed one lets an instance whose syntax it refused be sent decompressed
+    (`_as_peer_accepts`). At most 128 contexts fit an association: the uncompressed ones come
+    first, so every SOP class can be sent.
+    """
+    uncompressed: dict[str, None] = {}
+    compressed: dict[tuple[str, str], None] = {}
     for stored in files:
-        offered = syntaxes.setdefault(stored.sop_class_uid, [])
-        if stored.transfer_syntax_uid not in offered:
-            offered.append(stored.transfer_syntax_uid)
-    contexts = []
-    for sop_class, offered in list(syntaxes.items())[:128]:
-        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if fallback not in offered:
-                offered.append(fallback)
-        contexts.append(build_context(sop_class, offered))
-    return contexts
+        uncompressed.setdefault(stored.sop_class_uid, None)
+        if stored.transfer_syntax_uid not in _UNCOMPRESSED:
+            compressed.setdefault((stored.sop_class_uid, stored.transfer_syntax_uid), None)
+    contexts = [build_context(sop_class, list(_UNCOMPRESSED[:2])) for sop_class in uncompressed]
+    contexts += [build_context(sop_class, syntax) for sop_class, syntax in compressed]
+    return contexts[:128]
 
 
-def _retrieve_datasets(event: Event, files: list[StoredFile]) -> Iterator[tuple[int, Dataset | None]]:
+# Sent as they are by pynetdicom over any accepted uncompressed context (it re-encodes between them).
+_UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), "1.2.840.10008.1.2.2")
+
+
+def _retrieve_datasets(
+    event: Event, files: list[StoredFile], accepted: Callable[[], Sequence[PresentationContext]],
+) -> Iterator[tuple[int, Dataset | None]]:
+    """Each stored file as a pending sub-operation, in a syntax the peer accepted (`accepted`
+    gives the storage association's accepted contexts once it exists)."""
     for stored in files:
         path = stored.path
         if event.is_cancelled:
             yield CANCEL, None
             return
         try:
-            yield PENDING, pydicom.dcmread(path)
-        except (OSError, ValueError, TypeError, AttributeError, EOFError) as exc:
-            logger.error("stored file %s unreadable for retrieve: %s", path.name, type(exc).__name__)
+            yield PENDING, _as_peer_accepts(pydicom.dcmread(path), stored, accepted())
+        except (OSError, ValueError, TypeError, AttributeError, EOFError, RuntimeError, NotImplementedError) as exc:
+            logger.error("stored file %s unreadable or not convertible for retrieve: %s", path.name, type(exc).__name__)
             # A failed sub-operation: pynetdicom counts it and lists the instance as failed.
             yield UNABLE_TO_PROCESS, _failed_identifier(path)
+
+
+def _as_peer_accepts(ds: Dataset, stored: StoredFile, accepted: Sequence[PresentationContext]) -> Dataset:
+    """`ds` as stored when the peer accepted its syntax for its SOP class, else decompressed to
+    explicit VR little endian when the peer accepted an uncompressed syntax (pydicom's decoders:
+    RLE natively, JPEG and JPEG 2000 through pylibjpeg or Pillow)."""
+    syntaxes = {str(ts) for cx in accepted if cx.abstract_syntax == stored.sop_class_uid for ts in cx.transfer_syntax}
+    if stored.transfer_syntax_uid in syntaxes or not pydicom.uid.UID(stored.transfer_syntax_uid).is_compressed:
+        return ds
+    if syntaxes & set(_UNCOMPRESSED):
+        # A change of transfer syntax is the same instance (PS3.5 A.4): its UID stays.
+        ds.decompress(generate_instance_uid=False)
+        logger.info("sent %s decompressed: the peer did not accept %s", stored.path.stem, stored.transfer_syntax_uid)
+    return ds
 
 
 def _failed_identifier(path: Path) -> Dataset:
@@ -597,25 +700,28 @@ def _failed_identifier(path: Path) -> Dataset:
 
 
 def handle_qr_get(event: Event, app: Flask) -> Iterator[Any]:
-    """Study Root C-GET: the number of sub-operations, then each instance over this association."""
+    """Study or Patient Root C-GET: the number of sub-operations, then each instance over this association."""
     calling_ae = _calling_ae(event)
     if not calling_ae_allowed(app, calling_ae):
         logger.warning("C-GET from %s refused: not in DICOM_QR_CALLING_AES", calling_ae)
         yield status_dataset(REFUSED_NOT_AUTHORIZED, "calling AE not allowed to retrieve"), None
         return
     try:
-        files = _retrieve_instances(app, event.identifier)
+        files = _retrieve_instances(app, event.identifier, _patient_root(event))
     except ANSWERABLE as exc:
         logger.warning("C-GET from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
+        # pynetdicom wants a count before any status (as for C-MOVE below).
+        yield 1
         yield failure_status(exc, RETRIEVE), None
         return
     logger.info("C-GET from %s: %d instances", calling_ae, len(files))
     yield len(files)
-    yield from _retrieve_datasets(event, files)
+    # Over C-GET the instances go back over the requestor's own association and its contexts.
+    yield from _retrieve_datasets(event, files, lambda: event.assoc.accepted_contexts)
 
 
 def handle_qr_move(event: Event, app: Flask) -> Iterator[Any]:
-    """Study Root C-MOVE to a configured destination AE only."""
+    """Study or Patient Root C-MOVE to a configured destination AE only."""
     calling_ae = _calling_ae(event)
     destination = str(event.move_destination or "").strip()
     destinations = parse_move_destinations(app.config.get("DICOM_MOVE_DESTINATIONS"))
@@ -626,22 +732,25 @@ def handle_qr_move(event: Event, app: Flask) -> Iterator[Any]:
     failure: Dataset | None = None
     files: list[StoredFile] = []
     try:
-        files = _retrieve_instances(app, event.identifier)
+        files = _retrieve_instances(app, event.identifier, _patient_root(event))
     except ANSWERABLE as exc:
         logger.warning("C-MOVE from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         failure = failure_status(exc, RETRIEVE)
     host, port = destinations[destination]
     contexts = _storage_contexts(files) or [build_context(Verification)]
+    # pynetdicom makes the storage association itself; its accepted contexts are caught here.
+    store_assoc: list[Any] = []
+    handlers = [(evt.EVT_CONN_OPEN, _no_delay), (evt.EVT_ACCEPTED, lambda e: store_assoc.append(e.assoc))]
     # pynetdicom wants the destination first and a count before any status, so a failure is
     # reported as the one (failed) sub-operation.
-    yield host, port, {"ae_title": destination, "contexts": contexts, "evt_handlers": [(evt.EVT_CONN_OPEN, _no_delay)]}
+    yield host, port, {"ae_title": destination, "contexts": contexts, "evt_handlers": handlers}
     if failure is not None:
         yield 1
         yield failure, None
         return
     logger.info("C-MOVE from %s to %s: %d instances", calling_ae, destination, len(files))
     yield len(files)
-    yield from _retrieve_datasets(event, files)
+    yield from _retrieve_datasets(event, files, lambda: store_assoc[0].accepted_contexts if store_assoc else [])
 
 
 def _no_delay(event: Event) -> None:

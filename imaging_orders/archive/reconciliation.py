@@ -7,15 +7,24 @@ a centre's when its AccessionNumber is that of one of the centre's referrals, or
 referral of any centre (then every centre's staff see it, as the node is shared); a study whose
 accession number belongs to another centre's referral stays out of this centre's view.
 `visible_studies` is the one place that rule lives; DICOMweb uses it too.
+
+A study whose AccessionNumber names an order that already has its study (one accession, one
+fulfilment) waits here too, with the first study offered as a merge target: `merge_study` moves
+its series under the first study (the files rewritten to carry its StudyInstanceUID) without
+completing the order again, so nothing is analysed or charged twice and no signed report reopens.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, jsonify, redirect, render_template, request, url_for
+import pydicom
+from flask import Blueprint, Flask, current_app, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session
@@ -24,11 +33,12 @@ from hospital.access import UNMATCHED_READERS, patient_filter
 from hospital.api import json_body, required
 from hospital.audit import record_access, record_denied
 from hospital.auth import current_user, require_roles
-from hospital.db import request_session
-from hospital.errors import Forbidden, NotFound
+from hospital.clock import utcnow
+from hospital.db import get_db, request_session
+from hospital.errors import Conflict, Forbidden, NotFound
 from hospital.models import Patient, Role, User
 from hospital.web import form_action
-from imaging_orders.archive.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study
+from imaging_orders.archive.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study, write_file_durably
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import Referral
 
@@ -79,6 +89,7 @@ class QueueEntry:
     modalities: list[str]
     warnings: list[str]
     candidates: list[Referral]
+    merge_into: list[int]  # studies that already fulfil the order this study's accession names
 
 
 def reconciliation_queue(session: Session, user: User) -> list[QueueEntry]:
@@ -104,7 +115,8 @@ def reconciliation_queue(session: Session, user: User) -> list[QueueEntry]:
                 warnings.setdefault(str(warning), None)
         modalities = sorted({m for _w, m in instance_rows if m})
         entries.append(
-            QueueEntry(study, len(instance_rows), modalities, list(warnings)[:_WARNINGS_PER_STUDY], _candidates(session, user, study))
+            QueueEntry(study, len(instance_rows), modalities, list(warnings)[:_WARNINGS_PER_STUDY],
+                       _candidates(session, user, study), _merge_targets(session, study))
         )
     return entries
 
@@ -129,6 +141,117 @@ def _candidates(session: Session, user: User, study: ImagingStudy) -> list[Refer
     if user.role is not Role.ADMIN:
         statement = statement.where(Referral.performer_organization_id == user.organization_id)
     return list(session.scalars(statement))
+
+
+def _merge_targets(session: Session, study: ImagingStudy) -> list[int]:
+    """The matched studies of the order(s) this study's AccessionNumber names."""
+    if not study.accession_number:
+        return []
+    return list(session.scalars(
+        select(ImagingStudy.id).join(Referral, ImagingStudy.referral_id == Referral.id)
+        .where(Referral.accession_number == study.accession_number, ImagingStudy.id != study.id,
+               ImagingStudy.status != StudyStatus.CANCELLED)
+        .order_by(ImagingStudy.id)
+    ))
+
+
+def merge_study(app: Flask, study_id: int, into_study_id: int) -> int:
+    """Move an unmatched study's series under another study of the same patient; return how many
+    instances moved.
+
+    Each file is rewritten to carry the target's StudyInstanceUID and AccessionNumber (a viewer
+    that retrieves the target must see one study), under the target's folder. It is one unit of
+    work of its own, like a store: the new files are removed if it does not commit, the old ones
+    only once it has. The target is not completed again: its `StudyCompleted`, analysis and charge
+    stand as they are, and a signed report is not reopened.
+    """
+    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
+    written: list[Path] = []
+    replaced: list[Path] = []
+    try:
+        with get_db(app).transaction() as session:
+            moved = _merge(session, study_id, into_study_id, storage_dir, written, replaced)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    for path in replaced:
+        path.unlink(missing_ok=True)
+    logger.info("study %s merged into study %s (%d instances)", study_id, into_study_id, moved)
+    return moved
+
+
+def _merge(session: Session, study_id: int, into_study_id: int, storage_dir: Path,
+           written: list[Path], replaced: list[Path]) -> int:
+    if study_id == into_study_id:
+        raise Conflict("a study cannot be merged into itself")
+    # Locked in id order, so two merges of the same pair cannot deadlock.
+    locked = {s.id: s for s in session.scalars(
+        select(ImagingStudy).where(ImagingStudy.id.in_([study_id, into_study_id]))
+        .order_by(ImagingStudy.id).with_for_update()
+    )}
+    source, target = locked.get(study_id), locked.get(into_study_id)
+    if source is None or target is None:
+        raise NotFound(f"imaging study {study_id if source is None else into_study_id} does not exist")
+    if source.referral_id is not None:
+        raise Conflict(f"imaging study {study_id} is matched to referral {source.referral_id}; only an unmatched study is merged")
+    if source.status is StudyStatus.CANCELLED or target.status is StudyStatus.CANCELLED:
+        raise Conflict("a cancelled study cannot be merged")
+    target_patient_id = target.patient.mrn if target.patient is not None else target.dicom_patient_id
+    if not source.dicom_patient_id or (source.dicom_patient_id or "").strip() != (target_patient_id or "").strip():
+        # The values themselves are PHI; the message only says that they differ.
+        raise Conflict(f"imaging study {study_id} cannot be merged: its PatientID differs from study {into_study_id}'s")
+    now = utcnow()
+    moved = 0
+    for series in session.scalars(select(ImagingSeries).where(ImagingSeries.study_id == source.id)).all():
+        for instance in series.instances:
+            _rewrite_into(storage_dir, instance, target, source, written, replaced)
+            moved += 1
+        series.study_id = target.id
+    source.status = StudyStatus.CANCELLED
+    source.merged_into_id = target.id
+    if target.status is StudyStatus.REGISTERED:
+        target.last_instance_at = now  # still arriving: completion waits for the merged series too
+    session.flush()
+    return moved
+
+
+def _rewrite_into(storage_dir: Path, instance: ImagingInstance, target: ImagingStudy, source: ImagingStudy,
+                  written: list[Path], replaced: list[Path]) -> None:
+    old = storage_dir / instance.path
+    ds = pydicom.dcmread(old)
+    ds.StudyInstanceUID = target.study_instance_uid
+    if target.accession_number:
+        ds.AccessionNumber = target.accession_number
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    relative = f"{target.study_instance_uid}/{instance.series.series_instance_uid}/{instance.sop_instance_uid}.dcm"
+    new = storage_dir / relative
+    written.append(new)
+    write_file_durably(new, data)
+    if new != old:
+        replaced.append(old)
+    instance.path = relative
+    instance.sha256 = hashlib.sha256(data).hexdigest()
+    instance.size_bytes = len(data)
+    instance.warnings = [*(instance.warnings or []), f"merged from study {source.study_instance_uid}"]
+
+
+def merge_for_user(session: Session, user: User, study_id: int, into_study_id: int) -> int:
+    """Check that the user may see both studies, merge, and audit it."""
+    for checked in (study_id, into_study_id):
+        study = session.get(ImagingStudy, checked)
+        if study is None:
+            raise NotFound(f"imaging study {checked} does not exist")
+        ensure_study_visible(session, user, study, "U")
+    moved = merge_study(current_app, study_id, into_study_id)
+    target = session.get(ImagingStudy, into_study_id, populate_existing=True)
+    record_access(
+        session, user, "U", "ImagingStudy", into_study_id, patient_id=target.patient_id if target else None,
+        description=f"merged study {study_id} into it ({moved} instances)",
+    )
+    return moved
 
 
 def reconcile_for_user(session: Session, user: User, study_id: int, referral_id: int) -> ImagingStudy:
@@ -168,6 +291,7 @@ def entry_json(entry: QueueEntry) -> dict[str, Any]:
         "instances": entry.instances,
         "modalities": entry.modalities,
         "warnings": entry.warnings,
+        "merge_into": entry.merge_into,
         "candidates": [
             {
                 "referral_id": r.id, "accession_number": r.accession_number, "status": r.status.value,
@@ -201,6 +325,15 @@ def reconcile_api(study_id: int) -> ResponseReturnValue:
     )
 
 
+@bp.post("/api/reconciliation/studies/<int:study_id>/merge")
+@require_roles(*RECONCILERS)
+def merge_api(study_id: int) -> ResponseReturnValue:
+    data = json_body()
+    into_study_id = required(data, "into_study_id", int)
+    moved = merge_for_user(request_session(), current_user(), study_id, into_study_id)
+    return jsonify(id=study_id, merged_into=into_study_id, instances=moved, status=StudyStatus.CANCELLED.value)
+
+
 @bp.route("/reconciliation", methods=["GET", "POST"])
 @require_roles(*RECONCILERS)
 def reconciliation_page() -> ResponseReturnValue:
@@ -209,8 +342,12 @@ def reconciliation_page() -> ResponseReturnValue:
     if request.method == "POST":
         study_id = request.form.get("study_id", type=int) or 0
         referral_id = request.form.get("referral_id", type=int) or 0
+        into_study_id = request.form.get("into_study_id", type=int) or 0
 
         def match() -> str:
+            if into_study_id:
+                moved = merge_for_user(session, user, study_id, into_study_id)
+                return f"Study {study_id} merged into study {into_study_id} ({moved} images)."
             reconcile_for_user(session, user, study_id, referral_id)
             return f"Study {study_id} matched to referral {referral_id}."
 

@@ -1,4 +1,4 @@
-"""Study Root Query/Retrieve against dcmtk peers: findscu -S at STUDY, SERIES and IMAGE level,
+"""Study Root and Patient Root Query/Retrieve against dcmtk peers: findscu -S and -P at each level,
 getscu, and movescu to a configured destination (dcmtk's storescp)."""
 
 from __future__ import annotations
@@ -132,3 +132,74 @@ def test_move_destinations_parse() -> None:
     assert parse_move_destinations("") == {}
     with pytest.raises(ValueError):
         parse_move_destinations("A=host")
+
+
+# ---------------------------------------------------------------------------------------------
+# Patient Root (dcmtk's default, -P)
+# ---------------------------------------------------------------------------------------------
+
+
+def find_patient_root(port: int, out: Path, *keys: str) -> list[pydicom.Dataset]:
+    out.mkdir()
+    args = ["findscu", "-P", "-aet", "FINDSCU", "-aec", NODE_AE, "-X", "127.0.0.1", str(port)]
+    for key in keys:
+        args += ["-k", key]
+    run_tool(args, cwd=out)
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_findscu_patient_root_from_patient_down_to_image(qr_node: QRNode, tmp_path: Path) -> None:
+    port, study_uid, prefix = qr_node.port, qr_node.study_uid, qr_node.prefix
+    patients = find_patient_root(port, tmp_path / "patients", "QueryRetrieveLevel=PATIENT", f"PatientID={prefix}-*",
+                                 "PatientName", "PatientBirthDate", "NumberOfPatientRelatedStudies",
+                                 "NumberOfPatientRelatedInstances")
+    assert sorted(p.PatientID for p in patients) == [f"{prefix}-0001", f"{prefix}-0002"]
+    first = next(p for p in patients if p.PatientID == f"{prefix}-0001")
+    assert str(first.PatientName) == "Rivera^Alex"
+    assert first.PatientBirthDate == "19680412"  # read from a stored header
+    assert int(first.NumberOfPatientRelatedStudies) == 1 and int(first.NumberOfPatientRelatedInstances) == 6
+    [study] = find_patient_root(port, tmp_path / "study", "QueryRetrieveLevel=STUDY", f"PatientID={prefix}-0001",
+                                "StudyInstanceUID", "NumberOfStudyRelatedInstances")
+    assert study.StudyInstanceUID == study_uid and int(study.NumberOfStudyRelatedInstances) == 6
+    series = find_patient_root(port, tmp_path / "series", "QueryRetrieveLevel=SERIES", f"PatientID={prefix}-0001",
+                               f"StudyInstanceUID={study_uid}", "SeriesInstanceUID")
+    assert len(series) == 2
+    images = find_patient_root(port, tmp_path / "image", "QueryRetrieveLevel=IMAGE", f"PatientID={prefix}-0001",
+                               f"StudyInstanceUID={study_uid}", f"SeriesInstanceUID={series[0].SeriesInstanceUID}",
+                               "SOPInstanceUID")
+    assert len(images) == 3
+
+
+def test_getscu_patient_root_by_patient_and_by_study(qr_node: QRNode, tmp_path: Path) -> None:
+    port, study_uid, prefix = qr_node.port, qr_node.study_uid, qr_node.prefix
+    by_patient = tmp_path / "patient"
+    by_patient.mkdir()
+    run_tool(["getscu", "-P", "-aet", "GETSCU", "-aec", NODE_AE, "-od", str(by_patient),
+              "-k", "QueryRetrieveLevel=PATIENT", "-k", f"PatientID={prefix}-0002", "127.0.0.1", str(port)])
+    assert [pydicom.dcmread(p).PatientID for p in by_patient.iterdir()] == [f"{prefix}-0002"]
+    by_study = tmp_path / "study"
+    by_study.mkdir()
+    # No model option: getscu's default is Patient Root.
+    run_tool(["getscu", "-aet", "GETSCU", "-aec", NODE_AE, "-od", str(by_study), "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"PatientID={prefix}-0001", "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)])
+    assert len(list(by_study.iterdir())) == 6
+    # A patient-level retrieve names one patient: a wildcard would send every patient's images.
+    wild = subprocess.run(["getscu", "-v", "-P", "-aec", NODE_AE, "-od", str(tmp_path), "-k", "QueryRetrieveLevel=PATIENT",
+                           "-k", "PatientID=*", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    assert "DataSetDoesNotMatchSOPClass" in wild.stdout + wild.stderr  # 0xA900, as dcmtk names it
+
+
+def test_movescu_patient_root_moves_a_patient(qr_node: QRNode, tmp_path: Path) -> None:
+    port, dest_port, prefix = qr_node.port, qr_node.dest_port, qr_node.prefix
+    out = tmp_path / "moved"
+    out.mkdir()
+    receiver = subprocess.Popen(["storescp", "-aet", DEST_AE, "-od", str(out), str(dest_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        run_tool(["movescu", "-P", "-aet", "MOVESCU", "-aec", NODE_AE, "-aem", DEST_AE,
+                  "-k", "QueryRetrieveLevel=PATIENT", "-k", f"PatientID={prefix}-0001", "127.0.0.1", str(port)])
+        assert len(list(out.iterdir())) == 6
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
