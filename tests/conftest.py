@@ -46,6 +46,19 @@ def database_url() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture()
+def empty_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database nobody has migrated, dropped afterwards."""
+    name = f"hospital_empty_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def make_test_app(database_url: str, tmp_dir: Path, **overrides: Any) -> Flask:
     config = {
         "DATABASE_URL": database_url,

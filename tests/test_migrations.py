@@ -3,34 +3,18 @@ PostgreSQL and on the embedded SQLite default, and matches the models."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, inspect
 
 import ai_services.models  # noqa: F401,E402 - every table on the metadata
 import billing.models  # noqa: F401,E402
 import followup.models  # noqa: F401,E402
 from hospital.db import Base
 from hospital.migrate import downgrade, upgrade
-from tests.conftest import ADMIN_URL
-
-
-@pytest.fixture()
-def empty_postgres() -> Iterator[str]:
-    name = f"hospital_migr_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def _tables(url: str) -> set[str]:
@@ -54,7 +38,7 @@ def _diff(url: str) -> list[object]:
 def test_upgrade_from_empty_then_downgrade_to_base(
     engine_kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = request.getfixturevalue("empty_postgres") if engine_kind == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
+    url = request.getfixturevalue("empty_postgres_url") if engine_kind == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
     assert _tables(url) == set()
     upgrade(url)
     assert _tables(url) == set(Base.metadata.tables)

@@ -4,31 +4,14 @@ a database behind the current schema. (Its whole run, quiet and verbose, is in t
 from __future__ import annotations
 
 import socket
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from demo.cli import bring_schema_to_head
 from hospital import migrate
-from tests.conftest import ADMIN_URL
 from tests.test_cli import embedded_env, hospital
-
-
-@pytest.fixture()
-def empty_postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database nobody has migrated, dropped afterwards."""
-    name = f"hospital_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_a_taken_dicom_port_stops_the_demo_before_anything_is_sent(tmp_path: Path) -> None:

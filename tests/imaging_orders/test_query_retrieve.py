@@ -60,9 +60,10 @@ def qr_node(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         get_db(app).engine.dispose()
 
 
-def find(port: int, out: Path, *keys: str) -> list[pydicom.Dataset]:
+def find(port: int, out: Path, *keys: str, model: str = "-S") -> list[pydicom.Dataset]:
+    """findscu's responses; `model` is "-S" (study root) or "-P" (patient root)."""
     out.mkdir()
-    args = ["findscu", "-S", "-aet", "FINDSCU", "-aec", NODE_AE, "-X", "127.0.0.1", str(port)]
+    args = ["findscu", model, "-aet", "FINDSCU", "-aec", NODE_AE, "-X", "127.0.0.1", str(port)]
     for key in keys:
         args += ["-k", key]
     run_tool(args, cwd=out)
@@ -140,12 +141,7 @@ def test_move_destinations_parse() -> None:
 
 
 def find_patient_root(port: int, out: Path, *keys: str) -> list[pydicom.Dataset]:
-    out.mkdir()
-    args = ["findscu", "-P", "-aet", "FINDSCU", "-aec", NODE_AE, "-X", "127.0.0.1", str(port)]
-    for key in keys:
-        args += ["-k", key]
-    run_tool(args, cwd=out)
-    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    return find(port, out, *keys, model="-P")
 
 
 def test_findscu_patient_root_from_patient_down_to_image(qr_node: QRNode, tmp_path: Path) -> None:
