@@ -18,6 +18,8 @@ from hospital.emergency import EMERGENCY_ACCESS
 from hospital.models import AuditEvent, EmergencyAccess, Role, User
 from hospital.notify import OutgoingMessage
 from hospital.seed import DemoSeed
+from imaging_orders.archive.models import ImagingStudy
+from tests.ai_services.test_report_pages import store_slices
 from tests.referrals.test_referral_pages import csrf_token_of, sign_in
 from tests.security.care_world import CareWorld, make_care_world
 
@@ -211,3 +213,22 @@ def test_a_clinician_breaks_the_glass_from_the_page(
     assert opened.status_code == 302 and opened.headers["Location"].endswith(f"/reports/{world.report.id}")
     assert client.get(f"/reports/{world.report.id}").status_code == 200
     assert len(alerts.sent) == 1
+
+
+def test_a_radiologist_breaks_the_glass_for_dicomweb_too(
+    app: Flask, as_role: Any, db_session: Session, world: CareWorld, demo: DemoSeed
+) -> None:
+    store_slices(db_session, app, demo, world.report)
+    db_session.commit()
+    study = db_session.get(ImagingStudy, world.report.study_id)
+    assert study is not None
+    radiologist = as_role("radiologist")  # of the demo centre; the patient was imaged at another
+    urls = (f"/dicomweb/studies/{study.study_instance_uid}/metadata", f"/fhir/ImagingStudy/{study.id}",
+            f"/fhir/DiagnosticReport/{world.report.id}")
+    assert [radiologist.get(url).status_code for url in urls] == [403, 403, 403]
+    assert radiologist.post("/api/emergency-access", json={
+        "patient_id": demo.patient.id, "reason": REASON}).status_code == 201
+    assert [radiologist.get(url).status_code for url in urls] == [200, 200, 200]
+    # Imaging staff perform what was ordered from their centre: no glass to break.
+    assert as_role("imaging_staff").post("/api/emergency-access", json={
+        "patient_id": demo.patient.id, "reason": REASON}).status_code == 403
