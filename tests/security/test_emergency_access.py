@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hospital.clock import utcnow
-from hospital.emergency import EMERGENCY_ACCESS
+from hospital.emergency import EMERGENCY_ACCESS, alert_administrators
 from hospital.models import AuditEvent, EmergencyAccess, Role, User
 from hospital.notify import OutgoingMessage
 from hospital.seed import DemoSeed
@@ -232,3 +232,14 @@ def test_a_radiologist_breaks_the_glass_for_dicomweb_too(
     # Imaging staff perform what was ordered from their centre: no glass to break.
     assert as_role("imaging_staff").post("/api/emergency-access", json={
         "patient_id": demo.patient.id, "reason": REASON}).status_code == 403
+
+
+def test_the_alert_job_run_twice_alerts_once(
+    as_role: Any, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: RecordingNotifier
+) -> None:
+    as_role("clinician").post("/api/emergency-access", json={"patient_id": demo.patient.id, "reason": REASON})
+    (grant,) = _grants(db_session)
+    assert len(alerts.sent) == 1
+    alert_administrators(db_session, grant.id)  # a redelivered job (RQ retry, the sweeper)
+    alert_administrators(db_session, 999_999)  # a grant that is gone: nothing, quietly
+    assert len(alerts.sent) == 1
