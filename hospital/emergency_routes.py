@@ -66,11 +66,12 @@ def emergency_access_page() -> ResponseReturnValue:
         def act() -> str:
             patient_id = patient_id_for_mrn(session, user, form.get("mrn", ""))
             grant, created = break_glass(session, user, patient_id, form.get("reason", ""))
+            # No patient's name here: a flashed message travels in the (signed, not encrypted) cookie.
             until = f"{grant.expires_at:%H:%M} UTC"
             if created:
-                return (f"Emergency access to {grant.patient.display_name} is open until {until}. "
+                return (f"Emergency access is open until {until}. "
                         "Administrators have been told, and every record you open is audited.")
-            return f"You already have emergency access to {grant.patient.display_name}, until {until}."
+            return f"You already have emergency access to this patient, until {until}."
 
         if form_action(session, act):
             return redirect(target or url_for("emergency.emergency_access_page"))
