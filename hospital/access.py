@@ -26,8 +26,9 @@ from hospital.policy import may_see_type
 
 logger = logging.getLogger(__name__)
 
-# A scope maps a user to a SELECT of the patient ids that user may see through one relation.
-PatientScope = Callable[[User], Select[tuple[int]]]
+# A scope maps a user to a SELECT of the patient ids that user may see through one relation
+# (`Select[int]`: one int column, in SQLAlchemy 2.1's typing).
+PatientScope = Callable[[User], Select[int]]
 
 
 @dataclass

@@ -24,6 +24,8 @@ from hospital import (
     api,
     csrf,
     db,
+    emergency,
+    emergency_routes,
     errors_http,
     jobs,
     limits,
@@ -54,6 +56,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     jobs.init_app(app)
     access.init_app(app)
+    emergency.init_app(app)
     notify.init_app(app)
     ratelimit.init_app(app)
     periodic.init_app(app)
@@ -66,6 +69,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(web.bp)
     app.register_blueprint(fhir_routes.bp)
     admin_pages.register(app)
+    emergency_routes.register(app)
     limits.init_app(app)
     csrf.init_app(app)
     errors_http.init_app(app)

@@ -94,6 +94,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # A clinician's completed referral or finished consultation still opens the patient's record
         # for this many days (see hospital/access.py); a live one opens it until it ends.
         "CARE_RELATIONSHIP_DAYS": _env_int("CARE_RELATIONSHIP_DAYS", 30),
+        # An emergency ("break the glass") grant opens a patient's record for this long, then ends
+        # by itself (hospital/emergency.py); a longer need asks again, with a new reason and alert.
+        "EMERGENCY_ACCESS_MINUTES": _env_int("EMERGENCY_ACCESS_MINUTES", 60),
         "TESTING": False,
     }
     if overrides:
@@ -104,8 +107,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         config["SECRET_KEY"] = secrets.token_hex(32)
     for key in ("INSTANCE_DIR", "DICOM_STORAGE_DIR", "AI_WEIGHTS"):
         config[key] = Path(config[key])
-    for key in ("SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS"):
-        # Zero or less would sign every user out on their next click, which is never what was meant.
+    for key in ("SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS", "EMERGENCY_ACCESS_MINUTES"):
+        # Zero or less would sign every user out on their next click (or end every emergency grant
+        # as it is made), which is never what was meant.
         if int(config[key]) < 1:
             raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
     return config

@@ -1,5 +1,5 @@
 """Core tables every stage shares: people, organisations, users, tokens and browser sessions, audit,
-and the durable job records behind domain events."""
+emergency access grants, and the durable job records behind domain events."""
 
 from __future__ import annotations
 
@@ -169,6 +169,31 @@ class AuditEvent(Base):
 
     # One row at a time, so each row's chain link on SQLite sees the row saved before it.
     __mapper_args__ = {"batch": False}
+
+
+class EmergencyAccess(Base):
+    """A "break the glass" grant: a user with no care relationship opened a patient's record in an
+    emergency, with the reason they gave, until `expires_at` (see hospital.emergency). Kept for
+    ever, with the administrator's review of it."""
+
+    __tablename__ = "emergency_access"
+    __table_args__ = (Index("ix_emergency_access_user_expires", "user_id", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    # When the administrators were told (the alert job sets it, so a retried job tells them once).
+    alerted_at: Mapped[datetime | None]
+    reviewed_at: Mapped[datetime | None]
+    reviewed_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    review_note: Mapped[str | None] = mapped_column(Text)
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
+    patient: Mapped[Patient] = relationship()
+    reviewed_by: Mapped[User | None] = relationship(foreign_keys=[reviewed_by_user_id])
 
 
 class JobStatus(str, enum.Enum):

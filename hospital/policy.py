@@ -39,9 +39,10 @@ POLICY: tuple[Grant, ...] = (
     Grant(Role.CLINICIAN, EVERY_TYPE,
           "an active care relationship: their own referral that is live or completed within "
           "CARE_RELATIONSHIP_DAYS, or a consultation they hold that is open or ended within "
-          "CARE_RELATIONSHIP_DAYS"),
+          "CARE_RELATIONSHIP_DAYS; or their own emergency access grant for EMERGENCY_ACCESS_MINUTES"),
     Grant(Role.IMAGING_STAFF, EVERY_TYPE, "an order to their centre that is live or was performed there"),
-    Grant(Role.RADIOLOGIST, EVERY_TYPE, "an order to their centre that is live or was performed there"),
+    Grant(Role.RADIOLOGIST, EVERY_TYPE, "an order to their centre that is live or was performed there; or "
+          "their own emergency access grant for EMERGENCY_ACCESS_MINUTES"),
     # Dispensing needs the prescription, what was dispensed, and who the patient is; not images,
     # reports, results, bills or visits.
     Grant(Role.PHARMACIST, frozenset({"Patient", "MedicationRequest", "MedicationDispense"}),

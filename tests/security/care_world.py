@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from ai_services.models import DiagnosticReport, ReportStatus
 from followup.models import Consultation, ConsultationStatus
 from hospital.clock import utcnow
-from hospital.models import Organization, OrganizationKind, Practitioner, Role, User
+from hospital.models import EmergencyAccess, Organization, OrganizationKind, Practitioner, Role, User
 from hospital.seed import DemoSeed
 from referrals.models import Referral, ReferralStatus
 from tests.factories import make_preliminary_report
@@ -60,13 +60,19 @@ def _staff(session: Session, demo: DemoSeed, username: str, role: Role, organiza
 def add_relationship(session: Session, demo: DemoSeed, world: CareWorld, state: str) -> None:
     """Give the demo clinician (and, through a referral, the demo centre) a relationship with
     demo.patient in `state`: 'none', 'referral:<status>', 'referral:completed:long-ago',
-    'consultation:<status>' or 'consultation:finished:long-ago'."""
+    'consultation:<status>', 'consultation:finished:long-ago', or an emergency access grant of the
+    clinician's, 'emergency:active' or 'emergency:expired'."""
     if state == "none":
         return
     kind, status, *age = state.split(":")
     clinician = demo.users["clinician"]
     when = utcnow() - (LONG_AGO if age == ["long-ago"] else timedelta(minutes=5))
-    if kind == "referral":
+    if kind == "emergency":
+        # A "break the glass" grant of the clinician's own: open now, or ended an hour ago.
+        start = utcnow() - (timedelta(hours=2) if status == "expired" else timedelta(minutes=5))
+        session.add(EmergencyAccess(user_id=clinician.id, patient_id=demo.patient.id, reason="collapsed in clinic",
+                                    started_at=start, expires_at=start + timedelta(hours=1)))
+    elif kind == "referral":
         session.add(Referral(
             patient_id=demo.patient.id, requester_id=clinician.practitioner_id, created_by_user_id=clinician.id,
             performer_organization_id=demo.imaging_centre.id, modality="CT", body_part="CHEST",

@@ -163,3 +163,17 @@ def test_the_app_role_may_only_read_and_append_the_audit_trail(app_role_url: str
                 conn.execute(text(statement))
     finally:
         engine.dispose()
+
+
+def test_the_app_role_cannot_erase_an_emergency_access_grant(app_role_url: str) -> None:
+    """A grant is reviewed (UPDATE), never removed: a break of the glass stays on record."""
+    engine = create_engine(app_role_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT count(*) FROM emergency_access"))
+            conn.execute(text("UPDATE emergency_access SET review_note = review_note WHERE false"))
+        for statement in ("DELETE FROM emergency_access", "TRUNCATE emergency_access"):
+            with engine.connect() as conn, pytest.raises(DBAPIError, match="permission denied"):
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()

@@ -1,6 +1,6 @@
 """Every route of the app, for every role and for nobody: no 500s, no anonymous access outside the
 public routes, and no role past a `require_roles` guard that does not name it. Then, for every state
-of a care relationship (none, live, lapsed, revoked, another centre), who reads a patient's report
+of a care relationship (none, live, lapsed, revoked, another centre, emergency access open or ended), who reads a patient's report
 on each surface (API, page, FHIR read/history/search/_revinclude). The pharmacist's rows of the
 policy table are in test_least_privilege.py.
 
@@ -132,6 +132,9 @@ RELATIONSHIP_STATES = {
     "consultation:finished": (True, False),
     "consultation:finished:long-ago": (False, False),
     "consultation:cancelled": (False, False),
+    # Emergency access opens the record to the clinician who broke the glass, no one else, until it ends.
+    "emergency:active": (True, False),
+    "emergency:expired": (False, False),
 }
 
 
