@@ -155,7 +155,7 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_APP_KEY, None)
 
 
-def redis_connection(app: Flask) -> Redis[bytes] | None:
+def redis_connection(app: Flask) -> Redis | None:
     url = app.config.get("REDIS_URL")
     if not url:
         return None
@@ -254,7 +254,7 @@ def _lease_expired(record: JobRecord, timeout_seconds: float) -> bool:
     return record.started_at is None or record.started_at < utcnow() - timedelta(seconds=timeout_seconds)
 
 
-def _rq_states(conn: Redis[bytes], record_ids: list[int]) -> dict[int, str | None]:
+def _rq_states(conn: Redis, record_ids: list[int]) -> dict[int, str | None]:
     """The RQ status of each record's job (`None` when Redis has no such job), in one round trip."""
     with conn.pipeline(transaction=False) as pipe:
         for record_id in record_ids:
