@@ -33,6 +33,7 @@ from hospital import (
     openapi,
     periodic,
     ratelimit,
+    record_openings_routes,
     web,
 )
 from hospital.config import load_config
@@ -70,6 +71,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(fhir_routes.bp)
     admin_pages.register(app)
     emergency_routes.register(app)
+    record_openings_routes.register(app)
     limits.init_app(app)
     csrf.init_app(app)
     errors_http.init_app(app)

@@ -54,6 +54,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # titles may query and retrieve ("*" for any; a comma list to restrict).
         "DICOM_MOVE_DESTINATIONS": os.environ.get("DICOM_MOVE_DESTINATIONS") or "",
         "DICOM_QR_CALLING_AES": os.environ.get("DICOM_QR_CALLING_AES") or "*",
+        # Calling AE titles that see every centre's studies over query/retrieve (a PACS gateway);
+        # any other sees only its own centre's (imaging_orders.archive.query_retrieve).
+        "DICOM_QR_TRUSTED_AES": os.environ.get("DICOM_QR_TRUSTED_AES") or "",
         "DICOM_QR_MAX_RESULTS": _env_int("DICOM_QR_MAX_RESULTS", 10_000),
         # Private or unknown SOP classes: refused (the node offers no presentation context for
         # them, STOW-RS answers 0122) unless this is on; one policy for DIMSE and DICOMweb.

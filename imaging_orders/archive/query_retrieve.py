@@ -12,10 +12,17 @@ holds (PatientID, PatientName, AccessionNumber, StudyDate, the UIDs, Modality); 
 key is read from the header of a representative stored file, so a viewer asking for Rows or
 PatientBirthDate still gets what the images say. Retrieval reads the stored Part 10 files.
 
-DICOM carries no user, so the node trusts its network peers: `DICOM_QR_CALLING_AES` ("*" or a
-comma list of calling AE titles) says who may query and retrieve, and a C-MOVE goes only to a
-destination named in `DICOM_MOVE_DESTINATIONS` ("AE=host:port,AE2=host:port"), never to an
-address the request supplies.
+DICOM carries no user, so the node trusts its network peers by calling AE title, with least
+privilege: `DICOM_QR_CALLING_AES` ("*" or a comma list) says who may query and retrieve at all;
+then what a peer sees is `studies_visible_to_ae`, one clause used by C-FIND, C-GET and C-MOVE in
+both information models. A peer listed in `DICOM_QR_TRUSTED_AES` (a PACS gateway) sees every
+study; a peer whose AE title is a centre's own (`Organization.ae_title`) or the station AE title
+of one of its active scanners (`Schedule.station_ae_title`) sees only that centre's studies
+(`ImagingStudy.organization_id`; a study not yet matched to an order belongs to no centre); any
+other peer sees nothing: its query answers Success with no matches and its retrieve sends nothing,
+the same answer as for a study that does not exist, so no peer learns what it may not see. A
+C-MOVE goes only to a destination named in `DICOM_MOVE_DESTINATIONS` ("AE=host:port,AE2=host:port"),
+never to an address the request supplies.
 """
 
 from __future__ import annotations
@@ -67,7 +74,9 @@ from hospital.dicom_status import (
     status_dataset,
 )
 from hospital.errors import InvalidInput
+from hospital.models import Organization
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
+from imaging_orders.models import Schedule
 from imaging_orders.worklist import CHARACTER_SET
 
 logger = logging.getLogger(__name__)
@@ -487,11 +496,28 @@ def parse_move_destinations(text: str | Mapping[str, Any] | None) -> dict[str, t
     return destinations
 
 
+def _ae_titles(text: object) -> set[str]:
+    return {a.strip() for a in str(text or "").split(",") if a.strip()}
+
+
 def calling_ae_allowed(app: Flask, calling_ae: str) -> bool:
     allowed = str(app.config.get("DICOM_QR_CALLING_AES", "*") or "*")
     if allowed.strip() == "*":
         return True
-    return calling_ae.strip() in {a.strip() for a in allowed.split(",") if a.strip()}
+    return calling_ae.strip() in _ae_titles(allowed)
+
+
+def studies_visible_to_ae(app: Flask, calling_ae: str) -> ColumnElement[bool] | None:
+    """The studies a calling AE may find and retrieve (see the module docstring): None for a
+    trusted AE (every study), else those of the centres the AE title belongs to (none for an AE
+    title no centre has). AE titles are matched exactly: DICOM compares them as they are."""
+    calling_ae = calling_ae.strip()
+    if calling_ae in _ae_titles(app.config.get("DICOM_QR_TRUSTED_AES")):
+        return None
+    centres = select(Organization.id).where(Organization.ae_title == calling_ae).union(
+        select(Schedule.organization_id).where(Schedule.station_ae_title == calling_ae, Schedule.active.is_(True))
+    )
+    return ImagingStudy.organization_id.in_(centres)
 
 
 def handle_qr_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -507,8 +533,9 @@ def handle_qr_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Da
         level = _level(identifier, _patient_root(event))
         criteria = criteria_from_identifier(identifier)
         limit = int(app.config.get("DICOM_QR_MAX_RESULTS", DEFAULT_MAX_RESULTS))
+        visible = studies_visible_to_ae(app, calling_ae)
         with app.app_context(), get_db(app).transaction() as session:
-            responses = _find_responses(session, app, identifier, level, criteria, limit)
+            responses = _find_responses(session, app, identifier, level, criteria, limit, visible)
     except ANSWERABLE as exc:
         logger.warning("C-FIND from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         yield failure_status(exc, FIND), None
@@ -522,34 +549,35 @@ def handle_qr_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Da
 
 
 def _find_responses(
-    session: Session, app: Flask, identifier: Dataset, level: str, criteria: StudyCriteria, limit: int
+    session: Session, app: Flask, identifier: Dataset, level: str, criteria: StudyCriteria, limit: int,
+    visible: ColumnElement[bool] | None,
 ) -> list[Dataset]:
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     requested = [elem.keyword for elem in identifier if elem.keyword and elem.keyword != "QueryRetrieveLevel"]
     found: list[tuple[Dataset, ImagingInstance | None]] = []
     if level == "PATIENT":
-        patients = search_patients(session, criteria, limit=limit)
+        patients = search_patients(session, criteria, visible, limit=limit)
         counts = study_counts(session, [i for p in patients for i in p.study_ids])
         needs_file = any(k not in _PATIENT_KEYS for k in requested)
         for patient in patients:
             rep = representative_instance(session, study_id=patient.study_ids[0]) if needs_file else None
             found.append((patient_attributes(patient, counts), rep))
     elif level == "STUDY":
-        studies = search_studies(session, criteria, limit=limit)
+        studies = search_studies(session, criteria, visible, limit=limit)
         counts = study_counts(session, [s.id for s in studies])
         needs_file = any(k not in _STUDY_KEYS for k in requested)
         for study in studies:
             rep = representative_instance(session, study_id=study.id) if needs_file else None
             found.append((study_attributes(study, counts.get(study.id, StudyCounts(0, 0, ()))), rep))
     elif level == "SERIES":
-        series_list = search_series(session, criteria, limit=limit)
+        series_list = search_series(session, criteria, visible, limit=limit)
         n_instances = series_instance_counts(session, [s.id for s in series_list])
         needs_file = any(k not in _SERIES_KEYS for k in requested)
         for series in series_list:
             rep = representative_instance(session, series_id=series.id) if needs_file else None
             found.append((series_attributes(series, n_instances.get(series.id, 0)), rep))
     else:
-        for instance in search_instances(session, criteria, limit=limit):
+        for instance in search_instances(session, criteria, visible, limit=limit):
             found.append((instance_attributes(instance), instance))
     responses = []
     for attributes, rep in found:
@@ -611,8 +639,9 @@ class StoredFile:
     transfer_syntax_uid: str
 
 
-def _retrieve_instances(app: Flask, identifier: Dataset, patient_root: bool = False) -> list[StoredFile]:
-    """The stored files matching a C-GET/C-MOVE identifier (unique keys down to its level)."""
+def _retrieve_instances(app: Flask, identifier: Dataset, calling_ae: str, patient_root: bool = False) -> list[StoredFile]:
+    """The stored files matching a C-GET/C-MOVE identifier (unique keys down to its level) among
+    the studies `calling_ae` may see."""
     level = _level(identifier, patient_root)
     criteria = criteria_from_identifier(identifier)
     if level == "PATIENT":
@@ -629,10 +658,11 @@ def _retrieve_instances(app: Flask, identifier: Dataset, patient_root: bool = Fa
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     # A retrieve answers at most 65535 sub-operations (the counts are US).
     limit = min(int(app.config.get("DICOM_QR_MAX_RESULTS", DEFAULT_MAX_RESULTS)), 65535)
+    visible = studies_visible_to_ae(app, calling_ae)
     with app.app_context(), get_db(app).transaction() as session:
         return [
             StoredFile(stored_path(storage_dir, i), i.sop_class_uid, i.transfer_syntax_uid)
-            for i in search_instances(session, criteria, limit=limit)
+            for i in search_instances(session, criteria, visible, limit=limit)
         ]
 
 
@@ -707,7 +737,7 @@ def handle_qr_get(event: Event, app: Flask) -> Iterator[Any]:
         yield status_dataset(REFUSED_NOT_AUTHORIZED, "calling AE not allowed to retrieve"), None
         return
     try:
-        files = _retrieve_instances(app, event.identifier, _patient_root(event))
+        files = _retrieve_instances(app, event.identifier, calling_ae, _patient_root(event))
     except ANSWERABLE as exc:
         logger.warning("C-GET from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         # pynetdicom wants a count before any status (as for C-MOVE below).
@@ -732,7 +762,7 @@ def handle_qr_move(event: Event, app: Flask) -> Iterator[Any]:
     failure: Dataset | None = None
     files: list[StoredFile] = []
     try:
-        files = _retrieve_instances(app, event.identifier, _patient_root(event))
+        files = _retrieve_instances(app, event.identifier, calling_ae, _patient_root(event))
     except ANSWERABLE as exc:
         logger.warning("C-MOVE from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         failure = failure_status(exc, RETRIEVE)

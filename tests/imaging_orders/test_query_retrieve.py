@@ -15,17 +15,24 @@ import pytest
 from flask import Flask
 from pydicom.uid import generate_uid
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
 
 from hospital.db import get_db
+from hospital.models import Organization, OrganizationKind
 from imaging_orders.archive.dicom_server import start_dicom_server
 from imaging_orders.archive.ingest import store_instance
+from imaging_orders.archive.models import ImagingStudy
 from imaging_orders.archive.query_retrieve import parse_move_destinations
+from imaging_orders.models import Schedule
 from tests.conftest import make_test_app
 from tests.imaging_orders.dicom_payloads import small_ct_study
 from tests.imaging_orders.test_dicom_peers import TOOL_TIMEOUT, free_port, run_tool
 
 NODE_AE = "QRNODE"
 DEST_AE = "VIEWER"
+# dcmtk's default calling AE titles, trusted to see every centre's studies (DICOM_QR_TRUSTED_AES);
+# what a centre's own AE sees is tested at the end.
+TRUSTED_AES = "FINDSCU,GETSCU,MOVESCU"
 
 
 @dataclass
@@ -42,7 +49,7 @@ def qr_node(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     """A node holding one two-series study (6 instances) and one single-instance study."""
     monkeypatch.setattr("hospital.jobs.dispatch", lambda app, ids: None)
     dest_port = free_port()
-    app = make_test_app(live_database, tmp_path / "instance", STUDY_QUIET_SECONDS=60,
+    app = make_test_app(live_database, tmp_path / "instance", STUDY_QUIET_SECONDS=60, DICOM_QR_TRUSTED_AES=TRUSTED_AES,
                         DICOM_MOVE_DESTINATIONS=f"{DEST_AE}=127.0.0.1:{dest_port}")
     study_uid = generate_uid()
     prefix = f"QR{uuid.uuid4().hex[:6].upper()}"
@@ -60,10 +67,10 @@ def qr_node(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         get_db(app).engine.dispose()
 
 
-def find(port: int, out: Path, *keys: str, model: str = "-S") -> list[pydicom.Dataset]:
-    """findscu's responses; `model` is "-S" (study root) or "-P" (patient root)."""
+def find(port: int, out: Path, *keys: str, model: str = "-S", aet: str = "FINDSCU") -> list[pydicom.Dataset]:
+    """findscu's responses; `model` is "-S" (study root) or "-P" (patient root); `aet` the calling AE."""
     out.mkdir()
-    args = ["findscu", model, "-aet", "FINDSCU", "-aec", NODE_AE, "-X", "127.0.0.1", str(port)]
+    args = ["findscu", model, "-aet", aet, "-aec", NODE_AE, "-X", "127.0.0.1", str(port)]
     for key in keys:
         args += ["-k", key]
     run_tool(args, cwd=out)
@@ -195,6 +202,92 @@ def test_movescu_patient_root_moves_a_patient(qr_node: QRNode, tmp_path: Path) -
         time.sleep(0.3)
         run_tool(["movescu", "-P", "-aet", "MOVESCU", "-aec", NODE_AE, "-aem", DEST_AE,
                   "-k", "QueryRetrieveLevel=PATIENT", "-k", f"PatientID={prefix}-0001", "127.0.0.1", str(port)])
+        assert len(list(out.iterdir())) == 6
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Least privilege: a centre's AE sees its own centre's studies; a trusted AE every centre's
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TwoCentres:
+    centre_ae: str  # centre A's own AE title: sees the two-series study
+    station_ae: str  # a scanner's station AE title at centre A: the same
+    other_ae: str  # centre B's AE title: sees the single-instance study
+
+
+def two_centres(qr_node: QRNode) -> TwoCentres:
+    tag = qr_node.prefix[2:]
+    names = TwoCentres(f"A{tag}", f"S{tag}", f"B{tag}")
+    with get_db(qr_node.app).transaction() as session:
+        a = Organization(name=f"Centre A {tag}", kind=OrganizationKind.IMAGING_CENTRE, ae_title=names.centre_ae)
+        b = Organization(name=f"Centre B {tag}", kind=OrganizationKind.IMAGING_CENTRE, ae_title=names.other_ae)
+        session.add_all([a, b])
+        session.flush()
+        session.add(Schedule(organization_id=a.id, name="CT", modality="CT", room="1", station_ae_title=names.station_ae))
+        studies = session.scalars(select(ImagingStudy).where(ImagingStudy.dicom_patient_id.like(f"{qr_node.prefix}-%")))
+        for study in studies:
+            study.organization_id = a.id if study.study_instance_uid == qr_node.study_uid else b.id
+    return names
+
+
+def test_a_centres_ae_finds_only_its_centres_studies_and_a_trusted_ae_finds_all(qr_node: QRNode, tmp_path: Path) -> None:
+    port, prefix = qr_node.port, qr_node.prefix
+    names = two_centres(qr_node)
+
+    def patients(aet: str, model: str) -> list[str]:
+        level = "PATIENT" if model == "-P" else "STUDY"
+        found = find(port, tmp_path / f"{aet}{model}", f"QueryRetrieveLevel={level}", f"PatientID={prefix}-*",
+                     model=model, aet=aet)
+        return sorted(str(ds.PatientID) for ds in found)
+
+    for model in ("-S", "-P"):
+        assert patients(names.centre_ae, model) == [f"{prefix}-0001"]
+        assert patients(names.station_ae, model) == [f"{prefix}-0001"]
+        assert patients(names.other_ae, model) == [f"{prefix}-0002"]
+        assert patients("FINDSCU", model) == [f"{prefix}-0001", f"{prefix}-0002"]  # trusted
+        assert patients("STRANGER", model) == []  # DICOM_QR_CALLING_AES is "*": allowed in, sees nothing
+    series = find(port, tmp_path / "series", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={qr_node.study_uid}",
+                  "SeriesInstanceUID", aet=names.other_ae)
+    assert series == []
+
+
+def test_a_centres_ae_retrieves_only_its_centres_studies(qr_node: QRNode, tmp_path: Path) -> None:
+    port, dest_port, study_uid = qr_node.port, qr_node.dest_port, qr_node.study_uid
+    names = two_centres(qr_node)
+
+    def get(aet: str) -> int:
+        out = tmp_path / f"get-{aet}"
+        out.mkdir()
+        subprocess.run(["getscu", "-S", "-aet", aet, "-aec", NODE_AE, "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                        "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)],
+                       capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+        return len(list(out.iterdir()))
+
+    assert get(names.other_ae) == 0
+    assert get("STRANGER") == 0
+    assert get(names.centre_ae) == 6
+    assert get("GETSCU") == 6
+
+    out = tmp_path / "moved"
+    out.mkdir()
+    receiver = subprocess.Popen(["storescp", "-aet", DEST_AE, "-od", str(out), str(dest_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def move(aet: str) -> None:
+        subprocess.run(["movescu", "-P", "-aet", aet, "-aec", NODE_AE, "-aem", DEST_AE, "-k", "QueryRetrieveLevel=PATIENT",
+                        "-k", f"PatientID={qr_node.prefix}-0001", "127.0.0.1", str(port)],
+                       capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+
+    try:
+        time.sleep(0.3)
+        move(names.other_ae)
+        assert list(out.iterdir()) == []
+        move(names.station_ae)
         assert len(list(out.iterdir())) == 6
     finally:
         receiver.terminate()

@@ -46,7 +46,7 @@ def mixed_node(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     """A node holding one 9-instance CT study: 3 uncompressed, 3 RLE Lossless, 3 JPEG 2000 Lossless."""
     monkeypatch.setattr("hospital.jobs.dispatch", lambda app, ids: None)
     dest_port = free_port()
-    app = make_test_app(live_database, tmp_path / "instance", STUDY_QUIET_SECONDS=60,
+    app = make_test_app(live_database, tmp_path / "instance", STUDY_QUIET_SECONDS=60, DICOM_QR_TRUSTED_AES="GETSCU,MOVESCU",
                         DICOM_MOVE_DESTINATIONS=f"{DEST_AE}=127.0.0.1:{dest_port}")
     study_uid = generate_uid()
     datasets = small_ct_study(patient_id=f"TS{uuid.uuid4().hex[:6].upper()}", accession_number="TSACC",
