@@ -33,15 +33,25 @@ class Grant:
     relationship: str
 
 
+# What each kind of work needs to see of a record it may open.
+IMAGING_RECORD: frozenset[str] = frozenset(
+    {"Patient", "ServiceRequest", "Appointment", "ImagingStudy", "DiagnosticReport", "Observation"}
+)
+CARE_RECORD: frozenset[str] = IMAGING_RECORD | frozenset(
+    {"Encounter", "Communication", "CarePlan", "Task", "MedicationRequest", "MedicationDispense"}
+)
+
 POLICY: tuple[Grant, ...] = (
     Grant(Role.ADMIN, EVERY_TYPE, "every patient; every access is audited"),
     Grant(Role.PATIENT, EVERY_TYPE, "their own record only"),
-    Grant(Role.CLINICIAN, EVERY_TYPE,
+    # The care record, not the bills: charges and invoices are the patient's and the billing office's.
+    Grant(Role.CLINICIAN, CARE_RECORD,
           "an active care relationship: their own referral that is live or completed within "
           "CARE_RELATIONSHIP_DAYS, or a consultation they hold that is open or ended within "
           "CARE_RELATIONSHIP_DAYS; or their own emergency access grant for EMERGENCY_ACCESS_MINUTES"),
-    Grant(Role.IMAGING_STAFF, EVERY_TYPE, "an order to their centre that is live or was performed there"),
-    Grant(Role.RADIOLOGIST, EVERY_TYPE, "an order to their centre that is live or was performed there; or "
+    # The examination and its reading: not the consultation, its messages, prescriptions or bills.
+    Grant(Role.IMAGING_STAFF, IMAGING_RECORD, "an order to their centre that is live or was performed there"),
+    Grant(Role.RADIOLOGIST, IMAGING_RECORD, "an order to their centre that is live or was performed there; or "
           "their own emergency access grant for EMERGENCY_ACCESS_MINUTES"),
     # Dispensing needs the prescription, what was dispensed, and who the patient is; not images,
     # reports, results, bills or visits.

@@ -66,7 +66,12 @@ def test_the_policy_table_gives_pharmacists_medication_and_demographics_only() -
     assert {grant.role for grant in POLICY} == set(Role)
     assert may_see_type(Role.PHARMACIST, "MedicationRequest") and may_see_type(Role.PHARMACIST, "Patient")
     assert not any(may_see_type(Role.PHARMACIST, t) for t in CLOSED_TYPES)
-    assert all(may_see_type(Role.CLINICIAN, t) for t in CLOSED_TYPES)
+    # Clinicians get the care record, not the bills; imaging staff and radiologists the examination.
+    assert all(may_see_type(Role.CLINICIAN, t) for t in set(CLOSED_TYPES) - {"ChargeItem", "Invoice"})
+    assert not any(may_see_type(Role.CLINICIAN, t) for t in ("ChargeItem", "Invoice"))
+    for role in (Role.IMAGING_STAFF, Role.RADIOLOGIST):
+        assert all(may_see_type(role, t) for t in ("ImagingStudy", "DiagnosticReport", "Observation"))
+        assert not any(may_see_type(role, t) for t in ("Encounter", "Communication", "MedicationRequest", "Invoice"))
 
 
 def test_pharmacist_reads_the_prescription_and_the_patient(as_role: Any, demo: DemoSeed, world: PharmacyWorld) -> None:
