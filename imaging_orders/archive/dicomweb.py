@@ -38,7 +38,12 @@ from hospital.access import ensure_patient_record_access
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.dicom_status import DATASET_DOES_NOT_MATCH_SOP_CLASS, PROCESSING_FAILURE, SOP_CLASS_NOT_SUPPORTED
+from hospital.dicom_status import (
+    COERCION_OF_DATA_ELEMENTS,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    PROCESSING_FAILURE,
+    SOP_CLASS_NOT_SUPPORTED,
+)
 from hospital.errors import InvalidInput, NotAcceptable, NotFound, UnprocessableEntity, UnsupportedMediaType
 from hospital.models import Role, User
 from imaging_orders.archive.ingest import (
@@ -150,6 +155,8 @@ class _PartOutcome:
     study_id: int | None = None
     failure_reason: int | None = None
     transient: bool = False
+    # Stored, with a warning the sender must hear (a corrected re-send kept as a new version).
+    warning_reason: int | None = None
 
 
 @bp.post("/studies")
@@ -171,7 +178,8 @@ def stow(study_uid: str | None = None) -> ResponseReturnValue:
         record_access(session, user, "C", "ImagingStudy", study_id, patient_id=patient_id,
                       description=f"STOW-RS {count} instances")
     logger.info("STOW-RS by user %s: %d stored, %d failed", user.id, len(stored), len(failed))
-    if not failed:
+    # PS3.18 10.5.3: 202 when some instances failed or were stored with a warning.
+    if not failed and not any(o.warning_reason is not None for o in stored):
         status = 200
     elif stored:
         status = 202
@@ -210,6 +218,8 @@ def _store_part(app: Any, part: BodyPart, path_study_uid: str | None, user: User
         outcome.study_instance_uid = path_study_uid
     outcome.study_id = result.study_id
     outcome.sop_instance_uid = result.sop_instance_uid
+    if result.superseded:
+        outcome.warning_reason = COERCION_OF_DATA_ELEMENTS
     return outcome
 
 
@@ -238,6 +248,8 @@ def _stow_response(outcomes: list[_PartOutcome], path_study_uid: str | None) -> 
         item.ReferencedSOPInstanceUID = outcome.sop_instance_uid
         if outcome.failure_reason is None:
             item.RetrieveURL = _instance_url_from_uids(outcome)
+            if outcome.warning_reason is not None:
+                item.WarningReason = outcome.warning_reason
             referenced.append(item)
         else:
             item.FailureReason = outcome.failure_reason

@@ -3,6 +3,7 @@ each limited to the caller's centre and patient compartment and audited."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
@@ -18,7 +19,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hospital.auth import issue_token
-from hospital.dicom_status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, SOP_CLASS_NOT_SUPPORTED
+from hospital.dicom_status import (
+    CANNOT_UNDERSTAND,
+    COERCION_OF_DATA_ELEMENTS,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    SOP_CLASS_NOT_SUPPORTED,
+)
 from hospital.models import AuditEvent
 from hospital.seed import DemoSeed
 from imaging_orders.archive import dicomweb, reconciliation
@@ -34,6 +40,7 @@ ACCESSION = "DWACC1"
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
 FAILURE_REASON = "00081197"
+WARNING_REASON = "00081196"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 RETRIEVE_URL = "00081190"
 STUDY_INSTANCE_UID = "0020000D"
@@ -268,3 +275,17 @@ def test_stow_applies_the_unknown_sop_class_policy(app: Flask, as_role: Any, dem
     finally:
         app.config["DICOM_ACCEPT_UNKNOWN_SOP_CLASSES"] = False
     assert accepted.status_code == 200, accepted.get_data(as_text=True)
+
+
+def test_stow_of_a_corrected_instance_is_accepted_with_a_warning(stored: dict[str, Any], as_role: Any) -> None:
+    """PS3.18 10.5.3: a stored instance that was coerced carries a WarningReason and the response is
+    202, so a STOW-RS sender learns that its corrected re-send became a new version."""
+    corrected = copy.deepcopy(stored["datasets"][0])
+    corrected.PatientName = "Corrected^Name"
+    body, content_type = multipart_body([part10(corrected), part10(stored["datasets"][1])])
+    response = as_role("imaging_staff").post("/dicomweb/studies", data=body, content_type=content_type)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    first, unchanged = response.get_json()[REFERENCED_SOP_SEQUENCE]["Value"]
+    assert first[WARNING_REASON]["Value"] == [COERCION_OF_DATA_ELEMENTS]
+    assert WARNING_REASON not in unchanged
+    assert FAILED_SOP_SEQUENCE not in response.get_json()
