@@ -41,7 +41,7 @@ bp = Blueprint("web", __name__, template_folder="templates", static_folder="stat
 # What a user who must change their password may still reach: the change itself, signing in and
 # out, and what needs no user at all.
 PASSWORD_CHANGE_EXEMPT = frozenset({
-    "web.change_password_page", "web.login", "web.logout", "web.health", "web.static", "static",
+    "web.change_password_page", "web.login", "web.logout", "web.health", "web.static", "web.favicon", "static",
 })
 # Machine clients get a problem document, not a redirect to a page they cannot fill in.
 API_PREFIXES = ("/api", "/fhir", "/dicomweb", "/wado")
@@ -189,6 +189,12 @@ def home() -> ResponseReturnValue:
     if user is None:
         return redirect(url_for("web.login"))
     return render_template("home.html", user=user)
+
+
+@bp.get("/favicon.ico")
+def favicon() -> ResponseReturnValue:
+    """Browsers and bookmarking tools ask for this path whatever the page names."""
+    return redirect(url_for("web.static", filename="favicon.svg"), code=301)
 
 
 @bp.get("/healthz")
