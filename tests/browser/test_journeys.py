@@ -105,7 +105,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     job_id = start_analysis(site, referral_id)
     nav(staff, "Worklist")
     if booked_day != utcnow().date():
-        staff.get_by_label("Day").fill(booked_day.isoformat())
+        staff.get_by_label("Day", exact=True).fill(booked_day.isoformat())
         staff.get_by_role("button", name="Show").click()
     entry = staff.locator(f"#worklist tr[data-referral-id='{referral_id}']")
     expect(entry).to_contain_text("Alex Rivera")
