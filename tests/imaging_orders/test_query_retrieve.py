@@ -7,6 +7,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,14 +110,23 @@ def test_getscu_retrieves_a_study(qr_node: QRNode, tmp_path: Path) -> None:
     assert {ds.StudyInstanceUID for ds in received} == {study_uid}
 
 
-def test_movescu_to_a_configured_destination_only(qr_node: QRNode, tmp_path: Path) -> None:
-    port, dest_port, study_uid = qr_node.port, qr_node.dest_port, qr_node.study_uid
-    out = tmp_path / "moved"
+@contextmanager
+def storescp_receiver(port: int, out: Path) -> Iterator[Path]:
+    """dcmtk's storescp as the C-MOVE destination, writing what it receives into `out`."""
     out.mkdir()
-    receiver = subprocess.Popen(["storescp", "-aet", DEST_AE, "-od", str(out), str(dest_port)],
+    receiver = subprocess.Popen(["storescp", "-aet", DEST_AE, "-od", str(out), str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
+        yield out
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+
+
+def test_movescu_to_a_configured_destination_only(qr_node: QRNode, tmp_path: Path) -> None:
+    port, dest_port, study_uid = qr_node.port, qr_node.dest_port, qr_node.study_uid
+    with storescp_receiver(dest_port, tmp_path / "moved") as out:
         run_tool(["movescu", "-S", "-aet", "MOVESCU", "-aec", NODE_AE, "-aem", DEST_AE,
                   "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study_uid}",
                   "-k", f"SeriesInstanceUID={_first_series(port, tmp_path, study_uid)}", "127.0.0.1", str(port)])
@@ -125,9 +135,6 @@ def test_movescu_to_a_configured_destination_only(qr_node: QRNode, tmp_path: Pat
                                   "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1", str(port)],
                                  capture_output=True, text=True, timeout=TOOL_TIMEOUT)
         assert "MoveDestinationUnknown" in unknown.stdout + unknown.stderr  # 0xA801
-    finally:
-        receiver.terminate()
-        receiver.wait(10)
 
 
 def _first_series(port: int, tmp_path: Path, study_uid: str) -> str:
@@ -194,18 +201,10 @@ def test_getscu_patient_root_by_patient_and_by_study(qr_node: QRNode, tmp_path: 
 
 def test_movescu_patient_root_moves_a_patient(qr_node: QRNode, tmp_path: Path) -> None:
     port, dest_port, prefix = qr_node.port, qr_node.dest_port, qr_node.prefix
-    out = tmp_path / "moved"
-    out.mkdir()
-    receiver = subprocess.Popen(["storescp", "-aet", DEST_AE, "-od", str(out), str(dest_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
+    with storescp_receiver(dest_port, tmp_path / "moved") as out:
         run_tool(["movescu", "-P", "-aet", "MOVESCU", "-aec", NODE_AE, "-aem", DEST_AE,
                   "-k", "QueryRetrieveLevel=PATIENT", "-k", f"PatientID={prefix}-0001", "127.0.0.1", str(port)])
         assert len(list(out.iterdir())) == 6
-    finally:
-        receiver.terminate()
-        receiver.wait(10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,22 +272,14 @@ def test_a_centres_ae_retrieves_only_its_centres_studies(qr_node: QRNode, tmp_pa
     assert get(names.centre_ae) == 6
     assert get("GETSCU") == 6
 
-    out = tmp_path / "moved"
-    out.mkdir()
-    receiver = subprocess.Popen(["storescp", "-aet", DEST_AE, "-od", str(out), str(dest_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def move(aet: str) -> None:
         subprocess.run(["movescu", "-P", "-aet", aet, "-aec", NODE_AE, "-aem", DEST_AE, "-k", "QueryRetrieveLevel=PATIENT",
                         "-k", f"PatientID={qr_node.prefix}-0001", "127.0.0.1", str(port)],
                        capture_output=True, text=True, timeout=TOOL_TIMEOUT)
 
-    try:
-        time.sleep(0.3)
+    with storescp_receiver(dest_port, tmp_path / "moved") as out:
         move(names.other_ae)
         assert list(out.iterdir()) == []
         move(names.station_ae)
         assert len(list(out.iterdir())) == 6
-    finally:
-        receiver.terminate()
-        receiver.wait(10)
