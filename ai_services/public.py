@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.events import AnalysisCompleted, ReportSigned
-from ai_services.models import DiagnosticReport, FindingSource, ReportStatus, ReviewStatus
+from ai_services.models import AnalysisJob, DiagnosticReport, FindingSource, ReportStatus, ReviewStatus
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnalysisCompleted", "ReportFinding", "ReportSigned", "ReportSummary", "report_summary"]
+__all__ = [
+    "AnalysisCompleted",
+    "AnalysisSummary",
+    "ReportFinding",
+    "ReportSigned",
+    "ReportSummary",
+    "analysis_of_study",
+    "report_summary",
+    "reports_of_referral",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,8 @@ class ReportSummary:
     signed: bool
     conclusion: str
     findings: tuple[ReportFinding, ...]
+    status: str = "preliminary"  # FHIR DiagnosticReport.status: preliminary, final, amended
+    signed_at: datetime | None = None
 
     @property
     def kept_findings(self) -> tuple[ReportFinding, ...]:
@@ -48,10 +61,43 @@ class ReportSummary:
         return any(f.from_ai and f.kept for f in self.findings)
 
 
+@dataclass(frozen=True)
+class AnalysisSummary:
+    """The AI analysis of a study: its status (queued, running, completed, failed, not_applicable),
+    progress, and why the model did not read it when it does not apply."""
+
+    study_id: int
+    status: str
+    slices_done: int
+    slices_total: int
+    not_applicable_reason: str | None
+    finished_at: datetime | None
+
+
+def analysis_of_study(session: Session, study_id: int) -> AnalysisSummary | None:
+    job = session.scalar(select(AnalysisJob).where(AnalysisJob.study_id == study_id))
+    if job is None:
+        return None
+    return AnalysisSummary(
+        study_id=study_id, status=job.status.value, slices_done=job.slices_done, slices_total=job.slices_total,
+        not_applicable_reason=job.not_applicable_reason, finished_at=job.finished_at,
+    )
+
+
+def reports_of_referral(session: Session, referral_id: int) -> tuple[ReportSummary, ...]:
+    """The reports written for the referral's studies, oldest first."""
+    reports = session.scalars(
+        select(DiagnosticReport).where(DiagnosticReport.referral_id == referral_id).order_by(DiagnosticReport.id)
+    ).all()
+    return tuple(_summary(report) for report in reports)
+
+
 def report_summary(session: Session, report_id: int) -> ReportSummary | None:
     report = session.get(DiagnosticReport, report_id)
-    if report is None:
-        return None
+    return None if report is None else _summary(report)
+
+
+def _summary(report: DiagnosticReport) -> ReportSummary:
     return ReportSummary(
         report_id=report.id, study_id=report.study_id, patient_id=report.patient_id, referral_id=report.referral_id,
         signed=report.status is not ReportStatus.PRELIMINARY, conclusion=report.conclusion,
@@ -60,4 +106,5 @@ def report_summary(session: Session, report_id: int) -> ReportSummary | None:
                           float(f.diameter_mm))
             for f in report.findings
         ),
+        status=report.status.value, signed_at=report.signed_at,
     )

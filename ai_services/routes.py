@@ -18,6 +18,7 @@ from ai_services.service import (
     Box,
     add_finding,
     analysis_status,
+    failed_outputs,
     finding_json,
     get_report,
     list_reports,
@@ -32,7 +33,7 @@ from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput, NotFound
 from hospital.models import Role
-from hospital.web import form_action
+from hospital.web import form_action, same_site_path
 from imaging_orders.archive.public import instance_paths, study_ref
 
 logger = logging.getLogger(__name__)
@@ -40,12 +41,13 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("ai_services", __name__, template_folder="templates")
 
 
-def job_json(job: AnalysisJob) -> dict[str, Any]:
+def job_json(job: AnalysisJob, outputs_error: str | None = None) -> dict[str, Any]:
     return {
         "id": job.id, "study_id": job.study_id, "status": job.status.value, "slices_done": job.slices_done,
         "slices_total": job.slices_total, "attempts": job.attempts, "error": job.error,
         "not_applicable_reason": job.not_applicable_reason, "summary": analysis_summary(job),
         "model_version": job.model_version.label if job.model_version else None,
+        "outputs_error": outputs_error,
     }
 
 
@@ -87,7 +89,22 @@ def _decision(value: Any) -> ReviewStatus:
 @require_roles()
 def analysis(study_id: int) -> ResponseReturnValue:
     session = request_session()
-    return jsonify(job_json(analysis_status(session, current_user(), study_id)))
+    job = analysis_status(session, current_user(), study_id)
+    return jsonify(job_json(job, failed_outputs(session, study_id)))
+
+
+@bp.post("/studies/<int:study_id>/analysis/retry")
+@require_roles(Role.RADIOLOGIST, Role.IMAGING_STAFF, Role.ADMIN)
+def retry_analysis_page(study_id: int) -> ResponseReturnValue:
+    """The worklist's "Retry analysis" button: the same re-run as the API, back to the page."""
+    session = request_session()
+
+    def retry() -> str:
+        request_rerun(session, current_user(), study_id)
+        return f"The AI analysis of study {study_id} will run again."
+
+    form_action(session, retry)
+    return redirect(same_site_path(request.form.get("next")) or url_for("imaging_orders.worklist_page"))
 
 
 @bp.post("/api/studies/<int:study_id>/analysis")

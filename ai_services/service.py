@@ -42,7 +42,7 @@ from hospital.db import get_db
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.jobs import enqueue, publish
-from hospital.models import Organization, Role, User
+from hospital.models import JobRecord, JobStatus, Organization, Role, User
 from hospital.records import load_record
 from imaging_orders.archive.public import (
     SeriesFiles,
@@ -432,6 +432,32 @@ def analysis_status(session: Session, user: User, study_id: int) -> AnalysisJob:
     study = study_ref(session, study_id)
     ensure_patient_access(session, user, study.patient_id if study else None, "ImagingStudy", study_id)
     return job
+
+
+REPORT_OUTPUTS_HANDLER = "ai_services.jobs.make_report_outputs"
+
+
+def failed_outputs(session: Session, study_id: int) -> str | None:
+    """Why storing the study's report outputs (SR, key images) last failed, or None when the newest
+    attempt did not fail. The analysis can be complete while this job failed: the worklist says so."""
+    report_id = session.scalar(select(DiagnosticReport.id).where(DiagnosticReport.study_id == study_id))
+    if report_id is None:
+        return None
+    # Failed jobs are few and indexed by status; a later attempt for the report supersedes it.
+    failed = session.scalar(
+        select(JobRecord).where(JobRecord.status == JobStatus.FAILED, JobRecord.handler == REPORT_OUTPUTS_HANDLER,
+                                JobRecord.payload["report_id"].as_integer() == report_id)
+        .order_by(JobRecord.id.desc()).limit(1)
+    )
+    if failed is None:
+        return None
+    superseded = session.scalar(
+        select(JobRecord.id).where(JobRecord.id > failed.id, JobRecord.handler == REPORT_OUTPUTS_HANDLER,
+                                   JobRecord.payload["report_id"].as_integer() == report_id).limit(1)
+    )
+    if superseded is not None:
+        return None
+    return (failed.last_error or "unknown error").strip().splitlines()[-1][:200]
 
 
 def request_rerun(session: Session, user: User, study_id: int) -> AnalysisJob:

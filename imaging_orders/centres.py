@@ -29,7 +29,7 @@ from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import Organization, OrganizationKind, Role, User
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
-from referrals.service import MODALITIES
+from referrals.public import MODALITIES
 
 logger = logging.getLogger(__name__)
 

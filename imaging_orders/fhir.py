@@ -33,7 +33,7 @@ from hospital.models import User
 from imaging_orders.archive.models import ImagingSeries, ImagingStudy
 from imaging_orders.models import Appointment, Schedule, Slot
 from imaging_orders.service import book_appointment, cancel_appointment, move_appointment
-from referrals.fhir import ACCESSION_SYSTEM, DICOM_MODALITY_SYSTEM, referral_accession_identifier
+from referrals.public import ACCESSION_SYSTEM, DICOM_MODALITY_SYSTEM, referral_accession_identifier
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from hospital.clock import utcnow
 from hospital.db import Base
 from hospital.models import Organization, Patient, enum_column
-from referrals.models import Referral
 
 
 class Schedule(Base):
@@ -78,7 +77,6 @@ class Appointment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     slot: Mapped[Slot | None] = relationship()
-    referral: Mapped[Referral | None] = relationship()
     patient: Mapped[Patient] = relationship()
 
 

@@ -52,7 +52,7 @@ from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from imaging_orders.models import Appointment, PerformedProcedureStep, PerformedStepStatus
 from imaging_orders.service import start_examination
 from imaging_orders.worklist import WORKLIST_APPOINTMENT_STATUSES, WORKLIST_REFERRAL_STATUSES
-from referrals.models import Referral
+from referrals.public import ORDERS, referral_summary
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +133,7 @@ def create_performed_step(
         raise DuplicateStep(f"performed procedure step {sop_instance_uid} already exists") from exc
     patient_id = None
     if appointment is not None and appointment.referral_id is not None:
-        referral = session.get(Referral, appointment.referral_id, with_for_update=True)
-        if referral is not None:
-            start_examination(session, referral)
+        start_examination(session, appointment.referral_id)
         patient_id = appointment.patient_id
         logger.info("MPPS %s from %s started for appointment %s", sop_instance_uid, calling_ae, appointment.id)
     else:
@@ -226,35 +224,27 @@ def _appointment_for(session: Session, accession_number: str, step_id: str) -> A
     found = _STEP_ID.fullmatch(step_id)
     if found:
         appointment = session.get(Appointment, int(found.group(1)), with_for_update=True)
-        if appointment is None or appointment.referral is None:
+        referral = referral_summary(session, appointment.referral_id) if appointment and appointment.referral_id else None
+        if appointment is None or referral is None:
             return None
-        if accession_number and appointment.referral.accession_number != accession_number:
+        if accession_number and referral.accession_number != accession_number:
             logger.warning("MPPS step id names appointment %s but the accession number differs; not matched", appointment.id)
             return None
-        return appointment if _is_live(appointment) else None
+        live = appointment.status in WORKLIST_APPOINTMENT_STATUSES and referral.status in WORKLIST_REFERRAL_STATUSES
+        return appointment if live else None  # a cancelled or fulfilled booking is not started again
     if not accession_number:
         return None
     return session.scalar(
         select(Appointment)
-        .join(Referral, Appointment.referral_id == Referral.id)
+        .join(ORDERS, Appointment.referral_id == ORDERS.c.referral_id)
         .where(
-            Referral.accession_number == accession_number,
-            Referral.status.in_(WORKLIST_REFERRAL_STATUSES),
+            ORDERS.c.accession_number == accession_number,
+            ORDERS.c.status.in_(WORKLIST_REFERRAL_STATUSES),
             Appointment.status.in_(WORKLIST_APPOINTMENT_STATUSES),
         )
         .order_by(Appointment.start, Appointment.id)
         .limit(1)
         .with_for_update(of=Appointment)
-    )
-
-
-def _is_live(appointment: Appointment) -> bool:
-    """Still on the worklist: a cancelled or fulfilled booking is not started again."""
-    referral = appointment.referral
-    return (
-        appointment.status in WORKLIST_APPOINTMENT_STATUSES
-        and referral is not None
-        and referral.status in WORKLIST_REFERRAL_STATUSES
     )
 
 

@@ -46,23 +46,24 @@ from imaging_orders.centres import (
 )
 from imaging_orders.models import Appointment, AppointmentStatus, Slot
 from imaging_orders.service import (
+    Arrival,
     WorklistEntry,
     accept_referral,
     appointments_for,
+    arrivals,
     book_appointment,
     cancel_appointment,
     check_in_appointment,
     free_slots,
     move_appointment,
     pending_referrals,
+    referrals_to_book,
     reject_referral,
-    studies_by_referral,
     worklist,
     worklist_day_today,
     worklist_rooms,
 )
-from referrals.models import Referral, ReferralStatus
-from referrals.service import MODALITIES
+from referrals.public import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,23 @@ def appointment_json(appointment: Appointment) -> dict[str, Any]:
     }
 
 
-def worklist_json(entry: WorklistEntry) -> dict[str, Any]:
+def arrival_json(arrival: Arrival | None) -> dict[str, Any] | None:
+    if arrival is None:
+        return None
+    return {
+        "study_id": arrival.study_id, "status": arrival.status, "complete": arrival.complete,
+        "images": arrival.images, "series": arrival.series, "derived": arrival.derived,
+        "analysis_url": url_for("ai_services.analysis", study_id=arrival.study_id),
+        "retry_url": url_for("ai_services.retry_analysis_page", study_id=arrival.study_id),
+    }
+
+
+def worklist_json(entry: WorklistEntry, arrival: Arrival | None = None) -> dict[str, Any]:
     patient = entry.appointment.patient
     return {
         "appointment": appointment_json(entry.appointment),
         "accession_number": entry.referral.accession_number,
-        "referral_id": entry.referral.id,
+        "referral_id": entry.referral.referral_id,
         "priority": entry.referral.priority.value,
         "procedure": entry.referral.procedure_description,
         "modality": entry.schedule.modality,
@@ -103,6 +115,7 @@ def worklist_json(entry: WorklistEntry) -> dict[str, Any]:
         "timezone": entry.timezone,
         "local_start": entry.appointment.start.astimezone(clock.zone(entry.timezone)).isoformat(),
         "patient": {"id": patient.id, "mrn": patient.mrn, "name": patient.display_name},
+        "arrival": arrival_json(arrival),
     }
 
 
@@ -144,7 +157,7 @@ def _parse_instant(value: str | None, default: datetime) -> datetime:
 def accept(referral_id: int) -> ResponseReturnValue:
     session = request_session()
     referral = accept_referral(session, current_user(), referral_id)
-    return jsonify(id=referral.id, status=referral.status.value, accession_number=referral.accession_number)
+    return jsonify(id=referral.referral_id, status=referral.status.value, accession_number=referral.accession_number)
 
 
 @bp.post("/api/referrals/<int:referral_id>/reject")
@@ -153,7 +166,7 @@ def reject(referral_id: int) -> ResponseReturnValue:
     reason = required(json_body(), "reason")
     session = request_session()
     referral = reject_referral(session, current_user(), referral_id, reason)
-    return jsonify(id=referral.id, status=referral.status.value)
+    return jsonify(id=referral.referral_id, status=referral.status.value)
 
 
 @bp.get("/api/slots")
@@ -202,7 +215,7 @@ def cancel(appointment_id: int) -> ResponseReturnValue:
 def my_appointments() -> ResponseReturnValue:
     session = request_session()
     appointments = appointments_for(session, current_user())
-    return jsonify([appointment_json(a) for a in appointments])
+    return jsonify([appointment_json(a.appointment) for a in appointments])
 
 
 @bp.get("/api/worklist")
@@ -212,7 +225,8 @@ def worklist_api() -> ResponseReturnValue:
     user = current_user()
     day = _parse_date(request.args.get("date"), worklist_day_today(user))
     entries = worklist(session, user, day, request.args.get("modality"), request.args.get("room"))
-    return jsonify(date=day.isoformat(), entries=[worklist_json(e) for e in entries])
+    arrived = arrivals(session, [e.referral.referral_id for e in entries])
+    return jsonify(date=day.isoformat(), entries=[worklist_json(e, arrived.get(e.referral.referral_id)) for e in entries])
 
 
 @bp.get("/api/studies")
@@ -249,10 +263,10 @@ def worklist_page() -> ResponseReturnValue:
     day = _parse_date(request.args.get("date"), today)
     modality, room = request.args.get("modality") or None, request.args.get("room") or None
     entries = worklist(session, user, day, modality, room)
-    studies = studies_by_referral(session, [e.referral.id for e in entries])
+    arrived = arrivals(session, [e.referral.referral_id for e in entries])
     rooms = worklist_rooms(session, user)
     page = render_template(
-        "imaging_orders/worklist.html", entries=entries, day=day, studies=studies, today=today,
+        "imaging_orders/worklist.html", entries=entries, day=day, arrivals=arrived, today=today,
         previous_day=day - timedelta(days=1), next_day=day + timedelta(days=1),
         modalities=sorted({m for m, _ in rooms}), rooms=sorted({r for _, r in rooms}), modality=modality, room=room,
     )
@@ -278,23 +292,37 @@ def check_in_page(appointment_id: int) -> ResponseReturnValue:
 @bp.route("/incoming", methods=["GET", "POST"])
 @require_roles(Role.IMAGING_STAFF)
 def incoming_page() -> ResponseReturnValue:
+    """Triage (accept or reject what clinicians sent) and booking for accepted referrals: staff book
+    a slot for a patient who calls or comes to the desk."""
     session = request_session()
     user = current_user()
     if request.method == "POST":
         referral_id = request.form.get("referral_id", type=int) or 0
 
         def decide() -> str:
-            if request.form.get("action") == "reject":
+            action = request.form.get("action")
+            if action == "reject":
                 reject_referral(session, user, referral_id, request.form.get("reason", ""))
                 return f"Referral {referral_id} rejected; the referring clinician can see the reason."
+            if action == "book":
+                appointment = book_appointment(session, user, referral_id, request.form.get("slot_id", type=int) or 0)
+                return f"Referral {referral_id} booked for {appointment.patient.display_name}."
             referral = accept_referral(session, user, referral_id)
             return (f"Referral {referral_id} accepted: accession {referral.accession_number}. "
-                    "The patient can now book a slot.")
+                    "The patient can now book a slot, or you can book one below.")
 
         form_action(session, decide)
         return redirect(url_for("imaging_orders.incoming_page"))
     referrals = pending_referrals(session, user)
-    return render_template("imaging_orders/incoming.html", referrals=referrals)
+    to_book = referrals_to_book(session, user)
+    window = (utcnow(), utcnow() + timedelta(days=BOOKING_DAYS_AHEAD))
+    offers = {
+        b.referral.referral_id: _by_local_day(free_slots(
+            session, b.referral.performer_organization_id, b.referral.modality, *window, limit=OFFERED_SLOTS))
+        for b in to_book
+    }
+    return render_template("imaging_orders/incoming.html", referrals=referrals, to_book=to_book, offers=offers,
+                           centre_timezone=user.organization.timezone if user.organization else None)
 
 
 def _by_local_day(slots: list[Slot]) -> list[tuple[str, list[Slot]]]:
@@ -329,19 +357,18 @@ def appointments_page() -> ResponseReturnValue:
         form_action(session, change)
         return redirect(url_for("imaging_orders.appointments_page"))
     appointments = appointments_for(session, user)
-    to_book = list(
-        session.scalars(
-            select(Referral)
-            .where(patient_filter(user, Referral.patient_id, "ServiceRequest"), Referral.status == ReferralStatus.ACCEPTED)
-            .where(Referral.requester_id == user.practitioner_id if user.role is Role.CLINICIAN else Referral.patient_id == user.patient_id)
-        )
-    )
+    to_book = referrals_to_book(session, user)
     window = (utcnow(), utcnow() + timedelta(days=BOOKING_DAYS_AHEAD))
-    offers = {r.id: _by_local_day(free_slots(session, r.performer_organization_id, r.modality, *window,
-                                             limit=OFFERED_SLOTS)) for r in to_book}
-    movable = {a.id: _by_local_day(free_slots(session, a.referral.performer_organization_id, a.referral.modality,
-                                              *window, limit=OFFERED_SLOTS))
-               for a in appointments if a.status is AppointmentStatus.BOOKED and a.referral is not None}
+    offers = {
+        b.referral.referral_id: _by_local_day(free_slots(
+            session, b.referral.performer_organization_id, b.referral.modality, *window, limit=OFFERED_SLOTS))
+        for b in to_book
+    }
+    movable = {
+        b.appointment.id: _by_local_day(free_slots(
+            session, b.referral.performer_organization_id, b.referral.modality, *window, limit=OFFERED_SLOTS))
+        for b in appointments if b.appointment.status is AppointmentStatus.BOOKED
+    }
     return render_template("imaging_orders/appointments.html", appointments=appointments, to_book=to_book,
                            offers=offers, movable=movable)
 

@@ -7,28 +7,29 @@ import logging
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.exc import StaleDataError
 
 from hospital import clock
-from hospital.access import ensure_patient_access
+from hospital.access import ensure_patient_access, patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
-from hospital.models import Role, User
-from imaging_orders.archive.models import ImagingStudy
+from hospital.models import Organization, Patient, Practitioner, Role, User
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
-from referrals.models import Referral, ReferralStatus
+from referrals import public as referrals
+from referrals.public import ORDERS, ReferralStatus, ReferralSummary, summary_from_row
 
 logger = logging.getLogger(__name__)
 
 BOOKABLE_REFERRAL_STATUSES = frozenset({ReferralStatus.ACCEPTED})
 
 
-def _centre_staff_referral(session: Session, user: User, referral_id: int) -> Referral:
-    referral = session.get(Referral, referral_id, with_for_update=True)
+def _centre_staff_referral(session: Session, user: User, referral_id: int) -> ReferralSummary:
+    referral = referrals.lock_referral(session, referral_id)
     if referral is None:
         raise NotFound(f"referral {referral_id} does not exist")
     if user.role is not Role.IMAGING_STAFF or user.organization_id != referral.performer_organization_id:
@@ -36,45 +37,39 @@ def _centre_staff_referral(session: Session, user: User, referral_id: int) -> Re
     return referral
 
 
-def accession_number_for(referral: Referral) -> str:
+def accession_number_for(referral_id: int) -> str:
     # Unique because referral ids are; 13 characters, within DICOM's 16 for AccessionNumber (SH).
-    return f"ACC{referral.id:010d}"
+    return f"ACC{referral_id:010d}"
 
 
-def accept_referral(session: Session, user: User, referral_id: int) -> Referral:
+def accept_referral(session: Session, user: User, referral_id: int) -> ReferralSummary:
     referral = _centre_staff_referral(session, user, referral_id)
     if referral.status is ReferralStatus.ACCEPTED:
         return referral  # accepting twice is harmless
-    if referral.status is not ReferralStatus.ACTIVE:
-        raise Conflict(f"a referral that is {referral.status.value} cannot be accepted")
-    referral.status = ReferralStatus.ACCEPTED
-    referral.accession_number = accession_number_for(referral)
-    record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id, description="accepted")
-    return referral
+    accepted = referrals.accept(session, referral_id, accession_number_for(referral_id))
+    record_access(session, user, "U", "ServiceRequest", referral_id, patient_id=referral.patient_id, description="accepted")
+    return accepted
 
 
-def accept_follow_up_referral(session: Session, referral: Referral) -> Referral:
+def accept_follow_up_referral(session: Session, referral_id: int) -> ReferralSummary:
     """System acceptance of a repeat scan at the centre that did the first one: the centre
     already accepted this patient and examination, so no one needs to triage it again."""
+    referral = referrals.lock_referral(session, referral_id)
+    if referral is None:
+        raise NotFound(f"referral {referral_id} does not exist")
     if referral.status is not ReferralStatus.ACTIVE:
         raise Conflict(f"a referral that is {referral.status.value} cannot be accepted")
-    referral.status = ReferralStatus.ACCEPTED
-    referral.accession_number = accession_number_for(referral)
-    record_access(session, None, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id,
+    accepted = referrals.accept(session, referral_id, accession_number_for(referral_id))
+    record_access(session, None, "U", "ServiceRequest", referral_id, patient_id=referral.patient_id,
                   description="accepted as a follow-up of an earlier examination", source="system")
-    return referral
+    return accepted
 
 
-def reject_referral(session: Session, user: User, referral_id: int, reason: str) -> Referral:
+def reject_referral(session: Session, user: User, referral_id: int, reason: str) -> ReferralSummary:
     referral = _centre_staff_referral(session, user, referral_id)
-    if referral.status is not ReferralStatus.ACTIVE:
-        raise Conflict(f"a referral that is {referral.status.value} cannot be rejected")
-    if not reason.strip():
-        raise InvalidInput("a reason is required to reject a referral")
-    referral.status = ReferralStatus.REJECTED
-    referral.status_reason = reason.strip()
-    record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id, description="rejected")
-    return referral
+    rejected = referrals.reject(session, referral_id, reason)
+    record_access(session, user, "U", "ServiceRequest", referral_id, patient_id=referral.patient_id, description="rejected")
+    return rejected
 
 
 def free_slots(
@@ -99,8 +94,8 @@ def free_slots(
     return list(session.scalars(query))
 
 
-def _ensure_may_book(session: Session, user: User, referral: Referral) -> None:
-    ensure_patient_access(session, user, referral.patient_id, "ServiceRequest", referral.id, "U")
+def _ensure_may_book(session: Session, user: User, referral: ReferralSummary) -> None:
+    ensure_patient_access(session, user, referral.patient_id, "ServiceRequest", referral.referral_id, "U")
     allowed = (
         (user.role is Role.PATIENT and user.patient_id == referral.patient_id)
         or (user.role is Role.CLINICIAN and user.practitioner_id == referral.requester_id)
@@ -110,7 +105,7 @@ def _ensure_may_book(session: Session, user: User, referral: Referral) -> None:
         raise Forbidden("you may not book an appointment for this referral")
 
 
-def _free_slot_for(session: Session, referral: Referral, slot_id: int) -> Slot:
+def _free_slot_for(session: Session, referral: ReferralSummary, slot_id: int) -> Slot:
     """The slot, checked to be free, in the future, at the referral's centre and modality."""
     slot = session.get(Slot, slot_id)
     if slot is None:
@@ -143,7 +138,7 @@ def _flush_booking(session: Session) -> None:
 def book_appointment(session: Session, user: User, referral_id: int, slot_id: int) -> Appointment:
     """Book `slot_id` for an accepted referral. The patient, the referring clinician or the
     centre's staff may book. Exactly one of two simultaneous bookings of a slot wins."""
-    referral = session.get(Referral, referral_id)
+    referral = referrals.lock_referral(session, referral_id)
     if referral is None:
         raise NotFound(f"referral {referral_id} does not exist")
     _ensure_may_book(session, user, referral)
@@ -153,7 +148,7 @@ def book_appointment(session: Session, user: User, referral_id: int, slot_id: in
     slot.status = SlotStatus.BUSY
     appointment = Appointment(
         slot_id=slot.id,
-        referral_id=referral.id,
+        referral_id=referral.referral_id,
         patient_id=referral.patient_id,
         start=slot.start,
         end=slot.end,
@@ -161,17 +156,19 @@ def book_appointment(session: Session, user: User, referral_id: int, slot_id: in
         booked_by_user_id=user.id,
     )
     session.add(appointment)
-    referral.status = ReferralStatus.SCHEDULED
     _flush_booking(session)
+    referrals.mark_scheduled(session, referral.referral_id)  # its row is locked since the check above
     record_access(session, user, "C", "Appointment", appointment.id, patient_id=referral.patient_id)
     return appointment
 
 
-def _changeable_appointment(session: Session, user: User, appointment_id: int) -> tuple[Appointment, Referral]:
+def _changeable_appointment(
+    session: Session, user: User, appointment_id: int
+) -> tuple[Appointment, ReferralSummary]:
     appointment = session.get(Appointment, appointment_id)
     if appointment is None or appointment.referral_id is None:
         raise NotFound(f"appointment {appointment_id} does not exist")
-    referral = session.get(Referral, appointment.referral_id)
+    referral = referrals.referral_summary(session, appointment.referral_id)
     assert referral is not None  # foreign key
     _ensure_may_book(session, user, referral)
     if appointment.status is not AppointmentStatus.BOOKED:
@@ -205,8 +202,7 @@ def cancel_appointment(session: Session, user: User, appointment_id: int) -> App
     # Releasing the slot id keeps the one-live-appointment-per-slot constraint for the next booking.
     appointment.slot_id = None
     appointment.status = AppointmentStatus.CANCELLED
-    if referral.status is ReferralStatus.SCHEDULED:
-        referral.status = ReferralStatus.ACCEPTED
+    referrals.mark_unscheduled(session, referral.referral_id)
     session.flush()
     record_access(session, user, "U", "Appointment", appointment.id, patient_id=appointment.patient_id,
                   description="cancelled")
@@ -216,7 +212,7 @@ def cancel_appointment(session: Session, user: User, appointment_id: int) -> App
 @dataclass(frozen=True)
 class WorklistEntry:
     appointment: Appointment
-    referral: Referral
+    referral: ReferralSummary
     schedule: Schedule
 
     @property
@@ -237,8 +233,8 @@ def worklist(
     calendar (08:00 in Berlin on the 24th is on the 24th's list, whatever its UTC date)."""
     window_start, window_end = clock.utc_window_for_days(day, day)
     query = (
-        select(Appointment, Referral, Schedule)
-        .join(Referral, Appointment.referral_id == Referral.id)
+        select(Appointment, Schedule, *ORDERS.c)
+        .join(ORDERS, Appointment.referral_id == ORDERS.c.referral_id)
         .join(Slot, Appointment.slot_id == Slot.id)
         .join(Schedule, Slot.schedule_id == Schedule.id)
         .options(joinedload(Appointment.patient), joinedload(Schedule.organization))
@@ -256,8 +252,8 @@ def worklist(
     if room:
         query = query.where(Schedule.room == room)
     entries = [
-        WorklistEntry(a, r, s) for a, r, s in session.execute(query)
-        if clock.local_date(a.start, s.organization.timezone) == day
+        WorklistEntry(row[0], summary_from_row(row), row[1]) for row in session.execute(query)
+        if clock.local_date(row[0].start, row[1].organization.timezone) == day
     ]
     record_access(session, user, "E", "Appointment", None, description=f"worklist {day.isoformat()} ({len(entries)})")
     return entries
@@ -271,43 +267,118 @@ def worklist_rooms(session: Session, user: User) -> list[tuple[str, str]]:
     return [(modality, room) for modality, room in session.execute(query)]
 
 
-def pending_referrals(session: Session, user: User) -> list[Referral]:
-    """Referrals sent to the user's centre and not yet accepted or rejected."""
+@dataclass(frozen=True)
+class PendingReferral:
+    """A referral waiting for the centre's decision, with who it is for and who sent it."""
+
+    referral: ReferralSummary
+    patient: Patient
+    requester: Practitioner
+
+
+def pending_referrals(session: Session, user: User) -> list[PendingReferral]:
+    """Referrals sent to the user's centre and not yet accepted or rejected, oldest first."""
     if user.role is not Role.IMAGING_STAFF:
         raise Forbidden("only imaging-centre staff triage referrals")
-    return list(
-        session.scalars(
-            select(Referral)
-            .where(Referral.performer_organization_id == user.organization_id, Referral.status == ReferralStatus.ACTIVE)
-            .order_by(Referral.created_at)
-        )
+    query = (
+        select(Patient, Practitioner, *ORDERS.c)
+        .join(Patient, ORDERS.c.patient_id == Patient.id)
+        .join(Practitioner, ORDERS.c.requester_id == Practitioner.id)
+        .where(ORDERS.c.performer_organization_id == user.organization_id, ORDERS.c.status == ReferralStatus.ACTIVE)
+        .order_by(ORDERS.c.created_at, ORDERS.c.referral_id)
     )
+    return [PendingReferral(summary_from_row(row), row[0], row[1]) for row in session.execute(query)]
 
 
-def appointments_for(session: Session, user: User) -> list[Appointment]:
-    """A patient's own appointments, or those of a clinician's referrals."""
-    query = select(Appointment).join(Referral, Appointment.referral_id == Referral.id).order_by(Appointment.start)
+@dataclass(frozen=True)
+class BookedAppointment:
+    appointment: Appointment
+    referral: ReferralSummary
+
+
+def appointments_for(session: Session, user: User) -> list[BookedAppointment]:
+    """A patient's own appointments, or those of a clinician's referrals, with their referral."""
+    query = (
+        select(Appointment, *ORDERS.c)
+        .join(ORDERS, Appointment.referral_id == ORDERS.c.referral_id)
+        .order_by(Appointment.start, Appointment.id)
+    )
     if user.role is Role.PATIENT:
         query = query.where(Appointment.patient_id == user.patient_id)
     elif user.role is Role.CLINICIAN:
-        query = query.where(Referral.requester_id == user.practitioner_id)
+        query = query.where(ORDERS.c.requester_id == user.practitioner_id)
     else:
         raise Forbidden("this list is for patients and clinicians")
-    appointments = list(session.scalars(query))
+    appointments = [BookedAppointment(row[0], summary_from_row(row)) for row in session.execute(query)]
     record_access(session, user, "E", "Appointment", None, description=f"appointments ({len(appointments)})")
     return appointments
 
 
-def studies_by_referral(session: Session, referral_ids: list[int]) -> dict[int, ImagingStudy]:
-    """The study received for each referral (the newest if several), for the worklist's arrival column."""
+@dataclass(frozen=True)
+class ReferralToBook:
+    """An accepted referral waiting for its appointment, with its patient and centre."""
+
+    referral: ReferralSummary
+    patient: Patient
+    centre: Organization
+
+
+def referrals_to_book(session: Session, user: User) -> list[ReferralToBook]:
+    """Accepted referrals that still need an appointment: a patient's own, a clinician's, or those
+    sent to a staff member's centre (staff book for patients who call or come to the desk)."""
+    if user.role is Role.PATIENT:
+        mine = ORDERS.c.patient_id == user.patient_id
+    elif user.role is Role.CLINICIAN:
+        mine = ORDERS.c.requester_id == user.practitioner_id
+    elif user.role is Role.IMAGING_STAFF:
+        mine = ORDERS.c.performer_organization_id == user.organization_id
+    else:
+        raise Forbidden("this list is for patients, clinicians and imaging-centre staff")
+    query = (
+        select(Patient, Organization, *ORDERS.c)
+        .join(Patient, ORDERS.c.patient_id == Patient.id)
+        .join(Organization, ORDERS.c.performer_organization_id == Organization.id)
+        .where(mine, patient_filter(user, ORDERS.c.patient_id, "ServiceRequest"),
+               ORDERS.c.status.in_(list(BOOKABLE_REFERRAL_STATUSES)))
+        .order_by(ORDERS.c.created_at, ORDERS.c.referral_id)
+    )
+    return [ReferralToBook(summary_from_row(row), row[0], row[1]) for row in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What has arrived for an order, as the worklist shows it: its study (the newest if several
+    wait in reconciliation), whether it is complete, and how many images in how many series."""
+
+    study_id: int
+    status: str  # registered (images arriving), available (complete), cancelled
+    images: int  # the modality's own images, in `series` series
+    series: int
+    derived: int = 0  # objects the platform made from the study (the AI's SR and key images)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "available"
+
+
+def arrivals(session: Session, referral_ids: list[int]) -> dict[int, Arrival]:
+    """The arrival of each referral's images, by referral id, in one query."""
     if not referral_ids:
         return {}
-    found: dict[int, ImagingStudy] = {}
-    for study in session.scalars(
-        select(ImagingStudy).where(ImagingStudy.referral_id.in_(referral_ids)).order_by(ImagingStudy.id)
-    ):
-        assert study.referral_id is not None  # filtered above
-        found[study.referral_id] = study
+    query = (
+        select(ImagingStudy.referral_id, ImagingStudy.id, ImagingStudy.status,
+               func.count(ImagingInstance.id).filter(ImagingSeries.derived.is_(False)),
+               func.count(func.distinct(ImagingSeries.id)).filter(ImagingSeries.derived.is_(False)),
+               func.count(ImagingInstance.id).filter(ImagingSeries.derived.is_(True)))
+        .outerjoin(ImagingSeries, ImagingSeries.study_id == ImagingStudy.id)
+        .outerjoin(ImagingInstance, ImagingInstance.series_id == ImagingSeries.id)
+        .where(ImagingStudy.referral_id.in_(referral_ids))
+        .group_by(ImagingStudy.referral_id, ImagingStudy.id, ImagingStudy.status)
+        .order_by(ImagingStudy.id)
+    )
+    found: dict[int, Arrival] = {}
+    for referral_id, study_id, status, images, series, derived in session.execute(query):
+        found[referral_id] = Arrival(study_id, status.value, images, series, derived)
     return found
 
 
@@ -332,17 +403,16 @@ def check_in_appointment(session: Session, user: User, appointment_id: int) -> A
     return appointment
 
 
-def start_examination(session: Session, referral: Referral) -> None:
+def start_examination(session: Session, referral_id: int) -> None:
     """The patient is being examined (a modality reported the step in progress, or the first
     images arrived): the referral goes in progress and its booked appointments to arrived.
 
     Idempotent, and it never moves a referral or appointment backwards, so the MPPS SCP and image
     ingest may both call it in either order. No user: the caller audits with its own source.
     """
-    if referral.status in (ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED):
-        referral.status = ReferralStatus.IN_PROGRESS
+    referrals.mark_in_progress(session, referral_id)
     booked = session.scalars(
-        select(Appointment).where(Appointment.referral_id == referral.id, Appointment.status == AppointmentStatus.BOOKED)
+        select(Appointment).where(Appointment.referral_id == referral_id, Appointment.status == AppointmentStatus.BOOKED)
     )
     for appointment in list(booked):
         appointment.status = AppointmentStatus.ARRIVED

@@ -33,7 +33,7 @@ from hospital import clock
 from hospital.dicom_matching import InvalidMatchKey, date_range, wildcard_pattern
 from hospital.models import Organization, Patient, Practitioner
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot
-from referrals.models import Priority, Referral, ReferralStatus
+from referrals.public import ORDERS, Priority, ReferralStatus, ReferralSummary, summary_from_row
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class WorklistQueryError(InvalidMatchKey):
 @dataclass(frozen=True)
 class _Row:
     appointment: Appointment
-    referral: Referral
+    referral: ReferralSummary
     patient: Patient
     schedule: Schedule
     requester: Practitioner
@@ -68,7 +68,7 @@ class _Row:
         return instant.astimezone(clock.zone(self.timezone))
 
 
-def study_instance_uid_for(referral: Referral) -> str:
+def study_instance_uid_for(referral: ReferralSummary) -> str:
     """The StudyInstanceUID the worklist hands out for `referral`: the same on every query.
 
     Derived from the referral's id, accession number and creation time, so a referral id reused
@@ -77,7 +77,7 @@ def study_instance_uid_for(referral: Referral) -> str:
     created = referral.created_at.isoformat() if referral.created_at else ""
     # A name-based (v5) UUID as a 2.25 UID (ISO/IEC 9834-8). pydicom's generate_uid ignores its
     # entropy sources when prefix is None, so it cannot give a repeatable 2.25 UID.
-    name = "|".join([str(referral.id), referral.accession_number or "", created])
+    name = "|".join([str(referral.referral_id), referral.accession_number or "", created])
     return f"2.25.{uuid.uuid5(_STUDY_UID_NAMESPACE, name).int}"
 
 
@@ -100,13 +100,14 @@ def find_worklist_items(session: Session, query: Dataset) -> Iterator[Dataset]:
     if window_end is not None:
         statement = statement.where(Appointment.start < window_end)
     statement = _filter(statement, Patient.mrn, _value(query, "PatientID"))
-    statement = _filter(statement, Referral.accession_number, _value(query, "AccessionNumber"))
+    statement = _filter(statement, ORDERS.c.accession_number, _value(query, "AccessionNumber"))
     statement = _filter(
         statement, Patient.family_name + "^" + Patient.given_name, _person_name(_value(query, "PatientName"))
     )
     count = 0
-    for appointment, referral, patient, schedule, requester, timezone in session.execute(statement):
-        row = _Row(appointment, referral, patient, schedule, requester, timezone)
+    for found in session.execute(statement):
+        appointment, patient, schedule, requester, timezone = found[:5]
+        row = _Row(appointment, summary_from_row(found), patient, schedule, requester, timezone)
         # The SQL window is wide enough for any zone; the centre's own calendar decides the day.
         day = row.local(appointment.start).date()
         if (first_day and day < first_day) or (last_day and day > last_day):
@@ -118,17 +119,17 @@ def find_worklist_items(session: Session, query: Dataset) -> Iterator[Dataset]:
 
 def _base_statement() -> Select[Any]:
     return (
-        select(Appointment, Referral, Patient, Schedule, Practitioner, Organization.timezone)
-        .join(Referral, Appointment.referral_id == Referral.id)
-        .join(Patient, Referral.patient_id == Patient.id)
-        .join(Practitioner, Referral.requester_id == Practitioner.id)
+        select(Appointment, Patient, Schedule, Practitioner, Organization.timezone, *ORDERS.c)
+        .join(ORDERS, Appointment.referral_id == ORDERS.c.referral_id)
+        .join(Patient, ORDERS.c.patient_id == Patient.id)
+        .join(Practitioner, ORDERS.c.requester_id == Practitioner.id)
         .join(Slot, Appointment.slot_id == Slot.id)
         .join(Schedule, Slot.schedule_id == Schedule.id)
         .join(Organization, Schedule.organization_id == Organization.id)
         .where(
             Appointment.status.in_(WORKLIST_APPOINTMENT_STATUSES),
-            Referral.status.in_(WORKLIST_REFERRAL_STATUSES),
-            Referral.accession_number.is_not(None),
+            ORDERS.c.status.in_(WORKLIST_REFERRAL_STATUSES),
+            ORDERS.c.accession_number.is_not(None),
         )
         .order_by(Appointment.start, Appointment.id)
     )
@@ -222,7 +223,7 @@ _TOP_LEVEL: dict[str, Callable[[_Row], Any]] = {
     "AccessionNumber": lambda r: r.referral.accession_number or "",
     "ReferringPhysicianName": lambda r: f"{r.requester.family_name}^{r.requester.given_name}",
     "RequestedProcedureDescription": lambda r: r.referral.procedure_description[:64],
-    "RequestedProcedureID": lambda r: f"RP{r.referral.id}"[:16],
+    "RequestedProcedureID": lambda r: f"RP{r.referral.referral_id}"[:16],
     "RequestedProcedurePriority": _priority,
     "StudyInstanceUID": lambda r: study_instance_uid_for(r.referral),
     "BodyPartExamined": lambda r: r.referral.body_part[:16],

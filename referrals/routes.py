@@ -19,6 +19,7 @@ from hospital.patients import GENDERS, PatientDetails, create_patient
 from referrals.models import Priority, Referral, ReferralStatus
 from referrals.service import (
     MODALITY_NAMES,
+    STATUS_WORDS,
     ReferralRequest,
     cancel_referral,
     create_referral,
@@ -105,7 +106,7 @@ def cancel(referral_id: int) -> ResponseReturnValue:
 def referral_list_page() -> ResponseReturnValue:
     session = request_session()
     referrals = list_referrals(session, current_user())
-    return render_template("referrals/list.html", referrals=referrals)
+    return render_template("referrals/list.html", referrals=referrals, status_words=STATUS_WORDS)
 
 
 @bp.route("/referrals/new", methods=["GET", "POST"])

@@ -1,6 +1,7 @@
 """Referral workflow: a clinician orders an imaging examination; the clinician may cancel it.
 
-The imaging centre's side (accept, reject, schedule) lives in `imaging_orders.service`.
+The imaging centre's decisions (accept, reject, book) live in `imaging_orders.service`; it moves the
+referral's status only through the transitions in `referrals.public`.
 
 A referral is also a care relationship: while it is live (sent, accepted, scheduled, in progress)
 it opens the patient's record to the requesting clinician and to the chosen centre; once completed
@@ -41,6 +42,19 @@ MODALITIES = frozenset(MODALITY_NAMES)
 OPEN_STATUSES = frozenset({ReferralStatus.ACTIVE, ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED})
 # From sending until the examination is done: the order is live and opens the record.
 LIVE_STATUSES = OPEN_STATUSES | {ReferralStatus.IN_PROGRESS}
+
+# The words a clinician or patient reads for each status, the same on every page. "completed" means
+# the images are in (the order is fulfilled), not that a report is signed: later steps have words of
+# their own on the referral's page.
+STATUS_WORDS = {
+    ReferralStatus.ACTIVE: "Waiting for acceptance",
+    ReferralStatus.ACCEPTED: "Accepted: to be booked",
+    ReferralStatus.SCHEDULED: "Booked",
+    ReferralStatus.IN_PROGRESS: "Examination under way",
+    ReferralStatus.COMPLETED: "Images received",
+    ReferralStatus.REJECTED: "Rejected",
+    ReferralStatus.CANCELLED: "Cancelled",
+}
 
 
 @dataclass(frozen=True)

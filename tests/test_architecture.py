@@ -5,13 +5,14 @@
 - No module imports another module's `_private` name.
 - The README's event table is the one the app wires.
 
-`KNOWN_DEBT` lists the imports of another stage's internals that remain to be moved behind a
-public face; the test fails on any new one, and on one that was fixed but is still listed.
+A later stage reads an earlier one only through its public face (`public.py`, `events.py`): no
+import of another stage's internals, and no ORM relationship from one stage's rows into another's.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,24 +30,6 @@ COMPOSITION_ROOT = {"hospital/app.py", "hospital/cli.py"}
 # What a later stage may import of an earlier one.
 PUBLIC_MODULES = re.compile(r"^(\w+)(\.archive)?\.(public|events)$")
 
-# Imports of another stage's internals still to be moved behind a public face (importer -> imported).
-KNOWN_DEBT = {
-    # Ordering works on the referral (ServiceRequest) rows themselves: accept, schedule, start,
-    # complete, and the worklist joins them in SQL. Next step: transitions and a read model in
-    # referrals.public.
-    ("imaging_orders/archive/ingest.py", "referrals.models"),
-    ("imaging_orders/archive/models.py", "referrals.models"),
-    ("imaging_orders/archive/reconciliation.py", "referrals.models"),
-    ("imaging_orders/fhir.py", "referrals.fhir"),
-    ("imaging_orders/models.py", "referrals.models"),
-    ("imaging_orders/mpps.py", "referrals.models"),
-    ("imaging_orders/public.py", "referrals.models"),
-    ("imaging_orders/routes.py", "referrals.models"),
-    ("imaging_orders/routes.py", "referrals.service"),
-    ("imaging_orders/service.py", "referrals.models"),
-    ("imaging_orders/worklist.py", "referrals.models"),
-    ("imaging_orders/centres.py", "referrals.service"),
-}
 
 
 @dataclass(frozen=True)
@@ -147,11 +130,7 @@ def test_later_stages_use_only_the_public_face_of_earlier_ones() -> None:
         # the package itself (`import ai_services`) carries nothing
         and imp.target not in STAGES
     }
-    # The composition root of each stage registers event handlers, which may name earlier events.
-    new = sorted(reaching_in - KNOWN_DEBT)
-    fixed = sorted(KNOWN_DEBT - reaching_in)
-    assert new == [], f"imports of another stage's internals (use its public.py or events.py): {new}"
-    assert fixed == [], f"no longer imported; remove from KNOWN_DEBT: {fixed}"
+    assert sorted(reaching_in) == [], "imports of another stage's internals (use its public.py or events.py)"
 
 
 def test_no_stage_imports_another_stages_models() -> None:
@@ -160,8 +139,25 @@ def test_no_stage_imports_another_stages_models() -> None:
         if (importer := _stage(imp.module)) and (imported := _stage(imp.target)) and importer != imported
         and imp.target.endswith(".models")
     )
-    remaining = sorted(debt for debt in KNOWN_DEBT if debt[1].endswith(".models"))
-    assert models == remaining
+    assert models == []
+
+
+def test_no_orm_relationship_crosses_a_stage() -> None:
+    """A stage's rows never navigate into another stage's rows (`appointment.referral`): a foreign
+    key may name another stage's table, but reading it goes through that stage's public face."""
+    from hospital.db import Base
+
+    for models in sorted(ROOT.glob("*/**/models.py")):
+        if _stage(str(models.relative_to(ROOT))):
+            importlib.import_module(_module_name(models))
+    crossing = []
+    for mapper in Base.registry.mappers:
+        owner = _stage(mapper.class_.__module__)
+        for relationship in mapper.relationships:
+            target = _stage(relationship.mapper.class_.__module__)
+            if owner and target and owner != target:
+                crossing.append(f"{mapper.class_.__name__}.{relationship.key} -> {relationship.mapper.class_.__name__}")
+    assert sorted(crossing) == []
 
 
 def _readme_event_rows() -> dict[str, tuple[str, set[str]]]:

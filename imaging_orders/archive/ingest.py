@@ -71,6 +71,7 @@ from hospital.dicom_status import (
 from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.jobs import publish
+from hospital.models import Patient
 from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.archive.models import (
     VR_MAX_CHARACTERS,
@@ -84,7 +85,8 @@ from imaging_orders.archive.models import (
 from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
 from imaging_orders.models import Appointment, AppointmentStatus
 from imaging_orders.service import start_examination
-from referrals.models import Referral, ReferralStatus
+from referrals import public as referrals
+from referrals.public import ReferralStatus, ReferralSummary
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +301,7 @@ def _index_and_write(
     now = utcnow()
     warnings_out = list(received.warnings)
     study = _get_or_create_study(session, received, now, warnings_out)
-    series = _get_or_create_series(session, study, received)
+    series = _get_or_create_series(session, study, received, derived)
     if study.status is not StudyStatus.REGISTERED and not derived:
         # Not reopened: the completion event has gone out and analysis may be running. Staff see
         # the warning; a resend of a whole study would still be stored instance by instance.
@@ -438,8 +440,8 @@ def _rematch_corrected(session: Session, study: ImagingStudy, header: Dataset, w
     outcome = match_study_to_order(session, study)
     if outcome.warning:
         warnings_out.append(outcome.warning)
-    if outcome.matched and study.status is StudyStatus.AVAILABLE:
-        referral = session.get(Referral, study.referral_id)
+    if outcome.referral_id is not None and study.status is StudyStatus.AVAILABLE:
+        referral = referrals.referral_summary(session, outcome.referral_id)
         assert referral is not None  # just matched
         _close_order(session, study, referral)
 
@@ -472,7 +474,9 @@ def _get_or_create_study(
     return study
 
 
-def _get_or_create_series(session: Session, study: ImagingStudy, received: _ReceivedInstance) -> ImagingSeries:
+def _get_or_create_series(
+    session: Session, study: ImagingStudy, received: _ReceivedInstance, derived: bool
+) -> ImagingSeries:
     series = session.scalar(
         select(ImagingSeries).where(ImagingSeries.series_instance_uid == received.series_instance_uid)
     )
@@ -491,6 +495,7 @@ def _get_or_create_series(session: Session, study: ImagingStudy, received: _Rece
         modality=_text(received.header, "Modality", ImagingSeries.modality, ignored) or "OT",
         description=_text(received.header, "SeriesDescription", ImagingSeries.description, ignored),
         body_part=_text(received.header, "BodyPartExamined", ImagingSeries.body_part, ignored),
+        derived=derived,
     )
     session.add(series)
     session.flush()
@@ -791,19 +796,17 @@ def match_study_to_order(session: Session, study: ImagingStudy) -> MatchOutcome:
         return MatchOutcome(study.referral_id)
     if not study.accession_number:
         return MatchOutcome(None, "no AccessionNumber; left for reconciliation")
-    referral = session.scalar(
-        select(Referral).where(Referral.accession_number == study.accession_number).with_for_update()
-    )
+    referral = referrals.lock_referral_by_accession(session, study.accession_number)
     if referral is None:
         logger.info("study %s: no referral has its accession number; left for reconciliation", study.id)
         return MatchOutcome(None, "no referral has this AccessionNumber; left for reconciliation")
-    refusal = _order_taken(session, study, referral) or _match_refusal(study, referral)
+    refusal = _order_taken(session, study, referral) or _match_refusal(session, study, referral)
     if refusal is not None:
-        logger.warning("study %s not matched to referral %s: %s", study.id, referral.id, refusal)
-        return MatchOutcome(None, f"not matched to referral {referral.id}: {refusal}")
+        logger.warning("study %s not matched to referral %s: %s", study.id, referral.referral_id, refusal)
+        return MatchOutcome(None, f"not matched to referral {referral.referral_id}: {refusal}")
     _attach(session, study, referral)
-    logger.info("study %s matched to referral %s", study.id, referral.id)
-    return MatchOutcome(referral.id)
+    logger.info("study %s matched to referral %s", study.id, referral.referral_id)
+    return MatchOutcome(referral.referral_id)
 
 
 def reconcile_study(session: Session, study_id: int, referral_id: int) -> ImagingStudy:
@@ -816,40 +819,41 @@ def reconcile_study(session: Session, study_id: int, referral_id: int) -> Imagin
     study = session.get(ImagingStudy, study_id, with_for_update=True)
     if study is None:
         raise NotFound(f"imaging study {study_id} does not exist")
-    referral = session.get(Referral, referral_id, with_for_update=True)
+    referral = referrals.lock_referral(session, referral_id)
     if referral is None:
         raise NotFound(f"referral {referral_id} does not exist")
-    if study.referral_id == referral.id:
+    if study.referral_id == referral.referral_id:
         return study  # reconciling twice is harmless
     if study.referral_id is not None:
         raise Conflict(f"imaging study {study_id} is already matched to referral {study.referral_id}")
     if study.status is StudyStatus.CANCELLED:
         raise Conflict(f"imaging study {study_id} is cancelled")
-    refusal = _order_taken(session, study, referral) or _match_refusal(study, referral)
+    refusal = _order_taken(session, study, referral) or _match_refusal(session, study, referral)
     if refusal is not None:
         raise Conflict(f"imaging study {study_id} cannot be matched to referral {referral_id}: {refusal}")
     _attach(session, study, referral)
     if study.status is StudyStatus.AVAILABLE:
         _close_order(session, study, referral)
     session.flush()
-    logger.info("study %s reconciled to referral %s", study.id, referral.id)
+    logger.info("study %s reconciled to referral %s", study.id, referral.referral_id)
     return study
 
 
-def _match_refusal(study: ImagingStudy, referral: Referral) -> str | None:
+def _match_refusal(session: Session, study: ImagingStudy, referral: ReferralSummary) -> str | None:
     """Why `study` must not be attached to `referral`, or None when it may."""
     if referral.status not in MATCHABLE_REFERRAL_STATUSES:
         return f"the referral is {referral.status.value}"
     header_patient_id = (study.dicom_patient_id or "").strip()
     if not header_patient_id:
         return "the images carry no PatientID to confirm the patient"
-    if header_patient_id != referral.patient.mrn.strip():
+    patient = session.get(Patient, referral.patient_id)
+    if patient is None or header_patient_id != patient.mrn.strip():
         # The values themselves are PHI; the message only says that they differ.
         return "the PatientID in the images differs from the referral's patient"
     return None
 
 
-def _order_taken(session: Session, study: ImagingStudy, referral: Referral) -> str | None:
+def _order_taken(session: Session, study: ImagingStudy, referral: ReferralSummary) -> str | None:
     """Why `referral` cannot take `study` because it already has a study of its own, or None.
 
     One accession, one fulfilment: a second StudyInstanceUID under the same AccessionNumber (a
@@ -860,53 +864,53 @@ def _order_taken(session: Session, study: ImagingStudy, referral: Referral) -> s
     """
     other = session.scalar(
         select(ImagingStudy.id).where(
-            ImagingStudy.referral_id == referral.id, ImagingStudy.id != study.id,
+            ImagingStudy.referral_id == referral.referral_id, ImagingStudy.id != study.id,
             ImagingStudy.status != StudyStatus.CANCELLED,
         ).order_by(ImagingStudy.id).limit(1)
     )
     if other is None:
         other = session.scalar(select(OrderFulfilment.study_id).where(
-            OrderFulfilment.referral_id == referral.id, OrderFulfilment.study_id != study.id))
+            OrderFulfilment.referral_id == referral.referral_id, OrderFulfilment.study_id != study.id))
     if other is None:
         return None
     return f"the order already has study {other} (one accession, one fulfilment): merge into it or attach elsewhere"
 
 
-def _attach(session: Session, study: ImagingStudy, referral: Referral) -> None:
-    study.referral_id = referral.id
+def _attach(session: Session, study: ImagingStudy, referral: ReferralSummary) -> None:
+    study.referral_id = referral.referral_id
     study.patient_id = referral.patient_id
     study.organization_id = referral.performer_organization_id
-    start_examination(session, referral)
+    start_examination(session, referral.referral_id)
 
 
-def _close_order(session: Session, study: ImagingStudy, referral: Referral) -> None:
+def _close_order(session: Session, study: ImagingStudy, referral: ReferralSummary) -> None:
     """A complete study fulfils its order; later stages are told once (`StudyCompleted`).
 
     The order is claimed by inserting its `OrderFulfilment` row: of two studies (or two
     completers) reaching here for one order, only the first insert succeeds; the other leaves the
     order and its events as they are.
     """
-    claimed = session.scalar(select(OrderFulfilment).where(OrderFulfilment.referral_id == referral.id))
+    referral_id = referral.referral_id
+    claimed = session.scalar(select(OrderFulfilment).where(OrderFulfilment.referral_id == referral_id))
     if claimed is None:
         try:
             with session.begin_nested():
-                session.add(OrderFulfilment(referral_id=referral.id, study_id=study.id))
+                session.add(OrderFulfilment(referral_id=referral_id, study_id=study.id))
         except IntegrityError:
-            claimed = session.scalar(select(OrderFulfilment).where(OrderFulfilment.referral_id == referral.id))
+            claimed = session.scalar(select(OrderFulfilment).where(OrderFulfilment.referral_id == referral_id))
             if claimed is None:
                 raise
     if claimed is not None:
         if claimed.study_id != study.id:
             logger.warning("study %s completed for referral %s, already fulfilled by study %s; not published again",
-                           study.id, referral.id, claimed.study_id)
+                           study.id, referral_id, claimed.study_id)
         return
-    if referral.status in MATCHABLE_REFERRAL_STATUSES:
-        referral.status = ReferralStatus.COMPLETED
-    for appointment in _appointments(session, referral.id, (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)):
+    referrals.mark_completed(session, referral_id)
+    for appointment in _appointments(session, referral_id, (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)):
         appointment.status = AppointmentStatus.FULFILLED
     assert study.patient_id is not None  # attached to the referral's patient
     publish(session, StudyCompleted(
-        study_id=study.id, patient_id=study.patient_id, referral_id=referral.id,
+        study_id=study.id, patient_id=study.patient_id, referral_id=referral_id,
         organization_id=study.organization_id, modality=referral.modality,
         completed_at=iso_instant(study.completed_at),
     ))
@@ -970,7 +974,7 @@ def _complete_study(session: Session, study_id: int, cutoff: datetime, now: date
     study = session.get(ImagingStudy, study_id, populate_existing=True)
     if study is None or study.referral_id is None:
         return True  # unmatched: published when reconciled
-    referral = session.get(Referral, study.referral_id, with_for_update=True)
+    referral = referrals.lock_referral(session, study.referral_id)
     assert referral is not None  # foreign key
     _close_order(session, study, referral)
     return True

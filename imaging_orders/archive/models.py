@@ -12,13 +12,12 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
 from hospital.db import Base
 from hospital.models import Patient, enum_column
-from referrals.models import Referral
 
 # PS3.5 Table 6.2-1 maximum lengths in characters (PN: 64 per component group, three groups).
 VR_MAX_CHARACTERS = {"SH": 16, "LO": 64, "CS": 16, "PN": 64 * 3 + 2}
@@ -62,7 +61,6 @@ class ImagingStudy(Base):
     # Set when staff merged this study into another one (its series moved there; it is cancelled).
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("imaging_study.id"))
 
-    referral: Mapped[Referral | None] = relationship()
     patient: Mapped[Patient | None] = relationship()
     series: Mapped[list[ImagingSeries]] = relationship(back_populates="study", order_by="ImagingSeries.number")
 
@@ -92,6 +90,8 @@ class ImagingSeries(Base):
     modality: Mapped[str] = mapped_column(header_text("CS"))
     description: Mapped[str | None] = mapped_column(header_text("LO"))
     body_part: Mapped[str | None] = mapped_column(header_text("CS"))
+    # Made by the platform from the study itself (the AI's SR and key images), not by the modality.
+    derived: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     study: Mapped[ImagingStudy] = relationship(back_populates="series")
     instances: Mapped[list[ImagingInstance]] = relationship(

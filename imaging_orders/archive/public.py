@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from flask import Flask
@@ -34,6 +35,7 @@ __all__ = [
     "instance_paths",
     "store_instance",
     "study_ref",
+    "studies_of_referral",
     "study_series",
     "withdraw_derived_instances",
 ]
@@ -50,6 +52,8 @@ class StudyRef:
     referral_id: int | None
     organization_id: int | None
     complete: bool
+    received_at: datetime | None = None
+    completed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,24 @@ def _ref(study: ImagingStudy) -> StudyRef:
     return StudyRef(
         study_id=study.id, study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
         patient_id=study.patient_id, referral_id=study.referral_id, organization_id=study.organization_id,
-        complete=study.status is StudyStatus.AVAILABLE,
+        complete=study.status is StudyStatus.AVAILABLE, received_at=study.received_at, completed_at=study.completed_at,
     )
 
 
 def study_ref(session: Session, study_id: int) -> StudyRef | None:
     study = session.get(ImagingStudy, study_id)
     return None if study is None else _ref(study)
+
+
+def studies_of_referral(session: Session, referral_id: int) -> tuple[StudyRef, ...]:
+    """The studies matched to the referral (one normally; more only while staff reconcile), first
+    received first; merged-away and cancelled studies are left out."""
+    studies = session.scalars(
+        select(ImagingStudy)
+        .where(ImagingStudy.referral_id == referral_id, ImagingStudy.status != StudyStatus.CANCELLED)
+        .order_by(ImagingStudy.received_at, ImagingStudy.id)
+    ).all()
+    return tuple(_ref(study) for study in studies)
 
 
 def study_series(session: Session, study_id: int, storage_dir: Path) -> tuple[SeriesFiles, ...]:

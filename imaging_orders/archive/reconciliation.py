@@ -40,7 +40,7 @@ from hospital.models import Patient, Role, User
 from hospital.web import form_action
 from imaging_orders.archive.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study, write_file_durably
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
-from referrals.models import Referral
+from referrals.public import ORDERS, ReferralSummary, referral_summary, summary_from_row
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def unmatched_in_centre(user: User) -> ColumnElement[bool]:
     if user.role not in UNMATCHED_READERS or user.organization_id is None:
         return false()
     other_centre = exists(
-        select(Referral.id).where(
-            Referral.accession_number == ImagingStudy.accession_number,
-            Referral.performer_organization_id != user.organization_id,
+        select(ORDERS.c.referral_id).where(
+            ORDERS.c.accession_number == ImagingStudy.accession_number,
+            ORDERS.c.performer_organization_id != user.organization_id,
         )
     )
     return and_(ImagingStudy.referral_id.is_(None), ImagingStudy.patient_id.is_(None), ~other_centre)
@@ -82,13 +82,21 @@ def ensure_study_visible(session: Session, user: User, study: ImagingStudy, acti
     raise Forbidden("no access to this imaging study")
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """An open referral an unmatched study may belong to, and its patient."""
+
+    referral: ReferralSummary
+    patient: Patient
+
+
 @dataclass
 class QueueEntry:
     study: ImagingStudy
     instances: int
     modalities: list[str]
     warnings: list[str]
-    candidates: list[Referral]
+    candidates: list[Candidate]
     merge_into: list[int]  # studies that already fulfil the order this study's accession names
 
 
@@ -121,26 +129,26 @@ def reconciliation_queue(session: Session, user: User) -> list[QueueEntry]:
     return entries
 
 
-def _candidates(session: Session, user: User, study: ImagingStudy) -> list[Referral]:
+def _candidates(session: Session, user: User, study: ImagingStudy) -> list[Candidate]:
     """Open referrals of the centre that this study plausibly belongs to: the same accession
     number or the same patient identifier as the headers."""
     hints = []
     if study.accession_number:
-        hints.append(Referral.accession_number == study.accession_number)
+        hints.append(ORDERS.c.accession_number == study.accession_number)
     if study.dicom_patient_id:
         hints.append(func.trim(Patient.mrn) == study.dicom_patient_id.strip())
     if not hints:
         return []
     statement = (
-        select(Referral)
-        .join(Patient, Referral.patient_id == Patient.id)
-        .where(Referral.status.in_(list(MATCHABLE_REFERRAL_STATUSES)), or_(*hints))
-        .order_by(Referral.id.desc())
+        select(Patient, *ORDERS.c)
+        .join(Patient, ORDERS.c.patient_id == Patient.id)
+        .where(ORDERS.c.status.in_(list(MATCHABLE_REFERRAL_STATUSES)), or_(*hints))
+        .order_by(ORDERS.c.referral_id.desc())
         .limit(10)
     )
     if user.role is not Role.ADMIN:
-        statement = statement.where(Referral.performer_organization_id == user.organization_id)
-    return list(session.scalars(statement))
+        statement = statement.where(ORDERS.c.performer_organization_id == user.organization_id)
+    return [Candidate(summary_from_row(row), row[0]) for row in session.execute(statement)]
 
 
 def _merge_targets(session: Session, study: ImagingStudy) -> list[int]:
@@ -148,8 +156,8 @@ def _merge_targets(session: Session, study: ImagingStudy) -> list[int]:
     if not study.accession_number:
         return []
     return list(session.scalars(
-        select(ImagingStudy.id).join(Referral, ImagingStudy.referral_id == Referral.id)
-        .where(Referral.accession_number == study.accession_number, ImagingStudy.id != study.id,
+        select(ImagingStudy.id).join(ORDERS, ImagingStudy.referral_id == ORDERS.c.referral_id)
+        .where(ORDERS.c.accession_number == study.accession_number, ImagingStudy.id != study.id,
                ImagingStudy.status != StudyStatus.CANCELLED)
         .order_by(ImagingStudy.id)
     ))
@@ -260,7 +268,7 @@ def reconcile_for_user(session: Session, user: User, study_id: int, referral_id:
     if study is None:
         raise NotFound(f"imaging study {study_id} does not exist")
     ensure_study_visible(session, user, study, "U")
-    referral = session.get(Referral, referral_id)
+    referral = referral_summary(session, referral_id)
     if referral is None:
         raise NotFound(f"referral {referral_id} does not exist")
     if user.role is not Role.ADMIN and referral.performer_organization_id != user.organization_id:
@@ -294,11 +302,12 @@ def entry_json(entry: QueueEntry) -> dict[str, Any]:
         "merge_into": entry.merge_into,
         "candidates": [
             {
-                "referral_id": r.id, "accession_number": r.accession_number, "status": r.status.value,
-                "patient": {"id": r.patient.id, "mrn": r.patient.mrn, "name": r.patient.display_name},
-                "procedure": r.procedure_description,
+                "referral_id": c.referral.referral_id, "accession_number": c.referral.accession_number,
+                "status": c.referral.status.value,
+                "patient": {"id": c.patient.id, "mrn": c.patient.mrn, "name": c.patient.display_name},
+                "procedure": c.referral.procedure_description,
             }
-            for r in entry.candidates
+            for c in entry.candidates
         ],
     }
 

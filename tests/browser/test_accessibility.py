@@ -56,12 +56,15 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         consultation = open_consultation(session, signed_id)
         assert consultation is not None
         consultation_id = consultation.id
+        signed_referral = f"/referrals/{report.referral_id}"
+    booked_referral = f"/referrals/{appointment['referral_id']}"
     # A radiologist's emergency access: the admin review page lists it, their page shows it open.
     site.api("POST", "/api/emergency-access", token=site.token("radiologist"),
              body={"patient_id": site.demo.patient.id, "reason": "collapsed in the waiting room, prior imaging needed"})
     return {
-        "clinician": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", "/login"],
-        "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}"],
+        "clinician": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", "/login", booked_referral,
+                      signed_referral],
+        "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", booked_referral, signed_referral],
         "radiologist": [f"/reports/{review_id}"],
         "imaging_staff": [f"/worklist?date={appointment['start'][:10]}"],
         "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page",

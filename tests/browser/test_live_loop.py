@@ -53,6 +53,7 @@ def test_a_modalitys_images_reach_the_pages_through_dicom_rq_and_the_model(
     staff = login(browser, site, "imaging_staff")
     worklist_url = f"/worklist?date={appointment['start'][:10]}"
     staff.goto(worklist_url)
+    staff.evaluate("window.loadedOnce = true")
     row = staff.locator(f"#worklist tr[data-referral-id='{referral['id']}']")
     expect(row.locator("td[data-label=Images]")).to_contain_text("not arrived")
 
@@ -71,10 +72,10 @@ def test_a_modalitys_images_reach_the_pages_through_dicom_rq_and_the_model(
                                  for s in site.api("GET", f"/api/studies?accession={accession}", staff_token)),
                      90, "the study to be complete")
 
-            # The worklist, loaded once, follows the worker's analysis to the end without a reload.
-            staff.goto(worklist_url)
-            staff.evaluate("window.loadedOnce = true")
-            expect(row.locator("td[data-label=Images]")).to_contain_text(f"complete {len(files)} images")
+            # The worklist, loaded before the modality sent anything, follows the images' arrival
+            # and the worker's analysis to the end without a reload.
+            expect(row.locator("td[data-label=Images]")).to_contain_text(f"complete {len(files)} images in 1 series",
+                                                                          timeout=30_000)
             expect(row.locator(".ai-label")).to_have_text(re.compile(r"^AI completed (\d+)/\1 slices$"), timeout=90_000)
             assert staff.evaluate("window.loadedOnce === true")
             screenshot(staff, "live-worklist-ai-completed")

@@ -47,6 +47,7 @@ from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot
 from imaging_orders.service import accept_referral, book_appointment, cancel_appointment, free_slots
 from imaging_orders.worklist import find_worklist_items
 from referrals.models import ReferralStatus
+from referrals.public import referral_summary
 from referrals.service import ReferralRequest, create_referral
 from tests.conftest import make_test_app
 from tests.factories import make_referral
@@ -441,7 +442,7 @@ def test_a_new_centre_books_and_its_station_gets_the_worklist(db_session: Sessio
     assert appointment.status is AppointmentStatus.BOOKED
     day = appointment.start.strftime("%Y%m%d")
     items = list(find_worklist_items(db_session, query(station="berlinct1", date=day)))
-    assert [str(i.AccessionNumber) for i in items] == [appointment.referral.accession_number]
+    assert [str(i.AccessionNumber) for i in items] == [referral_summary(db_session, appointment.referral_id).accession_number]
     step = items[0].ScheduledProcedureStepSequence[0]
     assert step.ScheduledStationAETitle == "BERLINCT1" and step.Modality == "CT"
     assert list(find_worklist_items(db_session, query(station="CT1", date=day))) == []  # the seeded station

@@ -36,6 +36,7 @@ from imaging_orders.archive.models import ImagingInstance, ImagingSeries, Imagin
 from imaging_orders.models import AppointmentStatus
 from imaging_orders.worklist import study_instance_uid_for
 from referrals.models import Referral, ReferralStatus
+from referrals.public import referral_summary
 from synthetic.dicom_factory import ct_series_datasets, write_ct_series
 from synthetic.phantoms import make_ct_phantom
 from tests.conftest import make_test_app
@@ -218,7 +219,7 @@ def test_findscu_worklist(node: Node, order: Order, tmp_path: Path) -> None:
     assert len(found) == 1
     item = pydicom.dcmread(found[0], force=True)
     with get_db(node.app).session() as session:
-        referral = session.get(Referral, order.referral.id)
+        referral = referral_summary(session, order.referral.id)
         assert referral is not None
         expected_uid = study_instance_uid_for(referral)
     assert str(item.PatientName) == "Rivera^Alex"

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from imaging_orders.models import AppointmentStatus
 from imaging_orders.worklist import WorklistQueryError, find_worklist_items, study_instance_uid_for
 from referrals.models import ReferralStatus
+from referrals.public import referral_summary
 from tests.imaging_orders.factories import Centre, Order, make_centre, make_order
 
 DAY1 = datetime(2031, 3, 10, 9, 0, tzinfo=UTC)
@@ -124,7 +125,7 @@ def test_return_keys_are_those_asked(db_session: Session, booked: dict[str, Orde
     assert str(item.ReferringPhysicianName) == "Lovelace^Ada"
     assert item.RequestedProcedureDescription == "CT chest without contrast"
     assert item.RequestedProcedureID == f"RP{order.referral.id}"
-    assert item.StudyInstanceUID == study_instance_uid_for(order.referral)
+    assert item.StudyInstanceUID == study_instance_uid_for(referral_summary(db_session, order.referral.id))
     assert "AdmissionID" in item and not item.AdmissionID
     assert "PatientWeight" not in item  # not asked, not returned
     step = item.ScheduledProcedureStepSequence[0]

@@ -1,5 +1,6 @@
 /* Live AI-analysis progress on the worklist: every element with data-analysis-url is refreshed
-   from GET /api/studies/<id>/analysis (cookie auth) until the job completes or fails.
+   from GET /api/studies/<id>/analysis (cookie auth) until the job completes or fails; a failed one
+   (or one whose DICOM outputs failed) offers "Retry analysis".
    Progressive enhancement: without JavaScript the page shows the state it was rendered with.
    Polls say they are background requests, so a worklist left open does not keep its user signed in;
    once the session has ended (401) the page reloads, which leads to the sign-in page instead of
@@ -22,7 +23,33 @@
     var text = job.summary || "AI " + job.status;
     if (!job.summary && (job.status === "running" || job.status === "completed")) { text += " " + done + "/" + total + " slices"; }
     if (!job.summary && job.status === "failed" && job.error) { text += ": " + job.error; }
+    // The report's DICOM outputs (SR, key images) are their own job: its failure is shown, not hidden.
+    if (job.outputs_error) { text += "; DICOM outputs failed: " + job.outputs_error; }
     label.textContent = text;
+    el.classList.toggle("ai-failed", job.status === "failed" || !!job.outputs_error);
+    offerRetry(el, job.status === "failed" || !!job.outputs_error);
+  }
+
+  // A failed analysis can be run again from the worklist: a plain form POST (CSRF token from the
+  // page), so it works like every other button and comes back to this page with its message.
+  function offerRetry(el, failed) {
+    var existing = el.querySelector("form.ai-retry");
+    if (!failed || !el.dataset.retryUrl) { if (existing) { existing.remove(); } return; }
+    if (existing) { return; }
+    var token = document.querySelector("input[name=csrf_token]");
+    if (!token) { return; }
+    var form = document.createElement("form");
+    form.method = "post";
+    form.action = el.dataset.retryUrl;
+    form.className = "ai-retry inline";
+    var csrf = document.createElement("input");
+    csrf.type = "hidden"; csrf.name = "csrf_token"; csrf.value = token.value;
+    var back = document.createElement("input");
+    back.type = "hidden"; back.name = "next"; back.value = window.location.pathname + window.location.search;
+    var button = document.createElement("button");
+    button.type = "submit"; button.className = "secondary"; button.textContent = "Retry analysis";
+    form.appendChild(csrf); form.appendChild(back); form.appendChild(button);
+    el.appendChild(form);
   }
 
   function poll(el) {
@@ -45,7 +72,11 @@
       });
   }
 
-  document.querySelectorAll("[data-analysis-url]").forEach(function (el) {
+  function watch(el) {
     if (!FINAL[el.dataset.status]) { poll(el); }
-  });
+  }
+
+  // The live worklist hands over rows whose images arrived after the page loaded.
+  window.hospitalWatchAnalysis = watch;
+  document.querySelectorAll("[data-analysis-url]").forEach(watch);
 })();
