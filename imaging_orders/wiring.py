@@ -7,12 +7,13 @@ from flask import Flask
 from hospital.models import Role
 from hospital.web import add_nav_link
 from imaging_orders import cli, fhir, routes, seed
-from imaging_orders.archive import dicomweb, reconciliation
+from imaging_orders.archive import dicomweb, reconciliation, wado
 
 
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     app.register_blueprint(dicomweb.bp)
+    app.register_blueprint(wado.bp)
     app.register_blueprint(reconciliation.bp)
     fhir.register_fhir(app)
     app.cli.add_command(cli.dicom_command)

@@ -1,50 +1,43 @@
-"""DICOMweb (PS3.18) for the image index: STOW-RS to store, QIDO-RS to search, WADO-RS to
-retrieve instances, metadata and rendered frames.
+"""DICOMweb (PS3.18) for the image index: STOW-RS to store, QIDO-RS to search. Retrieval (WADO-RS:
+instances, metadata, frames, bulk data, rendered, thumbnails) is `imaging_orders.archive.wado`.
 
 STOW-RS stores every part through `imaging_orders.archive.ingest.store_instance`, so a web upload gets the
 same durability, idempotency and order matching as a C-STORE. The multipart body is parsed here
 (it is bounded by MAX_CONTENT_LENGTH, which Werkzeug enforces while reading). Searches go through
-`imaging_orders.archive.query_retrieve` restricted by `imaging_orders.archive.reconciliation.visible_studies`;
-retrievals check `ensure_patient_record_access` and the centre rule. Every access is audited.
+`imaging_orders.archive.query_retrieve` restricted by `imaging_orders.archive.reconciliation.visible_studies`,
+at /studies, /series and /instances, each level with its standard return attributes (PS3.18
+10.6.3), `includefield`, and `offset`/`limit` (at most MAX_LIMIT a request, with a Warning when
+capped or when more results remain). Every search is audited.
 Errors become RFC 9457 problem documents (`hospital.errors_http`).
-
-Instances are returned as stored: each part's Content-Type names its transfer syntax, and a
-request for a different transfer syntax is answered 406 (no transcoding).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
-from flask import Blueprint, Response, current_app, json, request, url_for
+from flask import Blueprint, Response, current_app, json, request
 from flask.typing import ResponseReturnValue
-from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
 from pydicom.sequence import Sequence as DicomSequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.http import parse_options_header
 
-from hospital.access import ensure_patient_record_access
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.dicom_status import (
     COERCION_OF_DATA_ELEMENTS,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    PROCESSING_FAILURE,
     SOP_CLASS_NOT_SUPPORTED,
 )
-from hospital.errors import InvalidInput, NotAcceptable, NotFound, UnprocessableEntity, UnsupportedMediaType
+from hospital.errors import InvalidInput, UnsupportedMediaType
 from hospital.models import Role, User
 from imaging_orders.archive.ingest import (
     InstanceRejected,
@@ -68,7 +61,8 @@ from imaging_orders.archive.query_retrieve import (
     study_attributes,
     study_counts,
 )
-from imaging_orders.archive.reconciliation import ensure_study_visible, visible_studies
+from imaging_orders.archive.reconciliation import visible_studies
+from imaging_orders.archive.wado import instance_url, instance_url_of, series_url, study_url
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +74,19 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _MAX_BOUNDARY = 70  # RFC 2046
 _CHUNK = 1 << 20
-# Extra attributes `includefield=all` adds, per level, read from a stored header.
+# Return attributes read from a stored header, per level, beyond the index's own (PS3.18 Tables
+# 10.6.3-3 to -5); across studies, series and instances also carry the study's (10.6.3.3).
+_DEFAULT_FIELDS = {
+    "study": ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID", "TimezoneOffsetFromUTC"),
+    "series": ("PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
+    "instance": ("Rows", "Columns", "BitsAllocated", "NumberOfFrames"),
+}
+# Extra attributes `includefield=all` adds, per level.
 _ALL_FIELDS = {
-    "study": ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID", "InstitutionName"),
-    "series": ("SeriesDate", "SeriesTime", "PerformedProcedureStepStartDate", "ProtocolName"),
-    "instance": ("Rows", "Columns", "BitsAllocated", "NumberOfFrames", "PhotometricInterpretation", "ImageType"),
+    "study": ("InstitutionName", "StudyTime", "IssuerOfPatientID", "OtherPatientIDs"),
+    "series": ("SeriesDate", "SeriesTime", "ProtocolName", "Laterality", "Manufacturer", "StationName"),
+    "instance": ("PhotometricInterpretation", "ImageType", "ContentDate", "ContentTime", "SamplesPerPixel",
+                 "BitsStored", "PixelSpacing", "SliceThickness", "ImagePositionPatient", "ImageOrientationPatient"),
 }
 
 
@@ -240,7 +242,7 @@ def _stow_response(outcomes: list[_PartOutcome], path_study_uid: str | None) -> 
     response = Dataset()
     study_uids = {o.study_instance_uid for o in outcomes if o.failure_reason is None and o.study_instance_uid}
     if path_study_uid or len(study_uids) == 1:
-        response.RetrieveURL = _study_url(path_study_uid or next(iter(study_uids)))
+        response.RetrieveURL = study_url(path_study_uid or next(iter(study_uids)))
     referenced, failed = [], []
     for outcome in outcomes:
         item = Dataset()
@@ -270,8 +272,7 @@ def _instance_url_from_uids(outcome: _PartOutcome) -> str:
     ).first()
     if row is None or not outcome.study_instance_uid:
         return ""
-    return url_for("dicomweb.retrieve_instance", study_uid=outcome.study_instance_uid, series_uid=row[0],
-                   instance_uid=outcome.sop_instance_uid, _external=True)
+    return instance_url_of(outcome.study_instance_uid, row[0], outcome.sop_instance_uid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,24 +286,25 @@ class _SearchRequest:
     limit: int
     offset: int
     include: list[str]
-    include_all: bool
     ignored: list[str]
+    limit_capped: bool
 
 
 def _search_request(level: str) -> _SearchRequest:
     criteria = StudyCriteria()
-    limit, offset, include, include_all, ignored = DEFAULT_LIMIT, 0, [], False, []
+    limit, offset, include, ignored, capped = DEFAULT_LIMIT, 0, list(_DEFAULT_FIELDS[level]), [], False
     for name, values in request.args.lists():
         if name == "limit":
-            limit = _non_negative_int(name, values[-1])
-            limit = min(limit, MAX_LIMIT) if limit else DEFAULT_LIMIT
+            limit = _non_negative_int(name, values[-1]) or DEFAULT_LIMIT
+            capped = limit > MAX_LIMIT
+            limit = min(limit, MAX_LIMIT)
         elif name == "offset":
             offset = _non_negative_int(name, values[-1])
         elif name == "includefield":
             for value in values:
                 for field in value.split(","):
                     if field.strip() == "all":
-                        include_all = True
+                        include.extend(_ALL_FIELDS[level])
                     elif field.strip():
                         keyword = keyword_of(field.strip())
                         if keyword is None:
@@ -318,9 +320,7 @@ def _search_request(level: str) -> _SearchRequest:
                 criteria.set(keyword, [v.strip() for v in values])
             else:
                 ignored.append(keyword)
-    if include_all:
-        include.extend(_ALL_FIELDS[level])
-    return _SearchRequest(criteria, limit, offset, include, include_all, ignored)
+    return _SearchRequest(criteria, limit, offset, list(dict.fromkeys(include)), ignored, capped)
 
 
 def _non_negative_int(name: str, value: str) -> int:
@@ -338,265 +338,103 @@ def _non_negative_int(name: str, value: str) -> int:
 def search_for_studies() -> ResponseReturnValue:
     user, session = current_user(), request_session()
     search = _search_request("study")
-    studies = search_studies(session, search.criteria, visible_studies(user), limit=search.limit, offset=search.offset)
+    studies = search_studies(session, search.criteria, visible_studies(user), limit=search.limit + 1, offset=search.offset)
+    more, studies = len(studies) > search.limit, studies[: search.limit]
     counts = study_counts(session, [s.id for s in studies])
     storage_dir = _storage_dir()
     results = []
     for study in studies:
         ds = study_attributes(study, counts.get(study.id, StudyCounts(0, 0, ())))
-        ds.RetrieveURL = _study_url(study.study_instance_uid)
-        if search.include:
-            rep = representative_instance(session, study_id=study.id)
-            add_from_file(ds, stored_path(storage_dir, rep) if rep else None, search.include)
+        ds.RetrieveURL = study_url(study.study_instance_uid)
+        rep = representative_instance(session, study_id=study.id)
+        add_from_file(ds, stored_path(storage_dir, rep) if rep else None, search.include)
         results.append(ds)
-    return _search_response(session, user, "studies", results, search)
+    return _search_response(session, user, "studies", results, search, more)
 
 
+@bp.get("/series")
 @bp.get("/studies/<study_uid>/series")
 @require_roles()
-def search_for_series(study_uid: str) -> ResponseReturnValue:
+def search_for_series(study_uid: str | None = None) -> ResponseReturnValue:
+    """Series of one study, or of every visible study; across studies each result also carries
+    its study's attributes (PS3.18 10.6.3.3)."""
     user, session = current_user(), request_session()
     search = _search_request("series")
-    search.criteria.study_uids = [study_uid]
-    found = search_series(session, search.criteria, visible_studies(user), limit=search.limit, offset=search.offset)
+    if study_uid is not None:
+        search.criteria.study_uids = [study_uid]
+    else:
+        search.include.extend(_DEFAULT_FIELDS["study"])
+    found = search_series(session, search.criteria, visible_studies(user), limit=search.limit + 1, offset=search.offset)
+    more, found = len(found) > search.limit, found[: search.limit]
     counts = series_instance_counts(session, [s.id for s in found])
+    study_info = _study_info(session, {s.study for s in found}) if study_uid is None else {}
     storage_dir = _storage_dir()
     results = []
     for series in found:
-        ds = series_attributes(series, counts.get(series.id, 0))
-        ds.RetrieveURL = _series_url(study_uid, series.series_instance_uid)
-        if search.include:
-            rep = representative_instance(session, series_id=series.id)
-            add_from_file(ds, stored_path(storage_dir, rep) if rep else None, search.include)
+        ds = copy.deepcopy(study_info.get(series.study_id, Dataset()))
+        ds.update(series_attributes(series, counts.get(series.id, 0)))
+        ds.RetrieveURL = series_url(series.study.study_instance_uid, series.series_instance_uid)
+        rep = representative_instance(session, series_id=series.id)
+        add_from_file(ds, stored_path(storage_dir, rep) if rep else None, search.include)
         results.append(ds)
-    return _search_response(session, user, "series", results, search)
+    return _search_response(session, user, "series", results, search, more)
 
 
+@bp.get("/instances")
 @bp.get("/studies/<study_uid>/instances")
 @bp.get("/studies/<study_uid>/series/<series_uid>/instances")
 @require_roles()
-def search_for_instances(study_uid: str, series_uid: str | None = None) -> ResponseReturnValue:
+def search_for_instances(study_uid: str | None = None, series_uid: str | None = None) -> ResponseReturnValue:
+    """Instances of a series, a study, or every visible study; above the series level each result
+    also carries its series' (and across studies its study's) attributes (PS3.18 10.6.3.3)."""
     user, session = current_user(), request_session()
     search = _search_request("instance")
-    search.criteria.study_uids = [study_uid]
+    if study_uid is not None:
+        search.criteria.study_uids = [study_uid]
+    else:
+        search.include.extend(_DEFAULT_FIELDS["study"])
     if series_uid is not None:
         search.criteria.series_uids = [series_uid]
-    found = search_instances(session, search.criteria, visible_studies(user), limit=search.limit, offset=search.offset)
+    else:
+        search.include.extend(_DEFAULT_FIELDS["series"])
+    found = search_instances(session, search.criteria, visible_studies(user), limit=search.limit + 1, offset=search.offset)
+    more, found = len(found) > search.limit, found[: search.limit]
+    study_info = _study_info(session, {i.series.study for i in found}) if study_uid is None else {}
     storage_dir = _storage_dir()
     results = []
     for instance in found:
-        ds = instance_attributes(instance)
-        ds.RetrieveURL = _instance_url(instance)
-        if search.include:
-            add_from_file(ds, stored_path(storage_dir, instance), search.include)
+        ds = copy.deepcopy(study_info.get(instance.series.study_id, Dataset()))
+        if series_uid is None:
+            ds.update(series_attributes(instance.series, None))
+        ds.update(instance_attributes(instance))
+        ds.RetrieveURL = instance_url(instance)
+        add_from_file(ds, stored_path(storage_dir, instance), search.include)
         results.append(ds)
-    return _search_response(session, user, "instances", results, search)
+    return _search_response(session, user, "instances", results, search, more)
 
 
-def _search_response(session: Session, user: User, what: str, results: list[Dataset], search: _SearchRequest) -> Response:
+def _study_info(session: Session, studies: set[ImagingStudy]) -> dict[int, Dataset]:
+    """The study attributes of `studies` (without RetrieveURL, which names the series' or instance's resource)."""
+    counts = study_counts(session, [s.id for s in studies])
+    return {s.id: study_attributes(s, counts.get(s.id)) for s in studies}
+
+
+def _search_response(session: Session, user: User, what: str, results: list[Dataset], search: _SearchRequest,
+                     more: bool) -> Response:
     record_access(session, user, "E", "ImagingStudy", None, description=f"QIDO-RS {what} ({len(results)})")
     response = Response(json.dumps([ds.to_json_dict() for ds in results]), status=200, mimetype=DICOM_JSON)
+    warnings = []
     if search.ignored:
         # PS3.18 8.3.4.4: unsupported matching keys are ignored and the client is told.
-        response.headers["Warning"] = f'299 {request.host} "Matching is not supported on: {", ".join(search.ignored)[:200]}"'
+        warnings.append(f'299 {request.host} "Matching is not supported on: {", ".join(search.ignored)[:200]}"')
+    if search.limit_capped:
+        warnings.append(f'299 {request.host} "The limit is capped at {MAX_LIMIT} results per request"')
+    if more:
+        # PS3.18 8.3.4.5: the client learns there are more results to ask for with offset.
+        warnings.append(f'299 {request.host} "There are more results: ask again with offset={search.offset + search.limit}"')
+    if warnings:
+        response.headers["Warning"] = ", ".join(warnings)
     return response
-
-
-# ---------------------------------------------------------------------------------------------
-# WADO-RS
-# ---------------------------------------------------------------------------------------------
-
-
-def _instances_to_retrieve(
-    session: Session, user: User, study_uid: str, series_uid: str | None = None, instance_uid: str | None = None
-) -> tuple[ImagingStudy, list[ImagingInstance]]:
-    study = session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == study_uid))
-    if study is None:
-        raise NotFound(f"study {study_uid[:64]} does not exist")
-    ensure_patient_record_access(session, user, study.patient_id, "ImagingStudy", study.id)
-    ensure_study_visible(session, user, study)
-    statement = (
-        select(ImagingInstance)
-        .join(ImagingSeries, ImagingInstance.series_id == ImagingSeries.id)
-        .where(ImagingSeries.study_id == study.id)
-        .order_by(ImagingSeries.number, ImagingSeries.id, ImagingInstance.number, ImagingInstance.id)
-    )
-    if series_uid is not None:
-        statement = statement.where(ImagingSeries.series_instance_uid == series_uid)
-    if instance_uid is not None:
-        statement = statement.where(ImagingInstance.sop_instance_uid == instance_uid)
-    instances = list(session.scalars(statement))
-    if not instances:
-        raise NotFound("no such series or instance in this study")
-    return study, instances
-
-
-@bp.get("/studies/<study_uid>")
-@bp.get("/studies/<study_uid>/series/<series_uid>")
-@bp.get("/studies/<study_uid>/series/<series_uid>/instances/<instance_uid>")
-@require_roles()
-def retrieve_instance(study_uid: str, series_uid: str | None = None, instance_uid: str | None = None) -> ResponseReturnValue:
-    user, session = current_user(), request_session()
-    study, instances = _instances_to_retrieve(session, user, study_uid, series_uid, instance_uid)
-    _check_dicom_accept(request.headers.get("Accept", ""), {i.transfer_syntax_uid for i in instances})
-    storage_dir = _storage_dir()
-    files = [(stored_path(storage_dir, i), i.transfer_syntax_uid) for i in instances]
-    missing = [path.name for path, _ in files if not path.is_file()]
-    if missing:
-        logger.error("WADO-RS: %d indexed files missing, e.g. %s", len(missing), missing[0])
-        raise StorageUnavailable("some images of this request are not readable now", PROCESSING_FAILURE)
-    record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
-                  description=f"WADO-RS {len(files)} instances")
-    boundary = secrets.token_hex(16)
-    response = Response(_multipart_stream(files, boundary), status=200, direct_passthrough=True)
-    response.headers["Content-Type"] = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return response
-
-
-def _check_dicom_accept(accept: str, stored_syntaxes: set[str]) -> None:
-    """406 unless the Accept header admits application/dicom parts in the stored syntaxes."""
-    if not accept.strip():
-        return
-    for media_range in accept.split(","):
-        mimetype, params = parse_options_header(media_range)
-        mimetype = mimetype.lower()
-        if mimetype in ("*/*", "multipart/*"):
-            return
-        if mimetype == "multipart/related" and params.get("type", "application/dicom").lower() == "application/dicom":
-            syntax = params.get("transfer-syntax", "*")
-            if syntax == "*" or stored_syntaxes == {syntax}:
-                return
-    raise NotAcceptable(
-        'instances are served as multipart/related; type="application/dicom" in their stored transfer syntax '
-        f"({', '.join(sorted(stored_syntaxes))}); use transfer-syntax=*"
-    )
-
-
-def _multipart_stream(files: list[tuple[Path, str]], boundary: str) -> Iterator[bytes]:
-    for path, syntax in files:
-        yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
-               f"Content-Length: {path.stat().st_size}\r\n\r\n").encode("ascii")
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                yield chunk
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("ascii")
-
-
-@bp.get("/studies/<study_uid>/metadata")
-@bp.get("/studies/<study_uid>/series/<series_uid>/metadata")
-@bp.get("/studies/<study_uid>/series/<series_uid>/instances/<instance_uid>/metadata")
-@require_roles()
-def retrieve_metadata(study_uid: str, series_uid: str | None = None, instance_uid: str | None = None) -> ResponseReturnValue:
-    user, session = current_user(), request_session()
-    study, instances = _instances_to_retrieve(session, user, study_uid, series_uid, instance_uid)
-    storage_dir = _storage_dir()
-    documents = []
-    for instance in instances:
-        try:
-            header = pydicom.dcmread(stored_path(storage_dir, instance), stop_before_pixels=True)
-        except OSError as exc:
-            raise StorageUnavailable("an image of this request is not readable now", PROCESSING_FAILURE) from exc
-        document = header.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e, i=instance: _instance_url(i))
-        if instance.sop_class_uid and "00080016" not in document:
-            document["00080016"] = {"vr": "UI", "Value": [instance.sop_class_uid]}
-        documents.append(document)
-    record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
-                  description=f"WADO-RS metadata {len(documents)} instances")
-    return Response(json.dumps(documents), status=200, mimetype=DICOM_JSON)
-
-
-@bp.get("/studies/<study_uid>/series/<series_uid>/instances/<instance_uid>/rendered")
-@bp.get("/studies/<study_uid>/series/<series_uid>/instances/<instance_uid>/frames/<int:frame>/rendered")
-@require_roles()
-def retrieve_rendered(study_uid: str, series_uid: str, instance_uid: str, frame: int = 1) -> ResponseReturnValue:
-    user, session = current_user(), request_session()
-    mimetype = request.accept_mimetypes.best_match(["image/jpeg", "image/png"]) if request.headers.get("Accept") else "image/jpeg"
-    if mimetype is None:
-        raise NotAcceptable("rendered images are image/jpeg or image/png")
-    window = _window_parameter(request.args.get("window"))
-    quality = _quality_parameter(request.args.get("quality"))
-    study, instances = _instances_to_retrieve(session, user, study_uid, series_uid, instance_uid)
-    path = stored_path(_storage_dir(), instances[0])
-    try:
-        ds = pydicom.dcmread(path)
-    except OSError as exc:
-        raise StorageUnavailable("the image is not readable now", PROCESSING_FAILURE) from exc
-    image = render_frame(ds, frame, window)
-    record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
-                  description=f"WADO-RS rendered frame {frame}")
-    buffer = BytesIO()
-    if mimetype == "image/png":
-        image.save(buffer, format="PNG")
-    else:
-        image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(buffer, format="JPEG", quality=quality)
-    return Response(buffer.getvalue(), status=200, mimetype=mimetype)
-
-
-def _window_parameter(value: str | None) -> tuple[float, float] | None:
-    if not value:
-        return None
-    pieces = value.split(",")
-    try:
-        center, width = float(pieces[0]), float(pieces[1])
-    except (ValueError, IndexError) as exc:
-        raise InvalidInput(f"window is 'center,width[,function]', got {value[:40]!r}") from exc
-    if width <= 0:
-        raise InvalidInput("window width must be positive")
-    return center, width
-
-
-def _quality_parameter(value: str | None) -> int:
-    if not value:
-        return 90
-    try:
-        quality = int(value)
-    except ValueError as exc:
-        raise InvalidInput(f"quality is 1..100, got {value[:20]!r}") from exc
-    if not 1 <= quality <= 100:
-        raise InvalidInput(f"quality is 1..100, got {quality}")
-    return quality
-
-
-def render_frame(ds: Dataset, frame: int, window: tuple[float, float] | None) -> Image.Image:
-    """One frame as an 8-bit image: modality LUT, then the requested, stored or full-range window."""
-    if "PixelData" not in ds:
-        raise UnprocessableEntity("this instance has no pixel data to render")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not 1 <= frame <= frames:
-        raise NotFound(f"frame {frame} does not exist; the instance has {frames}")
-    try:
-        pixels = ds.pixel_array
-    except (ValueError, TypeError, RuntimeError, NotImplementedError, AttributeError) as exc:
-        raise UnprocessableEntity(f"the pixel data cannot be decoded ({type(exc).__name__})") from exc
-    if frames > 1:
-        pixels = pixels[frame - 1]
-    if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-    center, width = window or _stored_window(ds) or _full_range(values)
-    low = center - width / 2
-    scaled = np.clip((values - low) / width * 255.0, 0, 255)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        scaled = 255.0 - scaled
-    return Image.fromarray(scaled.astype(np.uint8), mode="L")
-
-
-def _stored_window(ds: Dataset) -> tuple[float, float] | None:
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is None or width is None:
-        return None
-    try:
-        c = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        w = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-    except (TypeError, ValueError):
-        return None
-    return (c, w) if w > 0 else None
-
-
-def _full_range(values: np.ndarray) -> tuple[float, float]:
-    low, high = float(values.min()), float(values.max())
-    return (low + high) / 2, max(high - low, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,21 +446,5 @@ def _storage_dir() -> Path:
     return Path(current_app.config["DICOM_STORAGE_DIR"])
 
 
-def _study_url(study_uid: str) -> str:
-    return url_for("dicomweb.retrieve_instance", study_uid=study_uid, _external=True)
-
-
-def _series_url(study_uid: str, series_uid: str) -> str:
-    return url_for("dicomweb.retrieve_instance", study_uid=study_uid, series_uid=series_uid, _external=True)
-
-
-def _instance_url(instance: ImagingInstance) -> str:
-    return url_for(
-        "dicomweb.retrieve_instance", study_uid=instance.series.study.study_instance_uid,
-        series_uid=instance.series.series_instance_uid, instance_uid=instance.sop_instance_uid, _external=True,
-    )
-
-
 def _dicom_json(ds: Dataset, status: int) -> Response:
     return Response(json.dumps(ds.to_json_dict()), status=status, mimetype=DICOM_JSON)
-
