@@ -16,10 +16,11 @@ from hospital.web import add_nav_link
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     fhir.register_fhir(app)
-    app.extensions["hospital.seeders"].append(seed.seed_pharmacy_stock)
+    app.extensions["hospital.seeders"].extend((seed.seed_formulary, seed.seed_pharmacy_stock))
     register_periodic(app, "followup.jobs.process_due_followups", app.config["FOLLOWUP_CHECK_SECONDS"])
     subscribe(app, ReportSigned, "followup.jobs.open_consultation_for_report")
     register_patient_scope(app, Role.CLINICIAN, service.consulted_patient_ids)
     register_patient_scope(app, Role.PHARMACIST, service.pharmacy_patient_ids)
     add_nav_link(app, "Consultations", "followup.consultations_page", Role.CLINICIAN, Role.PATIENT)
     add_nav_link(app, "Dispense queue", "followup.dispense_queue_page", Role.PHARMACIST)
+    add_nav_link(app, "Stock", "followup.stock_page", Role.PHARMACIST)
