@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy.orm import Session
 
+from followup.formulary import ATC_SYSTEM, RXNORM_SYSTEM
 from followup.models import (
     CarePlan,
     Consultation,
@@ -25,6 +26,7 @@ from followup.models import (
     Message,
     TaskStatus,
 )
+from followup.pharmacy import return_to_prescriber
 from followup.service import Prescription, prescribe, send_message, update_task_status
 from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.fhir.registry import (
@@ -51,7 +53,11 @@ ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 ACT_PRIORITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActPriority"
 PARTICIPATION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 TASK_KIND_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/followup-task-kind"
+# The code system of prescriptions written before the formulary (their code is whatever was typed).
 MEDICATION_CATALOG_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/medication-catalog"
+STATUS_REASON_SYSTEM = "http://terminology.hl7.org/CodeSystem/medicationrequest-status-reason"
+# A prescription the pharmacy returns to its prescriber needs their clarification.
+NEEDS_CLARIFICATION = {"system": STATUS_REASON_SYSTEM, "code": "clarif", "display": "Prescription requires clarification"}
 
 VIRTUAL_CLASS = {"system": ACT_CODE_SYSTEM, "code": "VR", "display": "virtual"}
 ACT_PRIORITY = {
@@ -128,17 +134,22 @@ def task_to_fhir(task: FollowUpTask) -> dict[str, Any]:
     }
 
 
-def medication_concept(code: str, display: str) -> dict[str, Any]:
-    return {"coding": [{"system": MEDICATION_CATALOG_SYSTEM, "code": code, "display": display}], "text": display}
+def medication_concept(request: MedicationRequest) -> dict[str, Any]:
+    system = request.medication_system or MEDICATION_CATALOG_SYSTEM
+    display = request.medication_display
+    return {"coding": [{"system": system, "code": request.medication_code, "display": display}], "text": display}
 
 
 def medication_request_to_fhir(request: MedicationRequest) -> dict[str, Any]:
+    status = MedicationRequestStatus(request.status)
+    returned = status is MedicationRequestStatus.ON_HOLD and request.status_reason
     return {
         "resourceType": "MedicationRequest",
         "id": str(request.id),
-        "status": MedicationRequestStatus(request.status).value,
+        "status": status.value,
+        "statusReason": {"coding": [NEEDS_CLARIFICATION], "text": request.status_reason} if returned else None,
         "intent": "order",
-        "medicationCodeableConcept": medication_concept(request.medication_code, request.medication_display),
+        "medicationCodeableConcept": medication_concept(request),
         "subject": reference("Patient", request.patient_id),
         "encounter": reference("Encounter", request.consultation_id),
         "authoredOn": fhir_instant(request.created_at),
@@ -157,15 +168,15 @@ def prescription_from_fhir(resource: dict[str, Any]) -> tuple[int, Prescription]
     concept = resource.get("medicationCodeableConcept")
     if not isinstance(concept, dict):
         raise InvalidInput("MedicationRequest.medicationCodeableConcept is required (medicationReference is not supported)")
-    code = coding_code(concept, MEDICATION_CATALOG_SYSTEM) or coding_code(concept) or ""
-    display = next((c.get("display") for c in concept.get("coding") or [] if c.get("code") == code), None)
+    # The formulary's own systems first; a bare code is looked up in the formulary all the same.
+    code = (coding_code(concept, ATC_SYSTEM) or coding_code(concept, RXNORM_SYSTEM)
+            or coding_code(concept, MEDICATION_CATALOG_SYSTEM) or coding_code(concept) or "")
     dispense_request = resource.get("dispenseRequest") or {}
     quantity = (dispense_request.get("quantity") or {}).get("value")
     if quantity is None or float(quantity) != int(float(quantity)):
         raise InvalidInput("MedicationRequest.dispenseRequest.quantity.value must be a whole number")
     return referenced_id(resource, "encounter", "Encounter"), Prescription(
         medication_code=code,
-        medication_display=display or concept.get("text") or code,
         dosage_text=" ".join(d.get("text", "") for d in resource.get("dosageInstruction") or []).strip(),
         quantity=int(float(quantity)),
         refills=int(dispense_request.get("numberOfRepeatsAllowed") or 0),
@@ -178,6 +189,23 @@ def create_medication_request(session: Session, user: User, resource: dict[str, 
         raise InvalidInput("a new MedicationRequest must be an active order")
     consultation_id, prescription = prescription_from_fhir(resource)
     return prescribe(session, user, consultation_id, prescription)
+
+
+def update_medication_request(
+    session: Session, user: User, request: MedicationRequest, resource: dict[str, Any]
+) -> MedicationRequest:
+    """The one change a client makes to a prescription through FHIR: the pharmacy returns it to the
+    prescriber (status `on-hold` with a statusReason saying why), through the same service as the page."""
+    if resource.get("status") != "on-hold":
+        raise UnprocessableEntity("a MedicationRequest can only be put on-hold (returned to the prescriber, with a "
+                                  "statusReason) through update")
+    for field in ("dosageInstruction", "dispenseRequest", "medicationCodeableConcept"):
+        if field in resource and resource[field] != medication_request_to_fhir(request).get(field):
+            raise UnprocessableEntity(f"MedicationRequest.{field} cannot be changed; only status and statusReason")
+    status_reason = resource.get("statusReason") or {}
+    reason = status_reason.get("text") or next(
+        (c.get("display") for c in status_reason.get("coding") or [] if c.get("display")), "")
+    return return_to_prescriber(session, user, request.id, str(reason))
 
 
 def update_task(session: Session, user: User, task: FollowUpTask, resource: dict[str, Any]) -> FollowUpTask:
@@ -204,7 +232,7 @@ def medication_dispense_to_fhir(dispense: MedicationDispense) -> dict[str, Any]:
         "resourceType": "MedicationDispense",
         "id": str(dispense.id),
         "status": "completed",
-        "medicationCodeableConcept": medication_concept(request.medication_code, request.medication_display),
+        "medicationCodeableConcept": medication_concept(request),
         "subject": reference("Patient", dispense.patient_id),
         "context": reference("Encounter", request.consultation_id),
         "performer": [{"actor": actor}],
@@ -332,12 +360,13 @@ def register_fhir(app: Flask) -> None:
                 "_id": id_param(MedicationRequest.id),
                 "patient": request_patient,
                 "subject": request_patient,
-                "status": token_param(MedicationRequest.status, "active | completed | cancelled"),
+                "status": token_param(MedicationRequest.status, "active | on-hold | completed | cancelled"),
                 "encounter": reference_param(MedicationRequest.consultation_id, "Encounter", "The consultation"),
                 "requester": reference_param(MedicationRequest.prescriber_id, "Practitioner", "The prescriber"),
                 "authoredon": date_param(MedicationRequest.created_at, "When it was prescribed"),
             },
             create=create_medication_request,
+            update=update_medication_request,
         ),
     )
     dispense_patient = patient_reference_param(MedicationDispense.patient_id)

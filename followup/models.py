@@ -4,7 +4,7 @@ and prescriptions (MedicationRequest) with their dispenses."""
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -120,8 +120,24 @@ class Notification(Base):
 
 class MedicationRequestStatus(str, enum.Enum):
     ACTIVE = "active"
+    # Returned to the prescriber by the pharmacy: halted until the prescriber acts (`status_reason`).
+    ON_HOLD = "on-hold"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+
+
+class FormularyItem(Base):
+    """One coded medicinal product (ATC or RxNorm) the pharmacies stock and clinicians may
+    prescribe. Prescriptions and stock name it by `code`; ATC codes are letters and digits,
+    RxNorm codes digits only, so one code names one item whatever its system."""
+
+    __tablename__ = "formulary_item"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    system: Mapped[str] = mapped_column(String(100))
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    display: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(default=True)
 
 
 class MedicationRequest(Base):
@@ -132,7 +148,9 @@ class MedicationRequest(Base):
     patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
     prescriber_id: Mapped[int] = mapped_column(ForeignKey("practitioner.id"))
     pharmacy_organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"), index=True)
-    medication_code: Mapped[str] = mapped_column(String(64))  # catalog code, e.g. an ATC code
+    medication_code: Mapped[str] = mapped_column(String(64))  # a formulary item's code (older rows: free text)
+    # The code system of the formulary item (ATC, RxNorm); None on rows written before the formulary.
+    medication_system: Mapped[str | None] = mapped_column(String(100))
     medication_display: Mapped[str] = mapped_column(String(200))
     dosage_text: Mapped[str] = mapped_column(Text)
     quantity: Mapped[int]
@@ -140,6 +158,8 @@ class MedicationRequest(Base):
     status: Mapped[MedicationRequestStatus] = mapped_column(
         enum_column(MedicationRequestStatus), default=MedicationRequestStatus.ACTIVE
     )
+    # Why the pharmacy returned it to the prescriber (FHIR statusReason text), when on hold.
+    status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     patient: Mapped[Patient] = relationship()
@@ -147,17 +167,22 @@ class MedicationRequest(Base):
     dispenses: Mapped[list[MedicationDispense]] = relationship(back_populates="request", order_by="MedicationDispense.id")
 
 
-class PharmacyStock(Base):
-    """Units of one medication on hand at one pharmacy. Dispensing decrements it with a guarded
-    UPDATE, so two pharmacists racing for the last unit cannot both succeed."""
+class StockLot(Base):
+    """Units of one lot of one formulary item on hand at one pharmacy, with the lot's expiry date
+    (the last day it may be used; None only for stock recorded before lots were). Dispensing
+    takes from lots in date, the one that expires first first, under row locks, so two
+    pharmacists racing for the last unit cannot both succeed."""
 
-    __tablename__ = "pharmacy_stock"
-    __table_args__ = (UniqueConstraint("pharmacy_organization_id", "medication_code"),)
+    __tablename__ = "pharmacy_stock_lot"
+    __table_args__ = (UniqueConstraint("pharmacy_organization_id", "medication_code", "lot_number"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     pharmacy_organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
     medication_code: Mapped[str] = mapped_column(String(64))
+    lot_number: Mapped[str] = mapped_column(String(64))
+    expires_on: Mapped[date | None]
     quantity_on_hand: Mapped[int] = mapped_column(default=0)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -4,6 +4,7 @@ pharmacist's pages."""
 from __future__ import annotations
 
 import logging
+from datetime import date
 from typing import Any
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
@@ -11,6 +12,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from ai_services.public import report_summary
+from followup.formulary import find_formulary_item, formulary_items, system_label
 from followup.models import (
     CarePlan,
     Consultation,
@@ -18,25 +20,34 @@ from followup.models import (
     MedicationDispense,
     MedicationRequest,
     Message,
-    PharmacyStock,
+    StockLot,
+)
+from followup.pharmacy import (
+    Delivery,
+    dispense,
+    dispense_queue,
+    remaining_to_dispense,
+    restock,
+    return_to_prescriber,
+    review_dispense,
+    stock_lines,
 )
 from followup.planning import apply_template, overdue_tasks
 from followup.service import (
+    CLOSED_CONSULTATION,
     Prescription,
-    dispense,
-    dispense_queue,
     finish_consultation,
     get_consultation,
     list_consultations,
     list_messages,
     prescribe,
     prescriptions_for_consultation,
-    restock,
     send_message,
     unread_message_counts,
 )
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
+from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import Organization, OrganizationKind, Role
@@ -74,7 +85,8 @@ def medication_request_json(med: MedicationRequest) -> dict[str, Any]:
     return {
         "id": med.id, "consultation_id": med.consultation_id, "patient_id": med.patient_id,
         "medication_code": med.medication_code, "medication_display": med.medication_display,
-        "dosage_text": med.dosage_text, "quantity": med.quantity, "refills": med.refills, "status": med.status.value,
+        "medication_system": med.medication_system, "dosage_text": med.dosage_text, "quantity": med.quantity,
+        "refills": med.refills, "status": med.status.value, "status_reason": med.status_reason,
         "dispensed": sum(d.quantity for d in med.dispenses), "fhir": f"MedicationRequest/{med.id}",
     }
 
@@ -116,7 +128,6 @@ def create_prescription(consultation_id: int) -> ResponseReturnValue:
     data = json_body()
     prescription = Prescription(
         medication_code=required(data, "medication_code"),
-        medication_display=str(data.get("medication_display") or ""),
         dosage_text=required(data, "dosage_text"),
         quantity=required(data, "quantity", int),
         refills=int(data.get("refills") or 0),
@@ -195,24 +206,39 @@ def post_message(consultation_id: int) -> ResponseReturnValue:
     return jsonify(payload), 201
 
 
+@bp.post("/api/medication-requests/<int:request_id>/return")
+@require_roles(Role.PHARMACIST)
+def return_request(request_id: int) -> ResponseReturnValue:
+    reason = required(json_body(), "reason")
+    session = request_session()
+    med = return_to_prescriber(session, current_user(), request_id, reason)
+    payload = medication_request_json(med)
+    return jsonify(payload)
+
+
+def lot_json(lot: StockLot) -> dict[str, Any]:
+    return {"lot_number": lot.lot_number, "expires_on": lot.expires_on.isoformat() if lot.expires_on else None,
+            "quantity_on_hand": lot.quantity_on_hand}
+
+
 @bp.get("/api/pharmacy/stock")
 @require_roles(Role.PHARMACIST)
 def stock() -> ResponseReturnValue:
-    user = current_user()
-    rows = request_session().scalars(
-        select(PharmacyStock).where(PharmacyStock.pharmacy_organization_id == user.organization_id)
-        .order_by(PharmacyStock.medication_code)
-    )
-    return jsonify([{"medication_code": r.medication_code, "quantity_on_hand": r.quantity_on_hand} for r in rows])
+    """Per code: units in date (what can be dispensed), units expired, and each lot."""
+    lines = stock_lines(request_session(), current_user())
+    return jsonify([{"medication_code": line.medication_code, "quantity_on_hand": line.in_date,
+                     "expired": line.expired, "lots": [lot_json(lot) for lot in line.lots]} for line in lines])
 
 
 @bp.post("/api/pharmacy/stock")
 @require_roles(Role.PHARMACIST)
 def add_stock() -> ResponseReturnValue:
     data = json_body()
+    delivery = Delivery(medication_code=required(data, "medication_code"), lot_number=required(data, "lot_number"),
+                        quantity=required(data, "quantity", int), expires_on=_iso_date(required(data, "expires_on")))
     session = request_session()
-    row = restock(session, current_user(), required(data, "medication_code"), required(data, "quantity", int))
-    payload = {"medication_code": row.medication_code, "quantity_on_hand": row.quantity_on_hand}
+    lot = restock(session, current_user(), delivery)
+    payload = {"medication_code": lot.medication_code, **lot_json(lot)}
     return jsonify(payload), 201
 
 
@@ -226,22 +252,82 @@ def consultations_page() -> ResponseReturnValue:
     return render_template("followup/consultations.html", consultations=found, plans=plans, unread=unread)
 
 
-@bp.route("/dispense", methods=["GET", "POST"])
+@bp.get("/dispense")
 @require_roles(Role.PHARMACIST)
 def dispense_queue_page() -> ResponseReturnValue:
+    session = request_session()
+    found = dispense_queue(session, current_user())
+    known = {m.medication_code for m in found if find_formulary_item(session, m.medication_code) is not None}
+    on_hand = {line.medication_code: line.in_date for line in stock_lines(session, current_user())}
+    return render_template("followup/dispense_queue.html", requests=found, known=known, on_hand=on_hand,
+                           remaining={m.id: remaining_to_dispense(m) for m in found})
+
+
+@bp.route("/dispense/<int:request_id>", methods=["GET", "POST"])
+@require_roles(Role.PHARMACIST)
+def dispense_page(request_id: int) -> ResponseReturnValue:
+    """GET: what is about to be handed over, to confirm (nothing changes); POST: hand it over."""
     session = request_session()
     user = current_user()
     if request.method == "POST":
 
         def hand_over() -> str:
-            record = dispense(session, user, request.form.get("request_id", type=int) or 0)
-            return (f"Dispensed {record.quantity} × {record.request.medication_display} "
-                    f"to {record.request.patient.display_name}.")
+            record = dispense(session, user, request_id, _form_count(request.form.get("quantity"), "quantity"))
+            med = record.request
+            left = remaining_to_dispense(med)
+            rest = f"; {left} still to supply." if left else "."
+            return f"Dispensed {record.quantity} × {med.medication_display} to {med.patient.display_name}{rest}"
 
         form_action(session, hand_over)
         return redirect(url_for("followup.dispense_queue_page"))
-    found = dispense_queue(session, user)
-    return render_template("followup/dispense_queue.html", requests=found)
+    med = review_dispense(session, user, request_id)
+    left = remaining_to_dispense(med)
+    quantity = request.args.get("quantity", type=int) or min(med.quantity, left)
+    return render_template("followup/dispense_confirm.html", med=med, quantity=quantity, remaining=left)
+
+
+@bp.route("/dispense/<int:request_id>/return", methods=["GET", "POST"])
+@require_roles(Role.PHARMACIST)
+def return_page(request_id: int) -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    if request.method == "POST":
+        if form_action(session, lambda: _return(session, request_id, request.form.get("reason", ""))):
+            return redirect(url_for("followup.dispense_queue_page"))
+    med = review_dispense(session, user, request_id)
+    posted = request.method == "POST"
+    page = render_template("followup/return_confirm.html", med=med, reason=request.form.get("reason", "") if posted
+                           else request.args.get("reason", ""), known=find_formulary_item(session, med.medication_code))
+    return page, 422 if posted else 200
+
+
+def _return(session: Any, request_id: int, reason: str) -> str:
+    med = return_to_prescriber(session, current_user(), request_id, reason)
+    return f"Prescription {med.id} returned to the prescriber."
+
+
+@bp.route("/pharmacy/stock", methods=["GET", "POST"])
+@require_roles(Role.PHARMACIST)
+def stock_page() -> ResponseReturnValue:
+    session = request_session()
+    user = current_user()
+    posted = request.method == "POST"
+    if posted:
+        form = request.form
+
+        def receive() -> str:
+            lot = restock(session, user, Delivery(
+                medication_code=form.get("medication_code", ""), lot_number=form.get("lot_number", ""),
+                quantity=_form_count(form.get("quantity"), "quantity"), expires_on=_iso_date(form.get("expires_on"))))
+            item = find_formulary_item(session, lot.medication_code)
+            name = item.display if item else lot.medication_code
+            return f"Received {form.get('quantity')} × {name}, lot {lot.lot_number}; {lot.quantity_on_hand} in this lot."
+
+        if form_action(session, receive):
+            return redirect(url_for("followup.stock_page"))
+    page = render_template("followup/stock.html", lines=stock_lines(session, user), items=formulary_items(session),
+                           today=utcnow().date(), system_label=system_label, form=request.form if posted else {})
+    return page, 422 if posted else 200
 
 
 @bp.route("/consultations/<int:consultation_id>", methods=["GET", "POST"])
@@ -261,7 +347,6 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
                 return "Consultation finished; the visit task is marked done."
             med = prescribe(session, user, consultation_id, Prescription(
                 medication_code=form.get("medication_code", ""),
-                medication_display=form.get("medication_display", ""),
                 dosage_text=form.get("dosage_text", ""),
                 quantity=_form_count(form.get("quantity"), "quantity"),
                 refills=_form_count(form.get("refills") or "0", "refills"),
@@ -285,6 +370,8 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
             select(Organization).where(Organization.kind == OrganizationKind.PHARMACY).order_by(Organization.name)
         ).all(),
         can_act=user.role is Role.CLINICIAN and found.practitioner_id == user.practitioner_id,
+        can_prescribe=found.status not in CLOSED_CONSULTATION,
+        formulary=formulary_items(session), system_label=system_label,
         posted=posted, form=request.form if posted else {},
     )
     return page, 422 if posted else 200
@@ -294,3 +381,10 @@ def _form_count(value: str | None, label: str) -> int:
     if value is None or not value.strip().isdigit():
         raise InvalidInput(f"{label} must be a whole number")
     return int(value)
+
+
+def _iso_date(value: object) -> date:
+    try:
+        return date.fromisoformat(str(value or "").strip())
+    except ValueError:
+        raise InvalidInput(f"the expiry date must be a date (YYYY-MM-DD), not {str(value)[:32]!r}") from None

@@ -1,26 +1,24 @@
-"""Care after a signed report: the consultation, the follow-up plan, prescriptions and the
-pharmacy's dispense."""
+"""Care after a signed report: the consultation, the follow-up plan and prescriptions (the
+pharmacy's side, dispensing and stock, is `followup.pharmacy`)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from ai_services.public import report_summary
-from followup.events import ConsultationFinished, MedicationDispensed
+from followup.events import ConsultationFinished
+from followup.formulary import formulary_item
 from followup.models import (
     CarePlan,
     Consultation,
     ConsultationStatus,
     FollowUpTask,
-    MedicationDispense,
     MedicationRequest,
-    MedicationRequestStatus,
     Message,
-    PharmacyStock,
     TaskStatus,
 )
 from followup.planning import TaskTemplate, add_tasks
@@ -210,116 +208,43 @@ def opened_by_ai_finding(session: Session, consultation: Consultation) -> bool:
 
 @dataclass(frozen=True)
 class Prescription:
+    """What a prescriber asks for; the medication is a formulary item's code (its name and code
+    system come from the formulary)."""
+
     medication_code: str
-    medication_display: str
     dosage_text: str
     quantity: int
     refills: int
     pharmacy_organization_id: int
 
 
+# A prescription is written during the visit; a closed one is refused, not silently reopened.
+CLOSED_CONSULTATION = frozenset({ConsultationStatus.FINISHED, ConsultationStatus.CANCELLED})
+
+
 def prescribe(session: Session, user: User, consultation_id: int, prescription: Prescription) -> MedicationRequest:
     consultation = _own_consultation(session, user, consultation_id)
+    if consultation.status in CLOSED_CONSULTATION:
+        raise Conflict(f"consultation {consultation.id} is {consultation.status.value}: prescribe in an open consultation")
     if prescription.quantity < 1 or prescription.refills < 0:
         raise InvalidInput("quantity must be at least 1 and refills not negative")
     if not prescription.medication_code.strip() or not prescription.dosage_text.strip():
-        raise InvalidInput("a medication code and dosage instructions are required")
+        raise InvalidInput("a medication from the formulary and dosage instructions are required")
+    item = formulary_item(session, prescription.medication_code)
     pharmacy = session.get(Organization, prescription.pharmacy_organization_id)
     if pharmacy is None or pharmacy.kind is not OrganizationKind.PHARMACY:
         raise InvalidInput(f"organization {prescription.pharmacy_organization_id} is not a pharmacy")
     assert user.practitioner_id is not None  # checked by _own_consultation
     request = MedicationRequest(
         consultation_id=consultation.id, patient_id=consultation.patient_id, prescriber_id=user.practitioner_id,
-        pharmacy_organization_id=pharmacy.id, medication_code=prescription.medication_code.strip(),
-        medication_display=prescription.medication_display.strip() or prescription.medication_code.strip(),
-        dosage_text=prescription.dosage_text.strip(), quantity=prescription.quantity, refills=prescription.refills,
+        pharmacy_organization_id=pharmacy.id, medication_code=item.code, medication_system=item.system,
+        medication_display=item.display, dosage_text=prescription.dosage_text.strip(), quantity=prescription.quantity,
+        refills=prescription.refills,
     )
     session.add(request)
     session.flush()
     record_access(session, user, "C", "MedicationRequest", request.id, patient_id=consultation.patient_id)
     return request
-
-
-class OutOfStock(Conflict):
-    """The pharmacy does not hold enough of the medication to dispense."""
-
-
-def take_from_stock(session: Session, pharmacy_id: int | None, medication_code: str, amount: int) -> None:
-    """Decrement stock only if enough is on hand, in one guarded UPDATE (safe under races)."""
-    result = session.execute(
-        update(PharmacyStock)
-        .where(PharmacyStock.pharmacy_organization_id == pharmacy_id, PharmacyStock.medication_code == medication_code,
-               PharmacyStock.quantity_on_hand >= amount)
-        .values(quantity_on_hand=PharmacyStock.quantity_on_hand - amount, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        on_hand = session.scalar(select(PharmacyStock.quantity_on_hand).where(
-            PharmacyStock.pharmacy_organization_id == pharmacy_id, PharmacyStock.medication_code == medication_code))
-        raise OutOfStock(f"out of stock: {medication_code} has {on_hand or 0} unit(s) on hand, {amount} needed")
-
-
-def restock(session: Session, user: User, medication_code: str, quantity: int) -> PharmacyStock:
-    """A pharmacist records a delivery to their pharmacy."""
-    if user.role is not Role.PHARMACIST or user.organization_id is None:
-        raise Forbidden("only a pharmacist restocks their pharmacy")
-    if quantity < 1:
-        raise InvalidInput("a delivery adds at least one unit")
-    stock = session.scalar(select(PharmacyStock).where(
-        PharmacyStock.pharmacy_organization_id == user.organization_id, PharmacyStock.medication_code == medication_code
-    ).with_for_update())
-    if stock is None:
-        stock = PharmacyStock(pharmacy_organization_id=user.organization_id, medication_code=medication_code, quantity_on_hand=0)
-        session.add(stock)
-    stock.quantity_on_hand += quantity
-    session.flush()
-    return stock
-
-
-def dispense_queue(session: Session, user: User) -> list[MedicationRequest]:
-    if user.role is not Role.PHARMACIST:
-        raise Forbidden("the dispense queue is for pharmacists")
-    found = list(session.scalars(
-        select(MedicationRequest)
-        .where(MedicationRequest.pharmacy_organization_id == user.organization_id,
-               MedicationRequest.status == MedicationRequestStatus.ACTIVE)
-        .order_by(MedicationRequest.created_at)
-    ))
-    record_access(session, user, "E", "MedicationRequest", None, description=f"dispense queue ({len(found)})")
-    return found
-
-
-def dispense(session: Session, user: User, request_id: int, quantity: int | None = None) -> MedicationDispense:
-    """Hand over medication; the request completes once the prescribed fills are all dispensed."""
-    if user.role is not Role.PHARMACIST:
-        raise Forbidden("only a pharmacist can dispense")
-    request = session.get(MedicationRequest, request_id, with_for_update=True)
-    if request is None:
-        raise NotFound(f"medication request {request_id} does not exist")
-    if request.pharmacy_organization_id != user.organization_id:
-        raise Forbidden("this prescription was sent to another pharmacy")
-    if request.status is not MedicationRequestStatus.ACTIVE:
-        raise Conflict(f"a prescription that is {request.status.value} cannot be dispensed")
-    amount = request.quantity if quantity is None else quantity
-    allowed_total = request.quantity * (1 + request.refills)
-    already = sum(d.quantity for d in request.dispenses)
-    if amount < 1 or already + amount > allowed_total:
-        raise InvalidInput(f"can dispense 1..{allowed_total - already} more of this prescription, not {amount}")
-    take_from_stock(session, request.pharmacy_organization_id, request.medication_code, amount)
-    record = MedicationDispense(request_id=request.id, patient_id=request.patient_id, quantity=amount, dispensed_by_user_id=user.id)
-    session.add(record)
-    if already + amount == allowed_total:
-        request.status = MedicationRequestStatus.COMPLETED
-    session.flush()
-    record_access(session, user, "C", "MedicationDispense", record.id, patient_id=request.patient_id)
-    consultation = session.get(Consultation, request.consultation_id) if request.consultation_id else None
-    publish(session, MedicationDispensed(
-        dispense_id=record.id, patient_id=record.patient_id, pharmacy_organization_id=request.pharmacy_organization_id,
-        medication_code=request.medication_code, quantity=record.quantity,
-        dispensed_at=iso_instant(record.dispensed_at),
-        ai_attributed=consultation is not None and opened_by_ai_finding(session, consultation),
-    ))
-    return record
 
 
 def consulted_patient_ids(user: User) -> Select[tuple[int]]:

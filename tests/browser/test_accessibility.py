@@ -58,6 +58,10 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         consultation_id = consultation.id
         signed_referral = f"/referrals/{report.referral_id}"
     booked_referral = f"/referrals/{appointment['referral_id']}"
+    # A prescription in the pharmacy's queue: its confirmation and return pages are audited too.
+    prescription = site.api("POST", f"/api/consultations/{consultation_id}/prescriptions", site.token("clinician"), {
+        "medication_code": "J01CA04", "dosage_text": "One capsule three times daily", "quantity": 2,
+        "pharmacy_organization_id": site.demo.pharmacy.id})
     # A radiologist's emergency access: the admin review page lists it, their page shows it open.
     site.api("POST", "/api/emergency-access", token=site.token("radiologist"),
              body={"patient_id": site.demo.patient.id, "reason": "collapsed in the waiting room, prior imaging needed"})
@@ -70,7 +74,7 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page",
                   f"/admin/centres/{site.demo.imaging_centre.id}", "/admin/users/new",
                   f"/admin/users/{site.demo.users['clinician'].id}"],
-        "pharmacist": [],
+        "pharmacist": [f"/dispense/{prescription['id']}?quantity=1", f"/dispense/{prescription['id']}/return"],
     }
 
 

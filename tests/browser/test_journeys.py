@@ -157,8 +157,8 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(card).to_contain_text("urgent")
     card.get_by_role("link", name="Open, prescribe or finish").click()
     expect(clinician.locator("#plan")).to_contain_text("Repeat CT chest")
-    clinician.get_by_label("Medication code").fill("J01CA04")  # priced in the demo catalog, so the dispense is billed
-    clinician.get_by_label("Medication name").fill("Amoxicillin 500 mg capsules, pack of 21")
+    # From the formulary; priced in the demo catalog, so the dispense is billed.
+    clinician.get_by_label("Medication").select_option(label="Amoxicillin 500 mg capsules, pack of 21 (ATC J01CA04)")
     clinician.get_by_label("Dosage instructions").fill("One capsule three times daily for 7 days")
     clinician.get_by_label("Quantity").fill("1")
     clinician.get_by_role("button", name="Send prescription").click()
@@ -177,6 +177,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(pharmacist.locator("#dispense-queue")).to_contain_text("Amoxicillin")
     screenshot(pharmacist, "pharmacist-queue")
     pharmacist.locator("#dispense-queue").get_by_role("button", name=re.compile("Dispense prescription")).click()
+    pharmacist.get_by_role("button", name="Confirm: dispense 1").click()
     expect(flash(pharmacist)).to_have_text("Dispensed 1 × Amoxicillin 500 mg capsules, pack of 21 to Alex Rivera.")
     expect(pharmacist.locator(".empty")).to_contain_text("Nothing to dispense")
 

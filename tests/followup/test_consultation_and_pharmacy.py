@@ -9,8 +9,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ai_services.models import ReportStatus, ReviewStatus
-from followup.models import Consultation, FollowUpTask, PharmacyStock
-from followup.service import OutOfStock, Prescription, dispense, open_consultation, prescribe
+from followup.models import Consultation, FollowUpTask, StockLot
+from followup.pharmacy import OutOfStock, dispense
+from followup.service import Prescription, open_consultation, prescribe
 from hospital.db import get_db
 from hospital.models import JobRecord, User
 from hospital.seed import DemoSeed, seed_demo
@@ -77,7 +78,8 @@ def test_out_of_stock_is_a_clear_error_and_restock_fixes_it(as_role: Any, db_ses
     refused = pharmacist.post(f"/api/medication-requests/{med['id']}/dispense", json={})
     assert refused.status_code == 409
     assert refused.get_json()["detail"] == "out of stock: N02BE01 has 0 unit(s) on hand, 3 needed"
-    assert pharmacist.post("/api/pharmacy/stock", json={"medication_code": "N02BE01", "quantity": 3}).status_code == 201
+    assert pharmacist.post("/api/pharmacy/stock", json={"medication_code": "N02BE01", "quantity": 3, "lot_number": "P-1",
+                                                        "expires_on": "2999-12-31"}).status_code == 201
     assert pharmacist.post(f"/api/medication-requests/{med['id']}/dispense", json={}).status_code == 201
     stock = {s["medication_code"]: s["quantity_on_hand"] for s in pharmacist.get("/api/pharmacy/stock").get_json()}
     assert stock["N02BE01"] == 0 and stock["J01CA04"] == 100
@@ -91,8 +93,8 @@ def test_two_pharmacists_racing_for_the_last_unit(live_database: str, tmp_path: 
         consultation_id = signed_consultation(session, demo, (10, 10, 14, 14))
         clinician = demo.users["clinician"]
         request_ids = [prescribe(session, clinician, consultation_id, Prescription(
-            "R05DA01", "Codeine", "as needed", 1, 0, demo.pharmacy.id)).id for _ in range(2)]
-        session.execute(update(PharmacyStock).where(PharmacyStock.medication_code == "R05DA01").values(quantity_on_hand=1))
+            "R05DA01", "as needed", 1, 0, demo.pharmacy.id)).id for _ in range(2)]
+        session.execute(update(StockLot).where(StockLot.medication_code == "R05DA01").values(quantity_on_hand=1))
         pharmacist_id = demo.users["pharmacist"].id
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
@@ -119,7 +121,7 @@ def test_two_pharmacists_racing_for_the_last_unit(live_database: str, tmp_path: 
         t.join(timeout=30)
     assert sorted(outcomes) == ["dispensed", "out of stock"]
     with db.session() as session:
-        assert session.scalar(select(PharmacyStock.quantity_on_hand).where(PharmacyStock.medication_code == "R05DA01")) == 0
+        assert session.scalar(select(StockLot.quantity_on_hand).where(StockLot.medication_code == "R05DA01")) == 0
 
 
 def test_secure_messages_between_clinician_and_patient(as_role: Any, db_session: Session, demo: DemoSeed) -> None:

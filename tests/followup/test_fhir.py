@@ -212,3 +212,17 @@ def test_a_patient_cannot_read_another_patients_care_records(as_role, demo, db_s
         denied = as_role("patient2").get(f"/fhir/{type_name}/{row.id}")
         assert denied.status_code == 403, type_name
         assert denied.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_returned_prescription_is_on_hold_with_the_pharmacys_reason_and_a_coded_item_keeps_its_system() -> None:
+    request = make_request(status=MedicationRequestStatus.ON_HOLD, status_reason="Allergy noted at the counter",
+                           medication_system="http://www.whocc.no/atc")
+    resource = validate_resource(medication_request_to_fhir(request))
+
+    assert resource["status"] == "on-hold"
+    assert resource["statusReason"] == {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/medicationrequest-status-reason", "code": "clarif",
+                    "display": "Prescription requires clarification"}],
+        "text": "Allergy noted at the counter"}
+    assert resource["medicationCodeableConcept"]["coding"][0]["system"] == "http://www.whocc.no/atc"
+    assert "statusReason" not in validate_resource(medication_request_to_fhir(make_request()))

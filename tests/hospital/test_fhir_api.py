@@ -10,8 +10,7 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy import func, select
 
 from ai_services.models import Finding, FindingSource
-from followup.models import FollowUpTask, MedicationRequest, TaskStatus
-from hospital.clock import utcnow
+from followup.models import ConsultationStatus, FollowUpTask, MedicationRequest, TaskStatus
 from hospital.fhir.core_resources import MRN_SYSTEM
 from hospital.fhir.registry import validate_resource
 from hospital.models import Patient
@@ -220,7 +219,8 @@ def test_appointment_booked_from_a_slot_and_the_referral(as_role, demo, db_sessi
 
 def test_medication_request_and_task_through_the_followup_service(as_role, demo, db_session) -> None:
     consultation, _plan, task, _request, _dispense = insert_care(db_session, demo)
-    consultation.ended_at = utcnow()  # finished today: still within the clinician's care relationship
+    # Still open: a finished consultation takes no new prescription (tests/followup/test_pharmacy.py).
+    consultation.status, consultation.ended_at = ConsultationStatus.IN_PROGRESS, None
     db_session.commit()
     clinician = as_role("clinician")
     prescription = {
