@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
@@ -399,3 +400,24 @@ def test_malformed_requests_are_refused(commit_node: CommitNode, change: dict[st
     finally:
         assoc.release()
     assert int(answer.Status) == status
+
+
+def test_the_current_version_is_what_is_committed(commit_node: CommitNode) -> None:
+    """A re-sent instance with other content is kept as version 2: the commitment is for the file
+    of the current version, whatever became of the earlier one's."""
+    first = commit_node.ours[0]
+    with get_db(commit_node.app).session() as session:
+        old_path = commit_node.storage_dir / session.scalars(select(ImagingInstance.path).where(
+            ImagingInstance.sop_instance_uid == first.sop_instance_uid)).one()
+    corrected = dcmread(old_path)
+    corrected.PatientName = "Rivera^Alexandra"
+    assert store_instance(commit_node.app, corrected, transfer_syntax_uid=None, calling_ae="MODALITY").version == 2
+    old_path.write_bytes(b"not the first version any more")
+    inbox = ReportInbox()
+    assoc = associate(commit_node, inbox)
+    try:
+        assert request_commitment(assoc, generate_uid(), [first]) == 0x0000
+        report = inbox.wait()
+    finally:
+        assoc.release()
+    assert report.event_type == 1 and report.committed == {first.sop_instance_uid}
