@@ -6,12 +6,9 @@ whole.
 The N-ACTION (Action Type 1) names a Transaction UID and the instances (SOP Class and Instance
 UIDs). The request is recorded (`StorageCommitment`) before the N-ACTION is answered, so a restart
 does not lose it, and a repeated Transaction UID finds the same row and gets the same answer. Then
-each instance is checked once: it is committed only if the index holds it, in a study the calling
-AE may see (the same rule as query/retrieve, `studies_visible_to_ae`), under the SOP Class asked
-for, and its current version's file is there with the size and SHA-256 recorded when it was
-received. Otherwise it is failed with a FailureReason (PS3.3 C.14.1.1): 0112 no such object
-(also for another centre's instance: a peer must not learn what it may not see), 0119 class /
-instance conflict, 0110 processing failure (the file is missing or no longer matches its hash).
+each instance is checked once (`imaging_orders.archive.commitment_check`): committed only if its
+current version is kept whole in a study the calling AE may see, else failed with a FailureReason;
+another centre's instance is failed exactly as one never received.
 
 The result goes back in an N-EVENT-REPORT (Event Type 1: all committed; 2: failures exist). The
 node first offers it on the requesting association, if the requester is still there and takes it;
@@ -25,14 +22,11 @@ background loop.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -52,13 +46,11 @@ from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.dicom_status import (
     ANSWERABLE,
-    CLASS_INSTANCE_CONFLICT,
     COMMITMENT,
     INVALID_ARGUMENT_VALUE,
     NO_SUCH_ACTION,
     NO_SUCH_SOP_CLASS,
     NO_SUCH_SOP_INSTANCE,
-    PROCESSING_FAILURE,
     RESOURCE_LIMITATION,
     SUCCESS,
     DicomFailure,
@@ -67,8 +59,9 @@ from hospital.dicom_status import (
 )
 from hospital.errors import Conflict, InvalidInput
 from hospital.jobs import enqueue, runs_of_a_failing_job
-from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StorageCommitment
-from imaging_orders.archive.query_retrieve import parse_move_destinations, studies_visible_to_ae
+from imaging_orders.archive.commitment_check import check_instances, unchanged_since_checked
+from imaging_orders.archive.models import StorageCommitment
+from imaging_orders.archive.query_retrieve import parse_move_destinations
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +83,6 @@ SAME_ASSOCIATION_TIMEOUT_SECONDS = 10
 # A request still REQUESTED this long after it arrived lost the node that took it: hand it on.
 STALLED_AFTER_SECONDS = 60
 NEW_ASSOCIATION_TIMEOUT_SECONDS = 30
-_QUERY_CHUNK = 500
 
 
 class InvalidCommitmentRequest(InvalidInput, DicomFailure):
@@ -279,94 +271,13 @@ def commitment_report(app: Flask, commitment_id: int) -> CommitmentReport | None
         if commitment is None:
             return None
         if commitment.result is None:
-            committed, failed = _unchanged_since_checked(session, committed, failed)
+            committed, failed = unchanged_since_checked(session, committed, failed)
             commitment.result = {
                 "committed": [[c, i] for c, i, _ in committed],
                 "failed": [list(f) for f in failed],
             }
             commitment.evaluated_at = utcnow()
         return _report_of(commitment)
-
-
-@dataclass(frozen=True)
-class _Held:
-    sop_class_uid: str
-    path: str
-    size_bytes: int
-    sha256: str
-
-
-def check_instances(
-    app: Flask, sops: list[tuple[str, str]], calling_ae: str,
-) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, int]]]:
-    """Committed (class, instance, the SHA-256 found) and failed (class, instance, FailureReason)."""
-    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
-    visible = studies_visible_to_ae(app, calling_ae)
-    held: dict[str, _Held] = {}
-    with app.app_context(), get_db(app).transaction() as session:
-        for chunk in _chunks(list(dict.fromkeys(i for _, i in sops)), _QUERY_CHUNK):
-            statement = (
-                select(ImagingInstance.sop_instance_uid, ImagingInstance.sop_class_uid, ImagingInstance.path,
-                       ImagingInstance.size_bytes, ImagingInstance.sha256)
-                .join(ImagingSeries, ImagingInstance.series_id == ImagingSeries.id)
-                .join(ImagingStudy, ImagingSeries.study_id == ImagingStudy.id)
-                .where(ImagingInstance.sop_instance_uid.in_(chunk))
-            )
-            if visible is not None:
-                statement = statement.where(visible)
-            for uid, sop_class, path, size, sha256 in session.execute(statement):
-                held[uid] = _Held(sop_class, path, size, sha256)
-    committed: list[tuple[str, str, str]] = []
-    failed: list[tuple[str, str, int]] = []
-    whole: dict[str, bool] = {}
-    for sop_class, uid in sops:
-        found = held.get(uid)
-        if found is None:
-            failed.append((sop_class, uid, NO_SUCH_SOP_INSTANCE))
-        elif found.sop_class_uid != sop_class:
-            failed.append((sop_class, uid, CLASS_INSTANCE_CONFLICT))
-        elif not whole.setdefault(uid, _file_is_whole(storage_dir / found.path, found, uid)):
-            failed.append((sop_class, uid, PROCESSING_FAILURE))
-        else:
-            committed.append((sop_class, uid, found.sha256))
-    return committed, failed
-
-
-def _file_is_whole(path: Path, held: _Held, uid: str) -> bool:
-    """Whether the stored file is the one received: its size, then its SHA-256."""
-    try:
-        whole = path.stat().st_size == held.size_bytes
-        if whole:
-            with path.open("rb") as stream:
-                whole = hashlib.file_digest(stream, "sha256").hexdigest() == held.sha256
-    except OSError as exc:
-        logger.error("stored file of instance %s unreadable: %s", uid, exc.strerror or type(exc).__name__)
-        return False
-    if not whole:
-        # The index promised this instance is kept; its file says otherwise. Someone must look.
-        logger.error("stored file of instance %s does not match the size and SHA-256 recorded at receipt", uid)
-    return whole
-
-
-def _unchanged_since_checked(
-    session: Session, committed: list[tuple[str, str, str]], failed: list[tuple[str, str, int]],
-) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, int]]]:
-    """An instance re-sent as a new version while its file was being hashed is not committed on
-    the strength of the old file: failed (0110), so the requester asks again later."""
-    current: dict[str, str] = {}
-    for chunk in _chunks(list(dict.fromkeys(i for _, i, _ in committed)), _QUERY_CHUNK):
-        rows = session.execute(
-            select(ImagingInstance.sop_instance_uid, ImagingInstance.sha256).where(ImagingInstance.sop_instance_uid.in_(chunk))
-        )
-        current.update({uid: sha256 for uid, sha256 in rows})
-    still = [c for c in committed if current.get(c[1]) == c[2]]
-    changed = [(c, i, PROCESSING_FAILURE) for c, i, sha in committed if current.get(i) != sha]
-    return still, failed + changed
-
-
-def _chunks(values: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
 
 
 def _report_of(commitment: StorageCommitment) -> CommitmentReport:
