@@ -1,7 +1,8 @@
 """DICOM status codes this platform answers with, and the one mapping from an exception to the
 status a peer is sent (pynetdicom's `status.py` idea: one module, not a copy per handler).
 
-Codes are named as the standard names them (PS3.4 Annex B, C, F, K; PS3.7 Annex C). A service
+Codes are named as the standard names them (PS3.4 Annex B, C, F, J, K; PS3.7 Annex C); the DIMSE-N
+codes double as Storage Commitment's FailureReason values (PS3.3 C.14.1.1). A service
 that refuses a request raises an exception carrying its `dicom_status` (a `DicomFailure`); the DICOM
 node's handlers turn any exception into a status with `failure_status`, so a peer always gets a
 status that says why and never a dropped association.
@@ -41,10 +42,14 @@ INVALID_ATTRIBUTE_VALUE = 0x0106
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
 NO_SUCH_SOP_INSTANCE = 0x0112
+INVALID_ARGUMENT_VALUE = 0x0115
 NO_SUCH_SOP_CLASS = 0x0118
+CLASS_INSTANCE_CONFLICT = 0x0119
 MISSING_ATTRIBUTE = 0x0120
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+NO_SUCH_ACTION = 0x0123
 REFUSED_NOT_AUTHORIZED = 0x0124
+RESOURCE_LIMITATION = 0x0213
 
 # Modality Performed Procedure Step (PS3.4 F.7.2.2.2): an N-SET on a COMPLETED or DISCONTINUED step.
 PPS_MAY_NO_LONGER_BE_UPDATED = 0xC310
@@ -82,6 +87,8 @@ RETRIEVE = ServiceFailures(OUT_OF_RESOURCES, UNABLE_TO_PROCESS, "index unavailab
                            "the identifier cannot be decoded")
 N_SERVICE = ServiceFailures(PROCESSING_FAILURE, PROCESSING_FAILURE, "procedure step store unavailable; try again later",
                             "the attribute list cannot be decoded")
+COMMITMENT = ServiceFailures(PROCESSING_FAILURE, INVALID_ARGUMENT_VALUE, "commitment store unavailable; try again later",
+                             "the action information cannot be decoded")
 
 # Every exception `failure_status` knows how to answer; anything else is a bug and propagates.
 ANSWERABLE: tuple[type[BaseException], ...] = (DicomFailure, SQLAlchemyError, OSError, *DECODE_ERRORS)

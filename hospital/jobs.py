@@ -44,6 +44,8 @@ _APP_KEY = "hospital.app"
 _SWEEP_LOCK_KEY = "hospital:jobs:sweep-lock"
 # RQ states in which a job will still run (or is running) without our help.
 _LIVE_RQ_STATES = frozenset({"queued", "scheduled", "deferred", "started"})
+# RQ runs a failed job again after each of these delays (seconds); inline, a job runs once.
+RETRY_INTERVALS = (5, 30, 120)
 
 
 class UnsubscribedEvent(RuntimeError):
@@ -183,11 +185,17 @@ def dispatch(app: Flask, record_ids: list[int]) -> None:
                 "hospital.jobs.run_job",
                 record.id,
                 job_id=f"hospital-job-{record.id}",
-                retry=Retry(max=3, interval=[5, 30, 120]),
+                retry=Retry(max=len(RETRY_INTERVALS), interval=list(RETRY_INTERVALS)),
                 job_timeout=job_timeout(app, record.handler),
             )
         except Exception:  # noqa: BLE001 - the record stays queued; `hospital jobs sweep` re-sends it
             logger.exception("could not enqueue job record %s; left queued for the sweeper", record.id)
+
+
+def runs_of_a_failing_job(app: Flask) -> int:
+    """How many times the bus runs a job that keeps raising: once inline, then RQ's retries. A
+    handler that must say "given up" (and not only fail) records that on its last run."""
+    return 1 if redis_connection(app) is None else 1 + len(RETRY_INTERVALS)
 
 
 def _run_inline(app: Flask, record_id: int) -> None:

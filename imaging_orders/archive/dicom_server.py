@@ -1,8 +1,9 @@
 """The imaging centre's DICOM node: a pynetdicom Application Entity that answers C-ECHO, receives
 images by C-STORE, serves the Modality Worklist by C-FIND and Study Root Query/Retrieve by C-FIND,
 C-GET and C-MOVE (`imaging_orders.archive.query_retrieve`), takes Modality Performed Procedure Step
-N-CREATE and N-SET (`imaging_orders.mpps`), plus the background loop that declares quiet studies
-complete.
+N-CREATE and N-SET (`imaging_orders.mpps`) and Storage Commitment N-ACTION
+(`imaging_orders.archive.storage_commitment`), plus the background loop that declares quiet studies
+complete and hands on commitment requests a stopped node left unreported.
 
 Handlers are the edge: they turn typed errors from `imaging_orders.archive.ingest`, `imaging_orders.mpps`
 and `imaging_orders.worklist` into DICOM statuses and never let one bad peer stop the server. Each
@@ -16,6 +17,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -41,7 +43,12 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    StorageCommitmentPushModel,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session
 
@@ -69,6 +76,7 @@ from imaging_orders.archive.query_retrieve import (
     handle_qr_get,
     handle_qr_move,
 )
+from imaging_orders.archive.storage_commitment import handle_commitment_request, resume_stalled_commitments
 from imaging_orders.mpps import create_performed_step, update_performed_step
 from imaging_orders.worklist import find_worklist_items
 
@@ -93,6 +101,8 @@ QUERY_TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, Expli
 
 
 COMPLETION_INTERVAL_SECONDS = 0.5
+# How often the loop looks for storage commitment requests a stopped node left unreported.
+COMMITMENT_RESUME_INTERVAL_SECONDS = 60.0
 
 
 def build_ae(app: Flask, ae_title: str | None = None) -> AE:
@@ -114,6 +124,7 @@ def build_ae(app: Flask, ae_title: str | None = None) -> AE:
         ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     ae.add_supported_context(ModalityWorklistInformationFind, QUERY_TRANSFER_SYNTAXES)
     ae.add_supported_context(ModalityPerformedProcedureStep, QUERY_TRANSFER_SYNTAXES)
+    ae.add_supported_context(StorageCommitmentPushModel, QUERY_TRANSFER_SYNTAXES)
     for abstract_syntax in (*QR_FIND_CONTEXTS, *QR_GET_CONTEXTS, *QR_MOVE_CONTEXTS):
         ae.add_supported_context(abstract_syntax, QUERY_TRANSFER_SYNTAXES)
     ae.acse_timeout = 30
@@ -133,6 +144,7 @@ def event_handlers(app: Flask) -> list[Any]:
         (evt.EVT_C_MOVE, handle_qr_move, [app]),
         (evt.EVT_N_CREATE, handle_mpps_create, [app]),
         (evt.EVT_N_SET, handle_mpps_set, [app]),
+        (evt.EVT_N_ACTION, handle_commitment_request, [app]),
     ]
 
 
@@ -201,7 +213,8 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 
 
 class StudyCompletionLoop(threading.Thread):
-    """Calls `complete_quiet_studies` every interval until stopped."""
+    """Calls `complete_quiet_studies` every interval until stopped, and `resume_stalled_commitments`
+    at start and every `COMMITMENT_RESUME_INTERVAL_SECONDS` (both keep their state in the database)."""
 
     def __init__(self, app: Flask, interval: float = COMPLETION_INTERVAL_SECONDS) -> None:
         super().__init__(name="study-completion", daemon=True)
@@ -210,12 +223,19 @@ class StudyCompletionLoop(threading.Thread):
         self._stop_requested = threading.Event()
 
     def run(self) -> None:
+        next_resume = 0.0
         while not self._stop_requested.wait(self.interval):
             try:
                 complete_quiet_studies(self.app)
             except Exception:  # noqa: BLE001 - state lives in the database; the next tick retries
                 # A dead loop would leave every later study registered forever, so it keeps going.
                 logger.exception("completing quiet studies failed; retrying on the next tick")
+            if time.monotonic() >= next_resume:
+                next_resume = time.monotonic() + COMMITMENT_RESUME_INTERVAL_SECONDS
+                try:
+                    resume_stalled_commitments(self.app)
+                except Exception:  # noqa: BLE001 - as above: the rows wait in the database for the next look
+                    logger.exception("handing on stalled storage commitments failed; retrying later")
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop_requested.set()

@@ -138,3 +138,37 @@ class ImagingInstanceVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime]
     superseded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StorageCommitment(Base):
+    """One Storage Commitment request (PS3.4 Annex J, Push Model), recorded before the N-ACTION is
+    answered so that a restart of the node does not lose it, and keyed by its Transaction UID so a
+    repeated request finds the same row.
+
+    `result` is what the archive found when it checked the instances (written once; a repeat is
+    answered with the same result); `state` is how far the N-EVENT-REPORT that carries it got. The
+    logic lives in `imaging_orders.archive.storage_commitment`.
+    """
+
+    __tablename__ = "storage_commitment"
+
+    class State(str, enum.Enum):
+        REQUESTED = "requested"  # recorded; the node offers the report on the requesting association
+        QUEUED = "queued"  # handed to the job bus: a new association to the requester's AE
+        DELIVERED = "delivered"  # the requester answered the N-EVENT-REPORT with success
+        UNDELIVERABLE = "undeliverable"  # given up (logged and audited); the requester keeps its copies
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))  # the requester: whose centre, where to report
+    called_ae: Mapped[str] = mapped_column(String(16))  # this node's AE title as the requester named it
+    # [[SOP Class UID, SOP Instance UID], ...] as requested, in order.
+    requested_sops: Mapped[list[Any]]
+    # {"committed": [[class, instance], ...], "failed": [[class, instance, FailureReason], ...]}
+    result: Mapped[dict[str, Any] | None]
+    state: Mapped[State] = mapped_column(enum_column(State), default=State.REQUESTED, index=True)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    evaluated_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    delivery_attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(String(400))

@@ -24,12 +24,13 @@ from hospital.jobs import (
     enqueue,
     publish,
     run_job,
+    runs_of_a_failing_job,
     subscribe,
     sweep_if_due,
     sweep_lost_jobs,
 )
 from hospital.models import AuditEvent, JobRecord, JobStatus
-from tests.conftest import make_test_app
+from tests.conftest import REDIS_URL, make_test_app
 
 CALLS: list[dict[str, Any]] = []
 
@@ -226,3 +227,10 @@ def test_jobs_published_in_a_savepoint_wait_for_the_outer_commit(db_session: Ses
         raise RuntimeError("this action is undone")
     db_session.commit()
     assert sorted(call["n"] for call in CALLS) == [1, 2]
+
+
+def test_a_failing_job_runs_once_inline_and_with_each_retry_under_rq(database_url: str, tmp_path: Path) -> None:
+    inline = make_test_app(database_url, tmp_path / "inline")
+    queued = make_test_app(database_url, tmp_path / "rq", REDIS_URL=REDIS_URL)
+    assert runs_of_a_failing_job(inline) == 1
+    assert runs_of_a_failing_job(queued) == 4  # RQ's first run and its three retries (5 s, 30 s, 120 s)
