@@ -115,8 +115,9 @@ def _booking_step(referral: ReferralSummary, appointments: tuple[AppointmentSumm
 
 def _images_step(referral: ReferralSummary, study: StudyRef | None) -> Step:
     if study is None:
-        state = CURRENT if referral.status is ReferralStatus.SCHEDULED else WAITING
-        return Step("Images received", state)
+        if referral.status is ReferralStatus.SCHEDULED:
+            return Step("Images received", CURRENT, detail="Expected once the patient has been examined")
+        return Step("Images received", WAITING)
     if not study.complete:
         return Step("Images received", CURRENT, study.received_at, "Images arriving")
     return Step("Images received", DONE, study.completed_at or study.received_at)
