@@ -343,6 +343,11 @@ def appointments_page() -> ResponseReturnValue:
         action = request.form.get("action", "book")
         appointment_id = request.form.get("appointment_id", type=int) or 0
         slot_id = request.form.get("slot_id", type=int) or 0
+        if action == "cancel" and request.form.get("confirmed") != "yes":
+            # Cancelling gives the slot away: say what will happen and ask once more.
+            booked = next((b for b in appointments_for(session, user) if b.appointment.id == appointment_id), None)
+            if booked is not None and booked.appointment.status is AppointmentStatus.BOOKED:
+                return render_template("imaging_orders/cancel_confirm.html", booked=booked)
 
         def change() -> str:
             if action == "cancel":

@@ -161,6 +161,9 @@ def test_patient_books_moves_and_cancels_an_appointment_on_a_phone(browser: Any,
     screenshot(patient, "patient-appointment-moved-phone")
 
     row.get_by_role("button", name="Cancel").click()
+    expect(patient.get_by_role("heading", name="Cancel this appointment?")).to_be_visible()
+    assert not has_horizontal_scroll(patient)
+    patient.get_by_role("button", name="Yes, cancel the appointment").click()
     expect(flash(patient)).to_contain_text("cancelled")
     expect(row.locator(".badge")).to_have_text("cancelled")
     expect(row.get_by_role("button", name="Move")).to_have_count(0)

@@ -159,6 +159,11 @@ def test_patient_moves_and_cancels_on_the_appointments_page(client: Any, as_role
     form = {"csrf_token": token, "appointment_id": booked["id"], "slot_id": second["id"]}
     moved = client.post("/appointments", data={**form, "action": "move"}, follow_redirects=True)
     assert "Appointment moved." in moved.get_data(as_text=True)
-    cancelled = client.post("/appointments", data={**form, "action": "cancel"}, follow_redirects=True)
+    # Cancelling asks first (what is lost, how to get it back), and changes nothing until confirmed.
+    asked = client.post("/appointments", data={**form, "action": "cancel"}).get_data(as_text=True)
+    assert "Cancel this appointment?" in asked and 'name="confirmed" value="yes"' in asked
+    assert as_role("patient").get(f"/fhir/Appointment/{booked['id']}").get_json()["status"] == "booked"
+    cancelled = client.post("/appointments", data={**form, "action": "cancel", "confirmed": "yes"},
+                            follow_redirects=True)
     assert "Appointment cancelled" in cancelled.get_data(as_text=True)
     assert as_role("patient").get(f"/fhir/Appointment/{booked['id']}").get_json()["status"] == "cancelled"
