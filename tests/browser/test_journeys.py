@@ -76,7 +76,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(flash(clinician)).to_contain_text("sent to Riverside Imaging Centre")
     row = clinician.locator("#referrals tbody tr").first
     expect(row).to_contain_text("Alex Rivera")
-    expect(row.locator(".badge")).to_have_text("active")
+    expect(row.locator(".badge")).to_have_text("Waiting for acceptance")
     referral_id = int(row.locator("td").first.inner_text())
     screenshot(clinician, "clinician-referrals")
 
@@ -89,7 +89,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(flash(staff)).to_contain_text(re.compile(r"accepted: accession ACC\d+"))
     expect(staff.locator(".empty")).to_contain_text("No referrals are waiting")
     clinician.reload()
-    expect(clinician.locator(f"#referral-{referral_id} .badge")).to_have_text("accepted")
+    expect(clinician.locator(f"#referral-{referral_id} .badge")).to_have_text("Accepted: to be booked")
 
     # Patient: book the first open slot.
     patient = login(browser, site, "patient")
