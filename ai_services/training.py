@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -180,7 +181,33 @@ def sensitivity_at_fp_rate(points: Sequence[FrocPoint], fp_per_scan: float) -> t
     return best.sensitivity, best.threshold
 
 
-def match_detections(detections: Sequence[Detection], phantom: Phantom) -> list[int]:
+class LesionTruth(Protocol):
+    """What the hit rule needs of a lesion (``PhantomLesion`` and the evaluation generator's)."""
+
+    @property
+    def centre_zyx(self) -> tuple[float, float, float]: ...
+
+    @property
+    def diameter_mm(self) -> float: ...
+
+
+class ScanTruth(Protocol):
+    """What the hit rule needs of a scan's ground truth, whichever generator made it."""
+
+    @property
+    def lesions(self) -> Sequence[LesionTruth]: ...
+
+    @property
+    def lesion_mask(self) -> np.ndarray: ...
+
+    @property
+    def pixel_spacing_mm(self) -> float: ...
+
+    @property
+    def slice_thickness_mm(self) -> float: ...
+
+
+def match_detections(detections: Sequence[Detection], phantom: ScanTruth) -> list[int]:
     """For each detection, the index of the lesion it hits in ``phantom.lesions`` or -1."""
     sp, st = phantom.pixel_spacing_mm, phantom.slice_thickness_mm
     centres = np.array([lesion.centre_zyx for lesion in phantom.lesions], dtype=np.float64).reshape(-1, 3)
