@@ -95,7 +95,7 @@ def register_command(weights: Path | None, activate: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=RetrainConfig.steps, show_default=True)
 @click.option("--margin", type=float, default=RetrainConfig.margin, show_default=True,
-              help="primary-metric gain needed to promote")
+              help="the primary gain's 95% CI lower bound must exceed this")
 @click.option("--tolerance", type=float, default=RetrainConfig.tolerance, show_default=True,
               help="largest drop allowed on any secondary check")
 @with_appcontext

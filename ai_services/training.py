@@ -354,7 +354,7 @@ def fit_platt(max_probability: np.ndarray, n_voxels: np.ndarray, outcomes: np.nd
     return Calibration(coef_logit=float(coef[0]), coef_size=float(coef[1]), intercept=float(intercept))
 
 
-def _run_on_phantoms(detector: LesionDetector, seeds: Sequence[int],
+def run_on_phantoms(detector: LesionDetector, seeds: Sequence[int],
                      make_phantom: Callable[[int], Phantom] = make_eval_phantom,
                      ) -> list[tuple[Phantom, np.ndarray, list[Detection], list[int]]]:
     results = []
@@ -370,7 +370,7 @@ def _run_on_phantoms(detector: LesionDetector, seeds: Sequence[int],
 
 def calibrate(detector: LesionDetector, seeds: Sequence[int],
               make_phantom: Callable[[int], Phantom] = make_eval_phantom) -> Calibration:
-    runs = _run_on_phantoms(detector, seeds, make_phantom)
+    runs = run_on_phantoms(detector, seeds, make_phantom)
     max_p = np.array([d.max_probability for _, _, dets, _ in runs for d in dets])
     n_vox = np.array([d.n_voxels for _, _, dets, _ in runs for d in dets], dtype=np.float64)
     hits = np.array([m >= 0 for _, _, _, matches in runs for m in matches])
@@ -385,7 +385,11 @@ def evaluate_detector(detector: LesionDetector, heldout_seeds: Sequence[int],
     """Held-out metrics on ``make_phantom(seed)`` for each seed (default: the 256x256x24 phantoms)."""
     if not heldout_seeds:
         raise TrainingError("evaluation needs at least one held-out seed")
-    runs = _run_on_phantoms(detector, heldout_seeds, make_phantom)
+    return metrics_from_runs(run_on_phantoms(detector, heldout_seeds, make_phantom))
+
+
+def metrics_from_runs(runs: Sequence[tuple[Phantom, np.ndarray, list[Detection], list[int]]]) -> EvaluationMetrics:
+    """``evaluate_detector``'s metrics from runs already made (the retraining loop reuses them)."""
     confidences, lesion_ids, outcomes = [], [], []
     slice_scores, slice_labels = [], []
     lesion_size, lesion_kind = {}, {}
