@@ -13,16 +13,19 @@ measurably better and nowhere worse.
    base skills are rehearsed), re-fit the Platt calibration on synthetic validation phantoms, and
    evaluate candidate and active version on the same held-out data: synthetic phantoms (ground
    truth) and the held-out reviewed cases (radiologists' truth).
-3. Promotion rule (``decide_promotion``). Primary metric: the mean of FROC sensitivity at 4 false
-   positives per scan on the synthetic held-out phantoms and on the held-out reviewed cases (only
-   the synthetic one when no reviewed case is held out). The candidate is promoted when its primary
-   metric beats the active version's by at least ``margin`` (default 0.05, above the one-lesion
-   granularity of the default held-out sets) AND it is not worse by
-   more than ``tolerance`` (default 0.05) on: synthetic sensitivity at 4 FP/scan, reviewed
-   sensitivity at 4 FP/scan, and each lesion size group (<6, 6-10, >10 mm) of either held-out set.
-   Otherwise it is kept registered as ``rejected`` with the reason. Synthetic ground truth guards
-   against corrupted labels: a labeller who rejects true lesions makes a candidate that misses
-   lesions the phantoms know are there, and that is refused however well it fits the labels.
+3. Promotion rule (``decide_promotion``). Each cycle calibrates and scores on synthetic seeds of
+   its own (``cycle_seeds``: a block keyed by the candidate's version, never v1's test seeds).
+   Primary metric: the mean of FROC sensitivity at 4 false positives per scan on the cycle's
+   synthetic held-out phantoms and on the held-out reviewed cases (only the synthetic one when no
+   reviewed case is held out). The candidate is promoted only when the lower bound of the 95% CI
+   of its gain over the active version (paired bootstrap: held-out scans and cases resampled, both
+   versions scored on the same resample) is above ``margin`` (default 0), AND the synthetic guard
+   finds nothing: synthetic sensitivity at 4 FP/scan, and each size group big enough that one
+   lesion is within ``tolerance`` (default 0.05), fell by no more than ``tolerance``; and neither
+   did the reviewed sensitivities. Otherwise it is kept registered as ``rejected`` with the reason
+   (the guard's findings first, prefixed "synthetic guard:"). Synthetic ground truth guards against
+   corrupted labels: a labeller who rejects true lesions makes a candidate that misses lesions the
+   phantoms know are there, and that is refused however well it fits the labels.
 
 ``retrain`` runs the three steps; ``ai_services.jobs.retrain_model`` runs them without holding a
 transaction during training.
@@ -74,8 +77,9 @@ from ai_services.training import (
     EvaluationMetrics,
     calibrate,
     detection_loss,
-    evaluate_detector,
     froc_curve,
+    metrics_from_runs,
+    run_on_phantoms,
     sensitivity_at_fp_rate,
 )
 from imaging_orders.archive.public import instance_paths, study_ref
@@ -88,12 +92,26 @@ SIGNED_STATUSES = (ReportStatus.FINAL, ReportStatus.AMENDED)
 # Retraining draws synthetic phantoms from its own seed block, disjoint from the v1 training seeds
 # (0..9999 in blocks of 1000 per run seed), validation (10 000..) and held-out (20 000..).
 RETRAIN_SYNTHETIC_SEED_BASE = 5_000
-RETRAIN_VALIDATION_SEED_BASE = 15_000
-RETRAIN_HELDOUT_SEED_BASE = 20_000
+# Each promotion cycle calibrates and scores on synthetic seeds of its own, drawn from a block keyed
+# by the candidate's version number: re-using one held-out set every cycle (v1's test seeds, as
+# before) lets a long run of candidates be selected for that set's luck.
+RETRAIN_CYCLE_SEED_BASE = 100_000
+SEEDS_PER_CYCLE = 1_000
+CONFIDENCE = 0.95
 
 
 class RetrainingError(RuntimeError):
     """Retraining cannot start (no active version, too few labels) or its inputs are unusable."""
+
+
+def cycle_seeds(version: str, n_validation: int, n_heldout: int) -> tuple[range, range]:
+    """(calibration seeds, held-out seeds) of the cycle that makes candidate ``version``: fresh for
+    every cycle and disjoint from v1's training, validation and test seeds."""
+    if not version.isdigit() or n_validation > SEEDS_PER_CYCLE // 2 or n_heldout > SEEDS_PER_CYCLE // 2:
+        raise RetrainingError(f"no seed block for version {version!r} with {n_validation}/{n_heldout} phantoms")
+    base = RETRAIN_CYCLE_SEED_BASE + int(version) * SEEDS_PER_CYCLE
+    half = SEEDS_PER_CYCLE // 2
+    return range(base, base + n_validation), range(base + half, base + half + n_heldout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +273,9 @@ class RetrainConfig:
     phantom_slices: int = 12
     heldout_percent: int = 30
     min_finetune_slices: int = 4
-    margin: float = 0.05
+    margin: float = 0.0  # the gain's 95% CI lower bound must exceed this
     tolerance: float = 0.05
+    n_bootstrap: int = 1000
     threads: int = 2
 
     def make_phantom(self, seed: int, n_lesions: int | None = None) -> Phantom:
@@ -308,22 +327,60 @@ def _hits(detection: Detection, label: LabelBox) -> bool:
     return dx0 <= bx < dx1 and dy0 <= by < dy1
 
 
-def evaluate_reviewed(detector: LesionDetector, cases: Sequence[ReviewedCase]) -> ReviewedMetrics | None:
+@dataclass(frozen=True)
+class UnitOutcome:
+    """One held-out scan or reviewed case: each detection's confidence and the index of the lesion
+    it hits (-1: false positive); the unit the promotion bootstrap resamples."""
+
+    confidences: tuple[float, ...]
+    hits: tuple[int, ...]
+    n_lesions: int
+
+
+def sensitivity_at(units: Sequence[UnitOutcome], fp_per_scan: float = 4.0) -> float:
+    """FROC sensitivity at ``fp_per_scan`` over ``units`` (a repeated unit counts again); NaN without lesions."""
+    n_lesions = sum(u.n_lesions for u in units)
+    if n_lesions == 0:
+        return float("nan")
+    # Vectorised ``froc_curve`` + ``sensitivity_at_fp_rate`` (the bootstrap calls this thousands of times).
+    conf = np.array([c for u in units for c in u.confidences], dtype=np.float64)
+    ids = np.array([p * 1000 + h if h >= 0 else -1 for p, u in enumerate(units) for h in u.hits], dtype=np.int64)
+    order = np.argsort(-conf, kind="mergesort")
+    conf, ids = conf[order], ids[order]
+    first = np.zeros(ids.size, dtype=bool)
+    positive = np.flatnonzero(ids >= 0)
+    first[positive[np.unique(ids[positive], return_index=True)[1]]] = True
+    last_of_tie = np.r_[conf[1:] != conf[:-1], True] if conf.size else np.zeros(0, dtype=bool)
+    fp_rate = np.r_[0.0, np.cumsum(ids < 0)[last_of_tie] / len(units)]
+    sensitivity = np.r_[0.0, np.cumsum(first)[last_of_tie] / n_lesions]
+    return float(sensitivity[np.searchsorted(fp_rate, fp_per_scan, side="right") - 1])
+
+
+def reviewed_outcomes(detector: LesionDetector, cases: Sequence[ReviewedCase]) -> list[UnitOutcome]:
+    out = []
+    for case in cases:
+        detections = detector.detect(read_ct_volume(case.instance_paths))
+        hits = [next((i for i, label in enumerate(case.positives) if _hits(d, label)), -1) for d in detections]
+        out.append(UnitOutcome(tuple(d.confidence for d in detections), tuple(hits), len(case.positives)))
+    return out
+
+
+def evaluate_reviewed(detector: LesionDetector, cases: Sequence[ReviewedCase],
+                      outcomes: Sequence[UnitOutcome] | None = None) -> ReviewedMetrics | None:
     """FROC on held-out reviewed cases: positives are the final boxes; every other detection,
     including one on a rejected box, is a false positive. None when no positive is held out."""
     confidences: list[float] = []
     lesion_ids: list[int] = []
     sizes: dict[int, str] = {}
-    for scan, case in enumerate(cases):
+    outcomes = outcomes if outcomes is not None else reviewed_outcomes(detector, cases)
+    for scan, (case, outcome) in enumerate(zip(cases, outcomes, strict=True)):
         for i, label in enumerate(case.positives):
             x0, y0, x1, y1 = label.box
             diameter = max((x1 - x0) * case.pixel_spacing_mm[1], (y1 - y0) * case.pixel_spacing_mm[0])
             sizes[scan * 1000 + i] = next(name for name, lo, hi in SIZE_GROUPS if lo <= diameter < hi)
-        volume = read_ct_volume(case.instance_paths)
-        for detection in detector.detect(volume):
-            hit = next((i for i, label in enumerate(case.positives) if _hits(detection, label)), None)
-            confidences.append(detection.confidence)
-            lesion_ids.append(scan * 1000 + hit if hit is not None else -1)
+        for confidence, hit in zip(outcome.confidences, outcome.hits, strict=True):
+            confidences.append(confidence)
+            lesion_ids.append(scan * 1000 + hit if hit >= 0 else -1)
     if not sizes:
         return None
     points = froc_curve(confidences, lesion_ids, len(sizes), len(cases))
@@ -422,6 +479,9 @@ def fine_tune(model: LesionUNet, reviewed: Sequence[LabelledSlice], synthetic: S
 class VersionScores:
     synthetic: EvaluationMetrics
     reviewed: ReviewedMetrics | None
+    # Per held-out unit, for the paired bootstrap of the promotion rule (same units for both versions).
+    synthetic_units: list[UnitOutcome] = field(default_factory=list)
+    reviewed_units: list[UnitOutcome] = field(default_factory=list)
 
     @property
     def primary(self) -> float:
@@ -439,30 +499,79 @@ class VersionScores:
 class PromotionDecision:
     promote: bool
     reason: str
+    gain: float = 0.0
+    gain_ci95: tuple[float, float] = (0.0, 0.0)
+    guard_failures: tuple[str, ...] = ()  # the synthetic guard's findings, each with its numbers
 
 
-def decide_promotion(candidate: VersionScores, active: VersionScores, *, margin: float, tolerance: float) -> PromotionDecision:
-    """The promotion rule of the module docstring, with every number in the reason."""
-    problems = []
-    checks: list[tuple[str, float, float]] = [
-        ("synthetic sensitivity@4FP", candidate.synthetic.froc_sensitivity_at_4fp, active.synthetic.froc_sensitivity_at_4fp)]
-    for group, value in active.synthetic.sensitivity_by_size_at_4fp.items():
-        checks.append((f"synthetic {group}", candidate.synthetic.sensitivity_by_size_at_4fp.get(group, 0.0), value))
-    if candidate.reviewed is not None and active.reviewed is not None:
-        checks.append(("reviewed sensitivity@4FP", candidate.reviewed.froc_sensitivity_at_4fp, active.reviewed.froc_sensitivity_at_4fp))
-        for group, value in active.reviewed.sensitivity_by_size_at_4fp.items():
-            checks.append((f"reviewed {group}", candidate.reviewed.sensitivity_by_size_at_4fp.get(group, 0.0), value))
-    for name, new, old in checks:
-        if new < old - tolerance:
-            problems.append(f"{name} fell {old:.3f} -> {new:.3f} (tolerance {tolerance})")
+def _primary(synthetic: Sequence[UnitOutcome], reviewed: Sequence[UnitOutcome]) -> float:
+    parts = [v for v in (sensitivity_at(synthetic), sensitivity_at(reviewed) if reviewed else float("nan"))
+             if not np.isnan(v)]
+    return float(np.mean(parts)) if parts else float("nan")
+
+
+def gain_confidence_interval(candidate: VersionScores, active: VersionScores, *, n_bootstrap: int = 1000,
+                             seed: int = 0) -> tuple[float, float]:
+    """95% CI of the primary metric's gain by a paired bootstrap: the held-out synthetic scans and
+    reviewed cases are resampled (each set on its own), and both versions are scored on the same
+    resample. Without per-unit outcomes the interval is the point gain (no evidence of spread)."""
     gain = candidate.primary - active.primary
-    summary = f"primary (mean FROC sensitivity@4FP synthetic+reviewed) {active.primary:.3f} -> {candidate.primary:.3f}"
-    if gain < margin:
-        problems.insert(0, f"{summary}: gain {gain:+.3f} below margin {margin}")
+    if not candidate.synthetic_units or len(candidate.synthetic_units) != len(active.synthetic_units):
+        return gain, gain
+    rng = np.random.default_rng([seed, 4711])
+    n_syn, n_rev = len(candidate.synthetic_units), len(candidate.reviewed_units)
+    reviewed_paired = n_rev > 0 and n_rev == len(active.reviewed_units)
+    gains = []
+    for _ in range(n_bootstrap):
+        s_idx = rng.integers(0, n_syn, n_syn)
+        r_idx = rng.integers(0, n_rev, n_rev) if reviewed_paired else np.zeros(0, dtype=int)
+        new = _primary([candidate.synthetic_units[i] for i in s_idx], [candidate.reviewed_units[i] for i in r_idx])
+        old = _primary([active.synthetic_units[i] for i in s_idx], [active.reviewed_units[i] for i in r_idx])
+        if not (np.isnan(new) or np.isnan(old)):
+            gains.append(new - old)
+    if not gains:
+        return gain, gain
+    low, high = np.percentile(gains, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return float(low), float(high)
+
+
+def synthetic_guard(candidate: VersionScores, active: VersionScores, *, tolerance: float) -> list[str]:
+    """What the synthetic ground truth says against the candidate: its sensitivity on the cycle's
+    held-out phantoms, overall or in a size group, fell by more than ``tolerance``. Labels cannot
+    argue with it: a labeller who rejects true lesions teaches the candidate to miss lesions the
+    phantoms know are there, however well the candidate then fits those labels."""
+    checks: list[tuple[str, float, float]] = [
+        ("sensitivity@4FP", candidate.synthetic.froc_sensitivity_at_4fp, active.synthetic.froc_sensitivity_at_4fp)]
+    for group, value in active.synthetic.sensitivity_by_size_at_4fp.items():
+        # A group of n lesions moves by 1/n per lesion: it is checked only where the tolerance is
+        # wider than one lesion, else a single lesion's luck would decide.
+        if active.synthetic.lesions_by_size.get(group, 0) * tolerance >= 1.0:
+            checks.append((group, candidate.synthetic.sensitivity_by_size_at_4fp.get(group, 0.0), value))
+    return [f"synthetic {name} fell {old:.3f} -> {new:.3f}" for name, new, old in checks if new < old - tolerance]
+
+
+def decide_promotion(candidate: VersionScores, active: VersionScores, *, margin: float, tolerance: float,
+                     n_bootstrap: int = 1000) -> PromotionDecision:
+    """The promotion rule of the module docstring, with every number in the reason."""
+    guard = synthetic_guard(candidate, active, tolerance=tolerance)
+    problems = [f"synthetic guard: {', '.join(guard)} (tolerance {tolerance})"] if guard else []
+    if candidate.reviewed is not None and active.reviewed is not None:
+        checks = [("reviewed sensitivity@4FP", candidate.reviewed.froc_sensitivity_at_4fp, active.reviewed.froc_sensitivity_at_4fp)]
+        checks += [(f"reviewed {group}", candidate.reviewed.sensitivity_by_size_at_4fp.get(group, 0.0), value)
+                   for group, value in active.reviewed.sensitivity_by_size_at_4fp.items()]
+        problems += [f"{name} fell {old:.3f} -> {new:.3f} (tolerance {tolerance})"
+                     for name, new, old in checks if new < old - tolerance]
+    gain = candidate.primary - active.primary
+    low, high = gain_confidence_interval(candidate, active, n_bootstrap=n_bootstrap)
+    summary = (f"primary (mean FROC sensitivity@4FP synthetic+reviewed) {active.primary:.3f} -> {candidate.primary:.3f}, "
+               f"gain {gain:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
+    if not low > margin:
+        problems.append(f"{summary}: the CI's lower bound is not above {margin}")
+    decision = dict(gain=gain, gain_ci95=(low, high), guard_failures=tuple(guard))
     if problems:
-        return PromotionDecision(False, "refused: " + "; ".join(problems))
-    return PromotionDecision(True, f"promoted: {summary} (gain {gain:+.3f} >= margin {margin}); "
-                                   f"no check worse than tolerance {tolerance}")
+        return PromotionDecision(False, "refused: " + "; ".join(problems), **decision)  # type: ignore[arg-type]
+    return PromotionDecision(True, f"promoted: {summary} > {margin}; synthetic guard and reviewed checks "
+                                   f"within tolerance {tolerance}", **decision)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -516,11 +625,15 @@ def load_model(weights_path: Path) -> tuple[LesionUNet, dict[str, Any]]:
     return model, manifest
 
 
-def score(detector: LesionDetector, labels: ReviewedLabels, config: RetrainConfig) -> VersionScores:
-    seeds = range(RETRAIN_HELDOUT_SEED_BASE, RETRAIN_HELDOUT_SEED_BASE + config.synthetic_heldout_phantoms)
+def score(detector: LesionDetector, labels: ReviewedLabels, config: RetrainConfig, heldout_seeds: Sequence[int]) -> VersionScores:
+    runs = run_on_phantoms(detector, heldout_seeds, config.make_phantom)
+    synthetic_units = [UnitOutcome(tuple(d.confidence for d in detections), tuple(matches), len(phantom.lesions))
+                       for phantom, _, detections, matches in runs]
+    reviewed_units = reviewed_outcomes(detector, labels.heldout)
     return VersionScores(
-        synthetic=evaluate_detector(detector, seeds, config.make_phantom),
-        reviewed=evaluate_reviewed(detector, labels.heldout),
+        synthetic=metrics_from_runs(runs),
+        reviewed=evaluate_reviewed(detector, labels.heldout, reviewed_units),
+        synthetic_units=synthetic_units, reviewed_units=reviewed_units,
     )
 
 
@@ -532,14 +645,16 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
     model, parent_manifest = load_model(inputs.parent_weights_path)
     active_detector = LesionDetector.load(inputs.parent_weights_path)
     final_loss = fine_tune(model, inputs.labels.finetune, synthetic_slices(config), config)
-    validation = range(RETRAIN_VALIDATION_SEED_BASE, RETRAIN_VALIDATION_SEED_BASE + config.synthetic_validation_phantoms)
+    validation, heldout_seeds = cycle_seeds(inputs.version, config.synthetic_validation_phantoms,
+                                            config.synthetic_heldout_phantoms)
     threshold = float(parent_manifest.get("candidate_threshold", DEFAULT_CANDIDATE_THRESHOLD))
     calibration = calibrate(LesionDetector.from_model(model, threshold=threshold), validation, config.make_phantom) \
         if config.synthetic_validation_phantoms else Calibration()
     candidate_detector = LesionDetector.from_model(model, calibration=calibration, threshold=threshold)
-    candidate_scores = score(candidate_detector, inputs.labels, config)
-    active_scores = score(active_detector, inputs.labels, config)
-    decision = decide_promotion(candidate_scores, active_scores, margin=config.margin, tolerance=config.tolerance)
+    candidate_scores = score(candidate_detector, inputs.labels, config, heldout_seeds)
+    active_scores = score(active_detector, inputs.labels, config, heldout_seeds)
+    decision = decide_promotion(candidate_scores, active_scores, margin=config.margin, tolerance=config.tolerance,
+                                n_bootstrap=config.n_bootstrap)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -564,11 +679,15 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
             "finetune_slices": len(inputs.labels.finetune),
             "heldout_cases": len(inputs.labels.heldout),
             "final_loss": round(final_loss, 5),
+            "calibration_seeds": [validation[0], validation[-1]] if len(validation) else [],
+            "heldout_seeds": [heldout_seeds[0], heldout_seeds[-1]] if len(heldout_seeds) else [],
             "wall_time_s": round(wall, 1),
         },
         "heldout_metrics": candidate_scores.synthetic.to_json(),
         "evaluation": {"candidate": candidate_scores.to_json(), "active": active_scores.to_json()},
-        "decision": {"promote": decision.promote, "reason": decision.reason},
+        "decision": {"promote": decision.promote, "reason": decision.reason, "gain": round(decision.gain, 4),
+                     "gain_ci95": [round(v, 4) for v in decision.gain_ci95],
+                     "synthetic_guard": list(decision.guard_failures)},
     }
     manifest_path_for(weights_path).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("candidate %s v%s: %s (%.0f s)", name, inputs.version, decision.reason, wall)

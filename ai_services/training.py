@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -180,7 +181,33 @@ def sensitivity_at_fp_rate(points: Sequence[FrocPoint], fp_per_scan: float) -> t
     return best.sensitivity, best.threshold
 
 
-def match_detections(detections: Sequence[Detection], phantom: Phantom) -> list[int]:
+class LesionTruth(Protocol):
+    """What the hit rule needs of a lesion (``PhantomLesion`` and the evaluation generator's)."""
+
+    @property
+    def centre_zyx(self) -> tuple[float, float, float]: ...
+
+    @property
+    def diameter_mm(self) -> float: ...
+
+
+class ScanTruth(Protocol):
+    """What the hit rule needs of a scan's ground truth, whichever generator made it."""
+
+    @property
+    def lesions(self) -> Sequence[LesionTruth]: ...
+
+    @property
+    def lesion_mask(self) -> np.ndarray: ...
+
+    @property
+    def pixel_spacing_mm(self) -> float: ...
+
+    @property
+    def slice_thickness_mm(self) -> float: ...
+
+
+def match_detections(detections: Sequence[Detection], phantom: ScanTruth) -> list[int]:
     """For each detection, the index of the lesion it hits in ``phantom.lesions`` or -1."""
     sp, st = phantom.pixel_spacing_mm, phantom.slice_thickness_mm
     centres = np.array([lesion.centre_zyx for lesion in phantom.lesions], dtype=np.float64).reshape(-1, 3)
@@ -327,7 +354,7 @@ def fit_platt(max_probability: np.ndarray, n_voxels: np.ndarray, outcomes: np.nd
     return Calibration(coef_logit=float(coef[0]), coef_size=float(coef[1]), intercept=float(intercept))
 
 
-def _run_on_phantoms(detector: LesionDetector, seeds: Sequence[int],
+def run_on_phantoms(detector: LesionDetector, seeds: Sequence[int],
                      make_phantom: Callable[[int], Phantom] = make_eval_phantom,
                      ) -> list[tuple[Phantom, np.ndarray, list[Detection], list[int]]]:
     results = []
@@ -343,7 +370,7 @@ def _run_on_phantoms(detector: LesionDetector, seeds: Sequence[int],
 
 def calibrate(detector: LesionDetector, seeds: Sequence[int],
               make_phantom: Callable[[int], Phantom] = make_eval_phantom) -> Calibration:
-    runs = _run_on_phantoms(detector, seeds, make_phantom)
+    runs = run_on_phantoms(detector, seeds, make_phantom)
     max_p = np.array([d.max_probability for _, _, dets, _ in runs for d in dets])
     n_vox = np.array([d.n_voxels for _, _, dets, _ in runs for d in dets], dtype=np.float64)
     hits = np.array([m >= 0 for _, _, _, matches in runs for m in matches])
@@ -358,7 +385,11 @@ def evaluate_detector(detector: LesionDetector, heldout_seeds: Sequence[int],
     """Held-out metrics on ``make_phantom(seed)`` for each seed (default: the 256x256x24 phantoms)."""
     if not heldout_seeds:
         raise TrainingError("evaluation needs at least one held-out seed")
-    runs = _run_on_phantoms(detector, heldout_seeds, make_phantom)
+    return metrics_from_runs(run_on_phantoms(detector, heldout_seeds, make_phantom))
+
+
+def metrics_from_runs(runs: Sequence[tuple[Phantom, np.ndarray, list[Detection], list[int]]]) -> EvaluationMetrics:
+    """``evaluate_detector``'s metrics from runs already made (the retraining loop reuses them)."""
     confidences, lesion_ids, outcomes = [], [], []
     slice_scores, slice_labels = [], []
     lesion_size, lesion_kind = {}, {}

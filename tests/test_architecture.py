@@ -113,6 +113,23 @@ def test_synthetic_data_is_a_leaf() -> None:
     assert leaks == []
 
 
+# The evaluation-only phantom generator may feed evaluation and nothing else: if training,
+# calibration, threshold choice or the retraining loop could see it, its numbers would flatter.
+EVALUATION_GENERATOR = "synthetic.eval_phantoms"
+EVALUATION_GENERATOR_USERS = {"ai_services/evaluation.py"}
+
+
+def test_only_the_evaluation_module_uses_the_evaluation_generator() -> None:
+    importers = {imp.module for imp in _all_imports()
+                 if imp.target == EVALUATION_GENERATOR or imp.target.startswith(f"{EVALUATION_GENERATOR}.")}
+    assert importers <= EVALUATION_GENERATOR_USERS, importers - EVALUATION_GENERATOR_USERS
+    # ...and no module that trains, calibrates, chooses thresholds or runs inference reaches it
+    # through the evaluation module either (the `hospital ai evaluate` command may).
+    through = sorted(imp.module for imp in _all_imports()
+                     if imp.target == "ai_services.evaluation" and imp.module != "ai_services/cli.py")
+    assert through == []
+
+
 def test_no_module_imports_another_modules_private_name() -> None:
     private = sorted(
         (imp.module, imp.target, name) for imp in _all_imports()

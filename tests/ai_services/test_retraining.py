@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,7 +44,8 @@ SPACING_MM = 1.5
 # sensitivity by ~0.05 overall and ~0.1 in a size group, so margin and tolerance sit above that noise.
 CONFIG = RetrainConfig(
     steps=60, batch_size=8, patch_size=64, synthetic_train_phantoms=4, synthetic_validation_phantoms=3,
-    synthetic_heldout_phantoms=6, phantom_size=128, phantom_slices=6, heldout_percent=40, margin=0.1, tolerance=0.1,
+    synthetic_heldout_phantoms=6, phantom_size=128, phantom_slices=6, heldout_percent=40, margin=0.0, tolerance=0.1,
+    n_bootstrap=300,
 )
 
 
@@ -165,20 +167,37 @@ def test_corrected_labels_teach_a_missed_lesion_kind_and_the_candidate_is_promot
     assert retrain(db_session, Path(app.config["DICOM_STORAGE_DIR"]), tmp_path, CONFIG) is None
 
 
-def test_corrupted_labels_are_refused_and_the_reason_is_kept(
+def mixed_labels(session: Session, user: User, report: DiagnosticReport, truth: LabelBox) -> None:
+    """A labeller who is right on about half the studies and wrong on the rest: on a study with an
+    even id the AI's true lesion is rejected and a box drawn elsewhere; otherwise it is accepted."""
+    if report.study_id % 2 == 0:
+        corrupt_labels(session, user, report, truth)
+    else:
+        review_finding(session, user, report.id, report.findings[0].id, ReviewStatus.ACCEPTED)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 15, open: with 10 mixed fine-tune cases and 60 steps the candidate loses no synthetic lesions "
+    "beyond one lesion's granularity, so the refusal comes from the gain's CI, not from the synthetic guard"))
+def test_mixed_good_and_corrupted_labels_are_refused_by_the_synthetic_guard(
     app: Flask, db_session: Session, demo: DemoSeed, tmp_path: Path
 ) -> None:
     parent = active_model_version(db_session)
     assert parent is not None
     sign_cases(app, db_session, demo, lesion_crops(("solid", "cavitated", "lobulated", "hyperdense"), 10.0),
-               corrupt_labels, ai_finds_truth=True, finetune=8, heldout=3)
+               mixed_labels, ai_finds_truth=True, finetune=10, heldout=3)
+    labels = collect_labels(db_session, Path(app.config["DICOM_STORAGE_DIR"]), heldout_percent=CONFIG.heldout_percent)
+    assert any(c.negatives for c in labels.cases) and any(not c.negatives for c in labels.cases)  # truly mixed
 
     version = retrain(db_session, Path(app.config["DICOM_STORAGE_DIR"]), tmp_path, CONFIG)
     db_session.commit()
 
     assert version is not None
     assert version.status is ModelStatus.REJECTED and not version.active, (version.decision_reason, version.metrics)
-    assert version.decision_reason and version.decision_reason.startswith("refused")
+    # Refused because the phantoms' ground truth shows lost lesions, not merely for lack of a gain.
+    assert version.decision_reason and "refused: synthetic guard: synthetic " in version.decision_reason, version.decision_reason
+    decision = version.manifest["decision"]
+    assert decision["synthetic_guard"] and all(" fell " in finding for finding in decision["synthetic_guard"])
     assert active_model_version(db_session) == parent
     stored = db_session.scalar(select(ModelVersion).where(ModelVersion.id == version.id))
     assert stored is not None and stored.parent_version_id == parent.id
@@ -187,17 +206,42 @@ def test_corrupted_labels_are_refused_and_the_reason_is_kept(
 
 
 def test_promotion_rule_needs_a_gain_and_no_drop_beyond_tolerance() -> None:
-    def scores(synthetic: float, small: float, reviewed: float) -> VersionScores:
+    def scores(synthetic: float, small: float, reviewed: float, n_small: int = 20) -> VersionScores:
         metrics = EvaluationMetrics(6, 20, synthetic, synthetic, synthetic, 1.0, 0.9, 0.1,
-                                    sensitivity_by_size_at_4fp={"<6mm": small, ">10mm": synthetic})
+                                    sensitivity_by_size_at_4fp={"<6mm": small, ">10mm": synthetic},
+                                    lesions_by_size={"<6mm": n_small, ">10mm": 20})
         return VersionScores(metrics, ReviewedMetrics(4, 4, reviewed, reviewed, 1.0, {">10mm": reviewed}))
 
     active = scores(0.6, 0.3, 0.0)
     assert decide_promotion(scores(0.6, 0.3, 0.75), active, margin=0.02, tolerance=0.05).promote
     no_gain = decide_promotion(scores(0.61, 0.3, 0.0), active, margin=0.02, tolerance=0.05)
-    assert not no_gain.promote and "below margin" in no_gain.reason
+    assert not no_gain.promote and "the CI's lower bound is not above 0.02" in no_gain.reason
     small_worse = decide_promotion(scores(0.6, 0.1, 0.75), active, margin=0.02, tolerance=0.05)
-    assert not small_worse.promote and "synthetic <6mm fell 0.300 -> 0.100" in small_worse.reason
+    assert not small_worse.promote and small_worse.guard_failures == ("synthetic <6mm fell 0.300 -> 0.100",)
+    assert small_worse.reason.startswith("refused: synthetic guard: synthetic <6mm fell 0.300 -> 0.100")
+    # A group of 5 lesions moves 0.2 per lesion: under a 0.05 tolerance it is noise, not checked.
+    few = decide_promotion(scores(0.6, 0.1, 0.75, n_small=5), scores(0.6, 0.3, 0.0, n_small=5), margin=0.02, tolerance=0.05)
+    assert few.promote and few.guard_failures == ()
+
+
+def test_each_promotion_cycle_gets_fresh_heldout_seeds() -> None:
+    from ai_services.retraining import cycle_seeds
+    from ai_services.training import HELDOUT_SEED_BASE
+    v2_validation, v2_heldout = cycle_seeds("2", 8, 12)
+    v3_validation, v3_heldout = cycle_seeds("3", 8, 12)
+    seeds = [set(r) for r in (v2_validation, v2_heldout, v3_validation, v3_heldout)]
+    assert all(a.isdisjoint(b) for i, a in enumerate(seeds) for b in seeds[i + 1:])
+    assert all(s.isdisjoint(range(0, HELDOUT_SEED_BASE + 10_000)) for s in seeds)  # not v1's train/val/test
+
+
+def test_the_gain_interval_is_a_paired_bootstrap_over_heldout_units() -> None:
+    from ai_services.retraining import UnitOutcome, gain_confidence_interval
+    metrics = EvaluationMetrics(4, 4, 0.5, 0.5, 0.5, 1.0, 0.9, 0.1)
+    found, missed = UnitOutcome((0.9,), (0,), 1), UnitOutcome((0.9,), (-1,), 1)
+    better = VersionScores(metrics, None, [found] * 4)
+    mixed = VersionScores(metrics, None, [found, missed, found, missed])
+    low, high = gain_confidence_interval(better, mixed, n_bootstrap=300)
+    assert 0.0 <= low <= 0.5 <= high <= 1.0  # one resample may draw only the two shared hits
 
 
 def test_retraining_without_an_active_model_is_skipped_not_failed(db_session: Session, app: Flask, tmp_path: Path) -> None:
