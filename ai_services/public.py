@@ -1,7 +1,7 @@
 """The AI stage's public face: what later stages may use of it, and nothing else.
 
 Reads come back as frozen summaries, never the stage's ORM rows. Its events (`AnalysisCompleted`,
-`ReportSigned`) are in `ai_services.events`.
+`ReportSigned`, `ReportAmended`) are in `ai_services.events`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from ai_services.events import AnalysisCompleted, ReportSigned
+from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
 from ai_services.models import DiagnosticReport, FindingSource, ReportStatus, ReviewStatus
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnalysisCompleted", "ReportFinding", "ReportSigned", "ReportSummary", "report_summary"]
+__all__ = ["AnalysisCompleted", "ReportAmended", "ReportFinding", "ReportSigned", "ReportSummary", "report_summary"]
 
 
 @dataclass(frozen=True)
