@@ -352,7 +352,7 @@ def report_page(report_id: int) -> ResponseReturnValue:
     found = get_report(session, user, report_id)
     kept = [f for f in found.findings if f.review_status is not ReviewStatus.REJECTED]
     slice_count = len(_slice_uids(session, found)) if user.role is not Role.PATIENT else 0
-    priors = prior_reports(session, user, found)
+    priors = prior_reports(session, user, found) if user.role is not Role.PATIENT else []
     prior = prior_to_compare(session, user, found, request.args.get("prior", type=int), priors) if slice_count else None
     prior_count = len(_slice_uids(session, prior)) if prior else 0
     job = found.analysis_job
