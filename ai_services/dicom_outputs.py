@@ -71,6 +71,7 @@ REVIEW_STATUS_CONCEPT = CodedConcept("REVIEW", PRIVATE_SCHEME, "Radiologist revi
 FINDING_SOURCE_CONCEPT = CodedConcept("SOURCE", PRIVATE_SCHEME, "Finding source")
 # Not in pydicom's code dictionary: SNOMED CT "Presence", valued Present/Absent.
 PRESENCE_CONCEPT = CodedConcept("705057003", "SCT", "Presence")
+ADDENDUM_CONCEPT = CodedConcept("ADDENDUM", PRIVATE_SCHEME, "Addendum")
 REVIEW_STATUS_CODES = {
     "pending": CodedConcept("PENDING", PRIVATE_SCHEME, "Pending review"),
     "accepted": CodedConcept("ACCEPTED", PRIVATE_SCHEME, "Accepted by radiologist"),
@@ -114,6 +115,8 @@ class OutputReport:
     signed_by: str | None = None  # the radiologist's name, once signed
     signed_at: datetime | None = None
     organization: str = "Closed Loop Hospital"
+    # The radiologist's addenda to the signed report, oldest first (an amended report's SR holds them).
+    addenda: tuple[str, ...] = ()
 
     @property
     def is_signed(self) -> bool:
@@ -221,7 +224,7 @@ def build_measurement_report(report: OutputReport, source_images: Mapping[str, D
     )
     # Evidence: every slice the report points at (or one slice of the study when there is none).
     referenced = [source_images[uid] for uid in dict.fromkeys(f.sop_instance_uid for f in report.findings)]
-    return Comprehensive3DSR(
+    sr = Comprehensive3DSR(
         evidence=referenced or [any_image],
         content=content,
         series_instance_uid=sr_series_uid,
@@ -236,6 +239,20 @@ def build_measurement_report(report: OutputReport, source_images: Mapping[str, D
         verifying_organization=report.organization if report.is_signed else None,
         series_description=SR_SERIES_DESCRIPTION,
     )
+    # An amended report's addenda, as TEXT items of the root container: the original content stays
+    # as it was signed, and the new SR version (new UID: the digest covers the addenda) carries both.
+    for text in report.addenda:
+        sr.ContentSequence.append(hd.sr.TextContentItem(
+            name=ADDENDUM_CONCEPT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return sr
+
+
+def read_addenda(dataset: Dataset) -> list[str]:
+    """The addenda texts of an SR built here, oldest first."""
+    return [
+        str(item.TextValue) for item in dataset.ContentSequence
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == ADDENDUM_CONCEPT.value
+    ]
 
 
 def _no_finding_group(

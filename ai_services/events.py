@@ -29,3 +29,19 @@ class ReportSigned(DomainEvent):
     report_id: int
     patient_id: int
     referral_id: int | None
+
+
+@dataclass(frozen=True)
+class ReportAmended(DomainEvent):
+    """A radiologist added an addendum to a signed report: it is `amended`, the original stands.
+
+    Not a second `ReportSigned`: the care and the charges that followed the signature are not
+    owed again (no new consultation, no new charge); what follows is a new SR version and a word
+    to the referring clinician."""
+
+    name = "ai.report_amended"
+
+    report_id: int
+    addendum_id: int
+    patient_id: int
+    referral_id: int | None

@@ -151,10 +151,17 @@ def diagnostic_report_to_fhir(report: DiagnosticReport) -> dict[str, Any]:
         "imagingStudy": [reference("ImagingStudy", report.study_id)],
         "contained": [_not_applicable_observation(report, job)] if not_applicable and job is not None else None,
         "result": results or None,
-        "conclusion": report.conclusion or None,
+        "conclusion": report_conclusion_text(report) or None,
         "conclusionCode": [_not_applicable_code(job)] if not_applicable and job is not None else None,
         "presentedForm": [_card_attachment(card)] if card is not None else None,
     }
+
+
+def report_conclusion_text(report: DiagnosticReport) -> str:
+    """The signed conclusion followed by each addendum (dated), the original left as it was."""
+    parts = [report.conclusion] if report.conclusion else []
+    parts += [f"Addendum ({fhir_instant(a.created_at)}): {a.text}" for a in report.addenda]
+    return "\n\n".join(parts)
 
 
 def _analysis_job(report: DiagnosticReport) -> AnalysisJob | None:

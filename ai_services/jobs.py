@@ -12,7 +12,8 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import ValidatedRange, check_headers, check_volume
-from ai_services.events import AnalysisCompleted, ReportSigned
+from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
+from ai_services.reading import notify_referrer_of_amendment
 from ai_services.retraining import RetrainConfig, prepare_retraining, record_candidate, train_candidate
 from ai_services.series_reader import CtVolume, SeriesReadError, read_ct_volume, read_series_headers
 from ai_services.service import (
@@ -25,6 +26,7 @@ from ai_services.service import (
     store_report_outputs,
 )
 from hospital.db import get_db
+from hospital.notify import notifier
 from imaging_orders.archive.events import StudyCompleted
 
 logger = logging.getLogger(__name__)
@@ -80,10 +82,16 @@ def _viewable_volume(paths: list[Path]) -> CtVolume | None:
         return None
 
 
-def make_report_outputs(session: Session, event: AnalysisCompleted | ReportSigned) -> None:
-    """On `AnalysisCompleted` and `ReportSigned`: store the report's SR and key images in its
-    study. The handler's session is left unused so no transaction is held while storing."""
+def make_report_outputs(session: Session, event: AnalysisCompleted | ReportSigned | ReportAmended) -> None:
+    """On `AnalysisCompleted`, `ReportSigned` and `ReportAmended`: store the report's SR and key
+    images in its study (an amendment: a new SR version with the addenda). The handler's session
+    is left unused so no transaction is held while storing."""
     store_report_outputs(current_app, event.report_id)
+
+
+def notify_report_amended(session: Session, event: ReportAmended) -> None:
+    """On `ReportAmended`: tell the referring clinician (once per addendum)."""
+    notify_referrer_of_amendment(session, event.addendum_id, notifier())
 
 
 def retrain_model(session: Session) -> None:

@@ -121,6 +121,7 @@ class DiagnosticReport(Base):
     signed_by: Mapped[User | None] = relationship()
     analysis_job: Mapped[AnalysisJob | None] = relationship()
     findings: Mapped[list[Finding]] = relationship(back_populates="report", order_by="Finding.id")
+    addenda: Mapped[list[ReportAddendum]] = relationship(order_by="ReportAddendum.id")
 
 
 class FindingSource(str, enum.Enum):
@@ -180,3 +181,21 @@ class FindingReview(Base):
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     finding: Mapped[Finding] = relationship(back_populates="reviews")
+
+
+class ReportAddendum(Base):
+    """Text a radiologist adds to a signed report. Kept beside the original, which is never
+    overwritten: the report becomes `amended` and shows its conclusion and every addendum."""
+
+    __tablename__ = "report_addendum"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("diagnostic_report.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    author_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the referring clinician was told (once per addendum, however often the job runs).
+    referrer_notified_at: Mapped[datetime | None]
+
+    author: Mapped[User] = relationship()

@@ -38,18 +38,29 @@ def slice_hu(path: Path) -> np.ndarray:
     return pixels * slope + intercept
 
 
-def window(hu: np.ndarray, preset: str) -> np.ndarray:
-    try:
-        centre, width = WINDOWS[preset]
-    except KeyError as exc:
-        raise ValueError(f"unknown window preset {preset!r}; expected one of {sorted(WINDOWS)}") from exc
+# A free window's limits (HU), as the viewer's window/level drag may ask for.
+WINDOW_CENTRE_RANGE = (-2000.0, 4000.0)
+WINDOW_WIDTH_RANGE = (1.0, 8000.0)
+
+
+def window(hu: np.ndarray, preset: str, centre_width: tuple[float, float] | None = None) -> np.ndarray:
+    """8-bit grey levels of `hu` in the preset window, or in `centre_width` (HU) when given."""
+    if centre_width is not None:
+        centre, width = centre_width
+    else:
+        try:
+            centre, width = WINDOWS[preset]
+        except KeyError as exc:
+            raise ValueError(f"unknown window preset {preset!r}; expected one of {sorted(WINDOWS)}") from exc
     low = centre - width / 2
     scaled = np.clip((hu - low) / width, 0.0, 1.0)
     return (scaled * 255).astype(np.uint8)
 
 
-def render_overlay(path: Path, boxes: list[OverlayBox], preset: str = "lung") -> bytes:
-    image = Image.fromarray(window(slice_hu(path), preset)).convert("RGB")
+def render_overlay(
+    path: Path, boxes: list[OverlayBox], preset: str = "lung", centre_width: tuple[float, float] | None = None
+) -> bytes:
+    image = Image.fromarray(window(slice_hu(path), preset, centre_width)).convert("RGB")
     draw = ImageDraw.Draw(image)
     for box in boxes:
         draw.rectangle([box.x0 - 2, box.y0 - 2, box.x1 + 1, box.y1 + 1], outline=box.colour, width=2)

@@ -1,7 +1,7 @@
 """The AI stage's public face: what later stages may use of it, and nothing else.
 
 Reads come back as frozen summaries, never the stage's ORM rows. Its events (`AnalysisCompleted`,
-`ReportSigned`) are in `ai_services.events`.
+`ReportSigned`, `ReportAmended`) are in `ai_services.events`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ai_services.events import AnalysisCompleted, ReportSigned
+from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
 from ai_services.models import AnalysisJob, DiagnosticReport, FindingSource, ReportStatus, ReviewStatus
 
 logger = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AnalysisCompleted",
     "AnalysisSummary",
+    "ReportAmended",
     "ReportFinding",
     "ReportSigned",
     "ReportSummary",

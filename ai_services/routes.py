@@ -6,14 +6,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
-from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, ModelVersion, ReportStatus, ReviewStatus
-from ai_services.overlay import WINDOWS, OverlayBox, render_overlay
+from ai_services.models import (
+    AnalysisJob,
+    AnalysisStatus,
+    DiagnosticReport,
+    ModelVersion,
+    ReportAddendum,
+    ReportStatus,
+    ReviewStatus,
+)
+from ai_services.overlay import WINDOW_CENTRE_RANGE, WINDOW_WIDTH_RANGE, WINDOWS, OverlayBox, render_overlay
+from ai_services.reading import (
+    PRIORITY_ORDER,
+    add_addendum,
+    prior_reports,
+    prior_to_compare,
+    reading_context,
+    reading_list_in_clinical_order,
+    sign_preview,
+)
 from ai_services.service import (
     Box,
     add_finding,
@@ -22,16 +39,14 @@ from ai_services.service import (
     finding_json,
     get_report,
     list_reports,
-    reading_list,
     request_rerun,
     review_finding,
     sign_report,
-    urgency,
 )
 from hospital.api import json_body, optional_enum_arg, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import InvalidInput, NotFound
+from hospital.errors import DomainError, InvalidInput, NotFound
 from hospital.models import Role
 from hospital.web import form_action, same_site_path
 from imaging_orders.archive.public import instance_paths, study_ref
@@ -68,7 +83,13 @@ def report_json(report: DiagnosticReport) -> dict[str, Any]:
         "referral_id": report.referral_id, "status": report.status.value, "conclusion": report.conclusion,
         "issued_at": report.issued_at.isoformat(), "signed_at": report.signed_at.isoformat() if report.signed_at else None,
         "findings": [finding_json(f) for f in report.findings], "fhir": f"DiagnosticReport/{report.id}",
+        "addenda": [addendum_json(a) for a in report.addenda],
     }
+
+
+def addendum_json(addendum: ReportAddendum) -> dict[str, Any]:
+    return {"id": addendum.id, "report_id": addendum.report_id, "text": addendum.text,
+            "author": addendum.author.username, "created_at": addendum.created_at.isoformat()}
 
 
 def _box(data: Any) -> Box:
@@ -169,6 +190,30 @@ def sign(report_id: int) -> ResponseReturnValue:
     return jsonify(payload)
 
 
+@bp.post("/api/reports/<int:report_id>/addenda")
+@require_roles(Role.RADIOLOGIST)
+def amend(report_id: int) -> ResponseReturnValue:
+    data = json_body()
+    session = request_session()
+    addendum = add_addendum(session, current_user(), report_id, required(data, "text", str))
+    payload = addendum_json(addendum)
+    return jsonify(payload), 201
+
+
+@bp.post("/reports/<int:report_id>/addenda")
+@require_roles(Role.RADIOLOGIST)
+def amend_page(report_id: int) -> ResponseReturnValue:
+    """The signed report page's "add an addendum" form."""
+    session = request_session()
+
+    def amend() -> str:
+        addendum = add_addendum(session, current_user(), report_id, request.form.get("text", ""))
+        return f"Addendum {addendum.id} added: the report is amended and the referring clinician is told."
+
+    form_action(session, amend)
+    return redirect(url_for("ai_services.report_page", report_id=report_id, _anchor="addenda"))
+
+
 @bp.get("/reports/<int:report_id>/findings/<int:finding_id>/image.png")
 @require_roles()
 def key_image(report_id: int, finding_id: int) -> ResponseReturnValue:
@@ -208,16 +253,32 @@ def slice_image(report_id: int, index: int) -> ResponseReturnValue:
     preset = request.args.get("window", "lung")
     if preset not in WINDOWS:
         raise InvalidInput(f"window must be one of {sorted(WINDOWS)}")
+    centre_width = _free_window(request.args)
     path = instance_paths(session, [uids[index]], current_app.config["DICOM_STORAGE_DIR"]).get(uids[index])
     if path is None:
         raise NotFound(f"slice {index} is not stored here")
-    boxes = [
+    # boxes=0: the viewer draws the boxes itself (to drag them) over a bare slice.
+    boxes = [] if request.args.get("boxes") == "0" else [
         OverlayBox(f.x0, f.y0, f.x1, f.y1, f"#{f.id} {f.diameter_mm:.0f} mm")
         for f in found.findings
         if f.slice_index == index and f.review_status is not ReviewStatus.REJECTED
     ]
-    png = render_overlay(path, boxes, preset)
+    png = render_overlay(path, boxes, preset, centre_width)
     return Response(png, mimetype="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+def _free_window(args: Any) -> tuple[float, float] | None:
+    """`wc` and `ww` (HU): a free window from the viewer's window/level drag, else None (the preset)."""
+    if args.get("wc") is None and args.get("ww") is None:
+        return None
+    try:
+        centre, width = float(args.get("wc", "")), float(args.get("ww", ""))
+    except ValueError as exc:
+        raise InvalidInput("wc and ww (window centre and width, HU) must be numbers") from exc
+    if not (WINDOW_CENTRE_RANGE[0] <= centre <= WINDOW_CENTRE_RANGE[1]
+            and WINDOW_WIDTH_RANGE[0] <= width <= WINDOW_WIDTH_RANGE[1]):
+        raise InvalidInput(f"wc must be within {WINDOW_CENTRE_RANGE} and ww within {WINDOW_WIDTH_RANGE} HU")
+    return centre, width
 
 
 def _slice_uids(session: Session, report: DiagnosticReport) -> list[str]:
@@ -252,8 +313,8 @@ def add_finding_page(report_id: int) -> ResponseReturnValue:
 @require_roles(Role.RADIOLOGIST)
 def reading_list_page() -> ResponseReturnValue:
     session = request_session()
-    found = reading_list(session, current_user())
-    page = render_template("ai_services/reading_list.html", reports=found, urgency=urgency)
+    found = reading_list_in_clinical_order(session, current_user())
+    page = render_template("ai_services/reading_list.html", entries=found, priorities=PRIORITY_ORDER)
     return page
 
 
@@ -277,6 +338,19 @@ def report_page(report_id: int) -> ResponseReturnValue:
     if request.method == "POST":
         anchor: list[str | None] = [None]  # the decided finding's card
 
+        if request.form.get("action") == "sign" and request.form.get("confirm") != "yes":
+            # Signing cannot be undone: first show what would be signed, and sign only on the
+            # confirmation posted from that preview (checked here, so it holds without JavaScript).
+            try:
+                preview = sign_preview(session, user, report_id, request.form.get("conclusion"))
+            except DomainError as exc:
+                flash(exc.message, "error")
+                return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset,
+                                        slice=request.form.get("slice", type=int), _anchor="sign-form"))
+            return render_template("ai_services/sign_confirm.html", preview=preview, window=preset,
+                                   typed_conclusion=request.form.get("conclusion") or "",
+                                   slice=request.form.get("slice", type=int))
+
         def act() -> str:
             if request.form.get("action") == "sign":
                 sign_report(session, user, report_id, request.form.get("conclusion"))
@@ -295,6 +369,10 @@ def report_page(report_id: int) -> ResponseReturnValue:
     found = get_report(session, user, report_id)
     kept = [f for f in found.findings if f.review_status is not ReviewStatus.REJECTED]
     slice_count = len(_slice_uids(session, found)) if user.role is not Role.PATIENT else 0
+    priors = prior_reports(session, user, found) if user.role is not Role.PATIENT else []
+    prior = prior_to_compare(session, user, found, request.args.get("prior", type=int), priors) if slice_count else None
+    prior_count = len(_slice_uids(session, prior)) if prior else 0
+    job = found.analysis_job
     # The viewer opens on the asked slice, else on the first kept finding's slice.
     current = request.args.get("slice", type=int) or (kept[0].slice_index + 1 if kept else 1)
     page = render_template(
@@ -302,10 +380,23 @@ def report_page(report_id: int) -> ResponseReturnValue:
         windows=list(WINDOWS),
         pending=[f.id for f in found.findings if f.review_status is ReviewStatus.PENDING], kept=kept,
         slice_count=slice_count, current_slice=min(max(current, 1), max(slice_count, 1)),
-        analysis=found.analysis_job,
+        analysis=found.analysis_job, context=reading_context(session, found), priors=priors,
+        prior=prior if prior_count else None, prior_count=prior_count, window_values=WINDOWS,
+        prior_slice=_matching_slice(current, slice_count, prior_count, request.args.get("prior_slice", type=int)),
+        pixel_spacing=(job.pixel_spacing_mm if job and job.pixel_spacing_mm else None),
         model_card=found.analysis_job.model_version.card if found.analysis_job and found.analysis_job.model_version else None,
     )
     return page
+
+
+def _matching_slice(current: int, count: int, prior_count: int, asked: int | None) -> int:
+    """The prior's slice (1-based) shown beside the current one: the asked one, else the one at the
+    same relative depth (the series may differ in length)."""
+    if prior_count <= 0:
+        return 1
+    if asked is None:
+        asked = 1 + round((current - 1) * (prior_count - 1) / max(count - 1, 1))
+    return min(max(asked, 1), prior_count)
 
 
 def _form_box(form: Any) -> Box:

@@ -330,7 +330,7 @@ def urgency(report: DiagnosticReport) -> float:
     return max(scores, default=0.0)
 
 
-def _radiologist_report(session: Session, user: User, report_id: int) -> DiagnosticReport:
+def radiologist_report(session: Session, user: User, report_id: int) -> DiagnosticReport:
     if user.role is not Role.RADIOLOGIST:
         raise Forbidden("only a radiologist can review or sign a report")
     report = get_report(session, user, report_id, action="U")
@@ -363,7 +363,7 @@ def review_finding(
     box: Box | None = None, comment: str | None = None,
 ) -> Finding:
     """Accept, reject or edit (move/resize) one finding. Every decision is kept as a label."""
-    report = _radiologist_report(session, user, report_id)
+    report = radiologist_report(session, user, report_id)
     finding = session.get(Finding, finding_id)
     if finding is None or finding.report_id != report.id:
         raise NotFound(f"finding {finding_id} is not on report {report_id}")
@@ -387,7 +387,7 @@ def add_finding(
     session: Session, user: User, report_id: int, slice_index: int, box: Box, comment: str | None = None
 ) -> Finding:
     """A finding the AI missed, added by the radiologist (a positive label for retraining)."""
-    report = _radiologist_report(session, user, report_id)
+    report = radiologist_report(session, user, report_id)
     job = session.get(AnalysisJob, report.analysis_job_id) if report.analysis_job_id else None
     uids = job.slice_sop_instance_uids if job else []
     if not 0 <= slice_index < len(uids):
@@ -406,17 +406,23 @@ def add_finding(
     return finding
 
 
-def sign_report(session: Session, user: User, report_id: int, conclusion: str | None = None) -> DiagnosticReport:
-    """Make the report final. Every AI finding must have a decision first."""
-    report = _radiologist_report(session, user, report_id)
-    pending = [f.id for f in report.findings if f.review_status is ReviewStatus.PENDING]
-    if pending:
-        raise Conflict(f"findings {pending} have no decision yet; accept, reject or edit each before signing")
+def signing_conclusion(report: DiagnosticReport, conclusion: str | None) -> str:
+    """The conclusion a signature records: the radiologist's text, else a summary of the kept
+    findings (what the sign preview shows is what `sign_report` stores)."""
     kept = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
-    report.conclusion = (conclusion or "").strip() or (
+    return (conclusion or "").strip() or (
         f"{len(kept)} abnormalit{'y' if len(kept) == 1 else 'ies'} confirmed by the radiologist"
         + (f" (largest {max(f.diameter_mm for f in kept):.0f} mm)." if kept else ": no abnormality.")
     )
+
+
+def sign_report(session: Session, user: User, report_id: int, conclusion: str | None = None) -> DiagnosticReport:
+    """Make the report final. Every AI finding must have a decision first."""
+    report = radiologist_report(session, user, report_id)
+    pending = [f.id for f in report.findings if f.review_status is ReviewStatus.PENDING]
+    if pending:
+        raise Conflict(f"findings {pending} have no decision yet; accept, reject or edit each before signing")
+    report.conclusion = signing_conclusion(report, conclusion)
     report.status = ReportStatus.FINAL
     report.signed_by_user_id = user.id
     report.signed_at = utcnow()
@@ -541,6 +547,7 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
         signed_by=signer_name if report.status is not ReportStatus.PRELIMINARY else None,
         signed_at=report.signed_at,
         organization=organization.name if organization else "Closed Loop Hospital",
+        addenda=tuple(a.text for a in report.addenda),
     )
     study_uid = study.study_instance_uid
     return ReportOutputsRequest(request_report, source_images, output_series_uids(study_uid, report.id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ai_services import cli, fhir, routes, seed
-from ai_services.events import AnalysisCompleted, ReportSigned
+from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.periodic import register_periodic
@@ -22,6 +22,10 @@ def register(app: Flask) -> None:
     # The SR and key images follow the report: made with the draft, remade when it is signed.
     subscribe(app, AnalysisCompleted, "ai_services.jobs.make_report_outputs", queue="ai")
     subscribe(app, ReportSigned, "ai_services.jobs.make_report_outputs", queue="ai")
+    # An addendum: a new SR version and a word to the referring clinician; no consultation and no
+    # charge follow it (those followed the signature, once).
+    subscribe(app, ReportAmended, "ai_services.jobs.make_report_outputs", queue="ai")
+    subscribe(app, ReportAmended, "ai_services.jobs.notify_report_amended", queue="notify")
     register_periodic(app, "ai_services.jobs.retrain_model", app.config["AI_RETRAIN_EVERY_SECONDS"], queue="ai")
     add_nav_link(app, "Reading list", "ai_services.reading_list_page", Role.RADIOLOGIST)
     add_nav_link(app, "Model versions", "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)

@@ -8,6 +8,7 @@ offers is visited, so a page added to the navigation later is audited without to
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -53,6 +54,8 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         for finding in report.findings:
             finding.review_status = ReviewStatus.ACCEPTED
         report.status = ReportStatus.FINAL
+        # Older than the report under review: the reading workspace shows it as the prior beside it.
+        report.issued_at = report.issued_at - timedelta(days=100)
         consultation = open_consultation(session, signed_id)
         assert consultation is not None
         consultation_id = consultation.id
@@ -69,7 +72,7 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         "clinician": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", "/login", booked_referral,
                       signed_referral],
         "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", booked_referral, signed_referral],
-        "radiologist": [f"/reports/{review_id}"],
+        "radiologist": [f"/reports/{review_id}", f"/reports/{review_id}?prior={signed_id}", f"/reports/{signed_id}"],
         "imaging_staff": [f"/worklist?date={appointment['start'][:10]}"],
         "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page",
                   f"/admin/centres/{site.demo.imaging_centre.id}", "/admin/users/new",

@@ -147,6 +147,9 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(flash(radiologist)).to_have_text(f"Finding {second} rejected.")
     radiologist.get_by_label("Conclusion").fill("One nodule in the right lung; follow-up CT advised.")
     radiologist.get_by_role("button", name="Sign report").click()
+    # Signing cannot be undone: a preview of what will be signed, then the confirmation.
+    expect(radiologist.locator("#preview-conclusion")).to_have_text("One nodule in the right lung; follow-up CT advised.")
+    radiologist.get_by_role("button", name="Confirm and sign").click()
     expect(flash(radiologist)).to_contain_text("Report signed")
     expect(radiologist.get_by_role("heading", level=1).locator(".badge")).to_have_text("final")
     expect(radiologist.get_by_role("button", name="Sign report")).to_have_count(0)

@@ -97,6 +97,7 @@ def test_a_modalitys_images_reach_the_pages_through_dicom_rq_and_the_model(
             radiologist.get_by_role("button", name=f"Accept finding {finding_id}").click()
             expect(radiologist.locator(".flash")).to_have_text(f"Finding {finding_id} accepted.")
         radiologist.get_by_role("button", name="Sign report").click()
+        radiologist.get_by_role("button", name="Confirm and sign").click()
         expect(radiologist.locator(".flash")).to_contain_text("Report signed")
 
         # The signature opened the clinician's consultation (a job on the worker).
