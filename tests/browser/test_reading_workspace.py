@@ -87,6 +87,7 @@ def test_radiologists_day_in_the_reading_workspace(browser: Any, site: LiveSite,
     priors.get_by_role("link", name=f"Compare side by side with report {prior_id}").click()
     prior_image = page.locator("#prior-image")
     expect(prior_image).to_have_attribute("src", re.compile(rf"/reports/{prior_id}/slices/0\.png"))
+    expect(page.locator("#slice-viewer .viewer-tools")).to_be_visible()  # the viewers' script has run
     page.locator("#slice-viewer .viewer-stage").press("ArrowDown")
     expect(prior_image).to_have_attribute("src", re.compile(rf"/reports/{prior_id}/slices/1\.png")), "the prior follows"
     page.locator("#slice-viewer .viewer-stage").press("ArrowUp")
