@@ -7,8 +7,13 @@
 2. Worklist C-FIND latency with W scheduled steps: `findscu -W` against our node, and against
    dcmtk's `wlmscpfs` serving the very same items (our node's responses, saved as .wl files);
    one query matching a single step (by AccessionNumber) and one matching all of them.
+3. WADO-RS frame retrieval with transcoding: F single-frame 512x512 16-bit CT instances stored as
+   RLE Lossless and as JPEG 2000 Lossless, each frame asked as uncompressed octet-stream (explicit VR
+   little endian: the server decodes) and as stored (`transfer-syntax=*`), through the app in
+   process (Werkzeug's test client: no HTTP server, so this is the app's own cost); frames/s.
+   Debian's Orthanc 1.10 has no DICOMweb plugin here, so this one is ours alone.
 
-Usage: .venv/bin/python bench/dicom_ingest.py [--n 2000] [--runs 3] [--worklist 10000]
+Usage: .venv/bin/python bench/dicom_ingest.py [--n 2000] [--runs 3] [--worklist 10000] [--frames 100]
 Prints a Markdown section for bench/RESULTS.md.
 """
 
@@ -30,6 +35,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +288,59 @@ def bench_worklist(work: Path, steps: int, runs: int) -> dict[str, list[float]]:
     return results
 
 
+def bench_wado_frames(work: Path, frames: int, runs: int) -> dict[str, list[float]]:
+    """Seconds to fetch every frame once, per (stored syntax, asked encoding), for each run."""
+    from hospital.app import create_app  # imported late, as in populate_worklist
+    from hospital.auth import issue_token
+    from hospital.models import Role, User
+    from imaging_orders.archive.ingest import store_instance
+
+    volume = np.random.default_rng(11).integers(-1000, 1500, size=(frames, 512, 512)).astype(np.float32)
+    datasets = ct_series_datasets(volume, patient_id="BENCH-F", patient_name="Bench^Frames", accession_number="BENCHF")
+    results: dict[str, list[float]] = {}
+    asks = {"uncompressed": 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1',
+            "as stored": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+    with bench_database() as url:
+        app = create_app({"DATABASE_URL": url, "REDIS_URL": None, "SECRET_KEY": "bench", "TESTING": True,
+                          "DICOM_STORAGE_DIR": str(work / "wado" / "dicom"), "STUDY_QUIET_SECONDS": 3600})
+        with app.app_context(), get_db(app).transaction() as session:
+            admin = User(username="bench-admin", password_hash="x", role=Role.ADMIN)
+            session.add(admin)
+            session.flush()
+            token, _ = issue_token(session, admin, 3600)
+        urls: dict[str, list[str]] = {}
+        for syntax_name, syntax in (("RLE Lossless", pydicom.uid.RLELossless), ("JPEG 2000 Lossless", pydicom.uid.JPEG2000Lossless)):
+            study_uid, series_uid = generate_uid(), generate_uid()
+            for ds in datasets:
+                copy = pydicom.dcmread(_part10_bytes(ds))
+                copy.StudyInstanceUID, copy.SeriesInstanceUID = study_uid, series_uid
+                copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+                copy.compress(syntax, generate_instance_uid=False)
+                store_instance(app, copy, transfer_syntax_uid=str(syntax), calling_ae="BENCH")
+                urls.setdefault(syntax_name, []).append(
+                    f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{copy.SOPInstanceUID}/frames/1")
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {token}"}
+        for _ in range(runs):
+            for syntax_name, frame_urls in urls.items():
+                for ask_name, accept in asks.items():
+                    start = time.perf_counter()
+                    for frame_url in frame_urls:
+                        response = client.get(frame_url, headers={**headers, "Accept": accept})
+                        if response.status_code != 200:
+                            raise RuntimeError(f"{frame_url}: {response.status_code} {response.get_data(as_text=True)[:300]}")
+                    results.setdefault(f"{syntax_name}|{ask_name}", []).append(time.perf_counter() - start)
+        get_db(app).engine.dispose()
+    return results
+
+
+def _part10_bytes(ds: pydicom.Dataset) -> BytesIO:
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    buffer.seek(0)
+    return buffer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="CT instances per ingest run")
@@ -289,6 +348,8 @@ def main() -> None:
     parser.add_argument("--worklist", type=int, default=10_000, help="scheduled procedure steps")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-worklist", action="store_true")
+    parser.add_argument("--frames", type=int, default=100, help="frames (instances) per stored syntax for WADO-RS")
+    parser.add_argument("--skip-wado", action="store_true")
     args = parser.parse_args()
     lines = [f"Machine: {os.cpu_count()} CPUs; {datetime.now(UTC):%Y-%m-%d}; medians of {args.runs} runs.", ""]
     with tempfile.TemporaryDirectory(prefix="dicom-bench-") as tmp:
@@ -315,6 +376,17 @@ def main() -> None:
                       f"| all {args.worklist} steps | {med['ours_all']:.2f} | {med['wlm_all']:.2f} | {med['ours_all'] / med['wlm_all']:.2f} |",
                       f"| one step by AccessionNumber | {med['ours_one']:.3f} | {med['wlm_one']:.3f} | {med['ours_one'] / med['wlm_one']:.2f} |",
                       ""]
+            print("\n".join(lines), flush=True)
+            lines = []
+        if not args.skip_wado:
+            frames = bench_wado_frames(work, args.frames, args.runs)
+            lines += [f"### WADO-RS frames, {args.frames} single-frame 512x512 16-bit CT instances per stored syntax (in process)", "",
+                      "| stored as | asked as | frames/s | ms per frame |", "|---|---|---|---|"]
+            for key, seconds in frames.items():
+                stored_as, asked_as = key.split("|")
+                median = statistics.median(seconds)
+                lines.append(f"| {stored_as} | {asked_as} | {args.frames / median:.0f} | {1000 * median / args.frames:.1f} |")
+            lines.append("")
     print("\n".join(lines))
 
 

@@ -50,6 +50,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import false, true
 from sqlalchemy.orm import Session
 
 from hospital.db import get_db
@@ -72,9 +73,11 @@ from imaging_orders.archive.query_retrieve import (
     QR_FIND_CONTEXTS,
     QR_GET_CONTEXTS,
     QR_MOVE_CONTEXTS,
+    calling_ae_allowed,
     handle_qr_find,
     handle_qr_get,
     handle_qr_move,
+    studies_visible_to_ae,
 )
 from imaging_orders.archive.storage_commitment import handle_commitment_request, resume_stalled_commitments
 from imaging_orders.mpps import create_performed_step, update_performed_step
@@ -266,6 +269,8 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
     """Store one instance; success is answered only once it is on disk and committed."""
     request = event.request
     calling_ae = _calling_ae(event)
+    # A rejection note may withdraw instances of the studies this peer may retrieve, no others.
+    visible = studies_visible_to_ae(app, calling_ae) if calling_ae_allowed(app, calling_ae) else false()
     try:
         result = store_instance(
             app,
@@ -274,6 +279,7 @@ def handle_store(event: Event, app: Flask) -> int | Dataset:
             calling_ae=calling_ae,
             expected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
             expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            rejection_scope=true() if visible is None else visible,
         )
     except ANSWERABLE as exc:
         logger.warning("C-STORE from %s not kept: %s: %s", calling_ae, type(exc).__name__, exc)

@@ -205,7 +205,7 @@ def _store_part(app: Any, part: BodyPart, path_study_uid: str | None, user: User
     try:
         result = store_instance(
             app, bytes(part.content), transfer_syntax_uid=params.get("transfer-syntax"),
-            calling_ae=f"STOW-RS:{user.id}",
+            calling_ae=f"STOW-RS:{user.id}", rejection_scope=visible_studies(user),
         )
     except InstanceRejected as exc:
         logger.warning("STOW-RS part %s rejected: %s", outcome.sop_instance_uid or "?", exc.reason)

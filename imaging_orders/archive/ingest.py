@@ -54,7 +54,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from pynetdicom.presentation import AllStoragePresentationContexts
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -83,6 +83,13 @@ from imaging_orders.archive.models import (
     StudyStatus,
 )
 from imaging_orders.archive.pixel_data import PIXEL_DATA_KEYWORDS, IncompletePixelData, check_pixel_data
+from imaging_orders.archive.rejection import (
+    RejectionNote,
+    RejectionRefused,
+    instances_to_withdraw,
+    rejection_note,
+    withdraw,
+)
 from imaging_orders.models import Appointment, AppointmentStatus
 from imaging_orders.service import start_examination
 from referrals import public as referrals
@@ -208,6 +215,7 @@ def store_instance(
     expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
     derived: bool = False,
+    rejection_scope: ColumnElement[bool] | None = None,
 ) -> StoreResult:
     """Keep one DICOM instance: validate, write durably, index, match, commit; then return.
 
@@ -219,6 +227,11 @@ def store_instance(
 
     An instance of a SOP class outside `STORAGE_SOP_CLASSES` is refused (0122) unless the app's
     DICOM_ACCEPT_UNKNOWN_SOP_CLASSES is on: the same policy the DICOM node applies in negotiation.
+
+    A rejection note (IHE IOCM, `imaging_orders.archive.rejection`) is stored and withdraws the
+    instances it references, all in the same unit of work, when they all lie in studies matching
+    `rejection_scope` (the studies this sender may withdraw from; None: it may withdraw nothing);
+    otherwise it is refused (0124) and nothing changes.
 
     Raises `InstanceRejected` (bad input, do not retry) or `StorageUnavailable` (retry later).
     """
@@ -237,14 +250,21 @@ def store_instance(
         raise InstanceRejected(
             f"unknown or private SOP class {received.sop_class_uid} not accepted here", SOP_CLASS_NOT_SUPPORTED
         )
+    try:
+        note = None if derived else rejection_note(received.header, received.sop_class_uid, received.study_instance_uid)
+    except RejectionRefused as exc:
+        raise InstanceRejected(exc.reason, exc.dicom_status) from exc
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     sha256 = hashlib.sha256(received.file_bytes).hexdigest()
     db = get_db(app)
+    rejection = _Rejection(note, rejection_scope, calling_ae) if note is not None else None
     for attempt in range(1, _STORE_ATTEMPTS + 1):
         try:
             # An app context: a corrected re-send may match a complete study and publish its event.
             with app.app_context():
-                result = _store_attempt(db, storage_dir, received, sha256, derived)
+                result = _store_attempt(db, storage_dir, received, sha256, derived, rejection)
+        except RejectionRefused as exc:
+            raise InstanceRejected(exc.reason, exc.dicom_status) from exc
         except IntegrityError:
             # Another association created the same study, series or instance between our read and
             # our insert; its rows are committed now, so a fresh attempt finds and reuses them.
@@ -267,13 +287,25 @@ def store_instance(
     )
 
 
-def _store_attempt(db: Database, storage_dir: Path, received: _ReceivedInstance, sha256: str, derived: bool) -> StoreResult:
+@dataclass(frozen=True)
+class _Rejection:
+    """A rejection note being stored: what it withdraws, who may, who sent it."""
+
+    note: RejectionNote
+    scope: ColumnElement[bool] | None
+    sent_by: str
+
+
+def _store_attempt(
+    db: Database, storage_dir: Path, received: _ReceivedInstance, sha256: str, derived: bool,
+    rejection: _Rejection | None = None,
+) -> StoreResult:
     """One unit of work: index the instance and write its file, then commit. What was written is
     removed if the transaction does not commit: no committed row would point at it."""
     written: list[Path] = []
     try:
         with db.transaction() as session:
-            return _index_and_write(session, storage_dir, received, sha256, derived, written)
+            return _index_and_write(session, storage_dir, received, sha256, derived, written, rejection)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -282,10 +314,11 @@ def _store_attempt(db: Database, storage_dir: Path, received: _ReceivedInstance,
 
 def _index_and_write(
     session: Session, storage_dir: Path, received: _ReceivedInstance, sha256: str, derived: bool,
-    written: list[Path],
+    written: list[Path], rejection: _Rejection | None = None,
 ) -> StoreResult:
     """Index the instance and write its file durably (paths written are appended to `written`, so
-    the caller removes them if its transaction does not commit)."""
+    the caller removes them if its transaction does not commit). A rejection note withdraws what
+    it references in the same transaction, or is refused before anything is indexed."""
     existing = session.scalar(
         select(ImagingInstance).where(ImagingInstance.sop_instance_uid == received.sop_instance_uid)
     )
@@ -298,6 +331,8 @@ def _index_and_write(
             return _duplicate_result(storage_dir, existing, received, existing.sha256)
         return _supersede(session, storage_dir, existing, received, sha256, written)
 
+    # Checked before any row is made: a refused note leaves no study, series or instance behind.
+    to_withdraw = instances_to_withdraw(session, rejection.note, rejection.scope) if rejection else []
     now = utcnow()
     warnings_out = list(received.warnings)
     study = _get_or_create_study(session, received, now, warnings_out)
@@ -325,6 +360,8 @@ def _index_and_write(
     # Flushing before the write holds the unique SOP Instance UID for this transaction, so a
     # concurrent store of the same instance waits here instead of racing on the file.
     session.flush()
+    if rejection is not None:
+        withdraw(session, rejection.note, instance.sop_instance_uid, study, to_withdraw, rejection.sent_by)
     target = storage_dir / received.relative_path
     # Marked before writing so that a failure anywhere from here on removes what was written.
     written.append(target)

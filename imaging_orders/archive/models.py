@@ -117,8 +117,32 @@ class ImagingInstance(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Versions received under this SOP Instance UID; earlier ones are in imaging_instance_version.
     version: Mapped[int] = mapped_column(default=1, server_default="1")
+    # Set when a rejection note (IHE IOCM) withdrew the instance: kept on disk and in the index,
+    # never again found or retrieved (`imaging_orders.archive.rejection`).
+    rejection_id: Mapped[int | None] = mapped_column(ForeignKey("instance_rejection.id"), index=True)
 
     series: Mapped[ImagingSeries] = relationship(back_populates="instances")
+
+
+class InstanceRejection(Base):
+    """One IHE IOCM rejection note received: a Key Object Selection Document titled with a CID 7011
+    code (113001 "Rejected for Quality Reasons", ...). The note itself is an instance of the study
+    (`kos_sop_instance_uid`); the instances it withdrew point here (`ImagingInstance.rejection_id`).
+    Rows are never deleted: this is the record of who withdrew what, when, and why."""
+
+    __tablename__ = "instance_rejection"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("imaging_study.id"), index=True)
+    kos_sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    code_value: Mapped[str] = mapped_column(String(16))
+    coding_scheme: Mapped[str] = mapped_column(String(16))
+    code_meaning: Mapped[str] = mapped_column(String(64))
+    # The calling AE title (C-STORE) or "STOW-RS:<user id>".
+    rejected_by: Mapped[str] = mapped_column(String(80))
+    rejected_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # How many instances this note withdrew (ones already withdrawn by an earlier note not counted).
+    withdrawn_count: Mapped[int] = mapped_column(default=0)
 
 
 class ImagingInstanceVersion(Base):

@@ -102,15 +102,17 @@ def study_series(session: Session, study_id: int, storage_dir: Path) -> tuple[Se
         select(ImagingSeries).where(ImagingSeries.study_id == study_id)
         .options(selectinload(ImagingSeries.instances)).order_by(ImagingSeries.number, ImagingSeries.id)
     ).all()
-    return tuple(
-        SeriesFiles(
-            series_instance_uid=s.series_instance_uid, modality=s.modality, number=s.number, body_part=s.body_part,
-            instances=tuple(
-                StoredInstance(i.sop_instance_uid, i.number, storage_dir / i.path) for i in s.instances
-            ),
+    found = []
+    for s in series:
+        # What a rejection note withdrew (IHE IOCM) is not read; a series left empty is not listed.
+        live = tuple(
+            StoredInstance(i.sop_instance_uid, i.number, storage_dir / i.path) for i in s.instances
+            if i.rejection_id is None
         )
-        for s in series
-    )
+        if live or not s.instances:
+            found.append(SeriesFiles(series_instance_uid=s.series_instance_uid, modality=s.modality, number=s.number,
+                                     body_part=s.body_part, instances=live))
+    return tuple(found)
 
 
 def instance_paths(session: Session, sop_instance_uids: Iterable[str], storage_dir: Path) -> dict[str, Path]:

@@ -76,6 +76,7 @@ from hospital.dicom_status import (
 from hospital.errors import InvalidInput
 from hospital.models import Organization
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
+from imaging_orders.archive.rejection import LIVE_INSTANCES
 from imaging_orders.models import Schedule
 from imaging_orders.worklist import CHARACTER_SET
 
@@ -228,6 +229,8 @@ def search_series(
 ) -> list[ImagingSeries]:
     studies = _study_statement(criteria, visible, with_series_keys=False).with_only_columns(ImagingStudy.id)
     statement = select(ImagingSeries).where(ImagingSeries.study_id.in_(studies))
+    # A series whose every instance a rejection note withdrew is gone too.
+    statement = statement.where(ImagingSeries.id.in_(select(ImagingInstance.series_id).where(LIVE_INSTANCES)))
     statement = _series_filters(statement, criteria)
     statement = statement.order_by(ImagingSeries.study_id, ImagingSeries.number, ImagingSeries.id)
     return list(session.scalars(statement.offset(offset).limit(limit)))
@@ -243,7 +246,7 @@ def search_instances(
 ) -> list[ImagingInstance]:
     studies = _study_statement(criteria, visible, with_series_keys=False).with_only_columns(ImagingStudy.id)
     series = _series_filters(select(ImagingSeries.id).where(ImagingSeries.study_id.in_(studies)), criteria)
-    statement = select(ImagingInstance).where(ImagingInstance.series_id.in_(series))
+    statement = select(ImagingInstance).where(ImagingInstance.series_id.in_(series), LIVE_INSTANCES)
     if criteria.sop_instance_uids:
         statement = statement.where(ImagingInstance.sop_instance_uid.in_(_split_uids(criteria.sop_instance_uids)))
     if criteria.instance_numbers:
@@ -341,7 +344,8 @@ def study_counts(session: Session, study_ids: Sequence[int]) -> dict[int, StudyC
     n_series = dict(
         session.execute(
             select(ImagingSeries.study_id, func.count(ImagingSeries.id))
-            .where(ImagingSeries.study_id.in_(study_ids))
+            .where(ImagingSeries.study_id.in_(study_ids),
+                   ImagingSeries.id.in_(select(ImagingInstance.series_id).where(LIVE_INSTANCES)))
             .group_by(ImagingSeries.study_id)
         ).all()
     )
@@ -349,13 +353,16 @@ def study_counts(session: Session, study_ids: Sequence[int]) -> dict[int, StudyC
         session.execute(
             select(ImagingSeries.study_id, func.count(ImagingInstance.id))
             .join(ImagingInstance, ImagingInstance.series_id == ImagingSeries.id)
-            .where(ImagingSeries.study_id.in_(study_ids))
+            .where(ImagingSeries.study_id.in_(study_ids), LIVE_INSTANCES)
             .group_by(ImagingSeries.study_id)
         ).all()
     )
     modalities: dict[int, set[str]] = {}
     for study_id, modality in session.execute(
-        select(ImagingSeries.study_id, ImagingSeries.modality).where(ImagingSeries.study_id.in_(study_ids)).distinct()
+        select(ImagingSeries.study_id, ImagingSeries.modality).where(
+            ImagingSeries.study_id.in_(study_ids),
+            ImagingSeries.id.in_(select(ImagingInstance.series_id).where(LIVE_INSTANCES)),
+        ).distinct()
     ):
         if modality:
             modalities.setdefault(study_id, set()).add(modality)
@@ -374,7 +381,7 @@ def series_instance_counts(session: Session, series_ids: Sequence[int]) -> dict[
     return dict(
         session.execute(
             select(ImagingInstance.series_id, func.count(ImagingInstance.id))
-            .where(ImagingInstance.series_id.in_(series_ids))
+            .where(ImagingInstance.series_id.in_(series_ids), LIVE_INSTANCES)
             .group_by(ImagingInstance.series_id)
         ).all()
     )
@@ -439,7 +446,7 @@ def instance_attributes(instance: ImagingInstance) -> Dataset:
 
 
 def representative_instance(session: Session, *, study_id: int | None = None, series_id: int | None = None) -> ImagingInstance | None:
-    statement = select(ImagingInstance).order_by(ImagingInstance.number, ImagingInstance.id).limit(1)
+    statement = select(ImagingInstance).where(LIVE_INSTANCES).order_by(ImagingInstance.number, ImagingInstance.id).limit(1)
     if series_id is not None:
         statement = statement.where(ImagingInstance.series_id == series_id)
     else:

@@ -39,7 +39,13 @@ from hospital.errors import Conflict, Forbidden, NotFound
 from hospital.models import Patient, Role, User
 from hospital.web import form_action
 from imaging_orders.archive.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study, write_file_durably
-from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.models import (
+    ImagingInstance,
+    ImagingSeries,
+    ImagingStudy,
+    InstanceRejection,
+    StudyStatus,
+)
 from referrals.public import ORDERS, ReferralSummary, referral_summary, summary_from_row
 
 logger = logging.getLogger(__name__)
@@ -341,6 +347,41 @@ def merge_api(study_id: int) -> ResponseReturnValue:
     into_study_id = required(data, "into_study_id", int)
     moved = merge_for_user(request_session(), current_user(), study_id, into_study_id)
     return jsonify(id=study_id, merged_into=into_study_id, instances=moved, status=StudyStatus.CANCELLED.value)
+
+
+def study_rejections(session: Session, user: User, study_id: int) -> list[dict[str, Any]]:
+    """The rejection notes (IHE IOCM) received for a study the user may see, oldest first, each
+    with the instances it withdrew; the read is audited."""
+    study = session.get(ImagingStudy, study_id)
+    if study is None:
+        raise NotFound(f"imaging study {study_id} does not exist")
+    ensure_study_visible(session, user, study)
+    rejections = session.scalars(
+        select(InstanceRejection).where(InstanceRejection.study_id == study_id).order_by(InstanceRejection.id)
+    ).all()
+    withdrawn: dict[int, list[str]] = {}
+    for rejection_id, uid in session.execute(
+        select(ImagingInstance.rejection_id, ImagingInstance.sop_instance_uid)
+        .where(ImagingInstance.rejection_id.in_([r.id for r in rejections])).order_by(ImagingInstance.id)
+    ):
+        withdrawn.setdefault(rejection_id, []).append(uid)
+    record_access(session, user, "R", "ImagingStudy", study.id, patient_id=study.patient_id,
+                  description=f"rejection notes ({len(rejections)})")
+    return [
+        {
+            "id": r.id, "note_sop_instance_uid": r.kos_sop_instance_uid,
+            "code": {"value": r.code_value, "scheme": r.coding_scheme, "meaning": r.code_meaning},
+            "rejected_by": r.rejected_by, "rejected_at": r.rejected_at.isoformat(),
+            "instances": withdrawn.get(r.id, []),
+        }
+        for r in rejections
+    ]
+
+
+@bp.get("/api/imaging-studies/<int:study_id>/rejections")
+@require_roles(*RECONCILERS)
+def rejections_api(study_id: int) -> ResponseReturnValue:
+    return jsonify(study_rejections(request_session(), current_user(), study_id))
 
 
 @bp.route("/reconciliation", methods=["GET", "POST"])

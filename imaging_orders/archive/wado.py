@@ -28,7 +28,7 @@ from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.dicom_status import PROCESSING_FAILURE
-from hospital.errors import NotFound, PayloadTooLarge
+from hospital.errors import Gone, NotFound, PayloadTooLarge
 from hospital.models import User
 from imaging_orders.archive.dicomweb_media import (
     DICOM,
@@ -45,7 +45,7 @@ from imaging_orders.archive.dicomweb_media import (
     read_header,
 )
 from imaging_orders.archive.ingest import StorageUnavailable
-from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, InstanceRejection
 from imaging_orders.archive.query_retrieve import stored_path
 from imaging_orders.archive.reconciliation import ensure_study_visible
 from imaging_orders.archive.rendering import (
@@ -90,10 +90,23 @@ def _instances_to_retrieve(
         statement = statement.where(ImagingSeries.series_instance_uid == series_uid)
     if instance_uid is not None:
         statement = statement.where(ImagingInstance.sop_instance_uid == instance_uid)
-    instances = list(session.scalars(statement))
-    if not instances:
+    found = list(session.scalars(statement))
+    if not found:
         raise NotFound("no such series or instance in this study")
+    instances = [i for i in found if i.rejection_id is None]
+    if not instances:
+        raise _withdrawn(session, found[0])
     return study, instances
+
+
+def _withdrawn(session: Session, instance: ImagingInstance) -> Gone:
+    """410 for what a rejection note withdrew (IHE IOCM), saying which note and when."""
+    rejection = session.get(InstanceRejection, instance.rejection_id)
+    assert rejection is not None  # foreign key
+    return Gone(
+        f"withdrawn by a rejection note ({rejection.code_value}, {rejection.coding_scheme}, "
+        f"\"{rejection.code_meaning}\") on {rejection.rejected_at:%Y-%m-%d %H:%M} UTC"
+    )
 
 
 def _audit_read(session: Session, user: User, study: ImagingStudy, description: str) -> None:

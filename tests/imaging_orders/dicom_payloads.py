@@ -65,3 +65,69 @@ def demo_centre(session: Session, demo: DemoSeed) -> Centre:
 
 def demo_order(session: Session, demo: DemoSeed, **kwargs: Any) -> Order:
     return make_order(session, demo_centre(session, demo), **kwargs)
+
+
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+# CID 7011 rejection notes (DCM): the KOS title that makes it an IOCM rejection note.
+REJECTED_FOR_QUALITY = ("113001", "Rejected for Quality Reasons")
+REJECTED_FOR_PATIENT_SAFETY = ("113037", "Rejected for Patient Safety Reasons")
+
+
+def rejection_note(
+    rejected: list[Dataset], title: tuple[str, str] = REJECTED_FOR_QUALITY, *, study_uid: str | None = None,
+) -> Dataset:
+    """A Key Object Selection Document whose title is a rejection note, referencing `rejected`
+    (in CurrentRequestedProcedureEvidenceSequence, and as content items, as IOCM senders do)."""
+    first = rejected[0]
+    ds = Dataset()
+    ds.SOPClassUID = KEY_OBJECT_SELECTION
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid or first.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "KO"
+    ds.SeriesNumber = 999
+    ds.InstanceNumber = 1
+    for keyword in ("PatientID", "PatientName", "AccessionNumber", "StudyDate", "StudyTime"):
+        if keyword in first:
+            setattr(ds, keyword, first.get(keyword))
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    concept = Dataset()
+    concept.CodeValue, concept.CodeMeaning = title
+    concept.CodingSchemeDesignator = "DCM"
+    ds.ConceptNameCodeSequence = [concept]
+    template = Dataset()
+    template.MappingResource = "DCMR"
+    template.TemplateIdentifier = "2010"
+    ds.ContentTemplateSequence = [template]
+    by_series: dict[tuple[str, str], list[Dataset]] = {}
+    for image in rejected:
+        by_series.setdefault((str(image.StudyInstanceUID), str(image.SeriesInstanceUID)), []).append(image)
+    by_study: dict[str, list[Dataset]] = {}
+    content = []
+    for (study, series_uid), images in by_series.items():
+        series = Dataset()
+        series.SeriesInstanceUID = series_uid
+        series.ReferencedSOPSequence = []
+        for image in images:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = image.SOPClassUID
+            ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
+            series.ReferencedSOPSequence.append(ref)
+            item = Dataset()
+            item.RelationshipType = "CONTAINS"
+            item.ValueType = "IMAGE"
+            item.ReferencedSOPSequence = [ref]
+            content.append(item)
+        by_study.setdefault(study, []).append(series)
+    evidence = []
+    for study, series_items in by_study.items():
+        item = Dataset()
+        item.StudyInstanceUID = study
+        item.ReferencedSeriesSequence = series_items
+        evidence.append(item)
+    ds.CurrentRequestedProcedureEvidenceSequence = evidence
+    ds.ContentSequence = content
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return ds
