@@ -51,6 +51,7 @@ class ReportSummary:
     findings: tuple[ReportFinding, ...]
     status: str = "preliminary"  # FHIR DiagnosticReport.status: preliminary, final, amended
     signed_at: datetime | None = None
+    addenda: tuple[str, ...] = ()  # what radiologists added after signing, oldest first
 
     @property
     def kept_findings(self) -> tuple[ReportFinding, ...]:
@@ -107,5 +108,5 @@ def _summary(report: DiagnosticReport) -> ReportSummary:
                           float(f.diameter_mm))
             for f in report.findings
         ),
-        status=report.status.value, signed_at=report.signed_at,
+        status=report.status.value, signed_at=report.signed_at, addenda=tuple(a.text for a in report.addenda),
     )

@@ -17,6 +17,7 @@ import ai_services.wiring
 import billing.wiring
 import followup.wiring
 import imaging_orders.wiring
+import integration.wiring
 import referrals.wiring
 from hospital import (
     access,
@@ -43,7 +44,9 @@ from hospital.fhir import routes as fhir_routes
 
 logger = logging.getLogger(__name__)
 
-STAGES = (referrals.wiring, imaging_orders.wiring, ai_services.wiring, followup.wiring, billing.wiring)
+STAGES = (
+    referrals.wiring, imaging_orders.wiring, ai_services.wiring, followup.wiring, billing.wiring, integration.wiring,
+)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -100,6 +100,19 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # An emergency ("break the glass") grant opens a patient's record for this long, then ends
         # by itself (hospital/emergency.py); a longer need asks again, with a new reason and alert.
         "EMERGENCY_ACCESS_MINUTES": _env_int("EMERGENCY_ACCESS_MINUTES", 60),
+        # HL7 v2 over MLLP (`hospital hl7`, integration/): where the listener listens, how it names
+        # itself in MSH-3/MSH-4 of what it sends, the largest message it keeps, when an idle
+        # connection is closed; where signed reports go as ORU^R01 ("host:port,host:port") and
+        # the address the report links in them start with.
+        "HL7_HOST": os.environ.get("HL7_HOST") or "127.0.0.1",
+        "HL7_PORT": _env_int("HL7_PORT", 2575),
+        "HL7_APPLICATION": os.environ.get("HL7_APPLICATION") or "HOSPITAL",
+        "HL7_FACILITY": os.environ.get("HL7_FACILITY") or "HOSPITAL",
+        "HL7_MAX_MESSAGE_BYTES": _env_int("HL7_MAX_MESSAGE_BYTES", 1024 * 1024),
+        "HL7_IDLE_TIMEOUT_SECONDS": _env_int("HL7_IDLE_TIMEOUT_SECONDS", 60),
+        "HL7_RESULT_DESTINATIONS": os.environ.get("HL7_RESULT_DESTINATIONS") or "",
+        "HL7_SEND_TIMEOUT_SECONDS": _env_int("HL7_SEND_TIMEOUT_SECONDS", 10),
+        "PUBLIC_BASE_URL": (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000").rstrip("/"),
         "TESTING": False,
     }
     if overrides:

@@ -62,6 +62,9 @@ class Patient(Base):
     email: Mapped[str | None] = mapped_column(String(200))
     # IANA zone the patient lives in: follow-up dates fall on their calendar, not UTC's.
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # Set when this record was merged into another (HL7 ADT^A40, hospital.patients.merge_patients):
+    # it is kept, for the audit trail and for lookups by its old MRN, but owns nothing any more.
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
