@@ -190,6 +190,11 @@ def test_alert_rules_parse_and_name_only_metrics_we_export() -> None:
         assert rule["expr"].strip() and rule["labels"]["severity"] in {"page", "ticket"}
         assert rule["annotations"]["summary"] and rule["annotations"]["runbook"].startswith("docs/operations.md#")
         assert any(metric in rule["expr"] for metric in exported), rule["alert"]
+    # Every runbook link names a section of docs/operations.md (GitHub's heading anchors).
+    headings = {line.lstrip("#").strip().lower().replace(" ", "-")
+                for line in (ROOT / "docs" / "operations.md").read_text().splitlines() if line.startswith("#")}
+    missing = {rule["annotations"]["runbook"].split("#", 1)[1] for rule in alerts} - headings
+    assert not missing, missing
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed here")
