@@ -213,6 +213,10 @@ def scrape_allowed() -> bool:
 @bp.get("/metrics")
 def metrics_endpoint() -> Response:
     if not scrape_allowed():
+        if "Authorization" not in request.headers and g.get("current_user") is None:
+            # No credentials at all: a plain 401 a scraper understands, not the sign-in redirect.
+            return Response("metrics need METRICS_TOKEN, an address in METRICS_ALLOW_IPS, or an administrator\n",
+                            status=401, mimetype="text/plain", headers={"WWW-Authenticate": "Bearer"})
         raise Forbidden("metrics need METRICS_TOKEN, an address in METRICS_ALLOW_IPS, or an administrator")
     return Response(exposition(current_app._get_current_object()), mimetype=CONTENT_TYPE_LATEST)  # type: ignore[attr-defined]
 

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from hospital import jobs, logging_setup
 from hospital.clock import utcnow
+from hospital.db import get_db
 from hospital.migrate import upgrade
-from hospital.models import JobRecord, JobStatus
+from hospital.models import JobRecord, JobStatus, Patient
 from tests.conftest import make_test_app
 from tests.hospital.inprocess_loop import run_loop_in_process
 
@@ -62,7 +63,7 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 # --- /metrics ------------------------------------------------------------------------------------
 
 def test_metrics_refuse_anonymous_and_non_admin_callers(client: FlaskClient, as_role: Any, scrape_token: str) -> None:
-    assert client.get("/metrics").status_code == 403
+    assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer not-the-token"}).status_code == 403
     assert as_role("clinician").get("/metrics").status_code == 403
     assert as_role("admin").get("/metrics").status_code == 200
@@ -73,7 +74,7 @@ def test_metrics_answer_an_allowed_address(app: Flask, client: FlaskClient) -> N
     app.config["METRICS_ALLOW_IPS"] = "10.0.0.0/8, 192.0.2.7"
     try:
         assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
-        assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.0.2.8"}).status_code == 403
+        assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.0.2.8"}).status_code == 401
     finally:
         app.config["METRICS_ALLOW_IPS"] = ""
 
@@ -232,10 +233,14 @@ def test_loop_moves_the_figures_and_logs_no_patient_data(tmp_path: Path, caplog:
     assert value(after, "hospital_job_failed", queue="ai") == 0
 
     # Every log line of the loop, at DEBUG, every logger: none names the patient.
-    family, given = dicom_name.split("^")
+    with app.app_context(), get_db(app).session() as session:
+        patient = session.scalars(select(Patient).where(Patient.mrn == mrn)).one()
+        secrets = [mrn, patient.family_name, patient.given_name, dicom_name, patient.email or ""]
+        if patient.birth_date is not None:
+            secrets += [patient.birth_date.isoformat(), patient.birth_date.strftime("%Y%m%d")]
     text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert len(caplog.records) > 50
-    for secret in (mrn, family, given):
+    for secret in filter(None, secrets):
         leaking = [f"{r.name}: {r.getMessage()[:200]}" for r in caplog.records if secret in r.getMessage()]
         assert secret not in text, leaking[:5]
     # The association's lines carry its id; every job record names the request (or the background
@@ -243,9 +248,7 @@ def test_loop_moves_the_figures_and_logs_no_patient_data(tmp_path: Path, caplog:
     association_lines = [r for r in caplog.records if str(getattr(r, "request_id", "")).startswith("dicom-")]
     assert any("accepted" in r.getMessage() for r in association_lines)
     assert any(r.name.startswith("imaging_orders.archive") for r in association_lines)
-    with app.app_context():
-        from hospital.db import get_db
-        with get_db(app).session() as session:
-            ids = set(session.scalars(select(JobRecord.request_id)))
+    with app.app_context(), get_db(app).session() as session:
+        ids = set(session.scalars(select(JobRecord.request_id)))
     assert any(i and len(i) == 32 for i in ids), ids  # the referral's, accepted over HTTP
     assert None not in ids, "every job record names what caused it"
