@@ -6,6 +6,7 @@ result."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from flask import Flask, current_app
@@ -25,6 +26,7 @@ from ai_services.service import (
     record_progress,
     store_report_outputs,
 )
+from hospital import metrics
 from hospital.db import get_db
 from hospital.notify import notifier
 from imaging_orders.archive.events import StudyCompleted
@@ -59,7 +61,9 @@ def analyse_study_again(session: Session, study_id: int) -> None:
         volume = read_ct_volume(plan.instance_paths) if verdict.applicable else _viewable_volume(plan.instance_paths)
         if volume is not None and verdict.applicable:
             verdict = check_volume(volume, valid)
+        started = time.perf_counter()
         detections = detector.detect(volume, progress=progress) if volume is not None and verdict.applicable else []
+        inference_seconds = time.perf_counter() - started
     except Exception as exc:
         with db.transaction() as failure_session:
             record_failure(failure_session, plan.job_id, f"{type(exc).__name__}: {exc}")
@@ -69,6 +73,7 @@ def analyse_study_again(session: Session, study_id: int) -> None:
                               volume.pixel_spacing_mm if volume else None)
         return
     record_analysis(session, plan, volume.sop_instance_uids, volume.pixel_spacing_mm, detections)
+    metrics.observe_inference(inference_seconds, len(detections))
     logger.info("study %s analysed: %d findings", study_id, len(detections))
 
 

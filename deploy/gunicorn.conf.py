@@ -33,3 +33,14 @@ os.environ.setdefault("SESSION_COOKIE_SECURE", "true")
 # X-Forwarded-For, or every client shares the proxy's address and one login rate bucket. Set it to
 # the number of proxies that append to X-Forwarded-For (0 when gunicorn faces clients directly).
 os.environ.setdefault("TRUSTED_PROXIES", "1")
+# One JSON object per log line (with the request id), for a log shipper.
+os.environ.setdefault("LOG_FORMAT", "json")
+
+
+def child_exit(server, worker):  # noqa: ANN001 - gunicorn's hook signature
+    """prometheus-client multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set before gunicorn starts and
+    emptied then, see deploy/run-production.sh): a dead worker's live gauges must stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -18,7 +18,13 @@ BILLING_WORKERS="${BILLING_WORKERS:-2}"
 NOTIFY_WORKERS="${NOTIFY_WORKERS:-1}"    # notify + default queues
 HOSPITAL="${HOSPITAL:-hospital}"
 GUNICORN="${GUNICORN:-gunicorn}"
-export DATABASE_URL REDIS_URL SECRET_KEY DICOM_STORAGE_DIR
+# Every process on this machine (gunicorn workers, RQ work horses, the DICOM node) writes its
+# metrics here and /metrics adds them up (prometheus-client multiprocess mode). Emptied at each
+# start: the files of a previous run's processes would otherwise be counted again.
+PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-${TMPDIR:-/tmp}/hospital-metrics}"
+LOG_FORMAT="${LOG_FORMAT:-json}"          # one JSON object per line, with request_id, for the log shipper
+export DATABASE_URL REDIS_URL SECRET_KEY DICOM_STORAGE_DIR PROMETHEUS_MULTIPROC_DIR LOG_FORMAT
+rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 
 pids=()
 stop() {

@@ -30,10 +30,13 @@ from hospital import (
     errors_http,
     jobs,
     limits,
+    logging_setup,
+    metrics,
     notify,
     openapi,
     periodic,
     ratelimit,
+    readiness,
     record_openings_routes,
     web,
 )
@@ -57,6 +60,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _configure_logging(app)
     _trust_proxies(app)
 
+    logging_setup.init_app(app)
+    metrics.init_app(app)
     db.init_app(app)
     jobs.init_app(app)
     access.init_app(app)
@@ -68,6 +73,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     core_resources.register_fhir(app)
     app.extensions["hospital.seeders"] = []
 
+    readiness.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(web.bp)
@@ -93,5 +99,4 @@ def _trust_proxies(app: Flask) -> None:
 
 
 def _configure_logging(app: Flask) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging_setup.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 from flask import current_app
@@ -16,6 +17,7 @@ from demo.cli import demo_command
 from hospital import migrate
 from hospital.app import create_app
 from hospital.audit import verify_chain
+from hospital.backup import BackupError, backup, restore
 from hospital.db import get_db
 from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sweep_lost_jobs
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
@@ -80,6 +82,31 @@ def audit_verify_command() -> None:
                    f"({report.rows} rows read)", err=True)
         sys.exit(1)
     click.echo(f"audit chain intact: {report.rows} rows; head {report.head_hash}")
+
+
+@cli.command("backup")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def backup_command(directory: Path) -> None:
+    """Back up the database, the DICOM store and the model files into DIRECTORY (absent or empty),
+    with a manifest of SHA-256 hashes and the schema revision (hospital/backup.py)."""
+    try:
+        manifest = backup(current_app._get_current_object(), directory)  # type: ignore[attr-defined]
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"backup in {directory}: {len(manifest['files'])} files, schema {manifest['schema_revision']}")
+
+
+@cli.command("restore")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def restore_command(directory: Path) -> None:
+    """Restore the backup in DIRECTORY into this installation, which must be empty (no tables, no
+    stored files); refuses a backup whose files do not match its manifest."""
+    try:
+        result = restore(current_app._get_current_object(), directory)  # type: ignore[attr-defined]
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"restored schema {result.manifest['schema_revision']}; audit chain intact: "
+               f"{result.audit.rows} rows; head {result.audit.head_hash}")
 
 
 @cli.command("seed")

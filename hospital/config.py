@@ -94,6 +94,12 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "SESSION_MAX_HOURS": _env_int("SESSION_MAX_HOURS", 12),
         # The root log level of each process (the demo asks its DICOM server for WARNING).
         "LOG_LEVEL": (os.environ.get("LOG_LEVEL") or "INFO").upper(),
+        # "json" (one object per line, for a log shipper; deploy/ sets it) or "text".
+        "LOG_FORMAT": (os.environ.get("LOG_FORMAT") or "text").lower(),
+        # Who may scrape /metrics besides a signed-in administrator (hospital/metrics.py): a bearer
+        # token, and/or client addresses or networks ("10.0.0.0/8,127.0.0.1").
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
+        "METRICS_ALLOW_IPS": os.environ.get("METRICS_ALLOW_IPS") or "",
         # A clinician's completed referral or finished consultation still opens the patient's record
         # for this many days (see hospital/access.py); a live one opens it until it ends.
         "CARE_RELATIONSHIP_DAYS": _env_int("CARE_RELATIONSHIP_DAYS", 30),

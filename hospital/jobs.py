@@ -32,8 +32,9 @@ from sqlalchemy.orm import Session
 from werkzeug.utils import import_string
 
 from hospital.clock import utcnow
-from hospital.db import get_db
+from hospital.db import Database, get_db
 from hospital.events import DomainEvent, declared_event_types, event_type
+from hospital.logging_setup import current_request_id, new_request_id, request_id_scope
 from hospital.models import JobRecord, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def enqueue(session: Session, handler: str, *, queue: str = "default", **payload
 
 
 def _add_record(session: Session, handler: str, queue: str, payload: dict[str, Any], event: str | None) -> JobRecord:
-    record = JobRecord(handler=handler, queue=queue, payload=payload, event=event)
+    record = JobRecord(handler=handler, queue=queue, payload=payload, event=event, request_id=current_request_id() or new_request_id("sys-"))
     session.add(record)
     session.flush()
     session.info.setdefault(_PENDING_KEY, []).append(record.id)
@@ -230,6 +231,14 @@ def run_job(record_id: int) -> None:
         record.attempts += 1
         record.started_at = utcnow()
         handler_path, payload, event_name = record.handler, dict(record.payload), record.event
+        request_id = record.request_id or new_request_id("sys-")
+    with request_id_scope(request_id):
+        _run_handler(db, record_id, handler_path, payload, event_name)
+
+
+def _run_handler(db: Database, record_id: int, handler_path: str, payload: dict[str, Any], event_name: str | None) -> None:
+    """Run a claimed record's handler in its own transaction and mark the record done or failed
+    (the jobs it publishes carry the same request id)."""
     handler: Callable[..., Any] = import_string(handler_path)
     try:
         with db.transaction() as session:

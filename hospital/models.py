@@ -226,6 +226,9 @@ class JobRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The request, job or DICOM association that caused this work (hospital.logging_setup): the
+    # worker logs under it, so one id follows a request into its jobs. Not an identifier of anyone.
+    request_id: Mapped[str | None] = mapped_column(String(80))
 
 
 class ResourceVersion(Base):

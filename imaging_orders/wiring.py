@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from hospital import metrics
 from hospital.models import Role
 from hospital.web import add_nav_link
 from imaging_orders import cli, fhir, routes, seed
@@ -16,6 +17,8 @@ def register(app: Flask) -> None:
     app.register_blueprint(wado.bp)
     app.register_blueprint(reconciliation.bp)
     fhir.register_fhir(app)
+    metrics.register_gauge(app, "hospital_studies_awaiting_reconciliation",
+                           "Studies received but matched to no order, waiting for staff.", reconciliation.awaiting_count)
     app.cli.add_command(cli.dicom_command)
     app.extensions["hospital.seeders"].append(seed.seed_schedules)
     add_nav_link(app, "Worklist", "imaging_orders.worklist_page", Role.IMAGING_STAFF, Role.ADMIN)

@@ -53,6 +53,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import false, true
 from sqlalchemy.orm import Session
 
+from hospital import metrics
 from hospital.db import get_db
 from hospital.dicom_status import (
     ANSWERABLE,
@@ -68,6 +69,7 @@ from hospital.dicom_status import (
     failure_status,
     status_dataset,
 )
+from hospital.logging_setup import bind_request_id, new_request_id
 from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
 from imaging_orders.archive.query_retrieve import (
     QR_FIND_CONTEXTS,
@@ -140,6 +142,10 @@ def build_ae(app: Flask, ae_title: str | None = None) -> AE:
 def event_handlers(app: Flask) -> list[Any]:
     return [
         (evt.EVT_CONN_OPEN, disable_nagle),
+        (evt.EVT_ACCEPTED, association_accepted),
+        (evt.EVT_REJECTED, lambda event: metrics.DICOM_ASSOCIATIONS.labels("rejected").inc()),
+        (evt.EVT_ABORTED, lambda event: metrics.DICOM_ASSOCIATIONS.labels("aborted").inc()),
+        (evt.EVT_RELEASED, lambda event: metrics.DICOM_ASSOCIATIONS.labels("released").inc()),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [app]),
         (evt.EVT_C_FIND, handle_find, [app]),
@@ -260,6 +266,15 @@ def disable_nagle(event: Event) -> None:
         logger.debug("could not set TCP_NODELAY: %s", exc)
 
 
+def association_accepted(event: Event) -> None:
+    """Each association runs in its own thread: bind an id for it there, so its log lines and the
+    job records its C-STOREs cause carry it (hospital.logging_setup)."""
+    association_id = new_request_id("dicom-")
+    bind_request_id(association_id)
+    metrics.DICOM_ASSOCIATIONS.labels("accepted").inc()
+    logger.info("association %s accepted from %s", association_id, _calling_ae(event))
+
+
 def handle_echo(event: Event) -> int:
     logger.info("C-ECHO from %s", _calling_ae(event))
     return SUCCESS
@@ -267,6 +282,17 @@ def handle_echo(event: Event) -> int:
 
 def handle_store(event: Event, app: Flask) -> int | Dataset:
     """Store one instance; success is answered only once it is on disk and committed."""
+    try:
+        answer = _store(event, app)
+    except BaseException:
+        # pynetdicom answers an exception from a handler with 0xC211 (unable to process).
+        metrics.count_cstore(0xC211)
+        raise
+    metrics.count_cstore(int(answer.Status) if isinstance(answer, Dataset) else answer)
+    return answer
+
+
+def _store(event: Event, app: Flask) -> int | Dataset:
     request = event.request
     calling_ae = _calling_ae(event)
     # A rejection note may withdraw instances of the studies this peer may retrieve, no others.

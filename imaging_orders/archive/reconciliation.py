@@ -72,6 +72,14 @@ def unmatched_in_centre(user: User) -> ColumnElement[bool]:
     return and_(ImagingStudy.referral_id.is_(None), ImagingStudy.patient_id.is_(None), ~other_centre)
 
 
+def awaiting_count(session: Session) -> int:
+    """How many studies wait here, every centre's (the operator's figure, hospital/metrics.py)."""
+    waiting = select(func.count()).select_from(ImagingStudy).where(
+        ImagingStudy.referral_id.is_(None), ImagingStudy.status != StudyStatus.CANCELLED
+    )
+    return int(session.scalar(waiting) or 0)
+
+
 def visible_studies(user: User) -> ColumnElement[bool]:
     """Studies `user` may find: matched ones in their patient compartment, unmatched ones of their centre."""
     if user.role is Role.ADMIN:

@@ -23,8 +23,8 @@ from hospital.seed import DemoSeed
 from tests.security.care_world import add_relationship, make_care_world
 
 # Reachable without signing in: the sign-in itself, health, static files, the FHIR and OpenAPI
-# descriptions, and the home page (which sends a visitor to the login page).
-PUBLIC_ENDPOINTS = {"web.login", "web.health", "web.home", "static", "web.static", "web.favicon", "api.create_token",
+# descriptions, the home page (which sends a visitor to the login page), and readiness (no patient data).
+PUBLIC_ENDPOINTS = {"web.login", "web.health", "readiness.ready", "web.home", "static", "web.static", "web.favicon", "api.create_token",
                     "fhir.capability_statement", "openapi.spec"}
 # These end the caller's own session; they run last so the matrix keeps its tokens until then.
 SESSION_ENDERS = {"api.revoke", "web.logout"}
