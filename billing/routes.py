@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import asdict
-from datetime import UTC, date, datetime, time
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from werkzeug.datastructures import MultiDict
 
 from billing.charts import revenue_bars_svg
 from billing.models import ChargeItem, Invoice, Payer, PaymentKind, ServiceLine
@@ -31,13 +32,14 @@ from billing.service import (
     set_coverage,
     unbilled_charges,
 )
+from hospital import clock
 from hospital.api import enum_value, json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import Organization, Role
-from hospital.web import form_action
+from hospital.web import form_action, reader_timezone
 
 logger = logging.getLogger(__name__)
 
@@ -148,14 +150,56 @@ def coverage() -> ResponseReturnValue:
     return jsonify(payload), 201
 
 
+@dataclass(frozen=True)
+class RevenueRange:
+    """Days on the reader's calendar (`zone`), both inclusive, and the UTC instants that bound them."""
+
+    first: date | None
+    last: date | None
+    zone: str
+
+    @property
+    def utc_bounds(self) -> tuple[datetime | None, datetime | None]:
+        tz = clock.zone(self.zone)
+        start = datetime.combine(self.first, time.min, tzinfo=tz).astimezone(UTC) if self.first else None
+        end = (datetime.combine(self.last + timedelta(days=1), time.min, tzinfo=tz).astimezone(UTC)
+               if self.last else None)
+        return start, end
+
+    def args(self) -> dict[str, str]:
+        """As query-string arguments, for the CSV link of the same range."""
+        return {name: day.isoformat() for name, day in (("from", self.first), ("to", self.last)) if day}
+
+
+def _revenue_range(args: MultiDict[str, str], zone_name: str | None) -> RevenueRange:
+    def day(name: str) -> date | None:
+        value = args.get(name, "").strip()
+        if not value:
+            return None
+        try:
+            return date.fromisoformat(value)
+        except ValueError as exc:
+            raise InvalidInput(f"the '{name}' date is YYYY-MM-DD (e.g. 2030-02-01), not {value[:40]!r}") from exc
+
+    first, last = day("from"), day("to")
+    if first and last and last < first:
+        raise InvalidInput("the 'to' date is before the 'from' date")
+    return RevenueRange(first, last, clock.zone(zone_name).key)
+
+
 @bp.get("/api/revenue")
 @require_roles(Role.ADMIN)
 def revenue() -> ResponseReturnValue:
+    """Revenue grouped by `group_by`; `from`/`to` (inclusive days on the administrator's clock)
+    narrow it to the services that happened then. `format=csv`: amounts in major units."""
     group_by = request.args.get("group_by", "service_line")
-    lines = revenue_report(request_session(), current_user(), group_by)
+    user = current_user()
+    period = _revenue_range(request.args, reader_timezone(user))
+    lines = revenue_report(request_session(), user, group_by, *period.utc_bounds)
     if request.args.get("format") == "csv":
+        span = f"-{period.first or 'start'}-to-{period.last or 'now'}" if period.first or period.last else ""
         return Response(revenue_csv(lines, group_by), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="revenue-by-{group_by}.csv"'})
+                        headers={"Content-Disposition": f'attachment; filename="revenue-by-{group_by}{span}.csv"'})
     return jsonify([asdict(line) for line in lines])
 
 
@@ -164,16 +208,25 @@ def revenue() -> ResponseReturnValue:
 def revenue_page() -> ResponseReturnValue:
     session = request_session()
     user = current_user()
+    zone_name = clock.zone(reader_timezone(user)).key
+    try:
+        period = _revenue_range(request.args, zone_name)
+    except InvalidInput as exc:
+        # The form comes back with what was typed and why, and no figures for a range that is not one.
+        page = render_template("billing/revenue.html", reports={}, money=format_money, period=None, error=exc.message,
+                               typed=request.args, zone_name=zone_name)
+        return page, 422
     reports = {}
     for group_by in REVENUE_GROUPS:
-        lines = revenue_report(session, user, group_by)
+        lines = revenue_report(session, user, group_by, *period.utc_bounds)
         chart = revenue_bars_svg(
             f"Revenue by {group_by.replace('_', ' ')}", [f"{line.group} ({line.currency})" for line in lines],
             [line.total_minor for line in lines], [line.ai_attributed_minor for line in lines],
             [format_money(line.total_minor, line.currency) for line in lines],
         )
         reports[group_by] = (lines, chart)
-    return render_template("billing/revenue.html", reports=reports, money=format_money)
+    return render_template("billing/revenue.html", reports=reports, money=format_money, period=period, error=None,
+                           typed=request.args, zone_name=zone_name)
 
 
 @bp.route("/admin/catalog", methods=["GET", "POST"])

@@ -29,6 +29,7 @@ from billing.models import (
     PaymentKind,
     ServiceLine,
 )
+from billing.money import currency_decimals, major_units
 from followup.events import ConsultationFinished, MedicationDispensed
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
@@ -358,19 +359,28 @@ class RevenueLine:
     ai_attributed_minor: int
 
 
-def revenue_report(session: Session, user: User, group_by: str = "service_line") -> list[RevenueLine]:
+def revenue_report(
+    session: Session, user: User, group_by: str = "service_line", start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[RevenueLine]:
     """Billed and billable revenue grouped by service line, organisation or month (UTC), with the
-    part the AI made possible: AI analyses, and care that followed a confirmed AI finding."""
+    part the AI made possible: AI analyses, and care that followed a confirmed AI finding. With
+    `start`/`end`, only services that happened in [start, end)."""
     if user.role is not Role.ADMIN:
         raise Forbidden("revenue is for administrators")
     if group_by not in REVENUE_GROUPS:
         raise InvalidInput(f"group_by must be one of {REVENUE_GROUPS}")
-    items = session.execute(
+    statement = (
         select(ChargeItem.service_line, Organization.name, ChargeItem.occurred_at, ChargeItem.currency,
                ChargeItem.total_minor, ChargeItem.ai_attributed)
         .outerjoin(Organization, ChargeItem.organization_id == Organization.id)
         .where(ChargeItem.status != ChargeStatus.NOT_BILLABLE)
     )
+    if start is not None:
+        statement = statement.where(ChargeItem.occurred_at >= start)
+    if end is not None:
+        statement = statement.where(ChargeItem.occurred_at < end)
+    items = session.execute(statement)
     groups: dict[tuple[str, str], list[int]] = {}
     for line, org_name, occurred_at, currency, total, ai in items:
         key = {"service_line": line.value, "organization": org_name or "(platform)",
@@ -383,19 +393,23 @@ def revenue_report(session: Session, user: User, group_by: str = "service_line")
 
 
 def revenue_csv(lines: list[RevenueLine], group_by: str) -> str:
+    """For people and spreadsheets: amounts in major units ('75.00') beside their currency, with
+    '.' as the decimal mark and no grouping, so a spreadsheet reads them as numbers."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([group_by, "currency", "charges", "total_minor", "ai_attributed_minor"])
+    writer.writerow([group_by, "currency", "charges", "total", "ai_enabled"])
     for line in lines:
-        writer.writerow([line.group, line.currency, line.charges, line.total_minor, line.ai_attributed_minor])
+        writer.writerow([line.group, line.currency, line.charges, major_units(line.total_minor, line.currency),
+                         major_units(line.ai_attributed_minor, line.currency)])
     return out.getvalue()
 
 
 def format_money(minor: int, currency: str) -> str:
-    """For pages: 12345 EUR -> '123.45 EUR'. Integer arithmetic only (2-decimal currencies)."""
+    """For pages: 12345 EUR -> '123.45 EUR', 12345 JPY -> '12,345 JPY' (the currency's own decimals)."""
     sign = "-" if minor < 0 else ""
-    whole, cents = divmod(abs(minor), 100)
-    return f"{sign}{whole:,}.{cents:02d} {currency}"
+    decimals = currency_decimals(currency)
+    whole, fraction = divmod(abs(minor), 10**decimals)
+    return f"{sign}{whole:,}{f'.{fraction:0{decimals}d}' if decimals else ''} {currency}"
 
 
 # Appended-only edit: this import belongs in the `billing.models` import at the top.
