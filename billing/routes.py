@@ -15,12 +15,15 @@ from werkzeug.datastructures import MultiDict
 
 from billing.charts import revenue_bars_svg
 from billing.models import ChargeItem, Invoice, Payer, PaymentKind, ServiceLine
+from billing.money import major_units, parse_amount
 from billing.service import (
     REVENUE_GROUPS,
     PaymentRequest,
     add_catalog_entry,
     catalog_entries,
+    change_price,
     format_money,
+    get_catalog_entry,
     get_invoice,
     invoice_balance,
     issue_invoice,
@@ -36,10 +39,11 @@ from hospital import clock
 from hospital.api import enum_value, json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
+from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import Organization, Role
-from hospital.web import form_action, reader_timezone
+from hospital.web import form_action, reader_timezone, request_locales
 
 logger = logging.getLogger(__name__)
 
@@ -234,36 +238,45 @@ def revenue_page() -> ResponseReturnValue:
 def catalog_page() -> ResponseReturnValue:
     session = request_session()
     user = current_user()
+    form = request.form
     if request.method == "POST":
-        form = request.form
 
         def save_price() -> str:
+            currency = form.get("currency", "").strip().upper()
             add_catalog_entry(
                 session, user, code=form.get("code", ""), display=form.get("display", ""),
                 service_line=enum_value(ServiceLine, form.get("service_line"), "service_line"),
                 organization_id=form.get("organization_id", type=int),
-                unit_price_minor=_form_minor_units(form.get("price", "")), currency=form.get("currency", ""),
+                unit_price_minor=_form_minor_units(form.get("price", ""), currency or "EUR"), currency=currency,
                 effective_from=_form_day(form.get("effective_from", "")),
             )
             return "Price saved."
 
-        if form_action(session, save_price):
+        def change_in_place() -> str:
+            entry = get_catalog_entry(session, user, form.get("entry_id", type=int) or 0)
+            new = change_price(session, user, entry, _form_minor_units(form.get("price", ""), entry.currency),
+                               _form_day(form.get("effective_from", "")))
+            return (f"{new.display}: {format_money(new.unit_price_minor, new.currency)} from "
+                    f"{new.effective_from.date().isoformat()}.")
+
+        if form_action(session, change_in_place if form.get("action") == "change" else save_price):
             return redirect(url_for("billing.catalog_page"))
-    # A refused price is shown again with what was typed, so nothing has to be typed twice.
+    # A refused price is shown again with what was typed (in the form it came from), so nothing
+    # has to be typed twice.
     entries = catalog_entries(session, user)
     organizations = session.scalars(select(Organization).order_by(Organization.name)).all()
+    changing = form.get("entry_id", type=int) if form.get("action") == "change" else None
     page = render_template("billing/catalog.html", entries=entries, organizations=organizations,
                            service_lines=list(ServiceLine), money=format_money,
-                           form=request.form if request.method == "POST" else {})
+                           form=form if request.method == "POST" and changing is None else {},
+                           changing=changing, typed=form, today=utcnow().date().isoformat(),
+                           amount=major_units)
     return page, 422 if request.method == "POST" else 200
 
 
-def _form_minor_units(value: str) -> int:
-    """'150.00' or '150' (major units, at most two decimals) -> 15000 minor units, without floats."""
-    whole, _, fraction = value.strip().partition(".")
-    if not whole.isdigit() or len(fraction) > 2 or (fraction and not fraction.isdigit()):
-        raise InvalidInput(f"the price is an amount like 150.00, not {value!r}")
-    return int(whole) * 100 + int(fraction.ljust(2, "0") or 0)
+def _form_minor_units(value: str, currency: str) -> int:
+    """An amount as the reader's locale writes it ('165,00', '165.00', '1,650.00') -> minor units."""
+    return parse_amount(value, currency, request_locales())
 
 
 def _form_day(value: str) -> datetime:
@@ -288,7 +301,7 @@ def billing_office_page() -> ResponseReturnValue:
                 invoice = get_invoice(session, user, form.get("invoice_id", type=int) or 0)
                 payment = record_payment(session, user, invoice.id, PaymentRequest(
                     payer=Payer.INSURER, kind=PaymentKind.PAYMENT,
-                    amount_minor=_form_minor_units(form.get("amount", "")), currency=invoice.currency,
+                    amount_minor=_form_minor_units(form.get("amount", ""), invoice.currency), currency=invoice.currency,
                     idempotency_key=f"web:{user.id}:{form.get('payment_key', '')}",
                     reference=form.get("reference", "").strip() or "insurer remittance"))
                 return (f"Insurer payment of {format_money(payment.amount_minor, payment.currency)} "

@@ -465,6 +465,31 @@ def add_catalog_entry(
     return entry
 
 
+def get_catalog_entry(session: Session, user: User, entry_id: int) -> CatalogEntry:
+    if user.role is not Role.ADMIN:
+        raise Forbidden("only an administrator changes the price catalog")
+    entry = session.get(CatalogEntry, entry_id)
+    if entry is None:
+        raise NotFound(f"price {entry_id} does not exist")
+    return entry
+
+
+def change_price(
+    session: Session, user: User, entry: CatalogEntry, unit_price_minor: int, effective_from: datetime
+) -> CatalogEntry:
+    """The price list's in-place edit: the same service at the same organisation costs
+    `unit_price_minor` from `effective_from` on. A price is never rewritten (charges made at it
+    point at it); the new one ends it, as `add_catalog_entry` does."""
+    if entry.effective_to is not None:
+        raise Conflict(f"the price of {entry.code!r} from {entry.effective_from.date().isoformat()} has ended; "
+                       "change the price in force")
+    return add_catalog_entry(
+        session, user, code=entry.code, display=entry.display, service_line=entry.service_line,
+        organization_id=entry.organization_id, unit_price_minor=unit_price_minor, currency=entry.currency,
+        effective_from=effective_from,
+    )
+
+
 def catalog_entries(session: Session, user: User) -> list[CatalogEntry]:
     """The whole price catalog for an administrator, by organisation (platform-wide first), code and date."""
     if user.role is not Role.ADMIN:
