@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
 from babel import Locale
-from babel.numbers import NumberFormatError, get_currency_precision, parse_decimal
+from babel.numbers import NumberFormatError, format_decimal, get_currency_precision, parse_decimal
 
 from hospital.errors import InvalidInput
 
@@ -36,6 +36,7 @@ def parse_amount(text: str, currency: str, locales: Iterable[Locale]) -> int:
     reader, and as 165.00 too for an English one whose browser also accepts German; '1,500' for an
     English reader is 1500. More decimals than the currency has, or a negative amount, is refused."""
     typed = text.strip()
+    locales = list(locales)
     if not typed:
         raise InvalidInput("the amount is missing")
     amount = None
@@ -46,7 +47,8 @@ def parse_amount(text: str, currency: str, locales: Iterable[Locale]) -> int:
             continue
         break
     if amount is None or not amount.is_finite():
-        raise InvalidInput(f"{typed[:40]!r} is not an amount; type it like 165.00 or 165,00")
+        example = format_decimal(Decimal("165.00"), format="0.00", locale=locales[0]) if locales else "165.00"
+        raise InvalidInput(f"{typed[:40]!r} is not an amount; type it like {example}")
     if amount < 0:
         raise InvalidInput(f"the amount cannot be negative ({typed[:40]!r})")
     decimals = currency_decimals(currency)
