@@ -79,7 +79,7 @@ class ProfileRule:
         """The rule in words, for the form's hints."""
         parts = []
         if self.patient:
-            parts.append("the patient's MRN")
+            parts.append("the patient's record (found by name or MRN)")
         if self.practitioner:
             parts.append("given and family name")
         if self.organization_kinds:
