@@ -156,19 +156,16 @@ def coverage() -> ResponseReturnValue:
 
 @dataclass(frozen=True)
 class RevenueRange:
-    """Days on the reader's calendar (`zone`), both inclusive, and the UTC instants that bound them."""
+    """Days on the reader's calendar, both inclusive, and the UTC instants [start, end) that bound them."""
 
     first: date | None
     last: date | None
-    zone: str
+    start: datetime | None
+    end: datetime | None
 
     @property
     def utc_bounds(self) -> tuple[datetime | None, datetime | None]:
-        tz = clock.zone(self.zone)
-        start = datetime.combine(self.first, time.min, tzinfo=tz).astimezone(UTC) if self.first else None
-        end = (datetime.combine(self.last + timedelta(days=1), time.min, tzinfo=tz).astimezone(UTC)
-               if self.last else None)
-        return start, end
+        return self.start, self.end
 
     def args(self) -> dict[str, str]:
         """As query-string arguments, for the CSV link of the same range."""
@@ -188,7 +185,13 @@ def _revenue_range(args: MultiDict[str, str], zone_name: str | None) -> RevenueR
     first, last = day("from"), day("to")
     if first and last and last < first:
         raise InvalidInput("the 'to' date is before the 'from' date")
-    return RevenueRange(first, last, clock.zone(zone_name).key)
+    zone = clock.zone(zone_name)
+    try:
+        start = datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC) if first else None
+        end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone).astimezone(UTC) if last else None
+    except OverflowError as exc:
+        raise InvalidInput("the dates must lie between the years 2 and 9998") from exc
+    return RevenueRange(first, last, start, end)
 
 
 @bp.get("/api/revenue")

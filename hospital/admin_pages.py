@@ -132,6 +132,8 @@ def _audit_query() -> AuditQuery:
     )
     if query.date_from and query.date_to and query.date_to < query.date_from:
         raise InvalidInput("the 'to' date is before the 'from' date")
+    if query.date_to and query.date_to == date.max:
+        raise InvalidInput("the 'to' date must lie before 9999-12-31")  # the day after it has no date
     return query
 
 

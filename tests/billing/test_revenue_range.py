@@ -77,3 +77,13 @@ def test_the_page_filters_and_links_the_csv_of_the_same_range(client: FlaskClien
     assert "150.00 EUR" not in html and "25.00 EUR" in html
     assert "/api/revenue?group_by=service_line&amp;format=csv&amp;from=2030-02-02&amp;to=2030-02-28" in html
     assert "AI-enabled" in html
+
+
+def test_dates_at_the_ends_of_the_calendar_are_refused_not_a_crash(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    demo.users["admin"].timezone = "Asia/Tokyo"  # east of UTC: 0001-01-01 local is before year 1 in UTC
+    db_session.commit()
+    admin = as_role("admin")
+    for args in ("to=9999-12-31", "from=0001-01-01"):
+        response = admin.get(f"/api/revenue?{args}")
+        assert response.status_code == 400, args
+        assert "between" in response.get_json()["detail"]
