@@ -202,7 +202,7 @@ def revenue() -> ResponseReturnValue:
     group_by = request.args.get("group_by", "service_line")
     user = current_user()
     period = _revenue_range(request.args, reader_timezone(user))
-    lines = revenue_report(request_session(), user, group_by, *period.utc_bounds)
+    lines = revenue_report(request_session(), user, group_by, *period.utc_bounds, zone_name=reader_timezone(user))
     if request.args.get("format") == "csv":
         span = f"-{period.first or 'start'}-to-{period.last or 'now'}" if period.first or period.last else ""
         return Response(revenue_csv(lines, group_by), mimetype="text/csv",
@@ -225,7 +225,7 @@ def revenue_page() -> ResponseReturnValue:
         return page, 422
     reports = {}
     for group_by in REVENUE_GROUPS:
-        lines = revenue_report(session, user, group_by, *period.utc_bounds)
+        lines = revenue_report(session, user, group_by, *period.utc_bounds, zone_name=zone_name)
         chart = revenue_bars_svg(
             f"Revenue by {group_by.replace('_', ' ')}", [f"{line.group} ({line.currency})" for line in lines],
             [line.total_minor for line in lines], [line.ai_attributed_minor for line in lines],

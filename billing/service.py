@@ -31,6 +31,7 @@ from billing.models import (
 )
 from billing.money import currency_decimals, major_units
 from followup.events import ConsultationFinished, MedicationDispensed
+from hospital import clock
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
 from hospital.clock import utcnow
@@ -361,11 +362,11 @@ class RevenueLine:
 
 def revenue_report(
     session: Session, user: User, group_by: str = "service_line", start: datetime | None = None,
-    end: datetime | None = None,
+    end: datetime | None = None, zone_name: str | None = None,
 ) -> list[RevenueLine]:
-    """Billed and billable revenue grouped by service line, organisation or month (UTC), with the
-    part the AI made possible: AI analyses, and care that followed a confirmed AI finding. With
-    `start`/`end`, only services that happened in [start, end)."""
+    """Billed and billable revenue grouped by service line, organisation or month (on the clock of
+    `zone_name`, UTC when unset), with the part the AI made possible: AI analyses, and care that
+    followed a confirmed AI finding. With `start`/`end`, only services that happened in [start, end)."""
     if user.role is not Role.ADMIN:
         raise Forbidden("revenue is for administrators")
     if group_by not in REVENUE_GROUPS:
@@ -381,10 +382,11 @@ def revenue_report(
     if end is not None:
         statement = statement.where(ChargeItem.occurred_at < end)
     items = session.execute(statement)
+    zone = clock.zone(zone_name)
     groups: dict[tuple[str, str], list[int]] = {}
     for line, org_name, occurred_at, currency, total, ai in items:
         key = {"service_line": line.value, "organization": org_name or "(platform)",
-               "month": occurred_at.strftime("%Y-%m")}[group_by]
+               "month": occurred_at.astimezone(zone).strftime("%Y-%m")}[group_by]
         acc = groups.setdefault((key, currency), [0, 0, 0])
         acc[0] += 1
         acc[1] += total

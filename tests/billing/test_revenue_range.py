@@ -87,3 +87,13 @@ def test_dates_at_the_ends_of_the_calendar_are_refused_not_a_crash(as_role: Any,
         response = admin.get(f"/api/revenue?{args}")
         assert response.status_code == 400, args
         assert "between" in response.get_json()["detail"]
+
+
+def test_months_are_the_admins_months(as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    charges_around_midnight(db_session, demo)  # the CT: 31 January in UTC, 1 February in Berlin
+    admin = as_role("admin")
+    assert [m["group"] for m in admin.get("/api/revenue?group_by=month").get_json()] == ["2030-01", "2030-02"]
+    demo.users["admin"].timezone = "Europe/Berlin"
+    db_session.commit()
+    months = admin.get("/api/revenue?group_by=month").get_json()
+    assert [(m["group"], m["charges"]) for m in months] == [("2030-02", 2)]
