@@ -215,3 +215,28 @@ def test_the_administrators_day_at_desktop_and_phone_width(
             if width_name == "phone" and has_horizontal_scroll(desktop):
                 problems.append(f"{path}: scrolls sideways at phone width")
     assert not problems, "\n".join(problems)
+
+
+def test_the_account_form_works_without_a_script(browser: Any, site: LiveSite) -> None:
+    prepare(site)
+    context = browser.new_context(viewport={"width": 390, "height": 900}, base_url=site.base_url,
+                                  java_script_enabled=False)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto("/login")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill("demo-password-1")
+    page.get_by_role("button", name="Sign in").click()
+    page.goto("/admin/users/new")
+    page.get_by_label("Username").fill("kei.n")
+    page.get_by_label("Role").select_option("patient")
+    expect(page.get_by_label("Find the patient")).to_be_hidden()
+    page.get_by_role("button", name="Show the fields for this role").click()
+    page.get_by_label("Find the patient").fill("Nakamura")
+    page.get_by_role("button", name="Search patients").click()
+    expect(page.get_by_role("radio", name=re.compile("Kei Nakamura"))).to_be_checked()
+    expect(page.get_by_label("Given name")).to_be_hidden()
+    page.get_by_label("Temporary password").fill(TEMPORARY)
+    page.get_by_role("button", name="Create account").click()
+    expect(flash(page)).to_contain_text("Account kei.n created as a patient")
+    assert not has_horizontal_scroll(page)
