@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import asdict
-from datetime import UTC, date, datetime, time
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from werkzeug.datastructures import MultiDict
 
 from billing.charts import revenue_bars_svg
 from billing.models import ChargeItem, Invoice, Payer, PaymentKind, ServiceLine
+from billing.money import major_units, parse_amount
 from billing.service import (
     REVENUE_GROUPS,
     PaymentRequest,
     add_catalog_entry,
     catalog_entries,
+    change_price,
     format_money,
+    get_catalog_entry,
     get_invoice,
     invoice_balance,
     issue_invoice,
@@ -31,13 +35,15 @@ from billing.service import (
     set_coverage,
     unbilled_charges,
 )
+from hospital import clock
 from hospital.api import enum_value, json_body, required
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
+from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import Organization, Role
-from hospital.web import form_action
+from hospital.web import form_action, reader_timezone, request_locales
 
 logger = logging.getLogger(__name__)
 
@@ -148,14 +154,59 @@ def coverage() -> ResponseReturnValue:
     return jsonify(payload), 201
 
 
+@dataclass(frozen=True)
+class RevenueRange:
+    """Days on the reader's calendar, both inclusive, and the UTC instants [start, end) that bound them."""
+
+    first: date | None
+    last: date | None
+    start: datetime | None
+    end: datetime | None
+
+    @property
+    def utc_bounds(self) -> tuple[datetime | None, datetime | None]:
+        return self.start, self.end
+
+    def args(self) -> dict[str, str]:
+        """As query-string arguments, for the CSV link of the same range."""
+        return {name: day.isoformat() for name, day in (("from", self.first), ("to", self.last)) if day}
+
+
+def _revenue_range(args: MultiDict[str, str], zone_name: str | None) -> RevenueRange:
+    def day(name: str) -> date | None:
+        value = args.get(name, "").strip()
+        if not value:
+            return None
+        try:
+            return date.fromisoformat(value)
+        except ValueError as exc:
+            raise InvalidInput(f"the '{name}' date is YYYY-MM-DD (e.g. 2030-02-01), not {value[:40]!r}") from exc
+
+    first, last = day("from"), day("to")
+    if first and last and last < first:
+        raise InvalidInput("the 'to' date is before the 'from' date")
+    zone = clock.zone(zone_name)
+    try:
+        start = datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC) if first else None
+        end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone).astimezone(UTC) if last else None
+    except OverflowError as exc:
+        raise InvalidInput("the dates must lie between the years 2 and 9998") from exc
+    return RevenueRange(first, last, start, end)
+
+
 @bp.get("/api/revenue")
 @require_roles(Role.ADMIN)
 def revenue() -> ResponseReturnValue:
+    """Revenue grouped by `group_by`; `from`/`to` (inclusive days on the administrator's clock)
+    narrow it to the services that happened then. `format=csv`: amounts in major units."""
     group_by = request.args.get("group_by", "service_line")
-    lines = revenue_report(request_session(), current_user(), group_by)
+    user = current_user()
+    period = _revenue_range(request.args, reader_timezone(user))
+    lines = revenue_report(request_session(), user, group_by, *period.utc_bounds, zone_name=reader_timezone(user))
     if request.args.get("format") == "csv":
+        span = f"-{period.first or 'start'}-to-{period.last or 'now'}" if period.first or period.last else ""
         return Response(revenue_csv(lines, group_by), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="revenue-by-{group_by}.csv"'})
+                        headers={"Content-Disposition": f'attachment; filename="revenue-by-{group_by}{span}.csv"'})
     return jsonify([asdict(line) for line in lines])
 
 
@@ -164,16 +215,25 @@ def revenue() -> ResponseReturnValue:
 def revenue_page() -> ResponseReturnValue:
     session = request_session()
     user = current_user()
+    zone_name = clock.zone(reader_timezone(user)).key
+    try:
+        period = _revenue_range(request.args, zone_name)
+    except InvalidInput as exc:
+        # The form comes back with what was typed and why, and no figures for a range that is not one.
+        page = render_template("billing/revenue.html", reports={}, money=format_money, period=None, error=exc.message,
+                               typed=request.args, zone_name=zone_name)
+        return page, 422
     reports = {}
     for group_by in REVENUE_GROUPS:
-        lines = revenue_report(session, user, group_by)
+        lines = revenue_report(session, user, group_by, *period.utc_bounds, zone_name=zone_name)
         chart = revenue_bars_svg(
             f"Revenue by {group_by.replace('_', ' ')}", [f"{line.group} ({line.currency})" for line in lines],
             [line.total_minor for line in lines], [line.ai_attributed_minor for line in lines],
             [format_money(line.total_minor, line.currency) for line in lines],
         )
         reports[group_by] = (lines, chart)
-    return render_template("billing/revenue.html", reports=reports, money=format_money)
+    return render_template("billing/revenue.html", reports=reports, money=format_money, period=period, error=None,
+                           typed=request.args, zone_name=zone_name)
 
 
 @bp.route("/admin/catalog", methods=["GET", "POST"])
@@ -181,36 +241,45 @@ def revenue_page() -> ResponseReturnValue:
 def catalog_page() -> ResponseReturnValue:
     session = request_session()
     user = current_user()
+    form = request.form
     if request.method == "POST":
-        form = request.form
 
         def save_price() -> str:
+            currency = form.get("currency", "").strip().upper()
             add_catalog_entry(
                 session, user, code=form.get("code", ""), display=form.get("display", ""),
                 service_line=enum_value(ServiceLine, form.get("service_line"), "service_line"),
                 organization_id=form.get("organization_id", type=int),
-                unit_price_minor=_form_minor_units(form.get("price", "")), currency=form.get("currency", ""),
+                unit_price_minor=_form_minor_units(form.get("price", ""), currency or "EUR"), currency=currency,
                 effective_from=_form_day(form.get("effective_from", "")),
             )
             return "Price saved."
 
-        if form_action(session, save_price):
+        def change_in_place() -> str:
+            entry = get_catalog_entry(session, user, form.get("entry_id", type=int) or 0)
+            new = change_price(session, user, entry, _form_minor_units(form.get("price", ""), entry.currency),
+                               _form_day(form.get("effective_from", "")))
+            return (f"{new.display}: {format_money(new.unit_price_minor, new.currency)} from "
+                    f"{new.effective_from.date().isoformat()}.")
+
+        if form_action(session, change_in_place if form.get("action") == "change" else save_price):
             return redirect(url_for("billing.catalog_page"))
-    # A refused price is shown again with what was typed, so nothing has to be typed twice.
+    # A refused price is shown again with what was typed (in the form it came from), so nothing
+    # has to be typed twice.
     entries = catalog_entries(session, user)
     organizations = session.scalars(select(Organization).order_by(Organization.name)).all()
+    changing = form.get("entry_id", type=int) if form.get("action") == "change" else None
     page = render_template("billing/catalog.html", entries=entries, organizations=organizations,
                            service_lines=list(ServiceLine), money=format_money,
-                           form=request.form if request.method == "POST" else {})
+                           form=form if request.method == "POST" and changing is None else {},
+                           changing=changing, typed=form, today=utcnow().date().isoformat(),
+                           amount=major_units)
     return page, 422 if request.method == "POST" else 200
 
 
-def _form_minor_units(value: str) -> int:
-    """'150.00' or '150' (major units, at most two decimals) -> 15000 minor units, without floats."""
-    whole, _, fraction = value.strip().partition(".")
-    if not whole.isdigit() or len(fraction) > 2 or (fraction and not fraction.isdigit()):
-        raise InvalidInput(f"the price is an amount like 150.00, not {value!r}")
-    return int(whole) * 100 + int(fraction.ljust(2, "0") or 0)
+def _form_minor_units(value: str, currency: str) -> int:
+    """An amount as the reader's locale writes it ('165,00', '165.00', '1,650.00') -> minor units."""
+    return parse_amount(value, currency, request_locales())
 
 
 def _form_day(value: str) -> datetime:
@@ -235,7 +304,7 @@ def billing_office_page() -> ResponseReturnValue:
                 invoice = get_invoice(session, user, form.get("invoice_id", type=int) or 0)
                 payment = record_payment(session, user, invoice.id, PaymentRequest(
                     payer=Payer.INSURER, kind=PaymentKind.PAYMENT,
-                    amount_minor=_form_minor_units(form.get("amount", "")), currency=invoice.currency,
+                    amount_minor=_form_minor_units(form.get("amount", ""), invoice.currency), currency=invoice.currency,
                     idempotency_key=f"web:{user.id}:{form.get('payment_key', '')}",
                     reference=form.get("reference", "").strip() or "insurer remittance"))
                 return (f"Insurer payment of {format_money(payment.amount_minor, payment.currency)} "

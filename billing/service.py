@@ -29,7 +29,9 @@ from billing.models import (
     PaymentKind,
     ServiceLine,
 )
+from billing.money import currency_decimals, major_units
 from followup.events import ConsultationFinished, MedicationDispensed
+from hospital import clock
 from hospital.access import ensure_patient_access
 from hospital.audit import record_access
 from hospital.clock import utcnow
@@ -358,23 +360,33 @@ class RevenueLine:
     ai_attributed_minor: int
 
 
-def revenue_report(session: Session, user: User, group_by: str = "service_line") -> list[RevenueLine]:
-    """Billed and billable revenue grouped by service line, organisation or month (UTC), with the
-    part the AI made possible: AI analyses, and care that followed a confirmed AI finding."""
+def revenue_report(
+    session: Session, user: User, group_by: str = "service_line", start: datetime | None = None,
+    end: datetime | None = None, zone_name: str | None = None,
+) -> list[RevenueLine]:
+    """Billed and billable revenue grouped by service line, organisation or month (on the clock of
+    `zone_name`, UTC when unset), with the part the AI made possible: AI analyses, and care that
+    followed a confirmed AI finding. With `start`/`end`, only services that happened in [start, end)."""
     if user.role is not Role.ADMIN:
         raise Forbidden("revenue is for administrators")
     if group_by not in REVENUE_GROUPS:
         raise InvalidInput(f"group_by must be one of {REVENUE_GROUPS}")
-    items = session.execute(
+    statement = (
         select(ChargeItem.service_line, Organization.name, ChargeItem.occurred_at, ChargeItem.currency,
                ChargeItem.total_minor, ChargeItem.ai_attributed)
         .outerjoin(Organization, ChargeItem.organization_id == Organization.id)
         .where(ChargeItem.status != ChargeStatus.NOT_BILLABLE)
     )
+    if start is not None:
+        statement = statement.where(ChargeItem.occurred_at >= start)
+    if end is not None:
+        statement = statement.where(ChargeItem.occurred_at < end)
+    items = session.execute(statement)
+    zone = clock.zone(zone_name)
     groups: dict[tuple[str, str], list[int]] = {}
     for line, org_name, occurred_at, currency, total, ai in items:
         key = {"service_line": line.value, "organization": org_name or "(platform)",
-               "month": occurred_at.strftime("%Y-%m")}[group_by]
+               "month": occurred_at.astimezone(zone).strftime("%Y-%m")}[group_by]
         acc = groups.setdefault((key, currency), [0, 0, 0])
         acc[0] += 1
         acc[1] += total
@@ -383,19 +395,23 @@ def revenue_report(session: Session, user: User, group_by: str = "service_line")
 
 
 def revenue_csv(lines: list[RevenueLine], group_by: str) -> str:
+    """For people and spreadsheets: amounts in major units ('75.00') beside their currency, with
+    '.' as the decimal mark and no grouping, so a spreadsheet reads them as numbers."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([group_by, "currency", "charges", "total_minor", "ai_attributed_minor"])
+    writer.writerow([group_by, "currency", "charges", "total", "ai_enabled"])
     for line in lines:
-        writer.writerow([line.group, line.currency, line.charges, line.total_minor, line.ai_attributed_minor])
+        writer.writerow([line.group, line.currency, line.charges, major_units(line.total_minor, line.currency),
+                         major_units(line.ai_attributed_minor, line.currency)])
     return out.getvalue()
 
 
 def format_money(minor: int, currency: str) -> str:
-    """For pages: 12345 EUR -> '123.45 EUR'. Integer arithmetic only (2-decimal currencies)."""
+    """For pages: 12345 EUR -> '123.45 EUR', 12345 JPY -> '12,345 JPY' (the currency's own decimals)."""
     sign = "-" if minor < 0 else ""
-    whole, cents = divmod(abs(minor), 100)
-    return f"{sign}{whole:,}.{cents:02d} {currency}"
+    decimals = currency_decimals(currency)
+    whole, fraction = divmod(abs(minor), 10**decimals)
+    return f"{sign}{whole:,}{f'.{fraction:0{decimals}d}' if decimals else ''} {currency}"
 
 
 # Appended-only edit: this import belongs in the `billing.models` import at the top.
@@ -449,6 +465,31 @@ def add_catalog_entry(
     record_access(session, user, "C", "ChargeItemDefinition", entry.id,
                   description=f"{code} {unit_price_minor} {currency} from {effective_from.isoformat()}")
     return entry
+
+
+def get_catalog_entry(session: Session, user: User, entry_id: int) -> CatalogEntry:
+    if user.role is not Role.ADMIN:
+        raise Forbidden("only an administrator changes the price catalog")
+    entry = session.get(CatalogEntry, entry_id)
+    if entry is None:
+        raise NotFound(f"price {entry_id} does not exist")
+    return entry
+
+
+def change_price(
+    session: Session, user: User, entry: CatalogEntry, unit_price_minor: int, effective_from: datetime
+) -> CatalogEntry:
+    """The price list's in-place edit: the same service at the same organisation costs
+    `unit_price_minor` from `effective_from` on. A price is never rewritten (charges made at it
+    point at it); the new one ends it, as `add_catalog_entry` does."""
+    if entry.effective_to is not None:
+        raise Conflict(f"the price of {entry.code!r} from {entry.effective_from.date().isoformat()} has ended; "
+                       "change the price in force")
+    return add_catalog_entry(
+        session, user, code=entry.code, display=entry.display, service_line=entry.service_line,
+        organization_id=entry.organization_id, unit_price_minor=unit_price_minor, currency=entry.currency,
+        effective_from=effective_from,
+    )
 
 
 def catalog_entries(session: Session, user: User) -> list[CatalogEntry]:

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, Response, redirect, render_template, request, stream_with_context, url_for
+from flask import Blueprint, Flask, Response, flash, redirect, render_template, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
 from werkzeug.datastructures import MultiDict
 
+from hospital import clock
 from hospital.access import CARE_RELATIONSHIP_STARTED
 from hospital.api import enum_value
 from hospital.audit import OUTCOME_DENIED, record_access
@@ -37,9 +38,11 @@ from hospital.users import (
     PROFILE_RULES,
     AccountProfile,
     NewAccount,
+    PatientChoice,
     change_role,
     create_user,
     deactivate_user,
+    find_patients_for_account,
     get_user,
     list_users,
     reactivate_user,
@@ -55,6 +58,8 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("admin_pages", __name__, template_folder="templates")
 
 MAX_ROWS = 200
+# Account-form posts that only redraw the form (no script: the role's fields, a patient search).
+FORM_STEPS = frozenset({"choose_role", "find_patient"})
 ACTION_LABELS = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "search"}
 
 
@@ -127,6 +132,8 @@ def _audit_query() -> AuditQuery:
     )
     if query.date_from and query.date_to and query.date_to < query.date_from:
         raise InvalidInput("the 'to' date is before the 'from' date")
+    if query.date_to and query.date_to == date.max:
+        raise InvalidInput("the 'to' date must lie before 9999-12-31")  # the day after it has no date
     return query
 
 
@@ -231,8 +238,9 @@ def new_user_page() -> ResponseReturnValue:
     """Create an account. On an error the form comes back as typed (but for the password)."""
     session = request_session()
     admin = current_user()
-    form = request.form
-    if request.method == "POST":
+    form = request.form if request.method == "POST" else request.args
+    step = form.get("step", "")
+    if request.method == "POST" and step not in FORM_STEPS:
         created: list[User] = []
 
         def create() -> str:
@@ -247,8 +255,9 @@ def new_user_page() -> ResponseReturnValue:
 
         if form_action(session, create):
             return redirect(url_for("admin_pages.user_page", user_id=created[0].id))
-    page = render_template("admin/user_new.html", values=form, **_form_choices(session))
-    return page, 422 if request.method == "POST" else 200
+    page = render_template("admin/user_new.html", values=form, found=_patient_choices(session, admin, form, step),
+                           **_form_choices(session))
+    return page, 422 if request.method == "POST" and step not in FORM_STEPS else 200
 
 
 @bp.route("/admin/users/<int:user_id>", methods=["GET", "POST"])
@@ -260,7 +269,8 @@ def user_page(user_id: int) -> ResponseReturnValue:
     admin = current_user()
     form = request.form
     action = form.get("action", "")
-    if request.method == "POST":
+    step = form.get("step", "")
+    if request.method == "POST" and step not in FORM_STEPS:
 
         def act() -> str:
             if action == "role":
@@ -288,8 +298,23 @@ def user_page(user_id: int) -> ResponseReturnValue:
     user = get_user(session, admin, user_id)
     # After a refused role change the form shows what was typed; otherwise the account as it is.
     values = form if action == "role" else MultiDict(_profile_values(user))
-    page = render_template("admin/user.html", user=user, locked=is_locked(user), values=values, **_form_choices(session))
-    return page, 422 if request.method == "POST" else 200
+    page = render_template("admin/user.html", user=user, locked=is_locked(user), values=values,
+                           found=_patient_choices(session, admin, form, step), **_form_choices(session))
+    return page, 422 if request.method == "POST" and step not in FORM_STEPS else 200
+
+
+def _patient_choices(
+    session: Session, admin: User, form: MultiDict[str, str], step: str
+) -> list[PatientChoice] | None:
+    """The patients an account form's search found (None: no search asked for). An empty search
+    says what to type instead of listing every patient."""
+    if step != "find_patient":
+        return None
+    try:
+        return find_patients_for_account(session, admin, form.get("patient_query", ""))
+    except InvalidInput as exc:
+        flash(exc.message, "error")
+        return None
 
 
 def _account_profile(form: MultiDict[str, str]) -> AccountProfile:
@@ -299,6 +324,7 @@ def _account_profile(form: MultiDict[str, str]) -> AccountProfile:
     return AccountProfile(
         patient_mrn=form.get("patient_mrn", ""), given_name=form.get("given_name", ""),
         family_name=form.get("family_name", ""), organization_id=int(organization) if organization else None,
+        timezone=form.get("timezone", ""),
     )
 
 
@@ -309,12 +335,14 @@ def _profile_values(user: User) -> dict[str, str]:
         "given_name": user.practitioner.given_name if user.practitioner else "",
         "family_name": user.practitioner.family_name if user.practitioner else "",
         "organization_id": str(user.organization_id or ""),
+        "timezone": user.timezone or "",
     }
 
 
 def _form_choices(session: Session) -> dict[str, object]:
     organizations = session.scalars(select(Organization).order_by(Organization.kind, Organization.name)).all()
-    return {"roles": list(Role), "rules": PROFILE_RULES, "organizations": organizations, "min_length": MIN_PASSWORD_LENGTH}
+    return {"roles": list(Role), "role_rules": {role.value: rule for role, rule in PROFILE_RULES.items()},
+            "organizations": organizations, "zones": clock.zone_names(), "min_length": MIN_PASSWORD_LENGTH}
 
 
 def register(app: Flask) -> None:

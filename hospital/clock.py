@@ -8,9 +8,12 @@ wall clock of the place it happens, so it is turned into UTC bounds through that
 from __future__ import annotations
 
 import logging
+import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from hospital.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +47,29 @@ def utc_window_for_days(first: date | None, last: date | None) -> tuple[datetime
     start = datetime.combine(first, time.min, tzinfo=UTC) - MAX_UTC_OFFSET if first else None
     end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=UTC) + MAX_UTC_OFFSET if last else None
     return start, end
+
+
+@cache
+def _zone_names_by_lower_case() -> dict[str, str]:
+    """Every IANA zone this system knows, keyed by its lower-case name (for forgiving input)."""
+    return {name.lower(): name for name in zoneinfo.available_timezones()}
+
+
+def zone_names() -> list[str]:
+    """Every IANA zone, sorted: 'Africa/...', 'America/...', ... so a picker reads grouped by region."""
+    return sorted(_zone_names_by_lower_case().values())
+
+
+class UnknownTimeZone(InvalidInput):
+    """A typed time zone that is not an IANA zone name."""
+
+
+def valid_zone_name(value: str) -> str:
+    """The canonical IANA name for `value` ('europe/berlin' -> 'Europe/Berlin'); free text that
+    names no zone is refused, so a stored zone always resolves."""
+    name = _zone_names_by_lower_case().get(value.strip().lower())
+    if name is None:
+        raise UnknownTimeZone(
+            f"{value.strip()[:64]!r} is not an IANA time zone; choose one from the list, e.g. Europe/Berlin or UTC"
+        )
+    return name

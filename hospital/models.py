@@ -111,6 +111,9 @@ class User(Base):
     # Set when an administrator chose the password (a new account, a reset): the user must replace
     # it at their next sign-in, so the administrator never knows a password in use.
     must_change_password: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The IANA zone the user reads times and enters dates in; unset: their patient record's or
+    # organisation's zone (hospital.web.reader_timezone).
+    timezone: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     patient: Mapped[Patient | None] = relationship()

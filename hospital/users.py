@@ -31,10 +31,11 @@ import re
 from dataclasses import dataclass, field
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.security import check_password_hash
 
+from hospital import clock
 from hospital.audit import record_access
 from hospital.auth import hash_password, revoke_user_sessions, revoke_user_tokens
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -78,7 +79,7 @@ class ProfileRule:
         """The rule in words, for the form's hints."""
         parts = []
         if self.patient:
-            parts.append("the patient's MRN")
+            parts.append("the patient's record (found by name or MRN)")
         if self.practitioner:
             parts.append("given and family name")
         if self.organization_kinds:
@@ -112,6 +113,7 @@ class AccountProfile:
     given_name: str = ""
     family_name: str = ""
     organization_id: int | None = None
+    timezone: str = ""  # IANA zone the user reads times in; empty: their record's or organisation's
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class _Links:
     patient: Patient | None = None
     organization: Organization | None = None
     names: tuple[str, str] | None = None  # (given, family) of the account's Practitioner
+    timezone: str | None = None
 
 
 def _require_admin(admin: User, what: str) -> None:
@@ -145,6 +148,34 @@ def list_users(session: Session, admin: User) -> list[User]:
     ))
     record_access(session, admin, "E", "User", None, description=f"user list ({len(users)})")
     return users
+
+
+@dataclass(frozen=True)
+class PatientChoice:
+    """A patient record an administrator may link a new patient account to."""
+
+    patient: Patient
+    has_account: bool  # an active patient account is linked already: one account per record
+
+
+def find_patients_for_account(session: Session, admin: User, text: str, limit: int = 20) -> list[PatientChoice]:
+    """Patients whose MRN, given or family name contains every word of `text` (at most `limit`),
+    each with whether an active account already holds the record. Audited: it reads patients."""
+    _require_admin(admin, "searches patients for an account")
+    words = text.split()[:5]
+    if not words:
+        raise InvalidInput("type part of the patient's name or MRN to search")
+    statement = select(Patient)
+    for word in words:
+        pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        statement = statement.where(or_(Patient.mrn.ilike(pattern, escape="\\"),
+                                        Patient.given_name.ilike(pattern, escape="\\"),
+                                        Patient.family_name.ilike(pattern, escape="\\")))
+    patients = list(session.scalars(statement.order_by(Patient.family_name, Patient.given_name, Patient.id).limit(limit)))
+    claimed = set(session.scalars(select(User.patient_id).where(
+        User.patient_id.in_([p.id for p in patients]), User.role == Role.PATIENT, User.active.is_(True))))
+    record_access(session, admin, "E", "Patient", None, description=f"patient search for an account ({len(patients)})")
+    return [PatientChoice(p, p.id in claimed) for p in patients]
 
 
 def get_user(session: Session, admin: User, user_id: int) -> User:
@@ -190,12 +221,15 @@ def change_role(session: Session, admin: User, user_id: int, role: Role, profile
     old_role = user.role
     before = _reach(user)
     names_before = _practitioner_state(user)
+    zone_before = user.timezone
     _apply_links(session, user, role, links)
     session.flush()
-    if _reach(user) == before and _practitioner_state(user) == names_before:
+    if _reach(user) == before and _practitioner_state(user) == names_before and user.timezone == zone_before:
         return user
     revoked = revoke_user_tokens(session, user) if _reach(user) != before else 0
     change = f"role {old_role.value} -> {role.value}" if role is not old_role else f"profile changed ({role.value})"
+    if user.timezone != zone_before:
+        change += f"; time zone {zone_before or 'unset'} -> {user.timezone or 'unset'}"
     record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id,
                   description=f"{change}; {revoked} token(s) revoked")
     logger.info("user %s: %s by user %s; %d token(s) revoked", user.id, change, admin.id, revoked)
@@ -361,7 +395,8 @@ def _resolve_profile(session: Session, role: Role, profile: AccountProfile, user
                     f"{organization.name} is {with_article(organization.kind.value.replace('_', ' '))}; "
                     f"{label} account belongs to {with_article(kinds)}"
                 )
-    return _Links(patient=patient, organization=organization, names=names)
+    zone = clock.valid_zone_name(profile.timezone) if profile.timezone.strip() else None
+    return _Links(patient=patient, organization=organization, names=names, timezone=zone)
 
 
 def _ensure_patient_unclaimed(session: Session, patient_id: int, user_id: int | None) -> None:
@@ -382,6 +417,8 @@ def _apply_links(session: Session, user: User, role: Role, links: _Links) -> Non
     user.role = role
     user.patient = links.patient
     user.organization = links.organization
+    if user.timezone != links.timezone:
+        user.timezone = links.timezone
     if links.names is None:
         user.practitioner = None
         return

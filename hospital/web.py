@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
+from babel import Locale, UnknownLocaleError
 from flask import Blueprint, Flask, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
@@ -72,6 +73,21 @@ def form_action(session: Session, action: Callable[[], str]) -> bool:
     return True
 
 
+def request_locales() -> list[Locale]:
+    """The locales the browser says its user reads (Accept-Language, best first), then English (the
+    pages' own language) as the last resort: for reading numbers and dates as the user types them."""
+    locales: list[Locale] = []
+    for tag, _quality in request.accept_languages:
+        try:
+            locale = Locale.parse(tag.replace("-", "_"))
+        except (UnknownLocaleError, ValueError):
+            continue
+        if locale not in locales:
+            locales.append(locale)
+    english = Locale.parse("en")
+    return locales if english in locales else [*locales, english]
+
+
 @bp.app_template_filter("local_time")
 def local_time(instant: datetime | None, zone_name: str | None, fmt: str = "%a %d %b %Y %H:%M") -> str:
     """`instant` on the wall clock of `zone_name`, with the zone's abbreviation when a time of day
@@ -97,9 +113,12 @@ def _inject_user() -> dict[str, object]:
 
 
 def reader_timezone(user: User | None) -> str | None:
-    """The zone a reader's own clock shows: a patient's home zone, staff's organisation's zone."""
+    """The zone a reader's own clock shows: their own zone when set, else a patient's home zone,
+    staff's organisation's zone."""
     if user is None:
         return None
+    if user.timezone:
+        return user.timezone
     if user.patient is not None:
         return user.patient.timezone
     return user.organization.timezone if user.organization is not None else None

@@ -79,7 +79,7 @@ def test_revenue_by_group_and_csv(as_role: Any, db_session: Session, demo: DemoS
     exported = admin.get("/api/revenue?group_by=service_line&format=csv")
     assert exported.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
-    assert {r["service_line"]: int(r["total_minor"]) for r in rows} == {"ai-analysis": 2500, "scan": 15000}
+    assert {r["service_line"]: r["total"] for r in rows} == {"ai-analysis": "25.00", "scan": "150.00"}
     assert admin.get("/api/revenue?group_by=colour").status_code == 400
     page = admin.get("/admin/revenue")
     assert page.status_code == 200 and "<svg" in page.get_data(as_text=True)

@@ -76,6 +76,8 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         "imaging_staff": [f"/worklist?date={appointment['start'][:10]}"],
         "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page",
                   f"/admin/centres/{site.demo.imaging_centre.id}", "/admin/users/new",
+                  "/admin/users/new?role=patient&step=find_patient&patient_query=a", "/admin/users/new?role=clinician",
+                  "/admin/revenue?from=2020-01-01&to=2099-12-31", "/admin/revenue?from=2030-02-10&to=2030-02-01",
                   f"/admin/users/{site.demo.users['clinician'].id}"],
         "pharmacist": [f"/dispense/{prescription['id']}?quantity=1", f"/dispense/{prescription['id']}/return"],
     }

@@ -113,6 +113,7 @@ def test_admin_unlocks_creates_and_deactivates_accounts(browser: Any, site: Live
 
     # Deactivated: the open session ends at the next page, and signing in is refused.
     admin.get_by_role("link", name="r.okafor", exact=True).click()
+    admin.once("dialog", lambda dialog: dialog.accept())  # it asks first
     admin.get_by_role("button", name="Deactivate r.okafor").click()
     expect(flash(admin)).to_contain_text("r.okafor is deactivated")
     radiologist.reload()

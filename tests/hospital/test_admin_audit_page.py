@@ -72,3 +72,9 @@ def test_the_audit_search_exports_as_csv(client: FlaskClient, db_session: Sessio
 def test_only_administrators_export(client: FlaskClient, demo: DemoSeed) -> None:
     sign_in(client, "clinician")
     assert client.get("/admin/audit.csv").status_code == 403
+
+
+def test_a_date_at_the_end_of_the_calendar_is_refused_not_a_crash(client: FlaskClient, demo: DemoSeed) -> None:
+    sign_in(client, "admin")
+    assert client.get("/admin/audit?to=9999-12-31").status_code == 400
+    assert client.get("/admin/audit.csv?to=9999-12-31").status_code == 400
