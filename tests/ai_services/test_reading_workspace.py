@@ -183,7 +183,8 @@ def test_an_addendum_amends_a_signed_report_and_keeps_the_original(
     assert "Nodule 8 mm." in fhir["conclusion"]
 
     handlers = db_session.scalars(select(JobRecord.handler).where(JobRecord.event == ReportAmended.name)).all()
-    assert sorted(handlers) == ["ai_services.jobs.make_report_outputs", "ai_services.jobs.notify_report_amended"]
+    assert sorted(handlers) == ["ai_services.jobs.make_report_outputs", "ai_services.jobs.notify_report_amended",
+                                "integration.jobs.send_results_for_amendment"]
     # The referring clinician is told (the inline job ran after the commit), without PHI.
     amended_messages = [m for m in notifier.sent if m.subject == "Imaging report amended"]
     assert len(amended_messages) == 1 and amended_messages[0].recipient == "clinician"
