@@ -204,8 +204,11 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     # Administrator: the billing office issues the invoice for everything the patient received.
     nav(admin, "Billing")
     expect(admin.locator("#unbilled")).to_contain_text("Alex Rivera")
+    asked: list[str] = []
+    admin.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))  # issuing asks first
     admin.get_by_role("button", name="Issue an invoice to Alex Rivera").click()
     expect(flash(admin)).to_contain_text(re.compile(r"^Invoice \d+ issued to Alex Rivera"))
+    assert asked and "Alex Rivera" in asked[0], asked
     invoice = {"id": int(re.search(r"Invoice (\d+)", flash(admin).inner_text()).group(1))}
     expect(admin.locator(f"#invoice-{invoice['id']}")).to_contain_text("issued")
     screenshot(admin, "admin-billing")
