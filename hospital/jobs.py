@@ -16,7 +16,8 @@ running by a worker that died (older than the job timeout, past which RQ would h
 from __future__ import annotations
 
 import logging
-import threading
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -348,22 +349,32 @@ def sweep_if_due(app: Flask, *, every_seconds: float, older_than_seconds: float)
     return sweep_lost_jobs(app, older_than_seconds=older_than_seconds)
 
 
-class JobSweeper(threading.Thread):
-    """Background thread of `hospital worker`: sweeps for lost work every `every_seconds`.
+class JobSweeper:
+    """Sweeps for lost work every `every_seconds`, in a process of its own beside `hospital worker`.
 
-    It only reads the database and enqueues ids; a failed sweep (Redis or PostgreSQL down) is
-    logged and tried again next interval, which is the whole point of a sweeper.
+    Not a thread of the worker: RQ forks a work horse for every job, and a fork taken while another
+    thread holds a lock (a connection pool's, a client library's) leaves that lock held for ever in
+    the horse, which then hangs until the job timeout. A process forked before the first job shares
+    no such state. It only reads the database and enqueues ids; a failed sweep (Redis or PostgreSQL
+    down) is logged and tried again next interval, which is the whole point of a sweeper.
     """
 
     def __init__(self, app: Flask, *, every_seconds: float, older_than_seconds: float) -> None:
-        super().__init__(name="hospital-job-sweeper", daemon=True)
+        context = multiprocessing.get_context("fork")  # the app and its configuration go along as they are
         self.app = app
         self.every_seconds = every_seconds
         self.older_than_seconds = older_than_seconds
-        self._stopped = threading.Event()
+        self._stopped = context.Event()
+        self._parent_pid = os.getpid()
+        self._process = context.Process(target=self._run, name="hospital-job-sweeper", daemon=True)
 
-    def run(self) -> None:
+    def start(self) -> None:
+        self._process.start()
+
+    def _run(self) -> None:
         while not self._stopped.wait(self.every_seconds):
+            if os.getppid() != self._parent_pid:
+                return  # the worker died without stopping us (SIGKILL): no sweeper outlives its worker
             try:
                 with self.app.app_context():
                     sweep_if_due(self.app, every_seconds=self.every_seconds, older_than_seconds=self.older_than_seconds)
@@ -372,3 +383,6 @@ class JobSweeper(threading.Thread):
 
     def stop(self) -> None:
         self._stopped.set()
+        self._process.join(timeout=self.every_seconds + 5)
+        if self._process.is_alive():
+            self._process.terminate()
