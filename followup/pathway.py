@@ -66,6 +66,9 @@ def referral_pathway(session: Session, user: User, referral_id: int) -> Pathway:
     if referral.status is ReferralStatus.ACTIVE:
         steps.append(Step("Accepted", CURRENT, detail="Waiting for the imaging centre to accept"))
         return _finish(referral, steps, STATUS_WORDS[referral.status], record_open=False)
+    if referral.accession_number is None:  # cancelled by the clinician before the centre accepted it
+        steps.append(Step("Cancelled", STOPPED, detail=referral.status_reason or ""))
+        return _finish(referral, steps, STATUS_WORDS[referral.status], record_open=False)
     record_open = can_access_patient(session, user, referral.patient_id)
     if not record_open:
         accepted = Step("Accepted", DONE, detail=f"Accession {referral.accession_number}")

@@ -106,6 +106,21 @@ def test_a_rejected_referral_shows_the_reason(client: FlaskClient, as_role: Any,
     assert steps_of(page)[-1] == ("Rejected by the imaging centre", "stopped")
 
 
+def test_a_referral_cancelled_before_acceptance_was_never_accepted(
+    client: FlaskClient, as_role: Any, demo: DemoSeed
+) -> None:
+    sent = as_role("clinician").post("/api/referrals", json={
+        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
+        "body_part": "HEAD", "procedure_description": "CT head", "reason": "headache",
+        "access_reason": "new patient"}).get_json()
+    cancelled = as_role("clinician").post(f"/api/referrals/{sent['id']}/cancel", json={"reason": "symptoms resolved"})
+    assert cancelled.status_code == 200, cancelled.get_json()
+    sign_in(client, "clinician")
+    page = client.get(f"/referrals/{sent['id']}").get_data(as_text=True)
+    assert status_of(page) == "Cancelled" and "symptoms resolved" in page
+    assert steps_of(page) == [("Sent", "done"), ("Cancelled", "stopped")]
+
+
 def test_only_those_the_referral_is_open_to_see_it(client: FlaskClient, db_session: Session, demo: DemoSeed) -> None:
     world = make_care_world(db_session, demo)  # grace referred demo.patient; the demo clinician did not
     db_session.commit()
