@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
-import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -153,23 +152,6 @@ def valid_ae_title(value: str, label: str = "AE title") -> str:
 
 
 @functools.cache
-def _zone_names() -> dict[str, str]:
-    """Every IANA zone this system knows, keyed by its lower-case name (for forgiving input)."""
-    return {name.lower(): name for name in zoneinfo.available_timezones()}
-
-
-def zone_names() -> list[str]:
-    return sorted(_zone_names().values())
-
-
-def valid_timezone(value: str) -> str:
-    """The canonical IANA name for `value` (e.g. 'europe/berlin' -> 'Europe/Berlin')."""
-    name = _zone_names().get(value.strip().lower())
-    if name is None:
-        raise InvalidInput(f"{value.strip()!r} is not an IANA time zone; use a name like Europe/Berlin or UTC")
-    return name
-
-
 def centre_zone(centre: Organization) -> ZoneInfo:
     return clock.zone(centre.timezone)
 
@@ -258,7 +240,7 @@ def _clean_centre(details: CentreDetails) -> CentreDetails:
     return CentreDetails(
         name=_required_text(details.name, "centre name", CENTRE_NAME_MAX),
         ae_title=valid_ae_title(details.ae_title, "centre AE title"),
-        timezone=valid_timezone(details.timezone),
+        timezone=clock.valid_zone_name(details.timezone),
     )
 
 

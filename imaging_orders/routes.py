@@ -42,7 +42,6 @@ from imaging_orders.centres import (
     slot_calendar,
     update_centre,
     update_scanner,
-    zone_names,
 )
 from imaging_orders.models import Appointment, AppointmentStatus, Slot
 from imaging_orders.service import (
@@ -441,7 +440,7 @@ def centres_page() -> ResponseReturnValue:
             return redirect(url_for("imaging_orders.centre_page", centre_id=created[0]))
     # A refused centre is shown again as typed (422), so the administrator corrects, not retypes.
     summaries = list_centres(session, admin)
-    page = render_template("imaging_orders/centres.html", summaries=summaries, zones=zone_names(),
+    page = render_template("imaging_orders/centres.html", summaries=summaries, zones=clock.zone_names(),
                            summary_days=SUMMARY_DAYS, form=request.form)
     return page, 422 if request.method == "POST" else 200
 
@@ -474,7 +473,7 @@ def _render_centre_page(centre_id: int, posted: str | None = None) -> str:
     today = utcnow().astimezone(zone).date()
     page = render_template(
         "imaging_orders/centre.html", centre=centre, scanners=centre_scanners(session, admin, centre_id),
-        calendar=slot_calendar(session, admin, centre_id), zones=zone_names(), modalities=sorted(MODALITIES),
+        calendar=slot_calendar(session, admin, centre_id), zones=clock.zone_names(), modalities=sorted(MODALITIES),
         weekdays=list(enumerate(WEEKDAY_NAMES)), today=today, default_last_day=today + timedelta(days=27),
         summary_days=SUMMARY_DAYS, max_range_days=MAX_RANGE_DAYS, posted=posted, form=request.form,
     )
