@@ -43,7 +43,7 @@ from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import Organization, Role
-from hospital.web import form_action, reader_timezone, request_locales
+from hospital.web import ask_first, form_action, reader_timezone, request_locales
 
 logger = logging.getLogger(__name__)
 
@@ -246,19 +246,27 @@ def catalog_page() -> ResponseReturnValue:
 
         def save_price() -> str:
             currency = form.get("currency", "").strip().upper()
+            price = _form_minor_units(form.get("price", ""), currency or "EUR")
+            line = enum_value(ServiceLine, form.get("service_line"), "service_line")
+            start = _form_day(form.get("effective_from", ""))
+            ask_first(f"Save {form.get('display', '').strip()} ({form.get('code', '').strip()}) at "
+                      f"{format_money(price, currency or 'EUR')} from {start.date().isoformat()}? Once it is in "
+                      "force it cannot be taken back; a later price ends it.", "Yes, save the price")
             add_catalog_entry(
-                session, user, code=form.get("code", ""), display=form.get("display", ""),
-                service_line=enum_value(ServiceLine, form.get("service_line"), "service_line"),
-                organization_id=form.get("organization_id", type=int),
-                unit_price_minor=_form_minor_units(form.get("price", ""), currency or "EUR"), currency=currency,
-                effective_from=_form_day(form.get("effective_from", "")),
+                session, user, code=form.get("code", ""), display=form.get("display", ""), service_line=line,
+                organization_id=form.get("organization_id", type=int), unit_price_minor=price, currency=currency,
+                effective_from=start,
             )
             return "Price saved."
 
         def change_in_place() -> str:
             entry = get_catalog_entry(session, user, form.get("entry_id", type=int) or 0)
-            new = change_price(session, user, entry, _form_minor_units(form.get("price", ""), entry.currency),
-                               _form_day(form.get("effective_from", "")))
+            price = _form_minor_units(form.get("price", ""), entry.currency)
+            start = _form_day(form.get("effective_from", ""))
+            ask_first(f"Set {entry.display} to {format_money(price, entry.currency)} from {start.date().isoformat()}"
+                      f" (now {format_money(entry.unit_price_minor, entry.currency)})? A price in force cannot be "
+                      "taken back; a later change starts another one.", "Yes, change the price")
+            new = change_price(session, user, entry, price, start)
             return (f"{new.display}: {format_money(new.unit_price_minor, new.currency)} from "
                     f"{new.effective_from.date().isoformat()}.")
 
@@ -302,14 +310,24 @@ def billing_office_page() -> ResponseReturnValue:
         def act() -> str:
             if form.get("action") == "insurer_payment":
                 invoice = get_invoice(session, user, form.get("invoice_id", type=int) or 0)
+                amount = _form_minor_units(form.get("amount", ""), invoice.currency)
+                ask_first(f"Record an insurer payment of {format_money(amount, invoice.currency)} on invoice "
+                          f"{invoice.id}? A recorded payment stays on the invoice (only a refund undoes it).",
+                          "Yes, record the payment")
                 payment = record_payment(session, user, invoice.id, PaymentRequest(
                     payer=Payer.INSURER, kind=PaymentKind.PAYMENT,
-                    amount_minor=_form_minor_units(form.get("amount", ""), invoice.currency), currency=invoice.currency,
+                    amount_minor=amount, currency=invoice.currency,
                     idempotency_key=f"web:{user.id}:{form.get('payment_key', '')}",
                     reference=form.get("reference", "").strip() or "insurer remittance"))
                 return (f"Insurer payment of {format_money(payment.amount_minor, payment.currency)} "
                         f"recorded on invoice {invoice.id}.")
-            invoice = issue_invoice(session, user, form.get("patient_id", type=int) or 0)
+            patient_id = form.get("patient_id", type=int) or 0
+            waiting = [w for w in unbilled_charges(session, user) if w.patient.id == patient_id]
+            if waiting:  # nothing waiting: the service says so, there is nothing to ask
+                totals = " and ".join(format_money(w.total_minor, w.currency) for w in waiting)
+                ask_first(f"Issue an invoice of {totals} to {waiting[0].patient.display_name}? An issued invoice "
+                          "cannot be withdrawn.", "Yes, issue the invoice")
+            invoice = issue_invoice(session, user, patient_id)
             return (f"Invoice {invoice.id} issued to {invoice.patient.display_name}: "
                     f"{format_money(invoice.total_minor, invoice.currency)}.")
 

@@ -51,7 +51,7 @@ from hospital.users import (
     unlock_user,
     with_article,
 )
-from hospital.web import add_nav_link, form_action
+from hospital.web import add_nav_link, ask_first, form_action
 
 logger = logging.getLogger(__name__)
 
@@ -279,10 +279,17 @@ def user_page(user_id: int) -> ResponseReturnValue:
                 return (f"Saved: {user.username} is {with_article(role_label(role))}. If what the account may "
                         "reach changed, the API tokens it held are revoked.")
             if action == "reset_password":
+                ask_first(f"Reset the password of {get_user(session, admin, user_id).username}? Their current "
+                          "password stops working at once and they are signed out everywhere.",
+                          "Yes, reset the password")
                 user = reset_password(session, admin, user_id, form.get("temporary_password", ""))
                 return (f"{user.username} has a new temporary password and is unlocked; "
                         "they must choose their own at their next sign-in.")
             if action == "deactivate":
+                name = get_user(session, admin, user_id).username
+                ask_first(f"Deactivate {name}? They are signed out everywhere and their API tokens are revoked "
+                          "for good (reactivating lets them sign in again, not the old tokens).",
+                          f"Yes, deactivate {name}")
                 user = deactivate_user(session, admin, user_id)
                 return f"{user.username} is deactivated: they cannot sign in, and their API tokens are revoked."
             if action == "reactivate":

@@ -30,7 +30,7 @@ from hospital.auth import (
     require_roles,
     start_browser_session,
 )
-from hospital.db import request_session
+from hospital.db import complete_request_work, request_session
 from hospital.errors import DomainError, Forbidden, Unauthenticated
 from hospital.models import Role, User
 from hospital.users import MIN_PASSWORD_LENGTH, PASSWORD_CHANGE_REQUIRED, change_own_password
@@ -59,10 +59,46 @@ def add_nav_link(app: Flask, label: str, endpoint: str, *roles: Role) -> None:
     app.extensions.setdefault("hospital.nav", []).append(NavLink(label, endpoint, frozenset(roles)))
 
 
+class ConfirmationNeeded(Exception):
+    """An irreversible page action stopped before it acted: the user has not yet agreed to
+    `question`. Raised by `ask_first` inside a `form_action`, answered by a page of its own."""
+
+    def __init__(self, question: str, button: str) -> None:
+        super().__init__(question)
+        self.question = question
+        self.button = button
+
+
+def ask_first(question: str, button: str) -> None:
+    """Inside a form action, just before the step that cannot be undone (after what was typed has
+    been read, so the question names real values): go on only if the user has agreed.
+
+    Browsers with scripts ask with a dialog (`data-confirm`, static/js/confirm_actions.js), which
+    then sends `confirmed=yes`. Without that, the action's savepoint is rolled back and the same form
+    comes back on a page of its own that asks `question`: nothing irreversible happens on one click,
+    whatever the browser runs."""
+    if request.form.get("confirmed") != "yes":
+        raise ConfirmationNeeded(question, button)
+
+
+@bp.app_errorhandler(ConfirmationNeeded)
+def confirmation_page(exc: ConfirmationNeeded) -> ResponseReturnValue:
+    """The question, and the form as it was sent, ready to be sent again agreed (or abandoned).
+    What the request read is kept (its audit records); the action itself was rolled back."""
+    complete_request_work()
+    fields = [(name, value) for name, value in request.form.items(multi=True)
+              if name not in ("csrf_token", "confirmed")]
+    page = render_template("confirm.html", question=exc.question, button=exc.button, fields=fields,
+                           action=request.path, back=request.full_path.rstrip("?"))
+    # The form may carry what was typed (a temporary password): not for any cache.
+    return page, 200, {"Cache-Control": "no-store"}
+
+
 def form_action(session: Session, action: Callable[[], str]) -> bool:
     """Run one page form's service call in a savepoint: on success flash the message it returns
     (the request's unit of work commits it); on a domain error undo just the action and flash the
-    error (the page is shown again with what was typed, nothing half-written)."""
+    error (the page is shown again with what was typed, nothing half-written). An action that asks
+    first (`ask_first`) and is not yet agreed to ends the request with the question."""
     try:
         with session.begin_nested():
             message = action()

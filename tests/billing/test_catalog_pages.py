@@ -66,7 +66,7 @@ def test_admin_sets_a_new_price_on_the_catalog_page(client: Any, demo: DemoSeed,
     token = page.split('name="csrf_token" value="')[1].split('"')[0]
     form = {"csrf_token": token, "code": "IMG-CT", "display": "CT examination (2030 tariff)", "service_line": "scan",
             "organization_id": str(demo.imaging_centre.id), "price": "162.50", "currency": "eur",
-            "effective_from": "2030-01-01"}
+            "effective_from": "2030-01-01", "confirmed": "yes"}
     saved = client.post("/admin/catalog", data=form, follow_redirects=True).get_data(as_text=True)
     assert "Price saved." in saved and "162.50 EUR" in saved
     assert price_for(db_session, "IMG-CT", demo.imaging_centre.id, datetime(2030, 2, 1, tzinfo=UTC)).unit_price_minor == 16250

@@ -32,7 +32,8 @@ def riverside_ct(db_session: Session, demo: DemoSeed) -> CatalogEntry:
 def change(client: FlaskClient, entry_id: int, price: str, day: str, headers: dict[str, str] | None = None) -> Any:
     token = csrf_token_of(client.get("/admin/catalog").get_data(as_text=True))
     return client.post("/admin/catalog", headers=headers or {}, data={
-        "csrf_token": token, "action": "change", "entry_id": str(entry_id), "price": price, "effective_from": day})
+        "csrf_token": token, "action": "change", "entry_id": str(entry_id), "price": price, "effective_from": day,
+        "confirmed": "yes"})
 
 
 @pytest.mark.parametrize("typed", ["165,00", "165.00", "165"])

@@ -20,7 +20,7 @@ from playwright.sync_api import expect
 from billing.service import AI_ANALYSIS_CODE, BillableEvent, charge, scan_code
 from hospital.db import get_db
 from hospital.models import Patient
-from tests.browser.conftest import TIMEOUT_MS, LiveSite, has_horizontal_scroll, screenshot
+from tests.browser.conftest import TIMEOUT_MS, LiveSite, has_horizontal_scroll, login, screenshot
 from tests.browser.test_accessibility import audit
 
 pytestmark = pytest.mark.browser
@@ -239,4 +239,28 @@ def test_the_account_form_works_without_a_script(browser: Any, site: LiveSite) -
     page.get_by_label("Temporary password").fill(TEMPORARY)
     page.get_by_role("button", name="Create account").click()
     expect(flash(page)).to_contain_text("Account kei.n created as a patient")
+    assert not has_horizontal_scroll(page)
+
+    # An irreversible action without a script to ask in a dialog: the server asks on a page of its
+    # own, and the account is deactivated only once that page's button is pressed.
+    page.goto("/admin/users")
+    page.get_by_role("link", name="kei.n", exact=True).click()
+    page.get_by_role("button", name="Deactivate kei.n").click()
+    expect(page.get_by_role("heading", name="Please confirm")).to_be_visible()
+    expect(page.locator("#question")).to_contain_text("Deactivate kei.n? They are signed out everywhere")
+    page.get_by_role("link", name="No, go back").click()
+    expect(page.get_by_role("button", name="Deactivate kei.n")).to_be_visible()  # nothing changed
+    page.get_by_role("button", name="Deactivate kei.n").click()
+    page.get_by_role("button", name="Yes, deactivate kei.n").click()
+    expect(flash(page)).to_contain_text("kei.n is deactivated")
+    expect(page.get_by_role("button", name="Reactivate kei.n")).to_be_visible()
+
+
+def test_the_servers_own_question_passes_the_audit(browser: Any, site: LiveSite) -> None:
+    page = login(browser, site, "admin", width=390)
+    page.goto(f"/admin/users/{site.demo.users['clinician'].id}")
+    page.locator("#deactivate").evaluate("form => form.removeAttribute('data-confirm')")  # as if no script ran
+    page.get_by_role("button", name="Deactivate clinician").click()
+    expect(page.get_by_role("heading", name="Please confirm")).to_be_visible()
+    assert audit(Axe(), page, "confirmation page") == []
     assert not has_horizontal_scroll(page)

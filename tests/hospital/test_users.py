@@ -49,7 +49,9 @@ def csrf(client: FlaskClient) -> str:
 
 
 def post(client: FlaskClient, url: str, **fields: Any) -> TestResponse:
-    return client.post(url, data={"csrf_token": csrf(client), **fields})
+    """A form as a browser with scripts sends it: an action that asks first was agreed to in the
+    dialog (`confirmed=yes`; without it the server asks on a page of its own, tested apart)."""
+    return client.post(url, data={"csrf_token": csrf(client), "confirmed": "yes", **fields})
 
 
 def sign_in_with(client: FlaskClient, username: str, password: str) -> TestResponse:
@@ -279,6 +281,29 @@ def test_deactivation_ends_tokens_and_sessions_and_reactivation_restores_sign_in
         AuditEvent.entity_type == "User", AuditEvent.entity_id == str(clinician.id), AuditEvent.action == "U",
     ).order_by(AuditEvent.id)).all()
     assert descriptions == ["deactivated; 1 token(s) revoked, 1 browser session(s) ended", "reactivated"]
+
+
+def test_without_the_dialog_the_server_asks_before_deactivating_or_resetting(
+    app: Flask, admin: FlaskClient, db_session: Session, demo: DemoSeed
+) -> None:
+    """A browser that runs no script never saw the dialog: the server asks on a page of its own and
+    changes nothing until the same form comes back agreed."""
+    clinician = demo.users["clinician"]
+    url = f"/admin/users/{clinician.id}"
+    for fields, question in (
+        ({"action": "deactivate"}, "Deactivate clinician? They are signed out everywhere"),
+        ({"action": "reset_password", "temporary_password": TEMPORARY}, "Reset the password of clinician?"),
+    ):
+        asked = admin.post(url, data={"csrf_token": csrf(admin), **fields})
+        page = asked.get_data(as_text=True)
+        assert asked.status_code == 200 and question in page and "Please confirm" in page
+        assert 'name="confirmed" value="yes"' in page and f'action="{url}"' in page
+        db_session.refresh(clinician)
+        assert (clinician.active, clinician.must_change_password) == (True, False)
+    again = admin.post(url, data={"csrf_token": csrf_token_of(page), "action": "deactivate", "confirmed": "yes"})
+    assert again.status_code == 302
+    db_session.refresh(clinician)
+    assert clinician.active is False
 
 
 def test_a_password_reset_unlocks_revokes_and_forces_a_change(

@@ -74,7 +74,7 @@ def test_the_record_is_marked_revoked_and_holds_no_usable_id(
 
 def _admin_post(admin: FlaskClient, url: str, **data: str) -> None:
     token = csrf_token_of(admin.get("/admin/users").get_data(as_text=True))
-    response = admin.post(url, data={"csrf_token": token, **data})
+    response = admin.post(url, data={"csrf_token": token, "confirmed": "yes", **data})
     assert response.status_code == 302, response.get_data(as_text=True)
 
 
