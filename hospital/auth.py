@@ -145,11 +145,13 @@ def revoke_user_tokens(session: Session, user: User) -> int:
 
 
 def user_for_token(session: Session, plain: str) -> User | None:
-    token = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == _sha256(plain)))
-    if token is None or token.revoked_at is not None or token.expires_at <= utcnow():
-        return None
-    user = token.user
-    return user if user.active else None
+    """The active account a live bearer token belongs to, in one round trip (every API call
+    pays for this lookup)."""
+    return session.scalar(
+        select(User).join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.token_sha256 == _sha256(plain), ApiToken.revoked_at.is_(None),
+               ApiToken.expires_at > utcnow(), User.active.is_(True))
+    )
 
 
 def _sha256(value: str) -> str:

@@ -309,6 +309,7 @@ def register_fhir(app: Flask) -> None:
                 ),
             },
             read_roles=frozenset({Role.ADMIN}),
+            append_only_at=AuditEvent.recorded_at,
         ),
     )
 

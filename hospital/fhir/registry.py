@@ -71,9 +71,15 @@ class ResourceMapping:
     update: UpdateHandler | None = None
     # Columns whose change alone is bookkeeping, not a new version (a study's last-instance time).
     unversioned_columns: frozenset[str] = frozenset()
+    # For an append-only table (the audit trail): the column holding when each row was written.
+    # Such a row never changes, so its one version is the row itself (versionId 1 at that time):
+    # no rendered copy is stored per row, and there is no history to page through.
+    append_only_at: InstrumentedAttribute[Any] | None = None
 
     def interactions(self) -> list[str]:
         """The FHIR interactions this type supports, for the CapabilityStatement."""
+        if self.append_only_at is not None:
+            return ["read", "vread", "search-type"]
         codes = ["read", "vread", "history-instance", "history-type", "search-type"]
         if self.create is not None:
             codes.append("create")

@@ -13,7 +13,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from flask import Blueprint, Response, json, request
+from flask import Blueprint, Response, current_app, json, request
 from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
@@ -83,8 +83,26 @@ def version_headers(mapping: ResourceMapping, version: ResourceVersion) -> dict[
 # --- capability ----------------------------------------------------------------------------------
 
 
+# Base URLs a CapabilityStatement is kept for: the Host header is the caller's to choose, so the
+# cache is bounded (past it, a statement is built per request, as before there was a cache).
+CAPABILITY_CACHE_SIZE = 8
+
+
 @bp.get("/metadata")
 def capability_statement() -> Response:
+    """What this server supports. It depends only on the registered mappings, fixed once the app
+    is made, and on the base URL it is reached at: built once per base URL, then served as is."""
+    cache: dict[str, bytes] = current_app.extensions.setdefault("hospital.fhir.capability", {})
+    base = fhir_base()
+    body = cache.get(base)
+    if body is None:
+        body = json.dumps(_capability_statement()).encode()
+        if len(cache) < CAPABILITY_CACHE_SIZE:
+            cache[base] = body
+    return Response(body, mimetype=FHIR_JSON)
+
+
+def _capability_statement() -> dict[str, Any]:
     registry = fhir_registry()
     resources = []
     for mapping in sorted(registry.mappings.values(), key=lambda m: m.type_name):
@@ -92,7 +110,7 @@ def capability_statement() -> Response:
             "type": mapping.type_name,
             "interaction": [{"code": code} for code in mapping.interactions()],
             "versioning": "versioned",
-            "readHistory": True,
+            "readHistory": mapping.append_only_at is None,
             "updateCreate": False,
             "conditionalCreate": mapping.create is not None,
             "searchInclude": include_values(mapping) or None,
@@ -137,7 +155,7 @@ def capability_statement() -> Response:
             }
         ],
     }
-    return fhir_response(validate_resource(statement))
+    return validate_resource(statement)
 
 
 # --- shared checks -------------------------------------------------------------------------------
@@ -230,6 +248,13 @@ def vread(type_name: str, resource_id: str, version_id: str) -> Response:
     mapping = _mapping_or_404(type_name)
     user = current_user()
     session = request_session()
+    if mapping.append_only_at is not None:  # the one version of an append-only record is the record
+        if version_id != "1":
+            raise NotFound(f"{type_name}/{resource_id} has no version {version_id}: it never changes")
+        body, only = read_resource(session, user, mapping, resource_id)
+        headers = version_headers(mapping, only)
+        headers.pop("Location")
+        return fhir_response(body, headers=headers)
     row_id = _authorise_history(session, user, mapping, resource_id)
     version = get_version(session, type_name, row_id, int(version_id)) if version_id.isdigit() else None
     if version is None:
@@ -248,6 +273,7 @@ def instance_history(type_name: str, resource_id: str) -> Response:
     mapping = _mapping_or_404(type_name)
     user = current_user()
     session = request_session()
+    _refuse_history_of_append_only(mapping)
     row_id = _authorise_history(session, user, mapping, resource_id)
     bundle = _history_bundle(
         session, mapping, [ResourceVersion.resource_type == type_name, ResourceVersion.resource_id == row_id]
@@ -261,11 +287,17 @@ def type_history(type_name: str) -> Response:
     mapping = _mapping_or_404(type_name)
     user = current_user()
     _ensure_role_may_read(mapping, user, None)
+    _refuse_history_of_append_only(mapping)
     session = request_session()
     compartment = patient_filter(user, ResourceVersion.patient_id, type_name) if mapping.patient_column is not None else true()
     bundle = _history_bundle(session, mapping, [ResourceVersion.resource_type == type_name, compartment])
     record_access(session, user, "E", type_name, None, description=f"history {request.query_string.decode()[:500]}")
     return fhir_response(bundle)
+
+
+def _refuse_history_of_append_only(mapping: ResourceMapping) -> None:
+    if mapping.append_only_at is not None:
+        raise NotSupported(f"{mapping.type_name} records never change: there is no history (search by date instead)")
 
 
 def _history_bundle(session: Session, mapping: ResourceMapping, clauses: list[Any]) -> dict[str, Any]:

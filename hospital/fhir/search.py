@@ -71,7 +71,10 @@ def primary_key(mapping: ResourceMapping) -> Any:
 
 
 def last_updated_column(mapping: ResourceMapping) -> Any:
-    """When each row last changed, from its versions (a correlated subquery, for _sort)."""
+    """When each row last changed, from its versions (a correlated subquery, for _sort); an
+    append-only row's own time of writing."""
+    if mapping.append_only_at is not None:
+        return mapping.append_only_at
     return (
         select(func.max(ResourceVersion.last_updated))
         .where(ResourceVersion.resource_type == mapping.type_name, ResourceVersion.resource_id == primary_key(mapping))

@@ -44,7 +44,7 @@ def _collect_flushed_rows(session: Session, _flush_context: UOWTransaction) -> N
     changes: list[tuple[ResourceMapping, Any, str]] = []
     for row in session.new:
         mapping = VERSIONED_MODELS.get(type(row))
-        if mapping is not None:
+        if mapping is not None and mapping.append_only_at is None:  # an append-only row is its own version
             changes.append((mapping, row, METHOD_CREATE))
     for row in session.dirty:
         mapping = VERSIONED_MODELS.get(type(row))
@@ -153,7 +153,12 @@ def json_safe(value: Any) -> Any:
 
 
 def current_version(session: Session, mapping: ResourceMapping, row: Any) -> ResourceVersion:
-    """The latest version of a row; a row that predates tracking gets its first version now."""
+    """The latest version of a row; a row that predates tracking gets its first version now. An
+    append-only row's one version is the row itself (not stored: nothing to add to the session)."""
+    if mapping.append_only_at is not None:
+        return ResourceVersion(resource_type=mapping.type_name, resource_id=row.id, version_id=1,
+                               last_updated=getattr(row, mapping.append_only_at.key), method=METHOD_CREATE,
+                               patient_id=mapping.patient_id_of(row), resource=None)
     version = session.scalar(
         select(ResourceVersion)
         .where(ResourceVersion.resource_type == mapping.type_name, ResourceVersion.resource_id == row.id)

@@ -250,3 +250,57 @@ def test_capability_statement_lists_every_mapped_type_and_its_search_params(as_r
     slot_params = {p["name"]: p["type"] for p in resources["Slot"]["searchParam"]}
     assert slot_params["start"] == "date"
     assert slot_params["schedule"] == "reference"
+
+
+def test_a_read_is_audited_without_a_version_snapshot_of_its_audit_record(as_role, demo, db_session) -> None:
+    """Issue 18: a read writes its audit row and nothing else. Audit rows are append-only, so
+    their one version is the row itself (versionId 1 at its recorded time); no rendered copy of
+    each audit record is stored beside it."""
+    from sqlalchemy import func, select
+
+    from hospital.models import ResourceVersion
+
+    def counts() -> tuple[int, int]:
+        db_session.expire_all()
+        return (db_session.scalar(select(func.count()).select_from(AuditEvent)) or 0,
+                db_session.scalar(select(func.count()).select_from(ResourceVersion)) or 0)
+
+    patient = as_role("patient")
+    patient.get(f"/fhir/Patient/{demo.patient.id}")  # the first read may version a record from before tracking
+    audits, versions = counts()
+    for _ in range(3):
+        assert patient.get(f"/fhir/Patient/{demo.patient.id}").status_code == 200
+    assert counts() == (audits + 3, versions)
+
+    admin = as_role("admin")
+    event = validate_resource(admin.get(f"/fhir/AuditEvent?patient=Patient/{demo.patient.id}&action=R").get_json())["entry"][0]["resource"]
+    read = admin.get(f"/fhir/AuditEvent/{event['id']}")
+    assert read.status_code == 200 and read.headers["ETag"] == 'W/"1"' and read.get_json()["meta"]["versionId"] == "1"
+    assert admin.get(f"/fhir/AuditEvent/{event['id']}/_history/1").get_json()["id"] == event["id"]
+    assert admin.get(f"/fhir/AuditEvent/{event['id']}/_history/2").status_code == 404
+    history = admin.get(f"/fhir/AuditEvent/{event['id']}/_history")
+    assert history.status_code == 405 and history.get_json()["resourceType"] == "OperationOutcome"
+    assert admin.get("/fhir/AuditEvent?_lastUpdated=ge2000-01-01&_sort=-_lastUpdated").status_code == 200
+    statement = validate_resource(admin.get("/fhir/metadata").get_json())
+    audit_entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "AuditEvent")
+    assert {i["code"] for i in audit_entry["interaction"]} == {"read", "vread", "search-type"}
+    assert audit_entry["readHistory"] is False
+
+
+def test_the_capability_statement_is_built_once_per_base_url(client, monkeypatch) -> None:
+    """Issue 18: /fhir/metadata is served from a cache per base URL (a client's Host header picks
+    the URLs in it, and one host's statement is never served to another); the cache is bounded."""
+    import hospital.fhir.routes as fhir_routes
+
+    client.application.extensions.pop("hospital.fhir.capability", None)  # the app may have served it before
+    built: list[str] = []
+    build = fhir_routes._capability_statement
+    monkeypatch.setattr(fhir_routes, "_capability_statement", lambda: built.append("x") or build())
+    hosts = [f"h{i}.example" for i in range(fhir_routes.CAPABILITY_CACHE_SIZE + 3)]
+    for _ in range(2):
+        for host in hosts:
+            response = client.get("/fhir/metadata", headers={"Host": host})
+            assert response.status_code == 200
+            assert response.get_json()["implementation"]["url"] == f"http://{host}/fhir"
+    # Once per cached host; the hosts past the bound are built per request.
+    assert len(built) == fhir_routes.CAPABILITY_CACHE_SIZE + 2 * 3
