@@ -147,28 +147,40 @@ def open_due_repeat_scans(session: Session, now: datetime | None = None) -> list
         assert task is not None
         session.refresh(task)
         consultation = task.care_plan.consultation
-        report = report_summary(session, consultation.report_id)
-        original = referral_summary(session, report.referral_id) if report and report.referral_id else None
         clinician = session.scalar(select(User).where(
             User.practitioner_id == consultation.practitioner_id, User.role == Role.CLINICIAN, User.active.is_(True)))
-        if original is None or clinician is None:
+        referral_id = order_repeat_scan(session, task, clinician) if clinician is not None else None
+        if referral_id is None:
             logger.warning("repeat-scan task %s has no original referral or active clinician; left for a person", task_id)
             task.status = TaskStatus.REQUESTED
             continue
-        referral = create_referral(session, clinician, ReferralRequest(
-            patient_id=task.patient_id, performer_organization_id=original.performer_organization_id,
-            modality=original.modality, body_part=original.body_part,
-            procedure_description=original.procedure_description,
-            reason=f"Follow-up of report {consultation.report_id}: {task.description}",
-            priority=Priority.URGENT if consultation.priority == "urgent" else Priority.ROUTINE,
-            # Months later the consultation may be long finished; the plan it agreed is the reason.
-            access_reason=f"repeat scan planned in consultation {consultation.id} (task {task_id})",
-        ), replaces_referral_id=original.referral_id)
-        accept_follow_up_referral(session, referral.referral_id)
-        task.referral_id = referral.referral_id
-        created.append(referral.referral_id)
-        logger.info("repeat-scan task %s became referral %s", task_id, referral.referral_id)
+        created.append(referral_id)
+        logger.info("repeat-scan task %s became referral %s", task_id, referral_id)
     return created
+
+
+def order_repeat_scan(session: Session, task: FollowUpTask, clinician: User) -> int | None:
+    """Make the repeat scan `task` asks for into an order at the centre of the first examination,
+    requested by `clinician` and accepted there (the patient can book it at once); the task then
+    carries the order and is in progress. None when there is no first referral to repeat."""
+    consultation = task.care_plan.consultation
+    report = report_summary(session, consultation.report_id)
+    original = referral_summary(session, report.referral_id) if report and report.referral_id else None
+    if original is None:
+        return None
+    referral = create_referral(session, clinician, ReferralRequest(
+        patient_id=task.patient_id, performer_organization_id=original.performer_organization_id,
+        modality=original.modality, body_part=original.body_part,
+        procedure_description=original.procedure_description,
+        reason=f"Follow-up of report {consultation.report_id}: {task.description}",
+        priority=Priority.URGENT if consultation.priority == "urgent" else Priority.ROUTINE,
+        # Months later the consultation may be long finished; the plan it agreed is the reason.
+        access_reason=f"repeat scan planned in consultation {consultation.id} (task {task.id})",
+    ), replaces_referral_id=original.referral_id)
+    accept_follow_up_referral(session, referral.referral_id)
+    task.referral_id = referral.referral_id
+    task.status = TaskStatus.IN_PROGRESS
+    return referral.referral_id
 
 
 def send_due_reminders(session: Session, notifier: Notifier, now: datetime | None = None) -> int:
