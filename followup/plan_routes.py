@@ -147,12 +147,13 @@ def book_task(task_id: int) -> ResponseReturnValue:
     return jsonify(payload), 201
 
 
-def _by_local_day(offers: tuple[SlotOffer, ...]) -> list[tuple[str, list[SlotOffer]]]:
-    """Offers grouped under the day they fall on at their centre (for the phone's day picker)."""
-    days: OrderedDict[str, list[SlotOffer]] = OrderedDict()
+def _by_local_day(offers: tuple[SlotOffer, ...]) -> list[tuple[str, list[tuple[SlotOffer, str]]]]:
+    """Offers grouped under the day they fall on at their centre, each with its local time of day
+    (for the phone's day-then-time picker; the zone is named once, not on every button)."""
+    days: OrderedDict[str, list[tuple[SlotOffer, str]]] = OrderedDict()
     for offer in offers:
         local = offer.start.astimezone(clock.zone(offer.centre_timezone))
-        days.setdefault(local.strftime("%A %d %B %Y"), []).append(offer)
+        days.setdefault(local.strftime("%A %d %B %Y"), []).append((offer, local.strftime("%H:%M")))
     return list(days.items())
 
 
@@ -193,8 +194,10 @@ def plan_page(plan_id: int) -> ResponseReturnValue:
               if is_patient and t.kind == "repeat-scan" and t.referral_id is not None and t.status.value in
               ("requested", "in-progress")}
     booked = task_appointments(session, tasks)
+    # The zone the times are read in, named once per picker (one centre per order).
+    zones = {task_id: days[0][1][0][0].centre_timezone for task_id, days in offers.items() if days}
     page = render_template(
-        "followup/plan.html", plan=found, tasks=tasks, booked=booked, offers=offers,
+        "followup/plan.html", plan=found, tasks=tasks, booked=booked, offers=offers, zones=zones,
         can_change=may_change_plan(session, user, found), templates=TEMPLATE_LABELS, kinds=TASK_KINDS,
         template_keys=list(PLAN_TASK_TEMPLATES), posted=form.get("action") if request.method == "POST" else None,
         form=form if request.method == "POST" else {},
