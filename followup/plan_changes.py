@@ -203,6 +203,11 @@ def change_plan_task(session: Session, user: User, task_id: int, change: TaskCha
         raise InvalidInput("nothing to change: give new details or a new due date")
     record_access(session, user, "U", "Task", task.id, patient_id=task.patient_id,
                   description=f"changed: {', '.join(changed)}")
+    # A planned repeat scan brought into the booking window is ordered now, so the patient can book
+    # it (left alone, it would be ordered only on its due date).
+    if (task.kind == "repeat-scan" and task.referral_id is None and task.status is TaskStatus.REQUESTED
+            and task.due_at is not None and task.due_at - BOOKING_LEAD <= utcnow()):
+        order_repeat_scan(session, task, user)
     return task
 
 

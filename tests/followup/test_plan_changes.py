@@ -270,3 +270,17 @@ def test_the_plan_page_edits_for_the_clinician_and_reads_for_the_patient(
     other = app.test_client()
     sign_in(other, "patient2")
     assert other.get(url).status_code == 403
+
+
+def test_a_planned_repeat_scan_brought_forward_is_ordered_for_booking(
+    db_session: Session, demo: DemoSeed, plan: CarePlan
+) -> None:
+    planned = db_session.scalar(select(FollowUpTask).where(FollowUpTask.care_plan_id == plan.id,
+                                                           FollowUpTask.kind == "repeat-scan"))
+    assert planned is not None and planned.referral_id is None  # made with the plan: ordered when due
+    clinician = demo.users["clinician"]
+    change_plan_task(db_session, clinician, planned.id, TaskChange(due_on=today() + timedelta(days=60)))
+    assert planned.referral_id is None  # still far off
+    change_plan_task(db_session, clinician, planned.id, TaskChange(due_on=today() + timedelta(days=10)))
+    assert planned.referral_id is not None and planned.status is TaskStatus.IN_PROGRESS
+    assert repeat_scan_slots(db_session, demo.users["patient"], planned.id)
