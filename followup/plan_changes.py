@@ -22,7 +22,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from followup.models import CarePlan, Consultation, ConsultationStatus, FollowUpTask, TaskStatus
-from followup.planning import LOCAL_DUE_TIME, TaskTemplate, due_at, order_repeat_scan, patient_zone
+from followup.planning import (
+    FOLLOW_UP_TEMPLATES,
+    LOCAL_DUE_TIME,
+    TaskTemplate,
+    due_at,
+    order_repeat_scan,
+    patient_zone,
+)
 from hospital.access import ensure_patient_access, relationship_cutoff
 from hospital.audit import record_access
 from hospital.clock import utcnow
@@ -84,15 +91,15 @@ def _relationship_ended(consultation: Consultation) -> bool:
             and consultation.ended_at < relationship_cutoff())
 
 
-def _ensure_responsible(session: Session, user: User, plan: CarePlan, entity_type: str, entity_id: int) -> None:
-    consultation = plan.consultation
+def _ensure_responsible(session: Session, user: User, consultation: Consultation, entity_type: str,
+                        entity_id: int | None) -> None:
     owner = user.role is Role.CLINICIAN and user.practitioner_id == consultation.practitioner_id
     if owner and _relationship_ended(consultation):
         assert consultation.ended_at is not None
         raise Conflict(f"consultation {consultation.id} finished on {consultation.ended_at.date().isoformat()}; "
                        "the care relationship has ended, so its follow-up plan can no longer be changed "
                        "(a new referral starts a new one)")
-    ensure_patient_access(session, user, plan.patient_id, entity_type, entity_id, "U")
+    ensure_patient_access(session, user, consultation.patient_id, entity_type, entity_id, "U")
     if not owner:
         raise Forbidden("only the clinician responsible for this consultation can change its follow-up plan")
     if consultation.status is ConsultationStatus.CANCELLED:
@@ -104,7 +111,7 @@ def plan_to_change(session: Session, user: User, plan_id: int) -> CarePlan:
     plan = session.get(CarePlan, plan_id)
     if plan is None:
         raise NotFound(f"care plan {plan_id} does not exist")
-    _ensure_responsible(session, user, plan, "CarePlan", plan.id)
+    _ensure_responsible(session, user, plan.consultation, "CarePlan", plan.id)
     return plan
 
 
@@ -119,7 +126,7 @@ def _task_to_change(session: Session, user: User, task_id: int) -> FollowUpTask:
     task = session.get(FollowUpTask, task_id)
     if task is None:
         raise NotFound(f"task {task_id} does not exist")
-    _ensure_responsible(session, user, task.care_plan, "Task", task.id)
+    _ensure_responsible(session, user, task.care_plan.consultation, "Task", task.id)
     if task.status not in OPEN_TASK:
         raise Conflict(f"task {task.id} is {task.status.value}: only an open task can be changed")
     return task
@@ -171,15 +178,42 @@ def add_plan_task(session: Session, user: User, plan_id: int, new: NewTask) -> F
         if new.due_on is None:
             raise InvalidInput("a task written by hand needs a due date")
         kind, details, due = new.kind, _details(new.details), _due(patient, new.due_on)
+    return _add_task(session, user, plan, kind, details, due, f" (template {new.template})" if new.template else "")
+
+
+def _add_task(session: Session, user: User, plan: CarePlan, kind: str, details: str, due: datetime,
+              origin: str) -> FollowUpTask:
     task = FollowUpTask(care_plan_id=plan.id, patient_id=plan.patient_id, kind=kind, description=details, due_at=due)
     session.add(task)
     session.flush()
     record_access(session, user, "C", "Task", task.id, patient_id=plan.patient_id,
-                  description=f"added to care plan {plan.id}: {kind}, due {due.date().isoformat()}"
-                              + (f" (template {new.template})" if new.template else ""))
+                  description=f"added to care plan {plan.id}: {kind}, due {due.date().isoformat()}{origin}")
     if kind == "repeat-scan" and order_repeat_scan(session, task, user) is None:
         logger.info("repeat-scan task %s has no first referral to repeat; it is ordered by hand", task.id)
     return task
+
+
+def apply_template(session: Session, user: User, consultation_id: int, template_key: str) -> list[FollowUpTask]:
+    """Add a set of tasks at once (`FOLLOW_UP_TEMPLATES`, the API's `POST
+    /api/consultations/<id>/plan`), with the same checks and audit as one task; a consultation
+    without a plan gets one."""
+    templates = FOLLOW_UP_TEMPLATES.get(template_key)
+    if templates is None:
+        raise InvalidInput(f"unknown follow-up template {template_key!r}; choose one of {sorted(FOLLOW_UP_TEMPLATES)}")
+    consultation = session.get(Consultation, consultation_id)
+    if consultation is None:
+        raise InvalidInput(f"consultation {consultation_id} does not exist")
+    plan = plan_of_consultation(session, consultation.id)
+    _ensure_responsible(session, user, consultation, "CarePlan", plan.id if plan else None)
+    if plan is None:
+        plan = CarePlan(consultation_id=consultation.id, patient_id=consultation.patient_id, title="Follow-up plan")
+        session.add(plan)
+        session.flush()
+    patient = session.get(Patient, plan.patient_id)
+    assert patient is not None  # foreign key
+    now = utcnow()
+    return [_add_task(session, user, plan, t.kind, t.description, due_at(patient, now, months=t.months, days=t.days),
+                      f" (template {template_key})") for t in templates]
 
 
 def change_plan_task(session: Session, user: User, task_id: int, change: TaskChange) -> FollowUpTask:

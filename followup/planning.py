@@ -20,10 +20,9 @@ from sqlalchemy.orm import Session
 from ai_services.public import report_summary
 from followup.models import CarePlan, Consultation, FollowUpTask, Notification, TaskStatus
 from hospital import clock
-from hospital.access import ensure_patient_access
 from hospital.audit import record_access
 from hospital.clock import utcnow
-from hospital.errors import Forbidden, InvalidInput
+from hospital.errors import Forbidden
 from hospital.models import Patient, Role, User
 from hospital.notify import Notifier, OutgoingMessage
 from imaging_orders.public import accept_follow_up_referral
@@ -82,27 +81,6 @@ def add_tasks(session: Session, plan: CarePlan, templates: tuple[TaskTemplate, .
     ]
     session.add_all(tasks)
     session.flush()
-    return tasks
-
-
-def apply_template(session: Session, user: User, consultation_id: int, template_key: str) -> list[FollowUpTask]:
-    """The consulting clinician adds a template's tasks to the consultation's follow-up plan."""
-    templates = FOLLOW_UP_TEMPLATES.get(template_key)
-    if templates is None:
-        raise InvalidInput(f"unknown follow-up template {template_key!r}; choose one of {sorted(FOLLOW_UP_TEMPLATES)}")
-    consultation = session.get(Consultation, consultation_id)
-    if consultation is None:
-        raise InvalidInput(f"consultation {consultation_id} does not exist")
-    ensure_patient_access(session, user, consultation.patient_id, "CarePlan", None, "U")
-    if user.role is not Role.CLINICIAN or consultation.practitioner_id != user.practitioner_id:
-        raise Forbidden("only the consulting clinician sets the follow-up plan")
-    plan = session.scalar(select(CarePlan).where(CarePlan.consultation_id == consultation.id))
-    if plan is None:
-        plan = CarePlan(consultation_id=consultation.id, patient_id=consultation.patient_id, title="Follow-up plan")
-        session.add(plan)
-        session.flush()
-    tasks = add_tasks(session, plan, templates, utcnow())
-    record_access(session, user, "U", "CarePlan", plan.id, patient_id=plan.patient_id, description=f"template {template_key}")
     return tasks
 
 

@@ -284,3 +284,21 @@ def test_a_planned_repeat_scan_brought_forward_is_ordered_for_booking(
     change_plan_task(db_session, clinician, planned.id, TaskChange(due_on=today() + timedelta(days=10)))
     assert planned.referral_id is not None and planned.status is TaskStatus.IN_PROGRESS
     assert repeat_scan_slots(db_session, demo.users["patient"], planned.id)
+
+
+def test_the_template_sets_of_the_consultation_api_go_through_the_same_checks(
+    as_role: Any, db_session: Session, demo: DemoSeed, plan: CarePlan
+) -> None:
+    clinician = as_role("clinician")
+    added = clinician.post(f"/api/consultations/{plan.consultation_id}/plan", json={"template": "repeat-scan-6m"})
+    assert added.status_code == 201, added.get_data(as_text=True)
+    (task,) = added.get_json()
+    assert task["status"] == "in-progress" and task["referral_id"] is not None  # ordered, as from the page
+    assert task_audit(db_session, task["id"]) == [
+        f"added to care plan {plan.id}: repeat-scan, due {task['due_at'][:10]} (template repeat-scan-6m)"]
+    consultation = db_session.get(Consultation, plan.consultation_id)
+    assert consultation is not None
+    consultation.status = ConsultationStatus.CANCELLED
+    db_session.commit()
+    refused = clinician.post(f"/api/consultations/{plan.consultation_id}/plan", json={"template": "lab-and-visit"})
+    assert refused.status_code == 409 and "was cancelled" in refused.get_json()["detail"]
