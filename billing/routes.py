@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
@@ -28,6 +28,7 @@ from billing.service import (
     invoice_balance,
     issue_invoice,
     list_charges,
+    patient_receipt,
     recent_invoices,
     record_payment,
     revenue_csv,
@@ -347,24 +348,47 @@ def my_invoices_page() -> ResponseReturnValue:
     session = request_session()
     invoices = list(session.scalars(select(Invoice).where(Invoice.patient_id == user.patient_id).order_by(Invoice.issued_at.desc())))
     record_access(session, user, "E", "Invoice", None, patient_id=user.patient_id, description=f"my invoices ({len(invoices)})")
-    # A fresh key per rendered form: a double click or a resubmitted form posts the payment once.
     return render_template("billing/invoices.html", invoices=invoices, money=format_money,
-                           balances={i.id: invoice_balance(i) for i in invoices}, payment_key=uuid.uuid4().hex)
+                           balances={i.id: invoice_balance(i) for i in invoices})
 
 
-@bp.post("/invoices/<int:invoice_id>/pay")
+@bp.route("/invoices/<int:invoice_id>/pay", methods=["GET", "POST"])
 @require_roles(Role.PATIENT)
 def pay_page(invoice_id: int) -> ResponseReturnValue:
+    """GET (or a POST not yet agreed): what is about to be paid, to confirm (nothing changes);
+    POST with `confirmed=yes`: pay the share due, then show the receipt."""
     session = request_session()
     user = current_user()
     invoice = get_invoice(session, user, invoice_id)
     due = invoice_balance(invoice).patient_due_minor
+    if due <= 0:  # paid already (a resubmitted form lands here): its receipt is on the invoices page
+        flash(f"Nothing is due from you on invoice {invoice_id}: your share is paid.")
+        return redirect(url_for("billing.my_invoices_page"))
+    # Paying needs the confirmation page's own form: agreed, with its idempotency key.
+    if request.method == "GET" or request.form.get("confirmed") != "yes" or not request.form.get("payment_key"):
+        # A fresh key per rendered form: a double click or a resubmitted form posts the payment once.
+        return render_template("billing/pay_confirm.html", invoice=invoice, due=due, money=format_money,
+                               payment_key=request.form.get("payment_key") or uuid.uuid4().hex)
+    paid: list[int] = []
 
     def pay() -> str:
-        record_payment(session, user, invoice_id, PaymentRequest(
+        payment = record_payment(session, user, invoice_id, PaymentRequest(
             payer=Payer.PATIENT, kind=PaymentKind.PAYMENT, amount_minor=due, currency=invoice.currency,
             idempotency_key=f"web:{user.id}:{request.form.get('payment_key', '')}", reference="web payment"))
-        return f"Paid {format_money(due, invoice.currency)} on invoice {invoice_id}. Thank you."
+        paid.append(payment.id)
+        return f"Paid {format_money(payment.amount_minor, invoice.currency)} on invoice {invoice_id}. Thank you."
 
-    form_action(session, pay)
+    if form_action(session, pay):
+        return redirect(url_for("billing.receipt_page", invoice_id=invoice_id, payment_id=paid[0]))
     return redirect(url_for("billing.my_invoices_page"))
+
+
+@bp.get("/invoices/<int:invoice_id>/receipts/<int:payment_id>")
+@require_roles(Role.PATIENT, Role.ADMIN)
+def receipt_page(invoice_id: int, payment_id: int) -> ResponseReturnValue:
+    """A payment's receipt, to print or save: who paid what, when, for which services."""
+    session = request_session()
+    user = current_user()
+    payment = patient_receipt(session, user, invoice_id, payment_id)
+    return render_template("billing/receipt.html", payment=payment, invoice=payment.invoice, money=format_money,
+                           balance=invoice_balance(payment.invoice))

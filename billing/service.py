@@ -300,6 +300,16 @@ def get_invoice(session: Session, user: User, invoice_id: int) -> Invoice:
     return load_record(session, user, Invoice, invoice_id, entity_type="Invoice", noun="invoice")
 
 
+def patient_receipt(session: Session, user: User, invoice_id: int, payment_id: int) -> Payment:
+    """One payment on an invoice, for its receipt: the invoice is read with its access check and
+    audit; a payment that is not on it is not found (ids are not guessed across invoices)."""
+    invoice = get_invoice(session, user, invoice_id)
+    payment = next((p for p in invoice.payments if p.id == payment_id), None)
+    if payment is None:
+        raise NotFound(f"payment {payment_id} is not on invoice {invoice_id}")
+    return payment
+
+
 def list_charges(session: Session, user: User, patient_id: int) -> list[ChargeItem]:
     if user.role not in (Role.ADMIN, Role.PATIENT):
         raise Forbidden("charges are for the patient and administrators")

@@ -9,6 +9,7 @@ goes in reasonCode.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from flask import Flask
@@ -27,6 +28,7 @@ from followup.models import (
     TaskStatus,
 )
 from followup.pharmacy import return_to_prescriber
+from followup.plan_changes import TaskChange, cancel_plan_task, change_plan_task, task_due_day
 from followup.service import Prescription, prescribe, send_message, update_task_status
 from hospital.errors import InvalidInput, UnprocessableEntity
 from hospital.fhir.registry import (
@@ -122,8 +124,11 @@ def task_to_fhir(task: FollowUpTask) -> dict[str, Any]:
     return {
         "resourceType": "Task",
         "id": str(task.id),
-        "basedOn": [reference("CarePlan", task.care_plan_id)],
+        # The care plan it belongs to, and the order (ServiceRequest) a repeat scan carries.
+        "basedOn": [reference("CarePlan", task.care_plan_id)]
+        + ([reference("ServiceRequest", task.referral_id)] if task.referral_id else []),
         "status": status.value,
+        "statusReason": {"text": task.status_reason} if task.status_reason else None,
         "intent": "order",
         "code": {"coding": [{"system": TASK_KIND_SYSTEM, "code": task.kind}], "text": task.kind},
         "description": task.description,
@@ -209,16 +214,52 @@ def update_medication_request(
 
 
 def update_task(session: Session, user: User, task: FollowUpTask, resource: dict[str, Any]) -> FollowUpTask:
-    """Clients may move a task's status on; what the task asks for is the care plan's."""
+    """Clients move a task's status on, or change the plan as the plan's page does (through
+    `followup.plan_changes`, with its checks): a new `description`, a new due date
+    (`restriction.period.end`, read as a day on the patient's calendar), or `cancelled` with a
+    `statusReason`."""
     try:
         status = TaskStatus(resource.get("status"))
     except ValueError as exc:
         raise UnprocessableEntity(
             f"Task.status {resource.get('status')!r} is not one of {[s.value for s in TaskStatus]}"
         ) from exc
-    if resource.get("description", task.description) != task.description:
-        raise UnprocessableEntity("only Task.status can be changed")
+    if status is TaskStatus.CANCELLED and task.status is not TaskStatus.CANCELLED:
+        return cancel_plan_task(session, user, task.id, _status_reason_text(resource))
+    description = resource.get("description", task.description)
+    if not isinstance(description, str):
+        raise UnprocessableEntity("Task.description must be a string")
+    due = _restriction_end(resource)
+    change = TaskChange(
+        details=description if description != task.description else None,
+        due_on=task_due_day(session, task, due) if due is not None and due != task.due_at else None,
+    )
+    if change != TaskChange():
+        change_plan_task(session, user, task.id, change)
     return update_task_status(session, user, task.id, status)
+
+
+def _status_reason_text(resource: dict[str, Any]) -> str:
+    reason = resource.get("statusReason") or {}
+    if not isinstance(reason, dict):
+        raise UnprocessableEntity("Task.statusReason must be a CodeableConcept")
+    text = reason.get("text") or next((c.get("display") for c in reason.get("coding") or []
+                                       if isinstance(c, dict) and c.get("display")), "")
+    return str(text or "")
+
+
+def _restriction_end(resource: dict[str, Any]) -> datetime | None:
+    restriction = resource.get("restriction") or {}
+    end = restriction.get("period", {}).get("end") if isinstance(restriction, dict) else None
+    if end is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(str(end))
+    except ValueError as exc:
+        raise UnprocessableEntity(f"Task.restriction.period.end {str(end)[:40]!r} is not a dateTime") from exc
+    if instant.tzinfo is None:
+        raise UnprocessableEntity("Task.restriction.period.end needs a time zone")
+    return instant
 
 
 def medication_dispense_to_fhir(dispense: MedicationDispense) -> dict[str, Any]:

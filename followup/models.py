@@ -92,6 +92,8 @@ class FollowUpTask(Base):
     kind: Mapped[str] = mapped_column(String(32))  # repeat-scan, lab-test, visit, review-report
     description: Mapped[str] = mapped_column(Text)
     status: Mapped[TaskStatus] = mapped_column(enum_column(TaskStatus), default=TaskStatus.REQUESTED)
+    # Why the responsible clinician cancelled it (FHIR Task.statusReason), when cancelled by hand.
+    status_reason: Mapped[str | None] = mapped_column(Text)
     due_at: Mapped[datetime | None]
     # The referral a repeat-scan task turned into when it fell due.
     referral_id: Mapped[int | None] = mapped_column(ForeignKey("referral.id"))

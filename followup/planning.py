@@ -20,10 +20,9 @@ from sqlalchemy.orm import Session
 from ai_services.public import report_summary
 from followup.models import CarePlan, Consultation, FollowUpTask, Notification, TaskStatus
 from hospital import clock
-from hospital.access import ensure_patient_access
 from hospital.audit import record_access
 from hospital.clock import utcnow
-from hospital.errors import Forbidden, InvalidInput
+from hospital.errors import Forbidden
 from hospital.models import Patient, Role, User
 from hospital.notify import Notifier, OutgoingMessage
 from imaging_orders.public import accept_follow_up_referral
@@ -85,27 +84,6 @@ def add_tasks(session: Session, plan: CarePlan, templates: tuple[TaskTemplate, .
     return tasks
 
 
-def apply_template(session: Session, user: User, consultation_id: int, template_key: str) -> list[FollowUpTask]:
-    """The consulting clinician adds a template's tasks to the consultation's follow-up plan."""
-    templates = FOLLOW_UP_TEMPLATES.get(template_key)
-    if templates is None:
-        raise InvalidInput(f"unknown follow-up template {template_key!r}; choose one of {sorted(FOLLOW_UP_TEMPLATES)}")
-    consultation = session.get(Consultation, consultation_id)
-    if consultation is None:
-        raise InvalidInput(f"consultation {consultation_id} does not exist")
-    ensure_patient_access(session, user, consultation.patient_id, "CarePlan", None, "U")
-    if user.role is not Role.CLINICIAN or consultation.practitioner_id != user.practitioner_id:
-        raise Forbidden("only the consulting clinician sets the follow-up plan")
-    plan = session.scalar(select(CarePlan).where(CarePlan.consultation_id == consultation.id))
-    if plan is None:
-        plan = CarePlan(consultation_id=consultation.id, patient_id=consultation.patient_id, title="Follow-up plan")
-        session.add(plan)
-        session.flush()
-    tasks = add_tasks(session, plan, templates, utcnow())
-    record_access(session, user, "U", "CarePlan", plan.id, patient_id=plan.patient_id, description=f"template {template_key}")
-    return tasks
-
-
 def overdue_tasks(session: Session, user: User, now: datetime | None = None) -> list[FollowUpTask]:
     """Open tasks past their due date: a clinician's own patients', or a patient's own."""
     query = (
@@ -147,28 +125,40 @@ def open_due_repeat_scans(session: Session, now: datetime | None = None) -> list
         assert task is not None
         session.refresh(task)
         consultation = task.care_plan.consultation
-        report = report_summary(session, consultation.report_id)
-        original = referral_summary(session, report.referral_id) if report and report.referral_id else None
         clinician = session.scalar(select(User).where(
             User.practitioner_id == consultation.practitioner_id, User.role == Role.CLINICIAN, User.active.is_(True)))
-        if original is None or clinician is None:
+        referral_id = order_repeat_scan(session, task, clinician) if clinician is not None else None
+        if referral_id is None:
             logger.warning("repeat-scan task %s has no original referral or active clinician; left for a person", task_id)
             task.status = TaskStatus.REQUESTED
             continue
-        referral = create_referral(session, clinician, ReferralRequest(
-            patient_id=task.patient_id, performer_organization_id=original.performer_organization_id,
-            modality=original.modality, body_part=original.body_part,
-            procedure_description=original.procedure_description,
-            reason=f"Follow-up of report {consultation.report_id}: {task.description}",
-            priority=Priority.URGENT if consultation.priority == "urgent" else Priority.ROUTINE,
-            # Months later the consultation may be long finished; the plan it agreed is the reason.
-            access_reason=f"repeat scan planned in consultation {consultation.id} (task {task_id})",
-        ), replaces_referral_id=original.referral_id)
-        accept_follow_up_referral(session, referral.referral_id)
-        task.referral_id = referral.referral_id
-        created.append(referral.referral_id)
-        logger.info("repeat-scan task %s became referral %s", task_id, referral.referral_id)
+        created.append(referral_id)
+        logger.info("repeat-scan task %s became referral %s", task_id, referral_id)
     return created
+
+
+def order_repeat_scan(session: Session, task: FollowUpTask, clinician: User) -> int | None:
+    """Make the repeat scan `task` asks for into an order at the centre of the first examination,
+    requested by `clinician` and accepted there (the patient can book it at once); the task then
+    carries the order and is in progress. None when there is no first referral to repeat."""
+    consultation = task.care_plan.consultation
+    report = report_summary(session, consultation.report_id)
+    original = referral_summary(session, report.referral_id) if report and report.referral_id else None
+    if original is None:
+        return None
+    referral = create_referral(session, clinician, ReferralRequest(
+        patient_id=task.patient_id, performer_organization_id=original.performer_organization_id,
+        modality=original.modality, body_part=original.body_part,
+        procedure_description=original.procedure_description,
+        reason=f"Follow-up of report {consultation.report_id}: {task.description}",
+        priority=Priority.URGENT if consultation.priority == "urgent" else Priority.ROUTINE,
+        # Months later the consultation may be long finished; the plan it agreed is the reason.
+        access_reason=f"repeat scan planned in consultation {consultation.id} (task {task.id})",
+    ), replaces_referral_id=original.referral_id)
+    accept_follow_up_referral(session, referral.referral_id)
+    task.referral_id = referral.referral_id
+    task.status = TaskStatus.IN_PROGRESS
+    return referral.referral_id
 
 
 def send_due_reminders(session: Session, notifier: Notifier, now: datetime | None = None) -> int:

@@ -32,7 +32,8 @@ from followup.pharmacy import (
     review_dispense,
     stock_lines,
 )
-from followup.planning import apply_template, overdue_tasks
+from followup.plan_changes import apply_template
+from followup.planning import overdue_tasks
 from followup.service import (
     CLOSED_CONSULTATION,
     Prescription,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ai_services.events import ReportSigned
-from followup import fhir, pathway, routes, seed, service
+from followup import fhir, pathway, plan_routes, routes, seed, service
 from hospital.access import register_patient_scope
 from hospital.jobs import subscribe
 from hospital.models import Role
@@ -16,6 +16,7 @@ from hospital.web import add_nav_link
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     app.register_blueprint(pathway.bp)
+    app.register_blueprint(plan_routes.bp)
     fhir.register_fhir(app)
     app.extensions["hospital.seeders"].extend((seed.seed_formulary, seed.seed_pharmacy_stock))
     register_periodic(app, "followup.jobs.process_due_followups", app.config["FOLLOWUP_CHECK_SECONDS"])

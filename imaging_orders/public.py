@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
+from hospital.clock import utcnow
+from hospital.errors import NotFound
+from hospital.models import User
 from imaging_orders import service
 from imaging_orders.models import Appointment, Schedule, Slot
+from referrals.public import referral_summary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AppointmentSummary", "accept_follow_up_referral", "appointments_of_referral"]
+__all__ = ["AppointmentSummary", "SlotOffer", "accept_follow_up_referral", "appointments_of_referral",
+           "book_referral_slot", "free_slots_for_referral"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,25 @@ class AppointmentSummary:
         return self.status in ("booked", "arrived", "fulfilled")
 
 
+@dataclass(frozen=True)
+class SlotOffer:
+    """A free slot a referral could be booked into, with the zone its times are read in."""
+
+    slot_id: int
+    start: datetime
+    end: datetime
+    room: str | None
+    centre_timezone: str
+
+
+def _appointment_summary(a: Appointment, referral_id: int) -> AppointmentSummary:
+    return AppointmentSummary(
+        appointment_id=a.id, referral_id=referral_id, start=a.start, end=a.end, status=a.status.value,
+        room=a.slot.schedule.room if a.slot else None,
+        centre_timezone=a.slot.schedule.organization.timezone if a.slot else None,
+    )
+
+
 def appointments_of_referral(session: Session, referral_id: int) -> tuple[AppointmentSummary, ...]:
     """Every appointment booked for the referral, earliest first (cancelled ones included)."""
     appointments = session.scalars(
@@ -43,14 +67,26 @@ def appointments_of_referral(session: Session, referral_id: int) -> tuple[Appoin
         .options(joinedload(Appointment.slot).joinedload(Slot.schedule).joinedload(Schedule.organization))
         .order_by(Appointment.start, Appointment.id)
     ).all()
-    return tuple(
-        AppointmentSummary(
-            appointment_id=a.id, referral_id=referral_id, start=a.start, end=a.end, status=a.status.value,
-            room=a.slot.schedule.room if a.slot else None,
-            centre_timezone=a.slot.schedule.organization.timezone if a.slot else None,
-        )
-        for a in appointments
-    )
+    return tuple(_appointment_summary(a, referral_id) for a in appointments)
+
+
+def free_slots_for_referral(session: Session, referral_id: int) -> tuple[SlotOffer, ...]:
+    """Free slots at the referral's centre for its modality, soonest first, within the booking
+    window. Offering is not booking: `book_referral_slot` checks who books."""
+    referral = referral_summary(session, referral_id)
+    if referral is None:
+        raise NotFound(f"referral {referral_id} does not exist")
+    now = utcnow()
+    slots = service.free_slots(session, referral.performer_organization_id, referral.modality, now,
+                               now + timedelta(days=service.BOOKING_DAYS_AHEAD), limit=service.OFFERED_SLOTS)
+    return tuple(SlotOffer(slot_id=s.id, start=s.start, end=s.end, room=s.schedule.room,
+                           centre_timezone=s.schedule.organization.timezone) for s in slots)
+
+
+def book_referral_slot(session: Session, user: User, referral_id: int, slot_id: int) -> AppointmentSummary:
+    """Book `slot_id` for the referral as `user` (the patient, the referring clinician or the
+    centre's staff), through the one booking service: same checks, same race handling."""
+    return _appointment_summary(service.book_appointment(session, user, referral_id, slot_id), referral_id)
 
 
 def accept_follow_up_referral(session: Session, referral_id: int) -> str:

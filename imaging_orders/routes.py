@@ -45,6 +45,8 @@ from imaging_orders.centres import (
 )
 from imaging_orders.models import Appointment, AppointmentStatus, Slot
 from imaging_orders.service import (
+    BOOKING_DAYS_AHEAD,
+    OFFERED_SLOTS,
     Arrival,
     WorklistEntry,
     accept_referral,
@@ -65,10 +67,6 @@ from imaging_orders.service import (
 from referrals.public import MODALITIES
 
 logger = logging.getLogger(__name__)
-
-# What a patient choosing a time is offered: the next free slots over four weeks, grouped by day.
-BOOKING_DAYS_AHEAD = 28
-OFFERED_SLOTS = 120
 
 bp = Blueprint("imaging_orders", __name__, template_folder="templates")
 

@@ -26,6 +26,9 @@ from referrals.public import ORDERS, ReferralStatus, ReferralSummary, summary_fr
 logger = logging.getLogger(__name__)
 
 BOOKABLE_REFERRAL_STATUSES = frozenset({ReferralStatus.ACCEPTED})
+# What a patient choosing a time is offered: the next free slots over four weeks, grouped by day.
+BOOKING_DAYS_AHEAD = 28
+OFFERED_SLOTS = 120
 
 
 def _centre_staff_referral(session: Session, user: User, referral_id: int) -> ReferralSummary:

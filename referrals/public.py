@@ -42,6 +42,7 @@ __all__ = [
     "ReferralSummary",
     "STATUS_WORDS",
     "accept",
+    "cancel_referral",
     "create_referral",
     "lock_referral",
     "lock_referral_by_accession",
@@ -163,6 +164,12 @@ def create_referral(
     referral.replaces_referral_id = replaces_referral_id
     session.flush()
     return _summary(referral)
+
+
+def cancel_referral(session: Session, user: User, referral_id: int, reason: str) -> ReferralSummary:
+    """The requesting clinician withdraws an open referral (a follow-up plan's repeat scan
+    cancelled before it was booked); audited by the service."""
+    return _summary(service.cancel_referral(session, user, referral_id, reason))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,11 +92,41 @@ def test_patient_pays_on_the_invoices_page_once(client: Any, as_role: Any, db_se
     token = page.get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
     client.post("/login", data={"username": "patient", "password": DEMO_PASSWORD, "csrf_token": token})
     html = client.get("/invoices").get_data(as_text=True)
-    assert "Pay 175.00 EUR" in html
-    key = html.split('name="payment_key" value="')[1].split('"')[0]
+    assert "Pay 175.00 EUR" in html and ">To pay</span>" in html
+    # Paying asks first: the confirmation page says what will be paid, and nothing is paid yet.
+    confirm = client.get(f"/invoices/{invoice['id']}/pay").get_data(as_text=True)
+    assert "You are about to pay 175.00 EUR" in confirm and "Confirm: pay 175.00 EUR" in confirm
+    key = confirm.split('name="payment_key" value="')[1].split('"')[0]
     # Signing in starts a new session, with a new CSRF token: take the one the page carries.
-    form = {"csrf_token": html.split('name="csrf_token" value="')[1].split('"')[0], "payment_key": key}
-    assert client.post(f"/invoices/{invoice['id']}/pay", data=form).status_code == 302
-    assert client.post(f"/invoices/{invoice['id']}/pay", data=form).status_code == 302  # resubmitted form
+    form = {"csrf_token": confirm.split('name="csrf_token" value="')[1].split('"')[0], "payment_key": key}
+    unconfirmed = client.post(f"/invoices/{invoice['id']}/pay", data=form)
+    assert unconfirmed.status_code == 200 and "You are about to pay" in unconfirmed.get_data(as_text=True)
+    assert db_session.scalar(select(func.count()).select_from(Payment)) == 0
+    paid = client.post(f"/invoices/{invoice['id']}/pay", data={**form, "confirmed": "yes"})
+    payment = db_session.scalars(select(Payment)).one()
+    assert paid.status_code == 302 and paid.location.endswith(f"/invoices/{invoice['id']}/receipts/{payment.id}")
+    again = client.post(f"/invoices/{invoice['id']}/pay", data={**form, "confirmed": "yes"})  # resubmitted form
+    assert again.status_code == 302 and again.location.endswith("/invoices")
     assert db_session.scalar(select(func.count()).select_from(Payment)) == 1
-    assert "Pay 175.00 EUR" not in client.get("/invoices").get_data(as_text=True)
+    receipt = client.get(paid.location).get_data(as_text=True)
+    assert f"Receipt {payment.id}" in receipt and "175.00 EUR" in receipt and "Alex Rivera" in receipt
+    assert "data-print" in receipt
+    listed = client.get("/invoices").get_data(as_text=True)
+    assert "Pay 175.00 EUR" not in listed
+    # Paid is shown as paid, in the "done" colour, never as an amber "balanced".
+    assert '<span class="badge good">Paid</span>' in listed and "balanced" not in listed
+    assert f"Receipt {payment.id}: 175.00 EUR" in listed
+
+
+def test_a_receipt_is_only_the_payers_to_see(client: Any, app: Any, as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    invoice = invoiced(as_role, db_session, demo, share_basis_points=None)
+    patient = as_role("patient")
+    assert pay(patient, invoice["id"], 17500, "receipt-1").status_code == 201
+    payment = db_session.scalars(select(Payment)).one()
+    other = app.test_client()
+    html = other.get("/login").get_data(as_text=True)
+    token = html.split('name="csrf_token" value="')[1].split('"')[0]
+    other.post("/login", data={"username": "patient2", "password": DEMO_PASSWORD, "csrf_token": token})
+    assert other.get(f"/invoices/{invoice['id']}/receipts/{payment.id}").status_code == 403
+    assert other.get(f"/invoices/{invoice['id']}/pay").status_code == 403
+    assert as_role("admin").get(f"/invoices/{invoice['id']}/receipts/{payment.id + 1}").status_code == 404

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from sqlalchemy import select
 
 from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
+from followup.models import CarePlan
 from followup.service import open_consultation
 from hospital.db import get_db
 from hospital.models import Role
@@ -60,6 +62,9 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         assert consultation is not None
         consultation_id = consultation.id
         signed_referral = f"/referrals/{report.referral_id}"
+        # The follow-up plan the consultation opened, and a task's cancel confirmation.
+        plan = session.scalars(select(CarePlan).where(CarePlan.consultation_id == consultation_id)).one()
+        plan_page, cancel_task_page = f"/care-plans/{plan.id}", f"/care-plans/tasks/{plan.tasks[0].id}/cancel"
     booked_referral = f"/referrals/{appointment['referral_id']}"
     # A prescription in the pharmacy's queue: its confirmation and return pages are audited too.
     prescription = site.api("POST", f"/api/consultations/{consultation_id}/prescriptions", site.token("clinician"), {
@@ -70,8 +75,9 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
              body={"patient_id": site.demo.patient.id, "reason": "collapsed in the waiting room, prior imaging needed"})
     return {
         "clinician": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", "/login", booked_referral,
-                      signed_referral],
-        "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", booked_referral, signed_referral],
+                      signed_referral, plan_page, cancel_task_page],
+        "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", booked_referral, signed_referral,
+                    plan_page],
         "radiologist": [f"/reports/{review_id}", f"/reports/{review_id}?prior={signed_id}", f"/reports/{signed_id}"],
         "imaging_staff": [f"/worklist?date={appointment['start'][:10]}"],
         "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page",
