@@ -21,6 +21,7 @@ from hospital.backup import BackupError, backup, restore
 from hospital.db import get_db
 from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sweep_lost_jobs
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
+from hospital.process_registry import Heartbeat, running_processes, worker_name
 from hospital.seed import DEMO_PASSWORD, seed_demo
 
 logger = logging.getLogger(__name__)
@@ -43,9 +44,30 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.argument("revision", default="head")
-def db_upgrade(revision: str) -> None:
-    """Migrate the database in DATABASE_URL up to REVISION (default: head)."""
-    migrate.upgrade(current_app.config["DATABASE_URL"], revision)
+@click.option("--force", is_flag=True,
+              help="run destructive (contract) steps even while older code is registered as running")
+def db_upgrade(revision: str, force: bool) -> None:
+    """Migrate the database in DATABASE_URL up to REVISION (default: head). Refuses a migration
+    marked destructive while a worker, web or DICOM process written for an older schema is
+    registered in Redis (or when there is no Redis to ask), unless --force."""
+    database_url = current_app.config["DATABASE_URL"]
+    steps = migrate.pending_destructive_steps(database_url, revision)
+    if steps and not force:
+        conn = redis_connection(current_app._get_current_object())  # type: ignore[attr-defined]
+        names = ", ".join(step.revision for step in steps)
+        if conn is None:
+            raise click.ClickException(
+                f"migration {names} is destructive and REDIS_URL is not set, so the running processes cannot be "
+                "checked: stop every process of the old release first, then run again with --force")
+        blocking = migrate.old_code_blocking(database_url, running_processes(conn), revision)
+        if blocking:
+            lines = sorted({f"  {process.kind} {process.name} (code for schema {process.schema_head or 'unknown'})"
+                            for _step, process in blocking})
+            raise click.ClickException(
+                f"migration {names} is destructive (a contract step) and code that needs the old schema is still "
+                "running:\n" + "\n".join(lines) + "\nfinish the rolling restart onto the new release first "
+                "(or pass --force once those are known to be gone)")
+    migrate.upgrade(database_url, revision)
     click.echo(f"database at {revision}")
 
 
@@ -122,8 +144,17 @@ def seed_command() -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 def serve_command(host: str, port: int) -> None:
     """Serve the web app with Werkzeug (production: gunicorn 'hospital.wsgi:app')."""
-    # Werkzeug directly: Flask refuses app.run() inside its own CLI.
-    run_simple(host, port, current_app._get_current_object(), threaded=True)  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    conn = redis_connection(app)
+    heartbeat = Heartbeat(conn, "web") if conn is not None else None
+    if heartbeat is not None:
+        heartbeat.start()
+    try:
+        # Werkzeug directly: Flask refuses app.run() inside its own CLI.
+        run_simple(host, port, app, threaded=True)
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
 
 
 @cli.command("worker")
@@ -146,7 +177,8 @@ def worker_command(queues: tuple[str, ...], burst: bool, sweep_every: float, swe
     elif sweep_every > 0:
         sweeper = JobSweeper(app, every_seconds=sweep_every, older_than_seconds=sweep_after)
         sweeper.start()
-    worker = Worker([Queue(name, connection=conn) for name in queues], connection=conn)
+    # The name carries the schema head this code was written for (hospital/process_registry.py).
+    worker = Worker([Queue(name, connection=conn) for name in queues], connection=conn, name=worker_name())
     try:
         worker.work(burst=burst, with_scheduler=True)
     finally:
