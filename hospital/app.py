@@ -38,6 +38,7 @@ from hospital import (
     ratelimit,
     readiness,
     record_openings_routes,
+    retention,
     web,
 )
 from hospital.config import load_config
@@ -69,6 +70,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     notify.init_app(app)
     ratelimit.init_app(app)
     periodic.init_app(app)
+    retention.init_app(app)
     fhir_registry.init_app(app)
     core_resources.register_fhir(app)
     app.extensions["hospital.seeders"] = []

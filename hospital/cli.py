@@ -19,9 +19,11 @@ from hospital.app import create_app
 from hospital.audit import verify_chain
 from hospital.backup import BackupError, backup, restore
 from hospital.db import get_db
+from hospital.errors import InvalidInput
 from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sweep_lost_jobs
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
 from hospital.process_registry import Heartbeat, running_processes, worker_name
+from hospital.retention import DataClass, run_retention
 from hospital.seed import DEMO_PASSWORD, seed_demo
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,39 @@ def restore_command(directory: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"restored schema {result.manifest['schema_revision']}; audit chain intact: "
                f"{result.audit.rows} rows; head {result.audit.head_hash}")
+
+
+@cli.group("retention")
+def retention_group() -> None:
+    """Retention rules and legal holds (set them on the Storage page, /admin/storage)."""
+
+
+@retention_group.command("run")
+@click.option("--dry-run", is_flag=True, help="list what would be deleted, delete nothing")
+@click.option("--class", "classes", multiple=True, type=click.Choice([c.value for c in DataClass]),
+              help="only these classes (default: every class with a rule)")
+def retention_run_command(dry_run: bool, classes: tuple[str, ...]) -> None:
+    """Delete what each retention rule names, past its period and not on legal hold; every deletion
+    audited. The audit class needs the tables' owner (DATABASE_URL of the migrations)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        with get_db().transaction() as session:
+            report = run_retention(app, session, dry_run=dry_run,
+                                   classes=[DataClass(c) for c in classes] if classes else None)
+    except InvalidInput as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not report.outcomes:
+        click.echo("no retention rules: nothing is deleted")
+    verb = "would delete" if dry_run else "deleted"
+    for outcome in report.outcomes:
+        click.echo(f"{outcome.data_class.value} (keep {outcome.keep_days} days, before {outcome.cutoff:%Y-%m-%d %H:%M}Z): "
+                   f"{verb} {len(outcome.deleted)}, kept on hold {len(outcome.kept_on_hold)}"
+                   + (f", {outcome.freed_bytes} bytes" if outcome.freed_bytes else "")
+                   + (f"; {outcome.note}" if outcome.note else ""))
+        for item in outcome.deleted:
+            click.echo(f"  {verb}: {item}")
+        for item in outcome.kept_on_hold:
+            click.echo(f"  kept on hold: {item}")
 
 
 @cli.command("seed")

@@ -1,0 +1,196 @@
+"""Retention rules and legal holds (issue #21): only what a rule names, past its period and not on
+hold, is deleted; every deletion is audited; audit rows are archived and checkpointed so the hash
+chain still verifies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from sqlalchemy import delete, select
+from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import Session
+
+from hospital.audit import verify_chain
+from hospital.cli import cli
+from hospital.clock import utcnow
+from hospital.db import get_db
+from hospital.errors import InvalidInput
+from hospital.migrate import upgrade
+from hospital.models import AuditCheckpoint, AuditEvent, JobRecord, JobStatus, Patient
+from hospital.retention import (
+    DataClass,
+    place_hold,
+    release_hold,
+    remove_rule,
+    run_retention,
+    set_rule,
+)
+from tests.conftest import make_test_app
+
+YEARS_AGO = timedelta(days=3 * 365)
+
+
+# --- job records, on the suite's database ------------------------------------------------------------
+
+def job(session: Session, status: JobStatus, finished_days_ago: int | None) -> int:
+    now = utcnow()
+    finished = None if finished_days_ago is None else now - timedelta(days=finished_days_ago)
+    record = JobRecord(handler="x.y", queue="default", payload={}, status=status, created_at=now - timedelta(days=400),
+                       finished_at=finished)
+    session.add(record)
+    session.flush()
+    return record.id
+
+
+def test_without_a_rule_nothing_is_deleted(app: Flask, db_session: Session) -> None:
+    old = job(db_session, JobStatus.DONE, 4000)
+    report = run_retention(app, db_session, dry_run=False)
+    assert report.outcomes == []
+    assert db_session.get(JobRecord, old) is not None
+
+
+def test_done_job_records_past_their_period_go_and_owed_work_stays(app: Flask, db_session: Session) -> None:
+    old_done = job(db_session, JobStatus.DONE, 100)
+    recent_done = job(db_session, JobStatus.DONE, 10)
+    old_failed = job(db_session, JobStatus.FAILED, 100)
+    old_queued = job(db_session, JobStatus.QUEUED, None)
+    set_rule(db_session, None, DataClass.JOB_RECORDS, 30)
+
+    dry = run_retention(app, db_session, dry_run=True)
+    assert [o.deleted for o in dry.outcomes] == [[f"job_record {old_done}"]]
+    assert db_session.get(JobRecord, old_done) is not None
+
+    audit_before = db_session.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1)) or 0
+    done = run_retention(app, db_session, dry_run=False)
+    assert [o.deleted for o in done.outcomes] == [[f"job_record {old_done}"]]
+    db_session.expire_all()
+    assert db_session.get(JobRecord, old_done) is None
+    assert all(db_session.get(JobRecord, i) is not None for i in (recent_done, old_failed, old_queued))
+    audited = db_session.scalars(select(AuditEvent).where(AuditEvent.id > audit_before,
+                                                          AuditEvent.entity_type == "JobRecord")).all()
+    assert [(a.action, a.source, a.entity_id) for a in audited] == [("D", "retention", f"{old_done}..{old_done}")]
+
+
+def test_rules_and_holds_are_checked(db_session: Session) -> None:
+    with pytest.raises(InvalidInput, match="between 1 and"):
+        set_rule(db_session, None, DataClass.IMAGES, 0)
+    with pytest.raises(InvalidInput, match="one patient or on one study"):
+        place_hold(db_session, None, reason="litigation 2026-114")
+    with pytest.raises(InvalidInput, match="needs a reason"):
+        place_hold(db_session, None, reason="  ", study_instance_uid="1.2.3")
+    with pytest.raises(InvalidInput, match="digits and dots"):
+        place_hold(db_session, None, reason="case", study_instance_uid="1.2.x")
+    set_rule(db_session, None, DataClass.IMAGES, 3650)
+    remove_rule(db_session, None, DataClass.IMAGES)
+
+
+# --- the audit trail, on a database of its own (its rows cannot be rolled back by others) ----------
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def fresh_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
+    url = request.getfixturevalue("empty_postgres_url") if request.param == "postgresql" else f"sqlite:///{tmp_path / 'h.db'}"
+    upgrade(url)
+    app = make_test_app(url, tmp_path, AUDIT_ARCHIVE_DIR=tmp_path / "audit-archive")
+    with app.app_context():
+        yield app
+    get_db(app).engine.dispose()
+
+
+def add_audit(session: Session, age: timedelta, patient_id: int | None = None) -> int:
+    event = AuditEvent(action="R", entity_type="Patient", entity_id="1", patient_id=patient_id, outcome=0,
+                       source="web", recorded_at=utcnow() - age)
+    session.add(event)
+    session.flush()
+    return event.id
+
+
+def test_audit_rows_are_archived_checkpointed_and_the_chain_still_verifies(fresh_app: Flask, tmp_path: Path) -> None:
+    db = get_db(fresh_app)
+    with db.transaction() as session:
+        held = Patient(mrn="HELD-1", family_name="Held", given_name="Patient")
+        session.add(held)
+        session.flush()
+        old = [add_audit(session, YEARS_AGO) for _ in range(3)]
+        held_row = add_audit(session, YEARS_AGO, patient_id=held.id)
+        after_held = [add_audit(session, YEARS_AGO) for _ in range(2)]
+        recent = add_audit(session, timedelta(days=1))
+        hold = place_hold(session, None, reason="litigation 2026-114", patient_id=held.id)
+        set_rule(session, None, DataClass.AUDIT, 365)
+        hold_id = hold.id
+
+    with db.transaction() as session:
+        dry = run_retention(fresh_app, session, dry_run=True)
+    assert dry.outcomes[0].deleted == [f"audit_event {old[0]}..{old[-1]} (3 rows)"]
+    assert dry.outcomes[0].kept_on_hold == [f"audit rows from {held_row} on (a patient on hold)"]
+    assert not (tmp_path / "audit-archive").exists()
+
+    with db.transaction() as session:
+        run_retention(fresh_app, session, dry_run=False)
+    with db.transaction() as session:
+        assert session.scalars(select(AuditEvent.id).where(AuditEvent.id <= old[-1])).all() == []
+        assert session.get(AuditEvent, held_row) is not None and session.get(AuditEvent, recent) is not None
+        checkpoint = session.scalars(select(AuditCheckpoint)).one()
+        assert (checkpoint.first_event_id, checkpoint.up_to_event_id, checkpoint.rows) == (old[0], old[-1], 3)
+        report = verify_chain(session)
+        assert report.broken is None, report.broken
+        removal = session.scalars(select(AuditEvent).where(AuditEvent.entity_type == "AuditEvent")).one()
+        assert removal.action == "D" and removal.source == "retention" and checkpoint.archive_sha256 in (removal.description or "")
+    archive = (tmp_path / "audit-archive" / checkpoint.archive_name).read_bytes()
+    assert hashlib.sha256(archive).hexdigest() == checkpoint.archive_sha256
+    lines = [json.loads(line) for line in archive.splitlines()]
+    assert [line["id"] for line in lines] == old and lines[-1]["row_hash"] == checkpoint.head_hash
+
+    # The database itself refuses to delete a row no checkpoint covers, even outside the run.
+    with pytest.raises(DatabaseError, match="append-only"), db.transaction() as session:
+        session.execute(delete(AuditEvent).where(AuditEvent.id == held_row))
+
+    with db.transaction() as session:
+        release_hold(session, None, hold_id)
+    with db.transaction() as session:
+        again = run_retention(fresh_app, session, dry_run=False)
+        assert again.outcomes[0].deleted == [f"audit_event {held_row}..{after_held[-1]} (3 rows)"]
+    with db.transaction() as session:
+        assert verify_chain(session).broken is None
+        assert len(session.scalars(select(AuditCheckpoint)).all()) == 2
+
+
+def test_audit_chain_broken_before_the_checkpoint_is_reported(fresh_app: Flask) -> None:
+    """A checkpoint does not excuse a gap after it: the first remaining row must follow its hash."""
+    db = get_db(fresh_app)
+    with db.transaction() as session:
+        rows = [add_audit(session, YEARS_AGO) for _ in range(4)]
+        add_audit(session, timedelta(0))
+        set_rule(session, None, DataClass.AUDIT, 365)
+    with db.transaction() as session:
+        run_retention(fresh_app, session, dry_run=False)
+    with db.transaction() as session:
+        assert verify_chain(session).broken is None
+        checkpoint = session.scalars(select(AuditCheckpoint)).one()
+        assert checkpoint.up_to_event_id == rows[-1]
+        first = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).first()
+        assert first is not None and first.prev_hash == checkpoint.head_hash
+
+
+def test_retention_run_command_dry_run_and_no_rules(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    upgrade(url)
+    env = {"DATABASE_URL": url, "REDIS_URL": "", "HOSPITAL_INSTANCE_DIR": str(tmp_path / "i")}
+    result = CliRunner().invoke(cli, ["retention", "run", "--dry-run"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0 and "no retention rules: nothing is deleted" in result.output
+    app = make_test_app(url, tmp_path)
+    with app.app_context(), get_db(app).transaction() as session:
+        session.add(JobRecord(handler="x.y", payload={}, status=JobStatus.DONE, finished_at=utcnow() - YEARS_AGO))
+        set_rule(session, None, DataClass.JOB_RECORDS, 30)
+    result = CliRunner().invoke(cli, ["retention", "run", "--dry-run"], env=env, catch_exceptions=False)
+    assert "job_records (keep 30 days" in result.output and "would delete: job_record 1" in result.output
+    result = CliRunner().invoke(cli, ["retention", "run"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0 and "deleted: job_record 1" in result.output
+    result = CliRunner().invoke(cli, ["retention", "run", "--class", "nonsense"], env=env)
+    assert result.exit_code == 2
