@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 MAX_KEEP_DAYS = 100 * 366
 SOURCE = "retention"
 _CLASSES_KEY = "hospital.retention.classes"
+_USAGE_KEY = "hospital.retention.usage"
 
 
 class DataClass(str, enum.Enum):
@@ -185,8 +186,31 @@ def register_retention_class(app: Flask, data_class: DataClass, run: ClassRetent
     app.extensions[_CLASSES_KEY][data_class] = run
 
 
+@dataclass(frozen=True)
+class StorageUsage:
+    """What one centre's stored data takes (the Storage page); a stage that stores files reports it."""
+
+    organization_id: int | None
+    label: str
+    studies: int
+    instances: int
+    size_bytes: int
+
+
+StorageUsageReader = Callable[[Session], list[StorageUsage]]
+
+
+def register_storage_usage(app: Flask, read: StorageUsageReader) -> None:
+    app.extensions[_USAGE_KEY].append(read)
+
+
+def storage_usage(app: Flask, session: Session) -> list[StorageUsage]:
+    return [usage for read in app.extensions[_USAGE_KEY] for usage in read(session)]
+
+
 def init_app(app: Flask) -> None:
     app.extensions[_CLASSES_KEY] = {}
+    app.extensions[_USAGE_KEY] = []
     if app.config.get("RETENTION_EVERY_SECONDS"):
         register_periodic(app, "hospital.retention.retention_job", app.config["RETENTION_EVERY_SECONDS"])
 

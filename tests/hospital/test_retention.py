@@ -23,7 +23,15 @@ from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.errors import InvalidInput
 from hospital.migrate import upgrade
-from hospital.models import AuditCheckpoint, AuditEvent, JobRecord, JobStatus, Patient
+from hospital.models import (
+    AuditCheckpoint,
+    AuditEvent,
+    JobRecord,
+    JobStatus,
+    Organization,
+    OrganizationKind,
+    Patient,
+)
 from hospital.retention import (
     DataClass,
     place_hold,
@@ -31,7 +39,9 @@ from hospital.retention import (
     remove_rule,
     run_retention,
     set_rule,
+    storage_usage,
 )
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from tests.conftest import make_test_app
 
 YEARS_AGO = timedelta(days=3 * 365)
@@ -194,3 +204,79 @@ def test_retention_run_command_dry_run_and_no_rules(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "deleted: job_record 1" in result.output
     result = CliRunner().invoke(cli, ["retention", "run", "--class", "nonsense"], env=env)
     assert result.exit_code == 2
+
+
+# --- images and derived AI outputs (the archive's classes) ----------------------------------------------
+
+def add_study(session: Session, storage: Path, uid: str, age: timedelta, *, organization_id: int | None,
+              patient_id: int | None = None, derived_too: bool = True) -> dict[str, list[Path]]:
+    study = ImagingStudy(study_instance_uid=uid, patient_id=patient_id, organization_id=organization_id,
+                         last_instance_at=utcnow() - age, received_at=utcnow() - age)
+    session.add(study)
+    session.flush()
+    files: dict[str, list[Path]] = {"acquired": [], "derived": []}
+    for derived in (False, True) if derived_too else (False,):
+        series = ImagingSeries(study_id=study.id, series_instance_uid=f"{uid}.{int(derived) + 1}", modality="CT",
+                               derived=derived)
+        session.add(series)
+        session.flush()
+        for n in range(2):
+            relative = f"{uid}/{int(derived)}/{n}.dcm"
+            (storage / relative).parent.mkdir(parents=True, exist_ok=True)
+            (storage / relative).write_bytes(b"x" * 100)
+            session.add(ImagingInstance(series_id=series.id, sop_instance_uid=f"{uid}.{int(derived) + 1}.{n}",
+                                        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                                        number=n, path=relative, size_bytes=100, sha256="0" * 64))
+            files["derived" if derived else "acquired"].append(storage / relative)
+    session.flush()
+    return files
+
+
+def test_images_and_ai_outputs_past_their_period_go_unless_held(fresh_app: Flask, tmp_path: Path) -> None:
+    storage = Path(fresh_app.config["DICOM_STORAGE_DIR"])
+    db = get_db(fresh_app)
+    with db.transaction() as session:
+        centre = Organization(name="Riverside Imaging", kind=OrganizationKind.IMAGING_CENTRE)
+        patient = Patient(mrn="HOLD-2", family_name="Held", given_name="Imaging")
+        session.add_all([centre, patient])
+        session.flush()
+        old = add_study(session, storage, "1.2.826.1", YEARS_AGO, organization_id=centre.id)
+        held_patient = add_study(session, storage, "1.2.826.2", YEARS_AGO, organization_id=centre.id, patient_id=patient.id)
+        held_study = add_study(session, storage, "1.2.826.3", YEARS_AGO, organization_id=None)
+        recent = add_study(session, storage, "1.2.826.4", timedelta(days=10), organization_id=centre.id)
+        place_hold(session, None, reason="claim 77", patient_id=patient.id)
+        place_hold(session, None, reason="claim 78", study_instance_uid="1.2.826.3")
+        usage = {u.label: u for u in storage_usage(fresh_app, session)}
+        assert (usage["Riverside Imaging"].studies, usage["Riverside Imaging"].instances,
+                usage["Riverside Imaging"].size_bytes) == (3, 12, 1200)
+        assert usage["No centre (unmatched)"].size_bytes == 400
+        set_rule(session, None, DataClass.AI_OUTPUTS, 365)
+
+    with db.transaction() as session:  # only the derived outputs have a rule yet
+        report = run_retention(fresh_app, session, dry_run=False)
+    (outcome,) = report.outcomes
+    assert outcome.data_class is DataClass.AI_OUTPUTS and outcome.freed_bytes == 200
+    assert [d.split(":")[0] for d in outcome.deleted] == [f"study 1.2.826.1 ({1})"]
+    assert sorted(k.split(" (")[0] for k in outcome.kept_on_hold) == ["study 1.2.826.2", "study 1.2.826.3"]
+    assert not any(p.exists() for p in old["derived"]) and all(p.exists() for p in old["acquired"])
+    assert all(p.exists() for f in (held_patient, held_study, recent) for p in f["acquired"] + f["derived"])
+
+    with db.transaction() as session:
+        set_rule(session, None, DataClass.IMAGES, 365)
+        dry = run_retention(fresh_app, session, dry_run=True)
+        assert [len(o.deleted) for o in dry.outcomes] == [0, 1]  # ai_outputs, images
+        assert all(p.exists() for p in old["acquired"])
+    with pytest.raises(RuntimeError), db.transaction() as session:  # a failed run keeps every file
+        run_retention(fresh_app, session, dry_run=False)
+        raise RuntimeError("the unit of work fails after the deletes")
+    assert all(p.exists() for p in old["acquired"])
+    with db.transaction() as session:
+        run_retention(fresh_app, session, dry_run=False)
+    assert not any(p.exists() for p in old["acquired"])
+    with db.transaction() as session:
+        study = session.scalars(select(ImagingStudy).where(ImagingStudy.study_instance_uid == "1.2.826.1")).one()
+        assert session.scalars(select(ImagingSeries).where(ImagingSeries.study_id == study.id)).all() == []
+        audits = session.scalars(select(AuditEvent).where(AuditEvent.entity_type == "ImagingStudy",
+                                                          AuditEvent.entity_id == str(study.id))).all()
+        assert [(a.action, a.source) for a in audits] == [("D", "retention"), ("D", "retention")]
+        assert verify_chain(session).broken is None
