@@ -39,6 +39,7 @@ from hospital import (
     readiness,
     record_openings_routes,
     retention,
+    retention_routes,
     web,
 )
 from hospital.config import load_config
@@ -83,6 +84,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     admin_pages.register(app)
     emergency_routes.register(app)
     record_openings_routes.register(app)
+    retention_routes.register(app)
     limits.init_app(app)
     csrf.init_app(app)
     errors_http.init_app(app)

@@ -126,6 +126,13 @@ def place_hold(session: Session, admin: User | None, *, reason: str, patient_id:
     return hold
 
 
+def patient_id_by_mrn(session: Session, mrn: str) -> int:
+    patient_id = session.scalar(select(Patient.id).where(Patient.mrn == mrn.strip()))
+    if patient_id is None:
+        raise NotFound(f"no patient has the MRN {mrn.strip()[:64]!r}")
+    return patient_id
+
+
 def release_hold(session: Session, admin: User | None, hold_id: int) -> LegalHold:
     hold = session.get(LegalHold, hold_id)
     if hold is None or hold.released_at is not None:
