@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup
 from rq import Queue, Worker
+from sqlalchemy.exc import DBAPIError
 from werkzeug.serving import run_simple
 
 from demo.cli import demo_command
@@ -152,6 +153,11 @@ def retention_run_command(dry_run: bool, classes: tuple[str, ...]) -> None:
                                    classes=[DataClass(c) for c in classes] if classes else None)
     except InvalidInput as exc:
         raise click.ClickException(str(exc)) from exc
+    except DBAPIError as exc:
+        # Most often the application's role running the audit class: it may not delete audit rows.
+        raise click.ClickException(
+            f"the database refused the run, nothing was deleted: {str(exc.orig).strip()[:300]} (the audit class "
+            "needs the tables' owner: run it with the DATABASE_URL the migrations use)") from exc
     if not report.outcomes:
         click.echo("no retention rules: nothing is deleted")
     verb = "would delete" if dry_run else "deleted"

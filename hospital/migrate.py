@@ -118,8 +118,8 @@ ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 def grant_app_role(database_url: str, role: str) -> None:
     """Create (if need be) the PostgreSQL role the application connects as, and give it ordinary
     reads and writes on every table but the audit trail, where it may only read and append, the
-    emergency access grants, which it may not delete, and the migrations' own table, where it has
-    none. Run as the tables' owner, after `upgrade`; run again after each upgrade that adds tables.
+    audit checkpoints, which it may only read, the emergency access grants, which it may not
+    delete, and the migrations' own table, where it has none. Run as the tables' owner, after `upgrade`; run again after each upgrade that adds tables.
     The role's password is set by the operator (ALTER ROLE)."""
     if not ROLE_NAME.fullmatch(role):
         raise ValueError(f"a role name is lower-case letters, digits and '_', got {role!r}")
@@ -132,6 +132,8 @@ def grant_app_role(database_url: str, role: str) -> None:
         f'GRANT USAGE ON SCHEMA public TO "{role}"',
         f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"',
         f'REVOKE UPDATE, DELETE, TRUNCATE ON audit_event FROM "{role}"',
+        # Retention's checkpoints let the owner delete archived audit rows: the app may not write one.
+        f'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON audit_checkpoint FROM "{role}"',
         # An emergency access grant is reviewed (UPDATE), never removed: the break stays on record.
         f'REVOKE DELETE, TRUNCATE ON emergency_access FROM "{role}"',
         f'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON alembic_version FROM "{role}"',

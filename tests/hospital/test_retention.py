@@ -18,6 +18,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
 from hospital.audit import verify_chain
+from hospital.backup import backup, restore
 from hospital.cli import cli
 from hospital.clock import utcnow
 from hospital.db import get_db
@@ -280,3 +281,26 @@ def test_images_and_ai_outputs_past_their_period_go_unless_held(fresh_app: Flask
                                                           AuditEvent.entity_id == str(study.id))).all()
         assert [(a.action, a.source) for a in audits] == [("D", "retention"), ("D", "retention")]
         assert verify_chain(session).broken is None
+
+
+def test_archived_audit_rows_travel_with_the_backup_and_the_restored_chain_verifies(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    upgrade(url)
+    app = make_test_app(url, tmp_path / "a", AUDIT_ARCHIVE_DIR=tmp_path / "a" / "audit-archive")
+    with app.app_context():
+        with get_db(app).transaction() as session:
+            for _ in range(3):
+                add_audit(session, YEARS_AGO)
+            add_audit(session, timedelta(0))
+            set_rule(session, None, DataClass.AUDIT, 365)
+        with get_db(app).transaction() as session:
+            run_retention(app, session, dry_run=False)
+        manifest = backup(app, tmp_path / "backup")
+    archived = [name for name in manifest["files"] if name.startswith("audit-archive/")]
+    assert len(archived) == 1
+    restored_url = f"sqlite:///{tmp_path / 'r.db'}"
+    other = make_test_app(restored_url, tmp_path / "b", AUDIT_ARCHIVE_DIR=tmp_path / "b" / "audit-archive")
+    with other.app_context():
+        result = restore(other, tmp_path / "backup")
+    assert result.audit.broken is None
+    assert (tmp_path / "b" / archived[0]).read_bytes() == (tmp_path / "a" / archived[0]).read_bytes()
