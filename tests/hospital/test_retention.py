@@ -38,6 +38,7 @@ from hospital.retention import (
     place_hold,
     release_hold,
     remove_rule,
+    retention_job,
     run_retention,
     set_rule,
     storage_usage,
@@ -304,3 +305,24 @@ def test_archived_audit_rows_travel_with_the_backup_and_the_restored_chain_verif
         result = restore(other, tmp_path / "backup")
     assert result.audit.broken is None
     assert (tmp_path / "b" / archived[0]).read_bytes() == (tmp_path / "a" / archived[0]).read_bytes()
+
+
+def test_the_daily_job_runs_every_class_but_the_audit_trail(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    upgrade(url)
+    app = make_test_app(url, tmp_path, RETENTION_EVERY_SECONDS=3600)
+    assert any(job.handler == "hospital.retention.retention_job" and job.every_seconds == 3600
+               for job in app.extensions["hospital.periodic"])
+    assert not any(job.handler == "hospital.retention.retention_job"
+                   for job in make_test_app(url, tmp_path, RETENTION_EVERY_SECONDS=0).extensions["hospital.periodic"])
+    with app.app_context():
+        with get_db(app).transaction() as session:
+            old_audit = add_audit(session, YEARS_AGO)
+            session.add(JobRecord(handler="x.y", payload={}, status=JobStatus.DONE, finished_at=utcnow() - YEARS_AGO))
+            set_rule(session, None, DataClass.AUDIT, 30)
+            set_rule(session, None, DataClass.JOB_RECORDS, 30)
+        with get_db(app).transaction() as session:
+            retention_job(session)
+        with get_db(app).transaction() as session:
+            assert session.scalars(select(JobRecord)).all() == []
+            assert session.get(AuditEvent, old_audit) is not None
