@@ -3,7 +3,12 @@ and `hospital db upgrade` refuses a destructive (contract) migration while older
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +17,7 @@ from click.testing import CliRunner
 from redis import Redis
 from rq import Queue, Worker
 
+from demo.closed_loop import free_port
 from hospital import migrate
 from hospital.cli import cli
 from hospital.process_registry import (
@@ -151,3 +157,27 @@ def test_expand_steps_run_while_old_code_runs(tmp_path: Path, redis_url: str, re
     code, output = upgrade_cli(tmp_path, url, redis_url)
     assert code == 0, output
     assert schema_revision(url) == code_schema_head()
+
+
+@pytest.mark.e2e
+def test_serve_and_dicom_processes_register_while_they_run(tmp_path: Path, redis_url: str, redis_conn: Redis) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    migrate.upgrade(url)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DICOM_STORAGE_DIR")}
+    env.update(DATABASE_URL=url, REDIS_URL=redis_url, HOSPITAL_INSTANCE_DIR=str(tmp_path / "i"))
+    commands = {"web": ["serve", "--port", str(free_port())], "dicom": ["dicom", "--port", str(free_port())]}
+    processes = {kind: subprocess.Popen([sys.executable, "-m", "hospital.cli", *args], env=env)
+                 for kind, args in commands.items()}
+    try:
+        deadline = time.monotonic() + 60
+        while {p.kind for p in running_processes(redis_conn)} != {"web", "dicom"}:
+            assert all(p.poll() is None for p in processes.values()), "a process exited"
+            assert time.monotonic() < deadline, running_processes(redis_conn)
+            time.sleep(0.3)
+        assert {p.schema_head for p in running_processes(redis_conn)} == {code_schema_head()}
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGINT)
+        for process in processes.values():
+            process.wait(timeout=30)
+    assert running_processes(redis_conn) == []  # a clean stop deregisters
