@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -276,47 +276,55 @@ def _job_records(session: Session, cutoff: datetime, dry_run: bool) -> list[str]
 def _audit(app: Flask, session: Session, cutoff: datetime, holds: Holds,
            dry_run: bool) -> tuple[list[str], list[str], str]:
     """Archive, checkpoint and delete the oldest audit rows recorded before the cutoff."""
-    # A chain that does not verify is not archived: the file must carry rows an auditor can recheck.
     first_kept = session.scalar(select(func.min(AuditEvent.id)).where(AuditEvent.recorded_at >= cutoff))
     first_held = None
     if holds.patient_ids:
         first_held = session.scalar(select(func.min(AuditEvent.id)).where(AuditEvent.patient_id.in_(holds.patient_ids)))
     stops = [i for i in (first_kept, first_held) if i is not None]
-    query = select(AuditEvent).order_by(AuditEvent.id)
-    if stops:
-        query = query.where(AuditEvent.id < min(stops))
-    rows = list(session.scalars(query))
+    # Counted, not loaded: after years the prefix can be millions of rows (the file is streamed below).
+    prefix = AuditEvent.id < min(stops) if stops else AuditEvent.id.is_not(None)
+    first, last, count = session.execute(
+        select(func.min(AuditEvent.id), func.max(AuditEvent.id), func.count()).where(prefix)).one()
     held_note = [f"audit rows from {first_held} on (a patient on hold)"] if first_held is not None and (
         first_kept is None or first_held < first_kept) else []
-    if not rows:
+    if not count:
         return [], held_note, ""
-    described = [f"audit_event {rows[0].id}..{rows[-1].id} ({len(rows)} rows)"]
+    described = [f"audit_event {first}..{last} ({count} rows)"]
     if dry_run:
         return described, held_note, ""
+    # A chain that does not verify is not archived: the file must carry rows an auditor can recheck.
     report = verify_chain(session)
     if report.broken is not None:
         raise InvalidInput(f"the audit chain is broken at {report.broken.event_id} ({report.broken.reason}): "
                            "nothing archived; investigate first")
     directory = Path(app.config["AUDIT_ARCHIVE_DIR"])
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"audit-{rows[0].id:012d}-{rows[-1].id:012d}.jsonl"
-    digest = _write_archive(directory / name, rows)
-    session.add(AuditCheckpoint(first_event_id=rows[0].id, up_to_event_id=rows[-1].id, rows=len(rows),
-                                head_hash=rows[-1].row_hash or "", archive_name=name, archive_sha256=digest))
+    name = f"audit-{first:012d}-{last:012d}.jsonl"
+    rows = session.scalars(select(AuditEvent).where(AuditEvent.id <= last).order_by(AuditEvent.id)
+                           .execution_options(yield_per=1000))
+    digest, written = _write_archive(directory / name, rows)
+    if written != count:  # cannot happen under the trail's own refusals; never remove rows not archived
+        raise InvalidInput(f"audit rows changed while archiving ({written} written, {count} counted): nothing removed")
+    head_hash = session.scalar(select(AuditEvent.row_hash).where(AuditEvent.id == last)) or ""
+    session.add(AuditCheckpoint(first_event_id=first, up_to_event_id=last, rows=count,
+                                head_hash=head_hash, archive_name=name, archive_sha256=digest))
     session.flush()
-    session.execute(delete(AuditEvent).where(AuditEvent.id <= rows[-1].id),
+    session.execute(delete(AuditEvent).where(AuditEvent.id <= last),
                     execution_options={"synchronize_session": False})
-    record_access(session, None, "D", "AuditEvent", f"{rows[0].id}..{rows[-1].id}", source=SOURCE,
-                  description=f"retention: {len(rows)} audit rows recorded before {cutoff.isoformat()} archived to "
+    record_access(session, None, "D", "AuditEvent", f"{first}..{last}", source=SOURCE,
+                  description=f"retention: {count} audit rows recorded before {cutoff.isoformat()} archived to "
                               f"{name} (sha256 {digest}) and removed")
     return described, held_note, f"archived to {directory / name}"
 
 
-def _write_archive(path: Path, rows: list[AuditEvent]) -> str:
-    """Every column of every row, one JSON object a line, fsynced before the rows may go."""
+def _write_archive(path: Path, rows: Iterable[AuditEvent]) -> tuple[str, int]:
+    """Every column of every row, one JSON object a line, fsynced before the rows may go; returns
+    the file's SHA-256 and the number of rows written."""
     digest = hashlib.sha256()
+    written = 0
     with open(path, "wb") as out:
         for row in rows:
+            written += 1
             line = json.dumps({
                 "id": row.id, "recorded_at": row.recorded_at.isoformat(), "user_id": row.user_id,
                 "action": row.action, "entity_type": row.entity_type, "entity_id": row.entity_id,
@@ -327,4 +335,4 @@ def _write_archive(path: Path, rows: list[AuditEvent]) -> str:
             digest.update(line)
         out.flush()
         os.fsync(out.fileno())
-    return digest.hexdigest()
+    return digest.hexdigest(), written

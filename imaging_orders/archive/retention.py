@@ -85,7 +85,8 @@ def _expire(app: Flask, session: Session, cutoff: datetime, holds: Holds, dry_ru
                       description=f"retention: {len(instances)} {kind} instance(s) of study {study.study_instance_uid} "
                                   f"({size} bytes) removed, last received {study.last_instance_at.isoformat()}; "
                                   "the study record stays")
-    session.expire_all()
+    if deleted and not dry_run:
+        session.expire_all()  # the bulk deletes went round the identity map
     return deleted, kept, freed
 
 
