@@ -44,3 +44,22 @@ def child_exit(server, worker):  # noqa: ANN001 - gunicorn's hook signature
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):  # noqa: ANN001 - gunicorn's hook signature
+    """Register this web worker with the schema its code was written for, so `hospital db upgrade`
+    refuses a destructive migration while it runs (hospital/process_registry.py)."""
+    from hospital.jobs import redis_connection
+    from hospital.process_registry import Heartbeat
+    from hospital.wsgi import app
+
+    conn = redis_connection(app)
+    if conn is not None:
+        worker.hospital_heartbeat = Heartbeat(conn, "web")
+        worker.hospital_heartbeat.start()
+
+
+def worker_exit(server, worker):  # noqa: ANN001 - gunicorn's hook signature
+    heartbeat = getattr(worker, "hospital_heartbeat", None)
+    if heartbeat is not None:
+        heartbeat.stop()

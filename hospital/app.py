@@ -38,6 +38,8 @@ from hospital import (
     ratelimit,
     readiness,
     record_openings_routes,
+    retention,
+    retention_routes,
     web,
 )
 from hospital.config import load_config
@@ -69,6 +71,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     notify.init_app(app)
     ratelimit.init_app(app)
     periodic.init_app(app)
+    retention.init_app(app)
     fhir_registry.init_app(app)
     core_resources.register_fhir(app)
     app.extensions["hospital.seeders"] = []
@@ -81,6 +84,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     admin_pages.register(app)
     emergency_routes.register(app)
     record_openings_routes.register(app)
+    retention_routes.register(app)
     limits.init_app(app)
     csrf.init_app(app)
     errors_http.init_app(app)

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Mapper, Session
 
 from hospital.clock import utcnow
 from hospital.db import get_db
-from hospital.models import AuditEvent, User
+from hospital.models import AuditCheckpoint, AuditEvent, User
 
 logger = logging.getLogger(__name__)
 
@@ -148,13 +148,18 @@ class ChainReport:
 
 
 def verify_chain(session: Session) -> ChainReport:
-    """Walk the audit trail in id order and check every link and every row's hash."""
+    """Walk the audit trail in id order and check every link and every row's hash. Rows archived
+    and removed by retention (`hospital.retention`) are replaced by their checkpoint: the first
+    remaining row must follow the last archived row's hash."""
     expected_prev = GENESIS_HASH
+    checkpoint = session.scalar(select(AuditCheckpoint).order_by(AuditCheckpoint.up_to_event_id.desc()).limit(1))
     count = 0
     for audit in _rows_in_order(session):
         count += 1
+        if count == 1 and checkpoint is not None and audit.id > checkpoint.up_to_event_id:
+            expected_prev = checkpoint.head_hash
         if audit.prev_hash != expected_prev:
-            reason = ("the first row does not start the chain" if count == 1 else
+            reason = ("the first row does not start the chain (or follow the newest checkpoint)" if count == 1 else
                       f"prev_hash does not match the row before it: a row was removed, inserted or changed before {audit.id}")
             return ChainReport(count, expected_prev, BrokenLink(audit.id, reason))
         if audit.row_hash != row_hash(audit, audit.prev_hash or ""):

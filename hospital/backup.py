@@ -2,8 +2,8 @@
 
 A backup directory holds the database (PostgreSQL: `pg_dump --format=custom`, which reads one
 snapshot, so the dump is consistent however many writers run meanwhile; the embedded SQLite file:
-SQLite's online backup API, likewise one consistent copy), the DICOM store (`dicom/`) and the model
-files (`models/`), and `manifest.json`, written last: the format, when, the schema revision
+SQLite's online backup API, likewise one consistent copy), the DICOM store (`dicom/`), the model
+files (`models/`), the audit rows retention archived (`audit-archive/`), and `manifest.json`, written last: the format, when, the schema revision
 (Alembic) and the SHA-256 and size of every file. A directory without a manifest is an unfinished
 backup.
 
@@ -55,6 +55,11 @@ SQLITE_COPY = "database.sqlite3"
 # Files that are not (yet) data: an instance being written, a readiness probe.
 _SKIPPED_PREFIXES = (".incoming-", ".readyz-")
 _CHUNK = 1024 * 1024
+
+
+# The file trees a backup carries, by folder in the backup and the config key of their directory. The
+# audit archive holds the audit rows retention removed from the database (hospital.retention).
+FILE_FOLDERS = (("dicom", "DICOM_STORAGE_DIR"), ("models", "AI_MODELS_DIR"), ("audit-archive", "AUDIT_ARCHIVE_DIR"))
 
 
 class BackupError(RuntimeError):
@@ -152,7 +157,8 @@ def backup(app: Flask, target: Path) -> dict[str, Any]:
         raise BackupError(f"no backup method for database {url.get_backend_name()!r}")
     _fsync_file(database_file)
     files[database_file.name] = {"sha256": _sha256(database_file), "size": database_file.stat().st_size}
-    for folder, root in (("dicom", Path(app.config["DICOM_STORAGE_DIR"])), ("models", Path(app.config["AI_MODELS_DIR"]))):
+    for folder, key in FILE_FOLDERS:
+        root = Path(app.config[key])
         for path in _files_under(root):
             relative = f"{folder}/{path.relative_to(root).as_posix()}"
             copy_path = target / relative
@@ -208,7 +214,7 @@ def _refuse_unless_empty(app: Flask) -> None:
     if tables:
         raise RestoreRefused(f"the target database is not empty ({len(tables)} tables, e.g. {sorted(tables)[0]}); "
                              "restore only into an empty one")
-    for key in ("DICOM_STORAGE_DIR", "AI_MODELS_DIR"):
+    for _folder, key in FILE_FOLDERS:
         root = Path(app.config[key])
         if root.is_dir() and any(_files_under(root)):
             raise RestoreRefused(f"{key} ({root}) is not empty; restore only into empty storage")
@@ -238,7 +244,7 @@ def restore(app: Flask, source: Path) -> RestoreResult:
         target_db.parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(database_file) as copy, sqlite3.connect(target_db) as restored:
             copy.backup(restored)
-    for folder, key in (("dicom", "DICOM_STORAGE_DIR"), ("models", "AI_MODELS_DIR")):
+    for folder, key in FILE_FOLDERS:
         root = Path(app.config[key])
         for relative in manifest["files"]:
             if not relative.startswith(f"{folder}/"):

@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup
 from rq import Queue, Worker
+from sqlalchemy.exc import DBAPIError
 from werkzeug.serving import run_simple
 
 from demo.cli import demo_command
@@ -19,8 +20,11 @@ from hospital.app import create_app
 from hospital.audit import verify_chain
 from hospital.backup import BackupError, backup, restore
 from hospital.db import get_db
+from hospital.errors import InvalidInput
 from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sweep_lost_jobs
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
+from hospital.process_registry import Heartbeat, running_processes, worker_name
+from hospital.retention import DataClass, run_retention
 from hospital.seed import DEMO_PASSWORD, seed_demo
 
 logger = logging.getLogger(__name__)
@@ -43,9 +47,30 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.argument("revision", default="head")
-def db_upgrade(revision: str) -> None:
-    """Migrate the database in DATABASE_URL up to REVISION (default: head)."""
-    migrate.upgrade(current_app.config["DATABASE_URL"], revision)
+@click.option("--force", is_flag=True,
+              help="run destructive (contract) steps even while older code is registered as running")
+def db_upgrade(revision: str, force: bool) -> None:
+    """Migrate the database in DATABASE_URL up to REVISION (default: head). Refuses a migration
+    marked destructive while a worker, web or DICOM process written for an older schema is
+    registered in Redis (or when there is no Redis to ask), unless --force."""
+    database_url = current_app.config["DATABASE_URL"]
+    steps = migrate.pending_destructive_steps(database_url, revision)
+    if steps and not force:
+        conn = redis_connection(current_app._get_current_object())  # type: ignore[attr-defined]
+        names = ", ".join(step.revision for step in steps)
+        if conn is None:
+            raise click.ClickException(
+                f"migration {names} is destructive and REDIS_URL is not set, so the running processes cannot be "
+                "checked: stop every process of the old release first, then run again with --force")
+        blocking = migrate.old_code_blocking(database_url, running_processes(conn), revision)
+        if blocking:
+            lines = sorted({f"  {process.kind} {process.name} (code for schema {process.schema_head or 'unknown'})"
+                            for _step, process in blocking})
+            raise click.ClickException(
+                f"migration {names} is destructive (a contract step) and code that needs the old schema is still "
+                "running:\n" + "\n".join(lines) + "\nfinish the rolling restart onto the new release first "
+                "(or pass --force once those are known to be gone)")
+    migrate.upgrade(database_url, revision)
     click.echo(f"database at {revision}")
 
 
@@ -109,6 +134,44 @@ def restore_command(directory: Path) -> None:
                f"{result.audit.rows} rows; head {result.audit.head_hash}")
 
 
+@cli.group("retention")
+def retention_group() -> None:
+    """Retention rules and legal holds (set them on the Storage page, /admin/storage)."""
+
+
+@retention_group.command("run")
+@click.option("--dry-run", is_flag=True, help="list what would be deleted, delete nothing")
+@click.option("--class", "classes", multiple=True, type=click.Choice([c.value for c in DataClass]),
+              help="only these classes (default: every class with a rule)")
+def retention_run_command(dry_run: bool, classes: tuple[str, ...]) -> None:
+    """Delete what each retention rule names, past its period and not on legal hold; every deletion
+    audited. The audit class needs the tables' owner (DATABASE_URL of the migrations)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        with get_db().transaction() as session:
+            report = run_retention(app, session, dry_run=dry_run,
+                                   classes=[DataClass(c) for c in classes] if classes else None)
+    except InvalidInput as exc:
+        raise click.ClickException(str(exc)) from exc
+    except DBAPIError as exc:
+        # Most often the application's role running the audit class: it may not delete audit rows.
+        raise click.ClickException(
+            f"the database refused the run, nothing was deleted: {str(exc.orig).strip()[:300]} (the audit class "
+            "needs the tables' owner: run it with the DATABASE_URL the migrations use)") from exc
+    if not report.outcomes:
+        click.echo("no retention rules: nothing is deleted")
+    verb = "would delete" if dry_run else "deleted"
+    for outcome in report.outcomes:
+        click.echo(f"{outcome.data_class.value} (keep {outcome.keep_days} days, before {outcome.cutoff:%Y-%m-%d %H:%M}Z): "
+                   f"{verb} {len(outcome.deleted)}, kept on hold {len(outcome.kept_on_hold)}"
+                   + (f", {outcome.freed_bytes} bytes" if outcome.freed_bytes else "")
+                   + (f"; {outcome.note}" if outcome.note else ""))
+        for item in outcome.deleted:
+            click.echo(f"  {verb}: {item}")
+        for item in outcome.kept_on_hold:
+            click.echo(f"  kept on hold: {item}")
+
+
 @cli.command("seed")
 def seed_command() -> None:
     """Add the demo organisations, users, schedules, catalog and AI model (idempotent)."""
@@ -122,8 +185,17 @@ def seed_command() -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 def serve_command(host: str, port: int) -> None:
     """Serve the web app with Werkzeug (production: gunicorn 'hospital.wsgi:app')."""
-    # Werkzeug directly: Flask refuses app.run() inside its own CLI.
-    run_simple(host, port, current_app._get_current_object(), threaded=True)  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    conn = redis_connection(app)
+    heartbeat = Heartbeat(conn, "web") if conn is not None else None
+    if heartbeat is not None:
+        heartbeat.start()
+    try:
+        # Werkzeug directly: Flask refuses app.run() inside its own CLI.
+        run_simple(host, port, app, threaded=True)
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
 
 
 @cli.command("worker")
@@ -146,7 +218,8 @@ def worker_command(queues: tuple[str, ...], burst: bool, sweep_every: float, swe
     elif sweep_every > 0:
         sweeper = JobSweeper(app, every_seconds=sweep_every, older_than_seconds=sweep_after)
         sweeper.start()
-    worker = Worker([Queue(name, connection=conn) for name in queues], connection=conn)
+    # The name carries the schema head this code was written for (hospital/process_registry.py).
+    worker = Worker([Queue(name, connection=conn) for name in queues], connection=conn, name=worker_name())
     try:
         worker.work(burst=burst, with_scheduler=True)
     finally:

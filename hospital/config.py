@@ -69,7 +69,11 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "STUDY_QUIET_SECONDS": float(os.environ.get("STUDY_QUIET_SECONDS") or "5"),
         "AI_RETRAIN_EVERY_SECONDS": _env_int("AI_RETRAIN_EVERY_SECONDS", 86_400),
         "AI_MODELS_DIR": Path(os.environ.get("AI_MODELS_DIR") or instance_dir / "models"),
+        # Where retention archives audit rows before removing them (keep it with the backups).
+        "AUDIT_ARCHIVE_DIR": Path(os.environ.get("AUDIT_ARCHIVE_DIR") or instance_dir / "audit-archive"),
         "FOLLOWUP_CHECK_SECONDS": _env_int("FOLLOWUP_CHECK_SECONDS", 900),
+        # The periodic retention run (hospital.retention; 0: only `hospital retention run`).
+        "RETENTION_EVERY_SECONDS": _env_int("RETENTION_EVERY_SECONDS", 86_400),
         "LOGIN_ATTEMPTS_PER_MINUTE": _env_int("LOGIN_ATTEMPTS_PER_MINUTE", 20),
         # How many reverse proxies in front of the app set X-Forwarded-For/-Proto. 0: trust no such
         # header (direct exposure). Behind one proxy and 0, every client has the proxy's address,

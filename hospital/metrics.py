@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -168,6 +169,37 @@ class JobRecordCollector(Collector):
         yield from (depth, oldest, running, failed, up, *extra)
 
 
+# The volumes an operator must not let fill: the DICOM store (a full one refuses C-STOREs with
+# 0xA700) and the model files. Keyed by the label, valued by the config key holding the directory.
+STORAGE_VOLUMES = {"dicom": "DICOM_STORAGE_DIR", "models": "AI_MODELS_DIR"}
+
+
+class StorageVolumeCollector(Collector):
+    """Size and free space of each storage volume, read with statvfs at scrape time (cheap)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily("hospital_storage_volume_size_bytes", "Size of the filesystem holding the volume.",
+                                 labels=["volume"])
+        free = GaugeMetricFamily("hospital_storage_volume_free_bytes",
+                                 "Bytes free for this process on the filesystem holding the volume.", labels=["volume"])
+        up = GaugeMetricFamily("hospital_storage_volume_up", "1 if the volume's directory could be read.",
+                               labels=["volume"])
+        for volume, key in STORAGE_VOLUMES.items():
+            try:
+                usage = shutil.disk_usage(self.app.config[key])
+            except (OSError, KeyError, TypeError):
+                # Not mounted or not there: readiness fails too; the alert rule sees up == 0.
+                up.add_metric([volume], 0)
+                continue
+            size.add_metric([volume], usage.total)
+            free.add_metric([volume], usage.free)
+            up.add_metric([volume], 1)
+        yield from (size, free, up)
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
 
@@ -176,6 +208,7 @@ def exposition(app: Flask) -> bytes:
     """The whole scrape: this process's (or every process's) counters and the database figures."""
     scraped = CollectorRegistry(auto_describe=False)
     scraped.register(JobRecordCollector(app))
+    scraped.register(StorageVolumeCollector(app))
     if multiprocess_dir():
         counted = CollectorRegistry(auto_describe=False)
         MultiProcessCollector(counted)  # type: ignore[no-untyped-call]

@@ -257,3 +257,49 @@ class ResourceVersion(Base):
     # The patient compartment the version belongs to, for authorising history searches.
     patient_id: Mapped[int | None] = mapped_column(index=True)
     resource: Mapped[dict[str, Any] | None]
+
+
+class RetentionRule(Base):
+    """How long one class of data is kept (`hospital.retention`): set by an administrator. A class
+    without a rule is kept for ever; the retention run deletes only what a rule names."""
+
+    __tablename__ = "retention_rule"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # images, ai_outputs, audit, job_records (hospital.retention.DataClass)
+    data_class: Mapped[str] = mapped_column(String(32), unique=True)
+    keep_days: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+
+
+class LegalHold(Base):
+    """Keeps a patient's data, or one study, whatever the retention rules say, until released."""
+
+    __tablename__ = "legal_hold"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    placed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    placed_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    released_at: Mapped[datetime | None]
+    released_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+
+
+class AuditCheckpoint(Base):
+    """Audit rows up to `up_to_event_id` were archived to a file (its SHA-256 here) and then removed
+    from `audit_event`; `head_hash` is the last archived row's hash, which the first remaining row's
+    `prev_hash` must equal, so the chain still verifies. Append-only, like the trail."""
+
+    __tablename__ = "audit_checkpoint"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    first_event_id: Mapped[int]
+    up_to_event_id: Mapped[int] = mapped_column(unique=True)
+    rows: Mapped[int]
+    head_hash: Mapped[str] = mapped_column(String(64))
+    archive_name: Mapped[str] = mapped_column(String(200))
+    archive_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

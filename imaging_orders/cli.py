@@ -9,6 +9,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from hospital.jobs import redis_connection
+from hospital.process_registry import Heartbeat
 from imaging_orders.archive.dicom_server import start_dicom_server
 
 logger = logging.getLogger(__name__)
@@ -24,9 +26,17 @@ def dicom_command(host: str | None, port: int | None, ae_title: str | None) -> N
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if ae_title is not None and not (0 < len(ae_title.strip()) <= 16):
         raise click.BadParameter("an AE title is 1 to 16 characters", param_hint="--ae-title")
+    # Registered with the schema its code was written for: `hospital db upgrade` waits for it.
+    conn = redis_connection(app)
+    heartbeat = Heartbeat(conn, "dicom") if conn is not None else None
+    if heartbeat is not None:
+        heartbeat.start()
     try:
         start_dicom_server(app, host=host, port=port, ae_title=ae_title, block=True)
     except OSError as exc:
         # Most often the port is taken or privileged; say so instead of a traceback.
         raise click.ClickException(f"cannot listen for DICOM: {exc}") from exc
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
     click.echo("DICOM node stopped")

@@ -9,6 +9,7 @@ from hospital.models import Role
 from hospital.web import add_nav_link
 from imaging_orders import cli, fhir, routes, seed
 from imaging_orders.archive import dicomweb, reconciliation, wado
+from imaging_orders.archive.public import register_retention
 
 
 def register(app: Flask) -> None:
@@ -20,6 +21,7 @@ def register(app: Flask) -> None:
     metrics.register_gauge(app, "hospital_studies_awaiting_reconciliation",
                            "Studies received but matched to no order, waiting for staff.", reconciliation.awaiting_count)
     app.cli.add_command(cli.dicom_command)
+    register_retention(app)  # the images and ai_outputs classes, and storage per centre
     app.extensions["hospital.seeders"].append(seed.seed_schedules)
     add_nav_link(app, "Worklist", "imaging_orders.worklist_page", Role.IMAGING_STAFF, Role.ADMIN)
     add_nav_link(app, "Reconciliation", "reconciliation.reconciliation_page", Role.IMAGING_STAFF, Role.ADMIN)

@@ -23,6 +23,8 @@ from hospital.db import get_db
 from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.archive.ingest import StoreResult, store_instance
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
+from imaging_orders.archive.retention import register as register_retention
+from imaging_orders.archive.retention import storage_by_centre
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ __all__ = [
     "StudyCompleted",
     "StudyRef",
     "instance_paths",
+    "register_retention",
+    "storage_by_centre",
     "store_instance",
     "study_ref",
     "studies_of_referral",

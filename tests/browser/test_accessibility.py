@@ -84,7 +84,7 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
                   f"/admin/centres/{site.demo.imaging_centre.id}", "/admin/users/new",
                   "/admin/users/new?role=patient&step=find_patient&patient_query=a", "/admin/users/new?role=clinician",
                   "/admin/revenue?from=2020-01-01&to=2099-12-31", "/admin/revenue?from=2030-02-10&to=2030-02-01",
-                  f"/admin/users/{site.demo.users['clinician'].id}"],
+                  f"/admin/users/{site.demo.users['clinician'].id}", "/admin/storage?preview=1"],
         "pharmacist": [f"/dispense/{prescription['id']}?quantity=1", f"/dispense/{prescription['id']}/return"],
     }
 

@@ -184,8 +184,9 @@ def test_alert_rules_parse_and_name_only_metrics_we_export() -> None:
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
     names = {rule["alert"] for rule in alerts}
     assert {"HospitalNotReady", "HospitalHttpErrors", "HospitalJobsBacklog", "HospitalJobsFailing",
-            "HospitalDicomStoreFailures", "HospitalReconciliationWaiting", "HospitalMetricsDatabaseDown"} <= names
-    exported = ("hospital_http_request", "hospital_job_", "hospital_dicom_", "hospital_ai_",
+            "HospitalDicomStoreFailures", "HospitalReconciliationWaiting", "HospitalMetricsDatabaseDown",
+            "HospitalStorageFillingUp", "HospitalStorageAlmostFull"} <= names
+    exported = ("hospital_http_request", "hospital_job_", "hospital_dicom_", "hospital_ai_", "hospital_storage_volume_",
                 "hospital_studies_awaiting_reconciliation", "hospital_metrics_database_up", "probe_success", "up")
     for rule in alerts:
         assert rule["expr"].strip() and rule["labels"]["severity"] in {"page", "ticket"}
@@ -252,3 +253,32 @@ def test_loop_moves_the_figures_and_logs_no_patient_data(tmp_path: Path, caplog:
         ids = set(session.scalars(select(JobRecord.request_id)))
     assert any(i and len(i) == 32 for i in ids), ids  # the referral's, accepted over HTTP
     assert None not in ids, "every job record names what caused it"
+
+
+# --- storage volumes (retention and storage) -------------------------------------------------------
+
+def test_storage_volume_free_and_total_bytes_per_volume(app: Flask, client: FlaskClient, scrape_token: str) -> None:
+    volumes = {"dicom": Path(app.config["DICOM_STORAGE_DIR"]), "models": Path(app.config["AI_MODELS_DIR"])}
+    for directory in volumes.values():
+        directory.mkdir(parents=True, exist_ok=True)
+    samples = scrape(client)
+    for volume, directory in volumes.items():
+        usage = shutil.disk_usage(directory)
+        size = value(samples, "hospital_storage_volume_size_bytes", volume=volume)
+        free = value(samples, "hospital_storage_volume_free_bytes", volume=volume)
+        assert size == usage.total
+        assert abs(free - usage.free) < 0.05 * usage.total  # other writers on the machine move it a little
+        assert value(samples, "hospital_storage_volume_up", volume=volume) == 1
+
+
+def test_storage_volume_that_cannot_be_read_says_so(app: Flask, client: FlaskClient, scrape_token: str,
+                                                      tmp_path: Path) -> None:
+    previous = app.config["AI_MODELS_DIR"]
+    app.config["AI_MODELS_DIR"] = tmp_path / "not-mounted"
+    try:
+        samples = scrape(client)
+    finally:
+        app.config["AI_MODELS_DIR"] = previous
+    assert value(samples, "hospital_storage_volume_up", volume="models") == 0
+    assert ("hospital_storage_volume_free_bytes", (("volume", "models"),)) not in samples
+    assert value(samples, "hospital_storage_volume_up", volume="dicom") == 1

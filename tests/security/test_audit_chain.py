@@ -158,6 +158,9 @@ def test_the_app_role_may_only_read_and_append_the_audit_trail(app_role_url: str
         for statement in (f"UPDATE audit_event SET description = 'x' WHERE id = {event_id}",
                           f"DELETE FROM audit_event WHERE id = {event_id}", "TRUNCATE audit_event",
                           "SET session_replication_role = replica",
+                          # A checkpoint would let the owner delete rows up to it (retention).
+                          "INSERT INTO audit_checkpoint (first_event_id, up_to_event_id, rows, head_hash, archive_name, "
+                          "archive_sha256, created_at) VALUES (1, 999999999, 1, 'x', 'x', 'x', now())",
                           "ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only"):
             with engine.connect() as conn, pytest.raises(DBAPIError, match="permission denied|must be owner"):
                 conn.execute(text(statement))
