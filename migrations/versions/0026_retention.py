@@ -1,8 +1,8 @@
 """retention: rules per data class, legal holds, and audit checkpoints (archived audit rows may
 then be deleted, and only those)
 
-Revision ID: 0028
-Revises: 0024
+Revision ID: 0026
+Revises: 0025
 Create Date: 2026-12-03 23:20:00
 
 Expand-only: new tables, and the audit trail's DELETE refusal narrowed to rows no checkpoint covers.
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0028"
-down_revision: str | None = "0024"
+revision: str = "0026"
+down_revision: str | None = "0025"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
