@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from ai_services.public import report_summary, reviewed_findings
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
-from hospital.models import Role, User
+from hospital.models import Organization, Role, User
 from imaging_orders.archive.public import study_ref, study_series
 from research.deidentify import NotDeidentifiable, deidentify_file, patient_seed
 from research.models import (
@@ -291,6 +291,8 @@ def diff_versions(session: Session, old_number: int, new_number: int) -> Version
 def add_data_use_agreement(session: Session, organization_id: int, licence: str, reference: str) -> DataUseAgreement:
     if not licence.strip() or not reference.strip():
         raise InvalidInput("a data-use agreement needs a licence and the signed document's reference")
+    if session.get(Organization, organization_id) is None:
+        raise NotFound(f"no organization {organization_id}")
     agreement = DataUseAgreement(organization_id=organization_id, licence=licence, reference=reference)
     session.add(agreement)
     session.flush()

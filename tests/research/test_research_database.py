@@ -267,3 +267,32 @@ def test_a_choice_that_is_neither_yes_nor_no_is_refused_and_nothing_is_stored(
     page = choose(client, "maybe")
     assert "decision must be" in page and "You have not chosen yet" in page
     assert service.current_consent(db_session, demo.patient.id) is None
+
+
+def test_the_hospital_research_command_creates_diffs_and_exports_versions(
+    app: Flask, client: FlaskClient, demo: DemoSeed, db_session: Session, as_role: Any, tmp_path: Path
+) -> None:
+    sign_in(client, "patient")
+    choose(client, "permit")
+    signed_study(db_session, demo, app, as_role)
+    runner = app.test_cli_runner()
+
+    refused = runner.invoke(args=["research", "agreement", "add", "999999", "--licence", "research-only", "--reference", "R"])
+    assert refused.exit_code == 1 and "no organization 999999" in refused.output
+    added = runner.invoke(args=["research", "agreement", "add", str(demo.imaging_centre.id), "--licence", "research-only",
+                                "--reference", "DUA-2026-007"])
+    assert added.exit_code == 0, added.output
+    first = runner.invoke(args=["research", "dataset", "create", "--licence", "research-only"])
+    assert first.exit_code == 0, first.output
+    assert "dataset version 1: 1 studies, 10 instances" in first.output and '"finding": 1' in first.output
+    assert runner.invoke(args=["research", "dataset", "create", "--licence", "research-only"]).exit_code == 0
+    diff = runner.invoke(args=["research", "dataset", "diff", "1", "2"])
+    assert diff.exit_code == 0 and json.loads(diff.output)["added_instances"] == []
+    assert "no dataset version 7" in runner.invoke(args=["research", "dataset", "diff", "1", "7"]).output
+
+    exported = runner.invoke(args=["research", "dataset", "export", "1", str(tmp_path / "v1")])
+    assert exported.exit_code == 0, exported.output
+    assert len(list((tmp_path / "v1" / "studies").rglob("*.dcm"))) == 10
+    assert json.loads((tmp_path / "v1" / "manifest.json").read_text())["version"] == 1
+    again = runner.invoke(args=["research", "dataset", "export", "1", str(tmp_path / "v1")])
+    assert again.exit_code == 1 and "is not empty" in again.output
