@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ai_services.models import DiagnosticReport, Finding, ModelVersion
-from hospital.models import JobRecord
+from hospital.models import AuditEvent, JobRecord
 from hospital.seed import DemoSeed
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from research import service
@@ -258,6 +258,10 @@ def test_consent_is_fhir_consent_for_the_patient_and_admins_only(
     assert consents[1]["provision"]["purpose"][0]["code"] == "HRESCH"
     assert as_role("admin").get(f"/fhir/Consent/{consents[1]['id']}").status_code == 200
     assert as_role("clinician").get(f"/fhir/Consent/{consents[1]['id']}").status_code == 403
+    audited = db_session.execute(select(AuditEvent.user_id, AuditEvent.outcome).where(
+        AuditEvent.entity_type == "Consent", AuditEvent.entity_id == consents[1]["id"])).all()
+    assert (demo.users["admin"].id, 0) in audited and any(
+        user == demo.users["clinician"].id and outcome != 0 for user, outcome in audited)
 
 
 def test_a_choice_that_is_neither_yes_nor_no_is_refused_and_nothing_is_stored(
