@@ -110,3 +110,38 @@ def _summary(report: DiagnosticReport) -> ReportSummary:
         ),
         status=report.status.value, signed_at=report.signed_at, addenda=tuple(a.text for a in report.addenda),
     )
+
+
+@dataclass(frozen=True)
+class ReviewedFinding:
+    """A finding as a training label: where it is, what the radiologist decided, and its provenance
+    (who decided, which model proposed it; None for a finding a radiologist added)."""
+
+    finding_id: int
+    sop_instance_uid: str  # the key slice
+    slice_index: int
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, inclusive-exclusive
+    diameter_mm: float
+    source: str  # ai | radiologist
+    decision: str  # pending, accepted, rejected, edited (the latest review)
+    reviewer_user_id: int | None
+    decided_at: datetime | None
+    model_version: str | None  # "name version"
+
+
+def reviewed_findings(session: Session, report_id: int) -> tuple[ReviewedFinding, ...]:
+    """The report's findings with their latest review, for the research database's labels."""
+    report = session.get(DiagnosticReport, report_id)
+    if report is None:
+        return ()
+    found = []
+    for f in report.findings:
+        last = f.reviews[-1] if f.reviews else None
+        found.append(ReviewedFinding(
+            finding_id=f.id, sop_instance_uid=f.sop_instance_uid, slice_index=f.slice_index,
+            box=(f.x0, f.y0, f.x1, f.y1), diameter_mm=float(f.diameter_mm), source=f.source.value,
+            decision=f.review_status.value, reviewer_user_id=last.reviewer_user_id if last else report.signed_by_user_id,
+            decided_at=last.decided_at if last else report.signed_at,
+            model_version=f.model_version.label if f.model_version else None,
+        ))
+    return tuple(found)

@@ -19,6 +19,7 @@ import followup.wiring
 import imaging_orders.wiring
 import integration.wiring
 import referrals.wiring
+import research.wiring
 from hospital import (
     access,
     admin_pages,
@@ -50,7 +51,7 @@ from hospital.fhir import routes as fhir_routes
 logger = logging.getLogger(__name__)
 
 STAGES = (
-    referrals.wiring, imaging_orders.wiring, ai_services.wiring, followup.wiring, billing.wiring, integration.wiring,
+    referrals.wiring, imaging_orders.wiring, ai_services.wiring, research.wiring, followup.wiring, billing.wiring, integration.wiring,
 )
 
 

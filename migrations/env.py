@@ -15,6 +15,7 @@ import hospital.models  # noqa: F401
 import imaging_orders.archive.models  # noqa: F401
 import imaging_orders.models  # noqa: F401
 import referrals.models  # noqa: F401
+import research.models  # noqa: F401
 from hospital.config import load_config
 from hospital.db import Base
 

@@ -22,7 +22,7 @@ from flask import Flask
 from hospital.jobs import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("referrals", "imaging_orders", "ai_services", "followup", "billing", "integration")
+STAGES = ("referrals", "imaging_orders", "ai_services", "research", "followup", "billing", "integration")
 CORE = "hospital"
 # The one place the core names the stages (and the demo, a client of the app): the app factory and
 # the `hospital` command.

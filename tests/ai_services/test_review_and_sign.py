@@ -41,7 +41,8 @@ def test_review_every_finding_then_sign(as_role: Any, demo: DemoSeed, db_session
     assert reviews[2].previous["x1"] == 80  # the box before the edit is kept as a label
     handlers = db_session.scalars(select(JobRecord.handler).where(JobRecord.event == "ai.report_signed")).all()
     assert sorted(handlers) == ["ai_services.jobs.make_report_outputs", "followup.jobs.open_consultation_for_report",
-                                "integration.jobs.send_results_for_report"]
+                                "integration.jobs.send_results_for_report",
+                                "research.jobs.record_contribution_for_report"]
 
 
 def test_bad_review_input_is_refused(as_role: Any, demo: DemoSeed, db_session: Session) -> None:
