@@ -54,6 +54,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # titles may query and retrieve ("*" for any; a comma list to restrict).
         "DICOM_MOVE_DESTINATIONS": os.environ.get("DICOM_MOVE_DESTINATIONS") or "",
         "DICOM_QR_CALLING_AES": os.environ.get("DICOM_QR_CALLING_AES") or "*",
+        # Who gets an Instance Availability Notification when a study completes ("AE=host:port,...";
+        # imaging_orders.archive.availability).
+        "DICOM_IAN_SUBSCRIBERS": os.environ.get("DICOM_IAN_SUBSCRIBERS") or "",
         # Calling AE titles that see every centre's studies over query/retrieve (a PACS gateway);
         # any other sees only its own centre's (imaging_orders.archive.query_retrieve).
         "DICOM_QR_TRUSTED_AES": os.environ.get("DICOM_QR_TRUSTED_AES") or "",

@@ -31,6 +31,9 @@ STORE_PROCESSING_FAILURE = 0xC001
 # Warning: stored, but not as a plain new instance (PS3.4 B.2.3 "Coercion of Data Elements"); the
 # archive answers it when a re-sent SOP Instance UID with different content became a new version.
 COERCION_OF_DATA_ELEMENTS = 0xB000
+# Failure: a re-send of an instance a rejection note (IHE IOCM) withdrew. The code dcm4chee-arc
+# answers ("Subsequent occurrence of rejected Object"), so IOCM-aware senders recognise it.
+SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT = 0xA771
 
 # Query/Retrieve and Modality Worklist (PS3.4 C.4, K.4).
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900

@@ -5,10 +5,12 @@ from __future__ import annotations
 from flask import Flask
 
 from hospital import metrics
+from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.web import add_nav_link
 from imaging_orders import cli, fhir, routes, seed
-from imaging_orders.archive import dicomweb, reconciliation, wado
+from imaging_orders.archive import dicomweb, reconciliation, wado, withdrawal_page
+from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.archive.public import register_retention
 
 
@@ -17,7 +19,9 @@ def register(app: Flask) -> None:
     app.register_blueprint(dicomweb.bp)
     app.register_blueprint(wado.bp)
     app.register_blueprint(reconciliation.bp)
+    app.register_blueprint(withdrawal_page.bp)
     fhir.register_fhir(app)
+    subscribe(app, StudyCompleted, "imaging_orders.archive.jobs.notify_instance_availability")
     metrics.register_gauge(app, "hospital_studies_awaiting_reconciliation",
                            "Studies received but matched to no order, waiting for staff.", reconciliation.awaiting_count)
     app.cli.add_command(cli.dicom_command)

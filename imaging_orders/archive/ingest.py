@@ -87,6 +87,7 @@ from imaging_orders.archive.rejection import (
     RejectionNote,
     RejectionRefused,
     instances_to_withdraw,
+    refuse_withdrawn_resend,
     rejection_note,
     withdraw,
 )
@@ -323,6 +324,7 @@ def _index_and_write(
         select(ImagingInstance).where(ImagingInstance.sop_instance_uid == received.sop_instance_uid)
     )
     if existing is not None:
+        refuse_withdrawn_resend(session, existing)
         if existing.sha256 == sha256:
             return _duplicate_result(storage_dir, existing, received, sha256)
         if derived:

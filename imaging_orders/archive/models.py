@@ -143,6 +143,10 @@ class InstanceRejection(Base):
     rejected_at: Mapped[datetime] = mapped_column(default=utcnow)
     # How many instances this note withdrew (ones already withdrawn by an earlier note not counted).
     withdrawn_count: Mapped[int] = mapped_column(default=0)
+    # Set when an authorised user reverted the rejection: its instances are live again (and may be
+    # re-sent); the row stays as the record that they once were withdrawn.
+    reverted_at: Mapped[datetime | None]
+    reverted_by: Mapped[str | None] = mapped_column(String(80))
 
 
 class ImagingInstanceVersion(Base):

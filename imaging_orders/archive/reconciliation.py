@@ -46,6 +46,7 @@ from imaging_orders.archive.models import (
     InstanceRejection,
     StudyStatus,
 )
+from imaging_orders.archive.rejection import revert_rejection
 from referrals.public import ORDERS, ReferralSummary, referral_summary, summary_from_row
 
 logger = logging.getLogger(__name__)
@@ -381,9 +382,28 @@ def study_rejections(session: Session, user: User, study_id: int) -> list[dict[s
             "code": {"value": r.code_value, "scheme": r.coding_scheme, "meaning": r.code_meaning},
             "rejected_by": r.rejected_by, "rejected_at": r.rejected_at.isoformat(),
             "instances": withdrawn.get(r.id, []),
+            "reverted_at": r.reverted_at.isoformat() if r.reverted_at else None, "reverted_by": r.reverted_by,
         }
         for r in rejections
     ]
+
+
+def revert_rejection_for_user(session: Session, user: User, study_id: int, rejection_id: int) -> list[str]:
+    """Revert a rejection of a study `user` may see (`rejection.revert_rejection`); the instances it
+    withdrew are live again. Returns their SOP Instance UIDs."""
+    study = session.get(ImagingStudy, study_id)
+    rejection = session.get(InstanceRejection, rejection_id)
+    if study is None or rejection is None or rejection.study_id != study_id:
+        raise NotFound(f"imaging study {study_id} has no rejection {rejection_id}")
+    ensure_study_visible(session, user, study, "U")
+    return revert_rejection(session, rejection, study, user)
+
+
+@bp.post("/api/imaging-studies/<int:study_id>/rejections/<int:rejection_id>/revert")
+@require_roles(*RECONCILERS)
+def revert_rejection_api(study_id: int, rejection_id: int) -> ResponseReturnValue:
+    restored = revert_rejection_for_user(request_session(), current_user(), study_id, rejection_id)
+    return jsonify(id=rejection_id, study_id=study_id, restored=restored)
 
 
 @bp.get("/api/imaging-studies/<int:study_id>/rejections")

@@ -16,6 +16,13 @@ AE's centre over DICOM, the user's visible studies over STOW-RS). Otherwise noth
 withdrawn and the sender gets 0124 (Refused: not authorized), the same answer for an unknown
 instance as for another centre's, so a peer cannot probe what it may not see. Withdrawing an
 instance an earlier note already withdrew is harmless: the first note stays its record.
+
+A withdrawn instance stays withdrawn: a later C-STORE or STOW-RS of the same SOP Instance UID
+(identical or not) is refused with 0xA771 "subsequent occurrence of a rejected object" (as
+dcm4chee-arc answers), never silently stored again or answered Success, so the sender keeps its
+copy and knows why. Only an authorised user can bring the instances back, by reverting the
+rejection (`revert_rejection`): the note's row stays, marked reverted, and the instances are live
+again (a re-send is then an ordinary duplicate or new version).
 """
 
 from __future__ import annotations
@@ -28,8 +35,15 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from hospital.audit import record_access
-from hospital.dicom_status import DATASET_DOES_NOT_MATCH_SOP_CLASS, REFUSED_NOT_AUTHORIZED, DicomFailure
-from hospital.errors import InvalidInput
+from hospital.clock import utcnow
+from hospital.dicom_status import (
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    REFUSED_NOT_AUTHORIZED,
+    SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT,
+    DicomFailure,
+)
+from hospital.errors import Conflict, InvalidInput
+from hospital.models import User
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, InstanceRejection
 
 logger = logging.getLogger(__name__)
@@ -157,3 +171,41 @@ def withdraw(
     logger.warning("rejection note %s (%s) from %s withdrew %d instance(s) of study %s", note_sop_instance_uid,
                    note.code_value, rejected_by, len(fresh), study.id)
     return rejection
+
+
+def refuse_withdrawn_resend(session: Session, instance: ImagingInstance) -> None:
+    """Raise `RejectionRefused` (0xA771) if `instance`, being received again, was withdrawn."""
+    if instance.rejection_id is None:
+        return
+    rejection = session.get(InstanceRejection, instance.rejection_id)
+    code = rejection.code_value if rejection is not None else "?"
+    logger.warning("re-send of withdrawn instance %s refused (rejection %s, %s)", instance.sop_instance_uid,
+                   instance.rejection_id, code)
+    raise RejectionRefused(f"instance was rejected ({code}, DCM); not stored again",
+                           SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT)
+
+
+def revert_rejection(session: Session, rejection: InstanceRejection, study: ImagingStudy, user: User) -> list[str]:
+    """Bring back the instances `rejection` withdrew (an authorised user's decision, checked by the
+    caller): they are found and retrieved again and a re-send is accepted. The rejection row stays,
+    marked reverted; audited. Returns the SOP Instance UIDs restored. `Conflict` if already reverted."""
+    if rejection.reverted_at is not None:
+        raise Conflict(f"rejection {rejection.id} was already reverted")
+    instances = session.scalars(
+        select(ImagingInstance).where(ImagingInstance.rejection_id == rejection.id)
+        .order_by(ImagingInstance.id).with_for_update()
+    ).all()
+    for instance in instances:
+        instance.rejection_id = None
+    reverted_by = f"user:{user.username}"[:80]
+    rejection.reverted_at = utcnow()
+    rejection.reverted_by = reverted_by
+    session.flush()
+    restored = [i.sop_instance_uid for i in instances]
+    record_access(
+        session, user, "U", "ImagingStudy", study.id, patient_id=study.patient_id,
+        description=(f"IOCM rejection {rejection.id} ({rejection.code_value}, DCM) reverted by {reverted_by}: "
+                     f"{len(restored)} instance(s) restored"),
+    )
+    logger.warning("rejection %s reverted by %s: %d instance(s) restored", rejection.id, reverted_by, len(restored))
+    return restored
