@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from ai_services.models import (
@@ -176,45 +176,48 @@ def rate_test(figure: str, count: int, studies: int, ref_count: int, ref_studies
     return DriftTest(figure, centre, reference, z, _normal_p(z))
 
 
-def confidence_bin(confidence: float) -> int:
-    return min(max(int(confidence * CONFIDENCE_BINS), 0), CONFIDENCE_BINS - 1)
+def _confidence_bin_sql() -> ColumnElement[int]:
+    """The confidence bin (ten of 0.1; 1.0 falls in the last; -1 when none) computed in SQL, so a
+    scrape counts grouped rows instead of reading every finding."""
+    edges = [(Finding.confidence < (k + 1) / CONFIDENCE_BINS, k) for k in range(CONFIDENCE_BINS - 1)]
+    return case((Finding.confidence.is_(None), -1), *edges, else_=CONFIDENCE_BINS - 1)
 
 
 def drift_report(session: Session) -> list[VersionDrift]:
     """Every model version with signed reports: the platform's figures and each centre's, tested."""
     figures: dict[tuple[int, int | None], DriftFigures] = {}
-    reports = session.execute(
-        select(DiagnosticReport.id, AnalysisJob.model_version_id, STUDY_CENTRES.c.organization_id)
+    signed = (
+        select(DiagnosticReport.id.label("report_id"), AnalysisJob.model_version_id.label("version_id"),
+               STUDY_CENTRES.c.organization_id.label("centre_id"))
         .join(AnalysisJob, DiagnosticReport.analysis_job_id == AnalysisJob.id)
         .join(STUDY_CENTRES, STUDY_CENTRES.c.study_id == DiagnosticReport.study_id)
         .where(DiagnosticReport.status.in_(SIGNED), AnalysisJob.model_version_id.is_not(None))
-    ).all()
-    key_of_report: dict[int, tuple[int, int | None]] = {}
-    for report_id, version_id, centre_id in reports:
-        key_of_report[report_id] = (version_id, centre_id)
-        figures.setdefault((version_id, centre_id), DriftFigures()).studies += 1
-    if not key_of_report:
+        .subquery()
+    )
+    for version_id, centre_id, count in session.execute(
+        select(signed.c.version_id, signed.c.centre_id, func.count()).group_by(signed.c.version_id, signed.c.centre_id)
+    ):
+        figures[(version_id, centre_id)] = DriftFigures(studies=int(count))
+    if not figures:
         return []
+    bin_ = _confidence_bin_sql()
     rows = session.execute(
-        select(Finding.report_id, Finding.source, Finding.review_status, Finding.confidence)
-        .join(DiagnosticReport, Finding.report_id == DiagnosticReport.id)
-        .where(DiagnosticReport.status.in_(SIGNED), DiagnosticReport.analysis_job_id.is_not(None))
+        select(signed.c.version_id, signed.c.centre_id, Finding.source, Finding.review_status, bin_, func.count())
+        .join(signed, signed.c.report_id == Finding.report_id)
+        .group_by(signed.c.version_id, signed.c.centre_id, Finding.source, Finding.review_status, bin_)
     ).all()
-    for report_id, source, status, confidence in rows:
-        key = key_of_report.get(report_id)
-        if key is None:
-            continue
-        cell = figures[key]
+    for version_id, centre_id, source, status, bin_index, count in rows:
+        cell = figures[(version_id, centre_id)]
         if source is FindingSource.RADIOLOGIST:
-            cell.added += 1
+            cell.added += count
             continue
-        cell.ai_findings += 1
+        cell.ai_findings += count
         if status in ACCEPTED:
-            cell.accepted += 1
+            cell.accepted += count
         elif status is ReviewStatus.REJECTED:
-            cell.rejected += 1
-        if confidence is not None:
-            cell.confidence_histogram[confidence_bin(confidence)] += 1
+            cell.rejected += count
+        if bin_index >= 0:
+            cell.confidence_histogram[bin_index] += count
 
     versions = {v.id: v for v in session.scalars(
         select(ModelVersion).where(ModelVersion.id.in_({k[0] for k in figures})))}
