@@ -22,7 +22,10 @@ measurably better and nowhere worse.
    versions scored on the same resample) is above ``margin`` (default 0), AND the synthetic guard
    finds nothing: synthetic sensitivity at 4 FP/scan, and each size group big enough that one
    lesion is within ``tolerance`` (default 0.05), fell by no more than ``tolerance``; and neither
-   did the reviewed sensitivities. Otherwise it is kept registered as ``rejected`` with the reason
+   did the reviewed sensitivities; and its calibration, re-checked on the held-out reviewed cases
+   (``reviewed_calibration``: ECE of both versions' detections against the radiologists' kept
+   boxes, bootstrap CIs), is not worse beyond its CI (the paired CI of the ECE change lies above
+   ``calibration_tolerance``). Otherwise it is kept registered as ``rejected`` with the reason
    (the guard's findings first, prefixed "synthetic guard:"). Synthetic ground truth guards against
    corrupted labels: a labeller who rejects true lesions makes a candidate that misses lesions the
    phantoms know are there, and that is refused however well it fits the labels.
@@ -77,6 +80,7 @@ from ai_services.training import (
     EvaluationMetrics,
     calibrate,
     detection_loss,
+    expected_calibration_error,
     froc_curve,
     metrics_from_runs,
     run_on_phantoms,
@@ -275,6 +279,9 @@ class RetrainConfig:
     min_finetune_slices: int = 4
     margin: float = 0.0  # the gain's 95% CI lower bound must exceed this
     tolerance: float = 0.05
+    # Calibration on held-out reviewed cases: refused when the 95% CI of the ECE change lies above
+    # this (a few hundredths of ECE are binning noise on a handful of cases).
+    calibration_tolerance: float = 0.02
     n_bootstrap: int = 1000
     threads: int = 2
 
@@ -496,12 +503,90 @@ class VersionScores:
 
 
 @dataclass(frozen=True)
+class CalibrationCheck:
+    """Calibration of both versions re-checked on the held-out reviewed cases (never trained on):
+    every detection is an outcome, 1 when it hits a box the radiologist kept (accepted, edited or
+    added), 0 otherwise (a rejected box, or a place the radiologist did not mark on a signed
+    report). ECE with 10 bins; 95% CIs by bootstrap over cases, the change paired (both versions
+    on the same resample)."""
+
+    n_cases: int
+    candidate_detections: int
+    active_detections: int
+    candidate_ece: float
+    candidate_ci95: tuple[float, float]
+    active_ece: float
+    active_ci95: tuple[float, float]
+    change_ci95: tuple[float, float]  # candidate minus active
+    tolerance: float
+
+    @property
+    def worse(self) -> bool:
+        """Worse beyond the interval: even its lower bound is a rise above ``tolerance``."""
+        return self.change_ci95[0] > self.tolerance
+
+    def describe(self) -> str:
+        return (f"calibration on {self.n_cases} held-out reviewed cases: ECE {self.active_ece:.3f} "
+                f"(95% CI {self.active_ci95[0]:.3f}-{self.active_ci95[1]:.3f}) -> {self.candidate_ece:.3f} "
+                f"(95% CI {self.candidate_ci95[0]:.3f}-{self.candidate_ci95[1]:.3f}), change 95% CI "
+                f"{self.change_ci95[0]:+.3f} to {self.change_ci95[1]:+.3f}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n_cases": self.n_cases, "candidate_detections": self.candidate_detections,
+                "active_detections": self.active_detections,
+                "candidate_ece": round(self.candidate_ece, 4), "candidate_ece_ci95": [round(v, 4) for v in self.candidate_ci95],
+                "active_ece": round(self.active_ece, 4), "active_ece_ci95": [round(v, 4) for v in self.active_ci95],
+                "change_ci95": [round(v, 4) for v in self.change_ci95], "tolerance": self.tolerance,
+                "worse": self.worse}
+
+
+def _ece_of(units: Sequence[UnitOutcome]) -> float:
+    return expected_calibration_error([c for u in units for c in u.confidences], [h >= 0 for u in units for h in u.hits])
+
+
+def reviewed_calibration(candidate: Sequence[UnitOutcome], active: Sequence[UnitOutcome], *, tolerance: float = 0.0,
+                         n_bootstrap: int = 1000, seed: int = 0) -> CalibrationCheck | None:
+    """The ``CalibrationCheck`` of two versions on the same held-out reviewed cases; None without
+    any (or when either version made no detection there: nothing to be calibrated)."""
+    if not candidate or len(candidate) != len(active):
+        return None
+    if not any(u.confidences for u in candidate) or not any(u.confidences for u in active):
+        return None
+    rng = np.random.default_rng([seed, 9173])
+    n = len(candidate)
+    new, old, change = [], [], []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, n, n)
+        c = _ece_of([candidate[i] for i in idx])
+        a = _ece_of([active[i] for i in idx])
+        new.append(c)
+        old.append(a)
+        change.append(c - a)
+
+    def interval(values: list[float], point: float) -> tuple[float, float]:
+        if not values:
+            return point, point
+        low, high = np.percentile(values, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+        return float(low), float(high)
+
+    candidate_ece, active_ece = _ece_of(candidate), _ece_of(active)
+    return CalibrationCheck(
+        n_cases=n, candidate_detections=sum(len(u.confidences) for u in candidate),
+        active_detections=sum(len(u.confidences) for u in active),
+        candidate_ece=candidate_ece, candidate_ci95=interval(new, candidate_ece),
+        active_ece=active_ece, active_ci95=interval(old, active_ece),
+        change_ci95=interval(change, candidate_ece - active_ece), tolerance=tolerance,
+    )
+
+
+@dataclass(frozen=True)
 class PromotionDecision:
     promote: bool
     reason: str
     gain: float = 0.0
     gain_ci95: tuple[float, float] = (0.0, 0.0)
     guard_failures: tuple[str, ...] = ()  # the synthetic guard's findings, each with its numbers
+    calibration: CalibrationCheck | None = None  # re-checked on held-out reviewed cases
 
 
 def _primary(synthetic: Sequence[UnitOutcome], reviewed: Sequence[UnitOutcome]) -> float:
@@ -551,7 +636,7 @@ def synthetic_guard(candidate: VersionScores, active: VersionScores, *, toleranc
 
 
 def decide_promotion(candidate: VersionScores, active: VersionScores, *, margin: float, tolerance: float,
-                     n_bootstrap: int = 1000) -> PromotionDecision:
+                     n_bootstrap: int = 1000, calibration_tolerance: float = 0.02) -> PromotionDecision:
     """The promotion rule of the module docstring, with every number in the reason."""
     guard = synthetic_guard(candidate, active, tolerance=tolerance)
     problems = [f"synthetic guard: {', '.join(guard)} (tolerance {tolerance})"] if guard else []
@@ -567,11 +652,16 @@ def decide_promotion(candidate: VersionScores, active: VersionScores, *, margin:
                f"gain {gain:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
     if not low > margin:
         problems.append(f"{summary}: the CI's lower bound is not above {margin}")
-    decision = dict(gain=gain, gain_ci95=(low, high), guard_failures=tuple(guard))
+    calibration = reviewed_calibration(candidate.reviewed_units, active.reviewed_units, tolerance=calibration_tolerance,
+                                       n_bootstrap=n_bootstrap)
+    if calibration is not None and calibration.worse:
+        problems.append(f"{calibration.describe()}: worse beyond its CI (lower bound above {calibration_tolerance})")
+    decision = dict(gain=gain, gain_ci95=(low, high), guard_failures=tuple(guard), calibration=calibration)
     if problems:
         return PromotionDecision(False, "refused: " + "; ".join(problems), **decision)  # type: ignore[arg-type]
+    checked = f"; {calibration.describe()}" if calibration is not None else "; no held-out reviewed detections to re-check calibration"
     return PromotionDecision(True, f"promoted: {summary} > {margin}; synthetic guard and reviewed checks "
-                                   f"within tolerance {tolerance}", **decision)  # type: ignore[arg-type]
+                                   f"within tolerance {tolerance}{checked}", **decision)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -654,7 +744,7 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
     candidate_scores = score(candidate_detector, inputs.labels, config, heldout_seeds)
     active_scores = score(active_detector, inputs.labels, config, heldout_seeds)
     decision = decide_promotion(candidate_scores, active_scores, margin=config.margin, tolerance=config.tolerance,
-                                n_bootstrap=config.n_bootstrap)
+                                n_bootstrap=config.n_bootstrap, calibration_tolerance=config.calibration_tolerance)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -687,7 +777,8 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
         "evaluation": {"candidate": candidate_scores.to_json(), "active": active_scores.to_json()},
         "decision": {"promote": decision.promote, "reason": decision.reason, "gain": round(decision.gain, 4),
                      "gain_ci95": [round(v, 4) for v in decision.gain_ci95],
-                     "synthetic_guard": list(decision.guard_failures)},
+                     "synthetic_guard": list(decision.guard_failures),
+                     "reviewed_calibration": decision.calibration.to_json() if decision.calibration else None},
     }
     manifest_path_for(weights_path).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("candidate %s v%s: %s (%.0f s)", name, inputs.version, decision.reason, wall)
@@ -699,7 +790,8 @@ def record_candidate(session: Session, result: CandidateResult) -> ModelVersion:
     version = register_model_version(session, result.weights_path, activate=False)
     version.parent_version_id = result.inputs.parent_id
     version.decision_reason = result.decision.reason
-    version.metrics = {"candidate": result.candidate.to_json(), "active": result.active.to_json()}
+    version.metrics = {"candidate": result.candidate.to_json(), "active": result.active.to_json(),
+                       "reviewed_calibration": result.decision.calibration.to_json() if result.decision.calibration else None}
     if result.decision.promote:
         activate_model_version(session, version)
     else:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
+from ai_services.drift import CONFIDENCE_BINS, DRIFT_ALPHA, drift_report, histogram_bars
 from ai_services.models import (
     AnalysisJob,
     AnalysisStatus,
@@ -409,5 +410,7 @@ def _form_box(form: Any) -> Box:
 @bp.get("/models")
 @require_roles(Role.ADMIN, Role.RADIOLOGIST)
 def models_page() -> ResponseReturnValue:
-    versions = request_session().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
-    return render_template("ai_services/models.html", versions=versions)
+    session = request_session()
+    versions = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    return render_template("ai_services/models.html", versions=versions, drift=drift_report(session),
+                           drift_alpha=DRIFT_ALPHA, confidence_bins=CONFIDENCE_BINS, histogram_bars=histogram_bars)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from ai_services import cli, fhir, routes, seed
+from ai_services import cli, drift, fhir, routes, seed
 from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
+from hospital import metrics
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.periodic import register_periodic
@@ -26,6 +27,8 @@ def register(app: Flask) -> None:
     # charge follow it (those followed the signature, once).
     subscribe(app, ReportAmended, "ai_services.jobs.make_report_outputs", queue="ai")
     subscribe(app, ReportAmended, "ai_services.jobs.notify_report_amended", queue="notify")
+    # Drift per model version and centre (acceptance, added misses, findings per scan, confidences).
+    metrics.register_gauge_families(app, drift.drift_gauges)
     register_periodic(app, "ai_services.jobs.retrain_model", app.config["AI_RETRAIN_EVERY_SECONDS"], queue="ai")
     add_nav_link(app, "Reading list", "ai_services.reading_list_page", Role.RADIOLOGIST)
     add_nav_link(app, "Model versions", "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)

@@ -10,7 +10,8 @@ Two kinds of figure:
   (prometheus-client's multiprocess mode; `deploy/run-production.sh` sets it up);
 - read from the database at scrape time (job queue depth, age of the oldest queued job, failed
   jobs per queue from the durable `job_record` table; studies waiting in reconciliation, which
-  the imaging stage registers with `register_gauge`), so they are right whichever process did
+  the imaging stage registers with `register_gauge`; the AI's drift per model version and centre,
+  registered with `register_gauge_families`), so they are right whichever process did
   the work, and survive restarts and an emptied Redis.
 
 `/metrics` carries no patient data, but it does say how busy the hospital is: it answers only a
@@ -27,7 +28,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -83,6 +84,7 @@ AI_FINDINGS_PER_STUDY = Histogram(
 
 _UNMATCHED_ROUTE = "<unmatched>"
 _GAUGES_KEY = "hospital.metrics.gauges"
+_FAMILIES_KEY = "hospital.metrics.gauge_families"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ def register_gauge(app: Flask, name: str, documentation: str, read: Callable[[Se
     """A stage adds a figure it owns (e.g. studies waiting in reconciliation) without the core
     knowing its tables."""
     app.extensions[_GAUGES_KEY].append(ScrapeGauge(name, documentation, read))
+
+
+def register_gauge_families(app: Flask, read: Callable[[Session], Iterable[Metric]]) -> None:
+    """A stage adds labelled figures it owns (the AI's drift per model version and centre), read
+    together at each scrape from one query of its tables."""
+    app.extensions[_FAMILIES_KEY].append(read)
 
 
 def status_category(status: int) -> str:
@@ -155,6 +163,8 @@ class JobRecordCollector(Collector):
                     family = GaugeMetricFamily(gauge.name, gauge.documentation)
                     family.add_metric([], float(gauge.read(session)))
                     extra.append(family)
+                for read in self.app.extensions[_FAMILIES_KEY]:
+                    extra.extend(read(session))
         except Exception:  # noqa: BLE001 - a scrape must answer even when the database does not
             logger.exception("metrics could not read the database")
             up.add_metric([], 0)
@@ -262,6 +272,7 @@ def _route_label() -> str:
 def init_app(app: Flask) -> None:
     """Time every request by its url rule (never the raw path: ids would explode the series)."""
     app.extensions[_GAUGES_KEY] = []
+    app.extensions[_FAMILIES_KEY] = []
     app.register_blueprint(bp)
 
     @app.before_request

@@ -29,6 +29,7 @@ from imaging_orders.archive.retention import storage_by_centre
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "STUDY_CENTRES",
     "SeriesFiles",
     "StoreResult",
     "StoredInstance",
@@ -74,6 +75,14 @@ class SeriesFiles:
     number: int | None
     body_part: str | None
     instances: tuple[StoredInstance, ...]
+
+
+# The read model a later stage joins in SQL when it counts by centre (the AI's drift monitor): one
+# row per study, the centre (organization) that performed it; null while the study is unmatched.
+STUDY_CENTRES = select(
+    ImagingStudy.id.label("study_id"),
+    ImagingStudy.organization_id.label("organization_id"),
+).subquery("study_centres")
 
 
 def _ref(study: ImagingStudy) -> StudyRef:

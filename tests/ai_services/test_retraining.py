@@ -160,6 +160,11 @@ def test_corrected_labels_teach_a_missed_lesion_kind_and_the_candidate_is_promot
     assert version.status is ModelStatus.ACTIVE, (version.decision_reason, version.metrics)
     assert version.active and version.parent_version_id == parent.id
     assert version.decision_reason and version.decision_reason.startswith("promoted")
+    # Calibration was re-checked on the held-out reviewed cases and is part of the record.
+    calibration = version.manifest["decision"]["reviewed_calibration"]
+    assert calibration["n_cases"] >= 4 and not calibration["worse"], calibration
+    assert version.metrics["reviewed_calibration"] == calibration
+    assert f"calibration on {calibration['n_cases']} held-out reviewed cases: ECE " in version.decision_reason
     db_session.refresh(parent)
     assert not parent.active and parent.status is ModelStatus.RETIRED
     assert active_model_version(db_session) == version
@@ -250,3 +255,33 @@ def test_retraining_without_an_active_model_is_skipped_not_failed(db_session: Se
         version.active = False
     db_session.flush()
     assert prepare_retraining(db_session, tmp_path, RetrainConfig()) is None
+
+
+def test_calibration_on_heldout_reviewed_cases_refuses_a_candidate_worse_beyond_its_ci() -> None:
+    """A candidate that finds more of the reviewed lesions (a clear gain) but says 0.95 for every
+    detection, most of them places the radiologists did not keep, is refused for its calibration;
+    the same gain with honest confidences is promoted, and the record names both ECEs."""
+    from ai_services.retraining import UnitOutcome
+    metrics = EvaluationMetrics(6, 20, 0.6, 0.6, 0.6, 1.0, 0.9, 0.1)
+    reviewed = ReviewedMetrics(12, 12, 0.5, 0.5, 1.0)
+    found_honest = UnitOutcome((0.8, 0.2, 0.1), (0, -1, -1), 1)
+    missed_honest = UnitOutcome((0.15,), (-1,), 1)
+    active = VersionScores(metrics, reviewed, [UnitOutcome((0.9,), (0,), 1)] * 6, [found_honest, missed_honest] * 6)
+    better = ReviewedMetrics(12, 12, 0.9, 0.9, 1.0)
+    overconfident = VersionScores(metrics, better, active.synthetic_units,
+                                  [UnitOutcome((0.95, 0.95, 0.95), (0, -1, -1), 1)] * 12)
+    honest = VersionScores(metrics, better, active.synthetic_units, [found_honest] * 12)
+
+    refused = decide_promotion(overconfident, active, margin=0.0, tolerance=0.05, n_bootstrap=300)
+    assert not refused.promote and refused.calibration is not None and refused.calibration.worse
+    assert refused.calibration.candidate_ece > 0.5 and refused.calibration.active_ece < 0.2
+    assert refused.reason.startswith("refused: calibration on 12 held-out reviewed cases: ECE ")
+    assert "worse beyond its CI" in refused.reason and refused.guard_failures == ()
+
+    promoted = decide_promotion(honest, active, margin=0.0, tolerance=0.05, n_bootstrap=300)
+    assert promoted.promote, promoted.reason
+    assert promoted.calibration is not None and not promoted.calibration.worse
+    assert "calibration on 12 held-out reviewed cases: ECE" in promoted.reason
+    low, high = promoted.calibration.candidate_ci95
+    assert low <= promoted.calibration.candidate_ece <= high
+    assert promoted.calibration.to_json()["worse"] is False
