@@ -74,6 +74,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "size": {"type": "array", "minItems": 2, "maxItems": 2,
                          "items": {"type": "integer", "minimum": 16, "maximum": 1024}},
                 "channels": {"type": "integer", "minimum": 1, "maximum": 16},
+                # (centre, width) HU windows each slice is shown through; channels = slices x windows.
+                "windows_hu": {"type": "array", "minItems": 1, "maxItems": 4,
+                               "items": {"type": "array", "minItems": 2, "maxItems": 2,
+                                         "items": {"type": "number", "minimum": -2000, "maximum": 5000}}},
             },
         },
         "output": {
@@ -284,6 +288,10 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     )
     if errors:
         raise PackageRefused("manifest does not match the schema: " + "; ".join(errors))
+    windows = manifest["input"].get("windows_hu") or [[-500, 1500]]
+    if manifest["input"]["channels"] % len(windows):
+        raise PackageRefused(f"input.channels {manifest['input']['channels']} is not a whole number of slices "
+                             f"times {len(windows)} HU windows")
     weights = manifest["weights"]
     if weights["file"] not in manifest["files"]:
         raise PackageRefused(f"weights file {weights['file']!r} is not listed under files")
