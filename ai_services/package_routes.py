@@ -62,9 +62,25 @@ def package_page(package_id: int) -> ResponseReturnValue:
                            package=package_for(request_session(), package_id, current_user()))
 
 
-@bp.post("/model-packages/<int:package_id>/<any(approve, reject, retire):action>")
+@bp.post("/model-packages/<int:package_id>/approve")
 @require_roles(Role.ADMIN)
-def decide_package_page(package_id: int, action: str) -> ResponseReturnValue:
+def approve_package_page(package_id: int) -> ResponseReturnValue:
+    return _decide(package_id, "approve")
+
+
+@bp.post("/model-packages/<int:package_id>/reject")
+@require_roles(Role.ADMIN)
+def reject_package_page(package_id: int) -> ResponseReturnValue:
+    return _decide(package_id, "reject")
+
+
+@bp.post("/model-packages/<int:package_id>/retire")
+@require_roles(Role.ADMIN)
+def retire_package_page(package_id: int) -> ResponseReturnValue:
+    return _decide(package_id, "retire")
+
+
+def _decide(package_id: int, action: str) -> ResponseReturnValue:
     session = request_session()
     reason = request.form.get("reason", "")
 
