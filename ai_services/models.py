@@ -250,3 +250,21 @@ class ModelPackage(Base):
     @property
     def label(self) -> str:
         return f"{self.name} {self.version}"
+
+
+class ModelRoutingRule(Base):
+    """Which partner model runs on which studies: a study of this modality (and, when set, body
+    part, centre, and a referral reason containing `reason_contains`) is read by the newest approved
+    version of the package `package_name` whose manifest applies to it."""
+
+    __tablename__ = "model_routing_rule"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    package_name: Mapped[str] = mapped_column(String(80), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(16))
+    reason_contains: Mapped[str | None] = mapped_column(String(200))
+    centre_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_by_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -61,11 +61,11 @@ def submit_command(source: Path, username: str) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"submitted {label} as package {package_id}")
     with get_db().session() as session:
-        package = session.get(ModelPackage, package_id)
-        if package is not None:
-            click.echo(f"status: {package.status.value}")
-            if package.check_report.get("reason"):
-                click.echo(f"checks: {package.check_report['reason']}")
+        checked = session.get(ModelPackage, package_id)
+        if checked is not None:
+            click.echo(f"status: {checked.status.value}")
+            if checked.check_report.get("reason"):
+                click.echo(f"checks: {checked.check_report['reason']}")
 
 
 @package_group.command("list")

@@ -136,7 +136,8 @@ class TinyClassifier(nn.Module):
         self.head = nn.Linear(width * 2, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
+        logits: torch.Tensor = self.head(torch.flatten(self.features(x), 1))
+        return logits
 
 
 def _lesion_unet(args: dict[str, Any]) -> nn.Module:

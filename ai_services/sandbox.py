@@ -180,7 +180,7 @@ def _child(root: Path, inputs_path: Path, result_path: Path) -> dict[str, Any]:
     weights = root / str(manifest["weights"]["file"])
     model: Any
     if manifest["weights"]["format"] == "torchscript":
-        model = torch.jit.load(str(weights), map_location="cpu")
+        model = torch.jit.load(str(weights), map_location="cpu")  # type: ignore[no-untyped-call]
     else:
         model = build_state_dict_model(manifest, weights)
     model.eval()

@@ -1,4 +1,5 @@
-"""model_package: partner AI model packages, every version kept with its checks and decision
+"""model_package: partner AI model packages, every version kept with its checks and decision;
+model_routing_rule: which package runs on which studies
 
 Revision ID: 0032
 Revises: 0024
@@ -49,8 +50,26 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", "version"),
     )
     op.create_index("ix_model_package_partner_organization_id", "model_package", ["partner_organization_id"])
+    op.create_table(
+        "model_routing_rule",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("package_name", sa.String(length=80), nullable=False),
+        sa.Column("modality", sa.String(length=16), nullable=False),
+        sa.Column("body_part", sa.String(length=16), nullable=True),
+        sa.Column("reason_contains", sa.String(length=200), nullable=True),
+        sa.Column("centre_id", sa.Integer(), nullable=True),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("created_by_user_id", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["centre_id"], ["organization.id"]),
+        sa.ForeignKeyConstraint(["created_by_user_id"], ["user_account.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_model_routing_rule_package_name", "model_routing_rule", ["package_name"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_model_routing_rule_package_name", table_name="model_routing_rule")
+    op.drop_table("model_routing_rule")
     op.drop_index("ix_model_package_partner_organization_id", table_name="model_package")
     op.drop_table("model_package")
