@@ -124,14 +124,15 @@ _VALIDATOR = jsonschema_rs.validator_for(MANIFEST_SCHEMA)
 
 
 class TinyClassifier(nn.Module):
-    """A small image classifier: two strided convolutions, global pooling, a linear head."""
+    """A small image classifier: two strided convolutions, global max pooling (a small bright spot
+    anywhere counts), a linear head."""
 
     def __init__(self, in_channels: int = 1, n_classes: int = 2, width: int = 8) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveMaxPool2d(1),
         )
         self.head = nn.Linear(width * 2, n_classes)
 
