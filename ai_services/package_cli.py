@@ -21,6 +21,7 @@ from ai_services.package_service import (
     retire_package,
     submit_package,
 )
+from ai_services.routing import add_routing_rule
 from hospital.db import get_db
 from hospital.errors import DomainError
 from hospital.models import User
@@ -107,3 +108,24 @@ def _decision(action: str) -> click.Command:
 
 for _action in ("approve", "reject", "retire"):
     package_group.add_command(_decision(_action))
+
+
+@package_group.command("route")
+@click.argument("package_name")
+@click.option("--modality", required=True, help="DICOM modality the rule matches, e.g. CT")
+@click.option("--body-part", default=None, help="Body Part Examined (default: any)")
+@click.option("--reason", "reason_contains", default=None, help="words the referral reason must contain (default: any)")
+@click.option("--centre", "centre_id", type=int, default=None, help="imaging centre id (default: any)")
+@AS_OPTION
+@with_appcontext
+def route_command(package_name: str, modality: str, body_part: str | None, reason_contains: str | None,
+                  centre_id: int | None, username: str) -> None:
+    """Add a routing rule: matching studies are read by the package's newest approved version."""
+    try:
+        with get_db().transaction() as session:
+            rule = add_routing_rule(session, _account(session, username), package_name=package_name,
+                                    modality=modality, body_part=body_part, reason_contains=reason_contains,
+                                    centre_id=centre_id)
+            click.echo(f"rule {rule.id}: {rule.modality} {rule.body_part or 'any body part'} -> {rule.package_name}")
+    except DomainError as exc:
+        raise click.ClickException(str(exc)) from exc

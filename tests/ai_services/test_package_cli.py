@@ -43,3 +43,18 @@ def test_a_malformed_package_is_refused_in_one_line(app: Flask, db_session: Sess
     assert result.exit_code == 1
     assert "Error: package refused: manifest does not match the schema: price/currency" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_administrator_adds_a_routing_rule_from_the_command_line(
+    app: Flask, db_session: Session, demo: DemoSeed, tmp_path: Path
+) -> None:
+    runner = app.test_cli_runner()
+    unknown = runner.invoke(args=["ai", "package", "route", "nodule-classifier", "--modality", "CT", "--as", "admin"])
+    assert unknown.exit_code == 1 and "no model package named 'nodule-classifier'" in unknown.output
+    runner.invoke(args=["ai", "package", "submit", str(make_classifier_package(tmp_path)), "--as", "partner"])
+    added = runner.invoke(args=["ai", "package", "route", "nodule-classifier", "--modality", "ct",
+                                "--body-part", "chest", "--as", "admin"])
+    assert added.exit_code == 0, added.output
+    assert "CT CHEST -> nodule-classifier" in added.output
+    refused = runner.invoke(args=["ai", "package", "route", "nodule-classifier", "--modality", "CT", "--as", "partner"])
+    assert refused.exit_code == 1 and "only an administrator sets routing rules" in refused.output
