@@ -19,6 +19,7 @@ from ai_services.evaluation import (
     evaluate_weights,
 )
 from ai_services.jobs import retraining_output_dir
+from ai_services.package_cli import package_group
 from ai_services.retraining import RetrainConfig, retrain
 from ai_services.service import register_model_version
 from ai_services.training import HELDOUT_SEED_BASE, evaluate_model, train_model
@@ -29,7 +30,10 @@ logger = logging.getLogger(__name__)
 
 @click.group("ai")
 def ai_group() -> None:
-    """The imaging AI: train, evaluate, register model versions."""
+    """The imaging AI: train, evaluate, register model versions; partner model packages."""
+
+
+ai_group.add_command(package_group)
 
 
 @ai_group.command("train")

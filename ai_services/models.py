@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from ai_services.model_card import ModelCard, model_card_from_manifest
 from hospital.clock import utcnow
 from hospital.db import Base
-from hospital.models import Patient, User, enum_column
+from hospital.models import Organization, Patient, User, enum_column
 
 
 class ModelStatus(str, enum.Enum):
@@ -199,3 +199,72 @@ class ReportAddendum(Base):
     referrer_notified_at: Mapped[datetime | None]
 
     author: Mapped[User] = relationship()
+
+
+class PackageStatus(str, enum.Enum):
+    """A partner package's way to use: submitted (verified, checks queued), then checks_failed or
+    awaiting_approval, then approved or rejected by an administrator; an approved one is retired
+    when it should no longer run. No version is ever deleted."""
+
+    SUBMITTED = "submitted"
+    CHECKS_FAILED = "checks_failed"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    RETIRED = "retired"
+
+
+class ModelPackage(Base):
+    """One version of a partner's model package (ai_services.packages), unpacked and kept at
+    `storage_path` for as long as the platform runs, whatever its status."""
+
+    __tablename__ = "model_package"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    version: Mapped[str] = mapped_column(String(40))
+    partner_organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"), index=True)
+    submitted_by_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # SHA-256 of the manifest as sent, which hashes every other file: the package's identity.
+    package_sha256: Mapped[str] = mapped_column(String(64))
+    storage_path: Mapped[str] = mapped_column(String(400))
+    size_bytes: Mapped[int]
+    output_kind: Mapped[str] = mapped_column(String(32))
+    # The price and share as submitted (integer minor units, basis points), for billing by SQL.
+    price_minor: Mapped[int]
+    currency: Mapped[str] = mapped_column(String(3))
+    partner_share_bp: Mapped[int]
+    status: Mapped[PackageStatus] = mapped_column(enum_column(PackageStatus), default=PackageStatus.SUBMITTED)
+    check_report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    checked_at: Mapped[datetime | None]
+    decided_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    retired_at: Mapped[datetime | None]
+
+    partner_organization: Mapped[Organization] = relationship()
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+class ModelRoutingRule(Base):
+    """Which partner model runs on which studies: a study of this modality (and, when set, body
+    part, centre, and a referral reason containing `reason_contains`) is read by the newest approved
+    version of the package `package_name` whose manifest applies to it."""
+
+    __tablename__ = "model_routing_rule"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    package_name: Mapped[str] = mapped_column(String(80), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(16))
+    reason_contains: Mapped[str | None] = mapped_column(String(200))
+    centre_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_by_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

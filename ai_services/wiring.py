@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from ai_services import cli, drift, fhir, routes, seed
+from ai_services import cli, drift, fhir, package_routes, routes, seed
 from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
 from hospital import metrics
 from hospital.jobs import subscribe
@@ -16,6 +16,7 @@ from imaging_orders.archive.events import StudyCompleted
 
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
+    app.register_blueprint(package_routes.bp)
     fhir.register_fhir(app)
     app.cli.add_command(cli.ai_group)
     app.extensions["hospital.seeders"].append(seed.seed_model_registry)
@@ -32,4 +33,5 @@ def register(app: Flask) -> None:
     register_periodic(app, "ai_services.jobs.retrain_model", app.config["AI_RETRAIN_EVERY_SECONDS"], queue="ai")
     add_nav_link(app, "Reading list", "ai_services.reading_list_page", Role.RADIOLOGIST)
     add_nav_link(app, "Model versions", "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)
+    add_nav_link(app, "Model packages", "ai_packages.packages_page", Role.ADMIN, Role.PARTNER)
     add_nav_link(app, "Reports", "ai_services.reports_page", Role.CLINICIAN, Role.PATIENT, Role.RADIOLOGIST)

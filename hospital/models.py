@@ -26,6 +26,8 @@ class Role(str, enum.Enum):
     RADIOLOGIST = "radiologist"
     PHARMACIST = "pharmacist"
     ADMIN = "admin"
+    # An AI partner's account: submits its organisation's model packages, reads their statements.
+    PARTNER = "partner"
 
 
 class OrganizationKind(str, enum.Enum):
@@ -33,6 +35,7 @@ class OrganizationKind(str, enum.Enum):
     CLINIC = "clinic"
     PHARMACY = "pharmacy"
     HOSPITAL = "hospital"
+    AI_PARTNER = "ai_partner"
 
 
 class Organization(Base):

@@ -57,6 +57,8 @@ POLICY: tuple[Grant, ...] = (
     # reports, results, bills or visits.
     Grant(Role.PHARMACIST, frozenset({"Patient", "MedicationRequest", "MedicationDispense"}),
           "a prescription sent to their pharmacy"),
+    # An AI partner sees its own model packages and statements, never a patient's record.
+    Grant(Role.PARTNER, frozenset(), "none: their organisation's model packages and statements only"),
 )
 
 _TYPES_BY_ROLE: dict[Role, frozenset[str]] = {grant.role: grant.resource_types for grant in POLICY}

@@ -55,6 +55,7 @@ def seed_demo(session: Session, app: Flask) -> DemoSeed:
     )
     clinic = _get_or_create(session, Organization, {"name": "Hillside Family Practice"}, kind=OrganizationKind.CLINIC)
     pharmacy = _get_or_create(session, Organization, {"name": "Central Pharmacy"}, kind=OrganizationKind.PHARMACY)
+    ai_partner = _get_or_create(session, Organization, {"name": "Acme Imaging AI"}, kind=OrganizationKind.AI_PARTNER)
     patient = _get_or_create(
         session, Patient, {"mrn": "MRN-1001"}, family_name="Rivera", given_name="Alex",
         birth_date=date(1968, 4, 12), gender="female", email="alex.rivera@example.org",
@@ -78,6 +79,7 @@ def seed_demo(session: Session, app: Flask) -> DemoSeed:
     users["patient"] = _user(session, "patient", Role.PATIENT, patient_id=patient.id)
     users["patient2"] = _user(session, "patient2", Role.PATIENT, patient_id=other.id)
     users["admin"] = _user(session, "admin", Role.ADMIN)
+    users["partner"] = _user(session, "partner", Role.PARTNER, organization_id=ai_partner.id)
     seed = DemoSeed(centre, clinic, pharmacy, patient, other, users)
     with app.app_context():  # stage seeders read the app's config
         for seeder in app.extensions["hospital.seeders"]:

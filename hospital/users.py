@@ -12,6 +12,7 @@ What each role needs is written once, in `PROFILE_RULES`, and follows how the st
   the referrals, studies and patients a radiologist sees, so without one they would see nothing;
 - imaging_staff: an imaging centre (the centre's orders, schedules and worklist);
 - pharmacist: a pharmacy (its dispense queue and stock);
+- partner: an AI partner organisation (its model packages and statements);
 - admin: nothing.
 
 Links the role does not use are cleared, so a former clinician keeps no path to their patients.
@@ -101,6 +102,7 @@ PROFILE_RULES: dict[Role, ProfileRule] = {
     ),
     Role.PHARMACIST: ProfileRule(organization_kinds=frozenset({OrganizationKind.PHARMACY}), organization_required=True),
     Role.ADMIN: ProfileRule(),
+    Role.PARTNER: ProfileRule(organization_kinds=frozenset({OrganizationKind.AI_PARTNER}), organization_required=True),
 }
 
 

@@ -55,6 +55,7 @@ ORGANIZATION_KIND_DISPLAY = {
     OrganizationKind.CLINIC: "Clinic",
     OrganizationKind.PHARMACY: "Pharmacy",
     OrganizationKind.HOSPITAL: "Hospital",
+    OrganizationKind.AI_PARTNER: "AI partner",
 }
 AUDIT_SUBTYPES = {"C": "create", "R": "read", "U": "update", "D": "delete"}
 
@@ -141,7 +142,9 @@ def organization_to_fhir(organization: Organization) -> dict[str, Any]:
             {
                 "coding": [
                     {"system": ORGANIZATION_KIND_SYSTEM, "code": kind.value, "display": ORGANIZATION_KIND_DISPLAY[kind]},
-                    {"system": ORGANIZATION_TYPE_SYSTEM, "code": "prov", "display": "Healthcare Provider"},
+                    {"system": ORGANIZATION_TYPE_SYSTEM, "code": "prov", "display": "Healthcare Provider"}
+                    if kind is not OrganizationKind.AI_PARTNER else
+                    {"system": ORGANIZATION_TYPE_SYSTEM, "code": "bus", "display": "Non-Healthcare Business or Corporation"},
                 ],
                 "text": ORGANIZATION_KIND_DISPLAY[kind],
             }

@@ -8,7 +8,9 @@ offers is visited, so a page added to the navigation later is audited without to
 
 from __future__ import annotations
 
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +18,12 @@ from axe_playwright_python.sync_playwright import Axe
 from sqlalchemy import select
 
 from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
+from ai_services.package_service import submit_package
 from followup.models import CarePlan
 from followup.service import open_consultation
 from hospital.db import get_db
-from hospital.models import Role
+from hospital.models import Role, User
+from tests.ai_services.package_factory import make_classifier_package
 from tests.browser.conftest import (
     LiveSite,
     accepted_referral,
@@ -73,14 +77,22 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
     # A radiologist's emergency access: the admin review page lists it, their page shows it open.
     site.api("POST", "/api/emergency-access", token=site.token("radiologist"),
              body={"patient_id": site.demo.patient.id, "reason": "collapsed in the waiting room, prior imaging needed"})
+    # A partner's model package: its list and its page, for the partner and the administrator.
+    with site.app.app_context(), get_db(site.app).transaction() as session, tempfile.TemporaryDirectory() as work:
+        partner = session.get(User, site.demo.users["partner"].id)
+        assert partner is not None
+        package = submit_package(session, make_classifier_package(Path(work)), partner,
+                                 Path(site.app.config["AI_MODELS_DIR"]))
+        package_page = f"/model-packages/{package.id}"
     return {
+        "partner": ["/model-packages", package_page],
         "clinician": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", "/login", booked_referral,
                       signed_referral, plan_page, cancel_task_page],
         "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", booked_referral, signed_referral,
                     plan_page],
         "radiologist": [f"/reports/{review_id}", f"/reports/{review_id}?prior={signed_id}", f"/reports/{signed_id}"],
         "imaging_staff": [f"/worklist?date={appointment['start'][:10]}"],
-        "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page",
+        "admin": [f"/worklist?date={appointment['start'][:10]}", "/no/such/page", package_page,
                   f"/admin/centres/{site.demo.imaging_centre.id}", "/admin/users/new",
                   "/admin/users/new?role=patient&step=find_patient&patient_query=a", "/admin/users/new?role=clinician",
                   "/admin/revenue?from=2020-01-01&to=2099-12-31", "/admin/revenue?from=2030-02-10&to=2030-02-01",

@@ -1,0 +1,378 @@
+"""Partner model packages: the format, and the verification that refuses a bad one before anyone
+runs it.
+
+A package is a zip (or a directory) holding exactly:
+
+- `manifest.json`: what the model is and what it costs (validated against `MANIFEST_SCHEMA`;
+  unknown keys are refused, so a typo never passes as an ignored field), and under `files` the
+  SHA-256 of every other file in the package;
+- the weights the manifest names: TorchScript (`format: torchscript`, run only in the sandbox:
+  a TorchScript archive is code) or a state dict (`format: state_dict`) for an architecture from
+  `ARCHITECTURES`, loaded with `torch.load(weights_only=True)` so a pickle that would run code is
+  refused instead of run;
+- nothing else the manifest does not hash.
+
+`verify_package` unpacks into a directory of the platform's (refusing absolute paths, `..`,
+links and anything over `PackageLimits`) and returns a `VerifiedPackage`; every refusal is a
+`PackageRefused` whose message names the reason and the offending value. The module is pure: no
+Flask, no database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import stat
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema_rs
+import torch
+from torch import nn
+
+from ai_services.network import DEFAULT_WIDTHS, IN_CHANNELS, LesionUNet
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+OUTPUT_KINDS = ("detection", "classification", "segmentation")
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,79}$"
+_SHA256_PATTERN = r"^[0-9a-f]{64}$"
+_FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._-]{0,99}){0,3}$"
+
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Partner model package manifest",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["format_version", "name", "version", "partner_organization", "modalities", "body_parts",
+                 "input", "output", "intended_use", "validated_metrics", "price", "partner_share_bp",
+                 "weights", "files"],
+    "properties": {
+        "format_version": {"const": 1},
+        "name": {"type": "string", "pattern": _NAME_PATTERN},
+        "version": {"type": "string", "pattern": r"^[0-9A-Za-z][0-9A-Za-z._-]{0,39}$"},
+        "partner_organization": {"type": "string", "minLength": 2, "maxLength": 200},
+        # DICOM Modality (0008,0060) and Body Part Examined (0018,0015) values it applies to.
+        "modalities": {"type": "array", "minItems": 1, "uniqueItems": True,
+                       "items": {"type": "string", "pattern": r"^[A-Z]{2,4}$"}},
+        "body_parts": {"type": "array", "minItems": 1, "uniqueItems": True,
+                       "items": {"type": "string", "pattern": r"^[A-Z][A-Z0-9 ]{1,15}$"}},
+        "input": {
+            "type": "object", "additionalProperties": False,
+            "required": ["spacing_mm", "size", "channels"],
+            "properties": {
+                # (row, column, slice) spacing the model was validated at.
+                "spacing_mm": {"type": "array", "minItems": 3, "maxItems": 3,
+                               "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 50}},
+                "size": {"type": "array", "minItems": 2, "maxItems": 2,
+                         "items": {"type": "integer", "minimum": 16, "maximum": 1024}},
+                "channels": {"type": "integer", "minimum": 1, "maximum": 16},
+                # (centre, width) HU windows each slice is shown through; channels = slices x windows.
+                "windows_hu": {"type": "array", "minItems": 1, "maxItems": 4,
+                               "items": {"type": "array", "minItems": 2, "maxItems": 2,
+                                         "items": {"type": "number", "minimum": -2000, "maximum": 5000}}},
+            },
+        },
+        "output": {
+            "type": "object", "additionalProperties": False,
+            "required": ["kind"],
+            "properties": {
+                "kind": {"enum": list(OUTPUT_KINDS)},
+                # classification: one name per logit, in order.
+                "classes": {"type": "array", "minItems": 2, "maxItems": 32, "uniqueItems": True,
+                            "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+            },
+            "if": {"properties": {"kind": {"const": "classification"}}},
+            "then": {"required": ["kind", "classes"]},
+        },
+        "intended_use": {"type": "string", "minLength": 20, "maxLength": 2000},
+        "validated_metrics": {"type": "object", "minProperties": 1, "maxProperties": 32,
+                              "additionalProperties": {"type": "number"}},
+        "price": {
+            "type": "object", "additionalProperties": False, "required": ["amount_minor", "currency"],
+            "properties": {
+                "amount_minor": {"type": "integer", "minimum": 0, "maximum": 100_000_000},
+                "currency": {"type": "string", "pattern": r"^[A-Z]{3}$"},
+            },
+        },
+        # The partner's part of each analysis's price, in basis points (7000 = 70%).
+        "partner_share_bp": {"type": "integer", "minimum": 0, "maximum": 10_000},
+        "weights": {
+            "type": "object", "additionalProperties": False, "required": ["file", "format"],
+            "properties": {
+                "file": {"type": "string", "pattern": _FILE_PATTERN},
+                "format": {"enum": ["torchscript", "state_dict"]},
+                "architecture": {"type": "string", "pattern": _NAME_PATTERN},
+                "architecture_args": {"type": "object", "maxProperties": 16},
+            },
+            "if": {"properties": {"format": {"const": "state_dict"}}},
+            "then": {"required": ["file", "format", "architecture"]},
+        },
+        "files": {"type": "object", "minProperties": 1, "maxProperties": 16,
+                  "propertyNames": {"pattern": _FILE_PATTERN},
+                  "additionalProperties": {"type": "string", "pattern": _SHA256_PATTERN}},
+    },
+}
+_VALIDATOR = jsonschema_rs.validator_for(MANIFEST_SCHEMA)
+
+
+class TinyClassifier(nn.Module):
+    """A small image classifier: two strided convolutions, global max pooling (a small bright spot
+    anywhere counts), a linear head."""
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 2, width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveMaxPool2d(1),
+        )
+        self.head = nn.Linear(width * 2, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(torch.flatten(self.features(x), 1))
+        return logits
+
+
+def _lesion_unet(args: dict[str, Any]) -> nn.Module:
+    given = [int(w) for w in args.get("widths", DEFAULT_WIDTHS)]
+    if len(given) != 4:
+        raise PackageRefused(f"architecture_args.widths must have 4 entries, got {given}")
+    widths = (given[0], given[1], given[2], given[3])
+    return LesionUNet(in_channels=int(args.get("in_channels", IN_CHANNELS)), widths=widths)
+
+
+def _tiny_classifier(args: dict[str, Any]) -> nn.Module:
+    return TinyClassifier(in_channels=int(args.get("in_channels", 1)), n_classes=int(args.get("n_classes", 2)),
+                          width=int(args.get("width", 8)))
+
+
+# The architectures a state-dict package may declare: code the platform reviewed, built from
+# plain numbers. A partner with another architecture sends TorchScript.
+ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    "lesion-unet": _lesion_unet,
+    "tiny-classifier": _tiny_classifier,
+}
+
+
+class PackageRefused(ValueError):
+    """The package is malformed, tampered with or over a limit; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class PackageLimits:
+    max_total_bytes: int = 64 * 1024 * 1024
+    max_files: int = 16
+    max_manifest_bytes: int = 64 * 1024
+
+
+DEFAULT_LIMITS = PackageLimits()
+
+
+@dataclass(frozen=True)
+class VerifiedPackage:
+    """A package that passed verification, unpacked at `root` (which the caller owns)."""
+
+    root: Path
+    manifest: dict[str, Any]
+    # SHA-256 of manifest.json as sent: it covers every other file through their hashes.
+    digest: str
+    total_bytes: int
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def weights_path(self) -> Path:
+        return self.root / str(self.manifest["weights"]["file"])
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_package(source: Path, dest: Path, limits: PackageLimits = DEFAULT_LIMITS) -> VerifiedPackage:
+    """Unpack `source` (a zip file or a directory) into the empty or absent directory `dest` and
+    verify it; raise `PackageRefused` with the reason otherwise (`dest` is then removed)."""
+    if dest.exists() and any(dest.iterdir()):
+        raise ValueError(f"{dest} is not empty")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if source.is_dir():
+            total = _copy_directory(source, dest, limits)
+        elif zipfile.is_zipfile(source):
+            try:
+                total = _extract_zip(source, dest, limits)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                raise PackageRefused(f"{source.name}: a damaged or unsupported zip ({exc})") from exc
+        else:
+            raise PackageRefused(f"{source.name}: not a zip file or a directory")
+        return _verify_unpacked(dest, total, limits)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _safe_member_name(name: str) -> str:
+    path = PurePosixPath(name)
+    if name.startswith("/") or "\\" in name or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+        raise PackageRefused(f"unsafe path in package: {name!r} (absolute, drive or '..')")
+    return str(path)
+
+
+def _extract_zip(source: Path, dest: Path, limits: PackageLimits) -> int:
+    with zipfile.ZipFile(source) as archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        if len(members) > limits.max_files:
+            raise PackageRefused(f"too many files: {len(members)} (limit {limits.max_files})")
+        declared = sum(info.file_size for info in members)
+        if declared > limits.max_total_bytes:
+            raise PackageRefused(f"package too large: {declared} bytes unpacked (limit {limits.max_total_bytes})")
+        total = 0
+        for info in members:
+            name = _safe_member_name(info.filename)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise PackageRefused(f"links are not allowed in a package: {name!r}")
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Count what is actually written: a zip's declared sizes can lie (a zip bomb).
+            with archive.open(info) as src, target.open("wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    total += len(chunk)
+                    if total > limits.max_total_bytes:
+                        raise PackageRefused(f"package too large: over {limits.max_total_bytes} bytes unpacked")
+                    out.write(chunk)
+    return total
+
+
+def _copy_directory(source: Path, dest: Path, limits: PackageLimits) -> int:
+    files = []
+    for path in sorted(source.rglob("*")):
+        if path.is_symlink():
+            raise PackageRefused(f"links are not allowed in a package: {path.relative_to(source).as_posix()!r}")
+        if path.is_file():
+            files.append(path)
+    if len(files) > limits.max_files:
+        raise PackageRefused(f"too many files: {len(files)} (limit {limits.max_files})")
+    total = sum(path.stat().st_size for path in files)
+    if total > limits.max_total_bytes:
+        raise PackageRefused(f"package too large: {total} bytes (limit {limits.max_total_bytes})")
+    for path in files:
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return total
+
+
+def check_manifest(manifest: Any) -> dict[str, Any]:
+    """Validate a parsed manifest against `MANIFEST_SCHEMA`; every error in one message."""
+    if not isinstance(manifest, dict):
+        raise PackageRefused("manifest.json must hold a JSON object")
+    errors = sorted(
+        f"{'/'.join(str(p) for p in error.instance_path) or '(top level)'}: {error.message}"
+        for error in _VALIDATOR.iter_errors(manifest)
+    )
+    if errors:
+        raise PackageRefused("manifest does not match the schema: " + "; ".join(errors))
+    windows = manifest["input"].get("windows_hu") or [[-500, 1500]]
+    if manifest["input"]["channels"] % len(windows):
+        raise PackageRefused(f"input.channels {manifest['input']['channels']} is not a whole number of slices "
+                             f"times {len(windows)} HU windows")
+    weights = manifest["weights"]
+    if weights["file"] not in manifest["files"]:
+        raise PackageRefused(f"weights file {weights['file']!r} is not listed under files")
+    if weights["format"] == "state_dict" and weights["architecture"] not in ARCHITECTURES:
+        raise PackageRefused(f"unknown architecture {weights['architecture']!r}; "
+                             f"allowed: {', '.join(sorted(ARCHITECTURES))} (or send TorchScript)")
+    return manifest
+
+
+def _verify_unpacked(root: Path, total: int, limits: PackageLimits) -> VerifiedPackage:
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise PackageRefused(f"no {MANIFEST_NAME} at the top of the package")
+    raw = manifest_path.read_bytes()
+    if len(raw) > limits.max_manifest_bytes:
+        raise PackageRefused(f"{MANIFEST_NAME} too large: {len(raw)} bytes (limit {limits.max_manifest_bytes})")
+    try:
+        parsed = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageRefused(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
+    manifest = check_manifest(parsed)
+
+    present = {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()} - {MANIFEST_NAME}
+    listed = set(manifest["files"])
+    if missing := sorted(listed - present):
+        raise PackageRefused(f"files listed in the manifest are missing: {', '.join(missing)}")
+    if unlisted := sorted(present - listed):
+        raise PackageRefused(f"files not listed (and hashed) in the manifest: {', '.join(unlisted)}")
+    for name in sorted(listed):
+        actual = sha256_of(root / name)
+        if actual != manifest["files"][name]:
+            raise PackageRefused(f"{name}: SHA-256 {actual} does not match the manifest's {manifest['files'][name]}")
+
+    package = VerifiedPackage(root=root, manifest=manifest, digest=hashlib.sha256(raw).hexdigest(), total_bytes=total)
+    if manifest["weights"]["format"] == "state_dict":
+        build_state_dict_model(manifest, package.weights_path)
+    return package
+
+
+def build_state_dict_model(manifest: dict[str, Any], weights_path: Path) -> nn.Module:
+    """The declared architecture with the package's weights, loaded without unpickling code."""
+    weights = manifest["weights"]
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only raises UnpicklingError, RuntimeError... for anything not plain
+        raise PackageRefused(f"{weights['file']}: not a plain tensor state dict ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PackageRefused(f"{weights['file']}: a state dict must map parameter names to tensors")
+    try:
+        model = ARCHITECTURES[weights["architecture"]](dict(weights.get("architecture_args", {})))
+    except (TypeError, ValueError) as exc:
+        raise PackageRefused(f"architecture_args do not build {weights['architecture']!r}: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise PackageRefused(f"{weights['file']} does not fit architecture {weights['architecture']!r}: "
+                             f"{str(exc).splitlines()[0][:300]}") from exc
+    return model.eval()
+
+
+def write_package(directory: Path, manifest: dict[str, Any], weights: Path | bytes, *,
+                  zip_to: Path | None = None) -> Path:
+    """Lay out a package (for partners' tooling, the built-in packages and tests): copy the weights
+    in, hash every file into the manifest, and optionally zip it. Returns the package's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_file = directory / str(manifest["weights"]["file"])
+    weights_file.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(weights, bytes):
+        weights_file.write_bytes(weights)
+    elif weights.resolve() != weights_file.resolve():
+        shutil.copyfile(weights, weights_file)
+    files = {path.relative_to(directory).as_posix(): sha256_of(path)
+             for path in sorted(directory.rglob("*")) if path.is_file() and path.name != MANIFEST_NAME}
+    (directory / MANIFEST_NAME).write_text(json.dumps({**manifest, "files": files}, indent=2) + "\n")
+    if zip_to is None:
+        return directory
+    with zipfile.ZipFile(zip_to, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(directory).as_posix())
+    return zip_to

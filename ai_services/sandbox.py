@@ -1,0 +1,219 @@
+"""The checks a verified partner package must pass before an administrator may approve it: it is
+run, in a separate process with limits on wall time, CPU time and memory, on the platform's
+reference studies (synthetic chest CT), and what it returns must have the shape its manifest
+promises and hold only finite numbers.
+
+A package is someone else's code (a TorchScript archive is a program), so it never runs in the
+web or job process: `run_package_checks` starts `python -m ai_services.sandbox`, which sets its
+own `resource.setrlimit` before it loads anything, and reads back one JSON file. A package that
+loops, allocates without end or crashes fails its checks with the reason; the platform carries on.
+
+The input contract every package is held to: `input.channels` consecutive axial slices (centre
+slice in the middle) of `input.size`, each shown through the manifest's HU windows (default the
+lung window), scaled to 0..1, as a float32 tensor (1, channels, rows, columns).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthetic.phantoms import make_ct_phantom
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WINDOWS_HU: tuple[tuple[float, float], ...] = ((-500.0, 1500.0),)
+# Seeds of the reference studies: fixed, so every package is checked on the same scans.
+REFERENCE_SEEDS: tuple[int, ...] = (910_001, 910_002, 910_003)
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    wall_seconds: float = 120.0
+    cpu_seconds: int = 120
+    memory_bytes: int = 2 * 1024**3
+
+
+DEFAULT_SANDBOX_LIMITS = SandboxLimits()
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What the checks found. `passed` with no `reason`, or failed with the reason in words."""
+
+    passed: bool
+    reason: str | None
+    seconds: float
+    cases: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reason": self.reason, "seconds": round(self.seconds, 3), "cases": self.cases}
+
+
+def windows_of(manifest: dict[str, Any]) -> list[tuple[float, float]]:
+    given = manifest["input"].get("windows_hu")
+    return [(float(c), float(w)) for c, w in given] if given else list(DEFAULT_WINDOWS_HU)
+
+
+def reference_inputs(manifest: dict[str, Any], seeds: tuple[int, ...] = REFERENCE_SEEDS) -> np.ndarray:
+    """The reference studies as the package sees them: (cases, channels, rows, columns) float32."""
+    channels = int(manifest["input"]["channels"])
+    rows, columns = (int(v) for v in manifest["input"]["size"])
+    row_mm, _col_mm, slice_mm = (float(v) for v in manifest["input"]["spacing_mm"])
+    windows = windows_of(manifest)
+    n_slices = max(1, channels // len(windows))
+    cases = []
+    for seed in seeds:
+        phantom = make_ct_phantom(seed, n_slices=max(n_slices, 3), size=max(32, rows, columns),
+                                  pixel_spacing_mm=row_mm, slice_thickness_mm=slice_mm)
+        hu = np.asarray(phantom.volume_hu, dtype=np.float32)
+        centre = hu.shape[0] // 2
+        first = max(0, centre - n_slices // 2)
+        top, left = (hu.shape[1] - rows) // 2, (hu.shape[2] - columns) // 2
+        stack = hu[first:first + n_slices, top:top + rows, left:left + columns]
+        windowed = [np.clip((stack - (c - w / 2)) / w, 0.0, 1.0) for c, w in windows]
+        cases.append(np.concatenate(windowed, axis=0))
+    return np.stack(cases).astype(np.float32)
+
+
+def expected_output_shape(manifest: dict[str, Any]) -> tuple[int | None, ...]:
+    """Per case; None where any size is fine (the channels of a segmentation map)."""
+    rows, columns = (int(v) for v in manifest["input"]["size"])
+    if manifest["output"]["kind"] == "classification":
+        return (1, len(manifest["output"]["classes"]))
+    return (1, None, rows, columns)
+
+
+def _shape_matches(shape: list[int], expected: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected, strict=True))
+
+
+def run_package_checks(root: Path, manifest: dict[str, Any],
+                       limits: SandboxLimits = DEFAULT_SANDBOX_LIMITS) -> CheckReport:
+    """Run the package unpacked at `root` on the reference studies in a limited child process."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="package-check-") as work:
+        inputs_path = Path(work) / "inputs.npy"
+        result_path = Path(work) / "result.json"
+        np.save(inputs_path, reference_inputs(manifest))
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "HOME": work}
+        command = [sys.executable, "-m", "ai_services.sandbox", str(root), str(inputs_path), str(result_path),
+                   str(limits.cpu_seconds), str(limits.memory_bytes)]
+        process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+        try:
+            _, stderr = process.communicate(timeout=limits.wall_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return CheckReport(False, f"ran past the time limit of {limits.wall_seconds:g} s on the reference studies",
+                               time.monotonic() - started)
+        seconds = time.monotonic() - started
+        error = stderr.decode(errors="replace")
+        if process.returncode != 0:
+            return CheckReport(False, _failure_reason(process.returncode, error, limits), seconds)
+        try:
+            result = json.loads(result_path.read_text())
+        except (OSError, ValueError) as exc:
+            return CheckReport(False, f"the check process gave no readable result ({exc})", seconds)
+    return _judge(result, manifest, seconds)
+
+
+def _failure_reason(returncode: int, stderr: str, limits: SandboxLimits) -> str:
+    if returncode in (-signal.SIGXCPU, -signal.SIGKILL) and "MemoryError" not in stderr:
+        return f"ran past the CPU limit of {limits.cpu_seconds} s on the reference studies"
+    if "MemoryError" in stderr or "can't allocate memory" in stderr or "std::bad_alloc" in stderr:
+        return f"ran past the memory limit of {limits.memory_bytes // 2**20} MiB on the reference studies"
+    last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")
+    return f"the model failed on the reference studies (exit {returncode}): {last[:300]}"
+
+
+def _judge(result: dict[str, Any], manifest: dict[str, Any], seconds: float) -> CheckReport:
+    if result.get("error"):
+        return CheckReport(False, f"the model failed on the reference studies: {str(result['error'])[:300]}", seconds)
+    expected = expected_output_shape(manifest)
+    cases = [dict(case) for case in result.get("cases", []) if isinstance(case, dict)]
+    if len(cases) != len(REFERENCE_SEEDS):
+        return CheckReport(False, f"expected {len(REFERENCE_SEEDS)} results, got {len(cases)}", seconds, cases)
+    for number, case in enumerate(cases, 1):
+        shape = [int(v) for v in case.get("shape", [])]
+        if not _shape_matches(shape, expected):
+            wanted = ["any" if e is None else e for e in expected]
+            return CheckReport(False, f"reference study {number}: output shape {shape}, the manifest's "
+                               f"{manifest['output']['kind']} output needs {wanted}", seconds, cases)
+        if not case.get("finite"):
+            return CheckReport(False, f"reference study {number}: the output holds NaN or infinity", seconds, cases)
+    return CheckReport(True, None, seconds, cases)
+
+
+# --- the child process -----------------------------------------------------------------------
+
+
+def _limit_self(cpu_seconds: int, memory_bytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024**2, 64 * 1024**2))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _child(root: Path, inputs_path: Path, result_path: Path) -> dict[str, Any]:
+    import torch
+
+    from ai_services.packages import build_state_dict_model
+
+    torch.set_num_threads(1)
+    manifest = json.loads((root / "manifest.json").read_text())
+    weights = root / str(manifest["weights"]["file"])
+    model: Any
+    if manifest["weights"]["format"] == "torchscript":
+        model = torch.jit.load(str(weights), map_location="cpu")  # type: ignore[no-untyped-call]
+    else:
+        model = build_state_dict_model(manifest, weights)
+    model.eval()
+    inputs = torch.from_numpy(np.load(inputs_path, allow_pickle=False))
+    cases = []
+    with torch.no_grad():
+        for index in range(inputs.shape[0]):
+            started = time.monotonic()
+            output = model(inputs[index:index + 1])
+            if not isinstance(output, torch.Tensor):
+                return {"error": f"the model returned {type(output).__name__}, not a tensor"}
+            values = output.detach().float()
+            cases.append({"shape": list(values.shape), "finite": bool(torch.isfinite(values).all()),
+                          "mean": float(values.mean()) if values.numel() and math.isfinite(float(values.mean())) else None,
+                          "seconds": round(time.monotonic() - started, 4)})
+    return {"cases": cases}
+
+
+def main(argv: list[str]) -> int:
+    root, inputs_path, result_path = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    _limit_self(int(argv[3]), int(argv[4]))
+    try:
+        result = _child(root, inputs_path, result_path)
+    except MemoryError:
+        raise
+    except Exception as exc:  # the partner's code failing is a finding, reported as such
+        result = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        if "can't allocate memory" in str(exc):
+            print("MemoryError: " + str(exc)[:200], file=sys.stderr)
+            return 3
+    result_path.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
