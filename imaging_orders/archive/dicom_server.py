@@ -332,9 +332,11 @@ def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Datas
         return
     try:
         query = event.identifier
-        # Collected inside the transaction: the session must not outlive it while we send.
+        syntax = event.context.transfer_syntax
+        # Collected inside the transaction: the session must not outlive it while we send. Made
+        # already encoded for this context, so sending 10,000 steps is mostly copying bytes.
         with app.app_context(), get_db(app).transaction() as session:
-            items = list(find_worklist_items(session, query))
+            items = list(find_worklist_items(session, query, (syntax.is_implicit_VR, syntax.is_little_endian)))
     except ANSWERABLE as exc:
         logger.warning("worklist query from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         yield failure_status(exc, FIND), None
