@@ -105,6 +105,7 @@ STORAGE_TRANSFER_SYNTAXES = [
 QUERY_TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 
 
+MAXIMUM_PDU_BYTES = 1024 * 1024
 COMPLETION_INTERVAL_SECONDS = 0.5
 # How often the loop looks for storage commitment requests a stopped node left unreported.
 COMMITMENT_RESUME_INTERVAL_SECONDS = 60.0
@@ -132,6 +133,10 @@ def build_ae(app: Flask, ae_title: str | None = None) -> AE:
     ae.add_supported_context(StorageCommitmentPushModel, QUERY_TRANSFER_SYNTAXES)
     for abstract_syntax in (*QR_FIND_CONTEXTS, *QR_GET_CONTEXTS, *QR_MOVE_CONTEXTS):
         ae.add_supported_context(abstract_syntax, QUERY_TRANSFER_SYNTAXES)
+    # Senders cut each data set into P-DATA PDUs no larger than this; pynetdicom's default (16 KiB)
+    # made a 512x512 CT slice 32 PDUs, each a trip through its state machine. Bounded, not
+    # unlimited: one PDU is buffered whole per association.
+    ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.network_timeout = 60
