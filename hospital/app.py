@@ -38,6 +38,7 @@ from hospital import (
     ratelimit,
     readiness,
     record_openings_routes,
+    smart_routes,
     web,
 )
 from hospital.config import load_config
@@ -81,6 +82,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     admin_pages.register(app)
     emergency_routes.register(app)
     record_openings_routes.register(app)
+    smart_routes.register(app)
     limits.init_app(app)
     csrf.init_app(app)
     errors_http.init_app(app)
