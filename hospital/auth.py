@@ -300,7 +300,7 @@ def load_current_user() -> User | None:
 def _smart_access_of(db_session: Session, token: ApiToken) -> SmartAccess:
     """The grant of a token issued to a SMART app; such a token opens the FHIR API only (its
     scopes speak FHIR resource types, which the other APIs do not)."""
-    if not request.path.startswith("/fhir/"):
+    if request.path != "/fhir" and not request.path.startswith("/fhir/"):
         raise Unauthenticated("this token was issued to a SMART app and is valid at /fhir only")
     client_id = db_session.scalar(select(SmartClient.client_id).where(SmartClient.id == token.smart_client_id))
     return SmartAccess.from_token(client_id or "?", token.scope or "", token.patient_id)

@@ -13,14 +13,16 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, Response, g, json, redirect, render_template, request
+from flask import Blueprint, Flask, Response, g, json, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
 
 from hospital.api import json_body, required
 from hospital.audit import record_access, record_denied
-from hospital.auth import current_user, load_current_user
+from hospital.auth import current_user, load_current_user, require_roles
 from hospital.db import request_session
-from hospital.errors import Forbidden, NotFound, Unauthenticated
+from hospital.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from hospital.models import Role, SmartClient, User
 from hospital.smart import (
     ASSERTION_ALGORITHMS,
     AuthorizationRequest,
@@ -32,9 +34,11 @@ from hospital.smart import (
     exchange_code,
     patients_to_choose,
     refresh_tokens,
+    register_client,
     revoke,
 )
 from hospital.smart_scopes import SmartAccess, parse_resource_scope, split_scopes
+from hospital.web import add_nav_link, form_action
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +228,40 @@ def launch() -> ResponseReturnValue:
     return {"launch": value, "iss": f"{_site()}/fhir"}, 201
 
 
+# --- registration by an administrator ------------------------------------------------------------
+
+
+@bp.route("/admin/smart-apps", methods=["GET", "POST"])
+@require_roles(Role.ADMIN)
+def apps_page() -> ResponseReturnValue:
+    """Register a SMART app (the same rules as `hospital smart-client add`) and list those there are."""
+    session = request_session()
+    form = request.form.to_dict() if request.method == "POST" else {}
+    if request.method == "POST":
+        def add() -> str:
+            service = None
+            if form.get("service_user", "").strip():
+                service = session.scalar(select(User).where(User.username == form["service_user"].strip()))
+                if service is None:
+                    raise InvalidInput(f"no user named {form['service_user'].strip()!r}")
+            try:
+                jwks = json.loads(form["jwks"]) if form.get("jwks", "").strip() else None
+                client = register_client(session, name=form.get("name", "").strip() or "Unnamed app",
+                                         scopes=form.get("scopes", ""),
+                                         redirect_uris=form.get("redirect_uris", "").split(),
+                                         jwks=jwks, jwks_uri=form.get("jwks_uri", "").strip() or None,
+                                         service_user=service)
+            except ValueError as exc:  # json.JSONDecodeError is one too
+                raise InvalidInput(str(exc)) from exc
+            record_access(session, current_user(), "C", "SmartClient", client.client_id, description=client.name)
+            return f"{client.name} registered; its client_id is {client.client_id}"
+
+        if form_action(session, add):
+            return redirect(url_for("smart.apps_page"))
+    apps = list(session.scalars(select(SmartClient).order_by(SmartClient.id)))
+    return render_template("smart/apps.html", apps=apps, values=form), 400 if form else 200
+
+
 # --- the gate at /fhir ---------------------------------------------------------------------------
 
 
@@ -261,3 +299,4 @@ def _gate_smart_tokens() -> None:
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     app.before_request(_gate_smart_tokens)
+    add_nav_link(app, "SMART apps", "smart.apps_page", Role.ADMIN)
