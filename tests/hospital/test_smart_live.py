@@ -24,6 +24,10 @@ from authlib.integrations.requests_client import OAuth2Session
 from authlib.jose import JsonWebKey, jwt
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from fhirclient import client
+from fhirclient import server as server_errors
+from fhirclient.models.observation import Observation
+from fhirclient.models.patient import Patient as FhirPatient
 from flask import Flask
 from sqlalchemy import select, update
 from werkzeug.serving import make_server
@@ -328,3 +332,33 @@ def test_registration_refuses_incomplete_apps(live: Live) -> None:
         live.register(name="Narrow", scopes="patient/Observation.rs?category=laboratory", redirect_uris=[REDIRECT])
     with live.app.app_context(), get_db(live.app).transaction() as session:
         assert session.scalar(select(SmartClient.id)) is None
+
+
+def test_fhirclient_completes_a_standalone_launch_and_a_backend_services_token(live: Live) -> None:
+    """SMART's own Python client finds the endpoints in `metadata` (oauth-uris), sends PKCE, and
+    reads within its scopes; outside them it gets the 403 it raises as permission denied."""
+    client_id = live.register(name="fhirclient app", scopes="launch/patient patient/*.rs", redirect_uris=[REDIRECT])
+    smart = client.FHIRClient(settings={"app_id": client_id, "api_base": f"{live.fhir}/", "redirect_uri": REDIRECT,
+                                        "scope": "patient/*.rs"})
+    url = smart.authorize_url
+    assert url.startswith(f"{live.base}/oauth/authorize?") and "code_challenge_method=S256" in url
+    smart.handle_callback(consent(browser(live, "patient"), live, url).headers["Location"])
+    assert smart.patient_id == str(live.patient_id)
+    assert FhirPatient.read(str(live.patient_id), smart.server).id == str(live.patient_id)
+    with pytest.raises(server_errors.FHIRPermissionDeniedException):
+        FhirPatient.read(str(live.other_patient_id), smart.server)
+
+    key = JsonWebKey.generate_key("EC", "P-384", is_private=True)
+    backend_id = live.register(name="fhirclient backend", scopes="system/Patient.rs",
+                               jwks={"keys": [key.as_dict(is_private=False)]}, service_username="admin")
+    token_url = f"{live.base}/oauth/token"
+    assertion = jwt.encode({"alg": "ES384"}, {"iss": backend_id, "sub": backend_id, "aud": token_url,
+                                              "exp": int(time.time()) + 240, "jti": uuid.uuid4().hex}, key).decode()
+    backend = client.FHIRClient(settings={"app_id": backend_id, "api_base": f"{live.fhir}/", "jwt_token": assertion,
+                                          "scope": "system/Patient.rs"})
+    backend.wants_patient = False
+    assert backend.prepare() is False
+    backend.server.authorize()
+    assert FhirPatient.read(str(live.other_patient_id), backend.server).id == str(live.other_patient_id)
+    with pytest.raises(server_errors.FHIRPermissionDeniedException):
+        list(Observation.where(struct={"_count": "1"}).perform_iter(backend.server))
