@@ -30,7 +30,7 @@ from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import Forbidden, Unauthenticated
-from hospital.models import ApiToken, BrowserSession, Role, SmartClient, User
+from hospital.models import ApiToken, BrowserSession, Role, SmartClient, SmartRefreshToken, User
 from hospital.ratelimit import check_rate
 from hospital.smart_scopes import SmartAccess
 
@@ -140,6 +140,13 @@ def revoke_user_tokens(session: Session, user: User) -> int:
     result = session.execute(
         update(ApiToken)
         .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None), ApiToken.expires_at > now)
+        .values(revoked_at=now)
+    )
+    # A SMART app's refresh token would buy a new access token: it goes too (not counted: it is
+    # not a bearer token the account could use itself).
+    session.execute(
+        update(SmartRefreshToken)
+        .where(SmartRefreshToken.user_id == user.id, SmartRefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ from flask import Flask
 from sqlalchemy import select, update
 from werkzeug.serving import make_server
 
+from hospital.auth import revoke_user_tokens
 from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.models import ApiToken, AuditEvent, SmartClient, User
@@ -362,3 +363,17 @@ def test_fhirclient_completes_a_standalone_launch_and_a_backend_services_token(l
     assert FhirPatient.read(str(live.other_patient_id), backend.server).id == str(live.other_patient_id)
     with pytest.raises(server_errors.FHIRPermissionDeniedException):
         list(Observation.where(struct={"_count": "1"}).perform_iter(backend.server))
+
+
+def test_a_locked_or_reset_account_loses_its_apps_refresh_tokens(live: Live) -> None:
+    client_id = live.register(name="Offline", scopes="launch/patient patient/*.rs offline_access",
+                              redirect_uris=[REDIRECT])
+    _, token = standalone_launch(live, client_id, "patient", "launch/patient patient/*.rs offline_access")
+    with live.app.app_context(), get_db(live.app).transaction() as session:
+        user = session.scalar(select(User).where(User.username == "patient"))
+        assert user is not None
+        revoke_user_tokens(session, user)
+    refused = requests.post(f"{live.base}/oauth/token", data={"grant_type": "refresh_token", "client_id": client_id,
+                                                              "refresh_token": token["refresh_token"]}, timeout=10)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    assert fhir_get(live, token["access_token"], f"Patient/{live.patient_id}").status_code == 401
