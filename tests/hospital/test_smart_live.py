@@ -7,6 +7,7 @@ token or client assertion."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -33,6 +34,7 @@ from sqlalchemy import select, update
 from werkzeug.serving import make_server
 
 from hospital.auth import revoke_user_tokens
+from hospital.cli import smart_client_group
 from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.models import ApiToken, AuditEvent, SmartClient, User
@@ -377,3 +379,22 @@ def test_a_locked_or_reset_account_loses_its_apps_refresh_tokens(live: Live) -> 
                                                               "refresh_token": token["refresh_token"]}, timeout=10)
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     assert fhir_get(live, token["access_token"], f"Patient/{live.patient_id}").status_code == 401
+
+
+def test_cli_registers_and_lists_apps(live: Live, tmp_path: Path) -> None:
+    runner = live.app.test_cli_runner()
+    added = runner.invoke(smart_client_group, ["add", "--name", "Ward app", "--scope", "launch/patient patient/*.rs",
+                                               "--redirect-uri", REDIRECT])
+    assert added.exit_code == 0, added.output
+    client_id = added.output.strip()
+    key = JsonWebKey.generate_key("EC", "P-384", is_private=True)
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": [key.as_dict(is_private=False)]}))
+    backend = runner.invoke(smart_client_group, ["add", "--name", "Export", "--scope", "system/*.rs",
+                                                 "--jwks-file", str(jwks_file), "--service-user", "admin"])
+    assert backend.exit_code == 0, backend.output
+    refused = runner.invoke(smart_client_group, ["add", "--name", "Half", "--scope", "system/*.rs",
+                                                 "--service-user", "nobody"])
+    assert refused.exit_code != 0 and "no user named 'nobody'" in refused.output
+    listed = runner.invoke(smart_client_group, ["list"]).output
+    assert f"{client_id}\tWard app\tlaunch/patient patient/*.rs" in listed and "Export" in listed
