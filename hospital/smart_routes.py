@@ -149,6 +149,10 @@ def authorize() -> ResponseReturnValue:
     except OAuthError as exc:
         if exc.status == 302:
             return _oauth_failure(exc, args)
+        if exc.error == "access_denied":
+            record_denied(user, "E", "Patient", chosen or None,
+                          f"SMART app {auth_request.client.client_id}: {exc.description}",
+                          patient_id=int(chosen) if chosen.isdigit() else None)
         return _consent_page(auth_request, args, error=exc.description), exc.status
     record_access(session, user, "E", "SmartClient", auth_request.client.client_id,
                   description=f"SMART app authorised: {auth_request.scope}")

@@ -398,3 +398,22 @@ def test_cli_registers_and_lists_apps(live: Live, tmp_path: Path) -> None:
     assert refused.exit_code != 0 and "no user named 'nobody'" in refused.output
     listed = runner.invoke(smart_client_group, ["list"]).output
     assert f"{client_id}\tWard app\tlaunch/patient patient/*.rs" in listed and "Export" in listed
+
+
+def test_a_clinician_picks_only_among_patients_in_their_care(live: Live) -> None:
+    client_id = live.register(name="Ward app", scopes="launch/patient patient/*.rs", redirect_uris=[REDIRECT])
+    app = app_session(client_id, "launch/patient patient/*.rs")
+    url, _ = app.create_authorization_url(f"{live.base}/oauth/authorize", code_verifier="q" * 50, aud=live.fhir)
+    web = browser(live, "clinician")
+    page = web.get(url, timeout=10)
+    offered = {int(value) for value in re.findall(r'<option value="(\d+)">', page.text)}
+    outside = next(pid for pid in (live.patient_id, live.other_patient_id) if pid not in offered)
+    fields = {name: value.replace("&amp;", "&")
+              for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)}
+    forged = web.post(f"{live.base}/oauth/authorize", data={**fields, "decision": "approve", "patient": str(outside)},
+                      allow_redirects=False, timeout=10)
+    assert forged.status_code == 403 and "Location" not in forged.headers
+    assert "may not open this patient" in forged.text
+    with live.app.app_context(), get_db(live.app).transaction() as session:
+        denial = session.scalar(select(AuditEvent).where(AuditEvent.patient_id == outside, AuditEvent.outcome == 4))
+    assert denial is not None and client_id in (denial.description or "")
