@@ -25,7 +25,7 @@ from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sw
 from hospital.models import SmartClient, User
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
 from hospital.seed import DEMO_PASSWORD, seed_demo
-from hospital.smart import register_client
+from hospital.smart import disable_client, register_client
 
 logger = logging.getLogger(__name__)
 
@@ -233,3 +233,13 @@ def smart_client_list() -> None:
         for client in session.scalars(select(SmartClient).order_by(SmartClient.id)):
             state = "" if client.active else " (disabled)"
             click.echo(f"{client.client_id}\t{client.name}{state}\t{client.scopes}")
+
+
+@smart_client_group.command("disable")
+@click.argument("client_id")
+def smart_client_disable(client_id: str) -> None:
+    """Stop an app: no new authorisations or tokens, and every token it holds is revoked."""
+    with get_db().transaction() as session:
+        if disable_client(session, client_id) is None:
+            raise click.ClickException(f"no app with client_id {client_id!r}")
+    click.echo(f"{client_id} disabled; its tokens are revoked")

@@ -140,6 +140,22 @@ def register_client(
     return client
 
 
+def disable_client(session: Session, client_id: str) -> SmartClient | None:
+    """Stop an app: it can no longer be authorised or take tokens, and every token it holds is
+    revoked at once. None if there is no such app."""
+    client = session.scalar(select(SmartClient).where(SmartClient.client_id == client_id))
+    if client is None:
+        return None
+    client.active = False
+    now = utcnow()
+    session.execute(update(SmartRefreshToken).where(SmartRefreshToken.smart_client_id == client.id,
+                                                    SmartRefreshToken.revoked_at.is_(None)).values(revoked_at=now))
+    session.execute(update(ApiToken).where(ApiToken.smart_client_id == client.id,
+                                           ApiToken.revoked_at.is_(None)).values(revoked_at=now))
+    logger.info("SMART app %s disabled; its tokens are revoked", client_id)
+    return client
+
+
 def client_by_id(session: Session, client_id: str) -> SmartClient | None:
     return session.scalar(select(SmartClient).where(SmartClient.client_id == client_id, SmartClient.active.is_(True)))
 

@@ -399,6 +399,15 @@ def test_cli_registers_and_lists_apps(live: Live, tmp_path: Path) -> None:
     listed = runner.invoke(smart_client_group, ["list"]).output
     assert f"{client_id}\tWard app\tlaunch/patient patient/*.rs" in listed and "Export" in listed
 
+    _, token = standalone_launch(live, client_id, "patient", "launch/patient patient/*.rs")
+    assert runner.invoke(smart_client_group, ["disable", client_id]).exit_code == 0
+    assert fhir_get(live, token["access_token"], f"Patient/{live.patient_id}").status_code == 401
+    assert f"{client_id}\tWard app (disabled)" in runner.invoke(smart_client_group, ["list"]).output
+    again = app_session(client_id, "launch/patient patient/*.rs")
+    url, _ = again.create_authorization_url(f"{live.base}/oauth/authorize", code_verifier="d" * 50, aud=live.fhir)
+    assert browser(live, "patient").get(url, allow_redirects=False, timeout=10).status_code == 400
+    assert runner.invoke(smart_client_group, ["disable", "no-such-app"]).exit_code != 0
+
 
 def test_a_clinician_picks_only_among_patients_in_their_care(live: Live) -> None:
     client_id = live.register(name="Ward app", scopes="launch/patient patient/*.rs", redirect_uris=[REDIRECT])
