@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import ColumnElement, Select, false, literal, true, union
+from sqlalchemy import ColumnElement, Select, and_, false, literal, true, union
 from sqlalchemy.orm import Session
 
 from hospital.audit import record_denied
@@ -23,6 +23,7 @@ from hospital.clock import utcnow
 from hospital.errors import Forbidden
 from hospital.models import Role, User
 from hospital.policy import may_see_type
+from hospital.smart_scopes import current_smart_access
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +64,24 @@ def patient_filter(
     user: User, patient_column: ColumnElement[int] | object, resource_type: str | None = None
 ) -> ColumnElement[bool]:
     """A WHERE clause limiting `patient_column` to the patients `user` may see; with
-    `resource_type`, to none at all when the user's role may not see that type (`hospital.policy`)."""
+    `resource_type`, to none at all when the user's role may not see that type (`hospital.policy`).
+    A SMART token narrows it further: to the types its scopes name, and for `patient/` scopes to
+    its launch patient."""
     if resource_type is not None and not may_see_type(user.role, resource_type):
         return false()
+    smart = current_smart_access(user)
+    if smart is not None:
+        if resource_type is not None and not smart.allows(resource_type, "R"):
+            return false()
+        only = smart.patient_restriction(resource_type or "*")
+        user_clause = _user_patient_filter(user, patient_column)
+        if only is None:
+            return user_clause
+        return and_(user_clause, patient_column == literal(only))
+    return _user_patient_filter(user, patient_column)
+
+
+def _user_patient_filter(user: User, patient_column: ColumnElement[int] | object) -> ColumnElement[bool]:
     if user.role is Role.ADMIN:
         return true()
     if user.role is Role.PATIENT:
@@ -82,6 +98,11 @@ def patient_filter(
 
 
 def can_access_patient(session: Session, user: User, patient_id: int | None) -> bool:
+    smart = current_smart_access(user)
+    if smart is not None and patient_id is not None:
+        only = smart.patient_restriction("Patient")
+        if only is not None and only != patient_id:
+            return False
     if patient_id is None:
         # Records that belong to no patient (catalog, schedules) are governed by role alone.
         return True
@@ -98,6 +119,7 @@ def ensure_patient_access(
 ) -> None:
     """Raise Forbidden (and audit the denial, naming the patient) unless `user` may act on this
     patient's record, and their role may see records of `entity_type`."""
+    _ensure_smart_scope(user, patient_id, entity_type, entity_id, action, patient_bound=False)
     if patient_id is not None and not may_see_type(user.role, entity_type):
         record_denied(user, action, entity_type, entity_id, f"role {user.role.value} may not see {entity_type}",
                       patient_id=patient_id)
@@ -117,9 +139,32 @@ def ensure_patient_record_access(
     session: Session, user: User, patient_id: int | None, entity_type: str, entity_id: object | None, action: str = "R"
 ) -> None:
     """Like `ensure_patient_access`, for records that always belong to a patient, matched or not."""
+    _ensure_smart_scope(user, patient_id, entity_type, entity_id, action, patient_bound=True)
     if patient_id is None:
         if user.role not in UNMATCHED_READERS:
             record_denied(user, action, entity_type, entity_id, "record not yet matched to a patient")
             raise Forbidden(f"this {entity_type} is not available to the {user.role.value} role")
         return
     ensure_patient_access(session, user, patient_id, entity_type, entity_id, action)
+
+
+def _ensure_smart_scope(
+    session_user: User, patient_id: int | None, entity_type: str, entity_id: object | None, action: str,
+    *, patient_bound: bool,
+) -> None:
+    """Raise Forbidden (audited) when the request's SMART token does not reach this record: its
+    scopes do not name the type and interaction, or a `patient/` scope holds it to another patient
+    (a record of no patient included: an unmatched study names someone)."""
+    smart = current_smart_access(session_user)
+    if smart is None:
+        return
+    if not smart.allows(entity_type, action):
+        record_denied(session_user, action, entity_type, entity_id,
+                      f"SMART app {smart.client_id}: no scope grants {action} on {entity_type}", patient_id=patient_id)
+        raise Forbidden(f"the token's scopes do not grant this access to {entity_type}")
+    only = smart.patient_restriction(entity_type, action)
+    if only is not None and patient_id != only and (patient_id is not None or patient_bound):
+        record_denied(session_user, action, entity_type, entity_id,
+                      f"SMART app {smart.client_id}: outside the launch patient", patient_id=patient_id)
+        raise Forbidden(f"this {entity_type} is outside the token's patient context")
+

@@ -41,6 +41,7 @@ from hospital import (
     record_openings_routes,
     retention,
     retention_routes,
+    smart_routes,
     web,
 )
 from hospital.config import load_config
@@ -86,6 +87,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     emergency_routes.register(app)
     record_openings_routes.register(app)
     retention_routes.register(app)
+    smart_routes.register(app)
     limits.init_app(app)
     csrf.init_app(app)
     errors_http.init_app(app)

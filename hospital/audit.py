@@ -90,6 +90,11 @@ def record_denied(
 
 def _default_source() -> str:
     if has_request_context():
+        smart = g.get("smart_access")
+        if smart is not None:
+            # A SMART app's access is marked with its client id (the column holds 32 characters;
+            # client ids made here are 22).
+            return f"smart:{smart.client_id}"[:32]
         return "fhir" if request.path.startswith("/fhir") else "web" if not request.path.startswith("/api") else "api"
     return "system"
 

@@ -30,8 +30,9 @@ from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import Forbidden, Unauthenticated
-from hospital.models import ApiToken, BrowserSession, Role, User
+from hospital.models import ApiToken, BrowserSession, Role, SmartClient, SmartRefreshToken, User
 from hospital.ratelimit import check_rate
+from hospital.smart_scopes import SmartAccess
 
 logger = logging.getLogger(__name__)
 
@@ -141,17 +142,31 @@ def revoke_user_tokens(session: Session, user: User) -> int:
         .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None), ApiToken.expires_at > now)
         .values(revoked_at=now)
     )
+    # A SMART app's refresh token would buy a new access token: it goes too (not counted: it is
+    # not a bearer token the account could use itself).
+    session.execute(
+        update(SmartRefreshToken)
+        .where(SmartRefreshToken.user_id == user.id, SmartRefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def user_for_token(session: Session, plain: str) -> User | None:
     """The active account a live bearer token belongs to, in one round trip (every API call
     pays for this lookup)."""
-    return session.scalar(
-        select(User).join(ApiToken, ApiToken.user_id == User.id)
+    found = token_and_user(session, plain)
+    return found[1] if found is not None else None
+
+
+def token_and_user(session: Session, plain: str) -> tuple[ApiToken, User] | None:
+    """A live bearer token and its active account, in one round trip."""
+    row = session.execute(
+        select(ApiToken, User).join(User, ApiToken.user_id == User.id)
         .where(ApiToken.token_sha256 == _sha256(plain), ApiToken.revoked_at.is_(None),
                ApiToken.expires_at > utcnow(), User.active.is_(True))
-    )
+    ).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 def _sha256(value: str) -> str:
@@ -274,16 +289,28 @@ def load_current_user() -> User | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
-        user = user_for_token(db_session, value.strip())
-        if user is None:
+        found = token_and_user(db_session, value.strip())
+        if found is None:
             raise Unauthenticated("the bearer token is invalid, expired or revoked")
+        token, user = found
         g.auth_via = "token"
+        if token.smart_client_id is not None:
+            g.smart_access = _smart_access_of(db_session, token)
     elif "user_id" in cookie_session:
         user = _load_cookie_user(db_session)
         g.auth_via = "cookie"
     g.current_user = user
     g.current_user_request = request._get_current_object()  # type: ignore[attr-defined]
     return user
+
+
+def _smart_access_of(db_session: Session, token: ApiToken) -> SmartAccess:
+    """The grant of a token issued to a SMART app; such a token opens the FHIR API only (its
+    scopes speak FHIR resource types, which the other APIs do not)."""
+    if request.path != "/fhir" and not request.path.startswith("/fhir/"):
+        raise Unauthenticated("this token was issued to a SMART app and is valid at /fhir only")
+    client_id = db_session.scalar(select(SmartClient.client_id).where(SmartClient.id == token.smart_client_id))
+    return SmartAccess.from_token(client_id or "?", token.scope or "", token.patient_id)
 
 
 def current_user() -> User:

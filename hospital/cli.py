@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup
 from rq import Queue, Worker
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from werkzeug.serving import run_simple
 
@@ -22,10 +24,12 @@ from hospital.backup import BackupError, backup, restore
 from hospital.db import get_db
 from hospital.errors import InvalidInput
 from hospital.jobs import QUEUES, JobSweeper, redis_connection, sweep_if_due, sweep_lost_jobs
+from hospital.models import SmartClient, User
 from hospital.periodic import enqueue_periodic_jobs, run_scheduler
 from hospital.process_registry import Heartbeat, running_processes, worker_name
 from hospital.retention import DataClass, run_retention
 from hospital.seed import DEMO_PASSWORD, seed_demo
+from hospital.smart import disable_client, register_client
 
 logger = logging.getLogger(__name__)
 
@@ -262,3 +266,53 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@cli.group("smart-client")
+def smart_client_group() -> None:
+    """SMART on FHIR apps registered by an administrator."""
+
+
+@smart_client_group.command("add")
+@click.option("--name", required=True, help="The app's name, as the consent screen shows it.")
+@click.option("--scope", "scopes", required=True, help="Space-separated: the most the app may ask for.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Exact redirect URI (repeat for more).")
+@click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The app's public keys (JWKS JSON): a confidential app or backend service.")
+@click.option("--jwks-uri", help="Where the app publishes its JWKS, instead of --jwks-file.")
+@click.option("--service-user", help="Username a backend service acts as (its role bounds system/ scopes).")
+def smart_client_add(scopes: str, name: str, redirect_uris: tuple[str, ...], jwks_file: Path | None,
+                     jwks_uri: str | None, service_user: str | None) -> None:
+    """Register an app and print its client_id."""
+    with get_db().transaction() as session:
+        user = None
+        if service_user:
+            user = session.scalar(select(User).where(User.username == service_user))
+            if user is None:
+                raise click.ClickException(f"no user named {service_user!r}")
+        try:
+            jwks = json.loads(jwks_file.read_text()) if jwks_file is not None else None
+            client = register_client(session, name=name, scopes=scopes, redirect_uris=list(redirect_uris),
+                                     jwks=jwks, jwks_uri=jwks_uri, service_user=user)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(client.client_id)
+
+
+@smart_client_group.command("list")
+def smart_client_list() -> None:
+    """Registered apps: client_id, name, scopes."""
+    with get_db().transaction() as session:
+        for client in session.scalars(select(SmartClient).order_by(SmartClient.id)):
+            state = "" if client.active else " (disabled)"
+            click.echo(f"{client.client_id}\t{client.name}{state}\t{client.scopes}")
+
+
+@smart_client_group.command("disable")
+@click.argument("client_id")
+def smart_client_disable(client_id: str) -> None:
+    """Stop an app: no new authorisations or tokens, and every token it holds is revoked."""
+    with get_db().transaction() as session:
+        if disable_client(session, client_id) is None:
+            raise click.ClickException(f"no app with client_id {client_id!r}")
+    click.echo(f"{client_id} disabled; its tokens are revoked")

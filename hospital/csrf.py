@@ -35,8 +35,8 @@ def init_app(app: Flask) -> None:
     def _check_csrf() -> None:
         if request.method not in UNSAFE_METHODS or request.headers.get("Authorization"):
             return
-        if request.path.startswith("/api/auth/token"):
-            return  # exchanging a password for a token carries no cookie authority
+        if request.path.startswith(("/api/auth/token", "/oauth/token", "/oauth/revoke")):
+            return  # exchanging a password, code or assertion for a token carries no cookie authority
         sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
         expected = session.get("csrf_token") or ""
         if not expected or not hmac.compare_digest(sent, expected):

@@ -135,8 +135,95 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    # A token issued to a SMART app (hospital.smart) carries the app, the scopes granted and the
+    # launch patient: it reaches /fhir only, and never more than its user may see.
+    smart_client_id: Mapped[int | None] = mapped_column(ForeignKey("smart_client.id"))
+    scope: Mapped[str | None] = mapped_column(Text)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
 
     user: Mapped[User] = relationship()
+
+
+class SmartClient(Base):
+    """An app registered by an administrator to use SMART on FHIR: a user-facing app (public, or
+    confidential by its JWKS) signs users in with the authorization code flow; a backend service
+    (JWKS, no redirect URIs) takes client credentials with a signed JWT and acts as `service_user`,
+    whose role and relationships bound what it sees."""
+
+    __tablename__ = "smart_client"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Space-separated: the redirect URIs are exact strings, the scopes the most the app may ask.
+    redirect_uris: Mapped[str] = mapped_column(Text, default="")
+    scopes: Mapped[str] = mapped_column(Text)
+    jwks: Mapped[str | None] = mapped_column(Text)
+    jwks_uri: Mapped[str | None] = mapped_column(String(500))
+    service_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SmartAuthorizationCode(Base):
+    """A one-time authorization code (SHA-256 only), bound to its app, redirect URI and PKCE
+    challenge."""
+
+    __tablename__ = "smart_authorization_code"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    smart_client_id: Mapped[int] = mapped_column(ForeignKey("smart_client.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class SmartRefreshToken(Base):
+    """A refresh token (SHA-256 only). Each use replaces it with a new one; presenting a replaced
+    one again means it was copied, so every token of that app and user is revoked."""
+
+    __tablename__ = "smart_refresh_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    smart_client_id: Mapped[int] = mapped_column(ForeignKey("smart_client.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    scope: Mapped[str] = mapped_column(Text)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class SmartLaunch(Base):
+    """An EHR launch: the platform's page opened an app for a user with a patient in context; the
+    app passes the opaque `launch` value back when it asks for authorization."""
+
+    __tablename__ = "smart_launch"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    launch_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    smart_client_id: Mapped[int] = mapped_column(ForeignKey("smart_client.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"))
+    expires_at: Mapped[datetime]
+
+
+class SmartAssertionUse(Base):
+    """A client assertion's `jti`, kept until the assertion expires so it cannot be replayed."""
+
+    __tablename__ = "smart_assertion_use"
+    __table_args__ = (UniqueConstraint("smart_client_id", "jti"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    smart_client_id: Mapped[int] = mapped_column(ForeignKey("smart_client.id"))
+    jti: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
 
 
 class BrowserSession(Base):

@@ -139,8 +139,20 @@ def _capability_statement() -> dict[str, Any]:
             {
                 "mode": "server",
                 "security": {
-                    "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}]}],
-                    "description": "Bearer tokens from POST /api/auth/token",
+                    "extension": [{
+                        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                        "extension": [
+                            {"url": "authorize", "valueUri": f"{request.url_root}oauth/authorize"},
+                            {"url": "token", "valueUri": f"{request.url_root}oauth/token"},
+                            {"url": "revoke", "valueUri": f"{request.url_root}oauth/revoke"},
+                        ],
+                    }],
+                    "service": [{"coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"},
+                        {"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"},
+                    ]}],
+                    "description": "Bearer tokens from POST /api/auth/token, or from SMART on FHIR "
+                                   "(see .well-known/smart-configuration)",
                 },
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],

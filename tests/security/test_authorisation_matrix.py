@@ -25,7 +25,10 @@ from tests.security.care_world import add_relationship, make_care_world
 # Reachable without signing in: the sign-in itself, health, static files, the FHIR and OpenAPI
 # descriptions, the home page (which sends a visitor to the login page), and readiness (no patient data).
 PUBLIC_ENDPOINTS = {"web.login", "web.health", "readiness.ready", "web.home", "static", "web.static", "web.favicon", "api.create_token",
-                    "fhir.capability_statement", "openapi.spec"}
+                    "fhir.capability_statement", "openapi.spec",
+                    # SMART on FHIR: discovery, and the OAuth endpoints that check the app themselves
+                    # (authorize checks the app and redirect URI before it sends the user to sign in).
+                    "smart.well_known", "smart.authorize", "smart.token", "smart.revoke_token"}
 # These end the caller's own session; they run last so the matrix keeps its tokens until then.
 SESSION_ENDERS = {"api.revoke", "web.logout"}
 SAMPLE_ARGUMENTS = {"int": "999999", "default": "999999", "path": "robots.txt"}
