@@ -19,6 +19,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from authlib.jose import JsonWebKey, JsonWebToken
@@ -53,6 +54,7 @@ MAX_ASSERTION_SECONDS = 300
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ["RS384", "ES384"]
 JWKS_FETCH_TIMEOUT_SECONDS = 5
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class OAuthError(Exception):
@@ -116,8 +118,10 @@ def register_client(
         raise ValueError("an app needs at least one scope")
     uris = [uri.strip() for uri in redirect_uris or [] if uri.strip()]
     for uri in uris:
-        if not (uri.startswith("https://") or uri.startswith("http://127.0.0.1") or uri.startswith("http://localhost")):
+        if not _https_or_this_machine(uri):
             raise ValueError(f"redirect URI must be https (or http on localhost): {uri!r}")
+    if jwks_uri and not _https_or_this_machine(jwks_uri):
+        raise ValueError(f"the JWKS URL must be https (or http on localhost): {jwks_uri!r}")
     wants_system = any(part.startswith("system/") for part in allowed)
     if jwks is not None:
         try:
@@ -138,6 +142,19 @@ def register_client(
     session.flush()
     logger.info("SMART app %s registered as %s", name, client.client_id)
     return client
+
+
+def _https_or_this_machine(uri: str) -> bool:
+    """https anywhere; plain http only to this machine (an app under development). Judged by the
+    parsed host, so "http://localhost.evil.example" is not this machine."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in LOCAL_HOSTS)
 
 
 def disable_client(session: Session, client_id: str) -> SmartClient | None:

@@ -37,3 +37,30 @@ def test_patient_scopes_hold_a_type_to_the_launch_patient_unless_a_user_scope_op
     assert access.patient_restriction("Observation") == 7
     assert access.patient_restriction("Practitioner") is None
     assert SmartAccess.from_token("app", "patient/*.rs", None).patient_restriction("Patient") == -1
+
+
+@pytest.mark.parametrize("uri", [
+    "http://127.0.0.1.evil.example/cb", "http://localhost.evil.example/cb", "http://example.org/cb",
+    "https:///no-host", "javascript:alert(1)",
+])
+def test_a_redirect_uri_must_be_https_or_this_machine(db_session, uri: str) -> None:
+    """Plain http only to the machine itself (an app under development), judged by the URI's host,
+    not by how its text begins."""
+    from hospital.smart import register_client
+
+    with pytest.raises(ValueError, match="redirect URI"):
+        register_client(db_session, name="app", scopes="patient/*.rs launch/patient", redirect_uris=[uri])
+    for good in ("https://app.example/cb", "http://127.0.0.1:8123/cb", "http://localhost/cb", "http://[::1]:9/cb"):
+        assert register_client(db_session, name="app", scopes="patient/*.rs launch/patient", redirect_uris=[good])
+
+
+def test_a_jwks_url_must_be_https_or_this_machine(db_session) -> None:
+    from hospital.models import Role, User
+    from hospital.smart import register_client
+
+    service = User(username="svc-jwks", password_hash="x", role=Role.ADMIN)
+    db_session.add(service)
+    db_session.flush()
+    with pytest.raises(ValueError, match="JWKS URL"):
+        register_client(db_session, name="svc", scopes="system/Patient.rs", jwks_uri="http://10.0.0.5/jwks.json",
+                        service_user=service)
