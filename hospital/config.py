@@ -39,6 +39,10 @@ def _env_bool(name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be true or false, got {raw!r}")
 
 
+# Setting -> its folder inside the instance folder, where it lives unless its variable is set.
+INSTANCE_FOLDERS = {"DICOM_STORAGE_DIR": "dicom", "AI_MODELS_DIR": "models", "AUDIT_ARCHIVE_DIR": "audit-archive"}
+
+
 def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the app configuration: environment first, then explicit overrides (tests)."""
     instance_dir = Path(os.environ.get("HOSPITAL_INSTANCE_DIR") or DEFAULT_INSTANCE_DIR)
@@ -130,6 +134,13 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     }
     if overrides:
         config.update(overrides)
+        if "INSTANCE_DIR" in overrides:
+            # The folders that live in the instance folder unless set on their own move with it (a
+            # second installation, a test's temporary folder): nothing lands in the default one.
+            moved = Path(overrides["INSTANCE_DIR"])
+            for key, name in INSTANCE_FOLDERS.items():
+                if key not in overrides and not os.environ.get(key):
+                    config[key] = moved / name
     if not config["SECRET_KEY"]:
         # A random key per process is safe (sessions just do not survive restarts); say so once.
         logger.warning("SECRET_KEY is not set; using a random key for this process only")

@@ -4,8 +4,9 @@ and backend-service client credentials with a signed JWT.
 The promise: a SMART token never reaches further than the user it acts for. It is an `ApiToken`
 carrying the app, the granted scopes and the launch patient; `hospital.access` applies them on top
 of the role policy and care relationships. Codes, refresh tokens and launches are stored as SHA-256
-only, like every other credential here. Cryptography is Authlib's: PKCE S256 and JWS verification
-of client assertions (RS384/ES384, the algorithms SMART Backend Services names).
+only, like every other credential here. The cryptography is maintained libraries': PKCE S256 from
+Authlib, and JWS verification of client assertions (RS384/ES384, the algorithms SMART Backend
+Services names) from joserfc, the successor of Authlib's deprecated JOSE module.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import requests
-from authlib.jose import JsonWebKey, JsonWebToken
-from authlib.jose.errors import JoseError
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, KeySetSerialization
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -124,10 +126,7 @@ def register_client(
         raise ValueError(f"the JWKS URL must be https (or http on localhost): {jwks_uri!r}")
     wants_system = any(part.startswith("system/") for part in allowed)
     if jwks is not None:
-        try:
-            JsonWebKey.import_key_set(jwks)
-        except (JoseError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"the JWKS is not a valid key set: {exc}") from exc
+        _import_keys(jwks)
     has_keys = jwks is not None or bool(jwks_uri)
     if wants_system and (not has_keys or service_user is None):
         raise ValueError("system/ scopes are for backend services: give a JWKS (or JWKS URL) and a service account")
@@ -412,7 +411,20 @@ def _key_set(client: SmartClient) -> Any:
             keys = answer.json()
         except (requests.RequestException, ValueError) as exc:
             raise OAuthError("invalid_client", f"the app's JWKS URL could not be read: {exc}", 401) from exc
-    return JsonWebKey.import_key_set(keys)
+    try:
+        return _import_keys(keys)
+    except ValueError as exc:
+        raise OAuthError("invalid_client", str(exc), 401) from exc
+
+
+def _import_keys(value: object) -> KeySet:
+    """A JSON Web Key Set, or ValueError naming what is wrong with it."""
+    if not isinstance(value, dict) or not isinstance(value.get("keys"), list):
+        raise ValueError('the JWKS is not a valid key set: it must be an object with a "keys" list')
+    try:
+        return KeySet.import_key_set(cast("KeySetSerialization", value))
+    except (JoseError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"the JWKS is not a valid key set: {exc}") from exc
 
 
 def _verify_assertion(session: Session, assertion: str, token_url: str) -> SmartClient:
@@ -420,12 +432,12 @@ def _verify_assertion(session: Session, assertion: str, token_url: str) -> Smart
     client = client_by_id(session, client_id)
     if client is None or (client.jwks is None and client.jwks_uri is None):
         raise OAuthError("invalid_client", "unknown client, or one without keys", 401)
-    options = {"iss": {"essential": True, "value": client_id}, "sub": {"essential": True, "value": client_id},
-               "aud": {"essential": True, "value": token_url}, "exp": {"essential": True},
-               "jti": {"essential": True}}
+    registry = jwt.JWTClaimsRegistry(
+        leeway=30, iss={"essential": True, "value": client_id}, sub={"essential": True, "value": client_id},
+        aud={"essential": True, "value": token_url}, exp={"essential": True}, jti={"essential": True})
     try:
-        claims = JsonWebToken(ASSERTION_ALGORITHMS).decode(assertion, _key_set(client), claims_options=options)
-        claims.validate(leeway=30)
+        claims = jwt.decode(assertion, _key_set(client), algorithms=ASSERTION_ALGORITHMS).claims
+        registry.validate(claims)
     except (JoseError, ValueError) as exc:
         raise OAuthError("invalid_client", f"client_assertion rejected: {exc}", 401) from exc
     now = int(utcnow().timestamp())

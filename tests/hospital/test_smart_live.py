@@ -426,3 +426,42 @@ def test_a_clinician_picks_only_among_patients_in_their_care(live: Live) -> None
     with live.app.app_context(), get_db(live.app).transaction() as session:
         denial = session.scalar(select(AuditEvent).where(AuditEvent.patient_id == outside, AuditEvent.outcome == 4))
     assert denial is not None and client_id in (denial.description or "")
+
+
+def test_a_broken_jwks_url_refuses_the_app_and_the_server_carries_on(live: Live) -> None:
+    """The app's JWKS URL answers something that is not a key set: the token request is refused as
+    invalid_client (401, with the reason), never a server error."""
+    import http.server
+
+    answers = iter([b"not json", b'{"keys": "nope"}', b'{"keys": [{"kty": "zz"}]}'])
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            body = next(answers)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    keys = http.server.HTTPServer(("127.0.0.1", 0), Keys)
+    threading.Thread(target=keys.serve_forever, daemon=True).start()
+    try:
+        client_id = live.register(name="Broken keys", scopes="system/*.rs", service_username="admin",
+                                  jwks_uri=f"http://127.0.0.1:{keys.server_port}/jwks.json")
+        token_url = f"{live.base}/oauth/token"
+        key = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": "k1"})
+        for _ in range(3):
+            signed = jwt.encode({"alg": "RS384", "kid": "k1"}, {
+                "iss": client_id, "sub": client_id, "aud": token_url, "exp": int(time.time()) + 240,
+                "jti": uuid.uuid4().hex}, key).decode()
+            answer = requests.post(token_url, timeout=10, data={
+                "grant_type": "client_credentials", "scope": "system/*.rs", "client_assertion": signed,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+            assert answer.status_code == 401, answer.text
+            assert answer.json()["error"] == "invalid_client" and "JWKS" in answer.json()["error_description"]
+    finally:
+        keys.shutdown()
+    assert requests.get(f"{live.fhir}/metadata", timeout=10).status_code == 200
