@@ -343,16 +343,34 @@ def build_state_dict_model(manifest: dict[str, Any], weights_path: Path) -> nn.M
                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PackageRefused(f"{weights['file']}: a state dict must map parameter names to tensors")
-    try:
-        model = ARCHITECTURES[weights["architecture"]](dict(weights.get("architecture_args", {})))
-    except (TypeError, ValueError) as exc:
-        raise PackageRefused(f"architecture_args do not build {weights['architecture']!r}: {exc}") from exc
+    model = _build_architecture(weights["architecture"], dict(weights.get("architecture_args", {})),
+                                _tensor_bytes(state))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise PackageRefused(f"{weights['file']} does not fit architecture {weights['architecture']!r}: "
                              f"{str(exc).splitlines()[0][:300]}") from exc
     return model.eval()
+
+
+def _tensor_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _build_architecture(name: str, args: dict[str, Any], weights_bytes: int) -> nn.Module:
+    """The allow-listed architecture built from `args`, sized first on the meta device (nothing
+    allocated): arguments that would make it larger than the weights that must fill it are
+    refused before a byte is spent, as are arguments that build nothing."""
+    build = ARCHITECTURES[name]
+    try:
+        with torch.device("meta"):
+            shape = build(args)
+        needed = sum(p.numel() * p.element_size() for p in [*shape.parameters(), *shape.buffers()])
+        if needed > max(weights_bytes, 1) * 2:
+            raise ValueError(f"they make a model of {needed} bytes for {weights_bytes} bytes of weights")
+        return build(args)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise PackageRefused(f"architecture_args do not build {name!r}: {str(exc).splitlines()[0][:300]}") from exc
 
 
 def write_package(directory: Path, manifest: dict[str, Any], weights: Path | bytes, *,

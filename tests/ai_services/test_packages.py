@@ -157,6 +157,20 @@ def test_weights_that_do_not_fit_the_declared_architecture_are_refused(tmp_path:
     assert "does not fit architecture 'tiny-classifier'" in refusal(package, tmp_path / "out")
 
 
+@pytest.mark.parametrize("args", [{"width": 200_000}, {"n_classes": 10**9}, {"width": -3}, {"widths": "abc"}])
+def test_architecture_arguments_cannot_make_the_platform_build_a_giant_or_broken_model(
+    tmp_path: Path, args: dict[str, object]
+) -> None:
+    """The declared architecture is sized from its arguments before anything is allocated: numbers
+    that would make a model far larger than any package may be, or none at all, are refused by
+    name (the weights would not fit anyway, but building the model first would exhaust memory)."""
+    architecture = "lesion-unet" if "widths" in args else "tiny-classifier"
+    manifest = classifier_manifest(weights={"file": "weights.pt", "format": "state_dict",
+                                            "architecture": architecture, "architecture_args": args})
+    package = write_package(tmp_path / "src", manifest, classifier_state_dict_bytes(), zip_to=tmp_path / "p.zip")
+    assert f"architecture_args do not build {architecture!r}" in refusal(package, tmp_path / "out")
+
+
 def test_an_architecture_outside_the_allow_list_is_refused(tmp_path: Path) -> None:
     manifest = classifier_manifest(weights={"file": "weights.pt", "format": "state_dict", "architecture": "resnet-152"})
     package = write_package(tmp_path / "src", manifest, classifier_state_dict_bytes(), zip_to=tmp_path / "p.zip")
