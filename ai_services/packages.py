@@ -231,7 +231,8 @@ def verify_package(source: Path, dest: Path, limits: PackageLimits = DEFAULT_LIM
 
 def _safe_member_name(name: str) -> str:
     path = PurePosixPath(name)
-    if name.startswith("/") or "\\" in name or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+    if (name.startswith("/") or "\\" in name or ".." in path.parts or not path.parts
+            or ":" in path.parts[0]):
         raise PackageRefused(f"unsafe path in package: {name!r} (absolute, drive or '..')")
     return str(path)
 
@@ -250,14 +251,18 @@ def _extract_zip(source: Path, dest: Path, limits: PackageLimits) -> int:
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise PackageRefused(f"links are not allowed in a package: {name!r}")
             target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Count what is actually written: a zip's declared sizes can lie (a zip bomb).
-            with archive.open(info) as src, target.open("wb") as out:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    total += len(chunk)
-                    if total > limits.max_total_bytes:
-                        raise PackageRefused(f"package too large: over {limits.max_total_bytes} bytes unpacked")
-                    out.write(chunk)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # Count what is actually written: a zip's declared sizes can lie (a zip bomb).
+                with archive.open(info) as src, target.open("wb") as out:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        total += len(chunk)
+                        if total > limits.max_total_bytes:
+                            raise PackageRefused(f"package too large: over {limits.max_total_bytes} bytes unpacked")
+                        out.write(chunk)
+            except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+                # A member named like a folder another member needs (or the other way round).
+                raise PackageRefused(f"{name!r} cannot be unpacked: {exc.strerror}") from exc
     return total
 
 

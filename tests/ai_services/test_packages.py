@@ -81,6 +81,17 @@ def test_path_traversal_in_the_zip_is_refused(tmp_path: Path, member: str) -> No
     assert not (tmp_path / "escape.txt").exists()
 
 
+@pytest.mark.parametrize("members", [["."], ["notes", "notes/inner"], ["notes/inner", "notes"]])
+def test_member_names_that_cannot_be_unpacked_are_refused_not_crashed_on(tmp_path: Path, members: list[str]) -> None:
+    """A member named like the package's own folder, or a file that another member needs as a
+    folder: a refusal with the reason, not an OSError out of the platform."""
+    files = contents(make_classifier_package(tmp_path))
+    for member in members:
+        files[member] = b"x"
+    reason = refusal(rezip(tmp_path, files), tmp_path / "out")
+    assert "unsafe path" in reason or "cannot be unpacked" in reason
+
+
 def test_a_link_in_a_directory_package_is_refused(tmp_path: Path) -> None:
     directory = make_classifier_package(tmp_path, zipped=False)
     os.symlink("/etc/passwd", directory / "passwd")
