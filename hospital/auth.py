@@ -152,13 +152,6 @@ def revoke_user_tokens(session: Session, user: User) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def user_for_token(session: Session, plain: str) -> User | None:
-    """The active account a live bearer token belongs to, in one round trip (every API call
-    pays for this lookup)."""
-    found = token_and_user(session, plain)
-    return found[1] if found is not None else None
-
-
 def token_and_user(session: Session, plain: str) -> tuple[ApiToken, User] | None:
     """A live bearer token and its active account, in one round trip."""
     row = session.execute(
