@@ -40,7 +40,8 @@ def _env_bool(name: str, default: bool) -> bool:
 
 
 # Setting -> its folder inside the instance folder, where it lives unless its variable is set.
-INSTANCE_FOLDERS = {"DICOM_STORAGE_DIR": "dicom", "AI_MODELS_DIR": "models", "AUDIT_ARCHIVE_DIR": "audit-archive"}
+INSTANCE_FOLDERS = {"DICOM_STORAGE_DIR": "dicom", "AI_MODELS_DIR": "models", "AUDIT_ARCHIVE_DIR": "audit-archive",
+                    "RESEARCH_STORAGE_DIR": "research"}
 
 
 def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -78,6 +79,10 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "AI_MODELS_DIR": Path(os.environ.get("AI_MODELS_DIR") or instance_dir / "models"),
         # Where retention archives audit rows before removing them (keep it with the backups).
         "AUDIT_ARCHIVE_DIR": Path(os.environ.get("AUDIT_ARCHIVE_DIR") or instance_dir / "audit-archive"),
+        # The research database's de-identified files, and the secret their pseudonyms are seeded
+        # from (research/storage.py; SECRET_KEY when unset).
+        "RESEARCH_STORAGE_DIR": Path(os.environ.get("RESEARCH_STORAGE_DIR") or instance_dir / "research"),
+        "RESEARCH_SECRET": os.environ.get("RESEARCH_SECRET") or None,
         "FOLLOWUP_CHECK_SECONDS": _env_int("FOLLOWUP_CHECK_SECONDS", 900),
         # The periodic retention run (hospital.retention; 0: only `hospital retention run`).
         "RETENTION_EVERY_SECONDS": _env_int("RETENTION_EVERY_SECONDS", 86_400),

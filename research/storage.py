@@ -11,9 +11,8 @@ logger = logging.getLogger(__name__)
 
 
 def research_dir(app: Flask) -> Path:
-    """RESEARCH_STORAGE_DIR, or `research/` in the instance folder: de-identified files only."""
-    configured = app.config.get("RESEARCH_STORAGE_DIR")
-    return Path(configured) if configured else Path(app.config["INSTANCE_DIR"]) / "research"
+    """RESEARCH_STORAGE_DIR (`research/` in the instance folder unless set): de-identified files only."""
+    return Path(app.config["RESEARCH_STORAGE_DIR"])
 
 
 def dicom_dir(app: Flask) -> Path:
