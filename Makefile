@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install services clean
+.PHONY: demo test lint install services catalogs clean
 
-demo: install
+demo: install catalogs fonts
 	$(BIN)/hospital db upgrade
 	$(BIN)/hospital demo
 
-test: install lint services
+test: install catalogs lint services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -26,6 +26,14 @@ $(VENV)/.installed: pyproject.toml
 
 services:
 	bash scripts/ensure-services.sh
+
+# The gettext catalogs the pages, mail and PDFs are translated from, compiled from each stage's .po.
+catalogs: install
+	$(BIN)/python -m hospital.i18n_catalogs compile
+
+# A font that covers Chinese, embedded in the PDFs (reports, invoices, receipts).
+fonts:
+	bash scripts/ensure-services.sh --fonts-only
 
 clean:
 	rm -rf $(VENV) instance *.egg-info

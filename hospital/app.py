@@ -8,6 +8,7 @@ backwards; the factory only lists them in flow order.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -29,6 +30,7 @@ from hospital import (
     emergency,
     emergency_routes,
     errors_http,
+    i18n,
     jobs,
     limits,
     logging_setup,
@@ -71,6 +73,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     access.init_app(app)
     emergency.init_app(app)
     notify.init_app(app)
+    i18n.init_app(app)
     ratelimit.init_app(app)
     periodic.init_app(app)
     retention.init_app(app)
@@ -93,6 +96,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors_http.init_app(app)
     for stage in STAGES:
         stage.register(app)
+        # Each stage's strings are in its own catalog, beside its templates.
+        i18n.add_catalog(app, Path(str(stage.__file__)).resolve().parent / "translations")
     jobs.check_subscriptions(app, packages=[stage.__name__.split(".")[0] for stage in STAGES])
     return app
 

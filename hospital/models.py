@@ -51,6 +51,20 @@ class Organization(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def _is_han(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\U00020000" <= ch <= "\U0002ffff"
+               for ch in text)
+
+
+def person_name(family: str, given: str) -> str:
+    """A name the way its own script writes it: Chinese (Han) names family first with no space
+    ("王小明"), others given first ("Anna Meier"), whatever language the page is in."""
+    family, given = family.strip(), given.strip()
+    if _is_han(family + given):
+        return f"{family}{given}"
+    return f"{given} {family}".strip()
+
+
 class Patient(Base):
     __tablename__ = "patient"
 
@@ -73,7 +87,7 @@ class Patient(Base):
 
     @property
     def display_name(self) -> str:
-        return f"{self.given_name} {self.family_name}"
+        return person_name(self.family_name, self.given_name)
 
     @property
     def dicom_name(self) -> str:
@@ -93,7 +107,7 @@ class Practitioner(Base):
 
     @property
     def display_name(self) -> str:
-        return f"{self.given_name} {self.family_name}"
+        return person_name(self.family_name, self.given_name)
 
 
 class User(Base):
@@ -117,6 +131,9 @@ class User(Base):
     # The IANA zone the user reads times and enters dates in; unset: their patient record's or
     # organisation's zone (hospital.web.reader_timezone).
     timezone: Mapped[str | None] = mapped_column(String(64))
+    # The language the user reads pages, mail and PDFs in ("zh_CN", "en"), chosen with the switch on
+    # every page; unset: the browser's Accept-Language (hospital.i18n.select_locale).
+    locale: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     patient: Mapped[Patient | None] = relationship()

@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, current_app, flash, redirect, render_templat
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
-from hospital import clock
+from hospital import clock, i18n
 from hospital.auth import (
     authenticate,
     current_user,
@@ -31,7 +31,8 @@ from hospital.auth import (
     start_browser_session,
 )
 from hospital.db import complete_request_work, request_session
-from hospital.errors import DomainError, Forbidden, Unauthenticated
+from hospital.errors import DomainError, Forbidden, InvalidInput, Unauthenticated
+from hospital.i18n import gettext
 from hospital.models import Role, User
 from hospital.users import MIN_PASSWORD_LENGTH, PASSWORD_CHANGE_REQUIRED, change_own_password
 
@@ -43,20 +44,27 @@ bp = Blueprint("web", __name__, template_folder="templates", static_folder="stat
 # out, and what needs no user at all.
 PASSWORD_CHANGE_EXEMPT = frozenset({
     "web.change_password_page", "web.login", "web.logout", "web.health", "web.static", "web.favicon", "static",
+    "web.choose_language",
 })
 # Machine clients get a problem document, not a redirect to a page they cannot fill in.
 API_PREFIXES = ("/api", "/fhir", "/dicomweb", "/wado")
 
 
+# How many new things wait behind a menu link for a user (unread messages, notifications): shown as
+# a badge on the link on every page. Called once per page view per link, so keep it one query.
+BadgeCount = Callable[[Session, User], int]
+
+
 @dataclass(frozen=True)
 class NavLink:
-    label: str
+    label: str  # a lazy gettext string: it is translated when the page is drawn, in the reader's language
     endpoint: str
     roles: frozenset[Role]
+    badge: BadgeCount | None = None
 
 
-def add_nav_link(app: Flask, label: str, endpoint: str, *roles: Role) -> None:
-    app.extensions.setdefault("hospital.nav", []).append(NavLink(label, endpoint, frozenset(roles)))
+def add_nav_link(app: Flask, label: str, endpoint: str, *roles: Role, badge: BadgeCount | None = None) -> None:
+    app.extensions.setdefault("hospital.nav", []).append(NavLink(label, endpoint, frozenset(roles), badge))
 
 
 class ConfirmationNeeded(Exception):
@@ -145,7 +153,14 @@ def _inject_user() -> dict[str, object]:
         link for link in current_app.extensions.get("hospital.nav", [])
         if user is not None and not user.must_change_password and (not link.roles or user.role in link.roles)
     ]
-    return {"current_user": user, "nav_links": links, "reader_timezone": reader_timezone(user)}
+    badges = {
+        link.endpoint: link.badge(request_session(), user)
+        for link in links if link.badge is not None and user is not None
+    }
+    return {
+        "current_user": user, "nav_links": links, "nav_badges": badges, "reader_timezone": reader_timezone(user),
+        "user_display_name": i18n.user_display_name(user) if user is not None else "",
+    }
 
 
 def reader_timezone(user: User | None) -> str | None:
@@ -191,6 +206,26 @@ def same_site_path(target: str | None) -> str | None:
     if parts.scheme or parts.netloc or not cleaned.startswith("/") or cleaned.startswith("//"):
         return None
     return cleaned
+
+
+@bp.post("/language")
+def choose_language() -> ResponseReturnValue:
+    """The language switch every page shows: saved on the account of a signed-in user (so mail and
+    PDFs made for them later use it too) and in a cookie for whoever uses this browser, signed in or
+    not. Back to the page the switch was on."""
+    chosen = i18n.normalise(request.form.get("locale"))
+    if chosen is None:
+        raise InvalidInput(gettext("Choose one of the languages offered."))
+    user = load_current_user()
+    if user is not None:
+        user.locale = chosen
+        request_session().flush()
+        i18n.refresh()
+        logger.info("user %s reads %s", user.id, chosen)
+    response = redirect(same_site_path(request.form.get("next")) or url_for("web.home"))
+    response.set_cookie(i18n.LOCALE_COOKIE, chosen, max_age=365 * 24 * 3600, samesite="Lax",
+                        secure=request.is_secure, httponly=True)
+    return response
 
 
 @bp.post("/logout")

@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # Make sure the real services the test suite talks to are installed and running: PostgreSQL,
-# Redis, dcmtk (DICOM peers), Orthanc (a peer archive) and Chromium (browser tests).
+# Redis, dcmtk (DICOM peers), Orthanc (a peer archive), Chromium (browser tests), and the CJK font
+# and poppler tools the PDFs need (`--fonts-only`: just those, for `make demo`).
 # Installs missing Debian packages with apt-get and starts stopped services. Idempotent.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
+# Chinese text in the PDFs (Noto Sans CJK, embedded) and the tools the PDF tests read them with.
+fc-list 2>/dev/null | grep -q "Noto Sans CJK" || missing+=(fonts-noto-cjk)
+command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+if [ "${1:-}" = "--fonts-only" ]; then
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    as_root apt-get update -q
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q "${missing[@]}"
+  fi
+  exit 0
+fi
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
