@@ -12,6 +12,7 @@ from imaging_orders import cli, fhir, routes, seed
 from imaging_orders.archive import dicomweb, reconciliation, wado, withdrawal_page
 from imaging_orders.archive.events import StudyCompleted
 from imaging_orders.archive.public import register_retention
+from referrals.events import ReferralCancelled
 
 
 def register(app: Flask) -> None:
@@ -22,6 +23,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(withdrawal_page.bp)
     fhir.register_fhir(app)
     subscribe(app, StudyCompleted, "imaging_orders.archive.jobs.notify_instance_availability")
+    subscribe(app, ReferralCancelled, "imaging_orders.jobs.release_appointments_of_cancelled_referral")
     metrics.register_gauge(app, "hospital_studies_awaiting_reconciliation",
                            "Studies received but matched to no order, waiting for staff.", reconciliation.awaiting_count)
     app.cli.add_command(cli.dicom_command)

@@ -26,8 +26,10 @@ from hospital.access import (
 )
 from hospital.audit import record_access
 from hospital.errors import Conflict, Forbidden, InvalidInput
+from hospital.jobs import publish
 from hospital.models import Organization, OrganizationKind, Patient, Role, User
 from hospital.records import load_record
+from referrals.events import ReferralCancelled
 from referrals.models import Priority, Referral, ReferralStatus
 
 logger = logging.getLogger(__name__)
@@ -142,6 +144,8 @@ def cancel_referral(session: Session, user: User, referral_id: int, reason: str)
     referral.status = ReferralStatus.CANCELLED
     referral.status_reason = reason
     record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id, description="cancelled")
+    publish(session, ReferralCancelled(referral_id=referral.id, patient_id=referral.patient_id,
+                                       performer_organization_id=referral.performer_organization_id))
     return referral
 
 
