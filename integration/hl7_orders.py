@@ -1,4 +1,6 @@
-"""Orders in: ORM^O01 and OMI^O23 (new orders, ORC-1 NW) become referrals (FHIR ServiceRequest).
+"""Orders in: ORM^O01 and OMI^O23 (new orders, ORC-1 NW) become referrals (FHIR ServiceRequest);
+later messages for the same placer order number cancel it (ORC-1 CA, cancel; DC, discontinue) or
+change it (XO: reason, procedure, body part, priority; another modality is another order).
 
 The order is the ordering provider's: ORC-12 (or OBR-16) names them by the sender's provider id,
 which an administrator maps to a practitioner (`hospital hl7 map provider`); the referral is
@@ -6,7 +8,10 @@ created through `referrals.public.create_referral` as that practitioner's clinic
 the same checks and audit as one typed in a page. The performing centre is MSH-6 (the receiving
 facility), mapped the same way (`hospital hl7 map centre`). Either unknown: AE 204, nothing stored.
 The placer order number (ORC-2, else OBR-2) is kept per sending facility: an order sent again
-under a new control id is acknowledged with the referral it already made.
+under a new control id is acknowledged with the referral it already made. A cancel or change is
+made as the order's requesting clinician, through `referrals.public`, with its checks: an order
+already performed (in progress, completed) is neither cancelled nor changed (AE, with its status),
+and a cancel sent twice is acknowledged as already done.
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ from integration.hl7_codec import (
 )
 from integration.hl7_patients import SOURCE, Applied, describe, match_or_register_patient
 from integration.models import CodeKind, Hl7CodeMap, PlacerOrder
-from referrals.public import MODALITIES, Priority, ReferralRequest, create_referral
+from referrals.public import (
+    MODALITIES,
+    Priority,
+    ReferralChange,
+    ReferralRequest,
+    ReferralStatus,
+    ReferralSummary,
+    cancel_referral,
+    change_referral,
+    create_referral,
+    referral_summary,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +84,29 @@ def performing_centre(session: Session, msg: ReceivedMessage) -> Organization:
     return centre
 
 
+# ORC-1 order control codes (HL7 table 0119) a placer may send us.
+ORDER_CONTROLS = ("NW", "CA", "DC", "XO")
+
+
 def apply_order(session: Session, msg: ReceivedMessage, message_id: int) -> Applied:
     control = msg.get("ORC.F1.R1.C1").upper()
-    if control != "NW":
+    if control not in ORDER_CONTROLS:
         raise MessageRefused("AE", TABLE_VALUE_NOT_FOUND,
-                             f"order control {control or '(none)'} is not supported (only NW, a new order)", "ORC^1^1")
+                             f"order control {control or '(none)'} is not supported (only {', '.join(ORDER_CONTROLS)})",
+                             "ORC^1^1")
     placer = msg.get("ORC.F2.R1.C1") or msg.get("OBR.F2.R1.C1")
     if not placer:
         raise MessageRefused("AE", REQUIRED_FIELD_MISSING, "ORC-2 placer order number is missing", "ORC^1^2")
     facility = msg.header.sending_facility
     known = session.scalar(select(PlacerOrder).where(PlacerOrder.sending_facility == facility,
                                                      PlacerOrder.placer_order_number == placer))
+    if control != "NW":
+        if known is None:
+            raise MessageRefused("AE", UNKNOWN_KEY_IDENTIFIER,
+                                 f"order {placer} from {facility} is not known here", "ORC^1^2")
+        if control == "XO":
+            return _change_order(session, msg, known, placer)
+        return _cancel_order(session, msg, known, placer, control)
     if known is not None:
         return Applied(f"order {placer} was already received as ServiceRequest {known.referral_id}")
     centre = performing_centre(session, msg)
@@ -105,3 +133,50 @@ def apply_order(session: Session, msg: ReceivedMessage, message_id: int) -> Appl
     record_access(session, None, "C", "ServiceRequest", referral.referral_id, patient_id=patient.id, source=SOURCE,
                   description=f"{describe(msg)}: placer order {placer} for practitioner {clinician.practitioner_id}")
     return Applied(f"order {placer} received as ServiceRequest {referral.referral_id}", patient.id)
+
+
+def _requester_account(session: Session, referral: ReferralSummary) -> User:
+    user = session.scalar(select(User).where(User.practitioner_id == referral.requester_id, User.role == Role.CLINICIAN,
+                                             User.active.is_(True)).order_by(User.id).limit(1))
+    if user is None:
+        raise MessageRefused("AE", UNKNOWN_KEY_IDENTIFIER,
+                             f"the requester of ServiceRequest {referral.referral_id} has no active clinician account",
+                             "ORC^1^12")
+    return user
+
+
+def _known_referral(session: Session, order: PlacerOrder) -> ReferralSummary:
+    referral = referral_summary(session, order.referral_id)
+    if referral is None:  # the referral row is never deleted; a placer row without one is corrupt
+        raise MessageRefused("AE", UNKNOWN_KEY_IDENTIFIER, f"ServiceRequest {order.referral_id} is gone", "ORC^1^2")
+    return referral
+
+
+def _cancel_order(session: Session, msg: ReceivedMessage, order: PlacerOrder, placer: str, control: str) -> Applied:
+    referral = _known_referral(session, order)
+    if referral.status is ReferralStatus.CANCELLED:
+        return Applied(f"order {placer} was already cancelled (ServiceRequest {referral.referral_id})",
+                       referral.patient_id)
+    verb = "cancelled" if control == "CA" else "discontinued"
+    why = msg.get("ORC.F16.R1.C2") or msg.get("ORC.F16.R1.C1")
+    reason = f"{verb} by HL7 order control {control} from {msg.header.sending_facility}" + (f": {why}" if why else "")
+    cancelled = cancel_referral(session, _requester_account(session, referral), referral.referral_id, reason[:500])
+    return Applied(f"order {placer} {verb}: ServiceRequest {cancelled.referral_id} revoked", cancelled.patient_id)
+
+
+def _change_order(session: Session, msg: ReceivedMessage, order: PlacerOrder, placer: str) -> Applied:
+    referral = _known_referral(session, order)
+    modality = (msg.get("OBR.F24.R1.C1") or msg.get("IPC.F5.R1.C1")).upper()
+    if modality and modality != referral.modality:
+        raise MessageRefused("AE", TABLE_VALUE_NOT_FOUND,
+                             f"modality {referral.modality} cannot change to {modality}: another modality is a new "
+                             f"order (cancel {placer} with CA and send NW)", "OBR^1^24")
+    priority_code = (msg.get("ORC.F7.R1.C6") or msg.get("OBR.F27.R1.C6") or msg.get("TQ1.F9.R1.C1")).upper()
+    change = ReferralChange(
+        reason=(msg.get("OBR.F31.R1.C2") or msg.get("OBR.F31.R1.C1") or msg.get("OBR.F13.R1.C1")) or None,
+        procedure_description=((msg.get("OBR.F4.R1.C2") or msg.get("OBR.F4.R1.C1"))[:200]) or None,
+        body_part=msg.get("OBR.F15.R1.C4")[:64] or None,
+        priority=PRIORITIES.get(priority_code) if priority_code else None,
+    )
+    changed = change_referral(session, _requester_account(session, referral), referral.referral_id, change)
+    return Applied(f"order {placer} changed: ServiceRequest {changed.referral_id}", changed.patient_id)

@@ -27,7 +27,7 @@ from hospital.models import User
 from referrals import service
 from referrals.fhir import ACCESSION_SYSTEM, DICOM_MODALITY_SYSTEM, referral_accession_identifier
 from referrals.models import Priority, Referral, ReferralStatus
-from referrals.service import MODALITIES, STATUS_WORDS, ReferralRequest
+from referrals.service import MODALITIES, STATUS_WORDS, ReferralChange, ReferralRequest
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ __all__ = [
     "ReferralSummary",
     "STATUS_WORDS",
     "accept",
+    "ReferralChange",
     "cancel_referral",
+    "change_referral",
     "create_referral",
     "lock_referral",
     "lock_referral_by_accession",
@@ -170,6 +172,12 @@ def cancel_referral(session: Session, user: User, referral_id: int, reason: str)
     """The requesting clinician withdraws an open referral (a follow-up plan's repeat scan
     cancelled before it was booked); audited by the service."""
     return _summary(service.cancel_referral(session, user, referral_id, reason))
+
+
+def change_referral(session: Session, user: User, referral_id: int, change: ReferralChange) -> ReferralSummary:
+    """The requesting clinician changes an order not yet performed (an HL7 ORC-1 XO): the reason,
+    the procedure's description, the body part, the priority. Audited by the service."""
+    return _summary(service.change_referral(session, user, referral_id, change))
 
 
 # ---------------------------------------------------------------------------------------------

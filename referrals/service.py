@@ -149,6 +149,36 @@ def cancel_referral(session: Session, user: User, referral_id: int, reason: str)
     return referral
 
 
+@dataclass(frozen=True)
+class ReferralChange:
+    """What a requester may change in an order not yet performed; None keeps the value. The
+    modality and the centre are not here: another modality or centre is another order."""
+
+    reason: str | None = None
+    procedure_description: str | None = None
+    body_part: str | None = None
+    priority: Priority | None = None
+
+
+def change_referral(session: Session, user: User, referral_id: int, change: ReferralChange) -> Referral:
+    referral = get_referral(session, user, referral_id, action="U")
+    if not _is_requester(user, referral):
+        raise Forbidden("only the requesting clinician can change this referral")
+    if referral.status not in OPEN_STATUSES:
+        raise Conflict(f"a referral that is {referral.status.value} cannot be changed")
+    changed = []
+    for name in ("reason", "procedure_description", "body_part", "priority"):
+        value = getattr(change, name)
+        if value is not None and value != getattr(referral, name):
+            setattr(referral, name, value)
+            changed.append(name)
+    if changed:
+        session.flush()
+        record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id,
+                      description=f"changed: {', '.join(changed)}")
+    return referral
+
+
 def _is_requester(user: User, referral: Referral) -> bool:
     return user.role is Role.CLINICIAN and user.practitioner_id is not None and referral.requester_id == user.practitioner_id
 
