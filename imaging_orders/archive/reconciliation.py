@@ -36,6 +36,8 @@ from hospital.auth import current_user, require_roles
 from hospital.clock import utcnow
 from hospital.db import get_db, request_session
 from hospital.errors import Conflict, Forbidden, NotFound
+from hospital.i18n import gettext as _
+from hospital.i18n import ngettext
 from hospital.models import Patient, Role, User
 from hospital.web import form_action
 from imaging_orders.archive.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study, write_file_durably
@@ -425,9 +427,11 @@ def reconciliation_page() -> ResponseReturnValue:
         def match() -> str:
             if into_study_id:
                 moved = merge_for_user(session, user, study_id, into_study_id)
-                return f"Study {study_id} merged into study {into_study_id} ({moved} images)."
+                return ngettext("Study %(study)s merged into study %(into)s (%(num)d image).",
+                                "Study %(study)s merged into study %(into)s (%(num)d images).", moved, study=study_id,
+                                into=into_study_id)
             reconcile_for_user(session, user, study_id, referral_id)
-            return f"Study {study_id} matched to referral {referral_id}."
+            return _("Study %(study)s matched to referral %(referral)s.", study=study_id, referral=referral_id)
 
         form_action(session, match)
         return redirect(url_for("reconciliation.reconciliation_page"))
