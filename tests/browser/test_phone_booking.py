@@ -23,7 +23,7 @@ WORDS = {
         "move_question": "Move your appointment", "cancel_question": "Cancel your CT chest without contrast on",
     },
     "zh_CN": {
-        "menu": "我的预约", "book": "预约所选时间", "booked": "预约成功", "status": "已预约",
+        "menu": "预约", "book": "预约所选时间", "booked": "预约成功", "status": "已预约",
         "address": "滨江路12号", "preparation": "检查前4小时禁食", "map": "打开地图",
         "change": "更改时间", "move": "改到所选时间", "moved": "预约已改到",
         "cancel": "取消预约", "cancelled": "预约已取消", "cancelled_status": "已取消",
@@ -59,6 +59,7 @@ def test_patient_books_moves_and_cancels_on_a_phone(browser: Any, site: LiveSite
     expect(booking.locator("input[type=radio]:checked")).to_have_count(0)
     expect(booking.locator("details[open] h3")).to_have_count(1)  # the first day's times are open
     assert not has_horizontal_scroll(patient)
+    screenshot(patient, f"patient-phone-booking-{language}")
     first_chip = booking.locator(".slot-chip").first
     first_slot_id = int(first_chip.locator("input").get_attribute("value"))
     first_time = first_chip.inner_text().strip()
