@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hospital.audit import record_access
-from hospital.errors import Forbidden, InvalidInput, NotFound
+from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import current_locale_name
 from hospital.i18n import gettext as _
 from hospital.i18n import lazy_gettext as _l
@@ -166,6 +167,18 @@ def valid_map_url(value: str) -> str | None:
     return text
 
 
+def _insert_once(session: Session, row: CentreDirections | ExaminationPreparation) -> None:
+    """Insert the first row of its kind; when two people save the first one at the same moment the
+    primary key or unique constraint refuses the second, who is told to look again, not shown a 500."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError as exc:
+        raise Conflict(_("Someone else saved this at the same moment; reload the page to see it, then save "
+                         "again if needed.")) from exc
+
+
 def set_directions(
     session: Session, user: User, centre_id: int, address_en: str, address_zh: str, map_url: str
 ) -> CentreDirections:
@@ -176,10 +189,12 @@ def set_directions(
     clean_map = valid_map_url(map_url)
     directions = session.get(CentreDirections, centre.id)
     if directions is None:
-        directions = CentreDirections(organization_id=centre.id)
-        session.add(directions)
-    directions.address_en, directions.address_zh, directions.map_url = clean_en, clean_zh, clean_map
-    session.flush()
+        directions = CentreDirections(organization_id=centre.id, address_en=clean_en, address_zh=clean_zh,
+                                      map_url=clean_map)
+        _insert_once(session, directions)
+    else:
+        directions.address_en, directions.address_zh, directions.map_url = clean_en, clean_zh, clean_map
+        session.flush()
     record_access(session, user, "U", "Organization", centre.id, description="directions for patients changed")
     return directions
 
@@ -204,9 +219,11 @@ def set_preparation(
         record_access(session, user, "U", "Organization", centre.id, description=f"{code} preparation removed")
         return None
     if row is None:
-        row = ExaminationPreparation(organization_id=centre.id, modality=code)
-        session.add(row)
-    row.instructions_en, row.instructions_zh = clean_en, clean_zh
-    session.flush()
+        row = ExaminationPreparation(organization_id=centre.id, modality=code, instructions_en=clean_en,
+                                     instructions_zh=clean_zh)
+        _insert_once(session, row)
+    else:
+        row.instructions_en, row.instructions_zh = clean_en, clean_zh
+        session.flush()
     record_access(session, user, "U", "Organization", centre.id, description=f"{code} preparation changed")
     return row

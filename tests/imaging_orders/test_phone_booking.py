@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from hospital.errors import Forbidden, InvalidInput
+from hospital.clock import utcnow
+from hospital.errors import Conflict, Forbidden, InvalidInput
 from hospital.models import Organization, OrganizationKind, User
 from hospital.seed import DemoSeed
 from imaging_orders.models import Appointment, AppointmentStatus, ExaminationPreparation, Slot, SlotStatus
-from imaging_orders.visit_guide import set_directions, set_preparation, valid_map_url, visit_guide
+from imaging_orders.visit_guide import _insert_once, set_directions, set_preparation, valid_map_url, visit_guide
 from tests.pages import choose_language, csrf_token_of, sign_in
 
 
@@ -222,3 +223,32 @@ def test_empty_instructions_remove_a_preparation(db_session: Session, demo: Demo
         ExaminationPreparation.modality == "CT")) is None
     with pytest.raises(InvalidInput, match="XX"):
         set_preparation(db_session, staff, demo.imaging_centre.id, "XX", "a", "")
+
+
+def test_two_first_saves_at_once_are_a_conflict_not_a_crash(db_session: Session, demo: DemoSeed) -> None:
+    centre = demo.imaging_centre.id
+    # What another request committed a moment earlier, unseen by this one's ORM session.
+    db_session.execute(delete(ExaminationPreparation).where(ExaminationPreparation.organization_id == centre))
+    db_session.execute(insert(ExaminationPreparation).values(
+        organization_id=centre, modality="US", instructions_en="Full bladder.", instructions_zh="憋尿。",
+        updated_at=utcnow()))
+    with pytest.raises(Conflict, match="at the same moment"):
+        _insert_once(db_session, ExaminationPreparation(organization_id=centre, modality="US",
+                                                        instructions_en="Drink water.", instructions_zh=""))
+    # Only the savepoint was undone: the session goes on and the first save stands.
+    assert visit_guide(db_session, centre).preparations["US"].instructions_en == "Full bladder."
+
+
+def test_staff_and_admin_pages_in_chinese(client: FlaskClient, as_role: Any, demo: DemoSeed) -> None:
+    accepted_ct_referral(as_role, demo)
+    sign_in(client, "imaging_staff")
+    choose_language(client, "zh_CN", "/worklist")
+    worklist = client.get("/worklist").get_data(as_text=True)
+    assert "的工作列表" in worklist and "前一天" in worklist and re.search(r"\d{4}年\d{1,2}月\d{1,2}日星期", worklist)
+    incoming = client.get("/incoming").get_data(as_text=True)
+    assert "待接受的转诊" in incoming and "已接受，尚未预约" in incoming
+    guide = client.get(f"/centres/{demo.imaging_centre.id}/visit-guide").get_data(as_text=True)
+    assert "中文地址" in guide and "CT检查（计算机断层扫描）" in guide
+    refused = client.post(f"/centres/{demo.imaging_centre.id}/visit-guide", data={
+        "csrf_token": csrf_token_of(guide), "part": "directions", "map_url": "ftp://x"}).get_data(as_text=True)
+    assert "地图链接必须是以https://开头的网址" in refused
