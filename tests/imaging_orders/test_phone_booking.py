@@ -252,3 +252,22 @@ def test_staff_and_admin_pages_in_chinese(client: FlaskClient, as_role: Any, dem
     refused = client.post(f"/centres/{demo.imaging_centre.id}/visit-guide", data={
         "csrf_token": csrf_token_of(guide), "part": "directions", "map_url": "ftp://x"}).get_data(as_text=True)
     assert "地图链接必须是以https://开头的网址" in refused
+
+
+def test_the_referring_clinician_books_for_the_patient_on_the_same_page(
+    client: FlaskClient, as_role: Any, demo: DemoSeed, db_session: Session
+) -> None:
+    referral_id = accepted_ct_referral(as_role, demo)
+    sign_in(client, "clinician")
+    page = client.get("/appointments").get_data(as_text=True)
+    assert "Alex Rivera" in page and "12 Riverside Road" in page
+    slot = free_ct_slots(db_session, demo)[0]
+    done = client.post("/appointments", data={"csrf_token": csrf_token_of(page), "referral_id": referral_id,
+                                              "slot_id": slot.id}, follow_redirects=True).get_data(as_text=True)
+    assert "You are booked" in done
+    appointment = db_session.scalars(select(Appointment).where(Appointment.referral_id == referral_id)).one()
+    assert appointment.booked_by_user_id == demo.users["clinician"].id
+    # Someone else's appointment id in the address shows no confirmation.
+    sign_in(client, "patient2")
+    other = client.get(f"/appointments?done={appointment.id}").get_data(as_text=True)
+    assert "You are booked" not in other and "Riverside Road" not in other
