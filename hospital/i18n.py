@@ -69,6 +69,7 @@ def init_app(app: Flask) -> None:
         format_number=format_number,
         role_label=role_label,
         status_word=status_word,
+        local_datetime=local_datetime,
     )
     app.jinja_env.filters.update(local_date=local_date, local_clock=local_clock)
 

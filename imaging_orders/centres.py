@@ -26,6 +26,9 @@ from hospital import clock
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
+from hospital.i18n import ngettext
 from hospital.models import Organization, OrganizationKind, Role, User
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
 from referrals.public import MODALITIES
@@ -42,7 +45,8 @@ MAX_SLOT_MINUTES = 480
 SUMMARY_DAYS = 14
 # Appointments that still hold a scanner: booked, or the patient is already there.
 LIVE_APPOINTMENT_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)
-WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+WEEKDAY_NAMES = (_l("Monday"), _l("Tuesday"), _l("Wednesday"), _l("Thursday"), _l("Friday"), _l("Saturday"),
+                 _l("Sunday"))
 
 
 @dataclass(frozen=True)
@@ -130,24 +134,25 @@ class CalendarDay:
 # ---------------------------------------------------------------------------------------------
 
 
-def valid_ae_title(value: str, label: str = "AE title") -> str:
+def valid_ae_title(value: str, label: str | None = None) -> str:
     """`value` as a DICOM AE title: 1 to 16 characters of the default repertoire (printable
     ASCII) without a backslash, not only spaces. Leading and trailing spaces are not significant
     in an AE (PS3.5) and are dropped; case is kept, because the modality sends the title exactly
     as it is configured there (the worklist matches it case-insensitively anyway)."""
+    label = label or _("AE title")
     stripped = value.strip(" ")
     if not stripped:
-        raise InvalidInput(f"the {label} is required: 1 to {AE_TITLE_MAX} characters, not only spaces")
+        raise InvalidInput(_("the %(field)s is required: 1 to %(limit)d characters, not only spaces", field=label,
+                             limit=AE_TITLE_MAX))
     if len(stripped) > AE_TITLE_MAX:
-        raise InvalidInput(
-            f"the {label} {stripped!r} is {len(stripped)} characters; DICOM allows at most {AE_TITLE_MAX}"
-        )
+        raise InvalidInput(_("the %(field)s %(value)s is %(length)d characters; DICOM allows at most %(limit)d",
+                             field=label, value=repr(stripped), length=len(stripped), limit=AE_TITLE_MAX))
     if "\\" in stripped:
-        raise InvalidInput(f"the {label} {stripped!r} contains a backslash, which DICOM does not allow in an AE title")
+        raise InvalidInput(_("the %(field)s %(value)s contains a backslash, which DICOM does not allow in an AE title",
+                             field=label, value=repr(stripped)))
     if any(not " " <= c <= "~" for c in stripped):
-        raise InvalidInput(
-            f"the {label} {stripped!r} contains a control or non-ASCII character; use letters, digits and punctuation"
-        )
+        raise InvalidInput(_("the %(field)s %(value)s contains a control or non-ASCII character; use letters, digits "
+                             "and punctuation", field=label, value=repr(stripped)))
     return stripped
 
 
@@ -159,16 +164,17 @@ def centre_zone(centre: Organization) -> ZoneInfo:
 def _required_text(value: str, label: str, limit: int) -> str:
     text = value.strip()
     if not text:
-        raise InvalidInput(f"the {label} is required")
+        raise InvalidInput(_("the %(field)s is required", field=label))
     if len(text) > limit:
-        raise InvalidInput(f"the {label} is {len(text)} characters; at most {limit} fit")
+        raise InvalidInput(_("the %(field)s is %(length)d characters; at most %(limit)d fit", field=label,
+                             length=len(text), limit=limit))
     return text
 
 
 def _ensure_admin(user: User) -> None:
     # The routes check the role too; the service checks again so no other caller can skip it.
     if user.role is not Role.ADMIN:
-        raise Forbidden("imaging centres are set up by administrators")
+        raise Forbidden(_("imaging centres are set up by administrators"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +186,7 @@ def _centre(session: Session, centre_id: int, *, lock: bool = False) -> Organiza
     # A locked read is also a fresh one: the row as it is now, not as this session first saw it.
     centre = session.get(Organization, centre_id, with_for_update=lock or None, populate_existing=lock)
     if centre is None or centre.kind is not OrganizationKind.IMAGING_CENTRE:
-        raise NotFound(f"imaging centre {centre_id} does not exist")
+        raise NotFound(_("imaging centre %(id)s does not exist", id=centre_id))
     return centre
 
 
@@ -224,7 +230,8 @@ def _ensure_centre_ae_title_free(session: Session, ae_title: str, centre_id: int
         query = query.where(Organization.id != centre_id)
     holder = session.scalars(query.limit(1)).first()
     if holder is not None:
-        raise Conflict(f"the AE title {ae_title!r} is already used by {holder.name}; choose another")
+        raise Conflict(_("the AE title %(value)s is already used by %(name)s; choose another", value=repr(ae_title),
+                         name=holder.name))
 
 
 def _flush_unique(session: Session, message: str) -> None:
@@ -238,8 +245,8 @@ def _flush_unique(session: Session, message: str) -> None:
 
 def _clean_centre(details: CentreDetails) -> CentreDetails:
     return CentreDetails(
-        name=_required_text(details.name, "centre name", CENTRE_NAME_MAX),
-        ae_title=valid_ae_title(details.ae_title, "centre AE title"),
+        name=_required_text(details.name, _("centre name"), CENTRE_NAME_MAX),
+        ae_title=valid_ae_title(details.ae_title, _("centre AE title")),
         timezone=clock.valid_zone_name(details.timezone),
     )
 
@@ -252,7 +259,7 @@ def create_centre(session: Session, admin: User, details: CentreDetails) -> Orga
         name=clean.name, kind=OrganizationKind.IMAGING_CENTRE, ae_title=clean.ae_title, timezone=clean.timezone
     )
     session.add(centre)
-    _flush_unique(session, f"the AE title {clean.ae_title!r} was just taken; choose another")
+    _flush_unique(session, _("the AE title %(value)s was just taken; choose another", value=repr(clean.ae_title)))
     record_access(session, admin, "C", "Organization", centre.id, description=f"imaging centre {clean.name!r} created")
     logger.info("imaging centre %s created by user %s", centre.id, admin.id)
     return centre
@@ -271,7 +278,7 @@ def update_centre(session: Session, admin: User, centre_id: int, details: Centre
     if not changed:
         return centre
     centre.name, centre.ae_title, centre.timezone = clean.name, clean.ae_title, clean.timezone
-    _flush_unique(session, f"the AE title {clean.ae_title!r} was just taken; choose another")
+    _flush_unique(session, _("the AE title %(value)s was just taken; choose another", value=repr(clean.ae_title)))
     record_access(session, admin, "U", "Organization", centre.id, description=f"changed {', '.join(changed)}")
     return centre
 
@@ -284,7 +291,8 @@ def update_centre(session: Session, admin: User, centre_id: int, details: Centre
 def _scanner(session: Session, centre_id: int, schedule_id: int, *, lock: bool = False) -> Schedule:
     schedule = session.get(Schedule, schedule_id, with_for_update=lock or None, populate_existing=lock)
     if schedule is None or schedule.organization_id != centre_id:
-        raise NotFound(f"scanner {schedule_id} does not exist at imaging centre {centre_id}")
+        raise NotFound(_("scanner %(scanner)s does not exist at imaging centre %(centre)s", scanner=schedule_id,
+                         centre=centre_id))
     return schedule
 
 
@@ -296,10 +304,11 @@ def _ensure_station_ae_title_free(session: Session, ae_title: str, schedule_id: 
         query = query.where(Schedule.id != schedule_id)
     holder = session.scalars(query.limit(1)).first()
     if holder is not None:
-        raise Conflict(
-            f"the station AE title {ae_title!r} is already used by the active scanner {holder.name!r} "
-            f"({holder.organization.name}); choose another or deactivate that scanner first"
-        )
+        raise Conflict(_(
+            "the station AE title %(value)s is already used by the active scanner %(scanner)s (%(centre)s); choose "
+            "another or deactivate that scanner first", value=repr(ae_title), scanner=repr(holder.name),
+            centre=holder.organization.name,
+        ))
 
 
 def centre_scanners(session: Session, admin: User, centre_id: int) -> list[ScannerSummary]:
@@ -368,11 +377,12 @@ def slot_calendar(session: Session, admin: User, centre_id: int, days: int = SUM
 def _clean_scanner(details: ScannerDetails) -> ScannerDetails:
     modality = details.modality.strip().upper()
     if modality not in MODALITIES:
-        raise InvalidInput(f"modality {details.modality!r} is not one of {', '.join(sorted(MODALITIES))}")
+        raise InvalidInput(_("modality %(value)s is not one of %(known)s", value=repr(details.modality),
+                             known=", ".join(sorted(MODALITIES))))
     return ScannerDetails(
-        name=_required_text(details.name, "scanner name", SCANNER_NAME_MAX), modality=modality,
-        room=_required_text(details.room, "room", ROOM_MAX),
-        station_ae_title=valid_ae_title(details.station_ae_title, "station AE title"),
+        name=_required_text(details.name, _("scanner name"), SCANNER_NAME_MAX), modality=modality,
+        room=_required_text(details.room, _("room"), ROOM_MAX),
+        station_ae_title=valid_ae_title(details.station_ae_title, _("station AE title")),
     )
 
 
@@ -406,8 +416,11 @@ def update_scanner(
     if clean.modality != schedule.modality:
         upcoming = _upcoming_appointments(session, schedule.id)
         if upcoming:
-            raise Conflict(f"{schedule.name} has {upcoming} upcoming appointment{'' if upcoming == 1 else 's'} "
-                           f"booked as {schedule.modality}; its modality cannot change until they are moved or cancelled")
+            raise Conflict(ngettext(
+                "%(name)s has %(num)d upcoming appointment booked as %(modality)s; its modality cannot change "
+                "until it is moved or cancelled",
+                "%(name)s has %(num)d upcoming appointments booked as %(modality)s; its modality cannot change "
+                "until they are moved or cancelled", upcoming, name=schedule.name, modality=schedule.modality))
     if schedule.active:
         _ensure_station_ae_title_free(session, clean.station_ae_title, schedule.id)
     changed = [f for f in ("name", "modality", "room", "station_ae_title") if getattr(schedule, f) != getattr(clean, f)]
@@ -446,10 +459,10 @@ def set_scanner_active(session: Session, admin: User, centre_id: int, schedule_i
     else:
         upcoming = _upcoming_appointments(session, schedule.id)
         if upcoming:
-            raise Conflict(
-                f"{schedule.name} has {upcoming} upcoming appointment{'' if upcoming == 1 else 's'}; move or cancel "
-                f"{'it' if upcoming == 1 else 'them'} first, or block its free slots instead"
-            )
+            raise Conflict(ngettext(
+                "%(name)s has %(num)d upcoming appointment; move or cancel it first, or block its free slots instead",
+                "%(name)s has %(num)d upcoming appointments; move or cancel them first, or block its free slots "
+                "instead", upcoming, name=schedule.name))
     schedule.active = active
     session.flush()
     record_access(session, admin, "U", "Schedule", schedule.id, description="reactivated" if active else "deactivated")
@@ -463,10 +476,12 @@ def set_scanner_active(session: Session, admin: User, centre_id: int, schedule_i
 
 def _check_range(first_day: date, last_day: date) -> None:
     if last_day < first_day:
-        raise InvalidInput(f"the range ends ({last_day.isoformat()}) before it starts ({first_day.isoformat()})")
+        raise InvalidInput(_("the range ends (%(last)s) before it starts (%(first)s)", last=last_day.isoformat(),
+                             first=first_day.isoformat()))
     days = (last_day - first_day).days + 1
     if days > MAX_RANGE_DAYS:
-        raise InvalidInput(f"the range is {days} days; at most {MAX_RANGE_DAYS} days at a time")
+        raise InvalidInput(_("the range is %(days)d days; at most %(limit)d days at a time", days=days,
+                             limit=MAX_RANGE_DAYS))
 
 
 def planned_slots(opening: SlotOpening, zone: ZoneInfo) -> list[tuple[datetime, datetime]]:
@@ -496,16 +511,19 @@ def planned_slots(opening: SlotOpening, zone: ZoneInfo) -> list[tuple[datetime, 
 def _validate_opening(opening: SlotOpening) -> None:
     _check_range(opening.first_day, opening.last_day)
     if not opening.weekdays:
-        raise InvalidInput("choose at least one day of the week")
+        raise InvalidInput(_("choose at least one day of the week"))
     if not opening.weekdays <= set(range(7)):
-        raise InvalidInput(f"days of the week are 0 (Monday) to 6 (Sunday), got {sorted(opening.weekdays)}")
+        raise InvalidInput(_("days of the week are 0 (Monday) to 6 (Sunday), got %(value)s",
+                             value=sorted(opening.weekdays)))
     if opening.closes <= opening.opens and opening.closes != time.min:
-        raise InvalidInput(
-            f"closing time {opening.closes:%H:%M} must be after opening time {opening.opens:%H:%M} "
-            "(00:00 means midnight; hours across midnight are opened as two ranges)"
-        )
+        closes, opens = opening.closes.strftime("%H:%M"), opening.opens.strftime("%H:%M")
+        raise InvalidInput(_(
+            "closing time %(closes)s must be after opening time %(opens)s (00:00 means midnight; hours across "
+            "midnight are opened as two ranges)", closes=closes, opens=opens,
+        ))
     if not MIN_SLOT_MINUTES <= opening.slot_minutes <= MAX_SLOT_MINUTES:
-        raise InvalidInput(f"a slot lasts {MIN_SLOT_MINUTES} to {MAX_SLOT_MINUTES} minutes, not {opening.slot_minutes}")
+        raise InvalidInput(_("a slot lasts %(low)d to %(high)d minutes, not %(value)d", low=MIN_SLOT_MINUTES,
+                             high=MAX_SLOT_MINUTES, value=opening.slot_minutes))
 
 
 def open_slots(
@@ -519,19 +537,19 @@ def open_slots(
     # Locked so two administrators opening the same range at once cannot both pass the overlap check.
     schedule = _scanner(session, centre_id, schedule_id, lock=True)
     if not schedule.active:
-        raise Conflict(f"{schedule.name} is deactivated; reactivate it before opening slots")
+        raise Conflict(_("%(name)s is deactivated; reactivate it before opening slots", name=schedule.name))
     planned = planned_slots(opening, centre_zone(schedule.organization))
     if not planned:
-        raise InvalidInput("those days and hours hold no slot; check the days of the week and the slot length")
+        raise InvalidInput(_("those days and hours hold no slot; check the days of the week and the slot length"))
     existing = session.execute(
         select(Slot.start, Slot.end)
         .where(Slot.schedule_id == schedule.id, Slot.end > planned[0][0], Slot.start < planned[-1][1])
         .order_by(Slot.start)
     ).all()
-    starts = [start for start, _ in existing]
+    starts = [start for start, _end in existing]
     # Largest end among the existing slots up to each index: one bisect answers "any overlap?".
     latest_end: list[datetime] = []
-    for _, end in existing:
+    for _start, end in existing:
         latest_end.append(max(end, latest_end[-1]) if latest_end else end)
     now = utcnow()
     rows: list[dict[str, object]] = []
@@ -566,7 +584,7 @@ def _window_instants(window: SlotWindow, zone: ZoneInfo) -> tuple[datetime, date
         end_local = datetime.combine(window.last_day, window.until_time, tzinfo=zone)
     start, end = start_local.astimezone(UTC), end_local.astimezone(UTC)
     if end <= start:
-        raise InvalidInput("the window ends before it starts")
+        raise InvalidInput(_("the window ends before it starts"))
     return start, end
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
@@ -78,6 +78,37 @@ class Appointment(Base):
 
     slot: Mapped[Slot | None] = relationship()
     patient: Mapped[Patient] = relationship()
+
+
+class CentreDirections(Base):
+    """How a patient finds an imaging centre: its street address in both languages and a map link.
+
+    A table of this stage rather than columns on the core `organization`: only imaging centres
+    have one, and only this stage's pages show it. No row means nothing has been written yet."""
+
+    __tablename__ = "centre_directions"
+
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"), primary_key=True)
+    address_en: Mapped[str] = mapped_column(String(300), default="")
+    address_zh: Mapped[str] = mapped_column(String(300), default="")
+    # A web map (Amap, Baidu, OpenStreetMap ...) opened in a new tab; only http(s) is stored.
+    map_url: Mapped[str | None] = mapped_column(String(500))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ExaminationPreparation(Base):
+    """What a patient does before an examination of one modality at one centre (fasting before a
+    CT with contrast, metal off for MR), in both languages, as the centre's staff write it."""
+
+    __tablename__ = "examination_preparation"
+    __table_args__ = (UniqueConstraint("organization_id", "modality", name="uq_examination_preparation_modality"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    instructions_en: Mapped[str] = mapped_column(String(2000), default="")
+    instructions_zh: Mapped[str] = mapped_column(String(2000), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class PerformedStepStatus(str, enum.Enum):

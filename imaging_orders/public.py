@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from hospital.clock import utcnow
 from hospital.errors import NotFound
+from hospital.i18n import gettext as _
 from hospital.models import User
 from imaging_orders import service
 from imaging_orders.models import Appointment, Schedule, Slot
@@ -75,7 +76,7 @@ def free_slots_for_referral(session: Session, referral_id: int) -> tuple[SlotOff
     window. Offering is not booking: `book_referral_slot` checks who books."""
     referral = referral_summary(session, referral_id)
     if referral is None:
-        raise NotFound(f"referral {referral_id} does not exist")
+        raise NotFound(_("referral %(id)s does not exist", id=referral_id))
     now = utcnow()
     slots = service.free_slots(session, referral.performer_organization_id, referral.modality, now,
                                now + timedelta(days=service.BOOKING_DAYS_AHEAD), limit=service.OFFERED_SLOTS)

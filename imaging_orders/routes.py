@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hospital import clock
 from hospital.access import patient_filter
@@ -18,9 +20,12 @@ from hospital.auth import current_user, require_roles
 from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import InvalidInput
-from hospital.models import Role
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
+from hospital.i18n import local_datetime, ngettext
+from hospital.models import Organization, Role
 from hospital.records import load_record
-from hospital.web import form_action
+from hospital.web import ask_first, form_action
 from imaging_orders.archive.models import ImagingStudy
 from imaging_orders.centres import (
     MAX_RANGE_DAYS,
@@ -64,11 +69,30 @@ from imaging_orders.service import (
     worklist_day_today,
     worklist_rooms,
 )
-from referrals.public import MODALITIES
+from imaging_orders.visit_guide import (
+    EXAMINATION_KINDS,
+    examination_kind,
+    guide_centre,
+    set_directions,
+    set_preparation,
+    visit_guide,
+    visit_guides,
+)
+from referrals.public import MODALITIES, referral_summary
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("imaging_orders", __name__, template_folder="templates")
+bp = Blueprint("imaging_orders", __name__, template_folder="templates", static_folder="static",
+               static_url_path="/static/imaging-orders")
+
+# A referral's priority as staff read it on this stage's pages ("routine" is shown plainly).
+PRIORITY_WORDS = {"urgent": _l("urgent"), "asap": _l("as soon as possible"), "stat": _l("immediately (stat)")}
+
+
+@bp.context_processor
+def _page_words() -> dict[str, object]:
+    return {"priority_words": {code: str(word) for code, word in PRIORITY_WORDS.items()},
+            "examination_kind": examination_kind}
 
 
 def slot_json(slot: Slot) -> dict[str, Any]:
@@ -134,7 +158,7 @@ def _parse_date(value: str | None, default: date) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise InvalidInput(f"dates are YYYY-MM-DD, got {value!r}") from exc
+        raise InvalidInput(_("dates are YYYY-MM-DD, got %(value)s", value=repr(value))) from exc
 
 
 def _parse_instant(value: str | None, default: datetime) -> datetime:
@@ -265,7 +289,7 @@ def worklist_page() -> ResponseReturnValue:
     page = render_template(
         "imaging_orders/worklist.html", entries=entries, day=day, arrivals=arrived, today=today,
         previous_day=day - timedelta(days=1), next_day=day + timedelta(days=1),
-        modalities=sorted({m for m, _ in rooms}), rooms=sorted({r for _, r in rooms}), modality=modality, room=room,
+        modalities=sorted({m for m, _room in rooms}), rooms=sorted({r for _modality, r in rooms}), modality=modality, room=room,
     )
     return page
 
@@ -277,7 +301,7 @@ def check_in_page(appointment_id: int) -> ResponseReturnValue:
 
     def check_in() -> str:
         appointment = check_in_appointment(session, current_user(), appointment_id)
-        return f"{appointment.patient.display_name} checked in."
+        return _("%(name)s checked in.", name=appointment.patient.display_name)
 
     form_action(session, check_in)
     # Back to the list the staff member was looking at: the same day, modality and room.
@@ -300,13 +324,13 @@ def incoming_page() -> ResponseReturnValue:
             action = request.form.get("action")
             if action == "reject":
                 reject_referral(session, user, referral_id, request.form.get("reason", ""))
-                return f"Referral {referral_id} rejected; the referring clinician can see the reason."
+                return _("Referral %(id)s rejected; the referring clinician can see the reason.", id=referral_id)
             if action == "book":
                 appointment = book_appointment(session, user, referral_id, request.form.get("slot_id", type=int) or 0)
-                return f"Referral {referral_id} booked for {appointment.patient.display_name}."
+                return _("Referral %(id)s booked for %(name)s.", id=referral_id, name=appointment.patient.display_name)
             referral = accept_referral(session, user, referral_id)
-            return (f"Referral {referral_id} accepted: accession {referral.accession_number}. "
-                    "The patient can now book a slot, or you can book one below.")
+            return _("Referral %(id)s accepted: accession %(accession)s. The patient can now book a time, or you "
+                     "can book one below.", id=referral_id, accession=referral.accession_number)
 
         form_action(session, decide)
         return redirect(url_for("imaging_orders.incoming_page"))
@@ -322,41 +346,78 @@ def incoming_page() -> ResponseReturnValue:
                            centre_timezone=user.organization.timezone if user.organization else None)
 
 
-def _by_local_day(slots: list[Slot]) -> list[tuple[str, list[Slot]]]:
-    """Free slots grouped under the day they fall on at their centre, for a select's optgroups."""
-    days: dict[str, list[Slot]] = {}
+@dataclass(frozen=True)
+class SlotDay:
+    """The free slots of one day on the centre's own calendar, for a day heading and its times."""
+
+    day: date
+    timezone: str
+    slots: list[Slot]
+
+
+def _by_local_day(slots: list[Slot]) -> list[SlotDay]:
+    """Free slots grouped under the day they fall on at their centre (a slot at 00:30 in Shanghai
+    is on that Shanghai day, whatever its UTC date)."""
+    days: dict[tuple[date, str], list[Slot]] = {}
     for slot in slots:
-        local = slot.start.astimezone(clock.zone(slot.schedule.organization.timezone))
-        days.setdefault(local.strftime("%A %d %B %Y"), []).append(slot)
-    return list(days.items())
+        zone = slot.schedule.organization.timezone
+        days.setdefault((clock.local_date(slot.start, zone), zone), []).append(slot)
+    return [SlotDay(day, zone, day_slots) for (day, zone), day_slots in days.items()]
+
+
+def _centre_timezone(session: Session, appointment: Appointment) -> str | None:
+    """The zone of the centre an appointment is at: its times are read on that clock."""
+    if appointment.referral_id is None:
+        return None
+    referral = referral_summary(session, appointment.referral_id)
+    centre = session.get(Organization, referral.performer_organization_id) if referral else None
+    return centre.timezone if centre is not None else None
+
+
+def _chosen_slot() -> int:
+    slot_id = request.form.get("slot_id", type=int)
+    if slot_id is None:
+        raise InvalidInput(_("Choose a time first."))
+    return slot_id
 
 
 @bp.route("/appointments", methods=["GET", "POST"])
 @require_roles(Role.PATIENT, Role.CLINICIAN)
 def appointments_page() -> ResponseReturnValue:
+    """A patient's (or their clinician's) appointments: book a time for an accepted referral, move
+    or cancel one, and what to know before coming (where, how to get there, how to prepare).
+    Moving and cancelling ask first: in a dialog where scripts run (`data-confirm`), else on a page
+    of their own (`ask_first`), so one mistaken tap gives nobody's time away."""
     session = request_session()
     user = current_user()
     if request.method == "POST":
         action = request.form.get("action", "book")
         appointment_id = request.form.get("appointment_id", type=int) or 0
-        slot_id = request.form.get("slot_id", type=int) or 0
-        if action == "cancel" and request.form.get("confirmed") != "yes":
-            # Cancelling gives the slot away: say what will happen and ask once more.
-            booked = next((b for b in appointments_for(session, user) if b.appointment.id == appointment_id), None)
-            if booked is not None and booked.appointment.status is AppointmentStatus.BOOKED:
-                return render_template("imaging_orders/cancel_confirm.html", booked=booked)
+        done: list[int] = []
 
         def change() -> str:
             if action == "cancel":
-                cancel_appointment(session, user, appointment_id)
-                return "Appointment cancelled; the referral can be booked again below."
+                appointment = cancel_appointment(session, user, appointment_id)
+                when = local_datetime(appointment.start, _centre_timezone(session, appointment))
+                ask_first(_("Cancel your %(examination)s on %(when)s? The time is given to someone else; you can "
+                            "book a new time afterwards.", examination=appointment.description, when=when),
+                          _("Yes, cancel the appointment"))
+                return _("Appointment cancelled. You can book a new time below.")
             if action == "move":
-                move_appointment(session, user, appointment_id, slot_id)
-                return "Appointment moved."
-            book_appointment(session, user, request.form.get("referral_id", type=int) or 0, slot_id)
-            return "Appointment booked. You will find it in the list below."
+                appointment = move_appointment(session, user, appointment_id, _chosen_slot())
+                when = local_datetime(appointment.start, _centre_timezone(session, appointment))
+                ask_first(_("Move your %(examination)s to %(when)s? Your old time is given to someone else.",
+                            examination=appointment.description, when=when), _("Yes, move it"))
+                done.append(appointment.id)
+                return _("Appointment moved to %(when)s.", when=when)
+            appointment = book_appointment(session, user, request.form.get("referral_id", type=int) or 0,
+                                           _chosen_slot())
+            done.append(appointment.id)
+            when = local_datetime(appointment.start, _centre_timezone(session, appointment))
+            return _("Appointment booked for %(when)s.", when=when)
 
-        form_action(session, change)
+        if form_action(session, change) and done:
+            return redirect(url_for("imaging_orders.appointments_page", done=done[0]) + "#done")
         return redirect(url_for("imaging_orders.appointments_page"))
     appointments = appointments_for(session, user)
     to_book = referrals_to_book(session, user)
@@ -371,8 +432,53 @@ def appointments_page() -> ResponseReturnValue:
             session, b.referral.performer_organization_id, b.referral.modality, *window, limit=OFFERED_SLOTS))
         for b in appointments if b.appointment.status is AppointmentStatus.BOOKED
     }
+    centre_ids = [b.referral.performer_organization_id for b in appointments] + [b.centre.id for b in to_book]
+    centres = {c.id: c for c in session.scalars(select(Organization).where(Organization.id.in_(centre_ids)))}
+    done_id = request.args.get("done", type=int)
+    done = next((b for b in appointments if b.appointment.id == done_id
+                 and b.appointment.status is AppointmentStatus.BOOKED), None)
     return render_template("imaging_orders/appointments.html", appointments=appointments, to_book=to_book,
-                           offers=offers, movable=movable)
+                           offers=offers, movable=movable, centres=centres, guides=visit_guides(session, centres),
+                           done=done)
+
+
+@bp.route("/centres/<int:centre_id>/visit-guide", methods=["GET", "POST"])
+@require_roles(Role.ADMIN, Role.IMAGING_STAFF)
+def visit_guide_page(centre_id: int) -> ResponseReturnValue:
+    """The centre's address, map link and preparation per modality, written in both languages by
+    its own staff or an administrator; patients see them when they book and on their appointments."""
+    session = request_session()
+    user = current_user()
+    centre = guide_centre(session, user, centre_id)
+    if request.method == "POST":
+        form = request.form
+
+        def save() -> str:
+            if form.get("part") == "preparation":
+                modality = form.get("modality", "")
+                set_preparation(session, user, centre.id, modality, form.get("instructions_en", ""),
+                                form.get("instructions_zh", ""))
+                return _("Preparation for %(kind)s saved.", kind=examination_kind(modality))
+            set_directions(session, user, centre.id, form.get("address_en", ""), form.get("address_zh", ""),
+                           form.get("map_url", ""))
+            return _("Directions saved.")
+
+        if form_action(session, save):
+            return redirect(url_for("imaging_orders.visit_guide_page", centre_id=centre.id))
+    guide = visit_guide(session, centre.id)
+    page = render_template("imaging_orders/visit_guide.html", centre=centre, guide=guide,
+                           kinds=EXAMINATION_KINDS, form=request.form, posted=request.form.get("part"))
+    return page, 422 if request.method == "POST" else 200
+
+
+@bp.get("/my-centre/visit-guide")
+@require_roles(Role.IMAGING_STAFF)
+def own_visit_guide_page() -> ResponseReturnValue:
+    """The menu's way to a staff member's own centre's guide."""
+    user = current_user()
+    if user.organization_id is None:
+        raise InvalidInput(_("Your account belongs to no imaging centre."))
+    return redirect(url_for("imaging_orders.visit_guide_page", centre_id=user.organization_id))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +491,7 @@ def _form_day(name: str, label: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise InvalidInput(f"{label} is a date YYYY-MM-DD, not {value!r}") from exc
+        raise InvalidInput(_("%(field)s is a date YYYY-MM-DD, not %(value)s", field=label, value=repr(value))) from exc
 
 
 def _form_optional_time(name: str, label: str) -> time | None:
@@ -398,20 +504,20 @@ def _form_time(name: str, label: str) -> time:
         # Browsers send HH:MM; seconds would only make slots start at odd moments.
         return time.fromisoformat(value).replace(second=0, microsecond=0, tzinfo=None)
     except ValueError as exc:
-        raise InvalidInput(f"{label} is a time HH:MM, not {value!r}") from exc
+        raise InvalidInput(_("%(field)s is a time HH:MM, not %(value)s", field=label, value=repr(value))) from exc
 
 
 def _form_int(name: str, label: str) -> int:
     value = request.form.get(name, "").strip()
     if not value.isdigit():
-        raise InvalidInput(f"{label} is a whole number, not {value!r}")
+        raise InvalidInput(_("%(field)s is a whole number, not %(value)s", field=label, value=repr(value)))
     return int(value)
 
 
 def _form_weekdays() -> frozenset[int]:
     values = request.form.getlist("weekday")
     if not all(v.isdigit() and int(v) < 7 for v in values):
-        raise InvalidInput(f"days of the week are 0 (Monday) to 6 (Sunday), not {values!r}")
+        raise InvalidInput(_("days of the week are 0 (Monday) to 6 (Sunday), not %(value)s", value=repr(values)))
     return frozenset(int(v) for v in values)
 
 
@@ -432,7 +538,7 @@ def centres_page() -> ResponseReturnValue:
         def create() -> str:
             centre = create_centre(session, admin, _centre_details())
             created.append(centre.id)
-            return f"Imaging centre {centre.name} created. Add its scanners, then open their slots."
+            return _("Imaging centre %(name)s created. Add its scanners, then open their slots.", name=centre.name)
 
         if form_action(session, create):
             return redirect(url_for("imaging_orders.centre_page", centre_id=created[0]))
@@ -452,7 +558,7 @@ def centre_page(centre_id: int) -> ResponseReturnValue:
 
         def save() -> str:
             centre = update_centre(session, admin, centre_id, _centre_details())
-            return f"{centre.name} saved."
+            return _("%(name)s saved.", name=centre.name)
 
         if form_action(session, save):
             return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
@@ -495,8 +601,8 @@ def add_scanner_page(centre_id: int) -> ResponseReturnValue:
             name=form.get("name", ""), modality=form.get("modality", ""), room=form.get("room", ""),
             station_ae_title=form.get("station_ae_title", ""),
         ))
-        return (f"{schedule.name} added ({schedule.modality}, station AE title {schedule.station_ae_title}). "
-                "Open its slots to make it bookable.")
+        return _("%(name)s added (%(modality)s, station AE title %(ae)s). Open its slots to make it bookable.",
+                 name=schedule.name, modality=schedule.modality, ae=schedule.station_ae_title)
 
     if form_action(session, add):
         return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
@@ -514,7 +620,8 @@ def edit_scanner_page(centre_id: int, schedule_id: int) -> ResponseReturnValue:
             name=form.get("name", ""), modality=form.get("modality", ""), room=form.get("room", ""),
             station_ae_title=form.get("station_ae_title", ""),
         ))
-        return f"{schedule.name} saved ({schedule.modality}, {schedule.room}, station AE title {schedule.station_ae_title})."
+        return _("%(name)s saved (%(modality)s, %(room)s, station AE title %(ae)s).", name=schedule.name,
+                 modality=schedule.modality, room=schedule.room, ae=schedule.station_ae_title)
 
     if form_action(session, save):
         return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
@@ -530,8 +637,8 @@ def scanner_active_page(centre_id: int, schedule_id: int) -> ResponseReturnValue
     def change() -> str:
         schedule = set_scanner_active(session, current_user(), centre_id, schedule_id, active)
         if active:
-            return f"{schedule.name} is in service again; its free slots can be booked."
-        return f"{schedule.name} is out of service; its slots are no longer offered."
+            return _("%(name)s is in service again; its free slots can be booked.", name=schedule.name)
+        return _("%(name)s is out of service; its slots are no longer offered.", name=schedule.name)
 
     # Nothing is typed into this one-button form, so a refusal (upcoming appointments) loses
     # nothing: back to the page with the reason flashed, and a reload does not post again.
@@ -546,19 +653,21 @@ def open_slots_page(centre_id: int) -> ResponseReturnValue:
 
     def open_range() -> str:
         opening = SlotOpening(
-            first_day=_form_day("first_day", "the first day"), last_day=_form_day("last_day", "the last day"),
-            weekdays=_form_weekdays(), opens=_form_time("opens", "the opening time"),
-            closes=_form_time("closes", "the closing time"),
-            slot_minutes=_form_int("slot_minutes", "the slot length"),
+            first_day=_form_day("first_day", _("the first day")), last_day=_form_day("last_day", _("the last day")),
+            weekdays=_form_weekdays(), opens=_form_time("opens", _("the opening time")),
+            closes=_form_time("closes", _("the closing time")),
+            slot_minutes=_form_int("slot_minutes", _("the slot length")),
         )
-        result = open_slots(session, current_user(), centre_id, _form_int("schedule_id", "the scanner"), opening)
-        skipped = []
+        result = open_slots(session, current_user(), centre_id, _form_int("schedule_id", _("the scanner")), opening)
+        message = [ngettext("%(num)d slot opened.", "%(num)d slots opened.", result.created)]
         if result.skipped_overlapping:
-            skipped.append(f"{result.skipped_overlapping} skipped because the scanner already has a slot then")
+            message.append(ngettext("%(num)d skipped because the scanner already has a slot then.",
+                                    "%(num)d skipped because the scanner already has a slot then.",
+                                    result.skipped_overlapping))
         if result.skipped_past:
-            skipped.append(f"{result.skipped_past} skipped because they would start in the past")
-        return f"{result.created} slot{'' if result.created == 1 else 's'} opened" + (
-            f"; {' and '.join(skipped)}." if skipped else ".")
+            message.append(ngettext("%(num)d skipped because it would start in the past.",
+                                    "%(num)d skipped because they would start in the past.", result.skipped_past))
+        return " ".join(message)
 
     if form_action(session, open_range):
         return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))
@@ -573,17 +682,22 @@ def block_slots_page(centre_id: int) -> ResponseReturnValue:
 
     def block() -> str:
         window = SlotWindow(
-            first_day=_form_day("first_day", "the first day"), last_day=_form_day("last_day", "the last day"),
-            from_time=_form_optional_time("from_time", "the start time"),
-            until_time=_form_optional_time("until_time", "the end time"),
+            first_day=_form_day("first_day", _("the first day")), last_day=_form_day("last_day", _("the last day")),
+            from_time=_form_optional_time("from_time", _("the start time")),
+            until_time=_form_optional_time("until_time", _("the end time")),
         )
-        result = set_slots_blocked(session, current_user(), centre_id, _form_int("schedule_id", "the scanner"),
+        result = set_slots_blocked(session, current_user(), centre_id, _form_int("schedule_id", _("the scanner")),
                                    window, blocked=blocking)
-        message = f"{result.changed} slot{'' if result.changed == 1 else 's'} {'blocked' if blocking else 'released'}"
+        if blocking:
+            message = [ngettext("%(num)d slot blocked.", "%(num)d slots blocked.", result.changed)]
+        else:
+            message = [ngettext("%(num)d slot released.", "%(num)d slots released.", result.changed)]
         if result.booked_untouched:
-            message += (f"; {result.booked_untouched} booked slot{'' if result.booked_untouched == 1 else 's'} "
-                        "in that window kept (move or cancel those appointments to free them)")
-        return message + "."
+            message.append(ngettext(
+                "%(num)d booked slot in that window kept (move or cancel its appointment to free it).",
+                "%(num)d booked slots in that window kept (move or cancel those appointments to free them).",
+                result.booked_untouched))
+        return " ".join(message)
 
     if form_action(session, block):
         return redirect(url_for("imaging_orders.centre_page", centre_id=centre_id))

@@ -17,6 +17,8 @@ from hospital.access import ensure_patient_access, patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.i18n import gettext as _
+from hospital.i18n import status_word
 from hospital.models import Organization, Patient, Practitioner, Role, User
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
@@ -34,9 +36,9 @@ OFFERED_SLOTS = 120
 def _centre_staff_referral(session: Session, user: User, referral_id: int) -> ReferralSummary:
     referral = referrals.lock_referral(session, referral_id)
     if referral is None:
-        raise NotFound(f"referral {referral_id} does not exist")
+        raise NotFound(_("referral %(id)s does not exist", id=referral_id))
     if user.role is not Role.IMAGING_STAFF or user.organization_id != referral.performer_organization_id:
-        raise Forbidden("only staff of the imaging centre this referral was sent to can do this")
+        raise Forbidden(_("only staff of the imaging centre this referral was sent to can do this"))
     return referral
 
 
@@ -59,9 +61,9 @@ def accept_follow_up_referral(session: Session, referral_id: int) -> ReferralSum
     already accepted this patient and examination, so no one needs to triage it again."""
     referral = referrals.lock_referral(session, referral_id)
     if referral is None:
-        raise NotFound(f"referral {referral_id} does not exist")
+        raise NotFound(_("referral %(id)s does not exist", id=referral_id))
     if referral.status is not ReferralStatus.ACTIVE:
-        raise Conflict(f"a referral that is {referral.status.value} cannot be accepted")
+        raise Conflict(_("a referral that is %(status)s cannot be accepted", status=status_word(referral.status).lower()))
     accepted = referrals.accept(session, referral_id, accession_number_for(referral_id))
     record_access(session, None, "U", "ServiceRequest", referral_id, patient_id=referral.patient_id,
                   description="accepted as a follow-up of an earlier examination", source="system")
@@ -105,27 +107,28 @@ def _ensure_may_book(session: Session, user: User, referral: ReferralSummary) ->
         or (user.role is Role.IMAGING_STAFF and user.organization_id == referral.performer_organization_id)
     )
     if not allowed:
-        raise Forbidden("you may not book an appointment for this referral")
+        raise Forbidden(_("you may not book an appointment for this referral"))
 
 
 def _free_slot_for(session: Session, referral: ReferralSummary, slot_id: int) -> Slot:
     """The slot, checked to be free, in the future, at the referral's centre and modality."""
     slot = session.get(Slot, slot_id)
     if slot is None:
-        raise NotFound(f"slot {slot_id} does not exist")
+        raise NotFound(_("that time (slot %(id)s) does not exist; choose another", id=slot_id))
     if slot.schedule.organization_id != referral.performer_organization_id:
-        raise InvalidInput("that slot belongs to another imaging centre")
+        raise InvalidInput(_("that time belongs to another imaging centre; choose another"))
     if slot.schedule.modality != referral.modality:
-        raise InvalidInput(f"that slot is for {slot.schedule.modality}, the referral asks for {referral.modality}")
+        raise InvalidInput(_("that time is for %(slot_modality)s, the referral asks for %(modality)s",
+                                   slot_modality=slot.schedule.modality, modality=referral.modality))
     # A shared lock, re-read: bookings do not wait for each other, but an administrator taking the
     # scanner out of service (`centres.set_scanner_active`, FOR UPDATE) sees this booking or is seen by it.
     schedule = session.get(Schedule, slot.schedule_id, with_for_update={"read": True}, populate_existing=True)
     if schedule is None or not schedule.active:
-        raise Conflict("that scanner is out of service; choose another slot")
+        raise Conflict(_("that scanner is out of service; choose another time"))
     if slot.status is not SlotStatus.FREE:
-        raise Conflict("that slot is already taken; choose another")
+        raise Conflict(_("that time is already taken; choose another"))
     if slot.start <= utcnow():
-        raise Conflict("that slot is in the past")
+        raise Conflict(_("that time is in the past; choose another"))
     return slot
 
 
@@ -135,7 +138,7 @@ def _flush_booking(session: Session) -> None:
         session.flush()
     except (StaleDataError, IntegrityError) as exc:
         session.rollback()
-        raise Conflict("that slot was just taken by someone else; choose another") from exc
+        raise Conflict(_("that time was just taken by someone else; choose another")) from exc
 
 
 def book_appointment(session: Session, user: User, referral_id: int, slot_id: int) -> Appointment:
@@ -143,10 +146,11 @@ def book_appointment(session: Session, user: User, referral_id: int, slot_id: in
     centre's staff may book. Exactly one of two simultaneous bookings of a slot wins."""
     referral = referrals.lock_referral(session, referral_id)
     if referral is None:
-        raise NotFound(f"referral {referral_id} does not exist")
+        raise NotFound(_("referral %(id)s does not exist", id=referral_id))
     _ensure_may_book(session, user, referral)
     if referral.status not in BOOKABLE_REFERRAL_STATUSES:
-        raise Conflict(f"a referral that is {referral.status.value} cannot be booked (it must be accepted first)")
+        raise Conflict(_("a referral that is %(status)s cannot be booked (it must be accepted first)",
+                         status=status_word(referral.status).lower()))
     slot = _free_slot_for(session, referral, slot_id)
     slot.status = SlotStatus.BUSY
     appointment = Appointment(
@@ -170,12 +174,12 @@ def _changeable_appointment(
 ) -> tuple[Appointment, ReferralSummary]:
     appointment = session.get(Appointment, appointment_id)
     if appointment is None or appointment.referral_id is None:
-        raise NotFound(f"appointment {appointment_id} does not exist")
+        raise NotFound(_("appointment %(id)s does not exist", id=appointment_id))
     referral = referrals.referral_summary(session, appointment.referral_id)
     assert referral is not None  # foreign key
     _ensure_may_book(session, user, referral)
     if appointment.status is not AppointmentStatus.BOOKED:
-        raise Conflict(f"an appointment that is {appointment.status.value} cannot be changed")
+        raise Conflict(_("an appointment that is %(status)s cannot be changed", status=status_word(appointment.status).lower()))
     return appointment, referral
 
 
@@ -282,7 +286,7 @@ class PendingReferral:
 def pending_referrals(session: Session, user: User) -> list[PendingReferral]:
     """Referrals sent to the user's centre and not yet accepted or rejected, oldest first."""
     if user.role is not Role.IMAGING_STAFF:
-        raise Forbidden("only imaging-centre staff triage referrals")
+        raise Forbidden(_("only imaging-centre staff triage referrals"))
     query = (
         select(Patient, Practitioner, *ORDERS.c)
         .join(Patient, ORDERS.c.patient_id == Patient.id)
@@ -311,7 +315,7 @@ def appointments_for(session: Session, user: User) -> list[BookedAppointment]:
     elif user.role is Role.CLINICIAN:
         query = query.where(ORDERS.c.requester_id == user.practitioner_id)
     else:
-        raise Forbidden("this list is for patients and clinicians")
+        raise Forbidden(_("this list is for patients and clinicians"))
     appointments = [BookedAppointment(row[0], summary_from_row(row)) for row in session.execute(query)]
     record_access(session, user, "E", "Appointment", None, description=f"appointments ({len(appointments)})")
     return appointments
@@ -336,7 +340,7 @@ def referrals_to_book(session: Session, user: User) -> list[ReferralToBook]:
     elif user.role is Role.IMAGING_STAFF:
         mine = ORDERS.c.performer_organization_id == user.organization_id
     else:
-        raise Forbidden("this list is for patients, clinicians and imaging-centre staff")
+        raise Forbidden(_("this list is for patients, clinicians and imaging-centre staff"))
     query = (
         select(Patient, Organization, *ORDERS.c)
         .join(Patient, ORDERS.c.patient_id == Patient.id)
@@ -390,15 +394,15 @@ def check_in_appointment(session: Session, user: User, appointment_id: int) -> A
     in an arrived patient again changes nothing."""
     appointment = session.get(Appointment, appointment_id, with_for_update=True)
     if appointment is None:
-        raise NotFound(f"appointment {appointment_id} does not exist")
+        raise NotFound(_("appointment %(id)s does not exist", id=appointment_id))
     slot = session.get(Slot, appointment.slot_id) if appointment.slot_id else None
     schedule = session.get(Schedule, slot.schedule_id) if slot is not None else None
     if user.role is not Role.IMAGING_STAFF or schedule is None or schedule.organization_id != user.organization_id:
-        raise Forbidden("only staff of the imaging centre holding this appointment can check the patient in")
+        raise Forbidden(_("only staff of the imaging centre holding this appointment can check the patient in"))
     if appointment.status is AppointmentStatus.ARRIVED:
         return appointment
     if appointment.status is not AppointmentStatus.BOOKED:
-        raise Conflict(f"an appointment that is {appointment.status.value} cannot be checked in")
+        raise Conflict(_("an appointment that is %(status)s cannot be checked in", status=status_word(appointment.status).lower()))
     appointment.status = AppointmentStatus.ARRIVED
     session.flush()
     record_access(session, user, "U", "Appointment", appointment.id, patient_id=appointment.patient_id,

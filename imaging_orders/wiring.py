@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Flask
 
 from hospital import metrics
+from hospital.i18n import add_catalog
+from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.web import add_nav_link
@@ -29,8 +33,10 @@ def register(app: Flask) -> None:
     app.cli.add_command(cli.dicom_command)
     register_retention(app)  # the images and ai_outputs classes, and storage per centre
     app.extensions["hospital.seeders"].append(seed.seed_schedules)
-    add_nav_link(app, "Worklist", "imaging_orders.worklist_page", Role.IMAGING_STAFF, Role.ADMIN)
-    add_nav_link(app, "Reconciliation", "reconciliation.reconciliation_page", Role.IMAGING_STAFF, Role.ADMIN)
-    add_nav_link(app, "Referrals to accept", "imaging_orders.incoming_page", Role.IMAGING_STAFF)
-    add_nav_link(app, "Appointments", "imaging_orders.appointments_page", Role.PATIENT, Role.CLINICIAN)
-    add_nav_link(app, "Imaging centres", "imaging_orders.centres_page", Role.ADMIN)
+    add_nav_link(app, _l("Worklist"), "imaging_orders.worklist_page", Role.IMAGING_STAFF, Role.ADMIN)
+    add_nav_link(app, _l("Reconciliation"), "reconciliation.reconciliation_page", Role.IMAGING_STAFF, Role.ADMIN)
+    add_nav_link(app, _l("Referrals to accept"), "imaging_orders.incoming_page", Role.IMAGING_STAFF)
+    add_nav_link(app, _l("Directions for patients"), "imaging_orders.own_visit_guide_page", Role.IMAGING_STAFF)
+    add_nav_link(app, _l("Appointments"), "imaging_orders.appointments_page", Role.PATIENT, Role.CLINICIAN)
+    add_nav_link(app, _l("Imaging centres"), "imaging_orders.centres_page", Role.ADMIN)
+    add_catalog(app, Path(__file__).parent / "translations")

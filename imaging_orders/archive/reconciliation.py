@@ -36,6 +36,8 @@ from hospital.auth import current_user, require_roles
 from hospital.clock import utcnow
 from hospital.db import get_db, request_session
 from hospital.errors import Conflict, Forbidden, NotFound
+from hospital.i18n import gettext as _
+from hospital.i18n import ngettext
 from hospital.models import Patient, Role, User
 from hospital.web import form_action
 from imaging_orders.archive.ingest import MATCHABLE_REFERRAL_STATUSES, reconcile_study, write_file_durably
@@ -94,7 +96,7 @@ def ensure_study_visible(session: Session, user: User, study: ImagingStudy, acti
         return
     record_denied(user, action, "ImagingStudy", study.id, "study outside the user's centre or compartment",
                   patient_id=study.patient_id)
-    raise Forbidden("no access to this imaging study")
+    raise Forbidden(_("no access to this imaging study"))
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ def merge_study(app: Flask, study_id: int, into_study_id: int) -> int:
 def _merge(session: Session, study_id: int, into_study_id: int, storage_dir: Path,
            written: list[Path], replaced: list[Path]) -> int:
     if study_id == into_study_id:
-        raise Conflict("a study cannot be merged into itself")
+        raise Conflict(_("a study cannot be merged into itself"))
     # Locked in id order, so two merges of the same pair cannot deadlock.
     locked = {s.id: s for s in session.scalars(
         select(ImagingStudy).where(ImagingStudy.id.in_([study_id, into_study_id]))
@@ -215,15 +217,17 @@ def _merge(session: Session, study_id: int, into_study_id: int, storage_dir: Pat
     )}
     source, target = locked.get(study_id), locked.get(into_study_id)
     if source is None or target is None:
-        raise NotFound(f"imaging study {study_id if source is None else into_study_id} does not exist")
+        raise NotFound(_("imaging study %(id)s does not exist", id=study_id if source is None else into_study_id))
     if source.referral_id is not None:
-        raise Conflict(f"imaging study {study_id} is matched to referral {source.referral_id}; only an unmatched study is merged")
+        raise Conflict(_("imaging study %(id)s is matched to referral %(referral)s; only an unmatched study is merged",
+                         id=study_id, referral=source.referral_id))
     if source.status is StudyStatus.CANCELLED or target.status is StudyStatus.CANCELLED:
-        raise Conflict("a cancelled study cannot be merged")
+        raise Conflict(_("a cancelled study cannot be merged"))
     target_patient_id = target.patient.mrn if target.patient is not None else target.dicom_patient_id
     if not source.dicom_patient_id or (source.dicom_patient_id or "").strip() != (target_patient_id or "").strip():
         # The values themselves are PHI; the message only says that they differ.
-        raise Conflict(f"imaging study {study_id} cannot be merged: its PatientID differs from study {into_study_id}'s")
+        raise Conflict(_("imaging study %(id)s cannot be merged: its PatientID differs from study %(into)s's",
+                         id=study_id, into=into_study_id))
     now = utcnow()
     moved = 0
     for series in session.scalars(select(ImagingSeries).where(ImagingSeries.study_id == source.id)).all():
@@ -266,7 +270,7 @@ def merge_for_user(session: Session, user: User, study_id: int, into_study_id: i
     for checked in (study_id, into_study_id):
         study = session.get(ImagingStudy, checked)
         if study is None:
-            raise NotFound(f"imaging study {checked} does not exist")
+            raise NotFound(_("imaging study %(id)s does not exist", id=checked))
         ensure_study_visible(session, user, study, "U")
     moved = merge_study(current_app, study_id, into_study_id)
     target = session.get(ImagingStudy, into_study_id, populate_existing=True)
@@ -281,14 +285,14 @@ def reconcile_for_user(session: Session, user: User, study_id: int, referral_id:
     """Check that both the study and the referral are the user's centre's, then reconcile."""
     study = session.get(ImagingStudy, study_id)
     if study is None:
-        raise NotFound(f"imaging study {study_id} does not exist")
+        raise NotFound(_("imaging study %(id)s does not exist", id=study_id))
     ensure_study_visible(session, user, study, "U")
     referral = referral_summary(session, referral_id)
     if referral is None:
-        raise NotFound(f"referral {referral_id} does not exist")
+        raise NotFound(_("referral %(id)s does not exist", id=referral_id))
     if user.role is not Role.ADMIN and referral.performer_organization_id != user.organization_id:
         record_denied(user, "U", "Referral", referral_id, "referral of another centre")
-        raise Forbidden(f"referral {referral_id} is not one of your centre's")
+        raise Forbidden(_("referral %(id)s is not one of your centre's", id=referral_id))
     reconciled = reconcile_study(session, study_id, referral_id)
     record_access(
         session, user, "U", "ImagingStudy", study_id, patient_id=reconciled.patient_id,
@@ -363,7 +367,7 @@ def study_rejections(session: Session, user: User, study_id: int) -> list[dict[s
     with the instances it withdrew; the read is audited."""
     study = session.get(ImagingStudy, study_id)
     if study is None:
-        raise NotFound(f"imaging study {study_id} does not exist")
+        raise NotFound(_("imaging study %(id)s does not exist", id=study_id))
     ensure_study_visible(session, user, study)
     rejections = session.scalars(
         select(InstanceRejection).where(InstanceRejection.study_id == study_id).order_by(InstanceRejection.id)
@@ -394,7 +398,7 @@ def revert_rejection_for_user(session: Session, user: User, study_id: int, rejec
     study = session.get(ImagingStudy, study_id)
     rejection = session.get(InstanceRejection, rejection_id)
     if study is None or rejection is None or rejection.study_id != study_id:
-        raise NotFound(f"imaging study {study_id} has no rejection {rejection_id}")
+        raise NotFound(_("imaging study %(id)s has no rejection %(rejection)s", id=study_id, rejection=rejection_id))
     ensure_study_visible(session, user, study, "U")
     return revert_rejection(session, rejection, study, user)
 
@@ -425,9 +429,11 @@ def reconciliation_page() -> ResponseReturnValue:
         def match() -> str:
             if into_study_id:
                 moved = merge_for_user(session, user, study_id, into_study_id)
-                return f"Study {study_id} merged into study {into_study_id} ({moved} images)."
+                return ngettext("Study %(study)s merged into study %(into)s (%(num)d image).",
+                                "Study %(study)s merged into study %(into)s (%(num)d images).", moved, study=study_id,
+                                into=into_study_id)
             reconcile_for_user(session, user, study_id, referral_id)
-            return f"Study {study_id} matched to referral {referral_id}."
+            return _("Study %(study)s matched to referral %(referral)s.", study=study_id, referral=referral_id)
 
         form_action(session, match)
         return redirect(url_for("reconciliation.reconciliation_page"))

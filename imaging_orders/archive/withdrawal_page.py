@@ -23,6 +23,8 @@ from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput, NotFound
+from hospital.i18n import gettext as _
+from hospital.i18n import ngettext
 from hospital.web import ask_first, form_action
 from imaging_orders.archive.ingest import InstanceRejected, StorageUnavailable, store_instance
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, InstanceRejection
@@ -81,28 +83,32 @@ def _withdraw_from_page(study: ImagingStudy) -> str:
     user = current_user()
     code = request.form.get("code", "")
     if code not in REJECTION_NOTE_TITLES:
-        raise InvalidInput("choose a reason for the withdrawal")
+        raise InvalidInput(_("choose a reason for the withdrawal"))
     series = session.get(ImagingSeries, request.form.get("series_id", type=int) or 0)
     if series is None or series.study_id != study.id:
-        raise InvalidInput("that series is not in this study")
+        raise InvalidInput(_("that series is not in this study"))
     wanted = request.form.get("sop_instance_uid", "")
     query = select(ImagingInstance).where(ImagingInstance.series_id == series.id, ImagingInstance.rejection_id.is_(None))
     if wanted:
         query = query.where(ImagingInstance.sop_instance_uid == wanted)
     instances = list(session.scalars(query.order_by(ImagingInstance.number, ImagingInstance.id)))
     if not instances:
-        raise InvalidInput("nothing left to withdraw there")
-    what = f"instance {instances[0].number or instances[0].sop_instance_uid}" if wanted else f"all {len(instances)} images"
-    ask_first(f"Withdraw {what} of series {series.number or series.id} ({REJECTION_NOTE_TITLES[code]})? "
-              "They are no longer found or retrieved, and a re-send is refused until the withdrawal is reverted.",
-              "Yes, withdraw")
+        raise InvalidInput(_("nothing left to withdraw there"))
+    if wanted:
+        what = _("instance %(number)s", number=instances[0].number or instances[0].sop_instance_uid)
+    else:
+        what = _("all %(num)d images", num=len(instances))
+    number, reason = series.number or series.id, REJECTION_NOTE_TITLES[code]
+    ask_first(_("Withdraw %(what)s of series %(series)s (%(reason)s)? They are no longer found or retrieved, and a "
+                "re-send is refused until the withdrawal is reverted.", what=what, series=number, reason=reason),
+              _("Yes, withdraw"))
     note = rejection_note_dataset(study, series.series_instance_uid, instances, code)
     try:
         store_instance(current_app._get_current_object(), note, transfer_syntax_uid=None,  # type: ignore[attr-defined]
                        calling_ae=f"WEB:{user.username}", rejection_scope=visible_studies(user))
     except (InstanceRejected, StorageUnavailable) as exc:
-        raise InvalidInput(f"not withdrawn: {exc.reason}") from exc
-    return f"Withdrawn: {what} of series {series.number or series.id} ({REJECTION_NOTE_TITLES[code]})."
+        raise InvalidInput(_("not withdrawn: %(reason)s", reason=exc.reason)) from exc
+    return _("Withdrawn: %(what)s of series %(series)s (%(reason)s).", what=what, series=number, reason=reason)
 
 
 @bp.route("/imaging-studies/<int:study_id>/instances", methods=["GET", "POST"])
@@ -112,16 +118,17 @@ def study_instances_page(study_id: int) -> ResponseReturnValue:
     user = current_user()
     study = session.get(ImagingStudy, study_id)
     if study is None:
-        raise NotFound(f"imaging study {study_id} does not exist")
+        raise NotFound(_("imaging study %(id)s does not exist", id=study_id))
     ensure_study_visible(session, user, study)
     if request.method == "POST":
         if request.form.get("action") == "revert":
             rejection_id = request.form.get("rejection_id", type=int) or 0
 
             def revert() -> str:
-                ask_first("Revert this withdrawal? Its images are found and retrieved again.", "Yes, revert")
+                ask_first(_("Revert this withdrawal? Its images are found and retrieved again."), _("Yes, revert"))
                 restored = revert_rejection_for_user(session, user, study_id, rejection_id)
-                return f"Reverted: {len(restored)} image(s) are available again."
+                return ngettext("Reverted: %(num)d image is available again.", "Reverted: %(num)d images are available again.",
+                                len(restored))
 
             form_action(session, revert)
         else:

@@ -56,7 +56,7 @@ def test_staff_withdraw_a_series_from_the_page_and_revert_it(browser: Any, site:
 
     page.once("dialog", lambda d: d.accept())
     page.get_by_role("button", name=f"Revert withdrawal {rejection.id}").click()
-    page.get_by_text("Reverted: 3 image(s) are available again.").wait_for()
+    page.get_by_text("Reverted: 3 images are available again.").wait_for()
     assert {str(ds.SOPInstanceUID) for ds in datasets} <= _live_uids(site)
     assert page.locator(f"#rejection-{rejection.id}").get_by_text("reverted").is_visible()
 

@@ -157,11 +157,15 @@ def test_patient_moves_and_cancels_on_the_appointments_page(client: Any, as_role
     html = client.get("/appointments").get_data(as_text=True)
     token = html.split('name="csrf_token" value="')[1].split('"')[0]
     form = {"csrf_token": token, "appointment_id": booked["id"], "slot_id": second["id"]}
-    moved = client.post("/appointments", data={**form, "action": "move"}, follow_redirects=True)
-    assert "Appointment moved." in moved.get_data(as_text=True)
-    # Cancelling asks first (what is lost, how to get it back), and changes nothing until confirmed.
+    # Moving and cancelling each ask first (naming the examination and the time) and change nothing
+    # until agreed to.
+    asked = client.post("/appointments", data={**form, "action": "move"}).get_data(as_text=True)
+    assert "Move your CT" in asked and 'name="confirmed" value="yes"' in asked
+    assert as_role("patient").get(f"/fhir/Appointment/{booked['id']}").get_json()["slot"][0]["reference"] == f"Slot/{first['id']}"
+    moved = client.post("/appointments", data={**form, "action": "move", "confirmed": "yes"}, follow_redirects=True)
+    assert "Appointment moved to" in moved.get_data(as_text=True)
     asked = client.post("/appointments", data={**form, "action": "cancel"}).get_data(as_text=True)
-    assert "Cancel this appointment?" in asked and 'name="confirmed" value="yes"' in asked
+    assert "Cancel your CT" in asked and 'name="confirmed" value="yes"' in asked
     assert as_role("patient").get(f"/fhir/Appointment/{booked['id']}").get_json()["status"] == "booked"
     cancelled = client.post("/appointments", data={**form, "action": "cancel", "confirmed": "yes"},
                             follow_redirects=True)

@@ -27,7 +27,7 @@ def test_a_withdrawal_asks_first_refuses_a_bad_form_and_then_withdraws(
     sign_in(client, "imaging_staff")
     url = f"/imaging-studies/{series.study_id}/instances"
     page = client.get(url).get_data(as_text=True)
-    assert "3 image(s) available" in page and "Rejected for Quality Reasons (113001)" in page
+    assert "3 images available" in page and "Rejected for Quality Reasons (113001)" in page
     form = {"csrf_token": csrf_token_of(page), "action": "withdraw", "series_id": str(series.id),
             "sop_instance_uid": str(stored["datasets"][1].SOPInstanceUID), "code": "113001"}
 
@@ -41,7 +41,7 @@ def test_a_withdrawal_asks_first_refuses_a_bad_form_and_then_withdraws(
     done = client.post(url, data={**form, "confirmed": "yes"}, follow_redirects=True)
 
     assert "Withdrawn: instance" in done.get_data(as_text=True)
-    assert "2 image(s) available" in done.get_data(as_text=True)
+    assert "2 images available" in done.get_data(as_text=True)
     assert _withdrawn(db_session) == 1
     rejection = db_session.scalars(select(InstanceRejection)).one()
     assert rejection.rejected_by == "WEB:imaging_staff" and rejection.code_value == "113001"
