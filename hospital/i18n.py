@@ -14,21 +14,24 @@ page, mail or PDF shows that has no translation, or a catalog entry no code uses
 
 from __future__ import annotations
 
+import functools
+import gettext as gettext_module
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from babel import Locale
+from babel import Locale, support
 from babel.dates import format_date as babel_format_date
 from babel.dates import format_datetime as babel_format_datetime
 from babel.dates import format_time as babel_format_time
+from babel.messages.plurals import get_plural
 from babel.numbers import format_currency as babel_format_currency
 from babel.numbers import format_decimal as babel_format_decimal
 from flask import Flask, has_request_context, request
-from flask_babel import Babel, force_locale, get_locale
+from flask_babel import Babel, Domain, force_locale, get_locale, get_translations
 from flask_babel import gettext as gettext
 from flask_babel import lazy_gettext as lazy_gettext
 from flask_babel import ngettext as ngettext
@@ -47,7 +50,27 @@ DEFAULT_LOCALE = "en"
 LOCALE_COOKIE = "lang"
 _EXTENSION_KEY = "hospital.translation_directories"
 
+class _StageDomain(Domain):  # type: ignore[misc]
+    """Flask-Babel's domain, merging every stage's catalog, with the plural rule of the locale
+    itself: Flask-Babel keeps the rule of the last catalog merged, and a stage with no catalog for
+    the locale would leave English's rule (n != 1) on Chinese, whose catalogs have one form only."""
+
+    def get_translations(self) -> support.Translations | support.NullTranslations:
+        translations: support.Translations | support.NullTranslations = super().get_translations()
+        locale = get_locale()
+        if locale is not None and isinstance(translations, support.Translations):
+            translations.plural = _plural_rule(str(locale))  # type: ignore[assignment]
+        return translations
+
+
+@functools.lru_cache(maxsize=16)
+def _plural_rule(locale: str) -> Callable[[int], int]:
+    _count, expression = get_plural(locale)
+    return gettext_module.c2py(expression)
+
+
 babel = Babel()
+babel.__dict__["domain_instance"] = _StageDomain()  # what Babel.domain_instance would build, but ours
 
 
 def init_app(app: Flask) -> None:
@@ -70,6 +93,7 @@ def init_app(app: Flask) -> None:
         role_label=role_label,
         status_word=status_word,
         local_datetime=local_datetime,
+        js_messages=js_messages,
     )
     app.jinja_env.filters.update(local_date=local_date, local_clock=local_clock)
 
@@ -240,6 +264,35 @@ def user_display_name(user: User) -> str:
     if user.practitioner is not None:
         return user.practitioner.display_name
     return user.username
+
+
+# Words the pages' scripts write (live worklist, AI progress, slice viewer): sent with every page as
+# JSON (base.html, read by static/js/page_text.js), so the scripts speak the page's language. A
+# plural is sent as its two English forms' translations (one, other): enough for English and Chinese.
+def raw_ngettext(singular: str, plural: str, num: int) -> str:
+    """The translated form for `num`, its placeholders left for the page's script to fill
+    (Flask-Babel's ngettext fills them). Extracted like ngettext (hospital.i18n_catalogs.KEYWORDS)."""
+    text: str = get_translations().ungettext(singular, plural, num)
+    return text
+
+
+def js_messages() -> dict[str, str | list[str]]:
+    return {
+        "complete": gettext("complete"),
+        "arriving": gettext("arriving"),
+        "images": [raw_ngettext("%(num)d image", "%(num)d images", n) for n in (1, 2)],
+        "images_in_series": gettext("%(images)s in %(series)s series"),
+        "from_the_ai": gettext("(+ %(num)s from the AI)"),
+        "ai_waiting": gettext("AI analysis waiting for the complete study"),
+        "ai_progress": gettext("AI analysis progress"),
+        "booked_since": [raw_ngettext("%(num)d examination booked since this page was loaded.",
+                                  "%(num)d examinations booked since this page was loaded.", n) for n in (1, 2)],
+        "show_them": gettext("Show them"),
+        "ai_status": gettext("AI: %(status)s"),
+        "slices_done": gettext("%(done)s of %(total)s slices"),
+        "outputs_failed": gettext("DICOM outputs failed: %(error)s"),
+        "retry_analysis": gettext("Retry analysis"),
+    }
 
 
 # Formatting for the reader's locale ---------------------------------------------------------------

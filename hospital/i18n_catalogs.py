@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 # Babel names Simplified Chinese zh_Hans_CN (a request for "zh_CN" resolves to it).
 LOCALES = ("zh_Hans_CN",)
-KEYWORDS = {**DEFAULT_KEYWORDS, "lazy_gettext": None, "_l": None, "lazy_ngettext": (1, 2)}
+KEYWORDS = {**DEFAULT_KEYWORDS, "lazy_gettext": None, "_l": None, "lazy_ngettext": (1, 2), "raw_ngettext": (1, 2)}
 METHOD_MAP = [("**/templates/**.html", "jinja2"), ("**/templates/**.txt", "jinja2"), ("**.py", "python")]
 OPTIONS_MAP = {"**/templates/**.html": {"trimmed": "true"}, "**/templates/**.txt": {"trimmed": "true"}}
 # Folders in a stage whose text no person reads in the product (tests live outside the stages).

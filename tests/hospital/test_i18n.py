@@ -3,6 +3,7 @@ on every page, and used for words, dates and money."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -100,3 +101,21 @@ def test_work_for_another_person_speaks_their_language(app: Flask) -> None:
         assert str(i18n.status_word("balanced")) == "Paid"
     with app.app_context(), i18n.for_user(reader):
         assert i18n.role_label("radiologist") == "放射科医生"
+
+
+def test_the_pages_scripts_get_their_words_in_the_page_language(client: FlaskClient, demo: DemoSeed, app: Flask) -> None:
+    # (The client's fixtures hold one app context open around these requests: choose afresh in each,
+    # as every real request does.)
+    with app.test_request_context("/", headers={"Accept-Language": "en"}):
+        i18n.refresh()
+        words = i18n.js_messages()
+        assert words["images"] == ["%(num)d image", "%(num)d images"]
+        assert words["retry_analysis"] == "Retry analysis"
+    with app.test_request_context("/", headers={"Accept-Language": "zh-CN"}):
+        i18n.refresh()
+        words = i18n.js_messages()
+        assert words["images"] == ["%(num)d 幅图像", "%(num)d 幅图像"]
+        assert words["retry_analysis"] == "重新分析"
+    page = client.get("/login", headers={"Accept-Language": "zh-CN"}).get_data(as_text=True)
+    sent = page.split('<script type="application/json" id="page-text">')[1].split("</script>")[0]
+    assert json.loads(sent)["show_them"] == "显示"

@@ -20,11 +20,13 @@
     el.dataset.status = job.status;
     if (bar) { bar.max = total || 1; bar.value = done; bar.hidden = job.status !== "running"; }
     // The server words the state ("AI not applicable: modality NM; ..."); older answers lack it.
-    var text = job.summary || "AI " + job.status;
-    if (!job.summary && (job.status === "running" || job.status === "completed")) { text += " " + done + "/" + total + " slices"; }
+    var text = job.summary || window.hospitalText("ai_status", { status: job.status });
+    if (!job.summary && (job.status === "running" || job.status === "completed")) {
+      text += " " + window.hospitalText("slices_done", { done: done, total: total });
+    }
     if (!job.summary && job.status === "failed" && job.error) { text += ": " + job.error; }
     // The report's DICOM outputs (SR, key images) are their own job: its failure is shown, not hidden.
-    if (job.outputs_error) { text += "; DICOM outputs failed: " + job.outputs_error; }
+    if (job.outputs_error) { text += "; " + window.hospitalText("outputs_failed", { error: job.outputs_error }); }
     label.textContent = text;
     el.classList.toggle("ai-failed", job.status === "failed" || !!job.outputs_error);
     offerRetry(el, job.status === "failed" || !!job.outputs_error);
@@ -47,7 +49,7 @@
     var back = document.createElement("input");
     back.type = "hidden"; back.name = "next"; back.value = window.location.pathname + window.location.search;
     var button = document.createElement("button");
-    button.type = "submit"; button.className = "secondary"; button.textContent = "Retry analysis";
+    button.type = "submit"; button.className = "secondary"; button.textContent = window.hospitalText("retry_analysis");
     form.appendChild(csrf); form.appendChild(back); form.appendChild(button);
     el.appendChild(form);
   }

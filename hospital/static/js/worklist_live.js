@@ -11,17 +11,16 @@
   var table = document.getElementById("worklist");
   if (!table || !table.dataset.liveUrl) { return; }
 
-  function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
-
   function renderArrival(row, arrival) {
     var cell = row.querySelector("td.arrival");
     var badge = document.createElement("span");
     badge.className = "badge " + (arrival.complete ? "good" : "wait");
-    badge.textContent = arrival.complete ? "complete" : "arriving";
+    badge.textContent = window.hospitalText(arrival.complete ? "complete" : "arriving");
     var count = document.createElement("span");
     count.className = "arrival-count";
-    count.textContent = plural(arrival.images, "image") + " in " + arrival.series + " series" +
-      (arrival.derived ? " (+ " + arrival.derived + " from the AI)" : "");
+    count.textContent = window.hospitalText("images_in_series", {
+      images: window.hospitalPlural("images", arrival.images), series: arrival.series,
+    }) + (arrival.derived ? " " + window.hospitalText("from_the_ai", { num: arrival.derived }) : "");
     cell.replaceChildren(badge, document.createTextNode(" "), count);
     var ai = row.querySelector("td.ai-cell");
     if (ai && !ai.querySelector("[data-analysis-url]")) {
@@ -33,10 +32,10 @@
       span.setAttribute("aria-live", "polite");
       var label = document.createElement("span");
       label.className = "ai-label";
-      label.textContent = "AI analysis waiting for the complete study";
+      label.textContent = window.hospitalText("ai_waiting");
       var bar = document.createElement("progress");
       bar.hidden = true;
-      bar.setAttribute("aria-label", "AI analysis progress");
+      bar.setAttribute("aria-label", window.hospitalText("ai_progress"));
       span.append(label, " ", bar);
       ai.replaceChildren(span);
     }
@@ -59,10 +58,10 @@
     var news = document.getElementById("worklist-news");
     if (news && unseen) {
       news.hidden = false;
-      news.replaceChildren(plural(unseen, "examination") + " booked since this page was loaded. ");
+      news.replaceChildren(window.hospitalPlural("booked_since", unseen) + " ");
       var reload = document.createElement("a");
       reload.href = window.location.href;
-      reload.textContent = "Show them";
+      reload.textContent = window.hospitalText("show_them");
       news.appendChild(reload);
     }
   }
