@@ -713,8 +713,10 @@ def _encode_dataset(ds: Dataset, transfer_syntax_uid: str | None) -> tuple[bytes
     _check_syntax(syntax)
     buffer = DicomBytesIO()
     try:
-        # Write a copy so the caller's dataset keeps its own file meta.
-        copy = Dataset(ds)
+        # Write a copy so the caller's dataset keeps its own file meta and character set (a copy
+        # with its own elements: Dataset(ds) would share them).
+        copy = Dataset()
+        copy.update(ds)
         copy.file_meta = FileMetaDataset()
         copy.file_meta.TransferSyntaxUID = syntax
         copy.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or "1.2"
