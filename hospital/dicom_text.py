@@ -27,7 +27,6 @@ import pydicom.charset
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
-from pypinyin import Style, lazy_pinyin
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +95,10 @@ def pinyin_given_name(given: str) -> str:
 
 
 def _pinyin(text: str) -> str:
+    # Imported on first use: pypinyin loads its dictionaries on import (a second or more), and
+    # every process imports this module through `hospital.models`, most never to read a Han name.
+    from pypinyin import Style, lazy_pinyin
+
     # Passport and ID practice (GB/T 28039): no tone marks, no apostrophes; ü as "yu" (吕 Lyu).
     return "".join(lazy_pinyin(text, style=Style.NORMAL, errors=_ascii_folded)).replace("v", "yu")
 
