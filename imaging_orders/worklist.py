@@ -10,6 +10,10 @@ Dates and times are local to the centre whose scanner the step is on, as DICOM e
 modality's clock: a query for 20261124 returns the steps on the 24th of that centre's calendar,
 and a step at 08:00 in Berlin is answered as 080000 with TimezoneOffsetFromUTC +0100 when the
 query asks for that key. Stored times stay UTC (`hospital.clock`).
+
+Names are answered in UTF-8 (ISO_IR 192) and in their component groups: a Chinese patient is
+"Wang^Xiaoming=王^小明" (`hospital.dicom_text`), and a PatientName key finds them by pinyin, by
+characters or by both, however the console types it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Chinese patient names against real peers: dcmtk's findscu reading our worklist and study-root
-C-FIND answers, storescu sending GB18030 and ISO 2022 IR 58 files made with pydicom, and
-dicomweb-client reading the DICOM JSON. dcmtk decodes with its own character set conversion, so
+C-FIND answers, storescu sending GB18030 and ISO 2022 IR 58 files made with pydicom, a pynetdicom
+worklist query written in those character sets, and dicomweb-client reading the DICOM JSON. dcmtk decodes with its own character set conversion, so
 what it prints is an independent check of the bytes we write (and of those pydicom writes for us).
 """
 
@@ -17,6 +17,8 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityWorklistInformationFind
 from sqlalchemy import select
 
 import hospital.dicom_text  # noqa: F401 - pydicom writes ISO 2022 IR 58 with its escape sequences
@@ -195,3 +197,26 @@ def test_dicomweb_client_reads_a_chinese_name_in_its_groups(live_server: str) ->
     metadata: list[dict[str, Any]] = viewer.retrieve_study_metadata(slices[0].StudyInstanceUID)
     name = pydicom.Dataset.from_json(metadata[0]).PatientName
     assert (name.alphabetic, name.ideographic) == ("Wang^Xiaoming", "王^小明")
+
+
+@pytest.mark.parametrize("charset", ["GB18030", ["", "ISO 2022 IR 58"]], ids=["gb18030", "iso-2022-ir-58"])
+def test_a_worklist_query_in_a_chinese_character_set_finds_the_patient(
+    zh_node: Node, zh_order: Order, charset: str | list[str]
+) -> None:
+    query = pydicom.Dataset()
+    query.SpecificCharacterSet = charset
+    query.PatientName = "王^小明"
+    query.AccessionNumber = ""
+    ae = AE(ae_title=STATION_AE)
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", zh_node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    try:
+        answers = [(status.Status, found) for status, found in assoc.send_c_find(query, ModalityWorklistInformationFind)]
+    finally:
+        assoc.release()
+
+    [(pending, found), (done, _)] = answers
+    assert (pending, done) == (0xFF00, 0x0000)
+    assert found is not None and found.AccessionNumber == "ZHPEERACC1"
+    assert str(found.PatientName) == NAME
