@@ -31,6 +31,8 @@ from pydicom.valuerep import PersonName
 logger = logging.getLogger(__name__)
 
 UNICODE_CHARACTER_SET = "ISO_IR 192"
+# Terms of SpecificCharacterSet that name the default repertoire (ASCII), or none at all.
+DEFAULT_REPERTOIRE_TERMS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
 # Value representations holding text in the Specific Character Set (PS3.5 6.1.2.3); the others
 # (CS, DA, UI, AS ...) are limited to the default repertoire.
 TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
@@ -176,8 +178,8 @@ def _encodes_all(values: list[str], declared: str | list[str]) -> bool:
     extension switches between them within a value, so a character at a time is enough)."""
     terms = [declared] if isinstance(declared, str) else list(declared)
     # An empty or default term is the default repertoire (ASCII); an unknown term encodes nothing.
-    encodings = [pydicom.charset.python_encoding.get(term.strip(), "") if term.strip() not in ("", "ISO_IR 6",
-                 "ISO 2022 IR 6") else "ascii" for term in terms]
+    encodings = [pydicom.charset.python_encoding.get(term.strip(), "") if term.strip() not in DEFAULT_REPERTOIRE_TERMS
+                 else "ascii" for term in terms]
     for character in {ch for value in values for ch in value if not ch.isascii()}:
         if not any(_encodes(character, encoding) for encoding in encodings):
             return False

@@ -70,7 +70,7 @@ from hospital.dicom_status import (
     STORE_PROCESSING_FAILURE,
     DicomFailure,
 )
-from hospital.dicom_text import TEXT_VRS, declare_character_set
+from hospital.dicom_text import DEFAULT_REPERTOIRE_TERMS, TEXT_VRS, declare_character_set
 from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.jobs import publish
@@ -801,10 +801,6 @@ def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str], list[str
     return header, found, charset_problems
 
 
-# Terms of SpecificCharacterSet that name the default repertoire (ASCII).
-_DEFAULT_CHARACTER_SET_TERMS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
-
-
 def _character_set_problems(header: Dataset) -> list[str]:
     """Decode the top-level text elements whose bytes are not plain ASCII, and say which of them
     the declared SpecificCharacterSet does not decode (the values themselves are PHI: not named).
@@ -831,9 +827,9 @@ def _character_set_problems(header: Dataset) -> list[str]:
     terms = [term.strip() for term in terms]
     declared_text = "\\".join(terms)
     names = ", ".join(keyword_for_tag(tag) or str(tag) for tag in undecoded)
-    if all(term in _DEFAULT_CHARACTER_SET_TERMS for term in terms):
+    if all(term in DEFAULT_REPERTOIRE_TERMS for term in terms):
         reason = f"{names} hold characters outside ASCII but no SpecificCharacterSet declares them"
-    elif any(term not in _DEFAULT_CHARACTER_SET_TERMS and convert_encodings(term) == [default_encoding]
+    elif any(term not in DEFAULT_REPERTOIRE_TERMS and convert_encodings(term) == [default_encoding]
              for term in terms):
         reason = f"SpecificCharacterSet {declared_text!r} is unknown, so {names} cannot be decoded"
     else:
@@ -843,7 +839,10 @@ def _character_set_problems(header: Dataset) -> list[str]:
         return [f"{', '.join(failed)} are not valid {declared_text!r} text; indexed with replacement characters, "
                 "the file keeps the bytes as sent"]
     for tag, value in undecoded.items():
-        header[tag].value = value.decode("ascii", errors="replace").strip("\x00 ")
+        try:
+            header[tag].value = value.decode("ascii", errors="replace").strip("\x00 ")
+        except _PARSE_ERRORS:
+            continue  # broken beyond its text: `_decode_all` reports and drops it
     return [f"{reason}; indexed with replacement characters, the file keeps the bytes as sent"]
 
 
@@ -852,7 +851,10 @@ def _decodes(header: Dataset, tag: BaseTag) -> bool:
     (it warns then, rather than raising, unless reading is strict process-wide)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        header[tag]
+        try:
+            header[tag]
+        except _PARSE_ERRORS:
+            return True  # broken beyond its text: `_decode_all` reports and drops it
     return not any("decode" in str(w.message) for w in caught)
 
 
