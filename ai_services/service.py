@@ -39,6 +39,7 @@ from hospital.access import ensure_patient_access, patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.db import get_db
+from hospital.dicom_text import dicom_person_name
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.jobs import enqueue, publish
@@ -535,7 +536,7 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
     signer_name = None
     if signer is not None:
         practitioner = signer.practitioner
-        signer_name = f"{practitioner.family_name}^{practitioner.given_name}" if practitioner else signer.username
+        signer_name = dicom_person_name(practitioner.family_name, practitioner.given_name) if practitioner else signer.username
     model_version = job.model_version
     study = study_ref(session, report.study_id)
     assert study is not None  # foreign key

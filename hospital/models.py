@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
 from hospital.db import Base
+from hospital.dicom_text import dicom_person_name
 
 
 def enum_column(enum_cls: type[enum.Enum]) -> Enum:
@@ -91,7 +92,8 @@ class Patient(Base):
 
     @property
     def dicom_name(self) -> str:
-        return f"{self.family_name}^{self.given_name}"
+        """The name as DICOM carries it: "Wang^Xiaoming=王^小明" for a Han name (`dicom_text`)."""
+        return dicom_person_name(self.family_name, self.given_name)
 
 
 class Practitioner(Base):

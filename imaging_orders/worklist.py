@@ -10,6 +10,10 @@ Dates and times are local to the centre whose scanner the step is on, as DICOM e
 modality's clock: a query for 20261124 returns the steps on the 24th of that centre's calendar,
 and a step at 08:00 in Berlin is answered as 080000 with TimezoneOffsetFromUTC +0100 when the
 query asks for that key. Stored times stay UTC (`hospital.clock`).
+
+Names are answered in UTF-8 (ISO_IR 192) and in their component groups: a Chinese patient is
+"Wang^Xiaoming=王^小明" (`hospital.dicom_text`), and a PatientName key finds them by pinyin, by
+characters or by both, however the console types it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ from sqlalchemy import ColumnElement, Select, or_, select
 from sqlalchemy.orm import Session
 
 from hospital import clock
-from hospital.dicom_matching import InvalidMatchKey, date_range, wildcard_pattern
+from hospital.dicom_matching import (
+    InvalidMatchKey,
+    date_range,
+    person_name_clause,
+    person_name_matches,
+    wildcard_pattern,
+)
+from hospital.dicom_text import dicom_person_name
 from hospital.models import Organization, Patient, Practitioner
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot
 from referrals.public import ORDERS, Priority, ReferralStatus, ReferralSummary, summary_from_row
@@ -43,6 +54,8 @@ logger = logging.getLogger(__name__)
 WORKLIST_APPOINTMENT_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.ARRIVED)
 WORKLIST_REFERRAL_STATUSES = (ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED, ReferralStatus.IN_PROGRESS)
 CHARACTER_SET = "ISO_IR 192"  # UTF-8: patient names are not limited to Latin-1
+# A Han character (as `hospital.dicom_text.is_han` tells them), as a PostgreSQL regular expression.
+_HAN_CHARACTER = "[\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]"
 _STUDY_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:hospital:imaging_orders:worklist:study")
 _PRIORITY_CODES = {
     Priority.STAT: "STAT",
@@ -122,9 +135,8 @@ def find_worklist_items(
         statement = statement.where(Appointment.start < window_end)
     statement = _filter(statement, Patient.mrn, _value(query, "PatientID"))
     statement = _filter(statement, ORDERS.c.accession_number, _value(query, "AccessionNumber"))
-    statement = _filter(
-        statement, Patient.family_name + "^" + Patient.given_name, _person_name(_value(query, "PatientName"))
-    )
+    names = _person_name(_value(query, "PatientName"))
+    statement = _name_filter(statement, names)
     count = 0
     for found in session.execute(statement):
         appointment, patient, schedule, requester, timezone = found[:5]
@@ -132,6 +144,8 @@ def find_worklist_items(
         # The SQL window is wide enough for any zone; the centre's own calendar decides the day.
         day = row.local(appointment.start).date()
         if (first_day and day < first_day) or (last_day and day > last_day):
+            continue
+        if names and not any(person_name_matches(name, patient.dicom_name) for name in names):
             continue
         count += 1
         yield plan.response(row, encoding)
@@ -183,6 +197,21 @@ def _value(ds: Dataset | None, keyword: str) -> list[str]:
 def _person_name(values: list[str]) -> list[str]:
     # "DOE^JOHN^^^" and "DOE^JOHN" are the same name; stored names have two components.
     return [v.rstrip("^ ") or "*" for v in values]
+
+
+def _name_filter(statement: Select[Any], names: list[str]) -> Select[Any]:
+    """Narrow the steps to patients whose name may match one of `names` (PatientName keys).
+
+    A Han name's alphabetic group (pinyin) is made in Python, not held in a column, so such
+    patients pass here and `person_name_matches` decides on the row; other names match in SQL.
+    """
+    if not names or "*" in names:
+        return statement
+    stored = Patient.family_name + "^" + Patient.given_name
+    return statement.where(or_(
+        (Patient.family_name + Patient.given_name).regexp_match(_HAN_CHARACTER),
+        *(person_name_clause(stored, name) for name in names),
+    ))
 
 
 def _filter(statement: Select[Any], column: ColumnElement[Any], values: list[str]) -> Select[Any]:
@@ -246,7 +275,7 @@ _TOP_LEVEL: dict[str, _Fill] = {
     "PatientBirthDate": lambda r: r.patient.birth_date.strftime("%Y%m%d") if r.patient.birth_date else "",
     "PatientSex": lambda r: _SEX_CODES.get((r.patient.gender or "").lower(), ""),
     "AccessionNumber": lambda r: r.referral.accession_number or "",
-    "ReferringPhysicianName": lambda r: f"{r.requester.family_name}^{r.requester.given_name}",
+    "ReferringPhysicianName": lambda r: dicom_person_name(r.requester.family_name, r.requester.given_name),
     "RequestedProcedureDescription": lambda r: r.referral.procedure_description[:64],
     "RequestedProcedureID": lambda r: f"RP{r.referral.referral_id}"[:16],
     "RequestedProcedurePriority": _priority,

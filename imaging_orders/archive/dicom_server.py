@@ -320,6 +320,10 @@ def _store(event: Event, app: Flask) -> int | Dataset:
         return status_dataset(
             COERCION_OF_DATA_ELEMENTS, f"kept as version {result.version}; earlier version kept"
         )
+    if result.character_set_problems:
+        # Kept as sent, but its text is unreadable here: the modality's character set needs fixing.
+        logger.warning("C-STORE from %s: %s", calling_ae, "; ".join(result.character_set_problems))
+        return status_dataset(COERCION_OF_DATA_ELEMENTS, "text not in the declared SpecificCharacterSet")
     return SUCCESS
 
 

@@ -220,7 +220,8 @@ def _store_part(app: Any, part: BodyPart, path_study_uid: str | None, user: User
         outcome.study_instance_uid = path_study_uid
     outcome.study_id = result.study_id
     outcome.sop_instance_uid = result.sop_instance_uid
-    if result.superseded:
+    if result.superseded or result.character_set_problems:
+        # A new version of a stored instance, or text the declared character set does not decode.
         outcome.warning_reason = COERCION_OF_DATA_ELEMENTS
     return outcome
 

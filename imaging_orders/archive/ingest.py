@@ -37,7 +37,7 @@ import threading
 import warnings
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
@@ -45,8 +45,9 @@ from typing import Any
 
 import pydicom
 from flask import Flask
-from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR
+from pydicom.charset import convert_encodings, default_encoding, python_encoding
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -69,6 +70,7 @@ from hospital.dicom_status import (
     STORE_PROCESSING_FAILURE,
     DicomFailure,
 )
+from hospital.dicom_text import DEFAULT_REPERTOIRE_TERMS, TEXT_VRS, declare_character_set
 from hospital.errors import Conflict, DomainError, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.jobs import publish
@@ -172,6 +174,10 @@ class StoreResult:
     # (the earlier file is kept too); the sender is warned (COERCION_OF_DATA_ELEMENTS).
     superseded: bool = False
     version: int = 1
+    # Text the declared character set does not decode (no, an unknown or a wrong
+    # SpecificCharacterSet): the file keeps the bytes as sent, the index holds replacement
+    # characters, and the sender is warned (COERCION_OF_DATA_ELEMENTS) so that it gets fixed.
+    character_set_problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,7 @@ class _ReceivedInstance:
     study_instance_uid: str
     series_instance_uid: str
     warnings: list[str] = field(default_factory=list)
+    character_set_problems: list[str] = field(default_factory=list)
 
     @property
     def relative_path(self) -> str:
@@ -265,6 +272,8 @@ def store_instance(
             # An app context: a corrected re-send may match a complete study and publish its event.
             with app.app_context():
                 result = _store_attempt(db, storage_dir, received, sha256, derived, rejection)
+            if received.character_set_problems:
+                result = replace(result, character_set_problems=tuple(received.character_set_problems))
         except RejectionRefused as exc:
             raise InstanceRejected(exc.reason, exc.dicom_status) from exc
         except IntegrityError:
@@ -663,7 +672,7 @@ def _receive(dataset_or_bytes: Dataset | bytes, transfer_syntax_uid: str | None)
     if not raw:
         raise InstanceRejected("the data set is empty", CANNOT_UNDERSTAND)
 
-    header, parse_warnings = _parse_header(raw, syntax)
+    header, parse_warnings, charset_problems = _parse_header(raw, syntax)
     if not any(keyword in header for keyword in _REQUIRED_UIDS):
         # Bytes that parse into no identifying element at all are not a DICOM data set.
         raise InstanceRejected("not a DICOM data set (no SOP, study or series UID)", CANNOT_UNDERSTAND)
@@ -694,6 +703,7 @@ def _receive(dataset_or_bytes: Dataset | bytes, transfer_syntax_uid: str | None)
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
         warnings=parse_warnings,
+        character_set_problems=charset_problems,
     )
 
 
@@ -703,12 +713,17 @@ def _encode_dataset(ds: Dataset, transfer_syntax_uid: str | None) -> tuple[bytes
     _check_syntax(syntax)
     buffer = DicomBytesIO()
     try:
-        # Write a copy so the caller's dataset keeps its own file meta.
-        copy = Dataset(ds)
+        # Write a copy so the caller's dataset keeps its own file meta and character set (a copy
+        # with its own elements: Dataset(ds) would share them).
+        copy = Dataset()
+        copy.update(ds)
         copy.file_meta = FileMetaDataset()
         copy.file_meta.TransferSyntaxUID = syntax
         copy.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or "1.2"
         copy.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or "1.2"
+        # Our own outputs (SR, key images, rejection notes) name the patient as the source does:
+        # in Han characters too, which need a declared UTF-8 rather than "?" in their place.
+        declare_character_set(copy)
         pydicom.dcmwrite(buffer, copy, enforce_file_format=True)
     except _PARSE_ERRORS as exc:
         raise InstanceRejected(f"the data set cannot be encoded: {exc}", CANNOT_UNDERSTAND) from exc
@@ -760,8 +775,9 @@ def _provisional_file_head(syntax: str) -> bytes:
     return _PREAMBLE + _encode_file_meta(provisional)
 
 
-def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str]]:
-    """Parse the data set, forcing every element to decode, and collect oddities.
+def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str], list[str]]:
+    """Parse the data set, forcing every element to decode; return it with its oddities and its
+    character set problems (`_character_set_problems`, also among the oddities).
 
     pydicom decodes lazily, so a broken element would otherwise only fail later in a reader. The
     pixel data is read too (not decoded), so that `check_pixel_data` can see whether it is whole.
@@ -774,13 +790,72 @@ def _parse_header(raw: bytes, syntax: UID) -> tuple[Dataset, list[str]]:
             header = pydicom.dcmread(stream)
             if len(header) == 0:
                 raise InstanceRejected("the data set has no elements", CANNOT_UNDERSTAND)
+            charset_problems = _character_set_problems(header)
+            found.extend(charset_problems)
             _decode_all(header, found)
             found.extend(_header_warnings(header))
         except _PARSE_ERRORS as exc:
             raise InstanceRejected(f"the data set cannot be parsed: {type(exc).__name__}: {exc}"[:300], CANNOT_UNDERSTAND) from exc
     for message in dict.fromkeys(str(w.message)[:200] for w in caught):
         found.append(f"pydicom: {message}")
-    return header, found
+    return header, found, charset_problems
+
+
+def _character_set_problems(header: Dataset) -> list[str]:
+    """Decode the top-level text elements whose bytes are not plain ASCII, and say which of them
+    the declared SpecificCharacterSet does not decode (the values themselves are PHI: not named).
+
+    Called before anything else decodes them. GB18030 bytes sent with no SpecificCharacterSet,
+    or with an unknown one, would otherwise be read as Latin-1 ("ÍõÐ¡Ã÷" for 王小明): something
+    that looks like a name but is not one, in the index and on every page. Such values, and
+    values the declared character set fails on (GB18030 bytes declared as ISO_IR 192), are
+    indexed with U+FFFD replacement characters instead; the file keeps the bytes as sent, so
+    nothing is lost once the sender's configuration is known. Values inside sequences are not
+    indexed and are left to pydicom's reading.
+    """
+    undecoded = {
+        BaseTag(tag): raw.value
+        for tag in list(header.keys())
+        if isinstance(raw := header.get_item(tag), RawDataElement) and isinstance(raw.value, bytes)
+        and (raw.VR or _dictionary_vr(BaseTag(tag))) in TEXT_VRS
+        and (not raw.value.isascii() or b"\x1b" in raw.value)
+    }
+    if not undecoded:
+        return []
+    declared = header.get("SpecificCharacterSet") or ""
+    terms = [declared] if isinstance(declared, str) else [str(term) for term in declared]
+    terms = [term.strip() for term in terms]
+    declared_text = "\\".join(terms)
+    names = ", ".join(keyword_for_tag(tag) or str(tag) for tag in undecoded)
+    if all(term in DEFAULT_REPERTOIRE_TERMS for term in terms):
+        reason = f"{names} hold characters outside ASCII but no SpecificCharacterSet declares them"
+    elif any(term not in DEFAULT_REPERTOIRE_TERMS and convert_encodings(term) == [default_encoding]
+             for term in terms):
+        reason = f"SpecificCharacterSet {declared_text!r} is unknown, so {names} cannot be decoded"
+    else:
+        failed = [keyword_for_tag(tag) or str(tag) for tag in undecoded if not _decodes(header, tag)]
+        if not failed:
+            return []
+        return [f"{', '.join(failed)} are not valid {declared_text!r} text; indexed with replacement characters, "
+                "the file keeps the bytes as sent"]
+    for tag, value in undecoded.items():
+        try:
+            header[tag].value = value.decode("ascii", errors="replace").strip("\x00 ")
+        except _PARSE_ERRORS:
+            continue  # broken beyond its text: `_decode_all` reports and drops it
+    return [f"{reason}; indexed with replacement characters, the file keeps the bytes as sent"]
+
+
+def _decodes(header: Dataset, tag: BaseTag) -> bool:
+    """Decode one element in the declared character set; False if pydicom had to replace bytes
+    (it warns then, rather than raising, unless reading is strict process-wide)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            header[tag]
+        except _PARSE_ERRORS:
+            return True  # broken beyond its text: `_decode_all` reports and drops it
+    return not any("decode" in str(w.message) for w in caught)
 
 
 def _decode_all(ds: Dataset, found: list[str], depth: int = 0) -> None:

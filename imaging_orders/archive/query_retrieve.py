@@ -59,7 +59,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from hospital.db import get_db
-from hospital.dicom_matching import InvalidMatchKey, date_range, wildcard_pattern
+from hospital.dicom_matching import InvalidMatchKey, date_range, person_name_clause, wildcard_pattern
 from hospital.dicom_status import (
     ANSWERABLE,
     CANCEL,
@@ -262,7 +262,10 @@ def _study_statement(
     if visible is not None:
         statement = statement.where(visible)
     statement = _match(statement, ImagingStudy.dicom_patient_id, criteria.patient_ids)
-    statement = _match(statement, ImagingStudy.dicom_patient_name, criteria.patient_names)
+    if criteria.patient_names and "*" not in criteria.patient_names:
+        # By component group: "Wang^Xiaoming", "王^小明" and "Wang*=王*" all find "Wang^Xiaoming=王^小明".
+        statement = statement.where(or_(*(person_name_clause(ImagingStudy.dicom_patient_name, name)
+                                          for name in criteria.patient_names)))
     statement = _match(statement, ImagingStudy.accession_number, criteria.accession_numbers)
     if criteria.study_uids:
         statement = statement.where(ImagingStudy.study_instance_uid.in_(_split_uids(criteria.study_uids)))
