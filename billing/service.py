@@ -29,7 +29,7 @@ from billing.models import (
     PaymentKind,
     ServiceLine,
 )
-from billing.money import currency_decimals, major_units
+from billing.money import major_units
 from followup.events import ConsultationFinished, MedicationDispensed
 from hospital import clock
 from hospital.access import ensure_patient_access
@@ -414,14 +414,6 @@ def revenue_csv(lines: list[RevenueLine], group_by: str) -> str:
         writer.writerow([line.group, line.currency, line.charges, major_units(line.total_minor, line.currency),
                          major_units(line.ai_attributed_minor, line.currency)])
     return out.getvalue()
-
-
-def format_money(minor: int, currency: str) -> str:
-    """For pages: 12345 EUR -> '123.45 EUR', 12345 JPY -> '12,345 JPY' (the currency's own decimals)."""
-    sign = "-" if minor < 0 else ""
-    decimals = currency_decimals(currency)
-    whole, fraction = divmod(abs(minor), 10**decimals)
-    return f"{sign}{whole:,}{f'.{fraction:0{decimals}d}' if decimals else ''} {currency}"
 
 
 # Appended-only edit: this import belongs in the `billing.models` import at the top.
