@@ -39,6 +39,14 @@ REVENUE_GROUP_COLUMNS = {
     "month": _l("Month"),
 }
 
+# Each revenue table's download link says which table it downloads (links of one name that lead to
+# different files confuse a screen reader's list of links).
+REVENUE_GROUP_DOWNLOADS = {
+    "service_line": _l("Download CSV of revenue by service line"),
+    "organization": _l("Download CSV of revenue by organisation"),
+    "month": _l("Download CSV of revenue by month"),
+}
+
 # How a payment came in, as the pages record it in `Payment.reference`; a reference an
 # administrator typed (a remittance number) is shown as typed.
 PAYMENT_REFERENCE_WORDS = {

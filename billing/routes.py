@@ -21,6 +21,7 @@ from werkzeug.datastructures import MultiDict
 from billing.charts import revenue_bars_svg
 from billing.labels import (
     REVENUE_GROUP_COLUMNS,
+    REVENUE_GROUP_DOWNLOADS,
     REVENUE_GROUP_HEADINGS,
     payment_reference_word,
     revenue_group_label,
@@ -70,7 +71,8 @@ def _page_words() -> dict[str, object]:
     return {
         "money": format_money, "local_datetime": local_datetime, "service_line_word": service_line_word,
         "revenue_group_label": revenue_group_label, "revenue_group_headings": REVENUE_GROUP_HEADINGS,
-        "revenue_group_columns": REVENUE_GROUP_COLUMNS, "payment_reference_word": payment_reference_word,
+        "revenue_group_columns": REVENUE_GROUP_COLUMNS, "revenue_group_downloads": REVENUE_GROUP_DOWNLOADS,
+        "payment_reference_word": payment_reference_word,
         "typed_amount": lambda minor, currency: typed_amount(minor, currency, _typing_locales()[0]),
     }
 

@@ -182,3 +182,20 @@ def test_revenue_groups_are_words_in_chinese(client: FlaskClient, db_session: Se
     assert "¥680.00" in by_line and "合计（CNY）" in by_line and "scan" not in by_line.split("<table")[1]
     by_month = page.split('id="revenue-month"')[1].split("</section>")[0]
     assert re.search(r">\d{4}年\d{1,2}月</td>", by_month)
+
+
+def test_a_refused_payment_says_why_in_money_not_minor_units(
+    client: FlaskClient, db_session: Session, demo: DemoSeed
+) -> None:
+    invoice = invoice_for_a_scan(db_session, demo, insurer_basis_points=7000)
+    sign_in(client, "admin")
+    choose_language(client, "zh_CN", "/admin/billing")
+    page = client.get("/admin/billing").get_data(as_text=True)
+    form = {"csrf_token": csrf_token_of(page), "action": "insurer_payment", "invoice_id": str(invoice.id),
+            "payment_key": "k-2", "amount": "200.00", "confirmed": "yes"}
+    refused = client.post("/admin/billing", data=form, follow_redirects=True).get_data(as_text=True)
+    assert "此账单保险应付 €122.50，而不是 €200.00。" in refused and "minor units" not in refused
+    assert db_session.scalars(select(Payment)).all() == []
+    again = client.post("/admin/billing", data={**form, "action": "issue", "patient_id": str(demo.patient.id)},
+                        follow_redirects=True).get_data(as_text=True)
+    assert f"患者 {demo.patient.id} 在该期间没有可开票的费用。" in again

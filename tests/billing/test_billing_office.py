@@ -62,7 +62,7 @@ def test_admin_issues_an_invoice_and_records_the_insurers_payment_once(
     assert [(p.amount_minor, p.payer.value) for p in payments] == [(12250, "insurer")]
     too_much = client.post("/admin/billing", data={**payment, "payment_key": key + "x", "amount": "1.00"},
                            follow_redirects=True).get_data(as_text=True)
-    assert "insurer owes 0 minor units" in too_much
+    assert "The insurer owes €0.00 on this invoice, not €1.00." in too_much
     db_session.refresh(invoice)
     assert invoice.status is InvoiceStatus.ISSUED  # the patient's 52.50 is still due
 
