@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 CATALOG_START = datetime(2025, 1, 1, tzinfo=UTC)
 DEMO_MEDICATION = ("J01CA04", "Amoxicillin 500 mg capsules, pack of 21")
 # A centre whose every service is priced in yuan: what a scan and its AI reading cost there never
-# falls back to the platform's EUR prices (an invoice holds one currency).
-CNY_CENTRE = {"name": "Pudong Imaging Centre", "ae_title": "PUDONG", "timezone": "Asia/Shanghai"}
+# falls back to the platform's EUR prices (an invoice holds one currency). Its name sorts after
+# Riverside's, which stays the first centre a referral form offers (the one with scanners).
+CNY_CENTRE = {"name": "Shanghai Pudong Imaging Centre", "ae_title": "PUDONG", "timezone": "Asia/Shanghai"}
 CNY_PRICES = [
     (scan_code("CT"), "CT 检查", ServiceLine.SCAN, 68000),
     (scan_code("MR"), "磁共振检查", ServiceLine.SCAN, 128000),

@@ -163,7 +163,7 @@ def test_a_price_typed_wrong_is_refused_in_the_readers_language(
     page = client.get("/admin/catalog").get_data(as_text=True)
     assert "价目表" in page and "¥680.00" in page and "€150.00" in page
     assert "（例如 680.00）" in page  # the example is the entry's own price, as it is typed
-    entry_id = re.search(r'<tr data-entry-id="(\d+)">\s*<td[^>]*>Pudong Imaging Centre', page)
+    entry_id = re.search(r'<tr data-entry-id="(\d+)">\s*<td[^>]*>Shanghai Pudong Imaging Centre', page)
     assert entry_id is not None
     response = client.post("/admin/catalog", data={
         "csrf_token": csrf_token_of(page), "action": "change", "entry_id": entry_id.group(1), "price": "六百",
