@@ -33,6 +33,15 @@ REVENUE_GROUP_HEADINGS = {
     "month": _l("By month"),
 }
 
+REVENUE_GROUP_CHART_TITLES = {
+    "service_line": _l("Revenue by service line"),
+    "organization": _l("Revenue by organisation"),
+    "month": _l("Revenue by month"),
+}
+
+# The revenue charts' legend: the AI-enabled part of each bar, and the rest.
+REVENUE_CHART_LEGEND = (_l("AI-enabled"), _l("Other revenue"))
+
 REVENUE_GROUP_COLUMNS = {
     "service_line": _l("Service line"),
     "organization": _l("Organisation"),

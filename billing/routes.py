@@ -20,6 +20,8 @@ from werkzeug.datastructures import MultiDict
 
 from billing.charts import revenue_bars_svg
 from billing.labels import (
+    REVENUE_CHART_LEGEND,
+    REVENUE_GROUP_CHART_TITLES,
     REVENUE_GROUP_COLUMNS,
     REVENUE_GROUP_DOWNLOADS,
     REVENUE_GROUP_HEADINGS,
@@ -257,10 +259,11 @@ def revenue_page() -> ResponseReturnValue:
     for group_by in REVENUE_GROUPS:
         lines = revenue_report(session, user, group_by, *period.utc_bounds, zone_name=zone_name)
         chart = revenue_bars_svg(
-            str(REVENUE_GROUP_HEADINGS[group_by]),
+            str(REVENUE_GROUP_CHART_TITLES[group_by]),
             [f"{revenue_group_label(group_by, line.group)} ({line.currency})" for line in lines],
             [line.total_minor for line in lines], [line.ai_attributed_minor for line in lines],
             [format_money(line.total_minor, line.currency) for line in lines],
+            legend=(str(REVENUE_CHART_LEGEND[0]), str(REVENUE_CHART_LEGEND[1])),
         )
         reports[group_by] = (lines, chart)
     return render_template("billing/revenue.html", reports=reports, period=period, error=None,

@@ -180,6 +180,9 @@ def test_revenue_groups_are_words_in_chinese(client: FlaskClient, db_session: Se
     by_line = page.split('id="revenue-service_line"')[1].split("</section>")[0]
     assert "按服务类别" in by_line and ">检查</td>" in by_line and ">AI 分析</td>" in by_line
     assert "¥680.00" in by_line and "合计（CNY）" in by_line and "scan" not in by_line.split("<table")[1]
+    chart = by_line.split("<svg")[1].split("</svg>")[0]
+    assert "检查 (CNY)" in chart and ">AI 相关</text>" in chart and ">其他收入</text>" in chart
+    assert "AI-enabled" not in by_line and "revenue" not in chart
     by_month = page.split('id="revenue-month"')[1].split("</section>")[0]
     assert re.search(r">\d{4}年\d{1,2}月</td>", by_month)
 
