@@ -19,9 +19,11 @@ CHART_WIDTH = 420
 
 
 def revenue_bars_svg(
-    title: str, labels: Sequence[str], totals: Sequence[int], ai_parts: Sequence[int], value_text: Sequence[str]
+    title: str, labels: Sequence[str], totals: Sequence[int], ai_parts: Sequence[int], value_text: Sequence[str],
+    legend: tuple[str, str] = ("AI-enabled", "other revenue"),
 ) -> Markup:
-    """Horizontal bars of each total, with the AI-enabled part drawn darker inside it."""
+    """Horizontal bars of each total, with the AI-enabled part drawn darker inside it. `legend` names
+    the dark part and the rest, in the reader's language (the caller translates; this stays pure)."""
     if not (len(labels) == len(totals) == len(ai_parts) == len(value_text)):
         raise ValueError("labels, totals, ai_parts and value_text must have the same length")
     peak = max([*totals, 1])
@@ -43,8 +45,8 @@ def revenue_bars_svg(
         parts.append(f'<text x="{LABEL_WIDTH + full + 6}" y="{y + 16}" font-size="13">{escape(text)}</text>')
     legend_y = height - 14
     parts.append(f'<rect x="{LABEL_WIDTH}" y="{legend_y - 10}" width="12" height="12" fill="#0b5cad"/>')
-    parts.append(f'<text x="{LABEL_WIDTH + 18}" y="{legend_y}" font-size="12">AI-enabled</text>')
+    parts.append(f'<text x="{LABEL_WIDTH + 18}" y="{legend_y}" font-size="12">{escape(legend[0])}</text>')
     parts.append(f'<rect x="{LABEL_WIDTH + 110}" y="{legend_y - 10}" width="12" height="12" fill="#9ec5fe"/>')
-    parts.append(f'<text x="{LABEL_WIDTH + 128}" y="{legend_y}" font-size="12">other revenue</text>')
+    parts.append(f'<text x="{LABEL_WIDTH + 128}" y="{legend_y}" font-size="12">{escape(legend[1])}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))

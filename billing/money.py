@@ -1,8 +1,11 @@
 """Money at the edge: an amount as a person types it, in their locale ("165,00" or "165.00"), to
-integer minor units; and integer minor units back to major-unit text ("75.00") for exports.
+integer minor units; integer minor units back to the text a form field is filled with ("165.00" as
+the reader's locale writes a number); and to major-unit text ("75.00") for exports.
 
 Inside, money stays integer minor units with an ISO 4217 currency; how many decimals a currency
-has (EUR 2, JPY 0, BHD 3) comes from Babel's CLDR data, not from an assumption of two.
+has (EUR 2, CNY 2, JPY 0, BHD 3) comes from Babel's CLDR data, not from an assumption of two.
+Pages show amounts with `hospital.i18n.format_money` ("¥1,280.00", "€243.50"); a form field is
+prefilled by `typed_amount` in the locale `parse_amount` tries first, so it reads back as meant.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from babel import Locale
 from babel.numbers import NumberFormatError, format_decimal, get_currency_precision, parse_decimal
 
 from hospital.errors import InvalidInput
+from hospital.i18n import gettext as _
+from hospital.i18n import ngettext
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,15 @@ def major_units(minor: int, currency: str) -> str:
     return f"{Decimal(minor).scaleb(-decimals):.{decimals}f}"
 
 
+def typed_amount(minor: int, currency: str, locale: Locale) -> str:
+    """`minor` as a person of `locale` types it in a form field: the currency's decimals, the
+    locale's decimal mark, no grouping and no symbol (12250 EUR -> "122.50"; "122,50" in German),
+    so that `parse_amount` reads a prefilled field back to the same amount."""
+    decimals = currency_decimals(currency)
+    pattern = "0." + "0" * decimals if decimals else "0"
+    return format_decimal(Decimal(minor).scaleb(-decimals), format=pattern, locale=locale)
+
+
 def parse_amount(text: str, currency: str, locales: Iterable[Locale]) -> int:
     """`text`, typed in one of `locales` (best first), as a non-negative number of `currency`'s
     minor units. Each locale is tried strictly, in order: '165,00' reads as 165.00 for a German
@@ -38,7 +52,7 @@ def parse_amount(text: str, currency: str, locales: Iterable[Locale]) -> int:
     typed = text.strip()
     locales = list(locales)
     if not typed:
-        raise InvalidInput("the amount is missing")
+        raise InvalidInput(_("The amount is missing."))
     amount = None
     for locale in locales:
         try:
@@ -47,13 +61,15 @@ def parse_amount(text: str, currency: str, locales: Iterable[Locale]) -> int:
             continue
         break
     if amount is None or not amount.is_finite():
-        example = format_decimal(Decimal("165.00"), format="0.00", locale=locales[0]) if locales else "165.00"
-        raise InvalidInput(f"{typed[:40]!r} is not an amount; type it like {example}")
+        example = typed_amount(16500, currency, locales[0] if locales else Locale.parse("en"))
+        raise InvalidInput(_("“%(typed)s” is not an amount; type it like %(example)s.", typed=typed[:40],
+                             example=example))
     if amount < 0:
-        raise InvalidInput(f"the amount cannot be negative ({typed[:40]!r})")
+        raise InvalidInput(_("The amount cannot be negative (“%(typed)s”).", typed=typed[:40]))
     decimals = currency_decimals(currency)
     minor = amount.scaleb(decimals)
     if minor != minor.to_integral_value():
-        raise InvalidInput(f"{currency.upper()} has {decimals} decimal place{'' if decimals == 1 else 's'}; "
-                           f"{typed[:40]!r} has more")
+        raise InvalidInput(ngettext("%(currency)s has %(num)d decimal place; “%(typed)s” has more.",
+                                    "%(currency)s has %(num)d decimal places; “%(typed)s” has more.", decimals,
+                                    currency=currency.upper(), typed=typed[:40]))
     return int(minor)

@@ -1,4 +1,6 @@
-"""Demo price catalog in EUR: platform-wide prices plus the demo centre's own CT price."""
+"""Demo price catalog: platform-wide prices in EUR plus the demo centre's own CT price, and a second
+imaging centre in Shanghai priced in yuan (CNY), so that the demo and the tests show both
+currencies on invoices, payments and receipts."""
 
 from __future__ import annotations
 
@@ -10,12 +12,22 @@ from sqlalchemy.orm import Session
 
 from billing.models import CatalogEntry, ServiceLine
 from billing.service import AI_ANALYSIS_CODE, CONSULTATION_CODE, medication_code, scan_code
+from hospital.models import Organization, OrganizationKind
 from hospital.seed import DemoSeed
 
 logger = logging.getLogger(__name__)
 
 CATALOG_START = datetime(2025, 1, 1, tzinfo=UTC)
 DEMO_MEDICATION = ("J01CA04", "Amoxicillin 500 mg capsules, pack of 21")
+# A centre whose every service is priced in yuan: what a scan and its AI reading cost there never
+# falls back to the platform's EUR prices (an invoice holds one currency). Its name sorts after
+# Riverside's, which stays the first centre a referral form offers (the one with scanners).
+CNY_CENTRE = {"name": "Shanghai Pudong Imaging Centre", "ae_title": "PUDONG", "timezone": "Asia/Shanghai"}
+CNY_PRICES = [
+    (scan_code("CT"), "CT 检查", ServiceLine.SCAN, 68000),
+    (scan_code("MR"), "磁共振检查", ServiceLine.SCAN, 128000),
+    (AI_ANALYSIS_CODE, "AI 病灶分析", ServiceLine.AI_ANALYSIS, 15000),
+]
 
 
 def seed_catalog(session: Session, seed: DemoSeed) -> None:
@@ -28,11 +40,29 @@ def seed_catalog(session: Session, seed: DemoSeed) -> None:
         (medication_code(DEMO_MEDICATION[0]), DEMO_MEDICATION[1], ServiceLine.MEDICATION, None, 850),
     ]
     for code, display, line, org_id, price in entries:
-        exists = session.scalar(
-            select(CatalogEntry.id).where(CatalogEntry.code == code, CatalogEntry.organization_id.is_(None) if org_id is None else CatalogEntry.organization_id == org_id)
-        )
-        if exists is None:
-            session.add(CatalogEntry(
-                code=code, display=display, service_line=line, organization_id=org_id, unit_price_minor=price,
-                currency="EUR", effective_from=CATALOG_START,
-            ))
+        _add_price(session, code, display, line, org_id, price, "EUR")
+    seed.extra["cny_centre"] = seed_cny_centre(session)
+
+
+def seed_cny_centre(session: Session) -> Organization:
+    """The Shanghai demo centre with its yuan prices (once; a second run changes nothing)."""
+    centre = session.scalar(select(Organization).where(Organization.ae_title == CNY_CENTRE["ae_title"]))
+    if centre is None:
+        centre = Organization(kind=OrganizationKind.IMAGING_CENTRE, **CNY_CENTRE)
+        session.add(centre)
+        session.flush()
+    for code, display, line, price in CNY_PRICES:
+        _add_price(session, code, display, line, centre.id, price, "CNY")
+    return centre
+
+
+def _add_price(session: Session, code: str, display: str, line: ServiceLine, org_id: int | None, price: int,
+               currency: str) -> None:
+    exists = session.scalar(
+        select(CatalogEntry.id).where(CatalogEntry.code == code, CatalogEntry.organization_id.is_(None) if org_id is None else CatalogEntry.organization_id == org_id)
+    )
+    if exists is None:
+        session.add(CatalogEntry(
+            code=code, display=display, service_line=line, organization_id=org_id, unit_price_minor=price,
+            currency=currency, effective_from=CATALOG_START,
+        ))

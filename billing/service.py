@@ -1,7 +1,8 @@
 """Billing: price billable events from the catalog into exactly one ChargeItem each, gather a
 patient's charges into an invoice, and summarise revenue (including what the AI made possible).
 
-Money is integer minor units plus an ISO 4217 currency everywhere.
+Money is integer minor units plus an ISO 4217 currency everywhere. The errors a person may read
+(on the billing pages, flashed) are in their language, with amounts as their locale writes them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from billing.models import (
     PaymentKind,
     ServiceLine,
 )
-from billing.money import currency_decimals, major_units
+from billing.money import major_units
 from followup.events import ConsultationFinished, MedicationDispensed
 from hospital import clock
 from hospital.access import ensure_patient_access
@@ -37,6 +38,8 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.events import parse_instant
+from hospital.i18n import format_money, local_date
+from hospital.i18n import gettext as _
 from hospital.models import Organization, Patient, Role, User
 from hospital.records import load_record
 from imaging_orders.archive.events import StudyCompleted
@@ -190,10 +193,11 @@ def issue_invoice(
         query = query.where(ChargeItem.occurred_at < period_end)
     items = list(session.scalars(query))
     if not items:
-        raise Conflict(f"patient {patient_id} has nothing to invoice in that period")
+        raise Conflict(_("Patient %(number)s has nothing to invoice in that period.", number=patient_id))
     currencies = {item.currency for item in items}
     if len(currencies) > 1:
-        raise Conflict(f"charges are in several currencies {sorted(currencies)}; invoice them separately")
+        raise Conflict(_("The charges are in several currencies (%(currencies)s); invoice them separately.",
+                         currencies=", ".join(sorted(currencies))))
     total = sum(i.total_minor for i in items)
     coverage = session.scalar(select(Coverage).where(Coverage.patient_id == patient_id, Coverage.active.is_(True)))
     # The insurer's share rounds down: a fraction of a cent is the patient's, never lost.
@@ -247,30 +251,36 @@ def record_payment(session: Session, user: User, invoice_id: int, request: Payme
         if (existing.invoice_id, existing.payer, existing.kind, existing.amount_minor) != (
             invoice_id, request.payer, request.kind, request.amount_minor
         ):
-            raise Conflict("that idempotency key was already used for a different payment")
+            raise Conflict(_("That payment key was already used for a different payment."))
         return existing
     invoice = session.get(Invoice, invoice_id, with_for_update=True)
     if invoice is None:
-        raise NotFound(f"invoice {invoice_id} does not exist")
+        raise NotFound(_("Invoice %(number)s does not exist.", number=invoice_id))
     ensure_patient_access(session, user, invoice.patient_id, "Invoice", invoice_id, "U")
     if user.role is Role.PATIENT:
         if request.payer is not Payer.PATIENT or request.kind is not PaymentKind.PAYMENT:
-            raise Forbidden("a patient can only pay their own share")
+            raise Forbidden(_("A patient can only pay their own share."))
     elif user.role is not Role.ADMIN:
-        raise Forbidden("payments are recorded by the patient or an administrator")
+        raise Forbidden(_("Payments are recorded by the patient or an administrator."))
     if request.amount_minor <= 0:
-        raise InvalidInput("amount_minor must be a positive integer")
+        raise InvalidInput(_("The amount must be more than zero."))
     if request.currency != invoice.currency:
-        raise InvalidInput(f"the invoice is in {invoice.currency}, not {request.currency}")
+        raise InvalidInput(_("The invoice is in %(currency)s, not %(other)s.", currency=invoice.currency,
+                             other=request.currency))
     if invoice.status is InvoiceStatus.CANCELLED:
-        raise Conflict("the invoice is cancelled")
+        raise Conflict(_("The invoice is cancelled."))
     balance = invoice_balance(invoice)
     due = balance.patient_due_minor if request.payer is Payer.PATIENT else balance.insurer_due_minor
     share = invoice.patient_share_minor if request.payer is Payer.PATIENT else invoice.insurer_share_minor
     if request.kind is PaymentKind.PAYMENT and request.amount_minor > due:
-        raise InvalidInput(f"{request.payer.value} owes {due} minor units on this invoice, not {request.amount_minor}")
+        words = (_("The patient owes %(due)s on this invoice, not %(amount)s.") if request.payer is Payer.PATIENT
+                 else _("The insurer owes %(due)s on this invoice, not %(amount)s."))
+        raise InvalidInput(words % {"due": format_money(due, invoice.currency),
+                                    "amount": format_money(request.amount_minor, invoice.currency)})
     if request.kind is PaymentKind.REFUND and request.amount_minor > share - due:
-        raise InvalidInput(f"at most {share - due} minor units can be refunded to the {request.payer.value}")
+        words = (_("At most %(amount)s can be refunded to the patient.") if request.payer is Payer.PATIENT
+                 else _("At most %(amount)s can be refunded to the insurer."))
+        raise InvalidInput(words % {"amount": format_money(share - due, invoice.currency)})
     payment = Payment(
         invoice_id=invoice.id, payer=request.payer, kind=request.kind, amount_minor=request.amount_minor,
         currency=request.currency, idempotency_key=request.idempotency_key, reference=request.reference,
@@ -296,7 +306,7 @@ def record_payment(session: Session, user: User, invoice_id: int, request: Payme
 
 def get_invoice(session: Session, user: User, invoice_id: int) -> Invoice:
     if user.role not in (Role.ADMIN, Role.PATIENT):
-        raise Forbidden("invoices are for the patient and administrators")
+        raise Forbidden(_("Invoices are for the patient and administrators."))
     return load_record(session, user, Invoice, invoice_id, entity_type="Invoice", noun="invoice")
 
 
@@ -306,7 +316,7 @@ def patient_receipt(session: Session, user: User, invoice_id: int, payment_id: i
     invoice = get_invoice(session, user, invoice_id)
     payment = next((p for p in invoice.payments if p.id == payment_id), None)
     if payment is None:
-        raise NotFound(f"payment {payment_id} is not on invoice {invoice_id}")
+        raise NotFound(_("Payment %(payment)s is not on invoice %(number)s.", payment=payment_id, number=invoice_id))
     return payment
 
 
@@ -416,14 +426,6 @@ def revenue_csv(lines: list[RevenueLine], group_by: str) -> str:
     return out.getvalue()
 
 
-def format_money(minor: int, currency: str) -> str:
-    """For pages: 12345 EUR -> '123.45 EUR', 12345 JPY -> '12,345 JPY' (the currency's own decimals)."""
-    sign = "-" if minor < 0 else ""
-    decimals = currency_decimals(currency)
-    whole, fraction = divmod(abs(minor), 10**decimals)
-    return f"{sign}{whole:,}{f'.{fraction:0{decimals}d}' if decimals else ''} {currency}"
-
-
 # Appended-only edit: this import belongs in the `billing.models` import at the top.
 
 
@@ -446,15 +448,16 @@ def add_catalog_entry(
         raise Forbidden("only an administrator changes the price catalog")
     code, display, currency = code.strip(), display.strip(), currency.strip().upper()
     if not code or not display:
-        raise InvalidInput("a price needs a service code and a display name")
+        raise InvalidInput(_("A price needs a service code and a service name."))
     if isinstance(unit_price_minor, bool) or not isinstance(unit_price_minor, int) or unit_price_minor < 0:
         raise InvalidInput(f"the price is a whole, non-negative number of minor units, not {unit_price_minor!r}")
     if len(currency) != 3 or not currency.isascii() or not currency.isalpha():
-        raise InvalidInput(f"the currency is an ISO 4217 code of 3 letters, not {currency!r}")
+        raise InvalidInput(_("The currency is an ISO 4217 code of 3 letters (CNY, EUR), not “%(typed)s”.",
+                             typed=currency[:20]))
     if effective_from.tzinfo is None:
         raise InvalidInput("effective_from needs a time zone")
     if organization_id is not None and session.get(Organization, organization_id) is None:
-        raise NotFound(f"organization {organization_id} does not exist")
+        raise NotFound(_("Organisation %(number)s does not exist.", number=organization_id))
     same_price_line = [
         CatalogEntry.code == code,
         CatalogEntry.organization_id == organization_id if organization_id is not None
@@ -465,8 +468,8 @@ def add_catalog_entry(
     )
     if current is not None:
         if effective_from <= current.effective_from:
-            raise Conflict(f"the price in force for {code!r} starts {current.effective_from.date().isoformat()}; "
-                           "a new price must start after it")
+            raise Conflict(_("The price in force for %(code)s starts on %(date)s; a new price must start after it.",
+                             code=code, date=local_date(current.effective_from, "UTC")))
         current.effective_to = effective_from
     entry = CatalogEntry(code=code, display=display, service_line=service_line, organization_id=organization_id,
                          unit_price_minor=unit_price_minor, currency=currency, effective_from=effective_from)
@@ -482,7 +485,7 @@ def get_catalog_entry(session: Session, user: User, entry_id: int) -> CatalogEnt
         raise Forbidden("only an administrator changes the price catalog")
     entry = session.get(CatalogEntry, entry_id)
     if entry is None:
-        raise NotFound(f"price {entry_id} does not exist")
+        raise NotFound(_("Price %(number)s does not exist.", number=entry_id))
     return entry
 
 
@@ -493,8 +496,8 @@ def change_price(
     `unit_price_minor` from `effective_from` on. A price is never rewritten (charges made at it
     point at it); the new one ends it, as `add_catalog_entry` does."""
     if entry.effective_to is not None:
-        raise Conflict(f"the price of {entry.code!r} from {entry.effective_from.date().isoformat()} has ended; "
-                       "change the price in force")
+        raise Conflict(_("The price of %(code)s from %(date)s has ended; change the price in force.",
+                         code=entry.code, date=local_date(entry.effective_from, "UTC")))
     return add_catalog_entry(
         session, user, code=entry.code, display=entry.display, service_line=entry.service_line,
         organization_id=entry.organization_id, unit_price_minor=unit_price_minor, currency=entry.currency,

@@ -7,6 +7,7 @@ from flask import Flask
 from ai_services.events import AnalysisCompleted
 from billing import fhir, routes, seed
 from followup.events import ConsultationFinished, MedicationDispensed
+from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.web import add_nav_link
@@ -21,7 +22,7 @@ def register(app: Flask) -> None:
     subscribe(app, AnalysisCompleted, "billing.jobs.charge_ai_analysis", queue="billing")
     subscribe(app, ConsultationFinished, "billing.jobs.charge_consultation", queue="billing")
     subscribe(app, MedicationDispensed, "billing.jobs.charge_dispense", queue="billing")
-    add_nav_link(app, "Revenue", "billing.revenue_page", Role.ADMIN)
-    add_nav_link(app, "Price catalog", "billing.catalog_page", Role.ADMIN)
-    add_nav_link(app, "Billing", "billing.billing_office_page", Role.ADMIN)
-    add_nav_link(app, "My invoices", "billing.my_invoices_page", Role.PATIENT)
+    add_nav_link(app, _l("Revenue"), "billing.revenue_page", Role.ADMIN)
+    add_nav_link(app, _l("Price catalog"), "billing.catalog_page", Role.ADMIN)
+    add_nav_link(app, _l("Billing"), "billing.billing_office_page", Role.ADMIN)
+    add_nav_link(app, _l("My invoices"), "billing.my_invoices_page", Role.PATIENT)

@@ -31,24 +31,24 @@ def test_admin_issues_an_invoice_and_records_the_insurers_payment_once(
     sign_in(client, "admin")
     page = client.get("/admin/billing").get_data(as_text=True)
     queue = page.split('id="unbilled"')[1].split("</table>")[0]
-    assert "Alex Rivera" in queue and "175.00 EUR" in queue and ">2</td>" in queue
+    assert "Alex Rivera" in queue and "€175.00" in queue and ">2</td>" in queue
     form = {"csrf_token": csrf_token_of(page), "action": "issue", "patient_id": str(demo.patient.id)}
     # Without the dialog's agreement (a browser without scripts) the server asks on a page of its
     # own, naming the amount, and nothing is issued until the form comes back agreed.
     asked = client.post("/admin/billing", data=form)
     question = asked.get_data(as_text=True)
     assert asked.status_code == 200 and asked.headers["Cache-Control"] == "no-store"
-    assert "Issue an invoice of 175.00 EUR to Alex Rivera? An issued invoice cannot be withdrawn." in question
+    assert "Issue an invoice of €175.00 to Alex Rivera? An issued invoice cannot be withdrawn." in question
     assert 'name="confirmed" value="yes"' in question and f'name="patient_id" value="{demo.patient.id}"' in question
     assert db_session.scalars(select(Invoice)).all() == []
     form = {**form, "csrf_token": csrf_token_of(question), "confirmed": "yes"}
     issued = client.post("/admin/billing", data=form, follow_redirects=True).get_data(as_text=True)
     invoice = db_session.scalars(select(Invoice)).one()
-    assert f"Invoice {invoice.id} issued to Alex Rivera: 175.00 EUR." in issued
+    assert f"Invoice {invoice.id} issued to Alex Rivera: €175.00." in issued
     assert "Nothing waits to be invoiced" in issued
     assert {c.status for c in db_session.scalars(select(ChargeItem))} == {ChargeStatus.BILLED}
     row = issued.split(f'id="invoice-{invoice.id}"')[1].split("</tr>")[0]
-    assert "122.50 EUR" in row and "52.50 EUR" in row  # insurer 70 %, patient 30 %
+    assert "€122.50" in row and "€52.50" in row  # insurer 70 %, patient 30 %
     again = client.post("/admin/billing", data=form, follow_redirects=True).get_data(as_text=True)
     assert "has nothing to invoice" in again and len(db_session.scalars(select(Invoice)).all()) == 1
 
@@ -56,13 +56,13 @@ def test_admin_issues_an_invoice_and_records_the_insurers_payment_once(
     payment = {"csrf_token": csrf_token_of(issued), "action": "insurer_payment", "invoice_id": str(invoice.id),
                "payment_key": key, "amount": "122.50", "confirmed": "yes"}
     paid = client.post("/admin/billing", data=payment, follow_redirects=True).get_data(as_text=True)
-    assert f"Insurer payment of 122.50 EUR recorded on invoice {invoice.id}." in paid
+    assert f"Insurer payment of €122.50 recorded on invoice {invoice.id}." in paid
     client.post("/admin/billing", data=payment)  # a double click: recorded once
     payments = db_session.scalars(select(Payment)).all()
     assert [(p.amount_minor, p.payer.value) for p in payments] == [(12250, "insurer")]
     too_much = client.post("/admin/billing", data={**payment, "payment_key": key + "x", "amount": "1.00"},
                            follow_redirects=True).get_data(as_text=True)
-    assert "insurer owes 0 minor units" in too_much
+    assert "The insurer owes €0.00 on this invoice, not €1.00." in too_much
     db_session.refresh(invoice)
     assert invoice.status is InvoiceStatus.ISSUED  # the patient's 52.50 is still due
 

@@ -92,10 +92,10 @@ def test_patient_pays_on_the_invoices_page_once(client: Any, as_role: Any, db_se
     token = page.get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
     client.post("/login", data={"username": "patient", "password": DEMO_PASSWORD, "csrf_token": token})
     html = client.get("/invoices").get_data(as_text=True)
-    assert "Pay 175.00 EUR" in html and ">To pay</span>" in html
+    assert "Pay €175.00" in html and ">To pay</span>" in html
     # Paying asks first: the confirmation page says what will be paid, and nothing is paid yet.
     confirm = client.get(f"/invoices/{invoice['id']}/pay").get_data(as_text=True)
-    assert "You are about to pay 175.00 EUR" in confirm and "Confirm: pay 175.00 EUR" in confirm
+    assert "You are about to pay €175.00" in confirm and "Confirm: pay €175.00" in confirm
     key = confirm.split('name="payment_key" value="')[1].split('"')[0]
     # Signing in starts a new session, with a new CSRF token: take the one the page carries.
     form = {"csrf_token": confirm.split('name="csrf_token" value="')[1].split('"')[0], "payment_key": key}
@@ -109,13 +109,13 @@ def test_patient_pays_on_the_invoices_page_once(client: Any, as_role: Any, db_se
     assert again.status_code == 302 and again.location.endswith("/invoices")
     assert db_session.scalar(select(func.count()).select_from(Payment)) == 1
     receipt = client.get(paid.location).get_data(as_text=True)
-    assert f"Receipt {payment.id}" in receipt and "175.00 EUR" in receipt and "Alex Rivera" in receipt
+    assert f"Receipt {payment.id}" in receipt and "€175.00" in receipt and "Alex Rivera" in receipt
     assert "data-print" in receipt
     listed = client.get("/invoices").get_data(as_text=True)
-    assert "Pay 175.00 EUR" not in listed
+    assert "Pay €175.00" not in listed
     # Paid is shown as paid, in the "done" colour, never as an amber "balanced".
     assert '<span class="badge good">Paid</span>' in listed and "balanced" not in listed
-    assert f"Receipt {payment.id}: 175.00 EUR" in listed
+    assert f"Receipt {payment.id}: €175.00" in listed
 
 
 def test_a_receipt_is_only_the_payers_to_see(client: Any, app: Any, as_role: Any, db_session: Session, demo: DemoSeed) -> None:

@@ -51,7 +51,7 @@ def test_a_price_is_changed_in_place_as_the_locale_writes_it(
     audited = db_session.scalars(select(AuditEvent).where(AuditEvent.entity_type == "ChargeItemDefinition")).all()
     assert [e.description for e in audited][-1].startswith(f"{scan_code('CT')} 16500 EUR from 2030-03-01")
     shown = client.get("/admin/catalog").get_data(as_text=True)
-    assert "165.00 EUR" in shown
+    assert "€165.00" in shown
 
 
 @pytest.mark.parametrize(("typed", "message"), [

@@ -66,7 +66,7 @@ def test_a_bad_range_is_refused_clearly(as_role: Any, client: FlaskClient, db_se
     sign_in(client, "admin")
     page = client.get("/admin/revenue?from=2030-02-10&to=2030-02-01")
     html = page.get_data(as_text=True)
-    assert page.status_code == 422 and "the &#39;to&#39; date is before the &#39;from&#39; date" in html
+    assert page.status_code == 422 and "The “to” date is before the “from” date." in html
     assert 'value="2030-02-10"' in html  # what was typed stays in the form
 
 
@@ -74,7 +74,7 @@ def test_the_page_filters_and_links_the_csv_of_the_same_range(client: FlaskClien
     charges_around_midnight(db_session, demo)
     sign_in(client, "admin")
     html = client.get("/admin/revenue?from=2030-02-02&to=2030-02-28").get_data(as_text=True)
-    assert "150.00 EUR" not in html and "25.00 EUR" in html
+    assert "€150.00" not in html and "€25.00" in html
     assert "/api/revenue?group_by=service_line&amp;format=csv&amp;from=2030-02-02&amp;to=2030-02-28" in html
     assert "AI-enabled" in html
 

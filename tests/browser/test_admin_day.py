@@ -86,13 +86,13 @@ def revenue_for_february(page: Any, width_name: str) -> None:
     page.get_by_label("From").fill("2030-02-28")
     page.get_by_label("To", exact=False).fill("2030-02-01")
     page.get_by_role("button", name="Show revenue").click()
-    expect(page.get_by_role("alert")).to_have_text("the 'to' date is before the 'from' date")
+    expect(page.get_by_role("alert")).to_have_text("The “to” date is before the “from” date.")
     page.get_by_label("From").fill("2030-02-01")
     page.get_by_label("To", exact=False).fill("2030-02-28")
     page.get_by_role("button", name="Show revenue").click()
     section = page.locator("#revenue-service_line")
-    expect(section).to_contain_text("25.00 EUR")
-    expect(section).not_to_contain_text("150.00 EUR")  # January's CT is outside the period
+    expect(section).to_contain_text("€25.00")
+    expect(section).not_to_contain_text("€150.00")  # January's CT is outside the period
     expect(section).to_contain_text("Of which AI-enabled")
     rows = downloaded_csv(page, section.get_by_role("link", name="Download CSV of revenue by service line"))
     assert rows == [{"service_line": "ai-analysis", "currency": "EUR", "charges": "1", "total": "25.00",
@@ -114,8 +114,8 @@ def change_the_ct_price(page: Any, width_name: str, typed: str, shown: str) -> N
     row.get_by_label("New price in EUR").fill(typed)
     row.get_by_label("From", exact=False).fill("2031-01-01" if width_name == "desktop" else "2032-01-01")
     row.get_by_role("button", name="Save new price").click()
-    expect(flash(page)).to_contain_text(f"CT examination (Riverside tariff): {shown} EUR from")
-    expect(page.locator("#catalog")).to_contain_text(f"{shown} EUR")
+    expect(flash(page)).to_contain_text(f"CT examination (Riverside tariff): €{shown} from")
+    expect(page.locator("#catalog")).to_contain_text(f"€{shown}")
     screenshot(page, f"admin-price-changed-{width_name}")
 
 

@@ -212,7 +212,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(flash(admin)).to_contain_text(re.compile(r"^Invoice \d+ issued to Alex Rivera"))
     assert asked and "Alex Rivera" in asked[0], asked
     invoice = {"id": int(re.search(r"Invoice (\d+)", flash(admin).inner_text()).group(1))}
-    expect(admin.locator(f"#invoice-{invoice['id']}")).to_contain_text("issued")
+    expect(admin.locator(f"#invoice-{invoice['id']}")).to_contain_text("Open")  # open: the patient has not paid yet
     screenshot(admin, "admin-billing")
 
     # Patient: the invoice, and the signed report in plain language.
