@@ -10,8 +10,8 @@ template rendered under the reader's (or a forced) locale, as every page does.
 
 A PDF fetches nothing: the only URLs it may load are `data:` URLs (the key images are embedded
 by the caller), so text that ends up in a template can never make the renderer read a local file
-or reach the network. The font configuration and the base stylesheet are parsed once per
-process and reused; a one-page report renders in about a quarter of a second on a warm process.
+or reach the network. The font configuration and the stylesheets are made once per thread
+and reused; a one-page report renders in about a quarter of a second on a warm process.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ figcaption {{ font-size: 8.5pt; color: #333; }}
 .signature {{ margin-top: 8mm; break-inside: avoid; }}
 """
 
-_setup_lock = threading.Lock()
-_font_config: FontConfiguration | None = None
-_base_stylesheet: CSS | None = None
+# Per thread (gunicorn's gthread workers render side by side): Pango's font map is not safe to share
+# between threads, and reusing it within one is what makes the second PDF fast.
+_per_thread = threading.local()
 
 
 @dataclass(frozen=True)
@@ -108,27 +108,32 @@ def bcp47(locale_name: str) -> str:
 
 def render_pdf(template_name: str, /, **context: Any) -> bytes:
     """`template_name` (which extends "pdf/document.html") rendered in the current locale, as PDF."""
-    html = render_template(template_name, **context)
+    return html_to_pdf(render_template(template_name, **context))
+
+
+def html_to_pdf(html: str) -> bytes:
+    """HTML (a whole document, in the current locale) as PDF, with the shared base stylesheet and
+    this locale's page numbers."""
     document = HTML(string=html, url_fetcher=embedded_only_fetcher())
-    font_config, base = _shared_setup()
-    page_numbers = CSS(string=f"@page {{ @bottom-right {{ content: {page_counter_css(_page_label())}; }} }}",
-                       font_config=font_config)
-    pdf: bytes = document.write_pdf(stylesheets=[base, page_numbers], font_config=font_config, pdf_tags=True)
+    font_config, stylesheets = _stylesheets(str(gettext("Page %(page)s of %(pages)s")))
+    pdf: bytes = document.write_pdf(stylesheets=stylesheets, font_config=font_config, pdf_tags=True)
     return pdf
 
 
-def _page_label() -> str:
-    return str(gettext("Page %(page)s of %(pages)s"))
-
-
-def _shared_setup() -> tuple[FontConfiguration, CSS]:
-    """The font configuration and base stylesheet, made on first use and kept for the process."""
-    global _font_config, _base_stylesheet
-    with _setup_lock:
-        if _font_config is None or _base_stylesheet is None:
-            _font_config = FontConfiguration()
-            _base_stylesheet = CSS(string=BASE_CSS, font_config=_font_config)
-        return _font_config, _base_stylesheet
+def _stylesheets(page_label: str) -> tuple[FontConfiguration, list[CSS]]:
+    """This thread's font configuration with the base stylesheet and the page numbers in the
+    words of `page_label`, parsed once per thread (and per language)."""
+    font_config: FontConfiguration | None = getattr(_per_thread, "font_config", None)
+    if font_config is None:
+        font_config = FontConfiguration()
+        _per_thread.font_config = font_config
+        _per_thread.base = CSS(string=BASE_CSS, font_config=font_config)
+        _per_thread.page_numbers = {}
+    numbers: dict[str, CSS] = _per_thread.page_numbers
+    if page_label not in numbers:
+        numbers[page_label] = CSS(
+            string=f"@page {{ @bottom-right {{ content: {page_counter_css(page_label)}; }} }}", font_config=font_config)
+    return font_config, [_per_thread.base, numbers[page_label]]
 
 
 _COUNTER = re.compile(r"(%\((?:page|pages)\)s)")

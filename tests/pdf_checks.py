@@ -64,3 +64,12 @@ def assert_printable_with_embedded_cjk_font(pdf: bytes) -> None:
     assert all(f["emb"] == "yes" and f["sub"] == "yes" for f in cjk), cjk
     assert all(f["emb"] == "yes" for f in fonts), f"a font is not embedded: {fonts}"
     assert not is_blank(first_page_png(pdf)), "page 1 renders blank"
+
+
+def pdf_info(pdf: bytes) -> dict[str, str]:
+    """pdfinfo's fields: "Pages", "Page size" ("595.276 x 841.89 pts (A4)"), "Title", ..."""
+    fields = {}
+    for line in _run(["pdfinfo"], pdf).splitlines():
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    return fields
