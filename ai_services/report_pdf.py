@@ -9,7 +9,9 @@ its intended use, since a reader of an AI-assisted result must be able to tell w
 
 `ReportDocument` is the same report seen as a document (FHIR DocumentReference): a read-only
 mapping of the signed rows of the report table, so the FHIR layer reads and searches it like any
-other record and a draft has no document to find.
+other record and a draft has no document to find. Its FHIR versions are taken when it is read (the
+version tracker follows rows that are written, and this one never is): the content always
+reflects the report as it is now, `meta.versionId` does not count the report's amendments.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from flask import current_app, has_app_context
 from sqlalchemy import select
 from sqlalchemy.orm import Mapped, Session, relationship
 
-from ai_services.models import AnalysisStatus, DiagnosticReport, Finding, ReportStatus, ReviewStatus
+from ai_services.models import AnalysisStatus, DiagnosticReport, Finding, FindingSource, ReportStatus, ReviewStatus
 from ai_services.overlay import OverlayBox, render_overlay
 from ai_services.reading import reading_context
 from ai_services.service import get_report
@@ -163,7 +165,7 @@ def _pdf_findings(session: Session, report: DiagnosticReport, storage_dir: Path)
 
 
 def _origin(finding: Finding) -> str:
-    if finding.source.value == "radiologist":
+    if finding.source is FindingSource.RADIOLOGIST:
         return _("Added by the radiologist")
     if finding.review_status is ReviewStatus.EDITED:
         return _("Found by the AI, outline corrected by the radiologist")

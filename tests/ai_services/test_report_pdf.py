@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, DiagnosticReport, ReviewStatus
 from ai_services.reading import add_addendum
-from ai_services.service import active_model_version, review_finding, sign_report
+from ai_services.service import Box, active_model_version, add_finding, review_finding, sign_report
 from hospital.models import AuditEvent, Practitioner
 from hospital.seed import DemoSeed
 from tests.factories import make_preliminary_report, store_report_slices
@@ -24,8 +24,11 @@ from tests.pdf_checks import assert_printable_with_embedded_cjk_font, pdf_image_
 CONCLUSION = "One 8 mm nodule in the right upper lobe; CT follow-up in 12 months."
 
 
-def signed_report(session: Session, app: Flask, demo: DemoSeed, *, store_images: bool = True) -> DiagnosticReport:
-    """A report of 王小明 with one accepted AI finding and one rejected, signed by the radiologist."""
+def signed_report(
+    session: Session, app: Flask, demo: DemoSeed, *, store_images: bool = True, missed: Box | None = None
+) -> DiagnosticReport:
+    """A report of 王小明 with one accepted AI finding and one rejected (and the `missed` one the
+    radiologist added on slice 4), signed by the radiologist."""
     demo.patient.family_name, demo.patient.given_name = "王", "小明"
     report = make_preliminary_report(session, demo, [(8, 8, 16, 16), (2, 2, 6, 6)])
     job = session.get(AnalysisJob, report.analysis_job_id)
@@ -42,6 +45,8 @@ def signed_report(session: Session, app: Flask, demo: DemoSeed, *, store_images:
     first, second = report.findings
     review_finding(session, radiologist, report.id, first.id, ReviewStatus.ACCEPTED, None, None)
     review_finding(session, radiologist, report.id, second.id, ReviewStatus.REJECTED, None, "vessel")
+    if missed is not None:
+        add_finding(session, radiologist, report.id, 3, missed, "missed by the AI")
     sign_report(session, radiologist, report.id, CONCLUSION)
     session.commit()
     return report
@@ -78,6 +83,19 @@ def test_the_signed_report_prints_in_english_with_everything_the_signature_vouch
     assert "Finding 2" not in text, "the rejected finding is not printed"
     assert pdf_image_count(response.data) >= 1, "the key slice is embedded"
     assert_printable_with_embedded_cjk_font(response.data)
+
+
+def test_each_finding_says_who_found_it_and_keeps_its_key_image(
+    as_role: Any, app: Flask, demo: DemoSeed, db_session: Session
+) -> None:
+    report = signed_report(db_session, app, demo, missed=Box(20, 20, 26, 26))
+
+    response = download(as_role("radiologist"), report.id)
+
+    text = pdf_text(response.data)
+    assert "Finding 1: about 8 mm across, on image 1 Found by the AI, confirmed by the radiologist" in text, text
+    assert "Finding 2:" in text and "on image 4 Added by the radiologist" in text, text
+    assert pdf_image_count(response.data) == 2, "one key image per kept finding"
 
 
 def test_the_same_report_prints_in_chinese_for_a_reader_who_reads_chinese(
