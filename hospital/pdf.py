@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, render_template
+from flask import Response, current_app
 from weasyprint import CSS, HTML
 from weasyprint.text.fonts import FontConfiguration
 from weasyprint.urls import URLFetcher
@@ -107,8 +107,12 @@ def bcp47(locale_name: str) -> str:
 
 
 def render_pdf(template_name: str, /, **context: Any) -> bytes:
-    """`template_name` (which extends "pdf/document.html") rendered in the current locale, as PDF."""
-    return html_to_pdf(render_template(template_name, **context))
+    """`template_name` (which extends "pdf/document.html") rendered in the current locale, as PDF.
+
+    Rendered from the app's Jinja environment without the pages' context processors (who is signed
+    in, the menu): a document depends on its record and its language only, so a job (a mail with
+    the PDF, made under `i18n.for_user`) renders it outside any request, the same as a download."""
+    return html_to_pdf(current_app.jinja_env.get_template(template_name).render(**context))
 
 
 def html_to_pdf(html: str) -> bytes:

@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, DiagnosticReport, ReviewStatus
 from ai_services.reading import add_addendum
+from ai_services.report_pdf import render_signed_report
 from ai_services.service import Box, active_model_version, add_finding, review_finding, sign_report
+from hospital import i18n
 from hospital.models import AuditEvent, Practitioner
 from hospital.seed import DemoSeed
 from tests.factories import make_preliminary_report, store_report_slices
-from tests.pdf_checks import assert_printable_with_embedded_cjk_font, pdf_image_count, pdf_text
+from tests.pdf_checks import assert_printable_with_embedded_cjk_font, pdf_image_count, pdf_info, pdf_text
 
 CONCLUSION = "One 8 mm nodule in the right upper lobe; CT follow-up in 12 months."
 
@@ -82,6 +84,8 @@ def test_the_signed_report_prints_in_english_with_everything_the_signature_vouch
         assert expected in text, f"{expected!r} is not in the PDF: {text}"
     assert "Finding 2" not in text, "the rejected finding is not printed"
     assert pdf_image_count(response.data) >= 1, "the key slice is embedded"
+    info = pdf_info(response.data)
+    assert info["Title"] == f"Imaging report {report.id}" and info["Tagged"] == "yes", info  # screen readers
     assert_printable_with_embedded_cjk_font(response.data)
 
 
@@ -115,6 +119,20 @@ def test_the_same_report_prints_in_chinese_for_a_reader_who_reads_chinese(
         assert expected in text, f"{expected!r} is not in the PDF: {text}"
     assert "Imaging report" not in text
     assert_printable_with_embedded_cjk_font(response.data)
+
+
+def test_a_job_makes_the_pdf_in_the_recipients_language(app: Flask, demo: DemoSeed, db_session: Session) -> None:
+    """Outside a request (a mail to the patient, made by a worker) the PDF speaks the recipient's
+    language: `i18n.for_user`, as docs/i18n.md asks of work done for someone else."""
+    report = signed_report(db_session, app, demo, store_images=False)
+    recipient = demo.users["patient"]
+    recipient.locale = "zh_CN"
+
+    with i18n.for_user(recipient):
+        document = render_signed_report(db_session, report, Path(app.config["DICOM_STORAGE_DIR"]))
+
+    assert document.language == "zh-CN" and document.filename.endswith("-zh-CN.pdf")
+    assert "影像报告" in pdf_text(document.content) and "王小明" in pdf_text(document.content)
 
 
 def test_a_clinician_prints_the_report_in_the_patients_language_with_lang(
