@@ -11,7 +11,9 @@ template rendered under the reader's (or a forced) locale, as every page does.
 A PDF fetches nothing: the only URLs it may load are `data:` URLs (the key images are embedded
 by the caller), so text that ends up in a template can never make the renderer read a local file
 or reach the network. The font configuration and the stylesheets are made once per thread
-and reused; a one-page report renders in about a quarter of a second on a warm process.
+and reused: that saves a quarter to a third of the time of a short document (0.23 s instead of 0.3-0.38 s for a
+page of Chinese text); a one-page signed report with its key image, fonts warm, took 0.66-0.85 s
+on a loaded 2-core machine, the first one in a process 1.3 s.
 """
 
 from __future__ import annotations
