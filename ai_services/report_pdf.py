@@ -112,6 +112,8 @@ def signed_report_pdf(session: Session, user: User, report_id: int, storage_dir:
 
 
 def render_signed_report(session: Session, report: DiagnosticReport, storage_dir: Path) -> PdfFile:
+    """The PDF of a report the caller has already authorised (a download, or a job mailing it under
+    `i18n.for_user`), in the current locale, with times on the patient's own clock."""
     if report.status not in SIGNED_STATUSES:
         raise Conflict(_("Report %(id)s is not signed yet: its PDF exists once a radiologist signs it.", id=report.id))
     patient = report.patient
