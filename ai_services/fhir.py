@@ -4,7 +4,9 @@ imaging Observations.
 When the series was outside the model's validated range the report carries the conclusionCode
 `ai-outcome#not-applicable` and one contained Observation whose dataAbsentReason is
 `not-applicable` with the reason as its text. The model card (intended use, operating point,
-known failure modes) is the Device's note and the report's presentedForm.
+known failure modes) is the Device's note and the report's presentedForm. A signed report's
+presentedForm also links its PDF in each language (ai_services.report_pdf), and the same PDF is a
+DocumentReference (id = the report's id, `context.related` the report) that only signed reports have.
 
 An Observation's status follows its report: preliminary until a radiologist signs, final (or
 amended) after; a finding the radiologist rejected is 'cancelled' and left out of the report's
@@ -35,6 +37,7 @@ from ai_services.models import (
     ReportStatus,
     ReviewStatus,
 )
+from ai_services.report_pdf import SIGNED_STATUSES, ReportDocument, last_changed, report_pdf_attachments, signer_name
 from hospital.fhir.registry import (
     CANONICAL_BASE,
     IDENTIFIER_SYSTEM_BASE,
@@ -153,8 +156,55 @@ def diagnostic_report_to_fhir(report: DiagnosticReport) -> dict[str, Any]:
         "result": results or None,
         "conclusion": report_conclusion_text(report) or None,
         "conclusionCode": [_not_applicable_code(job)] if not_applicable and job is not None else None,
-        "presentedForm": [_card_attachment(card)] if card is not None else None,
+        "presentedForm": [*_pdf_attachments(report), *([_card_attachment(card)] if card is not None else [])] or None,
     }
+
+
+def _pdf_attachments(report: DiagnosticReport) -> list[dict[str, Any]]:
+    if ReportStatus(report.status) not in SIGNED_STATUSES:
+        return []
+    return report_pdf_attachments(report.id, last_changed(report.signed_at, [a.created_at for a in report.addenda]))
+
+
+def document_reference_to_fhir(document: ReportDocument) -> dict[str, Any]:
+    """A signed report's PDF as a document: its languages, who signed it, the report it presents."""
+    session = object_session(document)
+    report = session.get(DiagnosticReport, document.id) if session is not None else None
+    addenda = [a.created_at for a in report.addenda] if report is not None else []
+    signer = document.signed_by
+    author = ({"reference": f"Practitioner/{signer.practitioner_id}", "display": signer_name(signer)}
+              if signer is not None and signer.practitioner_id is not None
+              else {"display": signer_name(signer)})
+    return {
+        "resourceType": "DocumentReference",
+        "id": str(document.id),
+        "meta": {"lastUpdated": fhir_instant(document.updated_at)},
+        "status": "current",
+        "docStatus": "amended" if ReportStatus(document.status) is ReportStatus.AMENDED else "final",
+        "type": IMAGING_STUDY_CODE,
+        "category": [RAD_CATEGORY],
+        "subject": reference("Patient", document.patient_id),
+        "date": fhir_instant(document.signed_at),
+        "author": [author],
+        "authenticator": author if "reference" in author else None,
+        "description": f"Signed imaging report {document.id}",
+        "content": [{"attachment": attachment} for attachment in
+                    report_pdf_attachments(document.id, last_changed(document.signed_at, addenda))],
+        "context": {
+            "related": [reference("DiagnosticReport", document.id), reference("ImagingStudy", document.study_id)],
+        },
+    }
+
+
+def document_related_param() -> SearchParam:
+    """`related`: the DiagnosticReport (its document has the same id) or the ImagingStudy."""
+
+    def clause(value: str) -> ColumnElement[bool]:
+        type_name = "ImagingStudy" if "ImagingStudy/" in value else "DiagnosticReport"
+        row_id = reference_id(value, type_name)
+        return (ReportDocument.study_id if type_name == "ImagingStudy" else ReportDocument.id) == row_id
+
+    return SearchParam("reference", clause, "The signed DiagnosticReport (or its ImagingStudy) the document presents")
 
 
 def report_conclusion_text(report: DiagnosticReport) -> str:
@@ -387,6 +437,23 @@ def register_fhir(app: Flask) -> None:
                 "status": observation_status_param(),
                 "derived-from": observation_derived_from_param(),
                 "device": reference_param(Finding.model_version_id, "Device", "The AI model version"),
+            },
+        ),
+    )
+    document_patient = patient_reference_param(ReportDocument.patient_id)
+    register_resource(
+        app,
+        ResourceMapping(
+            "DocumentReference",
+            ReportDocument,
+            document_reference_to_fhir,
+            ReportDocument.patient_id,
+            {
+                "_id": id_param(ReportDocument.id),
+                "patient": document_patient,
+                "subject": document_patient,
+                "related": document_related_param(),
+                "date": date_param(ReportDocument.signed_at, "When the report was signed"),
             },
         ),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from ai_services import cli, drift, fhir, package_routes, routes, seed
+from ai_services import cli, drift, fhir, package_routes, report_pdf_routes, routes, seed
 from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
 from hospital import metrics
 from hospital.jobs import subscribe
@@ -17,6 +17,7 @@ from imaging_orders.archive.events import StudyCompleted
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     app.register_blueprint(package_routes.bp)
+    app.register_blueprint(report_pdf_routes.bp)
     fhir.register_fhir(app)
     app.cli.add_command(cli.ai_group)
     app.extensions["hospital.seeders"].append(seed.seed_model_registry)

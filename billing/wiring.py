@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ai_services.events import AnalysisCompleted
-from billing import fhir, routes, seed
+from billing import documents_pdf_routes, fhir, routes, seed
 from followup.events import ConsultationFinished, MedicationDispensed
 from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
@@ -16,6 +16,7 @@ from imaging_orders.archive.events import StudyCompleted
 
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
+    app.register_blueprint(documents_pdf_routes.bp)
     fhir.register_fhir(app)
     app.extensions["hospital.seeders"].append(seed.seed_catalog)
     subscribe(app, StudyCompleted, "billing.jobs.charge_scan", queue="billing")

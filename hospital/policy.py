@@ -35,7 +35,7 @@ class Grant:
 
 # What each kind of work needs to see of a record it may open.
 IMAGING_RECORD: frozenset[str] = frozenset(
-    {"Patient", "ServiceRequest", "Appointment", "ImagingStudy", "DiagnosticReport", "Observation"}
+    {"Patient", "ServiceRequest", "Appointment", "ImagingStudy", "DiagnosticReport", "DocumentReference", "Observation"}
 )
 CARE_RECORD: frozenset[str] = IMAGING_RECORD | frozenset(
     {"Encounter", "Communication", "CarePlan", "Task", "MedicationRequest", "MedicationDispense"}

@@ -145,6 +145,8 @@ def report_surfaces(report_id: int, patient_id: int) -> dict[str, str]:
     return {
         "api": f"/api/reports/{report_id}",
         "page": f"/reports/{report_id}",
+        "pdf": f"/reports/{report_id}/report.pdf",
+        "fhir document": f"/fhir/DocumentReference/{report_id}",
         "fhir read": f"/fhir/DiagnosticReport/{report_id}",
         "fhir history": f"/fhir/DiagnosticReport/{report_id}/_history",
         "fhir search": f"/fhir/DiagnosticReport?patient=Patient/{patient_id}",
