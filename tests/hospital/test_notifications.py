@@ -5,6 +5,7 @@ after success and never lost while the server is down."""
 from __future__ import annotations
 
 import re
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -17,11 +18,13 @@ from sqlalchemy.orm import Session
 from hospital import notifications
 from hospital.clock import utcnow
 from hospital.config import load_config
+from hospital.db import get_db
 from hospital.jobs import enqueue
 from hospital.models import JobRecord, JobStatus, MailStatus, Notification, User
 from hospital.notifications import notify, resend_pending_mail
 from hospital.notify import LogNotifier, OutgoingMessage, SmtpNotifier, is_mail_address
-from hospital.seed import DemoSeed
+from hospital.seed import DemoSeed, seed_demo
+from tests.conftest import make_test_app
 from tests.pages import csrf_token_of, sign_in
 from tests.smtp import Mailbox, free_port, mail_through, smtp_server
 
@@ -219,3 +222,37 @@ def test_only_an_address_is_handed_to_the_smtp_server(smtp_server: Mailbox) -> N
     smtp.send(OutgoingMessage(channel="sms", recipient="+86 138 0000 0000", subject="s", body="b"))
     assert smtp_server.messages == []
     assert not is_mail_address("a@b") and not is_mail_address("a b@example.org") and is_mail_address("a@b.cn")
+
+
+def test_two_workers_telling_the_same_event_at_once_make_one_notification(live_database: str, tmp_path: Any) -> None:
+    """The unique key decides, not a look before the insert: the second insert waits for the first
+    transaction, then finds its row and makes none of its own (nor a second mail)."""
+    app = make_test_app(live_database, tmp_path)
+    db = get_db(app)
+    with app.app_context(), db.transaction() as session:
+        patient_id = seed_demo(session, app).users["patient"].id
+    barrier = threading.Barrier(2)
+    made: list[int] = []
+
+    def tell() -> None:
+        with app.app_context():
+            session = db.session()
+            try:
+                user = session.get(User, patient_id)
+                assert user is not None
+                barrier.wait()
+                made.append(len(notify(session, [user], "report_ready", "report-signed:99", report_id=99)))
+                session.commit()
+            finally:
+                session.close()
+
+    threads = [threading.Thread(target=tell) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(made) == [0, 1]
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Notification)) == 1
+        assert session.scalar(select(func.count()).select_from(JobRecord)
+                              .where(JobRecord.handler == notifications.MAIL_HANDLER)) == 1
