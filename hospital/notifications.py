@@ -157,6 +157,10 @@ def notify(session: Session, recipients: Iterable[User], kind: str, event_key: s
     made: list[Notification] = []
     now = utcnow()
     for user in {user.id: user for user in recipients}.values():
+        if _find(session, user.id, event_key) is not None:
+            # Told before (a periodic job sees the same appointment every run): skip without a
+            # failed insert. Only a shortcut: under a race the unique key below decides.
+            continue
         address = mail_address(user)
         notification = Notification(
             user_id=user.id, kind=kind, params=params, event_key=event_key, created_at=now,
