@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ai_services.applicability import ValidatedRange, check_headers, check_volume
 from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
-from ai_services.reading import notify_referrer_of_amendment
+from ai_services.reading import notify_referrer_of_amendment, notify_report_signed
 from ai_services.retraining import RetrainConfig, prepare_retraining, record_candidate, train_candidate
 from ai_services.series_reader import CtVolume, SeriesReadError, read_ct_volume, read_series_headers
 from ai_services.service import (
@@ -97,6 +97,11 @@ def make_report_outputs(session: Session, event: AnalysisCompleted | ReportSigne
 def notify_report_amended(session: Session, event: ReportAmended) -> None:
     """On `ReportAmended`: tell the referring clinician (once per addendum)."""
     notify_referrer_of_amendment(session, event.addendum_id, notifier())
+
+
+def tell_report_signed(session: Session, event: ReportSigned) -> None:
+    """On `ReportSigned`: tell the referring clinician and the patient (once each)."""
+    notify_report_signed(session, event.report_id, event.patient_id, event.referral_id)
 
 
 def retrain_model(session: Session) -> None:

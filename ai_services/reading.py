@@ -24,6 +24,7 @@ from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput
 from hospital.jobs import publish
 from hospital.models import Role, User
+from hospital.notifications import notify, patient_users, practitioner_users
 from hospital.notify import Notifier, OutgoingMessage
 from referrals.public import Priority, ReferralSummary, referral_summaries, referral_summary
 
@@ -143,6 +144,18 @@ def add_addendum(session: Session, user: User, report_id: int, text: str) -> Rep
     publish(session, ReportAmended(report_id=report.id, addendum_id=addendum.id, patient_id=report.patient_id,
                                    referral_id=report.referral_id))
     return addendum
+
+
+def notify_report_signed(session: Session, report_id: int, patient_id: int, referral_id: int | None) -> int:
+    """Tell the referring clinician and the patient that a report is signed: in the app, and by
+    mail where they have an address; once each, however often the event is delivered. Returns
+    how many were told now."""
+    referral = referral_summary(session, referral_id) if referral_id is not None else None
+    clinicians = practitioner_users(session, referral.requester_id) if referral is not None else []
+    key = f"report-signed:{report_id}"
+    told = notify(session, clinicians, "report_signed", key, report_id=report_id)
+    told += notify(session, patient_users(session, patient_id), "report_ready", key, report_id=report_id)
+    return len(told)
 
 
 def notify_referrer_of_amendment(session: Session, addendum_id: int, notifier: Notifier) -> bool:

@@ -25,6 +25,7 @@ def register(app: Flask) -> None:
     # The SR and key images follow the report: made with the draft, remade when it is signed.
     subscribe(app, AnalysisCompleted, "ai_services.jobs.make_report_outputs", queue="ai")
     subscribe(app, ReportSigned, "ai_services.jobs.make_report_outputs", queue="ai")
+    subscribe(app, ReportSigned, "ai_services.jobs.tell_report_signed", queue="notify")
     # An addendum: a new SR version and a word to the referring clinician; no consultation and no
     # charge follow it (those followed the signature, once).
     subscribe(app, ReportAmended, "ai_services.jobs.make_report_outputs", queue="ai")

@@ -46,7 +46,6 @@ from hospital.fhir.registry import (
     token_param,
 )
 from hospital.models import User
-from hospital.notify import notifier
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +310,7 @@ def create_communication(session: Session, user: User, resource: dict[str, Any])
     text = next((p.get("contentString") for p in payload if isinstance(p, dict) and p.get("contentString")), None)
     if not text:
         raise InvalidInput("Communication.payload needs a contentString")
-    return send_message(session, user, consultation_id, text, notifier())
+    return send_message(session, user, consultation_id, text)
 
 
 def register_fhir(app: Flask) -> None:

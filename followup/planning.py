@@ -24,6 +24,7 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Forbidden
 from hospital.models import Patient, Role, User
+from hospital.notifications import notify, patient_users
 from hospital.notify import Notifier, OutgoingMessage
 from imaging_orders.public import accept_follow_up_referral
 from referrals.public import Priority, ReferralRequest, create_referral, referral_summary
@@ -133,6 +134,10 @@ def open_due_repeat_scans(session: Session, now: datetime | None = None) -> list
             task.status = TaskStatus.REQUESTED
             continue
         created.append(referral_id)
+        # The patient books it; the clinician knows it was ordered in their name.
+        key = f"repeat-scan-due:{task.id}"
+        notify(session, patient_users(session, task.patient_id), "repeat_scan_due", key, plan_id=task.care_plan_id)
+        notify(session, [clinician], "repeat_scan_ordered", key, plan_id=task.care_plan_id)
         logger.info("repeat-scan task %s became referral %s", task_id, referral_id)
     return created
 

@@ -52,7 +52,6 @@ from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import InvalidInput
 from hospital.models import Organization, OrganizationKind, Role
-from hospital.notify import notifier
 from hospital.web import form_action
 
 logger = logging.getLogger(__name__)
@@ -202,7 +201,7 @@ def messages(consultation_id: int) -> ResponseReturnValue:
 def post_message(consultation_id: int) -> ResponseReturnValue:
     body = required(json_body(), "body")
     session = request_session()
-    message = send_message(session, current_user(), consultation_id, body, notifier())
+    message = send_message(session, current_user(), consultation_id, body)
     payload = message_json(message)
     return jsonify(payload), 201
 
@@ -341,7 +340,7 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
 
         def act() -> str:
             if form.get("action") == "message":
-                send_message(session, user, consultation_id, form.get("body", ""), notifier())
+                send_message(session, user, consultation_id, form.get("body", ""))
                 return "Message sent."
             if form.get("action") == "finish":
                 finish_consultation(session, user, consultation_id, form.get("note", ""))

@@ -29,6 +29,7 @@ from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.jobs import publish
 from hospital.models import Organization, OrganizationKind, Practitioner, Role, User
+from hospital.notifications import notify, patient_users, practitioner_users
 from hospital.notify import Notifier, OutgoingMessage, notifier
 from hospital.records import load_record
 from referrals.public import referral_summary
@@ -76,8 +77,9 @@ def open_consultation(session: Session, report_id: int) -> Consultation | None:
     return consultation
 
 
-def send_message(session: Session, user: User, consultation_id: int, body: str, notifier: Notifier) -> Message:
-    """The consulting clinician or the patient writes in the consultation; the other is told."""
+def send_message(session: Session, user: User, consultation_id: int, body: str) -> Message:
+    """The consulting clinician or the patient writes in the consultation; the other is told (in
+    the app, and by mail where they have an address)."""
     consultation = get_consultation(session, user, consultation_id, action="U")
     if user.role is Role.CLINICIAN and consultation.practitioner_id == user.practitioner_id:
         recipient_role = "patient"
@@ -95,8 +97,10 @@ def send_message(session: Session, user: User, consultation_id: int, body: str, 
     session.add(message)
     session.flush()
     record_access(session, user, "C", "Communication", message.id, patient_id=consultation.patient_id)
-    notify_party(session, consultation, recipient_role, "New message in your consultation",
-                 "You have a new secure message. Please sign in to read it.", notifier)
+    recipients = (patient_users(session, consultation.patient_id) if recipient_role == "patient"
+                  else practitioner_users(session, consultation.practitioner_id))
+    notify(session, recipients, "consultation_message", f"consultation-message:{message.id}",
+           consultation_id=consultation.id)
     return message
 
 

@@ -35,6 +35,7 @@ from hospital import (
     limits,
     logging_setup,
     metrics,
+    notification_routes,
     notify,
     openapi,
     periodic,
@@ -89,6 +90,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     admin_pages.register(app)
     emergency_routes.register(app)
     record_openings_routes.register(app)
+    notification_routes.register(app)
     retention_routes.register(app)
     smart_routes.register(app)
     limits.init_app(app)

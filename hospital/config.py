@@ -84,6 +84,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "RESEARCH_STORAGE_DIR": Path(os.environ.get("RESEARCH_STORAGE_DIR") or instance_dir / "research"),
         "RESEARCH_SECRET": os.environ.get("RESEARCH_SECRET") or None,
         "FOLLOWUP_CHECK_SECONDS": _env_int("FOLLOWUP_CHECK_SECONDS", 900),
+        # How often booked appointments starting within 24 hours are looked for, to remind patients.
+        "APPOINTMENT_REMINDER_CHECK_SECONDS": _env_int("APPOINTMENT_REMINDER_CHECK_SECONDS", 900),
         # The periodic retention run (hospital.retention; 0: only `hospital retention run`).
         "RETENTION_EVERY_SECONDS": _env_int("RETENTION_EVERY_SECONDS", 86_400),
         "LOGIN_ATTEMPTS_PER_MINUTE": _env_int("LOGIN_ATTEMPTS_PER_MINUTE", 20),
@@ -135,6 +137,18 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "HL7_RESULT_DESTINATIONS": os.environ.get("HL7_RESULT_DESTINATIONS") or "",
         "HL7_SEND_TIMEOUT_SECONDS": _env_int("HL7_SEND_TIMEOUT_SECONDS", 10),
         "PUBLIC_BASE_URL": (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000").rstrip("/"),
+        # Mail to patients and staff (hospital/notify.py): an SMTP server when SMTP_HOST is set, else
+        # nothing leaves the process (the log says a message was due). STARTTLS upgrades a plain
+        # connection (port 587); a pending mail is tried again every NOTIFICATION_MAIL_RETRY_SECONDS
+        # until the server takes it (hospital/notifications.py).
+        "SMTP_HOST": os.environ.get("SMTP_HOST") or None,
+        "SMTP_PORT": _env_int("SMTP_PORT", 25),
+        "SMTP_USERNAME": os.environ.get("SMTP_USERNAME") or None,
+        "SMTP_PASSWORD": os.environ.get("SMTP_PASSWORD") or None,
+        "SMTP_STARTTLS": _env_bool("SMTP_STARTTLS", False),
+        "SMTP_FROM": os.environ.get("SMTP_FROM") or "Imaging Hospital <no-reply@hospital.invalid>",
+        "SMTP_TIMEOUT_SECONDS": _env_int("SMTP_TIMEOUT_SECONDS", 30),
+        "NOTIFICATION_MAIL_RETRY_SECONDS": _env_int("NOTIFICATION_MAIL_RETRY_SECONDS", 900),
         "TESTING": False,
     }
     if overrides:

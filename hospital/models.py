@@ -136,6 +136,9 @@ class User(Base):
     # The language the user reads pages, mail and PDFs in ("zh_CN", "en"), chosen with the switch on
     # every page; unset: the browser's Accept-Language (hospital.i18n.select_locale).
     locale: Mapped[str | None] = mapped_column(String(16))
+    # Where a staff member's notifications are mailed (a patient's: their record's address, see
+    # hospital.notifications.mail_address); unset: in-app only.
+    email: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     patient: Mapped[Patient | None] = relationship()
@@ -412,3 +415,43 @@ class AuditCheckpoint(Base):
     archive_name: Mapped[str] = mapped_column(String(200))
     archive_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MailStatus(str, enum.Enum):
+    NONE = "none"  # the recipient has no address: in-app only
+    PENDING = "pending"  # owed: a job sends it, the resend sweep tries again while it stays pending
+    SENT = "sent"  # the SMTP server took it; never sent again
+
+
+class Notification(Base):
+    """One thing a user should look at: in their notification centre and, where they have an
+    address, by mail.
+
+    It stores what happened (`kind` and plain `params`: ids, an ISO time, a zone), never worded
+    text: the words are chosen when it is read or mailed, in the reader's language at that moment
+    (hospital.notifications). `event_key` names the event ("report-signed:42"); unique per user, so
+    an event told twice (a job run again, two workers racing) makes one notification and one mail.
+    (Not followup's `notification` table: that one logs the follow-up stage's own reminders.)
+    """
+
+    __tablename__ = "user_notification"
+    __table_args__ = (
+        UniqueConstraint("user_id", "event_key"),
+        Index("ix_user_notification_user_read", "user_id", "read_at"),
+        Index("ix_user_notification_mail", "mail_status", "mail_retry_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    kind: Mapped[str] = mapped_column(String(40))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    event_key: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    read_at: Mapped[datetime | None]
+    mail_status: Mapped[MailStatus] = mapped_column(enum_column(MailStatus), default=MailStatus.NONE)
+    # When the resend sweep next hands a still pending mail to a job (after the first job's
+    # retries had their chance); moved on each time it does.
+    mail_retry_at: Mapped[datetime | None]
+    mailed_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship()

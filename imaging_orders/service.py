@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +20,7 @@ from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import gettext as _
 from hospital.i18n import status_word
 from hospital.models import Organization, Patient, Practitioner, Role, User
+from hospital.notifications import notify, patient_users
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
 from referrals import public as referrals
@@ -423,3 +424,32 @@ def start_examination(session: Session, referral_id: int) -> None:
     )
     for appointment in list(booked):
         appointment.status = AppointmentStatus.ARRIVED
+
+
+# A patient is reminded of an appointment once it starts within this long.
+REMINDER_HORIZON = timedelta(hours=24)
+
+
+def remind_upcoming_appointments(session: Session, now: datetime | None = None) -> int:
+    """Remind each patient of their booked appointments that start within the next 24 hours: once
+    per appointment and start time (a moved appointment is reminded of again, at its new time).
+    The time is written on the centre's clock, where it happens. Returns how many were reminded now."""
+    now = now or utcnow()
+    upcoming = session.scalars(
+        select(Appointment)
+        .options(joinedload(Appointment.slot).joinedload(Slot.schedule).joinedload(Schedule.organization))
+        .where(Appointment.status == AppointmentStatus.BOOKED, Appointment.start > now,
+               Appointment.start <= now + REMINDER_HORIZON)
+        .order_by(Appointment.start, Appointment.id)
+    ).all()
+    told = 0
+    for appointment in upcoming:
+        centre = appointment.slot.schedule.organization if appointment.slot is not None else None
+        told += len(notify(
+            session, patient_users(session, appointment.patient_id), "appointment_reminder",
+            f"appointment-reminder:{appointment.id}:{appointment.start.isoformat()}",
+            appointment_id=appointment.id, start=appointment.start.isoformat(),
+            timezone=centre.timezone if centre is not None else None,
+            centre=centre.name if centre is not None else None,
+        ))
+    return told

@@ -11,6 +11,7 @@ from hospital.i18n import add_catalog
 from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
 from hospital.models import Role
+from hospital.periodic import register_periodic
 from hospital.web import add_nav_link
 from imaging_orders import cli, fhir, routes, seed
 from imaging_orders.archive import dicomweb, reconciliation, wado, withdrawal_page
@@ -33,6 +34,8 @@ def register(app: Flask) -> None:
     app.cli.add_command(cli.dicom_command)
     register_retention(app)  # the images and ai_outputs classes, and storage per centre
     app.extensions["hospital.seeders"].append(seed.seed_schedules)
+    register_periodic(app, "imaging_orders.jobs.remind_appointments", app.config["APPOINTMENT_REMINDER_CHECK_SECONDS"],
+                      queue="notify")
     add_nav_link(app, _l("Worklist"), "imaging_orders.worklist_page", Role.IMAGING_STAFF, Role.ADMIN)
     add_nav_link(app, _l("Reconciliation"), "reconciliation.reconciliation_page", Role.IMAGING_STAFF, Role.ADMIN)
     add_nav_link(app, _l("Referrals to accept"), "imaging_orders.incoming_page", Role.IMAGING_STAFF)
