@@ -14,6 +14,7 @@ from hospital.models import AuditEvent
 from hospital.seed import DemoSeed
 from tests.billing.test_payments_and_revenue import invoiced, pay
 from tests.pdf_checks import assert_printable_with_embedded_cjk_font, pdf_text
+from tests.pages import sign_in
 
 
 def chinese_patient(db_session: Session, demo: DemoSeed) -> None:
@@ -117,3 +118,20 @@ def test_only_the_patient_and_the_billing_office_get_the_papers(
         AuditEvent.entity_type == "Invoice", AuditEvent.entity_id == str(invoice["id"]),
         AuditEvent.user_id == demo.users["patient2"].id)).all()
     assert denied and all(event.outcome != 0 for event in denied)
+
+
+def test_the_patients_pages_link_to_the_papers(client: Any, as_role: Any, db_session: Session, demo: DemoSeed) -> None:
+    invoice = invoiced(as_role, db_session, demo, share_basis_points=None)
+    paid = pay(as_role("patient"), invoice["id"], 17500, "pdf-links-1", reference="web payment").get_json()
+    payment_id = paid["payments"][0]["id"]
+    sign_in(client, "patient")
+
+    invoices = client.get("/invoices", headers={"Accept-Language": "zh-CN"}).get_data(as_text=True)
+    receipt = client.get(f"/invoices/{invoice['id']}/receipts/{payment_id}").get_data(as_text=True)
+
+    invoice_link = f"/invoices/{invoice['id']}/invoice.pdf"
+    receipt_link = f"/invoices/{invoice['id']}/receipts/{payment_id}/receipt.pdf"
+    assert invoice_link in invoices and "下载发票（PDF）" in invoices
+    assert receipt_link in receipt
+    download = client.get(receipt_link)
+    assert download.status_code == 200 and download.mimetype == "application/pdf"
