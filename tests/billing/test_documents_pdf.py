@@ -13,8 +13,8 @@ from billing.models import Invoice
 from hospital.models import AuditEvent
 from hospital.seed import DemoSeed
 from tests.billing.test_payments_and_revenue import invoiced, pay
-from tests.pdf_checks import assert_printable_with_embedded_cjk_font, pdf_text
 from tests.pages import sign_in
+from tests.pdf_checks import assert_printable_with_embedded_cjk_font, pdf_text
 
 
 def chinese_patient(db_session: Session, demo: DemoSeed) -> None:
