@@ -54,7 +54,7 @@ def test_the_invoice_prints_in_chinese_for_a_chinese_reader(as_role: Any, db_ses
     assert response.headers["Content-Language"] == "zh-CN"
     assert response.headers["Content-Disposition"].endswith('-zh-CN.pdf"')
     text = pdf_text(response.data)
-    for expected in (f"发票 {invoice['id']}", "影像医院", "李华", "合计", "€175.00", "待支付", "仍需您支付",
+    for expected in (f"发票 {invoice['id']}", "影像医院", "李华", "合计", "€175.00", "待支付", "您仍需支付",
                      "第 1 页，共 1 页"):
         assert expected in text, f"{expected!r} is not in the invoice: {text}"
     assert "Invoice" not in text
@@ -80,7 +80,7 @@ def test_the_receipt_prints_the_paid_date_and_method(as_role: Any, db_session: S
         assert expected in text, f"{expected!r} is not in the receipt: {text}"
     assert re.search(r"Paid on \w{3} \d{1,2} \w{3} \d{4} \d\d:\d\d", text), text
     zh = pdf_text(chinese.data)
-    for expected in (f"收据 {payment_id}", "李华", "收款金额", "支付时间", "网上支付", "年", "€175.00"):
+    for expected in (f"收据 {payment_id}", "李华", "收款金额", "付款时间", "网上支付", "年", "€175.00"):
         assert expected in zh, f"{expected!r} is not in the receipt: {zh}"
     assert_printable_with_embedded_cjk_font(chinese.data)
 
