@@ -35,7 +35,7 @@ from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput, NotFound
 from hospital.i18n import gettext as _
-from hospital.i18n import local_clock, local_date, local_datetime
+from hospital.i18n import local_clock, local_date
 from hospital.models import Role, User
 from hospital.records import load_record
 from hospital.web import form_action
@@ -188,8 +188,9 @@ def plan_page(plan_id: int) -> ResponseReturnValue:
                 return _("Task changed: %(task)s.", task=task_description(task))
             if action == "book":
                 appointment = book_repeat_scan(session, user, task_id, form.get("slot_id", type=int) or 0)
-                return _("Repeat scan booked for %(when)s.",
-                         when=local_datetime(appointment.start, appointment.centre_timezone))
+                zone = appointment.centre_timezone
+                return _("Repeat scan booked for %(day)s at %(time)s.",
+                         day=local_date(appointment.start, zone, "full"), time=local_clock(appointment.start, zone))
             raise InvalidInput(_("unknown action %(action)s", action=repr(str(action)[:32])))
 
         if form_action(session, act):

@@ -185,8 +185,8 @@ def task_description(task: FollowUpTask) -> str:
     repeat = _REPEAT_SCAN.fullmatch(description)
     if repeat:
         part = body_part_word(repeat.group("part"))
-        return ngettext("Repeat the %(modality)s of the %(part)s to check the %(num)d finding",
-                        "Repeat the %(modality)s of the %(part)s to check the %(num)d findings",
+        return ngettext("Repeat %(modality)s %(part)s to assess the %(num)d finding",
+                        "Repeat %(modality)s %(part)s to assess the %(num)d findings",
                         int(repeat.group("count")), modality=repeat.group("modality"), part=part)
     return description
 
