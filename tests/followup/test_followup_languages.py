@@ -64,7 +64,7 @@ def leftover_english(page: str, written: list[str]) -> list[str]:
     parser = _MainText()
     parser.feed(page)
     text = " ".join(parser.parts)
-    for value in sorted(written, key=len, reverse=True):
+    for value in sorted(filter(None, written), key=len, reverse=True):
         text = text.replace(value, " ")
     words = re.findall(r"[A-Za-z]+", text)
     return [w for w in words if w not in SAME_IN_EVERY_LANGUAGE and w not in ZONE_NAMES]
@@ -201,3 +201,23 @@ def test_the_unread_count_is_one_query(db_session: Session, demo: DemoSeed, as_r
         event.remove(engine, "before_cursor_execute", count)
     assert total == 3 and len(statements) == 1
     assert unread_message_total(db_session, demo.users["pharmacist"]) == 0
+
+
+def test_the_referral_path_reads_in_chinese(client: FlaskClient, as_role: Any, demo: DemoSeed) -> None:
+    sent = as_role("clinician").post("/api/referrals", json={
+        "patient_id": demo.patient.id, "performer_organization_id": demo.imaging_centre.id, "modality": "CT",
+        "body_part": "CHEST", "procedure_description": "CT chest", "reason": "Persistent cough, smoker",
+        "priority": "urgent", "access_reason": "new patient"}).get_json()
+    accepted = as_role("imaging_staff").post(f"/api/referrals/{sent['id']}/accept")
+    assert accepted.status_code == 200
+    sign_in(client, "clinician")
+    choose_language(client, "zh_CN", f"/referrals/{sent['id']}")
+    page = client.get(f"/referrals/{sent['id']}").get_data(as_text=True)
+    steps = re.findall(r'<span class="step-name">([^<]+)</span>', page)
+    assert steps[:3] == ["已发送", "已接收", "已预约"]
+    assert "<dd>CT 胸部</dd>" in page and "<dd>加急</dd>" in page and "CT chest（加急）" in page
+    # The referral's status word is the referrals stage's; what it says is not checked here.
+    status = re.search(r'id="referral-status">[^<]*<strong>([^<]+)</strong>', page)
+    assert status is not None
+    written = ["CT chest", "Persistent cough, smoker", accepted.get_json()["accession_number"], status.group(1)]
+    assert leftover_english(page, written) == []
