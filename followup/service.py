@@ -137,9 +137,12 @@ def unread_message_total(session: Session, user: User) -> int:
 
 
 def _unread_for(user: User, statement: Select[Any]) -> Select[Any]:
+    """Messages addressed to `user` as a party of the consultation, unread, in consultations their
+    list shows them (a lapsed care relationship hides a consultation, and its count with it)."""
     reader_role = "patient" if user.role is Role.PATIENT else "clinician"
     statement = statement.select_from(Message).join(Consultation, Consultation.id == Message.consultation_id).where(
-        Message.recipient_role == reader_role, Message.read_at.is_(None))
+        Message.recipient_role == reader_role, Message.read_at.is_(None),
+        patient_filter(user, Consultation.patient_id, "Encounter"))
     if user.role is Role.PATIENT:
         return statement.where(Consultation.patient_id == user.patient_id)
     return statement.where(Consultation.practitioner_id == user.practitioner_id)
