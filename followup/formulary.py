@@ -41,4 +41,4 @@ def formulary_item(session: Session, code: str) -> FormularyItem:
 
 
 def system_label(system: str | None) -> str:
-    return SYSTEM_LABELS.get(system or "", "code")
+    return SYSTEM_LABELS.get(system or "") or _("code")

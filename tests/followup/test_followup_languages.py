@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from followup.models import Consultation, FollowUpTask, MedicationRequest
+from followup.models import Consultation, FollowUpTask, FormularyItem, MedicationRequest, StockLot
 from followup.plan_changes import PLAN_TASK_TEMPLATES
 from followup.planning import FOLLOW_UP_TEMPLATES
 from followup.service import unread_message_total
@@ -224,3 +224,40 @@ def test_the_referral_path_reads_in_chinese(client: FlaskClient, as_role: Any, d
     assert status is not None
     written = ["CT chest", "Persistent cough, smoker", accepted.get_json()["accession_number"], status.group(1)]
     assert leftover_english(page, written) == []
+
+
+def test_every_followup_page_of_staff_reads_in_chinese(
+    client: FlaskClient, app: Flask, as_role: Any, db_session: Session, demo: DemoSeed
+) -> None:
+    consultation_id = signed_consultation(db_session, demo, (10, 10, 40, 40))
+    url = f"/consultations/{consultation_id}"
+    sign_in(client, "clinician")
+    prescribe_on_page(client, url, demo, "1 cap tds PO")
+    med_id = db_session.scalar(select(MedicationRequest.id))
+    task = db_session.scalars(select(FollowUpTask).order_by(FollowUpTask.id)).first()
+    assert task is not None
+    assert as_role("pharmacist").post("/api/pharmacy/stock", json={
+        "medication_code": "J01CA04", "lot_number": "AMX-1", "quantity": 40, "expires_on": "2099-01-31"}).status_code == 201
+    items = db_session.scalars(select(FormularyItem)).all()
+    # The prescriber's form names the shorthand it spells out ("tds", "PO"): codes, not English.
+    written = [*people_wrote(db_session, consultation_id), "1 cap tds PO", "tds", "PO", "RxNorm", "ATC",
+               *(item.display for item in items), *(item.code for item in items),
+               *db_session.scalars(select(StockLot.lot_number))]
+
+    choose_language(client, "zh_CN", url)
+    for page_url in (url, f"/care-plans/{task.care_plan_id}", f"/care-plans/tasks/{task.id}/cancel",
+                     "/consultations"):
+        page = client.get(page_url)
+        assert page.status_code == 200, page_url
+        assert leftover_english(page.get_data(as_text=True), written) == [], page_url
+
+    pharmacist = app.test_client()
+    sign_in(pharmacist, "pharmacist")
+    choose_language(pharmacist, "zh_CN", "/dispense")
+    for page_url in ("/dispense", f"/dispense/{med_id}?quantity=2", f"/dispense/{med_id}/return", "/pharmacy/stock"):
+        page = pharmacist.get(page_url)
+        assert page.status_code == 200, page_url
+        assert leftover_english(page.get_data(as_text=True), written) == [], page_url
+    refused = pharmacist.post(f"/dispense/{med_id}", data={
+        "csrf_token": csrf_token_of(page.get_data(as_text=True)), "quantity": "500"}, follow_redirects=True)
+    assert "此处方还可发 1 至 21，不能发 500" in refused.get_data(as_text=True)
