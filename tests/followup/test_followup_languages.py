@@ -251,6 +251,9 @@ def test_every_followup_page_of_staff_reads_in_chinese(
         assert page.status_code == 200, page_url
         assert leftover_english(page.get_data(as_text=True), written) == [], page_url
 
+    # What urgent means for the clinician: the size that made it so.
+    assert "加急：已签发报告中有 10 mm 及以上的确认病灶" in client.get("/consultations").get_data(as_text=True)
+
     pharmacist = app.test_client()
     sign_in(pharmacist, "pharmacist")
     choose_language(pharmacist, "zh_CN", "/dispense")
