@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from followup.models import FormularyItem
 from hospital.errors import InvalidInput
+from hospital.i18n import gettext as _
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,10 @@ def formulary_item(session: Session, code: str) -> FormularyItem:
     """The active item coded `code`; anything else is refused, naming what was given."""
     item = find_formulary_item(session, code)
     if item is None:
-        raise InvalidInput(f"{code.strip()[:64]!r} is not in the formulary: choose a coded item (ATC or RxNorm) "
-                           "that the pharmacy stocks")
+        raise InvalidInput(_("%(code)s is not in the formulary: choose a coded item (ATC or RxNorm) that the "
+                             "pharmacy stocks", code=repr(code.strip()[:64])))
     return item
 
 
 def system_label(system: str | None) -> str:
-    return SYSTEM_LABELS.get(system or "", "code")
+    return SYSTEM_LABELS.get(system or "") or _("code")

@@ -21,10 +21,13 @@ from sqlalchemy.orm import Session
 
 from ai_services.public import AnalysisSummary, ReportSummary, analysis_of_study, reports_of_referral
 from followup.models import Consultation
+from followup.words import consultation_status, priority_word, template_words
 from hospital.access import can_access_patient
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
+from hospital.i18n import gettext as _
+from hospital.i18n import status_word
 from hospital.models import User
 from imaging_orders.archive.public import StudyRef, studies_of_referral
 from imaging_orders.public import AppointmentSummary, appointments_of_referral
@@ -33,6 +36,7 @@ from referrals.public import STATUS_WORDS, ReferralStatus, ReferralSummary, read
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("pathway", __name__, template_folder="templates")
+bp.context_processor(template_words)
 
 DONE, CURRENT, WAITING, STOPPED = "done", "current", "waiting", "stopped"
 
@@ -59,19 +63,20 @@ class Pathway:
 def referral_pathway(session: Session, user: User, referral_id: int) -> Pathway:
     """The referral's path as `user` may see it (NotFound/Forbidden as for the referral itself)."""
     referral = read_referral(session, user, referral_id)
-    steps = [Step("Sent", DONE, referral.created_at, f"{referral.procedure_description} ({referral.priority.value})")]
+    steps = [Step(_("Sent"), DONE, referral.created_at, _("%(procedure)s (%(priority)s)", procedure=referral.procedure_description,
+                                                       priority=priority_word(referral.priority)))]
     if referral.status is ReferralStatus.REJECTED:
-        steps.append(Step("Rejected by the imaging centre", STOPPED, detail=referral.status_reason or ""))
+        steps.append(Step(_("Rejected by the imaging centre"), STOPPED, detail=referral.status_reason or ""))
         return Pathway(referral, STATUS_WORDS[referral.status], tuple(steps), record_open=False)
     if referral.status is ReferralStatus.ACTIVE:
-        steps.append(Step("Accepted", CURRENT, detail="Waiting for the imaging centre to accept"))
+        steps.append(Step(_("Accepted"), CURRENT, detail=_("Waiting for the imaging centre to accept")))
         return _finish(referral, steps, STATUS_WORDS[referral.status], record_open=False)
     if referral.accession_number is None:  # cancelled by the clinician before the centre accepted it
-        steps.append(Step("Cancelled", STOPPED, detail=referral.status_reason or ""))
+        steps.append(Step(_("Cancelled"), STOPPED, detail=referral.status_reason or ""))
         return _finish(referral, steps, STATUS_WORDS[referral.status], record_open=False)
     record_open = can_access_patient(session, user, referral.patient_id)
     if not record_open:
-        accepted = Step("Accepted", DONE, detail=f"Accession {referral.accession_number}")
+        accepted = Step(_("Accepted"), DONE, detail=_("Accession %(number)s", number=referral.accession_number))
         return _finish(referral, [*steps, accepted], STATUS_WORDS[referral.status], record_open=False)
     appointments = appointments_of_referral(session, referral.referral_id)
     studies = studies_of_referral(session, referral.referral_id)
@@ -81,7 +86,7 @@ def referral_pathway(session: Session, user: User, referral_id: int) -> Pathway:
     report = reports[-1] if reports else None
     consultation = session.scalar(select(Consultation).where(Consultation.report_id == report.report_id)) if report else None
     _audit(session, user, referral, appointments, studies, reports)
-    steps.append(Step("Accepted", DONE, detail=f"Accession {referral.accession_number}"))
+    steps.append(Step(_("Accepted"), DONE, detail=_("Accession %(number)s", number=referral.accession_number)))
     steps.append(_booking_step(referral, appointments))
     steps.append(_images_step(referral, study))
     steps.append(_ai_step(study, analysis))
@@ -89,7 +94,7 @@ def referral_pathway(session: Session, user: User, referral_id: int) -> Pathway:
     steps.append(_consultation_step(consultation))
     if referral.status is ReferralStatus.CANCELLED:
         steps = [s for s in steps if s.state == DONE]
-        steps.append(Step("Cancelled", STOPPED, detail=referral.status_reason or ""))
+        steps.append(Step(_("Cancelled"), STOPPED, detail=referral.status_reason or ""))
         return _finish(referral, steps, STATUS_WORDS[referral.status], True, appointments)
     current = next((s for s in steps if s.state == CURRENT), None)
     status = _status_word(referral, current, analysis, report, consultation)
@@ -109,55 +114,57 @@ def _booking_step(referral: ReferralSummary, appointments: tuple[AppointmentSumm
     if live:
         booked = live[-1]
         where = f", {booked.room}" if booked.room else ""
-        return Step("Booked", DONE, booked.start, f"Appointment {booked.status}{where}")
+        return Step(_("Booked"), DONE, booked.start, _("Appointment: %(status)s%(where)s", status=status_word(booked.status), where=where))
     if referral.status in (ReferralStatus.IN_PROGRESS, ReferralStatus.COMPLETED):
-        return Step("Booked", DONE, detail="Examined without a booked appointment")
-    return Step("Booked", CURRENT, detail="Not booked yet: the patient or you can book a slot",
-                link=("Book a slot", url_for("imaging_orders.appointments_page")))
+        return Step(_("Booked"), DONE, detail=_("Examined without a booked appointment"))
+    return Step(_("Booked"), CURRENT, detail=_("Not booked yet: the patient or you can book a slot"),
+                link=(_("Book a slot"), url_for("imaging_orders.appointments_page")))
 
 
 def _images_step(referral: ReferralSummary, study: StudyRef | None) -> Step:
     if study is None:
         if referral.status is ReferralStatus.SCHEDULED:
-            return Step("Images received", CURRENT, detail="Expected once the patient has been examined")
-        return Step("Images received", WAITING)
+            return Step(_("Images received"), CURRENT, detail=_("Expected once the patient has been examined"))
+        return Step(_("Images received"), WAITING)
     if not study.complete:
-        return Step("Images received", CURRENT, study.received_at, "Images arriving")
-    return Step("Images received", DONE, study.completed_at or study.received_at)
+        return Step(_("Images received"), CURRENT, study.received_at, _("Images arriving"))
+    return Step(_("Images received"), DONE, study.completed_at or study.received_at)
 
 
 def _ai_step(study: StudyRef | None, analysis: AnalysisSummary | None) -> Step:
     if study is None or not study.complete:
-        return Step("AI read", WAITING)
+        return Step(_("AI read"), WAITING)
     if analysis is None or analysis.status in ("queued", "running"):
-        progress = f" ({analysis.slices_done}/{analysis.slices_total} slices)" if analysis and analysis.slices_total else ""
-        return Step("AI read", CURRENT, detail=f"AI analysis under way{progress}")
+        if analysis and analysis.slices_total:
+            return Step(_("AI read"), CURRENT, detail=_("AI analysis under way (%(done)s/%(total)s slices)",
+                                                        done=analysis.slices_done, total=analysis.slices_total))
+        return Step(_("AI read"), CURRENT, detail=_("AI analysis under way"))
     if analysis.status == "not_applicable":
-        return Step("AI read", DONE, analysis.finished_at,
-                    f"AI not applicable: {analysis.not_applicable_reason or 'outside the model’s validated range'}; "
-                    "a radiologist reads the images")
+        return Step(_("AI read"), DONE, analysis.finished_at,
+                    _("AI not applicable: %(reason)s; a radiologist reads the images",
+                      reason=analysis.not_applicable_reason or _("outside the model’s validated range")))
     if analysis.status == "failed":
-        return Step("AI read", DONE, analysis.finished_at, "The AI analysis failed; a radiologist reads the images")
-    return Step("AI read", DONE, analysis.finished_at, "AI findings ready for the radiologist")
+        return Step(_("AI read"), DONE, analysis.finished_at, _("The AI analysis failed; a radiologist reads the images"))
+    return Step(_("AI read"), DONE, analysis.finished_at, _("AI findings ready for the radiologist"))
 
 
 def _signed_step(report: ReportSummary | None) -> Step:
     if report is None:
-        return Step("Signed by a radiologist", WAITING)
-    link = ("Open the report", url_for("ai_services.report_page", report_id=report.report_id))
+        return Step(_("Signed by a radiologist"), WAITING)
+    link = (_("Open the report"), url_for("ai_services.report_page", report_id=report.report_id))
     if not report.signed:
-        return Step("Signed by a radiologist", CURRENT, detail="Draft: the radiologist has not signed it yet")
-    detail = "Amended after signing" if report.status == "amended" else "Final report"
-    return Step("Signed by a radiologist", DONE, report.signed_at, detail, link)
+        return Step(_("Signed by a radiologist"), CURRENT, detail=_("Draft: the radiologist has not signed it yet"))
+    detail = _("Amended after signing") if report.status == "amended" else _("Final report")
+    return Step(_("Signed by a radiologist"), DONE, report.signed_at, detail, link)
 
 
 def _consultation_step(consultation: Consultation | None) -> Step:
     if consultation is None:
-        return Step("Consultation", WAITING)
-    link = ("Open the consultation", url_for("followup.consultation_page", consultation_id=consultation.id))
+        return Step(_("Consultation"), WAITING)
+    link = (_("Open the consultation"), url_for("followup.consultation_page", consultation_id=consultation.id))
     if consultation.status.value == "finished":
-        return Step("Consultation", DONE, consultation.ended_at, "Finished", link)
-    return Step("Consultation", CURRENT, consultation.created_at, f"Consultation {consultation.status.value}", link)
+        return Step(_("Consultation"), DONE, consultation.ended_at, _("Finished"), link)
+    return Step(_("Consultation"), CURRENT, consultation.created_at, consultation_status(consultation.status), link)
 
 
 def _status_word(
@@ -165,17 +172,17 @@ def _status_word(
     report: ReportSummary | None, consultation: Consultation | None,
 ) -> str:
     if consultation is not None:
-        return "Consultation finished" if consultation.status.value == "finished" else "Consultation open"
+        return _("Consultation finished") if consultation.status.value == "finished" else _("Consultation open")
     if report is not None and report.signed:
-        return "Signed"
+        return _("Signed")
     if analysis is not None and analysis.status == "not_applicable":
-        return "Images received: AI not applicable, awaiting the radiologist"
+        return _("Images received: AI not applicable, awaiting the radiologist")
     if analysis is not None and analysis.status == "failed":
-        return "Images received: awaiting the radiologist"
+        return _("Images received: awaiting the radiologist")
     if analysis is not None and analysis.status == "completed":
-        return "AI read: awaiting the radiologist"
-    if current is not None and current.name == "AI read":
-        return "Images received: AI reading"
+        return _("AI read: awaiting the radiologist")
+    if current is not None and current.name == _("AI read"):  # the step names are in the reader's language
+        return _("Images received: AI reading")
     return STATUS_WORDS[referral.status]
 
 

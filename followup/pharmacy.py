@@ -26,10 +26,13 @@ from followup.models import (
     StockLot,
 )
 from followup.service import opened_by_ai_finding
+from followup.words import medication_status
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput
 from hospital.events import iso_instant
+from hospital.i18n import format_number
+from hospital.i18n import gettext as _
 from hospital.jobs import publish
 from hospital.models import Role, User
 from hospital.notify import OutgoingMessage, notifier
@@ -49,19 +52,19 @@ class NotInFormulary(Conflict):
     can be dispensed for it; the pharmacist returns it to the prescriber."""
 
 
-def _pharmacist(user: User, doing: str) -> int:
+def _pharmacist(user: User) -> int:
     if user.role is not Role.PHARMACIST or user.organization_id is None:
-        raise Forbidden(f"only a pharmacist can {doing}")
+        raise Forbidden(_("only a pharmacist can do this"))
     return user.organization_id
 
 
 def _pharmacy_request(session: Session, user: User, request_id: int, action: str) -> MedicationRequest:
     """A prescription sent to the user's own pharmacy, locked for a change (`action` "U") or read."""
-    pharmacy_id = _pharmacist(user, "dispense or return a prescription")
+    pharmacy_id = _pharmacist(user)
     request = load_record(session, user, MedicationRequest, request_id, entity_type="MedicationRequest",
                           noun="medication request", action=action, lock=action == "U")
     if request.pharmacy_organization_id != pharmacy_id:
-        raise Forbidden("this prescription was sent to another pharmacy")
+        raise Forbidden(_("this prescription was sent to another pharmacy"))
     return request
 
 
@@ -71,7 +74,7 @@ def remaining_to_dispense(request: MedicationRequest) -> int:
 
 
 def dispense_queue(session: Session, user: User) -> list[MedicationRequest]:
-    pharmacy_id = _pharmacist(user, "see the dispense queue")
+    pharmacy_id = _pharmacist(user)
     found = list(session.scalars(
         select(MedicationRequest)
         .where(MedicationRequest.pharmacy_organization_id == pharmacy_id,
@@ -106,9 +109,11 @@ def take_from_stock(session: Session, pharmacy_id: int | None, medication_code: 
             StockLot.pharmacy_organization_id == pharmacy_id, StockLot.medication_code == medication_code,
             StockLot.quantity_on_hand > 0, StockLot.expires_on < today))
         if expired:
-            raise OutOfStock(f"out of stock: {medication_code} has {usable} unit(s) in date on hand, {amount} needed "
-                             f"({expired} expired, not dispensed)")
-        raise OutOfStock(f"out of stock: {medication_code} has {usable} unit(s) on hand, {amount} needed")
+            raise OutOfStock(_("out of stock: %(code)s has %(usable)s unit(s) in date on hand, %(amount)s needed "
+                               "(%(expired)s expired, not dispensed)", code=medication_code, usable=usable,
+                               amount=amount, expired=expired))
+        raise OutOfStock(_("out of stock: %(code)s has %(usable)s unit(s) on hand, %(amount)s needed",
+                           code=medication_code, usable=usable, amount=amount))
     left = amount
     for lot in lots:
         taken = min(left, lot.quantity_on_hand)
@@ -124,14 +129,15 @@ def dispense(session: Session, user: User, request_id: int, quantity: int | None
     of the prescription being a partial supply. The request completes once every fill is handed over."""
     request = _pharmacy_request(session, user, request_id, "U")
     if request.status is not MedicationRequestStatus.ACTIVE:
-        raise Conflict(f"a prescription that is {request.status.value} cannot be dispensed")
+        raise Conflict(_("a prescription that is %(status)s cannot be dispensed",
+                         status=medication_status(request.status).lower()))
     if find_formulary_item(session, request.medication_code) is None:
-        raise NotInFormulary(f"cannot dispense: medication code {request.medication_code!r} is not in the formulary; "
-                             "return the prescription to the prescriber")
+        raise NotInFormulary(_("cannot dispense: medication code %(code)s is not in the formulary; "
+                               "return the prescription to the prescriber", code=repr(request.medication_code)))
     left = remaining_to_dispense(request)
     amount = min(request.quantity, left) if quantity is None else quantity
     if amount < 1 or amount > left:
-        raise InvalidInput(f"can dispense 1..{left} more of this prescription, not {amount}")
+        raise InvalidInput(_("can dispense 1..%(left)s more of this prescription, not %(amount)s", left=left, amount=amount))
     take_from_stock(session, request.pharmacy_organization_id, request.medication_code, amount)
     record = MedicationDispense(request_id=request.id, patient_id=request.patient_id, quantity=amount, dispensed_by_user_id=user.id)
     session.add(record)
@@ -155,11 +161,12 @@ def return_to_prescriber(session: Session, user: User, request_id: int, reason: 
     request = _pharmacy_request(session, user, request_id, "U")
     text = reason.strip()
     if not text:
-        raise InvalidInput("a reason is required to return a prescription to the prescriber")
+        raise InvalidInput(_("a reason is required to return a prescription to the prescriber"))
     if len(text) > MAX_REASON_CHARS:
-        raise InvalidInput(f"a reason is at most {MAX_REASON_CHARS:,} characters")
+        raise InvalidInput(_("a reason is at most %(num)s characters", num=format_number(MAX_REASON_CHARS)))
     if request.status is not MedicationRequestStatus.ACTIVE:
-        raise Conflict(f"a prescription that is {request.status.value} cannot be returned to the prescriber")
+        raise Conflict(_("a prescription that is %(status)s cannot be returned to the prescriber",
+                         status=medication_status(request.status).lower()))
     request.status = MedicationRequestStatus.ON_HOLD
     request.status_reason = text
     session.flush()
@@ -186,13 +193,13 @@ class Delivery:
 
 def restock(session: Session, user: User, delivery: Delivery) -> StockLot:
     """A pharmacist records a delivery to their pharmacy: the lot is added to, or recorded."""
-    pharmacy_id = _pharmacist(user, "restock their pharmacy")
+    pharmacy_id = _pharmacist(user)
     item = formulary_item(session, delivery.medication_code)
     lot_number = delivery.lot_number.strip()
     if not lot_number or len(lot_number) > 64:
-        raise InvalidInput("a lot number (at most 64 characters) is required")
+        raise InvalidInput(_("a lot number (at most 64 characters) is required"))
     if delivery.quantity < 1:
-        raise InvalidInput("a delivery adds at least one unit")
+        raise InvalidInput(_("a delivery adds at least one unit"))
     lot = session.scalar(select(StockLot).where(
         StockLot.pharmacy_organization_id == pharmacy_id, StockLot.medication_code == item.code,
         StockLot.lot_number == lot_number,
@@ -202,8 +209,9 @@ def restock(session: Session, user: User, delivery: Delivery) -> StockLot:
                        expires_on=delivery.expires_on, quantity_on_hand=0)
         session.add(lot)
     elif lot.expires_on != delivery.expires_on:
-        raise Conflict(f"lot {lot_number} of {item.code} is recorded as expiring "
-                       f"{lot.expires_on.isoformat() if lot.expires_on else 'never'}, not {delivery.expires_on.isoformat()}")
+        recorded = lot.expires_on.isoformat() if lot.expires_on else _("never")
+        raise Conflict(_("lot %(lot)s of %(code)s is recorded as expiring %(recorded)s, not %(given)s", lot=lot_number,
+                         code=item.code, recorded=recorded, given=delivery.expires_on.isoformat()))
     lot.quantity_on_hand += delivery.quantity
     session.flush()
     record_access(session, user, "C", "Medication", lot.id,
@@ -224,7 +232,7 @@ class StockLine:
 
 def stock_lines(session: Session, user: User) -> list[StockLine]:
     """The user's pharmacy's stock per code (formulary items it holds no lot of included, at zero)."""
-    pharmacy_id = _pharmacist(user, "see the pharmacy's stock")
+    pharmacy_id = _pharmacist(user)
     today = utcnow().date()
     lots = session.scalars(select(StockLot).where(StockLot.pharmacy_organization_id == pharmacy_id)
                            .order_by(StockLot.medication_code, StockLot.expires_on.asc().nulls_last(), StockLot.id)).all()

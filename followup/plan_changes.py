@@ -30,10 +30,13 @@ from followup.planning import (
     order_repeat_scan,
     patient_zone,
 )
+from followup.words import TASK_KINDS, task_kind, task_status
 from hospital.access import ensure_patient_access, relationship_cutoff
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.i18n import format_number, lazy_gettext
+from hospital.i18n import gettext as _
 from hospital.models import Patient, Role, User
 from imaging_orders.public import (
     AppointmentSummary,
@@ -54,11 +57,9 @@ PLAN_TASK_TEMPLATES: dict[str, TaskTemplate] = {
     "lab-test": TaskTemplate("lab-test", "Blood test at the clinic's laboratory", days=7),
 }
 TEMPLATE_LABELS = {
-    "repeat-scan-3m": "Repeat scan in 3 months", "repeat-scan-6m": "Repeat scan in 6 months",
-    "clinic-visit": "Clinic visit in 2 weeks", "lab-test": "Lab test in 1 week",
+    "repeat-scan-3m": lazy_gettext("Repeat scan in 3 months"), "repeat-scan-6m": lazy_gettext("Repeat scan in 6 months"),
+    "clinic-visit": lazy_gettext("Clinic visit in 2 weeks"), "lab-test": lazy_gettext("Lab test in 1 week"),
 }
-# Kinds a task written by hand may have (FHIR Task.code in TASK_KIND_SYSTEM).
-TASK_KINDS = {"repeat-scan": "Repeat scan", "visit": "Visit", "lab-test": "Lab test", "other": "Other"}
 MAX_DETAILS = 2000
 LATEST_DUE = timedelta(days=5 * 366)
 OPEN_TASK = frozenset({TaskStatus.REQUESTED, TaskStatus.IN_PROGRESS})
@@ -96,21 +97,21 @@ def _ensure_responsible(session: Session, user: User, consultation: Consultation
     owner = user.role is Role.CLINICIAN and user.practitioner_id == consultation.practitioner_id
     if owner and _relationship_ended(consultation):
         assert consultation.ended_at is not None
-        raise Conflict(f"consultation {consultation.id} finished on {consultation.ended_at.date().isoformat()}; "
-                       "the care relationship has ended, so its follow-up plan can no longer be changed "
-                       "(a new referral starts a new one)")
+        raise Conflict(_("consultation %(id)s finished on %(day)s; the care relationship has ended, so its follow-up "
+                         "plan can no longer be changed (a new referral starts a new one)", id=consultation.id,
+                         day=consultation.ended_at.date().isoformat()))
     ensure_patient_access(session, user, consultation.patient_id, entity_type, entity_id, "U")
     if not owner:
-        raise Forbidden("only the clinician responsible for this consultation can change its follow-up plan")
+        raise Forbidden(_("only the clinician responsible for this consultation can change its follow-up plan"))
     if consultation.status is ConsultationStatus.CANCELLED:
-        raise Conflict(f"consultation {consultation.id} was cancelled: its follow-up plan cannot be changed")
+        raise Conflict(_("consultation %(id)s was cancelled: its follow-up plan cannot be changed", id=consultation.id))
 
 
 def plan_to_change(session: Session, user: User, plan_id: int) -> CarePlan:
     """The care plan, if `user` may change it (see the module docstring)."""
     plan = session.get(CarePlan, plan_id)
     if plan is None:
-        raise NotFound(f"care plan {plan_id} does not exist")
+        raise NotFound(_("care plan %(id)s does not exist", id=plan_id))
     _ensure_responsible(session, user, plan.consultation, "CarePlan", plan.id)
     return plan
 
@@ -125,19 +126,21 @@ def may_change_plan(session: Session, user: User, plan: CarePlan) -> bool:
 def _task_to_change(session: Session, user: User, task_id: int) -> FollowUpTask:
     task = session.get(FollowUpTask, task_id)
     if task is None:
-        raise NotFound(f"task {task_id} does not exist")
+        raise NotFound(_("task %(id)s does not exist", id=task_id))
     _ensure_responsible(session, user, task.care_plan.consultation, "Task", task.id)
     if task.status not in OPEN_TASK:
-        raise Conflict(f"task {task.id} is {task.status.value}: only an open task can be changed")
+        raise Conflict(_("task %(id)s is %(status)s: only an open task can be changed", id=task.id,
+                         status=task_status(task.status).lower()))
     return task
 
 
 def _details(text: str) -> str:
     details = " ".join(text.split())
     if not details:
-        raise InvalidInput("a task needs its details (what the patient is to do)")
+        raise InvalidInput(_("a task needs its details (what the patient is to do)"))
     if len(details) > MAX_DETAILS:
-        raise InvalidInput(f"a task's details are at most {MAX_DETAILS:,} characters, not {len(details):,}")
+        raise InvalidInput(_("a task's details are at most %(most)s characters, not %(given)s",
+                             most=format_number(MAX_DETAILS), given=format_number(len(details))))
     return details
 
 
@@ -146,9 +149,10 @@ def _due(patient: Patient, day: date) -> datetime:
     zone = patient_zone(patient)
     today = utcnow().astimezone(zone).date()
     if day < today:
-        raise InvalidInput(f"the due date {day.isoformat()} is in the past (today is {today.isoformat()})")
+        raise InvalidInput(_("the due date %(day)s is in the past (today is %(today)s)", day=day.isoformat(),
+                             today=today.isoformat()))
     if day > today + LATEST_DUE:
-        raise InvalidInput(f"the due date {day.isoformat()} is more than five years ahead")
+        raise InvalidInput(_("the due date %(day)s is more than five years ahead", day=day.isoformat()))
     return datetime.combine(day, LOCAL_DUE_TIME, tzinfo=zone).astimezone(ZoneInfo("UTC"))
 
 
@@ -168,15 +172,17 @@ def add_plan_task(session: Session, user: User, plan_id: int, new: NewTask) -> F
     if new.template is not None:
         template = PLAN_TASK_TEMPLATES.get(new.template)
         if template is None:
-            raise InvalidInput(f"unknown task template {new.template!r}; choose one of {sorted(PLAN_TASK_TEMPLATES)}")
+            raise InvalidInput(_("unknown task template %(given)s; choose one of %(known)s", given=repr(new.template),
+                                 known=sorted(PLAN_TASK_TEMPLATES)))
         kind, details = template.kind, _details(new.details or template.description)
         due = _due(patient, new.due_on) if new.due_on else due_at(patient, utcnow(), months=template.months,
                                                                    days=template.days)
     else:
         if new.kind not in TASK_KINDS:
-            raise InvalidInput(f"unknown task kind {new.kind!r}; choose one of {sorted(TASK_KINDS)}")
+            raise InvalidInput(_("unknown task kind %(given)s; choose one of %(known)s", given=repr(new.kind),
+                                 known=sorted(TASK_KINDS)))
         if new.due_on is None:
-            raise InvalidInput("a task written by hand needs a due date")
+            raise InvalidInput(_("a task written by hand needs a due date"))
         kind, details, due = new.kind, _details(new.details), _due(patient, new.due_on)
     return _add_task(session, user, plan, kind, details, due, f" (template {new.template})" if new.template else "")
 
@@ -199,10 +205,11 @@ def apply_template(session: Session, user: User, consultation_id: int, template_
     without a plan gets one."""
     templates = FOLLOW_UP_TEMPLATES.get(template_key)
     if templates is None:
-        raise InvalidInput(f"unknown follow-up template {template_key!r}; choose one of {sorted(FOLLOW_UP_TEMPLATES)}")
+        raise InvalidInput(_("unknown follow-up template %(given)s; choose one of %(known)s", given=repr(template_key),
+                             known=sorted(FOLLOW_UP_TEMPLATES)))
     consultation = session.get(Consultation, consultation_id)
     if consultation is None:
-        raise InvalidInput(f"consultation {consultation_id} does not exist")
+        raise InvalidInput(_("consultation %(id)s does not exist", id=consultation_id))
     plan = plan_of_consultation(session, consultation.id)
     _ensure_responsible(session, user, consultation, "CarePlan", plan.id if plan else None)
     if plan is None:
@@ -234,7 +241,7 @@ def change_plan_task(session: Session, user: User, task_id: int, change: TaskCha
             task.due_at = due
             changed.append(f"due {previous} -> {due.date().isoformat()}")
     if not changed:
-        raise InvalidInput("nothing to change: give new details or a new due date")
+        raise InvalidInput(_("nothing to change: give new details or a new due date"))
     record_access(session, user, "U", "Task", task.id, patient_id=task.patient_id,
                   description=f"changed: {', '.join(changed)}")
     # A planned repeat scan brought into the booking window is ordered now, so the patient can book
@@ -252,13 +259,13 @@ def cancel_plan_task(session: Session, user: User, task_id: int, reason: str) ->
     task = _task_to_change(session, user, task_id)
     why = " ".join(reason.split())
     if not why:
-        raise InvalidInput("say why the task is cancelled: the patient reads the reason")
+        raise InvalidInput(_("say why the task is cancelled: the patient reads the reason"))
     if len(why) > MAX_DETAILS:
-        raise InvalidInput(f"a reason is at most {MAX_DETAILS:,} characters")
+        raise InvalidInput(_("a reason is at most %(num)s characters", num=format_number(MAX_DETAILS)))
     if task.referral_id is not None:
         referral = referral_summary(session, task.referral_id)
         if referral is not None and referral.status is ReferralStatus.SCHEDULED:
-            raise Conflict("the repeat scan is booked: cancel its appointment first, then the task")
+            raise Conflict(_("the repeat scan is booked: cancel its appointment first, then the task"))
         if referral is not None and referral.status in (ReferralStatus.ACTIVE, ReferralStatus.ACCEPTED):
             cancel_referral(session, user, referral.referral_id, f"follow-up task cancelled: {why}")
     task.status = TaskStatus.CANCELLED
@@ -276,14 +283,16 @@ def cancel_plan_task(session: Session, user: User, task_id: int, reason: str) ->
 def _bookable_task(session: Session, user: User, task_id: int) -> FollowUpTask:
     task = session.get(FollowUpTask, task_id)
     if task is None:
-        raise NotFound(f"task {task_id} does not exist")
+        raise NotFound(_("task %(id)s does not exist", id=task_id))
     ensure_patient_access(session, user, task.patient_id, "Task", task.id, "U")
     if task.kind != "repeat-scan":
-        raise InvalidInput(f"task {task.id} is a {task.kind}, not a repeat scan: there is nothing to book")
+        raise InvalidInput(_("task %(id)s is a %(kind)s, not a repeat scan: there is nothing to book", id=task.id,
+                             kind=task_kind(task.kind).lower()))
     if task.status not in OPEN_TASK:
-        raise Conflict(f"task {task.id} is {task.status.value}: there is nothing to book")
+        raise Conflict(_("task %(id)s is %(status)s: there is nothing to book", id=task.id,
+                         status=task_status(task.status).lower()))
     if task.referral_id is None:
-        raise Conflict("this repeat scan has not been ordered yet; your clinician will order it")
+        raise Conflict(_("this repeat scan has not been ordered yet; your clinician will order it"))
     return task
 
 
@@ -303,8 +312,8 @@ def book_repeat_scan(session: Session, user: User, task_id: int, slot_id: int) -
     earliest = (task.due_at or utcnow()) - BOOKING_LEAD
     if slot_id not in {s.slot_id for s in free_slots_for_referral(session, task.referral_id)
                        if s.start >= earliest}:
-        raise Conflict(f"slot {slot_id} is not offered for this repeat scan (taken, too early, or another scanner);"
-                       " choose one of the times shown")
+        raise Conflict(_("slot %(id)s is not offered for this repeat scan (taken, too early, or another scanner); "
+                         "choose one of the times shown", id=slot_id))
     appointment = book_referral_slot(session, user, task.referral_id, slot_id)
     record_access(session, user, "U", "Task", task.id, patient_id=task.patient_id,
                   description=f"repeat scan booked: appointment {appointment.appointment_id}")

@@ -28,11 +28,14 @@ from followup.plan_changes import (
     repeat_scan_slots,
     task_appointments,
 )
+from followup.words import task_description, template_words
 from hospital import clock
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput, NotFound
+from hospital.i18n import gettext as _
+from hospital.i18n import local_clock, local_date
 from hospital.models import Role, User
 from hospital.records import load_record
 from hospital.web import form_action
@@ -41,6 +44,7 @@ from imaging_orders.public import AppointmentSummary, SlotOffer
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("care_plans", __name__, template_folder="templates")
+bp.context_processor(template_words)
 
 
 def read_plan(session: Session, user: User, plan_id: int) -> CarePlan:
@@ -48,14 +52,14 @@ def read_plan(session: Session, user: User, plan_id: int) -> CarePlan:
     return load_record(session, user, CarePlan, plan_id, entity_type="CarePlan", noun="care plan")
 
 
-def _day(value: object, label: str = "due date") -> date | None:
+def _day(value: object) -> date | None:
     text = str(value or "").strip()
     if not text:
         return None
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise InvalidInput(f"the {label} must be a date (YYYY-MM-DD), not {text[:32]!r}") from None
+        raise InvalidInput(_("the due date must be a date (YYYY-MM-DD), not %(value)s", value=repr(text[:32]))) from None
 
 
 def _text(data: dict[str, Any], name: str) -> str | None:
@@ -153,7 +157,8 @@ def _by_local_day(offers: tuple[SlotOffer, ...]) -> list[tuple[str, list[tuple[S
     days: OrderedDict[str, list[tuple[SlotOffer, str]]] = OrderedDict()
     for offer in offers:
         local = offer.start.astimezone(clock.zone(offer.centre_timezone))
-        days.setdefault(local.strftime("%A %d %B %Y"), []).append((offer, local.strftime("%H:%M")))
+        days.setdefault(local_date(local.date(), fmt="full"), []).append(
+            (offer, local_clock(offer.start, offer.centre_timezone)))
     return list(days.items())
 
 
@@ -173,17 +178,20 @@ def plan_page(plan_id: int) -> ResponseReturnValue:
                 task = add_plan_task(session, user, plan_id, NewTask(
                     template=None if template in ("", "free") else template, details=form.get("details", ""),
                     kind=form.get("kind", "other"), due_on=_day(form.get("due_on"))))
-                ordered = " It is ordered: the patient can book it from the plan." if task.referral_id else ""
-                return f"Task added: {task.description}.{ordered}"
+                if task.referral_id:
+                    return _("Task added: %(task)s. It is ordered: the patient can book it from the plan.",
+                             task=task_description(task))
+                return _("Task added: %(task)s.", task=task_description(task))
             if action == "change":
                 task = change_plan_task(session, user, task_id, TaskChange(
                     details=form.get("details"), due_on=_day(form.get("due_on"))))
-                return f"Task changed: {task.description}."
+                return _("Task changed: %(task)s.", task=task_description(task))
             if action == "book":
                 appointment = book_repeat_scan(session, user, task_id, form.get("slot_id", type=int) or 0)
-                local = appointment.start.astimezone(clock.zone(appointment.centre_timezone))
-                return f"Repeat scan booked for {local.strftime('%A %d %B %Y at %H:%M')}."
-            raise InvalidInput(f"unknown action {str(action)[:32]!r}")
+                zone = appointment.centre_timezone
+                return _("Repeat scan booked for %(day)s at %(time)s.",
+                         day=local_date(appointment.start, zone, "full"), time=local_clock(appointment.start, zone))
+            raise InvalidInput(_("unknown action %(action)s", action=repr(str(action)[:32])))
 
         if form_action(session, act):
             return redirect(url_for("care_plans.plan_page", plan_id=plan_id))
@@ -217,7 +225,7 @@ def cancel_task_page(task_id: int) -> ResponseReturnValue:
             assert task is not None  # the service found it
             return redirect(url_for("care_plans.plan_page", plan_id=task.care_plan_id))
     if task is None:
-        raise NotFound(f"task {task_id} does not exist")
+        raise NotFound(_("task %(id)s does not exist", id=task_id))
     read_plan(session, user, task.care_plan_id)
     page = render_template("followup/task_cancel_confirm.html", task=task,
                            reason=request.form.get("reason", "") if request.method == "POST" else "")
@@ -226,4 +234,4 @@ def cancel_task_page(task_id: int) -> ResponseReturnValue:
 
 def _cancel(session: Session, user: User, task_id: int, reason: str) -> str:
     task = cancel_plan_task(session, user, task_id, reason)
-    return f"Task cancelled: {task.description}."
+    return _("Task cancelled: %(task)s.", task=task_description(task))

@@ -46,17 +46,21 @@ from followup.service import (
     send_message,
     unread_message_counts,
 )
+from followup.words import template_words
 from hospital.api import json_body, required
 from hospital.auth import current_user, require_roles
 from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import InvalidInput
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext
 from hospital.models import Organization, OrganizationKind, Role
 from hospital.web import form_action
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("followup", __name__, template_folder="templates")
+bp.context_processor(template_words)
 
 
 def consultation_json(session: Any, consultation: Consultation) -> dict[str, Any]:
@@ -275,8 +279,12 @@ def dispense_page(request_id: int) -> ResponseReturnValue:
             record = dispense(session, user, request_id, _form_count(request.form.get("quantity"), "quantity"))
             med = record.request
             left = remaining_to_dispense(med)
-            rest = f"; {left} still to supply." if left else "."
-            return f"Dispensed {record.quantity} × {med.medication_display} to {med.patient.display_name}{rest}"
+            if left:
+                return _("Dispensed %(quantity)s × %(medication)s to %(patient)s; %(left)s still to supply.",
+                         quantity=record.quantity, medication=med.medication_display,
+                         patient=med.patient.display_name, left=left)
+            return _("Dispensed %(quantity)s × %(medication)s to %(patient)s.", quantity=record.quantity,
+                     medication=med.medication_display, patient=med.patient.display_name)
 
         form_action(session, hand_over)
         return redirect(url_for("followup.dispense_queue_page"))
@@ -303,7 +311,7 @@ def return_page(request_id: int) -> ResponseReturnValue:
 
 def _return(session: Any, request_id: int, reason: str) -> str:
     med = return_to_prescriber(session, current_user(), request_id, reason)
-    return f"Prescription {med.id} returned to the prescriber."
+    return _("Prescription %(id)s returned to the prescriber.", id=med.id)
 
 
 @bp.route("/pharmacy/stock", methods=["GET", "POST"])
@@ -321,7 +329,8 @@ def stock_page() -> ResponseReturnValue:
                 quantity=_form_count(form.get("quantity"), "quantity"), expires_on=_iso_date(form.get("expires_on"))))
             item = find_formulary_item(session, lot.medication_code)
             name = item.display if item else lot.medication_code
-            return f"Received {form.get('quantity')} × {name}, lot {lot.lot_number}; {lot.quantity_on_hand} in this lot."
+            return _("Received %(quantity)s × %(medication)s, lot %(lot)s; %(on_hand)s in this lot.",
+                     quantity=form.get("quantity"), medication=name, lot=lot.lot_number, on_hand=lot.quantity_on_hand)
 
         if form_action(session, receive):
             return redirect(url_for("followup.stock_page"))
@@ -341,10 +350,10 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
         def act() -> str:
             if form.get("action") == "message":
                 send_message(session, user, consultation_id, form.get("body", ""))
-                return "Message sent."
+                return _("Message sent.")
             if form.get("action") == "finish":
                 finish_consultation(session, user, consultation_id, form.get("note", ""))
-                return "Consultation finished; the visit task is marked done."
+                return _("Consultation finished; the visit task is marked done.")
             med = prescribe(session, user, consultation_id, Prescription(
                 medication_code=form.get("medication_code", ""),
                 dosage_text=form.get("dosage_text", ""),
@@ -352,7 +361,7 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
                 refills=_form_count(form.get("refills") or "0", "refills"),
                 pharmacy_organization_id=_form_count(form.get("pharmacy_organization_id"), "pharmacy"),
             ))
-            return f"Prescription {med.id} sent to the pharmacy."
+            return _("Prescription %(id)s sent to the pharmacy.", id=med.id)
 
         if form_action(session, act):
             return redirect(url_for("followup.consultation_page", consultation_id=consultation_id))
@@ -377,9 +386,17 @@ def consultation_page(consultation_id: int) -> ResponseReturnValue:
     return page, 422 if posted else 200
 
 
-def _form_count(value: str | None, label: str) -> int:
+# What a number typed into a page's form is called in the message that refuses it.
+_COUNT_FIELDS = {
+    "quantity": lazy_gettext("quantity must be a whole number"),
+    "refills": lazy_gettext("refills must be a whole number"),
+    "pharmacy": lazy_gettext("choose a pharmacy"),
+}
+
+
+def _form_count(value: str | None, field: str) -> int:
     if value is None or not value.strip().isdigit():
-        raise InvalidInput(f"{label} must be a whole number")
+        raise InvalidInput(str(_COUNT_FIELDS[field]))
     return int(value)
 
 
@@ -387,4 +404,5 @@ def _iso_date(value: object) -> date:
     try:
         return date.fromisoformat(str(value or "").strip())
     except ValueError:
-        raise InvalidInput(f"the expiry date must be a date (YYYY-MM-DD), not {str(value)[:32]!r}") from None
+        raise InvalidInput(_("the expiry date must be a date (YYYY-MM-DD), not %(value)s",
+                             value=repr(str(value)[:32]))) from None

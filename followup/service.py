@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -27,6 +28,8 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.events import iso_instant
+from hospital.i18n import format_number
+from hospital.i18n import gettext as _
 from hospital.jobs import publish
 from hospital.models import Organization, OrganizationKind, Practitioner, Role, User
 from hospital.notifications import notify, patient_users, practitioner_users
@@ -86,12 +89,12 @@ def send_message(session: Session, user: User, consultation_id: int, body: str) 
     elif user.role is Role.PATIENT and user.patient_id == consultation.patient_id:
         recipient_role = "clinician"
     else:
-        raise Forbidden("only the consulting clinician and the patient write in a consultation")
+        raise Forbidden(_("only the consulting clinician and the patient write in a consultation"))
     text = body.strip()
     if not text:
-        raise InvalidInput("a message needs some text")
+        raise InvalidInput(_("a message needs some text"))
     if len(text) > 10_000:
-        raise InvalidInput("a message is at most 10,000 characters")
+        raise InvalidInput(_("a message is at most %(num)s characters", num=format_number(10_000)))
     message = Message(consultation_id=consultation.id, patient_id=consultation.patient_id, sender_user_id=user.id,
                       recipient_role=recipient_role, body=text)
     session.add(message)
@@ -124,19 +127,29 @@ def unread_message_counts(session: Session, user: User, consultation_ids: list[i
     when none are unread). Only the parties of a consultation have messages addressed to them."""
     if not consultation_ids or user.role not in (Role.PATIENT, Role.CLINICIAN):
         return {}
-    reader_role = "patient" if user.role is Role.PATIENT else "clinician"
-    statement = (
-        select(Message.consultation_id, func.count())
-        .join(Consultation, Consultation.id == Message.consultation_id)
-        .where(Message.consultation_id.in_(consultation_ids), Message.recipient_role == reader_role,
-               Message.read_at.is_(None))
-        .group_by(Message.consultation_id)
-    )
-    if user.role is Role.PATIENT:
-        statement = statement.where(Consultation.patient_id == user.patient_id)
-    else:
-        statement = statement.where(Consultation.practitioner_id == user.practitioner_id)
+    statement = _unread_for(user, select(Message.consultation_id, func.count())).where(
+        Message.consultation_id.in_(consultation_ids)).group_by(Message.consultation_id)
     return {consultation_id: count for consultation_id, count in session.execute(statement)}
+
+
+def unread_message_total(session: Session, user: User) -> int:
+    """All messages addressed to the reader still unread, in one query: the badge on their menu link,
+    drawn on every page they open."""
+    if user.role not in (Role.PATIENT, Role.CLINICIAN):
+        return 0
+    return session.scalar(_unread_for(user, select(func.count()))) or 0
+
+
+def _unread_for(user: User, statement: Select[Any]) -> Select[Any]:
+    """Messages addressed to `user` as a party of the consultation, unread, in consultations their
+    list shows them (a lapsed care relationship hides a consultation, and its count with it)."""
+    reader_role = "patient" if user.role is Role.PATIENT else "clinician"
+    statement = statement.select_from(Message).join(Consultation, Consultation.id == Message.consultation_id).where(
+        Message.recipient_role == reader_role, Message.read_at.is_(None),
+        patient_filter(user, Consultation.patient_id, "Encounter"))
+    if user.role is Role.PATIENT:
+        return statement.where(Consultation.patient_id == user.patient_id)
+    return statement.where(Consultation.practitioner_id == user.practitioner_id)
 
 
 def notify_party(
@@ -170,7 +183,7 @@ def list_consultations(session: Session, user: User) -> list[Consultation]:
 def _own_consultation(session: Session, user: User, consultation_id: int) -> Consultation:
     consultation = get_consultation(session, user, consultation_id, action="U")
     if user.role is not Role.CLINICIAN or consultation.practitioner_id != user.practitioner_id:
-        raise Forbidden("only the consulting clinician can do this")
+        raise Forbidden(_("only the consulting clinician can do this"))
     return consultation
 
 
@@ -180,9 +193,9 @@ def finish_consultation(session: Session, user: User, consultation_id: int, note
     if consultation.status is ConsultationStatus.FINISHED:
         return consultation
     if consultation.status is ConsultationStatus.CANCELLED:
-        raise Conflict("a cancelled consultation cannot be finished")
+        raise Conflict(_("a cancelled consultation cannot be finished"))
     if not note.strip():
-        raise InvalidInput("a visit note is required to finish the consultation")
+        raise InvalidInput(_("a visit note is required to finish the consultation"))
     now = utcnow()
     consultation.status = ConsultationStatus.FINISHED
     consultation.note = note.strip()
@@ -229,15 +242,17 @@ CLOSED_CONSULTATION = frozenset({ConsultationStatus.FINISHED, ConsultationStatus
 def prescribe(session: Session, user: User, consultation_id: int, prescription: Prescription) -> MedicationRequest:
     consultation = _own_consultation(session, user, consultation_id)
     if consultation.status in CLOSED_CONSULTATION:
-        raise Conflict(f"consultation {consultation.id} is {consultation.status.value}: prescribe in an open consultation")
+        if consultation.status is ConsultationStatus.FINISHED:
+            raise Conflict(_("consultation %(id)s is finished: prescribe in an open consultation", id=consultation.id))
+        raise Conflict(_("consultation %(id)s is cancelled: prescribe in an open consultation", id=consultation.id))
     if prescription.quantity < 1 or prescription.refills < 0:
-        raise InvalidInput("quantity must be at least 1 and refills not negative")
+        raise InvalidInput(_("quantity must be at least 1 and refills not negative"))
     if not prescription.medication_code.strip() or not prescription.dosage_text.strip():
-        raise InvalidInput("a medication from the formulary and dosage instructions are required")
+        raise InvalidInput(_("a medication from the formulary and dosage instructions are required"))
     item = formulary_item(session, prescription.medication_code)
     pharmacy = session.get(Organization, prescription.pharmacy_organization_id)
     if pharmacy is None or pharmacy.kind is not OrganizationKind.PHARMACY:
-        raise InvalidInput(f"organization {prescription.pharmacy_organization_id} is not a pharmacy")
+        raise InvalidInput(_("organization %(id)s is not a pharmacy", id=prescription.pharmacy_organization_id))
     assert user.practitioner_id is not None  # checked by _own_consultation
     request = MedicationRequest(
         consultation_id=consultation.id, patient_id=consultation.patient_id, prescriber_id=user.practitioner_id,

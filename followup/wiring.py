@@ -7,6 +7,7 @@ from flask import Flask
 from ai_services.events import ReportSigned
 from followup import fhir, pathway, plan_routes, routes, seed, service
 from hospital.access import register_patient_scope
+from hospital.i18n import lazy_gettext
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.periodic import register_periodic
@@ -23,6 +24,7 @@ def register(app: Flask) -> None:
     subscribe(app, ReportSigned, "followup.jobs.open_consultation_for_report")
     register_patient_scope(app, Role.CLINICIAN, service.consulted_patient_ids)
     register_patient_scope(app, Role.PHARMACIST, service.pharmacy_patient_ids)
-    add_nav_link(app, "Consultations", "followup.consultations_page", Role.CLINICIAN, Role.PATIENT)
-    add_nav_link(app, "Dispense queue", "followup.dispense_queue_page", Role.PHARMACIST)
-    add_nav_link(app, "Stock", "followup.stock_page", Role.PHARMACIST)
+    add_nav_link(app, lazy_gettext("Consultations"), "followup.consultations_page", Role.CLINICIAN, Role.PATIENT,
+                 badge=service.unread_message_total)
+    add_nav_link(app, lazy_gettext("Dispense queue"), "followup.dispense_queue_page", Role.PHARMACIST)
+    add_nav_link(app, lazy_gettext("Stock"), "followup.stock_page", Role.PHARMACIST)

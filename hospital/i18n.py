@@ -113,9 +113,11 @@ def catalog_directories(app: Flask) -> list[Path]:
 
 def _point_babel_at_catalogs(app: Flask) -> None:
     # Flask-Babel reads this list when it first translates in an app; stages are wired before that.
-    joined = ";".join(str(path) for path in catalog_directories(app))
-    app.config["BABEL_TRANSLATION_DIRECTORIES"] = joined
-    app.extensions["babel"].translation_directories = [str(path) for path in catalog_directories(app)]
+    # Only folders that hold catalogs: Flask-Babel takes the plural rule of the last one it loads, and
+    # a missing one would give Chinese English's two forms (and its strings the untranslated plural).
+    present = [str(path) for path in catalog_directories(app) if path.is_dir()]
+    app.config["BABEL_TRANSLATION_DIRECTORIES"] = ";".join(present)
+    app.extensions["babel"].translation_directories = present
 
 
 def normalise(tag: str | None) -> str | None:

@@ -60,7 +60,7 @@ def test_clinician_and_patient_write_to_each_other(browser: Any, site: LiveSite)
 
     # The patient, on a phone: the unread message is flagged in the list and read in the thread.
     patient = login(browser, site, "patient", width=375, height=800)
-    nav(patient, "Consultations")
+    nav(patient, "Consultations 1 new")  # the menu link carries the unread count
     unread = patient.locator(f"#consultation-{consultation_id} .unread")
     expect(unread).to_have_text("1 unread message")
     assert not has_horizontal_scroll(patient)
@@ -69,7 +69,7 @@ def test_clinician_and_patient_write_to_each_other(browser: Any, site: LiveSite)
     expect(patient.locator("#message-thread li").first).to_contain_text("Clinician")
     patient.get_by_role("button", name="Send", exact=True).click()  # empty: the browser's own check stops it
     expect(patient.locator("#message-thread li")).to_have_count(1)
-    patient.get_by_label("Write a message to the clinician").fill("Thursday at 10 works for me.")
+    patient.get_by_label("Write a message to your clinician").fill("Thursday at 10 works for me.")
     patient.get_by_role("button", name="Send", exact=True).click()
     expect(flash(patient)).to_have_text("Message sent.")
     expect(patient.locator("#message-thread li")).to_have_count(2)

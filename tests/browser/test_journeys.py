@@ -159,7 +159,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     # Clinician: the consultation opened by the signature, its follow-up plan; prescribe; finish.
     nav(clinician, "Consultations")
     card = clinician.locator("section.card").first
-    expect(card).to_contain_text("urgent")
+    expect(card).to_contain_text("Urgent")
     card.get_by_role("link", name="Open, prescribe or finish").click()
     expect(clinician.locator("#plan")).to_contain_text("Repeat CT chest")
     # From the formulary; priced in the demo catalog, so the dispense is billed.

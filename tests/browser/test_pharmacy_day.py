@@ -147,7 +147,7 @@ def test_the_pharmacists_day_and_the_prescriber_refused_on_a_finished_consultati
     clinician.goto(url)
     expect(clinician.locator(f"#prescription-{returned}")).to_contain_text(
         "Returned by the pharmacy: Patient reports an opioid allergy; please choose another")
-    expect(clinician.locator(f"#prescription-{returned} .badge")).to_have_text("on-hold")
+    expect(clinician.locator(f"#prescription-{returned} .badge")).to_have_text("Returned by the pharmacy")
     stale = clinician.context.new_page()
     stale.goto(url)
     clinician.get_by_label("Visit note").fill("Cough treated; allergy noted, alternative to follow.")

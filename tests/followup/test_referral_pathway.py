@@ -48,7 +48,7 @@ def test_the_clinician_follows_a_referral_from_sending_to_booking(
     assert f'href="{url}"' in listing and "Waiting for acceptance" in listing
     page = client.get(url).get_data(as_text=True)
     assert status_of(page) == "Waiting for acceptance"
-    assert "Persistent cough, smoker" in page and "urgent" in page
+    assert "Persistent cough, smoker" in page and "<dd>Urgent</dd>" in page
     assert steps_of(page) == [("Sent", "done"), ("Accepted", "current")]
 
     assert as_role("imaging_staff").post(f"/api/referrals/{sent['id']}/accept").status_code == 200
