@@ -75,6 +75,10 @@ def init_app(app: Flask) -> None:
 
 def add_catalog(app: Flask, directory: Path) -> None:
     """A stage's `translations/` folder joins the catalogs every page is translated from."""
+    if not directory.is_dir():
+        # Flask-Babel takes the plural rule of each folder it merges, and a folder without a catalog
+        # answers English's (n != 1): Chinese plurals of every catalog merged before would break.
+        return
     directories: list[Path] = app.extensions.setdefault(_EXTENSION_KEY, [])
     if directory not in directories:
         directories.append(directory)
