@@ -29,7 +29,7 @@ from hospital.access import patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput
-from hospital.i18n import format_number
+from hospital.i18n import for_user, format_number
 from hospital.i18n import gettext as _
 from hospital.jobs import publish
 from hospital.models import Role, User
@@ -168,7 +168,9 @@ def notify_referrer_of_amendment(session: Session, addendum_id: int, notifier: N
     clinician = session.scalar(select(User).where(User.practitioner_id == referral.requester_id,
                                                   User.role == Role.CLINICIAN))
     addendum.referrer_notified_at = utcnow()
-    notifier.send(OutgoingMessage(
-        channel="email", recipient=clinician.username if clinician else "", subject="Imaging report amended",
-        body="A radiologist added an addendum to an imaging report you requested. Please sign in to read it."))
+    with for_user(clinician):  # in the clinician's language, not the worker's
+        subject = _("Imaging report amended")
+        body = _("A radiologist added an addendum to an imaging report you requested. Please sign in to read it.")
+    notifier.send(OutgoingMessage(channel="email", recipient=clinician.username if clinician else "",
+                                  subject=subject, body=body))
     return True

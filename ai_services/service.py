@@ -41,8 +41,8 @@ from hospital.clock import utcnow
 from hospital.db import get_db
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.events import iso_instant
+from hospital.i18n import format_number, ngettext
 from hospital.i18n import gettext as _
-from hospital.i18n import ngettext
 from hospital.jobs import enqueue, publish
 from hospital.models import JobRecord, JobStatus, Organization, Role, User
 from hospital.records import load_record
@@ -412,12 +412,16 @@ def add_finding(
 
 def signing_conclusion(report: DiagnosticReport, conclusion: str | None) -> str:
     """The conclusion a signature records: the radiologist's text, else a summary of the kept
-    findings (what the sign preview shows is what `sign_report` stores)."""
+    findings (what the sign preview shows is what `sign_report` stores), in the language the
+    radiologist reads the preview in: the signed text is theirs."""
     kept = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
-    return (conclusion or "").strip() or (
-        f"{len(kept)} abnormalit{'y' if len(kept) == 1 else 'ies'} confirmed by the radiologist"
-        + (f" (largest {max(f.diameter_mm for f in kept):.0f} mm)." if kept else ": no abnormality.")
-    )
+    if (conclusion or "").strip():
+        return (conclusion or "").strip()
+    if not kept:
+        return _("0 abnormalities confirmed by the radiologist: no abnormality.")
+    return ngettext("%(num)d abnormality confirmed by the radiologist (largest %(size)s mm).",
+                    "%(num)d abnormalities confirmed by the radiologist (largest %(size)s mm).",
+                    len(kept), size=format_number(max(f.diameter_mm for f in kept), 0))
 
 
 def undecided_findings_message(pending: list[int]) -> str:

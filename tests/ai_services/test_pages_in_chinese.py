@@ -14,8 +14,10 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
+from ai_services.reading import add_addendum, notify_referrer_of_amendment
 from hospital.clock import utcnow
 from hospital.i18n import user_display_name
+from hospital.notify import OutgoingMessage
 from hospital.seed import DemoSeed
 from referrals.models import Referral
 from tests.ai_services.test_report_pages import store_slices
@@ -177,3 +179,46 @@ def test_in_english_the_confidence_is_a_word_and_a_percentage_with_its_meaning(
     assert "AI confidence:</abbr> high (93%)" in page
     assert 'title="How sure the AI model is that this is a real finding' in page
     assert "Decision: <span" in page and "not decided yet" in page
+
+
+def test_the_summary_a_radiologist_signs_is_in_the_language_they_read_the_preview_in(
+    client: FlaskClient, demo: DemoSeed, db_session: Session,
+) -> None:
+    report = make_preliminary_report(db_session, demo, [(4, 4, 12, 12)])
+    report.findings[0].review_status = ReviewStatus.ACCEPTED
+    db_session.commit()
+    sign_in(client, "radiologist")
+    choose_language(client, "zh_CN", f"/reports/{report.id}")
+    token = csrf_token_of(client.get(f"/reports/{report.id}").get_data(as_text=True))
+
+    preview = client.post(f"/reports/{report.id}", data={"action": "sign", "csrf_token": token}).get_data(as_text=True)
+    assert "签署报告" in preview and "放射科医生确认 1 处异常（最大 8 mm）。" in preview
+    assert "发现 " in preview and "第 1 层，8 mm（已接受）" in preview
+    signed = client.post(f"/reports/{report.id}", data={"action": "sign", "confirm": "yes", "csrf_token": token})
+    assert signed.status_code == 302
+    assert "报告已签署" in client.get(signed.headers["Location"]).get_data(as_text=True)
+    db_session.expire_all()
+    stored = db_session.get(DiagnosticReport, report.id)
+    assert stored is not None and stored.conclusion == "放射科医生确认 1 处异常（最大 8 mm）。"
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMessage] = []
+
+    def send(self, message: OutgoingMessage) -> None:
+        self.sent.append(message)
+
+
+def test_the_referring_clinician_is_told_of_an_addendum_in_their_own_language(
+    app: Flask, demo: DemoSeed, db_session: Session,
+) -> None:
+    report = _signed_report(db_session, demo)
+    demo.users["clinician"].locale = "zh_CN"
+    addendum = add_addendum(db_session, demo.users["radiologist"], report.id, "与前片比较：无变化。")
+    outbox = _Outbox()
+    with app.test_request_context("/", headers={"Accept-Language": "en"}):  # whoever runs it reads English
+        assert notify_referrer_of_amendment(db_session, addendum.id, outbox)
+    [message] = outbox.sent
+    assert message.recipient == "clinician" and message.subject == "影像报告已修订"
+    assert "请登录查看" in message.body and "无变化" not in message.body  # no clinical content in a mail
