@@ -69,6 +69,13 @@ PACKAGE_STATUS_WORDS: dict[str, LazyString] = {
     PackageStatus.RETIRED.value: lazy_gettext("retired"),
 }
 
+# The figures the drift of a model version at a centre is tested on (`ai_services.drift`).
+DRIFT_FIGURE_WORDS: dict[str, LazyString] = {
+    "acceptance rate": lazy_gettext("acceptance rate"),
+    "added misses per study": lazy_gettext("added misses per study"),
+    "AI findings per scan": lazy_gettext("AI findings per scan"),
+}
+
 # A model's confidence is a score, not the chance of disease: the page says so, and gives a word
 # beside the percentage so that 0.62 is not read as "62% likely to be cancer".
 HIGH_CONFIDENCE = 0.8
@@ -105,6 +112,7 @@ def template_words() -> dict[str, object]:
         "report_status_word": lambda code: word_for(REPORT_STATUS_WORDS, code),
         "model_status_word": lambda code: word_for(MODEL_STATUS_WORDS, code),
         "package_status_word": lambda code: word_for(PACKAGE_STATUS_WORDS, code),
+        "drift_figure_word": lambda code: word_for(DRIFT_FIGURE_WORDS, code),
         "confidence_words": confidence_words,
         "confidence_explanation": CONFIDENCE_EXPLANATION,
         "person_called": user_display_name,

@@ -11,21 +11,25 @@ from collections.abc import Iterable
 
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ai_services.models import DiagnosticReport, ReportStatus, ReviewStatus
+from ai_services.models import DiagnosticReport, ModelVersion, ReportStatus, ReviewStatus
 from ai_services.reading import add_addendum, notify_referrer_of_amendment
 from hospital.clock import utcnow
 from hospital.i18n import user_display_name
+from hospital.models import Organization
 from hospital.notify import OutgoingMessage
 from hospital.seed import DemoSeed
 from referrals.models import Referral
+from tests.ai_services.test_drift import three_centres
 from tests.ai_services.test_report_pages import store_slices
 from tests.factories import make_preliminary_report
 from tests.pages import choose_language, csrf_token_of, sign_in
 
-# Words that are the same in both languages: standards, units, a key's name, the box coordinates.
-SAME_IN_BOTH = {"AI", "CT", "mm", "x", "y", "Ctrl"}
+# Words that are the same in both languages: standards, units, a key's name, the box's coordinates,
+# statistics' symbols.
+SAME_IN_BOTH = {"AI", "CT", "SHA", "mm", "x", "y", "p", "z", "Ctrl"}
 # What people read and hear besides the text: these attributes are checked too.
 VISIBLE_ATTRIBUTES = {"title", "alt", "aria-label", "placeholder", "data-confirm"}
 
@@ -53,15 +57,16 @@ class _MainText(html.parser.HTMLParser):
             self.parts.append(data)
 
 
-def english_left_in(page: str, data: Iterable[str]) -> list[str]:
+def english_left_in(page: str, data: Iterable[str | None]) -> list[str]:
     """Latin-script words in the page's main content that are not the record's own `data` (names,
     the signed text, codes), a word the same in both languages, or a time zone after a clock time."""
     parser = _MainText()
     parser.feed(page)
     text = " \n ".join(parser.parts)
-    for value in sorted(data, key=len, reverse=True):
+    for value in sorted(filter(None, data), key=len, reverse=True):
         text = text.replace(value, " ")
     text = re.sub(r"\d{1,2}:\d{2} [A-Z][A-Za-z0-9+\-]*", " ", text)  # "08:30 CST": the zone's abbreviation
+    text = re.sub(r"\d[eE][-+]?\d+", " ", text)  # a p-value in scientific notation: 4.19e-05
     return [word for word in re.findall(r"[A-Za-z]+", text) if word not in SAME_IN_BOTH]
 
 
@@ -222,3 +227,23 @@ def test_the_referring_clinician_is_told_of_an_addendum_in_their_own_language(
     [message] = outbox.sent
     assert message.recipient == "clinician" and message.subject == "影像报告已修订"
     assert "请登录查看" in message.body and "无变化" not in message.body  # no clinical content in a mail
+
+
+def test_the_model_page_and_its_drift_table_in_chinese(client: FlaskClient, demo: DemoSeed, db_session: Session) -> None:
+    _, north, south = three_centres(db_session, demo)
+    sign_in(client, "admin")
+    choose_language(client, "zh_CN", "/models")
+
+    page = client.get("/models").get_data(as_text=True)
+
+    assert "AI 模型版本" in page and "各中心的漂移" in page and ">使用中<" in page
+    south_row = page.split(f'<td data-label="影像中心">{south.name}</td>')[1].split("</tr>")[0]
+    assert "有漂移" in south_row and "接受率 0.50，平台其余部分为 0.80（z -4." in south_row
+    north_row = page.split(f'<td data-label="影像中心">{north.name}</td>')[1].split("</tr>")[0]
+    assert "无漂移" in north_row
+    # Model names, versions, metric keys and the decisions the registry recorded are the record's data.
+    data = [*db_session.scalars(select(Organization.name))] + [
+        text for version in db_session.scalars(select(ModelVersion)) for text in (
+            version.name, version.version, version.label, version.decision_reason, version.weights_sha256, version.weights_sha256[:16],
+            *version.metrics)]
+    assert english_left_in(page, data) == []
