@@ -120,7 +120,7 @@ def _decision_message(finding_id: int, decision: ReviewStatus) -> str:
         return _("Finding %(id)s accepted.", id=finding_id)
     if decision is ReviewStatus.REJECTED:
         return _("Finding %(id)s rejected.", id=finding_id)
-    return _("Finding %(id)s corrected.", id=finding_id)
+    return _("Finding %(id)s edited.", id=finding_id)
 
 
 @bp.get("/api/studies/<int:study_id>/analysis")

@@ -43,7 +43,7 @@ DECISION_WORDS: dict[str, LazyString] = {
     ReviewStatus.PENDING.value: lazy_gettext("not decided yet"),
     ReviewStatus.ACCEPTED.value: lazy_gettext("accepted"),
     ReviewStatus.REJECTED.value: lazy_gettext("rejected"),
-    ReviewStatus.EDITED.value: lazy_gettext("corrected"),
+    ReviewStatus.EDITED.value: lazy_gettext("edited"),
 }
 
 # A report's state in the list of reports (short: a column of badges).
