@@ -6,15 +6,17 @@ model's confidence as a word and a percentage with what it means."""
 from __future__ import annotations
 
 import html.parser
+import io
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ai_services.models import DiagnosticReport, ModelVersion, ReportStatus, ReviewStatus
+from ai_services.models import DiagnosticReport, ModelPackage, ModelVersion, ReportStatus, ReviewStatus
 from ai_services.reading import add_addendum, notify_referrer_of_amendment
 from hospital.clock import utcnow
 from hospital.i18n import user_display_name
@@ -22,6 +24,7 @@ from hospital.models import Organization
 from hospital.notify import OutgoingMessage
 from hospital.seed import DemoSeed
 from referrals.models import Referral
+from tests.ai_services.package_factory import make_classifier_package
 from tests.ai_services.test_drift import three_centres
 from tests.ai_services.test_report_pages import store_slices
 from tests.factories import make_preliminary_report
@@ -247,3 +250,30 @@ def test_the_model_page_and_its_drift_table_in_chinese(client: FlaskClient, demo
             version.name, version.version, version.label, version.decision_reason, version.weights_sha256, version.weights_sha256[:16],
             *version.metrics)]
     assert english_left_in(page, data) == []
+
+
+def test_a_partner_and_an_administrator_handle_a_package_in_chinese(
+    client: FlaskClient, demo: DemoSeed, db_session: Session, tmp_path: Path,
+) -> None:
+    sign_in(client, "partner")
+    choose_language(client, "zh_CN", "/model-packages")
+    token = csrf_token_of(client.get("/model-packages").get_data(as_text=True))
+    refused = client.post("/model-packages", data={"csrf_token": token}, follow_redirects=True)
+    assert "请选择要上传的模型包 zip 文件" in refused.get_data(as_text=True)
+    page = client.post("/model-packages", data={
+        "csrf_token": token, "package": (io.BytesIO(make_classifier_package(tmp_path).read_bytes()), "package.zip"),
+    }, content_type="multipart/form-data", follow_redirects=True).get_data(as_text=True)
+    assert "已收到并校验 nodule-classifier 1.0.0，接下来将运行检查。" in page and ">待审批<" in page
+
+    package = db_session.scalars(select(ModelPackage)).one()
+    detail = client.get(f"/model-packages/{package.id}").get_data(as_text=True)
+    assert "已在 3 例参考检查上通过" in detail and "€12.00；合作方分成 70.00%" in detail
+
+    client.post("/logout", data={"csrf_token": csrf_token_of(detail)})
+    sign_in(client, "admin")  # no choice saved on this account: the switch's cookie in this browser chooses
+    token = csrf_token_of(client.get(f"/model-packages/{package.id}").get_data(as_text=True))
+    asked = client.post(f"/model-packages/{package.id}/approve", data={"csrf_token": token}).get_data(as_text=True)
+    assert "批准 nodule-classifier 1.0.0？之后路由规则可能会在患者的检查上运行它。" in asked
+    done = client.post(f"/model-packages/{package.id}/approve", data={"csrf_token": token, "confirmed": "yes"},
+                       follow_redirects=True).get_data(as_text=True)
+    assert "nodule-classifier 1.0.0：已批准。" in done
