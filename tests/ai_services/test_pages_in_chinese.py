@@ -5,8 +5,10 @@ model's confidence as a word and a percentage with what it means."""
 
 from __future__ import annotations
 
+import html
 import html.parser
 import io
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -143,6 +145,11 @@ def test_the_radiologist_reads_and_reviews_in_chinese(
     assert "判定： <span" in page and "待判定" in page
     assert "肺窗" in page and ">软组织<" in page  # the window presets by name
     assert "签署报告" in page and "添加漏检发现" in page
+    # What the viewer's script says as the reader zooms, measures and windows, in the same language.
+    viewer_words = json.loads(html.unescape(re.search(r"id=\"slice-viewer\"[^>]*data-words='([^']*)'", page)[1]))
+    assert viewer_words["level"] == "窗位 {centre} HU，窗宽 {width} HU"
+    assert viewer_words["slice"] == "第 {number} 层（共 {count} 层），{window}窗"
+    assert viewer_words["windows"] == {"lung": "肺", "soft_tissue": "软组织", "bone": "骨"}
     assert english_left_in(page, _record_data(db_session, report)) == []
 
     # What the page says after a decision is in Chinese too.
