@@ -12,8 +12,16 @@ import logging
 
 from flask_babel import LazyString
 
-from ai_services.models import ModelStatus, PackageStatus, ReportStatus, ReviewStatus
-from hospital.i18n import gettext, lazy_gettext, local_datetime, user_display_name
+from ai_services.models import (
+    AnalysisStatus,
+    DiagnosticReport,
+    FindingSource,
+    ModelStatus,
+    PackageStatus,
+    ReportStatus,
+    ReviewStatus,
+)
+from hospital.i18n import format_number, gettext, lazy_gettext, local_datetime, ngettext, user_display_name
 from referrals.public import Priority
 
 logger = logging.getLogger(__name__)
@@ -103,6 +111,28 @@ def confidence_words(confidence: float) -> str:
     return gettext("low (%(percent)s%%)", percent=percent)
 
 
+def draft_conclusion(report: DiagnosticReport) -> str:
+    """The conclusion of an unsigned report in the reader's language. A draft's stored conclusion is
+    the machine's summary, written by the analysis job in no one's language (FHIR and the SR carry
+    that); the page says the same from the same findings. A signed conclusion is the radiologist's
+    text and is shown as signed, never reworded."""
+    if report.status is not ReportStatus.PRELIMINARY:
+        return report.conclusion or ""
+    job = report.analysis_job
+    if job is not None and job.status is AnalysisStatus.NOT_APPLICABLE:
+        return gettext("AI not applicable: %(reason)s. No AI findings; awaiting the radiologist's reading.",
+                       reason=job.not_applicable_reason or "")
+    found = [f for f in report.findings if f.source is FindingSource.AI]
+    if job is None or job.status is not AnalysisStatus.COMPLETED:
+        return report.conclusion or ""
+    if not found:
+        return gettext("AI analysis: no suspected abnormality flagged. Awaiting radiologist review.")
+    return ngettext(
+        "AI analysis: %(num)d suspected abnormality flagged for review (largest %(size)s mm). Awaiting radiologist review.",
+        "AI analysis: %(num)d suspected abnormalities flagged for review (largest %(size)s mm). Awaiting radiologist "
+        "review.", len(found), size=format_number(max(f.diameter_mm for f in found), 0))
+
+
 def template_words() -> dict[str, object]:
     """The stage's words for its templates (a blueprint context processor)."""
     return {
@@ -116,5 +146,6 @@ def template_words() -> dict[str, object]:
         "confidence_words": confidence_words,
         "confidence_explanation": CONFIDENCE_EXPLANATION,
         "person_called": user_display_name,
+        "draft_conclusion": draft_conclusion,
         "local_datetime": local_datetime,
     }

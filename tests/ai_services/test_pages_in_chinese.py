@@ -145,6 +145,8 @@ def test_the_radiologist_reads_and_reviews_in_chinese(
     assert "判定： <span" in page and "待判定" in page
     assert "肺窗" in page and ">软组织<" in page  # the window presets by name
     assert "签署报告" in page and "添加漏检发现" in page
+    # The draft's conclusion is the machine's summary: said in the reader's language from its findings.
+    assert "AI 分析：标出 2 处可疑异常待审核（最大 8 mm）。等待放射科医生审核。" in page
     # What the viewer's script says as the reader zooms, measures and windows, in the same language.
     viewer_words = json.loads(html.unescape(re.search(r"id=\"slice-viewer\"[^>]*data-words='([^']*)'", page)[1]))
     assert viewer_words["level"] == "窗位 {centre} HU，窗宽 {width} HU"
@@ -181,6 +183,7 @@ def test_the_reading_list_and_the_reports_list_in_chinese(
 
     reports = client.get("/reports").get_data(as_text=True)
     assert ">已签发<" in reports and ">草稿<" in reports and "签发时间" in reports
+    assert "AI 分析：标出 1 处可疑异常待审核（最大 12 mm）" in reports and "右肺上叶结节 8 mm，建议随访。" in reports
     assert english_left_in(reports, _record_data(db_session, draft) + _record_data(db_session, signed)) == []
 
 
