@@ -19,15 +19,18 @@ from ai_services.package_service import (
     retire_package,
     submit_package,
 )
+from ai_services.wording import PACKAGE_STATUS_WORDS, template_words, word_for
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput
+from hospital.i18n import gettext as _
 from hospital.models import Role
 from hospital.web import ask_first, form_action
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ai_packages", __name__, template_folder="templates")
+bp.context_processor(template_words)
 
 
 @bp.get("/model-packages")
@@ -44,12 +47,12 @@ def submit_package_page() -> ResponseReturnValue:
 
     def submit() -> str:
         if upload is None or not upload.filename:
-            raise InvalidInput("choose the package's zip file to upload")
+            raise InvalidInput(_("choose the package's zip file to upload"))
         with tempfile.TemporaryDirectory(prefix="package-upload-") as work:
             path = Path(work) / "package.zip"
             upload.save(path)
             package = submit_package(session, path, current_user(), Path(current_app.config["AI_MODELS_DIR"]))
-        return f"{package.label} was received and verified; its checks run next."
+        return _("%(label)s was received and verified; its checks run next.", label=package.label)
 
     form_action(session, submit)
     return redirect(url_for("ai_packages.packages_page"))
@@ -87,16 +90,18 @@ def _decide(package_id: int, action: str) -> ResponseReturnValue:
     def decide() -> str:
         package = package_for(session, package_id, current_user())
         questions = {
-            "approve": f"Approve {package.label}? Routing rules may then run it on patients' studies.",
-            "reject": f"Reject {package.label}? The partner reads your reason; a rejected version cannot be approved later.",
-            "retire": f"Retire {package.label}? It stops running for good; it stays readable here.",
+            "approve": _("Approve %(label)s? Routing rules may then run it on patients' studies.", label=package.label),
+            "reject": _("Reject %(label)s? The partner reads your reason; a rejected version cannot be approved later.",
+                        label=package.label),
+            "retire": _("Retire %(label)s? It stops running for good; it stays readable here.", label=package.label),
         }
+        buttons = {"approve": _("Approve"), "reject": _("Reject"), "retire": _("Retire")}
         decide_package = {"approve": approve_package, "reject": reject_package, "retire": retire_package}[action]
         if action == "reject" and not reason.strip():
-            raise InvalidInput("say why the package is rejected: the partner reads the reason")
-        ask_first(questions[action], action.capitalize())
+            raise InvalidInput(_("say why the package is rejected: the partner reads the reason"))
+        ask_first(questions[action], buttons[action])
         decided = decide_package(session, package_id, current_user(), reason)
-        return f"{decided.label}: {decided.status.value.replace('_', ' ')}."
+        return _("%(label)s: %(status)s.", label=decided.label, status=word_for(PACKAGE_STATUS_WORDS, decided.status))
 
     form_action(session, decide)
     return redirect(url_for("ai_packages.package_page", package_id=package_id))

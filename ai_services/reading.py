@@ -17,11 +17,20 @@ from sqlalchemy.orm import Session
 
 from ai_services.events import ReportAmended
 from ai_services.models import DiagnosticReport, Finding, ReportAddendum, ReportStatus, ReviewStatus
-from ai_services.service import get_report, radiologist_report, reading_list, signing_conclusion, urgency
+from ai_services.service import (
+    get_report,
+    radiologist_report,
+    reading_list,
+    signing_conclusion,
+    undecided_findings_message,
+    urgency,
+)
 from hospital.access import patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput
+from hospital.i18n import for_user, format_number
+from hospital.i18n import gettext as _
 from hospital.jobs import publish
 from hospital.models import Role, User
 from hospital.notifications import notify, patient_users, practitioner_users
@@ -112,7 +121,7 @@ def sign_preview(session: Session, user: User, report_id: int, conclusion: str |
     report = radiologist_report(session, user, report_id)
     pending = [f.id for f in report.findings if f.review_status is ReviewStatus.PENDING]
     if pending:
-        raise Conflict(f"findings {pending} have no decision yet; accept, reject or edit each before signing")
+        raise Conflict(undecided_findings_message(pending))
     return SignPreview(
         report=report, conclusion=signing_conclusion(report, conclusion),
         kept=tuple(f for f in report.findings if f.review_status is not ReviewStatus.REJECTED),
@@ -125,15 +134,15 @@ def add_addendum(session: Session, user: User, report_id: int, text: str) -> Rep
     (never over it), the report becomes `amended`, and `ReportAmended` is published (a new SR
     version, the referring clinician told; no new consultation and no new charge)."""
     if user.role is not Role.RADIOLOGIST:
-        raise Forbidden("only a radiologist can amend a report")
+        raise Forbidden(_("only a radiologist can amend a report"))
     body = (text or "").strip()
     if not body:
-        raise InvalidInput("an addendum needs some text")
+        raise InvalidInput(_("an addendum needs some text"))
     if len(body) > MAX_ADDENDUM_CHARS:
-        raise InvalidInput(f"an addendum is at most {MAX_ADDENDUM_CHARS:,} characters")
+        raise InvalidInput(_("an addendum is at most %(count)s characters", count=format_number(MAX_ADDENDUM_CHARS)))
     report = get_report(session, user, report_id, action="U")
     if report.status is ReportStatus.PRELIMINARY:
-        raise Conflict(f"report {report_id} is not signed yet; change it and sign it instead of amending it")
+        raise Conflict(_("report %(id)s is not signed yet; change it and sign it instead of amending it", id=report_id))
     addendum = ReportAddendum(report_id=report.id, patient_id=report.patient_id, author_user_id=user.id, text=body)
     session.add(addendum)
     report.status = ReportStatus.AMENDED
@@ -172,7 +181,9 @@ def notify_referrer_of_amendment(session: Session, addendum_id: int, notifier: N
     clinician = session.scalar(select(User).where(User.practitioner_id == referral.requester_id,
                                                   User.role == Role.CLINICIAN))
     addendum.referrer_notified_at = utcnow()
-    notifier.send(OutgoingMessage(
-        channel="email", recipient=clinician.username if clinician else "", subject="Imaging report amended",
-        body="A radiologist added an addendum to an imaging report you requested. Please sign in to read it."))
+    with for_user(clinician):  # in the clinician's language, not the worker's
+        subject = _("Imaging report amended")
+        body = _("A radiologist added an addendum to an imaging report you requested. Please sign in to read it.")
+    notifier.send(OutgoingMessage(channel="email", recipient=clinician.username if clinician else "",
+                                  subject=subject, body=body))
     return True

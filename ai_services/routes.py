@@ -11,7 +11,6 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ai_services.applicability import NOT_APPLICABLE_PREFIX
 from ai_services.drift import CONFIDENCE_BINS, DRIFT_ALPHA, drift_report, histogram_bars
 from ai_services.models import (
     AnalysisJob,
@@ -44,10 +43,12 @@ from ai_services.service import (
     review_finding,
     sign_report,
 )
+from ai_services.wording import PRIORITY_WORDS, template_words, word_for
 from hospital.api import json_body, optional_enum_arg, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import DomainError, InvalidInput, NotFound
+from hospital.i18n import gettext as _
 from hospital.models import Role
 from hospital.web import form_action, same_site_path
 from imaging_orders.archive.public import instance_paths, study_ref
@@ -55,6 +56,7 @@ from imaging_orders.archive.public import instance_paths, study_ref
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ai_services", __name__, template_folder="templates")
+bp.context_processor(template_words)
 
 
 def job_json(job: AnalysisJob, outputs_error: str | None = None) -> dict[str, Any]:
@@ -68,14 +70,19 @@ def job_json(job: AnalysisJob, outputs_error: str | None = None) -> dict[str, An
 
 
 def analysis_summary(job: AnalysisJob) -> str:
-    """The job's state in words, as the worklist shows it."""
+    """The job's state in words, as the worklist shows it (in its reader's language)."""
+    done, total = job.slices_done, job.slices_total
     if job.status is AnalysisStatus.NOT_APPLICABLE:
-        return f"{NOT_APPLICABLE_PREFIX}{job.not_applicable_reason}"
-    if job.status in (AnalysisStatus.RUNNING, AnalysisStatus.COMPLETED):
-        return f"AI {job.status.value} {job.slices_done}/{job.slices_total} slices"
+        return _("AI not applicable: %(reason)s", reason=job.not_applicable_reason or "")
+    if job.status is AnalysisStatus.RUNNING:
+        return _("AI running %(done)s/%(total)s slices", done=done, total=total)
+    if job.status is AnalysisStatus.COMPLETED:
+        return _("AI completed %(done)s/%(total)s slices", done=done, total=total)
     if job.status is AnalysisStatus.FAILED and job.error:
-        return f"AI failed: {job.error}"
-    return f"AI {job.status.value}"
+        return _("AI failed: %(error)s", error=job.error)
+    if job.status is AnalysisStatus.FAILED:
+        return _("AI failed")
+    return _("AI queued")
 
 
 def report_json(report: DiagnosticReport) -> dict[str, Any]:
@@ -103,8 +110,17 @@ def _decision(value: Any) -> ReviewStatus:
     try:
         decision = ReviewStatus(value)
     except ValueError as exc:
-        raise InvalidInput("decision must be accepted, rejected or edited") from exc
+        raise InvalidInput(_("decision must be accepted, rejected or edited")) from exc
     return decision
+
+
+def _decision_message(finding_id: int, decision: ReviewStatus) -> str:
+    """What the page says once a finding is decided (whole sentences: word order differs by language)."""
+    if decision is ReviewStatus.ACCEPTED:
+        return _("Finding %(id)s accepted.", id=finding_id)
+    if decision is ReviewStatus.REJECTED:
+        return _("Finding %(id)s rejected.", id=finding_id)
+    return _("Finding %(id)s edited.", id=finding_id)
 
 
 @bp.get("/api/studies/<int:study_id>/analysis")
@@ -123,7 +139,7 @@ def retry_analysis_page(study_id: int) -> ResponseReturnValue:
 
     def retry() -> str:
         request_rerun(session, current_user(), study_id)
-        return f"The AI analysis of study {study_id} will run again."
+        return _("The AI analysis of study %(id)s will run again.", id=study_id)
 
     form_action(session, retry)
     return redirect(same_site_path(request.form.get("next")) or url_for("imaging_orders.worklist_page"))
@@ -209,7 +225,7 @@ def amend_page(report_id: int) -> ResponseReturnValue:
 
     def amend() -> str:
         addendum = add_addendum(session, current_user(), report_id, request.form.get("text", ""))
-        return f"Addendum {addendum.id} added: the report is amended and the referring clinician is told."
+        return _("Addendum %(id)s added: the report is amended and the referring clinician is told.", id=addendum.id)
 
     form_action(session, amend)
     return redirect(url_for("ai_services.report_page", report_id=report_id, _anchor="addenda"))
@@ -299,11 +315,11 @@ def add_finding_page(report_id: int) -> ResponseReturnValue:
 
     def add() -> str:
         if slice_number is None:
-            raise InvalidInput("a missed finding needs a whole slice number")
+            raise InvalidInput(_("a missed finding needs a whole slice number"))
         box = _form_box(form)
         finding = add_finding(session, current_user(), report_id, slice_number - 1, box, form.get("comment") or None)
         anchor[0] = f"finding-{finding.id}"
-        return f"Finding {finding.id} added on slice {slice_number}."
+        return _("Finding %(id)s added on slice %(number)s.", id=finding.id, number=slice_number)
 
     form_action(session, add)
     return redirect(url_for("ai_services.report_page", report_id=report_id, window=preset,
@@ -315,7 +331,8 @@ def add_finding_page(report_id: int) -> ResponseReturnValue:
 def reading_list_page() -> ResponseReturnValue:
     session = request_session()
     found = reading_list_in_clinical_order(session, current_user())
-    page = render_template("ai_services/reading_list.html", entries=found, priorities=PRIORITY_ORDER)
+    order = " > ".join(word_for(PRIORITY_WORDS, priority) for priority in PRIORITY_ORDER)
+    page = render_template("ai_services/reading_list.html", entries=found, priority_order=order)
     return page
 
 
@@ -355,13 +372,13 @@ def report_page(report_id: int) -> ResponseReturnValue:
         def act() -> str:
             if request.form.get("action") == "sign":
                 sign_report(session, user, report_id, request.form.get("conclusion"))
-                return "Report signed. The referring clinician now has a consultation to follow it up."
+                return _("Report signed. The referring clinician now has a consultation to follow it up.")
             finding_id = request.form.get("finding_id", type=int) or 0
             decision = _decision(request.form.get("decision"))
             box = _form_box(request.form) if decision is ReviewStatus.EDITED else None
             review_finding(session, user, report_id, finding_id, decision, box, request.form.get("comment") or None)
             anchor[0] = f"finding-{finding_id}"
-            return f"Finding {finding_id} {decision.value}."
+            return _decision_message(finding_id, decision)
 
         form_action(session, act)
         # Back to the same window and slice the reader was on (the form carries the viewer's slice).
@@ -404,7 +421,7 @@ def _form_box(form: Any) -> Box:
     try:
         return Box(*(int(form.get(name, "")) for name in ("x0", "y0", "x1", "y1")))
     except ValueError as exc:
-        raise InvalidInput("a box needs whole-number x0, y0, x1 and y1") from exc
+        raise InvalidInput(_("a box needs whole-number x0, y0, x1 and y1")) from exc
 
 
 @bp.get("/models")

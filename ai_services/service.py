@@ -42,6 +42,8 @@ from hospital.db import get_db
 from hospital.dicom_text import dicom_person_name
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.events import iso_instant
+from hospital.i18n import format_number, ngettext
+from hospital.i18n import gettext as _
 from hospital.jobs import enqueue, publish
 from hospital.models import JobRecord, JobStatus, Organization, Role, User
 from hospital.records import load_record
@@ -305,7 +307,7 @@ def get_report(
     if user.role is Role.PATIENT and report.status is ReportStatus.PRELIMINARY:
         # A patient sees the report once a radiologist has signed it, not the machine's draft (the
         # read audited above is rolled back with this refusal).
-        raise NotFound(f"report {report_id} is not available yet")
+        raise NotFound(_("Report %(id)s is not available yet: it appears once a radiologist has signed it.", id=report_id))
     return report
 
 
@@ -333,10 +335,10 @@ def urgency(report: DiagnosticReport) -> float:
 
 def radiologist_report(session: Session, user: User, report_id: int) -> DiagnosticReport:
     if user.role is not Role.RADIOLOGIST:
-        raise Forbidden("only a radiologist can review or sign a report")
+        raise Forbidden(_("only a radiologist can review or sign a report"))
     report = get_report(session, user, report_id, action="U")
     if report.status is not ReportStatus.PRELIMINARY:
-        raise Conflict(f"report {report_id} is {report.status.value}; it can no longer be changed")
+        raise Conflict(_("report %(id)s is already signed; it can no longer be changed", id=report_id))
     return report
 
 
@@ -349,7 +351,8 @@ class Box:
 
     def validate(self) -> Box:
         if self.x0 < 0 or self.y0 < 0 or self.x1 <= self.x0 or self.y1 <= self.y0:
-            raise InvalidInput(f"a box needs 0 <= x0 < x1 and 0 <= y0 < y1, got {self}")
+            raise InvalidInput(_("a box needs 0 <= x0 < x1 and 0 <= y0 < y1, got x0=%(x0)s, y0=%(y0)s, x1=%(x1)s, y1=%(y1)s",
+                                  x0=self.x0, y0=self.y0, x1=self.x1, y1=self.y1))
         return self
 
 
@@ -367,14 +370,14 @@ def review_finding(
     report = radiologist_report(session, user, report_id)
     finding = session.get(Finding, finding_id)
     if finding is None or finding.report_id != report.id:
-        raise NotFound(f"finding {finding_id} is not on report {report_id}")
+        raise NotFound(_("finding %(finding)s is not on report %(report)s", finding=finding_id, report=report_id))
     if decision is ReviewStatus.PENDING:
-        raise InvalidInput("a decision is accepted, rejected or edited")
+        raise InvalidInput(_("a decision is accepted, rejected or edited"))
     previous = {"x0": finding.x0, "y0": finding.y0, "x1": finding.x1, "y1": finding.y1,
                 "diameter_mm": finding.diameter_mm, "review_status": finding.review_status.value}
     if decision is ReviewStatus.EDITED:
         if box is None:
-            raise InvalidInput("an edit needs the corrected box")
+            raise InvalidInput(_("an edit needs the corrected box"))
         box.validate()
         finding.x0, finding.y0, finding.x1, finding.y1 = box.x0, box.y0, box.x1, box.y1
         finding.diameter_mm = _diameter_mm(session, report, box)
@@ -392,7 +395,8 @@ def add_finding(
     job = session.get(AnalysisJob, report.analysis_job_id) if report.analysis_job_id else None
     uids = job.slice_sop_instance_uids if job else []
     if not 0 <= slice_index < len(uids):
-        raise InvalidInput(f"slice_index must be within 0..{len(uids) - 1}")
+        raise InvalidInput(_("there is no slice %(number)s: the series has slices 1 to %(count)s",
+                               number=slice_index + 1, count=len(uids)))
     box.validate()
     finding = Finding(
         report_id=report.id, patient_id=report.patient_id, source=FindingSource.RADIOLOGIST,
@@ -409,12 +413,23 @@ def add_finding(
 
 def signing_conclusion(report: DiagnosticReport, conclusion: str | None) -> str:
     """The conclusion a signature records: the radiologist's text, else a summary of the kept
-    findings (what the sign preview shows is what `sign_report` stores)."""
+    findings (what the sign preview shows is what `sign_report` stores), in the language the
+    radiologist reads the preview in: the signed text is theirs."""
     kept = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
-    return (conclusion or "").strip() or (
-        f"{len(kept)} abnormalit{'y' if len(kept) == 1 else 'ies'} confirmed by the radiologist"
-        + (f" (largest {max(f.diameter_mm for f in kept):.0f} mm)." if kept else ": no abnormality.")
-    )
+    if (conclusion or "").strip():
+        return (conclusion or "").strip()
+    if not kept:
+        return _("0 abnormalities confirmed by the radiologist: no abnormality.")
+    return ngettext("%(num)d abnormality confirmed by the radiologist (largest %(size)s mm).",
+                    "%(num)d abnormalities confirmed by the radiologist (largest %(size)s mm).",
+                    len(kept), size=format_number(max(f.diameter_mm for f in kept), 0))
+
+
+def undecided_findings_message(pending: list[int]) -> str:
+    """Why a report with undecided findings cannot be signed yet (the preview and the signature)."""
+    return ngettext("finding %(ids)s has no decision yet; accept, reject or edit it before signing",
+                    "findings %(ids)s have no decision yet; accept, reject or edit each before signing",
+                    len(pending), ids=", ".join(str(finding_id) for finding_id in pending))
 
 
 def sign_report(session: Session, user: User, report_id: int, conclusion: str | None = None) -> DiagnosticReport:
@@ -422,7 +437,7 @@ def sign_report(session: Session, user: User, report_id: int, conclusion: str | 
     report = radiologist_report(session, user, report_id)
     pending = [f.id for f in report.findings if f.review_status is ReviewStatus.PENDING]
     if pending:
-        raise Conflict(f"findings {pending} have no decision yet; accept, reject or edit each before signing")
+        raise Conflict(undecided_findings_message(pending))
     report.conclusion = signing_conclusion(report, conclusion)
     report.status = ReportStatus.FINAL
     report.signed_by_user_id = user.id

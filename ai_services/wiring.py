@@ -7,6 +7,7 @@ from flask import Flask
 from ai_services import cli, drift, fhir, package_routes, report_pdf_routes, routes, seed
 from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
 from hospital import metrics
+from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.periodic import register_periodic
@@ -33,7 +34,7 @@ def register(app: Flask) -> None:
     # Drift per model version and centre (acceptance, added misses, findings per scan, confidences).
     metrics.register_gauge_families(app, drift.drift_gauges)
     register_periodic(app, "ai_services.jobs.retrain_model", app.config["AI_RETRAIN_EVERY_SECONDS"], queue="ai")
-    add_nav_link(app, "Reading list", "ai_services.reading_list_page", Role.RADIOLOGIST)
-    add_nav_link(app, "Model versions", "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)
-    add_nav_link(app, "Model packages", "ai_packages.packages_page", Role.ADMIN, Role.PARTNER)
-    add_nav_link(app, "Reports", "ai_services.reports_page", Role.CLINICIAN, Role.PATIENT, Role.RADIOLOGIST)
+    add_nav_link(app, _l("Reading list"), "ai_services.reading_list_page", Role.RADIOLOGIST)
+    add_nav_link(app, _l("Model versions"), "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)
+    add_nav_link(app, _l("Model packages"), "ai_packages.packages_page", Role.ADMIN, Role.PARTNER)
+    add_nav_link(app, _l("Reports"), "ai_services.reports_page", Role.CLINICIAN, Role.PATIENT, Role.RADIOLOGIST)

@@ -43,7 +43,7 @@ def test_a_partner_uploads_a_package_and_an_admin_approves_it(
     db_session.refresh(package)
     assert package.status is PackageStatus.AWAITING_APPROVAL
     detail = client.get(f"/model-packages/{package.id}").get_data(as_text=True)
-    assert "passed on 3 reference studies" in detail and "12.00 EUR; partner share 70.00%" in detail
+    assert "passed on 3 reference studies" in detail and "€12.00; partner share 70.00%" in detail
     assert "Approve</button>" not in detail  # the partner does not decide
     assert client.post(f"/model-packages/{package.id}/approve",
                        data={"csrf_token": csrf(client, "/model-packages")}).status_code == 403

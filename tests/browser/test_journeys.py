@@ -174,7 +174,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(flash(clinician)).to_contain_text("Consultation finished")
     screenshot(clinician, "clinician-consultation")
     clinician.get_by_role("link", name=f"Open report {report_id}").click()
-    expect(clinician.get_by_text("Signed by radiologist")).to_be_visible()
+    expect(clinician.get_by_text("Signed by Rosa Ray")).to_be_visible()  # the name, not the username
 
     # Pharmacist: dispense it.
     pharmacist = login(browser, site, "pharmacist")

@@ -72,6 +72,17 @@
       return url;
     }
 
+    // What the viewer says, in the reader's language: the page gives its words (data-words, made by
+    // the template from the catalog); English when it gives none.
+    var words = {};
+    try { words = JSON.parse(viewer.dataset.words || "{}"); } catch (e) { words = {}; }
+    function phrase(key, english, values) {
+      var text = words[key] || english;
+      Object.keys(values || {}).forEach(function (name) { text = text.split("{" + name + "}").join(String(values[name])); });
+      return text;
+    }
+    function windowWord(name) { return (words.windows && words.windows[name]) || name.replace("_", " "); }
+
     function say(text) {
       if (!readout) { return; }
       readout.hidden = false;
@@ -99,10 +110,11 @@
       document.querySelectorAll("form input[type=hidden][name=window]").forEach(function (input) { input.value = preset; });
       document.querySelectorAll("img.key-image").forEach(function (img) {
         var url = new URL(img.getAttribute("src"), window.location.href);
-        if (url.searchParams.get("window") !== preset) {
+        var shown = url.searchParams.get("window");
+        if (shown !== preset) {
           url.searchParams.set("window", preset);
           img.src = url.pathname + url.search;
-          img.alt = img.alt.replace(/, [a-z ]+ window,/, ", " + preset.replace("_", " ") + " window,");
+          if (shown) { img.alt = img.alt.replace(windowWord(shown), windowWord(preset)); }
         }
       });
       if (window.history && window.history.replaceState) {
@@ -115,8 +127,8 @@
 
     function refreshImage() {
       if (image.getAttribute("src") !== sliceUrl(index)) { image.src = sliceUrl(index); }
-      image.alt = (isMain ? "Slice " : "Prior slice ") + (index + 1) + " of " + count + ", "
-        + (custom ? "custom" : preset.replace("_", " ")) + " window";
+      image.alt = phrase(isMain ? "slice" : "priorSlice", (isMain ? "Slice" : "Prior slice") + " {number} of {count}, {window} window",
+        { number: index + 1, count: count, window: custom ? phrase("custom", "custom") : windowWord(preset) });
     }
 
     function show(i) {
@@ -170,10 +182,10 @@
       zoom = next;
       clampPan();
       applyView();
-      say("Zoom " + Math.round(zoom * 100) + "%");
+      say(phrase("zoom", "Zoom {percent}%", { percent: Math.round(zoom * 100) }));
     }
 
-    function resetView() { zoom = 1; tx = 0; ty = 0; applyView(); say("Zoom 100%"); }
+    function resetView() { zoom = 1; tx = 0; ty = 0; applyView(); say(phrase("zoom", "Zoom {percent}%", { percent: 100 })); }
 
     viewer.querySelectorAll("[data-step]").forEach(function (link) {
       link.addEventListener("click", function (event) {
@@ -300,7 +312,8 @@
       var rowMm = spacing[0] || 1, colMm = spacing[1] || rowMm;
       var mm = Math.sqrt(Math.pow((b.x - a.x) * colMm, 2) + Math.pow((b.y - a.y) * rowMm, 2));
       viewer.dataset.measuredMm = mm.toFixed(1);
-      say("Distance: " + mm.toFixed(1) + " mm" + (spacing[0] ? "" : " (pixel spacing unknown: pixels)"));
+      say(spacing[0] ? phrase("distance", "Distance: {distance} mm", { distance: mm.toFixed(1) })
+        : phrase("distanceInPixels", "Distance: {distance} mm (pixel spacing unknown: pixels)", { distance: mm.toFixed(1) }));
     }
 
     // Window/level by drag: right-left changes the width, up-down the centre (HU).
@@ -309,7 +322,7 @@
       var w = Math.max(1, Math.min(8000, start.w + (event.clientX - start.x) * 4));
       var c = Math.max(-2000, Math.min(4000, start.c + (event.clientY - start.y) * 2));
       custom = { c: c, w: w };
-      say("Window: centre " + Math.round(c) + " HU, width " + Math.round(w) + " HU");
+      say(phrase("level", "Window: centre {centre} HU, width {width} HU", { centre: Math.round(c), width: Math.round(w) }));
       if (!levelTimer) {
         levelTimer = window.setTimeout(function () { levelTimer = null; setWindow(preset, custom); }, 120);
       }
@@ -355,7 +368,7 @@
         if (levelTimer) { window.clearTimeout(levelTimer); levelTimer = null; }
         setWindow(preset, custom);
       } else if (done.tool === "pan") {
-        say("Zoom " + Math.round(zoom * 100) + "%, panned");
+        say(phrase("zoomPanned", "Zoom {percent}%, panned", { percent: Math.round(zoom * 100) }));
       }
     }
     stage.addEventListener("pointerup", endDrag);
@@ -415,7 +428,7 @@
         var rounded = box.map(Math.round);
         if (rounded.join(",") === coords.join(",")) { return; }  // a click, not a drag
         ["x0", "y0", "x1", "y1"].forEach(function (name, i) { form.querySelector("[name=" + name + "]").value = String(rounded[i]); });
-        say("Saving the box of finding " + el.dataset.findingId + ": " + rounded.join(", "));
+        say(phrase("savingBox", "Saving the box of finding {id}: {box}", { id: el.dataset.findingId, box: rounded.join(", ") }));
         var submit = form.querySelector("button[name=decision][value=edited]");
         if (form.requestSubmit) { form.requestSubmit(submit); } else { submit.click(); }
       });
