@@ -49,6 +49,13 @@ def words(site: LiveSite, locale: str, message: str, **values: Any) -> str:
     return said
 
 
+def overflowing(page: Any) -> list[str]:
+    """The elements wider than the phone's screen, to say what made the page scroll sideways."""
+    return list(page.evaluate("""() => [...document.querySelectorAll('main *')]
+        .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+        .map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right)).slice(0, 8)"""))
+
+
 def pdf_text(path: Path) -> str:
     return subprocess.run(["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True,
                           text=True).stdout
@@ -71,7 +78,7 @@ def test_a_patient_reads_writes_pays_and_keeps_papers_on_a_phone(browser: Any, s
 
     # The signed report, and its PDF.
     patient.goto(f"/reports/{report_id}")
-    assert not has_horizontal_scroll(patient)
+    assert not has_horizontal_scroll(patient), overflowing(patient)
     screenshot(patient, f"patient-report-phone-{locale}")
     with patient.expect_download() as report_download:
         patient.locator(f"a[href^='/reports/{report_id}/report.pdf']").click()
