@@ -29,7 +29,7 @@ from babel.numbers import format_currency as babel_format_currency
 from babel.numbers import format_decimal as babel_format_decimal
 from flask import Flask, has_request_context, request
 from flask_babel import Babel, force_locale, get_locale
-from flask_babel import gettext as gettext
+from flask_babel import gettext as _babel_gettext
 from flask_babel import lazy_gettext as lazy_gettext
 from flask_babel import ngettext as ngettext
 from flask_babel import refresh as refresh
@@ -48,6 +48,12 @@ LOCALE_COOKIE = "lang"
 _EXTENSION_KEY = "hospital.translation_directories"
 
 babel = Babel()
+
+
+def gettext(string: str, **variables: object) -> str:
+    """`string` in the reader's language, with `%(name)s` placeholders filled from `variables`.
+    Flask-Babel's own, typed: a page action that returns its message returns a `str`."""
+    return str(_babel_gettext(string, **variables))
 
 
 def init_app(app: Flask) -> None:
