@@ -94,7 +94,11 @@ def init_app(app: Flask) -> None:
         if isinstance(exc, Unauthenticated):
             logger.info("unauthenticated request to %s: %s", request.path, exc.message)
         abandon_request_work()  # nothing of a refused request is kept but the record that it was refused
-        response = error_response(exc.status, exc.message, exc.code, access_denied=isinstance(exc, AccessDenied))
+        # A page says how long to wait in its reader's words; the API's answer keeps the machine's.
+        waiting = _l("Too many attempts. Please wait %(seconds)d seconds and try again.",
+                     seconds=exc.retry_after) if isinstance(exc, RateLimited) else None
+        response = error_response(exc.status, exc.message, exc.code, page_message=waiting,
+                                  access_denied=isinstance(exc, AccessDenied))
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response

@@ -163,6 +163,10 @@ def test_a_form_refused_for_another_reason_still_says_why(client: FlaskClient, d
     text = main_text(stale.get_data(as_text=True))
     assert "This could not be done" in text and "the form has expired" in text
     assert "not yours to see" not in text
+    chinese = client.post("/language", data={"locale": "zh_CN", "csrf_token": "forged"}, headers=CHINESE)
+    text = main_text(chinese.get_data(as_text=True))
+    assert "无法完成此操作" in text and "表单已过期或并非来自本网站；请刷新页面后重试" in text
+    assert latin_words(text, allowed=set()) == [], text
 
 
 # --- key pages in Chinese ------------------------------------------------------------------------------

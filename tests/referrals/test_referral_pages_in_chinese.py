@@ -54,6 +54,10 @@ def test_registering_and_referring_answer_in_chinese_and_write_chinese_names_fam
     assert "患者 王小明 已登记，病历号 MRN-8888；已在下方为您选中。" in html
     assert re.search(r'<option value="\d+" selected>王小明 \(MRN-8888\)</option>', html), html
     patient = db_session.scalars(select(Patient).where(Patient.mrn == "MRN-8888")).one()
+    again = client.post("/referrals/new", headers=CHINESE, data={
+        "action": "register_patient", "family_name": "李", "given_name": "华", "mrn": "MRN-8888",
+        "gender": "female", "csrf_token": csrf_token_of(html)})
+    assert again.status_code == 422 and "此病历号无法使用；请留空，系统将自动分配" in again.get_data(as_text=True)
 
     refused = client.post("/referrals/new", headers=CHINESE, data={
         "patient_id": str(patient.id), "performer_organization_id": str(demo.imaging_centre.id), "modality": "CT",
