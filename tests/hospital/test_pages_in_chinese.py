@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from ai_services.models import DiagnosticReport
 from hospital.seed import DemoSeed
+from tests.conftest import make_test_app
 from tests.factories import make_preliminary_report
 from tests.pages import (
     CHINESE,
@@ -244,3 +245,23 @@ def test_an_administrators_message_is_one_sentence_in_chinese(client: FlaskClien
     assert saved.status_code == 422
     text = main_text(saved.get_data(as_text=True))
     assert "Riverside Imaging Centre 是影像中心；药师账号应属于药房" in text
+
+
+def test_too_many_sign_in_attempts_say_how_long_to_wait_in_chinese(
+    database_url: str, tmp_path: Any, db_session: Session,
+) -> None:
+    limited = make_test_app(database_url, tmp_path, LOGIN_ATTEMPTS_PER_MINUTE=1)
+    client = limited.test_client()
+    token = csrf_token_of(client.get("/login", headers=CHINESE).get_data(as_text=True))
+    form = {"username": "nobody", "password": "x", "csrf_token": token}
+    # One attempt a minute: the second is refused (the third, if a new minute began between them).
+    answers = [client.post("/login", data=form, headers=CHINESE) for _ in range(3)]
+    assert answers[0].status_code == 401
+    throttled = next(answer for answer in answers if answer.status_code == 429)
+    text = main_text(throttled.get_data(as_text=True))
+    assert re.search(r"尝试次数过多。请等待 \d+ 秒后再试。", text), text
+    assert latin_words(text, allowed=set()) == [], text
+    api_answers = [limited.test_client().post("/api/auth/token", json={"username": "nobody", "password": "x"},
+                                              headers=CHINESE) for _ in range(2)]
+    api = next(answer for answer in api_answers if answer.status_code == 429)
+    assert "too many attempts" in api.get_json()["detail"]  # machines read English
