@@ -58,6 +58,11 @@ CAPABILITIES = [
     "permission-patient", "permission-user", "permission-v1", "permission-v2",
 ]
 INTERACTION_WORDS = {"c": _l("create"), "r": _l("read"), "u": _l("update"), "d": _l("delete"), "s": _l("search")}
+# Why the consent screen sends a person back to choose again (`hospital.smart.approve`'s refusals).
+CONSENT_REFUSALS = {
+    "choose a patient for this app": _l("choose a patient for this app"),
+    "you may not open this patient's record": _l("you may not open this patient's record"),
+}
 # What the consent screen says a scope without a resource type lets the app do.
 SCOPE_WORDS = {
     "launch": _l("Open with the patient you are looking at"),
@@ -168,7 +173,9 @@ def authorize() -> ResponseReturnValue:
             record_denied(user, "E", "Patient", chosen or None,
                           f"SMART app {auth_request.client.client_id}: {exc.description}",
                           patient_id=int(chosen) if chosen.isdigit() else None)
-        return _consent_page(auth_request, args, error=exc.description), exc.status
+        # The consent page's reader gets the refusal in their words; the redirect keeps OAuth's.
+        refusal = str(CONSENT_REFUSALS.get(exc.description, exc.description))
+        return _consent_page(auth_request, args, error=refusal), exc.status
     record_access(session, user, "E", "SmartClient", auth_request.client.client_id,
                   description=f"SMART app authorised: {auth_request.scope}")
     return _redirect_with(auth_request.redirect_uri, {"code": code, "state": auth_request.state})
