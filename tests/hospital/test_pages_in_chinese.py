@@ -51,7 +51,7 @@ def test_home_greets_the_person_by_name_and_role_in_both_languages(
     assert "Welcome, 王小明" in english and "Your work as Patient:" in english
     assert "Welcome, patient" not in english  # the name the record holds, not the username
     chinese = client.get("/", headers=CHINESE).get_data(as_text=True)
-    assert "<h1>王小明，您好</h1>" in chinese and "您作为患者的工作：" in chinese
+    assert "<h1>王小明，您好</h1>" in chinese and "患者可用的功能：" in chinese
     assert "谁查看了我的病历" in main_text(chinese) and "科研" in main_text(chinese)  # the core's and research's links
 
 
@@ -59,7 +59,7 @@ def test_a_clinicians_home_names_them_and_their_role(client: FlaskClient, demo: 
     sign_in(client, "clinician")
     name = demo.users["clinician"].practitioner.display_name
     chinese = main_text(client.get("/", headers=CHINESE).get_data(as_text=True))
-    assert f"{name}，您好" in chinese and "您作为转诊医生的工作" in chinese
+    assert f"{name}，您好" in chinese and "转诊医生可用的功能" in chinese
     assert "我的转诊" in chinese and "新建转诊" in chinese  # the menu's words, in the reader's language
 
 
