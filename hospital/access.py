@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from hospital.audit import record_denied
 from hospital.clock import utcnow
-from hospital.errors import Forbidden
+from hospital.errors import AccessDenied
 from hospital.models import Role, User
 from hospital.policy import may_see_type
 from hospital.smart_scopes import current_smart_access
@@ -117,17 +117,17 @@ def can_access_patient(session: Session, user: User, patient_id: int | None) -> 
 def ensure_patient_access(
     session: Session, user: User, patient_id: int | None, entity_type: str, entity_id: object | None, action: str = "R"
 ) -> None:
-    """Raise Forbidden (and audit the denial, naming the patient) unless `user` may act on this
+    """Raise AccessDenied (and audit the denial, naming the patient) unless `user` may act on this
     patient's record, and their role may see records of `entity_type`."""
     _ensure_smart_scope(user, patient_id, entity_type, entity_id, action, patient_bound=False)
     if patient_id is not None and not may_see_type(user.role, entity_type):
         record_denied(user, action, entity_type, entity_id, f"role {user.role.value} may not see {entity_type}",
                       patient_id=patient_id)
-        raise Forbidden(f"{entity_type} is not available to the {user.role.value} role")
+        raise AccessDenied(f"{entity_type} is not available to the {user.role.value} role")
     if not can_access_patient(session, user, patient_id):
         record_denied(user, action, entity_type, entity_id, "outside the user's patient compartment",
                       patient_id=patient_id)
-        raise Forbidden(f"no access to this {entity_type}")
+        raise AccessDenied(f"no access to this {entity_type}")
 
 
 # Roles that may read a patient-bound record before it is matched to a patient (an unmatched
@@ -143,7 +143,7 @@ def ensure_patient_record_access(
     if patient_id is None:
         if user.role not in UNMATCHED_READERS:
             record_denied(user, action, entity_type, entity_id, "record not yet matched to a patient")
-            raise Forbidden(f"this {entity_type} is not available to the {user.role.value} role")
+            raise AccessDenied(f"this {entity_type} is not available to the {user.role.value} role")
         return
     ensure_patient_access(session, user, patient_id, entity_type, entity_id, action)
 
@@ -152,7 +152,7 @@ def _ensure_smart_scope(
     session_user: User, patient_id: int | None, entity_type: str, entity_id: object | None, action: str,
     *, patient_bound: bool,
 ) -> None:
-    """Raise Forbidden (audited) when the request's SMART token does not reach this record: its
+    """Raise AccessDenied (audited) when the request's SMART token does not reach this record: its
     scopes do not name the type and interaction, or a `patient/` scope holds it to another patient
     (a record of no patient included: an unmatched study names someone)."""
     smart = current_smart_access(session_user)
@@ -161,10 +161,10 @@ def _ensure_smart_scope(
     if not smart.allows(entity_type, action):
         record_denied(session_user, action, entity_type, entity_id,
                       f"SMART app {smart.client_id}: no scope grants {action} on {entity_type}", patient_id=patient_id)
-        raise Forbidden(f"the token's scopes do not grant this access to {entity_type}")
+        raise AccessDenied(f"the token's scopes do not grant this access to {entity_type}")
     only = smart.patient_restriction(entity_type, action)
     if only is not None and patient_id != only and (patient_id is not None or patient_bound):
         record_denied(session_user, action, entity_type, entity_id,
                       f"SMART app {smart.client_id}: outside the launch patient", patient_id=patient_id)
-        raise Forbidden(f"this {entity_type} is outside the token's patient context")
+        raise AccessDenied(f"this {entity_type} is outside the token's patient context")
 

@@ -32,6 +32,8 @@ from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.auth import current_user, is_locked, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
 from hospital.models import AuditEvent, Organization, Patient, Role, User
 from hospital.users import (
     MIN_PASSWORD_LENGTH,
@@ -45,11 +47,11 @@ from hospital.users import (
     find_patients_for_account,
     get_user,
     list_users,
+    organization_kind_label,
     reactivate_user,
     reset_password,
-    role_label,
+    role_as_noun,
     unlock_user,
-    with_article,
 )
 from hospital.web import add_nav_link, ask_first, form_action
 
@@ -61,6 +63,8 @@ MAX_ROWS = 200
 # Account-form posts that only redraw the form (no script: the role's fields, a patient search).
 FORM_STEPS = frozenset({"choose_role", "find_patient"})
 ACTION_LABELS = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "search"}
+# The same actions as the audit page shows them to its reader (the CSV export keeps the codes' English).
+ACTION_WORDS = {"C": _l("create"), "R": _l("read"), "U": _l("update"), "D": _l("delete"), "E": _l("search")}
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ def _parse_day(value: str | None, label: str) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise InvalidInput(f"{label} must be a date YYYY-MM-DD, got {value!r}") from exc
+        raise InvalidInput(_("%(field)s must be a date YYYY-MM-DD, got %(value)s", field=label, value=repr(value))) from exc
 
 
 def _audit_query() -> AuditQuery:
@@ -131,9 +135,9 @@ def _audit_query() -> AuditQuery:
         denied_only=args.get("denied") == "1", relationships_only=args.get("relationships") == "1",
     )
     if query.date_from and query.date_to and query.date_to < query.date_from:
-        raise InvalidInput("the 'to' date is before the 'from' date")
+        raise InvalidInput(_("the 'to' date is before the 'from' date"))
     if query.date_to and query.date_to == date.max:
-        raise InvalidInput("the 'to' date must lie before 9999-12-31")  # the day after it has no date
+        raise InvalidInput(_("the 'to' date must lie before 9999-12-31"))  # the day after it has no date
     return query
 
 
@@ -160,7 +164,7 @@ def audit_log_page() -> ResponseReturnValue:
     record_access(session, user, "E", "AuditEvent", None,
                   description=f"audit search ({len(rows)}{f', before {before_id}' if before_id else ''}) {query}")
     args = _query_args(query)
-    page = render_template("admin/audit.html", rows=rows, query=query, searched=searched, actions=ACTION_LABELS,
+    page = render_template("admin/audit.html", rows=rows, query=query, searched=searched, actions=ACTION_WORDS,
                            denied=OUTCOME_DENIED, older_url=url_for(".audit_log_page", **args, before=older) if older else None,
                            newest_url=url_for(".audit_log_page", **args) if before_id else None,
                            export_url=url_for(".audit_export", **args))
@@ -223,7 +227,7 @@ def users_page() -> ResponseReturnValue:
 
         def unlock() -> str:
             user = unlock_user(session, admin, request.form.get("user_id", type=int) or 0)
-            return f"{user.username} is unlocked and may sign in again."
+            return _("%(username)s is unlocked and may sign in again.", username=user.username)
 
         form_action(session, unlock)
         return redirect(url_for("admin_pages.users_page"))
@@ -249,9 +253,9 @@ def new_user_page() -> ResponseReturnValue:
                 temporary_password=form.get("temporary_password", ""), profile=_account_profile(form),
             )
             created.append(create_user(session, admin, account))
-            role = with_article(role_label(account.role))
-            return (f"Account {created[0].username} created as {role}. Give them the temporary password; "
-                    "they must choose their own when they first sign in.")
+            return _("Account %(username)s created as %(role)s. Give them the temporary password; they must "
+                     "choose their own when they first sign in.", username=created[0].username,
+                     role=role_as_noun(account.role))
 
         if form_action(session, create):
             return redirect(url_for("admin_pages.user_page", user_id=created[0].id))
@@ -276,29 +280,31 @@ def user_page(user_id: int) -> ResponseReturnValue:
             if action == "role":
                 role = enum_value(Role, form.get("role"), "role")
                 user = change_role(session, admin, user_id, role, _account_profile(form))
-                return (f"Saved: {user.username} is {with_article(role_label(role))}. If what the account may "
-                        "reach changed, the API tokens it held are revoked.")
+                return _("Saved: %(username)s is %(role)s. If what the account may reach changed, the API tokens "
+                         "it held are revoked.", username=user.username, role=role_as_noun(role))
             if action == "reset_password":
-                ask_first(f"Reset the password of {get_user(session, admin, user_id).username}? Their current "
-                          "password stops working at once and they are signed out everywhere.",
-                          "Yes, reset the password")
+                ask_first(_("Reset the password of %(username)s? Their current password stops working at once "
+                            "and they are signed out everywhere.", username=get_user(session, admin, user_id).username),
+                          _("Yes, reset the password"))
                 user = reset_password(session, admin, user_id, form.get("temporary_password", ""))
-                return (f"{user.username} has a new temporary password and is unlocked; "
-                        "they must choose their own at their next sign-in.")
+                return _("%(username)s has a new temporary password and is unlocked; they must choose their own "
+                         "at their next sign-in.", username=user.username)
             if action == "deactivate":
                 name = get_user(session, admin, user_id).username
-                ask_first(f"Deactivate {name}? They are signed out everywhere and their API tokens are revoked "
-                          "for good (reactivating lets them sign in again, not the old tokens).",
-                          f"Yes, deactivate {name}")
+                ask_first(_("Deactivate %(username)s? They are signed out everywhere and their API tokens are "
+                            "revoked for good (reactivating lets them sign in again, not the old tokens).",
+                            username=name),
+                          _("Yes, deactivate %(username)s", username=name))
                 user = deactivate_user(session, admin, user_id)
-                return f"{user.username} is deactivated: they cannot sign in, and their API tokens are revoked."
+                return _("%(username)s is deactivated: they cannot sign in, and their API tokens are revoked.",
+                         username=user.username)
             if action == "reactivate":
                 user = reactivate_user(session, admin, user_id)
-                return f"{user.username} is active again."
+                return _("%(username)s is active again.", username=user.username)
             if action == "unlock":
                 user = unlock_user(session, admin, user_id)
-                return f"{user.username} is unlocked and may sign in again."
-            raise InvalidInput(f"unknown action {action[:40]!r}")
+                return _("%(username)s is unlocked and may sign in again.", username=user.username)
+            raise InvalidInput(_("unknown action %(action)s", action=repr(action[:40])))
 
         if form_action(session, act):
             return redirect(url_for("admin_pages.user_page", user_id=user_id))
@@ -327,7 +333,7 @@ def _patient_choices(
 def _account_profile(form: MultiDict[str, str]) -> AccountProfile:
     organization = form.get("organization_id", "").strip()
     if organization and not organization.isdigit():
-        raise InvalidInput(f"organisation must be chosen from the list, got {organization[:40]!r}")
+        raise InvalidInput(_("organisation must be chosen from the list, got %(value)s", value=repr(organization[:40])))
     return AccountProfile(
         patient_mrn=form.get("patient_mrn", ""), given_name=form.get("given_name", ""),
         family_name=form.get("family_name", ""), organization_id=int(organization) if organization else None,
@@ -354,5 +360,7 @@ def _form_choices(session: Session) -> dict[str, object]:
 
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
-    add_nav_link(app, "Audit log", "admin_pages.audit_log_page", Role.ADMIN)
-    add_nav_link(app, "Users", "admin_pages.users_page", Role.ADMIN)
+    add_nav_link(app, _l("Audit log"), "admin_pages.audit_log_page", Role.ADMIN)
+    add_nav_link(app, _l("Users"), "admin_pages.users_page", Role.ADMIN)
+    # The account form's macros see globals only.
+    app.jinja_env.globals["organization_kind_label"] = organization_kind_label

@@ -29,7 +29,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from hospital.audit import OUTCOME_DENIED, record_access
 from hospital.clock import utcnow
 from hospital.db import request_session
-from hospital.errors import Forbidden, Unauthenticated
+from hospital.errors import AccessDenied, Unauthenticated
 from hospital.models import ApiToken, BrowserSession, Role, SmartClient, SmartRefreshToken, User
 from hospital.ratelimit import check_rate
 from hospital.smart_scopes import SmartAccess
@@ -321,7 +321,7 @@ def require_roles(*roles: Role) -> Callable[[F], F]:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             user = current_user()
             if roles and user.role not in roles:
-                raise Forbidden(f"role {user.role.value!r} may not do this")
+                raise AccessDenied(f"role {user.role.value!r} may not do this")
             return view(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]

@@ -14,6 +14,7 @@ import secrets
 from flask import Flask, request, session
 
 from hospital.errors import Forbidden
+from hospital.i18n import gettext as _
 
 logger = logging.getLogger(__name__)
 
@@ -40,4 +41,4 @@ def init_app(app: Flask) -> None:
         sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
         expected = session.get("csrf_token") or ""
         if not expected or not hmac.compare_digest(sent, expected):
-            raise Forbidden("the form has expired or did not come from this site; reload the page and try again")
+            raise Forbidden(_("the form has expired or did not come from this site; reload the page and try again"))

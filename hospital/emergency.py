@@ -34,6 +34,7 @@ from hospital.access import register_patient_scope
 from hospital.audit import record_access, record_denied
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.i18n import gettext as _
 from hospital.jobs import enqueue
 from hospital.models import EmergencyAccess, Patient, Role, User
 from hospital.notify import OutgoingMessage, notifier
@@ -72,13 +73,14 @@ def access_minutes() -> int:
 def checked_reason(reason: object) -> str:
     """The reason as it will be kept, or InvalidInput saying what a reason must be."""
     if reason is not None and not isinstance(reason, str):
-        raise InvalidInput("reason must be text")
+        raise InvalidInput(_("reason must be text"))
     text = " ".join((reason or "").split())
     if len(text.split()) < MIN_REASON_WORDS:
-        raise InvalidInput(f"a reason of at least {MIN_REASON_WORDS} words is required for emergency access: "
-                           "say why you must open this record now")
+        raise InvalidInput(_("a reason of at least %(num)d words is required for emergency access: say why you "
+                             "must open this record now", num=MIN_REASON_WORDS))
     if len(text) > MAX_REASON_LENGTH:
-        raise InvalidInput(f"the reason must be at most {MAX_REASON_LENGTH} characters, got {len(text)}")
+        raise InvalidInput(_("the reason must be at most %(max)d characters, got %(num)d", max=MAX_REASON_LENGTH,
+                             num=len(text)))
     return text
 
 
@@ -87,11 +89,11 @@ def patient_id_for_mrn(session: Session, user: User, mrn: str) -> int:
     wristband); an unknown one is refused, and the attempt audited."""
     mrn = mrn.strip()
     if not mrn:
-        raise InvalidInput("the patient's MRN is required")
+        raise InvalidInput(_("the patient's MRN is required"))
     patient_id = session.scalar(select(Patient.id).where(Patient.mrn == mrn))
     if patient_id is None:
         record_denied(user, "C", ENTITY_TYPE, None, "emergency access asked for an unknown MRN")
-        raise NotFound(f"no patient has the MRN {mrn[:64]!r}")
+        raise NotFound(_("no patient has the MRN %(mrn)s", mrn=repr(mrn[:64])))
     return patient_id
 
 
@@ -168,12 +170,12 @@ def review_grant(session: Session, admin: User, grant_id: int, note: str) -> Eme
         raise Forbidden("only administrators review emergency access")
     text = " ".join(note.split())
     if not text:
-        raise InvalidInput("a review note is required: what was checked, and the conclusion")
+        raise InvalidInput(_("a review note is required: what was checked, and the conclusion"))
     grant = session.get(EmergencyAccess, grant_id, with_for_update=True)
     if grant is None:
-        raise NotFound(f"emergency access {grant_id} does not exist")
+        raise NotFound(_("emergency access %(id)s does not exist", id=grant_id))
     if grant.reviewed_at is not None:
-        raise Conflict(f"emergency access {grant_id} was already reviewed")
+        raise Conflict(_("emergency access %(id)s was already reviewed", id=grant_id))
     grant.reviewed_at = utcnow()
     grant.reviewed_by_user_id = admin.id
     grant.review_note = text

@@ -27,8 +27,11 @@ from hospital.emergency import (
     review_grant,
 )
 from hospital.errors import InvalidInput
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
+from hospital.i18n import local_datetime
 from hospital.models import EmergencyAccess, Role
-from hospital.web import add_nav_link, form_action, same_site_path
+from hospital.web import add_nav_link, form_action, reader_timezone, same_site_path
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +70,11 @@ def emergency_access_page() -> ResponseReturnValue:
             patient_id = patient_id_for_mrn(session, user, form.get("mrn", ""))
             grant, created = break_glass(session, user, patient_id, form.get("reason", ""))
             # No patient's name here: a flashed message travels in the (signed, not encrypted) cookie.
-            until = f"{grant.expires_at:%H:%M} UTC"
+            until = local_datetime(grant.expires_at, reader_timezone(user))
             if created:
-                return (f"Emergency access is open until {until}. "
-                        "Administrators have been told, and every record you open is audited.")
-            return f"You already have emergency access to this patient, until {until}."
+                return _("Emergency access is open until %(until)s. Administrators have been told, and every "
+                         "record you open is audited.", until=until)
+            return _("You already have emergency access to this patient, until %(until)s.", until=until)
 
         if form_action(session, act):
             return redirect(target or url_for("emergency.emergency_access_page"))
@@ -91,9 +94,10 @@ def review_page() -> ResponseReturnValue:
         def review() -> str:
             grant_id = request.form.get("grant_id", type=int)
             if grant_id is None:
-                raise InvalidInput("grant_id is required")
+                raise InvalidInput(_("Choose the emergency access to review."))
             grant = review_grant(session, admin, grant_id, request.form.get("note", ""))
-            return f"Emergency access {grant.id} by {grant.user.username} is marked reviewed."
+            return _("Emergency access %(id)s by %(username)s is marked reviewed.", id=grant.id,
+                     username=grant.user.username)
 
         if form_action(session, review):
             return redirect(url_for("emergency.review_page"))
@@ -106,8 +110,8 @@ def review_page() -> ResponseReturnValue:
 
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
-    add_nav_link(app, "Emergency access", "emergency.emergency_access_page", *EMERGENCY_ROLES)
-    add_nav_link(app, "Emergency access", "emergency.review_page", Role.ADMIN)
+    add_nav_link(app, _l("Emergency access"), "emergency.emergency_access_page", *EMERGENCY_ROLES)
+    add_nav_link(app, _l("Emergency access"), "emergency.review_page", Role.ADMIN)
 
     @app.context_processor
     def _emergency_roles() -> dict[str, object]:

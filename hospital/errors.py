@@ -30,6 +30,12 @@ class Forbidden(DomainError):
     code = "forbidden"
 
 
+class AccessDenied(Forbidden):
+    """The record belongs to a patient outside the caller's care, or the caller's role may not see
+    it. The message names the record type for integrators and the audit; a page shows its reader
+    plain words instead ("this is not yours to see"), since a patient cannot act on a type name."""
+
+
 class NotFound(DomainError):
     status = 404
     code = "not-found"

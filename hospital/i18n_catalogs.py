@@ -103,8 +103,9 @@ def fill(package: Path, translations: dict[str, str | list[str]], locale: str = 
     path = po_path(package, locale)
     catalog = read_catalog(path, locale)
     unknown = []
-    for msgid, text in translations.items():
-        message = catalog.get(msgid)
+    for key, text in translations.items():
+        context, _, msgid = key.rpartition("\x04")  # "context\x04English", gettext's own spelling
+        message = catalog.get(msgid, context=context or None)
         if message is None:
             plural = next((m for m in catalog if isinstance(m.id, tuple) and m.id[0] == msgid), None)
             if plural is None:
@@ -215,6 +216,27 @@ def _check_compiled(path: Path, catalog: Catalog, where: str) -> Iterator[Proble
         yield Problem(where, "the compiled .mo is older than the .po: run `make catalogs`")
 
 
+def conflicts() -> list[Problem]:
+    """Strings that two stages translate differently. The app merges every stage's catalog into one
+    (a page may show any stage's words), so one English string has one translation: where the same
+    word means two things, one of them needs a context (`pgettext("invoice", "Open")`)."""
+    said: dict[tuple[str, str | None], dict[str, str]] = {}
+    for package in stage_packages():
+        for locale in LOCALES:
+            path = po_path(package, locale)
+            if not path.exists():
+                continue
+            for message in read_catalog(path, locale):
+                if message.id and _translated(message):
+                    text = message.string if isinstance(message.string, str) else str((message.string or [""])[0])
+                    said.setdefault(_key(message), {})[package.name] = text
+    return [
+        Problem(" / ".join(sorted(by_stage)), f"{key[0]!r}{f' (context {key[1]!r})' if key[1] else ''} is translated "
+                + ", ".join(f"{text!r} in {stage}" for stage, text in sorted(by_stage.items())))
+        for key, by_stage in said.items() if len(set(by_stage.values())) > 1
+    ]
+
+
 # Literal text in templates -------------------------------------------------------------------------
 
 # Attributes whose value a person reads or hears.
@@ -306,7 +328,8 @@ def check_templates(package: Path) -> Iterator[Problem]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hospital.i18n_catalogs update [STAGE ...] | compile | check [STAGE ...] |
-    fill STAGE translations.json` (a JSON object: English -> Chinese)."""
+    fill STAGE translations.json` (a JSON object: English -> Chinese; "context\u0004English" for a
+    string with a context)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m hospital.i18n_catalogs", description=main.__doc__)
@@ -333,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in update(package):
                 print(f"updated {path.relative_to(ROOT)}")
         return 0
-    problems = [problem for package in packages for problem in check(package)]
+    problems = [problem for package in packages for problem in check(package)] + conflicts()
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problems")

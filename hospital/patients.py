@@ -24,6 +24,7 @@ from hospital.access import can_access_patient, ensure_patient_access
 from hospital.audit import record_access
 from hospital.db import Base
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound, UnprocessableEntity
+from hospital.i18n import gettext as _
 from hospital.models import Patient, Role, User
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,12 @@ class PatientDetails:
 
 def _checked(details: PatientDetails) -> PatientDetails:
     if not details.family_name.strip() or not details.given_name.strip():
-        raise InvalidInput("a patient needs a family name and a given name")
+        raise InvalidInput(_("a patient needs a family name and a given name"))
     if details.gender not in GENDERS:
-        raise InvalidInput(f"gender must be one of {sorted(GENDERS)}, got {details.gender!r}")
+        raise InvalidInput(_("gender must be one of %(choices)s, got %(value)s", choices=", ".join(sorted(GENDERS)),
+                             value=repr(details.gender)))
     if details.birth_date is not None and details.birth_date > date.today():
-        raise InvalidInput(f"birth date {details.birth_date} is in the future")
+        raise InvalidInput(_("birth date %(date)s is in the future", date=details.birth_date.isoformat()))
     return details
 
 
@@ -81,9 +83,9 @@ def _refuse_taken_mrn(session: Session, user: User, existing_id: int, mrn: str) 
     nor the record, and is the same whatever the client sent it through (page, FHIR, a conditional
     create whose If-None-Exist found nothing the caller may see)."""
     if can_access_patient(session, user, existing_id):
-        raise Conflict(f"a patient with MRN {mrn} already exists")
+        raise Conflict(_("a patient with MRN %(mrn)s already exists", mrn=mrn))
     logger.info("user %s tried to register an MRN already in use outside their care", user.id)
-    raise UnprocessableEntity("this medical record number cannot be used; leave it empty to have one assigned")
+    raise UnprocessableEntity(_("this medical record number cannot be used; leave it empty to have one assigned"))
 
 
 def update_patient(session: Session, user: User, patient_id: int, details: PatientDetails) -> Patient:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from hospital.access import CARE_RELATIONSHIP_STARTED
 from hospital.audit import OUTCOME_SUCCESS
+from hospital.i18n import gettext as _
 from hospital.models import AuditEvent, EmergencyAccess, Practitioner, User
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def record_openings(session: Session, patient_id: int) -> list[RecordOpening]:
 
 def _name(user: User | None) -> str:
     if user is None:
-        return "unknown user"
+        return _("unknown user")
     return user.practitioner.display_name if user.practitioner is not None else user.username
 
 

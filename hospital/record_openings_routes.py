@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
+from hospital.i18n import lazy_gettext as _l
 from hospital.models import Role, User
 from hospital.record_openings import RecordOpening, record_openings
 from hospital.web import add_nav_link
@@ -54,4 +55,4 @@ def my_record_access_page() -> ResponseReturnValue:
 
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
-    add_nav_link(app, "Who opened my record", "record_openings.my_record_access_page", Role.PATIENT)
+    add_nav_link(app, _l("Who opened my record"), "record_openings.my_record_access_page", Role.PATIENT)

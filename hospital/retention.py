@@ -41,6 +41,8 @@ from sqlalchemy.orm import Session
 from hospital.audit import record_access, verify_chain
 from hospital.clock import utcnow
 from hospital.errors import InvalidInput, NotFound
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
 from hospital.models import AuditCheckpoint, AuditEvent, JobRecord, JobStatus, LegalHold, Patient, RetentionRule, User
 from hospital.periodic import register_periodic
 
@@ -59,11 +61,12 @@ class DataClass(str, enum.Enum):
     JOB_RECORDS = "job_records"
 
 
+# What the Storage page calls each class, in its reader's language.
 CLASS_LABELS = {
-    DataClass.IMAGES: "Images (DICOM instances of acquired studies)",
-    DataClass.AI_OUTPUTS: "Derived AI outputs (instances the model produced)",
-    DataClass.AUDIT: "Audit trail rows (archived to a file, then checkpointed)",
-    DataClass.JOB_RECORDS: "Finished job records",
+    DataClass.IMAGES: _l("Images (DICOM instances of acquired studies)"),
+    DataClass.AI_OUTPUTS: _l("Derived AI outputs (instances the model produced)"),
+    DataClass.AUDIT: _l("Audit trail rows (archived to a file, then checkpointed)"),
+    DataClass.JOB_RECORDS: _l("Finished job records"),
 }
 
 
@@ -73,12 +76,13 @@ def parse_data_class(raw: str) -> DataClass:
     try:
         return DataClass(raw)
     except ValueError:
-        raise InvalidInput(f"data class must be one of {[c.value for c in DataClass]}, got {raw!r}") from None
+        raise InvalidInput(_("data class must be one of %(choices)s, got %(value)s",
+                             choices=", ".join(c.value for c in DataClass), value=repr(raw))) from None
 
 
 def set_rule(session: Session, admin: User | None, data_class: DataClass, keep_days: int) -> RetentionRule:
     if not 1 <= keep_days <= MAX_KEEP_DAYS:
-        raise InvalidInput(f"keep days must be between 1 and {MAX_KEEP_DAYS}, got {keep_days}")
+        raise InvalidInput(_("keep days must be between 1 and %(max)d, got %(num)d", max=MAX_KEEP_DAYS, num=keep_days))
     rule = session.scalar(select(RetentionRule).where(RetentionRule.data_class == data_class.value))
     if rule is None:
         rule = RetentionRule(data_class=data_class.value, keep_days=keep_days)
@@ -94,7 +98,7 @@ def remove_rule(session: Session, admin: User | None, data_class: DataClass) -> 
     """The class is kept for ever again."""
     rule = session.scalar(select(RetentionRule).where(RetentionRule.data_class == data_class.value))
     if rule is None:
-        raise NotFound(f"no retention rule for {data_class.value}")
+        raise NotFound(_("no retention rule for %(data_class)s", data_class=data_class.value))
     record_access(session, admin, "D", "RetentionRule", rule.id, description=f"{data_class.value}: kept for ever")
     session.delete(rule)
     session.flush()
@@ -109,14 +113,16 @@ def place_hold(session: Session, admin: User | None, *, reason: str, patient_id:
     reason = reason.strip()
     study_instance_uid = (study_instance_uid or "").strip() or None
     if not reason:
-        raise InvalidInput("a legal hold needs a reason (the case or request it serves)")
+        raise InvalidInput(_("a legal hold needs a reason (the case or request it serves)"))
     if (patient_id is None) == (study_instance_uid is None):
-        raise InvalidInput("a legal hold is on one patient or on one study (Study Instance UID), not both or neither")
+        raise InvalidInput(_("a legal hold is on one patient or on one study (Study Instance UID), not both or "
+                             "neither"))
     if patient_id is not None and session.get(Patient, patient_id) is None:
-        raise NotFound(f"no patient {patient_id}")
+        raise NotFound(_("no patient %(id)s", id=patient_id))
     if study_instance_uid is not None and (len(study_instance_uid) > 64
                                            or not all(c.isdigit() or c == "." for c in study_instance_uid)):
-        raise InvalidInput(f"a Study Instance UID is digits and dots, at most 64, got {study_instance_uid!r}")
+        raise InvalidInput(_("a Study Instance UID is digits and dots, at most 64, got %(value)s",
+                             value=repr(study_instance_uid)))
     hold = LegalHold(patient_id=patient_id, study_instance_uid=study_instance_uid, reason=reason,
                      placed_by_user_id=admin.id if admin is not None else None)
     session.add(hold)
@@ -129,14 +135,14 @@ def place_hold(session: Session, admin: User | None, *, reason: str, patient_id:
 def patient_id_by_mrn(session: Session, mrn: str) -> int:
     patient_id = session.scalar(select(Patient.id).where(Patient.mrn == mrn.strip()))
     if patient_id is None:
-        raise NotFound(f"no patient has the MRN {mrn.strip()[:64]!r}")
+        raise NotFound(_("no patient has the MRN %(mrn)s", mrn=repr(mrn.strip()[:64])))
     return patient_id
 
 
 def release_hold(session: Session, admin: User | None, hold_id: int) -> LegalHold:
     hold = session.get(LegalHold, hold_id)
     if hold is None or hold.released_at is not None:
-        raise NotFound(f"no active legal hold {hold_id}")
+        raise NotFound(_("no active legal hold %(id)s", id=hold_id))
     hold.released_at = utcnow()
     hold.released_by_user_id = admin.id if admin is not None else None
     session.flush()

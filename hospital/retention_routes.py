@@ -17,6 +17,8 @@ from hospital.audit import record_access
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import InvalidInput
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
 from hospital.metrics import STORAGE_VOLUMES
 from hospital.models import Role
 from hospital.retention import (
@@ -69,7 +71,8 @@ def _keep_days(raw: str, data_class: DataClass) -> int | None:
     if not raw:
         return None
     if not raw.isdigit():
-        raise InvalidInput(f"keep days for {data_class.value} is a whole number of days, not {raw[:20]!r}")
+        raise InvalidInput(_("keep days for %(data_class)s is a whole number of days, not %(value)s",
+                             data_class=data_class.value, value=repr(raw[:20])))
     return int(raw)
 
 
@@ -89,34 +92,36 @@ def storage_page() -> ResponseReturnValue:
             existing = rules(session).get(data_class)
             if keep is None:
                 if existing is None:
-                    return f"{data_class.value} is kept for ever (no rule)."
+                    return _("%(data_class)s is kept for ever (no rule).", data_class=data_class.value)
                 remove_rule(session, admin, data_class)
-                return f"{data_class.value} is kept for ever now: the retention run leaves it alone."
+                return _("%(data_class)s is kept for ever now: the retention run leaves it alone.",
+                         data_class=data_class.value)
             if existing is None or keep < existing.keep_days:
-                ask_first(f"Keep {data_class.value} for {keep} days? The next retention run deletes what is older "
-                          "and not on legal hold, and that cannot be undone.", f"Keep {keep} days")
+                ask_first(_("Keep %(data_class)s for %(num)d days? The next retention run deletes what is older and "
+                            "not on legal hold, and that cannot be undone.", data_class=data_class.value, num=keep),
+                          _("Keep %(num)d days", num=keep))
             set_rule(session, admin, data_class, keep)
-            return f"{data_class.value} is kept {keep} days."
+            return _("%(data_class)s is kept %(num)d days.", data_class=data_class.value, num=keep)
 
         def hold() -> str:
             mrn = form.get("mrn", "").strip()
             placed = place_hold(session, admin, reason=form.get("reason", ""),
                                 patient_id=patient_id_by_mrn(session, mrn) if mrn else None,
                                 study_instance_uid=form.get("study_instance_uid", ""))
-            return f"Legal hold {placed.id} placed: nothing of it is deleted until it is released."
+            return _("Legal hold %(id)s placed: nothing of it is deleted until it is released.", id=placed.id)
 
         def release() -> str:
             hold_id = form.get("hold_id", type=int)
             if hold_id is None:
-                raise InvalidInput("hold_id is required")
-            ask_first(f"Release legal hold {hold_id}? What it kept becomes subject to the retention rules again.",
-                      "Release the hold")
+                raise InvalidInput(_("Choose the legal hold to release."))
+            ask_first(_("Release legal hold %(id)s? What it kept becomes subject to the retention rules again.",
+                        id=hold_id), _("Release the hold"))
             release_hold(session, admin, hold_id)
-            return f"Legal hold {hold_id} released."
+            return _("Legal hold %(id)s released.", id=hold_id)
 
         actions = {"rule": save_rule, "hold": hold, "release": release}
         if action not in actions:
-            raise InvalidInput(f"unknown action {action[:40]!r}")
+            raise InvalidInput(_("unknown action %(action)s", action=repr(action[:40])))
         if form_action(session, actions[action]):
             return redirect(url_for("retention.storage_page"))
     preview = run_retention(app, session, dry_run=True) if request.args.get("preview") == "1" else None
@@ -131,4 +136,4 @@ def storage_page() -> ResponseReturnValue:
 
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
-    add_nav_link(app, "Storage", "retention.storage_page", Role.ADMIN)
+    add_nav_link(app, _l("Storage"), "retention.storage_page", Role.ADMIN)

@@ -22,6 +22,9 @@ from hospital.audit import record_access, record_denied
 from hospital.auth import current_user, load_current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from hospital.i18n import current_locale_name
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
 from hospital.models import Role, SmartClient, User
 from hospital.smart import (
     ASSERTION_ALGORITHMS,
@@ -54,7 +57,19 @@ CAPABILITIES = [
     "context-ehr-patient", "context-standalone-patient", "permission-offline", "permission-online",
     "permission-patient", "permission-user", "permission-v1", "permission-v2",
 ]
-INTERACTION_WORDS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+INTERACTION_WORDS = {"c": _l("create"), "r": _l("read"), "u": _l("update"), "d": _l("delete"), "s": _l("search")}
+# Why the consent screen sends a person back to choose again (`hospital.smart.approve`'s refusals).
+CONSENT_REFUSALS = {
+    "choose a patient for this app": _l("choose a patient for this app"),
+    "you may not open this patient's record": _l("you may not open this patient's record"),
+}
+# What the consent screen says a scope without a resource type lets the app do.
+SCOPE_WORDS = {
+    "launch": _l("Open with the patient you are looking at"),
+    "launch/patient": _l("Open with a patient you choose"),
+    "offline_access": _l("Keep access after you sign out, until you revoke it"),
+    "online_access": _l("Keep access while you are signed in"),
+}
 # The FHIR interaction a request path and method is, as the audit action code the scopes check.
 _METHOD_ACTIONS = {"PUT": "U", "PATCH": "U", "DELETE": "D"}
 
@@ -104,24 +119,29 @@ def _oauth_failure(exc: OAuthError, args: dict[str, str]) -> ResponseReturnValue
         return _redirect_with(args["redirect_uri"], {"error": exc.error, "error_description": exc.description,
                                                      "state": args.get("state", "")})
     logger.info("authorization request refused: %s (%s)", exc.error, exc.description)
-    return render_template("error.html", status=exc.status, title="The app's request was refused",
+    return render_template("error.html", status=exc.status, kind="refused", title=_("The app's request was refused"),
                            message=exc.description), exc.status
 
 
 def _describe_scopes(scope: str) -> list[str]:
+    """Each scope as a line the person asked to consent reads, in their language. A resource type
+    stays its FHIR name: it is what the app's own documentation calls it."""
     lines = []
+    separator = "、" if current_locale_name() == "zh_CN" else ", "
     for part in split_scopes(scope):
         parsed = parse_resource_scope(part)
         if parsed is None:
-            lines.append({"launch": "Open with the patient you are looking at",
-                          "launch/patient": "Open with a patient you choose",
-                          "offline_access": "Keep access after you sign out, until you revoke it",
-                          "online_access": "Keep access while you are signed in"}.get(part, part))
+            lines.append(str(SCOPE_WORDS.get(part, part)))
             continue
-        what = "all record types" if parsed.resource_type == "*" else parsed.resource_type
-        verbs = ", ".join(INTERACTION_WORDS[letter] for letter in "cruds" if letter in parsed.interactions)
-        whose = {"patient": "of the selected patient", "user": "that you may see", "system": ""}[parsed.context]
-        lines.append(f"{verbs.capitalize()} {what} {whose}".strip())
+        what = _("all record types") if parsed.resource_type == "*" else parsed.resource_type
+        verbs = separator.join(str(INTERACTION_WORDS[letter]) for letter in "cruds" if letter in parsed.interactions)
+        verbs = verbs.capitalize()
+        if parsed.context == "patient":
+            lines.append(_("%(verbs)s %(what)s of the selected patient", verbs=verbs, what=what))
+        elif parsed.context == "user":
+            lines.append(_("%(verbs)s %(what)s that you may see", verbs=verbs, what=what))
+        else:
+            lines.append(_("%(verbs)s %(what)s", verbs=verbs, what=what))
     return lines
 
 
@@ -153,7 +173,9 @@ def authorize() -> ResponseReturnValue:
             record_denied(user, "E", "Patient", chosen or None,
                           f"SMART app {auth_request.client.client_id}: {exc.description}",
                           patient_id=int(chosen) if chosen.isdigit() else None)
-        return _consent_page(auth_request, args, error=exc.description), exc.status
+        # The consent page's reader gets the refusal in their words; the redirect keeps OAuth's.
+        refusal = str(CONSENT_REFUSALS.get(exc.description, exc.description))
+        return _consent_page(auth_request, args, error=refusal), exc.status
     record_access(session, user, "E", "SmartClient", auth_request.client.client_id,
                   description=f"SMART app authorised: {auth_request.scope}")
     return _redirect_with(auth_request.redirect_uri, {"code": code, "state": auth_request.state})
@@ -247,7 +269,7 @@ def apps_page() -> ResponseReturnValue:
             if form.get("service_user", "").strip():
                 service = session.scalar(select(User).where(User.username == form["service_user"].strip()))
                 if service is None:
-                    raise InvalidInput(f"no user named {form['service_user'].strip()!r}")
+                    raise InvalidInput(_("no user named %(username)s", username=repr(form["service_user"].strip())))
             try:
                 jwks = json.loads(form["jwks"]) if form.get("jwks", "").strip() else None
                 client = register_client(session, name=form.get("name", "").strip() or "Unnamed app",
@@ -258,7 +280,8 @@ def apps_page() -> ResponseReturnValue:
             except ValueError as exc:  # json.JSONDecodeError is one too
                 raise InvalidInput(str(exc)) from exc
             record_access(session, current_user(), "C", "SmartClient", client.client_id, description=client.name)
-            return f"{client.name} registered; its client_id is {client.client_id}"
+            return _("%(name)s registered; its client_id is %(client_id)s", name=client.name,
+                     client_id=client.client_id)
 
         if form_action(session, add):
             return redirect(url_for("smart.apps_page"))
@@ -303,4 +326,4 @@ def _gate_smart_tokens() -> None:
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
     app.before_request(_gate_smart_tokens)
-    add_nav_link(app, "SMART apps", "smart.apps_page", Role.ADMIN)
+    add_nav_link(app, _l("SMART apps"), "smart.apps_page", Role.ADMIN)

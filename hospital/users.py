@@ -40,6 +40,8 @@ from hospital import clock
 from hospital.audit import record_access
 from hospital.auth import hash_password, revoke_user_sessions, revoke_user_tokens
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
 from hospital.models import Organization, OrganizationKind, Patient, Practitioner, Role, User
 from hospital.ratelimit import check_rate
 
@@ -58,13 +60,48 @@ PASSWORD_CHANGE_REQUIRED = (
 )
 
 
-def role_label(role: Role) -> str:
-    return role.value.replace("_", " ")
+# A role and an organisation kind as a noun phrase inside a sentence ("created as a pharmacist",
+# "an imaging centre"): whole phrases, so that each language writes its own articles (Chinese none).
+ROLE_AS_NOUN = {
+    Role.PATIENT: _l("a patient"),
+    Role.CLINICIAN: _l("a clinician"),
+    Role.RADIOLOGIST: _l("a radiologist"),
+    Role.IMAGING_STAFF: _l("an imaging staff"),
+    Role.PHARMACIST: _l("a pharmacist"),
+    Role.ADMIN: _l("an admin"),
+    Role.PARTNER: _l("a partner"),
+}
+ROLE_ACCOUNT = {
+    Role.PATIENT: _l("a patient account"),
+    Role.CLINICIAN: _l("a clinician account"),
+    Role.RADIOLOGIST: _l("a radiologist account"),
+    Role.IMAGING_STAFF: _l("an imaging staff account"),
+    Role.PHARMACIST: _l("a pharmacist account"),
+    Role.ADMIN: _l("an admin account"),
+    Role.PARTNER: _l("a partner account"),
+}
+ORGANIZATION_KIND_AS_NOUN = {
+    OrganizationKind.IMAGING_CENTRE: _l("an imaging centre"),
+    OrganizationKind.CLINIC: _l("a clinic"),
+    OrganizationKind.PHARMACY: _l("a pharmacy"),
+    OrganizationKind.HOSPITAL: _l("a hospital"),
+    OrganizationKind.AI_PARTNER: _l("an ai partner"),
+}
+ORGANIZATION_KIND_LABELS = {
+    OrganizationKind.IMAGING_CENTRE: _l("imaging centre"),
+    OrganizationKind.CLINIC: _l("clinic"),
+    OrganizationKind.PHARMACY: _l("pharmacy"),
+    OrganizationKind.HOSPITAL: _l("hospital"),
+    OrganizationKind.AI_PARTNER: _l("AI partner"),
+}
 
 
-def with_article(noun: str) -> str:
-    """'a pharmacy', 'an imaging centre': messages an administrator reads should read well."""
-    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+def role_as_noun(role: Role) -> str:
+    return str(ROLE_AS_NOUN[role])
+
+
+def organization_kind_label(kind: OrganizationKind) -> str:
+    return str(ORGANIZATION_KIND_LABELS[kind])
 
 
 @dataclass(frozen=True)
@@ -75,34 +112,33 @@ class ProfileRule:
     practitioner: bool = False  # given and family name make (or rename) its Practitioner
     organization_kinds: frozenset[OrganizationKind] = frozenset()  # empty: no organisation
     organization_required: bool = False
+    needs: str = ""  # the rule in words, for the form's hints: a lazy gettext string
+    kinds_as_noun: str = ""  # the organisation kinds, as a noun phrase ("a clinic or hospital")
 
     def describe(self) -> str:
-        """The rule in words, for the form's hints."""
-        parts = []
-        if self.patient:
-            parts.append("the patient's record (found by name or MRN)")
-        if self.practitioner:
-            parts.append("given and family name")
-        if self.organization_kinds:
-            kinds = " or ".join(sorted(k.value.replace("_", " ") for k in self.organization_kinds))
-            parts.append(with_article(kinds) if self.organization_required else f"optionally {with_article(kinds)}")
-        return ", ".join(parts) or "nothing else"
+        """The rule in words, for the form's hints, in the reader's language."""
+        return str(self.needs)
 
 
 PROFILE_RULES: dict[Role, ProfileRule] = {
-    Role.PATIENT: ProfileRule(patient=True),
+    Role.PATIENT: ProfileRule(patient=True, needs=_l("the patient's record (found by name or MRN)")),
     Role.CLINICIAN: ProfileRule(
-        practitioner=True, organization_kinds=frozenset({OrganizationKind.CLINIC, OrganizationKind.HOSPITAL})
+        practitioner=True, organization_kinds=frozenset({OrganizationKind.CLINIC, OrganizationKind.HOSPITAL}),
+        needs=_l("given and family name, optionally a clinic or hospital"), kinds_as_noun=_l("a clinic or hospital"),
     ),
     Role.RADIOLOGIST: ProfileRule(
-        practitioner=True, organization_kinds=frozenset({OrganizationKind.IMAGING_CENTRE}), organization_required=True
+        practitioner=True, organization_kinds=frozenset({OrganizationKind.IMAGING_CENTRE}), organization_required=True,
+        needs=_l("given and family name, an imaging centre"), kinds_as_noun=_l("an imaging centre"),
     ),
     Role.IMAGING_STAFF: ProfileRule(
-        organization_kinds=frozenset({OrganizationKind.IMAGING_CENTRE}), organization_required=True
+        organization_kinds=frozenset({OrganizationKind.IMAGING_CENTRE}), organization_required=True,
+        needs=_l("an imaging centre"), kinds_as_noun=_l("an imaging centre"),
     ),
-    Role.PHARMACIST: ProfileRule(organization_kinds=frozenset({OrganizationKind.PHARMACY}), organization_required=True),
-    Role.ADMIN: ProfileRule(),
-    Role.PARTNER: ProfileRule(organization_kinds=frozenset({OrganizationKind.AI_PARTNER}), organization_required=True),
+    Role.PHARMACIST: ProfileRule(organization_kinds=frozenset({OrganizationKind.PHARMACY}), organization_required=True,
+                                 needs=_l("a pharmacy"), kinds_as_noun=_l("a pharmacy")),
+    Role.ADMIN: ProfileRule(needs=_l("nothing else")),
+    Role.PARTNER: ProfileRule(organization_kinds=frozenset({OrganizationKind.AI_PARTNER}), organization_required=True,
+                              needs=_l("an ai partner"), kinds_as_noun=_l("an ai partner")),
 }
 
 
@@ -138,6 +174,7 @@ class _Links:
 
 def _require_admin(admin: User, what: str) -> None:
     if admin.role is not Role.ADMIN:
+        # Behind the pages' own role check: an API client reads this, in English.
         raise Forbidden(f"only an administrator {what}")
 
 
@@ -166,7 +203,7 @@ def find_patients_for_account(session: Session, admin: User, text: str, limit: i
     _require_admin(admin, "searches patients for an account")
     words = text.split()[:5]
     if not words:
-        raise InvalidInput("type part of the patient's name or MRN to search")
+        raise InvalidInput(_("type part of the patient's name or MRN to search"))
     statement = select(Patient)
     for word in words:
         pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -184,7 +221,7 @@ def get_user(session: Session, admin: User, user_id: int) -> User:
     _require_admin(admin, "sees a user account")
     user = session.get(User, user_id)
     if user is None:
-        raise NotFound(f"user {user_id} does not exist")
+        raise NotFound(_("user %(id)s does not exist", id=user_id))
     record_access(session, admin, "R", "User", user.id, patient_id=user.patient_id)
     return user
 
@@ -315,12 +352,12 @@ def change_own_password(session: Session, user: User, current: str, new: str, co
     # Per account, as sign-in is per address: a stolen session must not guess the password quickly.
     check_rate(f"password-change:{user.id}", int(current_app.config["LOGIN_ATTEMPTS_PER_MINUTE"]), 60)
     if not check_password_hash(user.password_hash, current):
-        raise InvalidInput("the current password is not correct")
+        raise InvalidInput(_("the current password is not correct"))
     if new != confirmation:
-        raise InvalidInput("the new password and its confirmation are not the same")
+        raise InvalidInput(_("the new password and its confirmation are not the same"))
     _check_password_rule(new, user.username)
     if check_password_hash(user.password_hash, new):
-        raise InvalidInput("the new password must differ from the current one")
+        raise InvalidInput(_("the new password must differ from the current one"))
     user.password_hash = hash_password(new)
     user.must_change_password = False
     revoked = revoke_user_tokens(session, user)
@@ -336,29 +373,32 @@ def _checked_username(session: Session, username: str) -> str:
     username = username.strip()
     if not USERNAME_PATTERN.fullmatch(username):
         raise InvalidInput(
-            f"a username is 3 to 80 letters, digits, '.', '_' or '-', got {username[:100]!r}"
+            _("a username is 3 to 80 letters, digits, '.', '_' or '-', got %(value)s", value=repr(username[:100]))
         )
     # Sign-in matches exactly, but 'Admin' beside 'admin' would only confuse people.
     if session.scalar(select(User.id).where(func.lower(User.username) == username.lower())) is not None:
-        raise Conflict(f"the username {username!r} is already taken")
+        raise Conflict(_("the username %(value)s is already taken", value=repr(username)))
     return username
 
 
 def _check_password_rule(password: str, username: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+        raise InvalidInput(_("a password needs at least %(num)d characters", num=MIN_PASSWORD_LENGTH))
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidInput(f"a password may have at most {MAX_PASSWORD_LENGTH} characters")
+        raise InvalidInput(_("a password may have at most %(num)d characters", num=MAX_PASSWORD_LENGTH))
     if username.lower() in password.lower():
-        raise InvalidInput("a password must not contain the username")
+        raise InvalidInput(_("a password must not contain the username"))
 
 
-def _required_name(value: str, label: str, role: Role) -> str:
+def _required_name(value: str, family: bool, role: Role) -> str:
     value = value.strip()
+    account = ROLE_ACCOUNT[role]
     if not value:
-        raise InvalidInput(f"{with_article(role_label(role))} account needs a {label}")
+        raise InvalidInput(_("%(account)s needs a family name", account=account) if family
+                           else _("%(account)s needs a given name", account=account))
     if len(value) > NAME_MAX_LENGTH:
-        raise InvalidInput(f"the {label} may have at most {NAME_MAX_LENGTH} characters")
+        raise InvalidInput(_("the family name may have at most %(num)d characters", num=NAME_MAX_LENGTH) if family
+                           else _("the given name may have at most %(num)d characters", num=NAME_MAX_LENGTH))
     return value
 
 
@@ -366,37 +406,37 @@ def _resolve_profile(session: Session, role: Role, profile: AccountProfile, user
     """Check `profile` against the rule of `role` and find what it names; nothing is written, so an
     error here leaves nothing half-done."""
     rule = PROFILE_RULES[role]
-    label = with_article(role_label(role))
+    account = ROLE_ACCOUNT[role]
     patient = None
     if rule.patient:
         mrn = profile.patient_mrn.strip()
         if not mrn:
-            raise InvalidInput("a patient account needs the MRN of the patient's record")
+            raise InvalidInput(_("a patient account needs the MRN of the patient's record"))
         # Locked, so two administrators linking accounts to one record at once take turns and the
         # second sees the first's account.
         patient = session.scalar(select(Patient).where(Patient.mrn == mrn).with_for_update())
         if patient is None:
-            raise InvalidInput(f"no patient has the MRN {mrn[:64]!r}; register the patient first")
+            raise InvalidInput(_("no patient has the MRN %(mrn)s; register the patient first", mrn=repr(mrn[:64])))
         _ensure_patient_unclaimed(session, patient.id, user_id)
     names = None
     if rule.practitioner:
-        names = (_required_name(profile.given_name, "given name", role),
-                 _required_name(profile.family_name, "family name", role))
+        names = (_required_name(profile.given_name, False, role),
+                 _required_name(profile.family_name, True, role))
     organization = None
     if rule.organization_kinds:
-        kinds = " or ".join(sorted(k.value.replace("_", " ") for k in rule.organization_kinds))
+        kinds = rule.kinds_as_noun
         if profile.organization_id is None:
             if rule.organization_required:
-                raise InvalidInput(f"{label} account needs an organisation: {with_article(kinds)}")
+                raise InvalidInput(_("%(account)s needs an organisation: %(kinds)s", account=account, kinds=kinds))
         else:
             organization = session.get(Organization, profile.organization_id)
             if organization is None:
-                raise InvalidInput(f"organisation {profile.organization_id} does not exist")
+                raise InvalidInput(_("organisation %(id)s does not exist", id=profile.organization_id))
             if organization.kind not in rule.organization_kinds:
-                raise InvalidInput(
-                    f"{organization.name} is {with_article(organization.kind.value.replace('_', ' '))}; "
-                    f"{label} account belongs to {with_article(kinds)}"
-                )
+                raise InvalidInput(_(
+                    "%(name)s is %(kind)s; %(account)s belongs to %(kinds)s", name=organization.name,
+                    kind=ORGANIZATION_KIND_AS_NOUN[organization.kind], account=account, kinds=kinds,
+                ))
     zone = clock.valid_zone_name(profile.timezone) if profile.timezone.strip() else None
     return _Links(patient=patient, organization=organization, names=names, timezone=zone)
 
@@ -409,9 +449,10 @@ def _ensure_patient_unclaimed(session: Session, patient_id: int, user_id: int | 
         statement = statement.where(User.id != user_id)
     other = session.scalar(statement.limit(1))
     if other is not None:
-        raise Conflict(
-            f"this patient record already has an active account ({other!r}); deactivate that account first"
-        )
+        raise Conflict(_(
+            "this patient record already has an active account (%(username)s); deactivate that account first",
+            username=repr(other),
+        ))
 
 
 def _apply_links(session: Session, user: User, role: Role, links: _Links) -> None:
@@ -453,7 +494,7 @@ def _practitioner_state(user: User) -> tuple[str, str, int | None] | None:
 def _locked_user(session: Session, user_id: int) -> User:
     user = session.get(User, user_id, with_for_update=True, populate_existing=True)
     if user is None:
-        raise NotFound(f"user {user_id} does not exist")
+        raise NotFound(_("user %(id)s does not exist", id=user_id))
     return user
 
 
@@ -469,8 +510,11 @@ def _lock_active_admins(session: Session) -> list[int]:
 def _ensure_admin_remains(user: User, active_admins: list[int], admin: User, verb: str) -> None:
     if user.active and active_admins == [user.id]:
         raise Conflict(
-            f"{user.username!r} is the last active administrator and cannot be {verb}d; "
-            "make another account an administrator first"
+            _("%(username)s is the last active administrator and cannot be demoted; make another account an "
+              "administrator first", username=repr(user.username)) if verb == "demote" else
+            _("%(username)s is the last active administrator and cannot be deactivated; make another account an "
+              "administrator first", username=repr(user.username))
         )
     if user.id == admin.id:
-        raise Conflict(f"you cannot {verb} your own account; ask another administrator")
+        raise Conflict(_("you cannot demote your own account; ask another administrator") if verb == "demote"
+                       else _("you cannot deactivate your own account; ask another administrator"))

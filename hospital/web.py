@@ -39,6 +39,8 @@ from hospital.users import MIN_PASSWORD_LENGTH, PASSWORD_CHANGE_REQUIRED, change
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
+# A moment as the reader's language writes it, on the wall clock where it happens.
+bp.add_app_template_global(i18n.local_datetime, "local_datetime")
 
 # What a user who must change their password may still reach: the change itself, signing in and
 # out, and what needs no user at all.
@@ -182,13 +184,15 @@ def login() -> ResponseReturnValue:
         db_session = request_session()
         try:
             user = authenticate(db_session, request.form.get("username", ""), request.form.get("password", ""))
-        except Unauthenticated as exc:
-            error = exc.message  # the page answers 401; the unit of work keeps the failure count
+        except Unauthenticated:
+            # The page answers 401; the unit of work keeps the failure count. Every failure reads
+            # the same (auth.SIGN_IN_FAILED, which the API answers in English), here in the reader's language.
+            error = gettext("unknown username or wrong password, or too many attempts; try again in a few minutes")
         else:
             start_browser_session(db_session, user)
             if user.must_change_password:
                 logger.info("user %s signed in with a temporary password", user.id)
-                flash("Your password was set by an administrator. Choose your own password to continue.")
+                flash(gettext("Your password was set by an administrator. Choose your own password to continue."))
                 return redirect(url_for("web.change_password_page"))
             return redirect(same_site_path(request.args.get("next")) or url_for("web.home"))
     return render_template("login.html", error=error), 401 if error else 200
@@ -262,7 +266,7 @@ def change_password_page() -> ResponseReturnValue:
         def change() -> str:
             change_own_password(db_session, user, form.get("current_password", ""), form.get("new_password", ""),
                                 form.get("confirm_password", ""))
-            return "Your password is changed."
+            return gettext("Your password is changed.")
 
         if form_action(db_session, change):
             # The change ended every session of the user's (whoever knew the old password may hold

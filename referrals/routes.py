@@ -14,11 +14,14 @@ from hospital.api import enum_value, json_body, optional_enum_arg, required
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
 from hospital.errors import DomainError, InvalidInput
-from hospital.models import Organization, OrganizationKind, Patient, Role
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
+from hospital.models import Organization, OrganizationKind, Patient, Role, person_name
 from hospital.patients import GENDERS, PatientDetails, create_patient
 from referrals.models import Priority, Referral, ReferralStatus
 from referrals.service import (
     MODALITY_NAMES,
+    PRIORITY_WORDS,
     STATUS_WORDS,
     ReferralRequest,
     cancel_referral,
@@ -30,6 +33,18 @@ from referrals.service import (
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("referrals", __name__, template_folder="templates")
+
+# The sex a patient is registered with, as the form offers it.
+GENDER_WORDS = {"female": _l("Female"), "male": _l("Male"), "other": _l("Other"), "unknown": _l("Unknown")}
+
+
+def listed_name(patient: Patient) -> str:
+    """A patient's name in a list sorted by family name: "Haddad, Noor"; a Chinese name is written
+    family first anyway, and whole ("王小明")."""
+    written = person_name(patient.family_name, patient.given_name)
+    if written == patient.family_name.strip() + patient.given_name.strip():
+        return written
+    return f"{patient.family_name}, {patient.given_name}"
 
 
 def referral_json(referral: Referral) -> dict[str, Any]:
@@ -106,7 +121,8 @@ def cancel(referral_id: int) -> ResponseReturnValue:
 def referral_list_page() -> ResponseReturnValue:
     session = request_session()
     referrals = list_referrals(session, current_user())
-    return render_template("referrals/list.html", referrals=referrals, status_words=STATUS_WORDS)
+    return render_template("referrals/list.html", referrals=referrals, status_words=STATUS_WORDS,
+                           priority_words=PRIORITY_WORDS)
 
 
 @bp.route("/referrals/new", methods=["GET", "POST"])
@@ -123,7 +139,8 @@ def new_referral_page() -> ResponseReturnValue:
             session.rollback()
             error = exc.message
         else:
-            flash(f"Patient {patient.display_name} registered with MRN {patient.mrn}; they are chosen below.")
+            flash(_("Patient %(name)s registered with MRN %(mrn)s; they are chosen below.", name=patient.display_name,
+                    mrn=patient.mrn))
             return redirect(url_for("referrals.new_referral_page", patient_id=patient.id))
     elif request.method == "POST":
         form = request.form
@@ -132,8 +149,9 @@ def new_referral_page() -> ResponseReturnValue:
                 session,
                 current_user(),
                 ReferralRequest(
-                    patient_id=_form_int(form.get("patient_id"), "patient"),
-                    performer_organization_id=_form_int(form.get("performer_organization_id"), "imaging centre"),
+                    patient_id=_form_int(form.get("patient_id"), _("choose a patient")),
+                    performer_organization_id=_form_int(form.get("performer_organization_id"),
+                                                        _("choose an imaging centre")),
                     modality=form.get("modality", ""),
                     body_part=form.get("body_part", ""),
                     procedure_description=form.get("procedure_description", ""),
@@ -146,7 +164,8 @@ def new_referral_page() -> ResponseReturnValue:
             session.rollback()
             error = exc.message
         else:
-            flash(f"Referral {referral.id} sent to {referral.performer.name}. Its status is shown below.")
+            flash(_("Referral %(id)s sent to %(centre)s. Its status is shown below.", id=referral.id,
+                    centre=referral.performer.name))
             return redirect(url_for("referrals.referral_list_page"))
     form = request.form if request.method == "POST" else request.args
     search = (request.args.get("q") or "").strip()
@@ -159,7 +178,8 @@ def new_referral_page() -> ResponseReturnValue:
     ).all()
     return render_template(
         "referrals/new.html", patients=patients, centres=centres, priorities=list(Priority), error=error,
-        form=form, search=search, genders=sorted(GENDERS), modalities=MODALITY_NAMES,
+        form=form, search=search, genders={g: GENDER_WORDS.get(g, g) for g in sorted(GENDERS)},
+        modalities=MODALITY_NAMES, priority_words=PRIORITY_WORDS, listed_name=listed_name,
         registering=request.form.get("action") == "register_patient",
     ), 422 if error else 200
 
@@ -174,20 +194,24 @@ def _patient_search(text: str) -> Any:
 
 
 def _patient_details(form: Any) -> PatientDetails:
+    too_long = {"family_name": _("the family name is longer than %(num)d characters", num=100),
+                "given_name": _("the given name is longer than %(num)d characters", num=100),
+                "mrn": _("the MRN is longer than %(num)d characters", num=64)}
     for name, limit in (("family_name", 100), ("given_name", 100), ("mrn", 64)):
         if len(form.get(name, "")) > limit:
-            raise InvalidInput(f"{name.replace('_', ' ')} is longer than {limit} characters")
+            raise InvalidInput(too_long[name])
     try:
         birth_date = date.fromisoformat(form["birth_date"]) if form.get("birth_date") else None
     except ValueError as exc:
-        raise InvalidInput(f"birth date {form.get('birth_date')!r} is not a date (YYYY-MM-DD)") from exc
+        raise InvalidInput(_("birth date %(value)s is not a date (YYYY-MM-DD)", value=repr(form.get("birth_date")))) from exc
     return PatientDetails(
         family_name=form.get("family_name", ""), given_name=form.get("given_name", ""), birth_date=birth_date,
         gender=form.get("gender") or "unknown", mrn=(form.get("mrn") or "").strip() or None,
     )
 
 
-def _form_int(value: str | None, label: str) -> int:
+def _form_int(value: str | None, missing: str) -> int:
+    """A chosen id from a form's list; `missing` (translated) says what to choose when none was."""
     if not value or not value.isdigit():
-        raise InvalidInput(f"choose a {label}")
+        raise InvalidInput(missing)
     return int(value)

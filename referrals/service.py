@@ -26,6 +26,8 @@ from hospital.access import (
 )
 from hospital.audit import record_access
 from hospital.errors import Conflict, Forbidden, InvalidInput
+from hospital.i18n import gettext as _
+from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import publish
 from hospital.models import Organization, OrganizationKind, Patient, Role, User
 from hospital.records import load_record
@@ -36,9 +38,9 @@ logger = logging.getLogger(__name__)
 
 # DICOM modality codes (PS3.3 C.7.3.1.1.1) a referral may ask for, with the names clinicians know.
 MODALITY_NAMES = {
-    "CT": "Computed tomography", "MR": "Magnetic resonance", "CR": "Computed radiography (X-ray)",
-    "DX": "Digital radiography (X-ray)", "US": "Ultrasound", "PT": "PET", "NM": "Nuclear medicine",
-    "MG": "Mammography", "XA": "X-ray angiography", "RF": "Fluoroscopy",
+    "CT": _l("Computed tomography"), "MR": _l("Magnetic resonance"), "CR": _l("Computed radiography (X-ray)"),
+    "DX": _l("Digital radiography (X-ray)"), "US": _l("Ultrasound"), "PT": _l("PET"), "NM": _l("Nuclear medicine"),
+    "MG": _l("Mammography"), "XA": _l("X-ray angiography"), "RF": _l("Fluoroscopy"),
 }
 MODALITIES = frozenset(MODALITY_NAMES)
 OPEN_STATUSES = frozenset({ReferralStatus.ACTIVE, ReferralStatus.ACCEPTED, ReferralStatus.SCHEDULED})
@@ -48,14 +50,22 @@ LIVE_STATUSES = OPEN_STATUSES | {ReferralStatus.IN_PROGRESS}
 # The words a clinician or patient reads for each status, the same on every page. "completed" means
 # the images are in (the order is fulfilled), not that a report is signed: later steps have words of
 # their own on the referral's page.
+PRIORITY_WORDS = {
+    Priority.ROUTINE: _l("Routine"),
+    Priority.URGENT: _l("Urgent"),
+    Priority.ASAP: _l("As soon as possible"),
+    Priority.STAT: _l("Immediately (stat)"),
+}
+
+# Lazy: each page shows them in its reader's language.
 STATUS_WORDS = {
-    ReferralStatus.ACTIVE: "Waiting for acceptance",
-    ReferralStatus.ACCEPTED: "Accepted: to be booked",
-    ReferralStatus.SCHEDULED: "Booked",
-    ReferralStatus.IN_PROGRESS: "Examination under way",
-    ReferralStatus.COMPLETED: "Images received",
-    ReferralStatus.REJECTED: "Rejected",
-    ReferralStatus.CANCELLED: "Cancelled",
+    ReferralStatus.ACTIVE: _l("Waiting for acceptance"),
+    ReferralStatus.ACCEPTED: _l("Accepted: to be booked"),
+    ReferralStatus.SCHEDULED: _l("Booked"),
+    ReferralStatus.IN_PROGRESS: _l("Examination under way"),
+    ReferralStatus.COMPLETED: _l("Images received"),
+    ReferralStatus.REJECTED: _l("Rejected"),
+    ReferralStatus.CANCELLED: _l("Cancelled"),
 }
 
 
@@ -78,20 +88,22 @@ def create_referral(session: Session, user: User, request: ReferralRequest) -> R
         raise Forbidden("only a referring clinician can create a referral")
     patient = session.get(Patient, request.patient_id)
     if patient is None:
-        raise InvalidInput(f"patient {request.patient_id} does not exist")
+        raise InvalidInput(_("patient %(id)s does not exist", id=request.patient_id))
     centre = session.get(Organization, request.performer_organization_id)
     if centre is None or centre.kind is not OrganizationKind.IMAGING_CENTRE:
-        raise InvalidInput(f"organization {request.performer_organization_id} is not an imaging centre")
+        raise InvalidInput(_("organization %(id)s is not an imaging centre", id=request.performer_organization_id))
     modality = request.modality.upper()
     if modality not in MODALITIES:
-        raise InvalidInput(f"modality {request.modality!r} is not one of {sorted(MODALITIES)}")
+        raise InvalidInput(_("modality %(value)s is not one of %(choices)s", value=repr(request.modality),
+                             choices=", ".join(sorted(MODALITIES))))
     if not request.reason.strip():
-        raise InvalidInput("a reason for the examination is required")
+        raise InvalidInput(_("a reason for the examination is required"))
     access_reason = (request.access_reason or "").strip()
     starts_relationship = not can_access_patient(session, user, patient.id)
     if starts_relationship and not access_reason:
-        raise Forbidden(
-            f"patient {patient.id} is not in your care; a referral that starts a care relationship needs an access reason"
+        raise Forbidden(_(
+            "patient %(id)s is not in your care; a referral that starts a care relationship needs an access reason",
+            id=patient.id)
         )
     referral = Referral(
         patient_id=patient.id,
@@ -138,9 +150,9 @@ def list_referrals(session: Session, user: User, status: ReferralStatus | None =
 def cancel_referral(session: Session, user: User, referral_id: int, reason: str) -> Referral:
     referral = get_referral(session, user, referral_id, action="U")
     if user.role is not Role.CLINICIAN or referral.requester_id != user.practitioner_id:
-        raise Forbidden("only the requesting clinician can cancel this referral")
+        raise Forbidden(_("only the requesting clinician can cancel this referral"))
     if referral.status not in OPEN_STATUSES:
-        raise Conflict(f"a referral that is {referral.status.value} cannot be cancelled")
+        raise Conflict(_("a referral that is %(status)s cannot be cancelled", status=STATUS_WORDS[referral.status]))
     referral.status = ReferralStatus.CANCELLED
     referral.status_reason = reason
     record_access(session, user, "U", "ServiceRequest", referral.id, patient_id=referral.patient_id, description="cancelled")

@@ -9,6 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from hospital.auth import current_user, require_roles
 from hospital.db import request_session
+from hospital.i18n import lazy_gettext as _l
 from hospital.models import Role
 from hospital.web import form_action
 from research.models import ConsentDecision
@@ -19,8 +20,9 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("research", __name__, template_folder="templates")
 
 MESSAGES = {
-    ConsentDecision.PERMIT: "Thank you. Your images may now be used for research, with your name and details removed.",
-    ConsentDecision.DENY: "Done. Your images will not be used in any research dataset made from now on.",
+    ConsentDecision.PERMIT: _l("Thank you. Your images may now be used for research, with your name and details "
+                               "removed."),
+    ConsentDecision.DENY: _l("Done. Your images will not be used in any research dataset made from now on."),
 }
 
 
@@ -35,7 +37,7 @@ def consent_page() -> ResponseReturnValue:
 
         def choose() -> str:
             consent = record_consent(session, user, patient_id, request.form.get("decision", ""))
-            return MESSAGES[consent.decision]
+            return str(MESSAGES[consent.decision])
 
         form_action(session, choose)
         return redirect(url_for("research.consent_page"))

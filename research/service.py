@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from ai_services.public import report_summary, reviewed_findings
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hospital.i18n import gettext as _
 from hospital.models import Organization, Role, User
 from imaging_orders.archive.public import study_ref, study_series
 from research.deidentify import NotDeidentifiable, deidentify_file, patient_seed
@@ -63,13 +64,13 @@ def record_consent(session: Session, user: User, patient_id: int, decision: str)
     """The patient's own choice (or one an administrator records for them)."""
     if user.role is Role.PATIENT:
         if user.patient_id != patient_id:
-            raise Forbidden("a patient may only choose for themselves")
+            raise Forbidden(_("a patient may only choose for themselves"))
     elif user.role is not Role.ADMIN:
         raise Forbidden("only the patient (or an administrator for them) records research consent")
     try:
         choice = ConsentDecision(decision)
     except ValueError:
-        raise InvalidInput(f"decision must be 'permit' or 'deny', not {decision!r}") from None
+        raise InvalidInput(_("decision must be 'permit' or 'deny', not %(value)s", value=repr(decision))) from None
     now = utcnow()
     previous = current_consent(session, patient_id)
     if previous is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ai_services.events import ReportSigned
+from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.web import add_nav_link
@@ -17,4 +18,4 @@ def register(app: Flask) -> None:
     fhir.register_fhir(app)
     app.cli.add_command(cli.research_group)
     subscribe(app, ReportSigned, "research.jobs.record_contribution_for_report")
-    add_nav_link(app, "Research", "research.consent_page", Role.PATIENT)
+    add_nav_link(app, _l("Research"), "research.consent_page", Role.PATIENT)

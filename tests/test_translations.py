@@ -29,6 +29,11 @@ def test_stage_is_fully_translated(package: Path) -> None:
     assert not problems, f"{len(problems)} translation problems:\n" + "\n".join(map(str, problems[:60]))
 
 
+def test_one_english_string_has_one_translation_across_stages() -> None:
+    problems = i18n_catalogs.conflicts()
+    assert not problems, "\n".join(map(str, problems))
+
+
 def test_the_check_finds_literal_words_but_not_marked_ones() -> None:
     source = """{% extends "base.html" %}{% block title %}{{ _("Home") }}{% endblock %}
 <h1 title="Hidden helper">{{ _("Welcome") }}</h1>

@@ -96,7 +96,7 @@ def test_admin_unlocks_creates_and_deactivates_accounts(browser: Any, site: Live
     expect(row.locator(".badge").first).to_have_text("active")
     locked_out.get_by_label("Password").fill(DEMO_PASSWORD)
     locked_out.get_by_role("button", name="Sign in").click()
-    expect(locked_out.get_by_role("heading", level=1)).to_have_text("Welcome, patient2")
+    expect(locked_out.get_by_role("heading", level=1)).to_have_text("Welcome, Sam Okafor")  # by name, not username
 
     # A new radiologist: a temporary password that works for nothing but choosing their own.
     create_account(admin, "r.okafor", "radiologist", "Riverside Imaging Centre", ("Ngozi", "Okafor"))

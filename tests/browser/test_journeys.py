@@ -252,19 +252,19 @@ def test_sign_in_errors_logout_not_found_and_phone_width(browser: Any, site: Liv
 
     page.get_by_label("Password").fill(__import__("hospital.seed").seed.DEMO_PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, clinician")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Ada Lovelace")
 
     # A forged sign-out (no CSRF token) is refused and the session stays.
     forged = page.request.post(site.url("/logout"), form={}, max_redirects=0)
     assert forged.status == 403
     assert "Traceback" not in forged.text()
     page.reload()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, clinician")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Ada Lovelace")
 
-    # A page that does not exist: a plain 404 page, no stack trace.
+    # A page that does not exist: a plain 404 page in plain words, no stack trace.
     response = page.goto("/no/such/page")
     assert response is not None and response.status == 404
-    expect(page.get_by_role("heading", level=1)).to_contain_text("404")
+    expect(page.get_by_role("heading", level=1)).to_have_text("We could not find this page")
     assert "Traceback" not in page.content()
 
     # Phone width: the home page and a table page do not scroll sideways.

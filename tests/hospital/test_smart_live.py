@@ -423,6 +423,10 @@ def test_a_clinician_picks_only_among_patients_in_their_care(live: Live) -> None
                       allow_redirects=False, timeout=10)
     assert forged.status_code == 403 and "Location" not in forged.headers
     assert "may not open this patient" in forged.text
+    in_chinese = web.post(f"{live.base}/oauth/authorize", data={**fields, "decision": "approve", "patient": str(outside)},
+                          headers={"Accept-Language": "zh-CN"}, allow_redirects=False, timeout=10)
+    assert in_chinese.status_code == 403 and "您无权打开该患者的病历" in in_chinese.text
+    assert "所选患者的" in in_chinese.text  # the scope's line, in the reader's language too
     with live.app.app_context(), get_db(live.app).transaction() as session:
         denial = session.scalar(select(AuditEvent).where(AuditEvent.patient_id == outside, AuditEvent.outcome == 4))
     assert denial is not None and client_id in (denial.description or "")

@@ -16,6 +16,7 @@ from werkzeug.test import TestResponse
 
 from hospital.auth import MAX_FAILED_LOGINS
 from hospital.errors import Conflict, Forbidden, InvalidInput
+from hospital.i18n import user_display_name
 from hospital.models import ApiToken, AuditEvent, Organization, OrganizationKind, Patient, Practitioner, Role, User
 from hospital.seed import DEMO_PASSWORD, DemoSeed
 from hospital.users import (
@@ -142,7 +143,9 @@ def test_each_kind_of_account_is_created_then_must_change_its_password_before_an
     assert changed.status_code == 302 and changed.headers["Location"].endswith("/")
     home = newcomer.get("/")
     assert home.status_code == 200
-    assert f"Welcome, {username}" in home.get_data(as_text=True) and ROLE_HOME[role][0] in home.get_data(as_text=True)
+    # Greeted by the name their record holds (a practitioner's or patient's), else their username.
+    assert f"Welcome, {user_display_name(user)}" in home.get_data(as_text=True)
+    assert ROLE_HOME[role][0] in home.get_data(as_text=True)
     assert newcomer.get(ROLE_HOME[role][1]).status_code == 200
     db_session.refresh(user)
     assert user.must_change_password is False

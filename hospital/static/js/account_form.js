@@ -25,7 +25,8 @@
           if (!fits && choice.selected) organisation.value = "";
         }
       }
-      if (needs) needs.textContent = option && option.dataset.needs ? option.dataset.needs : "choose a role first";
+      // The page's own words for "no role yet" (data-none), in the reader's language.
+      if (needs) needs.textContent = option && option.dataset.needs ? option.dataset.needs : needs.dataset.none;
     };
     role.addEventListener("change", show);
     const query = form.querySelector("input[name=patient_query]");
