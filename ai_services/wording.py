@@ -21,7 +21,7 @@ from ai_services.models import (
     ReportStatus,
     ReviewStatus,
 )
-from hospital.i18n import format_number, gettext, lazy_gettext, local_datetime, ngettext, user_display_name
+from hospital.i18n import format_number, gettext, lazy_gettext, ngettext, user_display_name
 from referrals.public import Priority
 
 logger = logging.getLogger(__name__)
@@ -147,5 +147,4 @@ def template_words() -> dict[str, object]:
         "confidence_explanation": CONFIDENCE_EXPLANATION,
         "person_called": user_display_name,
         "draft_conclusion": draft_conclusion,
-        "local_datetime": local_datetime,
     }

@@ -18,7 +18,7 @@ from typing import Any
 
 from followup.models import CarePlan, Consultation, FollowUpTask
 from followup.service import URGENT_DIAMETER_MM
-from hospital.i18n import gettext, lazy_gettext, local_datetime, ngettext
+from hospital.i18n import gettext, lazy_gettext, ngettext
 
 logger = logging.getLogger(__name__)
 
@@ -216,5 +216,5 @@ def template_words() -> dict[str, object]:
         "dosage_words": dosage_words, "consultation_status": consultation_status, "task_status": task_status,
         "medication_status": medication_status, "task_kind": task_kind, "task_description": task_description,
         "plan_title": plan_title, "consultation_reason": consultation_reason, "priority_word": priority_word,
-        "body_part_word": body_part_word, "local_datetime": local_datetime, "urgent_diameter_mm": URGENT_DIAMETER_MM,
+        "body_part_word": body_part_word, "urgent_diameter_mm": URGENT_DIAMETER_MM,
     }

@@ -39,8 +39,6 @@ from hospital.users import MIN_PASSWORD_LENGTH, PASSWORD_CHANGE_REQUIRED, change
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
-# A moment as the reader's language writes it, on the wall clock where it happens.
-bp.add_app_template_global(i18n.local_datetime, "local_datetime")
 
 # What a user who must change their password may still reach: the change itself, signing in and
 # out, and what needs no user at all.
