@@ -307,7 +307,8 @@ def get_report(
     if user.role is Role.PATIENT and report.status is ReportStatus.PRELIMINARY:
         # A patient sees the report once a radiologist has signed it, not the machine's draft (the
         # read audited above is rolled back with this refusal).
-        raise NotFound(_("Report %(id)s is not available yet: it appears once a radiologist has signed it.", id=report_id))
+        raise NotFound(_("Report %(id)s is not available yet: it appears once a radiologist has signed it.", id=report_id),
+                       for_people=True)
     return report
 
 

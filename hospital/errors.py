@@ -10,9 +10,13 @@ class DomainError(Exception):
     status: int = 400
     code: str = "invalid"  # FHIR issue-type code
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, for_people: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        # Written for the person reading the page (translated, no record types or ids of ours): an
+        # error page shows it whatever its status; otherwise a 404/403/5xx page says it in its own
+        # plain words and the message goes to staff as a detail (hospital.errors_http).
+        self.for_people = for_people
 
 
 class InvalidInput(DomainError):

@@ -97,7 +97,8 @@ def init_app(app: Flask) -> None:
         # A page says how long to wait in its reader's words; the API's answer keeps the machine's.
         waiting = _l("Too many attempts. Please wait %(seconds)d seconds and try again.",
                      seconds=exc.retry_after) if isinstance(exc, RateLimited) else None
-        response = error_response(exc.status, exc.message, exc.code, page_message=waiting,
+        response = error_response(exc.status, exc.message, exc.code,
+                                  page_message=waiting or (exc.message if exc.for_people else None),
                                   access_denied=isinstance(exc, AccessDenied))
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)

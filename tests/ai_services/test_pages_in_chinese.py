@@ -34,7 +34,7 @@ from tests.pages import choose_language, csrf_token_of, sign_in
 
 # Words that are the same in both languages: standards, units, a key's name, the box's coordinates,
 # statistics' symbols.
-SAME_IN_BOTH = {"AI", "CT", "SHA", "mm", "x", "y", "p", "z", "Ctrl"}
+SAME_IN_BOTH = {"AI", "CT", "PDF", "SHA", "mm", "x", "y", "p", "z", "Ctrl"}
 # What people read and hear besides the text: these attributes are checked too.
 VISIBLE_ATTRIBUTES = {"title", "alt", "aria-label", "placeholder", "data-confirm"}
 
@@ -249,7 +249,7 @@ def test_the_model_page_and_its_drift_table_in_chinese(client: FlaskClient, demo
 
     page = client.get("/models").get_data(as_text=True)
 
-    assert "AI 模型版本" in page and "各中心的漂移" in page and ">使用中<" in page
+    assert "AI 模型版本" in page and "各中心的漂移" in page and ">已启用<" in page
     south_row = page.split(f'<td data-label="影像中心">{south.name}</td>')[1].split("</tr>")[0]
     assert "有漂移" in south_row and "接受率 0.50，平台其余部分为 0.80（z -4." in south_row
     north_row = page.split(f'<td data-label="影像中心">{north.name}</td>')[1].split("</tr>")[0]

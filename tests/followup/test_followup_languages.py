@@ -217,7 +217,7 @@ def test_the_referral_path_reads_in_chinese(client: FlaskClient, as_role: Any, d
     choose_language(client, "zh_CN", f"/referrals/{sent['id']}")
     page = client.get(f"/referrals/{sent['id']}").get_data(as_text=True)
     steps = re.findall(r'<span class="step-name">([^<]+)</span>', page)
-    assert steps[:3] == ["已发送", "已接收", "已预约"]
+    assert steps[:3] == ["已发送", "已接受", "已预约"]
     assert "<dd>CT 胸部</dd>" in page and "<dd>加急</dd>" in page and "CT chest（加急）" in page
     # The referral's status word is the referrals stage's; what it says is not checked here.
     status = re.search(r'id="referral-status">[^<]*<strong>([^<]+)</strong>', page)
