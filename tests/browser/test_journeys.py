@@ -153,7 +153,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     expect(radiologist.locator("#preview-conclusion")).to_have_text("One nodule in the right lung; follow-up CT advised.")
     radiologist.get_by_role("button", name="Confirm and sign").click()
     expect(flash(radiologist)).to_contain_text("Report signed")
-    expect(radiologist.get_by_role("heading", level=1).locator(".badge")).to_have_text("final")
+    expect(radiologist.get_by_role("heading", level=1).locator(".badge")).to_have_text("Signed")
     expect(radiologist.get_by_role("button", name="Sign report")).to_have_count(0)
 
     # Clinician: the consultation opened by the signature, its follow-up plan; prescribe; finish.
@@ -190,7 +190,7 @@ def test_closed_loop_journey_through_the_pages(browser: Any, site: LiveSite) -> 
     admin = login(browser, site, "admin")
     nav(admin, "Revenue")
     revenue = admin.locator("#revenue-service_line tbody")
-    for line in ("ai analysis", "consultation", "medication"):
+    for line in ("AI analysis", "Consultation", "Medication"):
         expect(revenue).to_contain_text(line)
     screenshot(admin, "admin-revenue")
     admin.goto("/models")

@@ -166,13 +166,13 @@ def test_radiologists_day_in_the_reading_workspace(browser: Any, site: LiveSite,
     problems += audit(axe, page, "sign preview")
     page.get_by_role("button", name="Confirm and sign").click()
     expect(page.locator(".flash")).to_contain_text("Report signed")
-    expect(page.get_by_role("heading", level=1).locator(".badge")).to_have_text("final")
+    expect(page.get_by_role("heading", level=1).locator(".badge")).to_have_text("Signed")
 
     # An addendum: the report is amended, the signed conclusion stays.
     page.get_by_label("Addendum", exact=True).fill("On review the second nodule is calcified: benign.")
     page.get_by_role("button", name="Add addendum").click()
     expect(page.locator(".flash")).to_contain_text("amended")
-    expect(page.get_by_role("heading", level=1).locator(".badge")).to_have_text("amended")
+    expect(page.get_by_role("heading", level=1).locator(".badge")).to_have_text("Signed, amended")
     expect(page.locator("#addenda")).to_contain_text("calcified: benign")
     expect(page.locator(".report-text")).to_contain_text("Two nodules, unchanged from the prior.")
     problems += audit(axe, page, "amended report")
