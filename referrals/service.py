@@ -175,9 +175,9 @@ class ReferralChange:
 def change_referral(session: Session, user: User, referral_id: int, change: ReferralChange) -> Referral:
     referral = get_referral(session, user, referral_id, action="U")
     if not _is_requester(user, referral):
-        raise Forbidden("only the requesting clinician can change this referral")
+        raise Forbidden(_("only the requesting clinician can change this referral"))
     if referral.status not in OPEN_STATUSES:
-        raise Conflict(f"a referral that is {referral.status.value} cannot be changed")
+        raise Conflict(_("a referral that is %(status)s cannot be changed", status=STATUS_WORDS[referral.status]))
     changed = []
     for name in ("reason", "procedure_description", "body_part", "priority"):
         value = getattr(change, name)

@@ -24,7 +24,7 @@ def test_the_referral_list_reads_in_chinese(client: FlaskClient, demo: DemoSeed,
     sign_in(client, "clinician")
     html = client.get("/referrals", headers=CHINESE).get_data(as_text=True)
     text = main_text(html)
-    assert "我的转诊" in text and "新建转诊" in text and "紧急" in text and "等待影像中心接受" in text
+    assert "我的转诊" in text and "新建转诊" in text and "加急" in text and "等待影像中心接受" in text
     assert re.search(r"\d{4}年\d{1,2}月\d{1,2}日 周. \d\d:\d\d", text), text  # Babel, not strftime
     assert catalog_english_in(text, "referrals") == []
     assert "urgent" not in text and "Waiting for acceptance" not in text
