@@ -1,7 +1,9 @@
-"""What the follow-up stage tells people goes through the notification centre: an urgent
-consultation to the consulting clinician, a prescription the pharmacy returned to its prescriber,
-a due follow-up step to the patient. Each once per recipient per event, in the app and by mail
-(a real SMTP server here) in the recipient's language, with a link and no clinical detail."""
+"""The follow-up stage's notifications: a message in a consultation tells the other party; a repeat
+scan that falls due tells the patient (to book it) and the clinician (it was ordered); an urgent
+consultation tells the consulting clinician; a prescription the pharmacy returned tells its
+prescriber; a due follow-up step tells the patient. Each once per recipient per event, in the app
+and by mail (a real SMTP server here) in the recipient's language, with a link and no clinical
+detail."""
 
 from __future__ import annotations
 
@@ -14,21 +16,63 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from followup.models import Consultation, FollowUpTask
-from followup.planning import send_due_reminders
+from followup.planning import open_due_repeat_scans, send_due_reminders
 from followup.service import open_consultation
 from hospital import notifications
-from hospital.models import Notification, User
+from hospital.models import MailStatus, Notification, User
 from hospital.seed import DemoSeed
 from tests.followup.test_consultation_and_pharmacy import signed_consultation
 from tests.followup.test_pharmacy import prescribe
+from tests.followup.test_planning import consultation_with_repeat_scan
 from tests.smtp import Mailbox, mail_through, smtp_server
 
 __all__ = ["mail_through", "smtp_server"]  # fixtures, used by name
 
+
+def told(session: Session, user: User) -> list[tuple[str, dict[str, Any]]]:
+    return [(n.kind, n.params) for n in session.scalars(
+        select(Notification).where(Notification.user_id == user.id).order_by(Notification.id))]
+
+
+def test_a_message_tells_the_other_party_only(
+    as_role: Any, db_session: Session, demo: DemoSeed, smtp_server: Mailbox, mail_through: Any,
+) -> None:
+    mail_through(smtp_server.port)
+    clinician, patient = demo.users["clinician"], demo.users["patient"]
+    clinician.email, patient.locale = "dr.k@hillside.example.org", "zh_CN"
+    consultation_id = signed_consultation(db_session, demo, (10, 10, 14, 14))
+    url = f"/api/consultations/{consultation_id}/messages"
+
+    assert as_role("patient").post(url, json={"body": "Is the nodule serious?"}).status_code == 201
+    assert told(db_session, clinician) == [("consultation_message", {"consultation_id": consultation_id})]
+    assert told(db_session, patient) == []
+    assert as_role("clinician").post(url, json={"body": "Small; we will repeat the scan."}).status_code == 201
+    assert told(db_session, patient) == [("consultation_message", {"consultation_id": consultation_id})]
+    assert len(told(db_session, clinician)) == 1
+
+    assert sorted(m["Subject"] for m in smtp_server.messages) == ["New message in your consultation", "您的问诊有新消息"]
+    assert all("nodule" not in m.get_content().lower() for m in smtp_server.messages), "no message text in a mail"
+
+
+def test_a_due_repeat_scan_tells_the_patient_and_the_clinician_once(db_session: Session, demo: DemoSeed) -> None:
+    task = consultation_with_repeat_scan(db_session, demo)
+    clinician, patient = demo.users["clinician"], demo.users["patient"]
+    assert open_due_repeat_scans(db_session) == []
+    assert told(db_session, patient) == []
+    assert len(open_due_repeat_scans(db_session, now=task.due_at + timedelta(minutes=1))) == 1
+    open_due_repeat_scans(db_session, now=task.due_at + timedelta(days=1))
+    assert told(db_session, patient) == [("repeat_scan_due", {"plan_id": task.care_plan_id})]
+    assert told(db_session, clinician) == [  # the consultation was urgent (a 30 mm finding): told then too
+        ("urgent_consultation", {"consultation_id": task.care_plan.consultation_id}),
+        ("repeat_scan_ordered", {"plan_id": task.care_plan_id})]
+    [to_patient] = db_session.scalars(select(Notification).where(Notification.user_id == patient.id))
+    assert to_patient.mail_status is MailStatus.PENDING, "the patient's record has an address"
+
+
 CLINICIAN_MAIL = "clinician@hillside.example.org"
 
 
-def told(db_session: Session, kind: str) -> list[Notification]:
+def told_of_kind(db_session: Session, kind: str) -> list[Notification]:
     return list(db_session.scalars(select(Notification).where(Notification.kind == kind).order_by(Notification.id)))
 
 
@@ -61,7 +105,7 @@ def test_an_urgent_consultation_is_told_to_the_consulting_clinician_once(
     assert again is not None and again.id == consultation_id  # a redelivered event: the same one, no second notice
     db_session.commit()
 
-    [notice] = told(db_session, "urgent_consultation")
+    [notice] = told_of_kind(db_session, "urgent_consultation")
     assert notice.user_id == clinician.id and link_of(app, notice) == f"/consultations/{consultation_id}"
     [mail] = smtp_server.messages
     assert smtp_server.envelopes == [[CLINICIAN_MAIL]] and mail["Subject"] == subject
@@ -71,7 +115,7 @@ def test_an_urgent_consultation_is_told_to_the_consulting_clinician_once(
 
 def test_a_routine_consultation_tells_nobody(db_session: Session, demo: DemoSeed, clinician: User) -> None:
     signed_consultation(db_session, demo, (10, 10, 14, 14))  # 4 mm
-    assert told(db_session, "urgent_consultation") == []
+    assert told_of_kind(db_session, "urgent_consultation") == []
 
 
 @pytest.mark.parametrize(("locale", "subject", "words"), [
@@ -93,7 +137,7 @@ def test_a_returned_prescription_is_told_to_its_prescriber_once_without_the_reas
     assert pharmacist.post(f"/api/medication-requests/{request_id}/return", json=reason).status_code == 200
     assert pharmacist.post(f"/api/medication-requests/{request_id}/return", json=reason).status_code == 409
 
-    [notice] = told(db_session, "prescription_returned")
+    [notice] = told_of_kind(db_session, "prescription_returned")
     assert notice.user_id == clinician.id and notice.event_key == f"prescription-returned:{request_id}"
     assert link_of(app, notice) == f"/consultations/{consultation_id}"
     [mail] = smtp_server.messages
@@ -120,7 +164,7 @@ def test_a_due_follow_up_step_is_told_to_the_patient_once_on_their_own_calendar(
     assert send_due_reminders(db_session, now=visit.due_at) == 0, "once"
     db_session.commit()
 
-    [reminder] = told(db_session, "follow_up_due")
+    [reminder] = told_of_kind(db_session, "follow_up_due")
     assert reminder.user_id == demo.users["patient"].id
     assert link_of(app, reminder) == f"/care-plans/{visit.care_plan_id}"
     [mail] = smtp_server.to(demo.patient.email or "")
