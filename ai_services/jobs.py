@@ -28,7 +28,6 @@ from ai_services.service import (
 )
 from hospital import metrics
 from hospital.db import get_db
-from hospital.notify import notifier
 from imaging_orders.archive.events import StudyCompleted
 
 logger = logging.getLogger(__name__)
@@ -95,8 +94,8 @@ def make_report_outputs(session: Session, event: AnalysisCompleted | ReportSigne
 
 
 def notify_report_amended(session: Session, event: ReportAmended) -> None:
-    """On `ReportAmended`: tell the referring clinician (once per addendum)."""
-    notify_referrer_of_amendment(session, event.addendum_id, notifier())
+    """On `ReportAmended`: tell the referring clinician and the patient (once each per addendum)."""
+    notify_referrer_of_amendment(session, event.addendum_id)
 
 
 def tell_report_signed(session: Session, event: ReportSigned) -> None:

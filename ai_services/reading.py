@@ -29,12 +29,11 @@ from hospital.access import patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput
-from hospital.i18n import for_user, format_number
+from hospital.i18n import format_number
 from hospital.i18n import gettext as _
 from hospital.jobs import publish
 from hospital.models import Role, User
 from hospital.notifications import notify, patient_users, practitioner_users
-from hospital.notify import Notifier, OutgoingMessage
 from referrals.public import Priority, ReferralSummary, referral_summaries, referral_summary
 
 logger = logging.getLogger(__name__)
@@ -167,23 +166,22 @@ def notify_report_signed(session: Session, report_id: int, patient_id: int, refe
     return len(told)
 
 
-def notify_referrer_of_amendment(session: Session, addendum_id: int, notifier: Notifier) -> bool:
-    """Tell the referring clinician that a report they asked for was amended (no PHI in the text).
-    Once per addendum: a job delivered twice sends nothing the second time."""
+def notify_referrer_of_amendment(session: Session, addendum_id: int) -> int:
+    """Tell the referring clinician and the patient that a report was amended: in the app, and by
+    mail where they have an address; once each per addendum, however often the event is
+    delivered, and without the addendum's text (it is on the report's page). Returns how many were
+    told now."""
     addendum = session.get(ReportAddendum, addendum_id, with_for_update=True)
-    if addendum is None or addendum.referrer_notified_at is not None:
-        return False
+    if addendum is None:
+        logger.info("addendum %s is gone; nobody to tell", addendum_id)
+        return 0
     report = session.get(DiagnosticReport, addendum.report_id)
-    referral = referral_summary(session, report.referral_id) if report and report.referral_id else None
-    if referral is None:
-        logger.info("addendum %s: no referral, so no referring clinician to tell", addendum_id)
-        return False
-    clinician = session.scalar(select(User).where(User.practitioner_id == referral.requester_id,
-                                                  User.role == Role.CLINICIAN))
-    addendum.referrer_notified_at = utcnow()
-    with for_user(clinician):  # in the clinician's language, not the worker's
-        subject = _("Imaging report amended")
-        body = _("A radiologist added an addendum to an imaging report you requested. Please sign in to read it.")
-    notifier.send(OutgoingMessage(channel="email", recipient=clinician.username if clinician else "",
-                                  subject=subject, body=body))
-    return True
+    assert report is not None  # foreign key
+    referral = referral_summary(session, report.referral_id) if report.referral_id is not None else None
+    clinicians = practitioner_users(session, referral.requester_id) if referral is not None else []
+    key = f"report-amended:{addendum.id}"
+    told = notify(session, clinicians, "report_amended", key, report_id=report.id)
+    told += notify(session, patient_users(session, report.patient_id), "report_updated", key, report_id=report.id)
+    if clinicians and addendum.referrer_notified_at is None:
+        addendum.referrer_notified_at = utcnow()
+    return len(told)

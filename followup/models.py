@@ -104,7 +104,9 @@ class FollowUpTask(Base):
 
 
 class Notification(Base):
-    """A reminder sent (or attempted) to a patient. Unique per task and kind: sent once."""
+    """A reminder sent (or attempted) to a patient before the notification centre: kept as the
+    record of what was sent, and read so a task reminded then is not reminded again. New reminders
+    are `hospital.models.Notification` rows (followup.planning.send_due_reminders)."""
 
     __tablename__ = "notification"
     __table_args__ = (UniqueConstraint("task_id", "kind"),)

@@ -35,7 +35,7 @@ from hospital.i18n import format_number
 from hospital.i18n import gettext as _
 from hospital.jobs import publish
 from hospital.models import Role, User
-from hospital.notify import OutgoingMessage, notifier
+from hospital.notifications import notify, practitioner_users
 from hospital.records import load_record
 
 logger = logging.getLogger(__name__)
@@ -172,11 +172,13 @@ def return_to_prescriber(session: Session, user: User, request_id: int, reason: 
     session.flush()
     record_access(session, user, "U", "MedicationRequest", request.id, patient_id=request.patient_id,
                   description="returned to the prescriber")
-    prescriber = session.scalar(select(User).where(User.practitioner_id == request.prescriber_id, User.role == Role.CLINICIAN))
-    if prescriber is not None:
-        notifier().send(OutgoingMessage(
-            channel="email", recipient=prescriber.username, subject="A prescription was returned by the pharmacy",
-            body="The pharmacy returned one of your prescriptions with a question. Please sign in to see it."))
+    if request.consultation_id is not None:
+        # Once per prescription: an on-hold prescription cannot be returned again.
+        notify(session, practitioner_users(session, request.prescriber_id), "prescription_returned",
+               f"prescription-returned:{request.id}", consultation_id=request.consultation_id)
+    else:
+        # Written before prescriptions belonged to a consultation: no page to send the prescriber to.
+        logger.warning("medication request %s has no consultation; its prescriber is not told", request.id)
     logger.info("medication request %s returned to its prescriber", request.id)
     return request
 

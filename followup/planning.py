@@ -13,19 +13,18 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import String, cast, literal, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.public import report_summary
-from followup.models import CarePlan, Consultation, FollowUpTask, Notification, TaskStatus
+from followup.models import CarePlan, Consultation, FollowUpTask, TaskStatus
+from followup.models import Notification as SentReminder
 from hospital import clock
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Forbidden
-from hospital.models import Patient, Role, User
+from hospital.models import Notification, Patient, Role, User
 from hospital.notifications import notify, patient_users
-from hospital.notify import Notifier, OutgoingMessage
 from imaging_orders.public import accept_follow_up_referral
 from referrals.public import Priority, ReferralRequest, create_referral, referral_summary
 
@@ -33,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 LOCAL_DUE_TIME = time(9, 0)
 REMINDER_HORIZON = timedelta(days=3)
+# A task's reminder is the notification with this event key and the task's id.
+REMINDER_KEY_PREFIX = "follow-up-due:"
 
 
 @dataclass(frozen=True)
@@ -166,38 +167,27 @@ def order_repeat_scan(session: Session, task: FollowUpTask, clinician: User) -> 
     return referral.referral_id
 
 
-def send_due_reminders(session: Session, notifier: Notifier, now: datetime | None = None) -> int:
-    """Remind patients of tasks due within the horizon; each task's reminder is sent once."""
+def send_due_reminders(session: Session, now: datetime | None = None) -> int:
+    """Remind patients of tasks due within the horizon, once per task: in the app, and by mail
+    where they have an address, in their language, with the due time on their calendar and no
+    more (what the task is, is on their plan's page). Returns how many were told now."""
     now = now or utcnow()
+    told_key = literal(REMINDER_KEY_PREFIX) + cast(FollowUpTask.id, String)
     tasks = session.scalars(
         select(FollowUpTask).where(
             FollowUpTask.status.in_([TaskStatus.REQUESTED, TaskStatus.IN_PROGRESS]),
             FollowUpTask.due_at <= now + REMINDER_HORIZON,
-            ~select(Notification.id).where(Notification.task_id == FollowUpTask.id,
-                                           Notification.kind == "task-due-reminder").exists(),
-        )
+            ~select(Notification.id).where(Notification.event_key == told_key).exists(),
+            # Reminded before the notification centre: kept in the stage's own table.
+            ~select(SentReminder.id).where(SentReminder.task_id == FollowUpTask.id,
+                                           SentReminder.kind == "task-due-reminder").exists(),
+        ).order_by(FollowUpTask.id)
     ).all()
-    sent = 0
+    told = 0
     for task in tasks:
         patient = session.get(Patient, task.patient_id)
-        assert patient is not None
-        local_due = task.due_at.astimezone(patient_zone(patient)) if task.due_at else None
-        message = OutgoingMessage(
-            channel="email" if patient.email else "sms",
-            recipient=patient.email or patient.phone or "",
-            subject="Reminder: a follow-up step is due",
-            body=f"Dear {patient.given_name}, {task.description.lower()} is due on "
-                 f"{local_due.strftime('%A %d %B %Y at %H:%M') if local_due else 'soon'}. "
-                 "Please sign in to book or contact your clinician.",
-        )
-        notification = Notification(patient_id=patient.id, task_id=task.id, kind="task-due-reminder",
-                                    channel=message.channel, recipient=message.recipient, subject=message.subject,
-                                    body=message.body)
-        try:
-            with session.begin_nested():
-                session.add(notification)
-        except IntegrityError:
-            continue  # another run sent it
-        notifier.send(message)
-        sent += 1
-    return sent
+        assert patient is not None  # foreign key
+        told += len(notify(session, patient_users(session, task.patient_id), "follow_up_due",
+                           f"{REMINDER_KEY_PREFIX}{task.id}", plan_id=task.care_plan_id,
+                           due=task.due_at.isoformat(), timezone=patient.timezone))
+    return told

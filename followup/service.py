@@ -33,7 +33,6 @@ from hospital.i18n import gettext as _
 from hospital.jobs import publish
 from hospital.models import Organization, OrganizationKind, Practitioner, Role, User
 from hospital.notifications import notify, patient_users, practitioner_users
-from hospital.notify import Notifier, OutgoingMessage, notifier
 from hospital.records import load_record
 from referrals.public import referral_summary
 
@@ -73,9 +72,8 @@ def open_consultation(session: Session, report_id: int) -> Consultation | None:
                                          f"{len(confirmed)} finding(s)", months=3 if urgent else 6)
     add_tasks(session, plan, (visit, repeat) if confirmed else (visit,), utcnow())
     if urgent:
-        notify_party(session, consultation, "clinician", "Urgent imaging result",
-                     "A signed imaging report with a large finding needs an urgent consultation. Please sign in.",
-                     notifier())
+        notify(session, practitioner_users(session, consultation.practitioner_id), "urgent_consultation",
+               f"consultation-urgent:{consultation.id}", consultation_id=consultation.id)
     logger.info("consultation %s opened for report %s (%s)", consultation.id, report.report_id, consultation.priority)
     return consultation
 
@@ -150,20 +148,6 @@ def _unread_for(user: User, statement: Select[Any]) -> Select[Any]:
     if user.role is Role.PATIENT:
         return statement.where(Consultation.patient_id == user.patient_id)
     return statement.where(Consultation.practitioner_id == user.practitioner_id)
-
-
-def notify_party(
-    session: Session, consultation: Consultation, role: str, subject: str, body: str, notifier: Notifier
-) -> None:
-    """Tell the patient or the consulting clinician that something needs them (no PHI in the text)."""
-    if role == "patient":
-        patient = consultation.patient
-        recipient, channel = (patient.email, "email") if patient.email else (patient.phone or "", "sms")
-    else:
-        clinician = session.scalar(select(User).where(User.practitioner_id == consultation.practitioner_id,
-                                                      User.role == Role.CLINICIAN))
-        recipient, channel = (clinician.username if clinician else "", "email")
-    notifier.send(OutgoingMessage(channel=channel, recipient=recipient, subject=subject, body=body))
 
 
 def get_consultation(session: Session, user: User, consultation_id: int, action: str = "R") -> Consultation:

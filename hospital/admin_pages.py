@@ -337,7 +337,7 @@ def _account_profile(form: MultiDict[str, str]) -> AccountProfile:
     return AccountProfile(
         patient_mrn=form.get("patient_mrn", ""), given_name=form.get("given_name", ""),
         family_name=form.get("family_name", ""), organization_id=int(organization) if organization else None,
-        timezone=form.get("timezone", ""),
+        timezone=form.get("timezone", ""), email=form.get("email", ""),
     )
 
 
@@ -349,6 +349,7 @@ def _profile_values(user: User) -> dict[str, str]:
         "family_name": user.practitioner.family_name if user.practitioner else "",
         "organization_id": str(user.organization_id or ""),
         "timezone": user.timezone or "",
+        "email": user.email or "",
     }
 
 

@@ -11,7 +11,8 @@ The four parts the issue asks for, and where each lives:
   What the role reads of the record is still `hospital.policy`'s row for it;
 - an alert: every active administrator is told once per grant (`alert_administrators`, a job
   dispatched after the grant commits, so no alert names a grant that was rolled back, and a
-  retried job tells nobody twice); the message names no patient and no reason (it is email);
+  retried job tells nobody twice), through the notification centre (in the app, and mailed to an
+  administrator with an address); it names no patient and no reason (it may be mailed);
 - a review: administrators list the grants at `/admin/emergency-access` and mark each reviewed with
   a note; a review is kept, never overwritten.
 
@@ -37,7 +38,7 @@ from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import gettext as _
 from hospital.jobs import enqueue
 from hospital.models import EmergencyAccess, Patient, Role, User
-from hospital.notify import OutgoingMessage, notifier
+from hospital.notifications import notify
 
 logger = logging.getLogger(__name__)
 
@@ -136,23 +137,18 @@ def active_grants(session: Session, user: User) -> list[EmergencyAccess]:
 
 
 def alert_administrators(session: Session, grant_id: int) -> None:
-    """Job: tell each active administrator, once, that a grant was made. The message names the
-    grant and the user, not the patient nor the reason (an email is not a place for PHI); the
-    review page shows the rest."""
+    """Job: tell each active administrator, once, that a grant was made (in the app, and by mail
+    where they have an address). The notification names the user and when the grant ends, not the
+    patient nor the reason (a mail is not a place for PHI); the review page shows the rest."""
     grant = session.get(EmergencyAccess, grant_id, with_for_update=True)
     if grant is None or grant.alerted_at is not None:
         logger.info("emergency access %s is gone or its alert was sent; nothing to do", grant_id)
         return
-    admins = session.scalars(select(User).where(User.role == Role.ADMIN, User.active.is_(True)).order_by(User.id))
-    send = notifier().send
-    body = (f"{grant.user.username} used emergency access (grant {grant.id}) to open a patient's record, "
-            f"until {grant.expires_at:%Y-%m-%d %H:%M} UTC. Review it at /admin/emergency-access.")
-    count = 0
-    for admin in admins:
-        send(OutgoingMessage(channel="email", recipient=admin.username, subject="Emergency access used", body=body))
-        count += 1
+    admins = list(session.scalars(select(User).where(User.role == Role.ADMIN, User.active.is_(True)).order_by(User.id)))
+    told = notify(session, admins, "emergency_access_used", f"emergency-access:{grant.id}",
+                  user=grant.user.username, until=grant.expires_at.isoformat())
     grant.alerted_at = utcnow()
-    logger.info("emergency access %s: %d administrator(s) alerted", grant.id, count)
+    logger.info("emergency access %s: %d administrator(s) alerted", grant.id, len(told))
 
 
 def list_grants(session: Session, limit: int) -> list[EmergencyAccess]:

@@ -47,6 +47,7 @@ from hospital.jobs import enqueue
 from hospital.models import MailStatus, Notification, Role, User
 from hospital.notify import OutgoingMessage, is_mail_address, notifier
 from hospital.periodic import register_periodic
+from hospital.web import reader_timezone
 
 logger = logging.getLogger(__name__)
 
@@ -56,24 +57,38 @@ RESEND_HANDLER = "hospital.notifications.resend_pending_mail"
 LIST_LIMIT = 100
 
 
-def _describe_appointment(params: dict[str, Any]) -> dict[str, str]:
+def _describe_appointment(params: dict[str, Any], reader: User) -> dict[str, str]:
+    # On the centre's clock: the patient travels to it.
     start = datetime.fromisoformat(params["start"]) if params.get("start") else None
     return {"when": i18n.local_datetime(start, params.get("timezone")),
             "place": params.get("centre") or _("the imaging centre")}
 
 
+def _describe_task_due(params: dict[str, Any], reader: User) -> dict[str, str]:
+    # On the patient's own calendar, where the due date was set ("in 3 months, at 09:00").
+    due = datetime.fromisoformat(params["due"]) if params.get("due") else None
+    return {"when": i18n.local_datetime(due, params.get("timezone") or reader_timezone(reader))}
+
+
+def _describe_emergency_access(params: dict[str, Any], reader: User) -> dict[str, str]:
+    # On the administrator's own clock: they may be anywhere the hospital's staff are.
+    until = datetime.fromisoformat(params["until"]) if params.get("until") else None
+    return {"user": str(params.get("user", "")), "until": i18n.local_datetime(until, reader_timezone(reader))}
+
+
 @dataclass(frozen=True)
 class NotificationKind:
     """How one kind of notification reads and where it leads. `title` and `body` may hold
-    `%(name)s` placeholders, filled from the row's params (through `describe` when they need
-    formatting for the reader: a time on their clock, in their language)."""
+    `%(name)s` placeholders, filled from the row's params (through `describe`, given the params
+    and the reader, when they need formatting for the reader: a time on a clock, in their
+    language)."""
 
     name: str
     title: LazyString
     body: LazyString
     endpoint: str
     link_params: tuple[str, ...] = ()
-    describe: Callable[[dict[str, Any]], dict[str, str]] | None = field(default=None, compare=False)
+    describe: Callable[[dict[str, Any], User], dict[str, str]] | None = field(default=None, compare=False)
 
 
 KINDS: dict[str, NotificationKind] = {kind.name: kind for kind in (
@@ -101,6 +116,31 @@ KINDS: dict[str, NotificationKind] = {kind.name: kind for kind in (
         "repeat_scan_ordered", _l("A repeat scan is due"),
         _l("A repeat scan planned in one of your consultations is due and has been ordered for the patient."),
         "care_plans.plan_page", ("plan_id",)),
+    NotificationKind(
+        "report_amended", _l("Imaging report amended"),
+        _l("A radiologist added an addendum to an imaging report you requested. Open it to read the addendum."),
+        "ai_services.report_page", ("report_id",)),
+    NotificationKind(
+        "report_updated", _l("Your imaging report was updated"),
+        _l("A radiologist added an addendum to the report on your scan. Your doctor will go through it with you."),
+        "ai_services.report_page", ("report_id",)),
+    NotificationKind(
+        "urgent_consultation", _l("Urgent imaging result"),
+        _l("A signed imaging report needs an urgent consultation with your patient. Open the consultation to "
+           "arrange it."),
+        "followup.consultation_page", ("consultation_id",)),
+    NotificationKind(
+        "prescription_returned", _l("A prescription was returned by the pharmacy"),
+        _l("The pharmacy returned one of your prescriptions with a question. Open the consultation to see why."),
+        "followup.consultation_page", ("consultation_id",)),
+    NotificationKind(
+        "follow_up_due", _l("Reminder: a follow-up step is due"),
+        _l("A step of your follow-up plan is due on %(when)s. Open your plan to book it, or write to your doctor."),
+        "care_plans.plan_page", ("plan_id",), _describe_task_due),
+    NotificationKind(
+        "emergency_access_used", _l("Emergency access used"),
+        _l("%(user)s used emergency access to open a patient's record, until %(until)s. Please review it."),
+        "emergency.review_page", (), _describe_emergency_access),
 )}
 
 
@@ -244,7 +284,7 @@ def show(notification: Notification) -> ShownNotification:
         return ShownNotification(notification.id, notification.kind, _("Notification"), "",
                                  _path("notifications.notifications_page", {}), notification.created_at,
                                  notification.read_at is not None)
-    values = kind.describe(params) if kind.describe is not None else params
+    values = kind.describe(params, notification.user) if kind.describe is not None else params
     link = {name: params[name] for name in kind.link_params if name in params}
     return ShownNotification(
         notification.id, kind.name, str(kind.title) % values, str(kind.body) % values,
@@ -253,7 +293,7 @@ def show(notification: Notification) -> ShownNotification:
 
 
 def target_path(notification: Notification) -> str:
-    """Where opening `notification` leads: the report, consultation, appointments or plan."""
+    """Where opening `notification` leads: the report, consultation, appointments, plan or review list."""
     return show(notification).path
 
 

@@ -70,7 +70,7 @@ class SmtpNotifier:
 
     A connection per message is slower than a pooled one but has no state to go stale between jobs
     in a forked worker. Messages for a channel other than email, or for a recipient that is not an
-    address (older callers name a username), are logged and not sent.
+    address (a username, a phone number), are logged and not sent.
     """
 
     def __init__(self, host: str, port: int, sender: str, *, username: str | None = None,

@@ -43,6 +43,7 @@ from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import gettext as _
 from hospital.i18n import lazy_gettext as _l
 from hospital.models import Organization, OrganizationKind, Patient, Practitioner, Role, User
+from hospital.notify import is_mail_address
 from hospital.ratelimit import check_rate
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ MIN_PASSWORD_LENGTH = 12
 # scrypt's cost grows with the input; a bound keeps a pasted megabyte from tying up a worker.
 MAX_PASSWORD_LENGTH = 256
 NAME_MAX_LENGTH = 100  # Practitioner.given_name / family_name
+EMAIL_MAX_LENGTH = 200  # User.email
 # What the APIs answer (403) to an account that still has a temporary password.
 PASSWORD_CHANGE_REQUIRED = (
     "the password was set by an administrator and must be changed first, in the web app at /account/password"
@@ -152,6 +154,7 @@ class AccountProfile:
     family_name: str = ""
     organization_id: int | None = None
     timezone: str = ""  # IANA zone the user reads times in; empty: their record's or organisation's
+    email: str = ""  # where their notifications are mailed; empty: in the app only (a patient: their record's)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class _Links:
     organization: Organization | None = None
     names: tuple[str, str] | None = None  # (given, family) of the account's Practitioner
     timezone: str | None = None
+    email: str | None = None
 
 
 def _require_admin(admin: User, what: str) -> None:
@@ -261,14 +265,19 @@ def change_role(session: Session, admin: User, user_id: int, role: Role, profile
     before = _reach(user)
     names_before = _practitioner_state(user)
     zone_before = user.timezone
+    email_before = user.email
     _apply_links(session, user, role, links)
     session.flush()
-    if _reach(user) == before and _practitioner_state(user) == names_before and user.timezone == zone_before:
+    if (_reach(user) == before and _practitioner_state(user) == names_before and user.timezone == zone_before
+            and user.email == email_before):
         return user
     revoked = revoke_user_tokens(session, user) if _reach(user) != before else 0
     change = f"role {old_role.value} -> {role.value}" if role is not old_role else f"profile changed ({role.value})"
     if user.timezone != zone_before:
         change += f"; time zone {zone_before or 'unset'} -> {user.timezone or 'unset'}"
+    if user.email != email_before:
+        # Which way, not the address: the audit trail and the log name no one.
+        change += "; email " + ("set" if email_before is None else "removed" if user.email is None else "changed")
     record_access(session, admin, "U", "User", user.id, patient_id=user.patient_id,
                   description=f"{change}; {revoked} token(s) revoked")
     logger.info("user %s: %s by user %s; %d token(s) revoked", user.id, change, admin.id, revoked)
@@ -438,7 +447,20 @@ def _resolve_profile(session: Session, role: Role, profile: AccountProfile, user
                     kind=ORGANIZATION_KIND_AS_NOUN[organization.kind], account=account, kinds=kinds,
                 ))
     zone = clock.valid_zone_name(profile.timezone) if profile.timezone.strip() else None
-    return _Links(patient=patient, organization=organization, names=names, timezone=zone)
+    return _Links(patient=patient, organization=organization, names=names, timezone=zone,
+                  email=_checked_email(profile.email))
+
+
+def _checked_email(value: str) -> str | None:
+    """The address an account's notifications are mailed to, as typed but trimmed; None when left
+    empty. Not unique: a ward or a pharmacy may share one mailbox."""
+    address = value.strip()
+    if not address:
+        return None
+    if len(address) > EMAIL_MAX_LENGTH or not is_mail_address(address):
+        raise InvalidInput(_("%(value)s is not an email address; write it as name@example.org",
+                             value=repr(address[:64])))
+    return address
 
 
 def _ensure_patient_unclaimed(session: Session, patient_id: int, user_id: int | None) -> None:
@@ -462,6 +484,8 @@ def _apply_links(session: Session, user: User, role: Role, links: _Links) -> Non
     user.organization = links.organization
     if user.timezone != links.timezone:
         user.timezone = links.timezone
+    if user.email != links.email:
+        user.email = links.email
     if links.names is None:
         user.practitioner = None
         return

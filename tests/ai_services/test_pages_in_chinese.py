@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -20,10 +21,10 @@ from sqlalchemy.orm import Session
 
 from ai_services.models import DiagnosticReport, ModelPackage, ModelVersion, ReportStatus, ReviewStatus
 from ai_services.reading import add_addendum, notify_referrer_of_amendment
+from hospital import notifications
 from hospital.clock import utcnow
 from hospital.i18n import user_display_name
-from hospital.models import Organization
-from hospital.notify import OutgoingMessage
+from hospital.models import Notification, Organization
 from hospital.seed import DemoSeed
 from referrals.models import Referral
 from tests.ai_services.package_factory import make_classifier_package
@@ -31,6 +32,9 @@ from tests.ai_services.test_drift import three_centres
 from tests.ai_services.test_report_pages import store_slices
 from tests.factories import make_preliminary_report
 from tests.pages import choose_language, csrf_token_of, sign_in
+from tests.smtp import Mailbox, mail_through, smtp_server
+
+__all__ = ["mail_through", "smtp_server"]  # fixtures, used by name
 
 # Words that are the same in both languages: standards, units, a key's name, the box's coordinates,
 # statistics' symbols.
@@ -220,26 +224,32 @@ def test_the_summary_a_radiologist_signs_is_in_the_language_they_read_the_previe
     assert stored is not None and stored.conclusion == "放射科医生确认 1 处异常（最大 8 mm）。"
 
 
-class _Outbox:
-    def __init__(self) -> None:
-        self.sent: list[OutgoingMessage] = []
-
-    def send(self, message: OutgoingMessage) -> None:
-        self.sent.append(message)
-
-
-def test_the_referring_clinician_is_told_of_an_addendum_in_their_own_language(
-    app: Flask, demo: DemoSeed, db_session: Session,
+def test_an_addendum_is_told_to_the_clinician_and_the_patient_each_in_their_own_language(
+    app: Flask, demo: DemoSeed, db_session: Session, smtp_server: Mailbox, mail_through: Any,
 ) -> None:
     report = _signed_report(db_session, demo)
-    demo.users["clinician"].locale = "zh_CN"
+    clinician, patient = demo.users["clinician"], demo.users["patient"]
+    clinician.locale, clinician.email = "zh_CN", "clinician@hillside.example.org"
+    patient.locale = "en"  # mailed at their record's address
     addendum = add_addendum(db_session, demo.users["radiologist"], report.id, "与前片比较：无变化。")
-    outbox = _Outbox()
+    mail_through(smtp_server.port)
     with app.test_request_context("/", headers={"Accept-Language": "en"}):  # whoever runs it reads English
-        assert notify_referrer_of_amendment(db_session, addendum.id, outbox)
-    [message] = outbox.sent
-    assert message.recipient == "clinician" and message.subject == "影像报告已修订"
-    assert "请登录查看" in message.body and "无变化" not in message.body  # no clinical content in a mail
+        assert notify_referrer_of_amendment(db_session, addendum.id) == 2
+        assert notify_referrer_of_amendment(db_session, addendum.id) == 0, "a redelivered event tells nobody twice"
+    db_session.commit()  # the mail jobs run after the commit
+
+    told = db_session.scalars(select(Notification).where(Notification.event_key == f"report-amended:{addendum.id}")
+                              .order_by(Notification.id)).all()
+    assert [(n.user_id, n.kind) for n in told] == [(clinician.id, "report_amended"), (patient.id, "report_updated")]
+    assert addendum.referrer_notified_at is not None
+    [chinese] = smtp_server.to("clinician@hillside.example.org")
+    [english] = smtp_server.to(demo.patient.email or "")
+    assert chinese["Subject"] == "影像报告已修订" and "请打开报告查看" in chinese.get_content()
+    assert english["Subject"] == "Your imaging report was updated"
+    for mail in (chinese, english):  # no clinical content in a mail: the addendum is on the report's page
+        assert "无变化" not in mail.get_content() and "结节" not in mail.get_content()
+    with app.test_request_context("/"):
+        assert notifications.target_path(told[0]) == f"/reports/{report.id}"
 
 
 def test_the_model_page_and_its_drift_table_in_chinese(client: FlaskClient, demo: DemoSeed, db_session: Session) -> None:

@@ -4,13 +4,11 @@ confirmation, and addenda that make a signed report `amended`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -22,8 +20,7 @@ from ai_services.models import DiagnosticReport, ReportAddendum, ReportStatus, R
 from ai_services.public import ReportAmended
 from billing.models import ChargeItem
 from followup.models import Consultation
-from hospital.models import AuditEvent, JobRecord
-from hospital.notify import OutgoingMessage
+from hospital.models import AuditEvent, JobRecord, Notification
 from hospital.seed import DemoSeed
 from imaging_orders.archive.models import ImagingInstance
 from referrals.models import Priority, Referral
@@ -45,23 +42,6 @@ def _accept_all(session: Session, report: DiagnosticReport) -> None:
     for finding in report.findings:
         finding.review_status = ReviewStatus.ACCEPTED
     session.flush()
-
-
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.sent: list[OutgoingMessage] = []
-
-    def send(self, message: OutgoingMessage) -> None:
-        self.sent.append(message)
-
-
-@pytest.fixture()
-def notifier(app: Flask) -> Iterator[RecordingNotifier]:
-    original = app.extensions["hospital.notifier"]
-    recording = RecordingNotifier()
-    app.extensions["hospital.notifier"] = recording
-    yield recording
-    app.extensions["hospital.notifier"] = original
 
 
 def test_reading_list_orders_by_clinical_priority_then_ai_urgency(
@@ -161,7 +141,7 @@ def test_sign_shows_a_preview_and_signs_only_when_confirmed(
 
 
 def test_an_addendum_amends_a_signed_report_and_keeps_the_original(
-    as_role: Any, client: FlaskClient, demo: DemoSeed, db_session: Session, notifier: RecordingNotifier
+    as_role: Any, client: FlaskClient, demo: DemoSeed, db_session: Session
 ) -> None:
     report = make_preliminary_report(db_session, demo, [(4, 4, 12, 12)])
     _accept_all(db_session, report)
@@ -185,10 +165,9 @@ def test_an_addendum_amends_a_signed_report_and_keeps_the_original(
     handlers = db_session.scalars(select(JobRecord.handler).where(JobRecord.event == ReportAmended.name)).all()
     assert sorted(handlers) == ["ai_services.jobs.make_report_outputs", "ai_services.jobs.notify_report_amended",
                                 "integration.jobs.send_results_for_amendment"]
-    # The referring clinician is told (the inline job ran after the commit), without PHI.
-    amended_messages = [m for m in notifier.sent if m.subject == "Imaging report amended"]
-    assert len(amended_messages) == 1 and amended_messages[0].recipient == "clinician"
-    assert "Compared" not in amended_messages[0].body
+    # The referring clinician and the patient are told, once each (the inline job ran after the commit).
+    told = db_session.scalars(select(Notification.kind).where(Notification.event_key.like("report-amended:%"))).all()
+    assert sorted(told) == ["report_amended", "report_updated"]
     # On the page, the original conclusion and the addendum both show.
     sign_in(client, "clinician")
     page = client.get(f"/reports/{report.id}").get_data(as_text=True)
@@ -209,7 +188,7 @@ def test_the_addendum_form_on_the_page(client: FlaskClient, demo: DemoSeed, db_s
 
 
 def test_an_addendum_adds_no_charge_and_no_second_consultation(
-    as_role: Any, demo: DemoSeed, db_session: Session, notifier: RecordingNotifier
+    as_role: Any, demo: DemoSeed, db_session: Session
 ) -> None:
     report = make_preliminary_report(db_session, demo, [(4, 4, 30, 30)])
     _accept_all(db_session, report)

@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.models import ReportStatus, ReviewStatus
-from followup.models import FollowUpTask, Notification, TaskStatus
+from followup.models import FollowUpTask, TaskStatus
+from followup.models import Notification as SentReminder
 from followup.planning import add_months, due_at, open_due_repeat_scans, send_due_reminders
 from followup.service import open_consultation
-from hospital.notify import LogNotifier, OutgoingMessage
+from hospital.models import Notification
 from hospital.periodic import enqueue_periodic_jobs
 from hospital.seed import DemoSeed
 from referrals.models import Referral, ReferralStatus
@@ -78,19 +79,26 @@ def test_reminders_are_sent_once_without_phi_in_the_log(
     db_session: Session, demo: DemoSeed, caplog: pytest.LogCaptureFixture
 ) -> None:
     task = consultation_with_repeat_scan(db_session, demo)
-    sent: list[OutgoingMessage] = []
-
-    class Recorder(LogNotifier):
-        def send(self, message: OutgoingMessage) -> None:
-            sent.append(message)
-            super().send(message)
-
     with caplog.at_level(logging.INFO):
-        assert send_due_reminders(db_session, Recorder(), now=task.due_at - timedelta(days=1)) == 2  # visit + scan
-        assert send_due_reminders(db_session, Recorder(), now=task.due_at) == 0
-    assert db_session.scalar(select(func.count()).select_from(Notification)) == 2
-    assert sent[0].recipient == demo.patient.email and "is due on" in sent[0].body
+        assert send_due_reminders(db_session, now=task.due_at - timedelta(days=1)) == 2  # visit + scan
+        assert send_due_reminders(db_session, now=task.due_at) == 0
+        db_session.commit()  # the mail jobs run (the log notifier: nothing leaves the process)
+    reminders = db_session.scalars(select(Notification).where(Notification.kind == "follow_up_due")).all()
+    assert len(reminders) == 2 and {n.user_id for n in reminders} == {demo.users["patient"].id}
     assert demo.patient.email not in caplog.text and demo.patient.given_name not in caplog.text
+
+
+def test_a_task_reminded_before_the_notification_centre_is_not_reminded_again(
+    db_session: Session, demo: DemoSeed
+) -> None:
+    task = consultation_with_repeat_scan(db_session, demo)
+    db_session.add(SentReminder(patient_id=demo.patient.id, task_id=task.id, kind="task-due-reminder", channel="email",
+                                recipient="a***", subject="Reminder: a follow-up step is due", body="(sent)"))
+    db_session.flush()
+    assert send_due_reminders(db_session, now=task.due_at - timedelta(days=1)) == 1  # the visit only
+    visit = db_session.scalar(select(FollowUpTask.id).where(FollowUpTask.kind == "visit"))
+    assert db_session.scalars(select(Notification.event_key).where(Notification.kind == "follow_up_due")).all() == [
+        f"follow-up-due:{visit}"]
 
 
 def test_templates_and_overdue_list(db_session: Session, demo: DemoSeed, as_role: Any) -> None:

@@ -13,32 +13,33 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from hospital import notifications
 from hospital.clock import utcnow
 from hospital.emergency import EMERGENCY_ACCESS, alert_administrators
-from hospital.models import AuditEvent, EmergencyAccess, Role, User
-from hospital.notify import OutgoingMessage
+from hospital.models import AuditEvent, EmergencyAccess, Notification, Role, User
 from hospital.seed import DemoSeed
 from imaging_orders.archive.models import ImagingStudy
 from tests.ai_services.test_report_pages import store_slices
 from tests.referrals.test_referral_pages import csrf_token_of, sign_in
 from tests.security.care_world import CareWorld, make_care_world
+from tests.smtp import Mailbox, mail_through, smtp_server
+
+__all__ = ["mail_through", "smtp_server"]  # fixtures, used by name
 
 REASON = "unconscious in the emergency department, no referring clinician reachable"
 
 
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.sent: list[OutgoingMessage] = []
-
-    def send(self, message: OutgoingMessage) -> None:
-        self.sent.append(message)
+ADMIN_MAIL = "admin@hospital.example.org"
 
 
 @pytest.fixture()
-def alerts(app: Flask, monkeypatch: pytest.MonkeyPatch) -> RecordingNotifier:
-    recording = RecordingNotifier()
-    monkeypatch.setitem(app.extensions, "hospital.notifier", recording)
-    return recording
+def alerts(db_session: Session, demo: DemoSeed, smtp_server: Mailbox, mail_through: Any) -> Mailbox:
+    """The administrators' alerts as they arrive at a real SMTP server: the demo administrator has
+    an address on their account."""
+    demo.users["admin"].email = ADMIN_MAIL
+    db_session.commit()
+    mail_through(smtp_server.port)
+    return smtp_server
 
 
 @pytest.fixture()
@@ -60,7 +61,7 @@ def test_without_a_grant_a_clinician_is_refused(as_role: Any, world: CareWorld, 
 
 
 def test_a_reason_opens_the_record_everywhere_and_is_audited(
-    as_role: Any, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: RecordingNotifier
+    as_role: Any, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: Mailbox
 ) -> None:
     clinician = as_role("clinician")
     granted = clinician.post("/api/emergency-access", json={"patient_id": demo.patient.id, "reason": REASON})
@@ -127,24 +128,40 @@ def test_the_grant_ends_by_itself(
 
 
 def test_administrators_are_alerted_once_per_grant(
-    as_role: Any, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: RecordingNotifier
+    app: Flask, as_role: Any, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: Mailbox
 ) -> None:
     admin = demo.users["admin"]
-    second = User(username="admin2", role=Role.ADMIN, password_hash=admin.password_hash)
+    second = User(username="admin2", role=Role.ADMIN, password_hash=admin.password_hash, locale="zh_CN",
+                  timezone="Asia/Shanghai", email="admin2@hospital.example.org")
     retired = User(username="admin_retired", role=Role.ADMIN, password_hash=admin.password_hash, active=False)
     db_session.add_all([second, retired])
     db_session.commit()
     clinician = as_role("clinician")
     payload = {"patient_id": demo.patient.id, "reason": REASON}
     assert clinician.post("/api/emergency-access", json=payload).status_code == 201
-    assert sorted(m.recipient for m in alerts.sent) == ["admin", "admin2"]
-    assert all("emergency access" in m.subject.lower() for m in alerts.sent)
-    assert all(REASON not in m.body and demo.patient.family_name not in m.body for m in alerts.sent)  # no PHI
+    # One notification per active administrator, in the app; a mail to each with an address, in
+    # their own language, naming who and until when on the reader's clock, and no patient nor reason.
+    told = db_session.scalars(select(Notification).where(Notification.kind == "emergency_access_used")
+                              .order_by(Notification.user_id)).all()
+    assert [n.user_id for n in told] == [admin.id, second.id]
+    [english] = alerts.to(ADMIN_MAIL)
+    [chinese] = alerts.to("admin2@hospital.example.org")
+    assert len(alerts.messages) == 2
+    assert english["Subject"] == "Emergency access used" and chinese["Subject"] == "有人使用了紧急访问"
+    assert "clinician used emergency access to open a patient's record, until " in english.get_content()
+    assert "UTC. Please review it." in english.get_content()
+    assert "clinician 使用紧急访问打开了一位患者的病历，有效期至 " in chinese.get_content()
+    assert "CST。请进行审核。" in chinese.get_content()  # on their own clock (Asia/Shanghai)
+    for mail in (english, chinese):  # no PHI
+        assert REASON not in mail.get_content() and demo.patient.family_name not in mail.get_content()
+        assert demo.patient.mrn not in mail.get_content()
+    with app.test_request_context("/"):
+        assert notifications.target_path(told[0]) == "/admin/emergency-access"
 
     # Asking again while the grant is active changes nothing: the same grant, no second alert.
     again = clinician.post("/api/emergency-access", json=payload)
     assert again.status_code == 200 and again.get_json()["id"] == _grants(db_session)[0].id
-    assert len(alerts.sent) == 2 and len(_grants(db_session)) == 1
+    assert len(alerts.messages) == 2 and len(_grants(db_session)) == 1
     assert _grants(db_session)[0].alerted_at is not None
 
 
@@ -196,7 +213,7 @@ def test_reviewing_a_grant_records_who_and_when(
 
 
 def test_a_clinician_breaks_the_glass_from_the_page(
-    client: FlaskClient, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: RecordingNotifier
+    client: FlaskClient, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: Mailbox
 ) -> None:
     sign_in(client, "clinician")
     refused = client.get(f"/reports/{world.report.id}")
@@ -212,7 +229,7 @@ def test_a_clinician_breaks_the_glass_from_the_page(
                                                     "next": f"/reports/{world.report.id}"})
     assert opened.status_code == 302 and opened.headers["Location"].endswith(f"/reports/{world.report.id}")
     assert client.get(f"/reports/{world.report.id}").status_code == 200
-    assert len(alerts.sent) == 1
+    assert len(alerts.messages) == 1
 
 
 def test_a_radiologist_breaks_the_glass_for_dicomweb_too(
@@ -235,11 +252,11 @@ def test_a_radiologist_breaks_the_glass_for_dicomweb_too(
 
 
 def test_the_alert_job_run_twice_alerts_once(
-    as_role: Any, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: RecordingNotifier
+    as_role: Any, db_session: Session, world: CareWorld, demo: DemoSeed, alerts: Mailbox
 ) -> None:
     as_role("clinician").post("/api/emergency-access", json={"patient_id": demo.patient.id, "reason": REASON})
     (grant,) = _grants(db_session)
-    assert len(alerts.sent) == 1
+    assert len(alerts.messages) == 1
     alert_administrators(db_session, grant.id)  # a redelivered job (RQ retry, the sweeper)
     alert_administrators(db_session, 999_999)  # a grant that is gone: nothing, quietly
-    assert len(alerts.sent) == 1
+    assert len(alerts.messages) == 1
