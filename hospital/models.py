@@ -12,7 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
 from hospital.db import Base
-from hospital.dicom_text import dicom_person_name
+from hospital.dicom_text import dicom_person_name, is_han
 
 
 def enum_column(enum_cls: type[enum.Enum]) -> Enum:
@@ -52,16 +52,11 @@ class Organization(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def _is_han(text: str) -> bool:
-    return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\U00020000" <= ch <= "\U0002ffff"
-               for ch in text)
-
-
 def person_name(family: str, given: str) -> str:
     """A name the way its own script writes it: Chinese (Han) names family first with no space
     ("王小明"), others given first ("Anna Meier"), whatever language the page is in."""
     family, given = family.strip(), given.strip()
-    if _is_han(family + given):
+    if is_han(family + given):
         return f"{family}{given}"
     return f"{given} {family}".strip()
 
