@@ -36,7 +36,9 @@ def accepted_ct_referral(as_role: Any, demo: DemoSeed) -> int:
 def free_ct_slots(db_session: Session, demo: DemoSeed) -> list[Slot]:
     schedule = demo.extra["schedule"]
     return list(db_session.scalars(
-        select(Slot).where(Slot.schedule_id == schedule.id, Slot.status == SlotStatus.FREE).order_by(Slot.start)))
+        # Bookable: free and not yet begun (the seeded day's first slots pass as the day goes on).
+        select(Slot).where(Slot.schedule_id == schedule.id, Slot.status == SlotStatus.FREE, Slot.start >= utcnow())
+        .order_by(Slot.start)))
 
 
 def set_centre_zone(db_session: Session, demo: DemoSeed, zone: str) -> None:
