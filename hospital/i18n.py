@@ -119,8 +119,7 @@ def catalog_directories(app: Flask) -> list[Path]:
 
 def _point_babel_at_catalogs(app: Flask) -> None:
     # Flask-Babel reads this list when it first translates in an app; stages are wired before that.
-    # Only folders that hold catalogs: Flask-Babel takes the plural rule of the last one it loads, and
-    # a missing one would give Chinese English's two forms (and its strings the untranslated plural).
+    # Only folders that exist (a stage may have no strings yet): nothing to load from the others.
     present = [str(path) for path in catalog_directories(app) if path.is_dir()]
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = ";".join(present)
     app.extensions["babel"].translation_directories = present

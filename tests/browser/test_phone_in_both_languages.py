@@ -16,28 +16,23 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from ai_services.models import ReportStatus, ReviewStatus
-from billing import jobs
-from followup.service import open_consultation
+from followup.models import Consultation
 from hospital import i18n
 from hospital.db import get_db
 from tests.browser.conftest import LiveSite, has_horizontal_scroll, login, screenshot
-from tests.factories import make_preliminary_report, study_completed
+from tests.browser.test_follow_up_plan import consultation_with_a_charged_scan
 
 pytestmark = pytest.mark.browser
 HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
 def signed_report_with_consultation(site: LiveSite) -> tuple[int, int]:
+    """test_follow_up_plan's signed report with its consultation and charged scan: (report, consultation)."""
+    consultation_id = consultation_with_a_charged_scan(site)
     with site.app.app_context(), get_db(site.app).transaction() as session:
-        report = make_preliminary_report(session, site.demo, [(10, 10, 14, 14)])
-        for finding in report.findings:
-            finding.review_status = ReviewStatus.ACCEPTED
-        report.status = ReportStatus.FINAL
-        jobs.charge_scan(session, study_completed(session, report.study_id))
-        consultation = open_consultation(session, report.id)
+        consultation = session.get(Consultation, consultation_id)
         assert consultation is not None
-        return report.id, consultation.id
+        return consultation.report_id, consultation_id
 
 
 def words(site: LiveSite, locale: str, message: str, **values: Any) -> str:
