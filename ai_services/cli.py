@@ -20,7 +20,7 @@ from ai_services.evaluation import (
 )
 from ai_services.jobs import retraining_output_dir
 from ai_services.package_cli import package_group
-from ai_services.retraining import RetrainConfig, retrain
+from ai_services.retraining import DatasetExportError, RetrainConfig, retrain
 from ai_services.service import register_model_version
 from ai_services.training import HELDOUT_SEED_BASE, evaluate_model, train_model
 from hospital.db import get_db
@@ -102,14 +102,22 @@ def register_command(weights: Path | None, activate: bool) -> None:
               help="the primary gain's 95% CI lower bound must exceed this")
 @click.option("--tolerance", type=float, default=RetrainConfig.tolerance, show_default=True,
               help="largest drop allowed on any secondary check")
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="train on a research dataset version exported with `hospital research dataset export` "
+                   "instead of this platform's signed reports")
 @with_appcontext
-def retrain_command(out_dir: Path | None, seed: int, steps: int, margin: float, tolerance: float) -> None:
-    """Fine-tune a candidate on signed reports' reviewed findings; promote it only if it is better."""
+def retrain_command(out_dir: Path | None, seed: int, steps: int, margin: float, tolerance: float,
+                    dataset_dir: Path | None) -> None:
+    """Fine-tune a candidate on reviewed findings (this platform's signed reports, or an exported
+    research dataset version); promote it only if it is better."""
     config = RetrainConfig(**{**current_app.config.get("AI_RETRAIN_CONFIG", {}),
                               "seed": seed, "steps": steps, "margin": margin, "tolerance": tolerance})
     with get_db().transaction() as session:
-        version = retrain(session, Path(current_app.config["DICOM_STORAGE_DIR"]),
-                          out_dir or retraining_output_dir(current_app), config)
+        try:
+            version = retrain(session, Path(current_app.config["DICOM_STORAGE_DIR"]),
+                              out_dir or retraining_output_dir(current_app), config, dataset_dir=dataset_dir)
+        except DatasetExportError as exc:
+            raise click.ClickException(str(exc)) from exc
         if version is None:
             click.echo("nothing to retrain (no active model, too few new labels, or these labels were already used)")
             return

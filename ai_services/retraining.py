@@ -73,7 +73,7 @@ from ai_services.models import (
     ReviewStatus,
 )
 from ai_services.network import CONTEXT_SLICES, WINDOWS, LesionUNet
-from ai_services.series_reader import read_ct_volume
+from ai_services.series_reader import SeriesReadError, read_ct_volume
 from ai_services.service import DEFAULT_MODEL_NAME, activate_model_version, active_model_version, register_model_version
 from ai_services.training import (
     SIZE_GROUPS,
@@ -132,13 +132,21 @@ class LabelBox:
 class ReviewedCase:
     """One signed report's labels, on the series the AI analysed."""
 
-    study_id: int
-    report_id: int
+    study_id: int | None  # None for a case read from a research dataset export
+    report_id: int | None
     instance_paths: list[Path]  # slice order, as analysed
     pixel_spacing_mm: tuple[float, float]
     positives: list[LabelBox]
     negatives: list[LabelBox]
     heldout: bool
+    research_study_uid: str | None = None  # the export's (de-identified) StudyInstanceUID
+
+    @property
+    def key(self) -> int | str:
+        """What identifies the case in a label set's digest: the report, or the research study."""
+        if self.report_id is not None:
+            return self.report_id
+        return f"research:{self.research_study_uid}"
 
 
 @dataclass
@@ -154,6 +162,9 @@ class LabelledSlice:
 class ReviewedLabels:
     cases: list[ReviewedCase]
     finetune: list[LabelledSlice]
+    # Where the labels came from when not the platform's own signed reports: a research dataset
+    # version (its number and manifest SHA-256), kept in the candidate's manifest as provenance.
+    dataset: dict[str, Any] | None = None
 
     @property
     def heldout(self) -> list[ReviewedCase]:
@@ -161,7 +172,7 @@ class ReviewedLabels:
 
     def digest(self) -> str:
         """Identifies the label set, so the periodic job does not retrain on unchanged labels."""
-        data = [(c.report_id, [asdict(b) for b in c.positives], [asdict(b) for b in c.negatives]) for c in self.cases]
+        data = [(c.key, [asdict(b) for b in c.positives], [asdict(b) for b in c.negatives]) for c in self.cases]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -239,6 +250,132 @@ def labelled_slices(case: ReviewedCase) -> list[LabelledSlice]:
         focus = [((b.box[1] + b.box[3]) // 2, (b.box[0] + b.box[2]) // 2) for b in positives + negatives]
         out.append(LabelledSlice(hu, mask, focus))
     return out
+
+
+class DatasetExportError(RetrainingError):
+    """An exported research dataset version that cannot be trained on as it stands."""
+
+
+# The decisions of docs/research-dataset.md that make a box a positive; `rejected` AI boxes are negatives.
+EXPORT_POSITIVE_DECISIONS = {ReviewStatus.ACCEPTED.value, ReviewStatus.EDITED.value}
+
+
+def _canonical_sha256(manifest: dict[str, Any]) -> str:
+    """The manifest's SHA-256 as the research database computes it (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _export_header(export_dir: Path) -> tuple[int, str, dict[str, Any]]:
+    """The version number and manifest SHA-256 from VERSION, and the manifest they vouch for."""
+    try:
+        version_lines = (export_dir / "VERSION").read_text(encoding="utf-8").splitlines()
+        manifest = json.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetExportError(f"{export_dir} is not a research dataset export ({exc})") from exc
+    fields = dict(line.split(" ", 1) for line in version_lines if " " in line and not line.startswith("left out"))
+    number, claimed = fields.get("dataset", "").removeprefix("version ").strip(), fields.get("manifest", "")
+    claimed = claimed.removeprefix("sha256 ").strip()
+    if not number.isdigit() or not claimed:
+        raise DatasetExportError(f"{export_dir / 'VERSION'}: no dataset version number and manifest sha256")
+    if _canonical_sha256(manifest) != claimed:
+        raise DatasetExportError(f"{export_dir / 'manifest.json'} is not the manifest of dataset version {number} "
+                                 f"(its SHA-256 is not {claimed})")
+    return int(number), claimed, manifest
+
+
+def _exported_file(export_dir: Path, relative: str, expected_sha256: str | None) -> Path:
+    """The file a labels line names, inside the export and as the manifest hashed it."""
+    root = export_dir.resolve()
+    path = (export_dir / relative).resolve()
+    if not path.is_relative_to(root):
+        raise DatasetExportError(f"labels.jsonl names {relative!r}, outside the export")
+    if expected_sha256 is None:
+        raise DatasetExportError(f"labels.jsonl names {relative!r}, which the manifest does not list")
+    if not path.is_file() or sha256_of_file(path) != expected_sha256:
+        raise DatasetExportError(f"{relative}: missing or changed since export (SHA-256 differs from the manifest)")
+    return path
+
+
+def _case_from_export_line(export_dir: Path, line: dict[str, Any], hashes: dict[str, str],
+                           heldout_percent: int) -> ReviewedCase | None:
+    study_uid = str(line["study_instance_uid"])
+    findings = line.get("findings") or []
+    series: dict[str, list[Path]] = {}
+    for relative in line.get("slices") or []:
+        path = _exported_file(export_dir, str(relative), hashes.get(str(relative)))
+        series.setdefault(path.parent.name, []).append(path)
+    if not series:
+        return None
+    # A label's key slice is a SOP Instance UID (the file's name): its series is the one the AI read,
+    # ordered the way the AI orders a series (by position along the slice normal).
+    key_series = {sop: name for name, paths in series.items() for sop in (p.stem for p in paths)}
+    wanted = [key_series.get(str(f.get("key_sop_instance_uid"))) for f in findings]
+    chosen = next((s for s in wanted if s is not None), None)
+    if chosen is None:
+        if findings:
+            logger.warning("dataset study %s: no label's key slice is in the export; skipped", study_uid)
+        return None
+    try:
+        volume = read_ct_volume(series[chosen])
+    except SeriesReadError as exc:
+        raise DatasetExportError(f"dataset study {study_uid}: series {chosen} cannot be read ({exc})") from exc
+    by_sop = {p.stem: p for p in series[chosen]}
+    ordered = [by_sop[uid] for uid in volume.sop_instance_uids]
+    index_of = {uid: i for i, uid in enumerate(volume.sop_instance_uids)}
+    positives, negatives = [], []
+    for finding in findings:
+        index = index_of.get(str(finding.get("key_sop_instance_uid")))
+        if index is None:
+            continue  # on a series not in this case (or not exported): not a label for this volume
+        x0, y0, x1, y1 = (int(v) for v in finding["box"])
+        label = LabelBox(index, (x0, y0, x1, y1))
+        decision, source = finding.get("decision"), finding.get("source")
+        if decision in EXPORT_POSITIVE_DECISIONS:
+            positives.append(label)
+        elif decision == ReviewStatus.REJECTED.value and source == FindingSource.AI.value:
+            negatives.append(label)
+    return ReviewedCase(
+        study_id=None, report_id=None, instance_paths=ordered, pixel_spacing_mm=volume.pixel_spacing_mm,
+        positives=positives, negatives=negatives, heldout=is_heldout_study(study_uid, heldout_percent),
+        research_study_uid=study_uid,
+    )
+
+
+def labels_from_dataset_export(export_dir: Path, *, heldout_percent: int = 30) -> ReviewedLabels:
+    """Labels from a research dataset version exported by `hospital research dataset export`.
+
+    The layout is docs/research-dataset.md's. Nothing is trusted that the version does not vouch
+    for: VERSION's manifest SHA-256 must be the manifest's, every file read must carry the manifest's
+    SHA-256 and lie inside the export. Each study's labels sit on the series holding their key
+    slices; the same decisions as `collect_labels` make positives and hard negatives, and the same
+    hash of the (research) StudyInstanceUID splits fine-tune from held-out cases.
+    """
+    export_dir = Path(export_dir)
+    number, manifest_sha, manifest = _export_header(export_dir)
+    hashes = {str(i["path"]): str(i["sha256"]) for i in manifest.get("instances", [])}
+    cases: list[ReviewedCase] = []
+    finetune: list[LabelledSlice] = []
+    try:
+        lines = (export_dir / "labels.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetExportError(f"{export_dir / 'labels.jsonl'} cannot be read ({exc})") from exc
+    for number_in_file, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+            case = _case_from_export_line(export_dir, line, hashes, heldout_percent)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DatasetExportError(f"labels.jsonl line {number_in_file}: {exc!r}") from exc
+        if case is None:
+            continue
+        cases.append(case)
+        if not case.heldout:
+            finetune.extend(labelled_slices(case))
+    logger.info("dataset version %s: labels from %d studies, %d fine-tune slices, %d held-out cases",
+                number, len(cases), len(finetune), sum(c.heldout for c in cases))
+    return ReviewedLabels(cases, finetune, dataset={"version": number, "manifest_sha256": manifest_sha,
+                                                    "studies": len(cases)})
 
 
 def inscribed_ellipse(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
@@ -684,14 +821,18 @@ class CandidateResult:
 
 
 def prepare_retraining(session: Session, storage_dir: Path, config: RetrainConfig,
-                       name: str = DEFAULT_MODEL_NAME) -> RetrainingInputs | None:
-    """Read the active version and the labels; None when there is nothing new to learn from."""
+                       name: str = DEFAULT_MODEL_NAME, *, dataset_dir: Path | None = None) -> RetrainingInputs | None:
+    """Read the active version and the labels (the signed reports', or with `dataset_dir` an exported
+    research dataset version's); None when there is nothing new to learn from."""
     active = active_model_version(session, name)
     if active is None:
         # A new installation before `hospital ai register`: nothing to fine-tune, not a failure.
         logger.warning("retraining skipped: no active %s version to fine-tune from", name)
         return None
-    labels = collect_labels(session, storage_dir, heldout_percent=config.heldout_percent)
+    if dataset_dir is not None:
+        labels = labels_from_dataset_export(dataset_dir, heldout_percent=config.heldout_percent)
+    else:
+        labels = collect_labels(session, storage_dir, heldout_percent=config.heldout_percent)
     if len(labels.finetune) < config.min_finetune_slices:
         logger.info("retraining skipped: %d labelled slices, %d needed", len(labels.finetune), config.min_finetune_slices)
         return None
@@ -769,6 +910,7 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
             "finetune_slices": len(inputs.labels.finetune),
             "heldout_cases": len(inputs.labels.heldout),
             "final_loss": round(final_loss, 5),
+            "dataset": inputs.labels.dataset,
             "calibration_seeds": [validation[0], validation[-1]] if len(validation) else [],
             "heldout_seeds": [heldout_seeds[0], heldout_seeds[-1]] if len(heldout_seeds) else [],
             "wall_time_s": round(wall, 1),
@@ -800,10 +942,12 @@ def record_candidate(session: Session, result: CandidateResult) -> ModelVersion:
     return version
 
 
-def retrain(session: Session, storage_dir: Path, out_dir: Path, config: RetrainConfig | None = None) -> ModelVersion | None:
-    """Collect labels, train and evaluate a candidate, record the decision (caller commits)."""
+def retrain(session: Session, storage_dir: Path, out_dir: Path, config: RetrainConfig | None = None, *,
+            dataset_dir: Path | None = None) -> ModelVersion | None:
+    """Collect labels (from signed reports, or from the research dataset export in `dataset_dir`),
+    train and evaluate a candidate, record the decision (caller commits)."""
     config = config or RetrainConfig()
-    inputs = prepare_retraining(session, storage_dir, config)
+    inputs = prepare_retraining(session, storage_dir, config, dataset_dir=dataset_dir)
     if inputs is None:
         return None
     return record_candidate(session, train_candidate(inputs, out_dir, config))
