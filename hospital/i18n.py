@@ -208,6 +208,7 @@ ROLE_LABELS = {
     "pharmacist": lazy_gettext("Pharmacist"),
     "admin": lazy_gettext("Administrator"),
     "partner": lazy_gettext("AI partner"),
+    "contributor": lazy_gettext("Research contributor"),
 }
 
 

@@ -29,6 +29,9 @@ class Role(str, enum.Enum):
     ADMIN = "admin"
     # An AI partner's account: submits its organisation's model packages, reads their statements.
     PARTNER = "partner"
+    # A practitioner's or an institution's research account: uploads de-identifiable studies with
+    # labels to the research image database, sees only its own contributions, never a record.
+    CONTRIBUTOR = "contributor"
 
 
 class OrganizationKind(str, enum.Enum):

@@ -59,6 +59,8 @@ POLICY: tuple[Grant, ...] = (
           "a prescription sent to their pharmacy"),
     # An AI partner sees its own model packages and statements, never a patient's record.
     Grant(Role.PARTNER, frozenset(), "none: their organisation's model packages and statements only"),
+    # A research contributor uploads to the research database and sees its own uploads, no record.
+    Grant(Role.CONTRIBUTOR, frozenset(), "none: their own research contributions only"),
 )
 
 _TYPES_BY_ROLE: dict[Role, frozenset[str]] = {grant.role: grant.resource_types for grant in POLICY}

@@ -80,6 +80,7 @@ def seed_demo(session: Session, app: Flask) -> DemoSeed:
     users["patient2"] = _user(session, "patient2", Role.PATIENT, patient_id=other.id)
     users["admin"] = _user(session, "admin", Role.ADMIN)
     users["partner"] = _user(session, "partner", Role.PARTNER, organization_id=ai_partner.id)
+    users["contributor"] = _user(session, "contributor", Role.CONTRIBUTOR, organization_id=clinic.id)
     seed = DemoSeed(centre, clinic, pharmacy, patient, other, users)
     with app.app_context():  # stage seeders read the app's config
         for seeder in app.extensions["hospital.seeders"]:

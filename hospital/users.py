@@ -72,6 +72,7 @@ ROLE_AS_NOUN = {
     Role.PHARMACIST: _l("a pharmacist"),
     Role.ADMIN: _l("an admin"),
     Role.PARTNER: _l("a partner"),
+    Role.CONTRIBUTOR: _l("a research contributor"),
 }
 ROLE_ACCOUNT = {
     Role.PATIENT: _l("a patient account"),
@@ -81,6 +82,7 @@ ROLE_ACCOUNT = {
     Role.PHARMACIST: _l("a pharmacist account"),
     Role.ADMIN: _l("an admin account"),
     Role.PARTNER: _l("a partner account"),
+    Role.CONTRIBUTOR: _l("a research contributor account"),
 }
 ORGANIZATION_KIND_AS_NOUN = {
     OrganizationKind.IMAGING_CENTRE: _l("an imaging centre"),
@@ -141,6 +143,13 @@ PROFILE_RULES: dict[Role, ProfileRule] = {
     Role.ADMIN: ProfileRule(needs=_l("nothing else")),
     Role.PARTNER: ProfileRule(organization_kinds=frozenset({OrganizationKind.AI_PARTNER}), organization_required=True,
                               needs=_l("an ai partner"), kinds_as_noun=_l("an ai partner")),
+    # The institution its uploads come from: its data-use agreement is what an export needs.
+    Role.CONTRIBUTOR: ProfileRule(
+        organization_kinds=frozenset({OrganizationKind.HOSPITAL, OrganizationKind.CLINIC,
+                                      OrganizationKind.IMAGING_CENTRE, OrganizationKind.AI_PARTNER}),
+        organization_required=True, needs=_l("the contributing institution"),
+        kinds_as_noun=_l("a hospital, clinic, imaging centre or ai partner"),
+    ),
 }
 
 

@@ -22,6 +22,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from dicognito.anonymizer import Anonymizer
@@ -132,13 +133,15 @@ def _declare_method(ds: Dataset) -> None:
     ds.DeidentificationMethodCodeSequence = Sequence(codes)
 
 
-def deidentify_file(path: Path, seed: str) -> DeidentifiedInstance:
-    """De-identify one stored instance. The research UIDs are always computed (so a kept-out
-    instance is still accounted for); the bytes are empty when it is kept out."""
+def deidentify_file(path: Path | BinaryIO, seed: str) -> DeidentifiedInstance:
+    """De-identify one stored instance (a path, or an uploaded file object with a `name`). The
+    research UIDs are always computed (so a kept-out instance is still accounted for); the bytes are
+    empty when it is kept out."""
+    name = Path(str(getattr(path, "name", "upload"))).name
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for a bad file
-        raise NotDeidentifiable(f"{path.name}: not a readable DICOM file ({exc})") from exc
+        raise NotDeidentifiable(f"{name}: not a readable DICOM file ({exc})") from exc
     original = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
     excluded = burned_in_reason(ds)
     Anonymizer(seed=seed).anonymize(ds)

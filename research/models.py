@@ -44,21 +44,41 @@ class ResearchConsent(Base):
     superseded_at: Mapped[datetime | None]
 
 
+class ContributionSource(str, enum.Enum):
+    PLATFORM = "platform"  # a signed report's study on this platform (the patient's own consent)
+    UPLOAD = "upload"  # uploaded by a research contributor, under its institution's attestation
+
+
 class Contribution(Base):
-    """A platform study offered to the research database: a signed report's study, with the
-    radiologist's reviewed findings as labels (reviewer, decision and model version kept)."""
+    """A study offered to the research database, with its labels.
+
+    Either a platform study (a signed report's study, the radiologist's reviewed findings as labels
+    with reviewer, decision and model version kept; the patient's Consent decides) or an upload by a
+    `contributor` account (de-identified on arrival, the originals never kept; the contributor
+    attests that consent was obtained, names where it is recorded, and may withdraw the upload).
+    """
 
     __tablename__ = "research_contribution"
+    __table_args__ = (UniqueConstraint("organization_id", "source_study_uid"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("imaging_study.id"), unique=True)
-    report_id: Mapped[int] = mapped_column(ForeignKey("diagnostic_report.id"))
-    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    source: Mapped[ContributionSource] = mapped_column(enum_column(ContributionSource),
+                                                       default=ContributionSource.PLATFORM)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("imaging_study.id"), unique=True)
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("diagnostic_report.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"), index=True)
     organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"))
     labels: Mapped[list[Any]] = mapped_column(default=list)
     contributed_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # Set when its images were de-identified (done once, the first time a version could take it).
+    # Set when its images were de-identified (done once, the first time a version could take it;
+    # an upload on arrival).
     deidentified_at: Mapped[datetime | None]
+    # An upload: who sent it, the study's UID at the source (a second upload of it is refused),
+    # where the institution keeps the patient's consent, and when the contributor withdrew it.
+    contributor_user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"), index=True)
+    source_study_uid: Mapped[str | None] = mapped_column(String(64))
+    consent_reference: Mapped[str | None] = mapped_column(String(200))
+    withdrawn_at: Mapped[datetime | None]
 
 
 class ResearchInstance(Base):

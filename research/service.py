@@ -32,6 +32,7 @@ from research.deidentify import NotDeidentifiable, deidentify_file, patient_seed
 from research.models import (
     ConsentDecision,
     Contribution,
+    ContributionSource,
     DatasetVersion,
     DatasetVersionMark,
     DataUseAgreement,
@@ -89,7 +90,13 @@ def consenting(session: Session, patient_id: int) -> bool:
 
 
 def _mark_versions_holding(session: Session, patient_id: int, reason: str) -> None:
-    contributions = {c.id for c in session.scalars(select(Contribution).where(Contribution.patient_id == patient_id))}
+    mark_versions_holding(
+        session, {c.id for c in session.scalars(select(Contribution).where(Contribution.patient_id == patient_id))}, reason)
+
+
+def mark_versions_holding(session: Session, contributions: set[int], reason: str) -> None:
+    """Record beside every version that holds one of `contributions` that it must leave it out
+    from now on (the version itself never changes)."""
     if not contributions:
         return
     for version in session.scalars(select(DatasetVersion)):
@@ -132,7 +139,8 @@ def record_contribution(session: Session, report_id: int) -> Contribution | None
     return contribution
 
 
-def _research_uid(session: Session, kind: UidKind, original: str, research: str) -> None:
+def record_research_uid(session: Session, kind: UidKind, original: str, research: str) -> None:
+    """Keep original -> research UID in the map that never leaves the platform (once)."""
     known = session.scalar(select(ResearchUidMap).where(ResearchUidMap.kind == kind, ResearchUidMap.original_uid == original))
     if known is None:
         session.add(ResearchUidMap(kind=kind, original_uid=original, research_uid=research))
@@ -144,7 +152,8 @@ def deidentify_contribution(
     """Copy the contribution's images into the research store, de-identified; burned-in text and
     non-images are recorded as kept out. Done once per contribution."""
     if contribution.deidentified_at is not None:
-        return
+        return  # an upload is de-identified on arrival
+    assert contribution.study_id is not None and contribution.patient_id is not None  # a platform study
     seed = patient_seed(secret, contribution.patient_id)
     for series in study_series(session, contribution.study_id, dicom_dir):
         for stored in series.instances:
@@ -153,9 +162,9 @@ def deidentify_contribution(
             except (NotDeidentifiable, OSError) as exc:
                 logger.warning("research: instance %s kept out: %s", stored.sop_instance_uid, exc)
                 continue
-            _research_uid(session, UidKind.STUDY, result.original_study_uid, result.study_uid)
-            _research_uid(session, UidKind.SERIES, result.original_series_uid, result.series_uid)
-            _research_uid(session, UidKind.INSTANCE, result.original_sop_uid, result.sop_uid)
+            record_research_uid(session, UidKind.STUDY, result.original_study_uid, result.study_uid)
+            record_research_uid(session, UidKind.SERIES, result.original_series_uid, result.series_uid)
+            record_research_uid(session, UidKind.INSTANCE, result.original_sop_uid, result.sop_uid)
             relative = ""
             if result.excluded_reason is None:
                 relative = f"{result.study_uid}/{result.series_uid}/{result.sop_uid}.dcm"
@@ -199,7 +208,11 @@ def create_dataset_version(
     contributions: list[int] = []
     kept_out: list[dict[str, str]] = []
     for contribution in session.scalars(select(Contribution).order_by(Contribution.id)):
-        if not consenting(session, contribution.patient_id):
+        if contribution.source is ContributionSource.UPLOAD:
+            # The institution attested consent; its withdrawal is the contributor's to make.
+            if contribution.withdrawn_at is not None:
+                continue
+        elif contribution.patient_id is None or not consenting(session, contribution.patient_id):
             continue
         deidentify_contribution(session, contribution, dicom_dir, research_dir, secret)
         rows = session.scalars(select(ResearchInstance).where(ResearchInstance.contribution_id == contribution.id)

@@ -19,3 +19,4 @@ def register(app: Flask) -> None:
     app.cli.add_command(cli.research_group)
     subscribe(app, ReportSigned, "research.jobs.record_contribution_for_report")
     add_nav_link(app, _l("Research"), "research.consent_page", Role.PATIENT)
+    add_nav_link(app, _l("Research uploads"), "research.contributions_page", Role.CONTRIBUTOR)
