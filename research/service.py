@@ -304,13 +304,65 @@ def diff_versions(session: Session, old_number: int, new_number: int) -> Version
 
 def add_data_use_agreement(session: Session, organization_id: int, licence: str, reference: str) -> DataUseAgreement:
     if not licence.strip() or not reference.strip():
-        raise InvalidInput("a data-use agreement needs a licence and the signed document's reference")
+        raise InvalidInput(_("a data-use agreement needs a licence and the signed document's reference"))
     if session.get(Organization, organization_id) is None:
-        raise NotFound(f"no organization {organization_id}")
+        raise NotFound(_("no organization %(id)s", id=organization_id), for_people=True)
     agreement = DataUseAgreement(organization_id=organization_id, licence=licence, reference=reference)
     session.add(agreement)
     session.flush()
     return agreement
+
+
+def revoke_data_use_agreement(session: Session, agreement_id: int) -> DataUseAgreement:
+    """The institution no longer agrees: exports that need this agreement are refused from now on."""
+    agreement = session.get(DataUseAgreement, agreement_id)
+    if agreement is None:
+        raise NotFound(_("no data-use agreement %(id)s", id=agreement_id), for_people=True)
+    if agreement.revoked_at is None:
+        agreement.revoked_at = utcnow()
+        session.flush()
+    return agreement
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: DatasetVersion
+    marks: int  # contributions it must leave out of exports from now on
+    added_studies: int  # against the version before it
+    removed_studies: int
+
+
+@dataclass(frozen=True)
+class ResearchOverview:
+    """What an administrator of the research database reads on its page."""
+
+    versions: list[VersionRow]
+    platform_contributions: int
+    platform_consenting: int  # would be in a version made now
+    uploads: int
+    uploads_withdrawn: int
+    agreements: list[DataUseAgreement]
+    organizations: dict[int, str]
+
+
+def research_overview(session: Session) -> ResearchOverview:
+    versions = list(session.scalars(select(DatasetVersion).order_by(DatasetVersion.number.desc())))
+    rows = []
+    for index, version in enumerate(versions):
+        before = versions[index + 1] if index + 1 < len(versions) else None
+        new_studies, old_studies = set(version.manifest["studies"]), set(before.manifest["studies"]) if before else set()
+        rows.append(VersionRow(version, len(version_marks(session, version)), len(new_studies - old_studies),
+                               len(old_studies - new_studies)))
+    contributions = list(session.scalars(select(Contribution)))
+    platform = [c for c in contributions if c.source is ContributionSource.PLATFORM]
+    uploads = [c for c in contributions if c.source is ContributionSource.UPLOAD]
+    return ResearchOverview(
+        versions=rows, platform_contributions=len(platform),
+        platform_consenting=sum(1 for c in platform if c.patient_id is not None and consenting(session, c.patient_id)),
+        uploads=len(uploads), uploads_withdrawn=sum(1 for c in uploads if c.withdrawn_at is not None),
+        agreements=list(session.scalars(select(DataUseAgreement).order_by(DataUseAgreement.id.desc()))),
+        organizations={row.id: row.name for row in session.execute(select(Organization.id, Organization.name))},
+    )
 
 
 def _agreed_institutions(session: Session, licence: str) -> set[str]:

@@ -10,13 +10,15 @@ from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.web import add_nav_link
-from research import cli, fhir, routes
+from research import admin_routes, cli, fhir, routes
 
 
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
+    app.register_blueprint(admin_routes.bp)
     fhir.register_fhir(app)
     app.cli.add_command(cli.research_group)
     subscribe(app, ReportSigned, "research.jobs.record_contribution_for_report")
     add_nav_link(app, _l("Research"), "research.consent_page", Role.PATIENT)
     add_nav_link(app, _l("Research uploads"), "research.contributions_page", Role.CONTRIBUTOR)
+    add_nav_link(app, _l("Research data"), "research_admin.research_admin_page", Role.ADMIN)
