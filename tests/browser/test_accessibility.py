@@ -23,6 +23,9 @@ from followup.models import CarePlan
 from followup.service import open_consultation
 from hospital.db import get_db
 from hospital.models import Role, User
+from research.service import add_data_use_agreement, create_dataset_version
+from research.storage import dicom_dir, research_dir, research_secret
+from research.uploads import UploadedFile, contribute_upload
 from tests.ai_services.package_factory import make_classifier_package
 from tests.browser.conftest import (
     LiveSite,
@@ -32,6 +35,7 @@ from tests.browser.conftest import (
     login,
     make_report_with_key_images,
 )
+from tests.research.test_contributor_uploads import study_files
 
 pytestmark = pytest.mark.browser
 
@@ -84,8 +88,19 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         package = submit_package(session, make_classifier_package(Path(work)), partner,
                                  Path(site.app.config["AI_MODELS_DIR"]))
         package_page = f"/model-packages/{package.id}"
+    # A research contributor's upload, and a dataset version holding it, on their pages.
+    with site.app.app_context(), get_db(site.app).transaction() as session:
+        contributor = session.get(User, site.demo.users["contributor"].id)
+        assert contributor is not None
+        contribute_upload(session, contributor, [UploadedFile(n, d) for n, d in study_files()], None,
+                          consent_reference="CONSENT-7", research_dir=research_dir(site.app),
+                          secret=research_secret(site.app))
+        add_data_use_agreement(session, contributor.organization_id or 0, "research-only", "DUA-7")
+        create_dataset_version(session, licence="research-only", created_by="admin", dicom_dir=dicom_dir(site.app),
+                               research_dir=research_dir(site.app), secret=research_secret(site.app))
     return {
         "partner": ["/model-packages", package_page],
+        "contributor": [],
         "clinician": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", "/login", booked_referral,
                       signed_referral, plan_page, cancel_task_page],
         "patient": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", booked_referral, signed_referral,
@@ -96,7 +111,7 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
                   f"/admin/centres/{site.demo.imaging_centre.id}", "/admin/users/new",
                   "/admin/users/new?role=patient&step=find_patient&patient_query=a", "/admin/users/new?role=clinician",
                   "/admin/revenue?from=2020-01-01&to=2099-12-31", "/admin/revenue?from=2030-02-10&to=2030-02-01",
-                  f"/admin/users/{site.demo.users['clinician'].id}", "/admin/storage?preview=1"],
+                  f"/admin/users/{site.demo.users['clinician'].id}", "/admin/storage?preview=1", "/research/admin"],
         "pharmacist": [f"/dispense/{prescription['id']}?quantity=1", f"/dispense/{prescription['id']}/return"],
     }
 
