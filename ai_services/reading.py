@@ -33,7 +33,7 @@ from hospital.i18n import format_number
 from hospital.i18n import gettext as _
 from hospital.jobs import publish
 from hospital.models import Role, User
-from hospital.notifications import notify, patient_users, practitioner_users
+from hospital.notifications import notify, notify_patient, practitioner_users
 from referrals.public import Priority, ReferralSummary, referral_summaries, referral_summary
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def notify_report_signed(session: Session, report_id: int, patient_id: int, refe
     clinicians = practitioner_users(session, referral.requester_id) if referral is not None else []
     key = f"report-signed:{report_id}"
     told = notify(session, clinicians, "report_signed", key, report_id=report_id)
-    told += notify(session, patient_users(session, patient_id), "report_ready", key, report_id=report_id)
+    told += notify_patient(session, patient_id, "report_ready", key, report_id=report_id)
     return len(told)
 
 
@@ -181,7 +181,7 @@ def notify_referrer_of_amendment(session: Session, addendum_id: int) -> int:
     clinicians = practitioner_users(session, referral.requester_id) if referral is not None else []
     key = f"report-amended:{addendum.id}"
     told = notify(session, clinicians, "report_amended", key, report_id=report.id)
-    told += notify(session, patient_users(session, report.patient_id), "report_updated", key, report_id=report.id)
+    told += notify_patient(session, report.patient_id, "report_updated", key, report_id=report.id)
     if clinicians and addendum.referrer_notified_at is None:
         addendum.referrer_notified_at = utcnow()
     return len(told)

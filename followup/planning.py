@@ -24,7 +24,7 @@ from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Forbidden
 from hospital.models import Notification, Patient, Role, User
-from hospital.notifications import notify, patient_users
+from hospital.notifications import notify, notify_patient
 from imaging_orders.public import accept_follow_up_referral
 from referrals.public import Priority, ReferralRequest, create_referral, referral_summary
 
@@ -137,7 +137,7 @@ def open_due_repeat_scans(session: Session, now: datetime | None = None) -> list
         created.append(referral_id)
         # The patient books it; the clinician knows it was ordered in their name.
         key = f"repeat-scan-due:{task.id}"
-        notify(session, patient_users(session, task.patient_id), "repeat_scan_due", key, plan_id=task.care_plan_id)
+        notify_patient(session, task.patient_id, "repeat_scan_due", key, plan_id=task.care_plan_id)
         notify(session, [clinician], "repeat_scan_ordered", key, plan_id=task.care_plan_id)
         logger.info("repeat-scan task %s became referral %s", task_id, referral_id)
     return created
@@ -187,7 +187,7 @@ def send_due_reminders(session: Session, now: datetime | None = None) -> int:
     for task in tasks:
         patient = session.get(Patient, task.patient_id)
         assert patient is not None  # foreign key
-        told += len(notify(session, patient_users(session, task.patient_id), "follow_up_due",
+        told += len(notify_patient(session, task.patient_id, "follow_up_due",
                            f"{REMINDER_KEY_PREFIX}{task.id}", plan_id=task.care_plan_id,
                            due=task.due_at.isoformat(), timezone=patient.timezone))
     return told

@@ -7,7 +7,7 @@ import enum
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Enum, FetchedValue, ForeignKey, Index, String, Text, UniqueConstraint, false
+from sqlalchemy import CheckConstraint, Enum, FetchedValue, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
@@ -430,17 +430,23 @@ class Notification(Base):
     (hospital.notifications). `event_key` names the event ("report-signed:42"); unique per user, so
     an event told twice (a job run again, two workers racing) makes one notification and one mail.
     (Not followup's `notification` table: that one logs the follow-up stage's own reminders.)
+
+    The recipient is a user, or (`patient_id`) a patient without an account whose record has a mail
+    address: they have no notification centre, so theirs is a mail only.
     """
 
     __tablename__ = "user_notification"
     __table_args__ = (
         UniqueConstraint("user_id", "event_key"),
+        UniqueConstraint("patient_id", "event_key"),
+        CheckConstraint("(user_id IS NULL) <> (patient_id IS NULL)", name="one_recipient"),
         Index("ix_user_notification_user_read", "user_id", "read_at"),
         Index("ix_user_notification_mail", "mail_status", "mail_retry_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
     kind: Mapped[str] = mapped_column(String(40))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     event_key: Mapped[str] = mapped_column(String(120))
@@ -452,4 +458,5 @@ class Notification(Base):
     mail_retry_at: Mapped[datetime | None]
     mailed_at: Mapped[datetime | None]
 
-    user: Mapped[User] = relationship()
+    user: Mapped[User | None] = relationship()
+    patient: Mapped[Patient | None] = relationship()

@@ -44,7 +44,7 @@ from hospital.errors import NotFound
 from hospital.i18n import gettext as _
 from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import enqueue
-from hospital.models import MailStatus, Notification, Role, User
+from hospital.models import MailStatus, Notification, Patient, Role, User
 from hospital.notify import OutgoingMessage, is_mail_address, notifier
 from hospital.periodic import register_periodic
 from hospital.web import reader_timezone
@@ -57,38 +57,38 @@ RESEND_HANDLER = "hospital.notifications.resend_pending_mail"
 LIST_LIMIT = 100
 
 
-def _describe_appointment(params: dict[str, Any], reader: User) -> dict[str, str]:
+def _describe_appointment(params: dict[str, Any], reader_zone: str | None) -> dict[str, str]:
     # On the centre's clock: the patient travels to it.
     start = datetime.fromisoformat(params["start"]) if params.get("start") else None
     return {"when": i18n.local_datetime(start, params.get("timezone")),
             "place": params.get("centre") or _("the imaging centre")}
 
 
-def _describe_task_due(params: dict[str, Any], reader: User) -> dict[str, str]:
+def _describe_task_due(params: dict[str, Any], reader_zone: str | None) -> dict[str, str]:
     # On the patient's own calendar, where the due date was set ("in 3 months, at 09:00").
     due = datetime.fromisoformat(params["due"]) if params.get("due") else None
-    return {"when": i18n.local_datetime(due, params.get("timezone") or reader_timezone(reader))}
+    return {"when": i18n.local_datetime(due, params.get("timezone") or reader_zone)}
 
 
-def _describe_emergency_access(params: dict[str, Any], reader: User) -> dict[str, str]:
+def _describe_emergency_access(params: dict[str, Any], reader_zone: str | None) -> dict[str, str]:
     # On the administrator's own clock: they may be anywhere the hospital's staff are.
     until = datetime.fromisoformat(params["until"]) if params.get("until") else None
-    return {"user": str(params.get("user", "")), "until": i18n.local_datetime(until, reader_timezone(reader))}
+    return {"user": str(params.get("user", "")), "until": i18n.local_datetime(until, reader_zone)}
 
 
 @dataclass(frozen=True)
 class NotificationKind:
     """How one kind of notification reads and where it leads. `title` and `body` may hold
     `%(name)s` placeholders, filled from the row's params (through `describe`, given the params
-    and the reader, when they need formatting for the reader: a time on a clock, in their
-    language)."""
+    and the zone of the reader's clock, when they need formatting for the reader: a time on a
+    clock, in their language)."""
 
     name: str
     title: LazyString
     body: LazyString
     endpoint: str
     link_params: tuple[str, ...] = ()
-    describe: Callable[[dict[str, Any], User], dict[str, str]] | None = field(default=None, compare=False)
+    describe: Callable[[dict[str, Any], str | None], dict[str, str]] | None = field(default=None, compare=False)
 
 
 KINDS: dict[str, NotificationKind] = {kind.name: kind for kind in (
@@ -185,6 +185,19 @@ def mail_address(user: User) -> str | None:
     return None
 
 
+def _record_address(patient: Patient | None) -> str | None:
+    if patient is not None and patient.email and is_mail_address(patient.email):
+        return patient.email.strip()
+    return None
+
+
+def recipient_address(notification: Notification) -> str | None:
+    """Where `notification` is mailed now: its user's address, or its account-less patient's."""
+    if notification.user is not None:
+        return mail_address(notification.user)
+    return _record_address(notification.patient)
+
+
 # Telling -----------------------------------------------------------------------------------------
 
 
@@ -223,8 +236,42 @@ def notify(session: Session, recipients: Iterable[User], kind: str, event_key: s
     return made
 
 
+def notify_patient(session: Session, patient_id: int, kind: str, event_key: str, **params: Any) -> list[Notification]:
+    """Tell a patient about the event `event_key`, once: through their accounts when they have one
+    (`notify`); a patient without an account but with a mail address on their record gets the
+    mail alone (they have no notification centre to read it in). Nothing when neither."""
+    users = patient_users(session, patient_id)
+    if users:
+        return notify(session, users, kind, event_key, **params)
+    if kind not in KINDS:
+        raise UnknownNotificationKind(f"no notification kind {kind!r}; expected one of {sorted(KINDS)}")
+    patient = session.get(Patient, patient_id)
+    if _record_address(patient) is None or _find_for_patient(session, patient_id, event_key) is not None:
+        return []
+    now = utcnow()
+    notification = Notification(
+        patient_id=patient_id, kind=kind, params=params, event_key=event_key, created_at=now, read_at=now,
+        mail_status=MailStatus.PENDING, mail_retry_at=now + mail_retry_interval(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(notification)
+    except IntegrityError:
+        if _find_for_patient(session, patient_id, event_key) is None:
+            raise
+        return []
+    enqueue(session, MAIL_HANDLER, queue="notify", notification_id=notification.id)
+    logger.info("%s: mail of kind %s to a patient without an account", event_key, kind)
+    return [notification]
+
+
 def _find(session: Session, user_id: int, event_key: str) -> Notification | None:
     return session.scalar(select(Notification).where(Notification.user_id == user_id,
+                                                     Notification.event_key == event_key))
+
+
+def _find_for_patient(session: Session, patient_id: int, event_key: str) -> Notification | None:
+    return session.scalar(select(Notification).where(Notification.patient_id == patient_id,
                                                      Notification.event_key == event_key))
 
 
@@ -284,7 +331,9 @@ def show(notification: Notification) -> ShownNotification:
         return ShownNotification(notification.id, notification.kind, _("Notification"), "",
                                  _path("notifications.notifications_page", {}), notification.created_at,
                                  notification.read_at is not None)
-    values = kind.describe(params, notification.user) if kind.describe is not None else params
+    zone = reader_timezone(notification.user) if notification.user is not None else (
+        notification.patient.timezone if notification.patient is not None else None)
+    values = kind.describe(params, zone) if kind.describe is not None else params
     link = {name: params[name] for name in kind.link_params if name in params}
     return ShownNotification(
         notification.id, kind.name, str(kind.title) % values, str(kind.body) % values,
@@ -312,14 +361,24 @@ def compose_mail(notification: Notification, address: str) -> OutgoingMessage:
     it in the app (signing in first)."""
     with i18n.for_user(notification.user):
         shown = show(notification)
-        link = current_app.config["PUBLIC_BASE_URL"] + _path("notifications.open_notification",
-                                                             {"notification_id": notification.id})
-        body = "\n\n".join((
-            shown.body,
-            _("Open it in the app (you will be asked to sign in): %(link)s", link=link),
-            _("This message was sent automatically by the Imaging Hospital. Please do not reply to it; "
-              "sign in to write to your care team."),
-        ))
+        if notification.user is not None:
+            link = current_app.config["PUBLIC_BASE_URL"] + _path("notifications.open_notification",
+                                                                 {"notification_id": notification.id})
+            body = "\n\n".join((
+                shown.body,
+                _("Open it in the app (you will be asked to sign in): %(link)s", link=link),
+                _("This message was sent automatically by the Imaging Hospital. Please do not reply to it; "
+                  "sign in to write to your care team."),
+            ))
+        else:
+            # No account to sign in to: no link that would lead nowhere.
+            body = "\n\n".join((
+                shown.body,
+                _("You receive this because your mail address is on your record at the Imaging Hospital. To "
+                  "book, or for the details, please call your care team; they can also give you an account "
+                  "for the app."),
+                _("This message was sent automatically by the Imaging Hospital. Please do not reply to it."),
+            ))
         return OutgoingMessage(channel="email", recipient=address, subject=shown.title, body=body + "\n")
 
 
@@ -330,7 +389,7 @@ def send_notification_mail(session: Session, notification_id: int) -> None:
     if notification is None or notification.mail_status is not MailStatus.PENDING:
         logger.info("notification %s is gone or not owed a mail; nothing to send", notification_id)
         return
-    address = mail_address(notification.user)
+    address = recipient_address(notification)
     if address is None:
         # The address was removed since: in-app only now.
         notification.mail_status = MailStatus.NONE

@@ -20,7 +20,7 @@ from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import gettext as _
 from hospital.i18n import status_word
 from hospital.models import Organization, Patient, Practitioner, Role, User
-from hospital.notifications import notify, patient_users
+from hospital.notifications import notify_patient
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
 from referrals import public as referrals
@@ -445,8 +445,8 @@ def remind_upcoming_appointments(session: Session, now: datetime | None = None) 
     told = 0
     for appointment in upcoming:
         centre = appointment.slot.schedule.organization if appointment.slot is not None else None
-        told += len(notify(
-            session, patient_users(session, appointment.patient_id), "appointment_reminder",
+        told += len(notify_patient(
+            session, appointment.patient_id, "appointment_reminder",
             f"appointment-reminder:{appointment.id}:{appointment.start.isoformat()}",
             appointment_id=appointment.id, start=appointment.start.isoformat(),
             timezone=centre.timezone if centre is not None else None,

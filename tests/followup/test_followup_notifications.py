@@ -172,3 +172,34 @@ def test_a_due_follow_up_step_is_told_to_the_patient_once_on_their_own_calendar(
     body = mail.get_content()
     assert due in body and "09:00 CST" in body  # the patient's wall clock, not the server's UTC
     assert visit.description.lower() not in body.lower() and demo.patient.given_name not in body
+
+
+def test_a_patient_without_an_account_is_reminded_by_mail_at_the_address_on_their_record(
+    app: Flask, db_session: Session, demo: DemoSeed, smtp_server: Mailbox, mail_through: Any,
+) -> None:
+    # The demo patient's account is closed: many patients never make one. Their record has a mail address.
+    demo.users["patient"].active = False
+    demo.patient.timezone = "Asia/Shanghai"
+    signed_consultation(db_session, demo, (10, 10, 14, 14))
+    visit = db_session.scalar(select(FollowUpTask).where(FollowUpTask.kind == "visit"))
+    assert visit is not None and visit.due_at is not None
+    mail_through(smtp_server.port)
+    assert send_due_reminders(db_session, now=visit.due_at - timedelta(days=1)) == 1
+    assert send_due_reminders(db_session, now=visit.due_at) == 0, "once"
+    db_session.commit()
+
+    [reminder] = told_of_kind(db_session, "follow_up_due")
+    assert reminder.user_id is None and reminder.patient_id == demo.patient.id
+    assert reminder.read_at is not None  # no notification centre to show it in
+    assert reminder.mail_status is MailStatus.SENT
+    [mail] = smtp_server.to(demo.patient.email or "")
+    assert len(smtp_server.messages) == 1 and mail["Subject"] == "Reminder: a follow-up step is due"
+    body = mail.get_content()
+    assert "09:00 CST" in body and "call your care team" in body
+    assert "/notifications/" not in body, "no link into an app they cannot sign in to"
+
+    # Without an address on the record there is nobody to tell, and nothing is kept owed.
+    demo.patient.email = "not an address"
+    assert notifications.notify_patient(db_session, demo.patient.id, "follow_up_due", "follow-up-due:other",
+                                        plan_id=visit.care_plan_id) == []
+    assert len(told_of_kind(db_session, "follow_up_due")) == 1
