@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -35,12 +35,13 @@ from sqlalchemy.orm import Session
 from hospital.access import can_access_patient
 from hospital.audit import record_access
 from hospital.clock import utcnow
-from hospital.errors import InvalidInput, NotFound
+from hospital.errors import Forbidden, InvalidInput, NotFound
 from hospital.fhir.registry import CANONICAL_BASE, fhir_instant, fhir_registry, reference_id, validate_resource
 from hospital.jobs import enqueue
 from hospital.models import Role, User
 from hospital.policy import may_see_type
 from hospital.smart import https_or_this_machine
+from hospital.smart_scopes import current_smart_access
 from integration.models import (
     FhirSubscription,
     NotificationStatus,
@@ -179,16 +180,44 @@ def create_subscription(session: Session, owner: User, resource: dict[str, Any])
         patient_id = _parse_filter(topic, str(filters[0].get("valueString", "")))
         if not can_access_patient(session, owner, patient_id):
             raise InvalidInput(f"Patient/{patient_id} is not in your care")
+    _check_smart_scopes(owner, topic, patient_id)
+    end = _parse_end(resource.get("end"))
     subscription = FhirSubscription(
         owner_user_id=owner.id, topic=topic.url, status=SubscriptionStatus.ACTIVE,
         reason=str(resource.get("reason", ""))[:500], filter_patient_id=patient_id, endpoint=endpoint,
-        headers=headers, content=content, heartbeat_seconds=heartbeat,
+        headers=headers, content=content, heartbeat_seconds=heartbeat, end=end,
     )
     session.add(subscription)
     session.flush()
     record_access(session, owner, "C", "Subscription", subscription.id, source=SOURCE,
                   description=f"rest-hook to {endpoint} for {topic.url}")
     return subscription
+
+
+def _check_smart_scopes(owner: User, topic: Topic, patient_id: int | None) -> None:
+    """A SMART app subscribes only to what its token reads, and an app held to its launch patient
+    only to that patient's events (notifications are judged by the owner's account, so the token's
+    narrowing is fixed into the subscription here)."""
+    smart = current_smart_access(owner)
+    if smart is None:
+        return
+    if not (smart.allows("Subscription", "C") and smart.allows(topic.resource_type, "R")):
+        raise Forbidden(f"this app's scopes do not allow subscribing to {topic.resource_type}")
+    only = smart.patient_restriction(topic.resource_type)
+    if only is not None and patient_id != only:
+        raise InvalidInput(f"a patient-scoped app must filter by its patient: {topic.resource_type}?patient=Patient/{only}")
+
+
+def _parse_end(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        end = datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise InvalidInput(f"Subscription.end {value!r} is not an instant") from exc
+    if end.tzinfo is None:
+        raise InvalidInput("Subscription.end needs a time zone")
+    return end.astimezone(UTC)
 
 
 def owned_subscription(session: Session, owner: User, subscription_id: str, *, lock: bool = False) -> FhirSubscription:
@@ -232,6 +261,8 @@ def subscription_to_fhir(row: FhirSubscription, base: str) -> dict[str, Any]:
                                             "valueString": f"{resource_type}?patient=Patient/{row.filter_patient_id}"}]}
     if row.status is SubscriptionStatus.ERROR and row.last_error:
         body["error"] = row.last_error
+    if row.end is not None:
+        body["end"] = fhir_instant(row.end)
     return validate_resource(body)
 
 
@@ -252,7 +283,8 @@ def record_event(
         select(FhirSubscription)
         .where(FhirSubscription.topic.in_(topic_urls),
                FhirSubscription.status.in_((SubscriptionStatus.ACTIVE, SubscriptionStatus.ERROR)),
-               or_(FhirSubscription.filter_patient_id.is_(None), FhirSubscription.filter_patient_id == patient_id))
+               or_(FhirSubscription.filter_patient_id.is_(None), FhirSubscription.filter_patient_id == patient_id),
+               or_(FhirSubscription.end.is_(None), FhirSubscription.end > utcnow()))
         .order_by(FhirSubscription.id).with_for_update()
     ).all()
     recorded = []

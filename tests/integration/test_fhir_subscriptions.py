@@ -4,7 +4,9 @@ notification Bundles; failures are retried and never lose an event."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,14 +21,15 @@ from sqlalchemy.orm import Session
 from ai_services.reading import add_addendum
 from ai_services.service import sign_report
 from hospital.clock import utcnow
-from hospital.models import AuditEvent, Practitioner, Role, User
+from hospital.models import ApiToken, AuditEvent, Practitioner, Role, User
 from hospital.seed import DemoSeed
+from hospital.smart import register_client
 from imaging_orders.service import accept_referral, book_appointment, free_slots
 from integration import subscriptions
 from integration.models import FhirSubscription, NotificationStatus, SubscriptionNotification, SubscriptionStatus
 from referrals.service import ReferralRequest, create_referral
 from tests.conftest import ApiClient
-from tests.factories import make_preliminary_report
+from tests.factories import make_preliminary_report, make_referral
 
 REPORT_TOPIC = "https://closed-loop-hospital.example/fhir/SubscriptionTopic/diagnostic-report-final"
 APPOINTMENT_TOPIC = "https://closed-loop-hospital.example/fhir/SubscriptionTopic/appointment-booked"
@@ -286,3 +289,34 @@ def test_an_anonymous_caller_cannot_subscribe(app: Flask, db_session: Session, c
     assert db_session.scalar(select(FhirSubscription.id)) is None
     listing = client.get("/fhir/Subscription")
     assert listing.status_code == 401 and listing.get_json()["resourceType"] == "OperationOutcome"
+
+
+def smart_api(client: Any, db_session: Session, user: User, scope: str, patient_id: int | None) -> ApiClient:
+    """A SMART app's bearer token for `user` with `scope` (launched for `patient_id`)."""
+    app_client = register_client(db_session, name="EHR feed", scopes=scope, redirect_uris=["https://ehr.example/cb"])
+    plain = secrets.token_urlsafe(32)
+    db_session.add(ApiToken(user_id=user.id, token_sha256=hashlib.sha256(plain.encode()).hexdigest(),
+                            smart_client_id=app_client.id, scope=scope, patient_id=patient_id,
+                            expires_at=utcnow() + timedelta(hours=1)))
+    db_session.commit()
+    return ApiClient(client, plain)
+
+
+def test_a_smart_app_subscribes_within_its_scopes_and_launch_patient(
+    app: Flask, db_session: Session, demo: DemoSeed, client: Any
+) -> None:
+    clinician = demo.users["clinician"]
+    make_referral(db_session, demo)  # the demo patient is in the clinician's care
+    patient_app = smart_api(client, db_session, clinician, "patient/DiagnosticReport.rs patient/Subscription.c",
+                            demo.patient.id)
+    body = subscription_body(REPORT_TOPIC, "https://ehr.example/hook")
+    unfiltered = patient_app.post("/fhir/Subscription", json=body)
+    assert unfiltered.status_code == 400 and "patient-scoped app" in unfiltered.get_json()["issue"][0]["diagnostics"]
+    body["_criteria"] = {"extension": [{"url": subscriptions.EXT_FILTER,
+                                        "valueString": f"DiagnosticReport?patient=Patient/{demo.patient.id}"}]}
+    created = patient_app.post("/fhir/Subscription", json=body)
+    assert created.status_code == 201, created.get_data(as_text=True)
+
+    reader_only = smart_api(client, db_session, clinician, "user/DiagnosticReport.rs", None)
+    refused = reader_only.post("/fhir/Subscription", json=subscription_body(REPORT_TOPIC, "https://ehr.example/hook"))
+    assert refused.status_code == 403 and refused.get_json()["resourceType"] == "OperationOutcome"
