@@ -24,7 +24,7 @@ from hospital.clock import utcnow
 from hospital.models import ApiToken, AuditEvent, Practitioner, Role, User
 from hospital.seed import DemoSeed
 from hospital.smart import register_client
-from imaging_orders.service import accept_referral, book_appointment, free_slots
+from imaging_orders.service import accept_referral, book_appointment, cancel_appointment, free_slots
 from integration import subscriptions
 from integration.models import FhirSubscription, NotificationStatus, SubscriptionNotification, SubscriptionStatus
 from referrals.service import ReferralRequest, create_referral
@@ -176,6 +176,29 @@ def test_a_centres_staff_get_the_appointments_booked_there(
     assert bundle["entry"][1]["fullUrl"].endswith(f"/Appointment/{appointment.id}")
     assert "resource" not in bundle["entry"][1]  # id-only
 
+    cancel_appointment(db_session, demo.users["patient"], appointment.id)
+    db_session.commit()
+    assert [n for n, _ in receiver.events()] == [1, 2]
+    assert receiver.events()[1][1]["entry"][1]["fullUrl"].endswith(f"/Appointment/{appointment.id}")
+
+
+def test_staff_of_another_organisation_hear_nothing_of_this_booking(
+    app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
+) -> None:
+    other_centre_staff = User(username="other_centre_staff", password_hash=demo.users["clinician"].password_hash,
+                              role=Role.IMAGING_STAFF, organization_id=demo.clinic.id)
+    db_session.add(other_centre_staff)
+    db_session.commit()
+    subscribe(as_role("other_centre_staff"), subscription_body(APPOINTMENT_TOPIC, receiver.url))
+    referral = create_referral(db_session, demo.users["clinician"], ReferralRequest(
+        patient_id=demo.patient.id, performer_organization_id=demo.imaging_centre.id, modality="CT",
+        body_part="CHEST", procedure_description="CT chest", reason="cough", access_reason="new patient"))
+    accept_referral(db_session, demo.users["imaging_staff"], referral.id)
+    slot = free_slots(db_session, demo.imaging_centre.id, "CT", utcnow(), utcnow() + timedelta(days=14))[0]
+    book_appointment(db_session, demo.users["patient"], referral.id, slot.id)
+    db_session.commit()
+    assert receiver.received == []
+
 
 def test_a_receiver_that_is_down_gets_the_event_later_and_the_subscription_shows_error(
     app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
@@ -244,6 +267,17 @@ def test_subscriptions_are_their_owners_alone(
     assert receiver.received == []
     row = db_session.get(FhirSubscription, int(subscription_id))
     assert row is not None and row.status is SubscriptionStatus.OFF and row.events_since_start == 0
+
+
+def test_a_subscription_past_its_end_numbers_nothing(
+    app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
+) -> None:
+    ended = (utcnow() - timedelta(minutes=1)).isoformat()
+    subscription_id = subscribe(as_role("clinician"), subscription_body(REPORT_TOPIC, receiver.url, end=ended))
+    signed_report(db_session, demo)
+    assert receiver.received == []
+    row = db_session.get(FhirSubscription, int(subscription_id))
+    assert row is not None and row.events_since_start == 0
 
 
 def test_topics_are_discoverable(app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, client: Any) -> None:
