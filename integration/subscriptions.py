@@ -453,18 +453,21 @@ def deliver_due_notifications(session: Session, app: Flask, now: datetime | None
 
 def send_heartbeats(session: Session, app: Flask, now: datetime | None = None) -> list[int]:
     """A heartbeat to each active subscription that asked for one and has been sent nothing for
-    its period; returns the subscription ids it went to."""
+    its period; returns the subscription ids it went to. No row is locked during a POST (an event
+    being numbered must not wait on a slow endpoint); two sweeps at once may send two heartbeats,
+    which tell a receiver nothing wrong."""
     now = now or utcnow()
-    subscriptions = session.scalars(select(FhirSubscription).where(
+    due = [row.id for row in session.scalars(select(FhirSubscription).where(
         FhirSubscription.status == SubscriptionStatus.ACTIVE, FhirSubscription.heartbeat_seconds.is_not(None),
-    ).order_by(FhirSubscription.id).with_for_update(skip_locked=True)).all()
+    ).order_by(FhirSubscription.id))
+        if (row.last_sent_at or row.created_at) + timedelta(seconds=row.heartbeat_seconds or 0) <= now]
     sent = []
-    for subscription in subscriptions:
-        assert subscription.heartbeat_seconds is not None
-        last = subscription.last_sent_at or subscription.created_at
-        if last + timedelta(seconds=subscription.heartbeat_seconds) > now:
-            continue
+    for subscription_id in due:
+        subscription = session.get(FhirSubscription, subscription_id)
+        assert subscription is not None
         error = _post(app, subscription, notification_bundle(session, app, subscription, "heartbeat", []))
+        subscription = session.get(FhirSubscription, subscription_id, with_for_update=True, populate_existing=True)
+        assert subscription is not None
         if error is None:
             _note_success(subscription, now)
             sent.append(subscription.id)
