@@ -311,11 +311,13 @@ def record_event(
 
 def _owner_may_see(session: Session, owner: User, focus_type: str, patient_id: int | None,
                    organization_id: int | None) -> bool:
-    if not owner.active or not may_see_type(owner.role, focus_type):
+    if not owner.active or not may_see_type(owner.role, focus_type) or patient_id is None:
         return False
-    if focus_type == "Appointment" and owner.role is not Role.ADMIN and owner.organization_id != organization_id:
-        return False
-    return patient_id is not None and can_access_patient(session, owner, patient_id)
+    if focus_type == "Appointment" and owner.role is not Role.ADMIN:
+        # A booking at a centre is that centre's own record, and its staff must hear of a
+        # cancellation even when the withdrawn referral no longer opens the patient's chart.
+        return owner.organization_id is not None and owner.organization_id == organization_id
+    return can_access_patient(session, owner, patient_id)
 
 
 # --- delivering -----------------------------------------------------------------------------------

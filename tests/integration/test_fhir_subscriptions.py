@@ -30,6 +30,7 @@ from integration.models import FhirSubscription, NotificationStatus, Subscriptio
 from referrals.service import ReferralRequest, create_referral
 from tests.conftest import ApiClient
 from tests.factories import make_preliminary_report, make_referral
+from tests.imaging_orders.test_cancelled_orders import booked
 
 REPORT_TOPIC = "https://closed-loop-hospital.example/fhir/SubscriptionTopic/diagnostic-report-final"
 APPOINTMENT_TOPIC = "https://closed-loop-hospital.example/fhir/SubscriptionTopic/appointment-booked"
@@ -354,3 +355,18 @@ def test_a_smart_app_subscribes_within_its_scopes_and_launch_patient(
     reader_only = smart_api(client, db_session, clinician, "user/DiagnosticReport.rs", None)
     refused = reader_only.post("/fhir/Subscription", json=subscription_body(REPORT_TOPIC, "https://ehr.example/hook"))
     assert refused.status_code == 403 and refused.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_booking_through_the_api_and_its_withdrawal_reach_the_centre_staff(
+    app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
+) -> None:
+    subscribe(as_role("imaging_staff"), subscription_body(APPOINTMENT_TOPIC, receiver.url, "full-resource"))
+    referral, appointment = booked(as_role, demo)
+    assert [n for n, _ in receiver.events()] == [1]
+    booked_resource = receiver.events()[0][1]["entry"][1]["resource"]
+    assert (booked_resource["id"], booked_resource["status"]) == (str(appointment["id"]), "booked")
+
+    withdrawn = as_role("clinician").post(f"/api/referrals/{referral['id']}/cancel", json={"reason": "resolved"})
+    assert withdrawn.status_code == 200
+    assert [n for n, _ in receiver.events()] == [1, 2]
+    assert receiver.events()[1][1]["entry"][1]["resource"]["status"] == "cancelled"
