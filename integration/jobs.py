@@ -59,6 +59,10 @@ def deliver_subscription_notification(session: Session, notification_id: int) ->
     subscriptions.deliver_notification(session, _app(), notification_id)
 
 
+def handshake_subscription(session: Session, subscription_id: int) -> None:
+    subscriptions.handshake(session, _app(), subscription_id)
+
+
 def check_subscriptions(session: Session) -> None:
     """Periodic: notifications due a retry are scheduled again; idle subscriptions get a heartbeat."""
     subscriptions.deliver_due_notifications(session, _app())

@@ -60,6 +60,7 @@ PAYLOAD_CONTENTS = ("empty", "id-only", "full-resource")
 MAX_HEADERS = 10
 SOURCE = "fhir-subscriptions"
 DELIVER_HANDLER = "integration.jobs.deliver_subscription_notification"
+HANDSHAKE_HANDLER = "integration.jobs.handshake_subscription"
 
 
 @dataclass(frozen=True)
@@ -183,12 +184,13 @@ def create_subscription(session: Session, owner: User, resource: dict[str, Any])
     _check_smart_scopes(owner, topic, patient_id)
     end = _parse_end(resource.get("end"))
     subscription = FhirSubscription(
-        owner_user_id=owner.id, topic=topic.url, status=SubscriptionStatus.ACTIVE,
+        owner_user_id=owner.id, topic=topic.url, status=SubscriptionStatus.REQUESTED,
         reason=str(resource.get("reason", ""))[:500], filter_patient_id=patient_id, endpoint=endpoint,
         headers=headers, content=content, heartbeat_seconds=heartbeat, end=end,
     )
     session.add(subscription)
     session.flush()
+    enqueue(session, HANDSHAKE_HANDLER, queue="notify", subscription_id=subscription.id)
     record_access(session, owner, "C", "Subscription", subscription.id, source=SOURCE,
                   description=f"rest-hook to {endpoint} for {topic.url}")
     return subscription
@@ -282,7 +284,9 @@ def record_event(
     candidates = session.scalars(
         select(FhirSubscription)
         .where(FhirSubscription.topic.in_(topic_urls),
-               FhirSubscription.status.in_((SubscriptionStatus.ACTIVE, SubscriptionStatus.ERROR)),
+               # Requested: its handshake is under way; what happens meanwhile is owed to it too.
+               FhirSubscription.status.in_((SubscriptionStatus.REQUESTED, SubscriptionStatus.ACTIVE,
+                                            SubscriptionStatus.ERROR)),
                or_(FhirSubscription.filter_patient_id.is_(None), FhirSubscription.filter_patient_id == patient_id),
                or_(FhirSubscription.end.is_(None), FhirSubscription.end > utcnow()))
         .order_by(FhirSubscription.id).with_for_update()
@@ -476,6 +480,27 @@ def send_heartbeats(session: Session, app: Flask, now: datetime | None = None) -
         else:
             _note_failure(app, subscription, error)
     return sent
+
+
+def handshake(session: Session, app: Flask, subscription_id: int) -> bool:
+    """The backport IG's handshake: a `handshake` notification to a new subscription's endpoint.
+    A 2xx makes it active; anything else puts it in error (its events are still numbered and
+    retried, and the first delivery that succeeds makes it active). True when it succeeded."""
+    subscription = session.get(FhirSubscription, subscription_id)
+    if subscription is None or subscription.status is not SubscriptionStatus.REQUESTED:
+        return False
+    error = _post(app, subscription, notification_bundle(session, app, subscription, "handshake", []))
+    subscription = session.get(FhirSubscription, subscription_id, with_for_update=True, populate_existing=True)
+    if subscription is None or subscription.status is not SubscriptionStatus.REQUESTED:
+        return False
+    if error is None:
+        subscription.status = SubscriptionStatus.ACTIVE
+        return True
+    subscription.status = SubscriptionStatus.ERROR
+    subscription.consecutive_failures += 1
+    subscription.last_error = f"handshake: {error}"[:400]
+    logger.warning("Subscription/%s: handshake with %s failed: %s", subscription.id, subscription.endpoint, error)
+    return False
 
 
 def status_bundle(session: Session, app: Flask, owner: User, subscription_id: str) -> dict[str, Any]:

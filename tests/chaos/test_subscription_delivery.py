@@ -31,7 +31,7 @@ REPORT_TOPIC = "https://closed-loop-hospital.example/fhir/SubscriptionTopic/diag
 
 
 class StallingReceiver(ThreadingHTTPServer):
-    """Notes the event numbers of every POST as it arrives; holds the first one open until
+    """Notes the event numbers of every POST as it arrives; holds the first notification open until
     `release` is set (the sender is killed meanwhile), answers the others 200."""
 
     daemon_threads = True
@@ -56,8 +56,9 @@ class _StallingHandler(BaseHTTPRequestHandler):
         numbers = [int(e["eventNumber"]) for e in bundle["entry"][0]["resource"].get("notificationEvent", [])]
         with self.server.lock:
             self.server.arrived.extend(numbers)
-            first = not self.server.first_arrived.is_set()
-            self.server.first_arrived.set()
+            first = bool(numbers) and not self.server.first_arrived.is_set()  # not the handshake
+            if first:
+                self.server.first_arrived.set()
         if first:
             self.server.release.wait(timeout=120)
         try:

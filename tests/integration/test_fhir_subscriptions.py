@@ -93,11 +93,17 @@ def subscription_body(topic: str, endpoint: str, content: str = "id-only", **ext
     return body
 
 
-def subscribe(api: ApiClient, body: dict[str, Any]) -> str:
+def subscribe(api: ApiClient, body: dict[str, Any], receiver: Receiver | None = None) -> str:
+    """Create it; with the receiver it names, check the handshake made it active."""
     response = api.post("/fhir/Subscription", json=body)
     assert response.status_code == 201, response.get_data(as_text=True)
-    assert response.get_json()["status"] == "active"
-    return str(response.get_json()["id"])
+    assert response.get_json()["status"] == "requested"
+    subscription_id = str(response.get_json()["id"])
+    if receiver is not None:
+        # The handshake ran after the commit (inline here): the endpoint answered, so it is active.
+        assert api.get(f"/fhir/Subscription/{subscription_id}").get_json()["status"] == "active"
+        assert [b["entry"][0]["resource"]["type"] for b, _ in receiver.received][-1:] == ["handshake"]
+    return subscription_id
 
 
 def signed_report(db_session: Session, demo: DemoSeed) -> int:
@@ -112,11 +118,11 @@ def signed_report(db_session: Session, demo: DemoSeed) -> int:
 def test_a_referrer_gets_a_signed_and_an_amended_report_once_each_numbered(
     app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
 ) -> None:
-    subscription_id = subscribe(as_role("clinician"), subscription_body(REPORT_TOPIC, receiver.url, "full-resource"))
+    subscription_id = subscribe(as_role("clinician"), subscription_body(REPORT_TOPIC, receiver.url, "full-resource"), receiver)
 
     report_id = signed_report(db_session, demo)
     assert [n for n, _ in receiver.events()] == [1]
-    bundle, headers = receiver.received[0]
+    bundle, headers = receiver.received[-1]
     assert headers["Authorization"] == "Bearer receiver-secret"
     assert bundle["type"] == "history"
     status = bundle["entry"][0]["resource"]
@@ -150,18 +156,18 @@ def test_another_clinicians_subscription_hears_nothing_of_this_report(
     db_session.add(User(username="other_clinician", password_hash=demo.users["clinician"].password_hash,
                         role=Role.CLINICIAN, practitioner_id=practitioner.id, organization_id=demo.clinic.id))
     db_session.commit()
-    subscribe(as_role("other_clinician"), subscription_body(REPORT_TOPIC, receiver.url))
+    subscribe(as_role("other_clinician"), subscription_body(REPORT_TOPIC, receiver.url), receiver)
 
     signed_report(db_session, demo)
 
-    assert receiver.received == []
+    assert receiver.events() == []
     assert db_session.scalar(select(SubscriptionNotification.id)) is None
 
 
 def test_a_centres_staff_get_the_appointments_booked_there(
     app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
 ) -> None:
-    subscription_id = subscribe(as_role("imaging_staff"), subscription_body(APPOINTMENT_TOPIC, receiver.url))
+    subscription_id = subscribe(as_role("imaging_staff"), subscription_body(APPOINTMENT_TOPIC, receiver.url), receiver)
     referral = create_referral(db_session, demo.users["clinician"], ReferralRequest(
         patient_id=demo.patient.id, performer_organization_id=demo.imaging_centre.id, modality="CT",
         body_part="CHEST", procedure_description="CT chest", reason="cough", access_reason="new patient"))
@@ -190,7 +196,7 @@ def test_staff_of_another_organisation_hear_nothing_of_this_booking(
                               role=Role.IMAGING_STAFF, organization_id=demo.clinic.id)
     db_session.add(other_centre_staff)
     db_session.commit()
-    subscribe(as_role("other_centre_staff"), subscription_body(APPOINTMENT_TOPIC, receiver.url))
+    subscribe(as_role("other_centre_staff"), subscription_body(APPOINTMENT_TOPIC, receiver.url), receiver)
     referral = create_referral(db_session, demo.users["clinician"], ReferralRequest(
         patient_id=demo.patient.id, performer_organization_id=demo.imaging_centre.id, modality="CT",
         body_part="CHEST", procedure_description="CT chest", reason="cough", access_reason="new patient"))
@@ -198,18 +204,18 @@ def test_staff_of_another_organisation_hear_nothing_of_this_booking(
     slot = free_slots(db_session, demo.imaging_centre.id, "CT", utcnow(), utcnow() + timedelta(days=14))[0]
     book_appointment(db_session, demo.users["patient"], referral.id, slot.id)
     db_session.commit()
-    assert receiver.received == []
+    assert receiver.events() == []
 
 
 def test_a_receiver_that_is_down_gets_the_event_later_and_the_subscription_shows_error(
     app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
 ) -> None:
     api = as_role("clinician")
-    subscription_id = subscribe(api, subscription_body(REPORT_TOPIC, receiver.url))
+    subscription_id = subscribe(api, subscription_body(REPORT_TOPIC, receiver.url), receiver)
     receiver.answer = 503
 
     signed_report(db_session, demo)
-    assert receiver.received == []
+    assert receiver.events() == []
     notification = db_session.scalars(select(SubscriptionNotification)).one()
     assert (notification.status, notification.attempts, notification.event_number) == (NotificationStatus.PENDING, 1, 1)
     assert "503" in (notification.last_error or "")
@@ -233,17 +239,32 @@ def test_a_receiver_that_is_down_gets_the_event_later_and_the_subscription_shows
     assert api.get(f"/fhir/Subscription/{subscription_id}").get_json()["status"] == "active"
 
 
+def test_a_failed_handshake_shows_error_until_a_delivery_gets_through(
+    app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
+) -> None:
+    api = as_role("clinician")
+    receiver.answer = 503
+    subscription_id = subscribe(api, subscription_body(REPORT_TOPIC, receiver.url))
+    shown = api.get(f"/fhir/Subscription/{subscription_id}").get_json()
+    assert shown["status"] == "error" and shown["error"].startswith("handshake: HTTP 503")
+
+    receiver.answer = 200
+    signed_report(db_session, demo)  # still numbered for it, and delivered: the endpoint is back
+    assert [n for n, _ in receiver.events()] == [1]
+    assert api.get(f"/fhir/Subscription/{subscription_id}").get_json()["status"] == "active"
+
+
 def test_heartbeat_when_nothing_was_sent_for_the_period(
     app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
 ) -> None:
     body = subscription_body(REPORT_TOPIC, receiver.url)
     body["channel"]["extension"] = [{"url": subscriptions.EXT_HEARTBEAT, "valueUnsignedInt": 60}]
-    subscription_id = int(subscribe(as_role("clinician"), body))
+    subscription_id = int(subscribe(as_role("clinician"), body, receiver))
 
     assert subscriptions.send_heartbeats(db_session, app) == []  # not yet a period
     assert subscriptions.send_heartbeats(db_session, app, now=utcnow() + timedelta(seconds=61)) == [subscription_id]
-    beats = [b for b, _ in receiver.received]
-    assert len(beats) == 1 and beats[0]["entry"][0]["resource"]["type"] == "heartbeat"
+    beats = [b for b, _ in receiver.received if b["entry"][0]["resource"]["type"] == "heartbeat"]
+    assert len(beats) == 1
     assert beats[0]["entry"][0]["resource"]["eventsSinceSubscriptionStart"] == "0"
     assert subscriptions.send_heartbeats(db_session, app, now=utcnow() + timedelta(seconds=61)) == []
 
@@ -252,7 +273,7 @@ def test_subscriptions_are_their_owners_alone(
     app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
 ) -> None:
     owner = as_role("clinician")
-    subscription_id = subscribe(owner, subscription_body(REPORT_TOPIC, receiver.url))
+    subscription_id = subscribe(owner, subscription_body(REPORT_TOPIC, receiver.url), receiver)
     read = owner.get(f"/fhir/Subscription/{subscription_id}").get_json()
     assert read["channel"]["header"] == ["Authorization: ***"]  # the receiver's secret is not echoed
     assert [e["resource"]["id"] for e in owner.get("/fhir/Subscription").get_json()["entry"]] == [subscription_id]
@@ -265,7 +286,7 @@ def test_subscriptions_are_their_owners_alone(
     assert owner.delete(f"/fhir/Subscription/{subscription_id}").status_code == 204
     assert owner.get(f"/fhir/Subscription/{subscription_id}").get_json()["status"] == "off"
     signed_report(db_session, demo)
-    assert receiver.received == []
+    assert receiver.events() == []
     row = db_session.get(FhirSubscription, int(subscription_id))
     assert row is not None and row.status is SubscriptionStatus.OFF and row.events_since_start == 0
 
@@ -274,9 +295,9 @@ def test_a_subscription_past_its_end_numbers_nothing(
     app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
 ) -> None:
     ended = (utcnow() - timedelta(minutes=1)).isoformat()
-    subscription_id = subscribe(as_role("clinician"), subscription_body(REPORT_TOPIC, receiver.url, end=ended))
+    subscription_id = subscribe(as_role("clinician"), subscription_body(REPORT_TOPIC, receiver.url, end=ended), receiver)
     signed_report(db_session, demo)
-    assert receiver.received == []
+    assert receiver.events() == []
     row = db_session.get(FhirSubscription, int(subscription_id))
     assert row is not None and row.events_since_start == 0
 
@@ -360,7 +381,7 @@ def test_a_smart_app_subscribes_within_its_scopes_and_launch_patient(
 def test_a_booking_through_the_api_and_its_withdrawal_reach_the_centre_staff(
     app: Flask, db_session: Session, demo: DemoSeed, as_role: Any, receiver: Receiver
 ) -> None:
-    subscribe(as_role("imaging_staff"), subscription_body(APPOINTMENT_TOPIC, receiver.url, "full-resource"))
+    subscribe(as_role("imaging_staff"), subscription_body(APPOINTMENT_TOPIC, receiver.url, "full-resource"), receiver)
     referral, appointment = booked(as_role, demo)
     assert [n for n, _ in receiver.events()] == [1]
     booked_resource = receiver.events()[0][1]["entry"][1]["resource"]
