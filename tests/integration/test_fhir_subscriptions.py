@@ -359,13 +359,13 @@ def smart_api(client: Any, db_session: Session, user: User, scope: str, patient_
 
 
 def test_a_smart_app_subscribes_within_its_scopes_and_launch_patient(
-    app: Flask, db_session: Session, demo: DemoSeed, client: Any
+    app: Flask, db_session: Session, demo: DemoSeed, client: Any, receiver: Receiver
 ) -> None:
     clinician = demo.users["clinician"]
     make_referral(db_session, demo)  # the demo patient is in the clinician's care
     patient_app = smart_api(client, db_session, clinician, "patient/DiagnosticReport.rs patient/Subscription.c",
                             demo.patient.id)
-    body = subscription_body(REPORT_TOPIC, "https://ehr.example/hook")
+    body = subscription_body(REPORT_TOPIC, receiver.url)
     unfiltered = patient_app.post("/fhir/Subscription", json=body)
     assert unfiltered.status_code == 400 and "patient-scoped app" in unfiltered.get_json()["issue"][0]["diagnostics"]
     body["_criteria"] = {"extension": [{"url": subscriptions.EXT_FILTER,
@@ -374,7 +374,7 @@ def test_a_smart_app_subscribes_within_its_scopes_and_launch_patient(
     assert created.status_code == 201, created.get_data(as_text=True)
 
     reader_only = smart_api(client, db_session, clinician, "user/DiagnosticReport.rs", None)
-    refused = reader_only.post("/fhir/Subscription", json=subscription_body(REPORT_TOPIC, "https://ehr.example/hook"))
+    refused = reader_only.post("/fhir/Subscription", json=subscription_body(REPORT_TOPIC, receiver.url))
     assert refused.status_code == 403 and refused.get_json()["resourceType"] == "OperationOutcome"
 
 
