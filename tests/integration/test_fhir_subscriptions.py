@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from ai_services.reading import add_addendum
 from ai_services.service import sign_report
 from hospital.clock import utcnow
+from hospital.jobs import enqueue
 from hospital.models import ApiToken, AuditEvent, Practitioner, Role, User
 from hospital.seed import DemoSeed
 from hospital.smart import register_client
@@ -231,10 +232,13 @@ def test_a_receiver_that_is_down_gets_the_event_later_and_the_subscription_shows
     status = api.get(f"/fhir/Subscription/{subscription_id}/$status").get_json()["entry"][0]["resource"]
     assert status["status"] == "error" and status["eventsSinceSubscriptionStart"] == "1"
 
+    # Backoff: doubling from SUBSCRIPTION_RETRY_SECONDS, capped.
+    assert [subscriptions.retry_delay(app, n).total_seconds() for n in (1, 2, 3, 99)] == [30, 60, 120, 3600]
+
     receiver.answer = 200
-    later = utcnow() + subscriptions.retry_delay(app, 99)
-    assert subscriptions.deliver_due_notifications(db_session, app, now=later) == [notification.id]
-    db_session.commit()  # the scheduled delivery runs after the commit
+    notification.next_attempt_at = utcnow() - timedelta(seconds=1)  # its retry time has come
+    enqueue(db_session, "integration.jobs.check_subscriptions", queue="notify")  # what `hospital scheduler` does
+    db_session.commit()  # the sweep runs after the commit (inline here), and the delivery after it
     assert [n for n, _ in receiver.events()] == [1]
     assert api.get(f"/fhir/Subscription/{subscription_id}").get_json()["status"] == "active"
 
