@@ -136,6 +136,16 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "HL7_IDLE_TIMEOUT_SECONDS": _env_int("HL7_IDLE_TIMEOUT_SECONDS", 60),
         "HL7_RESULT_DESTINATIONS": os.environ.get("HL7_RESULT_DESTINATIONS") or "",
         "HL7_SEND_TIMEOUT_SECONDS": _env_int("HL7_SEND_TIMEOUT_SECONDS", 10),
+        # FHIR subscriptions (rest-hook, integration/subscriptions.py): how long one POST may take;
+        # a failed notification is tried again after RETRY_SECONDS, doubling per attempt up to
+        # RETRY_MAX_SECONDS, and never dropped; after ERROR_AFTER_FAILURES failures in a row the
+        # subscription shows status "error" to its owner until a delivery succeeds. The sweep
+        # that retries and sends heartbeats runs every CHECK_SECONDS.
+        "SUBSCRIPTION_SEND_TIMEOUT_SECONDS": _env_int("SUBSCRIPTION_SEND_TIMEOUT_SECONDS", 10),
+        "SUBSCRIPTION_RETRY_SECONDS": _env_int("SUBSCRIPTION_RETRY_SECONDS", 30),
+        "SUBSCRIPTION_RETRY_MAX_SECONDS": _env_int("SUBSCRIPTION_RETRY_MAX_SECONDS", 3600),
+        "SUBSCRIPTION_ERROR_AFTER_FAILURES": _env_int("SUBSCRIPTION_ERROR_AFTER_FAILURES", 5),
+        "SUBSCRIPTION_CHECK_SECONDS": _env_int("SUBSCRIPTION_CHECK_SECONDS", 30),
         "PUBLIC_BASE_URL": (os.environ.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000").rstrip("/"),
         # Mail to patients and staff (hospital/notify.py): an SMTP server when SMTP_HOST is set, else
         # nothing leaves the process (the log says a message was due). STARTTLS upgrades a plain

@@ -120,9 +120,9 @@ def register_client(
         raise ValueError("an app needs at least one scope")
     uris = [uri.strip() for uri in redirect_uris or [] if uri.strip()]
     for uri in uris:
-        if not _https_or_this_machine(uri):
+        if not https_or_this_machine(uri):
             raise ValueError(f"redirect URI must be https (or http on localhost): {uri!r}")
-    if jwks_uri and not _https_or_this_machine(jwks_uri):
+    if jwks_uri and not https_or_this_machine(jwks_uri):
         raise ValueError(f"the JWKS URL must be https (or http on localhost): {jwks_uri!r}")
     wants_system = any(part.startswith("system/") for part in allowed)
     if jwks is not None:
@@ -143,7 +143,7 @@ def register_client(
     return client
 
 
-def _https_or_this_machine(uri: str) -> bool:
+def https_or_this_machine(uri: str) -> bool:
     """https anywhere; plain http only to this machine (an app under development). Judged by the
     parsed host, so "http://localhost.evil.example" is not this machine."""
     try:

@@ -19,9 +19,11 @@ from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import gettext as _
 from hospital.i18n import status_word
+from hospital.jobs import publish
 from hospital.models import Organization, Patient, Practitioner, Role, User
 from hospital.notifications import notify_patient
 from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy
+from imaging_orders.events import AppointmentBooked, AppointmentCancelled
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot, SlotStatus
 from referrals import public as referrals
 from referrals.public import ORDERS, ReferralStatus, ReferralSummary, summary_from_row
@@ -167,6 +169,9 @@ def book_appointment(session: Session, user: User, referral_id: int, slot_id: in
     _flush_booking(session)
     referrals.mark_scheduled(session, referral.referral_id)  # its row is locked since the check above
     record_access(session, user, "C", "Appointment", appointment.id, patient_id=referral.patient_id)
+    publish(session, AppointmentBooked(appointment_id=appointment.id, patient_id=appointment.patient_id,
+                                       organization_id=slot.schedule.organization_id,
+                                       referral_id=appointment.referral_id))
     return appointment
 
 
@@ -214,6 +219,10 @@ def cancel_appointment(session: Session, user: User, appointment_id: int) -> App
     session.flush()
     record_access(session, user, "U", "Appointment", appointment.id, patient_id=appointment.patient_id,
                   description="cancelled")
+    if slot is not None:
+        publish(session, AppointmentCancelled(appointment_id=appointment.id, patient_id=appointment.patient_id,
+                                              organization_id=slot.schedule.organization_id,
+                                              referral_id=appointment.referral_id))
     return appointment
 
 

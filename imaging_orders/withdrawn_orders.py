@@ -10,7 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hospital.audit import record_access
+from hospital.jobs import publish
 from imaging_orders.centres import LIVE_APPOINTMENT_STATUSES
+from imaging_orders.events import AppointmentCancelled
 from imaging_orders.models import Appointment, AppointmentStatus, Slot, SlotStatus
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ def release_withdrawn_order(session: Session, referral_id: int) -> list[int]:
         session.flush()
         record_access(session, None, "U", "Appointment", appointment.id, patient_id=appointment.patient_id,
                       description=f"cancelled: referral {referral_id} was withdrawn by its requester")
+        if slot is not None:
+            publish(session, AppointmentCancelled(appointment_id=appointment.id, patient_id=appointment.patient_id,
+                                                  organization_id=slot.schedule.organization_id,
+                                                  referral_id=referral_id))
     if appointments:
         logger.info("referral %s withdrawn: %d appointment(s) cancelled", referral_id, len(appointments))
     return [appointment.id for appointment in appointments]

@@ -1,13 +1,15 @@
 """HL7 v2 interface tables: every inbound message with the acknowledgement it got, the mappings
 from the sender's codes to our centres and practitioners, placer order numbers, and the results
-sent out (ORU^R01) with their delivery state."""
+sent out (ORU^R01) with their delivery state. FHIR subscriptions (rest-hook) and the notifications
+owed to each, numbered per subscription."""
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hospital.clock import utcnow
@@ -105,6 +107,78 @@ class Hl7Outbound(Base):
     message: Mapped[str] = mapped_column(Text)
     status: Mapped[OutboundStatus] = mapped_column(enum_column(OutboundStatus), default=OutboundStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class SubscriptionStatus(str, enum.Enum):
+    """FHIR Subscription.status (R4B)."""
+
+    REQUESTED = "requested"
+    ACTIVE = "active"  # notifications are delivered
+    ERROR = "error"  # deliveries keep failing; events are still numbered and kept, and retried
+    OFF = "off"  # stopped by its owner: no new events are numbered for it
+
+
+class FhirSubscription(Base):
+    """A rest-hook subscription to one of our topics (`integration.subscription_topics`), owned by
+    the user (or the SMART app's user) that created it, who alone sees and stops it.
+
+    `events_since_start` is the counter notifications are numbered from: it is raised under a row
+    lock in the transaction that records the notification, so numbers are gap-free and never
+    reused, and a receiver de-duplicates a redelivery by its number."""
+
+    __tablename__ = "fhir_subscription"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    topic: Mapped[str] = mapped_column(String(200))
+    status: Mapped[SubscriptionStatus] = mapped_column(enum_column(SubscriptionStatus),
+                                                       default=SubscriptionStatus.ACTIVE)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    # Only events about this patient (the topic's `patient` filter), or every one the owner may see.
+    filter_patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    endpoint: Mapped[str] = mapped_column(String(500))
+    # "Name: value" lines sent with every POST (the receiver's own authorisation, typically).
+    headers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    content: Mapped[str] = mapped_column(String(20), default="id-only")  # empty | id-only | full-resource
+    heartbeat_seconds: Mapped[int | None]
+    end: Mapped[datetime | None]
+    events_since_start: Mapped[int] = mapped_column(default=0)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(String(400))
+    last_sent_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotificationStatus(str, enum.Enum):
+    PENDING = "pending"  # owed: the delivery job (or the retry sweep) sends it
+    SENT = "sent"  # the endpoint answered 2xx
+
+
+class SubscriptionNotification(Base):
+    """One event for one subscription, with its number. Kept until delivered, whatever the endpoint
+    does; `occasion` (what happened, e.g. "report-signed:12") makes recording it idempotent."""
+
+    __tablename__ = "fhir_subscription_notification"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_number"),
+        UniqueConstraint("subscription_id", "occasion"),
+        Index("ix_fhir_subscription_notification_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("fhir_subscription.id"))
+    event_number: Mapped[int]
+    occasion: Mapped[str] = mapped_column(String(80))
+    focus_type: Mapped[str] = mapped_column(String(40))
+    focus_id: Mapped[int]
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patient.id"))
+    status: Mapped[NotificationStatus] = mapped_column(enum_column(NotificationStatus),
+                                                       default=NotificationStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(String(400))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]

@@ -105,6 +105,10 @@ VERSIONED_MODELS: dict[type[Any], ResourceMapping] = {}
 @dataclass
 class FhirRegistry:
     mappings: dict[str, ResourceMapping] = field(default_factory=dict)
+    # CapabilityStatement entries of resources served by their own routes (not a table mapping),
+    # e.g. Subscription; and extensions for the `rest` element (the topics a server offers).
+    extra_capabilities: list[dict[str, Any]] = field(default_factory=list)
+    rest_extensions: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, mapping: ResourceMapping) -> None:
         if mapping.type_name in self.mappings:
@@ -123,6 +127,13 @@ def init_app(app: Flask) -> None:
 
 def register_resource(app: Flask, mapping: ResourceMapping) -> None:
     app.extensions["hospital.fhir"].add(mapping)
+
+
+def register_capability(app: Flask, resource: dict[str, Any], rest_extensions: list[dict[str, Any]] | None = None) -> None:
+    """Name in the CapabilityStatement a resource type served by its own routes."""
+    registry: FhirRegistry = app.extensions["hospital.fhir"]
+    registry.extra_capabilities.append(resource)
+    registry.rest_extensions.extend(rest_extensions or [])
 
 
 def fhir_registry() -> FhirRegistry:

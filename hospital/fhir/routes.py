@@ -126,6 +126,8 @@ def _capability_statement() -> dict[str, Any]:
             {"url": f"{fhir_base()}/StructureDefinition/sortable", "valueString": ",".join(sortable_params(mapping))}
         ]
         resources.append(entry)
+    resources.extend(registry.extra_capabilities)
+    resources.sort(key=lambda entry: str(entry["type"]))
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -155,6 +157,7 @@ def _capability_statement() -> dict[str, Any]:
                                    "(see .well-known/smart-configuration)",
                 },
                 "resource": resources,
+                **({"extension": registry.rest_extensions} if registry.rest_extensions else {}),
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 "searchParam": [
                     {"name": "_count", "type": "number", "documentation": f"Page size, default {DEFAULT_COUNT}, at most {MAX_COUNT}"},
@@ -432,7 +435,7 @@ def parse_body_resource(data: Any, type_name: str) -> dict[str, Any]:
         raise InvalidInput(str(exc)) from exc
 
 
-def _request_json() -> Any:
+def request_json() -> Any:
     try:
         data = request.get_json(force=True, silent=True)
     except RecursionError as exc:
@@ -502,7 +505,7 @@ def _write_response(mapping: ResourceMapping, row: Any, status: int, session: Se
 def create(type_name: str) -> Response:
     mapping = _mapping_or_404(type_name)
     session = request_session()
-    row, status = create_resource(session, current_user(), mapping, _request_json(), request.headers.get("If-None-Exist"))
+    row, status = create_resource(session, current_user(), mapping, request_json(), request.headers.get("If-None-Exist"))
     return _write_response(mapping, row, status, session)
 
 
@@ -510,7 +513,7 @@ def create(type_name: str) -> Response:
 def update(type_name: str, resource_id: str) -> Response:
     mapping = _mapping_or_404(type_name)
     session = request_session()
-    row = update_resource(session, current_user(), mapping, resource_id, _request_json(), request.headers.get("If-Match"))
+    row = update_resource(session, current_user(), mapping, resource_id, request_json(), request.headers.get("If-Match"))
     return _write_response(mapping, row, 200, session)
 
 
@@ -538,7 +541,7 @@ def transaction_or_batch() -> Response:
     """A transaction (all entries or none, one database transaction) or a batch (each entry on
     its own) Bundle."""
     current_user()  # before looking at the body: an anonymous caller learns nothing from it
-    data = _request_json()
+    data = request_json()
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         raise InvalidInput("POST /fhir takes a transaction or batch Bundle")
     if isinstance(data.get("entry"), list):

@@ -164,7 +164,7 @@ def test_an_addendum_amends_a_signed_report_and_keeps_the_original(
 
     handlers = db_session.scalars(select(JobRecord.handler).where(JobRecord.event == ReportAmended.name)).all()
     assert sorted(handlers) == ["ai_services.jobs.make_report_outputs", "ai_services.jobs.notify_report_amended",
-                                "integration.jobs.send_results_for_amendment"]
+                                "integration.jobs.notify_report_amended", "integration.jobs.send_results_for_amendment"]
     # The referring clinician and the patient are told, once each (the inline job ran after the commit).
     told = db_session.scalars(select(Notification.kind).where(Notification.event_key.like("report-amended:%"))).all()
     assert sorted(told) == ["report_amended", "report_updated"]

@@ -42,7 +42,7 @@ def test_review_every_finding_then_sign(as_role: Any, demo: DemoSeed, db_session
     handlers = db_session.scalars(select(JobRecord.handler).where(JobRecord.event == "ai.report_signed")).all()
     assert sorted(handlers) == ["ai_services.jobs.make_report_outputs", "ai_services.jobs.tell_report_signed",
                                 "followup.jobs.open_consultation_for_report",
-                                "integration.jobs.send_results_for_report",
+                                "integration.jobs.notify_report_signed", "integration.jobs.send_results_for_report",
                                 "research.jobs.record_contribution_for_report"]
 
 
