@@ -71,13 +71,17 @@ def git(*args: str) -> str:
 
 
 def previous_release() -> str:
-    """The commit the newest migration was merged onto: the last code written for the schema before it."""
+    """The commit the head migration was merged onto: the last code written for the schema before it."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs the git history (a checkout, not an export) to find the previous release")
     named = os.environ.get("HOSPITAL_PREVIOUS_RELEASE")
     if named:
         return git("rev-parse", "--verify", f"{named}^{{commit}}")
-    newest = git("log", "-1", "--first-parent", "--diff-filter=A", "--format=%H", "--", "migrations/versions")
+    # The commit that brought this schema's head migration onto the main line (branches merge in
+    # any order, so it is not always the newest commit that added some migration).
+    [head_file] = [p for p in (ROOT / "migrations" / "versions").glob(f"{code_schema_head()}_*.py")]
+    newest = git("log", "-1", "--first-parent", "--diff-filter=A", "--format=%H", "--",
+                 str(head_file.relative_to(ROOT)))
     try:
         return git("rev-parse", "--verify", f"{newest}^1")
     except subprocess.CalledProcessError:

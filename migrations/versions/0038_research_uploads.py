@@ -1,7 +1,7 @@
 """research_contribution: uploads by research contributors beside platform studies
 
 Revision ID: 0038
-Revises: 0033
+Revises: 0034
 Create Date: 2026-12-04 12:40:00
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from alembic import op
 
 revision: str = "0038"
 # Rechained onto the latest migration when the branches land together.
-down_revision: str | None = "0033"
+down_revision: str | None = "0034"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
