@@ -5,14 +5,18 @@ referral appears. Nobody else may see the page."""
 from __future__ import annotations
 
 import html
+import threading
 
 from sqlalchemy import func, select
 
+from ai_services.events import ReportSigned
 from hospital.db import get_db
 from hospital.models import AuditEvent
-from integration.models import Hl7Message, InboundStatus
+from integration.hl7_results import queue_results
+from integration.models import Hl7Message, Hl7Outbound, InboundStatus, OutboundStatus
 from referrals.models import Referral
-from tests.integration.test_hl7_listener import Node, count, node, orm, send  # noqa: F401 (the fixture)
+from tests.integration.test_hl7_listener import Node, count, free_port, node, orm, send  # noqa: F401 (the fixture)
+from tests.integration.test_hl7_patients_and_results import _Receiver, _ReceiverHandler, signed_report
 from tests.referrals.test_referral_pages import csrf_token_of, sign_in
 
 
@@ -82,3 +86,39 @@ def test_only_an_admin_sees_the_hl7_page(node: Node) -> None:
         assert client.get(path).status_code == 403
     assert client.post(f"/admin/hl7/messages/{ae_id}", data={"confirmed": "yes"}).status_code in (400, 403)
     assert count(node, Referral) == 0
+
+
+def test_admin_resends_a_dead_letter_once_its_destination_answers(node: Node) -> None:
+    port = free_port()
+    node.app.config["HL7_RESULT_DESTINATIONS"] = f"127.0.0.1:{port}"  # nobody listens there yet
+    report_id, patient_id = signed_report(node)
+    with node.app.app_context(), get_db(node.app).transaction() as session:
+        queue_results(session, node.app, ReportSigned(report_id=report_id, patient_id=patient_id, referral_id=None))
+    with get_db(node.app).transaction() as session:
+        outbound = session.scalars(select(Hl7Outbound)).one()
+        assert outbound.status is OutboundStatus.DEAD
+        outbound_id, control_id = outbound.id, outbound.control_id
+    client = node.app.test_client()
+    sign_in(client, "admin")
+    page = client.get("/admin/hl7").get_data(as_text=True)
+    assert f'data-outbound-id="{outbound_id}"' in page and control_id in page
+
+    server = _Receiver(("127.0.0.1", port), _ReceiverHandler)
+    server.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = client.post(f"/admin/hl7/outbound/{outbound_id}/resend",
+                           data={"csrf_token": csrf_token_of(page), "confirmed": "yes"}, follow_redirects=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert "queued again" in done.get_data(as_text=True)
+    assert [str(m["MSH.F10"]) for m in server.received] == [control_id]
+    with get_db(node.app).transaction() as session:
+        row = session.get(Hl7Outbound, outbound_id)
+        assert row is not None and row.status is OutboundStatus.SENT
+    # Sent: no second resend.
+    again = client.post(f"/admin/hl7/outbound/{outbound_id}/resend",
+                        data={"csrf_token": csrf_token_of(page), "confirmed": "yes"}, follow_redirects=True)
+    assert "not a dead letter" in again.get_data(as_text=True)
