@@ -13,7 +13,7 @@ from ai_services.events import ReportSigned
 from hospital.db import get_db
 from hospital.models import AuditEvent
 from integration.hl7_results import queue_results
-from integration.models import Hl7Message, Hl7Outbound, InboundStatus, OutboundStatus
+from integration.models import Hl7CodeMap, Hl7Message, Hl7Outbound, InboundStatus, OutboundStatus
 from referrals.models import Referral
 from tests.integration.test_hl7_listener import Node, count, free_port, node, orm, send  # noqa: F401 (the fixture)
 from tests.integration.test_hl7_patients_and_results import _Receiver, _ReceiverHandler, signed_report
@@ -122,3 +122,16 @@ def test_admin_resends_a_dead_letter_once_its_destination_answers(node: Node) ->
     again = client.post(f"/admin/hl7/outbound/{outbound_id}/resend",
                         data={"csrf_token": csrf_token_of(page), "confirmed": "yes"}, follow_redirects=True)
     assert "not a dead letter" in again.get_data(as_text=True)
+
+
+def test_the_cli_maps_codes_through_the_same_checks(node: Node) -> None:
+    runner = node.app.test_cli_runner()
+
+    refused = runner.invoke(args=["hl7", "map", "centre", "NORTHSIDE", "999999"])
+    mapped = runner.invoke(args=["hl7", "map", "provider", "P777", str(node.clinician_practitioner_id)])
+
+    assert refused.exit_code == 1 and "is not an imaging centre" in refused.output
+    assert mapped.exit_code == 0, mapped.output
+    with get_db(node.app).transaction() as session:
+        codes = set(session.scalars(select(Hl7CodeMap.code)))
+    assert "P777" in codes and "NORTHSIDE" not in codes
