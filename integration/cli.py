@@ -11,11 +11,12 @@ from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from hospital.db import get_db
-from hospital.models import Organization, OrganizationKind, Practitioner
+from hospital.errors import DomainError
 from integration.hl7_inbound import replay_message
 from integration.hl7_results import resend_dead_letter
 from integration.mllp import start_hl7_listener
-from integration.models import CodeKind, Hl7CodeMap, Hl7Message, Hl7Outbound, InboundStatus, OutboundStatus
+from integration.models import CodeKind, Hl7Message, Hl7Outbound, InboundStatus, OutboundStatus
+from integration.service import set_code_map
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +48,11 @@ def hl7_group(ctx: click.Context, host: str | None, port: int | None) -> None:
 def map_command(kind: str, code: str, target_id: int) -> None:
     """Say what a sender's CODE means: `centre CODE ORGANIZATION_ID` (MSH-6) or
     `provider CODE PRACTITIONER_ID` (ORC-12)."""
-    code_kind = CodeKind(kind)
-    with get_db().transaction() as session:
-        if code_kind is CodeKind.CENTRE:
-            centre = session.get(Organization, target_id)
-            if centre is None or centre.kind is not OrganizationKind.IMAGING_CENTRE:
-                raise click.ClickException(f"organization {target_id} is not an imaging centre")
-        elif session.get(Practitioner, target_id) is None:
-            raise click.ClickException(f"practitioner {target_id} does not exist")
-        row = session.scalar(select(Hl7CodeMap).where(Hl7CodeMap.kind == code_kind, Hl7CodeMap.code == code))
-        if row is None:
-            session.add(Hl7CodeMap(kind=code_kind, code=code, target_id=target_id))
-        else:
-            row.target_id = target_id
+    try:
+        with get_db().transaction() as session:
+            set_code_map(session, CodeKind(kind), code, target_id)
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc
     click.echo(f"{kind} {code} -> {target_id}")
 
 

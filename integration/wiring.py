@@ -1,5 +1,5 @@
-"""Wires the integration stage into the app: its `hospital hl7` command, FHIR subscriptions (routes,
-event subscriptions, the periodic retry and heartbeat sweep)."""
+"""Wires the integration stage into the app: its `hospital hl7` command and the administrator's HL7
+page, FHIR subscriptions (routes, event subscriptions, the periodic retry and heartbeat sweep)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hospital.fhir.registry import register_capability
 from hospital.jobs import subscribe
 from hospital.periodic import register_periodic
 from imaging_orders.events import AppointmentBooked, AppointmentCancelled
-from integration import cli, subscription_routes, subscriptions
+from integration import cli, routes, subscription_routes, subscriptions
 from integration.hl7_results import parse_destinations
 
 
@@ -18,6 +18,7 @@ def register(app: Flask) -> None:
     # A malformed destination list stops the app at start-up rather than at the first signed report.
     parse_destinations(app.config["HL7_RESULT_DESTINATIONS"])
     app.cli.add_command(cli.hl7_group)
+    routes.register(app)
     subscribe(app, ReportSigned, "integration.jobs.send_results_for_report", queue="notify")
     subscribe(app, ReportAmended, "integration.jobs.send_results_for_amendment", queue="notify")
     app.register_blueprint(subscription_routes.bp)
