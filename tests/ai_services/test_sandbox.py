@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from ai_services.packages import verify_package
-from ai_services.sandbox import SandboxLimits, reference_inputs, run_package_checks
+from ai_services.sandbox import SandboxLimits, reference_inputs, run_package, run_package_checks
 from tests.ai_services.package_factory import (
     classifier_manifest,
     make_classifier_package,
@@ -77,3 +80,29 @@ def test_a_model_that_raises_fails_with_its_error(tmp_path: Path) -> None:
     report = run_package_checks(package.root, package.manifest, QUICK)
     assert not report.passed
     assert report.reason is not None and report.reason.startswith("the model failed on the reference studies: RuntimeError")
+
+
+def test_a_package_run_on_a_study_hands_back_its_output_values(tmp_path: Path) -> None:
+    """The run on a study goes the checks' way (same child, same limits) and returns what the model
+    said: here the same logits the classifier gives in this process."""
+    from ai_services.packages import build_state_dict_model
+
+    package = verify_package(make_classifier_package(tmp_path), tmp_path / "out")
+    inputs = reference_inputs(package.manifest)[:2]
+    run = run_package(package.root, inputs, QUICK)
+    assert run.reason is None
+    model = build_state_dict_model(package.manifest, package.root / str(package.manifest["weights"]["file"]))
+    model.eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(inputs)).numpy()
+    got = np.array([case["values"] for case in run.result["cases"]])
+    assert got.shape == (2, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_package_that_over_runs_on_a_study_says_so_for_the_study(tmp_path: Path) -> None:
+    package = verify_package(make_torchscript_package(tmp_path, loops=10**9), tmp_path / "out")
+    run = run_package(package.root, reference_inputs(package.manifest)[:1],
+                      SandboxLimits(wall_seconds=60, cpu_seconds=3))
+    assert run.reason == "ran past the CPU limit of 3 s on the study"
+    assert "cases" not in run.result
