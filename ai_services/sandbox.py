@@ -79,14 +79,48 @@ def reference_inputs(manifest: dict[str, Any], seeds: tuple[int, ...] = REFERENC
     for seed in seeds:
         phantom = make_ct_phantom(seed, n_slices=max(n_slices, 3), size=max(32, rows, columns),
                                   pixel_spacing_mm=row_mm, slice_thickness_mm=slice_mm)
-        hu = np.asarray(phantom.volume_hu, dtype=np.float32)
-        centre = hu.shape[0] // 2
-        first = max(0, centre - n_slices // 2)
-        top, left = (hu.shape[1] - rows) // 2, (hu.shape[2] - columns) // 2
-        stack = hu[first:first + n_slices, top:top + rows, left:left + columns]
-        windowed = [np.clip((stack - (c - w / 2)) / w, 0.0, 1.0) for c, w in windows]
-        cases.append(np.concatenate(windowed, axis=0))
+        cases.append(_package_view(np.asarray(phantom.volume_hu, dtype=np.float32), manifest))
     return np.stack(cases).astype(np.float32)
+
+
+AIR_HU = -1024.0
+
+
+def study_inputs(hu: np.ndarray, pixel_spacing_mm: tuple[float, float], manifest: dict[str, Any]) -> np.ndarray:
+    """A study's volume (slices, rows, columns in HU) as the package sees it, held to the same
+    contract as the reference studies: resampled in-plane to the manifest's spacing, the centre
+    slices, centre-cropped (or padded with air) to its size, through its windows. (1, C, H, W)."""
+    import torch
+    import torch.nn.functional as functional
+
+    row_mm, col_mm, _slice_mm = (float(v) for v in manifest["input"]["spacing_mm"])
+    volume = np.asarray(hu, dtype=np.float32)
+    new_rows = max(1, round(volume.shape[1] * pixel_spacing_mm[0] / row_mm))
+    new_columns = max(1, round(volume.shape[2] * pixel_spacing_mm[1] / col_mm))
+    if (new_rows, new_columns) != volume.shape[1:]:
+        resized = functional.interpolate(torch.from_numpy(volume).unsqueeze(1), size=(new_rows, new_columns),
+                                         mode="bilinear", align_corners=False)
+        volume = resized.squeeze(1).numpy()
+    return _package_view(volume, manifest)[np.newaxis].astype(np.float32)
+
+
+def _package_view(hu: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
+    """The centre slices of `hu` (already at the manifest's in-plane spacing), centre-cropped or
+    padded with air to the manifest's size, through its windows: (channels, rows, columns)."""
+    rows, columns = (int(v) for v in manifest["input"]["size"])
+    windows = windows_of(manifest)
+    n_slices = max(1, int(manifest["input"]["channels"]) // len(windows))
+    first = max(0, hu.shape[0] // 2 - n_slices // 2)
+    picked = [min(first + i, hu.shape[0] - 1) for i in range(n_slices)]  # a short series repeats its last slice
+    stack = hu[picked]
+    pad_rows, pad_columns = max(0, rows - stack.shape[1]), max(0, columns - stack.shape[2])
+    if pad_rows or pad_columns:
+        stack = np.pad(stack, ((0, 0), (pad_rows // 2, pad_rows - pad_rows // 2),
+                               (pad_columns // 2, pad_columns - pad_columns // 2)), constant_values=AIR_HU)
+    top, left = (stack.shape[1] - rows) // 2, (stack.shape[2] - columns) // 2
+    stack = stack[:, top:top + rows, left:left + columns]
+    windowed = [np.clip((stack - (c - w / 2)) / w, 0.0, 1.0) for c, w in windows]
+    return np.concatenate(windowed, axis=0)
 
 
 def expected_output_shape(manifest: dict[str, Any]) -> tuple[int | None, ...]:

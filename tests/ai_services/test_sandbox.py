@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ai_services.packages import verify_package
-from ai_services.sandbox import SandboxLimits, reference_inputs, run_package, run_package_checks
+from ai_services.sandbox import SandboxLimits, reference_inputs, run_package, run_package_checks, study_inputs
 from tests.ai_services.package_factory import (
     classifier_manifest,
     make_classifier_package,
@@ -106,3 +106,18 @@ def test_a_package_that_over_runs_on_a_study_says_so_for_the_study(tmp_path: Pat
                       SandboxLimits(wall_seconds=60, cpu_seconds=3))
     assert run.reason == "ran past the CPU limit of 3 s on the study"
     assert "cases" not in run.result
+
+
+def test_a_study_is_shown_to_a_package_at_its_spacing_size_and_windows() -> None:
+    manifest = classifier_manifest(input={"spacing_mm": [1.0, 1.0, 5.0], "size": [32, 48], "channels": 2,
+                                          "windows_hu": [[-500, 1500], [40, 400]]})
+    # 5 slices of 40 x 40 at 0.5 mm: 20 x 20 mm at the manifest's 1 mm, padded with air to 32 x 48.
+    hu = np.full((5, 40, 40), 40.0, dtype=np.float32)
+    hu[2] = 240.0  # the centre slice, the one a one-slice-per-window package sees
+    inputs = study_inputs(hu, (0.5, 0.5), manifest)
+    assert inputs.shape == (1, 2, 32, 48)
+    lung, soft = inputs[0, 0], inputs[0, 1]
+    assert soft[0, 0] == 0.0  # air outside the scanned field
+    assert abs(lung[0, 0] - (-1024 + 1250) / 1500) < 1e-6
+    assert soft[16, 24] == 1.0  # 240 HU is the top of the soft-tissue window 40/400
+    assert np.count_nonzero(soft > 0.0) == 20 * 20
