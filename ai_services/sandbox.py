@@ -79,14 +79,48 @@ def reference_inputs(manifest: dict[str, Any], seeds: tuple[int, ...] = REFERENC
     for seed in seeds:
         phantom = make_ct_phantom(seed, n_slices=max(n_slices, 3), size=max(32, rows, columns),
                                   pixel_spacing_mm=row_mm, slice_thickness_mm=slice_mm)
-        hu = np.asarray(phantom.volume_hu, dtype=np.float32)
-        centre = hu.shape[0] // 2
-        first = max(0, centre - n_slices // 2)
-        top, left = (hu.shape[1] - rows) // 2, (hu.shape[2] - columns) // 2
-        stack = hu[first:first + n_slices, top:top + rows, left:left + columns]
-        windowed = [np.clip((stack - (c - w / 2)) / w, 0.0, 1.0) for c, w in windows]
-        cases.append(np.concatenate(windowed, axis=0))
+        cases.append(_package_view(np.asarray(phantom.volume_hu, dtype=np.float32), manifest))
     return np.stack(cases).astype(np.float32)
+
+
+AIR_HU = -1024.0
+
+
+def study_inputs(hu: np.ndarray, pixel_spacing_mm: tuple[float, float], manifest: dict[str, Any]) -> np.ndarray:
+    """A study's volume (slices, rows, columns in HU) as the package sees it, held to the same
+    contract as the reference studies: resampled in-plane to the manifest's spacing, the centre
+    slices, centre-cropped (or padded with air) to its size, through its windows. (1, C, H, W)."""
+    import torch
+    import torch.nn.functional as functional
+
+    row_mm, col_mm, _slice_mm = (float(v) for v in manifest["input"]["spacing_mm"])
+    volume = np.asarray(hu, dtype=np.float32)
+    new_rows = max(1, round(volume.shape[1] * pixel_spacing_mm[0] / row_mm))
+    new_columns = max(1, round(volume.shape[2] * pixel_spacing_mm[1] / col_mm))
+    if (new_rows, new_columns) != volume.shape[1:]:
+        resized = functional.interpolate(torch.from_numpy(volume).unsqueeze(1), size=(new_rows, new_columns),
+                                         mode="bilinear", align_corners=False)
+        volume = resized.squeeze(1).numpy()
+    return _package_view(volume, manifest)[np.newaxis].astype(np.float32)
+
+
+def _package_view(hu: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
+    """The centre slices of `hu` (already at the manifest's in-plane spacing), centre-cropped or
+    padded with air to the manifest's size, through its windows: (channels, rows, columns)."""
+    rows, columns = (int(v) for v in manifest["input"]["size"])
+    windows = windows_of(manifest)
+    n_slices = max(1, int(manifest["input"]["channels"]) // len(windows))
+    first = max(0, hu.shape[0] // 2 - n_slices // 2)
+    picked = [min(first + i, hu.shape[0] - 1) for i in range(n_slices)]  # a short series repeats its last slice
+    stack = hu[picked]
+    pad_rows, pad_columns = max(0, rows - stack.shape[1]), max(0, columns - stack.shape[2])
+    if pad_rows or pad_columns:
+        stack = np.pad(stack, ((0, 0), (pad_rows // 2, pad_rows - pad_rows // 2),
+                               (pad_columns // 2, pad_columns - pad_columns // 2)), constant_values=AIR_HU)
+    top, left = (stack.shape[1] - rows) // 2, (stack.shape[2] - columns) // 2
+    stack = stack[:, top:top + rows, left:left + columns]
+    windowed = [np.clip((stack - (c - w / 2)) / w, 0.0, 1.0) for c, w in windows]
+    return np.concatenate(windowed, axis=0)
 
 
 def expected_output_shape(manifest: dict[str, Any]) -> tuple[int | None, ...]:
@@ -104,15 +138,36 @@ def _shape_matches(shape: list[int], expected: tuple[int | None, ...]) -> bool:
 def run_package_checks(root: Path, manifest: dict[str, Any],
                        limits: SandboxLimits = DEFAULT_SANDBOX_LIMITS) -> CheckReport:
     """Run the package unpacked at `root` on the reference studies in a limited child process."""
+    run = run_package(root, reference_inputs(manifest), limits, where="the reference studies", keep_values=False)
+    if run.reason is not None:
+        return CheckReport(False, run.reason, run.seconds)
+    return _judge(run.result, manifest, run.seconds)
+
+
+@dataclass(frozen=True)
+class PackageRun:
+    """One run of a package in the sandbox: `reason` in words when it failed or ran past a limit,
+    else the child's `result` ({"cases": [...]} or {"error": ...})."""
+
+    reason: str | None
+    seconds: float
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def run_package(root: Path, inputs: np.ndarray, limits: SandboxLimits = DEFAULT_SANDBOX_LIMITS, *,
+                where: str = "the study", keep_values: bool = True) -> PackageRun:
+    """Run the package unpacked at `root` on `inputs` (N, channels, rows, columns; float32) in a
+    child process with `limits`: the one path a partner's code is ever run by, for its checks and
+    on studies. With `keep_values` each case also carries the output's values (flattened)."""
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="package-check-") as work:
+    with tempfile.TemporaryDirectory(prefix="package-run-") as work:
         inputs_path = Path(work) / "inputs.npy"
         result_path = Path(work) / "result.json"
-        np.save(inputs_path, reference_inputs(manifest))
+        np.save(inputs_path, np.ascontiguousarray(inputs, dtype=np.float32))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "HOME": work}
         command = [sys.executable, "-m", "ai_services.sandbox", str(root), str(inputs_path), str(result_path),
-                   str(limits.cpu_seconds), str(limits.memory_bytes)]
+                   str(limits.cpu_seconds), str(limits.memory_bytes), "values" if keep_values else "summary"]
         process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    start_new_session=True)
         try:
@@ -120,26 +175,28 @@ def run_package_checks(root: Path, manifest: dict[str, Any],
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-            return CheckReport(False, f"ran past the time limit of {limits.wall_seconds:g} s on the reference studies",
-                               time.monotonic() - started)
+            return PackageRun(f"ran past the time limit of {limits.wall_seconds:g} s on {where}",
+                              time.monotonic() - started)
         seconds = time.monotonic() - started
         error = stderr.decode(errors="replace")
         if process.returncode != 0:
-            return CheckReport(False, _failure_reason(process.returncode, error, limits), seconds)
+            return PackageRun(_failure_reason(process.returncode, error, limits, where), seconds)
         try:
             result = json.loads(result_path.read_text())
         except (OSError, ValueError) as exc:
-            return CheckReport(False, f"the check process gave no readable result ({exc})", seconds)
-    return _judge(result, manifest, seconds)
+            return PackageRun(f"the model process gave no readable result ({exc})", seconds)
+    if not isinstance(result, dict):
+        return PackageRun("the model process gave no readable result", seconds)
+    return PackageRun(None, seconds, result)
 
 
-def _failure_reason(returncode: int, stderr: str, limits: SandboxLimits) -> str:
+def _failure_reason(returncode: int, stderr: str, limits: SandboxLimits, where: str) -> str:
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL) and "MemoryError" not in stderr:
-        return f"ran past the CPU limit of {limits.cpu_seconds} s on the reference studies"
+        return f"ran past the CPU limit of {limits.cpu_seconds} s on {where}"
     if "MemoryError" in stderr or "can't allocate memory" in stderr or "std::bad_alloc" in stderr:
-        return f"ran past the memory limit of {limits.memory_bytes // 2**20} MiB on the reference studies"
+        return f"ran past the memory limit of {limits.memory_bytes // 2**20} MiB on {where}"
     last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")
-    return f"the model failed on the reference studies (exit {returncode}): {last[:300]}"
+    return f"the model failed on {where} (exit {returncode}): {last[:300]}"
 
 
 def _judge(result: dict[str, Any], manifest: dict[str, Any], seconds: float) -> CheckReport:
@@ -170,7 +227,11 @@ def _limit_self(cpu_seconds: int, memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _child(root: Path, inputs_path: Path, result_path: Path) -> dict[str, Any]:
+# The most output values a run on a study hands back per case (a classifier's scores, a small map).
+MAX_RETURNED_VALUES = 65_536
+
+
+def _child(root: Path, inputs_path: Path, keep_values: bool) -> dict[str, Any]:
     import torch
 
     from ai_services.packages import build_state_dict_model
@@ -193,17 +254,26 @@ def _child(root: Path, inputs_path: Path, result_path: Path) -> dict[str, Any]:
             if not isinstance(output, torch.Tensor):
                 return {"error": f"the model returned {type(output).__name__}, not a tensor"}
             values = output.detach().float()
-            cases.append({"shape": list(values.shape), "finite": bool(torch.isfinite(values).all()),
-                          "mean": float(values.mean()) if values.numel() and math.isfinite(float(values.mean())) else None,
-                          "seconds": round(time.monotonic() - started, 4)})
+            case: dict[str, Any] = {
+                "shape": list(values.shape), "finite": bool(torch.isfinite(values).all()),
+                "mean": float(values.mean()) if values.numel() and math.isfinite(float(values.mean())) else None,
+                "seconds": round(time.monotonic() - started, 4)}
+            if keep_values:
+                if values.numel() > MAX_RETURNED_VALUES:
+                    return {"error": f"the output holds {values.numel()} values, over {MAX_RETURNED_VALUES}"}
+                if not case["finite"]:
+                    return {"error": "the output holds NaN or infinity"}
+                case["values"] = [float(v) for v in values.flatten().tolist()]
+            cases.append(case)
     return {"cases": cases}
 
 
 def main(argv: list[str]) -> int:
     root, inputs_path, result_path = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    keep_values = len(argv) > 5 and argv[5] == "values"
     _limit_self(int(argv[3]), int(argv[4]))
     try:
-        result = _child(root, inputs_path, result_path)
+        result = _child(root, inputs_path, keep_values)
     except MemoryError:
         raise
     except Exception as exc:  # the partner's code failing is a finding, reported as such
