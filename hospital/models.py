@@ -7,7 +7,18 @@ import enum
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Enum, FetchedValue, ForeignKey, Index, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    CheckConstraint,
+    Enum,
+    FetchedValue,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
@@ -93,6 +104,14 @@ class Patient(Base):
         """The name as DICOM carries it: "Wang^Xiaoming=王^小明" for a Han name (`dicom_text`)."""
         return dicom_person_name(self.family_name, self.given_name)
 
+
+
+# FHIR string search is "starts with, any case": `lower(column) LIKE 'prefix%'`, which these serve
+# (text_pattern_ops: a prefix LIKE uses the index whatever the database's collation).
+Index("ix_patient_family_name_lower", func.lower(Patient.family_name).label("family_name_lower"),
+      postgresql_ops={"family_name_lower": "text_pattern_ops"})
+Index("ix_patient_given_name_lower", func.lower(Patient.given_name).label("given_name_lower"),
+      postgresql_ops={"given_name_lower": "text_pattern_ops"})
 
 class Practitioner(Base):
     __tablename__ = "practitioner"

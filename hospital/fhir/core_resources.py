@@ -12,7 +12,7 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from flask import Flask
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement, func, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session, object_session
 
 from hospital.fhir.registry import (
@@ -227,8 +227,9 @@ def string_param(*columns: InstrumentedAttribute[str], documentation: str = "") 
     """FHIR string search: case-insensitive 'starts with' on any of the columns."""
 
     def clause(value: str) -> ColumnElement[bool]:
-        pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        return or_(*(column.ilike(pattern, escape="\\") for column in columns))
+        # lower() on both sides rather than ILIKE: a prefix LIKE on lower(column) uses its index.
+        pattern = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return or_(*(func.lower(column).like(pattern, escape="\\") for column in columns))
 
     return SearchParam("string", clause, documentation)
 

@@ -12,7 +12,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint, false
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, false, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hospital.clock import utcnow
@@ -64,6 +64,14 @@ class ImagingStudy(Base):
     patient: Mapped[Patient | None] = relationship()
     series: Mapped[list[ImagingSeries]] = relationship(back_populates="study", order_by="ImagingSeries.number")
 
+
+
+# QIDO and C-FIND match PatientID and AccessionNumber case-insensitively with DICOM wildcards:
+# `lower(column) LIKE pattern`, which these serve for exact values and prefixes.
+Index("ix_imaging_study_dicom_patient_id_lower", func.lower(ImagingStudy.dicom_patient_id).label("patient_id_lower"),
+      postgresql_ops={"patient_id_lower": "text_pattern_ops"})
+Index("ix_imaging_study_accession_number_lower", func.lower(ImagingStudy.accession_number).label("accession_lower"),
+      postgresql_ops={"accession_lower": "text_pattern_ops"})
 
 class OrderFulfilment(Base):
     """The one study that fulfilled an order: one accession, one fulfilment.

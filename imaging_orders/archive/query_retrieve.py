@@ -300,7 +300,8 @@ def _series_filters(statement: Select[Any], criteria: StudyCriteria) -> Select[A
 def _match(statement: Select[Any], column: ColumnElement[Any], values: list[str]) -> Select[Any]:
     if not values or "*" in values:
         return statement
-    return statement.where(or_(*(column.ilike(wildcard_pattern(v), escape="\\") for v in values)))
+    # lower() on both sides rather than ILIKE: exact values and prefixes then use lower(column)'s index.
+    return statement.where(or_(*(func.lower(column).like(wildcard_pattern(v).lower(), escape="\\") for v in values)))
 
 
 def _split_uids(values: Iterable[str]) -> list[str]:
