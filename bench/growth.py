@@ -244,6 +244,7 @@ def plot(results: dict[int, dict[str, Timing]], sizes: list[int], labels: list[s
     for label in labels:
         axes.plot(sizes, [results[s][label].p50_ms for s in sizes], marker="o", label=label)
     axes.set_xscale("log")
+    axes.set_ylim(bottom=0)
     axes.set_xlabel("records (patients, referrals, studies, reports, observations, charge items each)")
     axes.set_ylabel("p50 latency (ms)")
     axes.set_title("How request latency grows with the data (in process, PostgreSQL)")
