@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
 from ai_services.models import AnalysisJob, DiagnosticReport, FindingSource, ReportStatus, ReviewStatus
+from ai_services.report_pdf import REPORT_PDF_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +146,8 @@ def reviewed_findings(session: Session, report_id: int) -> tuple[ReviewedFinding
             model_version=f.model_version.label if f.model_version else None,
         ))
     return tuple(found)
+
+
+def report_pdf_path(report_id: int) -> str:
+    """Where the signed report's PDF is served (after signing in; in the reader's language)."""
+    return REPORT_PDF_PATH.replace("<int:report_id>", str(report_id))

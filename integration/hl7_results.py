@@ -10,7 +10,7 @@ The message: PID (MRN, name, birth date, sex); ORC/OBR with the placer order num
 came with (our `SR<referral id>` for referrals typed here) and the AccessionNumber as the filler
 number, OBR-25 F (final) or C (amended); OBX 1 the conclusion as text; one NM OBX per finding the
 radiologist kept (its diameter in mm, OBX-4 the finding id, OBX-17 AI or radiologist); RP OBXs
-linking the report page and the FHIR DiagnosticReport.
+linking the report page (with its image viewer), the report's PDF and the FHIR DiagnosticReport.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.events import ReportAmended, ReportSigned
-from ai_services.public import ReportSummary, report_summary
+from ai_services.public import ReportSummary, report_pdf_path, report_summary
 from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.db import get_db
@@ -86,9 +86,11 @@ def build_oru(session: Session, app: Flask, report: ReportSummary, control_id: s
         segments.append("|".join(["OBX", str(len(segments) - 3), "NM", "LESION-DIAM^Lesion diameter^L",
                                   str(finding.finding_id), f"{finding.diameter_mm:.1f}", "mm^millimetre^UCUM",
                                   "", "", "", "", result_status, "", "", "", "", "", method]))
-    for code, url in (("REPORT^Report page^L", f"{base}/reports/{report.report_id}"),
-                      ("FHIR^DiagnosticReport^L", f"{base}/fhir/DiagnosticReport/{report.report_id}")):
-        segments.append("|".join(["OBX", str(len(segments) - 3), "RP", code, "", f"{escape(url)}^^TEXT^HTML",
+    # RP: pointer ^ application ^ type of data ^ subtype. The report page holds the image viewer.
+    for code, url, kind in (("REPORT^Report page^L", f"{base}/reports/{report.report_id}", "TEXT^HTML"),
+                            ("PDF^Report PDF^L", f"{base}{report_pdf_path(report.report_id)}", "APPLICATION^PDF"),
+                            ("FHIR^DiagnosticReport^L", f"{base}/fhir/DiagnosticReport/{report.report_id}", "TEXT^HTML")):
+        segments.append("|".join(["OBX", str(len(segments) - 3), "RP", code, "", f"{escape(url)}^^{kind}",
                                   "", "", "", "", "", result_status]))
     return "\r".join(segments) + "\r"
 

@@ -152,6 +152,8 @@ def test_a_signed_report_goes_out_as_oru_r01_to_the_configured_listener(node: No
     assert "One 14 mm nodule \\F\\ right upper lobe." in obx[0]
     assert len([s for s in obx if "|NM|" in s]) == 1 and "|14.3|mm" in obx[1]  # the rejected finding is left out
     assert any(f"/reports/{report_id}" in s for s in obx) and any(f"/fhir/DiagnosticReport/{report_id}" in s for s in obx)
+    [pdf] = [s for s in obx if "|PDF^Report PDF^L|" in s]
+    assert f"/reports/{report_id}/report.pdf^^APPLICATION^PDF" in pdf
     with get_db(node.app).transaction() as session:
         row = session.scalars(select(Hl7Outbound)).one()
         assert row.status is OutboundStatus.SENT and row.attempts == 1
