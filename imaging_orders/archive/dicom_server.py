@@ -71,6 +71,7 @@ from hospital.dicom_status import (
 )
 from hospital.logging_setup import bind_request_id, new_request_id
 from imaging_orders.archive.ingest import complete_quiet_studies, store_instance
+from imaging_orders.archive.pending_responses import PendingResponses
 from imaging_orders.archive.query_retrieve import (
     QR_FIND_CONTEXTS,
     QR_GET_CONTEXTS,
@@ -83,7 +84,7 @@ from imaging_orders.archive.query_retrieve import (
 )
 from imaging_orders.archive.storage_commitment import handle_commitment_request, resume_stalled_commitments
 from imaging_orders.mpps import create_performed_step, update_performed_step
-from imaging_orders.worklist import find_worklist_items
+from imaging_orders.worklist import find_worklist_responses
 
 logger = logging.getLogger(__name__)
 
@@ -345,17 +346,22 @@ def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Datas
         # Collected inside the transaction: the session must not outlive it while we send. Made
         # already encoded for this context, so sending 10,000 steps is mostly copying bytes.
         with app.app_context(), get_db(app).transaction() as session:
-            items = list(find_worklist_items(session, query, (syntax.is_implicit_VR, syntax.is_little_endian)))
+            items = list(find_worklist_responses(session, query, (syntax.is_implicit_VR, syntax.is_little_endian)))
     except ANSWERABLE as exc:
         logger.warning("worklist query from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         yield failure_status(exc, FIND), None
         return
     logger.info("worklist query from %s: %d items", calling_ae, len(items))
+    # The pending responses go out pre-encoded (pending_responses); pynetdicom sends the final
+    # success when this generator ends, or the cancel or failure it yields.
+    responses = PendingResponses(event, PENDING)
     for item in items:
         if event.is_cancelled:
             yield CANCEL, None
             return
-        yield PENDING, item
+        if not responses.send(item):
+            logger.warning("worklist query from %s: association ended while answering", calling_ae)
+            return
 
 
 def handle_mpps_create(event: Event, app: Flask) -> tuple[int | Dataset, Dataset | None]:
