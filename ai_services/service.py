@@ -278,7 +278,9 @@ def _job_and_preliminary_report(session: Session, plan: AnalysisPlan) -> tuple[A
         session.flush()
     elif report.status is not ReportStatus.PRELIMINARY:
         raise Conflict(f"report {report.id} is {report.status.value}; its findings are not replaced")
-    session.execute(delete(Finding).where(Finding.report_id == report.id, Finding.source == FindingSource.AI))
+    # The built-in model's findings only: a partner model's stay with its run (package_runs).
+    session.execute(delete(Finding).where(Finding.report_id == report.id, Finding.source == FindingSource.AI,
+                                          Finding.package_analysis_id.is_(None)))
     return job, study, report
 
 
@@ -540,7 +542,8 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
             diameter_mm=float(f.diameter_mm), confidence=f.confidence, review_status=f.review_status.value,
             source=f.source.value,
         )
-        for f in report.findings
+        # The SR is the built-in model's (its algorithm); partner models' findings are in the report.
+        for f in report.findings if f.package_analysis_id is None
     )
     # A report with no finding still gets an SR ("nothing found"), attached to the first slice.
     wanted = list(dict.fromkeys(f.sop_instance_uid for f in findings)) or [job.slice_sop_instance_uids[0]]
