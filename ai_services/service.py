@@ -504,6 +504,9 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "diameter_mm": finding.diameter_mm, "n_slices": finding.n_slices, "confidence": finding.confidence,
         "review_status": finding.review_status.value, "body_site": finding.body_site,
         "model_version_id": finding.model_version_id, "fhir": f"Observation/{finding.id}",
+        "package_analysis_id": finding.package_analysis_id, "label": finding.label, "volume_mm3": finding.volume_mm3,
+        "model": (finding.package_analysis.model_package.label if finding.package_analysis
+                  else finding.model_version.label if finding.model_version else None),
     }
 
 
