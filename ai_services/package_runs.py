@@ -47,7 +47,7 @@ from ai_services.models import (
 )
 from ai_services.routing import StudyFacts, packages_for_study
 from ai_services.sandbox import InputGeometry, PackageRun
-from ai_services.service import _series_to_analyse
+from ai_services.service import series_to_analyse
 from hospital.clock import utcnow
 from hospital.events import iso_instant
 from hospital.jobs import publish
@@ -103,7 +103,7 @@ def plan_package_runs(session: Session, report_id: int, storage_dir: Path) -> Pa
     job = session.get(AnalysisJob, report.analysis_job_id) if report.analysis_job_id else None
     # The series the built-in model read (its slice numbers are the report's), else the same choice.
     series = next((s for s in all_series if job is not None and s.series_instance_uid == job.series_instance_uid),
-                  None) or _series_to_analyse(study.study_id, all_series)
+                  None) or series_to_analyse(study.study_id, all_series)
     packages = packages_for_study(session, study_facts(session, study, series))
     for package in packages:
         _queue_once(session, study.study_id, report.id, package.id)

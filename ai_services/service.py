@@ -148,7 +148,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     model_version = active_model_version(session)
     if model_version is None:
         raise ModelRegistryError("no active AI model version; run `hospital ai register`")
-    series = _series_to_analyse(study_id, study_series(session, study_id, storage_dir))
+    series = series_to_analyse(study_id, study_series(session, study_id, storage_dir))
     job = queue_analysis(session, study_id)
     job.status = AnalysisStatus.RUNNING
     job.attempts += 1
@@ -167,7 +167,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     )
 
 
-def _series_to_analyse(study_id: int, series: tuple[SeriesFiles, ...]) -> SeriesFiles:
+def series_to_analyse(study_id: int, series: tuple[SeriesFiles, ...]) -> SeriesFiles:
     """The largest CT series; in a study without CT, the largest series of any modality, so that
     the applicability gate says why the model does not read it (an NM study is "not applicable",
     not a failed job)."""
