@@ -204,6 +204,7 @@ def drift_report(session: Session) -> list[VersionDrift]:
     rows = session.execute(
         select(signed.c.version_id, signed.c.centre_id, Finding.source, Finding.review_status, bin_, func.count())
         .join(signed, signed.c.report_id == Finding.report_id)
+        .where(Finding.package_analysis_id.is_(None))  # the built-in model's drift, not a partner model's
         .group_by(signed.c.version_id, signed.c.centre_id, Finding.source, Finding.review_status, bin_)
     ).all()
     for version_id, centre_id, source, status, bin_index, count in rows:

@@ -45,3 +45,26 @@ class ReportAmended(DomainEvent):
     addendum_id: int
     patient_id: int
     referral_id: int | None
+
+
+@dataclass(frozen=True)
+class PackageAnalysisCompleted(DomainEvent):
+    """A partner model package read a study: its findings are in the report. Carries what billing
+    needs to charge the analysis at the package's own price and credit its partner, so billing
+    never reads this stage's tables."""
+
+    name = "ai.package_analysis_completed"
+
+    analysis_id: int
+    report_id: int
+    study_id: int
+    patient_id: int
+    organization_id: int | None  # the performing centre
+    package_id: int
+    package_name: str
+    package_version: str
+    partner_organization_id: int
+    price_minor: int
+    currency: str
+    partner_share_bp: int
+    completed_at: str | None

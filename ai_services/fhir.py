@@ -65,6 +65,8 @@ AI_OUTCOME_ID = "ai-outcome"
 AI_RESULT_TEXT = "AI lesion detection result"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
+# Partner model packages by "name|version": the model an Observation's finding came from.
+MODEL_PACKAGE_SYSTEM = "urn:closed-loop-hospital:model-package"
 DEVICE_TYPE_TEXT = "AI lesion detection software"
 AI_FINDING_TEXT = "Suspected abnormality (AI lesion-agnostic detection)"
 RADIOLOGIST_FINDING_TEXT = "Radiologist-added finding"
@@ -327,7 +329,12 @@ def observation_to_fhir(finding: Finding) -> dict[str, Any]:
             {"code": {"text": "Slices spanned"}, "valueInteger": finding.n_slices},
         ]
     )
-    return {
+    if finding.label is not None:
+        components.append({"code": {"text": "Model output label"}, "valueString": finding.label})
+    if finding.volume_mm3 is not None:
+        components.append({"code": {"text": "Segmented volume"}, "valueQuantity": {
+            "value": Decimal(str(round(finding.volume_mm3, 1))), "unit": "mm3", "system": UCUM, "code": "mm3"}})
+    observation: dict[str, Any] = {
         "resourceType": "Observation",
         "id": str(finding.id),
         "status": observation_status(finding, report.status),
@@ -346,6 +353,17 @@ def observation_to_fhir(finding: Finding) -> dict[str, Any]:
         "derivedFrom": [reference("ImagingStudy", report.study_id)],
         "component": components,
     }
+    analysis = finding.package_analysis
+    if analysis is not None:
+        # A partner model's finding: the package version is the device and the method, so a client
+        # can tell which model said what (packages are not Device resources of ours).
+        package = analysis.model_package
+        coding = {"system": MODEL_PACKAGE_SYSTEM, "code": f"{package.name}|{package.version}",
+                  "display": f"{package.label} ({package.partner_organization.name})"}
+        observation["device"] = {"identifier": {"system": MODEL_PACKAGE_SYSTEM, "value": coding["code"]},
+                                 "display": f"Partner AI model {coding['display']}"}
+        observation["method"] = {"coding": [coding], "text": f"Partner AI model {coding['display']}"}
+    return observation
 
 
 def observation_status_param() -> SearchParam:

@@ -122,6 +122,9 @@ class DiagnosticReport(Base):
     analysis_job: Mapped[AnalysisJob | None] = relationship()
     findings: Mapped[list[Finding]] = relationship(back_populates="report", order_by="Finding.id")
     addenda: Mapped[list[ReportAddendum]] = relationship(order_by="ReportAddendum.id")
+    # The partner models routed to the study (ai_services.package_runs), each with its findings.
+    package_analyses: Mapped[list[PackageAnalysis]] = relationship(order_by="PackageAnalysis.id",
+                                                                   viewonly=True)
 
 
 class FindingSource(str, enum.Enum):
@@ -158,11 +161,17 @@ class Finding(Base):
     n_slices: Mapped[int] = mapped_column(default=1)
     confidence: Mapped[float | None] = mapped_column(Float)
     body_site: Mapped[str] = mapped_column(String(64), default="chest")
+    # Set when a partner model package made the finding (its run on this study), not the built-in
+    # detector: what it said (a class label, a segmented volume) beside the box it is shown with.
+    package_analysis_id: Mapped[int | None] = mapped_column(ForeignKey("package_analysis.id"), index=True)
+    label: Mapped[str | None] = mapped_column(String(64))
+    volume_mm3: Mapped[float | None] = mapped_column(Float)
     review_status: Mapped[ReviewStatus] = mapped_column(enum_column(ReviewStatus), default=ReviewStatus.PENDING)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     report: Mapped[DiagnosticReport] = relationship(back_populates="findings")
     model_version: Mapped[ModelVersion | None] = relationship()
+    package_analysis: Mapped[PackageAnalysis | None] = relationship()
     reviews: Mapped[list[FindingReview]] = relationship(back_populates="finding", order_by="FindingReview.id")
 
 
@@ -251,6 +260,15 @@ class ModelPackage(Base):
     def label(self) -> str:
         return f"{self.name} {self.version}"
 
+    @property
+    def intended_use(self) -> str:
+        """The model card's words, as the partner declared and the administrator approved them."""
+        return str(self.manifest.get("intended_use", ""))
+
+    @property
+    def validated_metrics(self) -> dict[str, float]:
+        return {str(k): float(v) for k, v in sorted(dict(self.manifest.get("validated_metrics") or {}).items())}
+
 
 class ModelRoutingRule(Base):
     """Which partner model runs on which studies: a study of this modality (and, when set, body
@@ -268,3 +286,30 @@ class ModelRoutingRule(Base):
     active: Mapped[bool] = mapped_column(default=True)
     created_by_user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PackageAnalysis(Base):
+    """One run of one approved partner package version on one study, into the study's report.
+
+    Unique per (study, package version): a re-delivered event or a retried job finds the row and
+    neither runs nor bills the package again. `outputs` keeps what the model returned (summarised:
+    its class scores, its detections or segmented region) so the findings can be traced to it;
+    `error` says in words why a run failed (over a limit, a crash), for staff."""
+
+    __tablename__ = "package_analysis"
+    __table_args__ = (UniqueConstraint("study_id", "model_package_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("imaging_study.id"), index=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("diagnostic_report.id"), index=True)
+    model_package_id: Mapped[int] = mapped_column(ForeignKey("model_package.id"), index=True)
+    status: Mapped[AnalysisStatus] = mapped_column(enum_column(AnalysisStatus), default=AnalysisStatus.QUEUED)
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    model_package: Mapped[ModelPackage] = relationship()
+    findings: Mapped[list[Finding]] = relationship(order_by="Finding.id", viewonly=True)

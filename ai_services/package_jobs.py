@@ -1,14 +1,25 @@
-"""RQ job of partner model packages: run a submitted package's checks in the sandbox."""
+"""RQ jobs of partner model packages: run a submitted package's checks in the sandbox, and run the
+routed packages on a study once the built-in model has made its preliminary report."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flask import current_app
 from sqlalchemy.orm import Session
 
+from ai_services.events import AnalysisCompleted
+from ai_services.package_runs import (
+    claim_package_run,
+    plan_package_runs,
+    record_package_failure,
+    record_package_run,
+)
 from ai_services.package_service import check_package
-from ai_services.sandbox import SandboxLimits
+from ai_services.sandbox import SandboxLimits, input_geometry, run_package, study_inputs
+from ai_services.series_reader import SeriesReadError, read_ct_volume
+from hospital.db import get_db
 
 logger = logging.getLogger(__name__)
 
@@ -17,3 +28,50 @@ def check_model_package(session: Session, package_id: int) -> None:
     """Queued by a submission: the sandbox's verdict on the package (a no-op when it has one)."""
     limits = SandboxLimits(**current_app.config.get("AI_PACKAGE_SANDBOX_LIMITS", {}))
     check_package(session, package_id, limits)
+
+
+def run_routed_packages(session: Session, event: AnalysisCompleted) -> None:
+    """On `AnalysisCompleted`: run every package routed to the study on it, each in the sandbox.
+
+    Each step is a unit of work of its own (queue, claim, record), so a run shows as running while
+    it runs and no transaction is held through it. A package that fails fails alone; an error of
+    the platform's own is recorded on the run it hit, the other runs go on, and it is raised at the
+    end so the job's failure is seen (a retry finds only the runs still queued)."""
+    run_packages_on_report(event.report_id)
+
+
+def run_packages_on_report(report_id: int) -> None:
+    db = get_db()
+    with db.transaction() as plan_session:
+        plan = plan_package_runs(plan_session, report_id, Path(current_app.config["DICOM_STORAGE_DIR"]))
+    if plan is None or not plan.runs:
+        return
+    try:
+        volume = read_ct_volume(plan.instance_paths)
+    except SeriesReadError as exc:
+        for run in plan.runs:
+            with db.transaction() as failure_session:
+                if claim_package_run(failure_session, run.analysis_id):
+                    record_package_failure(failure_session, run.analysis_id,
+                                           f"the study's images could not be read as a volume: {exc}")
+        return
+    limits = SandboxLimits(**current_app.config.get("AI_PACKAGE_SANDBOX_LIMITS", {}))
+    first_error: Exception | None = None
+    for run in plan.runs:
+        with db.transaction() as claim_session:
+            if not claim_package_run(claim_session, run.analysis_id):
+                continue
+        try:
+            slices, rows, columns = volume.hu.shape
+            geometry = input_geometry((slices, rows, columns), volume.pixel_spacing_mm, run.manifest)
+            result = run_package(run.root, study_inputs(volume.hu, volume.pixel_spacing_mm, run.manifest), limits)
+            with db.transaction() as record_session:
+                record_package_run(record_session, run.analysis_id, result, geometry, volume.pixel_spacing_mm,
+                                   volume.sop_instance_uids)
+        except Exception as exc:
+            with db.transaction() as failure_session:
+                record_package_failure(failure_session, run.analysis_id, f"{type(exc).__name__}: {exc}")
+            logger.exception("running partner model %s on report %s failed", run.label, report_id)
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error

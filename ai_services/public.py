@@ -136,7 +136,8 @@ def reviewed_findings(session: Session, report_id: int) -> tuple[ReviewedFinding
     if report is None:
         return ()
     found = []
-    for f in report.findings:
+    # The platform's own reading; a partner model's findings are the partner's claims (and output).
+    for f in (f for f in report.findings if f.package_analysis_id is None):
         last = f.reviews[-1] if f.reviews else None
         found.append(ReviewedFinding(
             finding_id=f.id, sop_instance_uid=f.sop_instance_uid, slice_index=f.slice_index,

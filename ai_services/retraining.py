@@ -206,6 +206,8 @@ def collect_labels(session: Session, storage_dir: Path, *, heldout_percent: int 
             continue  # outside the model's validated range: not training material for it
         positives, negatives = [], []
         for finding in report.findings:
+            if finding.package_analysis_id is not None:
+                continue  # a partner model's finding labels its model's claim, not the detector's
             label = LabelBox(finding.slice_index, (finding.x0, finding.y0, finding.x1, finding.y1))
             if finding.review_status in POSITIVE_DECISIONS:
                 positives.append(label)

@@ -104,15 +104,61 @@ def study_inputs(hu: np.ndarray, pixel_spacing_mm: tuple[float, float], manifest
     return _package_view(volume, manifest)[np.newaxis].astype(np.float32)
 
 
+@dataclass(frozen=True)
+class InputGeometry:
+    """Where a package's input came from in the study (the inverse of `study_inputs`), so what the
+    model says about its input's pixels can be shown on the study's own slices: the key slice
+    (the middle one of those it saw) and each package pixel's place on it."""
+
+    key_slice: int
+    slices: tuple[int, ...]
+    # Package pixel -> study pixel: study = (package + offset) * scale, per (row, column).
+    offset: tuple[float, float]
+    scale: tuple[float, float]
+    study_size: tuple[int, int]  # (rows, columns) of the study's slices
+
+    def to_study_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) in package pixels (exclusive ends) -> the same on the study's slice,
+        clipped to it and at least one pixel wide."""
+        x0, y0, x1, y1 = box
+        rows, columns = self.study_size
+        sx0 = min(max(int(np.floor((x0 + self.offset[1]) * self.scale[1])), 0), columns - 1)
+        sy0 = min(max(int(np.floor((y0 + self.offset[0]) * self.scale[0])), 0), rows - 1)
+        sx1 = min(max(int(np.ceil((x1 + self.offset[1]) * self.scale[1])), sx0 + 1), columns)
+        sy1 = min(max(int(np.ceil((y1 + self.offset[0]) * self.scale[0])), sy0 + 1), rows)
+        return sx0, sy0, sx1, sy1
+
+
+def input_geometry(shape: tuple[int, int, int], pixel_spacing_mm: tuple[float, float],
+                   manifest: dict[str, Any]) -> InputGeometry:
+    """The geometry `study_inputs` gives a volume of `shape` (slices, rows, columns) and spacing."""
+    row_mm, col_mm, _slice_mm = (float(v) for v in manifest["input"]["spacing_mm"])
+    slices, study_rows, study_columns = shape
+    new_rows = max(1, round(study_rows * pixel_spacing_mm[0] / row_mm))
+    new_columns = max(1, round(study_columns * pixel_spacing_mm[1] / col_mm))
+    picked = _centre_slices(slices, manifest)
+    rows, columns = (int(v) for v in manifest["input"]["size"])
+    pad_rows, pad_columns = max(0, rows - new_rows), max(0, columns - new_columns)
+    top, left = (new_rows + pad_rows - rows) // 2, (new_columns + pad_columns - columns) // 2
+    return InputGeometry(
+        key_slice=picked[len(picked) // 2], slices=tuple(picked),
+        offset=(float(top - pad_rows // 2), float(left - pad_columns // 2)),
+        scale=(study_rows / new_rows, study_columns / new_columns), study_size=(study_rows, study_columns),
+    )
+
+
+def _centre_slices(n_slices_in_study: int, manifest: dict[str, Any]) -> list[int]:
+    n_slices = max(1, int(manifest["input"]["channels"]) // len(windows_of(manifest)))
+    first = max(0, n_slices_in_study // 2 - n_slices // 2)
+    return [min(first + i, n_slices_in_study - 1) for i in range(n_slices)]  # a short series repeats its last slice
+
+
 def _package_view(hu: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
     """The centre slices of `hu` (already at the manifest's in-plane spacing), centre-cropped or
     padded with air to the manifest's size, through its windows: (channels, rows, columns)."""
     rows, columns = (int(v) for v in manifest["input"]["size"])
     windows = windows_of(manifest)
-    n_slices = max(1, int(manifest["input"]["channels"]) // len(windows))
-    first = max(0, hu.shape[0] // 2 - n_slices // 2)
-    picked = [min(first + i, hu.shape[0] - 1) for i in range(n_slices)]  # a short series repeats its last slice
-    stack = hu[picked]
+    stack = hu[_centre_slices(hu.shape[0], manifest)]
     pad_rows, pad_columns = max(0, rows - stack.shape[1]), max(0, columns - stack.shape[2])
     if pad_rows or pad_columns:
         stack = np.pad(stack, ((0, 0), (pad_rows // 2, pad_rows - pad_rows // 2),

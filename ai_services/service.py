@@ -148,7 +148,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     model_version = active_model_version(session)
     if model_version is None:
         raise ModelRegistryError("no active AI model version; run `hospital ai register`")
-    series = _series_to_analyse(study_id, study_series(session, study_id, storage_dir))
+    series = series_to_analyse(study_id, study_series(session, study_id, storage_dir))
     job = queue_analysis(session, study_id)
     job.status = AnalysisStatus.RUNNING
     job.attempts += 1
@@ -167,7 +167,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     )
 
 
-def _series_to_analyse(study_id: int, series: tuple[SeriesFiles, ...]) -> SeriesFiles:
+def series_to_analyse(study_id: int, series: tuple[SeriesFiles, ...]) -> SeriesFiles:
     """The largest CT series; in a study without CT, the largest series of any modality, so that
     the applicability gate says why the model does not read it (an NM study is "not applicable",
     not a failed job)."""
@@ -278,7 +278,9 @@ def _job_and_preliminary_report(session: Session, plan: AnalysisPlan) -> tuple[A
         session.flush()
     elif report.status is not ReportStatus.PRELIMINARY:
         raise Conflict(f"report {report.id} is {report.status.value}; its findings are not replaced")
-    session.execute(delete(Finding).where(Finding.report_id == report.id, Finding.source == FindingSource.AI))
+    # The built-in model's findings only: a partner model's stay with its run (package_runs).
+    session.execute(delete(Finding).where(Finding.report_id == report.id, Finding.source == FindingSource.AI,
+                                          Finding.package_analysis_id.is_(None)))
     return job, study, report
 
 
@@ -502,6 +504,9 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "diameter_mm": finding.diameter_mm, "n_slices": finding.n_slices, "confidence": finding.confidence,
         "review_status": finding.review_status.value, "body_site": finding.body_site,
         "model_version_id": finding.model_version_id, "fhir": f"Observation/{finding.id}",
+        "package_analysis_id": finding.package_analysis_id, "label": finding.label, "volume_mm3": finding.volume_mm3,
+        "model": (finding.package_analysis.model_package.label if finding.package_analysis
+                  else finding.model_version.label if finding.model_version else None),
     }
 
 
@@ -540,7 +545,8 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
             diameter_mm=float(f.diameter_mm), confidence=f.confidence, review_status=f.review_status.value,
             source=f.source.value,
         )
-        for f in report.findings
+        # The SR is the built-in model's (its algorithm); partner models' findings are in the report.
+        for f in report.findings if f.package_analysis_id is None
     )
     # A report with no finding still gets an SR ("nothing found"), attached to the first slice.
     wanted = list(dict.fromkeys(f.sop_instance_uid for f in findings)) or [job.slice_sop_instance_uids[0]]

@@ -26,6 +26,9 @@ def register(app: Flask) -> None:
     # The SR and key images follow the report: made with the draft, remade when it is signed.
     subscribe(app, AnalysisCompleted, "ai_services.jobs.make_report_outputs", queue="ai")
     subscribe(app, ReportSigned, "ai_services.jobs.make_report_outputs", queue="ai")
+    # The partner models routed to the study read it once the built-in model made its report, so
+    # their findings join that one report.
+    subscribe(app, AnalysisCompleted, "ai_services.package_jobs.run_routed_packages", queue="ai")
     subscribe(app, ReportSigned, "ai_services.jobs.tell_report_signed", queue="notify")
     # An addendum: a new SR version and a word to the referring clinician; no consultation and no
     # charge follow it (those followed the signature, once).

@@ -77,6 +77,14 @@ PACKAGE_STATUS_WORDS: dict[str, LazyString] = {
     PackageStatus.RETIRED.value: lazy_gettext("retired"),
 }
 
+# A partner model's run on a study, on the report page.
+PACKAGE_RUN_WORDS: dict[str, LazyString] = {
+    AnalysisStatus.QUEUED.value: lazy_gettext("waiting to run"),
+    AnalysisStatus.RUNNING.value: lazy_gettext("running"),
+    AnalysisStatus.COMPLETED.value: lazy_gettext("completed"),
+    AnalysisStatus.FAILED.value: lazy_gettext("failed"),
+}
+
 # The figures the drift of a model version at a centre is tested on (`ai_services.drift`).
 DRIFT_FIGURE_WORDS: dict[str, LazyString] = {
     "acceptance rate": lazy_gettext("acceptance rate"),
@@ -122,7 +130,8 @@ def draft_conclusion(report: DiagnosticReport) -> str:
     if job is not None and job.status is AnalysisStatus.NOT_APPLICABLE:
         return gettext("AI not applicable: %(reason)s. No AI findings; awaiting the radiologist's reading.",
                        reason=job.not_applicable_reason or "")
-    found = [f for f in report.findings if f.source is FindingSource.AI]
+    # The built-in model's draft; partner models' findings are listed under each model.
+    found = [f for f in report.findings if f.source is FindingSource.AI and f.package_analysis_id is None]
     if job is None or job.status is not AnalysisStatus.COMPLETED:
         return report.conclusion or ""
     if not found:
@@ -142,6 +151,7 @@ def template_words() -> dict[str, object]:
         "report_status_word": lambda code: word_for(REPORT_STATUS_WORDS, code),
         "model_status_word": lambda code: word_for(MODEL_STATUS_WORDS, code),
         "package_status_word": lambda code: word_for(PACKAGE_STATUS_WORDS, code),
+        "package_run_word": lambda code: word_for(PACKAGE_RUN_WORDS, code),
         "drift_figure_word": lambda code: word_for(DRIFT_FIGURE_WORDS, code),
         "confidence_words": confidence_words,
         "confidence_explanation": CONFIDENCE_EXPLANATION,

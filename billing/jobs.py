@@ -7,7 +7,7 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from ai_services.events import AnalysisCompleted
+from ai_services.events import AnalysisCompleted, PackageAnalysisCompleted
 from billing import service
 from followup.events import ConsultationFinished, MedicationDispensed
 from imaging_orders.archive.events import StudyCompleted
@@ -29,3 +29,7 @@ def charge_consultation(session: Session, event: ConsultationFinished) -> None:
 
 def charge_dispense(session: Session, event: MedicationDispensed) -> None:
     service.charge_dispense(session, event)
+
+
+def charge_package_analysis(session: Session, event: PackageAnalysisCompleted) -> None:
+    service.charge_package_analysis(session, event)

@@ -31,12 +31,16 @@ REVENUE_GROUP_HEADINGS = {
     "service_line": _l("By service line"),
     "organization": _l("By organisation"),
     "month": _l("By month"),
+    "model": _l("By partner model"),
+    "partner": _l("By partner"),
 }
 
 REVENUE_GROUP_CHART_TITLES = {
     "service_line": _l("Revenue by service line"),
     "organization": _l("Revenue by organisation"),
     "month": _l("Revenue by month"),
+    "model": _l("Revenue by partner model"),
+    "partner": _l("Revenue by partner"),
 }
 
 # The revenue charts' legend: the AI-enabled part of each bar, and the rest.
@@ -46,6 +50,8 @@ REVENUE_GROUP_COLUMNS = {
     "service_line": _l("Service line"),
     "organization": _l("Organisation"),
     "month": _l("Month"),
+    "model": _l("Partner model"),
+    "partner": _l("Partner"),
 }
 
 # Each revenue table's download link says which table it downloads (links of one name that lead to
@@ -54,6 +60,8 @@ REVENUE_GROUP_DOWNLOADS = {
     "service_line": _l("Download CSV of revenue by service line"),
     "organization": _l("Download CSV of revenue by organisation"),
     "month": _l("Download CSV of revenue by month"),
+    "model": _l("Download CSV of revenue by partner model"),
+    "partner": _l("Download CSV of revenue by partner"),
 }
 
 # How a payment came in, as the pages record it in `Payment.reference`; a reference an
@@ -87,6 +95,10 @@ def revenue_group_label(group_by: str, key: str) -> str:
             return key
     if group_by == "organization" and key == PLATFORM_GROUP:
         return _("Platform-wide")
+    if group_by == "model" and key == PLATFORM_GROUP:
+        return _("No partner model (the platform's own services)")
+    if group_by == "partner" and key == PLATFORM_GROUP:
+        return _("No partner (the platform's own services)")
     return key
 
 

@@ -69,6 +69,12 @@ class ChargeItem(Base):
     service_reference: Mapped[str] = mapped_column(String(120))
     # True when the chain that led here started from an AI finding (AI-enabled revenue).
     ai_attributed: Mapped[bool] = mapped_column(default=False)
+    # A partner model package's analysis: which version ran ("name version") and whose it is, with
+    # the partner's share of this charge (basis points) as it stood when charged, for statements.
+    model_package_id: Mapped[int | None] = mapped_column(ForeignKey("model_package.id"))
+    model_label: Mapped[str | None] = mapped_column(String(130))
+    partner_organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"), index=True)
+    partner_share_bp: Mapped[int | None]
     status: Mapped[ChargeStatus] = mapped_column(enum_column(ChargeStatus), default=ChargeStatus.BILLABLE)
     occurred_at: Mapped[datetime]
     invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoice.id"), index=True)

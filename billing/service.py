@@ -11,13 +11,13 @@ import csv
 import io
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from ai_services.events import AnalysisCompleted
+from ai_services.events import AnalysisCompleted, PackageAnalysisCompleted
 from billing.models import (
     CatalogEntry,
     ChargeItem,
@@ -90,6 +90,17 @@ class BillableEvent:
     occurred_at: datetime
     quantity: int = 1
     ai_attributed: bool = False
+    model: PackageCharge | None = None
+
+
+@dataclass(frozen=True)
+class PackageCharge:
+    """What a charge for a partner model package's analysis records of the package and its partner."""
+
+    package_id: int
+    label: str  # "name version"
+    partner_organization_id: int
+    partner_share_bp: int
 
 
 def charge(session: Session, event: BillableEvent) -> ChargeItem:
@@ -105,6 +116,11 @@ def charge(session: Session, event: BillableEvent) -> ChargeItem:
         total_minor=entry.unit_price_minor * event.quantity, currency=entry.currency,
         service_reference=event.service_reference, ai_attributed=event.ai_attributed, occurred_at=event.occurred_at,
     )
+    if event.model is not None:
+        item.model_package_id = event.model.package_id
+        item.model_label = event.model.label
+        item.partner_organization_id = event.model.partner_organization_id
+        item.partner_share_bp = event.model.partner_share_bp
     try:
         with session.begin_nested():
             session.add(item)
@@ -132,6 +148,46 @@ def charge_ai_analysis(session: Session, event: AnalysisCompleted) -> ChargeItem
         event_key=f"ai-analysis:ImagingStudy/{event.study_id}", patient_id=event.patient_id, code=AI_ANALYSIS_CODE,
         organization_id=event.organization_id, service_reference=f"DiagnosticReport/{event.report_id}",
         occurred_at=parse_instant(event.issued_at) or utcnow(), ai_attributed=True,
+    ))
+
+
+def package_code(package_id: int) -> str:
+    return f"AI-PKG-{package_id}"
+
+
+# A package version's own price holds for every analysis it makes, from its start; an administrator
+# changes it from a date on like any price in the catalog.
+PACKAGE_PRICE_FROM = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def package_price(session: Session, event: PackageAnalysisCompleted) -> str:
+    """The catalog code of the package version, with its price entered once from the package's own
+    (the first analysis it makes puts it in the catalog, beside the platform's prices)."""
+    code = package_code(event.package_id)
+    if session.scalar(select(CatalogEntry.id).where(CatalogEntry.code == code).limit(1)) is not None:
+        return code
+    # Two first analyses at once: the partner's row lock makes the second wait and find the entry.
+    session.execute(select(Organization.id).where(Organization.id == event.partner_organization_id).with_for_update())
+    if session.scalar(select(CatalogEntry.id).where(CatalogEntry.code == code).limit(1)) is None:
+        session.add(CatalogEntry(
+            code=code, display=f"AI analysis: {event.package_name} {event.package_version}",
+            service_line=ServiceLine.AI_ANALYSIS, organization_id=None, unit_price_minor=event.price_minor,
+            currency=event.currency, effective_from=PACKAGE_PRICE_FROM,
+        ))
+        session.flush()
+    return code
+
+
+def charge_package_analysis(session: Session, event: PackageAnalysisCompleted) -> ChargeItem:
+    """One charge per partner model analysis (a package version on a study), at the package's price,
+    recording the package and its partner's share for the partner's statement."""
+    return charge(session, BillableEvent(
+        event_key=f"ai-package:PackageAnalysis/{event.analysis_id}", patient_id=event.patient_id,
+        code=package_price(session, event), organization_id=event.organization_id,
+        service_reference=f"DiagnosticReport/{event.report_id}",
+        occurred_at=parse_instant(event.completed_at) or utcnow(), ai_attributed=True,
+        model=PackageCharge(event.package_id, f"{event.package_name} {event.package_version}",
+                            event.partner_organization_id, event.partner_share_bp),
     ))
 
 
@@ -368,7 +424,7 @@ def recent_invoices(session: Session, user: User, limit: int = 50) -> list[Invoi
     return invoices
 
 
-REVENUE_GROUPS = ("service_line", "organization", "month")
+REVENUE_GROUPS = ("service_line", "organization", "month", "model", "partner")
 
 
 @dataclass(frozen=True)
@@ -384,17 +440,19 @@ def revenue_report(
     session: Session, user: User, group_by: str = "service_line", start: datetime | None = None,
     end: datetime | None = None, zone_name: str | None = None,
 ) -> list[RevenueLine]:
-    """Billed and billable revenue grouped by service line, organisation or month (on the clock of
-    `zone_name`, UTC when unset), with the part the AI made possible: AI analyses, and care that
-    followed a confirmed AI finding. With `start`/`end`, only services that happened in [start, end)."""
+    """Billed and billable revenue grouped by service line, organisation, month (on the clock of
+    `zone_name`, UTC when unset), partner model (package version) or partner, with the part the AI
+    made possible: AI analyses, and care that followed a confirmed AI finding. With `start`/`end`, only services that happened in [start, end)."""
     if user.role is not Role.ADMIN:
         raise Forbidden("revenue is for administrators")
     if group_by not in REVENUE_GROUPS:
         raise InvalidInput(f"group_by must be one of {REVENUE_GROUPS}")
+    partner = aliased(Organization)
     statement = (
         select(ChargeItem.service_line, Organization.name, ChargeItem.occurred_at, ChargeItem.currency,
-               ChargeItem.total_minor, ChargeItem.ai_attributed)
+               ChargeItem.total_minor, ChargeItem.ai_attributed, ChargeItem.model_label, partner.name)
         .outerjoin(Organization, ChargeItem.organization_id == Organization.id)
+        .outerjoin(partner, ChargeItem.partner_organization_id == partner.id)
         .where(ChargeItem.status != ChargeStatus.NOT_BILLABLE)
     )
     if start is not None:
@@ -404,9 +462,11 @@ def revenue_report(
     items = session.execute(statement)
     zone = clock.zone(zone_name)
     groups: dict[tuple[str, str], list[int]] = {}
-    for line, org_name, occurred_at, currency, total, ai in items:
+    for line, org_name, occurred_at, currency, total, ai, model_label, partner_name in items:
         key = {"service_line": line.value, "organization": org_name or "(platform)",
-               "month": occurred_at.astimezone(zone).strftime("%Y-%m")}[group_by]
+               "month": occurred_at.astimezone(zone).strftime("%Y-%m"),
+               # A partner model's analyses by package version and by partner; the rest is the platform's.
+               "model": model_label or "(platform)", "partner": partner_name or "(platform)"}[group_by]
         acc = groups.setdefault((key, currency), [0, 0, 0])
         acc[0] += 1
         acc[1] += total

@@ -73,3 +73,35 @@ def make_torchscript_package(tmp_path: Path, *, loops: int = 0, allocate: int = 
     manifest = classifier_manifest(weights={"file": "model.ts", "format": "torchscript"}, **overrides)
     return write_package(tmp_path / "src", manifest, torchscript_bytes(loops=loops, allocate=allocate),
                          zip_to=tmp_path / "package.zip")
+
+
+class _BrightRegions(torch.nn.Module):
+    """A detection or segmentation model: the probability that a pixel is foreground is high where
+    the first channel (the lung window) shows soft tissue or brighter."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, :1] > self.threshold).float() * 0.9
+
+
+def map_manifest(kind: str = "detection", **overrides: Any) -> dict[str, Any]:
+    """A TorchScript package of `kind` detection or segmentation (a per-pixel probability map)."""
+    manifest = classifier_manifest(
+        name=f"bright-{kind}", output={"kind": kind},
+        intended_use=f"Marks bright regions on chest CT ({kind}), for a radiologist to review.",
+        validated_metrics={"sensitivity": 0.8, "dice": 0.7}, price={"amount_minor": 3000, "currency": "EUR"},
+        partner_share_bp=6000, weights={"file": "model.ts", "format": "torchscript"},
+    )
+    manifest.update(overrides)
+    return manifest
+
+
+def make_map_package(tmp_path: Path, kind: str = "detection", threshold: float = 0.5, **overrides: Any) -> Path:
+    scripted = torch.jit.script(_BrightRegions(threshold))
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    return write_package(tmp_path / "src", map_manifest(kind, **overrides), buffer.getvalue(),
+                         zip_to=tmp_path / "package.zip")

@@ -136,7 +136,8 @@ def test_a_normal_synthetic_ct_is_still_analysed_and_billed(app: Flask, db_sessi
     job, report = analysed(app, db_session, demo, lambda uid: gate_series.normal_ct(20_005, uid))
     assert job.status is AnalysisStatus.COMPLETED and job.not_applicable_reason is None
     assert sorted(r.handler for r in published(db_session, "ai.analysis_completed")) == [
-        "ai_services.jobs.make_report_outputs", "billing.jobs.charge_ai_analysis"]
+        "ai_services.jobs.make_report_outputs", "ai_services.package_jobs.run_routed_packages",
+        "billing.jobs.charge_ai_analysis"]
     resource = validate_resource(diagnostic_report_to_fhir(report))
     assert "conclusionCode" not in resource and "contained" not in resource
 

@@ -99,7 +99,7 @@ def populate(site: LiveSite) -> dict[str, list[str]]:
         create_dataset_version(session, licence="research-only", created_by="admin", dicom_dir=dicom_dir(site.app),
                                research_dir=research_dir(site.app), secret=research_secret(site.app))
     return {
-        "partner": ["/model-packages", package_page],
+        "partner": ["/model-packages", package_page, "/partner-statements?month=2026-13"],
         "contributor": [],
         "clinician": [f"/consultations/{consultation_id}", f"/reports/{signed_id}", "/login", booked_referral,
                       signed_referral, plan_page, cancel_task_page],

@@ -1,0 +1,268 @@
+"""Partner model packages on studies: after the built-in model has made a study's preliminary
+report, every approved package version a routing rule sends to the study runs on it (in the
+sandbox, one after another), and each run's outputs become findings of that same report, marked
+with the run, for the radiologist to accept or reject like the built-in ones.
+
+One row per (study, package version) in `package_analysis` is the promise that a package reads a
+study once: made `queued` when the study is routed, claimed `running` by a conditional UPDATE just
+before it runs, ended `completed` (its findings written, `PackageAnalysisCompleted` published for
+billing) or `failed` with the reason in words. A package that fails, crashes or runs past a limit
+fails alone: the built-in findings, the other packages and the report stand.
+
+How a package's output becomes findings, by its manifest's `output.kind` (the input is the
+`sandbox.study_inputs` view of the study, mapped back by `sandbox.input_geometry`):
+
+- detection: a (1, C, rows, columns) map of per-pixel probabilities (0..1; the largest over C is
+  read); each connected region at or over `FOREGROUND` is one finding with its box, size and
+  highest probability as its confidence;
+- classification: (1, classes) logits; one finding with the most probable class as its label and
+  that probability as its confidence, boxed on the whole part of the key slice the model saw;
+- segmentation: a map like a detection's; the region at or over `FOREGROUND` is one finding with
+  its extent and its volume (pixels x the manifest's voxel size).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ai_services.events import PackageAnalysisCompleted
+from ai_services.inference import extract_detections
+from ai_services.models import (
+    AnalysisJob,
+    AnalysisStatus,
+    DiagnosticReport,
+    Finding,
+    FindingSource,
+    PackageAnalysis,
+    ReportStatus,
+)
+from ai_services.routing import StudyFacts, packages_for_study
+from ai_services.sandbox import InputGeometry, PackageRun
+from ai_services.service import series_to_analyse
+from hospital.clock import utcnow
+from hospital.events import iso_instant
+from hospital.jobs import publish
+from imaging_orders.archive.public import SeriesFiles, StudyRef, study_ref, study_series
+from referrals.public import referral_summary
+
+logger = logging.getLogger(__name__)
+
+# A pixel of a detection or segmentation map at or over this probability is foreground.
+FOREGROUND = 0.5
+# The most findings one detection package adds to a report (its most confident ones).
+MAX_DETECTIONS = 20
+
+
+@dataclass(frozen=True)
+class PackageToRun:
+    analysis_id: int
+    label: str
+    root: Path
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PackageRunPlan:
+    """What the job needs to run the routed packages on a study: the slices of its series, and the
+    runs still queued (none when every routed package has already run or is running)."""
+
+    report_id: int
+    study_id: int
+    instance_paths: list[Path]
+    runs: list[PackageToRun]
+
+
+def study_facts(session: Session, study: StudyRef, series: SeriesFiles) -> StudyFacts:
+    """What routing reads of a study: its series' modality and body part, the referral's reason
+    (through the referrals stage's public face) and the performing centre."""
+    referral = referral_summary(session, study.referral_id) if study.referral_id is not None else None
+    return StudyFacts(modality=series.modality, body_part=series.body_part,
+                      reason=referral.reason if referral is not None else "", centre_id=study.organization_id)
+
+
+def plan_package_runs(session: Session, report_id: int, storage_dir: Path) -> PackageRunPlan | None:
+    """Route the report's study and queue a run of each package it gets (once per study and
+    package version). None when the report is gone, signed, or its study has no images."""
+    report = session.get(DiagnosticReport, report_id)
+    if report is None or report.status is not ReportStatus.PRELIMINARY:
+        logger.info("report %s is gone or signed; no partner models run on it", report_id)
+        return None
+    study = study_ref(session, report.study_id)
+    all_series = study_series(session, report.study_id, storage_dir) if study is not None else ()
+    if study is None or not any(s.instances for s in all_series):
+        return None
+    job = session.get(AnalysisJob, report.analysis_job_id) if report.analysis_job_id else None
+    # The series the built-in model read (its slice numbers are the report's), else the same choice.
+    series = next((s for s in all_series if job is not None and s.series_instance_uid == job.series_instance_uid),
+                  None) or series_to_analyse(study.study_id, all_series)
+    packages = packages_for_study(session, study_facts(session, study, series))
+    for package in packages:
+        _queue_once(session, study.study_id, report.id, package.id)
+    queued = session.scalars(
+        select(PackageAnalysis).where(PackageAnalysis.study_id == study.study_id,
+                                      PackageAnalysis.status == AnalysisStatus.QUEUED)
+        .order_by(PackageAnalysis.id)
+    ).all()
+    runs = [PackageToRun(a.id, a.model_package.label, Path(a.model_package.storage_path), dict(a.model_package.manifest))
+            for a in queued]
+    return PackageRunPlan(report.id, study.study_id, [i.path for i in series.instances], runs)
+
+
+def _queue_once(session: Session, study_id: int, report_id: int, package_id: int) -> None:
+    exists = select(PackageAnalysis.id).where(PackageAnalysis.study_id == study_id,
+                                              PackageAnalysis.model_package_id == package_id)
+    if session.scalar(exists) is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.add(PackageAnalysis(study_id=study_id, report_id=report_id, model_package_id=package_id))
+    except IntegrityError:
+        # Another delivery of the same event queued it first; that row stands.
+        if session.scalar(exists) is None:
+            raise
+
+
+def claim_package_run(session: Session, analysis_id: int) -> bool:
+    """Mark a queued run running; False when another worker has it or it has ended."""
+    claimed = session.execute(
+        update(PackageAnalysis)
+        .where(PackageAnalysis.id == analysis_id, PackageAnalysis.status == AnalysisStatus.QUEUED)
+        .values(status=AnalysisStatus.RUNNING, started_at=utcnow())
+    )
+    return bool(getattr(claimed, "rowcount", 0))
+
+
+def record_package_failure(session: Session, analysis_id: int, reason: str, seconds: float | None = None) -> None:
+    """The run failed (the package crashed or ran past a limit, or the study could not be given to
+    it): the reason is kept for staff; nothing is added to the report and nothing is billed."""
+    analysis = session.get(PackageAnalysis, analysis_id)
+    if analysis is None or analysis.status is AnalysisStatus.COMPLETED:
+        return
+    analysis.status = AnalysisStatus.FAILED
+    analysis.error = reason[:4000]
+    analysis.seconds = round(seconds, 3) if seconds is not None else None
+    analysis.finished_at = utcnow()
+    logger.info("partner model run %s failed: %s", analysis_id, reason)
+
+
+class PackageOutputError(ValueError):
+    """A package's output does not have the shape its manifest's output kind promises."""
+
+
+@dataclass(frozen=True)
+class PackageFinding:
+    """One finding read from a package's output, already on the study's key slice."""
+
+    box: tuple[int, int, int, int]
+    diameter_mm: float
+    confidence: float | None
+    label: str | None = None
+    volume_mm3: float | None = None
+    n_slices: int = 1
+
+
+def findings_from_output(values: list[float], shape: list[int], manifest: dict[str, Any],
+                         geometry: InputGeometry, study_spacing_mm: tuple[float, float]) -> list[PackageFinding]:
+    """The findings one case of a package's output says (see the module docstring for the rules)."""
+    kind = manifest["output"]["kind"]
+    array = np.asarray(values, dtype=np.float64)
+    if array.size != math.prod(shape):
+        raise PackageOutputError(f"{array.size} values for an output of shape {shape}")
+    array = array.reshape(shape)
+    row_mm, col_mm, slice_mm = (float(v) for v in manifest["input"]["spacing_mm"])
+    if kind == "classification":
+        classes = list(manifest["output"]["classes"])
+        if array.shape != (1, len(classes)):
+            raise PackageOutputError(f"a classification of {len(classes)} classes gave shape {list(array.shape)}")
+        logits = array[0] - array[0].max()
+        probabilities = np.exp(logits) / np.exp(logits).sum()
+        best = int(probabilities.argmax())
+        rows, columns = (int(v) for v in manifest["input"]["size"])
+        return [PackageFinding(box=geometry.to_study_box((0, 0, columns, rows)), diameter_mm=0.0,
+                               confidence=round(float(probabilities[best]), 4), label=str(classes[best]))]
+    if array.ndim != 4 or array.shape[0] != 1:
+        raise PackageOutputError(f"a {kind} map must have shape (1, channels, rows, columns), got {list(array.shape)}")
+    probability = np.clip(array[0].max(axis=0), 0.0, 1.0)
+    if kind == "segmentation":
+        mask = probability >= FOREGROUND
+        if not mask.any():
+            return []
+        ys, xs = np.nonzero(mask)
+        box = geometry.to_study_box((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+        extent = max((xs.max() + 1 - xs.min()) * col_mm, (ys.max() + 1 - ys.min()) * row_mm)
+        return [PackageFinding(box=box, diameter_mm=round(float(extent), 1),
+                               confidence=round(float(probability[mask].mean()), 4), label="segmented region",
+                               volume_mm3=round(float(mask.sum()) * row_mm * col_mm * slice_mm, 1))]
+    detections = extract_detections(probability[np.newaxis], (row_mm, col_mm), threshold=FOREGROUND)
+    found = []
+    for detection in detections[:MAX_DETECTIONS]:
+        box = geometry.to_study_box(detection.bbox)
+        diameter = max((box[2] - box[0]) * study_spacing_mm[1], (box[3] - box[1]) * study_spacing_mm[0])
+        found.append(PackageFinding(box=box, diameter_mm=round(diameter, 1),
+                                    confidence=round(min(detection.max_probability, 1.0), 4)))
+    return found
+
+
+def record_package_run(session: Session, analysis_id: int, run: PackageRun, geometry: InputGeometry,
+                       study_spacing_mm: tuple[float, float], sop_instance_uids: list[str]) -> PackageAnalysis | None:
+    """The sandbox's answer for one run: its findings into the report and the run completed (and
+    `PackageAnalysisCompleted` published), or the run failed with the reason."""
+    analysis = session.get(PackageAnalysis, analysis_id, with_for_update=True)
+    if analysis is None or analysis.status is not AnalysisStatus.RUNNING:
+        return analysis
+    if run.reason is not None or run.result.get("error"):
+        record_package_failure(session, analysis_id, run.reason or f"the model failed on the study: {run.result['error']}",
+                               run.seconds)
+        return analysis
+    report = session.get(DiagnosticReport, analysis.report_id)
+    if report is None or report.status is not ReportStatus.PRELIMINARY:
+        record_package_failure(session, analysis_id, "the report was signed before the model finished; "
+                               "its outputs were not added", run.seconds)
+        return analysis
+    package = analysis.model_package
+    cases = run.result.get("cases") or []
+    try:
+        if len(cases) != 1:
+            raise PackageOutputError(f"expected 1 result for the study, got {len(cases)}")
+        case = cases[0]
+        found = findings_from_output(case.get("values") or [], [int(v) for v in case.get("shape", [])],
+                                     package.manifest, geometry, study_spacing_mm)
+    except PackageOutputError as exc:
+        record_package_failure(session, analysis_id, f"the model's output was not usable: {exc}", run.seconds)
+        return analysis
+    for item in found:
+        x0, y0, x1, y1 = item.box
+        session.add(Finding(
+            report_id=report.id, patient_id=report.patient_id, source=FindingSource.AI,
+            package_analysis_id=analysis.id, sop_instance_uid=sop_instance_uids[geometry.key_slice],
+            slice_index=geometry.key_slice, x0=x0, y0=y0, x1=x1, y1=y1, diameter_mm=item.diameter_mm,
+            n_slices=item.n_slices, confidence=item.confidence, label=item.label, volume_mm3=item.volume_mm3,
+        ))
+    analysis.status = AnalysisStatus.COMPLETED
+    analysis.error = None
+    analysis.seconds = round(run.seconds, 3)
+    analysis.finished_at = utcnow()
+    analysis.outputs = {"kind": package.output_kind, "shape": cases[0].get("shape"), "findings": len(found),
+                        "mean": cases[0].get("mean")}
+    session.flush()
+    study = study_ref(session, analysis.study_id)
+    publish(session, PackageAnalysisCompleted(
+        analysis_id=analysis.id, report_id=report.id, study_id=analysis.study_id, patient_id=report.patient_id,
+        organization_id=study.organization_id if study else None, package_id=package.id,
+        package_name=package.name, package_version=package.version,
+        partner_organization_id=package.partner_organization_id, price_minor=package.price_minor,
+        currency=package.currency, partner_share_bp=package.partner_share_bp,
+        completed_at=iso_instant(analysis.finished_at),
+    ))
+    logger.info("partner model %s read study %s: %d findings", package.label, analysis.study_id, len(found))
+    return analysis
+

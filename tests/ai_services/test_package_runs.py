@@ -1,0 +1,102 @@
+"""Partner model packages run on a study once its preliminary report exists: each routed package in
+the sandbox, once per study and version, its outputs as findings of the report (on the study's own
+pixels), a failing one recorded as failed with its reason while the others complete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask import Flask
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ai_services.models import AnalysisStatus, Finding, ModelPackage, PackageAnalysis, PackageStatus
+from ai_services.package_jobs import run_packages_on_report
+from ai_services.package_service import approve_package, submit_package
+from ai_services.routing import add_routing_rule
+from ai_services.sandbox import input_geometry
+from hospital.models import JobRecord
+from hospital.seed import DemoSeed
+from tests.ai_services.package_factory import make_classifier_package, make_map_package, make_torchscript_package
+from tests.ai_services.studies import store_study_with_report
+
+
+def approved(session: Session, demo: DemoSeed, source: Path, app: Flask) -> ModelPackage:
+    package = submit_package(session, source, demo.users["partner"], Path(app.config["AI_MODELS_DIR"]))
+    package.status = PackageStatus.AWAITING_APPROVAL  # the sandbox's checks have their own tests
+    approve_package(session, package.id, demo.users["admin"])
+    add_routing_rule(session, demo.users["admin"], package_name=package.name, modality="CT", body_part="CHEST")
+    return package
+
+
+def block_volume() -> np.ndarray:
+    """Air with one soft-tissue block at rows 40..50, columns 60..70 on every slice."""
+    volume = np.full((5, 128, 128), -1000.0, dtype=np.float32)
+    volume[:, 40:50, 60:70] = 60.0
+    return volume
+
+
+def test_routed_packages_read_the_study_once_each_into_its_report(app: Flask, db_session: Session, demo: DemoSeed,
+                                                                   tmp_path: Path) -> None:
+    detector = approved(db_session, demo, make_map_package(tmp_path / "d", "detection"), app)
+    segmenter = approved(db_session, demo, make_map_package(tmp_path / "s", "segmentation"), app)
+    classifier = approved(db_session, demo, make_classifier_package(tmp_path / "c"), app)
+    db_session.commit()
+    study = store_study_with_report(app, db_session, demo, block_volume(), pixel_spacing_mm=0.75)
+
+    run_packages_on_report(study.report_id)
+    run_packages_on_report(study.report_id)  # a re-delivered event runs nothing again
+
+    analyses = {a.model_package_id: a for a in db_session.scalars(
+        select(PackageAnalysis).where(PackageAnalysis.study_id == study.study_id))}
+    assert set(analyses) == {detector.id, segmenter.id, classifier.id}
+    assert all(a.status is AnalysisStatus.COMPLETED and a.seconds and a.report_id == study.report_id
+               for a in analyses.values()), [a.error for a in analyses.values()]
+    findings = {a: list(db_session.scalars(select(Finding).where(Finding.package_analysis_id == analyses[a].id)))
+                for a in analyses}
+    # Package space is 1.5 mm (half the study's resolution): the block maps back to its own pixels.
+    [box] = findings[detector.id]
+    assert (box.x0, box.y0, box.x1, box.y1) == (60, 40, 70, 50)
+    assert box.slice_index == 2 and box.sop_instance_uid == study.sop_instance_uids[2]
+    assert box.diameter_mm == 7.5 and box.confidence == 0.9
+    [region] = findings[segmenter.id]
+    assert (region.x0, region.y0, region.x1, region.y1) == (60, 40, 70, 50)
+    assert region.volume_mm3 == pytest.approx(5 * 5 * 1.5 * 1.5 * 5.0, abs=0.1)  # 25 pixels, 1.5 x 1.5 x 5 mm
+    [verdict] = findings[classifier.id]
+    assert verdict.label in ("normal", "abnormal") and 0.5 <= (verdict.confidence or 0) <= 1
+    assert (verdict.x0, verdict.y0, verdict.x1, verdict.y1) == (0, 0, 128, 128)
+    events = db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
+    assert len(events) == 3
+
+
+def test_a_failing_package_is_recorded_with_its_reason_and_the_others_complete(
+    app: Flask, db_session: Session, demo: DemoSeed, tmp_path: Path
+) -> None:
+    app.config["AI_PACKAGE_SANDBOX_LIMITS"] = {"wall_seconds": 8.0, "cpu_seconds": 30}
+    try:
+        slow = approved(db_session, demo, make_torchscript_package(tmp_path / "slow", loops=10**9, name="slow-one"),
+                        app)
+        detector = approved(db_session, demo, make_map_package(tmp_path / "d", "detection"), app)
+        db_session.commit()
+        study = store_study_with_report(app, db_session, demo, block_volume(), pixel_spacing_mm=0.75)
+        run_packages_on_report(study.report_id)
+    finally:
+        app.config.pop("AI_PACKAGE_SANDBOX_LIMITS")
+    runs = {a.model_package_id: a for a in db_session.scalars(select(PackageAnalysis))}
+    assert runs[slow.id].status is AnalysisStatus.FAILED
+    assert "time limit" in (runs[slow.id].error or "") or "CPU limit" in (runs[slow.id].error or "")
+    assert not db_session.scalars(select(Finding).where(Finding.package_analysis_id == runs[slow.id].id)).all()
+    assert runs[detector.id].status is AnalysisStatus.COMPLETED
+    events = db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
+    assert [e.payload["package_id"] for e in events] == [detector.id]
+
+
+def test_input_geometry_inverts_the_package_view_with_padding() -> None:
+    manifest = {"input": {"spacing_mm": [1.0, 1.0, 5.0], "size": [64, 64], "channels": 3}}
+    # 40 x 50 pixels of 1 mm: padded with air to 64 x 64, so package pixel 12, 7 is study pixel 0, 0.
+    geometry = input_geometry((9, 40, 50), (1.0, 1.0), manifest)
+    assert geometry.slices == (3, 4, 5) and geometry.key_slice == 4
+    assert geometry.to_study_box((7, 12, 17, 22)) == (0, 0, 10, 10)
+    assert geometry.to_study_box((0, 0, 64, 64)) == (0, 0, 50, 40)
