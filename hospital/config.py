@@ -55,6 +55,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "DICOM_AE_TITLE": os.environ.get("DICOM_AE_TITLE") or "HOSPITAL",
         "DICOM_HOST": os.environ.get("DICOM_HOST") or "127.0.0.1",
         "DICOM_PORT": _env_int("DICOM_PORT", 11112),
+        # Node processes sharing DICOM_PORT (`hospital dicom --processes`): one per core to spare.
+        "DICOM_PROCESSES": _env_int("DICOM_PROCESSES", 1),
         # Where C-MOVE may send studies ("AE=host:port,AE2=host:port") and which calling AE
         # titles may query and retrieve ("*" for any; a comma list to restrict).
         "DICOM_MOVE_DESTINATIONS": os.environ.get("DICOM_MOVE_DESTINATIONS") or "",

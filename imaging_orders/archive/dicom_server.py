@@ -163,6 +163,16 @@ def event_handlers(app: Flask) -> list[Any]:
     ]
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """A node's listener that other node processes may share (SO_REUSEPORT): the kernel spreads
+    new associations across every process listening on the port (`imaging_orders.archive.
+    node_processes`). Each process must set it, and run as the same user."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def start_dicom_server(
     app: Flask,
     *,
@@ -170,33 +180,48 @@ def start_dicom_server(
     port: int | None = None,
     ae_title: str | None = None,
     block: bool = True,
+    share_port: bool = False,
 ) -> ThreadedAssociationServer | None:
     """Listen for associations and run the study-completion loop.
 
     With `block=False` the running server is returned; its `shutdown()` also stops the completion
     loop. With `block=True` this returns after SIGTERM or SIGINT (or Ctrl-C), having shut down.
+    With `share_port`, other node processes may listen on the same port (SharedPortServer).
     """
     address = (host or app.config["DICOM_HOST"], int(port if port is not None else app.config["DICOM_PORT"]))
     ae = build_ae(app, ae_title)
-    server = ae.start_server(address, block=False, evt_handlers=event_handlers(app))
+    # What `AE.start_server(block=False)` does, with the server class ours to choose.
+    server = ae.make_server(address, evt_handlers=event_handlers(app),
+                            server_class=SharedPortServer if share_port else ThreadedAssociationServer)
+    serving = threading.Thread(target=server.serve_forever, name=f"DicomNode@{address[1]}", daemon=True)
+    serving.start()
+    ae._servers.append(server)  # as start_server does: the server's shutdown() takes itself off this list
     completion = StudyCompletionLoop(app)
     completion.start()
     _stop_loop_with_server(server, completion)
     logger.info("DICOM node %s listening on %s:%d", ae.ae_title, *server.server_address[:2])
     if not block:
         return server
+    try:
+        wait_for_stop_signal()
+    finally:
+        logger.info("DICOM node shutting down")
+        server.shutdown()
+    return None
+
+
+def wait_for_stop_signal(every_second: Callable[[], None] | None = None) -> None:
+    """Block until SIGTERM, SIGINT or Ctrl-C, calling `every_second` (if given) meanwhile."""
     stop = threading.Event()
     previous = _install_stop_signals(stop)
     try:
         while not stop.wait(1.0):
-            pass
+            if every_second is not None:
+                every_second()
     except KeyboardInterrupt:
         pass
     finally:
-        logger.info("DICOM node shutting down")
-        server.shutdown()
         _restore_signals(previous)
-    return None
 
 
 def _stop_loop_with_server(server: ThreadedAssociationServer, loop: StudyCompletionLoop) -> None:
