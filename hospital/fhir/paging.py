@@ -197,7 +197,8 @@ def _json_value(value: Any) -> Any:
 def _python_value(key: SortKey, value: Any) -> Any:
     if value is None:
         return None
-    kind = key.column.type.python_type
+    column_type = key.column.type
+    kind = getattr(column_type, "impl", column_type).python_type  # a TypeDecorator says `object`
     if kind is datetime:
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is None:
