@@ -391,7 +391,9 @@ class ResourceVersion(Base):
 
 class ResourceLastUpdated(Base):
     """When each FHIR-visible record last changed: one row per record, the time and number of its
-    latest version, kept by `hospital.fhir.versions` in the transaction of the change.
+    latest version, kept by a trigger on resource_version inserts (migration 0042), in the
+    transaction of the change, whichever code wrote the version (an older release's too, while a
+    rolling upgrade runs both).
 
     `_sort=_lastUpdated` and `_lastUpdated=` searches join it and walk its index in order, instead
     of finding each row's newest version among all versions (a subquery per row). A record never

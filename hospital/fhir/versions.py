@@ -3,9 +3,9 @@
 A session `after_flush` listener snapshots every new, changed or deleted row of a registered model
 as its FHIR JSON (through the mapping's `to_fhir`) into `resource_version`, in the same
 transaction as the change: whichever code path changed the row (page, API, FHIR, job, DICOM),
-the history sees it, and a rolled-back change leaves no version. The same write keeps each
-record's row in `resource_last_updated` (its latest version's time), which `_lastUpdated` searches
-and sorts walk.
+the history sees it, and a rolled-back change leaves no version. Each version inserted also moves
+the record's row in `resource_last_updated` (a trigger, migration 0042), which `_lastUpdated`
+searches and sorts walk.
 
 A version is taken when the row itself changes. A change that only shows in a resource through
 a related row (a finding rejected under a report) makes a version of the related row's resource,
@@ -22,12 +22,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import event, func, insert, inspect, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, UOWTransaction
 
 from hospital.clock import utcnow
 from hospital.fhir.registry import VERSIONED_MODELS, ResourceMapping
-from hospital.models import ResourceLastUpdated, ResourceVersion
+from hospital.models import ResourceVersion
 
 logger = logging.getLogger(__name__)
 
@@ -102,29 +101,6 @@ def write_versions(session: Session, changes: list[tuple[ResourceMapping, Any, s
             }
         )
     session.connection().execute(insert(ResourceVersion), rows)
-    _record_last_updated(session, rows)
-
-
-def _record_last_updated(session: Session, versions: list[dict[str, Any]]) -> None:
-    """Upsert each record's latest version into resource_last_updated, in key order so that two
-    transactions writing the same records lock them in the same order (no deadlock)."""
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for version in versions:
-        latest[(version["resource_type"], version["resource_id"])] = version  # later versions win
-    rows = [
-        {"resource_type": t, "resource_id": i, "version_id": v["version_id"], "last_updated": v["last_updated"]}
-        for (t, i), v in sorted(latest.items())
-    ]
-    connection = session.connection()
-    upsert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    statement = upsert(ResourceLastUpdated)
-    connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=[ResourceLastUpdated.resource_type, ResourceLastUpdated.resource_id],
-            set_={"version_id": statement.excluded.version_id, "last_updated": statement.excluded.last_updated},
-        ),
-        rows,
-    )
 
 
 def _render_rows(
