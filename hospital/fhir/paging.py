@@ -119,7 +119,7 @@ def keyset_page(
     """
     lead = keys[0]
     if not lead.nullable:
-        return _fetch(session, statement, keys, after, limit)
+        return _fetch(session, statement, joined_keys or keys, after, limit)
     rows: list[tuple[Any, list[Any]]] = []
     if after is None or after[0] is not None:
         present = list(joined_keys or keys)

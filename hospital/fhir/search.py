@@ -154,6 +154,10 @@ def parse_search(
         search.clauses.append(patient_filter(user, mapping.patient_column, mapping.type_name))
     search.count = _int_param(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
     search.sort = sort_keys(mapping, params.getlist("_sort"))
+    # A date search (or _lastUpdated) matches no NULL: sorting by the same key, the walk has no
+    # NULL part to visit after the values run out.
+    searched = {name for name, _value in search.used}
+    search.sort = [replace(key, nullable=False) if key.name in searched else key for key in search.sort]
     if search.sort[0].name == "_lastUpdated" and mapping.append_only_at is None:
         # resource_last_updated's index holds (time, resource_id): where a row has a version the
         # whole order is walked on it, the primary key read as the version row's resource_id.
