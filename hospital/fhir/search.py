@@ -153,7 +153,21 @@ def parse_search(
     if mapping.patient_column is not None:
         search.clauses.append(patient_filter(user, mapping.patient_column, mapping.type_name))
     search.count = _int_param(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
-    search.sort = sort_keys(mapping, params.getlist("_sort"))
+    _set_order(search, mapping, params.getlist("_sort"))
+    search.total = total_mode(params.get(TOTAL_PARAM))
+    _set_position(search, mapping, params)
+    summary = params.get("_summary")
+    if summary is not None and summary not in SUMMARY_VALUES:
+        raise InvalidInput(f"_summary={summary} is not supported; use count or false")
+    search.summary_count = summary == "count"
+    search.includes = [_include(mapping, value) for value in params.getlist("_include")]
+    search.revincludes = [_revinclude(registry, mapping, value) for value in params.getlist("_revinclude")]
+    return search
+
+
+def _set_order(search: SearchRequest, mapping: ResourceMapping, sort_values: list[str]) -> None:
+    """The page order, and how to walk it; after the filters are parsed."""
+    search.sort = sort_keys(mapping, sort_values)
     # A date search (or _lastUpdated) matches no NULL: sorting by the same key, the walk has no
     # NULL part to visit after the values run out.
     searched = {name for name, _value in search.used}
@@ -167,7 +181,11 @@ def parse_search(
     search.joins_last_updated = search.joins_last_updated or any(
         key.column is ResourceLastUpdated.last_updated for key in search.sort
     )
-    search.total = total_mode(params.get(TOTAL_PARAM))
+
+
+def _set_position(search: SearchRequest, mapping: ResourceMapping, params: MultiDict[str, str]) -> None:
+    """Where the page starts: after a cursor's row, at an old `_page` link's offset, or at the
+    beginning; a cursor must belong to this search (type, filters and sort)."""
     search.binding = search_binding(mapping.type_name, search.used)
     search.cursor = params.get(CURSOR_PARAM)
     if search.cursor is not None:
@@ -176,13 +194,6 @@ def parse_search(
         search.after = decode_cursor(search.cursor, search.binding, search.sort)
     elif LEGACY_PAGE_PARAM in params:
         search.page = _int_param(params, LEGACY_PAGE_PARAM, 1, 1, 10**9)
-    summary = params.get("_summary")
-    if summary is not None and summary not in SUMMARY_VALUES:
-        raise InvalidInput(f"_summary={summary} is not supported; use count or false")
-    search.summary_count = summary == "count"
-    search.includes = [_include(mapping, value) for value in params.getlist("_include")]
-    search.revincludes = [_revinclude(registry, mapping, value) for value in params.getlist("_revinclude")]
-    return search
 
 
 def _int_param(params: MultiDict[str, str], name: str, default: int, low: int, high: int) -> int:
