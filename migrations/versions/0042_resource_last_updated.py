@@ -39,15 +39,6 @@ def upgrade() -> None:
     op.create_index(
         "ix_resource_last_updated_type_time", "resource_last_updated", ["resource_type", "last_updated", "resource_id"]
     )
-    # Every record's latest version as it stands (one pass over the versions, newest per record).
-    op.execute(
-        "INSERT INTO resource_last_updated (resource_type, resource_id, version_id, last_updated) "
-        "SELECT v.resource_type, v.resource_id, v.version_id, v.last_updated FROM resource_version v "
-        "JOIN (SELECT resource_type, resource_id, max(version_id) AS version_id FROM resource_version "
-        "GROUP BY resource_type, resource_id) latest "
-        "ON latest.resource_type = v.resource_type AND latest.resource_id = v.resource_id "
-        "AND latest.version_id = v.version_id"
-    )
     with op.batch_alter_table("resource_version", schema=None) as batch_op:
         batch_op.drop_index("ix_resource_version_type_updated")
         batch_op.create_index("ix_resource_version_type_updated", ["resource_type", "last_updated", "id"], unique=False)
@@ -66,6 +57,16 @@ def upgrade() -> None:
         )
     else:
         op.execute(f"CREATE TRIGGER resource_version_last_updated AFTER INSERT ON resource_version BEGIN {UPSERT}; END")
+    # Then every record's latest version as it stands (the trigger may have moved some already).
+    op.execute(
+        "INSERT INTO resource_last_updated (resource_type, resource_id, version_id, last_updated) "
+        "SELECT v.resource_type, v.resource_id, v.version_id, v.last_updated FROM resource_version v "
+        "JOIN (SELECT resource_type, resource_id, max(version_id) AS version_id FROM resource_version "
+        "GROUP BY resource_type, resource_id) latest "
+        "ON latest.resource_type = v.resource_type AND latest.resource_id = v.resource_id "
+        "AND latest.version_id = v.version_id "
+        "WHERE true ON CONFLICT (resource_type, resource_id) DO NOTHING"  # WHERE: SQLite's parser needs it
+    )
 
 
 def downgrade() -> None:
