@@ -12,6 +12,8 @@ size it times, in process through the Flask test client with the administrator's
 - FHIR read `GET /fhir/Patient/{id}`;
 - FHIR search `GET /fhir/Observation?patient={id}` and `GET /fhir/Patient?family={name}`;
 - FHIR search `GET /fhir/ServiceRequest?patient={id}`;
+- a deep FHIR search page: `GET /fhir/Patient?_count=10&_cursor=...` after a random patient (the
+  cursor its `next` link would carry there);
 - QIDO-RS `GET /dicomweb/studies?PatientID={mrn}`;
 - invoice generation (`billing.service.issue_invoice` for one patient's charge, then rolled back);
 
@@ -199,11 +201,20 @@ def main() -> None:
                     session.rollback()
                     session.close()
 
+        def deep_patient_page(n: int) -> None:
+            from hospital.fhir.paging import encode_cursor, search_binding  # noqa: PLC0415 - as invoice's imports
+            from hospital.fhir.search import sort_keys  # noqa: PLC0415
+            with app.app_context():
+                mapping = app.extensions["hospital.fhir"].mappings["Patient"]
+                cursor = encode_cursor(search_binding("Patient", []), sort_keys(mapping, []), [patient_id(n)])
+            get(f"/fhir/Patient?_count=10&_cursor={cursor}")
+
         operations: dict[str, Callable[[int], None]] = {
             "FHIR read Patient/{id}": lambda n: get(f"/fhir/Patient/{patient_id(n)}"),
             "FHIR search Observation?patient": lambda n: get(f"/fhir/Observation?patient={patient_id(n)}"),
             "FHIR search Patient?family": lambda n: get(f"/fhir/Patient?family=Fam{n % 50000}&_count=10"),
             "FHIR search ServiceRequest?patient": lambda n: get(f"/fhir/ServiceRequest?patient={patient_id(n)}"),
+            "FHIR search Patient deep page (cursor)": deep_patient_page,
             "QIDO studies?PatientID": lambda n: get(f"/dicomweb/studies?PatientID=G-{n}"),
             "invoice for one patient": invoice,
         }

@@ -374,7 +374,8 @@ class ResourceVersion(Base):
     __tablename__ = "resource_version"
     __table_args__ = (
         UniqueConstraint("resource_type", "resource_id", "version_id"),
-        Index("ix_resource_version_type_updated", "resource_type", "last_updated"),
+        # History pages walk it newest first, ties by id, from a keyset cursor (hospital.fhir.paging).
+        Index("ix_resource_version_type_updated", "resource_type", "last_updated", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -386,6 +387,26 @@ class ResourceVersion(Base):
     # The patient compartment the version belongs to, for authorising history searches.
     patient_id: Mapped[int | None] = mapped_column(index=True)
     resource: Mapped[dict[str, Any] | None]
+
+
+class ResourceLastUpdated(Base):
+    """When each FHIR-visible record last changed: one row per record, the time and number of its
+    latest version, kept by a trigger on resource_version inserts (migration 0042), in the
+    transaction of the change, whichever code wrote the version (an older release's too, while a
+    rolling upgrade runs both).
+
+    `_sort=_lastUpdated` and `_lastUpdated=` searches join it and walk its index in order, instead
+    of finding each row's newest version among all versions (a subquery per row). A record never
+    versioned (bulk-loaded around the app) has no row here, as it has no meta.lastUpdated.
+    """
+
+    __tablename__ = "resource_last_updated"
+    __table_args__ = (Index("ix_resource_last_updated_type_time", "resource_type", "last_updated", "resource_id"),)
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    version_id: Mapped[int]
+    last_updated: Mapped[datetime]
 
 
 class RetentionRule(Base):

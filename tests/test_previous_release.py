@@ -21,13 +21,14 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from ai_services.models import DiagnosticReport
 from billing.models import ChargeItem
 from hospital.audit import verify_chain
 from hospital.db import get_db
 from hospital.migrate import upgrade
+from hospital.models import ResourceLastUpdated
 from hospital.process_registry import code_schema_head
 from tests.conftest import make_test_app
 
@@ -121,3 +122,10 @@ def test_previous_release_runs_the_loop_on_the_new_schema(empty_postgres_url: st
         assert len(charges) >= summary["charges"]
         chain = verify_chain(session)
         assert chain.broken is None and chain.rows > 0
+        # The versions the old code wrote moved resource_last_updated too (a trigger keeps it,
+        # not the new release's version writer), so _lastUpdated searches see them.
+        behind = session.scalar(text(
+            "SELECT count(*) FROM resource_version v LEFT JOIN resource_last_updated r "
+            "ON r.resource_type = v.resource_type AND r.resource_id = v.resource_id "
+            "WHERE r.version_id IS NULL OR r.version_id < v.version_id"))
+        assert behind == 0 and session.scalar(select(func.count()).select_from(ResourceLastUpdated))

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from flask import Blueprint, Response, current_app, json, request
-from sqlalchemy import func, select, true
+from sqlalchemy import select, true
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 from werkzeug.http import http_date
@@ -26,6 +26,21 @@ from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import DomainError, Forbidden, Gone, InvalidInput, NotFound, NotSupported, PreconditionFailed
 from hospital.fhir.outcome import FHIR_JSON, operation_outcome
+from hospital.fhir.paging import (
+    COUNT_LIMIT,
+    CURSOR_PARAM,
+    LEGACY_PAGE_PARAM,
+    TOTAL_PARAM,
+    SortKey,
+    bundle_total,
+    decode_cursor,
+    encode_cursor,
+    keyset_page,
+    offset_page,
+    page_link,
+    search_binding,
+    total_mode,
+)
 from hospital.fhir.registry import (
     FhirValidationError,
     ResourceMapping,
@@ -38,7 +53,6 @@ from hospital.fhir.search import (
     MAX_COUNT,
     SUMMARY_VALUES,
     include_values,
-    page_url,
     parse_search,
     render_resource,
     revinclude_values,
@@ -160,7 +174,10 @@ def _capability_statement() -> dict[str, Any]:
                 **({"extension": registry.rest_extensions} if registry.rest_extensions else {}),
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 "searchParam": [
-                    {"name": "_count", "type": "number", "documentation": f"Page size, default {DEFAULT_COUNT}, at most {MAX_COUNT}"},
+                    {"name": "_count", "type": "number", "documentation": f"Page size, default {DEFAULT_COUNT}, at most {MAX_COUNT}; "
+                     "pages follow the Bundle's next link (a cursor)"},
+                    {"name": "_total", "type": "token", "documentation": "none | estimate | accurate; without it Bundle.total is "
+                     f"given when at most {COUNT_LIMIT} resources match"},
                     {"name": "_lastUpdated", "type": "date", "documentation": "When the resource last changed (prefixes ge, le, gt, lt, eq, ne)"},
                     {"name": "_sort", "type": "special", "documentation": "_id, _lastUpdated or a date parameter; '-' for descending"},
                     {"name": "_summary", "type": "token", "documentation": " | ".join(sorted(SUMMARY_VALUES))},
@@ -291,7 +308,8 @@ def instance_history(type_name: str, resource_id: str) -> Response:
     _refuse_history_of_append_only(mapping)
     row_id = _authorise_history(session, user, mapping, resource_id)
     bundle = _history_bundle(
-        session, mapping, [ResourceVersion.resource_type == type_name, ResourceVersion.resource_id == row_id]
+        session, mapping, [ResourceVersion.resource_type == type_name, ResourceVersion.resource_id == row_id],
+        f"{type_name}/{row_id}",
     )
     record_access(session, user, "R", type_name, resource_id, description="history")
     return fhir_response(bundle)
@@ -305,7 +323,7 @@ def type_history(type_name: str) -> Response:
     _refuse_history_of_append_only(mapping)
     session = request_session()
     compartment = patient_filter(user, ResourceVersion.patient_id, type_name) if mapping.patient_column is not None else true()
-    bundle = _history_bundle(session, mapping, [ResourceVersion.resource_type == type_name, compartment])
+    bundle = _history_bundle(session, mapping, [ResourceVersion.resource_type == type_name, compartment], type_name)
     record_access(session, user, "E", type_name, None, description=f"history {request.query_string.decode()[:500]}")
     return fhir_response(bundle)
 
@@ -315,9 +333,19 @@ def _refuse_history_of_append_only(mapping: ResourceMapping) -> None:
         raise NotSupported(f"{mapping.type_name} records never change: there is no history (search by date instead)")
 
 
-def _history_bundle(session: Session, mapping: ResourceMapping, clauses: list[Any]) -> dict[str, Any]:
+# History runs newest first; ties (versions written in one flush) by id, newest first too.
+HISTORY_ORDER = [
+    SortKey("_lastUpdated", ResourceVersion.last_updated, descending=True),
+    SortKey("_id", ResourceVersion.id, descending=True),
+]
+HISTORY_PARAMS = frozenset({"_count", "_since", "_format", CURSOR_PARAM, LEGACY_PAGE_PARAM, TOTAL_PARAM})
+
+
+def _history_bundle(session: Session, mapping: ResourceMapping, clauses: list[Any], scope: str) -> dict[str, Any]:
+    """A history Bundle of the versions `clauses` select, paged by keyset like a search: `scope`
+    (the type, or the one resource) is what its cursors are bound to."""
     for name in request.args:
-        if name not in ("_count", "_page", "_since", "_format") and not _lenient():
+        if name not in HISTORY_PARAMS and not _lenient():
             raise InvalidInput(f"unknown history parameter {name!r}")
     since = request.args.get("_since")
     if since is not None:
@@ -327,23 +355,41 @@ def _history_bundle(session: Session, mapping: ResourceMapping, clauses: list[An
             raise InvalidInput(f"bad _since: {exc}") from exc
         clauses.append(ResourceVersion.last_updated >= start)
     count = _int_arg("_count", DEFAULT_COUNT, 1, MAX_COUNT)
-    page = _int_arg("_page", 1, 1, 10**9)
-    total = session.scalar(select(func.count()).select_from(ResourceVersion).where(*clauses)) or 0
-    versions = session.scalars(
-        select(ResourceVersion)
-        .where(*clauses)
-        .order_by(ResourceVersion.last_updated.desc(), ResourceVersion.id.desc())
-        .limit(count)
-        .offset((page - 1) * count)
-    ).all()
-    params = [(k, v) for k in request.args for v in request.args.getlist(k) if k != "_page"]
-    links = [{"relation": "self", "url": page_url(request.base_url, params, page)}]
-    if page * count < total:
-        links.append({"relation": "next", "url": page_url(request.base_url, params, page + 1)})
-    if page > 1:
-        links.append({"relation": "previous", "url": page_url(request.base_url, params, page - 1)})
+    params = [(k, v) for k in request.args if k in HISTORY_PARAMS - {CURSOR_PARAM, LEGACY_PAGE_PARAM, "_format"}
+              for v in request.args.getlist(k)]
+    binding = search_binding(f"history {scope}", params)
+    cursor = request.args.get(CURSOR_PARAM)
+    mode = total_mode(request.args.get(TOTAL_PARAM))
+    versions_selected = select(ResourceVersion).where(*clauses)
+    page_number: int | None = None
+    if cursor is not None:
+        if LEGACY_PAGE_PARAM in request.args:
+            raise InvalidInput(f"give {CURSOR_PARAM} or {LEGACY_PAGE_PARAM}, not both")
+        after = decode_cursor(cursor, binding, HISTORY_ORDER)
+        page = keyset_page(session, versions_selected, HISTORY_ORDER, after, count + 1)
+    elif LEGACY_PAGE_PARAM in request.args:
+        page_number = _int_arg(LEGACY_PAGE_PARAM, 1, 1, 10**9)
+        page = offset_page(session, versions_selected, HISTORY_ORDER, (page_number - 1) * count, count + 1)
+    else:
+        page = keyset_page(session, versions_selected, HISTORY_ORDER, None, count + 1)
+    more = len(page) > count
+    page = page[:count]
+    first_page = cursor is None and page_number in (None, 1)
+    total = bundle_total(session, versions_selected, mode, len(page) if first_page and not more else None)
+    position = (CURSOR_PARAM, cursor) if cursor is not None else None
+    if page_number is not None:
+        position = (LEGACY_PAGE_PARAM, str(page_number))
+    links = [
+        {"relation": "self", "url": page_link(request.base_url, params, position)},
+        {"relation": "first", "url": page_link(request.base_url, params)},
+    ]
+    if more:
+        next_cursor = encode_cursor(binding, HISTORY_ORDER, page[-1][1])
+        links.append({"relation": "next", "url": page_link(request.base_url, params, (CURSOR_PARAM, next_cursor))})
+    if page_number is not None and page_number > 1:
+        links.append({"relation": "previous", "url": page_link(request.base_url, params, (LEGACY_PAGE_PARAM, str(page_number - 1)))})
     entries = []
-    for version in versions:
+    for version, _values in page:
         url = f"{mapping.type_name}/{version.resource_id}"
         entry: dict[str, Any] = {
             "fullUrl": f"{fhir_base()}/{url}",
@@ -357,7 +403,9 @@ def _history_bundle(session: Session, mapping: ResourceMapping, clauses: list[An
         if version.resource is not None:
             entry["resource"] = with_version_meta(validate_resource(version.resource), version)
         entries.append(entry)
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": total, "link": links}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
+    if total is not None:
+        bundle["total"] = total
     if entries:
         bundle["entry"] = entries
     return bundle  # its entries were validated one by one above

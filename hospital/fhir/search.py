@@ -1,26 +1,42 @@
 """FHIR search: parameters to SQL, the compartment filter, _sort, paging, _include and
 _revinclude, and the searchset Bundle.
 
-Paging is by offset over an order that always ends with the primary key, so pages are stable
-while the data is; `next`/`previous` links carry the same parameters with another `_page`.
-Included resources pass the same role and patient-compartment checks as matches: what a user
-may not see is left out, not shown.
+Paging is by keyset over an order that always ends with the primary key (`hospital.fhir.paging`):
+the `next` link carries a signed cursor holding the last row's sort keys, so a deep page costs
+what the first does and rows written between page reads do not shift the pages. The old `_page`
+offset links are still served. Bundle.total follows `_total` (see paging). Included resources
+pass the same role and patient-compartment checks as matches: what a user may not see is left
+out, not shown.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from hospital.access import patient_filter
 from hospital.errors import InvalidInput
+from hospital.fhir.paging import (
+    CURSOR_PARAM,
+    LEGACY_PAGE_PARAM,
+    TOTAL_PARAM,
+    SortKey,
+    bundle_total,
+    decode_cursor,
+    encode_cursor,
+    is_nullable,
+    keyset_page,
+    offset_page,
+    page_link,
+    search_binding,
+    total_mode,
+)
 from hospital.fhir.registry import (
     FhirRegistry,
     FhirValidationError,
@@ -29,11 +45,15 @@ from hospital.fhir.registry import (
     date_clause,
     validate_resource,
 )
-from hospital.models import ResourceVersion, User
+from hospital.models import ResourceLastUpdated, User
 
 logger = logging.getLogger(__name__)
 
-RESULT_PARAMS = frozenset({"_count", "_page", "_format", "_sort", "_summary", "_include", "_revinclude"})
+RESULT_PARAMS = frozenset(
+    {"_count", LEGACY_PAGE_PARAM, CURSOR_PARAM, TOTAL_PARAM, "_format", "_sort", "_summary", "_include", "_revinclude"}
+)
+# Not repeated in the links: each link says its own position.
+POSITION_PARAMS = frozenset({LEGACY_PAGE_PARAM, CURSOR_PARAM, "_format"})
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
 MAX_INCLUDED = 1000
@@ -47,9 +67,17 @@ class SearchRequest:
     """A parsed search: WHERE clauses, ORDER BY, paging and what to include."""
 
     clauses: list[ColumnElement[bool]] = field(default_factory=list)
-    order_by: list[Any] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)  # ends with the primary key
+    # Under `_sort=_lastUpdated`, the same order walked on resource_last_updated's own columns.
+    joined_sort: list[SortKey] | None = None
+    # Whether a clause or the sort reads resource_last_updated (an outer join on the matches).
+    joins_last_updated: bool = False
     count: int = DEFAULT_COUNT
-    page: int = 1
+    after: list[Any] | None = None  # the sort key values of the cursor: the page starts after them
+    cursor: str | None = None
+    page: int | None = None  # an old `_page` link: an offset page
+    total: str | None = None  # the `_total` asked for
+    binding: str = ""  # what this search's cursors are bound to
     summary_count: bool = False
     includes: list[tuple[str, SearchParam]] = field(default_factory=list)  # (param name, param) on this type
     revincludes: list[tuple[ResourceMapping, SearchParam]] = field(default_factory=list)
@@ -71,16 +99,23 @@ def primary_key(mapping: ResourceMapping) -> Any:
 
 
 def last_updated_column(mapping: ResourceMapping) -> Any:
-    """When each row last changed, from its versions (a correlated subquery, for _sort); an
-    append-only row's own time of writing."""
+    """When each row last changed: resource_last_updated's time, joined by `matching` (NULL for a
+    row never versioned); an append-only row's own time of writing."""
     if mapping.append_only_at is not None:
         return mapping.append_only_at
-    return (
-        select(func.max(ResourceVersion.last_updated))
-        .where(ResourceVersion.resource_type == mapping.type_name, ResourceVersion.resource_id == primary_key(mapping))
-        .correlate(mapping.model)
-        .scalar_subquery()
-    )
+    return ResourceLastUpdated.last_updated
+
+
+def matching(mapping: ResourceMapping, search: SearchRequest) -> Select[Any]:
+    """The search's matches, unordered: its clauses, joined to resource_last_updated when a
+    clause or the sort reads it (an outer join: a sort keeps rows never versioned, last)."""
+    query: Select[Any] = select(mapping.model)
+    if search.joins_last_updated:
+        query = query.outerjoin(
+            ResourceLastUpdated,
+            and_(ResourceLastUpdated.resource_type == mapping.type_name, ResourceLastUpdated.resource_id == primary_key(mapping)),
+        )
+    return query.where(*search.clauses)
 
 
 def parse_search(
@@ -92,10 +127,11 @@ def parse_search(
     for name in params:
         values = params.getlist(name)
         if name in RESULT_PARAMS:
-            if name not in ("_page", "_format"):
+            if name not in POSITION_PARAMS:
                 search.used.extend((name, v) for v in values)
             continue
         if name == "_lastUpdated":
+            search.joins_last_updated = mapping.append_only_at is None
             for value in values:
                 try:
                     search.clauses.append(date_clause(last_updated_column(mapping), value))
@@ -117,8 +153,9 @@ def parse_search(
     if mapping.patient_column is not None:
         search.clauses.append(patient_filter(user, mapping.patient_column, mapping.type_name))
     search.count = _int_param(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
-    search.page = _int_param(params, "_page", 1, 1, 10**9)
-    search.order_by = _order_by(mapping, params.getlist("_sort"))
+    _set_order(search, mapping, params.getlist("_sort"))
+    search.total = total_mode(params.get(TOTAL_PARAM))
+    _set_position(search, mapping, params)
     summary = params.get("_summary")
     if summary is not None and summary not in SUMMARY_VALUES:
         raise InvalidInput(f"_summary={summary} is not supported; use count or false")
@@ -126,6 +163,37 @@ def parse_search(
     search.includes = [_include(mapping, value) for value in params.getlist("_include")]
     search.revincludes = [_revinclude(registry, mapping, value) for value in params.getlist("_revinclude")]
     return search
+
+
+def _set_order(search: SearchRequest, mapping: ResourceMapping, sort_values: list[str]) -> None:
+    """The page order, and how to walk it; after the filters are parsed."""
+    search.sort = sort_keys(mapping, sort_values)
+    # A date search (or _lastUpdated) matches no NULL: sorting by the same key, the walk has no
+    # NULL part to visit after the values run out.
+    searched = {name for name, _value in search.used}
+    search.sort = [replace(key, nullable=False) if key.name in searched else key for key in search.sort]
+    if search.sort[0].name == "_lastUpdated" and mapping.append_only_at is None:
+        # resource_last_updated's index holds (time, resource_id): where a row has a version the
+        # whole order is walked on it, the primary key read as the version row's resource_id.
+        search.joined_sort = [
+            replace(key, column=ResourceLastUpdated.resource_id) if key.name == "_id" else key for key in search.sort
+        ]
+    search.joins_last_updated = search.joins_last_updated or any(
+        key.column is ResourceLastUpdated.last_updated for key in search.sort
+    )
+
+
+def _set_position(search: SearchRequest, mapping: ResourceMapping, params: MultiDict[str, str]) -> None:
+    """Where the page starts: after a cursor's row, at an old `_page` link's offset, or at the
+    beginning; a cursor must belong to this search (type, filters and sort)."""
+    search.binding = search_binding(mapping.type_name, search.used)
+    search.cursor = params.get(CURSOR_PARAM)
+    if search.cursor is not None:
+        if LEGACY_PAGE_PARAM in params:
+            raise InvalidInput(f"give {CURSOR_PARAM} or {LEGACY_PAGE_PARAM}, not both")
+        search.after = decode_cursor(search.cursor, search.binding, search.sort)
+    elif LEGACY_PAGE_PARAM in params:
+        search.page = _int_param(params, LEGACY_PAGE_PARAM, 1, 1, 10**9)
 
 
 def _int_param(params: MultiDict[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -146,27 +214,35 @@ def sortable_params(mapping: ResourceMapping) -> list[str]:
     return sorted(names)
 
 
-def _order_by(mapping: ResourceMapping, sort_values: list[str]) -> list[Any]:
+def sort_keys(mapping: ResourceMapping, sort_values: list[str]) -> list[SortKey]:
+    """The page order `_sort` asks for, ending with the primary key: the tie-breaker that makes
+    every row's position unique (a cursor names one), in the direction of the last key asked for."""
     pk = primary_key(mapping)
-    order: list[Any] = []
+    keys: list[SortKey] = []
     for raw in ",".join(sort_values).split(","):
         key = raw.strip()
         if not key:
             continue
         descending = key.startswith("-")
         name = key.lstrip("-")
+        if any(earlier.name == name for earlier in keys):
+            continue  # a key repeated cannot reorder anything
         if name == "_id":
-            column = pk
-        elif name == "_lastUpdated":
+            keys.append(SortKey(name, pk, descending))
+            break  # unique: keys after it cannot reorder anything
+        if name == "_lastUpdated":
             column = last_updated_column(mapping)
-        else:
-            param = mapping.search_params.get(name)
-            if param is None or param.sort_column is None:
-                raise InvalidInput(f"cannot sort {mapping.type_name} by {name!r}; use one of {sortable_params(mapping)}")
-            column = param.sort_column
-        order.append(column.desc().nulls_last() if descending else column.asc().nulls_last())
-    order.append(pk)  # the tie-breaker that keeps offset pages stable
-    return order
+            # Joined, so NULL for a row never versioned, whatever the column says.
+            nullable = mapping.append_only_at is None or is_nullable(column)
+            keys.append(SortKey(name, column, descending, nullable))
+            continue
+        param = mapping.search_params.get(name)
+        if param is None or param.sort_column is None:
+            raise InvalidInput(f"cannot sort {mapping.type_name} by {name!r}; use one of {sortable_params(mapping)}")
+        keys.append(SortKey(name, param.sort_column, descending, is_nullable(param.sort_column)))
+    if not keys or keys[-1].name != "_id":
+        keys.append(SortKey("_id", pk, keys[-1].descending if keys else False))
+    return keys
 
 
 def includable(mapping: ResourceMapping) -> dict[str, SearchParam]:
@@ -228,22 +304,33 @@ def run_search(
     fhir_base: str,
 ) -> tuple[dict[str, Any], list[Any]]:
     """Execute a parsed search; returns the searchset Bundle and the matched rows."""
-    total = session.scalar(select(func.count()).select_from(mapping.model).where(*search.clauses)) or 0
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total}
-    links = [{"relation": "self", "url": page_url(base_url, search.used, search.page)}]
+    matches = matching(mapping, search)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if search.summary_count:
-        bundle["link"] = links
+        bundle["total"] = bundle_total(session, matches, "accurate", None)
+        bundle["link"] = [{"relation": "self", "url": page_link(base_url, search.used)}]
         return bundle, []
-    query: Select[Any] = select(mapping.model).where(*search.clauses).order_by(*search.order_by)
-    rows = list(session.scalars(query.limit(search.count).offset((search.page - 1) * search.count)))
+    if search.count == 0:
+        page: list[tuple[Any, list[Any]]] = []
+    elif search.page is not None:
+        page = offset_page(session, matches, search.sort, (search.page - 1) * search.count, search.count + 1)
+    else:
+        page = keyset_page(session, matches, search.sort, search.after, search.count + 1, joined_keys=search.joined_sort)
+    more = len(page) > search.count
+    page = page[: search.count]
+    rows = [row for row, _values in page]
+    first_page = search.after is None and search.page in (None, 1)
+    total = bundle_total(session, matches, search.total, len(rows) if first_page and not more and search.count else None)
+    if total is not None:
+        bundle["total"] = total
+    links = [{"relation": "self", "url": page_link(base_url, search.used, _position(search))}]
     if search.count:
-        last_page = max(1, -(-total // search.count))
-        links.append({"relation": "first", "url": page_url(base_url, search.used, 1)})
-        if search.page * search.count < total:
-            links.append({"relation": "next", "url": page_url(base_url, search.used, search.page + 1)})
-        if search.page > 1:
-            links.append({"relation": "previous", "url": page_url(base_url, search.used, min(search.page - 1, last_page))})
-        links.append({"relation": "last", "url": page_url(base_url, search.used, last_page)})
+        links.append({"relation": "first", "url": page_link(base_url, search.used)})
+        if more:
+            cursor = encode_cursor(search.binding, search.sort, page[-1][1])
+            links.append({"relation": "next", "url": page_link(base_url, search.used, (CURSOR_PARAM, cursor))})
+        if search.page is not None and search.page > 1:  # an old offset link: its previous page still exists
+            links.append({"relation": "previous", "url": page_link(base_url, search.used, (LEGACY_PAGE_PARAM, str(search.page - 1)))})
     entries: list[dict[str, Any]] = []
     seen: set[tuple[str, int]] = set()
     for row in rows:
@@ -269,6 +356,14 @@ def run_search(
     if entries:
         bundle["entry"] = entries
     return bundle, rows
+
+
+def _position(search: SearchRequest) -> tuple[str, str] | None:
+    if search.cursor is not None:
+        return (CURSOR_PARAM, search.cursor)
+    if search.page is not None:
+        return (LEGACY_PAGE_PARAM, str(search.page))
+    return None
 
 
 def _included_rows(
@@ -315,7 +410,3 @@ def referenced_ids(element: Any, type_name: str) -> Iterable[int]:
         for key, value in element.items():
             if key != "reference":
                 yield from referenced_ids(value, type_name)
-
-
-def page_url(base_url: str, params: list[tuple[str, str]], page: int) -> str:
-    return f"{base_url}?{urlencode([*params, ('_page', str(page))])}"

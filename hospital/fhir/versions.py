@@ -3,7 +3,9 @@
 A session `after_flush` listener snapshots every new, changed or deleted row of a registered model
 as its FHIR JSON (through the mapping's `to_fhir`) into `resource_version`, in the same
 transaction as the change: whichever code path changed the row (page, API, FHIR, job, DICOM),
-the history sees it, and a rolled-back change leaves no version.
+the history sees it, and a rolled-back change leaves no version. Each version inserted also moves
+the record's row in `resource_last_updated` (a trigger, migration 0042), which `_lastUpdated`
+searches and sorts walk.
 
 A version is taken when the row itself changes. A change that only shows in a resource through
 a related row (a finding rejected under a report) makes a version of the related row's resource,
