@@ -3,7 +3,7 @@ _lastUpdated searches that walk an index, kept by a trigger on resource_version 
 resource_version's (type, last_updated) index gains id so history pages seek on (last_updated, id)
 
 Revision ID: 0042
-Revises: 0040
+Revises: 0041
 Create Date: 2026-12-04 15:00:00
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0042"
-down_revision: str | None = "0040"
+down_revision: str | None = "0041"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
