@@ -1,8 +1,9 @@
 """Benchmark of the DICOM node against Orthanc and dcmtk on the same machine, in the same run.
 
 1. C-STORE ingest: N CT instances of 512x512 16-bit sent by dcmtk's `storescu` over one and over
-   four associations (four storescu processes), to our node (`flask dicom`, a separate process
-   on a fresh PostgreSQL database) and to Debian's Orthanc; instances/s and MB/s, median of runs.
+   four associations (four storescu processes), to our node (`flask dicom`, separate processes
+   on a fresh PostgreSQL database: one, and `--processes 2` sharing the port) and to Debian's
+   Orthanc; instances/s and MB/s, median of runs.
    Each run starts from empty storage (our tables truncated, Orthanc restarted on a new folder).
 2. Worklist C-FIND latency with W scheduled steps: `findscu -W` against our node, and against
    dcmtk's `wlmscpfs` serving the very same items (our node's responses, saved as .wl files);
@@ -121,19 +122,32 @@ def send(folder: Path, port: int, called_ae: str, associations: int) -> float:
     return time.perf_counter() - start
 
 
+def wait_for_listeners(port: int, count: int, timeout: float = 120) -> None:
+    """Until `count` processes listen on `port` (the node's children start after it does)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if len(listening.splitlines()) >= count:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{count} node processes did not listen on {port} within {timeout:g}s")
+
+
 @contextmanager
-def our_node(database_url: str, storage: Path) -> Iterator[int]:
+def our_node(database_url: str, storage: Path, processes: int = 1) -> Iterator[int]:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "HOSPITAL_INSTANCE_DIR": str(storage.parent),
            "DICOM_STORAGE_DIR": str(storage), "SECRET_KEY": "bench", "REDIS_URL": "", "LOG_LEVEL": "WARNING",
            "STUDY_QUIET_SECONDS": "3600"}
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "hospital.app:create_app", "dicom", "--host", "127.0.0.1",
-         "--port", str(port), "--ae-title", NODE_AE],
+         "--port", str(port), "--ae-title", NODE_AE, "--processes", str(processes)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port)
+        if processes > 1:
+            wait_for_listeners(port, processes)
         yield port
     finally:
         process.terminate()
@@ -177,26 +191,32 @@ def stored_count(database_url: str) -> int:
     return count
 
 
-def bench_ingest(work: Path, n: int, runs: int) -> dict[str, dict[int, list[float]]]:
+def bench_ingest(work: Path, n: int, runs: int, processes: list[int]) -> dict[str, dict[int, list[float]]]:
+    """Seconds per run: ours with each number of node processes (key "ours-P"), and Orthanc, by
+    number of associations; "bytes" holds the total size."""
     folder = work / "instances"
     total_bytes = write_instances(folder, n)
-    results: dict[str, dict[int, list[float]]] = {"ours": {1: [], 4: []}, "orthanc": {1: [], 4: []}}
+    results: dict[str, dict[int, list[float]]] = {"orthanc": {1: [], 4: []}}
+    for count in processes:
+        results[f"ours-{count}"] = {1: [], 4: []}
     with bench_database() as url:
         storage = work / "ours" / "dicom"
         for run in range(runs):
             for associations in (1, 4):
-                truncate_images(url, storage)
-                with our_node(url, storage) as port:
-                    seconds = send(folder, port, NODE_AE, associations)
-                stored = stored_count(url)
-                if stored != n:
-                    raise RuntimeError(f"our node indexed {stored} of {n} instances")
-                results["ours"][associations].append(seconds)
+                line = [f"run {run + 1}: {associations} assoc:"]
+                for count in processes:
+                    truncate_images(url, storage)
+                    with our_node(url, storage, count) as port:
+                        seconds = send(folder, port, NODE_AE, associations)
+                    stored = stored_count(url)
+                    if stored != n:
+                        raise RuntimeError(f"our node ({count} processes) indexed {stored} of {n} instances")
+                    results[f"ours-{count}"][associations].append(seconds)
+                    line.append(f"ours x{count} {seconds:.1f}s,")
                 with orthanc(work / f"orthanc-{run}-{associations}") as port:
                     seconds = send(folder, port, "ORTHANC", associations)
                 results["orthanc"][associations].append(seconds)
-                print(f"run {run + 1}: {associations} assoc: ours {results['ours'][associations][-1]:.1f}s, "
-                      f"orthanc {seconds:.1f}s", file=sys.stderr)
+                print(" ".join([*line, f"orthanc {seconds:.1f}s"]), file=sys.stderr)
     results["bytes"] = {0: [float(total_bytes)]}
     return results
 
@@ -346,6 +366,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="CT instances per ingest run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worklist", type=int, default=10_000, help="scheduled procedure steps")
+    parser.add_argument("--node-processes", default="1,2",
+                        help="numbers of node processes to measure, comma-separated (hospital dicom --processes)")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-worklist", action="store_true")
     parser.add_argument("--frames", type=int, default=100, help="frames (instances) per stored syntax for WADO-RS")
@@ -355,16 +377,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dicom-bench-") as tmp:
         work = Path(tmp)
         if not args.skip_ingest:
-            ingest = bench_ingest(work, args.n, args.runs)
+            processes = [int(p) for p in args.node_processes.split(",")]
+            ingest = bench_ingest(work, args.n, args.runs, processes)
             megabytes = ingest["bytes"][0][0] / 1e6
             lines += [f"### C-STORE ingest: {args.n} CT instances, 512x512 16-bit ({megabytes:.0f} MB), storescu", "",
-                      "| associations | ours inst/s | ours MB/s | Orthanc inst/s | Orthanc MB/s | ours / Orthanc |",
-                      "|---|---|---|---|---|---|"]
+                      "| associations | node processes | ours inst/s | ours MB/s | Orthanc inst/s | Orthanc MB/s | ours / Orthanc (speed) |",
+                      "|---|---|---|---|---|---|---|"]
             for associations in (1, 4):
-                ours = statistics.median(ingest["ours"][associations])
                 theirs = statistics.median(ingest["orthanc"][associations])
-                lines.append(f"| {associations} | {args.n / ours:.0f} | {megabytes / ours:.1f} | {args.n / theirs:.0f} | "
-                             f"{megabytes / theirs:.1f} | {theirs / ours:.2f} |")
+                for count in processes:
+                    ours = statistics.median(ingest[f"ours-{count}"][associations])
+                    lines.append(f"| {associations} | {count} | {args.n / ours:.0f} | {megabytes / ours:.1f} | "
+                                 f"{args.n / theirs:.0f} | {megabytes / theirs:.1f} | {theirs / ours:.2f} |")
             lines.append("")
             print("\n".join(lines), flush=True)  # kept even if the worklist part fails
             lines = []

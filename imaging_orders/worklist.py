@@ -71,22 +71,69 @@ class WorklistQueryError(InvalidMatchKey):
     """The C-FIND identifier cannot be understood (e.g. a malformed date range)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """The appointment's part of a step (its columns, not an ORM object: a day of 10,000 steps is
+    read as plain rows)."""
+
+    id: int
+    start: datetime
+    end: datetime
+    status: AppointmentStatus
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Person:
+    family_name: str
+    given_name: str
+    mrn: str = ""
+    birth_date: date | None = None
+    gender: str | None = None
+
+    @property
+    def dicom_name(self) -> str:
+        return dicom_person_name(self.family_name, self.given_name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Station:
+    modality: str
+    station_ae_title: str
+    name: str
+    room: str
+
+
 @dataclass(frozen=True)
 class _Row:
-    appointment: Appointment
+    appointment: _Step
     referral: ReferralSummary
-    patient: Patient
-    schedule: Schedule
-    requester: Practitioner
+    patient: _Person
+    schedule: _Station
+    requester: _Person
     timezone: str  # the centre's IANA zone
+    local_start: datetime  # the step's start and end on the centre's clock
+    local_end: datetime
 
-    def local(self, instant: datetime) -> datetime:
-        return instant.astimezone(clock.zone(self.timezone))
+    @classmethod
+    def from_columns(cls, found: Any) -> _Row:
+        zone = clock.zone(found.timezone)
+        return cls(
+            _Step(found.step_id, found.step_start, found.step_end, found.step_status, found.step_description),
+            summary_from_row(found),
+            _Person(found.patient_family_name, found.patient_given_name, found.patient_mrn, found.patient_birth_date,
+                    found.patient_gender),
+            _Station(found.station_modality, found.station_ae_title, found.station_name, found.station_room),
+            _Person(found.requester_family_name, found.requester_given_name),
+            found.timezone, found.step_start.astimezone(zone), found.step_end.astimezone(zone),
+        )
 
 
 # How a return key's text is made from a row; a dict: the keys of a sequence's single item.
 _Text = Callable[[_Row], str]
-_Fill = _Text | dict[str, _Text]
+# A return key's value: made from the row, the same for every row (a constant), or, for a
+# sequence, the keys of its single item.
+_Fill = _Text | str | dict[str, "_Text | str"]
 # An encoding as a presentation context negotiates it: (implicit VR, little endian).
 Encoding = tuple[bool, bool]
 IMPLICIT_LITTLE_ENDIAN: Encoding = (True, True)
@@ -121,7 +168,29 @@ def find_worklist_items(
 def find_worklist_responses(
     session: Session, query: Dataset, encoding: Encoding = IMPLICIT_LITTLE_ENDIAN
 ) -> Iterator[bytes]:
-    """Yield one encoded response identifier per scheduled procedure step matching `query`.
+    """Yield one encoded response identifier per scheduled procedure step matching `query`
+    (`match_worklist`, then each answer encoded)."""
+    yield from match_worklist(session, query, encoding).encoded()
+
+
+@dataclass(frozen=True)
+class WorklistAnswer:
+    """The steps a query matched, read whole from the database, and how to answer each: encoding
+    them needs no session, so a node can send while it encodes, after the transaction is over."""
+
+    plan: _ResponsePlan
+    rows: list[_Row]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def encoded(self) -> Iterator[bytes]:
+        for row in self.rows:
+            yield self.plan.encode(row)
+
+
+def match_worklist(session: Session, query: Dataset, encoding: Encoding = IMPLICIT_LITTLE_ENDIAN) -> WorklistAnswer:
+    """The scheduled procedure steps matching `query`, each to be answered as an identifier.
 
     Supported matching keys: ScheduledStationAETitle, Modality, ScheduledProcedureStepStartDate
     (single date or range) inside ScheduledProcedureStepSequence, and PatientID, PatientName,
@@ -148,24 +217,34 @@ def find_worklist_responses(
     statement = _filter(statement, ORDERS.c.accession_number, _value(query, "AccessionNumber"))
     names = _person_name(_value(query, "PatientName"))
     statement = _name_filter(statement, names)
-    count = 0
+    rows: list[_Row] = []
     for found in session.execute(statement):
-        appointment, patient, schedule, requester, timezone = found[:5]
-        row = _Row(appointment, summary_from_row(found), patient, schedule, requester, timezone)
+        row = _Row.from_columns(found)
         # The SQL window is wide enough for any zone; the centre's own calendar decides the day.
-        day = row.local(appointment.start).date()
+        day = row.local_start.date()
         if (first_day and day < first_day) or (last_day and day > last_day):
             continue
-        if names and not any(person_name_matches(name, patient.dicom_name) for name in names):
+        if names and not any(person_name_matches(name, row.patient.dicom_name) for name in names):
             continue
-        count += 1
-        yield plan.encode(row)
-    logger.info("worklist query matched %d scheduled steps", count)
+        rows.append(row)
+    logger.info("worklist query matched %d scheduled steps", len(rows))
+    return WorklistAnswer(plan, rows)
 
 
 def _base_statement() -> Select[Any]:
     return (
-        select(Appointment, Patient, Schedule, Practitioner, Organization.timezone, *ORDERS.c)
+        select(
+            Appointment.id.label("step_id"), Appointment.start.label("step_start"), Appointment.end.label("step_end"),
+            Appointment.status.label("step_status"), Appointment.description.label("step_description"),
+            Patient.family_name.label("patient_family_name"), Patient.given_name.label("patient_given_name"),
+            Patient.mrn.label("patient_mrn"), Patient.birth_date.label("patient_birth_date"),
+            Patient.gender.label("patient_gender"),
+            Schedule.modality.label("station_modality"), Schedule.station_ae_title.label("station_ae_title"),
+            Schedule.name.label("station_name"), Schedule.room.label("station_room"),
+            Practitioner.family_name.label("requester_family_name"),
+            Practitioner.given_name.label("requester_given_name"),
+            Organization.timezone.label("timezone"), *ORDERS.c,
+        )
         .join(ORDERS, Appointment.referral_id == ORDERS.c.referral_id)
         .join(Patient, ORDERS.c.patient_id == Patient.id)
         .join(Practitioner, ORDERS.c.requester_id == Practitioner.id)
@@ -273,9 +352,9 @@ def _procedure_code(row: _Row) -> str:
 
 
 # The one item of RequestedProcedureCodeSequence and ScheduledProtocolCodeSequence.
-_CODE_ITEM: dict[str, _Text] = {
+_CODE_ITEM: dict[str, _Text | str] = {
     "CodeValue": _procedure_code,
-    "CodingSchemeDesignator": lambda r: PROCEDURE_CODING_SCHEME,
+    "CodingSchemeDesignator": PROCEDURE_CODING_SCHEME,
     "CodeMeaning": lambda r: r.referral.procedure_description[:64],
 }
 
@@ -294,23 +373,23 @@ _TOP_LEVEL: dict[str, _Fill] = {
     "BodyPartExamined": lambda r: r.referral.body_part[:16],
     "RequestedProcedureCodeSequence": _CODE_ITEM,
     # The offset the step's DA and TM values are in (PS3.3 C.12.1.1.8), e.g. "+0100".
-    "TimezoneOffsetFromUTC": lambda r: r.local(r.appointment.start).strftime("%z"),
+    "TimezoneOffsetFromUTC": lambda r: r.local_start.strftime("%z"),
 }
 
 _STEP: dict[str, _Fill] = {
     "Modality": lambda r: r.schedule.modality,
     "ScheduledStationAETitle": lambda r: r.schedule.station_ae_title,
-    "ScheduledProcedureStepStartDate": lambda r: r.local(r.appointment.start).strftime("%Y%m%d"),
-    "ScheduledProcedureStepStartTime": lambda r: r.local(r.appointment.start).strftime("%H%M%S"),
-    "ScheduledProcedureStepEndDate": lambda r: r.local(r.appointment.end).strftime("%Y%m%d"),
-    "ScheduledProcedureStepEndTime": lambda r: r.local(r.appointment.end).strftime("%H%M%S"),
+    "ScheduledProcedureStepStartDate": lambda r: r.local_start.strftime("%Y%m%d"),
+    "ScheduledProcedureStepStartTime": lambda r: r.local_start.strftime("%H%M%S"),
+    "ScheduledProcedureStepEndDate": lambda r: r.local_end.strftime("%Y%m%d"),
+    "ScheduledProcedureStepEndTime": lambda r: r.local_end.strftime("%H%M%S"),
     "ScheduledProcedureStepDescription": lambda r: (r.appointment.description or r.referral.procedure_description)[:64],
     "ScheduledProcedureStepID": lambda r: f"SPS{r.appointment.id}"[:16],
     "ScheduledStationName": lambda r: r.schedule.name[:16],
     "ScheduledProcedureStepLocation": lambda r: r.schedule.room[:16],
     "ScheduledProcedureStepStatus": lambda r: _STEP_STATUSES.get(r.appointment.status, "SCHEDULED"),
     "ScheduledProtocolCodeSequence": _CODE_ITEM,
-    "ScheduledPerformingPhysicianName": lambda r: "",
+    "ScheduledPerformingPhysicianName": "",
 }
 
 
@@ -323,17 +402,19 @@ _ITEM_TAG = (0xFFFE, 0xE000)
 class _Key:
     """A return key as answered: its tag and VR, and its text value made from the row (`text`),
     or the keys of its single item (`item`, a sequence), or neither (asked for, not held: empty).
-    `header` is the element's tag (and VR) already encoded: only its length follows."""
+    `header` is the element's tag (and VR) already encoded: only its length follows. `whole` is the
+    whole element, encoded once, when its value is the same for every row."""
 
     tag: BaseTag
     vr: str
     header: bytes
     length: struct.Struct
     text: _Text | None = None
-    item: list[_Key] | None = None
+    item: list[_Segment] | None = None
+    whole: bytes | None = None
 
 
-def _key(tag: BaseTag, vr: str, encoding: Encoding, text: _Text | None = None,
+def _key(tag: BaseTag, vr: str, encoding: Encoding, text: _Text | str | None = None,
          item: list[_Key] | None = None) -> _Key:
     implicit, little = encoding
     order = "<" if little else ">"
@@ -341,23 +422,53 @@ def _key(tag: BaseTag, vr: str, encoding: Encoding, text: _Text | None = None,
         vr = "UN"  # an ambiguous dictionary VR ("US or SS"): unknown is what a reader can take
     header = struct.pack(f"{order}HH", tag.group, tag.element)
     if implicit:
-        return _Key(tag, vr, header, struct.Struct(f"{order}I"), text, item)
-    if vr in _LONG_HEADER_VRS:
-        return _Key(tag, vr, header + vr.encode("ascii") + b"\x00\x00", struct.Struct(f"{order}I"), text, item)
-    return _Key(tag, vr, header + vr.encode("ascii"), struct.Struct(f"{order}H"), text, item)
+        length = struct.Struct(f"{order}I")
+    elif vr in _LONG_HEADER_VRS:
+        header, length = header + vr.encode("ascii") + b"\x00\x00", struct.Struct(f"{order}I")
+    else:
+        header, length = header + vr.encode("ascii"), struct.Struct(f"{order}H")
+    if item is not None:
+        return _Key(tag, vr, header, length, item=_segments(item))
+    if text is None or isinstance(text, str):
+        value = _text_value(text or "", vr)
+        return _Key(tag, vr, header, length, whole=header + length.pack(len(value)) + value)
+    return _Key(tag, vr, header, length, text=text)
+
+
+def _text_value(text: str, vr: str) -> bytes:
+    value = text.encode(_TEXT_ENCODING)
+    if len(value) % 2:
+        value += b"\x00" if vr == "UI" else b" "
+    return value
+
+
+# What a data set's encoding is made of, in order: elements encoded once for the query (runs of
+# them joined), and keys whose value each row gives.
+_Segment = bytes | _Key
+
+
+def _segments(keys: list[_Key]) -> list[_Segment]:
+    segments: list[_Segment] = []
+    for key in keys:
+        if key.whole is not None and segments and isinstance(segments[-1], bytes):
+            segments[-1] += key.whole
+        else:
+            segments.append(key.whole if key.whole is not None else key)
+    return segments
 
 
 @dataclass(frozen=True)
 class _ResponsePlan:
     """What to answer for one query, worked out once: which return keys, in tag order, with their
-    headers in the negotiated encoding. Per step only the values are made and joined."""
+    headers in the negotiated encoding, and every value that does not depend on the row. Per step
+    only the row's values are made and joined."""
 
-    keys: list[_Key]
+    segments: list[_Segment]
     item_header: struct.Struct  # an item's tag and its (defined) length
 
     @classmethod
     def for_query(cls, query: Dataset, step_query: Dataset | None, encoding: Encoding) -> _ResponsePlan:
-        keys = [_key(_CHARACTER_SET_TAG, "CS", encoding, lambda r: CHARACTER_SET)]
+        keys = [_key(_CHARACTER_SET_TAG, "CS", encoding, CHARACTER_SET)]
         for elem in query:
             keyword = elem.keyword
             if not keyword or keyword == "SpecificCharacterSet":
@@ -371,10 +482,10 @@ class _ResponsePlan:
                 # Asked for but not held here: answered empty, as a return key with no value.
                 keys.append(_key(BaseTag(elem.tag), elem.VR or "UN", encoding))
         order = "<" if encoding[1] else ">"
-        return cls(_in_tag_order(keys), struct.Struct(f"{order}HHI"))
+        return cls(_segments(_in_tag_order(keys)), struct.Struct(f"{order}HHI"))
 
     def encode(self, row: _Row) -> bytes:
-        return _encode(self.keys, row, self.item_header)
+        return _encode(self.segments, row, self.item_header)
 
 
 def _in_tag_order(keys: list[_Key]) -> list[_Key]:
@@ -404,18 +515,18 @@ def _plan_keys(keywords: list[str], fills: Mapping[str, _Fill], encoding: Encodi
     return _in_tag_order(planned)
 
 
-def _encode(keys: list[_Key], row: _Row, item_header: struct.Struct) -> bytes:
+def _encode(segments: list[_Segment], row: _Row, item_header: struct.Struct) -> bytes:
     parts: list[bytes] = []
-    for key in keys:
-        if key.item is not None:
+    for segment in segments:
+        if isinstance(segment, bytes):
+            parts.append(segment)
+            continue
+        if segment.item is not None:
             # One item of defined length in a sequence of defined length: both are known here.
-            item = _encode(key.item, row, item_header)
+            item = _encode(segment.item, row, item_header)
             value = item_header.pack(*_ITEM_TAG, len(item)) + item
-        elif key.text is not None:
-            value = key.text(row).encode(_TEXT_ENCODING)
-            if len(value) % 2:
-                value += b"\x00" if key.vr == "UI" else b" "
         else:
-            value = b""
-        parts += (key.header, key.length.pack(len(value)), value)
+            assert segment.text is not None  # keys without a row's value are encoded whole
+            value = _text_value(segment.text(row), segment.vr)
+        parts += (segment.header, segment.length.pack(len(value)), value)
     return b"".join(parts)

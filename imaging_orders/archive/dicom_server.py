@@ -84,7 +84,7 @@ from imaging_orders.archive.query_retrieve import (
 )
 from imaging_orders.archive.storage_commitment import handle_commitment_request, resume_stalled_commitments
 from imaging_orders.mpps import create_performed_step, update_performed_step
-from imaging_orders.worklist import find_worklist_responses
+from imaging_orders.worklist import match_worklist
 
 logger = logging.getLogger(__name__)
 
@@ -368,19 +368,19 @@ def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Datas
     try:
         query = event.identifier
         syntax = event.context.transfer_syntax
-        # Collected inside the transaction: the session must not outlive it while we send. Made
-        # already encoded for this context, so sending 10,000 steps is mostly copying bytes.
+        # Read inside the transaction, which ends before anything is sent; each answer is then
+        # encoded for this context and sent while the next is made.
         with app.app_context(), get_db(app).transaction() as session:
-            items = list(find_worklist_responses(session, query, (syntax.is_implicit_VR, syntax.is_little_endian)))
+            answer = match_worklist(session, query, (syntax.is_implicit_VR, syntax.is_little_endian))
     except ANSWERABLE as exc:
         logger.warning("worklist query from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         yield failure_status(exc, FIND), None
         return
-    logger.info("worklist query from %s: %d items", calling_ae, len(items))
+    logger.info("worklist query from %s: %d items", calling_ae, len(answer))
     # The pending responses go out pre-encoded (pending_responses); pynetdicom sends the final
     # success when this generator ends, or the cancel or failure it yields.
     responses = PendingResponses(event, PENDING)
-    for item in items:
+    for item in answer.encoded():
         if event.is_cancelled:
             yield CANCEL, None
             return
