@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
 from ai_services.dicom_outputs import OutputFinding, OutputReport, build_report_outputs, output_series_uids
-from ai_services.events import AnalysisCompleted, ReportSigned
+from ai_services.events import AnalysisCompleted, AnalysisNotApplicable, ReportSigned
 from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
 from ai_services.models import (
     AnalysisJob,
@@ -245,8 +245,10 @@ def record_not_applicable(
     reason and the preliminary report says "AI not applicable: <reason>", with no AI findings.
 
     No `AnalysisCompleted` is published: the model read nothing, so nothing is billed as an AI
-    analysis and no AI SR is made. The radiologist reads and signs the study as usual; the slices
-    (when they could be read) stay viewable on the report page. A rerun replaces, never adds.
+    analysis and no AI SR is made. `AnalysisNotApplicable` is, so the partner models routed to the
+    study (an MR model for an MR study) still read it into this report. The radiologist reads and
+    signs the study as usual; the slices (when they could be read) stay viewable on the report
+    page. A rerun replaces, never adds (partner runs are kept once per study and package).
     """
     job, study, report = _job_and_preliminary_report(session, plan)
     job.status = AnalysisStatus.NOT_APPLICABLE
@@ -260,6 +262,10 @@ def record_not_applicable(
     report.issued_at = utcnow()
     report.conclusion = not_applicable_conclusion(reason)
     session.flush()
+    publish(session, AnalysisNotApplicable(
+        report_id=report.id, study_id=study.study_id, patient_id=report.patient_id,
+        organization_id=study.organization_id, reason=reason,
+    ))
     logger.info("study %s: AI not applicable (%s)", study.study_id, reason)
     return report
 

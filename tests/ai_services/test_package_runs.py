@@ -12,22 +12,34 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ai_services.models import AnalysisStatus, Finding, ModelPackage, PackageAnalysis, PackageStatus
+from ai_services.jobs import analyse_study_again
+from ai_services.models import (
+    AnalysisJob,
+    AnalysisStatus,
+    DiagnosticReport,
+    Finding,
+    ModelPackage,
+    PackageAnalysis,
+    PackageStatus,
+)
 from ai_services.package_jobs import run_packages_on_report
 from ai_services.package_service import approve_package, submit_package
 from ai_services.routing import add_routing_rule
 from ai_services.sandbox import input_geometry
 from hospital.models import JobRecord
 from hospital.seed import DemoSeed
+from tests.ai_services import gate_series
 from tests.ai_services.package_factory import make_classifier_package, make_map_package, make_torchscript_package
 from tests.ai_services.studies import store_study_with_report
+from tests.ai_services.test_not_applicable import store_study
 
 
-def approved(session: Session, demo: DemoSeed, source: Path, app: Flask) -> ModelPackage:
+def approved(session: Session, demo: DemoSeed, source: Path, app: Flask, modality: str = "CT") -> ModelPackage:
     package = submit_package(session, source, demo.users["partner"], Path(app.config["AI_MODELS_DIR"]))
     package.status = PackageStatus.AWAITING_APPROVAL  # the sandbox's checks have their own tests
     approve_package(session, package.id, demo.users["admin"])
-    add_routing_rule(session, demo.users["admin"], package_name=package.name, modality="CT", body_part="CHEST")
+    add_routing_rule(session, demo.users["admin"], package_name=package.name, modality=modality,
+                     body_part="CHEST" if modality == "CT" else None)
     return package
 
 
@@ -100,3 +112,39 @@ def test_input_geometry_inverts_the_package_view_with_padding() -> None:
     assert geometry.slices == (3, 4, 5) and geometry.key_slice == 4
     assert geometry.to_study_box((7, 12, 17, 22)) == (0, 0, 10, 10)
     assert geometry.to_study_box((0, 0, 64, 64)) == (0, 0, 50, 40)
+
+
+def test_a_study_outside_the_built_in_models_use_is_read_by_the_partner_model_routed_to_it(
+    app: Flask, db_session: Session, demo: DemoSeed, tmp_path: Path
+) -> None:
+    """An MR study: the built-in CT model is not applicable, its report says why, and the partner's
+    MR model routed to it still reads it into that one report (once, however often it is re-read)."""
+    mr_model = approved(db_session, demo, make_map_package(tmp_path / "mr", "segmentation", name="mr-regions",
+                                                         modalities=["MR"]), app,
+                        modality="MR")
+    db_session.commit()
+    study_id = store_study(app, db_session, demo, gate_series.mr)
+
+    analyse_study_again(db_session, study_id)
+    db_session.commit()
+    job = db_session.scalar(select(AnalysisJob).where(AnalysisJob.study_id == study_id))
+    [report] = db_session.scalars(select(DiagnosticReport).where(DiagnosticReport.study_id == study_id)).all()
+    assert job is not None and job.status is AnalysisStatus.NOT_APPLICABLE
+    [delivery] = db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.analysis_not_applicable")).all()
+    assert delivery.handler == "ai_services.package_jobs.run_routed_packages"
+    assert delivery.payload["report_id"] == report.id
+
+    run_packages_on_report(report.id)
+    analyse_study_again(db_session, study_id)  # a re-read of the study: still one report, one run
+    db_session.commit()
+    run_packages_on_report(report.id)
+
+    [run] = db_session.scalars(select(PackageAnalysis).where(PackageAnalysis.study_id == study_id)).all()
+    assert run.model_package_id == mr_model.id and run.report_id == report.id
+    assert run.status is AnalysisStatus.COMPLETED, run.error
+    assert [r.id for r in db_session.scalars(select(DiagnosticReport).where(DiagnosticReport.study_id == study_id))] \
+        == [report.id]
+    db_session.refresh(report)
+    assert report.conclusion.startswith("AI not applicable")
+    assert [f.package_analysis_id for f in report.findings] == [run.id] * len(report.findings)
+    assert len(db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()) == 1
