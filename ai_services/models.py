@@ -307,6 +307,9 @@ class PackageAnalysis(Base):
     outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # How often the run was claimed (`package_runs.claim_package_run`): the claim's token, so the
+    # late answer of an attempt a crashed-worker recovery gave up on is not recorded over the next.
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

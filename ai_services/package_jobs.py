@@ -13,6 +13,7 @@ from ai_services.events import AnalysisCompleted, AnalysisNotApplicable
 from ai_services.package_runs import (
     claim_package_run,
     plan_package_runs,
+    reclaim_stalled_package_runs,
     record_package_failure,
     record_package_run,
 )
@@ -20,8 +21,11 @@ from ai_services.package_service import check_package
 from ai_services.sandbox import SandboxLimits, input_geometry, run_package, study_inputs
 from ai_services.series_reader import SeriesReadError, read_ct_volume
 from hospital.db import get_db
+from hospital.jobs import enqueue
 
 logger = logging.getLogger(__name__)
+
+RUN_QUEUED_PACKAGES = "ai_services.package_jobs.run_queued_packages"
 
 
 def check_model_package(session: Session, package_id: int) -> None:
@@ -42,6 +46,24 @@ def run_routed_packages(session: Session, event: AnalysisCompleted | AnalysisNot
     run_packages_on_report(event.report_id)
 
 
+def run_queued_packages(session: Session, report_id: int) -> None:
+    """Queued by `reclaim_package_runs`: run the report's runs that are queued again."""
+    run_packages_on_report(report_id)
+
+
+def reclaim_package_runs(session: Session) -> None:
+    """Periodic: runs whose worker died are queued again (or given up, with the reason), and run.
+    Enqueued in this job's transaction, so they go out once the reclaim is committed."""
+    limits = SandboxLimits(**current_app.config.get("AI_PACKAGE_SANDBOX_LIMITS", {}))
+    report_ids = reclaim_stalled_package_runs(
+        session, time_limit_seconds=limits.wall_seconds,
+        margin_seconds=float(current_app.config["AI_PACKAGE_RUN_MARGIN_SECONDS"]),
+        max_attempts=int(current_app.config["AI_PACKAGE_RUN_MAX_ATTEMPTS"]),
+    )
+    for report_id in report_ids:
+        enqueue(session, RUN_QUEUED_PACKAGES, queue="ai", report_id=report_id)
+
+
 def run_packages_on_report(report_id: int) -> None:
     db = get_db()
     with db.transaction() as plan_session:
@@ -53,26 +75,29 @@ def run_packages_on_report(report_id: int) -> None:
     except SeriesReadError as exc:
         for run in plan.runs:
             with db.transaction() as failure_session:
-                if claim_package_run(failure_session, run.analysis_id):
+                failing = claim_package_run(failure_session, run.analysis_id)
+                if failing is not None:
                     record_package_failure(failure_session, run.analysis_id,
-                                           f"the study's images could not be read as a volume: {exc}")
+                                           f"the study's images could not be read as a volume: {exc}", attempt=failing)
         return
     limits = SandboxLimits(**current_app.config.get("AI_PACKAGE_SANDBOX_LIMITS", {}))
     first_error: Exception | None = None
     for run in plan.runs:
         with db.transaction() as claim_session:
-            if not claim_package_run(claim_session, run.analysis_id):
-                continue
+            attempt = claim_package_run(claim_session, run.analysis_id)
+        if attempt is None:
+            continue
         try:
             slices, rows, columns = volume.hu.shape
             geometry = input_geometry((slices, rows, columns), volume.pixel_spacing_mm, run.manifest)
             result = run_package(run.root, study_inputs(volume.hu, volume.pixel_spacing_mm, run.manifest), limits)
             with db.transaction() as record_session:
                 record_package_run(record_session, run.analysis_id, result, geometry, volume.pixel_spacing_mm,
-                                   volume.sop_instance_uids)
+                                   volume.sop_instance_uids, attempt)
         except Exception as exc:
             with db.transaction() as failure_session:
-                record_package_failure(failure_session, run.analysis_id, f"{type(exc).__name__}: {exc}")
+                record_package_failure(failure_session, run.analysis_id, f"{type(exc).__name__}: {exc}",
+                                       attempt=attempt)
             logger.exception("running partner model %s on report %s failed", run.label, report_id)
             first_error = first_error or exc
     if first_error is not None:

@@ -39,6 +39,9 @@ def register(app: Flask) -> None:
     # Drift per model version and centre (acceptance, added misses, findings per scan, confidences).
     metrics.register_gauge_families(app, drift.drift_gauges)
     register_periodic(app, "ai_services.jobs.retrain_model", app.config["AI_RETRAIN_EVERY_SECONDS"], queue="ai")
+    # Partner model runs whose worker died are queued again (package_runs.reclaim_stalled_package_runs).
+    register_periodic(app, "ai_services.package_jobs.reclaim_package_runs",
+                      app.config["AI_PACKAGE_RECLAIM_EVERY_SECONDS"], queue="ai")
     add_nav_link(app, _l("Reading list"), "ai_services.reading_list_page", Role.RADIOLOGIST)
     add_nav_link(app, _l("Model versions"), "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)
     add_nav_link(app, _l("Model packages"), "ai_packages.packages_page", Role.ADMIN, Role.PARTNER)

@@ -4,12 +4,13 @@ pixels), a failing one recorded as failed with its reason while the others compl
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ai_services.jobs import analyse_study_again
@@ -22,10 +23,18 @@ from ai_services.models import (
     PackageAnalysis,
     PackageStatus,
 )
-from ai_services.package_jobs import run_packages_on_report
+from ai_services.package_jobs import reclaim_package_runs, run_packages_on_report, run_queued_packages
+from ai_services.package_runs import (
+    claim_package_run,
+    plan_package_runs,
+    reclaim_stalled_package_runs,
+    record_package_failure,
+    record_package_run,
+)
 from ai_services.package_service import approve_package, submit_package
 from ai_services.routing import add_routing_rule
-from ai_services.sandbox import input_geometry
+from ai_services.sandbox import PackageRun, input_geometry
+from hospital.clock import utcnow
 from hospital.models import JobRecord
 from hospital.seed import DemoSeed
 from tests.ai_services import gate_series
@@ -148,3 +157,80 @@ def test_a_study_outside_the_built_in_models_use_is_read_by_the_partner_model_ro
     assert report.conclusion.startswith("AI not applicable")
     assert [f.package_analysis_id for f in report.findings] == [run.id] * len(report.findings)
     assert len(db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()) == 1
+
+
+def stall(session: Session, analysis_id: int) -> None:
+    """The worker that claimed the run died an hour ago (over any limit plus margin)."""
+    session.execute(update(PackageAnalysis).where(PackageAnalysis.id == analysis_id)
+                    .values(started_at=utcnow() - timedelta(hours=1)))
+    session.commit()
+
+
+def test_a_run_whose_worker_died_is_queued_again_by_the_periodic_job_and_run_once(
+    app: Flask, db_session: Session, demo: DemoSeed, tmp_path: Path
+) -> None:
+    detector = approved(db_session, demo, make_map_package(tmp_path / "d", "detection"), app)
+    db_session.commit()
+    study = store_study_with_report(app, db_session, demo, block_volume(), pixel_spacing_mm=0.75)
+    plan = plan_package_runs(db_session, study.report_id, Path(app.config["DICOM_STORAGE_DIR"]))
+    assert plan is not None
+    [run] = plan.runs
+    assert claim_package_run(db_session, run.analysis_id) == 1
+    db_session.commit()  # ... and the worker is killed before it answers
+
+    reclaim_package_runs(db_session)  # a run claimed just now is left to its worker
+    assert db_session.get(PackageAnalysis, run.analysis_id).status is AnalysisStatus.RUNNING  # type: ignore[union-attr]
+    run_packages_on_report(study.report_id)  # a re-delivered event does not run it twice either
+    assert db_session.get(PackageAnalysis, run.analysis_id).attempts == 1  # type: ignore[union-attr]
+
+    stall(db_session, run.analysis_id)
+    reclaim_package_runs(db_session)
+    db_session.commit()
+    [again] = db_session.scalars(select(JobRecord).where(JobRecord.handler == "ai_services.package_jobs.run_queued_packages"))
+    assert again.payload == {"report_id": study.report_id}
+    run_queued_packages(db_session, **again.payload)
+    run_queued_packages(db_session, **again.payload)
+
+    analysis = db_session.get(PackageAnalysis, run.analysis_id)
+    assert analysis is not None and analysis.model_package_id == detector.id
+    db_session.refresh(analysis)
+    assert analysis.status is AnalysisStatus.COMPLETED and analysis.attempts == 2, analysis.error
+    assert len(db_session.scalars(select(Finding).where(Finding.package_analysis_id == analysis.id)).all()) == 1
+    events = db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
+    assert len(events) == 1  # billed once
+
+
+def test_the_late_answer_of_a_reclaimed_attempt_is_dropped_and_a_run_is_given_up_after_its_attempts(
+    app: Flask, db_session: Session, demo: DemoSeed, tmp_path: Path
+) -> None:
+    approved(db_session, demo, make_classifier_package(tmp_path / "c"), app)
+    db_session.commit()
+    study = store_study_with_report(app, db_session, demo, block_volume(), pixel_spacing_mm=0.75)
+    plan = plan_package_runs(db_session, study.report_id, Path(app.config["DICOM_STORAGE_DIR"]))
+    assert plan is not None
+    [run] = plan.runs
+    geometry = input_geometry((5, 128, 128), (0.75, 0.75), run.manifest)
+    answer = PackageRun(None, 0.5, {"cases": [{"values": [0.0, 2.0], "shape": [1, 2]}]})
+    reclaim = {"time_limit_seconds": 120.0, "margin_seconds": 300.0, "max_attempts": 2}
+
+    first = claim_package_run(db_session, run.analysis_id)
+    stall(db_session, run.analysis_id)
+    assert reclaim_stalled_package_runs(db_session, **reclaim) == [study.report_id]
+    second = claim_package_run(db_session, run.analysis_id)
+    assert (first, second) == (1, 2)
+    # The first worker was only slow: its answer comes in while the second attempt runs.
+    record_package_run(db_session, run.analysis_id, answer, geometry, (0.75, 0.75), study.sop_instance_uids, first)
+    record_package_failure(db_session, run.analysis_id, "Killed", attempt=first)
+    analysis = db_session.get(PackageAnalysis, run.analysis_id)
+    assert analysis is not None and analysis.status is AnalysisStatus.RUNNING and analysis.error is None
+    assert not db_session.scalars(select(Finding).where(Finding.package_analysis_id == run.analysis_id)).all()
+
+    db_session.commit()
+    stall(db_session, run.analysis_id)  # the second worker dies too: that was the last attempt
+    assert reclaim_stalled_package_runs(db_session, **reclaim) == []
+    db_session.commit()
+    db_session.refresh(analysis)
+    assert analysis.status is AnalysisStatus.FAILED and analysis.finished_at is not None
+    assert "stopped without an answer 2 times" in (analysis.error or "")
+    assert claim_package_run(db_session, run.analysis_id) is None
+    assert not db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
