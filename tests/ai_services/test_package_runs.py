@@ -211,11 +211,13 @@ def test_the_late_answer_of_a_reclaimed_attempt_is_dropped_and_a_run_is_given_up
     [run] = plan.runs
     geometry = input_geometry((5, 128, 128), (0.75, 0.75), run.manifest)
     answer = PackageRun(None, 0.5, {"cases": [{"values": [0.0, 2.0], "shape": [1, 2]}]})
-    reclaim = {"time_limit_seconds": 120.0, "margin_seconds": 300.0, "max_attempts": 2}
+
+    def reclaim() -> list[int]:
+        return reclaim_stalled_package_runs(db_session, time_limit_seconds=120.0, margin_seconds=300.0, max_attempts=2)
 
     first = claim_package_run(db_session, run.analysis_id)
     stall(db_session, run.analysis_id)
-    assert reclaim_stalled_package_runs(db_session, **reclaim) == [study.report_id]
+    assert reclaim() == [study.report_id]
     second = claim_package_run(db_session, run.analysis_id)
     assert (first, second) == (1, 2)
     # The first worker was only slow: its answer comes in while the second attempt runs.
@@ -227,10 +229,11 @@ def test_the_late_answer_of_a_reclaimed_attempt_is_dropped_and_a_run_is_given_up
 
     db_session.commit()
     stall(db_session, run.analysis_id)  # the second worker dies too: that was the last attempt
-    assert reclaim_stalled_package_runs(db_session, **reclaim) == []
+    assert reclaim() == []
     db_session.commit()
-    db_session.refresh(analysis)
-    assert analysis.status is AnalysisStatus.FAILED and analysis.finished_at is not None
-    assert "stopped without an answer 2 times" in (analysis.error or "")
+    db_session.expire_all()
+    given_up = db_session.get(PackageAnalysis, run.analysis_id)
+    assert given_up is not None and given_up.status is AnalysisStatus.FAILED and given_up.finished_at is not None
+    assert "stopped without an answer 2 times" in (given_up.error or "")
     assert claim_package_run(db_session, run.analysis_id) is None
     assert not db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
