@@ -11,12 +11,13 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from flask import Flask
-from sqlalchemy import delete, select
+from flask import Flask, current_app
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
@@ -32,6 +33,7 @@ from ai_services.models import (
     FindingSource,
     ModelStatus,
     ModelVersion,
+    PackageAnalysis,
     ReportStatus,
     ReviewStatus,
 )
@@ -441,9 +443,71 @@ def undecided_findings_message(pending: list[int]) -> str:
                     len(pending), ids=", ".join(str(finding_id) for finding_id in pending))
 
 
+# How long a report waits for a partner model run still queued or running before it may be signed
+# without it (AI_PACKAGE_SIGNING_WAIT_SECONDS overrides).
+PACKAGE_SIGNING_WAIT = timedelta(minutes=30)
+
+
+def package_signing_wait() -> timedelta:
+    seconds = current_app.config.get("AI_PACKAGE_SIGNING_WAIT_SECONDS")
+    return timedelta(seconds=seconds) if seconds is not None else PACKAGE_SIGNING_WAIT
+
+
+def unfinished_package_runs(session: Session, report: DiagnosticReport, *, lock: bool = False,
+                            now: datetime | None = None) -> tuple[list[PackageAnalysis], list[PackageAnalysis]]:
+    """The report's partner model runs still queued or running: those still within the signing
+    wait (counted from when the run was queued), and those past it. `lock`: held until the
+    signature commits, so a worker recording a run's findings and a signature do not cross (the
+    worker locks the same row: either its findings are in before the signature reads them, or it
+    finds the run given up and adds nothing)."""
+    query = (select(PackageAnalysis)
+             .where(PackageAnalysis.report_id == report.id,
+                    PackageAnalysis.status.in_((AnalysisStatus.QUEUED, AnalysisStatus.RUNNING)))
+             .order_by(PackageAnalysis.id))
+    runs = list(session.scalars(query.with_for_update() if lock else query))
+    deadline = (now or utcnow()) - package_signing_wait()
+    return [r for r in runs if r.created_at > deadline], [r for r in runs if r.created_at <= deadline]
+
+
+def unfinished_runs_message(waiting: list[PackageAnalysis]) -> str:
+    """Why a report cannot be signed while partner models read its study (the preview and the signature)."""
+    minutes = int(package_signing_wait().total_seconds() // 60)
+    return ngettext("the partner model %(models)s has not finished reading this study; sign once its findings are "
+                    "in the report (a run still unfinished %(minutes)s minutes after it was queued is given up)",
+                    "the partner models %(models)s have not finished reading this study; sign once their findings "
+                    "are in the report (a run still unfinished %(minutes)s minutes after it was queued is given up)",
+                    len(waiting), models=", ".join(r.model_package.label for r in waiting),
+                    minutes=format_number(minutes, 0))
+
+
+def give_up_package_runs(session: Session, overdue: list[PackageAnalysis]) -> None:
+    """The report is signed without these runs: each fails with the reason (a late answer is then
+    dropped by `package_runs.record_package_run`, so nothing is added and nothing billed)."""
+    if not overdue:
+        return
+    minutes = int(package_signing_wait().total_seconds() // 60)
+    session.execute(
+        update(PackageAnalysis)
+        .where(PackageAnalysis.id.in_([r.id for r in overdue]),
+               PackageAnalysis.status.in_((AnalysisStatus.QUEUED, AnalysisStatus.RUNNING)))
+        .values(status=AnalysisStatus.FAILED, finished_at=utcnow(),
+                error=f"not finished {minutes} minutes after it was queued; the report was signed without it")
+        .execution_options(synchronize_session="fetch")
+    )
+    logger.info("report signed without partner model runs %s (over the wait)", [r.id for r in overdue])
+
+
 def sign_report(session: Session, user: User, report_id: int, conclusion: str | None = None) -> DiagnosticReport:
-    """Make the report final. Every AI finding must have a decision first."""
+    """Make the report final. Every AI finding must have a decision first, and every partner model
+    routed to the study must have finished (or waited past `package_signing_wait`, then it is given
+    up)."""
     report = radiologist_report(session, user, report_id)
+    waiting, overdue = unfinished_package_runs(session, report, lock=True)
+    if waiting:
+        raise Conflict(unfinished_runs_message(waiting))
+    give_up_package_runs(session, overdue)
+    # Read after the runs' lock: a run that finished just before has its findings in.
+    session.expire(report, ["findings"])
     pending = [f.id for f in report.findings if f.review_status is ReviewStatus.PENDING]
     if pending:
         raise Conflict(undecided_findings_message(pending))

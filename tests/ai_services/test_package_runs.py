@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -22,6 +23,8 @@ from ai_services.models import (
     ModelPackage,
     PackageAnalysis,
     PackageStatus,
+    ReportStatus,
+    ReviewStatus,
 )
 from ai_services.package_jobs import reclaim_package_runs, run_packages_on_report, run_queued_packages
 from ai_services.package_runs import (
@@ -32,15 +35,19 @@ from ai_services.package_runs import (
     record_package_run,
 )
 from ai_services.package_service import approve_package, submit_package
+from ai_services.reading import sign_preview
 from ai_services.routing import add_routing_rule
 from ai_services.sandbox import PackageRun, input_geometry
+from ai_services.service import review_finding, sign_report
 from hospital.clock import utcnow
+from hospital.errors import Conflict
 from hospital.models import JobRecord
 from hospital.seed import DemoSeed
 from tests.ai_services import gate_series
 from tests.ai_services.package_factory import make_classifier_package, make_map_package, make_torchscript_package
 from tests.ai_services.studies import store_study_with_report
 from tests.ai_services.test_not_applicable import store_study
+from tests.pages import choose_language, csrf_token_of, sign_in
 
 
 def approved(session: Session, demo: DemoSeed, source: Path, app: Flask, modality: str = "CT") -> ModelPackage:
@@ -237,3 +244,70 @@ def test_the_late_answer_of_a_reclaimed_attempt_is_dropped_and_a_run_is_given_up
     assert "stopped without an answer 2 times" in (given_up.error or "")
     assert claim_package_run(db_session, run.analysis_id) is None
     assert not db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
+
+
+def test_a_report_is_not_signed_while_a_partner_model_reads_it_unless_the_run_is_past_its_wait(
+    app: Flask, db_session: Session, demo: DemoSeed, tmp_path: Path, client: FlaskClient
+) -> None:
+    classifier = approved(db_session, demo, make_classifier_package(tmp_path / "c"), app)
+    db_session.commit()
+    study = store_study_with_report(app, db_session, demo, block_volume(), pixel_spacing_mm=0.75)
+    plan = plan_package_runs(db_session, study.report_id, Path(app.config["DICOM_STORAGE_DIR"]))
+    assert plan is not None
+    [run] = plan.runs
+    db_session.commit()
+    radiologist = demo.users["radiologist"]
+    refusal = f"the partner model {classifier.label} has not finished reading this study"
+
+    with pytest.raises(Conflict, match=refusal):
+        sign_preview(db_session, radiologist, study.report_id, None)
+    with pytest.raises(Conflict, match=refusal):
+        sign_report(db_session, radiologist, study.report_id)
+    attempt = claim_package_run(db_session, run.analysis_id)  # running now: still refused
+    db_session.commit()
+    with pytest.raises(Conflict, match=refusal):
+        sign_report(db_session, radiologist, study.report_id)
+    db_session.rollback()
+    # On the page, in the reader's language, like the undecided findings.
+    sign_in(client, "radiologist")
+    choose_language(client, "zh_CN", f"/reports/{study.report_id}")
+    page = client.get(f"/reports/{study.report_id}").get_data(as_text=True)
+    refused = client.post(f"/reports/{study.report_id}", data={"action": "sign", "csrf_token": csrf_token_of(page)})
+    shown = client.get(refused.headers["Location"]).get_data(as_text=True)
+    assert f"合作方 AI 模型 {classifier.label} 尚未完成本检查的阅片" in shown and "flash-error" in shown
+    db_session.expire_all()
+    report = db_session.get(DiagnosticReport, study.report_id)
+    assert report is not None and report.status is ReportStatus.PRELIMINARY
+
+    # Past the wait (30 minutes from being queued): the run is given up with the reason and the
+    # report is signed without it.
+    db_session.execute(update(PackageAnalysis).where(PackageAnalysis.id == run.analysis_id)
+                       .values(created_at=utcnow() - timedelta(minutes=31)))
+    db_session.commit()
+    assert sign_preview(db_session, radiologist, study.report_id, None).report.id == study.report_id
+    signed = sign_report(db_session, radiologist, study.report_id, "No abnormality.")
+    db_session.commit()
+    assert signed.status is ReportStatus.FINAL
+    analysis = db_session.get(PackageAnalysis, run.analysis_id)
+    assert analysis is not None and analysis.status is AnalysisStatus.FAILED
+    assert analysis.error == "not finished 30 minutes after it was queued; the report was signed without it"
+    # Its late answer adds nothing to the signed report and bills nothing.
+    geometry = input_geometry((5, 128, 128), (0.75, 0.75), run.manifest)
+    answer = PackageRun(None, 0.5, {"cases": [{"values": [0.0, 2.0], "shape": [1, 2]}]})
+    record_package_run(db_session, run.analysis_id, answer, geometry, (0.75, 0.75), study.sop_instance_uids, attempt)
+    assert not db_session.scalars(select(Finding).where(Finding.package_analysis_id == run.analysis_id)).all()
+    assert not db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
+
+
+def test_a_report_whose_partner_runs_have_ended_is_signed_as_before(
+    app: Flask, db_session: Session, demo: DemoSeed, tmp_path: Path
+) -> None:
+    approved(db_session, demo, make_classifier_package(tmp_path / "c"), app)
+    db_session.commit()
+    study = store_study_with_report(app, db_session, demo, block_volume(), pixel_spacing_mm=0.75)
+    run_packages_on_report(study.report_id)
+    radiologist = demo.users["radiologist"]
+    [verdict] = db_session.scalars(select(Finding).where(Finding.report_id == study.report_id)).all()
+    assert verdict.package_analysis_id is not None
+    review_finding(db_session, radiologist, study.report_id, verdict.id, ReviewStatus.ACCEPTED)
+    assert sign_report(db_session, radiologist, study.report_id).status is ReportStatus.FINAL
