@@ -472,12 +472,12 @@ def unfinished_package_runs(session: Session, report: DiagnosticReport, *, lock:
 def unfinished_runs_message(waiting: list[PackageAnalysis]) -> str:
     """Why a report cannot be signed while partner models read its study (the preview and the signature)."""
     minutes = int(package_signing_wait().total_seconds() // 60)
-    return ngettext("the partner model %(models)s has not finished reading this study; sign once its findings are "
+    return str(ngettext("the partner model %(models)s has not finished reading this study; sign once its findings are "
                     "in the report (a run still unfinished %(minutes)s minutes after it was queued is given up)",
                     "the partner models %(models)s have not finished reading this study; sign once their findings "
                     "are in the report (a run still unfinished %(minutes)s minutes after it was queued is given up)",
                     len(waiting), models=", ".join(r.model_package.label for r in waiting),
-                    minutes=format_number(minutes, 0))
+                    minutes=format_number(minutes, 0)))
 
 
 def give_up_package_runs(session: Session, overdue: list[PackageAnalysis]) -> None:
