@@ -174,6 +174,22 @@ class Finding(Base):
     package_analysis: Mapped[PackageAnalysis | None] = relationship()
     reviews: Mapped[list[FindingReview]] = relationship(back_populates="finding", order_by="FindingReview.id")
 
+    @property
+    def kind(self) -> str:
+        """How the finding is told: "classification" (a partner model's class for the study, its
+        label and probability; its box is only the field the model saw, its diameter 0),
+        "segmentation" (a region with its volume) or "area" (a sized area on a slice)."""
+        if self.volume_mm3 is not None:
+            return "segmentation"
+        if self.label is not None and self.package_analysis_id is not None:
+            return "classification"
+        return "area"
+
+    @property
+    def package(self) -> ModelPackage | None:
+        """The partner model package that made it (None: the built-in model or the radiologist)."""
+        return self.package_analysis.model_package if self.package_analysis is not None else None
+
 
 class FindingReview(Base):
     """One radiologist decision on a finding. Kept forever: they are the training labels."""

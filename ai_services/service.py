@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from ai_services.models import (
     Finding,
     FindingReview,
     FindingSource,
+    ModelPackage,
     ModelStatus,
     ModelVersion,
     PackageAnalysis,
@@ -429,11 +431,47 @@ def signing_conclusion(report: DiagnosticReport, conclusion: str | None) -> str:
     kept = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
     if (conclusion or "").strip():
         return (conclusion or "").strip()
-    if not kept:
+    # A partner model's class for the study is no sized abnormality: it is said as its label.
+    areas = [f for f in kept if f.kind != "classification"]
+    said = []
+    if areas:
+        said.append(ngettext("%(num)d abnormality confirmed by the radiologist (largest %(size)s mm).",
+                             "%(num)d abnormalities confirmed by the radiologist (largest %(size)s mm).",
+                             len(areas), size=format_number(max(f.diameter_mm for f in areas), 0)))
+    for finding in kept:
+        if finding.kind == "classification" and finding.package is not None:
+            said.append(_("%(model)s classified the study as “%(label)s” (probability %(percent)s), confirmed by "
+                          "the radiologist.", model=finding.package.label, label=finding.label or "",
+                          percent=probability_percent(finding.confidence)))
+    if not said:
         return _("0 abnormalities confirmed by the radiologist: no abnormality.")
-    return ngettext("%(num)d abnormality confirmed by the radiologist (largest %(size)s mm).",
-                    "%(num)d abnormalities confirmed by the radiologist (largest %(size)s mm).",
-                    len(kept), size=format_number(max(f.diameter_mm for f in kept), 0))
+    return " ".join(str(words) for words in said)
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    """Findings as a reader meets them: the built-in model's and the radiologist's (`package`
+    None) first, then each partner model's under its name, version and partner."""
+
+    package: ModelPackage | None
+    findings: tuple[Finding, ...]
+
+
+def findings_by_model(findings: Sequence[Finding]) -> list[FindingGroup]:
+    """`findings` grouped by the model that made them (the built-in group first, then the partner
+    models in the order they ran), each group in the given order."""
+    groups: dict[int | None, list[Finding]] = {None: []}
+    for finding in sorted(findings, key=lambda f: f.package_analysis_id or 0):
+        groups.setdefault(finding.package_analysis_id, []).append(finding)
+    ordered = sorted(groups.items(), key=lambda item: item[0] or 0)
+    return [FindingGroup(group[0].package if key is not None else None, tuple(group))
+            for key, group in ordered if group]
+
+
+def probability_percent(probability: float | None) -> str:
+    """"87%": a partner classifier's probability for its class, in the reader's number format (no
+    word beside it, as a detector's confidence has: it is the model's probability for the class)."""
+    return f"{format_number((probability or 0.0) * 100, 0)}%"
 
 
 def undecided_findings_message(pending: list[int]) -> str:
