@@ -21,6 +21,22 @@ class AnalysisCompleted(DomainEvent):
 
 
 @dataclass(frozen=True)
+class AnalysisNotApplicable(DomainEvent):
+    """The built-in model did not read a study outside its intended use (an MR, an NM study...): a
+    preliminary report exists that says why, with no AI findings. Not `AnalysisCompleted`: no AI
+    analysis is billed and no AI SR is made, but the partner models routed to the study still read
+    it into that report."""
+
+    name = "ai.analysis_not_applicable"
+
+    report_id: int
+    study_id: int
+    patient_id: int
+    organization_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class ReportSigned(DomainEvent):
     """A radiologist signed the report: it is final and care may follow."""
 

@@ -174,6 +174,22 @@ class Finding(Base):
     package_analysis: Mapped[PackageAnalysis | None] = relationship()
     reviews: Mapped[list[FindingReview]] = relationship(back_populates="finding", order_by="FindingReview.id")
 
+    @property
+    def kind(self) -> str:
+        """How the finding is told: "classification" (a partner model's class for the study, its
+        label and probability; its box is only the field the model saw, its diameter 0),
+        "segmentation" (a region with its volume) or "area" (a sized area on a slice)."""
+        if self.volume_mm3 is not None:
+            return "segmentation"
+        if self.label is not None and self.package_analysis_id is not None:
+            return "classification"
+        return "area"
+
+    @property
+    def package(self) -> ModelPackage | None:
+        """The partner model package that made it (None: the built-in model or the radiologist)."""
+        return self.package_analysis.model_package if self.package_analysis is not None else None
+
 
 class FindingReview(Base):
     """One radiologist decision on a finding. Kept forever: they are the training labels."""
@@ -307,6 +323,9 @@ class PackageAnalysis(Base):
     outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # How often the run was claimed (`package_runs.claim_package_run`): the claim's token, so the
+    # late answer of an attempt a crashed-worker recovery gave up on is not recorded over the next.
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

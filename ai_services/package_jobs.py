@@ -9,10 +9,11 @@ from pathlib import Path
 from flask import current_app
 from sqlalchemy.orm import Session
 
-from ai_services.events import AnalysisCompleted
+from ai_services.events import AnalysisCompleted, AnalysisNotApplicable
 from ai_services.package_runs import (
     claim_package_run,
     plan_package_runs,
+    reclaim_stalled_package_runs,
     record_package_failure,
     record_package_run,
 )
@@ -20,8 +21,11 @@ from ai_services.package_service import check_package
 from ai_services.sandbox import SandboxLimits, input_geometry, run_package, study_inputs
 from ai_services.series_reader import SeriesReadError, read_ct_volume
 from hospital.db import get_db
+from hospital.jobs import enqueue
 
 logger = logging.getLogger(__name__)
+
+RUN_QUEUED_PACKAGES = "ai_services.package_jobs.run_queued_packages"
 
 
 def check_model_package(session: Session, package_id: int) -> None:
@@ -30,14 +34,34 @@ def check_model_package(session: Session, package_id: int) -> None:
     check_package(session, package_id, limits)
 
 
-def run_routed_packages(session: Session, event: AnalysisCompleted) -> None:
-    """On `AnalysisCompleted`: run every package routed to the study on it, each in the sandbox.
+def run_routed_packages(session: Session, event: AnalysisCompleted | AnalysisNotApplicable) -> None:
+    """On `AnalysisCompleted` and `AnalysisNotApplicable` (the study has its preliminary report,
+    with or without the built-in model's findings): run every package routed to the study on it,
+    each in the sandbox.
 
     Each step is a unit of work of its own (queue, claim, record), so a run shows as running while
     it runs and no transaction is held through it. A package that fails fails alone; an error of
     the platform's own is recorded on the run it hit, the other runs go on, and it is raised at the
     end so the job's failure is seen (a retry finds only the runs still queued)."""
     run_packages_on_report(event.report_id)
+
+
+def run_queued_packages(session: Session, report_id: int) -> None:
+    """Queued by `reclaim_package_runs`: run the report's runs that are queued again."""
+    run_packages_on_report(report_id)
+
+
+def reclaim_package_runs(session: Session) -> None:
+    """Periodic: runs whose worker died are queued again (or given up, with the reason), and run.
+    Enqueued in this job's transaction, so they go out once the reclaim is committed."""
+    limits = SandboxLimits(**current_app.config.get("AI_PACKAGE_SANDBOX_LIMITS", {}))
+    report_ids = reclaim_stalled_package_runs(
+        session, time_limit_seconds=limits.wall_seconds,
+        margin_seconds=float(current_app.config["AI_PACKAGE_RUN_MARGIN_SECONDS"]),
+        max_attempts=int(current_app.config["AI_PACKAGE_RUN_MAX_ATTEMPTS"]),
+    )
+    for report_id in report_ids:
+        enqueue(session, RUN_QUEUED_PACKAGES, queue="ai", report_id=report_id)
 
 
 def run_packages_on_report(report_id: int) -> None:
@@ -51,26 +75,29 @@ def run_packages_on_report(report_id: int) -> None:
     except SeriesReadError as exc:
         for run in plan.runs:
             with db.transaction() as failure_session:
-                if claim_package_run(failure_session, run.analysis_id):
+                failing = claim_package_run(failure_session, run.analysis_id)
+                if failing is not None:
                     record_package_failure(failure_session, run.analysis_id,
-                                           f"the study's images could not be read as a volume: {exc}")
+                                           f"the study's images could not be read as a volume: {exc}", attempt=failing)
         return
     limits = SandboxLimits(**current_app.config.get("AI_PACKAGE_SANDBOX_LIMITS", {}))
     first_error: Exception | None = None
     for run in plan.runs:
         with db.transaction() as claim_session:
-            if not claim_package_run(claim_session, run.analysis_id):
-                continue
+            attempt = claim_package_run(claim_session, run.analysis_id)
+        if attempt is None:
+            continue
         try:
             slices, rows, columns = volume.hu.shape
             geometry = input_geometry((slices, rows, columns), volume.pixel_spacing_mm, run.manifest)
             result = run_package(run.root, study_inputs(volume.hu, volume.pixel_spacing_mm, run.manifest), limits)
             with db.transaction() as record_session:
                 record_package_run(record_session, run.analysis_id, result, geometry, volume.pixel_spacing_mm,
-                                   volume.sop_instance_uids)
+                                   volume.sop_instance_uids, attempt)
         except Exception as exc:
             with db.transaction() as failure_session:
-                record_package_failure(failure_session, run.analysis_id, f"{type(exc).__name__}: {exc}")
+                record_package_failure(failure_session, run.analysis_id, f"{type(exc).__name__}: {exc}",
+                                       attempt=attempt)
             logger.exception("running partner model %s on report %s failed", run.label, report_id)
             first_error = first_error or exc
     if first_error is not None:

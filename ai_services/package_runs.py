@@ -5,9 +5,17 @@ with the run, for the radiologist to accept or reject like the built-in ones.
 
 One row per (study, package version) in `package_analysis` is the promise that a package reads a
 study once: made `queued` when the study is routed, claimed `running` by a conditional UPDATE just
-before it runs, ended `completed` (its findings written, `PackageAnalysisCompleted` published for
-billing) or `failed` with the reason in words. A package that fails, crashes or runs past a limit
-fails alone: the built-in findings, the other packages and the report stand.
+before it runs (counting the attempt), ended `completed` (its findings written,
+`PackageAnalysisCompleted` published for billing) or `failed` with the reason in words. A package
+that fails, crashes or runs past a limit fails alone: the built-in findings, the other packages
+and the report stand.
+
+A worker that dies mid-run (killed, out of memory, the machine gone) leaves its run `running`
+with nobody on it. `reclaim_stalled_package_runs` (periodic) puts such a run back in the queue
+once it has been claimed longer than the sandbox's time limit plus a margin, at most
+`max_attempts` claims in all, then fails it with the reason. Only the answer of the current
+attempt is recorded (the attempt number is the claim's token), so a late answer from a worker
+thought dead neither adds findings twice nor bills twice.
 
 How a package's output becomes findings, by its manifest's `output.kind` (the input is the
 `sandbox.study_inputs` view of the study, mapped back by `sandbox.input_geometry`):
@@ -26,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -131,21 +140,32 @@ def _queue_once(session: Session, study_id: int, report_id: int, package_id: int
             raise
 
 
-def claim_package_run(session: Session, analysis_id: int) -> bool:
-    """Mark a queued run running; False when another worker has it or it has ended."""
+def claim_package_run(session: Session, analysis_id: int) -> int | None:
+    """Mark a queued run running and count the attempt: the attempt's number (the claim's token,
+    given back when recording its answer), or None when another worker has it or it has ended."""
     claimed = session.execute(
         update(PackageAnalysis)
         .where(PackageAnalysis.id == analysis_id, PackageAnalysis.status == AnalysisStatus.QUEUED)
-        .values(status=AnalysisStatus.RUNNING, started_at=utcnow())
+        .values(status=AnalysisStatus.RUNNING, started_at=utcnow(), attempts=PackageAnalysis.attempts + 1)
+        .returning(PackageAnalysis.attempts)
     )
-    return bool(getattr(claimed, "rowcount", 0))
+    return claimed.scalar_one_or_none()
 
 
-def record_package_failure(session: Session, analysis_id: int, reason: str, seconds: float | None = None) -> None:
+def _is_current_attempt(analysis: PackageAnalysis, attempt: int | None) -> bool:
+    return attempt is None or (analysis.status is AnalysisStatus.RUNNING and analysis.attempts == attempt)
+
+
+def record_package_failure(session: Session, analysis_id: int, reason: str, seconds: float | None = None,
+                           attempt: int | None = None) -> None:
     """The run failed (the package crashed or ran past a limit, or the study could not be given to
-    it): the reason is kept for staff; nothing is added to the report and nothing is billed."""
-    analysis = session.get(PackageAnalysis, analysis_id)
+    it): the reason is kept for staff; nothing is added to the report and nothing is billed.
+    `attempt`: the claim that failed; nothing is changed when the run has been reclaimed since."""
+    analysis = session.get(PackageAnalysis, analysis_id, with_for_update=True)
     if analysis is None or analysis.status is AnalysisStatus.COMPLETED:
+        return
+    if not _is_current_attempt(analysis, attempt):
+        logger.info("partner model run %s: attempt %s failed after it was reclaimed; not recorded", analysis_id, attempt)
         return
     analysis.status = AnalysisStatus.FAILED
     analysis.error = reason[:4000]
@@ -213,11 +233,17 @@ def findings_from_output(values: list[float], shape: list[int], manifest: dict[s
 
 
 def record_package_run(session: Session, analysis_id: int, run: PackageRun, geometry: InputGeometry,
-                       study_spacing_mm: tuple[float, float], sop_instance_uids: list[str]) -> PackageAnalysis | None:
+                       study_spacing_mm: tuple[float, float], sop_instance_uids: list[str],
+                       attempt: int | None = None) -> PackageAnalysis | None:
     """The sandbox's answer for one run: its findings into the report and the run completed (and
-    `PackageAnalysisCompleted` published), or the run failed with the reason."""
+    `PackageAnalysisCompleted` published), or the run failed with the reason. The answer of an
+    `attempt` that has been reclaimed since (`reclaim_stalled_package_runs`) is dropped."""
     analysis = session.get(PackageAnalysis, analysis_id, with_for_update=True)
     if analysis is None or analysis.status is not AnalysisStatus.RUNNING:
+        return analysis
+    if not _is_current_attempt(analysis, attempt):
+        logger.info("partner model run %s: the answer of attempt %s came after it was reclaimed; dropped",
+                    analysis_id, attempt)
         return analysis
     if run.reason is not None or run.result.get("error"):
         record_package_failure(session, analysis_id, run.reason or f"the model failed on the study: {run.result['error']}",
@@ -266,3 +292,32 @@ def record_package_run(session: Session, analysis_id: int, run: PackageRun, geom
     logger.info("partner model %s read study %s: %d findings", package.label, analysis.study_id, len(found))
     return analysis
 
+
+
+def reclaim_stalled_package_runs(session: Session, *, time_limit_seconds: float, margin_seconds: float,
+                                 max_attempts: int, now: datetime | None = None) -> list[int]:
+    """Runs claimed longer ago than the sandbox's time limit plus a margin have lost their worker
+    (the sandbox ends a run at its limit, so a live worker has answered by then): each goes back to
+    the queue, or fails with the reason once it has been claimed `max_attempts` times. Conditional
+    UPDATEs, so two sweepers (or a sweeper and a late answer) never both act on one run. Returns
+    the reports whose runs were queued again, for the caller to run."""
+    now = now or utcnow()
+    stalled = (PackageAnalysis.status == AnalysisStatus.RUNNING,
+               PackageAnalysis.started_at < now - timedelta(seconds=time_limit_seconds + margin_seconds))
+    requeued = session.execute(
+        update(PackageAnalysis).where(*stalled, PackageAnalysis.attempts < max_attempts)
+        .values(status=AnalysisStatus.QUEUED, started_at=None)
+        .returning(PackageAnalysis.id, PackageAnalysis.report_id)
+    ).all()
+    reason = (f"the worker running it stopped without an answer {max_attempts} times (each time over the "
+              f"{time_limit_seconds:g} s time limit plus {margin_seconds:g} s); given up")
+    given_up = session.execute(
+        update(PackageAnalysis).where(*stalled, PackageAnalysis.attempts >= max_attempts)
+        .values(status=AnalysisStatus.FAILED, error=reason, finished_at=now)
+        .returning(PackageAnalysis.id)
+    ).scalars().all()
+    for analysis_id, report_id in requeued:
+        logger.warning("partner model run %s on report %s lost its worker; queued again", analysis_id, report_id)
+    for analysis_id in given_up:
+        logger.warning("partner model run %s: %s", analysis_id, reason)
+    return sorted({report_id for _, report_id in requeued})

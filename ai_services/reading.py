@@ -23,6 +23,8 @@ from ai_services.service import (
     reading_list,
     signing_conclusion,
     undecided_findings_message,
+    unfinished_package_runs,
+    unfinished_runs_message,
     urgency,
 )
 from hospital.access import patient_filter
@@ -116,8 +118,12 @@ class SignPreview:
 
 
 def sign_preview(session: Session, user: User, report_id: int, conclusion: str | None) -> SignPreview:
-    """The preview of `sign_report` (same checks, nothing changed)."""
+    """The preview of `sign_report` (same checks, nothing changed: a partner model run past its
+    wait is given up by the signature, not by the preview)."""
     report = radiologist_report(session, user, report_id)
+    waiting, _overdue = unfinished_package_runs(session, report)
+    if waiting:
+        raise Conflict(unfinished_runs_message(waiting))
     pending = [f.id for f in report.findings if f.review_status is ReviewStatus.PENDING]
     if pending:
         raise Conflict(undecided_findings_message(pending))

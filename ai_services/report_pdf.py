@@ -30,7 +30,7 @@ from sqlalchemy.orm import Mapped, Session, relationship
 from ai_services.models import AnalysisStatus, DiagnosticReport, Finding, FindingSource, ReportStatus, ReviewStatus
 from ai_services.overlay import OverlayBox, render_overlay
 from ai_services.reading import reading_context
-from ai_services.service import get_report
+from ai_services.service import findings_by_model, get_report, probability_percent
 from hospital import i18n
 from hospital.db import Base
 from hospital.errors import Conflict
@@ -94,7 +94,9 @@ class ReportDocument(Base):
 @dataclass(frozen=True)
 class PdfFinding:
     """One kept finding as the PDF prints it, with its key slice as a `data:` PNG (None when the
-    slice is not stored here)."""
+    slice is not stored here, and for a classification: its box is only the field the model saw).
+    `kind` as `Finding.kind`: an area by its size, a segmentation by its volume, a classification by
+    its label and probability."""
 
     number: int
     slice_number: int
@@ -102,6 +104,20 @@ class PdfFinding:
     confidence: float | None
     origin: str
     key_image: str | None
+    kind: str = "area"
+    label: str | None = None
+    volume_mm3: float | None = None
+
+
+@dataclass(frozen=True)
+class PdfModelGroup:
+    """The kept findings of one model: the built-in model's and the radiologist's (`model` None),
+    or one partner model's with its name and version, partner and intended use."""
+
+    model: str | None
+    partner: str | None
+    intended_use: str | None
+    findings: tuple[PdfFinding, ...]
 
 
 def signed_report_pdf(session: Session, user: User, report_id: int, storage_dir: Path) -> PdfFile:
@@ -130,7 +146,7 @@ def render_signed_report(session: Session, report: DiagnosticReport, storage_dir
         examination=context.examination, clinical_question=context.clinical_question,
         modality=str(MODALITY_NAMES[modality]) if modality in MODALITY_NAMES else modality,
         sex=str(SEX_WORDS.get(patient.gender, SEX_WORDS["unknown"])),
-        findings=_pdf_findings(session, report, storage_dir),
+        groups=_pdf_findings(session, report, storage_dir), percent=probability_percent,
         signer=signer_name(report.signed_by), model_version=model_version,
         model_card=model_version.card if model_version is not None else None,
         not_applicable=job is not None and job.status is AnalysisStatus.NOT_APPLICABLE,
@@ -151,19 +167,30 @@ def signer_name(user: User | None) -> str:
     return user.practitioner.display_name if user.practitioner is not None else user.username
 
 
-def _pdf_findings(session: Session, report: DiagnosticReport, storage_dir: Path) -> list[PdfFinding]:
-    kept = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
-    paths = instance_paths(session, [f.sop_instance_uid for f in kept], storage_dir)
+def _pdf_findings(session: Session, report: DiagnosticReport, storage_dir: Path) -> list[PdfModelGroup]:
+    """The kept findings grouped by the model that made them, numbered through in that order."""
+    groups = findings_by_model([f for f in report.findings if f.review_status is not ReviewStatus.REJECTED])
+    kept = [f for group in groups for f in group.findings]
+    paths = instance_paths(session, [f.sop_instance_uid for f in kept if f.kind != "classification"], storage_dir)
     numbers = {f.id: n for n, f in enumerate(kept, start=1)}
-    found = []
-    for finding in kept:
-        path = paths.get(finding.sop_instance_uid)
-        found.append(PdfFinding(
-            number=numbers[finding.id], slice_number=finding.slice_index + 1, diameter_mm=finding.diameter_mm,
-            confidence=finding.confidence, origin=_origin(finding),
-            key_image=_key_image(path, finding, kept, numbers) if path is not None else None,
+    printed = []
+    for group in groups:
+        found = []
+        for finding in group.findings:
+            path = paths.get(finding.sop_instance_uid) if finding.kind != "classification" else None
+            found.append(PdfFinding(
+                number=numbers[finding.id], slice_number=finding.slice_index + 1, diameter_mm=finding.diameter_mm,
+                confidence=finding.confidence, origin=_origin(finding),
+                key_image=_key_image(path, finding, kept, numbers) if path is not None else None,
+                kind=finding.kind, label=finding.label, volume_mm3=finding.volume_mm3,
+            ))
+        package = group.package
+        printed.append(PdfModelGroup(
+            model=package.label if package else None,
+            partner=package.partner_organization.name if package else None,
+            intended_use=package.intended_use if package else None, findings=tuple(found),
         ))
-    return found
+    return printed
 
 
 def _origin(finding: Finding) -> str:
@@ -175,10 +202,11 @@ def _origin(finding: Finding) -> str:
 
 
 def _key_image(path: Path, finding: Finding, kept: Sequence[Finding], numbers: dict[int, int]) -> str | None:
-    """The key slice with this finding boxed in red and the others on the same slice in yellow."""
+    """The key slice with this finding boxed in red and the others on the same slice in yellow (not
+    a classification's box: it is only the field its model saw)."""
     boxes = [
         OverlayBox(f.x0, f.y0, f.x1, f.y1, f"{numbers[f.id]}", "#ff3333" if f.id == finding.id else "#ffcc00")
-        for f in kept if f.slice_index == finding.slice_index
+        for f in kept if f.slice_index == finding.slice_index and f.kind != "classification"
     ]
     try:
         png = render_overlay(path, boxes, KEY_IMAGE_WINDOW)

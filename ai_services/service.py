@@ -10,18 +10,20 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from flask import Flask
-from sqlalchemy import delete, select
+from flask import Flask, current_app
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
 from ai_services.dicom_outputs import OutputFinding, OutputReport, build_report_outputs, output_series_uids
-from ai_services.events import AnalysisCompleted, ReportSigned
+from ai_services.events import AnalysisCompleted, AnalysisNotApplicable, ReportSigned
 from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
 from ai_services.models import (
     AnalysisJob,
@@ -30,8 +32,10 @@ from ai_services.models import (
     Finding,
     FindingReview,
     FindingSource,
+    ModelPackage,
     ModelStatus,
     ModelVersion,
+    PackageAnalysis,
     ReportStatus,
     ReviewStatus,
 )
@@ -245,8 +249,10 @@ def record_not_applicable(
     reason and the preliminary report says "AI not applicable: <reason>", with no AI findings.
 
     No `AnalysisCompleted` is published: the model read nothing, so nothing is billed as an AI
-    analysis and no AI SR is made. The radiologist reads and signs the study as usual; the slices
-    (when they could be read) stay viewable on the report page. A rerun replaces, never adds.
+    analysis and no AI SR is made. `AnalysisNotApplicable` is, so the partner models routed to the
+    study (an MR model for an MR study) still read it into this report. The radiologist reads and
+    signs the study as usual; the slices (when they could be read) stay viewable on the report
+    page. A rerun replaces, never adds (partner runs are kept once per study and package).
     """
     job, study, report = _job_and_preliminary_report(session, plan)
     job.status = AnalysisStatus.NOT_APPLICABLE
@@ -260,6 +266,10 @@ def record_not_applicable(
     report.issued_at = utcnow()
     report.conclusion = not_applicable_conclusion(reason)
     session.flush()
+    publish(session, AnalysisNotApplicable(
+        report_id=report.id, study_id=study.study_id, patient_id=report.patient_id,
+        organization_id=study.organization_id, reason=reason,
+    ))
     logger.info("study %s: AI not applicable (%s)", study.study_id, reason)
     return report
 
@@ -421,11 +431,47 @@ def signing_conclusion(report: DiagnosticReport, conclusion: str | None) -> str:
     kept = [f for f in report.findings if f.review_status is not ReviewStatus.REJECTED]
     if (conclusion or "").strip():
         return (conclusion or "").strip()
-    if not kept:
+    # A partner model's class for the study is no sized abnormality: it is said as its label.
+    areas = [f for f in kept if f.kind != "classification"]
+    said = []
+    if areas:
+        said.append(ngettext("%(num)d abnormality confirmed by the radiologist (largest %(size)s mm).",
+                             "%(num)d abnormalities confirmed by the radiologist (largest %(size)s mm).",
+                             len(areas), size=format_number(max(f.diameter_mm for f in areas), 0)))
+    for finding in kept:
+        if finding.kind == "classification" and finding.package is not None:
+            said.append(_("%(model)s classified the study as “%(label)s” (probability %(percent)s), confirmed by "
+                          "the radiologist.", model=finding.package.label, label=finding.label or "",
+                          percent=probability_percent(finding.confidence)))
+    if not said:
         return _("0 abnormalities confirmed by the radiologist: no abnormality.")
-    return ngettext("%(num)d abnormality confirmed by the radiologist (largest %(size)s mm).",
-                    "%(num)d abnormalities confirmed by the radiologist (largest %(size)s mm).",
-                    len(kept), size=format_number(max(f.diameter_mm for f in kept), 0))
+    return " ".join(str(words) for words in said)
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    """Findings as a reader meets them: the built-in model's and the radiologist's (`package`
+    None) first, then each partner model's under its name, version and partner."""
+
+    package: ModelPackage | None
+    findings: tuple[Finding, ...]
+
+
+def findings_by_model(findings: Sequence[Finding]) -> list[FindingGroup]:
+    """`findings` grouped by the model that made them (the built-in group first, then the partner
+    models in the order they ran), each group in the given order."""
+    groups: dict[int | None, list[Finding]] = {None: []}
+    for finding in sorted(findings, key=lambda f: f.package_analysis_id or 0):
+        groups.setdefault(finding.package_analysis_id, []).append(finding)
+    ordered = sorted(groups.items(), key=lambda item: item[0] or 0)
+    return [FindingGroup(group[0].package if key is not None else None, tuple(group))
+            for key, group in ordered if group]
+
+
+def probability_percent(probability: float | None) -> str:
+    """"87%": a partner classifier's probability for its class, in the reader's number format (no
+    word beside it, as a detector's confidence has: it is the model's probability for the class)."""
+    return f"{format_number((probability or 0.0) * 100, 0)}%"
 
 
 def undecided_findings_message(pending: list[int]) -> str:
@@ -435,9 +481,71 @@ def undecided_findings_message(pending: list[int]) -> str:
                     len(pending), ids=", ".join(str(finding_id) for finding_id in pending))
 
 
+# How long a report waits for a partner model run still queued or running before it may be signed
+# without it (AI_PACKAGE_SIGNING_WAIT_SECONDS overrides).
+PACKAGE_SIGNING_WAIT = timedelta(minutes=30)
+
+
+def package_signing_wait() -> timedelta:
+    seconds = current_app.config.get("AI_PACKAGE_SIGNING_WAIT_SECONDS")
+    return timedelta(seconds=seconds) if seconds is not None else PACKAGE_SIGNING_WAIT
+
+
+def unfinished_package_runs(session: Session, report: DiagnosticReport, *, lock: bool = False,
+                            now: datetime | None = None) -> tuple[list[PackageAnalysis], list[PackageAnalysis]]:
+    """The report's partner model runs still queued or running: those still within the signing
+    wait (counted from when the run was queued), and those past it. `lock`: held until the
+    signature commits, so a worker recording a run's findings and a signature do not cross (the
+    worker locks the same row: either its findings are in before the signature reads them, or it
+    finds the run given up and adds nothing)."""
+    query = (select(PackageAnalysis)
+             .where(PackageAnalysis.report_id == report.id,
+                    PackageAnalysis.status.in_((AnalysisStatus.QUEUED, AnalysisStatus.RUNNING)))
+             .order_by(PackageAnalysis.id))
+    runs = list(session.scalars(query.with_for_update() if lock else query))
+    deadline = (now or utcnow()) - package_signing_wait()
+    return [r for r in runs if r.created_at > deadline], [r for r in runs if r.created_at <= deadline]
+
+
+def unfinished_runs_message(waiting: list[PackageAnalysis]) -> str:
+    """Why a report cannot be signed while partner models read its study (the preview and the signature)."""
+    minutes = int(package_signing_wait().total_seconds() // 60)
+    return str(ngettext("the partner model %(models)s has not finished reading this study; sign once its findings are "
+                    "in the report (a run still unfinished %(minutes)s minutes after it was queued is given up)",
+                    "the partner models %(models)s have not finished reading this study; sign once their findings "
+                    "are in the report (a run still unfinished %(minutes)s minutes after it was queued is given up)",
+                    len(waiting), models=", ".join(r.model_package.label for r in waiting),
+                    minutes=format_number(minutes, 0)))
+
+
+def give_up_package_runs(session: Session, overdue: list[PackageAnalysis]) -> None:
+    """The report is signed without these runs: each fails with the reason (a late answer is then
+    dropped by `package_runs.record_package_run`, so nothing is added and nothing billed)."""
+    if not overdue:
+        return
+    minutes = int(package_signing_wait().total_seconds() // 60)
+    session.execute(
+        update(PackageAnalysis)
+        .where(PackageAnalysis.id.in_([r.id for r in overdue]),
+               PackageAnalysis.status.in_((AnalysisStatus.QUEUED, AnalysisStatus.RUNNING)))
+        .values(status=AnalysisStatus.FAILED, finished_at=utcnow(),
+                error=f"not finished {minutes} minutes after it was queued; the report was signed without it")
+        .execution_options(synchronize_session="fetch")
+    )
+    logger.info("report signed without partner model runs %s (over the wait)", [r.id for r in overdue])
+
+
 def sign_report(session: Session, user: User, report_id: int, conclusion: str | None = None) -> DiagnosticReport:
-    """Make the report final. Every AI finding must have a decision first."""
+    """Make the report final. Every AI finding must have a decision first, and every partner model
+    routed to the study must have finished (or waited past `package_signing_wait`, then it is given
+    up)."""
     report = radiologist_report(session, user, report_id)
+    waiting, overdue = unfinished_package_runs(session, report, lock=True)
+    if waiting:
+        raise Conflict(unfinished_runs_message(waiting))
+    give_up_package_runs(session, overdue)
+    # Read after the runs' lock: a run that finished just before has its findings in.
+    session.expire(report, ["findings"])
     pending = [f.id for f in report.findings if f.review_status is ReviewStatus.PENDING]
     if pending:
         raise Conflict(undecided_findings_message(pending))

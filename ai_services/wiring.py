@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ai_services import cli, drift, fhir, package_routes, report_pdf_routes, routes, seed
-from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
+from ai_services.events import AnalysisCompleted, AnalysisNotApplicable, ReportAmended, ReportSigned
 from hospital import metrics
 from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
@@ -27,8 +27,10 @@ def register(app: Flask) -> None:
     subscribe(app, AnalysisCompleted, "ai_services.jobs.make_report_outputs", queue="ai")
     subscribe(app, ReportSigned, "ai_services.jobs.make_report_outputs", queue="ai")
     # The partner models routed to the study read it once the built-in model made its report, so
-    # their findings join that one report.
+    # their findings join that one report; also when the built-in model found the study outside its
+    # intended use (its report says why), since a partner's model may be made for exactly that study.
     subscribe(app, AnalysisCompleted, "ai_services.package_jobs.run_routed_packages", queue="ai")
+    subscribe(app, AnalysisNotApplicable, "ai_services.package_jobs.run_routed_packages", queue="ai")
     subscribe(app, ReportSigned, "ai_services.jobs.tell_report_signed", queue="notify")
     # An addendum: a new SR version and a word to the referring clinician; no consultation and no
     # charge follow it (those followed the signature, once).
@@ -37,6 +39,9 @@ def register(app: Flask) -> None:
     # Drift per model version and centre (acceptance, added misses, findings per scan, confidences).
     metrics.register_gauge_families(app, drift.drift_gauges)
     register_periodic(app, "ai_services.jobs.retrain_model", app.config["AI_RETRAIN_EVERY_SECONDS"], queue="ai")
+    # Partner model runs whose worker died are queued again (package_runs.reclaim_stalled_package_runs).
+    register_periodic(app, "ai_services.package_jobs.reclaim_package_runs",
+                      app.config["AI_PACKAGE_RECLAIM_EVERY_SECONDS"], queue="ai")
     add_nav_link(app, _l("Reading list"), "ai_services.reading_list_page", Role.RADIOLOGIST)
     add_nav_link(app, _l("Model versions"), "ai_services.models_page", Role.ADMIN, Role.RADIOLOGIST)
     add_nav_link(app, _l("Model packages"), "ai_packages.packages_page", Role.ADMIN, Role.PARTNER)

@@ -16,11 +16,13 @@ from ai_services.models import (
     AnalysisStatus,
     DiagnosticReport,
     FindingSource,
+    ModelPackage,
     ModelStatus,
     PackageStatus,
     ReportStatus,
     ReviewStatus,
 )
+from ai_services.service import findings_by_model, probability_percent
 from hospital.i18n import format_number, gettext, lazy_gettext, ngettext, user_display_name
 from referrals.public import Priority
 
@@ -119,6 +121,11 @@ def confidence_words(confidence: float) -> str:
     return gettext("low (%(percent)s%%)", percent=percent)
 
 
+def model_credit(package: ModelPackage) -> str:
+    """"lung-nodules 2.1 from Acme Imaging": a partner model as a reader is told of it."""
+    return gettext("%(model)s from %(partner)s", model=package.label, partner=package.partner_organization.name)
+
+
 def draft_conclusion(report: DiagnosticReport) -> str:
     """The conclusion of an unsigned report in the reader's language. A draft's stored conclusion is
     the machine's summary, written by the analysis job in no one's language (FHIR and the SR carry
@@ -154,6 +161,9 @@ def template_words() -> dict[str, object]:
         "package_run_word": lambda code: word_for(PACKAGE_RUN_WORDS, code),
         "drift_figure_word": lambda code: word_for(DRIFT_FIGURE_WORDS, code),
         "confidence_words": confidence_words,
+        "percent_words": probability_percent,
+        "model_credit": model_credit,
+        "findings_by_model": findings_by_model,
         "confidence_explanation": CONFIDENCE_EXPLANATION,
         "person_called": user_display_name,
         "draft_conclusion": draft_conclusion,

@@ -79,6 +79,16 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "STUDY_QUIET_SECONDS": float(os.environ.get("STUDY_QUIET_SECONDS") or "5"),
         "AI_RETRAIN_EVERY_SECONDS": _env_int("AI_RETRAIN_EVERY_SECONDS", 86_400),
         "AI_MODELS_DIR": Path(os.environ.get("AI_MODELS_DIR") or instance_dir / "models"),
+        # A partner model run claimed longer ago than the sandbox's wall-clock limit plus this margin
+        # lost its worker: it is queued again, at most this many claims in all (ai_services.package_runs),
+        # looked for this often.
+        "AI_PACKAGE_RUN_MARGIN_SECONDS": _env_int("AI_PACKAGE_RUN_MARGIN_SECONDS", 300),
+        "AI_PACKAGE_RUN_MAX_ATTEMPTS": _env_int("AI_PACKAGE_RUN_MAX_ATTEMPTS", 3),
+        "AI_PACKAGE_RECLAIM_EVERY_SECONDS": _env_int("AI_PACKAGE_RECLAIM_EVERY_SECONDS", 300),
+        # A report with a partner model run still queued or running cannot be signed, until the run
+        # has waited this long (then it is failed with the reason and signing goes on). Longer than
+        # the reclaims above can take: 3 x (120 s + 300 s) by default.
+        "AI_PACKAGE_SIGNING_WAIT_SECONDS": _env_int("AI_PACKAGE_SIGNING_WAIT_SECONDS", 1800),
         # Where retention archives audit rows before removing them (keep it with the backups).
         "AUDIT_ARCHIVE_DIR": Path(os.environ.get("AUDIT_ARCHIVE_DIR") or instance_dir / "audit-archive"),
         # The research database's de-identified files, and the secret their pseudonyms are seeded
