@@ -3,7 +3,7 @@
 earlier attempt is told apart from the current one's
 
 Revision ID: 0043
-Revises: 0041
+Revises: 0042
 Create Date: 2026-12-04 16:00:00
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0043"
-down_revision: str | None = "0041"
+down_revision: str | None = "0042"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
