@@ -118,7 +118,7 @@ def send(folder: Path, port: int, called_ae: str, associations: int) -> float:
     for process in processes:
         _, err = process.communicate(timeout=3600)
         if process.returncode != 0:
-            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+            raise RuntimeError(f"storescu failed (exit status {process.returncode}): {err.decode()[-500:]}")
     return time.perf_counter() - start
 
 
@@ -139,10 +139,13 @@ def our_node(database_url: str, storage: Path, processes: int = 1) -> Iterator[i
     env = {**os.environ, "DATABASE_URL": database_url, "HOSPITAL_INSTANCE_DIR": str(storage.parent),
            "DICOM_STORAGE_DIR": str(storage), "SECRET_KEY": "bench", "REDIS_URL": "", "LOG_LEVEL": "WARNING",
            "STUDY_QUIET_SECONDS": "3600"}
+    # BENCH_LOG_DIR keeps each node's log (warnings and errors) for a run that went wrong.
+    log_dir = os.environ.get("BENCH_LOG_DIR")
+    log = open(Path(log_dir) / f"node-{port}.log", "w") if log_dir else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "hospital.app:create_app", "dicom", "--host", "127.0.0.1",
          "--port", str(port), "--ae-title", NODE_AE, "--processes", str(processes)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=log, stderr=log,
     )
     try:
         wait_for_port(port)
@@ -178,7 +181,9 @@ def orthanc(folder: Path) -> Iterator[int]:
 def truncate_images(database_url: str, storage: Path) -> None:
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE imaging_instance, imaging_series, imaging_study RESTART IDENTITY CASCADE"))
+        # Ids go on (no RESTART IDENTITY): the record history (resource_version) of earlier runs'
+        # studies is kept, and a reused id would collide with it.
+        conn.execute(text("TRUNCATE imaging_instance, imaging_series, imaging_study CASCADE"))
     engine.dispose()
     shutil.rmtree(storage, ignore_errors=True)
 
