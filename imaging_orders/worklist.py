@@ -47,7 +47,7 @@ from hospital.dicom_matching import (
 from hospital.dicom_text import dicom_person_name
 from hospital.models import Organization, Patient, Practitioner
 from imaging_orders.models import Appointment, AppointmentStatus, Schedule, Slot
-from referrals.public import ORDERS, Priority, ReferralStatus, ReferralSummary, summary_from_row
+from referrals.public import ORDERS, Priority, ReferralStatus, ReferralSummary, summary_from_values
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class _Row:
         zone = clock.zone(found.timezone)
         return cls(
             _Step(found.step_id, found.step_start, found.step_end, found.step_status, found.step_description),
-            summary_from_row(found),
+            summary_from_values(found[_ORDERS_START:]),
             _Person(found.patient_family_name, found.patient_given_name, found.patient_mrn, found.patient_birth_date,
                     found.patient_gender),
             _Station(found.station_modality, found.station_ae_title, found.station_name, found.station_room),
@@ -175,18 +175,38 @@ def find_worklist_responses(
 
 @dataclass(frozen=True)
 class WorklistAnswer:
-    """The steps a query matched, read whole from the database, and how to answer each: encoding
-    them needs no session, so a node can send while it encodes, after the transaction is over."""
+    """The candidate steps a query found, read whole from the database as plain rows, and how to
+    answer each: the rest of the matching (the centre's own day, names in pinyin) and the encoding
+    need no session, so a node sends the first answers while it makes the next, after the
+    transaction is over."""
 
     plan: _ResponsePlan
-    rows: list[_Row]
+    found: list[Any]  # database rows of _base_statement's columns
+    first_day: date | None
+    last_day: date | None
+    names: list[str]
 
-    def __len__(self) -> int:
-        return len(self.rows)
+    @property
+    def candidates(self) -> int:
+        return len(self.found)
+
+    def rows(self) -> Iterator[_Row]:
+        for found in self.found:
+            row = _Row.from_columns(found)
+            # The SQL window is wide enough for any zone; the centre's own calendar decides the day.
+            day = row.local_start.date()
+            if (self.first_day and day < self.first_day) or (self.last_day and day > self.last_day):
+                continue
+            if self.names and not any(person_name_matches(name, row.patient.dicom_name) for name in self.names):
+                continue
+            yield row
 
     def encoded(self) -> Iterator[bytes]:
-        for row in self.rows:
+        count = 0
+        for row in self.rows():
+            count += 1
             yield self.plan.encode(row)
+        logger.info("worklist query matched %d scheduled steps", count)
 
 
 def match_worklist(session: Session, query: Dataset, encoding: Encoding = IMPLICIT_LITTLE_ENDIAN) -> WorklistAnswer:
@@ -217,34 +237,28 @@ def match_worklist(session: Session, query: Dataset, encoding: Encoding = IMPLIC
     statement = _filter(statement, ORDERS.c.accession_number, _value(query, "AccessionNumber"))
     names = _person_name(_value(query, "PatientName"))
     statement = _name_filter(statement, names)
-    rows: list[_Row] = []
-    for found in session.execute(statement):
-        row = _Row.from_columns(found)
-        # The SQL window is wide enough for any zone; the centre's own calendar decides the day.
-        day = row.local_start.date()
-        if (first_day and day < first_day) or (last_day and day > last_day):
-            continue
-        if names and not any(person_name_matches(name, row.patient.dicom_name) for name in names):
-            continue
-        rows.append(row)
-    logger.info("worklist query matched %d scheduled steps", len(rows))
-    return WorklistAnswer(plan, rows)
+    return WorklistAnswer(plan, list(session.execute(statement)), first_day, last_day, names)
+
+
+# What a step's row holds before ORDERS' columns (which `summary_from_values` reads from the end).
+_STEP_COLUMNS = (
+    Appointment.id.label("step_id"), Appointment.start.label("step_start"), Appointment.end.label("step_end"),
+    Appointment.status.label("step_status"), Appointment.description.label("step_description"),
+    Patient.family_name.label("patient_family_name"), Patient.given_name.label("patient_given_name"),
+    Patient.mrn.label("patient_mrn"), Patient.birth_date.label("patient_birth_date"),
+    Patient.gender.label("patient_gender"),
+    Schedule.modality.label("station_modality"), Schedule.station_ae_title.label("station_ae_title"),
+    Schedule.name.label("station_name"), Schedule.room.label("station_room"),
+    Practitioner.family_name.label("requester_family_name"),
+    Practitioner.given_name.label("requester_given_name"),
+    Organization.timezone.label("timezone"),
+)
+_ORDERS_START = len(_STEP_COLUMNS)
 
 
 def _base_statement() -> Select[Any]:
     return (
-        select(
-            Appointment.id.label("step_id"), Appointment.start.label("step_start"), Appointment.end.label("step_end"),
-            Appointment.status.label("step_status"), Appointment.description.label("step_description"),
-            Patient.family_name.label("patient_family_name"), Patient.given_name.label("patient_given_name"),
-            Patient.mrn.label("patient_mrn"), Patient.birth_date.label("patient_birth_date"),
-            Patient.gender.label("patient_gender"),
-            Schedule.modality.label("station_modality"), Schedule.station_ae_title.label("station_ae_title"),
-            Schedule.name.label("station_name"), Schedule.room.label("station_room"),
-            Practitioner.family_name.label("requester_family_name"),
-            Practitioner.given_name.label("requester_given_name"),
-            Organization.timezone.label("timezone"), *ORDERS.c,
-        )
+        select(*_STEP_COLUMNS, *ORDERS.c)
         .join(ORDERS, Appointment.referral_id == ORDERS.c.referral_id)
         .join(Patient, ORDERS.c.patient_id == Patient.id)
         .join(Practitioner, ORDERS.c.requester_id == Practitioner.id)

@@ -14,7 +14,7 @@ summary. A later stage that creates a referral (a repeat scan from a follow-up p
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -111,6 +111,12 @@ def summary_from_row(row: Any) -> ReferralSummary:
     """A summary from a row (or mapping) that selected `ORDERS`' columns."""
     mapping = row._mapping if hasattr(row, "_mapping") else row
     return ReferralSummary(**{name: mapping[ORDERS.c[name]] for name in _FIELDS})
+
+
+def summary_from_values(values: Sequence[Any]) -> ReferralSummary:
+    """A summary from `ORDERS`' column values in their order (`select(..., *ORDERS.c)` ends a row
+    with them): a plain zip, for callers reading thousands of rows."""
+    return ReferralSummary(**dict(zip(_FIELDS, values, strict=True)))
 
 
 def _summary(referral: Referral) -> ReferralSummary:

@@ -376,17 +376,20 @@ def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Datas
         logger.warning("worklist query from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         yield failure_status(exc, FIND), None
         return
-    logger.info("worklist query from %s: %d items", calling_ae, len(answer))
+    logger.info("worklist query from %s: %d candidate steps", calling_ae, answer.candidates)
     # The pending responses go out pre-encoded (pending_responses); pynetdicom sends the final
     # success when this generator ends, or the cancel or failure it yields.
     responses = PendingResponses(event, PENDING)
     for item in answer.encoded():
         if event.is_cancelled:
+            responses.flush()
             yield CANCEL, None
             return
         if not responses.send(item):
             logger.warning("worklist query from %s: association ended while answering", calling_ae)
             return
+    if not responses.flush():
+        logger.warning("worklist query from %s: association ended while answering", calling_ae)
 
 
 def handle_mpps_create(event: Event, app: Flask) -> tuple[int | Dataset, Dataset | None]:
