@@ -121,9 +121,10 @@ class PendingResponses:
         try:
             self._direct.sendall(self._batch)
         except OSError as exc:
+            # The connection is gone (or the peer stopped reading until the socket timed out):
+            # the DUL finds out on its next read or write and ends the association.
             logger.warning("C-FIND responses not sent: %s", exc)
             self._batch.clear()
-            self._assoc.abort()
             return False
         self._batch.clear()
         return True
