@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
-from sqlalchemy import ColumnElement, Select, or_, select
+from sqlalchemy import ColumnElement, Select, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from hospital import clock
@@ -173,6 +173,10 @@ def find_worklist_responses(
     yield from match_worklist(session, query, encoding).encoded()
 
 
+# A step's place in the worklist's order (its start, then its id): where a part of a day ends.
+StepKey = tuple[datetime, int]
+
+
 @dataclass(frozen=True)
 class WorklistAnswer:
     """The candidate steps a query found, read whole from the database as plain rows, and how to
@@ -189,6 +193,14 @@ class WorklistAnswer:
     @property
     def candidates(self) -> int:
         return len(self.found)
+
+    @property
+    def last_key(self) -> StepKey | None:
+        """Where the next part of the day starts (None when nothing was read)."""
+        if not self.found:
+            return None
+        last = self.found[-1]
+        return (last.step_start, last.step_id)
 
     def rows(self) -> Iterator[_Row]:
         for found in self.found:
@@ -209,8 +221,13 @@ class WorklistAnswer:
         logger.info("worklist query matched %d scheduled steps", count)
 
 
-def match_worklist(session: Session, query: Dataset, encoding: Encoding = IMPLICIT_LITTLE_ENDIAN) -> WorklistAnswer:
-    """The scheduled procedure steps matching `query`, each to be answered as an identifier.
+def match_worklist(
+    session: Session, query: Dataset, encoding: Encoding = IMPLICIT_LITTLE_ENDIAN, *,
+    after: StepKey | None = None, limit: int | None = None,
+) -> WorklistAnswer:
+    """The scheduled procedure steps matching `query`, each to be answered as an identifier: all
+    of them, or (for a caller reading a big day in parts) at most `limit` candidate rows in the
+    steps' order, after the step whose `StepKey` is `after` (`WorklistAnswer.last_key`).
 
     Supported matching keys: ScheduledStationAETitle, Modality, ScheduledProcedureStepStartDate
     (single date or range) inside ScheduledProcedureStepSequence, and PatientID, PatientName,
@@ -237,6 +254,10 @@ def match_worklist(session: Session, query: Dataset, encoding: Encoding = IMPLIC
     statement = _filter(statement, ORDERS.c.accession_number, _value(query, "AccessionNumber"))
     names = _person_name(_value(query, "PatientName"))
     statement = _name_filter(statement, names)
+    if after is not None:
+        statement = statement.where(tuple_(Appointment.start, Appointment.id) > tuple_(*after))
+    if limit is not None:
+        statement = statement.limit(limit)
     return WorklistAnswer(plan, list(session.execute(statement)), first_day, last_day, names)
 
 

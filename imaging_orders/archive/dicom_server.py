@@ -365,31 +365,58 @@ def handle_find(event: Event, app: Flask) -> Iterator[tuple[int | Dataset, Datas
     if sop_class != ModalityWorklistInformationFind:
         yield status_dataset(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "only worklist, Study and Patient Root queries are served"), None
         return
+    syntax = event.context.transfer_syntax
+    encoding = (syntax.is_implicit_VR, syntax.is_little_endian)
+    responses = PendingResponses(event, PENDING)
     try:
         query = event.identifier
-        syntax = event.context.transfer_syntax
-        # Read inside the transaction, which ends before anything is sent; each answer is then
-        # encoded for this context and sent while the next is made.
-        with app.app_context(), get_db(app).transaction() as session:
-            answer = match_worklist(session, query, (syntax.is_implicit_VR, syntax.is_little_endian))
     except ANSWERABLE as exc:
         logger.warning("worklist query from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
         yield failure_status(exc, FIND), None
         return
-    logger.info("worklist query from %s: %d candidate steps", calling_ae, answer.candidates)
-    # The pending responses go out pre-encoded (pending_responses); pynetdicom sends the final
-    # success when this generator ends, or the cancel or failure it yields.
-    responses = PendingResponses(event, PENDING)
-    for item in answer.encoded():
-        if event.is_cancelled:
+    # A day is read in parts, each in its own short transaction that ends before its answers are
+    # sent: the first part small, so the modality has answers while the rest is read. Parts are
+    # contiguous in the steps' order (start, id); a step booked meanwhile is in a later part if it
+    # sorts after what was sent, as if the modality had asked a moment later.
+    after = None
+    for part, limit in enumerate(_worklist_parts()):
+        try:
+            with app.app_context(), get_db(app).transaction() as session:
+                answer = match_worklist(session, query, encoding, after=after, limit=limit)
+        except ANSWERABLE as exc:
+            logger.warning("worklist query from %s failed: %s: %s", calling_ae, type(exc).__name__, exc)
             responses.flush()
-            yield CANCEL, None
+            yield failure_status(exc, FIND), None
             return
-        if not responses.send(item):
-            logger.warning("worklist query from %s: association ended while answering", calling_ae)
-            return
+        if part == 0:
+            logger.info("worklist query from %s", calling_ae)
+        # The pending responses go out pre-encoded (pending_responses); pynetdicom sends the final
+        # success when this generator ends, or the cancel or failure it yields.
+        for item in answer.encoded():
+            if event.is_cancelled:
+                responses.flush()
+                yield CANCEL, None
+                return
+            if not responses.send(item):
+                logger.warning("worklist query from %s: association ended while answering", calling_ae)
+                return
+        if answer.candidates < limit:
+            break
+        after = answer.last_key
     if not responses.flush():
         logger.warning("worklist query from %s: association ended while answering", calling_ae)
+
+
+# Candidate steps read per part of a worklist answer: the first part small (the first answers go
+# out in milliseconds), then large (few queries for a day of 10,000).
+WORKLIST_FIRST_PART = 200
+WORKLIST_PART = 2000
+
+
+def _worklist_parts() -> Iterator[int]:
+    yield WORKLIST_FIRST_PART
+    while True:
+        yield WORKLIST_PART
 
 
 def handle_mpps_create(event: Event, app: Flask) -> tuple[int | Dataset, Dataset | None]:

@@ -22,6 +22,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session
 
+from imaging_orders.archive import dicom_server
 from imaging_orders.archive.dicom_server import build_ae, event_handlers
 from imaging_orders.archive.pending_responses import pending_command_set
 from tests.imaging_orders.factories import make_centre, make_order
@@ -113,3 +114,16 @@ def test_every_step_arrives_whole_and_in_order(node: int, day_of_steps: list[str
     else:
         # A peer that takes only 128-byte PDUs gets the command alone and the identifier in fragments.
         assert max(pdvs_per_pdu) == 1 and len(pdvs_per_pdu) > 3 * len(day_of_steps)
+
+
+def test_a_day_read_in_parts_answers_every_step_once_in_order(
+    node: int, day_of_steps: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parts of 3 then 7 candidate rows: 40 steps take seven queries, stitched by (start, id).
+    monkeypatch.setattr(dicom_server, "WORKLIST_FIRST_PART", 3)
+    monkeypatch.setattr(dicom_server, "WORKLIST_PART", 7)
+    answers, _ = ask(node, 0)
+
+    *pending, (final, _) = answers
+    assert final == 0x0000
+    assert [ds.AccessionNumber for _, ds in pending if ds is not None] == day_of_steps
