@@ -18,11 +18,19 @@ from typing import Any
 
 import pydicom
 from flask import Flask, current_app
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
-from ai_services.dicom_outputs import OutputFinding, OutputReport, build_report_outputs, output_series_uids
+from ai_services.dicom_outputs import (
+    OutputFinding,
+    OutputMask,
+    OutputModel,
+    OutputReport,
+    build_report_outputs,
+    output_series_uids,
+    segmentation_series_uid,
+)
 from ai_services.events import AnalysisCompleted, AnalysisNotApplicable, ReportSigned
 from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
 from ai_services.models import (
@@ -249,8 +257,9 @@ def record_not_applicable(
     reason and the preliminary report says "AI not applicable: <reason>", with no AI findings.
 
     No `AnalysisCompleted` is published: the model read nothing, so nothing is billed as an AI
-    analysis and no AI SR is made. `AnalysisNotApplicable` is, so the partner models routed to the
-    study (an MR model for an MR study) still read it into this report. The radiologist reads and
+    analysis and no AI SR is made for it. `AnalysisNotApplicable` is, so the partner models routed to
+    the study (an MR model for an MR study) still read it into this report (and the SR made then
+    holds their findings only). The radiologist reads and
     signs the study as usual; the slices (when they could be read) stay viewable on the report
     page. A rerun replaces, never adds (partner runs are kept once per study and package).
     """
@@ -631,11 +640,39 @@ class ReportOutputsRequest:
 
     report: OutputReport
     source_images: dict[str, pydicom.Dataset]
-    series_uids: tuple[str, str]
+    series_uids: tuple[str, ...]  # the SR's, the key images' and the Segmentation's
+
+
+def _output_model(analysis: PackageAnalysis) -> OutputModel:
+    package = analysis.model_package
+    return OutputModel(analysis_id=analysis.id, name=package.name, version=package.version,
+                       partner=package.partner_organization.name)
+
+
+def _output_mask(finding: Finding) -> OutputMask | None:
+    """A partner segmentation's region, kept with its run (package_runs: `outputs["masks"]`)."""
+    if finding.package_analysis is None:
+        return None
+    for kept in finding.package_analysis.outputs.get("masks") or ():
+        if kept.get("finding_id") == finding.id:
+            return OutputMask(rows=int(kept["rows"]), columns=int(kept["columns"]),
+                              runs=tuple(int(v) for v in kept["runs"]))
+    return None
+
+
+def _output_finding(finding: Finding) -> OutputFinding:
+    return OutputFinding(
+        finding_id=finding.id, sop_instance_uid=finding.sop_instance_uid,
+        box=(finding.x0, finding.y0, finding.x1, finding.y1), diameter_mm=float(finding.diameter_mm),
+        confidence=finding.confidence, review_status=finding.review_status.value, source=finding.source.value,
+        package=_output_model(finding.package_analysis) if finding.package_analysis is not None else None,
+        kind=finding.kind, label=finding.label, volume_mm3=finding.volume_mm3, mask=_output_mask(finding),
+    )
 
 
 def report_outputs_request(session: Session, report_id: int, storage_dir: Path) -> ReportOutputsRequest | None:
-    """Read a report, its findings and its key slices. None when there is nothing to show yet."""
+    """Read a report, its findings (every model's, and the radiologist's) and their key slices.
+    None when there is nothing to show yet."""
     report = session.get(DiagnosticReport, report_id)
     if report is None or report.analysis_job_id is None:
         logger.info("report %s is gone or has no analysis; no DICOM outputs", report_id)
@@ -643,19 +680,15 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
     job = session.get(AnalysisJob, report.analysis_job_id)
     if job is None or not job.slice_sop_instance_uids:
         return None
-    if job.status is AnalysisStatus.NOT_APPLICABLE:
-        # An AI SR would claim a reading the model never made; the report says why there is none.
-        logger.info("report %s: AI not applicable; no AI DICOM outputs", report_id)
+    partner_runs = tuple(_output_model(a) for a in report.package_analyses if a.status is AnalysisStatus.COMPLETED)
+    builtin_read = job.status is not AnalysisStatus.NOT_APPLICABLE
+    if not builtin_read and not partner_runs:
+        # An AI SR would claim a reading no model made; the report says why there is none. (A
+        # partner model that read the study makes one: its findings, and only its.)
+        logger.info("report %s: AI not applicable and no partner model read the study; no AI DICOM outputs",
+                    report_id)
         return None
-    findings = tuple(
-        OutputFinding(
-            finding_id=f.id, sop_instance_uid=f.sop_instance_uid, box=(f.x0, f.y0, f.x1, f.y1),
-            diameter_mm=float(f.diameter_mm), confidence=f.confidence, review_status=f.review_status.value,
-            source=f.source.value,
-        )
-        # The SR is the built-in model's (its algorithm); partner models' findings are in the report.
-        for f in report.findings if f.package_analysis_id is None
-    )
+    findings = tuple(_output_finding(f) for f in report.findings)
     # A report with no finding still gets an SR ("nothing found"), attached to the first slice.
     wanted = list(dict.fromkeys(f.sop_instance_uid for f in findings)) or [job.slice_sop_instance_uids[0]]
     source_images = {uid: pydicom.dcmread(path) for uid, path in instance_paths(session, wanted, storage_dir).items()}
@@ -679,33 +712,44 @@ def report_outputs_request(session: Session, report_id: int, storage_dir: Path) 
         signed_at=report.signed_at,
         organization=organization.name if organization else "Closed Loop Hospital",
         addenda=tuple(a.text for a in report.addenda),
+        packages=partner_runs,
+        builtin_read=builtin_read,
     )
     study_uid = study.study_instance_uid
-    return ReportOutputsRequest(request_report, source_images, output_series_uids(study_uid, report.id))
+    return ReportOutputsRequest(request_report, source_images,
+                                (*output_series_uids(study_uid, report.id), segmentation_series_uid(study_uid, report.id)))
+
+
+# The first key of the two-key advisory lock one report's outputs are made under (the second is
+# the report's id); any fixed number not used by another two-key lock.
+REPORT_OUTPUTS_LOCK = 1500
 
 
 def store_report_outputs(app: Flask, report_id: int) -> list[StoreResult]:
-    """Build the report's SR and key images and store them as instances of its study.
+    """Build the report's SR, key images and Segmentation and store them as instances of its study.
 
     Idempotent: the instance UIDs follow the report's content, so a rerun for the same state stores
-    duplicates (nothing new), and a changed report replaces the previous outputs in the same two
+    duplicates (nothing new), and a changed report replaces the previous outputs in the same three
     series (new instances are stored first, then the old ones are removed).
+
+    One report's outputs are made one job at a time (an advisory lock held from the read to the
+    removal of the old ones): several partner models finishing together queue one job each, and
+    without it a job that read an older state could finish last and withdraw the newer outputs.
     """
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     db = get_db(app)
-    session = db.session()
-    try:
+    with db.transaction() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(select(func.pg_advisory_xact_lock(REPORT_OUTPUTS_LOCK, report_id)))
         request = report_outputs_request(session, report_id, storage_dir)
-    finally:
-        session.close()
-    if request is None:
-        return []
-    outputs = build_report_outputs(request.report, request.source_images)
-    results = [
-        store_instance(app, dataset, transfer_syntax_uid=None, calling_ae=OUTPUTS_CALLING_AE, derived=True)
-        for dataset in outputs.datasets
-    ]
-    removed = withdraw_derived_instances(app, request.series_uids, keep={r.sop_instance_uid for r in results})
+        if request is None:
+            return []
+        outputs = build_report_outputs(request.report, request.source_images)
+        results = [
+            store_instance(app, dataset, transfer_syntax_uid=None, calling_ae=OUTPUTS_CALLING_AE, derived=True)
+            for dataset in outputs.datasets
+        ]
+        removed = withdraw_derived_instances(app, request.series_uids, keep={r.sop_instance_uid for r in results})
     logger.info("report %s: %d DICOM outputs stored (%d new), %d stale removed", report_id, len(results),
                 sum(not r.duplicate for r in results), removed)
     return results
