@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from ai_services.applicability import ValidatedRange, check_headers, check_volume
 from ai_services.events import AnalysisCompleted, PackageAnalysisCompleted, ReportAmended, ReportSigned
 from ai_services.reading import notify_referrer_of_amendment, notify_report_signed
+from ai_services.report_outputs import store_report_outputs
 from ai_services.retraining import RetrainConfig, prepare_retraining, record_candidate, train_candidate
 from ai_services.series_reader import CtVolume, SeriesReadError, read_ct_volume, read_series_headers
 from ai_services.service import (
@@ -24,7 +25,6 @@ from ai_services.service import (
     record_failure,
     record_not_applicable,
     record_progress,
-    store_report_outputs,
 )
 from hospital import metrics
 from hospital.db import get_db

@@ -26,7 +26,8 @@ from ai_services.dicom_outputs import (
 from ai_services.events import ReportSigned
 from ai_services.jobs import make_report_outputs
 from ai_services.models import DiagnosticReport, ReviewStatus
-from ai_services.service import Box, add_finding, review_finding, sign_report, store_report_outputs
+from ai_services.report_outputs import store_report_outputs
+from ai_services.service import Box, add_finding, review_finding, sign_report
 from hospital.seed import DemoSeed
 from synthetic.dicom_factory import ct_series_datasets
 from synthetic.phantoms import make_ct_phantom

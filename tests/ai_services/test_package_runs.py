@@ -43,9 +43,10 @@ from ai_services.package_runs import (
 )
 from ai_services.package_service import approve_package, submit_package
 from ai_services.reading import sign_preview
+from ai_services.report_outputs import store_report_outputs
 from ai_services.routing import add_routing_rule
 from ai_services.sandbox import PackageRun, input_geometry
-from ai_services.service import review_finding, sign_report, store_report_outputs
+from ai_services.service import review_finding, sign_report
 from hospital.clock import utcnow
 from hospital.errors import Conflict
 from hospital.models import JobRecord

@@ -37,7 +37,8 @@ from ai_services.dicom_outputs import (
 from ai_services.masks import MaskError, decode_mask, encode_mask
 from ai_services.models import Finding, PackageAnalysis, ReviewStatus
 from ai_services.package_jobs import run_packages_on_report
-from ai_services.service import failed_outputs, review_finding, store_report_outputs
+from ai_services.report_outputs import store_report_outputs
+from ai_services.service import failed_outputs, review_finding
 from hospital.models import JobRecord
 from hospital.seed import DemoSeed
 from synthetic.dicom_factory import ct_series_datasets
