@@ -571,7 +571,20 @@ def build_segmentation(report: OutputReport, source_images: Mapping[str, Dataset
         device_serial_number=OUTPUTS_SOFTWARE_VERSION,
         series_description=SEG_SERIES_DESCRIPTION,
     )
+    # highdicom draws the Dimension Organization UID at random; derived like the others, the same
+    # report state gives the same object, UID for UID.
+    _replace_uid(segmentation, "DimensionOrganizationUID", generate_uid(
+        entropy_srcs=[study_uid, f"report:{report.report_id}", "seg-dimensions", report.content_digest()]))
     return segmentation
+
+
+def _replace_uid(dataset: Dataset, keyword: str, uid: str) -> None:
+    """Set every `keyword` element of `dataset`, in nested sequences too, to `uid`."""
+    def replace(item: Dataset, element: pydicom.DataElement) -> None:
+        if element.keyword == keyword:
+            element.value = uid
+
+    dataset.walk(replace)
 
 
 @dataclass(frozen=True)
