@@ -25,7 +25,7 @@ class AnalysisNotApplicable(DomainEvent):
     """The built-in model did not read a study outside its intended use (an MR, an NM study...): a
     preliminary report exists that says why, with no AI findings. Not `AnalysisCompleted`: no AI
     analysis is billed and no AI SR is made, but the partner models routed to the study still read
-    it into that report."""
+    it into that report (and once one has, the SR holds its findings: `PackageAnalysisCompleted`)."""
 
     name = "ai.analysis_not_applicable"
 

@@ -13,8 +13,9 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import ValidatedRange, check_headers, check_volume
-from ai_services.events import AnalysisCompleted, ReportAmended, ReportSigned
+from ai_services.events import AnalysisCompleted, PackageAnalysisCompleted, ReportAmended, ReportSigned
 from ai_services.reading import notify_referrer_of_amendment, notify_report_signed
+from ai_services.report_outputs import store_report_outputs
 from ai_services.retraining import RetrainConfig, prepare_retraining, record_candidate, train_candidate
 from ai_services.series_reader import CtVolume, SeriesReadError, read_ct_volume, read_series_headers
 from ai_services.service import (
@@ -24,7 +25,6 @@ from ai_services.service import (
     record_failure,
     record_not_applicable,
     record_progress,
-    store_report_outputs,
 )
 from hospital import metrics
 from hospital.db import get_db
@@ -86,10 +86,13 @@ def _viewable_volume(paths: list[Path]) -> CtVolume | None:
         return None
 
 
-def make_report_outputs(session: Session, event: AnalysisCompleted | ReportSigned | ReportAmended) -> None:
-    """On `AnalysisCompleted`, `ReportSigned` and `ReportAmended`: store the report's SR and key
-    images in its study (an amendment: a new SR version with the addenda). The handler's session
-    is left unused so no transaction is held while storing."""
+def make_report_outputs(
+    session: Session, event: AnalysisCompleted | PackageAnalysisCompleted | ReportSigned | ReportAmended
+) -> None:
+    """On `AnalysisCompleted`, `PackageAnalysisCompleted`, `ReportSigned` and `ReportAmended`: store
+    the report's SR, key images and Segmentation in its study (a partner model's findings: a new
+    version with them; an amendment: a new SR version with the addenda). The handler's session is
+    left unused: the outputs are made in a transaction of their own (`store_report_outputs`)."""
     store_report_outputs(current_app, event.report_id)
 
 

@@ -26,7 +26,12 @@ How a package's output becomes findings, by its manifest's `output.kind` (the in
 - classification: (1, classes) logits; one finding with the most probable class as its label and
   that probability as its confidence, boxed on the whole part of the key slice the model saw;
 - segmentation: a map like a detection's; the region at or over `FOREGROUND` is one finding with
-  its extent and its volume (pixels x the manifest's voxel size).
+  its extent and its volume (pixels x the manifest's voxel size). The region itself is kept too,
+  mapped onto the key slice's own pixels, as run lengths (ai_services.masks) in the run's
+  `outputs["masks"]` (one entry per finding: its id, the slice's rows and columns, the runs), so
+  the study's DICOM Segmentation (ai_services.dicom_outputs) can be made again from it whenever the
+  report changes. In the JSON beside the run rather than a file: a mask of one slice is a few
+  hundred numbers, and it then lives and goes with the run's row.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from sqlalchemy.orm import Session
 
 from ai_services.events import PackageAnalysisCompleted
 from ai_services.inference import extract_detections
+from ai_services.masks import encode_mask
 from ai_services.models import (
     AnalysisJob,
     AnalysisStatus,
@@ -188,6 +194,8 @@ class PackageFinding:
     label: str | None = None
     volume_mm3: float | None = None
     n_slices: int = 1
+    # A segmentation's region on the key slice (study pixels), as run lengths (ai_services.masks).
+    mask_runs: tuple[int, ...] | None = None
 
 
 def findings_from_output(values: list[float], shape: list[int], manifest: dict[str, Any],
@@ -221,7 +229,8 @@ def findings_from_output(values: list[float], shape: list[int], manifest: dict[s
         extent = max((xs.max() + 1 - xs.min()) * col_mm, (ys.max() + 1 - ys.min()) * row_mm)
         return [PackageFinding(box=box, diameter_mm=round(float(extent), 1),
                                confidence=round(float(probability[mask].mean()), 4), label="segmented region",
-                               volume_mm3=round(float(mask.sum()) * row_mm * col_mm * slice_mm, 1))]
+                               volume_mm3=round(float(mask.sum()) * row_mm * col_mm * slice_mm, 1),
+                               mask_runs=tuple(encode_mask(geometry.to_study_mask(mask))))]
     detections = extract_detections(probability[np.newaxis], (row_mm, col_mm), threshold=FOREGROUND)
     found = []
     for detection in detections[:MAX_DETECTIONS]:
@@ -265,20 +274,30 @@ def record_package_run(session: Session, analysis_id: int, run: PackageRun, geom
     except PackageOutputError as exc:
         record_package_failure(session, analysis_id, f"the model's output was not usable: {exc}", run.seconds)
         return analysis
+    added = []
     for item in found:
         x0, y0, x1, y1 = item.box
-        session.add(Finding(
+        finding = Finding(
             report_id=report.id, patient_id=report.patient_id, source=FindingSource.AI,
             package_analysis_id=analysis.id, sop_instance_uid=sop_instance_uids[geometry.key_slice],
             slice_index=geometry.key_slice, x0=x0, y0=y0, x1=x1, y1=y1, diameter_mm=item.diameter_mm,
             n_slices=item.n_slices, confidence=item.confidence, label=item.label, volume_mm3=item.volume_mm3,
-        ))
+        )
+        session.add(finding)
+        added.append((finding, item))
+    session.flush()  # the findings' ids, which their masks are kept under
+    rows, columns = geometry.study_size
+    masks = [{"finding_id": finding.id, "rows": rows, "columns": columns, "runs": list(item.mask_runs)}
+             for finding, item in added if item.mask_runs is not None]
     analysis.status = AnalysisStatus.COMPLETED
     analysis.error = None
     analysis.seconds = round(run.seconds, 3)
     analysis.finished_at = utcnow()
-    analysis.outputs = {"kind": package.output_kind, "shape": cases[0].get("shape"), "findings": len(found),
-                        "mean": cases[0].get("mean")}
+    outputs: dict[str, Any] = {"kind": package.output_kind, "shape": cases[0].get("shape"), "findings": len(found),
+                               "mean": cases[0].get("mean")}
+    if masks:
+        outputs["masks"] = masks
+    analysis.outputs = outputs
     session.flush()
     study = study_ref(session, analysis.study_id)
     publish(session, PackageAnalysisCompleted(

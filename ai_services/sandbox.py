@@ -128,6 +128,20 @@ class InputGeometry:
         sy1 = min(max(int(np.ceil((y1 + self.offset[0]) * self.scale[0])), sy0 + 1), rows)
         return sx0, sy0, sx1, sy1
 
+    def to_study_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A (rows, columns) mask in package pixels -> the same on the study's slice (its
+        `study_size`): each study pixel takes the package pixel its centre falls in, and is
+        background outside what the package saw. Lies within `to_study_box` of the mask's extent."""
+        rows, columns = self.study_size
+        package_rows = np.floor((np.arange(rows) + 0.5) / self.scale[0] - self.offset[0]).astype(np.int64)
+        package_columns = np.floor((np.arange(columns) + 0.5) / self.scale[1] - self.offset[1]).astype(np.int64)
+        seen_rows = (package_rows >= 0) & (package_rows < mask.shape[0])
+        seen_columns = (package_columns >= 0) & (package_columns < mask.shape[1])
+        study = np.zeros((rows, columns), dtype=bool)
+        study[np.ix_(seen_rows, seen_columns)] = np.asarray(mask, dtype=bool)[
+            np.ix_(package_rows[seen_rows], package_columns[seen_columns])]
+        return study
+
 
 def input_geometry(shape: tuple[int, int, int], pixel_spacing_mm: tuple[float, float],
                    manifest: dict[str, Any]) -> InputGeometry:

@@ -16,13 +16,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pydicom
-from flask import Flask, current_app
+from flask import current_app
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
-from ai_services.dicom_outputs import OutputFinding, OutputReport, build_report_outputs, output_series_uids
 from ai_services.events import AnalysisCompleted, AnalysisNotApplicable, ReportSigned
 from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
 from ai_services.models import (
@@ -42,24 +40,18 @@ from ai_services.models import (
 from hospital.access import ensure_patient_access, patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
-from hospital.db import get_db
-from hospital.dicom_text import dicom_person_name
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.events import iso_instant
 from hospital.i18n import format_number, ngettext
 from hospital.i18n import gettext as _
 from hospital.jobs import enqueue, publish
-from hospital.models import JobRecord, JobStatus, Organization, Role, User
+from hospital.models import JobRecord, JobStatus, Role, User
 from hospital.records import load_record
 from imaging_orders.archive.public import (
     SeriesFiles,
-    StoreResult,
     StudyRef,
-    instance_paths,
-    store_instance,
     study_ref,
     study_series,
-    withdraw_derived_instances,
 )
 
 logger = logging.getLogger(__name__)
@@ -249,8 +241,9 @@ def record_not_applicable(
     reason and the preliminary report says "AI not applicable: <reason>", with no AI findings.
 
     No `AnalysisCompleted` is published: the model read nothing, so nothing is billed as an AI
-    analysis and no AI SR is made. `AnalysisNotApplicable` is, so the partner models routed to the
-    study (an MR model for an MR study) still read it into this report. The radiologist reads and
+    analysis and no AI SR is made for it. `AnalysisNotApplicable` is, so the partner models routed to
+    the study (an MR model for an MR study) still read it into this report (and the SR made then
+    holds their findings only). The radiologist reads and
     signs the study as usual; the slices (when they could be read) stay viewable on the report
     page. A rerun replaces, never adds (partner runs are kept once per study and package).
     """
@@ -617,95 +610,3 @@ def finding_json(finding: Finding) -> dict[str, Any]:
                   else finding.model_version.label if finding.model_version else None),
     }
 
-
-# ---------------------------------------------------------------------------------------------
-# DICOM outputs: the report's findings stored back into the study (SR + key-image captures)
-# ---------------------------------------------------------------------------------------------
-
-OUTPUTS_CALLING_AE = "AI-OUTPUTS"
-
-
-@dataclass(frozen=True)
-class ReportOutputsRequest:
-    """What `build_report_outputs` needs, read from the database and the stored slices."""
-
-    report: OutputReport
-    source_images: dict[str, pydicom.Dataset]
-    series_uids: tuple[str, str]
-
-
-def report_outputs_request(session: Session, report_id: int, storage_dir: Path) -> ReportOutputsRequest | None:
-    """Read a report, its findings and its key slices. None when there is nothing to show yet."""
-    report = session.get(DiagnosticReport, report_id)
-    if report is None or report.analysis_job_id is None:
-        logger.info("report %s is gone or has no analysis; no DICOM outputs", report_id)
-        return None
-    job = session.get(AnalysisJob, report.analysis_job_id)
-    if job is None or not job.slice_sop_instance_uids:
-        return None
-    if job.status is AnalysisStatus.NOT_APPLICABLE:
-        # An AI SR would claim a reading the model never made; the report says why there is none.
-        logger.info("report %s: AI not applicable; no AI DICOM outputs", report_id)
-        return None
-    findings = tuple(
-        OutputFinding(
-            finding_id=f.id, sop_instance_uid=f.sop_instance_uid, box=(f.x0, f.y0, f.x1, f.y1),
-            diameter_mm=float(f.diameter_mm), confidence=f.confidence, review_status=f.review_status.value,
-            source=f.source.value,
-        )
-        # The SR is the built-in model's (its algorithm); partner models' findings are in the report.
-        for f in report.findings if f.package_analysis_id is None
-    )
-    # A report with no finding still gets an SR ("nothing found"), attached to the first slice.
-    wanted = list(dict.fromkeys(f.sop_instance_uid for f in findings)) or [job.slice_sop_instance_uids[0]]
-    source_images = {uid: pydicom.dcmread(path) for uid, path in instance_paths(session, wanted, storage_dir).items()}
-    missing = [uid for uid in wanted if uid not in source_images]
-    if missing:
-        raise InvalidInput(f"report {report_id}: key slices {missing[:3]} are not stored")
-    signer = report.signed_by
-    signer_name = None
-    if signer is not None:
-        practitioner = signer.practitioner
-        signer_name = dicom_person_name(practitioner.family_name, practitioner.given_name) if practitioner else signer.username
-    model_version = job.model_version
-    study = study_ref(session, report.study_id)
-    assert study is not None  # foreign key
-    organization = session.get(Organization, study.organization_id) if study.organization_id else None
-    request_report = OutputReport(
-        report_id=report.id, status=report.status.value, findings=findings,
-        model_name=model_version.name if model_version else DEFAULT_MODEL_NAME,
-        model_version=model_version.version if model_version else "unknown",
-        signed_by=signer_name if report.status is not ReportStatus.PRELIMINARY else None,
-        signed_at=report.signed_at,
-        organization=organization.name if organization else "Closed Loop Hospital",
-        addenda=tuple(a.text for a in report.addenda),
-    )
-    study_uid = study.study_instance_uid
-    return ReportOutputsRequest(request_report, source_images, output_series_uids(study_uid, report.id))
-
-
-def store_report_outputs(app: Flask, report_id: int) -> list[StoreResult]:
-    """Build the report's SR and key images and store them as instances of its study.
-
-    Idempotent: the instance UIDs follow the report's content, so a rerun for the same state stores
-    duplicates (nothing new), and a changed report replaces the previous outputs in the same two
-    series (new instances are stored first, then the old ones are removed).
-    """
-    storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
-    db = get_db(app)
-    session = db.session()
-    try:
-        request = report_outputs_request(session, report_id, storage_dir)
-    finally:
-        session.close()
-    if request is None:
-        return []
-    outputs = build_report_outputs(request.report, request.source_images)
-    results = [
-        store_instance(app, dataset, transfer_syntax_uid=None, calling_ae=OUTPUTS_CALLING_AE, derived=True)
-        for dataset in outputs.datasets
-    ]
-    removed = withdraw_derived_instances(app, request.series_uids, keep={r.sop_instance_uid for r in results})
-    logger.info("report %s: %d DICOM outputs stored (%d new), %d stale removed", report_id, len(results),
-                sum(not r.duplicate for r in results), removed)
-    return results

@@ -5,7 +5,13 @@ from __future__ import annotations
 from flask import Flask
 
 from ai_services import cli, drift, fhir, package_routes, report_pdf_routes, routes, seed
-from ai_services.events import AnalysisCompleted, AnalysisNotApplicable, ReportAmended, ReportSigned
+from ai_services.events import (
+    AnalysisCompleted,
+    AnalysisNotApplicable,
+    PackageAnalysisCompleted,
+    ReportAmended,
+    ReportSigned,
+)
 from hospital import metrics
 from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
@@ -26,6 +32,8 @@ def register(app: Flask) -> None:
     # The SR and key images follow the report: made with the draft, remade when it is signed.
     subscribe(app, AnalysisCompleted, "ai_services.jobs.make_report_outputs", queue="ai")
     subscribe(app, ReportSigned, "ai_services.jobs.make_report_outputs", queue="ai")
+    # ... and when a partner model's findings join the report (its SR groups, its Segmentation).
+    subscribe(app, PackageAnalysisCompleted, "ai_services.jobs.make_report_outputs", queue="ai")
     # The partner models routed to the study read it once the built-in model made its report, so
     # their findings join that one report; also when the built-in model found the study outside its
     # intended use (its report says why), since a partner's model may be made for exactly that study.

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Flask
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.models import AnalysisJob, AnalysisStatus, DiagnosticReport, Finding, FindingSource
 from ai_services.service import active_model_version
 from hospital.seed import DemoSeed
 from imaging_orders.archive.ingest import store_instance
-from imaging_orders.archive.models import ImagingStudy, StudyStatus
+from imaging_orders.archive.models import ImagingInstance, ImagingSeries, ImagingStudy, StudyStatus
 from referrals.models import ReferralStatus
 from synthetic.dicom_factory import ct_series_datasets
 from tests.factories import make_referral
@@ -68,3 +69,15 @@ def store_study_with_report(
         ))
     session.commit()
     return StoredStudy(study.id, report.id, uids, study.study_instance_uid)
+
+
+def output_instances(session: Session, study_id: int, source_modality: str = "CT") -> dict[int, list[ImagingInstance]]:
+    """The study's derived instances (the AI's outputs) by series number."""
+    rows = session.scalars(
+        select(ImagingInstance).join(ImagingSeries)
+        .where(ImagingSeries.study_id == study_id, ImagingSeries.modality != source_modality)
+    ).all()
+    by_series: dict[int, list[ImagingInstance]] = {}
+    for row in rows:
+        by_series.setdefault(row.series.number or 0, []).append(row)
+    return by_series

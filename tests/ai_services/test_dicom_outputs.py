@@ -11,7 +11,6 @@ import numpy as np
 import pydicom
 import pytest
 from flask import Flask
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.dicom_outputs import (
@@ -27,12 +26,12 @@ from ai_services.dicom_outputs import (
 from ai_services.events import ReportSigned
 from ai_services.jobs import make_report_outputs
 from ai_services.models import DiagnosticReport, ReviewStatus
-from ai_services.service import Box, add_finding, review_finding, sign_report, store_report_outputs
+from ai_services.report_outputs import store_report_outputs
+from ai_services.service import Box, add_finding, review_finding, sign_report
 from hospital.seed import DemoSeed
-from imaging_orders.archive.models import ImagingInstance, ImagingSeries
 from synthetic.dicom_factory import ct_series_datasets
 from synthetic.phantoms import make_ct_phantom
-from tests.ai_services.studies import store_study_with_report
+from tests.ai_services.studies import output_instances, store_study_with_report
 from tests.factories import analysis_completed
 
 
@@ -141,17 +140,6 @@ def test_a_missing_key_slice_is_refused() -> None:
         build_report_outputs(report, _slices())
 
 
-def _output_instances(session: Session, study_id: int) -> dict[int, list[ImagingInstance]]:
-    rows = session.scalars(
-        select(ImagingInstance).join(ImagingSeries)
-        .where(ImagingSeries.study_id == study_id, ImagingSeries.modality != "CT")
-    ).all()
-    by_series: dict[int, list[ImagingInstance]] = {}
-    for row in rows:
-        by_series.setdefault(row.series.number or 0, []).append(row)
-    return by_series
-
-
 def test_outputs_are_stored_in_the_study_idempotently_and_refreshed_when_signed(
     app: Flask, db_session: Session, demo: DemoSeed
 ) -> None:
@@ -166,7 +154,7 @@ def test_outputs_are_stored_in_the_study_idempotently_and_refreshed_when_signed(
     assert len(first) == 3 and not any(r.duplicate for r in first)  # SR + one key image per slice
     assert [r.sop_instance_uid for r in again] == [r.sop_instance_uid for r in first]
     assert all(r.duplicate for r in again)
-    outputs = _output_instances(db_session, stored.study_id)
+    outputs = output_instances(db_session, stored.study_id)
     assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1, SC_SERIES_NUMBER: 2}
     sr = pydicom.dcmread(storage / outputs[SR_SERIES_NUMBER][0].path)
     assert [r.review_status for r in read_measurement_report(sr)] == ["PENDING", "PENDING"]
@@ -185,7 +173,7 @@ def test_outputs_are_stored_in_the_study_idempotently_and_refreshed_when_signed(
     signed = ReportSigned(report_id=report.id, patient_id=report.patient_id, referral_id=report.referral_id)
     make_report_outputs(db_session, signed)  # the job the ReportSigned event runs
 
-    outputs = _output_instances(db_session, stored.study_id)
+    outputs = output_instances(db_session, stored.study_id)
     assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1, SC_SERIES_NUMBER: 2}
     assert not any(p.exists() for p in old_paths), "the preliminary outputs were replaced, not kept"
     sr = pydicom.dcmread(storage / outputs[SR_SERIES_NUMBER][0].path)
@@ -206,7 +194,7 @@ def test_a_study_with_no_finding_gets_its_sr_stored_and_refreshed_when_signed(
 
     make_report_outputs(db_session, analysis_completed(db_session, report_of(db_session, stored.report_id)))
 
-    outputs = _output_instances(db_session, stored.study_id)
+    outputs = output_instances(db_session, stored.study_id)
     assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1}
     preliminary = pydicom.dcmread(storage / outputs[SR_SERIES_NUMBER][0].path)
     assert preliminary.CompletionFlag == "PARTIAL" and read_measurement_report(preliminary) == []
@@ -216,7 +204,7 @@ def test_a_study_with_no_finding_gets_its_sr_stored_and_refreshed_when_signed(
     make_report_outputs(db_session, ReportSigned(report_id=signed_report.id, patient_id=signed_report.patient_id,
                                                  referral_id=signed_report.referral_id))
 
-    outputs = _output_instances(db_session, stored.study_id)
+    outputs = output_instances(db_session, stored.study_id)
     assert {n: len(rows) for n, rows in outputs.items()} == {SR_SERIES_NUMBER: 1}
     signed = pydicom.dcmread(storage / outputs[SR_SERIES_NUMBER][0].path)
     assert (signed.CompletionFlag, signed.VerificationFlag) == ("COMPLETE", "VERIFIED")

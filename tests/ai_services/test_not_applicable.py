@@ -29,7 +29,8 @@ from ai_services.models import (
     DiagnosticReport,
     ReportStatus,
 )
-from ai_services.service import report_outputs_request, sign_report
+from ai_services.report_outputs import report_outputs_request
+from ai_services.service import sign_report
 from hospital.fhir.registry import validate_resource
 from hospital.models import JobRecord
 from hospital.seed import DemoSeed

@@ -8,12 +8,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ai_services.dicom_outputs import (
+    SEG_SERIES_NUMBER,
+    SR_SERIES_NUMBER,
+    read_image_evaluations,
+    read_measurement_report,
+)
 from ai_services.jobs import analyse_study_again
 from ai_services.models import (
     AnalysisJob,
@@ -36,6 +43,7 @@ from ai_services.package_runs import (
 )
 from ai_services.package_service import approve_package, submit_package
 from ai_services.reading import sign_preview
+from ai_services.report_outputs import store_report_outputs
 from ai_services.routing import add_routing_rule
 from ai_services.sandbox import PackageRun, input_geometry
 from ai_services.service import review_finding, sign_report
@@ -45,7 +53,7 @@ from hospital.models import JobRecord
 from hospital.seed import DemoSeed
 from tests.ai_services import gate_series
 from tests.ai_services.package_factory import make_classifier_package, make_map_package, make_torchscript_package
-from tests.ai_services.studies import store_study_with_report
+from tests.ai_services.studies import output_instances, store_study_with_report
 from tests.ai_services.test_not_applicable import store_study
 from tests.pages import choose_language, csrf_token_of, sign_in
 
@@ -57,6 +65,14 @@ def approved(session: Session, demo: DemoSeed, source: Path, app: Flask, modalit
     add_routing_rule(session, demo.users["admin"], package_name=package.name, modality=modality,
                      body_part="CHEST" if modality == "CT" else None)
     return package
+
+
+def package_completions(session: Session) -> list[JobRecord]:
+    """The `PackageAnalysisCompleted` events published, one per completed run (as their billing
+    jobs: each event also has the report's DICOM outputs made again)."""
+    return list(session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed",
+                                                        JobRecord.handler == "billing.jobs.charge_package_analysis")
+                                .order_by(JobRecord.id)))
 
 
 def block_volume() -> np.ndarray:
@@ -95,8 +111,7 @@ def test_routed_packages_read_the_study_once_each_into_its_report(app: Flask, db
     [verdict] = findings[classifier.id]
     assert verdict.label in ("normal", "abnormal") and 0.5 <= (verdict.confidence or 0) <= 1
     assert (verdict.x0, verdict.y0, verdict.x1, verdict.y1) == (0, 0, 128, 128)
-    events = db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
-    assert len(events) == 3
+    assert len(package_completions(db_session)) == 3
 
 
 def test_a_failing_package_is_recorded_with_its_reason_and_the_others_complete(
@@ -117,8 +132,7 @@ def test_a_failing_package_is_recorded_with_its_reason_and_the_others_complete(
     assert "time limit" in (runs[slow.id].error or "") or "CPU limit" in (runs[slow.id].error or "")
     assert not db_session.scalars(select(Finding).where(Finding.package_analysis_id == runs[slow.id].id)).all()
     assert runs[detector.id].status is AnalysisStatus.COMPLETED
-    events = db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
-    assert [e.payload["package_id"] for e in events] == [detector.id]
+    assert [e.payload["package_id"] for e in package_completions(db_session)] == [detector.id]
 
 
 def test_input_geometry_inverts_the_package_view_with_padding() -> None:
@@ -128,6 +142,25 @@ def test_input_geometry_inverts_the_package_view_with_padding() -> None:
     assert geometry.slices == (3, 4, 5) and geometry.key_slice == 4
     assert geometry.to_study_box((7, 12, 17, 22)) == (0, 0, 10, 10)
     assert geometry.to_study_box((0, 0, 64, 64)) == (0, 0, 50, 40)
+
+
+def test_a_package_mask_maps_onto_the_study_slice_within_its_box() -> None:
+    padded = input_geometry((9, 40, 50), (1.0, 1.0),
+                            {"input": {"spacing_mm": [1.0, 1.0, 5.0], "size": [64, 64], "channels": 3}})
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[12:22, 7:17] = True  # package pixel 12, 7 is study pixel 0, 0 (padded with air)
+    study = padded.to_study_mask(mask)
+    assert study.shape == (40, 50) and study[0:10, 0:10].all() and int(study.sum()) == 100
+    halved = input_geometry((5, 128, 128), (0.75, 0.75),
+                            {"input": {"spacing_mm": [1.5, 1.5, 5.0], "size": [64, 64], "channels": 1}})
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[20:25, 30:35] = True
+    mask[20, 30] = False
+    expected = np.zeros((128, 128), dtype=bool)
+    expected[40:50, 60:70] = True
+    expected[40:42, 60:62] = False  # each package pixel is 2 x 2 study pixels
+    assert np.array_equal(halved.to_study_mask(mask), expected)
+    assert halved.to_study_box((30, 20, 35, 25)) == (60, 40, 70, 50)
 
 
 def test_a_study_outside_the_built_in_models_use_is_read_by_the_partner_model_routed_to_it(
@@ -151,6 +184,15 @@ def test_a_study_outside_the_built_in_models_use_is_read_by_the_partner_model_ro
     assert delivery.payload["report_id"] == report.id
 
     run_packages_on_report(report.id)
+    # The study's SR holds the partner model's findings (or its "nothing found") and nothing of the
+    # built-in model, which did not read it; its segmented region, if any, is a Segmentation.
+    store_report_outputs(app, report.id)
+    outputs = output_instances(db_session, study_id, source_modality="MR")
+    sr = pydicom.dcmread(Path(app.config["DICOM_STORAGE_DIR"]) / outputs[SR_SERIES_NUMBER][0].path)
+    named = [r.algorithm for r in read_measurement_report(sr)] + [e.algorithm for e in read_image_evaluations(sr)]
+    assert named and {a.name if a else None for a in named} == {"mr-regions"}
+    db_session.refresh(report)
+    assert (SEG_SERIES_NUMBER in outputs) == any(f.review_status is not ReviewStatus.REJECTED for f in report.findings)
     analyse_study_again(db_session, study_id)  # a re-read of the study: still one report, one run
     db_session.commit()
     run_packages_on_report(report.id)
@@ -163,7 +205,7 @@ def test_a_study_outside_the_built_in_models_use_is_read_by_the_partner_model_ro
     db_session.refresh(report)
     assert report.conclusion.startswith("AI not applicable")
     assert [f.package_analysis_id for f in report.findings] == [run.id] * len(report.findings)
-    assert len(db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()) == 1
+    assert len(package_completions(db_session)) == 1
 
 
 def stall(session: Session, analysis_id: int) -> None:
@@ -203,8 +245,7 @@ def test_a_run_whose_worker_died_is_queued_again_by_the_periodic_job_and_run_onc
     db_session.refresh(analysis)
     assert analysis.status is AnalysisStatus.COMPLETED and analysis.attempts == 2, analysis.error
     assert len(db_session.scalars(select(Finding).where(Finding.package_analysis_id == analysis.id)).all()) == 1
-    events = db_session.scalars(select(JobRecord).where(JobRecord.event == "ai.package_analysis_completed")).all()
-    assert len(events) == 1  # billed once
+    assert len(package_completions(db_session)) == 1  # billed once
 
 
 def test_the_late_answer_of_a_reclaimed_attempt_is_dropped_and_a_run_is_given_up_after_its_attempts(
