@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import struct
 import time
 from collections.abc import Iterator
+from ssl import SSLSocket
 from typing import Any
 
 from pynetdicom.events import Event
@@ -91,7 +91,7 @@ class PendingResponses:
         association_socket = self._assoc.dul.socket
         raw = getattr(association_socket, "socket", None)
         self._direct: socket.socket | None = (
-            raw if isinstance(raw, socket.socket) and not isinstance(raw, ssl.SSLSocket) else None
+            raw if isinstance(raw, socket.socket) and not isinstance(raw, SSLSocket) else None
         )
         self._batch = bytearray()
 

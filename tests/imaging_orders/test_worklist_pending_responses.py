@@ -4,6 +4,7 @@ fragments, and every step arrives whole and in order before the final success.""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
@@ -22,7 +23,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session
 
-from imaging_orders.archive import dicom_server
+from imaging_orders.archive import dicom_server, pending_responses
 from imaging_orders.archive.dicom_server import build_ae, event_handlers
 from imaging_orders.archive.pending_responses import pending_command_set
 from tests.imaging_orders.factories import make_centre, make_order
@@ -127,3 +128,16 @@ def test_a_day_read_in_parts_answers_every_step_once_in_order(
     *pending, (final, _) = answers
     assert final == 0x0000
     assert [ds.AccessionNumber for _, ds in pending if ds is not None] == day_of_steps
+
+
+def test_over_tls_the_responses_go_through_the_dul(
+    node: int, day_of_steps: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An SSL socket is not written from the handler's thread; every socket taken for one here.
+    monkeypatch.setattr(pending_responses, "SSLSocket", socket.socket)
+    answers, pdvs_per_pdu = ask(node, 16382)
+
+    *pending, (final, _) = answers
+    assert final == 0x0000
+    assert [ds.AccessionNumber for _, ds in pending if ds is not None] == day_of_steps
+    assert pdvs_per_pdu == [2] * len(day_of_steps) + [1]
