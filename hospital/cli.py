@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import click
 from flask import current_app
@@ -194,12 +196,24 @@ def serve_command(host: str, port: int) -> None:
     heartbeat = Heartbeat(conn, "web") if conn is not None else None
     if heartbeat is not None:
         heartbeat.start()
+    # SIGINT and SIGTERM stop the server whatever this process inherited: a parent that started
+    # it in the background may have left SIGINT ignored, in which case Python installs no handler
+    # of its own and Ctrl-C (or a test's SIGINT) would be lost.
+    previous = {sig: signal.signal(sig, _stop_serving) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         # Werkzeug directly: Flask refuses app.run() inside its own CLI.
         run_simple(host, port, app, threaded=True)
+    except KeyboardInterrupt:
+        pass  # a signal before Werkzeug's own loop began
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if heartbeat is not None:
             heartbeat.stop()
+
+
+def _stop_serving(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # Werkzeug's serve_forever ends on it and closes its socket
 
 
 @cli.command("worker")

@@ -59,5 +59,8 @@ def test_the_hl7_page_at_phone_width_in_chinese(browser: Any, site: LiveSite) ->
     expect(phone.locator("#messages tr[data-message-id]")).to_have_count(1)
     assert not has_horizontal_scroll(phone), "the HL7 page scrolls sideways at phone width"
     phone.locator("#messages tr[data-message-id] a").click()
+    # Measured once the message's page has loaded with its stylesheet, not mid-navigation.
+    expect(phone.locator("#raw")).to_contain_text("PID|1||X^^^^MR")
+    phone.wait_for_load_state("load")
     assert not has_horizontal_scroll(phone), "the raw message scrolls the whole page sideways at phone width"
     screenshot(phone, "hl7-message-phone-zh")
