@@ -111,8 +111,7 @@ class _Row:
     patient: _Person
     schedule: _Station
     requester: _Person
-    timezone: str  # the centre's IANA zone
-    local_start: datetime  # the step's start and end on the centre's clock
+    local_start: datetime  # the step's start and end on the centre's clock (its IANA zone)
     local_end: datetime
 
     @classmethod
@@ -125,7 +124,7 @@ class _Row:
                     found.patient_gender),
             _Station(found.station_modality, found.station_ae_title, found.station_name, found.station_room),
             _Person(found.requester_family_name, found.requester_given_name),
-            found.timezone, found.step_start.astimezone(zone), found.step_end.astimezone(zone),
+            found.step_start.astimezone(zone), found.step_end.astimezone(zone),
         )
 
 
@@ -159,18 +158,10 @@ def find_worklist_items(
     session: Session, query: Dataset, encoding: Encoding = IMPLICIT_LITTLE_ENDIAN
 ) -> Iterator[Dataset]:
     """Yield one response identifier per scheduled procedure step matching `query`, as pydicom data
-    sets read from the bytes `find_worklist_responses` makes (so they decode like received ones)."""
+    sets read from the bytes `match_worklist` answers with (so they decode like received ones)."""
     implicit, little = encoding
-    for encoded in find_worklist_responses(session, query, encoding):
+    for encoded in match_worklist(session, query, encoding).encoded():
         yield read_dataset(BytesIO(encoded), implicit, little, parent_encoding=_PYTHON_ENCODINGS)
-
-
-def find_worklist_responses(
-    session: Session, query: Dataset, encoding: Encoding = IMPLICIT_LITTLE_ENDIAN
-) -> Iterator[bytes]:
-    """Yield one encoded response identifier per scheduled procedure step matching `query`
-    (`match_worklist`, then each answer encoded)."""
-    yield from match_worklist(session, query, encoding).encoded()
 
 
 # A step's place in the worklist's order (its start, then its id): where a part of a day ends.
