@@ -79,8 +79,13 @@ def test_patient_books_moves_and_cancels_on_a_phone(browser: Any, site: LiveSite
     screenshot(patient, f"patient-phone-booked-{language}")
 
     # Move: a dialog asks first; the old time is free again and the new one taken.
+    # The patient opens another day (late in the day the first one may hold a single time) and taps
+    # a time there: only the first day's times are shown until a day is opened.
     card.get_by_text(words["change"]).click()
-    new_chip = card.locator(".slot-chip").nth(2)
+    other_day = card.locator("details.slot-day").nth(1)
+    new_chip = other_day.locator(".slot-chip").nth(2)
+    expect(new_chip).to_be_hidden()
+    other_day.locator("summary").click()
     new_slot_id = int(new_chip.locator("input").get_attribute("value"))
     new_chip.click()
     asked: list[str] = []
