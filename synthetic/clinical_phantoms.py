@@ -199,7 +199,8 @@ def _draw_anatomy(rng: np.random.Generator, vessel_rng: np.random.Generator, z_e
     asc = (cav_yc - 0.2 * cav_b, -rng.uniform(12, 22))
     desc = (spine_y - 0.6 * spine_r, spine_r + r_desc - 3)
     z_arch = z_extent + rng.uniform(-25, 15)
-    hila = [(hz + rng.uniform(25, 35), cav_yc + rng.uniform(-10, 5), side * rng.uniform(42, 55)) for side in (-1, 1)]
+    hila = [(z_extent * rng.uniform(0.55, 0.75), cav_yc + rng.uniform(-10, 5), side * rng.uniform(50, 62))
+            for side in (-1, 1)]
     great = [
         _Tube((hz, *asc), (z_arch, *asc), r_asc),
         _Tube((-20, *desc), (z_arch, *desc), r_desc),
@@ -215,21 +216,23 @@ def _draw_anatomy(rng: np.random.Generator, vessel_rng: np.random.Generator, z_e
         airways.append((_Tube(carina, (h[0] - 3, h[1] + 10, h[2] * 0.9), 7.0), 5.5))
 
     vessels: list[tuple[_Tube, int]] = []
-    for h in hila:
+    roots = [(h, 1.0) for h in hila] + [((h[0] - rng.uniform(20, 35), h[1] + 8, h[2] * 1.05), 0.8) for h in hila]
+    for h, size in roots:
         side = math.copysign(1.0, h[2])
         trunks = [(1.0, 0.2, 0.5), (-1.0, 0.1, 0.45), (0.35, -0.8, 0.8), (-0.3, 0.8, 0.7), (-0.8, 0.6, 0.4)]
         stack = []
         for dz, dy, dx in trunks:
             d = np.array([dz, dy, side * dx]) + vessel_rng.normal(0, 0.15, 3)
-            stack.append((np.array(h), d / np.linalg.norm(d), vessel_rng.uniform(3.4, 4.0),
+            stack.append((np.array(h), d / np.linalg.norm(d), size * vessel_rng.uniform(3.4, 4.0),
                           vessel_rng.uniform(25, 35), 0))
         while stack:
             start, direction, radius, length, level = stack.pop()
             end = start + direction * length
             vessels.append((_Tube(tuple(start), tuple(end), radius), level))
-            if radius * 0.74 < 0.5:
+            outside = (abs(end[2]) / cav_a) ** body_p + (abs(end[1] - cav_yc) / cav_b) ** body_p > 1.1
+            if radius * 0.74 < 0.5 or outside or not -40 < end[0] < z_extent + 40:
                 continue
-            for _ in range(2):
+            for _ in range(3 if vessel_rng.random() < 0.3 else 2):
                 child = direction + vessel_rng.normal(0, 0.45, 3)
                 child[0] += 0.35 * math.copysign(1.0, direction[0])  # mostly cranio-caudal
                 child /= np.linalg.norm(child)
@@ -348,10 +351,10 @@ def _render_labels(an: _Anatomy, g: _Grid) -> np.ndarray:
         _paint_tube(labels, g, tube, _BLOOD, protect=_BONE_LUT)
     for tube, lumen in an.airways[:3]:
         _paint_tube(labels, g, tube, _AIRWAY_WALL, inner_radius=lumen, inner_label=_AIRWAY,
-                    protect=_lut((_AIRWAY, _CORTEX, _MARROW, _BLOOD)))
+                    protect=_lut((_AIRWAY, _CORTEX, _MARROW, _BLOOD, _MYOCARDIUM)))
     lung_lut = _lut((_LUNG, _VESSEL, _AIRWAY_WALL))
-    for tube, level in an.vessels:
-        _paint_tube(labels, g, tube, _VESSEL, allowed=lung_lut if level > 0 else _lut((_LUNG, _VESSEL, _SOFT, _FAT)))
+    for tube, _level in an.vessels:
+        _paint_tube(labels, g, tube, _VESSEL, allowed=lung_lut)
     for tube, lumen in an.airways[3:]:
         _paint_tube(labels, g, tube, _AIRWAY_WALL, inner_radius=lumen, inner_label=_AIRWAY,
                     allowed=_lut((_LUNG, _VESSEL, _AIRWAY_WALL, _AIRWAY)), protect=_lut((_AIRWAY,)))
@@ -396,8 +399,8 @@ def _render_labels(an: _Anatomy, g: _Grid) -> np.ndarray:
     f_cav_full = superellipse(an.cav_a, an.cav_b, an.cav_yc)
     rho = f_cav_full ** (1 / p)
     theta = np.arctan2(np.abs(X), Y - an.cav_yc)
-    gap = 2 * 7.0 + 6.0
-    band = (rho >= 1 + gap / an.cav_b) & (rho <= 1 + (gap + 4.0) / an.cav_b) & (theta > 0.45) & (theta < 1.25)
+    outside_mm = (rho - 1.0) * np.sqrt(X**2 + (Y - an.cav_yc) ** 2) / np.maximum(rho, 1e-3)
+    band = (outside_mm >= 17.0) & (outside_mm <= 21.0) & (theta > 0.5) & (theta < 1.05)
     _paint_prism(labels, band & (f_body <= 1.0), z > an.scapula_z, _CORTEX, protect=_BONE_LUT)
     return labels
 
