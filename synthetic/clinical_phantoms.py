@@ -38,6 +38,7 @@ is anterior; column 0 is the patient's right (so x < 0 mm is the patient's right
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -191,8 +192,8 @@ def _draw_anatomy(rng: np.random.Generator, vessel_rng: np.random.Generator, z_e
     clavicles: list[_Tube] = []
     zc = z_extent - rng.uniform(4, 10)
     for side in (-1.0, 1.0):
-        pts = [(zc + 12 * i / 5, *_cavity_point(an, side, 2.85 - 0.9 * i / 5, z_extent, 14.0)) for i in range(6)]
-        clavicles += [_Tube(p, q, 6.5) for p, q in zip(pts[:-1], pts[1:], strict=True)]
+        arc = [(zc + 12 * i / 5, *_cavity_point(an, side, 2.85 - 0.9 * i / 5, z_extent, 14.0)) for i in range(6)]
+        clavicles += [_Tube(p, q, 6.5) for p, q in zip(arc[:-1], arc[1:], strict=True)]
 
     # Great vessels and airways.
     r_asc, r_desc = rng.uniform(13, 17), rng.uniform(12, 14)
@@ -243,8 +244,8 @@ def _draw_anatomy(rng: np.random.Generator, vessel_rng: np.random.Generator, z_e
                 perp = perp / (np.linalg.norm(perp) or 1.0) * (radius * 1.9 + 1.0)
                 airways.append((_Tube(tuple(start + perp), tuple(end + perp), radius * 0.9), radius * 0.6))
 
-    return _Anatomy(**{**an.__dict__, "ribs": tuple(ribs), "clavicles": tuple(clavicles),
-                       "vessels": tuple(vessels), "great_vessels": tuple(great), "airways": tuple(airways)})
+    return dataclasses.replace(an, ribs=tuple(ribs), clavicles=tuple(clavicles), vessels=tuple(vessels),
+                               great_vessels=tuple(great), airways=tuple(airways))
 
 
 def _paint_tube(labels: np.ndarray, g: _Grid, tube: _Tube, label: int, *, inner_radius: float = 0.0,
@@ -296,7 +297,8 @@ def _render_labels(an: _Anatomy, g: _Grid) -> np.ndarray:
     labels = np.zeros((z.size, Y.size, X.size), np.uint8)
 
     def superellipse(a: float, b: float, yc: float = 0.0) -> np.ndarray:
-        return np.abs(X / a) ** p + np.abs((Y - yc) / b) ** p  # homogeneous of degree p: scale by thresholds
+        field: np.ndarray = np.abs(X / a) ** p + np.abs((Y - yc) / b) ** p  # homogeneous of degree p
+        return field
 
     f_body = superellipse(an.body_a, an.body_b)
     f_muscle = superellipse(an.body_a - an.fat, an.body_b - an.fat)
@@ -567,7 +569,8 @@ def _lesion_shape(plan: _LesionPlan, dz: np.ndarray, dy: np.ndarray, dx: np.ndar
 def _gaussian_1d(sigma_px: float) -> np.ndarray:
     half = max(1, int(math.ceil(3 * sigma_px)))
     k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_px) ** 2)
-    return (k / k.sum()).astype(np.float32)
+    kernel: np.ndarray = (k / k.sum()).astype(np.float32)
+    return kernel
 
 
 def _blur_in_plane(vol: np.ndarray, sigma_px: float) -> np.ndarray:
