@@ -171,7 +171,7 @@ def _draw_anatomy(rng: np.random.Generator, vessel_rng: np.random.Generator, z_e
     ribs: list[tuple[_Tube, bool]] = []
     n_ribs = int(rng.integers(10, 13))
     rib_r = rng.uniform(4.0, 7.0)
-    drop = rng.uniform(45, 75)
+    drop = rng.uniform(55, 95)
     z_base = -rng.uniform(5, 30)
     phi0, phi_cc, phi_end = 0.22, rng.uniform(2.2, 2.4), 2.85
     n_seg = 14
@@ -183,7 +183,7 @@ def _draw_anatomy(rng: np.random.Generator, vessel_rng: np.random.Generator, z_e
             pts = []
             for i in range(n_seg + 1):
                 phi = phi0 + (phi_end - phi0) * i / n_seg
-                z = z_post - drop * ((phi - phi0) / (phi_end - phi0)) ** 1.3
+                z = z_post - drop * (phi - phi0) / (phi_end - phi0)
                 y, x = _cavity_point(an, side, phi, z, rib_r + 1.5)
                 pts.append(((z, y, x), phi))
             for (p, phi), (q, _) in zip(pts[:-1], pts[1:], strict=True):
@@ -264,12 +264,15 @@ def _paint_tube(labels: np.ndarray, g: _Grid, tube: _Tube, label: int, *, inner_
     d2 = (zz - t * seg[0]) ** 2 + (yy - t * seg[1]) ** 2 + (xx - t * seg[2]) ** 2
     region = labels[zs, ys, xs]
     ok = allowed[region] if allowed is not None else np.ones(region.shape, bool)
-    outer = (d2 <= r * r) & ok
     if protect is not None:
-        outer &= ~protect[region]
-    region[outer] = label
+        # Our own lumen stays writable so that overlapping segments of one tube join cleanly.
+        ok_inner = ok & (~protect[region] | (region == inner_label))
+        ok &= ~protect[region]
+    else:
+        ok_inner = ok
+    region[(d2 <= r * r) & ok] = label
     if inner_radius > 0:
-        region[(d2 <= inner_radius**2) & ok] = inner_label
+        region[(d2 <= inner_radius**2) & ok_inner] = inner_label
 
 
 def _paint_prism(labels: np.ndarray, mask2d: np.ndarray, zsel: np.ndarray, label: int,
@@ -364,7 +367,7 @@ def _render_labels(an: _Anatomy, g: _Grid) -> np.ndarray:
     # Spine: vertebral bodies with discs, posterior elements round the canal.
     phase = np.mod(z - an.disc_phase, an.disc_period)
     disc = phase < an.disc_thickness
-    endplate = (phase < an.disc_thickness + 1.2) | (phase > an.disc_period - 1.2)
+    endplate = (phase < an.disc_thickness + 0.7) | (phase > an.disc_period - 0.7)
     sr, sy = an.spine_r, an.spine_y
     body_outer = (X / (1.1 * sr)) ** 2 + ((Y - sy) / sr) ** 2 <= 1
     body_inner = (X / (1.1 * sr - 2)) ** 2 + ((Y - sy) / (sr - 2)) ** 2 <= 1
