@@ -44,6 +44,7 @@ from ai_services.training import (
     sensitivity_at_fp_rate,
 )
 from synthetic.eval_phantoms import EVAL_GRIDS, EvalLesion, make_eval_scan
+from synthetic.phantoms import Phantom
 
 logger = logging.getLogger(__name__)
 
@@ -216,13 +217,23 @@ def run_cases(detector: LesionDetector, cases: Sequence[EvalCase],
     outcomes = []
     for case in cases:
         scan = make(case)
-        detections = detector.detect(scan.volume_hu.astype(np.float32), scan.pixel_spacing_mm)
+        detections = detector.detect(scan.volume_hu.astype(np.float32), scan.pixel_spacing_mm,
+                                     slice_spacing_mm=scan.slice_thickness_mm)
         hits = match_detections(detections, scan)
         outcomes.append(ScanOutcome(case, np.array([d.confidence for d in detections], dtype=np.float64),
                                     np.array(hits, dtype=np.int64), list(scan.lesions)))
         logger.info("eval %s seed %d: %d lesions, %d detections, %d hit", case.grid, case.seed, len(scan.lesions),
                     len(detections), len({h for h in hits if h >= 0}))
     return outcomes
+
+
+def validation_phantom_maker(detector: LesionDetector) -> Callable[[int], Phantom]:
+    """The training generator's validation scans for this model: v1's single grid, or for a model
+    on a physical grid the clinical-grid validation scans its calibration was fitted on."""
+    if detector.grid is None:
+        return make_eval_phantom
+    from ai_services.training_clinical import validation_scan
+    return validation_scan
 
 
 def operating_threshold(detector: LesionDetector, validation_seeds: Sequence[int],
@@ -234,9 +245,11 @@ def operating_threshold(detector: LesionDetector, validation_seeds: Sequence[int
     confidences: list[float] = []
     ids: list[int] = []
     n_lesions = 0
+    make_phantom = validation_phantom_maker(detector)
     for scan, seed in enumerate(validation_seeds):
-        phantom = make_eval_phantom(seed)
-        detections = detector.detect(phantom.volume_hu.astype(np.float32), phantom.pixel_spacing_mm)
+        phantom = make_phantom(seed)
+        detections = detector.detect(phantom.volume_hu.astype(np.float32), phantom.pixel_spacing_mm,
+                                     slice_spacing_mm=phantom.slice_thickness_mm)
         for det, hit in zip(detections, match_detections(detections, phantom), strict=True):
             confidences.append(det.confidence)
             ids.append(scan * 1000 + hit if hit >= 0 else -1)

@@ -51,28 +51,63 @@ class InferenceInputError(ValueError):
     """Raised when the volume or spacing given to the detector is unusable."""
 
 
+SIZE_UNITS = ("voxels", "mm3")
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Platt scaling: confidence = sigmoid(coef_logit * logit(max_prob) + coef_size * log(voxels) + intercept)."""
+    """Platt scaling: confidence = sigmoid(coef_logit * logit(max_prob) + coef_size * log(size) + intercept).
+
+    ``size_unit`` says what ``size`` is: "voxels" (v1, fitted on one grid, so the same lesion scored
+    differently on a finer grid) or "mm3", the component's physical volume, which is the same
+    lesion's size on any grid.
+    """
 
     coef_logit: float = 1.0
     coef_size: float = 0.0
     intercept: float = 0.0
+    size_unit: str = "voxels"
 
-    def apply(self, max_probability: np.ndarray, n_voxels: np.ndarray) -> np.ndarray:
-        z = (self.coef_logit * logit(max_probability) + self.coef_size * np.log(n_voxels)
+    def apply(self, max_probability: np.ndarray, size: np.ndarray) -> np.ndarray:
+        z = (self.coef_logit * logit(max_probability) + self.coef_size * np.log(np.maximum(size, 1e-6))
              + self.intercept)
         return 1.0 / (1.0 + np.exp(-z))
 
     def to_json(self) -> dict[str, object]:
-        return {"method": "platt", "features": ["logit(max_probability)", "log(n_voxels)"],
+        size = "log(n_voxels)" if self.size_unit == "voxels" else "log(volume_mm3)"
+        return {"method": "platt", "features": ["logit(max_probability)", size],
                 "coef_logit": self.coef_logit, "coef_size": self.coef_size,
-                "intercept": self.intercept}
+                "intercept": self.intercept, "size_unit": self.size_unit}
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Calibration:
+        unit = str(data.get("size_unit", "voxels"))
+        if unit not in SIZE_UNITS:
+            raise WeightsIntegrityError(f"unknown calibration size unit {unit!r}")
         return cls(float(data["coef_logit"]), float(data["coef_size"]),  # type: ignore[arg-type]
-                   float(data["intercept"]))  # type: ignore[arg-type]
+                   float(data["intercept"]), unit)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class PhysicalGrid:
+    """How a grid-independent model reads a volume: every slice resampled to ``in_plane_mm`` pixels,
+    and its neighbours taken ``context_mm`` above and below (interpolated between slices), whatever
+    the scan's own spacing and slice interval. In the manifest as ``preprocessing``."""
+
+    in_plane_mm: float
+    context_mm: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"in_plane_spacing_mm": self.in_plane_mm, "context_offset_mm": self.context_mm}
+
+    @classmethod
+    def from_json(cls, data: object) -> PhysicalGrid | None:
+        if not isinstance(data, dict):
+            return None
+        grid = cls(float(data["in_plane_spacing_mm"]), float(data["context_offset_mm"]))
+        if grid.in_plane_mm <= 0 or grid.context_mm < 0:
+            raise WeightsIntegrityError(f"invalid preprocessing {data!r}")
+        return grid
 
 
 @dataclass(frozen=True)
@@ -123,6 +158,39 @@ def stack_context(windowed: torch.Tensor, indices: range | list[int]) -> torch.T
     for i in indices:
         neighbours = [min(max(i + k, 0), n - 1) for k in range(-half, half + 1)]
         parts.append(windowed[neighbours].reshape(-1, *windowed.shape[2:]))
+    return torch.stack(parts)
+
+
+def resample_in_plane(hu: torch.Tensor, spacing_mm: tuple[float, float], target_mm: float) -> torch.Tensor:
+    """(S, H, W) -> (S, h, w) with pixels of ``target_mm`` (antialiased bilinear both ways)."""
+    rows, cols = hu.shape[1:]
+    size = (max(round(rows * spacing_mm[0] / target_mm), 8), max(round(cols * spacing_mm[1] / target_mm), 8))
+    if size == (rows, cols):
+        return hu
+    return F.interpolate(hu[:, None], size=size, mode="bilinear", antialias=True, align_corners=False)[:, 0]
+
+
+def physical_context(windowed: torch.Tensor, indices: range | list[int], slice_spacing_mm: float,
+                     context_mm: float) -> torch.Tensor:
+    """2.5D inputs whose neighbours lie ``context_mm`` above and below each slice in ``indices``.
+
+    ``windowed`` is (S, C, H, W). Neighbours between two slices are interpolated linearly; beyond
+    the first and last slice the edge slice is repeated. Returns (len(indices), 3 * C, H, W) in the
+    order (below, slice, above), like ``stack_context``.
+    """
+    n = windowed.shape[0]
+    step = context_mm / slice_spacing_mm if slice_spacing_mm > 0 else 1.0
+    parts = []
+    for i in indices:
+        planes = []
+        for position in (i - step, float(i), i + step):
+            position = min(max(position, 0.0), n - 1.0)
+            low = int(math.floor(position))
+            high = min(low + 1, n - 1)
+            weight = position - low
+            plane = windowed[low] if weight < 1e-6 else torch.lerp(windowed[low], windowed[high], weight)
+            planes.append(plane)
+        parts.append(torch.cat(planes, dim=0))
     return torch.stack(parts)
 
 
@@ -177,8 +245,12 @@ def extract_detections(
     *,
     threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
     calibration: Calibration | None = None,
+    slice_spacing_mm: float | None = None,
 ) -> list[Detection]:
-    """Turn a (S, H, W) probability map into detections, most confident first."""
+    """Turn a (S, H, W) probability map into detections, most confident first.
+
+    A calibration in physical units needs ``slice_spacing_mm`` to know each voxel's volume.
+    """
     row_sp, col_sp = pixel_spacing_mm
     labels, count = label_components_3d(probability >= threshold)
     if count == 0:
@@ -195,7 +267,14 @@ def extract_detections(
     per_slice = np.bincount(comp * n_slices_total + z, minlength=count * n_slices_total)
     per_slice = per_slice.reshape(count, n_slices_total)
     key_slice = per_slice.argmax(axis=1)
-    confidence = (calibration or Calibration()).apply(max_prob, n_voxels.astype(np.float64))
+    calibration = calibration or Calibration()
+    if calibration.size_unit == "mm3":
+        if not slice_spacing_mm or slice_spacing_mm <= 0:
+            raise InferenceInputError("a calibration in mm3 needs the slice spacing")
+        size = n_voxels.astype(np.float64) * row_sp * col_sp * slice_spacing_mm
+    else:
+        size = n_voxels.astype(np.float64)
+    confidence = calibration.apply(max_prob, size)
 
     order = np.argsort(comp, kind="stable")
     starts = np.searchsorted(comp[order], np.arange(count))
@@ -235,6 +314,7 @@ class LesionDetector:
         self.calibration = Calibration.from_json(calibration) if calibration else Calibration()  # type: ignore[arg-type]
         self.threshold = float(manifest.get("candidate_threshold", DEFAULT_CANDIDATE_THRESHOLD))  # type: ignore[arg-type]
         self.working_size = int(manifest.get("working_size", WORKING_SIZE))  # type: ignore[arg-type]
+        self.grid = PhysicalGrid.from_json(manifest.get("preprocessing"))
 
     @classmethod
     def load(cls, weights_path: Path) -> LesionDetector:
@@ -266,13 +346,15 @@ class LesionDetector:
 
     @classmethod
     def from_model(cls, model: LesionUNet, *, calibration: Calibration | None = None,
-                   threshold: float = DEFAULT_CANDIDATE_THRESHOLD) -> LesionDetector:
+                   threshold: float = DEFAULT_CANDIDATE_THRESHOLD, grid: PhysicalGrid | None = None) -> LesionDetector:
         """Wrap an in-memory model (training/calibration); the model is copied, not modified."""
         copy = LesionUNet(model.in_channels, model.widths)
-        copy.load_state_dict(model.state_dict())
+        copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
         manifest: dict[str, object] = {"candidate_threshold": threshold}
         if calibration is not None:
             manifest["calibration"] = calibration.to_json()
+        if grid is not None:
+            manifest["preprocessing"] = grid.to_json()
         return cls(copy, manifest)
 
     def predict_probabilities(
@@ -281,8 +363,14 @@ class LesionDetector:
         *,
         batch_size: int = 8,
         progress: ProgressCallback | None = None,
+        pixel_spacing_mm: tuple[float, float] | None = None,
+        slice_spacing_mm: float | None = None,
     ) -> np.ndarray:
-        """Per-voxel lesion probability, float32 (S, H, W) on the input grid."""
+        """Per-voxel lesion probability, float32 (S, H, W) on the input grid.
+
+        A model with a physical grid (``PhysicalGrid``) needs the spacings; a ``CtVolume`` brings
+        its own.
+        """
         hu = volume.hu if isinstance(volume, CtVolume) else np.asarray(volume)
         if hu.ndim != 3 or min(hu.shape) < 1:
             raise InferenceInputError(f"expected a (slices, rows, columns) volume, got shape {hu.shape}")
@@ -290,11 +378,17 @@ class LesionDetector:
             raise InferenceInputError(f"batch_size must be >= 1, got {batch_size}")
         n_slices, rows, cols = hu.shape
         hu_t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))
-        scale = min(1.0, self.working_size / max(rows, cols))
-        if scale < 1.0:
-            work_size = (max(round(rows * scale), 8), max(round(cols * scale), 8))
-            hu_t = F.interpolate(hu_t[:, None], size=work_size, mode="area")[:, 0]
+        dz = 1.0
+        if self.grid is not None:
+            spacing, dz = _spacings(volume, pixel_spacing_mm, slice_spacing_mm)
+            hu_t = resample_in_plane(hu_t, spacing, self.grid.in_plane_mm)
+        else:
+            scale = min(1.0, self.working_size / max(rows, cols))
+            if scale < 1.0:
+                work_size = (max(round(rows * scale), 8), max(round(cols * scale), 8))
+                hu_t = F.interpolate(hu_t[:, None], size=work_size, mode="area")[:, 0]
         h, w = hu_t.shape[1:]
+        resampled = (h, w) != (rows, cols)
         pad_h, pad_w = (-h) % 8, (-w) % 8
         if pad_h or pad_w:
             hu_t = F.pad(hu_t, (0, pad_w, 0, pad_h), value=-1000.0)
@@ -304,11 +398,12 @@ class LesionDetector:
         with torch.inference_mode():
             for b, start in enumerate(range(0, n_slices, batch_size)):
                 idx = range(start, min(start + batch_size, n_slices))
-                x = stack_context(windowed, idx).contiguous(memory_format=torch.channels_last)
+                x = (physical_context(windowed, idx, dz, self.grid.context_mm) if self.grid is not None
+                     else stack_context(windowed, idx)).contiguous(memory_format=torch.channels_last)
                 out[start:idx.stop] = torch.sigmoid(self.model(x))[:, 0, :h, :w]
                 if progress is not None:
                     progress(b + 1, total)
-            if scale < 1.0:
+            if resampled:
                 out = F.interpolate(out[:, None], size=(rows, cols), mode="bilinear",
                                     align_corners=False)[:, 0]
         return out.numpy()
@@ -318,6 +413,7 @@ class LesionDetector:
         volume: CtVolume | np.ndarray,
         pixel_spacing_mm: tuple[float, float] | float | None = None,
         *,
+        slice_spacing_mm: float | None = None,
         batch_size: int = 8,
         progress: ProgressCallback | None = None,
     ) -> list[Detection]:
@@ -336,6 +432,23 @@ class LesionDetector:
             spacing = (float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1]))
         if spacing[0] <= 0 or spacing[1] <= 0:
             raise InferenceInputError(f"pixel spacing must be positive, got {pixel_spacing_mm!r}")
-        probability = self.predict_probabilities(volume, batch_size=batch_size, progress=progress)
+        dz = slice_spacing_mm if slice_spacing_mm is not None else (
+            volume.slice_thickness_mm if isinstance(volume, CtVolume) else None)
+        if dz is not None and dz <= 0:
+            raise InferenceInputError(f"slice spacing must be positive, got {dz!r}")
+        probability = self.predict_probabilities(volume, batch_size=batch_size, progress=progress,
+                                                 pixel_spacing_mm=spacing, slice_spacing_mm=dz)
         return extract_detections(probability, spacing, threshold=self.threshold,
-                                  calibration=self.calibration)
+                                  calibration=self.calibration, slice_spacing_mm=dz)
+
+
+def _spacings(volume: CtVolume | np.ndarray, pixel_spacing_mm: tuple[float, float] | None,
+              slice_spacing_mm: float | None) -> tuple[tuple[float, float], float]:
+    if isinstance(volume, CtVolume):
+        pixel_spacing_mm = pixel_spacing_mm or volume.pixel_spacing_mm
+        slice_spacing_mm = slice_spacing_mm or volume.slice_thickness_mm
+    if pixel_spacing_mm is None or slice_spacing_mm is None:
+        raise InferenceInputError("this model reads volumes on a physical grid: give the pixel and slice spacing")
+    if min(pixel_spacing_mm) <= 0 or slice_spacing_mm <= 0:
+        raise InferenceInputError(f"spacings must be positive, got {pixel_spacing_mm!r} and {slice_spacing_mm!r}")
+    return (float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])), float(slice_spacing_mm)

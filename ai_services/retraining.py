@@ -58,7 +58,10 @@ from ai_services.inference import (
     Calibration,
     Detection,
     LesionDetector,
+    PhysicalGrid,
     manifest_path_for,
+    physical_context,
+    resample_in_plane,
     sha256_of_file,
     window_hu,
 )
@@ -233,8 +236,12 @@ def collect_labels(session: Session, storage_dir: Path, *, heldout_percent: int 
     return ReviewedLabels(cases, finetune)
 
 
-def labelled_slices(case: ReviewedCase) -> list[LabelledSlice]:
-    """One example per labelled key slice: its context read from the stored files, its mask."""
+def labelled_slices(case: ReviewedCase, grid: PhysicalGrid | None = None) -> list[LabelledSlice]:
+    """One example per labelled key slice: its context read from the stored files, its mask.
+
+    For a model that reads every grid (``grid``), the example is what that model sees: neighbours
+    ``grid.context_mm`` away and pixels of ``grid.in_plane_mm`` (``on_grid``).
+    """
     by_slice: dict[int, tuple[list[LabelBox], list[LabelBox]]] = {}
     for box in case.positives:
         by_slice.setdefault(box.slice_index, ([], []))[0].append(box)
@@ -242,16 +249,37 @@ def labelled_slices(case: ReviewedCase) -> list[LabelledSlice]:
         by_slice.setdefault(box.slice_index, ([], []))[1].append(box)
     n = len(case.instance_paths)
     half = CONTEXT_SLICES // 2
+    volume = read_ct_volume(case.instance_paths) if grid is not None and by_slice else None
     out = []
     for index, (positives, negatives) in sorted(by_slice.items()):
-        neighbours = [min(max(index + k, 0), n - 1) for k in range(-half, half + 1)]
-        hu = np.stack([_slice_hu(case.instance_paths[i]) for i in neighbours])
-        mask = np.zeros(hu.shape[1:], dtype=bool)
+        if volume is not None:
+            hu = volume.hu[index]
+        else:
+            neighbours = [min(max(index + k, 0), n - 1) for k in range(-half, half + 1)]
+            stack = np.stack([_slice_hu(case.instance_paths[i]) for i in neighbours])
+            hu = stack[half]
+        mask = np.zeros(hu.shape, dtype=bool)
         for label in positives:
             mask |= inscribed_ellipse(mask.shape, label.box)
         focus = [((b.box[1] + b.box[3]) // 2, (b.box[0] + b.box[2]) // 2) for b in positives + negatives]
-        out.append(LabelledSlice(hu, mask, focus))
+        if volume is not None and grid is not None:
+            out.append(on_grid(volume.hu, index, mask, focus, volume.pixel_spacing_mm, volume.slice_thickness_mm, grid))
+        else:
+            out.append(LabelledSlice(stack, mask, focus))
     return out
+
+
+def on_grid(volume_hu: np.ndarray, index: int, mask: np.ndarray, focus: list[tuple[int, int]],
+            pixel_spacing_mm: tuple[float, float], slice_spacing_mm: float, grid: PhysicalGrid) -> LabelledSlice:
+    """Slice ``index`` of a volume as a grid model reads it (``inference.physical_context`` and
+    ``inference.resample_in_plane``), with its mask and focus points moved onto that grid."""
+    hu = torch.from_numpy(np.ascontiguousarray(volume_hu, dtype=np.float32))[:, None]
+    stack = physical_context(hu, [index], slice_spacing_mm, grid.context_mm)[0]
+    stack = resample_in_plane(stack, pixel_spacing_mm, grid.in_plane_mm)
+    target = resample_in_plane(torch.from_numpy(mask.astype(np.float32))[None], pixel_spacing_mm, grid.in_plane_mm)[0]
+    sy, sx = stack.shape[1] / mask.shape[0], stack.shape[2] / mask.shape[1]
+    moved = [(min(int(r * sy), stack.shape[1] - 1), min(int(c * sx), stack.shape[2] - 1)) for r, c in focus]
+    return LabelledSlice(stack.numpy(), (target >= 0.5).numpy(), moved)
 
 
 class DatasetExportError(RetrainingError):
@@ -428,20 +456,23 @@ class RetrainConfig:
         return make_ct_phantom(seed, n_slices=self.phantom_slices, size=self.phantom_size, n_lesions=n_lesions)
 
 
-def synthetic_slices(config: RetrainConfig) -> list[LabelledSlice]:
-    """Base-data rehearsal: every slice of a few fixed-seed phantoms, with the ground-truth mask."""
+def synthetic_slices(config: RetrainConfig, grid: PhysicalGrid | None = None) -> list[LabelledSlice]:
+    """Base-data rehearsal: every slice of a few fixed-seed phantoms, with the ground-truth mask
+    (on ``grid`` for a model that reads every grid)."""
     out = []
     half = CONTEXT_SLICES // 2
     for k in range(config.synthetic_train_phantoms):
         phantom = config.make_phantom(RETRAIN_SYNTHETIC_SEED_BASE + config.seed * 100 + k)
         volume = phantom.volume_hu.astype(np.float32)
         n = volume.shape[0]
+        spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
         for index in range(n):
             neighbours = [min(max(index + d, 0), n - 1) for d in range(-half, half + 1)]
             mask = phantom.lesion_mask[index]
             ys, xs = np.nonzero(mask)
             focus = [(int(ys[i]), int(xs[i])) for i in np.linspace(0, ys.size - 1, min(ys.size, 8)).astype(int)] if ys.size else []
-            out.append(LabelledSlice(volume[neighbours], mask.copy(), focus))
+            out.append(on_grid(volume, index, mask, focus, spacing, phantom.slice_thickness_mm, grid) if grid is not None
+                       else LabelledSlice(volume[neighbours], mask.copy(), focus))
     return out
 
 
@@ -877,13 +908,16 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
     torch.set_num_threads(config.threads)
     model, parent_manifest = load_model(inputs.parent_weights_path)
     active_detector = LesionDetector.load(inputs.parent_weights_path)
-    final_loss = fine_tune(model, inputs.labels.finetune, synthetic_slices(config), config)
+    grid = active_detector.grid
+    finetune = inputs.labels.finetune if grid is None else [
+        item for case in inputs.labels.cases if not case.heldout for item in labelled_slices(case, grid)]
+    final_loss = fine_tune(model, finetune, synthetic_slices(config, grid), config)
     validation, heldout_seeds = cycle_seeds(inputs.version, config.synthetic_validation_phantoms,
                                             config.synthetic_heldout_phantoms)
     threshold = float(parent_manifest.get("candidate_threshold", DEFAULT_CANDIDATE_THRESHOLD))
-    calibration = calibrate(LesionDetector.from_model(model, threshold=threshold), validation, config.make_phantom) \
-        if config.synthetic_validation_phantoms else Calibration()
-    candidate_detector = LesionDetector.from_model(model, calibration=calibration, threshold=threshold)
+    calibration = calibrate(LesionDetector.from_model(model, threshold=threshold, grid=grid), validation, config.make_phantom) \
+        if config.synthetic_validation_phantoms else Calibration(size_unit="mm3" if grid else "voxels")
+    candidate_detector = LesionDetector.from_model(model, calibration=calibration, threshold=threshold, grid=grid)
     candidate_scores = score(candidate_detector, inputs.labels, config, heldout_seeds)
     active_scores = score(active_detector, inputs.labels, config, heldout_seeds)
     decision = decide_promotion(candidate_scores, active_scores, margin=config.margin, tolerance=config.tolerance,
@@ -895,7 +929,7 @@ def train_candidate(inputs: RetrainingInputs, out_dir: Path, config: RetrainConf
     torch.save(model.state_dict(), weights_path)
     wall = time.perf_counter() - started
     manifest = {
-        **{k: v for k, v in parent_manifest.items() if k in ("architecture", "working_size", "hit_rule", "intended_use")},
+        **{k: v for k, v in parent_manifest.items() if k in ("architecture", "working_size", "preprocessing", "hit_rule", "intended_use")},
         "model_name": name,
         "version": inputs.version,
         "weights_file": weights_path.name,

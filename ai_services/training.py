@@ -361,22 +361,32 @@ def run_on_phantoms(detector: LesionDetector, seeds: Sequence[int],
     for seed in seeds:
         phantom = make_phantom(seed)
         spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
-        prob = detector.predict_probabilities(phantom.volume_hu.astype(np.float32))
+        prob = detector.predict_probabilities(phantom.volume_hu.astype(np.float32), pixel_spacing_mm=spacing,
+                                              slice_spacing_mm=phantom.slice_thickness_mm)
         detections = extract_detections(prob, spacing, threshold=detector.threshold,
-                                        calibration=detector.calibration)
+                                        calibration=detector.calibration, slice_spacing_mm=phantom.slice_thickness_mm)
         results.append((phantom, prob, detections, match_detections(detections, phantom)))
     return results
+
+
+def calibration_from_runs(runs: Sequence[tuple[Phantom, np.ndarray, list[Detection], list[int]]], *,
+                          physical: bool) -> Calibration:
+    """Platt scaling of the runs' detections on [logit(max probability), log(size)]: size in voxels
+    for a single-grid model (v1), in mm^3 for one that reads every grid (``PhysicalGrid``)."""
+    max_p = np.array([d.max_probability for _, _, dets, _ in runs for d in dets])
+    size = np.array([d.n_voxels * (ph.pixel_spacing_mm ** 2 * ph.slice_thickness_mm if physical else 1.0)
+                     for ph, _, dets, _ in runs for d in dets], dtype=np.float64)
+    hits = np.array([m >= 0 for _, _, _, matches in runs for m in matches])
+    fitted = fit_platt(max_p, size, hits)
+    return Calibration(fitted.coef_logit, fitted.coef_size, fitted.intercept, "mm3" if physical else "voxels")
 
 
 def calibrate(detector: LesionDetector, seeds: Sequence[int],
               make_phantom: Callable[[int], Phantom] = make_eval_phantom) -> Calibration:
     runs = run_on_phantoms(detector, seeds, make_phantom)
-    max_p = np.array([d.max_probability for _, _, dets, _ in runs for d in dets])
-    n_vox = np.array([d.n_voxels for _, _, dets, _ in runs for d in dets], dtype=np.float64)
-    hits = np.array([m >= 0 for _, _, _, matches in runs for m in matches])
-    calibration = fit_platt(max_p, n_vox, hits)
-    logger.info("calibrated on %d detections (%d true) from %d phantoms: %s", hits.size,
-                int(hits.sum()), len(seeds), calibration)
+    calibration = calibration_from_runs(runs, physical=detector.grid is not None)
+    logger.info("calibrated on %d detections (%d true) from %d phantoms: %s", sum(len(r[2]) for r in runs),
+                sum(m >= 0 for r in runs for m in r[3]), len(seeds), calibration)
     return calibration
 
 
