@@ -402,13 +402,18 @@ def evaluate_on_second_generator(
     overlap = [s for s in validation_seeds if s >= EVAL_TEST_SEED_BASE]
     if overlap:
         raise EvaluationError(f"validation seeds {overlap[:3]} fall in the test seed range")
-    threshold = operating_threshold(detector, validation_seeds)
+    if "report_threshold" in detector.manifest:
+        # The model's own operating point (what the product reports), fixed on validation scans at training.
+        threshold = detector.report_threshold
+        source = f"the model's report threshold: {detector.manifest.get('report_threshold_rule', 'from its manifest')}"
+    else:
+        threshold = operating_threshold(detector, validation_seeds)
+        source = (f"the lowest with <= {OPERATING_FP_PER_SCAN:g} FP/scan on {len(validation_seeds)} validation phantoms "
+                  f"of the training generator (seeds {validation_seeds[0]}..{validation_seeds[-1]})")
     outcomes = run_cases(detector, cases, make_scan)
     grids = sorted({o.case.grid for o in outcomes}, key=lambda g: list(EVAL_GRIDS).index(g) if g in EVAL_GRIDS else 99)
     per_grid = [summarise_grid(g, [o for o in outcomes if o.case.grid == g], threshold, n_bootstrap) for g in grids]
     overall = summarise_grid("all grids", outcomes, threshold, n_bootstrap) if len(grids) > 1 else per_grid[0]
-    source = (f"the lowest with <= {OPERATING_FP_PER_SCAN:g} FP/scan on {len(validation_seeds)} validation phantoms "
-              f"of the training generator (seeds {validation_seeds[0]}..{validation_seeds[-1]})")
     return EvaluationReport(model=model, generator="synthetic.eval_phantoms.make_eval_scan", operating_threshold=threshold,
                             threshold_source=source, n_bootstrap=n_bootstrap, per_grid=per_grid, overall=overall,
                             by_group=by_group(outcomes, threshold, n_bootstrap), wall_time_s=time.perf_counter() - started)

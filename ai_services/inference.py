@@ -315,6 +315,9 @@ class LesionDetector:
         self.threshold = float(manifest.get("candidate_threshold", DEFAULT_CANDIDATE_THRESHOLD))  # type: ignore[arg-type]
         self.working_size = int(manifest.get("working_size", WORKING_SIZE))  # type: ignore[arg-type]
         self.grid = PhysicalGrid.from_json(manifest.get("preprocessing"))
+        # Candidates below this confidence are not reported as findings (v2: the operating point
+        # fixed on validation scans, at most 1 false positive per scan); 0 reports every candidate.
+        self.report_threshold = float(manifest.get("report_threshold", 0.0))  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, weights_path: Path) -> LesionDetector:
@@ -407,6 +410,10 @@ class LesionDetector:
                 out = F.interpolate(out[:, None], size=(rows, cols), mode="bilinear",
                                     align_corners=False)[:, 0]
         return out.numpy()
+
+    def reported(self, detections: list[Detection]) -> list[Detection]:
+        """The detections a radiologist is shown: those at or above the model's operating point."""
+        return [d for d in detections if d.confidence >= self.report_threshold]
 
     def detect(
         self,

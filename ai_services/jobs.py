@@ -61,7 +61,8 @@ def analyse_study_again(session: Session, study_id: int) -> None:
         if volume is not None and verdict.applicable:
             verdict = check_volume(volume, valid)
         started = time.perf_counter()
-        detections = detector.detect(volume, progress=progress) if volume is not None and verdict.applicable else []
+        detections = (detector.reported(detector.detect(volume, progress=progress))
+                      if volume is not None and verdict.applicable else [])
         inference_seconds = time.perf_counter() - started
     except Exception as exc:
         with db.transaction() as failure_session:

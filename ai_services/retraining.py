@@ -79,6 +79,7 @@ from ai_services.network import CONTEXT_SLICES, WINDOWS, LesionUNet
 from ai_services.series_reader import SeriesReadError, read_ct_volume
 from ai_services.service import DEFAULT_MODEL_NAME, activate_model_version, active_model_version, register_model_version
 from ai_services.training import (
+    GRID_TRAIN_SEEDS,
     SIZE_GROUPS,
     EvaluationMetrics,
     calibrate,
@@ -117,6 +118,8 @@ def cycle_seeds(version: str, n_validation: int, n_heldout: int) -> tuple[range,
     if not version.isdigit() or n_validation > SEEDS_PER_CYCLE // 2 or n_heldout > SEEDS_PER_CYCLE // 2:
         raise RetrainingError(f"no seed block for version {version!r} with {n_validation}/{n_heldout} phantoms")
     base = RETRAIN_CYCLE_SEED_BASE + int(version) * SEEDS_PER_CYCLE
+    if base + SEEDS_PER_CYCLE > GRID_TRAIN_SEEDS.start:  # version 100 on: past the v2 training block
+        base += len(GRID_TRAIN_SEEDS)
     half = SEEDS_PER_CYCLE // 2
     return range(base, base + n_validation), range(base + half, base + half + n_heldout)
 

@@ -56,6 +56,9 @@ MODEL_NAME = "lesion-detector"
 MODEL_VERSION = "1"
 VALIDATION_SEED_BASE = 10_000
 HELDOUT_SEED_BASE = 20_000
+# The grid-independent model's training scans (``training_clinical``: 10 000 per run seed, 10 run
+# seeds); nothing else draws from this block.
+GRID_TRAIN_SEEDS = range(200_000, 300_000)
 SIZE_GROUPS: tuple[tuple[str, float, float], ...] = (
     ("<6mm", 0.0, 6.0), ("6-10mm", 6.0, 10.0), (">10mm", 10.0, math.inf),
 )

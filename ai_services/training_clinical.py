@@ -45,6 +45,7 @@ import torch
 from torch.nn import functional as F
 
 from ai_services.inference import (
+    Calibration,
     Detection,
     LesionDetector,
     PhysicalGrid,
@@ -58,6 +59,7 @@ from ai_services.inference import (
 )
 from ai_services.network import IN_CHANNELS, WINDOWS, LesionUNet, count_parameters
 from ai_services.training import (
+    GRID_TRAIN_SEEDS,
     HELDOUT_SEED_BASE,
     VALIDATION_SEED_BASE,
     EvaluationMetrics,
@@ -65,8 +67,10 @@ from ai_services.training import (
     _code_version,
     calibration_from_runs,
     detection_loss,
+    froc_curve,
     match_detections,
     metrics_from_runs,
+    sensitivity_at_fp_rate,
 )
 from synthetic.phantoms import Phantom, make_ct_phantom
 
@@ -80,10 +84,11 @@ PATCH = 128
 THICKNESSES_MM = (0.625, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
 V1_GENERATOR_SHARE = 0.25
 CANDIDATE_THRESHOLD = 0.3
+REPORT_FP_PER_SCAN = 1.0
 # Seeds: training 200 000.., validation (calibration, threshold) 10 000.. of each generator,
 # held-out 20 000.. (v1's blocks, other generator for the clinical scans) - none in the evaluation
 # generator's test block (50 000..) or retraining's (100 000..).
-TRAIN_SEED_BASE = 200_000
+TRAIN_SEED_BASE = GRID_TRAIN_SEEDS.start
 
 
 @dataclass(frozen=True)
@@ -347,6 +352,20 @@ def run_specs(detector: LesionDetector, specs: Sequence[tuple[ScanSpec, int | No
     return runs
 
 
+def operating_point(runs: Sequence[tuple[Phantom, np.ndarray, list[Detection], list[int]]], calibration: Calibration,
+                    fp_per_scan: float) -> float:
+    """The lowest calibrated confidence with at most ``fp_per_scan`` false positives per scan on ``runs``."""
+    confidences, ids, n_lesions = [], [], 0
+    for scan, (phantom, _, detections, matches) in enumerate(runs):
+        for detection, match in zip(detections, matches, strict=True):
+            volume = detection.n_voxels * phantom.pixel_spacing_mm ** 2 * phantom.slice_thickness_mm
+            confidences.append(float(calibration.apply(np.array([detection.max_probability]), np.array([volume]))[0]))
+            ids.append(scan * 1000 + match if match >= 0 else -1)
+        n_lesions += len(phantom.lesions)
+    _, threshold = sensitivity_at_fp_rate(froc_curve(confidences, ids, max(n_lesions, 1), len(runs)), fp_per_scan)
+    return float(min(threshold, 1.0)) if math.isfinite(threshold) else 1.0
+
+
 def finish(state_path: Path, out_dir: Path, *, n_validation: int = 24, n_heldout: int = 24, threads: int = 2) -> Path:
     """Calibrate, evaluate on held-out scans of the training generators and write weights + manifest."""
     torch.set_num_threads(threads)
@@ -358,7 +377,9 @@ def finish(state_path: Path, out_dir: Path, *, n_validation: int = 24, n_heldout
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     raw = LesionDetector.from_model(model, threshold=CANDIDATE_THRESHOLD, grid=GRID)
     validation = _validation_specs(VALIDATION_SEED_BASE, n_validation)
-    calibration = calibration_from_runs(run_specs(raw, validation), physical=True)
+    validation_runs = run_specs(raw, validation)
+    calibration = calibration_from_runs(validation_runs, physical=True)
+    report_threshold = operating_point(validation_runs, calibration, REPORT_FP_PER_SCAN)
     detector = LesionDetector.from_model(model, calibration=calibration, threshold=CANDIDATE_THRESHOLD, grid=GRID)
     heldout = _validation_specs(HELDOUT_SEED_BASE, n_heldout)
     metrics: EvaluationMetrics = metrics_from_runs(run_specs(detector, heldout))
@@ -380,6 +401,9 @@ def finish(state_path: Path, out_dir: Path, *, n_validation: int = 24, n_heldout
         "preprocessing": GRID.to_json(),
         "candidate_threshold": CANDIDATE_THRESHOLD,
         "calibration": calibration.to_json(),
+        "report_threshold": round(report_threshold, 4),
+        "report_threshold_rule": f"the lowest calibrated confidence with at most {REPORT_FP_PER_SCAN:g} false "
+                                 f"positive per scan on the {n_validation} validation scans the calibration was fitted on",
         "training": record,
         "training_data": {
             "generator": "synthetic.clinical_phantoms.make_clinical_phantom + synthetic.phantoms.make_ct_phantom",
@@ -399,6 +423,110 @@ def finish(state_path: Path, out_dir: Path, *, n_validation: int = 24, n_heldout
     return weights_path
 
 
+# What the model was trained and checked on; the applicability gate refuses the rest. Pixel spacing
+# and slice thickness span the training grids (0.5-1.6 mm, 0.625-5 mm); the independent evaluation
+# covers 0.7 mm at 1.25 and 5 mm slices, and the card says so.
+VALIDATED_RANGE: dict[str, object] = {
+    "modalities": ["CT"],
+    "sop_class_uids": {"1.2.840.10008.5.1.4.1.1.2": "CT Image Storage"},
+    "excluded_image_types": ["LOCALIZER"],
+    "body_parts": ["CHEST", "THORAX", "LUNG"],
+    "max_tilt_from_axial_degrees": 10.0,
+    "slice_thickness_mm": [0.6, 5.5],
+    "slice_spacing_mm": [0.6, 5.5],
+    "pixel_spacing_mm": [0.5, 1.6],
+    "min_field_of_view_mm": 200.0,
+    "min_slices": 8,
+    "hu_statistics": {
+        "note": "Fractions of the voxels inside the reconstruction (above -1100 HU): wide enough for chest CT, "
+                "refusing volumes that are not CT numbers (NM counts, RT dose, MR).",
+        "padding_below_hu": -1100.0, "max_padding_fraction": 0.6,
+        "air_hu": [-1100.0, -900.0], "air_fraction": [0.0, 0.95],
+        "soft_tissue_hu": [-200.0, 200.0], "soft_tissue_fraction": [0.03, 0.9],
+        "bone_from_hu": 300.0, "max_bone_fraction": 0.3,
+        "p01_hu_at_most": -700.0, "p999_hu_at_most": 3100.0,
+    },
+}
+
+
+def model_card(manifest: dict[str, object], evaluation: dict[str, object]) -> dict[str, object]:
+    """The manifest's ``intended_use`` and ``model_card`` blocks, every number read from the
+    independent evaluation (``hospital ai evaluate --json``) or the manifest itself."""
+    overall = evaluation["overall"]
+    assert isinstance(overall, dict)
+    sens, fps = overall["sensitivity_at_operating_point"], overall["false_positives_per_scan"]
+    free = overall["false_positives_per_lesion_free_scan"]
+    grids = ", ".join(str(g["grid"]) for g in evaluation["per_grid"])  # type: ignore[attr-defined]
+    by_size = {r["group"]: r for r in evaluation["by_group"].get("size", [])}  # type: ignore[attr-defined]
+    by_kind = {r["group"]: r for r in evaluation["by_group"].get("kind", [])}  # type: ignore[attr-defined]
+
+    def found(row: dict[str, object]) -> str:
+        return f"{row['found']}/{row['n_lesions']}"
+
+    training = manifest.get("training", {})
+    assert isinstance(training, dict)
+    validated = VALIDATED_RANGE
+    intended = ("Flag candidate lesions in the lungs and liver on axial chest CT for a radiologist's review: pixel "
+                "spacing 0.5-1.6 mm, slice thickness 0.6-5.5 mm, field of view >= 200 mm. Tested independently only on "
+                f"synthetic scans ({grids}). Not validated on patient data; every finding needs a radiologist's decision.")
+    small = [by_size[k] for k in by_size if k.startswith("5 ")]
+    eight = [by_size[k] for k in by_size if k.startswith("8 ")]
+    failure_modes = [
+        f"Lesions of 5 mm are mostly missed ({found(small[0]) if small else 'n/a'} found at the operating point) and "
+        f"8 mm ones often ({found(eight[0]) if eight else 'n/a'}).",
+        f"Hypodense liver lesions are found less often than solid ones ({found(by_kind['hypodense'])} against "
+        f"{found(by_kind['solid'])})." if "hypodense" in by_kind and "solid" in by_kind else "",
+        f"False positives on scans without lesions: {free['value']:.1f} per scan at the operating point on the "
+        f"independent generator, and up to {overall['max_confidence_lesion_free']:.2f} confidence on such a scan.",
+        "Confidence rises with the finding's size in mm^3 (Platt weight on log volume) as much as with the network's "
+        "probability: a large false positive can read as confident.",
+    ]
+    return {
+        "intended_use": {
+            "summary": intended,
+            "trained_on": "synthetic data only",
+            "evidence": ("Trained on synthetic.clinical_phantoms and synthetic.phantoms scans at random grids (pixel "
+                         "spacing 0.5-1.6 mm, slices 0.625-5 mm); tested on the independently designed "
+                         f"synthetic.eval_phantoms at {grids}. The range allows header rounding around those grids."),
+            "validated_range": validated,
+        },
+        "model_card": {
+            "intended_use": intended,
+            "training_data": (f"Trained on synthetic data only: {training.get('n_train_scans')} scans "
+                              f"({training.get('n_v1_generator_scans')} from synthetic.phantoms, the rest from "
+                              "synthetic.clinical_phantoms) at random clinical grids; calibrated and the operating point "
+                              "fixed on separate validation seeds."),
+            "operating_point": {
+                "description": (f"findings at or above confidence {evaluation['operating_threshold']:.3f} "
+                                f"({evaluation['threshold_source']})"),
+                "candidate_threshold": manifest.get("candidate_threshold"),
+                "report_threshold": manifest.get("report_threshold"),
+                "sensitivity": sens["value"], "sensitivity_ci95": sens["ci95"],
+                "sensitivity_ci_method": f"{evaluation['n_bootstrap']} bootstrap resamples of scans",
+                "false_positives_per_scan": fps["value"], "false_positives_per_scan_ci95": fps["ci95"],
+                "false_positives_ci_method": f"{evaluation['n_bootstrap']} bootstrap resamples of scans",
+                "evaluated_on": (f"the independent generator {evaluation['generator']}: {overall['n_scans']} scans "
+                                 f"({overall['n_lesion_free']} lesion-free with bone), {overall['n_lesions']} lesions, "
+                                 f"grids {grids}"),
+            },
+            "metrics_caveats": [
+                "Every test scan is synthetic; nothing here was measured on patient data.",
+                "The calibration was fitted on the training generators' validation scans and never re-checked on "
+                "reviewed patient cases before release (retraining re-checks it on reviewed cases).",
+            ],
+            "known_failure_modes": [m for m in failure_modes if m],
+        },
+        "independent_evaluation": evaluation,
+    }
+
+
+def write_card(weights_path: Path, evaluation_path: Path) -> None:
+    manifest_path = manifest_path_for(weights_path)
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(model_card(manifest, json.loads(evaluation_path.read_text())))
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the grid-independent lesion detector (v2).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -414,6 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--out", type=Path, default=Path("ai_services/weights"))
     f.add_argument("--validation", type=int, default=24)
     f.add_argument("--heldout", type=int, default=24)
+    c = sub.add_parser("card", help="write the intended use and model card from `hospital ai evaluate --json`")
+    c.add_argument("--weights", type=Path, required=True)
+    c.add_argument("--evaluation", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.command == "train":
@@ -421,8 +552,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise TrainingError("need at least one scan and a positive time budget")
         print(train(args.out, n_scans=args.scans, minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
                     workers=args.workers))
-    else:
+    elif args.command == "finish":
         print(finish(args.state, args.out, n_validation=args.validation, n_heldout=args.heldout))
+    else:
+        write_card(args.weights, args.evaluation)
     return 0
 
 

@@ -73,7 +73,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "DICOM_ACCEPT_UNKNOWN_SOP_CLASSES": _env_bool("DICOM_ACCEPT_UNKNOWN_SOP_CLASSES", False),
         "DICOM_STORAGE_DIR": Path(os.environ.get("DICOM_STORAGE_DIR") or instance_dir / "dicom"),
         "AI_WEIGHTS": Path(
-            os.environ.get("AI_WEIGHTS") or PROJECT_ROOT / "ai_services" / "weights" / "lesion-detector-v1.pt"
+            os.environ.get("AI_WEIGHTS") or PROJECT_ROOT / "ai_services" / "weights" / "lesion-detector-v2.pt"
         ),
         # A study is complete after this long with no new instance (as archives do).
         "STUDY_QUIET_SECONDS": float(os.environ.get("STUDY_QUIET_SECONDS") or "5"),
