@@ -149,27 +149,31 @@ def test_the_model_card_from_the_manifest_is_beside_the_findings_and_in_fhir(
     job, report = analysed(app, db_session, demo, lambda uid: gate_series.normal_ct(20_006, uid))
     db_session.commit()
     assert job.model_version is not None
-    card = job.model_version.manifest["model_card"]
-    metrics = job.model_version.manifest["heldout_metrics"]
-    # The card quotes the recorded held-out numbers; it does not make its own.
-    assert card["operating_point"]["sensitivity"] == metrics["max_sensitivity"]
-    assert card["operating_point"]["false_positives_per_scan"] == metrics["mean_false_positives_per_scan"]
+    manifest = job.model_version.manifest
+    card, point = manifest["model_card"], manifest["model_card"]["operating_point"]
+    overall = manifest["independent_evaluation"]["overall"]
+    # The card quotes the recorded independent evaluation; it does not make its own numbers.
+    assert point["sensitivity"] == overall["sensitivity_at_operating_point"]["value"]
+    assert point["false_positives_per_scan"] == overall["false_positives_per_scan"]["value"]
+    assert point["sensitivity_ci95"] == overall["sensitivity_at_operating_point"]["ci95"]
 
     page = as_role("radiologist").get(f"/reports/{report.id}").get_data(as_text=True)
     card_html = page.split('id="model-card"')[1].split("</aside>")[0]
-    assert "About the AI model: lesion-detector 1" in card_html
+    assert f"About the AI model: lesion-detector {manifest['version']}" in card_html
     assert "Trained on synthetic data only." in card_html
-    assert "Not validated on patient data" in card_html and "slice thickness 4.5-5.5 mm" in card_html
-    assert "sensitivity 0.61 (95% CI 0.50-0.72)" in card_html
-    assert "1.8 (95% CI 1.26-2.49) false positives per scan" in card_html
-    assert "seeds 20000-20019 (20 scans, 70 lesions)" in card_html
-    assert "Lesions under 10 mm are mostly missed" in card_html
+    assert "Not validated on patient data" in card_html and "pixel spacing 0.5-1.6 mm" in card_html
+    sensitivity = f"sensitivity {point['sensitivity']:.2f} (95% CI {point['sensitivity_ci95'][0]:.2f}-{point['sensitivity_ci95'][1]:.2f})"
+    low, high = point["false_positives_per_scan_ci95"]
+    assert sensitivity in card_html
+    assert f"{point['false_positives_per_scan']:.1f} (95% CI {low:.2f}-{high:.2f}) false positives per scan" in card_html
+    assert "synthetic.eval_phantoms.make_eval_scan" in card_html
+    assert "Lesions of 5 mm are mostly missed" in card_html
     assert page.index('id="model-card"') < page.index("</aside>") < page.rindex("Sign report")
 
     resource = validate_resource(diagnostic_report_to_fhir(report))
     [form] = resource["presentedForm"]
     text = base64.b64decode(form["data"]).decode()
-    assert form["title"] == "AI model card: lesion-detector 1" and form["contentType"].startswith("text/plain")
-    assert "Trained on synthetic data only." in text and "sensitivity 0.61 (95% CI 0.50-0.72)" in text
+    assert form["title"] == f"AI model card: lesion-detector {manifest['version']}" and form["contentType"].startswith("text/plain")
+    assert "Trained on synthetic data only." in text and sensitivity in text
     device = validate_resource(device_to_fhir(job.model_version))
     assert device["note"][0]["text"] == text

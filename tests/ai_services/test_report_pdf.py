@@ -80,7 +80,7 @@ def test_the_signed_report_prints_in_english_with_everything_the_signature_vouch
     for expected in ("Imaging report", demo.imaging_centre.name, "王小明", demo.patient.mrn, "Medical record number (MRN)",
                      "CT chest", "cough", "Computed tomography (CT)", "Finding 1", "Impression", CONCLUSION,
                      radiologist_name(db_session, demo), "radiologist", "lesion-detector", "Intended use",
-                     "Synthetic CT phantoms only", "Page 1 of "):
+                     "Not validated on patient data", "Page 1 of "):
         assert expected in text, f"{expected!r} is not in the PDF: {text}"
     assert "Finding 2" not in text, "the rejected finding is not printed"
     assert pdf_image_count(response.data) >= 1, "the key slice is embedded"
