@@ -38,6 +38,7 @@ from ai_services.training import (
     VALIDATION_SEED_BASE,
     TrainingError,
     auroc,
+    expected_calibration_error,
     froc_curve,
     make_eval_phantom,
     match_detections,
@@ -122,6 +123,7 @@ class GridResult:
     false_positives_per_lesion_free_scan: Estimate
     max_confidence_lesion_free: float
     study_auroc: Estimate
+    ece: Estimate | None = None  # of every candidate's confidence against "it hit a lesion"
 
 
 @dataclass
@@ -144,7 +146,7 @@ class EvaluationReport:
                     "false_positives_per_scan": g.false_positives_per_scan.to_json(),
                     "false_positives_per_lesion_free_scan": g.false_positives_per_lesion_free_scan.to_json(),
                     "max_confidence_lesion_free": round(g.max_confidence_lesion_free, 4),
-                    "study_auroc": g.study_auroc.to_json()}
+                    "study_auroc": g.study_auroc.to_json(), "ece": g.ece.to_json() if g.ece else None}
         return {"model": self.model, "generator": self.generator, "operating_threshold": round(self.operating_threshold, 4),
                 "threshold_source": self.threshold_source, "n_bootstrap": self.n_bootstrap,
                 "overall": grid_json(self.overall), "per_grid": [grid_json(g) for g in self.per_grid],
@@ -175,6 +177,8 @@ class EvaluationReport:
                 g.false_positives_per_lesion_free_scan.text(1) for g in grids) + " |",
             "| highest confidence on a lesion-free scan | " + " | ".join(f"{g.max_confidence_lesion_free:.2f}" for g in grids) + " |",
             "| study-level AUROC (score: highest confidence) | " + " | ".join(g.study_auroc.text() for g in grids) + " |",
+            "| calibration error of the confidences (ECE, 10 bins, all candidates) | " + " | ".join(
+                g.ece.text() if g.ece else "n/a" for g in grids) + " |",
             "",
             "Sensitivity at the operating threshold by group (found / lesions, 95% CI):",
             "",
@@ -364,7 +368,17 @@ def summarise_grid(name: str, outcomes: Sequence[ScanOutcome], threshold: float,
             percentile_ci(_ratio(free_fps, np.ones(len(lesion_free)), free_samples)) if free_samples else None),
         max_confidence_lesion_free=max((o.study_score for o in lesion_free), default=math.nan),
         study_auroc=estimate(study_auroc(outcomes), [study_auroc([outcomes[i] for i in idx]) for idx in samples]),
+        ece=estimate(calibration_error(outcomes), [calibration_error([outcomes[i] for i in idx]) for idx in samples]),
     )
+
+
+def calibration_error(outcomes: Sequence[ScanOutcome]) -> float:
+    """ECE (10 bins) of every detection's confidence against whether it hit a lesion."""
+    if not outcomes:
+        return math.nan
+    confidences = np.concatenate([o.confidences for o in outcomes])
+    return expected_calibration_error(confidences, np.concatenate([o.hits >= 0 for o in outcomes])) \
+        if confidences.size else math.nan
 
 
 def by_group(outcomes: Sequence[ScanOutcome], threshold: float, n_bootstrap: int) -> dict[str, list[GroupResult]]:

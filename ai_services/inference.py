@@ -3,15 +3,20 @@
 Pure torch/numpy (no Flask, no database) so it can be loaded once per worker and tested directly.
 Pipeline:
 
-1. preprocess: resize slices larger than the working size (256) with area averaging, window the HU
-   values through the lung and soft-tissue windows to [0, 1], and stack each slice with its two
-   neighbours (2.5D input, see ``ai_services.network``);
+1. preprocess: a model with a ``PhysicalGrid`` in its manifest (v2) resamples every slice to fixed
+   millimetre pixels and takes its neighbours a fixed distance in mm away, interpolated between
+   slices, so any matrix, pixel spacing or slice interval reads the same; a single-grid model (v1)
+   resizes slices larger than its working size (256) with area averaging and takes the adjacent
+   slices. Both window the HU values through the lung and soft-tissue windows to [0, 1] and stack
+   each slice with its two neighbours (2.5D input, see ``ai_services.network``);
 2. run the U-Net in batches under ``torch.inference_mode()`` (thread count is the caller's choice);
 3. upsample the per-pixel lesion probability back to the original grid, threshold it at the
    candidate threshold from the manifest, and split it into 3D connected components
    (6-connectivity, our own union-find in numpy; scipy is not a dependency);
 4. one ``Detection`` per component, with a calibrated confidence (Platt scaling fitted on
-   validation phantoms at training time; parameters live in the manifest).
+   validation phantoms at training time, on the component's size in voxels for v1 and in mm^3 for
+   v2; parameters live in the manifest). ``LesionDetector.reported`` keeps those at or above the
+   model's report threshold (its operating point), which is what a radiologist is shown.
 
 Measurements: ``diameter_mm`` is the longest in-plane extent of the component on its key slice
 (the slice with the largest area), i.e. max(bbox width x column spacing, bbox height x row spacing),

@@ -461,7 +461,7 @@ def evaluate_model(weights_path: Path, *, heldout_seeds: Sequence[int]) -> Evalu
 # Training
 # ---------------------------------------------------------------------------------------------
 
-def _code_version() -> str:
+def code_version() -> str:
     try:
         done = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"],
                               cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
@@ -542,7 +542,7 @@ def train_model(
         "weights_file": weights_path.name,
         "sha256": digest,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "code_version": _code_version(),
+        "code_version": code_version(),
         "torch_version": torch.__version__,
         "architecture": {"class": "ai_services.network.LesionUNet", "in_channels": IN_CHANNELS,
                          "widths": list(DEFAULT_WIDTHS), "context_slices": CONTEXT_SLICES,

@@ -1,10 +1,12 @@
 """Benchmark of the imaging AI: per-slice inference, a whole study from files to report, training.
 
-1. Inference per 512x512 CT slice with the shipped v1 weights: the full ``predict_probabilities``
+1. Inference per 512x512 CT slice with the v1 weights: the full ``predict_probabilities``
    pipeline (area downsampling to the 256 working size, windowing, 2.5D stacking, U-Net, upsampling
    back to 512) at batch 1 and batched; ms per slice, median of repeats. ``--device cuda`` runs the
    same pipeline with the model and tensors on the GPU (synchronised before each clock read).
-2. Study to report (CPU): a 100-slice 512x512 phantom study written to disk, then stored with
+   Then v1 and v2 side by side (CPU), each through its own ``predict_probabilities`` (v2 resamples
+   to 1.25 mm pixels), on a 512x512 clinical-grid volume.
+2. Study to report (CPU, the default model v2): a 100-slice 512x512 study at 0.7 mm, 1.25 mm apart, written to disk, then stored with
    ``store_instance`` (arrival), marked complete and analysed by ``ai_services.jobs.analyse_study``
    on embedded SQLite with inline jobs, until the preliminary report exists; median of 3.
 3. Training: seconds per fine-tuning step (batch 16, 96x96 patches) as ``ai_services.retraining``
@@ -35,6 +37,7 @@ from ai_services.inference import LesionDetector, stack_context, window_hu  # no
 from ai_services.network import CONTEXT_SLICES  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "ai_services" / "weights" / "lesion-detector-v1.pt"
+WEIGHTS_V2 = WEIGHTS.with_name("lesion-detector-v2.pt")
 
 
 def _sync(device: str) -> None:
@@ -80,6 +83,23 @@ def bench_slices(device: str, repeats: int) -> dict[str, float]:
     return results
 
 
+def bench_grid_model(repeats: int, n_slices: int = 32) -> dict[str, float]:
+    """CPU ms per 512x512 slice through ``predict_probabilities``: v1 (area-downsampled to 256) and
+    v2 (resampled to 1.25 mm pixels from 0.7 mm, neighbours 2.5 mm away), same volume, same run."""
+    from synthetic.clinical_phantoms import make_clinical_phantom
+
+    volume = make_clinical_phantom(20_700, pixel_spacing_mm=0.7, slice_thickness_mm=1.25,
+                                   z_extent_mm=n_slices * 1.25).volume_hu.astype(np.float32)
+    detectors = {"v1": LesionDetector.load(WEIGHTS), "v2": LesionDetector.load(WEIGHTS_V2)}
+    times: dict[str, list[float]] = {name: [] for name in detectors}
+    for _ in range(repeats + 1):
+        for name, detector in detectors.items():  # interleaved: both see the same machine state
+            started = time.perf_counter()
+            detector.predict_probabilities(volume, pixel_spacing_mm=(0.7, 0.7), slice_spacing_mm=1.25)
+            times[name].append((time.perf_counter() - started) / volume.shape[0] * 1000)
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
 def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
     from sqlalchemy import select
 
@@ -91,13 +111,13 @@ def bench_study_to_report(runs: int, n_slices: int) -> list[float]:
     from hospital.seed import seed_demo
     from imaging_orders.archive.ingest import store_instance
     from imaging_orders.archive.models import ImagingStudy, StudyStatus
+    from synthetic.clinical_phantoms import make_clinical_phantom
     from synthetic.dicom_factory import write_ct_series
-    from synthetic.phantoms import make_ct_phantom
 
-    # 512 x 512 slices on the model's validated grid (1.5 mm, 5 mm slices): off it (0.75 mm, 2.5 mm)
-    # the applicability gate answers "not applicable" without running the model, and this would
-    # time that shortcut instead of the analysis.
-    phantom = make_ct_phantom(20_001, n_slices=n_slices, size=512, pixel_spacing_mm=1.5, slice_thickness_mm=5.0)
+    # 512 x 512 slices at 0.7 mm, 1.25 mm apart: a clinical grid inside the default model's (v2)
+    # validated range (outside it the gate answers "not applicable" without running the model, and
+    # this would time that shortcut instead of the analysis).
+    phantom = make_clinical_phantom(20_001, pixel_spacing_mm=0.7, slice_thickness_mm=1.25, z_extent_mm=n_slices * 1.25)
     times = []
     for run in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
@@ -152,6 +172,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     slices = bench_slices(args.device, args.repeats)
+    grid = bench_grid_model(args.repeats) if args.device == "cpu" else {}
     study = bench_study_to_report(args.study_runs, args.study_slices) if args.study_runs else []
     step = bench_training_step(args.training_steps) if args.training_steps else float("nan")
     v1 = json.loads(WEIGHTS.with_suffix(".json").read_text())
@@ -160,6 +181,12 @@ def main() -> int:
     print("| batch | ms per slice |\n|---|---|")
     for label, ms in slices.items():
         print(f"| {label.removeprefix('batch ')} | {ms:.1f} |")
+    if grid:
+        print(f"\n### v1 and v2 through predict_probabilities: 512x512 at 0.7 mm, 1.25 mm slices, CPU, {args.threads} threads\n")
+        print("| model | ms per slice |\n|---|---|")
+        for name, ms in grid.items():
+            print(f"| {name} | {ms:.1f} |")
+        print(f"\nv2 / v1: {grid['v2'] / grid['v1']:.2f}x")
     if study:
         print(f"\n### Study to preliminary report: {args.study_slices} slices 512x512, CPU, SQLite, inline jobs\n")
         print(f"median {statistics.median(study):.1f} s; runs: {', '.join(f'{t:.1f}' for t in study)} s")

@@ -85,6 +85,10 @@ def test_summary_and_groups_at_a_fixed_threshold() -> None:
     assert result.false_positives_per_scan.value == pytest.approx(2 / 4)  # the 0.6 and 0.7 FPs
     assert result.false_positives_per_lesion_free_scan.value == 0.0  # the 0.5 FP is below threshold
     assert result.max_confidence_lesion_free == 0.5
+    # Every candidate's confidence against "it hit a lesion", one per bin here: |1-0.9|, |0-0.6|,
+    # |1-0.3|, |1-0.8|, |0-0.7|, |0-0.5| averaged.
+    assert result.ece is not None and result.ece.value == pytest.approx(2.8 / 6)
+    assert result.ece.ci95 is not None and result.ece.ci95[0] <= result.ece.value <= result.ece.ci95[1]
     groups = by_group(_hand_made(), threshold=0.55, n_bootstrap=20)
     assert [(g.group, g.n_lesions, g.found) for g in groups["size"]] == [("5 mm", 1, 0), ("8 mm", 1, 1), ("20 mm", 1, 1)]
     assert {g.group: g.found for g in groups["region:kind"]} == {"liver:hypodense": 1, "lung:solid": 1}
