@@ -150,7 +150,7 @@ def test_the_model_card_from_the_manifest_is_beside_the_findings_and_in_fhir(
     db_session.commit()
     assert job.model_version is not None
     manifest = job.model_version.manifest
-    card, point = manifest["model_card"], manifest["model_card"]["operating_point"]
+    point = manifest["model_card"]["operating_point"]
     overall = manifest["independent_evaluation"]["overall"]
     # The card quotes the recorded independent evaluation; it does not make its own numbers.
     assert point["sensitivity"] == overall["sensitivity_at_operating_point"]["value"]
