@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,6 @@ from ai_services.inference import (
     Detection,
     LesionDetector,
     PhysicalGrid,
-    extract_detections,
     label_components_3d,
     manifest_path_for,
     physical_context,
@@ -68,8 +68,8 @@ from ai_services.training import (
     code_version,
     detection_loss,
     froc_curve,
-    match_detections,
     metrics_from_runs,
+    run_on_phantoms,
     sensitivity_at_fp_rate,
 )
 from synthetic.phantoms import Phantom, make_ct_phantom
@@ -336,32 +336,15 @@ def validation_scan(seed: int, base: int = VALIDATION_SEED_BASE) -> Phantom:
     return make_scan(spec, n_lesions)
 
 
-def run_specs(detector: LesionDetector, specs: Sequence[tuple[ScanSpec, int | None]]
-              ) -> list[tuple[Phantom, np.ndarray, list[Detection], list[int]]]:
-    runs = []
-    for spec, n_lesions in specs:
-        phantom = make_scan(spec, n_lesions)
-        spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
-        probability = detector.predict_probabilities(phantom.volume_hu, pixel_spacing_mm=spacing,
-                                                     slice_spacing_mm=phantom.slice_thickness_mm)
-        detections = extract_detections(probability, spacing, threshold=detector.threshold,
-                                        calibration=detector.calibration, slice_spacing_mm=phantom.slice_thickness_mm)
-        runs.append((phantom, probability, detections, match_detections(detections, phantom)))
-        logger.info("%s seed %d %.2f mm/%.2f mm: %d lesions, %d detections", spec.generator, spec.seed,
-                    spec.pixel_spacing_mm, spec.slice_thickness_mm, len(phantom.lesions), len(detections))
-    return runs
-
-
 def operating_point(runs: Sequence[tuple[Phantom, np.ndarray, list[Detection], list[int]]], calibration: Calibration,
                     fp_per_scan: float) -> float:
     """The lowest calibrated confidence with at most ``fp_per_scan`` false positives per scan on ``runs``."""
-    confidences, ids, n_lesions = [], [], 0
-    for scan, (phantom, _, detections, matches) in enumerate(runs):
-        for detection, match in zip(detections, matches, strict=True):
-            volume = detection.n_voxels * phantom.pixel_spacing_mm ** 2 * phantom.slice_thickness_mm
-            confidences.append(float(calibration.apply(np.array([detection.max_probability]), np.array([volume]))[0]))
-            ids.append(scan * 1000 + match if match >= 0 else -1)
-        n_lesions += len(phantom.lesions)
+    max_p = np.array([d.max_probability for _, _, dets, _ in runs for d in dets])
+    volume = np.array([d.n_voxels * ph.pixel_spacing_mm ** 2 * ph.slice_thickness_mm
+                       for ph, _, dets, _ in runs for d in dets], dtype=np.float64)
+    confidences = calibration.apply(max_p, volume) if max_p.size else np.zeros(0)
+    ids = [scan * 1000 + m if m >= 0 else -1 for scan, (_, _, _, matches) in enumerate(runs) for m in matches]
+    n_lesions = sum(len(phantom.lesions) for phantom, _, _, _ in runs)
     _, threshold = sensitivity_at_fp_rate(froc_curve(confidences, ids, max(n_lesions, 1), len(runs)), fp_per_scan)
     return float(min(threshold, 1.0)) if math.isfinite(threshold) else 1.0
 
@@ -376,13 +359,14 @@ def finish(state_path: Path, out_dir: Path, *, n_validation: int = 24, n_heldout
     record_path = Path(state_path).with_name("training-record.json")
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     raw = LesionDetector.from_model(model, threshold=CANDIDATE_THRESHOLD, grid=GRID)
-    validation = _validation_specs(VALIDATION_SEED_BASE, n_validation)
-    validation_runs = run_specs(raw, validation)
+    validation_seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + n_validation)
+    validation_runs = run_on_phantoms(raw, validation_seeds, validation_scan)
     calibration = calibration_from_runs(validation_runs, physical=True)
     report_threshold = operating_point(validation_runs, calibration, REPORT_FP_PER_SCAN)
     detector = LesionDetector.from_model(model, calibration=calibration, threshold=CANDIDATE_THRESHOLD, grid=GRID)
-    heldout = _validation_specs(HELDOUT_SEED_BASE, n_heldout)
-    metrics: EvaluationMetrics = metrics_from_runs(run_specs(detector, heldout))
+    heldout_seeds = range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + n_heldout)
+    metrics: EvaluationMetrics = metrics_from_runs(
+        run_on_phantoms(detector, heldout_seeds, partial(validation_scan, base=HELDOUT_SEED_BASE)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{MODEL_NAME}-v{MODEL_VERSION}.pt"
