@@ -18,6 +18,15 @@ class AnalysisCompleted(DomainEvent):
     patient_id: int
     organization_id: int | None
     issued_at: str | None
+    # The package the model version came in by (ai_services.detector_package), for billing to
+    # charge the analysis at its own price like any package's; None: the catalog's AI price.
+    package_id: int | None = None
+    package_name: str | None = None
+    package_version: str | None = None
+    partner_organization_id: int | None = None
+    price_minor: int | None = None
+    currency: str | None = None
+    partner_share_bp: int | None = None
 
 
 @dataclass(frozen=True)

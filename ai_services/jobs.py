@@ -47,6 +47,11 @@ def analyse_study_again(session: Session, study_id: int) -> None:
         plan = prepare_analysis(prepare_session, study_id, current_app.config["DICOM_STORAGE_DIR"])
     if plan is None:
         return
+    if plan.not_routed_reason is not None:
+        viewable = _viewable_volume(plan.instance_paths)
+        record_not_applicable(session, plan, plan.not_routed_reason, viewable.sop_instance_uids if viewable else [],
+                              viewable.pixel_spacing_mm if viewable else None)
+        return
 
     def progress(done: int, total: int) -> None:
         with db.transaction() as progress_session:

@@ -48,6 +48,11 @@ class ModelVersion(Base):
     decision_reason: Mapped[str | None] = mapped_column(Text)
     # The version a retrained candidate was fine-tuned from.
     parent_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+    # The package this version came in by (submitted, checked, evaluated and approved like a
+    # partner's: ai_services.detector_package); None for one registered from a file or retrained.
+    model_package_id: Mapped[int | None] = mapped_column(ForeignKey("model_package.id"), index=True, unique=True)
+
+    model_package: Mapped[ModelPackage | None] = relationship()
 
     @property
     def label(self) -> str:

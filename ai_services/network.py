@@ -68,6 +68,32 @@ class LesionUNet(nn.Module):
         return self.head(u)
 
 
+
+class PackagedLesionUNet(LesionUNet):
+    """The lesion network as a model package presents it (architecture `lesion-detector`): the
+    same parameters as `LesionUNet` (one state dict serves both), held to the package input
+    contract of `ai_services.sandbox` and its detection output.
+
+    A package's channels come window by window (every slice through the first window, then every
+    slice through the next); the network was trained on them slice by slice (each slice through
+    every window), so they are put back in that order first. The output is the per-pixel lesion
+    probability (0..1), not the logit, as a detection package's map is.
+    """
+
+    def __init__(self, in_channels: int = IN_CHANNELS, widths: tuple[int, int, int, int] = DEFAULT_WIDTHS,
+                 n_windows: int = len(WINDOWS)) -> None:
+        super().__init__(in_channels, widths)
+        if n_windows < 1 or in_channels % n_windows:
+            raise ValueError(f"{in_channels} input channels are not a whole number of slices times {n_windows} windows")
+        self.n_windows = n_windows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        slice_major = (x.reshape(batch, self.n_windows, channels // self.n_windows, height, width)
+                       .transpose(1, 2).reshape(batch, channels, height, width))
+        return torch.sigmoid(super().forward(slice_major))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

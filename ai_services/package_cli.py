@@ -13,6 +13,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ai_services.detector_package import DetectorPackError, pack_detector
 from ai_services.models import ModelPackage
 from ai_services.package_service import (
     approve_package,
@@ -45,7 +46,7 @@ def _line(package: ModelPackage) -> str:
 
 @click.group("package")
 def package_group() -> None:
-    """Partner model packages: submit, list, approve, reject, retire."""
+    """Model packages: submit, list, approve, reject, retire; pack the platform's own detector as one."""
 
 
 @package_group.command("submit")
@@ -67,6 +68,29 @@ def submit_command(source: Path, username: str) -> None:
             click.echo(f"status: {checked.status.value}")
             if checked.check_report.get("reason"):
                 click.echo(f"checks: {checked.check_report['reason']}")
+
+
+@package_group.command("pack-detector")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="a detector version's weights, its manifest beside them (default: AI_WEIGHTS)")
+@click.option("--organization", required=True, help="the organisation the package is made by (the platform's own)")
+@click.option("--price-minor", type=click.IntRange(0, 100_000_000), required=True,
+              help="the price of one analysis in minor units (8000 = 80.00)")
+@click.option("--currency", required=True, help="ISO 4217 code, e.g. EUR or CNY")
+@click.option("--share-bp", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="the maker's share of each analysis's price, in basis points")
+@with_appcontext
+def pack_detector_command(dest: Path, weights: Path | None, organization: str, price_minor: int, currency: str,
+                          share_bp: int) -> None:
+    """Lay out the platform's lesion detector as a model package (a zip at DEST), to submit like a partner's."""
+    try:
+        written = pack_detector(weights or Path(current_app.config["AI_WEIGHTS"]), dest,
+                                partner_organization=organization, price_minor=price_minor, currency=currency,
+                                partner_share_bp=share_bp)
+    except DetectorPackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {written}")
 
 
 @package_group.command("list")

@@ -60,14 +60,13 @@ from ai_services.models import (
     PackageAnalysis,
     ReportStatus,
 )
-from ai_services.routing import StudyFacts, packages_for_study
+from ai_services.routing import packages_for_study, study_facts
 from ai_services.sandbox import InputGeometry, PackageRun
 from ai_services.service import series_to_analyse
 from hospital.clock import utcnow
 from hospital.events import iso_instant
 from hospital.jobs import publish
-from imaging_orders.archive.public import SeriesFiles, StudyRef, study_ref, study_series
-from referrals.public import referral_summary
+from imaging_orders.archive.public import study_ref, study_series
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +93,6 @@ class PackageRunPlan:
     study_id: int
     instance_paths: list[Path]
     runs: list[PackageToRun]
-
-
-def study_facts(session: Session, study: StudyRef, series: SeriesFiles) -> StudyFacts:
-    """What routing reads of a study: its series' modality and body part, the referral's reason
-    (through the referrals stage's public face) and the performing centre."""
-    referral = referral_summary(session, study.referral_id) if study.referral_id is not None else None
-    return StudyFacts(modality=series.modality, body_part=series.body_part,
-                      reason=referral.reason if referral is not None else "", centre_id=study.organization_id)
 
 
 def plan_package_runs(session: Session, report_id: int, storage_dir: Path) -> PackageRunPlan | None:

@@ -19,9 +19,17 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ai_services.models import ModelPackage, PackageStatus
-from ai_services.packages import DEFAULT_LIMITS, PackageLimits, PackageRefused, VerifiedPackage, verify_package
+from ai_services.models import ModelPackage, ModelVersion, PackageStatus
+from ai_services.packages import (
+    DEFAULT_LIMITS,
+    PackageLimits,
+    PackageRefused,
+    VerifiedPackage,
+    is_platform_detector,
+    verify_package,
+)
 from ai_services.sandbox import DEFAULT_SANDBOX_LIMITS, SandboxLimits, run_package_checks
+from ai_services.service import ModelRegistryError, register_model_version
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.jobs import enqueue
@@ -69,6 +77,8 @@ def submit_package(session: Session, source: Path, submitter: User, models_dir: 
         raise InvalidInput(f"package refused: {exc}") from exc
     try:
         organization = _submitting_organization(session, submitter, str(verified.manifest["partner_organization"]))
+        if is_platform_detector(verified.manifest):
+            _check_platform_detector(session, submitter, verified)
         existing = session.scalar(select(ModelPackage).where(ModelPackage.name == verified.name,
                                                              ModelPackage.version == verified.version))
         if existing is not None:
@@ -88,6 +98,20 @@ def submit_package(session: Session, source: Path, submitter: User, models_dir: 
     logger.info("model package %s submitted by user %s for organisation %s", package.label, submitter.id,
                 organization.id)
     return package
+
+
+def _check_platform_detector(session: Session, submitter: User, verified: VerifiedPackage) -> None:
+    """A package that would become the platform's own detector comes from its administrators only,
+    and never under a detector version already registered with other weights."""
+    if submitter.role is not Role.ADMIN:
+        raise Forbidden("only the platform's administrators submit a package of the platform's own detector "
+                        "(runtime 'platform-detector')")
+    registered = session.scalar(select(ModelVersion).where(ModelVersion.name == verified.name,
+                                                          ModelVersion.version == verified.version))
+    weights_sha256 = verified.manifest["files"][str(verified.manifest["weights"]["file"])]
+    if registered is not None and registered.weights_sha256 != weights_sha256:
+        raise Conflict(f"model version {registered.label} is already registered with other weights; "
+                       "send this one under a new version")
 
 
 def _record(session: Session, verified: VerifiedPackage, path: Path, organization: Organization,
@@ -160,7 +184,26 @@ def approve_package(session: Session, package_id: int, admin: User, reason: str 
         raise Conflict(f"{package.label} is {package.status.value}; only a package that passed its checks "
                        "can be approved")
     _decide(package, admin, PackageStatus.APPROVED, reason.strip() or None)
+    if is_platform_detector(package.manifest):
+        register_approved_detector(session, package)
     return package
+
+
+def register_approved_detector(session: Session, package: ModelPackage) -> ModelVersion:
+    """An approved package of the platform's detector becomes its active version: registered from
+    the package's own kept files (the weights and the detector manifest beside them), linked to
+    the package, and active in place of the version before it."""
+    weights = Path(package.storage_path) / str(package.manifest["weights"]["file"])
+    try:
+        version = register_model_version(session, weights, activate=True)
+    except ModelRegistryError as exc:
+        raise Conflict(str(exc)) from exc
+    if version.model_package_id not in (None, package.id):
+        raise Conflict(f"model version {version.label} came in by another package")
+    version.model_package_id = package.id
+    session.flush()
+    logger.info("model package %s approved: %s is the active detector", package.label, version.label)
+    return version
 
 
 def reject_package(session: Session, package_id: int, admin: User, reason: str) -> ModelPackage:
@@ -180,6 +223,11 @@ def retire_package(session: Session, package_id: int, admin: User, reason: str =
     package = _locked(session, package_id)
     if package.status is not PackageStatus.APPROVED:
         raise Conflict(f"{package.label} is {package.status.value}; only an approved package is retired")
+    running = session.scalar(select(ModelVersion).where(ModelVersion.model_package_id == package.id,
+                                                       ModelVersion.active.is_(True)))
+    if running is not None:
+        raise Conflict(f"{package.label} is the active {running.name}: approve a package of another version "
+                       "first (it takes over), then retire this one")
     package.status = PackageStatus.RETIRED
     package.retired_at = utcnow()
     if reason.strip():

@@ -36,11 +36,18 @@ import jsonschema_rs
 import torch
 from torch import nn
 
-from ai_services.network import DEFAULT_WIDTHS, IN_CHANNELS, LesionUNet
+from ai_services.network import DEFAULT_WIDTHS, IN_CHANNELS, WINDOWS, LesionUNet, PackagedLesionUNet
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+# The runtime of the platform's own lesion detector as a package: a state dict of architecture
+# `lesion-detector` and, beside it (the weights' name with `.json`), the detector's own manifest
+# (calibration, the grid it reads on, its operating point and validated range) that
+# `LesionDetector.load` reads. Its weights are the reviewed architecture's numbers only, loaded with
+# `weights_only`, so the platform runs it in-process on whole studies; the sandbox still checks it
+# on the reference studies and the held-out set through the package input contract like any other.
+PLATFORM_DETECTOR = "platform-detector"
 OUTPUT_KINDS = ("detection", "classification", "segmentation")
 _NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,79}$"
 _SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -115,6 +122,11 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "if": {"properties": {"format": {"const": "state_dict"}}},
             "then": {"required": ["file", "format", "architecture"]},
         },
+        # How the platform runs the package on a study: "sandbox" (the default: a partner's code, in
+        # a limited child process, on the centre slices of the input contract) or "platform-detector"
+        # (the platform's own calibrated lesion detector, `ai_services.inference.LesionDetector`, in
+        # the analysis job on every slice; see `PLATFORM_DETECTOR`).
+        "runtime": {"enum": ["sandbox", PLATFORM_DETECTOR]},
         "files": {"type": "object", "minProperties": 1, "maxProperties": 16,
                   "propertyNames": {"pattern": _FILE_PATTERN},
                   "additionalProperties": {"type": "string", "pattern": _SHA256_PATTERN}},
@@ -141,12 +153,20 @@ class TinyClassifier(nn.Module):
         return logits
 
 
-def _lesion_unet(args: dict[str, Any]) -> nn.Module:
+def _unet_widths(args: dict[str, Any]) -> tuple[int, int, int, int]:
     given = [int(w) for w in args.get("widths", DEFAULT_WIDTHS)]
     if len(given) != 4:
         raise PackageRefused(f"architecture_args.widths must have 4 entries, got {given}")
-    widths = (given[0], given[1], given[2], given[3])
-    return LesionUNet(in_channels=int(args.get("in_channels", IN_CHANNELS)), widths=widths)
+    return given[0], given[1], given[2], given[3]
+
+
+def _lesion_unet(args: dict[str, Any]) -> nn.Module:
+    return LesionUNet(in_channels=int(args.get("in_channels", IN_CHANNELS)), widths=_unet_widths(args))
+
+
+def _packaged_lesion_unet(args: dict[str, Any]) -> nn.Module:
+    return PackagedLesionUNet(in_channels=int(args.get("in_channels", IN_CHANNELS)), widths=_unet_widths(args),
+                              n_windows=int(args.get("n_windows", len(WINDOWS))))
 
 
 def _tiny_classifier(args: dict[str, Any]) -> nn.Module:
@@ -158,6 +178,7 @@ def _tiny_classifier(args: dict[str, Any]) -> nn.Module:
 # plain numbers. A partner with another architecture sends TorchScript.
 ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "lesion-unet": _lesion_unet,
+    "lesion-detector": _packaged_lesion_unet,
     "tiny-classifier": _tiny_classifier,
 }
 
@@ -305,7 +326,43 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     if weights["format"] == "state_dict" and weights["architecture"] not in ARCHITECTURES:
         raise PackageRefused(f"unknown architecture {weights['architecture']!r}; "
                              f"allowed: {', '.join(sorted(ARCHITECTURES))} (or send TorchScript)")
+    if manifest.get("runtime") == PLATFORM_DETECTOR:
+        if manifest["output"]["kind"] != "detection" or weights["format"] != "state_dict" \
+                or weights.get("architecture") != "lesion-detector":
+            raise PackageRefused(f"runtime {PLATFORM_DETECTOR!r} needs a detection output and a state dict of "
+                                 "architecture 'lesion-detector'")
+        if detector_manifest_name(manifest) not in manifest["files"]:
+            raise PackageRefused(f"runtime {PLATFORM_DETECTOR!r} needs the detector's manifest "
+                                 f"{detector_manifest_name(manifest)!r} beside its weights, listed under files")
     return manifest
+
+
+def is_platform_detector(manifest: dict[str, Any]) -> bool:
+    return manifest.get("runtime") == PLATFORM_DETECTOR
+
+
+def detector_manifest_name(manifest: dict[str, Any]) -> str:
+    """Where a platform detector package keeps the detector's own manifest: beside its weights, as
+    `ai_services.inference.manifest_path_for` looks for it."""
+    return str(PurePosixPath(str(manifest["weights"]["file"])).with_suffix(".json"))
+
+
+def _check_detector_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """The detector manifest of a platform detector package describes these very weights, under
+    the package's own name and version (the model registry keys versions by them)."""
+    path = root / detector_manifest_name(manifest)
+    try:
+        detector = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageRefused(f"{path.name} is not valid JSON: {exc}") from exc
+    if not isinstance(detector, dict):
+        raise PackageRefused(f"{path.name} must hold a JSON object")
+    if detector.get("sha256") != manifest["files"][str(manifest["weights"]["file"])]:
+        raise PackageRefused(f"{path.name}: its sha256 {detector.get('sha256')!r} is not the weights' SHA-256")
+    named = (str(detector.get("model_name") or ""), str(detector.get("version") or ""))
+    if named != (manifest["name"], manifest["version"]):
+        raise PackageRefused(f"{path.name} names model {named[0]!r} version {named[1]!r}; the package is "
+                             f"{manifest['name']!r} version {manifest['version']!r}")
 
 
 def _verify_unpacked(root: Path, total: int, limits: PackageLimits) -> VerifiedPackage:
@@ -332,6 +389,8 @@ def _verify_unpacked(root: Path, total: int, limits: PackageLimits) -> VerifiedP
         if actual != manifest["files"][name]:
             raise PackageRefused(f"{name}: SHA-256 {actual} does not match the manifest's {manifest['files'][name]}")
 
+    if is_platform_detector(manifest):
+        _check_detector_manifest(root, manifest)
     package = VerifiedPackage(root=root, manifest=manifest, digest=hashlib.sha256(raw).hexdigest(), total_bytes=total)
     if manifest["weights"]["format"] == "state_dict":
         build_state_dict_model(manifest, package.weights_path)

@@ -13,8 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ai_services.models import ModelPackage, ModelRoutingRule, PackageStatus
+from ai_services.packages import is_platform_detector
 from hospital.errors import Forbidden, InvalidInput
 from hospital.models import Role, User
+from imaging_orders.archive.public import SeriesFiles, StudyRef
+from referrals.public import referral_summary
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +48,29 @@ def _applies(package: ModelPackage, facts: StudyFacts) -> bool:
             and (facts.body_part or "").upper() in manifest.get("body_parts", []))
 
 
+def study_facts(session: Session, study: StudyRef, series: SeriesFiles) -> StudyFacts:
+    """What routing reads of a study: its series' modality and body part, the referral's reason
+    (through the referrals stage's public face) and the performing centre."""
+    referral = referral_summary(session, study.referral_id) if study.referral_id is not None else None
+    return StudyFacts(modality=series.modality, body_part=series.body_part,
+                      reason=referral.reason if referral is not None else "", centre_id=study.organization_id)
+
+
+def detector_not_routed(session: Session, name: str, facts: StudyFacts) -> str | None:
+    """Why the platform's own detector `name` is not to read a study, or None when it is: it reads
+    every study its applicability gate admits until an administrator names it in a rule; from then
+    on, like any package, only the studies a rule naming it matches."""
+    rules = session.scalars(select(ModelRoutingRule).where(ModelRoutingRule.active.is_(True),
+                                                           ModelRoutingRule.package_name == name)).all()
+    if not rules or any(_matches(rule, facts) for rule in rules):
+        return None
+    return (f"not routed to {name}: none of its routing rules matches this {facts.modality} study"
+            f" (body part {facts.body_part or 'not given'})")
+
+
 def packages_for_study(session: Session, facts: StudyFacts) -> list[ModelPackage]:
-    """The package versions to run on a study with these facts, by name."""
+    """The package versions to run in the sandbox on a study with these facts, by name. The
+    platform's own detector is not among them: the analysis job runs it (`detector_not_routed`)."""
     rules = session.scalars(select(ModelRoutingRule).where(ModelRoutingRule.active.is_(True))).all()
     names = sorted({rule.package_name for rule in rules if _matches(rule, facts)})
     chosen = []
@@ -56,7 +80,7 @@ def packages_for_study(session: Session, facts: StudyFacts) -> list[ModelPackage
             .where(ModelPackage.name == name, ModelPackage.status == PackageStatus.APPROVED)
             .order_by(ModelPackage.decided_at.desc(), ModelPackage.id.desc())
         ).first()
-        if approved is not None and _applies(approved, facts):
+        if approved is not None and not is_platform_detector(approved.manifest) and _applies(approved, facts):
             chosen.append(approved)
     return chosen
 

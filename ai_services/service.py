@@ -37,6 +37,7 @@ from ai_services.models import (
     ReportStatus,
     ReviewStatus,
 )
+from ai_services.routing import detector_not_routed, study_facts
 from hospital.access import ensure_patient_access, patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
@@ -119,6 +120,8 @@ class AnalysisPlan:
     weights_path: str
     weights_sha256: str
     instance_paths: list[Path]
+    # Set when routing rules keep the detector off this study: the report says so, no model runs.
+    not_routed_reason: str | None = None
 
 
 def queue_analysis(session: Session, study_id: int) -> AnalysisJob:
@@ -145,6 +148,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     if model_version is None:
         raise ModelRegistryError("no active AI model version; run `hospital ai register`")
     series = series_to_analyse(study_id, study_series(session, study_id, storage_dir))
+    not_routed = detector_not_routed(session, model_version.name, study_facts(session, study, series))
     job = queue_analysis(session, study_id)
     job.status = AnalysisStatus.RUNNING
     job.attempts += 1
@@ -159,7 +163,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     return AnalysisPlan(
         job_id=job.id, study_id=study_id, model_version_id=model_version.id,
         weights_path=model_version.weights_path, weights_sha256=model_version.weights_sha256,
-        instance_paths=[instance.path for instance in series.instances],
+        instance_paths=[instance.path for instance in series.instances], not_routed_reason=not_routed,
     )
 
 
@@ -223,9 +227,16 @@ def record_analysis(
     report.issued_at = utcnow()
     report.conclusion = ai_conclusion(detections)
     session.flush()
+    model_version = session.get(ModelVersion, plan.model_version_id)
+    package = model_version.model_package if model_version is not None else None
+    priced = {} if package is None else {
+        "package_id": package.id, "package_name": package.name, "package_version": package.version,
+        "partner_organization_id": package.partner_organization_id, "price_minor": package.price_minor,
+        "currency": package.currency, "partner_share_bp": package.partner_share_bp,
+    }
     publish(session, AnalysisCompleted(
         report_id=report.id, study_id=study.study_id, patient_id=report.patient_id,
-        organization_id=study.organization_id, issued_at=iso_instant(report.issued_at),
+        organization_id=study.organization_id, issued_at=iso_instant(report.issued_at), **priced,
     ))
     return report
 

@@ -143,12 +143,44 @@ def charge_scan(session: Session, event: StudyCompleted) -> ChargeItem:
 
 
 def charge_ai_analysis(session: Session, event: AnalysisCompleted) -> ChargeItem:
+    """The platform detector's analysis of a study: at the price of the package its version came in
+    by, recorded under that package like a partner model's; a version registered from a file is
+    charged at the catalog's AI analysis price."""
+    package = None
+    if event.package_id is not None and event.price_minor is not None and event.partner_organization_id is not None:
+        package = PricedPackage(event.package_id, str(event.package_name), str(event.package_version),
+                                event.partner_organization_id, event.price_minor, str(event.currency),
+                                int(event.partner_share_bp or 0))
     # Keyed by study: a re-run analysis of the same study is not billed again.
     return charge(session, BillableEvent(
-        event_key=f"ai-analysis:ImagingStudy/{event.study_id}", patient_id=event.patient_id, code=AI_ANALYSIS_CODE,
+        event_key=f"ai-analysis:ImagingStudy/{event.study_id}", patient_id=event.patient_id,
+        code=AI_ANALYSIS_CODE if package is None else package_price(session, package),
         organization_id=event.organization_id, service_reference=f"DiagnosticReport/{event.report_id}",
         occurred_at=parse_instant(event.issued_at) or utcnow(), ai_attributed=True,
+        model=None if package is None else package.charge(),
     ))
+
+
+@dataclass(frozen=True)
+class PricedPackage:
+    """A model package version as billing charges it: its own price, its partner and their share."""
+
+    package_id: int
+    name: str
+    version: str
+    partner_organization_id: int
+    price_minor: int
+    currency: str
+    partner_share_bp: int
+
+    @classmethod
+    def of(cls, event: PackageAnalysisCompleted) -> PricedPackage:
+        return cls(event.package_id, event.package_name, event.package_version, event.partner_organization_id,
+                   event.price_minor, event.currency, event.partner_share_bp)
+
+    def charge(self) -> PackageCharge:
+        return PackageCharge(self.package_id, f"{self.name} {self.version}", self.partner_organization_id,
+                             self.partner_share_bp)
 
 
 def package_code(package_id: int) -> str:
@@ -160,7 +192,7 @@ def package_code(package_id: int) -> str:
 PACKAGE_PRICE_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def package_price(session: Session, event: PackageAnalysisCompleted) -> str:
+def package_price(session: Session, event: PricedPackage) -> str:
     """The catalog code of the package version, with its price entered once from the package's own
     (the first analysis it makes puts it in the catalog, beside the platform's prices)."""
     code = package_code(event.package_id)
@@ -170,7 +202,7 @@ def package_price(session: Session, event: PackageAnalysisCompleted) -> str:
     session.execute(select(Organization.id).where(Organization.id == event.partner_organization_id).with_for_update())
     if session.scalar(select(CatalogEntry.id).where(CatalogEntry.code == code).limit(1)) is None:
         session.add(CatalogEntry(
-            code=code, display=f"AI analysis: {event.package_name} {event.package_version}",
+            code=code, display=f"AI analysis: {event.name} {event.version}",
             service_line=ServiceLine.AI_ANALYSIS, organization_id=None, unit_price_minor=event.price_minor,
             currency=event.currency, effective_from=PACKAGE_PRICE_FROM,
         ))
@@ -183,11 +215,10 @@ def charge_package_analysis(session: Session, event: PackageAnalysisCompleted) -
     recording the package and its partner's share for the partner's statement."""
     return charge(session, BillableEvent(
         event_key=f"ai-package:PackageAnalysis/{event.analysis_id}", patient_id=event.patient_id,
-        code=package_price(session, event), organization_id=event.organization_id,
+        code=package_price(session, PricedPackage.of(event)), organization_id=event.organization_id,
         service_reference=f"DiagnosticReport/{event.report_id}",
         occurred_at=parse_instant(event.completed_at) or utcnow(), ai_attributed=True,
-        model=PackageCharge(event.package_id, f"{event.package_name} {event.package_version}",
-                            event.partner_organization_id, event.partner_share_bp),
+        model=PricedPackage.of(event).charge(),
     ))
 
 
