@@ -32,7 +32,7 @@ from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import gettext as _
 from hospital.models import Role, User
 from research.deidentify import DeidentifiedInstance, NotDeidentifiable, deidentify_file
-from research.models import Contribution, ContributionSource, ResearchInstance, UidKind
+from research.models import Contribution, ContributionSource, ResearchInstance, ResearchUidMap, UidKind
 from research.service import mark_versions_holding, record_research_uid
 
 logger = logging.getLogger(__name__)
@@ -223,6 +223,18 @@ def instance_counts(session: Session, contribution_id: int) -> tuple[int, list[s
     """How many of the upload's images are usable, and why the others were kept out."""
     rows = session.scalars(select(ResearchInstance).where(ResearchInstance.contribution_id == contribution_id)).all()
     return sum(r.excluded_reason is None for r in rows), sorted({r.excluded_reason for r in rows if r.excluded_reason})
+
+
+def instance_outcomes(session: Session, contribution_id: int) -> dict[str, str | None]:
+    """Each image of an upload by the SOP Instance UID its sender gave it: None when it was kept,
+    de-identified, else why it was kept out. For answering the sender only: it reads the UID map."""
+    rows = session.execute(
+        select(ResearchUidMap.original_uid, ResearchInstance.excluded_reason)
+        .join(ResearchUidMap, (ResearchUidMap.research_uid == ResearchInstance.sop_instance_uid)
+              & (ResearchUidMap.kind == UidKind.INSTANCE))
+        .where(ResearchInstance.contribution_id == contribution_id)
+    ).all()
+    return {original: reason for original, reason in rows}
 
 
 def withdraw_upload(session: Session, user: User, contribution_id: int) -> Contribution:

@@ -10,12 +10,13 @@ from hospital.i18n import lazy_gettext as _l
 from hospital.jobs import subscribe
 from hospital.models import Role
 from hospital.web import add_nav_link
-from research import admin_routes, cli, fhir, routes
+from research import admin_routes, cli, dicomweb, fhir, routes
 
 
 def register(app: Flask) -> None:
     app.register_blueprint(routes.bp)
     app.register_blueprint(admin_routes.bp)
+    app.register_blueprint(dicomweb.bp)
     fhir.register_fhir(app)
     app.cli.add_command(cli.research_group)
     subscribe(app, ReportSigned, "research.jobs.record_contribution_for_report")
