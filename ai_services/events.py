@@ -30,6 +30,22 @@ class AnalysisCompleted(DomainEvent):
 
 
 @dataclass(frozen=True)
+class AnalysisFailed(DomainEvent):
+    """The built-in model failed on a study that had no report yet (an error, not a refusal): a
+    preliminary report exists that says so, with no AI findings, so the study reaches the
+    radiologist's reading list and the partner models routed to it still read it. Nothing is billed
+    as an AI analysis; a re-run that succeeds publishes `AnalysisCompleted` into the same report."""
+
+    name = "ai.analysis_failed"
+
+    report_id: int
+    study_id: int
+    patient_id: int
+    organization_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class AnalysisNotApplicable(DomainEvent):
     """The built-in model did not read a study outside its intended use (an MR, an NM study...): a
     preliminary report exists that says why, with no AI findings. Not `AnalysisCompleted`: no AI

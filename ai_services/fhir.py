@@ -38,6 +38,7 @@ from ai_services.models import (
     ReviewStatus,
 )
 from ai_services.report_pdf import SIGNED_STATUSES, ReportDocument, last_changed, report_pdf_attachments, signer_name
+from ai_services.service import FAILED_PREFIX
 from hospital.fhir.registry import (
     CANONICAL_BASE,
     IDENTIFIER_SYSTEM_BASE,
@@ -135,11 +136,14 @@ def diagnostic_report_to_fhir(report: DiagnosticReport) -> dict[str, Any]:
     findings = report.findings
     job = _analysis_job(report)
     not_applicable = job is not None and AnalysisStatus(job.status) is AnalysisStatus.NOT_APPLICABLE
+    # The model failed and the report holds none of its findings: the AI result is absent, in error.
+    failed = (job is not None and AnalysisStatus(job.status) is AnalysisStatus.FAILED
+              and not any(f.source is FindingSource.AI and f.package_analysis_id is None for f in findings))
     card = job.model_version.card if job is not None and job.model_version is not None else None
     results = [
         reference("Observation", f.id) for f in findings if ReviewStatus(f.review_status) is not ReviewStatus.REJECTED
     ]
-    if not_applicable:
+    if not_applicable or failed:
         results.append({"reference": f"#{AI_OUTCOME_ID}"})
     return {
         "resourceType": "DiagnosticReport",
@@ -154,10 +158,11 @@ def diagnostic_report_to_fhir(report: DiagnosticReport) -> dict[str, Any]:
         "performer": _report_performer(report, findings),
         "resultsInterpreter": [_signer(report)] if report.signed_by_user_id is not None else None,
         "imagingStudy": [reference("ImagingStudy", report.study_id)],
-        "contained": [_not_applicable_observation(report, job)] if not_applicable and job is not None else None,
+        "contained": [_absent_ai_observation(report, job, failed=failed)] if (not_applicable or failed) and job is not None
+        else None,
         "result": results or None,
         "conclusion": report_conclusion_text(report) or None,
-        "conclusionCode": [_not_applicable_code(job)] if not_applicable and job is not None else None,
+        "conclusionCode": [_outcome_code(job, failed=failed)] if (not_applicable or failed) and job is not None else None,
         "presentedForm": [*_pdf_attachments(report), *([_card_attachment(card)] if card is not None else [])] or None,
     }
 
@@ -223,15 +228,23 @@ def _analysis_job(report: DiagnosticReport) -> AnalysisJob | None:
     return session.get(AnalysisJob, report.analysis_job_id) if session is not None else None
 
 
-def _not_applicable_code(job: AnalysisJob) -> dict[str, Any]:
+def _outcome_code(job: AnalysisJob, *, failed: bool) -> dict[str, Any]:
+    if failed:
+        return {"coding": [{"system": AI_OUTCOME_SYSTEM, "code": "failed", "display": "AI analysis failed"}],
+                "text": f"{FAILED_PREFIX}{job.error}"}
     return {
         "coding": [{"system": AI_OUTCOME_SYSTEM, "code": "not-applicable", "display": "AI not applicable"}],
         "text": f"{NOT_APPLICABLE_PREFIX}{job.not_applicable_reason}",
     }
 
 
-def _not_applicable_observation(report: DiagnosticReport, job: AnalysisJob) -> dict[str, Any]:
-    """The AI result that is absent, and why: the series was outside the model's validated range."""
+def _absent_ai_observation(report: DiagnosticReport, job: AnalysisJob, *, failed: bool) -> dict[str, Any]:
+    """The AI result that is absent, and why: the series was outside the model's validated range
+    (not-applicable), or the model failed on it (error)."""
+    absent = ({"coding": [{"system": DATA_ABSENT_REASON_SYSTEM, "code": "error", "display": "Error"}],
+               "text": f"{FAILED_PREFIX}{job.error}"} if failed else
+              {"coding": [{"system": DATA_ABSENT_REASON_SYSTEM, "code": "not-applicable", "display": "Not Applicable"}],
+               "text": f"{NOT_APPLICABLE_PREFIX}{job.not_applicable_reason}"})
     return {
         "resourceType": "Observation",
         "id": AI_OUTCOME_ID,
@@ -240,10 +253,7 @@ def _not_applicable_observation(report: DiagnosticReport, job: AnalysisJob) -> d
         "code": {"text": AI_RESULT_TEXT},
         "subject": reference("Patient", report.patient_id),
         "effectiveDateTime": fhir_instant(job.finished_at) if job.finished_at else None,
-        "dataAbsentReason": {
-            "coding": [{"system": DATA_ABSENT_REASON_SYSTEM, "code": "not-applicable", "display": "Not Applicable"}],
-            "text": f"{NOT_APPLICABLE_PREFIX}{job.not_applicable_reason}",
-        },
+        "dataAbsentReason": absent,
         "device": reference("Device", job.model_version_id) if job.model_version_id is not None else None,
         "derivedFrom": [reference("ImagingStudy", report.study_id)],
     }

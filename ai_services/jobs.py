@@ -22,7 +22,7 @@ from ai_services.service import (
     load_detector,
     prepare_analysis,
     record_analysis,
-    record_failure,
+    record_failed_analysis,
     record_not_applicable,
     record_progress,
 )
@@ -71,7 +71,7 @@ def analyse_study_again(session: Session, study_id: int) -> None:
         inference_seconds = time.perf_counter() - started
     except Exception as exc:
         with db.transaction() as failure_session:
-            record_failure(failure_session, plan.job_id, f"{type(exc).__name__}: {exc}")
+            record_failed_analysis(failure_session, plan, f"{type(exc).__name__}: {exc}")
         raise
     if verdict.reason is not None or volume is None:
         record_not_applicable(session, plan, str(verdict.reason), volume.sop_instance_uids if volume else [],

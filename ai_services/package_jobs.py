@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import current_app
 from sqlalchemy.orm import Session
 
-from ai_services.events import AnalysisCompleted, AnalysisNotApplicable
+from ai_services.events import AnalysisCompleted, AnalysisFailed, AnalysisNotApplicable
 from ai_services.package_runs import (
     claim_package_run,
     plan_package_runs,
@@ -34,10 +34,10 @@ def check_model_package(session: Session, package_id: int) -> None:
     check_package(session, package_id, limits)
 
 
-def run_routed_packages(session: Session, event: AnalysisCompleted | AnalysisNotApplicable) -> None:
-    """On `AnalysisCompleted` and `AnalysisNotApplicable` (the study has its preliminary report,
-    with or without the built-in model's findings): run every package routed to the study on it,
-    each in the sandbox.
+def run_routed_packages(session: Session, event: AnalysisCompleted | AnalysisNotApplicable | AnalysisFailed) -> None:
+    """On `AnalysisCompleted`, `AnalysisNotApplicable` and `AnalysisFailed` (the study has its
+    preliminary report, with or without the built-in model's findings): run every package routed
+    to the study on it, each in the sandbox.
 
     Each step is a unit of work of its own (queue, claim, record), so a run shows as running while
     it runs and no transaction is held through it. A package that fails fails alone; an error of

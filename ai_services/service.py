@@ -21,7 +21,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
-from ai_services.events import AnalysisCompleted, AnalysisNotApplicable, ReportSigned
+from ai_services.events import AnalysisCompleted, AnalysisFailed, AnalysisNotApplicable, ReportSigned
 from ai_services.inference import Detection, LesionDetector, manifest_path_for, sha256_of_file
 from ai_services.models import (
     AnalysisJob,
@@ -196,6 +196,36 @@ def record_failure(session: Session, job_id: int, error: str) -> None:
         job.status = AnalysisStatus.FAILED
         job.error = error[:4000]
         job.finished_at = utcnow()
+
+
+FAILED_PREFIX = "AI analysis failed: "
+
+
+def record_failed_analysis(session: Session, plan: AnalysisPlan, reason: str) -> DiagnosticReport | None:
+    """The model failed on the study (step 2 raised): the job ends FAILED with the reason, and a
+    study that had no report gets its preliminary report saying so, with no AI findings, so that
+    it is read and signed like any other (a model that fails fails alone) and the partner models
+    routed to it still read it (`AnalysisFailed`). A report already there (an earlier analysis's)
+    keeps what it has. Returns the report made, if one was."""
+    record_failure(session, plan.job_id, reason)
+    job, study = session.get(AnalysisJob, plan.job_id), study_ref(session, plan.study_id)
+    if job is None or study is None or study.patient_id is None:
+        return None
+    if session.scalar(select(DiagnosticReport.id).where(DiagnosticReport.study_id == study.study_id)) is not None:
+        return None
+    report = DiagnosticReport(study_id=study.study_id, patient_id=study.patient_id, referral_id=study.referral_id,
+                              analysis_job_id=job.id, issued_at=utcnow(), conclusion=failed_conclusion(reason))
+    session.add(report)
+    session.flush()
+    publish(session, AnalysisFailed(report_id=report.id, study_id=study.study_id, patient_id=report.patient_id,
+                                    organization_id=study.organization_id, reason=reason[:500]))
+    logger.info("study %s: AI analysis failed (%s); report %s made without AI findings", study.study_id, reason,
+                report.id)
+    return report
+
+
+def failed_conclusion(reason: str) -> str:
+    return f"{FAILED_PREFIX}{reason[:500]}. No AI findings; awaiting the radiologist's reading."
 
 
 def record_analysis(

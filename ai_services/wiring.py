@@ -7,6 +7,7 @@ from flask import Flask
 from ai_services import cli, drift, fhir, package_routes, report_pdf_routes, routes, seed
 from ai_services.events import (
     AnalysisCompleted,
+    AnalysisFailed,
     AnalysisNotApplicable,
     PackageAnalysisCompleted,
     ReportAmended,
@@ -39,6 +40,7 @@ def register(app: Flask) -> None:
     # intended use (its report says why), since a partner's model may be made for exactly that study.
     subscribe(app, AnalysisCompleted, "ai_services.package_jobs.run_routed_packages", queue="ai")
     subscribe(app, AnalysisNotApplicable, "ai_services.package_jobs.run_routed_packages", queue="ai")
+    subscribe(app, AnalysisFailed, "ai_services.package_jobs.run_routed_packages", queue="ai")
     subscribe(app, ReportSigned, "ai_services.jobs.tell_report_signed", queue="notify")
     # An addendum: a new SR version and a word to the referring clinician; no consultation and no
     # charge follow it (those followed the signature, once).

@@ -139,6 +139,9 @@ def draft_conclusion(report: DiagnosticReport) -> str:
                        reason=job.not_applicable_reason or "")
     # The built-in model's draft; partner models' findings are listed under each model.
     found = [f for f in report.findings if f.source is FindingSource.AI and f.package_analysis_id is None]
+    if job is not None and job.status is AnalysisStatus.FAILED and not found:
+        return gettext("AI analysis failed: %(reason)s. No AI findings; awaiting the radiologist's reading.",
+                       reason=job.error or "")
     if job is None or job.status is not AnalysisStatus.COMPLETED:
         return report.conclusion or ""
     if not found:
