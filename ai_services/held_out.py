@@ -38,6 +38,7 @@ Pure (arrays and dataclasses in and out, no Flask, no session).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -148,16 +149,20 @@ def _make_set(n_cases: int) -> HeldOutSet:
     scans: list[HeldOutScan] = []
     seed = HELD_OUT_SEED_BASE
     while len(scans) < n_cases - n_lesion_free:
-        scan = make_eval_scan(seed, HELD_OUT_GRID)
+        scan = _scan(seed, lesion_free=False)
         if scan.lesion_mask[centre].sum() >= min_pixels:  # the lesions are where the packages look
-            scans.append(HeldOutScan(seed, False, scan.volume_hu, scan.lesion_mask))
+            scans.append(scan)
         seed += 1
-    for seed in range(HELD_OUT_SEED_BASE + LESION_FREE_SEED_OFFSET,
-                      HELD_OUT_SEED_BASE + LESION_FREE_SEED_OFFSET + n_lesion_free):
-        scan = make_eval_scan(seed, HELD_OUT_GRID, n_lesions=0)
-        scans.append(HeldOutScan(seed, True, scan.volume_hu, scan.lesion_mask))
+    scans.extend(_scan(seed, lesion_free=True) for seed in range(HELD_OUT_SEED_BASE + LESION_FREE_SEED_OFFSET,
+                                                                HELD_OUT_SEED_BASE + LESION_FREE_SEED_OFFSET + n_lesion_free))
     logger.info("held-out set of %d cases made in %.1f s", n_cases, time.monotonic() - started)
     return HeldOutSet(HELD_OUT_SET_NAME, tuple(scans))
+
+
+@functools.lru_cache(maxsize=96)  # sets of several sizes share their first scans; ~1.4 MB a scan
+def _scan(seed: int, *, lesion_free: bool) -> HeldOutScan:
+    scan = make_eval_scan(seed, HELD_OUT_GRID, n_lesions=0 if lesion_free else None)
+    return HeldOutScan(seed, lesion_free, scan.volume_hu, scan.lesion_mask)
 
 
 @dataclass(frozen=True)
@@ -217,11 +222,13 @@ class Metric:
     unit: str
     method: str
     note: str | None = None
+    # False for counts of mistakes (false positives, foreground where there is no lesion).
+    higher_is_better: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "value": _rounded(self.value), "n": self.n, "unit": self.unit,
                 "ci": [_rounded(self.ci[0]), _rounded(self.ci[1])] if self.ci else None, "method": self.method,
-                "note": self.note}
+                "note": self.note, "higher_is_better": self.higher_is_better}
 
 
 def _rounded(value: float | None) -> float | None:
@@ -239,10 +246,11 @@ def wilson_ci(successes: int, total: int) -> tuple[float, float] | None:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def proportion(name: str, successes: int, total: int, unit: str, empty_note: str) -> Metric:
+def proportion(name: str, successes: int, total: int, unit: str, empty_note: str, *,
+               higher_is_better: bool = True) -> Metric:
     if total == 0:
-        return Metric(name, None, None, 0, unit, "wilson", empty_note)
-    return Metric(name, successes / total, wilson_ci(successes, total), total, unit, "wilson")
+        return Metric(name, None, None, 0, unit, "wilson", empty_note, higher_is_better)
+    return Metric(name, successes / total, wilson_ci(successes, total), total, unit, "wilson", None, higher_is_better)
 
 
 def bootstrap_ci(groups: Sequence[np.ndarray], statistic: Callable[[list[np.ndarray]], float],
@@ -257,12 +265,13 @@ def bootstrap_ci(groups: Sequence[np.ndarray], statistic: Callable[[list[np.ndar
     return float(np.percentile(replicates, 2.5)), float(np.percentile(replicates, 97.5))
 
 
-def mean_metric(name: str, values: Sequence[float], unit: str, empty_note: str) -> Metric:
+def mean_metric(name: str, values: Sequence[float], unit: str, empty_note: str, *,
+                higher_is_better: bool = True) -> Metric:
     array = np.asarray(values, dtype=np.float64)
     if array.size == 0:
-        return Metric(name, None, None, 0, unit, "bootstrap", empty_note)
+        return Metric(name, None, None, 0, unit, "bootstrap", empty_note, higher_is_better)
     return Metric(name, float(array.mean()), bootstrap_ci([array], lambda g: float(g[0].mean())), int(array.size),
-                  unit, "bootstrap")
+                  unit, "bootstrap", None, higher_is_better)
 
 
 NO_LESION_IN_VIEW = "the set holds no lesion in the part of the key slice the model sees"
@@ -289,8 +298,9 @@ def detection_metrics(boxes: Sequence[Sequence[tuple[int, int, int, int]]], view
     free = [fp for fp, is_free in zip(false_positives, lesion_free, strict=True) if is_free]
     return [
         proportion("sensitivity", found, total, "lesions", NO_LESION_IN_VIEW),
-        mean_metric("fp_per_case", false_positives, "cases", "no case"),
-        mean_metric("fp_per_lesion_free_case", free, "lesion-free cases", "the set holds no lesion-free case"),
+        mean_metric("fp_per_case", false_positives, "cases", "no case", higher_is_better=False),
+        mean_metric("fp_per_lesion_free_case", free, "lesion-free cases", "the set holds no lesion-free case",
+                    higher_is_better=False),
     ], per_case
 
 
@@ -340,8 +350,9 @@ def segmentation_metrics(masks: Sequence[np.ndarray], view: PackageView, lesion_
     return [
         mean_metric("dice", scores, "cases with a lesion", NO_LESION_IN_VIEW),
         proportion("lesion_free_cases_with_foreground", with_foreground, len(areas), "lesion-free cases",
-                   "the set holds no lesion-free case"),
-        mean_metric("foreground_mm2_per_lesion_free_case", areas, "lesion-free cases", "the set holds no lesion-free case"),
+                   "the set holds no lesion-free case", higher_is_better=False),
+        mean_metric("foreground_mm2_per_lesion_free_case", areas, "lesion-free cases", "the set holds no lesion-free case",
+                    higher_is_better=False),
     ], per_case
 
 
@@ -366,8 +377,10 @@ def matching_metric(key: str, metrics: Sequence[Metric]) -> Metric | None:
 
 
 def compare_claims(claimed: dict[str, Any], metrics: Sequence[Metric]) -> list[dict[str, Any]]:
-    """Each claim beside the measured number it matches, and where it lies against the 95% CI:
-    "above" (the set does not bear it out), "inside", "below", or None when nothing was measured."""
+    """Each claim beside the measured number it matches, where it lies against the 95% CI ("above",
+    "inside", "below"; None when nothing was measured), and whether it is `better_than_measured`:
+    above the CI of a metric where higher is better, below it for a count of mistakes (false
+    positives). That is the claim the set does not bear out, marked for the administrator."""
     compared = []
     for key, value in claimed.items():
         metric = matching_metric(key, metrics)
@@ -378,7 +391,8 @@ def compare_claims(claimed: dict[str, Any], metrics: Sequence[Metric]) -> list[d
             position = "above" if value > metric.ci[1] else "below" if value < metric.ci[0] else "inside"
         compared.append({"key": key, "claimed": value, "metric": metric.name, "measured": _rounded(metric.value),
                          "ci": [_rounded(metric.ci[0]), _rounded(metric.ci[1])] if metric.ci else None,
-                         "position": position})
+                         "position": position,
+                         "better_than_measured": position == ("above" if metric.higher_is_better else "below")})
     return compared
 
 
@@ -435,30 +449,39 @@ def evaluate_held_out(root: Path, manifest: dict[str, Any], limits: SandboxLimit
     if problem is not None:
         return failed(problem)
     assert run.outputs is not None
-    kind = manifest["output"]["kind"]
-    spacing = held_out.pixel_spacing_mm
     try:
-        if kind == "classification":
-            report = _classification(run.outputs, view, manifest)
-        else:
-            shape = [1, 1, *run.outputs.shape[1:]]
-            findings = [findings_from_output(case, shape, manifest, view.geometry, spacing) for case in run.outputs]
-            cases: Sequence[dict[str, Any]]
-            if kind == "detection":
-                metrics, cases = detection_metrics([[f.box for f in found] for found in findings], view, lesion_free)
-            else:
-                rows, columns = view.geometry.study_size
-                masks = [decode_mask(found[0].mask_runs or (), rows, columns) if found
-                         else np.zeros((rows, columns), dtype=bool) for found in findings]
-                metrics, cases = segmentation_metrics(masks, view, lesion_free, spacing[0] * spacing[1])
-            report = HeldOutReport(None, 0.0, metrics=metrics, cases=list(cases))
+        scored = score_outputs(run.outputs, held_out, view, manifest)
     except PackageOutputError as exc:
         return failed(f"the model's output on the held-out set was not usable: {exc}")
+    return dataclasses.replace(scored, seconds=time.monotonic() - started)
+
+
+def score_outputs(outputs: np.ndarray, held_out: HeldOutSet, view: PackageView,
+                  manifest: dict[str, Any]) -> HeldOutReport:
+    """Score a package's outputs on the set (each case reduced as `sandbox.reduced_output` does),
+    read as a study's are, against the truth of `view`."""
+    kind = manifest["output"]["kind"]
+    spacing = held_out.pixel_spacing_mm
+    lesion_free = [scan.lesion_free for scan in held_out.scans]
+    seeds = tuple(scan.seed for scan in held_out.scans)
+    if kind == "classification":
+        report = _classification(outputs, view, manifest)
+    else:
+        shape = [1, 1, *outputs.shape[1:]]
+        findings = [findings_from_output(case, shape, manifest, view.geometry, spacing) for case in outputs]
+        cases: Sequence[dict[str, Any]]
+        if kind == "detection":
+            metrics, cases = detection_metrics([[f.box for f in found] for found in findings], view, lesion_free)
+        else:
+            rows, columns = view.geometry.study_size
+            masks = [decode_mask(found[0].mask_runs or (), rows, columns) if found
+                     else np.zeros((rows, columns), dtype=bool) for found in findings]
+            metrics, cases = segmentation_metrics(masks, view, lesion_free, spacing[0] * spacing[1])
+        report = HeldOutReport(None, 0.0, metrics=metrics, cases=list(cases))
     claims = compare_claims(dict(manifest.get("validated_metrics", {})), report.metrics)
     for case, seed, free in zip(report.cases, seeds, lesion_free, strict=True):
         case.update(seed=seed, lesion_free=free)
-    return HeldOutReport(None, time.monotonic() - started, seeds, sum(lesion_free), report.metrics,
-                         report.not_evaluated, claims, report.cases)
+    return HeldOutReport(None, 0.0, seeds, sum(lesion_free), report.metrics, report.not_evaluated, claims, report.cases)
 
 
 def _output_problem(cases: list[Any], outputs: np.ndarray | None, manifest: dict[str, Any], expected: int) -> str | None:

@@ -367,6 +367,15 @@ def _child(root: Path, inputs_path: Path, mode: str) -> dict[str, Any]:
     return {"cases": cases}
 
 
+def _error_line(message: str) -> str:
+    """The line of an exception's message that says what went wrong: its first, except for an
+    error raised inside TorchScript, whose first line is a generic header and last the reason."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
+
+
 def main(argv: list[str]) -> int:
     root, inputs_path, result_path = Path(argv[0]), Path(argv[1]), Path(argv[2])
     mode = argv[5] if len(argv) > 5 else "summary"
@@ -376,7 +385,7 @@ def main(argv: list[str]) -> int:
     except MemoryError:
         raise
     except Exception as exc:  # the partner's code failing is a finding, reported as such
-        result = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        result = {"error": f"{type(exc).__name__}: {_error_line(str(exc))}"}
         if "can't allocate memory" in str(exc):
             print("MemoryError: " + str(exc)[:200], file=sys.stderr)
             return 3
