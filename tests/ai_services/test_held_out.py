@@ -5,7 +5,6 @@ checks with the reason."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ai_services.held_out import (
     HELD_OUT_SEED_BASE,
@@ -33,7 +31,7 @@ from ai_services.package_service import run_checks_and_held_out
 from ai_services.packages import verify_package, write_package
 from ai_services.sandbox import REFERENCE_SEEDS, SandboxLimits
 from ai_services.slice_classifier import build_package
-from tests.ai_services.package_factory import classifier_manifest, make_map_package
+from tests.ai_services.package_factory import classifier_manifest, make_fine_then_failing_package, make_map_package
 
 SMALL_SET = 6  # 4 scans with lesions, 2 without: enough to score, quick to run
 # The set's own grid: its inputs are the scans' centre slices, pixel for pixel.
@@ -223,36 +221,8 @@ def test_detection_and_segmentation_packages_get_their_numbers(tmp_path: Path, k
                    for c in held["claims"])
 
 
-class _FineThenNot(torch.nn.Module):
-    """Behaves on the three reference studies, then crashes or loops on the fourth case it sees:
-    only the held-out set has more than three."""
-
-    def __init__(self, crash: bool) -> None:
-        super().__init__()
-        self.crash = crash
-        self.calls = 0
-        self.head = torch.nn.Linear(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        total = torch.zeros(1)
-        if self.calls > 3:
-            if self.crash:
-                raise RuntimeError("out of cheese")
-            for _ in range(100_000_000):
-                total = total + 1.0
-        return self.head(x.mean(dim=(1, 2, 3)).unsqueeze(1) + total)
-
-
-def _fine_then_not_package(tmp_path: Path, crash: bool) -> Path:
-    buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(_FineThenNot(crash)), buffer)
-    manifest = classifier_manifest(weights={"file": "model.ts", "format": "torchscript"})
-    return write_package(tmp_path / "src", manifest, buffer.getvalue())
-
-
 def test_a_package_that_crashes_on_the_held_out_set_fails_its_checks_with_the_reason(tmp_path: Path) -> None:
-    package = verify_package(_fine_then_not_package(tmp_path, crash=True), tmp_path / "out")
+    package = verify_package(make_fine_then_failing_package(tmp_path, crash=True), tmp_path / "out")
     report = run_checks_and_held_out(package.root, package.manifest, held_out_cases=SMALL_SET)
     assert not report.passed
     assert report.reason is not None and report.reason.startswith("the model failed on the held-out set:")
@@ -261,7 +231,7 @@ def test_a_package_that_crashes_on_the_held_out_set_fails_its_checks_with_the_re
 
 
 def test_a_package_that_runs_past_its_limit_on_the_held_out_set_fails_its_checks(tmp_path: Path) -> None:
-    package = verify_package(_fine_then_not_package(tmp_path, crash=False), tmp_path / "out")
+    package = verify_package(make_fine_then_failing_package(tmp_path, crash=False), tmp_path / "out")
     report = run_checks_and_held_out(package.root, package.manifest, SandboxLimits(wall_seconds=6, cpu_seconds=30),
                                      held_out_cases=SMALL_SET)
     assert not report.passed
