@@ -228,8 +228,9 @@ def run_package(root: Path, inputs: np.ndarray, limits: SandboxLimits = DEFAULT_
     on studies. With `keep_values` each case also carries the output's values (flattened, at most
     `MAX_RETURNED_VALUES`, in the JSON). With `keep_arrays` (many cases of large maps, the held-out
     set) the outputs come back instead as one .npy array in `PackageRun.outputs`, each case
-    reduced to what the findings are read from (`reduced_output`): no JSON of millions of numbers,
-    and the file stays under the child's file-size limit (64 MiB: 64 cases of 512 x 512)."""
+    reduced to what the findings are read from (`reduced_output`): no JSON of millions of numbers.
+    The child's file-size limit is then raised to the size of its inputs, which a right-shaped
+    output never passes."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="package-run-") as work:
         inputs_path = Path(work) / "inputs.npy"
@@ -299,10 +300,13 @@ def _judge(result: dict[str, Any], manifest: dict[str, Any], seconds: float) -> 
 # --- the child process -----------------------------------------------------------------------
 
 
-def _limit_self(cpu_seconds: int, memory_bytes: int) -> None:
+FILE_SIZE_LIMIT = 64 * 1024**2
+
+
+def _limit_self(cpu_seconds: int, memory_bytes: int, file_bytes: int = FILE_SIZE_LIMIT) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024**2, 64 * 1024**2))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
@@ -379,7 +383,10 @@ def _error_line(message: str) -> str:
 def main(argv: list[str]) -> int:
     root, inputs_path, result_path = Path(argv[0]), Path(argv[1]), Path(argv[2])
     mode = argv[5] if len(argv) > 5 else "summary"
-    _limit_self(int(argv[3]), int(argv[4]))
+    # The outputs file of a run with `keep_arrays` holds one (rows, columns) map a case: never more
+    # than the inputs the platform wrote (channels >= 1), which may pass the usual limit.
+    file_bytes = max(FILE_SIZE_LIMIT, inputs_path.stat().st_size + 2**20) if mode == "arrays" else FILE_SIZE_LIMIT
+    _limit_self(int(argv[3]), int(argv[4]), file_bytes)
     try:
         result = _child(root, inputs_path, mode)
     except MemoryError:
