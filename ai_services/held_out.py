@@ -496,6 +496,10 @@ def _output_problem(cases: list[Any], outputs: np.ndarray | None, manifest: dict
                     f"output needs {['any' if e is None else e for e in wanted]}")
         if not case.get("finite"):
             return f"held-out case {number}: the output holds NaN or infinity"
+    kept = (len(manifest["output"]["classes"]),) if manifest["output"]["kind"] == "classification" else \
+        tuple(int(v) for v in manifest["input"]["size"])
+    if outputs.shape[1:] != kept:  # the array must be what the child said it ran
+        return f"the outputs on the held-out set have shape {list(outputs.shape)}, not {[expected, *kept]}"
     return None
 
 

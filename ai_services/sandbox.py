@@ -8,6 +8,9 @@ web or job process: `run_package_checks` starts `python -m ai_services.sandbox`,
 own `resource.setrlimit` before it loads anything, and reads back one JSON file. A package that
 loops, allocates without end or crashes fails its checks with the reason; the platform carries on.
 
+A package that passes is then scored on the platform's held-out set (`ai_services.held_out`),
+through the same `run_package`, and the same input contract.
+
 The input contract every package is held to: `input.channels` consecutive axial slices (centre
 slice in the middle) of `input.size`, each shown through the manifest's HU windows (default the
 lung window), scaled to 0..1, as a float32 tensor (1, channels, rows, columns).
