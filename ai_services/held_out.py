@@ -71,6 +71,7 @@ from synthetic.eval_phantoms import EvalGrid, make_eval_scan
 
 logger = logging.getLogger(__name__)
 
+# The set's name keys its disk cache: a new version when the generator, grid or seeds change.
 HELD_OUT_SET_NAME = "platform-held-out-v1"
 HELD_OUT_GENERATOR = "synthetic.eval_phantoms.make_eval_scan"
 HELD_OUT_GRID = EvalGrid("256@1.4mm/5mm x 7", 256, 1.4, 5.0, 7)
@@ -183,7 +184,7 @@ def package_view(held_out: HeldOutSet, manifest_input: dict[str, Any]) -> Packag
     return _package_view(held_out, json.dumps(manifest_input, sort_keys=True))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)  # a 512 x 512 contract of 6 channels is ~75 MB of inputs at 12 cases
 def _package_view(held_out: HeldOutSet, contract: str) -> PackageView:
     manifest = {"input": json.loads(contract)}
     spacing = held_out.pixel_spacing_mm
