@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 from flask import current_app
@@ -44,6 +45,34 @@ def _line(package: ModelPackage) -> str:
     return f"{package.id}\t{package.label}\t{package.status.value}\t{package.partner_organization.name}\t{reason}"
 
 
+def held_out_lines(check_report: dict[str, Any] | None) -> list[str]:
+    """The held-out evaluation of a package's checks (ai_services.held_out) as indented lines: each
+    metric with its 95% CI and count, and each claim beside it, flagged where the set does not
+    bear it out."""
+    held = (check_report or {}).get("held_out")
+    if not held:
+        return []
+    head = (f"  held-out {held['set']}: {held['n_cases']} cases ({held['n_lesion_free']} lesion-free), "
+            f"{held['n_lesions']} lesions, {held['seconds']} s")
+    if held.get("reason"):
+        return [f"{head}: failed: {held['reason']}"]
+    if held.get("not_evaluated"):
+        return [f"{head}: not evaluated: {held['not_evaluated']}"]
+    lines = [head]
+    for metric in held["metrics"]:
+        if metric["value"] is None:
+            lines.append(f"    {metric['name']}: not measured ({metric['note']})")
+            continue
+        ci = f"95% CI {metric['ci'][0]:.2f}-{metric['ci'][1]:.2f}; " if metric["ci"] else ""
+        line = f"    {metric['name']} {metric['value']:.2f} ({ci}{metric['n']} {metric['unit']})"
+        for claim in held["claims"]:
+            if claim["metric"] == metric["name"]:
+                flag = f" ({claim['position'].upper()} the measured 95% CI)" if claim["better_than_measured"] else ""
+                line += f"; claimed {claim['key']}={claim['claimed']}{flag}"
+        lines.append(line)
+    return lines
+
+
 @click.group("package")
 def package_group() -> None:
     """Model packages: submit, list, approve, reject, retire; pack the platform's own detector as one."""
@@ -68,6 +97,8 @@ def submit_command(source: Path, username: str) -> None:
             click.echo(f"status: {checked.status.value}")
             if checked.check_report.get("reason"):
                 click.echo(f"checks: {checked.check_report['reason']}")
+            for line in held_out_lines(checked.check_report):
+                click.echo(line)
 
 
 @package_group.command("pack-detector")
@@ -108,6 +139,8 @@ def list_command(username: str, as_json: bool) -> None:
             return
         for package in packages:
             click.echo(_line(package))
+            for line in held_out_lines(package.check_report):
+                click.echo(line)
 
 
 def _decision(action: str) -> click.Command:

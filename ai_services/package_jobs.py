@@ -31,7 +31,8 @@ RUN_QUEUED_PACKAGES = "ai_services.package_jobs.run_queued_packages"
 def check_model_package(session: Session, package_id: int) -> None:
     """Queued by a submission: the sandbox's verdict on the package (a no-op when it has one)."""
     limits = SandboxLimits(**current_app.config.get("AI_PACKAGE_SANDBOX_LIMITS", {}))
-    check_package(session, package_id, limits)
+    check_package(session, package_id, limits, held_out_cases=int(current_app.config["AI_PACKAGE_HELD_OUT_CASES"]),
+                  held_out_cache=Path(current_app.instance_path) / "held-out")
 
 
 def run_routed_packages(session: Session, event: AnalysisCompleted | AnalysisNotApplicable | AnalysisFailed) -> None:

@@ -10,6 +10,7 @@ own models), and alone approves, rejects and retires.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import uuid
@@ -19,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ai_services.held_out import DEFAULT_HELD_OUT_CASES, evaluate_held_out
 from ai_services.models import ModelPackage, ModelVersion, PackageStatus
 from ai_services.packages import (
     DEFAULT_LIMITS,
@@ -28,7 +30,7 @@ from ai_services.packages import (
     is_platform_detector,
     verify_package,
 )
-from ai_services.sandbox import DEFAULT_SANDBOX_LIMITS, SandboxLimits, run_package_checks
+from ai_services.sandbox import DEFAULT_SANDBOX_LIMITS, CheckReport, SandboxLimits, run_package_checks
 from ai_services.service import ModelRegistryError, register_model_version
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -144,8 +146,11 @@ def package_to_check(session: Session, package_id: int) -> PackageToCheck | None
     return PackageToCheck(package.id, Path(package.storage_path), dict(package.manifest))
 
 
-def check_package(session: Session, package_id: int, limits: SandboxLimits = DEFAULT_SANDBOX_LIMITS) -> ModelPackage | None:
-    """Run the sandbox checks of a submitted package and record the verdict (idempotent).
+def check_package(session: Session, package_id: int, limits: SandboxLimits = DEFAULT_SANDBOX_LIMITS, *,
+                  held_out_cases: int = DEFAULT_HELD_OUT_CASES, held_out_cache: Path | None = None) -> ModelPackage | None:
+    """Run the sandbox checks of a submitted package and record the verdict (idempotent): the
+    reference studies, then, if they pass, the held-out evaluation (`ai_services.held_out`, in
+    `check_report["held_out"]`), whose crash or limit fails the checks too.
 
     The sandbox runs with no row lock held; the verdict is written only if the package still
     waits for it, so a second delivery of the job changes nothing.
@@ -153,7 +158,8 @@ def check_package(session: Session, package_id: int, limits: SandboxLimits = DEF
     target = package_to_check(session, package_id)
     if target is None:
         return None
-    report = run_package_checks(target.root, dict(target.manifest), limits)
+    report = run_checks_and_held_out(target.root, dict(target.manifest), limits, held_out_cases=held_out_cases,
+                                     held_out_cache=held_out_cache)
     package = session.get(ModelPackage, package_id, with_for_update=True)
     if package is None or package.status is not PackageStatus.SUBMITTED:
         return package
@@ -163,6 +169,18 @@ def check_package(session: Session, package_id: int, limits: SandboxLimits = DEF
     session.flush()
     logger.info("model package %s checks: %s", package.label, "passed" if report.passed else report.reason)
     return package
+
+
+def run_checks_and_held_out(root: Path, manifest: dict[str, object], limits: SandboxLimits = DEFAULT_SANDBOX_LIMITS, *,
+                            held_out_cases: int = DEFAULT_HELD_OUT_CASES,
+                            held_out_cache: Path | None = None) -> CheckReport:
+    """The reference-study checks and, once they pass, the held-out evaluation, as one report."""
+    report = run_package_checks(root, dict(manifest), limits)
+    if not report.passed:
+        return report
+    held_out = evaluate_held_out(root, dict(manifest), limits, n_cases=held_out_cases, cache_dir=held_out_cache)
+    return dataclasses.replace(report, passed=held_out.passed, reason=held_out.reason,
+                               seconds=report.seconds + held_out.seconds, held_out=held_out.to_json())
 
 
 def _require_admin(user: User) -> None:

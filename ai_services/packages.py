@@ -95,6 +95,9 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 # classification: one name per logit, in order.
                 "classes": {"type": "array", "minItems": 2, "maxItems": 32, "uniqueItems": True,
                             "items": {"type": "string", "minLength": 1, "maxLength": 64}},
+                # classification: the class that means "abnormal", which the held-out evaluation
+                # scores (AUROC, sensitivity, specificity); one of `classes`.
+                "positive_class": {"type": "string", "minLength": 1, "maxLength": 64},
             },
             "if": {"properties": {"kind": {"const": "classification"}}},
             "then": {"required": ["kind", "classes"]},
@@ -320,6 +323,13 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     if manifest["input"]["channels"] % len(windows):
         raise PackageRefused(f"input.channels {manifest['input']['channels']} is not a whole number of slices "
                              f"times {len(windows)} HU windows")
+    output = manifest["output"]
+    if "positive_class" in output:
+        if output["kind"] != "classification":
+            raise PackageRefused(f"output.positive_class is for a classification; this output is a {output['kind']}")
+        if output["positive_class"] not in output["classes"]:
+            raise PackageRefused(f"output.positive_class {output['positive_class']!r} is not one of output.classes "
+                                 f"({', '.join(output['classes'])})")
     weights = manifest["weights"]
     if weights["file"] not in manifest["files"]:
         raise PackageRefused(f"weights file {weights['file']!r} is not listed under files")

@@ -8,6 +8,9 @@ web or job process: `run_package_checks` starts `python -m ai_services.sandbox`,
 own `resource.setrlimit` before it loads anything, and reads back one JSON file. A package that
 loops, allocates without end or crashes fails its checks with the reason; the platform carries on.
 
+A package that passes is then scored on the platform's held-out set (`ai_services.held_out`),
+through the same `run_package`, and the same input contract.
+
 The input contract every package is held to: `input.channels` consecutive axial slices (centre
 slice in the middle) of `input.size`, each shown through the manifest's HU windows (default the
 lung window), scaled to 0..1, as a float32 tensor (1, channels, rows, columns).
@@ -58,9 +61,14 @@ class CheckReport:
     reason: str | None
     seconds: float
     cases: list[dict[str, Any]] = field(default_factory=list)
+    # The held-out evaluation (`ai_services.held_out`), once the reference studies have passed.
+    held_out: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reason": self.reason, "seconds": round(self.seconds, 3), "cases": self.cases}
+        report: dict[str, Any] = {"passed": self.passed, "reason": self.reason, "seconds": round(self.seconds, 3), "cases": self.cases}
+        if self.held_out is not None:
+            report["held_out"] = self.held_out
+        return report
 
 
 def windows_of(manifest: dict[str, Any]) -> list[tuple[float, float]]:
@@ -191,7 +199,7 @@ def expected_output_shape(manifest: dict[str, Any]) -> tuple[int | None, ...]:
     return (1, None, rows, columns)
 
 
-def _shape_matches(shape: list[int], expected: tuple[int | None, ...]) -> bool:
+def shape_matches(shape: list[int], expected: tuple[int | None, ...]) -> bool:
     return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected, strict=True))
 
 
@@ -212,22 +220,31 @@ class PackageRun:
     reason: str | None
     seconds: float
     result: dict[str, Any] = field(default_factory=dict)
+    # With `keep_arrays`: every case's output, reduced (`reduced_output`), stacked (cases, ...).
+    outputs: np.ndarray | None = None
 
 
 def run_package(root: Path, inputs: np.ndarray, limits: SandboxLimits = DEFAULT_SANDBOX_LIMITS, *,
-                where: str = "the study", keep_values: bool = True) -> PackageRun:
+                where: str = "the study", keep_values: bool = True, keep_arrays: bool = False) -> PackageRun:
     """Run the package unpacked at `root` on `inputs` (N, channels, rows, columns; float32) in a
     child process with `limits`: the one path a partner's code is ever run by, for its checks and
-    on studies. With `keep_values` each case also carries the output's values (flattened)."""
+    on studies. With `keep_values` each case also carries the output's values (flattened, at most
+    `MAX_RETURNED_VALUES`, in the JSON). With `keep_arrays` (many cases of large maps, the held-out
+    set) the outputs come back instead as one .npy array in `PackageRun.outputs`, each case
+    reduced to what the findings are read from (`reduced_output`): no JSON of millions of numbers.
+    The child's file-size limit is then raised to the size of its inputs, which a right-shaped
+    output never passes."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="package-run-") as work:
         inputs_path = Path(work) / "inputs.npy"
         result_path = Path(work) / "result.json"
+        outputs_path = Path(work) / "outputs.npy"
         np.save(inputs_path, np.ascontiguousarray(inputs, dtype=np.float32))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "HOME": work}
         command = [sys.executable, "-m", "ai_services.sandbox", str(root), str(inputs_path), str(result_path),
-                   str(limits.cpu_seconds), str(limits.memory_bytes), "values" if keep_values else "summary"]
+                   str(limits.cpu_seconds), str(limits.memory_bytes),
+                   "arrays" if keep_arrays else "values" if keep_values else "summary"]
         process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    start_new_session=True)
         try:
@@ -245,9 +262,15 @@ def run_package(root: Path, inputs: np.ndarray, limits: SandboxLimits = DEFAULT_
             result = json.loads(result_path.read_text())
         except (OSError, ValueError) as exc:
             return PackageRun(f"the model process gave no readable result ({exc})", seconds)
-    if not isinstance(result, dict):
-        return PackageRun("the model process gave no readable result", seconds)
-    return PackageRun(None, seconds, result)
+        if not isinstance(result, dict):
+            return PackageRun("the model process gave no readable result", seconds)
+        outputs = None
+        if keep_arrays and not result.get("error"):
+            try:
+                outputs = np.load(outputs_path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                return PackageRun(f"the model process gave no readable outputs ({exc})", seconds)
+    return PackageRun(None, seconds, result, outputs)
 
 
 def _failure_reason(returncode: int, stderr: str, limits: SandboxLimits, where: str) -> str:
@@ -268,7 +291,7 @@ def _judge(result: dict[str, Any], manifest: dict[str, Any], seconds: float) -> 
         return CheckReport(False, f"expected {len(REFERENCE_SEEDS)} results, got {len(cases)}", seconds, cases)
     for number, case in enumerate(cases, 1):
         shape = [int(v) for v in case.get("shape", [])]
-        if not _shape_matches(shape, expected):
+        if not shape_matches(shape, expected):
             wanted = ["any" if e is None else e for e in expected]
             return CheckReport(False, f"reference study {number}: output shape {shape}, the manifest's "
                                f"{manifest['output']['kind']} output needs {wanted}", seconds, cases)
@@ -280,10 +303,13 @@ def _judge(result: dict[str, Any], manifest: dict[str, Any], seconds: float) -> 
 # --- the child process -----------------------------------------------------------------------
 
 
-def _limit_self(cpu_seconds: int, memory_bytes: int) -> None:
+FILE_SIZE_LIMIT = 64 * 1024**2
+
+
+def _limit_self(cpu_seconds: int, memory_bytes: int, file_bytes: int = FILE_SIZE_LIMIT) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024**2, 64 * 1024**2))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
@@ -291,7 +317,19 @@ def _limit_self(cpu_seconds: int, memory_bytes: int) -> None:
 MAX_RETURNED_VALUES = 65_536
 
 
-def _child(root: Path, inputs_path: Path, keep_values: bool) -> dict[str, Any]:
+def reduced_output(values: Any) -> np.ndarray:
+    """What the findings are read from, of one case's output (a tensor or an array): a map's
+    largest value over its channels (rows, columns), which is all `findings_from_output` reads of
+    it; a classification's logits (classes,); anything else as it is."""
+    array = values.numpy() if hasattr(values, "numpy") else np.asarray(values, dtype=np.float32)
+    if array.ndim == 4 and array.shape[0] == 1:
+        return np.asarray(array[0].max(axis=0))
+    if array.ndim == 2 and array.shape[0] == 1:
+        return np.asarray(array[0])
+    return np.asarray(array)
+
+
+def _child(root: Path, inputs_path: Path, mode: str) -> dict[str, Any]:
     import torch
 
     from ai_services.packages import build_state_dict_model
@@ -306,7 +344,8 @@ def _child(root: Path, inputs_path: Path, keep_values: bool) -> dict[str, Any]:
         model = build_state_dict_model(manifest, weights)
     model.eval()
     inputs = torch.from_numpy(np.load(inputs_path, allow_pickle=False))
-    cases = []
+    cases: list[dict[str, Any]] = []
+    kept: list[Any] = []
     with torch.no_grad():
         for index in range(inputs.shape[0]):
             started = time.monotonic()
@@ -318,26 +357,45 @@ def _child(root: Path, inputs_path: Path, keep_values: bool) -> dict[str, Any]:
                 "shape": list(values.shape), "finite": bool(torch.isfinite(values).all()),
                 "mean": float(values.mean()) if values.numel() and math.isfinite(float(values.mean())) else None,
                 "seconds": round(time.monotonic() - started, 4)}
-            if keep_values:
+            if mode == "arrays":
+                kept.append(reduced_output(values))
+                if kept[-1].shape != kept[0].shape:
+                    return {"error": f"case {index + 1} gave an output of shape {list(values.shape)}, "
+                                     f"unlike the first case's {cases[0]['shape']}"}
+            elif mode == "values":
                 if values.numel() > MAX_RETURNED_VALUES:
                     return {"error": f"the output holds {values.numel()} values, over {MAX_RETURNED_VALUES}"}
                 if not case["finite"]:
                     return {"error": "the output holds NaN or infinity"}
                 case["values"] = [float(v) for v in values.flatten().tolist()]
             cases.append(case)
+    if mode == "arrays":
+        np.save(inputs_path.parent / "outputs.npy", np.stack(kept).astype(np.float32) if kept else np.zeros((0,)))
     return {"cases": cases}
+
+
+def _error_line(message: str) -> str:
+    """The line of an exception's message that says what went wrong: its first, except for an
+    error raised inside TorchScript, whose first line is a generic header and last the reason."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
 
 
 def main(argv: list[str]) -> int:
     root, inputs_path, result_path = Path(argv[0]), Path(argv[1]), Path(argv[2])
-    keep_values = len(argv) > 5 and argv[5] == "values"
-    _limit_self(int(argv[3]), int(argv[4]))
+    mode = argv[5] if len(argv) > 5 else "summary"
+    # The outputs file of a run with `keep_arrays` holds one (rows, columns) map a case: never more
+    # than the inputs the platform wrote (channels >= 1), which may pass the usual limit.
+    file_bytes = max(FILE_SIZE_LIMIT, inputs_path.stat().st_size + 2**20) if mode == "arrays" else FILE_SIZE_LIMIT
+    _limit_self(int(argv[3]), int(argv[4]), file_bytes)
     try:
-        result = _child(root, inputs_path, keep_values)
+        result = _child(root, inputs_path, mode)
     except MemoryError:
         raise
     except Exception as exc:  # the partner's code failing is a finding, reported as such
-        result = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        result = {"error": f"{type(exc).__name__}: {_error_line(str(exc))}"}
         if "can't allocate memory" in str(exc):
             print("MemoryError: " + str(exc)[:200], file=sys.stderr)
             return 3

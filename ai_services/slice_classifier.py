@@ -103,7 +103,7 @@ def manifest(held_out_auroc: float) -> dict[str, Any]:
         "body_parts": ["CHEST"],
         "input": {"spacing_mm": [PIXEL_MM, PIXEL_MM, SLICE_MM], "size": [SIZE, SIZE], "channels": 1,
                   "windows_hu": [list(LUNG_WINDOW)]},
-        "output": {"kind": "classification", "classes": ["no lesion", "lesion"]},
+        "output": {"kind": "classification", "classes": ["no lesion", "lesion"], "positive_class": "lesion"},
         "intended_use": "Demonstration only: says whether a synthetic chest CT slice shows a lesion of about 10 mm "
                         "or more; "
                         "trained and validated on the project's synthetic phantoms.",

@@ -85,6 +85,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "AI_PACKAGE_RUN_MARGIN_SECONDS": _env_int("AI_PACKAGE_RUN_MARGIN_SECONDS", 300),
         "AI_PACKAGE_RUN_MAX_ATTEMPTS": _env_int("AI_PACKAGE_RUN_MAX_ATTEMPTS", 3),
         "AI_PACKAGE_RECLAIM_EVERY_SECONDS": _env_int("AI_PACKAGE_RECLAIM_EVERY_SECONDS", 300),
+        # How many cases of the platform's held-out set a package's checks score it on (3..64;
+        # ai_services.held_out): more give narrower intervals and slower checks.
+        "AI_PACKAGE_HELD_OUT_CASES": _env_int("AI_PACKAGE_HELD_OUT_CASES", 12),
         # A report with a partner model run still queued or running cannot be signed, until the run
         # has waited this long (then it is failed with the reason and signing goes on). Longer than
         # the reclaims above can take: 3 x (120 s + 300 s) by default.

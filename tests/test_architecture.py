@@ -116,7 +116,9 @@ def test_synthetic_data_is_a_leaf() -> None:
 # The evaluation-only phantom generator may feed evaluation and nothing else: if training,
 # calibration, threshold choice or the retraining loop could see it, its numbers would flatter.
 EVALUATION_GENERATOR = "synthetic.eval_phantoms"
-EVALUATION_GENERATOR_USERS = {"ai_services/evaluation.py"}
+# held_out.py is evaluation only too: it scores partner packages on the held-out set and feeds
+# nothing that trains, calibrates or chooses a threshold.
+EVALUATION_GENERATOR_USERS = {"ai_services/evaluation.py", "ai_services/held_out.py"}
 
 
 def test_only_the_evaluation_module_uses_the_evaluation_generator() -> None:
@@ -128,6 +130,10 @@ def test_only_the_evaluation_module_uses_the_evaluation_generator() -> None:
     through = sorted(imp.module for imp in _all_imports()
                      if imp.target == "ai_services.evaluation" and imp.module != "ai_services/cli.py")
     assert through == []
+    # The held-out evaluation of partner packages is reached only by the package checks.
+    through_held_out = sorted(imp.module for imp in _all_imports()
+                              if imp.target == "ai_services.held_out" and imp.module != "ai_services/package_service.py")
+    assert through_held_out == []
 
 
 def test_no_module_imports_another_modules_private_name() -> None:

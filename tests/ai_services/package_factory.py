@@ -105,3 +105,31 @@ def make_map_package(tmp_path: Path, kind: str = "detection", threshold: float =
     torch.jit.save(scripted, buffer)
     return write_package(tmp_path / "src", map_manifest(kind, **overrides), buffer.getvalue(),
                          zip_to=tmp_path / "package.zip")
+
+
+class _FineThenNot(torch.nn.Module):
+    """Behaves on the three reference studies, then crashes or loops on the fourth case it sees in
+    one run: only a held-out set of more than three cases gets there."""
+
+    def __init__(self, crash: bool) -> None:
+        super().__init__()
+        self.crash = crash
+        self.calls = 0
+        self.head = torch.nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        total = torch.zeros(1)
+        if self.calls > 3:
+            if self.crash:
+                raise RuntimeError("out of cheese")
+            for _ in range(100_000_000):
+                total = total + 1.0
+        return self.head(x.mean(dim=(1, 2, 3)).unsqueeze(1) + total)
+
+
+def make_fine_then_failing_package(tmp_path: Path, crash: bool) -> Path:
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(_FineThenNot(crash)), buffer)
+    manifest = classifier_manifest(weights={"file": "model.ts", "format": "torchscript"})
+    return write_package(tmp_path / "src", manifest, buffer.getvalue())

@@ -25,6 +25,8 @@ def test_submit_check_list_and_approve_from_the_command_line(
 
     listed = runner.invoke(args=["ai", "package", "list", "--as", "partner"])
     assert f"{package_id}\tnodule-classifier 1.0.0\tawaiting_approval\tAcme Imaging AI" in listed.output
+    assert "  held-out platform-held-out-v1: 3 cases (1 lesion-free)" in listed.output
+    assert "not evaluated: the manifest names no positive class" in listed.output
 
     refused = runner.invoke(args=["ai", "package", "approve", str(package_id), "--as", "partner"])
     assert refused.exit_code == 1 and "only an administrator" in refused.output and "Traceback" not in refused.output

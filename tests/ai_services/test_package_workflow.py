@@ -25,7 +25,11 @@ from ai_services.sandbox import SandboxLimits
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.models import JobRecord, Organization, OrganizationKind, Role, User
 from hospital.seed import DemoSeed
-from tests.ai_services.package_factory import make_classifier_package, make_torchscript_package
+from tests.ai_services.package_factory import (
+    make_classifier_package,
+    make_fine_then_failing_package,
+    make_torchscript_package,
+)
 
 QUICK = SandboxLimits(wall_seconds=60, cpu_seconds=60)
 
@@ -45,9 +49,11 @@ def test_a_partner_package_is_submitted_checked_approved_and_retired_and_stays_r
 
     with pytest.raises(Conflict, match="only a package that passed its checks"):
         approve_package(db_session, package.id, admin)
-    checked = check_package(db_session, package.id, QUICK)
+    checked = check_package(db_session, package.id, QUICK, held_out_cases=3)
     assert checked is not None and checked.status is PackageStatus.AWAITING_APPROVAL, checked.check_report
     assert checked.check_report["passed"] is True and len(checked.check_report["cases"]) == 3
+    held_out = checked.check_report["held_out"]
+    assert held_out["passed"] and held_out["n_cases"] == 3 and held_out["set"] == "platform-held-out-v1"
     assert check_package(db_session, package.id, QUICK) is None  # a second delivery changes nothing
 
     with pytest.raises(Forbidden):
@@ -61,6 +67,17 @@ def test_a_partner_package_is_submitted_checked_approved_and_retired_and_stays_r
     assert (Path(package.storage_path) / "weights.pt").is_file()
     with pytest.raises(Conflict):
         retire_package(db_session, package.id, admin)
+
+
+def test_a_package_that_crashes_on_the_held_out_set_fails_its_checks_with_that_reason(
+    db_session: Session, demo: DemoSeed, tmp_path: Path
+) -> None:
+    package = submit_package(db_session, make_fine_then_failing_package(tmp_path / "a", crash=True),
+                             demo.users["partner"], tmp_path / "models")
+    check_package(db_session, package.id, QUICK, held_out_cases=6)  # more cases in one run than the reference studies
+    assert package.status is PackageStatus.CHECKS_FAILED
+    assert package.check_report["reason"].startswith("the model failed on the held-out set: ")
+    assert package.check_report["held_out"]["reason"] == package.check_report["reason"]
 
 
 def test_a_package_that_fails_its_checks_is_recorded_with_the_reason_and_can_only_be_rejected(

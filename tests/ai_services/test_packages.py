@@ -112,6 +112,20 @@ def test_a_classifier_must_name_its_classes(tmp_path: Path) -> None:
     assert "output" in reason and "classes" in reason
 
 
+def test_a_positive_class_must_be_one_of_the_classes_of_a_classifier(tmp_path: Path) -> None:
+    named = make_classifier_package(tmp_path / "ok", output={"kind": "classification", "classes": ["normal", "abnormal"],
+                                                             "positive_class": "abnormal"})
+    assert verify_package(named, tmp_path / "ok-out").manifest["output"]["positive_class"] == "abnormal"
+    stranger = make_classifier_package(tmp_path / "a", output={"kind": "classification", "classes": ["normal", "abnormal"],
+                                                               "positive_class": "lesion"})
+    with pytest.raises(PackageRefused, match=r"output.positive_class 'lesion' is not one of output.classes "
+                                             r"\(normal, abnormal\)"):
+        verify_package(stranger, tmp_path / "a-out")
+    detector = make_classifier_package(tmp_path / "b", output={"kind": "detection", "positive_class": "lesion"})
+    with pytest.raises(PackageRefused, match="output.positive_class is for a classification; this output is a detection"):
+        verify_package(detector, tmp_path / "b-out")
+
+
 def test_a_manifest_that_is_not_json_is_refused(tmp_path: Path) -> None:
     files = contents(make_classifier_package(tmp_path))
     files[MANIFEST_NAME] = b"{not json"

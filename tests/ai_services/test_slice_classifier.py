@@ -18,7 +18,8 @@ def test_the_slice_classifier_package_is_reproduced_by_its_script_and_passes_the
     assert result.package.name == "slice-classifier-1.0.0.zip"
     assert 0.0 <= result.auroc <= 1.0 and not math.isnan(result.auroc)
     package = verify_package(result.package, tmp_path / "out")
-    assert package.manifest["output"] == {"kind": "classification", "classes": ["no lesion", "lesion"]}
+    assert package.manifest["output"] == {"kind": "classification", "classes": ["no lesion", "lesion"],
+                                         "positive_class": "lesion"}
     assert package.manifest["validated_metrics"]["slice_auroc_synthetic_heldout"] == round(result.auroc, 4)
     report = run_package_checks(package.root, package.manifest, SandboxLimits(wall_seconds=60, cpu_seconds=60))
     assert report.passed, report.reason
