@@ -145,6 +145,11 @@ def test_the_detector_comes_in_as_a_package_is_routed_by_the_rules_and_billed_at
     db_session.commit()  # its checks run (inline here) on the reference studies
     db_session.refresh(package)
     assert package.status is PackageStatus.AWAITING_APPROVAL, package.check_report
+    # Scored on the held-out set through the package contract, like any detection package.
+    held_out = package.check_report["held_out"]
+    assert held_out["passed"] and held_out["n_lesions"] > 0
+    assert {m["name"] for m in held_out["metrics"]} == {"sensitivity", "fp_per_case", "fp_per_lesion_free_case"}
+    assert {c["key"] for c in held_out["claims"]} >= {"froc_sensitivity_at_1fp"}
     assert active_model_version(db_session) is not None  # the seeded version of the same weights
 
     approve_package(db_session, package.id, admin)
