@@ -18,9 +18,16 @@ from ai_services.evaluation import (
     EVAL_GRIDS,
     evaluate_weights,
 )
+from ai_services.inference import LesionDetector
 from ai_services.jobs import retraining_output_dir
 from ai_services.package_cli import package_group
-from ai_services.retraining import DatasetExportError, RetrainConfig, retrain
+from ai_services.retraining import (
+    DatasetExportError,
+    RetrainConfig,
+    evaluate_reviewed,
+    labels_from_dataset_export,
+    retrain,
+)
 from ai_services.service import register_model_version
 from ai_services.training import HELDOUT_SEED_BASE, evaluate_model, train_model
 from hospital.db import get_db
@@ -39,13 +46,43 @@ ai_group.add_command(package_group)
 @ai_group.command("train")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("ai_services/weights"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--phantoms", "n_train_phantoms", type=int, default=48, show_default=True)
-@click.option("--epochs", type=int, default=30, show_default=True)
-def train_command(out_dir: Path, seed: int, n_train_phantoms: int, epochs: int) -> None:
-    """Train a model on synthetic phantoms (seeded, reproducible) and write weights + manifest."""
-    result = train_model(out_dir, seed=seed, n_train_phantoms=n_train_phantoms, epochs=epochs)
+@click.option("--phantoms", "n_train_phantoms", type=click.IntRange(1), default=48, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
+              help="batches per epoch (default: as many patches as the phantoms' slices)")
+@click.option("--validation-phantoms", type=click.IntRange(1), default=16, show_default=True,
+              help="phantoms the confidence is calibrated on")
+@click.option("--heldout-phantoms", type=click.IntRange(1), default=20, show_default=True,
+              help="phantoms the held-out metrics are measured on")
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="also train on an exported research dataset version (`hospital research dataset export`)")
+@click.option("--dataset-heldout-percent", type=click.IntRange(0, 100), default=30, show_default=True,
+              help="the dataset's studies kept out of training to measure the model on")
+def train_command(out_dir: Path, seed: int, n_train_phantoms: int, epochs: int, steps_per_epoch: int | None,
+                  validation_phantoms: int, heldout_phantoms: int, dataset_dir: Path | None,
+                  dataset_heldout_percent: int) -> None:
+    """Train a model on synthetic phantoms (seeded, reproducible), and on the labelled studies of an
+    exported research dataset version when given, and write weights + manifest."""
+    labels = None
+    if dataset_dir is not None:
+        try:  # the export is checked against its own manifest before anything trains on it
+            labels = labels_from_dataset_export(dataset_dir, heldout_percent=dataset_heldout_percent)
+        except DatasetExportError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if not labels.finetune:
+            raise click.ClickException(f"{dataset_dir}: the dataset version has no labelled slice outside its held-out "
+                                       "studies to train on")
+    result = train_model(out_dir, seed=seed, n_train_phantoms=n_train_phantoms, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, n_validation_phantoms=validation_phantoms,
+                         n_heldout_phantoms=heldout_phantoms,
+                         dataset_slices=labels.finetune if labels is not None else (),
+                         dataset=labels.dataset if labels is not None else None)
     click.echo(f"weights: {result.weights_path} (sha256 {result.sha256})")
     click.echo(json.dumps(result.metrics.to_json(), indent=2))
+    if labels is not None and labels.heldout:
+        scored = evaluate_reviewed(LesionDetector.load(result.weights_path), labels.heldout)
+        click.echo("the dataset's held-out studies: " + (json.dumps(scored.to_json()) if scored is not None
+                                                           else "none holds a lesion to find"))
 
 
 @ai_group.command("evaluate")

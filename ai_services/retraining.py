@@ -330,9 +330,16 @@ def _exported_file(export_dir: Path, relative: str, expected_sha256: str | None)
 
 
 def _case_from_export_line(export_dir: Path, line: dict[str, Any], hashes: dict[str, str],
-                           heldout_percent: int) -> ReviewedCase | None:
+                           heldout_percent: int, studies: dict[str, Any]) -> ReviewedCase | None:
     study_uid = str(line["study_instance_uid"])
     findings = line.get("findings") or []
+    # The labels are the version's own (its manifest holds each study's findings); labels.jsonl is
+    # only their layout, so a line that says otherwise is refused, not trained on.
+    if study_uid not in studies:
+        raise DatasetExportError(f"labels.jsonl names study {study_uid}, which the manifest does not hold")
+    if findings != (studies[study_uid].get("findings") or []):
+        raise DatasetExportError(f"labels.jsonl: the labels of study {study_uid} are not the manifest's "
+                                 "(changed since export)")
     series: dict[str, list[Path]] = {}
     for relative in line.get("slices") or []:
         path = _exported_file(export_dir, str(relative), hashes.get(str(relative)))
@@ -397,7 +404,7 @@ def labels_from_dataset_export(export_dir: Path, *, heldout_percent: int = 30) -
             continue
         try:
             line = json.loads(text)
-            case = _case_from_export_line(export_dir, line, hashes, heldout_percent)
+            case = _case_from_export_line(export_dir, line, hashes, heldout_percent, dict(manifest.get("studies") or {}))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DatasetExportError(f"labels.jsonl line {number_in_file}: {exc!r}") from exc
         if case is None:

@@ -316,6 +316,74 @@ def _sample_batch(data: _TrainingSet, batch_size: int, rng: np.random.Generator
     return torch.stack(xs), torch.stack(ys)[:, None]
 
 
+class LabelledExample(Protocol):
+    """A labelled slice from outside the generator (a research dataset version's, read by
+    `retraining.labels_from_dataset_export`): its 2.5D HU stack (CONTEXT_SLICES, H, W) and the
+    lesion mask of its centre slice (H, W)."""
+
+    @property
+    def hu(self) -> np.ndarray: ...
+
+    @property
+    def mask(self) -> np.ndarray: ...
+
+
+@dataclass
+class _DatasetSlices:
+    """Labelled slices from a dataset version, windowed once, with where their lesions are."""
+
+    windowed: list[torch.Tensor]  # (CONTEXT_SLICES * len(WINDOWS), H, W), at least a patch in each side
+    masks: list[np.ndarray]
+    lesion_pixels: list[np.ndarray]
+    drawn: int = 0
+
+
+def _dataset_slices(examples: Sequence[LabelledExample]) -> _DatasetSlices:
+    windowed, masks, lesion_pixels = [], [], []
+    for example in examples:
+        hu, mask = np.asarray(example.hu, dtype=np.float32), np.asarray(example.mask, dtype=bool)
+        if hu.ndim != 3 or hu.shape[0] != CONTEXT_SLICES or hu.shape[1:] != mask.shape:
+            raise TrainingError(f"a labelled slice must be ({CONTEXT_SLICES}, H, W) HU with an (H, W) mask, "
+                                f"got {hu.shape} and {mask.shape}")
+        # Slices smaller than a patch are padded with air (before windowing: air is not 0 in every window).
+        pad_rows, pad_columns = max(0, PATCH_SIZE - hu.shape[1]), max(0, PATCH_SIZE - hu.shape[2])
+        if pad_rows or pad_columns:
+            hu = np.pad(hu, ((0, 0), (0, pad_rows), (0, pad_columns)), constant_values=-1024.0)
+            mask = np.pad(mask, ((0, pad_rows), (0, pad_columns)))
+        windowed.append(window_hu(torch.from_numpy(hu)).reshape(-1, *hu.shape[1:]).half())
+        masks.append(mask)
+        lesion_pixels.append(np.flatnonzero(mask))
+    return _DatasetSlices(windowed, masks, lesion_pixels)
+
+
+def _sample_dataset_patch(data: _DatasetSlices, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A patch of a dataset slice: on a lesion half the time (when it has one), else anywhere."""
+    k = int(rng.integers(len(data.masks)))
+    mask, half = data.masks[k], PATCH_SIZE // 2
+    height, width = mask.shape
+    if rng.random() < 0.5 and data.lesion_pixels[k].size:
+        y, x = np.unravel_index(int(rng.choice(data.lesion_pixels[k])), mask.shape)
+        y, x = int(y) + int(rng.integers(-half + 8, half - 8)), int(x) + int(rng.integers(-half + 8, half - 8))
+    else:
+        y, x = int(rng.integers(height)), int(rng.integers(width))
+    y = min(max(y - half, 0), height - PATCH_SIZE)
+    x = min(max(x - half, 0), width - PATCH_SIZE)
+    data.drawn += 1
+    patch = data.windowed[k][:, y:y + PATCH_SIZE, x:x + PATCH_SIZE].float()
+    return patch, torch.from_numpy(mask[y:y + PATCH_SIZE, x:x + PATCH_SIZE].astype(np.float32))
+
+
+def _mix_dataset(x: torch.Tensor, y: torch.Tensor, data: _DatasetSlices | None, fraction: float,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace about `fraction` of a batch's phantom patches with dataset patches."""
+    if data is None or not data.masks:
+        return x, y
+    for index in range(x.shape[0]):
+        if rng.random() < fraction:
+            x[index], y[index, 0] = _sample_dataset_patch(data, rng)
+    return x, y
+
+
 def detection_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE for calibrated per-pixel probabilities plus soft Dice so tiny lesions are not ignored."""
     bce = F.binary_cross_entropy_with_logits(logits, target)
@@ -484,10 +552,16 @@ def train_model(
     n_heldout_phantoms: int = 20,
     steps_per_epoch: int | None = None,
     threads: int = 2,
+    dataset_slices: Sequence[LabelledExample] = (),
+    dataset: dict[str, object] | None = None,
 ) -> TrainingResult:
     """Train, calibrate and evaluate; writes ``<name>.pt`` and ``<name>.json`` into ``out_dir``.
 
     One epoch is ``steps_per_epoch`` batches, by default as many patches as training slices.
+    ``dataset_slices``: labelled slices of a research dataset version (``dataset`` names it: its
+    number and manifest SHA-256, kept in the manifest as provenance); a share of every batch's
+    patches is drawn from them, in proportion to their number beside the phantoms' slices (at
+    least a quarter, at most a half).
     """
     if n_train_phantoms < 1 or epochs < 1:
         raise TrainingError(f"need >= 1 phantom and epoch, got {n_train_phantoms}, {epochs}")
@@ -502,6 +576,9 @@ def train_model(
     heldout_seeds = list(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + n_heldout_phantoms))
 
     data = _build_training_set(train_seeds)
+    extra = _dataset_slices(dataset_slices) if dataset_slices else None
+    fraction = (min(0.5, max(0.25, len(dataset_slices) / (len(dataset_slices) + n_train_phantoms * PHANTOM_SLICES)))
+                if extra is not None else 0.0)
     steps = steps_per_epoch or max(1, n_train_phantoms * PHANTOM_SLICES // batch_size)
     total_steps = steps * epochs
     model = LesionUNet(IN_CHANNELS, DEFAULT_WIDTHS)
@@ -513,7 +590,7 @@ def train_model(
     for epoch in range(epochs):
         running = 0.0
         for _ in range(steps):
-            x, y = _sample_batch(data, batch_size, rng)
+            x, y = _mix_dataset(*_sample_batch(data, batch_size, rng), extra, fraction, rng)
             loss = detection_loss(model(x), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -564,6 +641,8 @@ def train_model(
             "n_train_lesions": int(sum(training_lesion_count(s) for s in train_seeds)),
             "validation_seeds": [validation_seeds[0], validation_seeds[-1]] if validation_seeds else [],
             "heldout_seeds": [heldout_seeds[0], heldout_seeds[-1]] if heldout_seeds else [],
+            **({"dataset": {**(dataset or {}), "slices": len(dataset_slices), "patch_fraction": round(fraction, 3),
+                            "patches_drawn": extra.drawn}} if extra is not None else {}),
         },
         "heldout_metrics": metrics.to_json() if metrics else None,
         "hit_rule": "centre in lesion mask on a spanned slice, or within max(radius, 3 mm) in-plane "

@@ -123,3 +123,34 @@ def test_an_export_that_is_not_what_the_version_vouches_for_is_refused_with_the_
     assert result.exit_code == 1 and "changed since export" in result.output
     result = app.test_cli_runner().invoke(args=["ai", "retrain", "--dataset", str(tmp_path / "absent")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_hospital_ai_train_trains_on_a_dataset_version_and_scores_its_held_out_studies(
+    app: Flask, exported: Path, tmp_path: Path
+) -> None:
+    runner = app.test_cli_runner()
+    small = ["--phantoms", "2", "--epochs", "1", "--steps-per-epoch", "4", "--validation-phantoms", "1",
+             "--heldout-phantoms", "1"]
+    result = runner.invoke(args=["ai", "train", "--out", str(tmp_path / "w"), *small, "--dataset", str(exported),
+                                 "--dataset-heldout-percent", "50"])
+    assert result.exit_code == 0, result.output
+    labels = labels_from_dataset_export(exported, heldout_percent=50)
+    assert labels.finetune and labels.heldout  # both sides of the split hold studies
+    manifest = json.loads(next((tmp_path / "w").glob("*.json")).read_text())
+    used = manifest["training_data"]["dataset"]
+    assert labels.dataset is not None
+    assert (used["version"], used["manifest_sha256"]) == (labels.dataset["version"], labels.dataset["manifest_sha256"])
+    assert used["slices"] == len(labels.finetune) and 0.25 <= used["patch_fraction"] <= 0.5
+    assert used["patches_drawn"] > 0
+    assert "the dataset's held-out studies: " in result.output
+
+    # An export that does not match its own manifest is refused before anything trains.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exported, tampered)
+    labels_file = tampered / "labels.jsonl"
+    labels_file.write_text(labels_file.read_text().replace('"accepted"', '"rejected"', 1))
+    before = {p.name for p in (tmp_path / "w").iterdir()}
+    refused = runner.invoke(args=["ai", "train", "--out", str(tmp_path / "w2"), *small, "--dataset", str(tampered)])
+    assert refused.exit_code == 1 and len(refused.output.splitlines()) == 1
+    assert refused.output.startswith("Error: labels.jsonl: the labels of study ") and "not the manifest's" in refused.output
+    assert not (tmp_path / "w2").exists() and {p.name for p in (tmp_path / "w").iterdir()} == before
