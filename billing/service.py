@@ -192,19 +192,19 @@ def package_code(package_id: int) -> str:
 PACKAGE_PRICE_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def package_price(session: Session, event: PricedPackage) -> str:
+def package_price(session: Session, package: PricedPackage) -> str:
     """The catalog code of the package version, with its price entered once from the package's own
     (the first analysis it makes puts it in the catalog, beside the platform's prices)."""
-    code = package_code(event.package_id)
+    code = package_code(package.package_id)
     if session.scalar(select(CatalogEntry.id).where(CatalogEntry.code == code).limit(1)) is not None:
         return code
     # Two first analyses at once: the partner's row lock makes the second wait and find the entry.
-    session.execute(select(Organization.id).where(Organization.id == event.partner_organization_id).with_for_update())
+    session.execute(select(Organization.id).where(Organization.id == package.partner_organization_id).with_for_update())
     if session.scalar(select(CatalogEntry.id).where(CatalogEntry.code == code).limit(1)) is None:
         session.add(CatalogEntry(
-            code=code, display=f"AI analysis: {event.name} {event.version}",
-            service_line=ServiceLine.AI_ANALYSIS, organization_id=None, unit_price_minor=event.price_minor,
-            currency=event.currency, effective_from=PACKAGE_PRICE_FROM,
+            code=code, display=f"AI analysis: {package.name} {package.version}",
+            service_line=ServiceLine.AI_ANALYSIS, organization_id=None, unit_price_minor=package.price_minor,
+            currency=package.currency, effective_from=PACKAGE_PRICE_FROM,
         ))
         session.flush()
     return code
