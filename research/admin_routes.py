@@ -44,7 +44,7 @@ def create_version_page() -> ResponseReturnValue:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         version = service.create_dataset_version(
             session, licence=licence, created_by=current_user().username, dicom_dir=dicom_dir(app),
-            research_dir=research_dir(app), secret=research_secret(app),
+            research_dir=research_dir(app), secret=research_secret(app), user=current_user(),
         )
         counts = version.manifest["counts"]
         return _("Dataset version %(number)s made: %(studies)s studies, %(instances)s images.",

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ai_services.public import report_summary, reviewed_findings
+from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import gettext as _
@@ -197,9 +198,11 @@ def manifest_sha256(manifest: dict[str, Any]) -> str:
 
 
 def create_dataset_version(
-    session: Session, *, licence: str, created_by: str, dicom_dir: Path, research_dir: Path, secret: str
+    session: Session, *, licence: str, created_by: str, dicom_dir: Path, research_dir: Path, secret: str,
+    user: User | None = None,
 ) -> DatasetVersion:
-    """A new immutable version: every contribution whose patient consents now, de-identified."""
+    """A new immutable version: every contribution whose patient consents now, de-identified.
+    Audited as made by `user` (the administrator; None from the command line, named `created_by`)."""
     if not licence.strip():
         raise InvalidInput("a dataset version needs a licence")
     number = (session.scalar(select(func.max(DatasetVersion.number))) or 0) + 1
@@ -251,6 +254,9 @@ def create_dataset_version(
                              manifest_sha256=manifest_sha256(manifest))
     session.add(version)
     session.flush()
+    record_access(session, user, "C", "ResearchDatasetVersion", number,
+                  description=f"dataset version made by {created_by} under licence {licence}: {len(studies)} studies, "
+                              f"{len(instances)} images"[:1000])
     logger.info("research: dataset version %s made with %s instances", number, len(instances))
     return version
 
@@ -373,8 +379,9 @@ def _agreed_institutions(session: Session, licence: str) -> set[str]:
     return {f"institution-{a.organization_id}" for a in rows if a.valid_until is None or a.valid_until > now}
 
 
-def export_version(session: Session, number: int, target: Path, research_dir: Path) -> Path:
-    """Write the version in the training layout (docs/research-dataset.md) under `target`.
+def export_version(session: Session, number: int, target: Path, research_dir: Path, user: User | None = None) -> Path:
+    """Write the version in the training layout (docs/research-dataset.md) under `target`; audited
+    (by `user`, None from the command line) with what left the database and where to.
 
     Refused whole when an institution in it has no data-use agreement in force for the version's
     licence, when `target` is not empty, or when a stored file no longer has its manifest hash."""
@@ -417,4 +424,7 @@ def export_version(session: Session, number: int, target: Path, research_dir: Pa
         f"dataset version {number}\nlicence {version.licence}\nmanifest sha256 {version.manifest_sha256}\n"
         + "".join(f"left out: contribution {m.contribution_id} ({m.reason} on {m.marked_at:%Y-%m-%d})\n" for m in marks)
     )
+    record_access(session, user, "E", "ResearchDatasetVersion", number,
+                  description=f"exported {len(studies)} studies, {len(entries)} images under licence {version.licence} "
+                              f"to {target}"[:1000])
     return target

@@ -27,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hospital.audit import record_access
 from hospital.clock import utcnow
 from hospital.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hospital.i18n import gettext as _
@@ -208,6 +209,9 @@ def contribute_upload(
         target = research_dir / result.study_uid / result.series_uid / f"{result.sop_uid}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(result.data)
+    record_access(session, user, "C", "ResearchContribution", contribution.id,
+                  description=f"research upload: {len(usable)} images kept, {len(results) - len(usable)} kept out, "
+                              f"{len(kept_labels)} labels; consent {reference}")
     logger.info("research: upload %s by user %s: %d images kept, %d kept out, %d labels", contribution.id, user.id,
                 len(usable), len(results) - len(usable), len(kept_labels))
     return contribution
@@ -248,4 +252,5 @@ def withdraw_upload(session: Session, user: User, contribution_id: int) -> Contr
     if contribution.withdrawn_at is None:
         contribution.withdrawn_at = utcnow()
         mark_versions_holding(session, {contribution.id}, MARK_UPLOAD_WITHDRAWN)
+        record_access(session, user, "U", "ResearchContribution", contribution.id, description="research upload withdrawn")
     return contribution

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ai_services.retraining import labels_from_dataset_export
+from hospital.models import AuditEvent
 from hospital.seed import DemoSeed
 from research import service
 from research.models import Contribution, ContributionSource, ResearchInstance, ResearchUidMap, UidKind
@@ -150,6 +151,23 @@ def test_a_withdrawn_upload_leaves_later_versions_and_later_exports_of_earlier_o
     assert not list(again.rglob("*.dcm"))
     listed = as_role("contributor").get("/api/research/contributions").get_json()
     assert [(u["id"], bool(u["withdrawn_at"])) for u in listed] == [(upload_id, True)]
+
+    # Each step is in the audit trail: the upload and its withdrawal by the contributor, the
+    # versions made and the export (from the command line here: no account).
+    trail = db_session.execute(select(AuditEvent.action, AuditEvent.entity_type, AuditEvent.entity_id,
+                                      AuditEvent.user_id, AuditEvent.description)
+                               .where(AuditEvent.entity_type.like("Research%")).order_by(AuditEvent.id)).all()
+    contributor = demo.users["contributor"].id
+    assert sorted((a, t, i, u or 0) for a, t, i, u, _ in trail) == sorted([
+        ("C", "ResearchContribution", str(upload_id), contributor),
+        ("C", "ResearchDatasetVersion", str(first.number), 0),
+        ("U", "ResearchContribution", str(upload_id), contributor),
+        ("C", "ResearchDatasetVersion", str(first.number + 1), 0),
+        ("E", "ResearchDatasetVersion", str(first.number), 0),
+    ])
+    described = {(a, t): d or "" for a, t, _, _, d in trail}
+    assert "6 images kept, 0 kept out, 1 labels; consent CONSENT-2026-0417" in described["C", "ResearchContribution"]
+    assert str(tmp_path / "again") in described["E", "ResearchDatasetVersion"]
 
 
 @pytest.mark.parametrize(("case", "status", "reason"), [
