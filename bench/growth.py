@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -128,6 +129,12 @@ def load(engine: Engine, lo: int, hi: int, params: dict[str, object]) -> float:
     return time.perf_counter() - started
 
 
+def pydicom_read(path: Path) -> Any:
+    import pydicom  # noqa: PLC0415
+
+    return pydicom.dcmread(path)
+
+
 def write_template_file(path: Path) -> None:
     """One real small CT file every loaded instance row points at: QIDO reads a header per study."""
     import numpy as np  # noqa: PLC0415
@@ -209,6 +216,21 @@ def main() -> None:
                 cursor = encode_cursor(search_binding("Patient", []), sort_keys(mapping, []), [patient_id(n)])
             get(f"/fhir/Patient?_count=10&_cursor={cursor}")
 
+        template = pydicom_read(work / "dicom" / "growth" / "template.dcm")
+
+        def ingest(n: int) -> None:
+            """One more image of record n's study arriving (what C-STORE and STOW-RS store): its
+            order found by accession number, its study by UID, the instance row and file written."""
+            from imaging_orders.archive.public import store_instance  # noqa: PLC0415 - as invoice's imports
+            dataset = template.copy()
+            dataset.PatientID, dataset.PatientName = f"G-{n}", f"Fam{n % 50000}^Given{n}"
+            dataset.AccessionNumber = f"G{n}"
+            dataset.StudyInstanceUID = f"2.25.{1000000000 + n}"
+            dataset.SeriesInstanceUID = f"2.25.{uuid.uuid4().int}"
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = f"2.25.{uuid.uuid4().int}"
+            result = store_instance(app, dataset, transfer_syntax_uid=None, calling_ae="GROWTH")
+            assert result.study_id is not None
+
         operations: dict[str, Callable[[int], None]] = {
             "FHIR read Patient/{id}": lambda n: get(f"/fhir/Patient/{patient_id(n)}"),
             "FHIR search Observation?patient": lambda n: get(f"/fhir/Observation?patient={patient_id(n)}"),
@@ -217,6 +239,7 @@ def main() -> None:
             "FHIR search Patient deep page (cursor)": deep_patient_page,
             "QIDO studies?PatientID": lambda n: get(f"/dicomweb/studies?PatientID=G-{n}"),
             "invoice for one patient": invoice,
+            "ingest one image into a stored study": ingest,
         }
         results: dict[int, dict[str, Timing]] = {}
         loaded = 0
