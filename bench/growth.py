@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ from hospital.seed import DEMO_PASSWORD, DemoSeed, seed_demo  # noqa: E402
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 INSTANCES_PER_STUDY = 5
+WORKLIST_PER_DAY = 40
+WORKLIST_FIRST_DAY = "2027-01-04"
 
 # One statement per table, over the record numbers :lo..:hi. Ids are taken from each table's
 # sequence; rows of one record find each other through their unique keys (MRN, UIDs).
@@ -94,6 +97,27 @@ LOAD = [
        SELECT 'growth-scan:' || n, p.id, :entry, 'scan', :code, 'CT scan', 1, 20000, 20000, :currency,
               'ImagingStudy/growth-' || n, false, 'billable', now() - (n % 900) * interval '1 hour', now()
        FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS n JOIN patient p ON p.mrn = 'G-' || n""",
+    # Each record also has a booked follow-up scan (its own scheduled order, slot and appointment):
+    # WORKLIST_PER_DAY a day at the demo centre's station, so the days grow with the data, as a
+    # centre's history does, and a day's worklist stays the same size.
+    """INSERT INTO referral (patient_id, requester_id, created_by_user_id, performer_organization_id, status, priority,
+                             modality, body_part, procedure_description, reason, accession_number, created_at, updated_at)
+       SELECT p.id, :requester, :clinician_user, :centre, 'scheduled', 'routine', 'CT', 'CHEST', 'CT chest follow-up',
+              'follow-up', 'W' || n, now(), now()
+       FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS n JOIN patient p ON p.mrn = 'G-' || n""",
+    f"""INSERT INTO slot (schedule_id, start, "end", status, version)
+       SELECT :schedule, CAST(:first_day AS timestamp) + (n / {WORKLIST_PER_DAY}) * interval '1 day'
+              + (n % {WORKLIST_PER_DAY}) * interval '15 minutes',
+              CAST(:first_day AS timestamp) + (n / {WORKLIST_PER_DAY}) * interval '1 day'
+              + (n % {WORKLIST_PER_DAY} + 1) * interval '15 minutes', 'busy', 1
+       FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS n""",
+    f"""INSERT INTO appointment (slot_id, referral_id, patient_id, start, "end", status, description, booked_by_user_id,
+                                 created_at)
+       SELECT sl.id, r.id, r.patient_id, sl.start, sl."end", 'booked', 'CT chest follow-up', :clinician_user, now()
+       FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS n
+       JOIN referral r ON r.accession_number = 'W' || n
+       JOIN slot sl ON sl.schedule_id = :schedule AND sl.start = CAST(:first_day AS timestamp)
+            + (n / {WORKLIST_PER_DAY}) * interval '1 day' + (n % {WORKLIST_PER_DAY}) * interval '15 minutes'""",
 ]
 
 
@@ -166,6 +190,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--drop-index", action="append", default=[], metavar="NAME",
+                        help="drop this index after migrating, to measure what it buys (repeatable)")
     args = parser.parse_args()
     sizes = sorted(args.sizes)
     admin, name, url = make_database()
@@ -178,8 +204,13 @@ def main() -> None:
             demo: DemoSeed = seed_demo(session, app)
             entry = session.execute(text("SELECT id, code, currency FROM catalog_entry WHERE service_line = 'scan' "
                                          "ORDER BY id LIMIT 1")).one()
+            station = session.execute(text("SELECT id, station_ae_title FROM schedule WHERE organization_id = :c "
+                                           "ORDER BY id LIMIT 1"), {"c": demo.imaging_centre.id}).one()
             params = {"requester": demo.users["clinician"].practitioner_id, "clinician_user": demo.users["clinician"].id,
-                      "centre": demo.imaging_centre.id, "entry": entry.id, "code": entry.code, "currency": entry.currency}
+                      "centre": demo.imaging_centre.id, "entry": entry.id, "code": entry.code, "currency": entry.currency,
+                      "schedule": station.id, "first_day": WORKLIST_FIRST_DAY}
+            for index in args.drop_index:  # what an index buys, measured in the same run conditions
+                session.execute(text(f'DROP INDEX "{index}"'))
             admin_id = demo.users["admin"].id
         write_template_file(work / "dicom" / "growth" / "template.dcm")
         engine = get_db(app).engine
@@ -231,6 +262,27 @@ def main() -> None:
             result = store_instance(app, dataset, transfer_syntax_uid=None, calling_ae="GROWTH")
             assert result.study_id is not None
 
+        def worklist(n: int) -> None:
+            """A modality's C-FIND for the day of record n's booking at its station, answered whole."""
+            from pydicom import Dataset  # noqa: PLC0415
+            from pydicom.sequence import Sequence as DicomSequence  # noqa: PLC0415
+
+            from imaging_orders.worklist import find_worklist_items  # noqa: PLC0415 - as invoice's imports
+            day = date.fromisoformat(WORKLIST_FIRST_DAY) + timedelta(days=n // WORKLIST_PER_DAY)
+            identifier, step = Dataset(), Dataset()
+            identifier.PatientName = identifier.PatientID = identifier.AccessionNumber = ""
+            step.ScheduledStationAETitle, step.Modality = station.station_ae_title, ""
+            step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime = f"{day:%Y%m%d}", ""
+            identifier.ScheduledProcedureStepSequence = DicomSequence([step])
+            with app.app_context():
+                session = get_db().session()
+                try:
+                    found = list(find_worklist_items(session, identifier))
+                finally:
+                    session.rollback()
+                    session.close()
+            assert found, (day, "no scheduled step found")
+
         operations: dict[str, Callable[[int], None]] = {
             "FHIR read Patient/{id}": lambda n: get(f"/fhir/Patient/{patient_id(n)}"),
             "FHIR search Observation?patient": lambda n: get(f"/fhir/Observation?patient={patient_id(n)}"),
@@ -240,6 +292,7 @@ def main() -> None:
             "QIDO studies?PatientID": lambda n: get(f"/dicomweb/studies?PatientID=G-{n}"),
             "invoice for one patient": invoice,
             "ingest one image into a stored study": ingest,
+            f"worklist C-FIND for one day ({WORKLIST_PER_DAY} steps)": worklist,
         }
         results: dict[int, dict[str, Timing]] = {}
         loaded = 0

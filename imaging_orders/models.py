@@ -63,6 +63,9 @@ class AppointmentStatus(str, enum.Enum):
 
 class Appointment(Base):
     __tablename__ = "appointment"
+    # A day's worklist (and every date-ranged look at the bookings) reads a range of starts in
+    # (start, id) order: without this index each C-FIND read every appointment ever booked.
+    __table_args__ = (Index("ix_appointment_start_id", "start", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Unique: a slot holds at most one live appointment; the database enforces it under races.
