@@ -51,7 +51,6 @@ import pydicom
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from torch.nn import functional as F
 
 from ai_services.inference import (
     DEFAULT_CANDIDATE_THRESHOLD,
@@ -63,7 +62,6 @@ from ai_services.inference import (
     physical_context,
     resample_in_plane,
     sha256_of_file,
-    window_hu,
 )
 from ai_services.models import (
     AnalysisJob,
@@ -84,11 +82,13 @@ from ai_services.training import (
     EvaluationMetrics,
     calibrate,
     detection_loss,
+    draw_patch,
     expected_calibration_error,
     froc_curve,
     metrics_from_runs,
     run_on_phantoms,
     sensitivity_at_fp_rate,
+    slice_pool,
 )
 from imaging_orders.archive.public import instance_paths, study_ref
 from synthetic.phantoms import Phantom, make_ct_phantom
@@ -585,48 +585,6 @@ def evaluate_reviewed(detector: LesionDetector, cases: Sequence[ReviewedCase],
 # Fine-tuning
 # ---------------------------------------------------------------------------------------------
 
-@dataclass
-class _Pool:
-    inputs: list[torch.Tensor]  # windowed (CONTEXT_SLICES * len(WINDOWS), H, W), padded to >= patch
-    masks: list[torch.Tensor]
-    focus: list[list[tuple[int, int]]]
-
-
-def _pool(slices: Sequence[LabelledSlice], patch: int) -> _Pool:
-    inputs, masks, focus = [], [], []
-    for item in slices:
-        _, h, w = item.hu.shape
-        pad_h, pad_w = max(patch - h, 0), max(patch - w, 0)
-        hu = torch.from_numpy(np.ascontiguousarray(item.hu, dtype=np.float32))
-        mask = torch.from_numpy(item.mask.astype(np.float32))
-        if pad_h or pad_w:
-            hu = F.pad(hu, (0, pad_w, 0, pad_h), value=-1000.0)
-            mask = F.pad(mask, (0, pad_w, 0, pad_h))
-        inputs.append(window_hu(hu).reshape(-1, *hu.shape[1:]).half())
-        masks.append(mask)
-        focus.append(item.focus)
-    return _Pool(inputs, masks, focus)
-
-
-def _draw(pool: _Pool, patch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    k = int(rng.integers(len(pool.inputs)))
-    x, target = pool.inputs[k], pool.masks[k]
-    h, w = target.shape
-    if pool.focus[k] and rng.random() < 0.8:
-        cy, cx = pool.focus[k][int(rng.integers(len(pool.focus[k])))]
-        cy += int(rng.integers(-patch // 4, patch // 4 + 1))
-        cx += int(rng.integers(-patch // 4, patch // 4 + 1))
-    else:
-        cy, cx = int(rng.integers(h)), int(rng.integers(w))
-    y0 = min(max(cy - patch // 2, 0), h - patch)
-    x0 = min(max(cx - patch // 2, 0), w - patch)
-    xp = x[:, y0:y0 + patch, x0:x0 + patch].float()
-    tp = target[y0:y0 + patch, x0:x0 + patch]
-    if rng.random() < 0.5:
-        xp, tp = xp.flip(-1), tp.flip(-1)
-    return xp, tp
-
-
 def fine_tune(model: LesionUNet, reviewed: Sequence[LabelledSlice], synthetic: Sequence[LabelledSlice],
               config: RetrainConfig) -> float:
     """Fine-tune ``model`` in place; returns the mean loss of the last 20% of steps."""
@@ -634,7 +592,7 @@ def fine_tune(model: LesionUNet, reviewed: Sequence[LabelledSlice], synthetic: S
         raise RetrainingError(f"patch_size must be a multiple of 8, got {config.patch_size}")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 4242])
-    pools = [_pool(reviewed, config.patch_size), _pool(synthetic, config.patch_size) if synthetic else None]
+    pools = [slice_pool(reviewed, config.patch_size), slice_pool(synthetic, config.patch_size) if synthetic else None]
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     model.train()
     for module in model.modules():
@@ -645,7 +603,7 @@ def fine_tune(model: LesionUNet, reviewed: Sequence[LabelledSlice], synthetic: S
         xs, ys = [], []
         for _ in range(config.batch_size):
             from_reviewed = pools[1] is None or rng.random() < config.reviewed_fraction
-            x, y = _draw(pools[0] if from_reviewed else pools[1], config.patch_size, rng)
+            x, y = draw_patch(pools[0] if from_reviewed else pools[1], config.patch_size, rng)
             xs.append(x)
             ys.append(y)
         loss = detection_loss(model(torch.stack(xs)), torch.stack(ys)[:, None])

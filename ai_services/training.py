@@ -317,9 +317,9 @@ def _sample_batch(data: _TrainingSet, batch_size: int, rng: np.random.Generator
 
 
 class LabelledExample(Protocol):
-    """A labelled slice from outside the generator (a research dataset version's, read by
-    `retraining.labels_from_dataset_export`): its 2.5D HU stack (CONTEXT_SLICES, H, W) and the
-    lesion mask of its centre slice (H, W)."""
+    """A labelled slice from outside the generator (a reviewed case's, or a research dataset
+    version's: `retraining.LabelledSlice`): its 2.5D HU stack (CONTEXT_SLICES, H, W), the lesion
+    mask of its centre slice (H, W), and the points its labels are centred on."""
 
     @property
     def hu(self) -> np.ndarray: ...
@@ -327,60 +327,65 @@ class LabelledExample(Protocol):
     @property
     def mask(self) -> np.ndarray: ...
 
+    @property
+    def focus(self) -> list[tuple[int, int]]: ...
+
 
 @dataclass
-class _DatasetSlices:
-    """Labelled slices from a dataset version, windowed once, with where their lesions are."""
+class SlicePool:
+    """Labelled slices windowed once for patch drawing (fine-tuning, and training on a dataset)."""
 
-    windowed: list[torch.Tensor]  # (CONTEXT_SLICES * len(WINDOWS), H, W), at least a patch in each side
-    masks: list[np.ndarray]
-    lesion_pixels: list[np.ndarray]
+    inputs: list[torch.Tensor]  # windowed (CONTEXT_SLICES * len(WINDOWS), H, W), padded to >= patch
+    masks: list[torch.Tensor]
+    focus: list[list[tuple[int, int]]]
     drawn: int = 0
 
 
-def _dataset_slices(examples: Sequence[LabelledExample]) -> _DatasetSlices:
-    windowed, masks, lesion_pixels = [], [], []
-    for example in examples:
-        hu, mask = np.asarray(example.hu, dtype=np.float32), np.asarray(example.mask, dtype=bool)
-        if hu.ndim != 3 or hu.shape[0] != CONTEXT_SLICES or hu.shape[1:] != mask.shape:
-            raise TrainingError(f"a labelled slice must be ({CONTEXT_SLICES}, H, W) HU with an (H, W) mask, "
-                                f"got {hu.shape} and {mask.shape}")
-        # Slices smaller than a patch are padded with air (before windowing: air is not 0 in every window).
-        pad_rows, pad_columns = max(0, PATCH_SIZE - hu.shape[1]), max(0, PATCH_SIZE - hu.shape[2])
-        if pad_rows or pad_columns:
-            hu = np.pad(hu, ((0, 0), (0, pad_rows), (0, pad_columns)), constant_values=-1024.0)
-            mask = np.pad(mask, ((0, pad_rows), (0, pad_columns)))
-        windowed.append(window_hu(torch.from_numpy(hu)).reshape(-1, *hu.shape[1:]).half())
+def slice_pool(slices: Sequence[LabelledExample], patch: int) -> SlicePool:
+    inputs, masks, focus = [], [], []
+    for item in slices:
+        _, h, w = item.hu.shape
+        pad_h, pad_w = max(patch - h, 0), max(patch - w, 0)
+        hu = torch.from_numpy(np.ascontiguousarray(item.hu, dtype=np.float32))
+        mask = torch.from_numpy(item.mask.astype(np.float32))
+        if pad_h or pad_w:
+            hu = F.pad(hu, (0, pad_w, 0, pad_h), value=-1000.0)
+            mask = F.pad(mask, (0, pad_w, 0, pad_h))
+        inputs.append(window_hu(hu).reshape(-1, *hu.shape[1:]).half())
         masks.append(mask)
-        lesion_pixels.append(np.flatnonzero(mask))
-    return _DatasetSlices(windowed, masks, lesion_pixels)
+        focus.append(list(item.focus))
+    return SlicePool(inputs, masks, focus)
 
 
-def _sample_dataset_patch(data: _DatasetSlices, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A patch of a dataset slice: on a lesion half the time (when it has one), else anywhere."""
-    k = int(rng.integers(len(data.masks)))
-    mask, half = data.masks[k], PATCH_SIZE // 2
-    height, width = mask.shape
-    if rng.random() < 0.5 and data.lesion_pixels[k].size:
-        y, x = np.unravel_index(int(rng.choice(data.lesion_pixels[k])), mask.shape)
-        y, x = int(y) + int(rng.integers(-half + 8, half - 8)), int(x) + int(rng.integers(-half + 8, half - 8))
+def draw_patch(pool: SlicePool, patch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A patch of one of the pool's slices: most often near one of its labels, else anywhere."""
+    k = int(rng.integers(len(pool.inputs)))
+    x, target = pool.inputs[k], pool.masks[k]
+    h, w = target.shape
+    if pool.focus[k] and rng.random() < 0.8:
+        cy, cx = pool.focus[k][int(rng.integers(len(pool.focus[k])))]
+        cy += int(rng.integers(-patch // 4, patch // 4 + 1))
+        cx += int(rng.integers(-patch // 4, patch // 4 + 1))
     else:
-        y, x = int(rng.integers(height)), int(rng.integers(width))
-    y = min(max(y - half, 0), height - PATCH_SIZE)
-    x = min(max(x - half, 0), width - PATCH_SIZE)
-    data.drawn += 1
-    patch = data.windowed[k][:, y:y + PATCH_SIZE, x:x + PATCH_SIZE].float()
-    return patch, torch.from_numpy(mask[y:y + PATCH_SIZE, x:x + PATCH_SIZE].astype(np.float32))
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0 = min(max(cy - patch // 2, 0), h - patch)
+    x0 = min(max(cx - patch // 2, 0), w - patch)
+    xp = x[:, y0:y0 + patch, x0:x0 + patch].float()
+    tp = target[y0:y0 + patch, x0:x0 + patch]
+    if rng.random() < 0.5:
+        xp, tp = xp.flip(-1), tp.flip(-1)
+    pool.drawn += 1
+    return xp, tp
 
 
-def _mix_dataset(x: torch.Tensor, y: torch.Tensor, data: _DatasetSlices | None, fraction: float,
+def _mix_dataset(x: torch.Tensor, y: torch.Tensor, pool: SlicePool | None, fraction: float,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace about `fraction` of a batch's phantom patches with dataset patches."""
-    if data is None or not data.masks:
+    """Replace about `fraction` of a batch's phantom patches with patches of the dataset's slices."""
+    if pool is None or not pool.inputs:
         return x, y
     for index in range(x.shape[0]):
         if rng.random() < fraction:
-            x[index], y[index, 0] = _sample_dataset_patch(data, rng)
+            x[index], y[index, 0] = draw_patch(pool, PATCH_SIZE, rng)
     return x, y
 
 
@@ -576,7 +581,7 @@ def train_model(
     heldout_seeds = list(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + n_heldout_phantoms))
 
     data = _build_training_set(train_seeds)
-    extra = _dataset_slices(dataset_slices) if dataset_slices else None
+    extra = slice_pool(dataset_slices, PATCH_SIZE) if dataset_slices else None
     fraction = (min(0.5, max(0.25, len(dataset_slices) / (len(dataset_slices) + n_train_phantoms * PHANTOM_SLICES)))
                 if extra is not None else 0.0)
     steps = steps_per_epoch or max(1, n_train_phantoms * PHANTOM_SLICES // batch_size)
