@@ -56,13 +56,17 @@ def study_facts(session: Session, study: StudyRef, series: SeriesFiles) -> Study
                       reason=referral.reason if referral is not None else "", centre_id=study.organization_id)
 
 
-def detector_not_routed(session: Session, name: str, facts: StudyFacts) -> str | None:
+def detector_not_routed(session: Session, name: str, study: StudyRef, series: SeriesFiles) -> str | None:
     """Why the platform's own detector `name` is not to read a study, or None when it is: it reads
     every study its applicability gate admits until an administrator names it in a rule; from then
-    on, like any package, only the studies a rule naming it matches."""
+    on, like any package, only the studies a rule naming it matches. (The study's facts, which cost
+    a query of the referral, are read only when a rule names it.)"""
     rules = session.scalars(select(ModelRoutingRule).where(ModelRoutingRule.active.is_(True),
                                                            ModelRoutingRule.package_name == name)).all()
-    if not rules or any(_matches(rule, facts) for rule in rules):
+    if not rules:
+        return None
+    facts = study_facts(session, study, series)
+    if any(_matches(rule, facts) for rule in rules):
         return None
     return (f"not routed to {name}: none of its routing rules matches this {facts.modality} study"
             f" (body part {facts.body_part or 'not given'})")

@@ -37,7 +37,7 @@ from ai_services.models import (
     ReportStatus,
     ReviewStatus,
 )
-from ai_services.routing import detector_not_routed, study_facts
+from ai_services.routing import detector_not_routed
 from hospital.access import ensure_patient_access, patient_filter
 from hospital.audit import record_access
 from hospital.clock import utcnow
@@ -148,7 +148,7 @@ def prepare_analysis(session: Session, study_id: int, storage_dir: Path) -> Anal
     if model_version is None:
         raise ModelRegistryError("no active AI model version; run `hospital ai register`")
     series = series_to_analyse(study_id, study_series(session, study_id, storage_dir))
-    not_routed = detector_not_routed(session, model_version.name, study_facts(session, study, series))
+    not_routed = detector_not_routed(session, model_version.name, study, series)
     job = queue_analysis(session, study_id)
     job.status = AnalysisStatus.RUNNING
     job.attempts += 1

@@ -213,12 +213,12 @@ def package_price(session: Session, package: PricedPackage) -> str:
 def charge_package_analysis(session: Session, event: PackageAnalysisCompleted) -> ChargeItem:
     """One charge per partner model analysis (a package version on a study), at the package's price,
     recording the package and its partner's share for the partner's statement."""
+    package = PricedPackage.of(event)
     return charge(session, BillableEvent(
         event_key=f"ai-package:PackageAnalysis/{event.analysis_id}", patient_id=event.patient_id,
-        code=package_price(session, PricedPackage.of(event)), organization_id=event.organization_id,
+        code=package_price(session, package), organization_id=event.organization_id,
         service_reference=f"DiagnosticReport/{event.report_id}",
-        occurred_at=parse_instant(event.completed_at) or utcnow(), ai_attributed=True,
-        model=PricedPackage.of(event).charge(),
+        occurred_at=parse_instant(event.completed_at) or utcnow(), ai_attributed=True, model=package.charge(),
     ))
 
 

@@ -180,11 +180,8 @@ def test_the_detector_comes_in_as_a_package_is_routed_by_the_rules_and_billed_at
     # Once a rule names it, the detector reads only the studies a rule sends it.
     add_routing_rule(db_session, admin, package_name="lesion-detector", modality="MR")
     db_session.commit()
-    other = store_study(app, db_session, demo, lambda uid: gate_series.normal_ct(20_020, uid))
-    analyse_study_again(db_session, other)
-    db_session.commit()
-    job = db_session.scalar(select(AnalysisJob).where(AnalysisJob.study_id == other))
-    assert job is not None and job.status is AnalysisStatus.NOT_APPLICABLE
+    other, job = _analysed(app, db_session, demo, 20_020)
+    assert job.status is AnalysisStatus.NOT_APPLICABLE
     assert "not routed to lesion-detector" in (job.not_applicable_reason or "")
     other_report = db_session.scalar(select(DiagnosticReport).where(DiagnosticReport.study_id == other))
     assert other_report is not None and not other_report.findings
@@ -195,12 +192,19 @@ def test_the_detector_comes_in_as_a_package_is_routed_by_the_rules_and_billed_at
     # A rule that sends it chest CT: it reads the study in the analysis job, never in the sandbox.
     add_routing_rule(db_session, admin, package_name="lesion-detector", modality="CT")
     db_session.commit()
-    routed = store_study(app, db_session, demo, lambda uid: gate_series.normal_ct(20_021, uid))
-    analyse_study_again(db_session, routed)
-    db_session.commit()
-    job = db_session.scalar(select(AnalysisJob).where(AnalysisJob.study_id == routed))
-    assert job is not None and job.status is AnalysisStatus.COMPLETED and job.model_version_id == version.id
+    _, job = _analysed(app, db_session, demo, 20_021)
+    assert job.status is AnalysisStatus.COMPLETED and job.model_version_id == version.id
     assert db_session.scalar(select(PackageAnalysis.id).limit(1)) is None
+
+
+def _analysed(app: Flask, db_session: Session, demo: DemoSeed, seed: int) -> tuple[int, AnalysisJob]:
+    """A normal chest CT stored as a study and analysed (its events dispatched): its id and job."""
+    study_id = store_study(app, db_session, demo, lambda uid: gate_series.normal_ct(seed, uid))
+    analyse_study_again(db_session, study_id)
+    db_session.commit()
+    job = db_session.scalar(select(AnalysisJob).where(AnalysisJob.study_id == study_id))
+    assert job is not None
+    return study_id, job
 
 
 def test_the_detector_is_packed_from_the_command_line_and_a_bad_weights_file_is_one_line(

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from flask import Flask
 from pydicom.uid import JPEG2000Lossless
 from werkzeug.serving import make_server
 
@@ -36,6 +38,13 @@ def live_server(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with app.app_context(), get_db(app).transaction() as session:
         demo = seed_demo(session, app)
         demo_order(session, demo, mrn=MRN, accession_number=ACCESSION)
+    with serving(app) as base:
+        yield base
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """The app served over HTTP in a thread (its base URL) until the block ends."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     server.app = host_with_port(app, server.server_port)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

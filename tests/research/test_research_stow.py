@@ -19,7 +19,6 @@ from flask import Flask
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from werkzeug.serving import make_server
 
 from hospital.db import get_db
 from hospital.dicom_status import PROCESSING_FAILURE
@@ -27,7 +26,7 @@ from hospital.seed import DemoSeed, seed_demo
 from research.models import Contribution, ResearchInstance
 from research.storage import research_dir
 from tests.conftest import make_test_app
-from tests.imaging_orders.test_dicomweb_client_live import bearer, host_with_port
+from tests.imaging_orders.test_dicomweb_client_live import bearer, serving
 from tests.research.test_contributor_uploads import (
     INSTITUTION,
     PATIENT_ID,
@@ -48,18 +47,8 @@ def live(live_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     app = make_test_app(live_database, tmp_path)
     with app.app_context(), get_db(app).transaction() as session:
         seed_demo(session, app)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    server.app = host_with_port(app, server.server_port)
-    import threading
-
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", app
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        get_db(app).engine.dispose()
+    with serving(app) as base:
+        yield base, app
 
 
 def test_a_contributor_stores_a_study_with_dicomweb_client_and_only_de_identified_copies_are_kept(
