@@ -365,7 +365,8 @@ def list_reports(session: Session, user: User, status: ReportStatus | None = Non
     if status is not None:
         query = query.where(DiagnosticReport.status == status)
     reports = list(session.scalars(query.order_by(DiagnosticReport.issued_at.desc()).limit(500)))
-    record_access(session, user, "E", "DiagnosticReport", None, description=f"list reports ({len(reports)})")
+    record_access(session, user, "E", "DiagnosticReport", None, description=f"list reports ({len(reports)})",
+                  at_response=True)
     return reports
 
 

@@ -1,6 +1,10 @@
 """Audit trail of access to patient data (FHIR AuditEvent semantics).
 
-Records are written in the caller's transaction for successful access. A denial is held until
+Records are written in the caller's transaction for successful access, but for a read in a web
+request (`action="R"`, or `at_response=True` for a search or list): its record is written after the
+request's work commits and before the response leaves, in one transaction with the reads of
+concurrent requests (`hospital.db.hold_for_response`, a group commit). A read that cannot be
+audited is not answered. A denial is held until
 the request's unit of work ends (`hospital.db.abandon_request_work` rolls the refused work back
 and keeps only the denial); outside a request it is written at once, in a transaction of its own.
 There is no update or delete path.
@@ -32,7 +36,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, Session
 
 from hospital.clock import utcnow
-from hospital.db import get_db
+from hospital.db import get_db, hold_for_response
 from hospital.models import AuditCheckpoint, AuditEvent, User
 
 logger = logging.getLogger(__name__)
@@ -53,10 +57,16 @@ def record_access(
     outcome: int = OUTCOME_SUCCESS,
     description: str | None = None,
     source: str | None = None,
+    at_response: bool = False,
 ) -> AuditEvent:
+    """Record an access. A successful read (`action="R"`, or `at_response` for an "E" that only
+    lists or searches) inside a web request is written just before the response leaves, grouped
+    with concurrent requests' reads; everything else is added to `session`, so it commits or rolls
+    back with the change it records."""
     if action not in ACTIONS:
         raise ValueError(f"audit action must be one of {sorted(ACTIONS)}, got {action!r}")
     event = AuditEvent(
+        recorded_at=utcnow(),
         user_id=user.id if user is not None else None,
         action=action,
         entity_type=entity_type,
@@ -66,7 +76,8 @@ def record_access(
         description=description,
         source=source or _default_source(),
     )
-    session.add(event)
+    if not ((action == "R" or at_response) and outcome == OUTCOME_SUCCESS and hold_for_response(event)):
+        session.add(event)
     return event
 
 

@@ -14,6 +14,13 @@ when the work is done or rolls back when it is not:
 - a job: `hospital.jobs.run_job` runs the handler inside `Database.transaction()`;
 - a DICOM message, a CLI command, a background loop: `Database.transaction()` around the work.
 
+What a response delivers is recorded before it leaves, but not inside the request's own work: an
+audit row of a read (`hospital.audit`) is handed to `hold_for_response`, and after the request's
+work commits, `complete_request_work` writes it through the database's `GroupCommit`. Concurrent
+requests' rows share one transaction (one INSERT, one commit, one turn at the audit chain's lock)
+instead of one each; each request still waits until its own rows are durable, and if they cannot be
+written the request fails (503) and its response, with the data, never leaves.
+
 So "when is this durable?" has one answer: when the unit of work at the edge has ended. Tests swap
 `Database.session_factory` for one bound to a connection that is rolled back after each test.
 """
@@ -22,17 +29,19 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_request_context
 from flask.typing import ResponseReturnValue
-from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, MetaData, create_engine, event, insert, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.schema import FetchedValue
 from sqlalchemy.types import TypeDecorator
 
 logger = logging.getLogger(__name__)
@@ -83,6 +92,7 @@ class Database:
         self.url = url
         self.engine: Engine = make_engine(url)
         self.session_factory: sessionmaker[Session] = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self.group_commit = GroupCommit(self)
 
     def session(self) -> Session:
         return self.session_factory()
@@ -99,6 +109,75 @@ class Database:
             raise
         finally:
             session.close()
+
+
+class _Waiting:
+    """One request's rows in the group commit, and what became of them."""
+
+    __slots__ = ("rows", "done", "error")
+
+    def __init__(self, rows: list[Base]) -> None:
+        self.rows = rows
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Append-only rows of many threads written in one transaction (group commit).
+
+    A thread that calls `write` while no write is under way leads: it takes every row waiting at
+    that moment, its own included, and writes them in one transaction. Threads arriving meanwhile
+    wait; when the leader is done, the first of them leads the next batch with all the rows that
+    piled up. `write` returns only once the caller's rows are committed, and raises the batch's
+    error to every thread whose rows were in a batch that failed: nothing is reported written that
+    was not. No thread of its own: with one request at a time, the request writes its own rows.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._lock = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._leading = False
+
+    def write(self, rows: list[Base]) -> None:
+        mine = _Waiting(rows)
+        with self._lock:
+            self._waiting.append(mine)
+            while self._leading and not mine.done:
+                self._lock.wait()
+            if mine.done:
+                if mine.error is not None:
+                    raise mine.error
+                return
+            batch, self._waiting = self._waiting, []
+            self._leading = True
+        error: BaseException | None = None
+        try:
+            self._write_batch([row for waiting in batch for row in waiting.rows])
+        except BaseException as exc:  # noqa: BLE001 - handed to every writer of the batch, then raised
+            error = exc
+        with self._lock:
+            for waiting in batch:
+                waiting.done, waiting.error = True, error
+            self._leading = False
+            self._lock.notify_all()
+        if error is not None:
+            raise error
+
+    def _write_batch(self, rows: list[Base]) -> None:
+        with self.database.transaction() as session:
+            if session.get_bind().dialect.name != "postgresql":
+                # SQLite (development): the mapper saves them one by one, with their Python hooks.
+                session.add_all(rows)
+                return
+            by_model: dict[type[Base], list[Base]] = {}
+            for row in rows:
+                by_model.setdefault(type(row), []).append(row)
+            for model, same in by_model.items():
+                # One multi-row INSERT; the columns the database fills (ids, the audit chain) are left to it.
+                columns = [c for c in inspect(model).columns
+                           if not c.primary_key and not isinstance(c.server_default, FetchedValue)]
+                session.execute(insert(model), [{c.key: getattr(row, c.key) for c in columns} for row in same])
 
 
 def make_engine(url: str) -> Engine:
@@ -123,6 +202,7 @@ class UnitOfWorkFlask(Flask):
     """Flask whose view functions are each one unit of work (see the module docstring)."""
 
     def dispatch_request(self) -> ResponseReturnValue:
+        g.setdefault(RESPONSE_ROWS, [])  # from here on, the request's work ends in complete_request_work
         rv = super().dispatch_request()
         # Committed here, inside the dispatch, so a commit that fails (a constraint, a lost
         # connection) reaches the error handlers like any other error and nothing is claimed done.
@@ -130,15 +210,37 @@ class UnitOfWorkFlask(Flask):
         return rv
 
 
+RESPONSE_ROWS = "hospital.response_rows"
+
+
+def hold_for_response(row: Base) -> bool:
+    """Have `row` written durably after the request's work commits and before its response
+    leaves, in a group commit with the same rows of concurrent requests (see the module
+    docstring). For append-only records of what the response delivers (the audit row of a read):
+    if the request fails, the response delivers nothing and the row is dropped with it. Every
+    column must be set here: defaults are not applied to rows written together.
+
+    False, and nothing held, where no request is being dispatched (a job, the CLI, a test calling
+    a service in a bare request context): the caller adds the row to its own work."""
+    held: list[Base] | None = g.get(RESPONSE_ROWS) if has_request_context() else None
+    if held is None:
+        return False
+    held.append(row)
+    return True
+
+
 def complete_request_work() -> None:
-    """Commit the current request's work, if it opened a session or recorded a refusal."""
+    """Commit the current request's work, if it opened a session or recorded a refusal, then write
+    what it holds for the response (and wait until that is durable)."""
     denials = g.pop("audit_denials", [])
     session: Session | None = g.get("db_session")
-    if session is None and not denials:
-        return
-    session = request_session()
-    session.add_all(denials)
-    session.commit()
+    if session is not None or denials:
+        session = request_session()
+        session.add_all(denials)
+        session.commit()
+    held = g.pop(RESPONSE_ROWS, [])
+    if held:
+        get_db().group_commit.write(held)
 
 
 def keep_work_despite_refusal() -> None:
@@ -150,6 +252,7 @@ def keep_work_despite_refusal() -> None:
 def abandon_request_work() -> None:
     """A request failed: roll its work back (unless asked to keep it), then record the refusals
     that `hospital.audit.record_denied` held for this moment, in a transaction of their own."""
+    g.pop(RESPONSE_ROWS, None)  # the request delivers nothing: nothing to record as delivered
     session = request_session()
     if g.pop("keep_work_despite_refusal", False):
         session.commit()
@@ -168,11 +271,16 @@ def init_app(app: Flask) -> None:
     database = Database(url)
     app.extensions["hospital.db"] = database
     # RQ forks a work horse per job: pooled connections must not be shared across the fork.
-    os.register_at_fork(after_in_child=lambda: database.engine.dispose(close=False))
+    os.register_at_fork(after_in_child=lambda: _after_fork(database))
     # Per request, not only per app context: a test or CLI may hold one app context around many
     # requests, and each request must start with a fresh session.
     app.teardown_request(_close_request_session)
     app.teardown_appcontext(_close_request_session)
+
+
+def _after_fork(database: Database) -> None:
+    database.engine.dispose(close=False)
+    database.group_commit = GroupCommit(database)  # its lock may have been held by another thread
 
 
 def get_db(app: Flask | None = None) -> Database:
@@ -189,6 +297,7 @@ def request_session() -> Session:
 
 
 def _close_request_session(_exc: BaseException | None) -> None:
+    g.pop(RESPONSE_ROWS, None)  # a request that ended without completing its work delivered nothing
     session: Session | None = g.pop("db_session", None)
     if session is not None:
         session.close()

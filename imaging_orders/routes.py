@@ -261,7 +261,8 @@ def studies() -> ResponseReturnValue:
     if referral_id := request.args.get("referral_id", type=int):
         query = query.where(ImagingStudy.referral_id == referral_id)
     found = list(session.scalars(query.limit(200)))
-    record_access(session, user, "E", "ImagingStudy", None, description=f"list studies ({len(found)})")
+    record_access(session, user, "E", "ImagingStudy", None, description=f"list studies ({len(found)})",
+                  at_response=True)
     return jsonify([study_json(s) for s in found])
 
 

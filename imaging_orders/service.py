@@ -272,7 +272,8 @@ def worklist(
         WorklistEntry(row[0], summary_from_row(row), row[1]) for row in session.execute(query)
         if clock.local_date(row[0].start, row[1].organization.timezone) == day
     ]
-    record_access(session, user, "E", "Appointment", None, description=f"worklist {day.isoformat()} ({len(entries)})")
+    record_access(session, user, "E", "Appointment", None, description=f"worklist {day.isoformat()} ({len(entries)})",
+                  at_response=True)
     return entries
 
 
@@ -327,7 +328,8 @@ def appointments_for(session: Session, user: User) -> list[BookedAppointment]:
     else:
         raise Forbidden(_("this list is for patients and clinicians"))
     appointments = [BookedAppointment(row[0], summary_from_row(row)) for row in session.execute(query)]
-    record_access(session, user, "E", "Appointment", None, description=f"appointments ({len(appointments)})")
+    record_access(session, user, "E", "Appointment", None, description=f"appointments ({len(appointments)})",
+                  at_response=True)
     return appointments
 
 

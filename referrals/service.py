@@ -143,7 +143,8 @@ def list_referrals(session: Session, user: User, status: ReferralStatus | None =
     if status is not None:
         query = query.where(Referral.status == status)
     referrals = list(session.scalars(query.order_by(Referral.created_at.desc(), Referral.id.desc()).limit(500)))
-    record_access(session, user, "E", "ServiceRequest", None, description=f"list referrals ({len(referrals)})")
+    record_access(session, user, "E", "ServiceRequest", None, description=f"list referrals ({len(referrals)})",
+                  at_response=True)
     return referrals
 
 

@@ -324,7 +324,8 @@ def type_history(type_name: str) -> Response:
     session = request_session()
     compartment = patient_filter(user, ResourceVersion.patient_id, type_name) if mapping.patient_column is not None else true()
     bundle = _history_bundle(session, mapping, [ResourceVersion.resource_type == type_name, compartment], type_name)
-    record_access(session, user, "E", type_name, None, description=f"history {request.query_string.decode()[:500]}")
+    record_access(session, user, "E", type_name, None, description=f"history {request.query_string.decode()[:500]}",
+                  at_response=True)
     return fhir_response(bundle)
 
 
@@ -437,7 +438,7 @@ def search_resources(
     record_access(
         session, user, "E", mapping.type_name, None,
         description=f"search {'&'.join(f'{k}={v}' for k, v in search.used)[:500]}",
-        patient_id=next(iter(patients)) if len(patients) == 1 else None,
+        patient_id=next(iter(patients)) if len(patients) == 1 else None, at_response=True,
     )
     # Each entry was validated as it was rendered; the Bundle around them is ours and fixed in
     # shape (tests validate it), so it is not validated again: that doubled the cost of a search.

@@ -368,7 +368,8 @@ def _study_info(session: Session, studies: set[ImagingStudy]) -> dict[int, Datas
 
 def _search_response(session: Session, user: User, what: str, results: list[Dataset], search: _SearchRequest,
                      more: bool) -> Response:
-    record_access(session, user, "E", "ImagingStudy", None, description=f"QIDO-RS {what} ({len(results)})")
+    record_access(session, user, "E", "ImagingStudy", None, description=f"QIDO-RS {what} ({len(results)})",
+                  at_response=True)
     response = Response(json.dumps([ds.to_json_dict() for ds in results]), status=200, mimetype=DICOM_JSON)
     warnings = []
     if search.ignored:
