@@ -8,6 +8,11 @@ seeds the demo plus 20 AI reports of 5 findings each for the demo patient, start
 same worker and thread counts, and drives each path with wrk: bearer token of the demo patient
 (their own record), keep-alive connections. Ours and the bare app alternate run by run, so a noisy
 machine slows both alike; the medians and the ratio of medians are what to quote.
+
+Beside the rates, the CPU each request cost: the CPU time the server's processes (gunicorn's master
+and workers) and, for ours, the database's backends serving the benchmark's database used during
+the run, divided by the requests wrk counted. Unlike a rate, that figure hardly moves when other
+work shares the cores, so it is the one to compare across runs on a busy machine.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
 from demo.closed_loop import free_port  # noqa: E402
 from hospital.app import create_app  # noqa: E402
@@ -49,6 +56,33 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     non_2xx: int
+    requests: int
+    cpu_ms_per_request: float = 0.0  # the server's (and its database backends') CPU per request
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time of each of these processes (all their threads), from /proc."""
+    times = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone
+        times[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15 of stat)
+    return times
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            todo.extend(int(child) for child in task.read_text().split())
+    return pids
 
 
 def run_wrk(url: str, seconds: float, connections: int, threads: int, token: str | None) -> WrkResult:
@@ -67,7 +101,29 @@ def run_wrk(url: str, seconds: float, connections: int, threads: int, token: str
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if rate is None:
         raise RuntimeError(f"wrk printed no rate:\n{out}")
-    return WrkResult(float(rate.group(1)), latency("50"), latency("99"), int(bad.group(1)) if bad else 0)
+    count = re.search(r"^\s*(\d+) requests in", out, re.MULTILINE)
+    return WrkResult(float(rate.group(1)), latency("50"), latency("99"), int(bad.group(1)) if bad else 0,
+                     int(count.group(1)) if count else 0)
+
+
+def measured(pids: Callable[[], list[int]], run: Callable[[], WrkResult]) -> WrkResult:
+    """`run`, with the CPU that the processes `pids` names spent per request during it (a process
+    that appeared during the run counts whole)."""
+    before = cpu_seconds(pids())
+    result = run()
+    after = cpu_seconds(pids())
+    spent = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+    return replace(result, cpu_ms_per_request=1000 * spent / max(result.requests, 1))
+
+
+def server_pids(server: subprocess.Popen[bytes], admin: Engine, database: str | None) -> list[int]:
+    """The server's processes and, given its database, the PostgreSQL backends connected to it."""
+    pids = process_tree(server.pid)
+    if database is not None:
+        with admin.connect() as conn:
+            pids += [int(pid) for pid in conn.scalars(text("SELECT pid FROM pg_stat_activity WHERE datname = :d"),
+                                                      {"d": database})]
+    return pids
 
 
 def start_gunicorn(app_path: str, port: int, env: dict[str, str], workers: int, log: Path) -> subprocess.Popen[bytes]:
@@ -119,8 +175,10 @@ def main() -> int:
         get_db(app).engine.dispose()
 
         ours_port, bare_port = free_port(), free_port()
-        processes.append(start_gunicorn("hospital.wsgi:app", ours_port, env, args.web_workers, work / "ours.log"))
-        processes.append(start_gunicorn("bench.bare_app:app", bare_port, env, args.web_workers, work / "bare.log"))
+        ours_server = start_gunicorn("hospital.wsgi:app", ours_port, env, args.web_workers, work / "ours.log")
+        processes.append(ours_server)
+        bare_server = start_gunicorn("bench.bare_app:app", bare_port, env, args.web_workers, work / "bare.log")
+        processes.append(bare_server)
         request = urllib.request.Request(
             f"http://127.0.0.1:{ours_port}/api/auth/token", method="POST",
             data=f'{{"username": "patient", "password": "{DEMO_PASSWORD}"}}'.encode(),
@@ -138,10 +196,12 @@ def main() -> int:
             ours: list[WrkResult] = []
             bare: list[WrkResult] = []
             for _ in range(args.runs):
-                ours.append(run_wrk(f"http://127.0.0.1:{ours_port}{path}", args.duration, args.connections,
-                                    args.wrk_threads, bearer))
-                bare.append(run_wrk(f"http://127.0.0.1:{bare_port}{path}", args.duration, args.connections,
-                                    args.wrk_threads, bearer))
+                for server, port, results, backends in ((ours_server, ours_port, ours, True),
+                                                        (bare_server, bare_port, bare, False)):
+                    pids = partial(server_pids, server, admin, name if backends else None)
+                    run = partial(run_wrk, f"http://127.0.0.1:{port}{path}", args.duration, args.connections,
+                                  args.wrk_threads, bearer)
+                    results.append(measured(pids, run))
             if any(r.non_2xx for r in ours):
                 raise RuntimeError(f"{label}: our server answered non-2xx: {[r.non_2xx for r in ours]}")
 
@@ -150,16 +210,17 @@ def main() -> int:
 
             rows.append((label, med(ours, "requests_per_s"), med(ours, "p50_ms"), med(ours, "p99_ms"),
                          med(bare, "requests_per_s"), med(bare, "p50_ms"), med(bare, "p99_ms"),
+                         med(ours, "cpu_ms_per_request"), med(bare, "cpu_ms_per_request"),
                          [round(r.requests_per_s) for r in ours], [round(r.requests_per_s) for r in bare]))
         load = os.getloadavg()
         print(f"\nwrk -t{args.wrk_threads} -c{args.connections} -d{args.duration:.0f}s, {args.runs} runs each, "
               f"gunicorn {args.web_workers} workers x 4 threads; load average at the end {load[0]:.1f} {load[1]:.1f}")
         print("| path | ours req/s | ours p50 ms | ours p99 ms | bare req/s | bare p50 ms | bare p99 ms "
-              "| ours / bare (req/s) | p50 ours / bare |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for label, o_rate, o_p50, o_p99, b_rate, b_p50, b_p99, _o_runs, _b_runs in rows:
+              "| ours / bare (req/s) | p50 ours / bare | CPU ms/request ours (app + db) | bare | CPU ours / bare |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for label, o_rate, o_p50, o_p99, b_rate, b_p50, b_p99, o_cpu, b_cpu, _o_runs, _b_runs in rows:
             print(f"| {label} | {o_rate:.0f} | {o_p50:.1f} | {o_p99:.1f} | {b_rate:.0f} | {b_p50:.1f} | {b_p99:.1f} "
-                  f"| {o_rate / b_rate:.2f} | {o_p50 / b_p50:.1f} |")
+                  f"| {o_rate / b_rate:.2f} | {o_p50 / b_p50:.1f} | {o_cpu:.2f} | {b_cpu:.2f} | {o_cpu / b_cpu:.1f} |")
         for label, *_rest, o_runs, b_runs in rows:
             print(f"runs req/s {label}: ours {o_runs}, bare {b_runs}")
         print(f"server logs: {work}")

@@ -15,9 +15,12 @@ worker_class = "gthread"
 timeout = int(os.environ.get("WEB_TIMEOUT", "60"))
 graceful_timeout = 30
 keepalive = 5
-# Recycle workers now and then so a slow leak cannot grow forever.
-max_requests = 2000
-max_requests_jitter = 200
+# Recycle workers now and then so a slow leak cannot grow forever, but rarely: a worker's start
+# costs about 4 s of CPU (importing and building the app), so recycling every 2,000 requests spent
+# a fifth of a core per worker at 200 requests a second, and stalled requests while it happened
+# (issue #18). 0 switches recycling off.
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "100000"))
+max_requests_jitter = max_requests // 10
 # Each worker opens its own pool after the fork (pool_pre_ping drops connections a restart killed).
 preload_app = False
 accesslog = "-"
