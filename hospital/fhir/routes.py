@@ -44,6 +44,7 @@ from hospital.fhir.paging import (
 from hospital.fhir.registry import (
     FhirValidationError,
     ResourceMapping,
+    check_own_resource,
     fhir_registry,
     parse_date_search,
     validate_resource,
@@ -293,7 +294,7 @@ def vread(type_name: str, resource_id: str, version_id: str) -> Response:
         raise NotFound(f"{type_name}/{resource_id} has no version {version_id}")
     if version.method == METHOD_DELETE or version.resource is None:
         raise Gone(f"{type_name}/{resource_id} was deleted in version {version_id}")
-    body = with_version_meta(validate_resource(version.resource), version)
+    body = with_version_meta(check_own_resource(version.resource), version)
     record_access(session, user, "R", type_name, resource_id, patient_id=version.patient_id, description=f"vread {version_id}")
     headers = version_headers(mapping, version)
     headers.pop("Location")
@@ -402,7 +403,7 @@ def _history_bundle(session: Session, mapping: ResourceMapping, clauses: list[An
             },
         }
         if version.resource is not None:
-            entry["resource"] = with_version_meta(validate_resource(version.resource), version)
+            entry["resource"] = with_version_meta(check_own_resource(version.resource), version)
         entries.append(entry)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
     if total is not None:

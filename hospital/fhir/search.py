@@ -42,8 +42,8 @@ from hospital.fhir.registry import (
     FhirValidationError,
     ResourceMapping,
     SearchParam,
+    check_own_resource,
     date_clause,
-    validate_resource,
 )
 from hospital.models import ResourceLastUpdated, User
 
@@ -88,7 +88,7 @@ class SearchRequest:
 def render_resource(mapping: ResourceMapping, row: Any) -> dict[str, Any]:
     data = mapping.to_fhir(row)
     try:
-        return validate_resource(data)
+        return check_own_resource(data)
     except FhirValidationError:
         logger.exception("our own %s/%s failed FHIR validation", mapping.type_name, getattr(row, "id", "?"))
         raise

@@ -19,7 +19,9 @@ from hospital.fhir.core_resources import (
     practitioner_to_fhir,
 )
 from hospital.fhir.registry import (
+    FhirValidationError,
     ResourceMapping,
+    check_own_resource,
     date_param,
     id_param,
     identifier_param,
@@ -304,3 +306,32 @@ def test_the_capability_statement_is_built_once_per_base_url(client, monkeypatch
             assert response.get_json()["implementation"]["url"] == f"http://{host}/fhir"
     # Once per cached host; the hosts past the bound are built per request.
     assert len(built) == fhir_routes.CAPABILITY_CACHE_SIZE + 2 * 3
+
+
+def test_our_own_resource_is_validated_without_a_round_trip_and_a_mapping_the_model_would_rewrite_fails_under_testing(
+    app,  # type: ignore[no-untyped-def]
+) -> None:
+    # None fields are dropped and the rest is what we made: numbers and instants as written.
+    ours = {"resourceType": "Observation", "status": "final", "code": {"text": "size"}, "subject": None,
+            "valueQuantity": {"value": 12.5, "unit": "mm"}, "issued": "2026-12-04T10:00:00+00:00"}
+    assert check_own_resource(ours) == {"resourceType": "Observation", "status": "final", "code": {"text": "size"},
+                                        "valueQuantity": {"value": 12.5, "unit": "mm"},
+                                        "issued": "2026-12-04T10:00:00+00:00"}
+    # An invalid value is still refused, on every response.
+    with pytest.raises(FhirValidationError, match="Patient"):
+        check_own_resource({"resourceType": "Patient", "birthDate": "3 February 1980"})
+    # Output the model accepts only by changing it (a boolean written as a string, an empty list,
+    # which FHIR JSON forbids) would reach clients as it is: the suite, run under TESTING, refuses it.
+    with app.app_context():
+        for rewritten in ({"resourceType": "Patient", "active": "true"},
+                          {"resourceType": "Patient", "name": [{"family": "Okafor", "given": []}]}):
+            with pytest.raises(FhirValidationError, match="writes this resource differently"):
+                check_own_resource(rewritten)
+    # Outside TESTING (production), it is sent as validated.
+    app.config["TESTING"] = False
+    try:
+        with app.app_context():
+            assert check_own_resource({"resourceType": "Patient", "active": "true"}) == {
+                "resourceType": "Patient", "active": "true"}
+    finally:
+        app.config["TESTING"] = True
