@@ -2,8 +2,9 @@
 
 A stage publishes a typed event (`hospital.events.DomainEvent`) inside its transaction; each
 subscribed handler gets a `JobRecord` row in that same transaction, so the work owed survives a
-crash. Only after the commit are the record ids handed on: to RQ when `REDIS_URL` is set, else run
-inline in this process (the embedded default). Handlers are plain importable functions named by
+crash. Only after the commit are the record ids handed on: to RQ when Redis is configured
+(`REDIS_URL`, or `REDIS_SENTINELS` for a master that Sentinel fails over), else run inline in this
+process (the embedded default). Handlers are plain importable functions named by
 dotted path: `handler(session, event)` for an event, `handler(session, **payload)` for work
 scheduled directly with `enqueue`. `run_job` is their unit of work (it commits or rolls back their
 session; a handler never commits), and a handler run twice must give the same result.
@@ -22,9 +23,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, has_app_context
 from redis import Redis
+from redis.sentinel import Sentinel
 from rq import Queue, Retry
 from rq.job import Job
 from sqlalchemy import event as sa_event
@@ -159,13 +162,55 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_APP_KEY, None)
 
 
+def redis_configured(app: Flask) -> bool:
+    """Whether jobs go to RQ (a Redis URL or sentinels are set), rather than run inline."""
+    return bool(app.config.get("REDIS_URL") or app.config.get("REDIS_SENTINELS"))
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """`REDIS_SENTINELS` ("host:port,host:port") as (host, port) pairs."""
+    sentinels = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"REDIS_SENTINELS wants host:port,host:port; got {item!r}")
+        sentinels.append((host, int(port)))
+    return sentinels
+
+
+def open_redis(url: str | None, sentinels: str = "", master: str = "hospital") -> Redis:
+    """A Redis client: straight to `url`, or, with `sentinels`, to whichever server the sentinels
+    name as `master` now. The Sentinel client asks them again on every new connection, and drops a
+    connection that finds its server demoted to a replica, so after a failover the next command
+    reaches the new master (the one that failed meanwhile leaves its job record queued for the
+    sweeper, see `dispatch`)."""
+    addresses = parse_sentinels(sentinels)
+    if not addresses:
+        if not url:
+            raise ValueError("open_redis needs REDIS_URL or REDIS_SENTINELS")
+        return Redis.from_url(url)
+    # Only the database and credentials of REDIS_URL apply: the sentinels say where the master is.
+    options: dict[str, Any] = {}
+    if url:
+        parts = urlsplit(url)
+        options = {"db": int(parts.path.strip("/") or 0), "username": unquote(parts.username) if parts.username else None,
+                   "password": unquote(parts.password) if parts.password else None}
+    # Short timeouts towards the sentinels (a dead one is skipped for the next); none on commands
+    # to the master, whose blocking reads (RQ's dequeue) wait longer than any fixed timeout.
+    sentinel = Sentinel(addresses, socket_connect_timeout=2, sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1})
+    conn: Redis = sentinel.master_for(master, socket_connect_timeout=2, socket_keepalive=True, **options)
+    return conn
+
+
 def redis_connection(app: Flask) -> Redis | None:
-    url = app.config.get("REDIS_URL")
-    if not url:
+    if not redis_configured(app):
         return None
     conn = app.extensions.get("hospital.redis")
     if conn is None:
-        conn = Redis.from_url(url)
+        conn = open_redis(app.config.get("REDIS_URL"), app.config.get("REDIS_SENTINELS") or "",
+                          app.config.get("REDIS_SENTINEL_MASTER") or "hospital")
         app.extensions["hospital.redis"] = conn
     return conn
 

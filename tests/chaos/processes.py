@@ -33,31 +33,42 @@ def wait_until(description: str, probe, timeout: float, interval: float = 0.1): 
         time.sleep(interval)
 
 
+def in_netns(netns: str | None) -> list[str]:
+    """The command prefix that runs a program inside network namespace `netns` (none: here)."""
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
 @dataclass
 class OwnRedis:
-    """A redis-server on a free port, without persistence: a restart comes back empty."""
+    """A redis-server on a free port, without persistence: a restart comes back empty. With
+    `replica_of` it replicates that server; with `netns` it runs in that network namespace."""
 
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    netns: str | None = None
+    replica_of: tuple[str, int] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_until(f"redis on port {self.port}", self._answers, 10)
+        # protected-mode off: it would refuse every client but loopback when no password is set.
+        args = ["redis-server", "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+                "--protected-mode", "no"]
+        if self.replica_of is not None:
+            args += ["--replicaof", self.replica_of[0], str(self.replica_of[1])]
+        self.process = subprocess.Popen([*in_netns(self.netns), *args],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(f"redis on {self.host}:{self.port}", self._answers, 10)
 
     def _answers(self) -> bool:
-        try:
-            return bool(Redis.from_url(self.url, socket_timeout=0.5).ping())
-        except OSError:
-            return False
-        except Exception:  # noqa: BLE001 - redis.ConnectionError while it boots
-            return False
+        return redis_answers(self.host, self.port)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -70,6 +81,134 @@ class OwnRedis:
 
     def stop(self) -> None:
         self.kill()
+
+
+def redis_answers(host: str, port: int) -> bool:
+    try:
+        return bool(Redis(host=host, port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
+    except OSError:
+        return False
+    except Exception:  # noqa: BLE001 - redis.ConnectionError while it boots
+        return False
+
+
+@dataclass
+class OwnSentinel:
+    """A Redis Sentinel watching `master` under `name`: it calls the master down after a second
+    without an answer and, with `quorum` sentinels agreeing, promotes a replica."""
+
+    master: tuple[str, int]
+    name: str = "hospital"
+    quorum: int = 2
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    netns: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chaos-sentinel-")))
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> None:
+        # Sentinel rewrites its configuration file as it learns the set: it must be its own file.
+        config = self.work_dir / "sentinel.conf"
+        config.write_text("\n".join([
+            f"port {self.port}", f"bind {self.host}", "protected-mode no", f"dir {self.work_dir}",
+            f"sentinel monitor {self.name} {self.master[0]} {self.master[1]} {self.quorum}",
+            f"sentinel down-after-milliseconds {self.name} 1000",
+            f"sentinel failover-timeout {self.name} 5000",
+            f"sentinel parallel-syncs {self.name} 1", "",
+        ]))
+        self.process = subprocess.Popen([*in_netns(self.netns), "redis-server", str(config), "--sentinel"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(f"sentinel on {self.address}", lambda: redis_answers(self.host, self.port), 10)
+
+    def master_address(self) -> tuple[str, int] | None:
+        """Where this sentinel says the master is now (None if it cannot say)."""
+        try:
+            found = Redis(host=self.host, port=self.port, socket_timeout=1).sentinel_get_master_addr_by_name(self.name)
+        except Exception:  # noqa: BLE001 - a sentinel that does not answer cannot say
+            return None
+        if not found:
+            return None
+        host = found[0].decode() if isinstance(found[0], bytes) else str(found[0])
+        return host, int(found[1])
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+@dataclass
+class SentinelRedis:
+    """A Redis master, one replica and three sentinels: what `REDIS_SENTINELS` points the app at.
+    `hosts` gives each member its (address, network namespace): master, replica, three sentinels."""
+
+    name: str = "hospital"
+    hosts: list[tuple[str, str | None]] = field(default_factory=lambda: [("127.0.0.1", None)] * 5)
+    servers: list[OwnRedis] = field(default_factory=list)
+    sentinels: list[OwnSentinel] = field(default_factory=list)
+
+    def start(self) -> None:
+        (master_host, master_ns), (replica_host, replica_ns), *watchers = self.hosts
+        master = OwnRedis(host=master_host, netns=master_ns)
+        self.servers = [master]
+        master.start()
+        replica = OwnRedis(host=replica_host, netns=replica_ns, replica_of=master.address)
+        self.servers.append(replica)
+        replica.start()
+        for host, netns in watchers:
+            sentinel = OwnSentinel(master.address, self.name, host=host, netns=netns)
+            self.sentinels.append(sentinel)
+            sentinel.start()
+        wait_until("the replica to be in sync", lambda: self._in_sync(replica), 20)
+        wait_until("the sentinels to see the replica", lambda: all(self._sees_replica(s) for s in self.sentinels), 30)
+
+    @staticmethod
+    def _in_sync(replica: OwnRedis) -> bool:
+        try:
+            info = Redis(host=replica.host, port=replica.port, socket_timeout=1).info("replication")
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+        return info.get("master_link_status") == "up"
+
+    def _sees_replica(self, sentinel: OwnSentinel) -> bool:
+        try:
+            return bool(Redis(host=sentinel.host, port=sentinel.port, socket_timeout=1).sentinel_slaves(self.name))
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    @property
+    def addresses(self) -> str:
+        """The value of REDIS_SENTINELS."""
+        return ",".join(sentinel.address for sentinel in self.sentinels)
+
+    def master(self) -> OwnRedis:
+        """The server the sentinels name as master now."""
+        for sentinel in self.sentinels:
+            address = sentinel.master_address()
+            if address is not None:
+                return next(server for server in self.servers if server.address == address)
+        raise RuntimeError("no sentinel names a master")
+
+    def kill_master(self) -> float:
+        """SIGKILL the master and wait until the sentinels have promoted the replica; returns the
+        seconds that took."""
+        old = self.master()
+        started = time.monotonic()
+        old.kill()
+        wait_until("a sentinel failover", lambda: all(s.master_address() not in (None, old.address)
+                                                      for s in self.sentinels), 30)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for server in self.servers:
+            server.stop()
 
 
 def own_postgres_unavailable() -> str | None:
