@@ -228,20 +228,27 @@ def own_postgres_unavailable() -> str | None:
 @dataclass
 class OwnPostgres:
     """A PostgreSQL cluster in a temporary directory on a free port, run as the `postgres` user
-    when we are root (initdb refuses root). Trust authentication, listening on 127.0.0.1 only;
-    fsync off, since a crash of the test machine may lose it all."""
+    when we are root (initdb refuses root). Trust authentication, listening on `host` only (in
+    network namespace `netns` when given); fsync off, since a crash of the test machine may lose it
+    all (a process killed with SIGKILL loses nothing the kernel already holds)."""
 
     port: int = field(default_factory=free_port)
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chaos-pg-")))
+    host: str = "127.0.0.1"
+    netns: str | None = None
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/postgres"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
     def _run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
         command = ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
         # cwd: the postgres user may not be allowed into ours, and initdb needs to know where it is.
-        result = subprocess.run(command, cwd=self.data_dir, capture_output=True, timeout=timeout)
+        result = subprocess.run([*in_netns(self.netns), *command], cwd=self.data_dir, capture_output=True, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"{' '.join(args[:2])} failed ({result.returncode}): "
                                f"{(result.stderr or result.stdout).decode(errors='replace')[-2000:]}{self._log_tail()}")
@@ -253,17 +260,76 @@ class OwnPostgres:
         except OSError:
             return ""
 
-    def init(self) -> None:
+    def _own_data_dir(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.data_dir, "postgres", "postgres")
+
+    def init(self) -> None:
+        self._own_data_dir()
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data_dir / "data"), "-U", "postgres", "--auth=trust",
                   "-E", "UTF8", "--no-sync", "--no-instructions")
+
+    def configure(self, lines: list[str]) -> None:
+        """Append settings to postgresql.conf (a later line wins over an earlier one)."""
+        with open(self.data_dir / "data" / "postgresql.conf", "a") as conf:
+            conf.write("\n" + "\n".join(lines) + "\n")
+
+    def trust_network(self, cidr: str) -> None:
+        """Let any client and standby on `cidr` in without a password (a throwaway test cluster)."""
+        with open(self.data_dir / "data" / "pg_hba.conf", "a") as hba:
+            hba.write(f"host all all {cidr} trust\nhost replication all {cidr} trust\n")
 
     def start(self) -> None:
         self._run(
             str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "-w", "-t", "30", "-l", str(self.data_dir / "log"),
-            "-o", f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+            "-o", f"-p {self.port} -k {self.data_dir} -c listen_addresses={self.host} -c fsync=off", "start",
         )
+
+    def require_synchronous_standby(self) -> None:
+        """From now on a commit is acknowledged only once a standby has its WAL on disk, so a
+        standby promoted after this server dies has every transaction a client was told is
+        committed. Set once the standby streams (before, every commit would wait for it)."""
+        self.configure(["synchronous_commit = on", "synchronous_standby_names = '*'"])
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "reload")
+        wait_until("a synchronous standby", lambda: "sync" in self.query("SELECT sync_state FROM pg_stat_replication"), 30)
+
+    def query(self, sql: str) -> list[str]:
+        """The first column of `sql`'s rows, read with psql over the socket (an empty list when the
+        server does not answer)."""
+        result = self._run(str(PG_BIN / "psql"), "-h", str(self.data_dir), "-p", str(self.port),
+                           "-U", "postgres", "-d", "postgres", "-Atc", sql, check=False, timeout=10)
+        return result.stdout.decode().split() if result.returncode == 0 else []
+
+    def start_standby(self, host: str = "127.0.0.1", netns: str | None = None) -> OwnPostgres:
+        """A streaming replica of this (running) cluster, cloned with pg_basebackup and started.
+        It requires no standby of its own: once promoted it must accept commits alone."""
+        standby = OwnPostgres(host=host, netns=netns)
+        standby._own_data_dir()
+        standby._run(str(PG_BIN / "pg_basebackup"), "-h", self.host, "-p", str(self.port), "-U", "postgres",
+                     "-D", str(standby.data_dir / "data"), "-X", "stream", "-R", "--no-sync", "-c", "fast")
+        standby.configure(["synchronous_standby_names = ''", "hot_standby = on"])
+        standby.start()
+        return standby
+
+    def promote(self) -> float:
+        """Make this standby the primary; returns the seconds until it accepts writes."""
+        started = time.monotonic()
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir / "data"), "-w", "-t", "60", "promote")
+        wait_until("the promoted standby to take writes", lambda: self.query("SELECT pg_is_in_recovery()") == ["f"], 30)
+        return time.monotonic() - started
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def kill_hard(self) -> None:
+        """SIGKILL the postmaster and every backend at once, as a power cut would (killing only the
+        postmaster leaves its backends serving their sessions for a while)."""
+        pid = self.postmaster_pid()
+        if pid is not None:
+            kill_tree(pid)
 
     def stop(self, mode: str = "fast") -> None:
         """`fast` ends every session at once (their transactions roll back), then shuts down cleanly."""
@@ -276,7 +342,15 @@ class OwnPostgres:
     def destroy(self) -> None:
         if (self.data_dir / "data" / "postmaster.pid").exists():
             self.stop("immediate")
+            self.kill_hard()  # one whose postmaster was killed leaves postmaster.pid (and maybe backends)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def multi_host_url(*clusters: OwnPostgres, database: str = "postgres") -> str:
+    """A libpq multi-host DATABASE_URL: the first of `clusters` that takes writes is used, so a
+    client reconnecting after a promotion finds the new primary by itself."""
+    hosts = "&".join(f"host={cluster.address}" for cluster in clusters)
+    return f"postgresql+psycopg://postgres@/{database}?{hosts}&target_session_attrs=read-write&connect_timeout=3"
 
 
 def hospital_env(database_url: str, redis_url: str, storage: Path, instance: Path, **extra: str) -> dict[str, str]:
@@ -309,14 +383,20 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything under it at once (children first found, then killed
+    together: none gets to react)."""
+    for victim in [pid, *_descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def kill_hard(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the worker and everything under it at once, as a power cut would. RQ puts its work
     horse in a session of its own, so killing the process group alone would spare it."""
-    for pid in [process.pid, *_descendants(process.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_tree(process.pid)
     process.wait(timeout=10)
 
 
