@@ -27,7 +27,9 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, has_app_context
 from redis import Redis
-from redis.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as RedisRetry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue, Retry
 from rq.job import Job
 from sqlalchemy import event as sa_event
@@ -162,6 +164,28 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_APP_KEY, None)
 
 
+class _FollowingMasterConnection(SentinelManagedConnection):
+    """A connection to the master the sentinels name each time it (re)connects.
+
+    redis-py's own asks them only in `connect()`, but a command sent on a dropped connection
+    reconnects through `connect_check_health()`, to the address it had: after a failover, the dead
+    master, again and again, until the retries run out (an RQ worker then exits). Here every
+    reconnection asks, and tries that one address once, so each retry of the command may find the
+    new master."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+
+# Backoff 0.05 s doubling to 1 s: 20 tries span about 16 s (a Sentinel failover with a 5 s
+# down-after-milliseconds takes 6-8 s).
+SENTINEL_RETRIES = 20
+
+
 def redis_configured(app: Flask) -> bool:
     """Whether jobs go to RQ (a Redis URL or sentinels are set), rather than run inline."""
     return bool(app.config.get("REDIS_URL") or app.config.get("REDIS_SENTINELS"))
@@ -200,7 +224,13 @@ def open_redis(url: str | None, sentinels: str = "", master: str = "hospital") -
     # Short timeouts towards the sentinels (a dead one is skipped for the next); none on commands
     # to the master, whose blocking reads (RQ's dequeue) wait longer than any fixed timeout.
     sentinel = Sentinel(addresses, socket_connect_timeout=2, sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1})
-    conn: Redis = sentinel.master_for(master, socket_connect_timeout=2, socket_keepalive=True, **options)
+    # A command that meets a dead master is tried again, each time on a new connection to whichever
+    # server the sentinels name then, for about 16 s (SENTINEL_RETRIES): longer than a failover takes,
+    # so a worker, a request or the DICOM node waits it out instead of failing (redis-py retries a
+    # Sentinel client's commands not at all by default, and an RQ worker whose heartbeat fails exits).
+    retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), SENTINEL_RETRIES)
+    conn: Redis = sentinel.master_for(master, socket_connect_timeout=2, socket_keepalive=True, retry=retry,
+                                      connection_class=_FollowingMasterConnection, **options)
     return conn
 
 
