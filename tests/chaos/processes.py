@@ -328,7 +328,7 @@ class OwnPostgres:
         """SIGKILL the postmaster and every backend at once, as a power cut would (killing only the
         postmaster leaves its backends serving their sessions for a while)."""
         pid = self.postmaster_pid()
-        if pid is not None:
+        if pid is not None and _command_name(pid) in ("postgres", "postmaster"):  # not a reused pid
             kill_tree(pid)
 
     def stop(self, mode: str = "fast") -> None:
@@ -358,13 +358,22 @@ def hospital_env(database_url: str, redis_url: str, storage: Path, instance: Pat
             "HOSPITAL_INSTANCE_DIR": str(instance), "SECRET_KEY": "test-secret", "STUDY_QUIET_SECONDS": "1", **extra}
 
 
-def start_worker(env: dict[str, str], *queues: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    """`hospital worker` in its own process group, so a SIGKILL takes its work horse with it."""
-    args = [sys.executable, "-m", "hospital.cli", "worker"]
+def start_worker(env: dict[str, str], *queues: str, log: Path | None = None,
+                 on_host: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """`hospital worker` in its own process group, so a SIGKILL takes its work horse with it
+    (`on_host`: the command prefix of the host it runs on, see tests/chaos/hosts.py)."""
+    args = [*(on_host or []), sys.executable, "-m", "hospital.cli", "worker"]
     for queue in queues:
         args += ["--queue", queue]
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _command_name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def _descendants(pid: int) -> list[int]:
