@@ -32,6 +32,7 @@ from redis.retry import Retry as RedisRetry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue, Retry
 from rq.job import Job
+from rq.utils import utcparse
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -347,20 +348,28 @@ def _lease_expired(record: JobRecord, timeout_seconds: float) -> bool:
     return record.started_at is None or record.started_at < utcnow() - timedelta(seconds=timeout_seconds)
 
 
-def _rq_states(conn: Redis, record_ids: list[int]) -> dict[int, str | None]:
-    """The RQ status of each record's job (`None` when Redis has no such job), in one round trip."""
+def _rq_states(conn: Redis, record_ids: list[int]) -> dict[int, tuple[str | None, datetime | None]]:
+    """The RQ status of each record's job (`None` when Redis has no such job) and when a worker
+    started it (`None` if none has), in one round trip."""
     with conn.pipeline(transaction=False) as pipe:
         for record_id in record_ids:
-            pipe.hget(Job.key_for(f"hospital-job-{record_id}"), "status")
+            pipe.hmget(Job.key_for(f"hospital-job-{record_id}"), ["status", "started_at"])
         raw = pipe.execute()
-    return {rid: (value.decode() if isinstance(value, bytes) else value) for rid, value in zip(record_ids, raw, strict=True)}
+    states: dict[int, tuple[str | None, datetime | None]] = {}
+    for rid, (status, started) in zip(record_ids, raw, strict=True):
+        status = status.decode() if isinstance(status, bytes) else status
+        started = started.decode() if isinstance(started, bytes) else started
+        states[rid] = (status, utcparse(started) if started else None)
+    return states
 
 
 def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bool = False) -> list[int]:
     """Hand on again the job records whose work was lost; returns their ids.
 
     Lost means: QUEUED for longer than `older_than_seconds` while RQ holds no live job for it
-    (Redis restarted empty, or RQ gave up while the database was unreachable), or RUNNING since
+    (Redis restarted empty, or RQ gave up while the database was unreachable) or holds one a worker
+    started before the job timeout plus `older_than_seconds` (it died before marking the record
+    running), or RUNNING since
     before the job timeout plus `older_than_seconds` (its worker died: RQ kills any job that
     outlives its timeout, so no live execution can be that old). `include_failed` also re-sends
     FAILED records (an operator's choice after fixing the cause). Safe to run from several
@@ -376,9 +385,11 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
     conn = redis_connection(app)
     db = get_db(app)
     with db.session() as session:
-        queued = list(session.scalars(
-            select(JobRecord.id).where(JobRecord.status == JobStatus.QUEUED, JobRecord.created_at < queued_cutoff)
-        ))
+        queued_handlers = dict(session.execute(
+            select(JobRecord.id, JobRecord.handler).where(JobRecord.status == JobStatus.QUEUED,
+                                                          JobRecord.created_at < queued_cutoff)
+        ).all())
+        queued = list(queued_handlers)
         running = session.execute(
             select(JobRecord.id, JobRecord.handler, JobRecord.started_at).where(JobRecord.status == JobStatus.RUNNING)
         ).all()
@@ -390,9 +401,18 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
         )) if include_failed else []
     if conn is not None:
         states = _rq_states(conn, queued + [rid for rid, _ in stale])
-        queued = [rid for rid in queued if states[rid] not in _LIVE_RQ_STATES]
+
+        def lost_while_queued(rid: int) -> bool:
+            status, started = states[rid]
+            if status == "started":
+                # Taken by a worker that died before its first transaction (the record still says
+                # queued): RQ would keep calling it started until its own clean-up, minutes away.
+                return started is None or started < running_cutoff(queued_handlers[rid])
+            return status not in _LIVE_RQ_STATES
+
+        queued = [rid for rid in queued if lost_while_queued(rid)]
         # "started" here means a dead worker's leftover: the record outlived its timeout.
-        stale = [(rid, h) for rid, h in stale if states[rid] not in _LIVE_RQ_STATES - {"started"}]
+        stale = [(rid, h) for rid, h in stale if states[rid][0] not in _LIVE_RQ_STATES - {"started"}]
     claimed: list[int] = []
     if stale:
         with db.transaction() as session:

@@ -158,6 +158,22 @@ def test_sweeper_re_sends_work_of_a_dead_worker_once_its_lease_ran_out(redis_app
         assert CALLS == [{"n": 2}]
 
 
+def test_sweeper_re_sends_queued_work_a_dead_worker_took_from_rq(redis_app: Flask, redis_url: str) -> None:
+    """A worker killed between RQ's dequeue and run_job's first commit leaves the record queued and
+    RQ's job "started" for ever (until RQ's own clean-up): once that start is older than the job
+    timeout, it is lost; a recent start is a live worker's."""
+    connection = Redis.from_url(redis_url)
+    timeout = redis_app.config["JOB_TIMEOUT_SECONDS"]
+    taken_by_dead = _record_in_state(redis_app, JobStatus.QUEUED, n=1)
+    taken_just_now = _record_in_state(redis_app, JobStatus.QUEUED, n=2)
+    for record_id, seconds_ago in ((taken_by_dead, timeout + 120), (taken_just_now, 1)):
+        job = Queue("default", connection=connection).fetch_job(f"hospital-job-{record_id}")
+        assert job is not None
+        connection.hset(job.key, mapping={"status": "started",
+                                          "started_at": (utcnow() - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+    assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [taken_by_dead]
+
+
 def test_only_one_sweep_per_interval_across_workers(redis_app: Flask, redis_url: str) -> None:
     Redis.from_url(redis_url).flushdb()
     assert sweep_if_due(redis_app, every_seconds=30, older_than_seconds=60) == []
