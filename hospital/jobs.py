@@ -21,7 +21,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -32,6 +32,7 @@ from redis.retry import Retry as RedisRetry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue, Retry
 from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 from rq.utils import utcparse
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, update
@@ -54,6 +55,8 @@ _SWEEP_LOCK_KEY = "hospital:jobs:sweep-lock"
 _LIVE_RQ_STATES = frozenset({"queued", "scheduled", "deferred", "started"})
 # RQ runs a failed job again after each of these delays (seconds); inline, a job runs once.
 RETRY_INTERVALS = (5, 30, 120)
+# How long after a failure RQ may still hold a retry of it (the intervals, and time to spare).
+_RETRY_WINDOW = timedelta(hours=1)
 
 
 class UnsubscribedEvent(RuntimeError):
@@ -348,18 +351,32 @@ def _lease_expired(record: JobRecord, timeout_seconds: float) -> bool:
     return record.started_at is None or record.started_at < utcnow() - timedelta(seconds=timeout_seconds)
 
 
-def _rq_states(conn: Redis, record_ids: list[int]) -> dict[int, tuple[str | None, datetime | None]]:
-    """The RQ status of each record's job (`None` when Redis has no such job) and when a worker
-    started it (`None` if none has), in one round trip."""
+@dataclass(frozen=True)
+class _RqJob:
+    """What RQ holds of a record's job: its status (None: no such job), when a worker started it,
+    and when a retry is scheduled for (None: none is)."""
+
+    status: str | None
+    started_at: datetime | None
+    scheduled_for: datetime | None
+
+
+def _rq_states(conn: Redis, queues: dict[int, str]) -> dict[int, _RqJob]:
+    """RQ's view of each record's job (`queues`: record id -> its queue), in one round trip."""
+    record_ids = list(queues)
     with conn.pipeline(transaction=False) as pipe:
         for record_id in record_ids:
-            pipe.hmget(Job.key_for(f"hospital-job-{record_id}"), ["status", "started_at"])
+            job_id = f"hospital-job-{record_id}"
+            pipe.hmget(Job.key_for(job_id), ["status", "started_at"])
+            pipe.zscore(ScheduledJobRegistry.key_template.format(queues[record_id]), job_id)
         raw = pipe.execute()
-    states: dict[int, tuple[str | None, datetime | None]] = {}
-    for rid, (status, started) in zip(record_ids, raw, strict=True):
+    states: dict[int, _RqJob] = {}
+    for index, rid in enumerate(record_ids):
+        (status, started), score = raw[2 * index], raw[2 * index + 1]
         status = status.decode() if isinstance(status, bytes) else status
         started = started.decode() if isinstance(started, bytes) else started
-        states[rid] = (status, utcparse(started) if started else None)
+        states[rid] = _RqJob(status, utcparse(started) if started else None,
+                             datetime.fromtimestamp(float(score), UTC) if score is not None else None)
     return states
 
 
@@ -369,10 +386,11 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
     Lost means: QUEUED for longer than `older_than_seconds` while RQ holds no live job for it
     (Redis restarted empty, or RQ gave up while the database was unreachable) or holds one a worker
     started before the job timeout plus `older_than_seconds` (it died before marking the record
-    running), or RUNNING since
-    before the job timeout plus `older_than_seconds` (its worker died: RQ kills any job that
-    outlives its timeout, so no live execution can be that old). `include_failed` also re-sends
-    FAILED records (an operator's choice after fixing the cause). Safe to run from several
+    running) or a retry scheduled for more than `older_than_seconds` ago (no scheduler runs for
+    its queue), or RUNNING since before the job timeout plus `older_than_seconds` (its worker died:
+    RQ kills any job that outlives its timeout, so no live execution can be that old), or FAILED
+    lately with RQ's retry of it overdue likewise. `include_failed` re-sends every FAILED record
+    (an operator's choice after fixing the cause). Safe to run from several
     processes at once: a stale RUNNING record is claimed by a conditional UPDATE, and `run_job`
     runs a record at most once at a time.
     """
@@ -385,34 +403,51 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
     conn = redis_connection(app)
     db = get_db(app)
     with db.session() as session:
-        queued_handlers = dict(session.execute(
-            select(JobRecord.id, JobRecord.handler).where(JobRecord.status == JobStatus.QUEUED,
-                                                          JobRecord.created_at < queued_cutoff)
-        ).all())
-        queued = list(queued_handlers)
+        queued_rows = session.execute(
+            select(JobRecord.id, JobRecord.handler, JobRecord.queue).where(JobRecord.status == JobStatus.QUEUED,
+                                                                          JobRecord.created_at < queued_cutoff)
+        ).all()
+        handlers = {rid: handler for rid, handler, _ in queued_rows}
+        queues = {rid: queue for rid, _, queue in queued_rows}
+        queued = list(handlers)
         running = session.execute(
-            select(JobRecord.id, JobRecord.handler, JobRecord.started_at).where(JobRecord.status == JobStatus.RUNNING)
+            select(JobRecord.id, JobRecord.handler, JobRecord.queue, JobRecord.started_at)
+            .where(JobRecord.status == JobStatus.RUNNING)
         ).all()
         # RUNNING always has a start time (run_job sets both together).
-        stale = [(rid, handler) for rid, handler, started in running
+        stale = [(rid, handler) for rid, handler, _, started in running
                  if started is not None and started < running_cutoff(handler)]
+        queues.update({rid: queue for rid, _, queue, _ in running})
         failed = list(session.scalars(
             select(JobRecord.id).where(JobRecord.status == JobStatus.FAILED, JobRecord.created_at < queued_cutoff)
         )) if include_failed else []
+        # Failed lately, so RQ may still have a retry scheduled (its intervals are minutes long).
+        retrying = dict(session.execute(
+            select(JobRecord.id, JobRecord.queue).where(JobRecord.status == JobStatus.FAILED,
+                                                        JobRecord.finished_at > now - _RETRY_WINDOW)
+        ).all()) if not include_failed else {}
     if conn is not None:
-        states = _rq_states(conn, queued + [rid for rid, _ in stale])
+        states = _rq_states(conn, {**queues, **retrying})
+
+        def retry_overdue(rid: int) -> bool:
+            # RQ meant to run it again, but no scheduler is moving it to its queue: the worker whose
+            # scheduler held the queue's lock died, and another takes the lock over only at its next
+            # maintenance, up to ten minutes later.
+            job = states[rid]
+            return job.status == "scheduled" and (job.scheduled_for is None or job.scheduled_for < queued_cutoff)
 
         def lost_while_queued(rid: int) -> bool:
-            status, started = states[rid]
-            if status == "started":
+            job = states[rid]
+            if job.status == "started":
                 # Taken by a worker that died before its first transaction (the record still says
                 # queued): RQ would keep calling it started until its own clean-up, minutes away.
-                return started is None or started < running_cutoff(queued_handlers[rid])
-            return status not in _LIVE_RQ_STATES
+                return job.started_at is None or job.started_at < running_cutoff(handlers[rid])
+            return job.status not in _LIVE_RQ_STATES or retry_overdue(rid)
 
         queued = [rid for rid in queued if lost_while_queued(rid)]
+        failed = [rid for rid in retrying if retry_overdue(rid)]
         # "started" here means a dead worker's leftover: the record outlived its timeout.
-        stale = [(rid, h) for rid, h in stale if states[rid][0] not in _LIVE_RQ_STATES - {"started"}]
+        stale = [(rid, h) for rid, h in stale if states[rid].status not in _LIVE_RQ_STATES - {"started"}]
     claimed: list[int] = []
     if stale:
         with db.transaction() as session:

@@ -174,6 +174,33 @@ def test_sweeper_re_sends_queued_work_a_dead_worker_took_from_rq(redis_app: Flas
     assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [taken_by_dead]
 
 
+def _retry_scheduled(connection: Redis, record_id: int, seconds_from_now: float) -> None:
+    """RQ holds the record's job as a retry scheduled for then (as `Retry` leaves a failed job)."""
+    job_id = f"hospital-job-{record_id}"
+    connection.hset(f"rq:job:{job_id}", "status", "scheduled")
+    connection.zadd("rq:scheduled:default", {job_id: (utcnow() + timedelta(seconds=seconds_from_now)).timestamp()})
+
+
+def test_sweeper_re_sends_a_retry_no_scheduler_will_move(redis_app: Flask, redis_url: str) -> None:
+    """RQ's retries wait in a scheduled registry for the scheduler of a worker holding the queue's
+    lock; when that worker died, another takes over only at its next maintenance, minutes later. A
+    retry overdue by more than the sweep delay is lost work, whether the record still says queued
+    (the database was down before run_job's first commit) or failed (the handler failed)."""
+    connection = Redis.from_url(redis_url)
+    overdue_queued = _record_in_state(redis_app, JobStatus.QUEUED, n=1)
+    due_later = _record_in_state(redis_app, JobStatus.QUEUED, n=2)
+    overdue_failed = _record_in_state(redis_app, JobStatus.FAILED, n=3)
+    failed_for_good = _record_in_state(redis_app, JobStatus.FAILED, n=4)  # RQ gave up: an operator's call
+    with redis_app.app_context(), get_db().transaction() as session:
+        for record_id in (overdue_failed, failed_for_good):
+            session.get(JobRecord, record_id).finished_at = utcnow() - timedelta(seconds=300)  # type: ignore[union-attr]
+    _retry_scheduled(connection, overdue_queued, -120)
+    _retry_scheduled(connection, due_later, 30)
+    _retry_scheduled(connection, overdue_failed, -120)
+    connection.hset(f"rq:job:hospital-job-{failed_for_good}", "status", "failed")
+    assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [overdue_queued, overdue_failed]
+
+
 def test_only_one_sweep_per_interval_across_workers(redis_app: Flask, redis_url: str) -> None:
     Redis.from_url(redis_url).flushdb()
     assert sweep_if_due(redis_app, every_seconds=30, older_than_seconds=60) == []
