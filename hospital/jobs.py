@@ -31,6 +31,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue, Retry
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.utils import utcparse
@@ -359,6 +360,8 @@ class _RqJob:
     status: str | None
     started_at: datetime | None
     scheduled_for: datetime | None
+    enqueued_at: datetime | None
+    taken: bool  # in the queue's intermediate list: a worker took it off the queue, has not started it
 
 
 def _rq_states(conn: Redis, queues: dict[int, str]) -> dict[int, _RqJob]:
@@ -367,16 +370,23 @@ def _rq_states(conn: Redis, queues: dict[int, str]) -> dict[int, _RqJob]:
     with conn.pipeline(transaction=False) as pipe:
         for record_id in record_ids:
             job_id = f"hospital-job-{record_id}"
-            pipe.hmget(Job.key_for(job_id), ["status", "started_at"])
+            pipe.hmget(Job.key_for(job_id), ["status", "started_at", "enqueued_at"])
             pipe.zscore(ScheduledJobRegistry.key_template.format(queues[record_id]), job_id)
+            # Short: a job stays there only between a worker's dequeue and its start.
+            pipe.lpos(IntermediateQueue.get_intermediate_queue_key(Queue.redis_queue_namespace_prefix + queues[record_id]),
+                      job_id)
         raw = pipe.execute()
+
+    def text(value: Any) -> str | None:
+        return value.decode() if isinstance(value, bytes) else value
+
     states: dict[int, _RqJob] = {}
     for index, rid in enumerate(record_ids):
-        (status, started), score = raw[2 * index], raw[2 * index + 1]
-        status = status.decode() if isinstance(status, bytes) else status
-        started = started.decode() if isinstance(started, bytes) else started
-        states[rid] = _RqJob(status, utcparse(started) if started else None,
-                             datetime.fromtimestamp(float(score), UTC) if score is not None else None)
+        (status, started, enqueued), score, position = raw[3 * index:3 * index + 3]
+        started, enqueued = text(started), text(enqueued)
+        states[rid] = _RqJob(text(status), utcparse(started) if started else None,
+                             datetime.fromtimestamp(float(score), UTC) if score is not None else None,
+                             utcparse(enqueued) if enqueued else None, position is not None)
     return states
 
 
@@ -385,8 +395,8 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
 
     Lost means: QUEUED for longer than `older_than_seconds` while RQ holds no live job for it
     (Redis restarted empty, or RQ gave up while the database was unreachable) or holds one a worker
-    started before the job timeout plus `older_than_seconds` (it died before marking the record
-    running) or a retry scheduled for more than `older_than_seconds` ago (no scheduler runs for
+    took off its queue more than `older_than_seconds` ago, or started before the job timeout plus
+    `older_than_seconds` (it died before marking the record running), or a retry scheduled for more than `older_than_seconds` ago (no scheduler runs for
     its queue), or RUNNING since before the job timeout plus `older_than_seconds` (its worker died:
     RQ kills any job that outlives its timeout, so no live execution can be that old), or FAILED
     lately with RQ's retry of it overdue likewise. `include_failed` re-sends every FAILED record
@@ -442,6 +452,10 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
                 # Taken by a worker that died before its first transaction (the record still says
                 # queued): RQ would keep calling it started until its own clean-up, minutes away.
                 return job.started_at is None or job.started_at < running_cutoff(handlers[rid])
+            if job.status == "queued" and job.taken:
+                # Taken off the queue by a worker that died before it marked the job started: RQ
+                # says queued, but no worker will find it until RQ's clean-up, minutes away.
+                return job.enqueued_at is None or job.enqueued_at < queued_cutoff
             return job.status not in _LIVE_RQ_STATES or retry_overdue(rid)
 
         queued = [rid for rid in queued if lost_while_queued(rid)]

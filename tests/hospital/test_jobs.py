@@ -174,6 +174,21 @@ def test_sweeper_re_sends_queued_work_a_dead_worker_took_from_rq(redis_app: Flas
     assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [taken_by_dead]
 
 
+def test_sweeper_re_sends_queued_work_a_dead_worker_took_off_the_queue(redis_app: Flask, redis_url: str) -> None:
+    """RQ moves a job off its queue before the worker marks it started; a worker that dies between
+    the two leaves it "queued" but in no queue (until RQ's own clean-up, ten minutes away)."""
+    connection = Redis.from_url(redis_url)
+    taken = _record_in_state(redis_app, JobStatus.QUEUED, n=1)
+    waiting = _record_in_state(redis_app, JobStatus.QUEUED, n=2)
+    for record_id in (taken, waiting):
+        connection.hset(f"rq:job:hospital-job-{record_id}", "enqueued_at",
+                        (utcnow() - timedelta(seconds=600)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    connection.lmove("rq:queue:default", "rq:queue:default:intermediate", "LEFT", "RIGHT")  # as a worker's dequeue
+    assert connection.lrange("rq:queue:default:intermediate", 0, -1) == [f"hospital-job-{taken}".encode()]
+    assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [taken]
+    assert Queue("default", connection=connection).job_ids == [f"hospital-job-{waiting}", f"hospital-job-{taken}"]
+
+
 def _retry_scheduled(connection: Redis, record_id: int, seconds_from_now: float) -> None:
     """RQ holds the record's job as a retry scheduled for then (as `Retry` leaves a failed job)."""
     job_id = f"hospital-job-{record_id}"
