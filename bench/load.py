@@ -39,7 +39,7 @@ from hospital.migrate import upgrade  # noqa: E402
 from hospital.models import JobRecord, JobStatus  # noqa: E402
 from hospital.seed import seed_demo  # noqa: E402
 from imaging_orders.archive.models import ImagingStudy  # noqa: E402
-from tests.chaos.load_client import AE_TITLE, Stats, client_loop, percentile, reconcile  # noqa: E402
+from tests.chaos.load_client import AE_TITLE, Stats, client_loop, percentile, reconcile, record_section  # noqa: E402
 from tests.chaos.processes import OwnRedis, hospital_env, kill_hard, start_worker, stop_gracefully, wait_until  # noqa: E402
 
 logger = logging.getLogger("bench.load")
@@ -201,15 +201,7 @@ def record(summary: dict[str, Any], args: argparse.Namespace) -> None:
         f"job records {r['jobs']}.", "",
         "p99 per call (ms): " + ", ".join(f"{k} {v}" for k, v in summary["p99_ms_by_call"].items()) + ".", "",
     ]
-    path = ROOT / "bench" / "RESULTS.md"
-    existing = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = existing.find("## Load and chaos")
-    if start == -1:
-        updated = existing.rstrip("\n") + "\n\n" + "\n".join(lines)
-    else:
-        end = existing.find("\n## ", start + 1)
-        updated = existing[:start] + "\n".join(lines) + ("" if end == -1 else existing[end:])
-    path.write_text(updated)
+    record_section(ROOT / "bench" / "RESULTS.md", "## Load and chaos", lines)
 
 
 if __name__ == "__main__":

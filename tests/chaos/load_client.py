@@ -175,3 +175,16 @@ def reconcile(database_url: str, accessions: list[str], audited: list[tuple[str,
         "audit_rows_expected": len(wanted), "audit_rows_missing": len(set(wanted) - present),
         "jobs": {str(getattr(status, "value", status)): count for status, count in jobs.items()},
     }
+
+
+def record_section(path: Path, heading: str, lines: list[str]) -> None:
+    """Replace the section `heading` ("## ...") of a results file with `lines`, or append it; the
+    other sections stay as they are."""
+    existing = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = existing.find(heading)
+    if start == -1:
+        updated = existing.rstrip("\n") + "\n\n" + "\n".join(lines)
+    else:
+        end = existing.find("\n## ", start + 1)
+        updated = existing[:start] + "\n".join(lines) + ("" if end == -1 else existing[end:])
+    path.write_text(updated)
