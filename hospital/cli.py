@@ -66,7 +66,7 @@ def db_upgrade(revision: str, force: bool) -> None:
         names = ", ".join(step.revision for step in steps)
         if conn is None:
             raise click.ClickException(
-                f"migration {names} is destructive and no Redis is configured (REDIS_URL, REDIS_SENTINELS), so the running processes cannot be "
+                f"migration {names} is destructive and REDIS_URL is not set (nor REDIS_SENTINELS), so the running processes cannot be "
                 "checked: stop every process of the old release first, then run again with --force")
         blocking = migrate.old_code_blocking(database_url, running_processes(conn), revision)
         if blocking:
