@@ -59,8 +59,12 @@ class OwnRedis:
 
     def start(self) -> None:
         # protected-mode off: it would refuse every client but loopback when no password is set.
+        # Replication over the socket on both ends: a master syncing a replica (and the replica
+        # loading it) would otherwise leave a dump.rdb in the directory it was started from.
         args = ["redis-server", "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
-                "--protected-mode", "no"]
+                "--protected-mode", "no", "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+                "--repl-diskless-load", "swapdb",
+                "--dir", tempfile.gettempdir()]
         if self.replica_of is not None:
             args += ["--replicaof", self.replica_of[0], str(self.replica_of[1])]
         self.process = subprocess.Popen([*in_netns(self.netns), *args],
