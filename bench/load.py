@@ -14,17 +14,14 @@ import argparse
 import json
 import logging
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,134 +32,18 @@ from sqlalchemy import create_engine, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from ai_services.models import DiagnosticReport  # noqa: E402
-from billing.models import ChargeItem, ServiceLine  # noqa: E402
-from demo.closed_loop import free_port, send_with_pynetdicom, wait_for_dicom  # noqa: E402
+from demo.closed_loop import free_port, wait_for_dicom  # noqa: E402
 from hospital.app import create_app  # noqa: E402
 from hospital.db import get_db  # noqa: E402
 from hospital.migrate import upgrade  # noqa: E402
 from hospital.models import JobRecord, JobStatus  # noqa: E402
-from hospital.seed import DEMO_PASSWORD, seed_demo  # noqa: E402
-from imaging_orders.models import ImagingStudy  # noqa: E402
-from synthetic.dicom_factory import write_ct_series  # noqa: E402
-from synthetic.phantoms import make_ct_phantom  # noqa: E402
+from hospital.seed import seed_demo  # noqa: E402
+from imaging_orders.archive.models import ImagingStudy  # noqa: E402
+from tests.chaos.load_client import AE_TITLE, Stats, client_loop, percentile, reconcile, record_section  # noqa: E402
 from tests.chaos.processes import OwnRedis, hospital_env, kill_hard, start_worker, stop_gracefully, wait_until  # noqa: E402
 
 logger = logging.getLogger("bench.load")
 ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-AE_TITLE = "HOSPITAL"
-
-
-@dataclass
-class Stats:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    latencies: dict[str, list[float]] = field(default_factory=dict)
-    requests: int = 0
-    failures: list[str] = field(default_factory=list)
-    conflicts: int = 0
-    accessions_sent: list[str] = field(default_factory=list)
-    instances_sent: int = 0
-    events: list[str] = field(default_factory=list)
-
-    def timed(self, name: str, seconds: float) -> None:
-        with self.lock:
-            self.requests += 1
-            self.latencies.setdefault(name, []).append(seconds)
-
-
-class Api:
-    def __init__(self, base: str, username: str, stats: Stats) -> None:
-        self.base, self.stats = base, stats
-        token = self.call("POST", "/api/auth/token", {"username": username, "password": DEMO_PASSWORD}, name="login")[1]
-        self.headers = {"Authorization": f"Bearer {token['access_token']}"}
-
-    def call(self, method: str, path: str, body: Any = None, name: str | None = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={**getattr(self, "headers", {}), "Content-Type": "application/json"})
-        started = time.perf_counter()
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                status, payload = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, payload = exc.code, exc.read()
-        except OSError as exc:
-            self.stats.timed(name or path, time.perf_counter() - started)
-            with self.stats.lock:
-                self.stats.failures.append(f"{method} {path}: {type(exc).__name__}")
-            return 0, None
-        self.stats.timed(name or path, time.perf_counter() - started)
-        if status >= 500:
-            with self.stats.lock:
-                self.stats.failures.append(f"{method} {path}: {status}")
-        return status, (json.loads(payload) if payload else None)
-
-
-def client_loop(base: str, dicom_port: int, ids: dict[str, int], deadline: float, stats: Stats, work: Path,
-                n_slices: int, seed: int) -> None:
-    rng = random.Random(seed)
-    clinician, staff, patient = (Api(base, u, stats) for u in ("clinician", "imaging_staff", "patient"))
-    n = 0
-    while time.monotonic() < deadline:
-        n += 1
-        status, referral = clinician.call("POST", "/api/referrals", {
-            "patient_id": ids["patient"], "performer_organization_id": ids["centre"], "modality": "CT",
-            "body_part": "CHEST", "procedure_description": "CT chest", "reason": "load test", "priority": "routine",
-            "access_reason": "load test",
-        }, name="POST /api/referrals")
-        if status != 201:
-            continue
-        status, accepted = staff.call("POST", f"/api/referrals/{referral['id']}/accept", name="POST accept")
-        if status != 200:
-            continue
-        status, slots = patient.call("GET", f"/api/slots?organization_id={ids['centre']}&modality=CT", name="GET /api/slots")
-        if status == 200 and slots:
-            status, _ = patient.call("POST", "/api/appointments", {"referral_id": referral["id"],
-                                     "slot_id": rng.choice(slots[:20])["id"]}, name="POST /api/appointments")
-            if status == 409:
-                with stats.lock:
-                    stats.conflicts += 1
-        staff.call("GET", "/api/worklist", name="GET /api/worklist")
-        files = write_ct_series(make_ct_phantom(30_003 + n % 7, n_slices=n_slices, n_lesions=2), work / f"{seed}-{n}",
-                                patient_id=ids["mrn"], patient_name=ids["name"], accession_number=accepted["accession_number"])
-        started = time.perf_counter()
-        try:
-            send_with_pynetdicom("127.0.0.1", dicom_port, AE_TITLE, files, calling_ae="LOADCT")
-            stats.timed("C-STORE study", time.perf_counter() - started)
-            with stats.lock:
-                stats.accessions_sent.append(accepted["accession_number"])
-                stats.instances_sent += len(files)
-        except Exception as exc:  # noqa: BLE001 - counted as a failure of the run
-            with stats.lock:
-                stats.failures.append(f"C-STORE: {exc}"[:200])
-        for path in files:
-            path.unlink(missing_ok=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0.0
-
-
-def reconcile(database_url: str, accessions: list[str]) -> dict[str, Any]:
-    engine = create_engine(database_url)
-    with engine.connect() as conn:
-        found = set(conn.scalars(select(ImagingStudy.accession_number).where(ImagingStudy.accession_number.in_(accessions))))
-        study_ids = list(conn.scalars(select(ImagingStudy.id).where(ImagingStudy.accession_number.in_(accessions))))
-        reports = conn.execute(select(DiagnosticReport.study_id, func.count()).group_by(DiagnosticReport.study_id)).all()
-        charges = conn.execute(select(ChargeItem.event_key, func.count()).group_by(ChargeItem.event_key)).all()
-        scan = conn.scalar(select(func.count()).select_from(ChargeItem).where(ChargeItem.service_line == ServiceLine.SCAN))
-        ai = conn.scalar(select(func.count()).select_from(ChargeItem).where(ChargeItem.service_line == ServiceLine.AI_ANALYSIS))
-        jobs = dict(conn.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
-    engine.dispose()
-    with_report = {study for study, _ in reports}
-    return {
-        "studies_sent": len(accessions), "studies_received": len(found), "lost_studies": len(set(accessions) - found),
-        "studies_with_report": len(with_report & set(study_ids)), "studies_without_report": len(set(study_ids) - with_report),
-        "duplicate_reports": sum(count - 1 for _, count in reports if count > 1),
-        "duplicate_charges": sum(count - 1 for _, count in charges if count > 1),
-        "scan_charges": scan, "ai_charges": ai,
-        "jobs": {str(getattr(status, "value", status)): count for status, count in jobs.items()},
-    }
 
 
 def main() -> int:
@@ -320,15 +201,7 @@ def record(summary: dict[str, Any], args: argparse.Namespace) -> None:
         f"job records {r['jobs']}.", "",
         "p99 per call (ms): " + ", ".join(f"{k} {v}" for k, v in summary["p99_ms_by_call"].items()) + ".", "",
     ]
-    path = ROOT / "bench" / "RESULTS.md"
-    existing = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = existing.find("## Load and chaos")
-    if start == -1:
-        updated = existing.rstrip("\n") + "\n\n" + "\n".join(lines)
-    else:
-        end = existing.find("\n## ", start + 1)
-        updated = existing[:start] + "\n".join(lines) + ("" if end == -1 else existing[end:])
-    path.write_text(updated)
+    record_section(ROOT / "bench" / "RESULTS.md", "## Load and chaos", lines)
 
 
 if __name__ == "__main__":

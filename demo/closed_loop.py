@@ -335,8 +335,9 @@ def run_demo(app: Flask, *, dicom_port: int, verbose: bool = False, report_step:
     env = {**os.environ, "DATABASE_URL": app.config["DATABASE_URL"], "STUDY_QUIET_SECONDS": "1",
            "DICOM_STORAGE_DIR": str(app.config["DICOM_STORAGE_DIR"]), "SECRET_KEY": app.config["SECRET_KEY"],
            "LOG_LEVEL": "INFO" if verbose else "WARNING"}
-    if app.config.get("REDIS_URL"):
-        env["REDIS_URL"] = app.config["REDIS_URL"]
+    for key in ("REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER"):
+        if app.config.get(key):
+            env[key] = app.config[key]
     with dicom_server_process(env, dicom_port, ae_title, quiet=not verbose), tempfile.TemporaryDirectory() as tmp, \
             app.app_context():
         report_step(f"DICOM node {ae_title} listening on 127.0.0.1:{dicom_port}")

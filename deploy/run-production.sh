@@ -9,7 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 : "${DATABASE_URL:?set DATABASE_URL to the shared PostgreSQL}"
-: "${REDIS_URL:?set REDIS_URL to the shared Redis}"
+if [ -z "${REDIS_URL:-}" ] && [ -z "${REDIS_SENTINELS:-}" ]; then
+    echo "set REDIS_URL to the shared Redis, or REDIS_SENTINELS (and REDIS_SENTINEL_MASTER) to its sentinels" >&2
+    exit 1
+fi
 : "${SECRET_KEY:?set SECRET_KEY (the same on every machine)}"
 : "${DICOM_STORAGE_DIR:?set DICOM_STORAGE_DIR to storage every machine sees (shared volume)}"
 ROLES="${ROLES:-migrate web ai billing notify dicom scheduler}"
@@ -23,7 +26,10 @@ GUNICORN="${GUNICORN:-gunicorn}"
 # start: the files of a previous run's processes would otherwise be counted again.
 PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-${TMPDIR:-/tmp}/hospital-metrics}"
 LOG_FORMAT="${LOG_FORMAT:-json}"          # one JSON object per line, with request_id, for the log shipper
-export DATABASE_URL REDIS_URL SECRET_KEY DICOM_STORAGE_DIR PROMETHEUS_MULTIPROC_DIR LOG_FORMAT
+for name in REDIS_URL REDIS_SENTINELS REDIS_SENTINEL_MASTER; do
+    if [ -n "${!name:-}" ]; then export "$name"; fi
+done
+export DATABASE_URL SECRET_KEY DICOM_STORAGE_DIR PROMETHEUS_MULTIPROC_DIR LOG_FORMAT
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 
 pids=()

@@ -66,7 +66,7 @@ def db_upgrade(revision: str, force: bool) -> None:
         names = ", ".join(step.revision for step in steps)
         if conn is None:
             raise click.ClickException(
-                f"migration {names} is destructive and REDIS_URL is not set, so the running processes cannot be "
+                f"migration {names} is destructive and REDIS_URL is not set (nor REDIS_SENTINELS), so the running processes cannot be "
                 "checked: stop every process of the old release first, then run again with --force")
         blocking = migrate.old_code_blocking(database_url, running_processes(conn), revision)
         if blocking:
@@ -224,12 +224,12 @@ def _stop_serving(signum: int, _frame: FrameType | None) -> None:
 @click.option("--sweep-after", default=60.0, show_default=True, type=float, envvar="JOB_SWEEP_AFTER_SECONDS",
               help="seconds a queued record may wait (running: the job timeout plus this) before it counts as lost")
 def worker_command(queues: tuple[str, ...], burst: bool, sweep_every: float, sweep_after: float) -> None:
-    """Run an RQ worker for the given queues (needs REDIS_URL), with a sweeper that re-sends work
+    """Run an RQ worker for the given queues (needs REDIS_URL or REDIS_SENTINELS), with a sweeper that re-sends work
     lost with Redis or with a dead worker (a burst worker sweeps once, when it starts)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     conn = redis_connection(app)
     if conn is None:
-        raise click.ClickException("REDIS_URL is not set: without Redis, jobs run inline and no worker is needed")
+        raise click.ClickException("neither REDIS_URL nor REDIS_SENTINELS is set: without Redis, jobs run inline and no worker is needed")
     sweeper = None
     if sweep_every > 0 and burst:
         sweep_if_due(app, every_seconds=sweep_every, older_than_seconds=sweep_after)

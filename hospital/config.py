@@ -1,7 +1,7 @@
 """Configuration read from the environment, with defaults a newcomer can run as-is.
 
-Unset `DATABASE_URL` means an embedded SQLite file under `instance/`; unset `REDIS_URL` means jobs
-run inline in the process that created them. Production sets both.
+Unset `DATABASE_URL` means an embedded SQLite file under `instance/`; unset `REDIS_URL` (and
+`REDIS_SENTINELS`) means jobs run inline in the process that created them. Production sets both.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "INSTANCE_DIR": instance_dir,
         "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{instance_dir / 'hospital.db'}",
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
+        # Redis behind Sentinel (hospital.jobs.redis_connection): "host:port,host:port" of the
+        # sentinels and the name they monitor the master under. When set, every process asks the
+        # sentinels where the master is and asks again after a failover; REDIS_URL, if also set,
+        # gives only the database number and password (its host is not used).
+        "REDIS_SENTINELS": os.environ.get("REDIS_SENTINELS") or "",
+        "REDIS_SENTINEL_MASTER": os.environ.get("REDIS_SENTINEL_MASTER") or "hospital",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
         "DICOM_AE_TITLE": os.environ.get("DICOM_AE_TITLE") or "HOSPITAL",
         "DICOM_HOST": os.environ.get("DICOM_HOST") or "127.0.0.1",

@@ -2,8 +2,9 @@
 
 A stage publishes a typed event (`hospital.events.DomainEvent`) inside its transaction; each
 subscribed handler gets a `JobRecord` row in that same transaction, so the work owed survives a
-crash. Only after the commit are the record ids handed on: to RQ when `REDIS_URL` is set, else run
-inline in this process (the embedded default). Handlers are plain importable functions named by
+crash. Only after the commit are the record ids handed on: to RQ when Redis is configured
+(`REDIS_URL`, or `REDIS_SENTINELS` for a master that Sentinel fails over), else run inline in this
+process (the embedded default). Handlers are plain importable functions named by
 dotted path: `handler(session, event)` for an event, `handler(session, **payload)` for work
 scheduled directly with `enqueue`. `run_job` is their unit of work (it commits or rolls back their
 session; a handler never commits), and a handler run twice must give the same result.
@@ -20,13 +21,20 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask, current_app, has_app_context
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as RedisRetry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue, Retry
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
+from rq.registry import ScheduledJobRegistry
+from rq.utils import utcparse
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -48,6 +56,8 @@ _SWEEP_LOCK_KEY = "hospital:jobs:sweep-lock"
 _LIVE_RQ_STATES = frozenset({"queued", "scheduled", "deferred", "started"})
 # RQ runs a failed job again after each of these delays (seconds); inline, a job runs once.
 RETRY_INTERVALS = (5, 30, 120)
+# How long after a failure RQ may still hold a retry of it (the intervals, and time to spare).
+_RETRY_WINDOW = timedelta(hours=1)
 
 
 class UnsubscribedEvent(RuntimeError):
@@ -159,13 +169,83 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop(_APP_KEY, None)
 
 
+class _FollowingMasterConnection(SentinelManagedConnection):
+    """A connection to the master the sentinels name each time it (re)connects.
+
+    redis-py's own asks them only in `connect()`, but a command sent on a dropped connection
+    reconnects through `connect_check_health()`, to the address it had: after a failover, the dead
+    master, again and again, until the retries run out (an RQ worker then exits). Here every
+    reconnection asks, and tries that one address once, so each retry of the command may find the
+    new master."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+
+# Backoff 0.05 s doubling to 1 s: 20 tries span about 16 s (a Sentinel failover with a 5 s
+# down-after-milliseconds takes 6-8 s).
+SENTINEL_RETRIES = 20
+
+
+def redis_configured(app: Flask) -> bool:
+    """Whether jobs go to RQ (a Redis URL or sentinels are set), rather than run inline."""
+    return bool(app.config.get("REDIS_URL") or app.config.get("REDIS_SENTINELS"))
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """`REDIS_SENTINELS` ("host:port,host:port") as (host, port) pairs."""
+    sentinels = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"REDIS_SENTINELS wants host:port,host:port; got {item!r}")
+        sentinels.append((host, int(port)))
+    return sentinels
+
+
+def open_redis(url: str | None, sentinels: str = "", master: str = "hospital") -> Redis:
+    """A Redis client: straight to `url`, or, with `sentinels`, to whichever server the sentinels
+    name as `master` now. The Sentinel client asks them again on every new connection, and drops a
+    connection that finds its server demoted to a replica, so after a failover the next command
+    reaches the new master (the one that failed meanwhile leaves its job record queued for the
+    sweeper, see `dispatch`)."""
+    addresses = parse_sentinels(sentinels)
+    if not addresses:
+        if not url:
+            raise ValueError("open_redis needs REDIS_URL or REDIS_SENTINELS")
+        return Redis.from_url(url)
+    # Only the database and credentials of REDIS_URL apply: the sentinels say where the master is.
+    options: dict[str, Any] = {}
+    if url:
+        parts = urlsplit(url)
+        options = {"db": int(parts.path.strip("/") or 0), "username": unquote(parts.username) if parts.username else None,
+                   "password": unquote(parts.password) if parts.password else None}
+    # Short timeouts towards the sentinels (a dead one is skipped for the next); none on commands
+    # to the master, whose blocking reads (RQ's dequeue) wait longer than any fixed timeout.
+    sentinel = Sentinel(addresses, socket_connect_timeout=2, sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1})
+    # A command that meets a dead master is tried again, each time on a new connection to whichever
+    # server the sentinels name then, for about 16 s (SENTINEL_RETRIES): longer than a failover takes,
+    # so a worker, a request or the DICOM node waits it out instead of failing (redis-py retries a
+    # Sentinel client's commands not at all by default, and an RQ worker whose heartbeat fails exits).
+    retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), SENTINEL_RETRIES)
+    conn: Redis = sentinel.master_for(master, socket_connect_timeout=2, socket_keepalive=True, retry=retry,
+                                      connection_class=_FollowingMasterConnection, **options)
+    return conn
+
+
 def redis_connection(app: Flask) -> Redis | None:
-    url = app.config.get("REDIS_URL")
-    if not url:
+    if not redis_configured(app):
         return None
     conn = app.extensions.get("hospital.redis")
     if conn is None:
-        conn = Redis.from_url(url)
+        conn = open_redis(app.config.get("REDIS_URL"), app.config.get("REDIS_SENTINELS") or "",
+                          app.config.get("REDIS_SENTINEL_MASTER") or "hospital")
         app.extensions["hospital.redis"] = conn
     return conn
 
@@ -272,23 +352,55 @@ def _lease_expired(record: JobRecord, timeout_seconds: float) -> bool:
     return record.started_at is None or record.started_at < utcnow() - timedelta(seconds=timeout_seconds)
 
 
-def _rq_states(conn: Redis, record_ids: list[int]) -> dict[int, str | None]:
-    """The RQ status of each record's job (`None` when Redis has no such job), in one round trip."""
+@dataclass(frozen=True)
+class _RqJob:
+    """What RQ holds of a record's job: its status (None: no such job), when a worker started it,
+    and when a retry is scheduled for (None: none is)."""
+
+    status: str | None
+    started_at: datetime | None
+    scheduled_for: datetime | None
+    enqueued_at: datetime | None
+    taken: bool  # in the queue's intermediate list: a worker took it off the queue, has not started it
+
+
+def _rq_states(conn: Redis, queues: dict[int, str]) -> dict[int, _RqJob]:
+    """RQ's view of each record's job (`queues`: record id -> its queue), in one round trip."""
+    record_ids = list(queues)
     with conn.pipeline(transaction=False) as pipe:
         for record_id in record_ids:
-            pipe.hget(Job.key_for(f"hospital-job-{record_id}"), "status")
+            job_id = f"hospital-job-{record_id}"
+            pipe.hmget(Job.key_for(job_id), ["status", "started_at", "enqueued_at"])
+            pipe.zscore(ScheduledJobRegistry.key_template.format(queues[record_id]), job_id)
+            # Short: a job stays there only between a worker's dequeue and its start.
+            pipe.lpos(IntermediateQueue.get_intermediate_queue_key(Queue.redis_queue_namespace_prefix + queues[record_id]),
+                      job_id)
         raw = pipe.execute()
-    return {rid: (value.decode() if isinstance(value, bytes) else value) for rid, value in zip(record_ids, raw, strict=True)}
+
+    def text(value: Any) -> str | None:
+        return value.decode() if isinstance(value, bytes) else value
+
+    states: dict[int, _RqJob] = {}
+    for index, rid in enumerate(record_ids):
+        (status, started, enqueued), score, position = raw[3 * index:3 * index + 3]
+        started, enqueued = text(started), text(enqueued)
+        states[rid] = _RqJob(text(status), utcparse(started) if started else None,
+                             datetime.fromtimestamp(float(score), UTC) if score is not None else None,
+                             utcparse(enqueued) if enqueued else None, position is not None)
+    return states
 
 
 def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bool = False) -> list[int]:
     """Hand on again the job records whose work was lost; returns their ids.
 
     Lost means: QUEUED for longer than `older_than_seconds` while RQ holds no live job for it
-    (Redis restarted empty, or RQ gave up while the database was unreachable), or RUNNING since
-    before the job timeout plus `older_than_seconds` (its worker died: RQ kills any job that
-    outlives its timeout, so no live execution can be that old). `include_failed` also re-sends
-    FAILED records (an operator's choice after fixing the cause). Safe to run from several
+    (Redis restarted empty, or RQ gave up while the database was unreachable) or holds one a worker
+    took off its queue more than `older_than_seconds` ago, or started before the job timeout plus
+    `older_than_seconds` (it died before marking the record running), or a retry scheduled for more than `older_than_seconds` ago (no scheduler runs for
+    its queue), or RUNNING since before the job timeout plus `older_than_seconds` (its worker died:
+    RQ kills any job that outlives its timeout, so no live execution can be that old), or FAILED
+    lately with RQ's retry of it overdue likewise. `include_failed` re-sends every FAILED record
+    (an operator's choice after fixing the cause). Safe to run from several
     processes at once: a stale RUNNING record is claimed by a conditional UPDATE, and `run_job`
     runs a record at most once at a time.
     """
@@ -301,23 +413,55 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
     conn = redis_connection(app)
     db = get_db(app)
     with db.session() as session:
-        queued = list(session.scalars(
-            select(JobRecord.id).where(JobRecord.status == JobStatus.QUEUED, JobRecord.created_at < queued_cutoff)
-        ))
+        queued_rows = session.execute(
+            select(JobRecord.id, JobRecord.handler, JobRecord.queue).where(JobRecord.status == JobStatus.QUEUED,
+                                                                          JobRecord.created_at < queued_cutoff)
+        ).all()
+        handlers = {rid: handler for rid, handler, _ in queued_rows}
+        queues = {rid: queue for rid, _, queue in queued_rows}
+        queued = list(handlers)
         running = session.execute(
-            select(JobRecord.id, JobRecord.handler, JobRecord.started_at).where(JobRecord.status == JobStatus.RUNNING)
+            select(JobRecord.id, JobRecord.handler, JobRecord.queue, JobRecord.started_at)
+            .where(JobRecord.status == JobStatus.RUNNING)
         ).all()
         # RUNNING always has a start time (run_job sets both together).
-        stale = [(rid, handler) for rid, handler, started in running
+        stale = [(rid, handler) for rid, handler, _, started in running
                  if started is not None and started < running_cutoff(handler)]
+        queues.update({rid: queue for rid, _, queue, _ in running})
         failed = list(session.scalars(
             select(JobRecord.id).where(JobRecord.status == JobStatus.FAILED, JobRecord.created_at < queued_cutoff)
         )) if include_failed else []
+        # Failed lately, so RQ may still have a retry scheduled (its intervals are minutes long).
+        retrying = dict(session.execute(
+            select(JobRecord.id, JobRecord.queue).where(JobRecord.status == JobStatus.FAILED,
+                                                        JobRecord.finished_at > now - _RETRY_WINDOW)
+        ).all()) if not include_failed else {}
     if conn is not None:
-        states = _rq_states(conn, queued + [rid for rid, _ in stale])
-        queued = [rid for rid in queued if states[rid] not in _LIVE_RQ_STATES]
+        states = _rq_states(conn, {**queues, **retrying})
+
+        def retry_overdue(rid: int) -> bool:
+            # RQ meant to run it again, but no scheduler is moving it to its queue: the worker whose
+            # scheduler held the queue's lock died, and another takes the lock over only at its next
+            # maintenance, up to ten minutes later.
+            job = states[rid]
+            return job.status == "scheduled" and (job.scheduled_for is None or job.scheduled_for < queued_cutoff)
+
+        def lost_while_queued(rid: int) -> bool:
+            job = states[rid]
+            if job.status == "started":
+                # Taken by a worker that died before its first transaction (the record still says
+                # queued): RQ would keep calling it started until its own clean-up, minutes away.
+                return job.started_at is None or job.started_at < running_cutoff(handlers[rid])
+            if job.status == "queued" and job.taken:
+                # Taken off the queue by a worker that died before it marked the job started: RQ
+                # says queued, but no worker will find it until RQ's clean-up, minutes away.
+                return job.enqueued_at is None or job.enqueued_at < queued_cutoff
+            return job.status not in _LIVE_RQ_STATES or retry_overdue(rid)
+
+        queued = [rid for rid in queued if lost_while_queued(rid)]
+        failed = [rid for rid in retrying if retry_overdue(rid)]
         # "started" here means a dead worker's leftover: the record outlived its timeout.
-        stale = [(rid, h) for rid, h in stale if states[rid] not in _LIVE_RQ_STATES - {"started"}]
+        stale = [(rid, h) for rid, h in stale if states[rid].status not in _LIVE_RQ_STATES - {"started"}]
     claimed: list[int] = []
     if stale:
         with db.transaction() as session:

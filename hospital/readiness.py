@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from sqlalchemy import text
 
 from hospital.db import get_db
-from hospital.jobs import redis_connection
+from hospital.jobs import redis_configured, redis_connection
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def readiness(app: Flask) -> dict[str, str]:
     """Each check's result: "ok", "skipped" or the failure's exception type."""
     checks = {
         "database": lambda: check_database(app),
-        "redis": (lambda: check_redis(app)) if app.config.get("REDIS_URL") else None,
+        "redis": (lambda: check_redis(app)) if redis_configured(app) else None,
         "dicom_storage": lambda: check_writable(Path(app.config["DICOM_STORAGE_DIR"])),
         "model_storage": lambda: check_writable(Path(app.config["AI_MODELS_DIR"])),
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the real services the test suite talks to are installed and running: PostgreSQL,
-# Redis, dcmtk (DICOM peers), Orthanc (a peer archive), Chromium (browser tests), and the CJK font
-# and poppler tools the PDFs need (`--fonts-only`: just those, for `make demo`).
+# Redis, dcmtk (DICOM peers), Orthanc (a peer archive), Chromium (browser tests), HAProxy (the
+# balancer of the multi-host chaos test), iproute2 (its network namespaces), and the CJK font and
+# poppler tools the PDFs need (`--fonts-only`: just those, for `make demo`).
 # Installs missing Debian packages with apt-get and starts stopped services. Idempotent.
 set -euo pipefail
 
@@ -24,6 +25,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -q

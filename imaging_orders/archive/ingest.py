@@ -57,7 +57,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy import ColumnElement, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from hospital.clock import utcnow
@@ -312,14 +312,27 @@ def _store_attempt(
     rejection: _Rejection | None = None,
 ) -> StoreResult:
     """One unit of work: index the instance and write its file, then commit. What was written is
-    removed if the transaction does not commit: no committed row would point at it."""
+    removed if the transaction does not commit: no committed row would point at it.
+
+    Except when the commit itself meets a lost connection: the server may have committed before it
+    died (a primary killed after its standby confirmed the commit, which the promoted standby then
+    has), so the row may exist. The file stays then: an orphan file costs disk, a row pointing at
+    nothing costs the study (its analysis cannot read it). The sender is told to retry either way,
+    and its re-send finds the row or writes both again."""
     written: list[Path] = []
+    committing = False
     try:
         with db.transaction() as session:
-            return _index_and_write(session, storage_dir, received, sha256, derived, written, rejection)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+            result = _index_and_write(session, storage_dir, received, sha256, derived, written, rejection)
+            committing = True
+        return result
+    except BaseException as exc:
+        if committing and isinstance(exc, OperationalError):
+            logger.warning("commit of %s in doubt (%s); its file is kept for the row that may exist",
+                           received.sop_instance_uid, type(exc).__name__)
+        else:
+            for path in written:
+                path.unlink(missing_ok=True)
         raise
 
 

@@ -158,6 +158,64 @@ def test_sweeper_re_sends_work_of_a_dead_worker_once_its_lease_ran_out(redis_app
         assert CALLS == [{"n": 2}]
 
 
+def test_sweeper_re_sends_queued_work_a_dead_worker_took_from_rq(redis_app: Flask, redis_url: str) -> None:
+    """A worker killed between RQ's dequeue and run_job's first commit leaves the record queued and
+    RQ's job "started" for ever (until RQ's own clean-up): once that start is older than the job
+    timeout, it is lost; a recent start is a live worker's."""
+    connection = Redis.from_url(redis_url)
+    timeout = redis_app.config["JOB_TIMEOUT_SECONDS"]
+    taken_by_dead = _record_in_state(redis_app, JobStatus.QUEUED, n=1)
+    taken_just_now = _record_in_state(redis_app, JobStatus.QUEUED, n=2)
+    for record_id, seconds_ago in ((taken_by_dead, timeout + 120), (taken_just_now, 1)):
+        job = Queue("default", connection=connection).fetch_job(f"hospital-job-{record_id}")
+        assert job is not None
+        connection.hset(job.key, mapping={"status": "started",
+                                          "started_at": (utcnow() - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+    assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [taken_by_dead]
+
+
+def test_sweeper_re_sends_queued_work_a_dead_worker_took_off_the_queue(redis_app: Flask, redis_url: str) -> None:
+    """RQ moves a job off its queue before the worker marks it started; a worker that dies between
+    the two leaves it "queued" but in no queue (until RQ's own clean-up, ten minutes away)."""
+    connection = Redis.from_url(redis_url)
+    taken = _record_in_state(redis_app, JobStatus.QUEUED, n=1)
+    waiting = _record_in_state(redis_app, JobStatus.QUEUED, n=2)
+    for record_id in (taken, waiting):
+        connection.hset(f"rq:job:hospital-job-{record_id}", "enqueued_at",
+                        (utcnow() - timedelta(seconds=600)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    connection.lmove("rq:queue:default", "rq:queue:default:intermediate", "LEFT", "RIGHT")  # as a worker's dequeue
+    assert connection.lrange("rq:queue:default:intermediate", 0, -1) == [f"hospital-job-{taken}".encode()]
+    assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [taken]
+    assert Queue("default", connection=connection).job_ids == [f"hospital-job-{waiting}", f"hospital-job-{taken}"]
+
+
+def _retry_scheduled(connection: Redis, record_id: int, seconds_from_now: float) -> None:
+    """RQ holds the record's job as a retry scheduled for then (as `Retry` leaves a failed job)."""
+    job_id = f"hospital-job-{record_id}"
+    connection.hset(f"rq:job:{job_id}", "status", "scheduled")
+    connection.zadd("rq:scheduled:default", {job_id: (utcnow() + timedelta(seconds=seconds_from_now)).timestamp()})
+
+
+def test_sweeper_re_sends_a_retry_no_scheduler_will_move(redis_app: Flask, redis_url: str) -> None:
+    """RQ's retries wait in a scheduled registry for the scheduler of a worker holding the queue's
+    lock; when that worker died, another takes over only at its next maintenance, minutes later. A
+    retry overdue by more than the sweep delay is lost work, whether the record still says queued
+    (the database was down before run_job's first commit) or failed (the handler failed)."""
+    connection = Redis.from_url(redis_url)
+    overdue_queued = _record_in_state(redis_app, JobStatus.QUEUED, n=1)
+    due_later = _record_in_state(redis_app, JobStatus.QUEUED, n=2)
+    overdue_failed = _record_in_state(redis_app, JobStatus.FAILED, n=3)
+    failed_for_good = _record_in_state(redis_app, JobStatus.FAILED, n=4)  # RQ gave up: an operator's call
+    with redis_app.app_context(), get_db().transaction() as session:
+        for record_id in (overdue_failed, failed_for_good):
+            session.get(JobRecord, record_id).finished_at = utcnow() - timedelta(seconds=300)  # type: ignore[union-attr]
+    _retry_scheduled(connection, overdue_queued, -120)
+    _retry_scheduled(connection, due_later, 30)
+    _retry_scheduled(connection, overdue_failed, -120)
+    connection.hset(f"rq:job:hospital-job-{failed_for_good}", "status", "failed")
+    assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [overdue_queued, overdue_failed]
+
+
 def test_only_one_sweep_per_interval_across_workers(redis_app: Flask, redis_url: str) -> None:
     Redis.from_url(redis_url).flushdb()
     assert sweep_if_due(redis_app, every_seconds=30, older_than_seconds=60) == []

@@ -226,6 +226,29 @@ def test_database_failure_after_write_removes_the_file(
     assert db_session.scalar(select(ImagingStudy).where(ImagingStudy.study_instance_uid == datasets[0].StudyInstanceUID)) is None
 
 
+def test_a_commit_in_doubt_keeps_the_file_for_the_row_that_may_exist(
+    app: Flask, db_session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary died after committing (its synchronous standby, promoted, has the row) but
+    before answering: the sender is told to retry, and the row must not point at a removed file."""
+    datasets = ct_study("MRN-DOUBT", "ACC-DOUBT", slices=1)
+    real_commit = Session.commit
+
+    def commit_then_lose_the_answer(self: Session) -> None:
+        real_commit(self)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(Session, "commit", commit_then_lose_the_answer)
+    with pytest.raises(StorageUnavailable) as caught:
+        store_all(app, datasets)
+    monkeypatch.undo()
+    assert caught.value.dicom_status == STORE_PROCESSING_FAILURE
+    instance = db_session.scalar(select(ImagingInstance).where(ImagingInstance.sop_instance_uid == datasets[0].SOPInstanceUID))
+    assert instance is not None, "committed despite the lost answer"
+    assert (Path(app.config["DICOM_STORAGE_DIR"]) / instance.path).exists()
+    assert store_all(app, datasets)[0].duplicate, "the sender's re-send finds what was kept"
+
+
 # ---------------------------------------------------------------------------------------------
 # Pixel data integrity: a Success is a promise the image is whole
 # ---------------------------------------------------------------------------------------------
