@@ -144,7 +144,8 @@ def fhir_registry() -> FhirRegistry:
 
 def validate_resource(data: dict[str, Any]) -> dict[str, Any]:
     """Validate FHIR JSON with fhir.resources and return it normalised (None fields dropped)."""
-    return _validated(data).model_dump(mode="json", exclude_none=True)
+    normalised: dict[str, Any] = _validated(data).model_dump(mode="json", exclude_none=True)
+    return normalised
 
 
 def check_own_resource(data: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +154,7 @@ def check_own_resource(data: dict[str, Any]) -> dict[str, Any]:
     round trip cost twice the validation itself and, for output our mappings make, gives back what
     went in. Under TESTING it is made anyway and must equal what is returned, so a mapping whose
     output the model would write differently fails the suite instead of reaching a client."""
-    pruned = _without_none(data)
+    pruned: dict[str, Any] = _without_none(data)
     resource = _validated(pruned)
     if has_app_context() and current_app.config.get("TESTING"):
         normalised = resource.model_dump(mode="json", exclude_none=True)
