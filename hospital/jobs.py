@@ -398,7 +398,8 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
     took off its queue more than `older_than_seconds` ago, or started before the job timeout plus
     `older_than_seconds` (it died before marking the record running), or a retry scheduled for more than `older_than_seconds` ago (no scheduler runs for
     its queue), or RUNNING since before the job timeout plus `older_than_seconds` (its worker died:
-    RQ kills any job that outlives its timeout, so no live execution can be that old), or FAILED
+    RQ kills any job that outlives its timeout, so no live execution can be that old) unless RQ
+    still holds it waiting in its queue or as a retry that is not overdue, or FAILED
     lately with RQ's retry of it overdue likewise. `include_failed` re-sends every FAILED record
     (an operator's choice after fixing the cause). Safe to run from several
     processes at once: a stale RUNNING record is claimed by a conditional UPDATE, and `run_job`
@@ -458,10 +459,18 @@ def sweep_lost_jobs(app: Flask, *, older_than_seconds: float, include_failed: bo
                 return job.enqueued_at is None or job.enqueued_at < queued_cutoff
             return job.status not in _LIVE_RQ_STATES or retry_overdue(rid)
 
+        def lost_while_running(rid: int) -> bool:
+            # The record outlived its lease, so "started" is a dead worker's leftover; so is a job
+            # taken off its queue by a worker that died before starting it, and a retry no scheduler
+            # moves (the run failed while the database was down, so the record still says running).
+            job = states[rid]
+            if job.status == "queued" and job.taken:
+                return job.enqueued_at is None or job.enqueued_at < queued_cutoff
+            return job.status not in _LIVE_RQ_STATES - {"started"} or retry_overdue(rid)
+
         queued = [rid for rid in queued if lost_while_queued(rid)]
         failed = [rid for rid in retrying if retry_overdue(rid)]
-        # "started" here means a dead worker's leftover: the record outlived its timeout.
-        stale = [(rid, h) for rid, h in stale if states[rid].status not in _LIVE_RQ_STATES - {"started"}]
+        stale = [(rid, h) for rid, h in stale if lost_while_running(rid)]
     claimed: list[int] = []
     if stale:
         with db.transaction() as session:

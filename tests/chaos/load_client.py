@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, func, select, tuple_
 from ai_services.models import DiagnosticReport
 from billing.models import ChargeItem, ServiceLine
 from demo.closed_loop import send_with_pynetdicom
-from hospital.models import AuditEvent, JobRecord
+from hospital.models import AuditEvent, JobRecord, JobStatus
 from hospital.seed import DEMO_PASSWORD
 from imaging_orders.archive.models import ImagingStudy
 from synthetic.dicom_factory import write_ct_series
@@ -105,6 +105,10 @@ def client_loop(base: str, dicom_port: int, ids: dict[str, Any], deadline: float
         if status != 201:
             continue
         stats.expect_audit("C", "ServiceRequest", referral["id"])
+        # A read: its audit row is written in the group commit just before the answer leaves.
+        status, _ = clinician.call("GET", f"/fhir/ServiceRequest/{referral['id']}", name="GET /fhir/ServiceRequest")
+        if status == 200:
+            stats.expect_audit("R", "ServiceRequest", referral["id"])
         status, accepted = staff.call("POST", f"/api/referrals/{referral['id']}/accept", name="POST accept")
         if status != 200:
             continue
@@ -153,6 +157,10 @@ def reconcile(database_url: str, accessions: list[str], audited: list[tuple[str,
         scan = conn.scalar(select(func.count()).select_from(ChargeItem).where(ChargeItem.service_line == ServiceLine.SCAN))
         ai = conn.scalar(select(func.count()).select_from(ChargeItem).where(ChargeItem.service_line == ServiceLine.AI_ANALYSIS))
         jobs = dict(conn.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
+        open_jobs = [f"{r.id} {r.handler} {r.queue} {getattr(r.status, 'value', r.status)} attempts={r.attempts} "
+                     f"created={r.created_at:%H:%M:%S} started={r.started_at and f'{r.started_at:%H:%M:%S}'}"
+                     for r in conn.execute(select(JobRecord).where(JobRecord.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+                                           .order_by(JobRecord.id).limit(10)).all()]
         wanted = sorted(set(audited or []))
         present: set[tuple[str, str, str]] = set()
         for start in range(0, len(wanted), 500):
@@ -174,6 +182,7 @@ def reconcile(database_url: str, accessions: list[str], audited: list[tuple[str,
         "scan_charges": scan, "ai_charges": ai,
         "audit_rows_expected": len(wanted), "audit_rows_missing": len(set(wanted) - present),
         "jobs": {str(getattr(status, "value", status)): count for status, count in jobs.items()},
+        "open_jobs": open_jobs,  # the first few still queued or running, to tell why a drain did not end
     }
 
 

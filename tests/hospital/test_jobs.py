@@ -216,6 +216,34 @@ def test_sweeper_re_sends_a_retry_no_scheduler_will_move(redis_app: Flask, redis
     assert sweep_lost_jobs(redis_app, older_than_seconds=60) == [overdue_queued, overdue_failed]
 
 
+def test_sweeper_re_sends_running_work_whose_retry_no_scheduler_will_move_or_a_dead_worker_took(
+    redis_app: Flask, redis_url: str,
+) -> None:
+    """A record still RUNNING past its lease whose RQ job is a retry nobody moves (the run failed
+    while the database was down, so the record could not say so, and the worker holding the
+    scheduler's lock is dead), or "queued" but taken off the queue by a worker that died: lost, as
+    a dead worker's "started" job is. A retry still due and a job waiting in its queue are live."""
+    connection = Redis.from_url(redis_url)
+    timeout = redis_app.config["JOB_TIMEOUT_SECONDS"]
+    overdue, due_later, taken, waiting = (
+        _record_in_state(redis_app, JobStatus.RUNNING, started_seconds_ago=timeout + 120, n=n) for n in range(1, 5))
+    _retry_scheduled(connection, overdue, -120)
+    _retry_scheduled(connection, due_later, 30)
+    for record_id in (taken, waiting):
+        connection.hset(f"rq:job:hospital-job-{record_id}", "enqueued_at",
+                        (utcnow() - timedelta(seconds=600)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    # The queue holds the four jobs enqueued at dispatch; the two scheduled ones leave it, and a
+    # worker's dequeue moves `taken` to the intermediate queue.
+    for record_id in (overdue, due_later):
+        connection.lrem("rq:queue:default", 0, f"hospital-job-{record_id}")
+    connection.lmove("rq:queue:default", "rq:queue:default:intermediate", "LEFT", "RIGHT")
+    assert connection.lrange("rq:queue:default:intermediate", 0, -1) == [f"hospital-job-{taken}".encode()]
+    assert sorted(sweep_lost_jobs(redis_app, older_than_seconds=60)) == sorted([overdue, taken])
+    with redis_app.app_context(), get_db().session() as session:
+        assert [session.get(JobRecord, r).status for r in (overdue, due_later, taken, waiting)] == [  # type: ignore[union-attr]
+            JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.RUNNING]
+
+
 def test_only_one_sweep_per_interval_across_workers(redis_app: Flask, redis_url: str) -> None:
     Redis.from_url(redis_url).flushdb()
     assert sweep_if_due(redis_app, every_seconds=30, older_than_seconds=60) == []
