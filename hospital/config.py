@@ -28,6 +28,20 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def parse_host_ports(value: str, setting: str) -> list[tuple[str, int]]:
+    """A setting of the form `host:port,host:port` as (host, port) pairs; blank entries are
+    skipped, and a malformed one is a configuration error naming `setting`."""
+    found = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{setting} entry {entry!r} is not host:port")
+        found.append((host, int(port)))
+    return found
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = (os.environ.get(name) or "").strip().lower()
     if raw == "":

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from werkzeug.utils import import_string
 
 from hospital.clock import utcnow
+from hospital.config import parse_host_ports
 from hospital.db import Database, get_db
 from hospital.events import DomainEvent, declared_event_types, event_type
 from hospital.logging_setup import current_request_id, new_request_id, request_id_scope
@@ -198,15 +199,7 @@ def redis_configured(app: Flask) -> bool:
 
 def parse_sentinels(value: str) -> list[tuple[str, int]]:
     """`REDIS_SENTINELS` ("host:port,host:port") as (host, port) pairs."""
-    sentinels = []
-    for item in (part.strip() for part in value.split(",")):
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"REDIS_SENTINELS wants host:port,host:port; got {item!r}")
-        sentinels.append((host, int(port)))
-    return sentinels
+    return parse_host_ports(value, "REDIS_SENTINELS")
 
 
 def open_redis(url: str | None, sentinels: str = "", master: str = "hospital") -> Redis:

@@ -26,6 +26,7 @@ from ai_services.events import ReportAmended, ReportSigned
 from ai_services.public import ReportSummary, report_pdf_path, report_summary
 from hospital.audit import record_access
 from hospital.clock import utcnow
+from hospital.config import parse_host_ports
 from hospital.db import get_db
 from hospital.jobs import enqueue, runs_of_a_failing_job
 from hospital.models import Patient
@@ -42,15 +43,7 @@ SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 
 def parse_destinations(value: str) -> list[tuple[str, int]]:
     """`host:port,host:port` -> addresses; a malformed entry is a configuration error."""
-    found = []
-    for entry in (part.strip() for part in value.split(",")):
-        if not entry:
-            continue
-        host, sep, port = entry.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"HL7_RESULT_DESTINATIONS entry {entry!r} is not host:port")
-        found.append((host, int(port)))
-    return found
+    return parse_host_ports(value, "HL7_RESULT_DESTINATIONS")
 
 
 def build_oru(session: Session, app: Flask, report: ReportSummary, control_id: str) -> str:
