@@ -8,18 +8,16 @@ from 4 ms at 1k records to 67 ms at 100k, and QIDO by PatientID from 6 to 43 ms.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from hospital.db import get_db
 from hospital.seed import DemoSeed
+from tests.plans import scan_problems, statements_sent
 
 ROWS = 30_000
 BIG_TABLES = {"patient", "imaging_study"}
@@ -40,31 +38,6 @@ def load(session: Session, demo: DemoSeed) -> None:
     session.commit()
 
 
-@contextmanager
-def statements_sent(app: Flask) -> Iterator[list[tuple[str, Any]]]:
-    sent: list[tuple[str, Any]] = []
-
-    def record(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and any(t in statement for t in BIG_TABLES):
-            sent.append((statement, parameters))
-
-    engine = get_db(app).engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-
-
-def sequential_scans(plan: dict[str, Any]) -> list[str]:
-    found = []
-    if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in BIG_TABLES:
-        found.append(plan["Relation Name"])
-    for child in plan.get("Plans", []):
-        found += sequential_scans(child)
-    return found
-
-
 @pytest.mark.parametrize("path", [
     "/fhir/Patient?family=Fam2345",
     "/fhir/Patient?name=given2345",
@@ -80,18 +53,12 @@ def test_name_and_patient_id_searches_use_an_index_on_big_tables(
         pytest.skip("plans are PostgreSQL's")
     load(db_session, demo)
     admin = as_role("admin")
-    with statements_sent(app) as sent:
+    with statements_sent(get_db(app).engine, BIG_TABLES) as sent:
         response = admin.get(path)
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     body = response.get_json()
     found = len(body.get("entry", [])) if isinstance(body, dict) else len(body)
     assert found >= 1, f"{path} found nothing: the search itself must work"
     assert sent, "no SQL on the big tables was captured"
-    connection = db_session.connection()
-    problems = []
-    for statement, parameters in sent:
-        [[plan]] = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).one()
-        scans = sequential_scans(plan["Plan"])
-        if scans:
-            problems.append(f"{scans} in: {statement[:300]}")
+    problems = scan_problems(db_session.connection(), sent, BIG_TABLES)
     assert not problems, "\n".join(problems)

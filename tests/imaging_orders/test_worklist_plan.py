@@ -8,16 +8,16 @@ bench/growth.py measures what this guards (`worklist C-FIND for one day`)."""
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from hospital.seed import DemoSeed
 from imaging_orders.models import Schedule
 from imaging_orders.worklist import find_worklist_items
 from tests.imaging_orders.test_worklist import query
+from tests.plans import scan_problems, statements_sent
 
 ROWS = 30_000
 PER_DAY = 40
@@ -57,10 +57,6 @@ def load(session: Session, demo: DemoSeed) -> Schedule:
     return schedule
 
 
-def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    return [plan, *(node for child in plan.get("Plans", []) for node in nodes(child))]
-
-
 @pytest.mark.parametrize("at_one_station", [True, False])
 def test_a_days_worklist_is_read_from_an_index_on_the_appointments_start(
     db_session: Session, demo: DemoSeed, at_one_station: bool
@@ -69,28 +65,10 @@ def test_a_days_worklist_is_read_from_an_index_on_the_appointments_start(
         pytest.skip("plans are PostgreSQL's")
     schedule = load(db_session, demo)
     day = FIRST_DAY + timedelta(days=300)
-    sent: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "appointment" in statement:
-            sent.append((statement, parameters))
-
-    engine = db_session.get_bind()
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        station = schedule.station_ae_title if at_one_station else ""
+    station = schedule.station_ae_title if at_one_station else ""
+    with statements_sent(db_session.get_bind(), {"appointment"}) as sent:
         items = list(find_worklist_items(db_session, query(station=station, date=f"{day:%Y%m%d}")))
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert len(items) == PER_DAY, "the day's steps, all of them: the query itself must work"
     assert sent, "no SQL on the appointments was captured"
-    connection = db_session.connection()
-    problems = []
-    for statement, parameters in sent:
-        [[plan]] = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).one()
-        steps = nodes(plan["Plan"])
-        scanned = sorted({n["Relation Name"] for n in steps
-                          if n.get("Node Type") == "Seq Scan" and n.get("Relation Name") in BIG_TABLES})
-        if scanned:
-            problems.append(f"a sequential scan of {scanned} in: {statement[:300]}")
+    problems = scan_problems(db_session.connection(), sent, BIG_TABLES)
     assert not problems, "\n".join(problems)
