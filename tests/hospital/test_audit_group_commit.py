@@ -18,15 +18,14 @@ from flask import Flask
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import NotFound
-from werkzeug.serving import make_server
 
-from demo.closed_loop import free_port
 from hospital.app import create_app
 from hospital.audit import record_access, verify_chain
 from hospital.db import get_db, request_session
 from hospital.models import AuditEvent
 from hospital.seed import DEMO_PASSWORD, seed_demo
 from tests.chaos.processes import wait_until
+from tests.imaging_orders.test_dicomweb_client_live import serving
 
 pytestmark = pytest.mark.usefixtures("live_database")
 
@@ -41,19 +40,13 @@ def served(live_database: str, tmp_path: Path) -> Iterator[tuple[Flask, str, int
                       "INSTANCE_DIR": tmp_path, "LOGIN_ATTEMPTS_PER_MINUTE": 100_000})
     with app.app_context(), get_db(app).transaction() as session:
         patient_id = seed_demo(session, app).patient.id
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    request = urllib.request.Request(base + "/api/auth/token", method="POST",
-                                     headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"username": "patient", "password": DEMO_PASSWORD}).encode())
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own local server
-        token = json.loads(response.read())["access_token"]
-    yield app, base, patient_id, token
-    server.shutdown()
-    thread.join(10)
-    get_db(app).engine.dispose()
+    with serving(app) as base:
+        request = urllib.request.Request(base + "/api/auth/token", method="POST",
+                                         headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"username": "patient", "password": DEMO_PASSWORD}).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own local server
+            token = json.loads(response.read())["access_token"]
+        yield app, base, patient_id, token
 
 
 @pytest.fixture()
