@@ -129,6 +129,10 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # so all share one login rate bucket; more than there are, and clients can forge theirs.
         "TRUSTED_PROXIES": _env_int("TRUSTED_PROXIES", 0),
         "TOKEN_TTL_SECONDS": _env_int("TOKEN_TTL_SECONDS", 8 * 3600),
+        # A process keeps a bearer token it found live for this long, so a client's next requests
+        # need no query to know who it is; a change made in another process (a revoked token, a
+        # deactivated account) is seen this long after at the latest. 0: off (hospital/auth_cache.py).
+        "AUTH_CACHE_SECONDS": _env_int("AUTH_CACHE_SECONDS", 5),
         "JOB_TIMEOUT_SECONDS": _env_int("JOB_TIMEOUT_SECONDS", 600),
         # Handlers that legitimately run longer than the default (dotted path -> seconds).
         "JOB_TIMEOUTS": {"ai_services.jobs.retrain_model": _env_int("AI_RETRAIN_TIMEOUT_SECONDS", 6 * 3600)},
@@ -136,6 +140,10 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         # FHIR and JSON API bodies are parsed whole: their own, smaller limit (hospital/limits.py).
         "MAX_JSON_BYTES": _env_int("MAX_JSON_BYTES", 10 * 1024 * 1024),
         "FHIR_MAX_BUNDLE_ENTRIES": _env_int("FHIR_MAX_BUNDLE_ENTRIES", 1000),
+        # Our own FHIR output is checked against fhir.resources for 1 resource of each type in this
+        # many (a failure is logged and counted); 1: every one, and an invalid one is refused (the
+        # suite's setting: TESTING makes it 1 unless a test sets it). See check_own_resource.
+        "FHIR_OUTPUT_CHECK_EVERY": _env_int("FHIR_OUTPUT_CHECK_EVERY", 100),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         # Off for the embedded run on http://localhost; must be on behind HTTPS (deploy/gunicorn.conf.py
@@ -198,6 +206,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     }
     if overrides:
         config.update(overrides)
+        if overrides.get("TESTING") and "FHIR_OUTPUT_CHECK_EVERY" not in overrides:
+            config["FHIR_OUTPUT_CHECK_EVERY"] = 1
         if "INSTANCE_DIR" in overrides:
             # The folders that live in the instance folder unless set on their own move with it (a
             # second installation, a test's temporary folder): nothing lands in the default one.
@@ -211,9 +221,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         config["SECRET_KEY"] = secrets.token_hex(32)
     for key in ("INSTANCE_DIR", "DICOM_STORAGE_DIR", "AI_WEIGHTS"):
         config[key] = Path(config[key])
-    for key in ("SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS", "EMERGENCY_ACCESS_MINUTES"):
+    for key in ("SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS", "EMERGENCY_ACCESS_MINUTES", "FHIR_OUTPUT_CHECK_EVERY"):
         # Zero or less would sign every user out on their next click (or end every emergency grant
-        # as it is made), which is never what was meant.
+        # as it is made, or check no output), which is never what was meant.
         if int(config[key]) < 1:
             raise ValueError(f"{key} must be at least 1, got {config[key]!r}")
     return config

@@ -65,6 +65,10 @@ HTTP_REQUEST_SECONDS = Histogram(
 HTTP_REQUESTS = Counter(
     "hospital_http_requests", "HTTP requests answered, by url rule and status code.", ["method", "route", "status"],
 )
+FHIR_INVALID_OUTPUT = Counter(
+    "hospital_fhir_invalid_output", "Our own FHIR resources that failed validation when checked (1 in "
+    "FHIR_OUTPUT_CHECK_EVERY is), by resource type: a mapping writes invalid FHIR.", ["resource_type"],
+)
 DICOM_ASSOCIATIONS = Counter(
     "hospital_dicom_associations", "DICOM associations, by outcome (accepted, rejected, aborted, released).",
     ["outcome"],

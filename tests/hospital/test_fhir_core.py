@@ -3,6 +3,8 @@ generic search helpers in the registry."""
 
 from __future__ import annotations
 
+import logging
+
 from datetime import UTC, date, datetime
 
 import pytest
@@ -335,3 +337,47 @@ def test_our_own_resource_is_validated_without_a_round_trip_and_a_mapping_the_mo
                 "resourceType": "Patient", "active": "true"}
     finally:
         app.config["TESTING"] = True
+
+
+def test_production_checks_one_own_resource_of_each_type_in_n_and_logs_and_counts_an_invalid_one(
+    app, caplog,  # type: ignore[no-untyped-def]
+) -> None:
+    from hospital.metrics import FHIR_INVALID_OUTPUT
+
+    assert app.config["FHIR_OUTPUT_CHECK_EVERY"] == 1  # the suite checks every resource
+    invalid = {"resourceType": "Patient", "birthDate": "3 February 1980"}
+
+    def failures() -> float:
+        return FHIR_INVALID_OUTPUT.labels(resource_type="Patient")._value.get()
+
+    app.config["FHIR_OUTPUT_CHECK_EVERY"] = 3
+    try:
+        with app.app_context():
+            before = failures()
+            with caplog.at_level(logging.ERROR, logger="hospital.fhir.registry"):
+                sent = [check_own_resource(dict(invalid)) for _ in range(9)]
+            # Every one is sent as it is (the unchecked ones could not be told apart anyway) ...
+            assert sent == [invalid] * 9
+            # ... and one in three was checked: each failure logged and counted, for an alert.
+            logged = [r for r in caplog.records if "our own Patient failed FHIR validation" in r.getMessage()]
+            assert len(logged) == 3
+            assert failures() - before == 3
+            # Valid output of another type is checked on its own count and passes silently.
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="hospital.fhir.registry"):
+                for _ in range(4):
+                    check_own_resource({"resourceType": "Observation", "status": "final", "code": {"text": "size"}})
+            assert not caplog.records
+    finally:
+        app.config["FHIR_OUTPUT_CHECK_EVERY"] = 1
+    with app.app_context(), pytest.raises(FhirValidationError):
+        check_own_resource(dict(invalid))
+
+
+def test_fhir_output_check_every_must_be_at_least_one() -> None:
+    from hospital.config import load_config
+
+    with pytest.raises(ValueError, match="FHIR_OUTPUT_CHECK_EVERY"):
+        load_config({"FHIR_OUTPUT_CHECK_EVERY": 0})
+    assert load_config({"TESTING": True})["FHIR_OUTPUT_CHECK_EVERY"] == 1
+    assert load_config({})["FHIR_OUTPUT_CHECK_EVERY"] == 100
