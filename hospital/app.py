@@ -25,6 +25,7 @@ from hospital import (
     access,
     admin_pages,
     api,
+    auth,
     csrf,
     db,
     emergency,
@@ -71,6 +72,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     db.init_app(app)
     jobs.init_app(app)
+    auth.init_app(app)
     access.init_app(app)
     emergency.init_app(app)
     notify.init_app(app)

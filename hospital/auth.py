@@ -20,13 +20,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from flask import current_app, flash, g, has_request_context, request
+from flask import Flask, current_app, flash, g, has_request_context, request
 from flask import session as cookie_session
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from hospital.audit import OUTCOME_DENIED, record_access
+from hospital.auth_cache import GENERATION, BearerCache, user_from
 from hospital.clock import utcnow
 from hospital.db import request_session
 from hospital.errors import AccessDenied, Unauthenticated
@@ -282,13 +283,8 @@ def load_current_user() -> User | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
-        found = token_and_user(db_session, value.strip())
-        if found is None:
-            raise Unauthenticated("the bearer token is invalid, expired or revoked")
-        token, user = found
+        user = _bearer_user(db_session, value.strip())
         g.auth_via = "token"
-        if token.smart_client_id is not None:
-            g.smart_access = _smart_access_of(db_session, token)
     elif "user_id" in cookie_session:
         user = _load_cookie_user(db_session)
         g.auth_via = "cookie"
@@ -297,13 +293,41 @@ def load_current_user() -> User | None:
     return user
 
 
+def _bearer_user(db_session: Session, plain: str) -> User:
+    """The account of a live bearer token, from this process's short-lived cache when it found
+    the token a moment ago (`hospital.auth_cache`), else from the database; a SMART app's grant
+    goes in `g.smart_access`."""
+    cache: BearerCache = current_app.extensions["hospital.bearer_cache"]
+    digest, now = _sha256(plain), utcnow()
+    entry = cache.get(digest, now) if cache.enabled else None
+    if entry is not None:
+        smart = entry.smart
+        user = user_from(db_session, entry)
+    else:
+        generation = GENERATION.value
+        found = token_and_user(db_session, plain)
+        if found is None:
+            raise Unauthenticated("the bearer token is invalid, expired or revoked")
+        token, user = found
+        smart = _smart_access_of(db_session, token) if token.smart_client_id is not None else None
+        cache.put(digest, generation, now, token, user, smart)
+    if smart is not None:
+        # Such a token opens the FHIR API only (its scopes speak FHIR resource types, which the
+        # other APIs do not).
+        if request.path != "/fhir" and not request.path.startswith("/fhir/"):
+            raise Unauthenticated("this token was issued to a SMART app and is valid at /fhir only")
+        g.smart_access = smart
+    return user
+
+
 def _smart_access_of(db_session: Session, token: ApiToken) -> SmartAccess:
-    """The grant of a token issued to a SMART app; such a token opens the FHIR API only (its
-    scopes speak FHIR resource types, which the other APIs do not)."""
-    if request.path != "/fhir" and not request.path.startswith("/fhir/"):
-        raise Unauthenticated("this token was issued to a SMART app and is valid at /fhir only")
+    """The grant of a token issued to a SMART app."""
     client_id = db_session.scalar(select(SmartClient.client_id).where(SmartClient.id == token.smart_client_id))
     return SmartAccess.from_token(client_id or "?", token.scope or "", token.patient_id)
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["hospital.bearer_cache"] = BearerCache(int(app.config["AUTH_CACHE_SECONDS"]))
 
 
 def current_user() -> User:
