@@ -21,7 +21,8 @@ keepalive = 5
 # (issue #18). 0 switches recycling off.
 max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "100000"))
 max_requests_jitter = max_requests // 10
-# Each worker opens its own pool after the fork (pool_pre_ping drops connections a restart killed).
+# Each worker opens its own pool after the fork (a connection idle for 2 s is pinged before use, and
+# a disconnect drops the whole pool: hospital.db.ping_idle_connections).
 preload_app = False
 accesslog = "-"
 errorlog = "-"

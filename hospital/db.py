@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from flask import Flask, current_app, g, has_request_context
 from flask.typing import ResponseReturnValue
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event, insert, inspect
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.schema import FetchedValue
 from sqlalchemy.types import TypeDecorator
@@ -165,19 +167,41 @@ class GroupCommit:
             raise error
 
     def _write_batch(self, rows: list[Base]) -> None:
+        by_model: dict[type[Base], list[Base]] = {}
+        for row in rows:
+            by_model.setdefault(type(row), []).append(row)
+        bind = self.database.session_factory.kw.get("bind")
+        if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
+            # SQLite (development), or sessions bound to one connection (the suite's rollback
+            # fixture): through a session, which joins that connection's transaction.
+            self._write_in_session(by_model)
+            return
+        # One multi-row INSERT per table; the columns the database fills (ids, the audit chain)
+        # are left to it. One table (the usual case, audit rows): one statement, atomic on its
+        # own, sent in autocommit, so the batch costs one round trip, not BEGIN, INSERT, COMMIT.
+        statements = [insert(model).values([_column_values(row) for row in same]) for model, same in by_model.items()]
+        with bind.connect() as connection:
+            if len(statements) == 1:
+                connection.execution_options(isolation_level="AUTOCOMMIT").execute(statements[0])
+                return
+            with connection.begin():
+                for statement in statements:
+                    connection.execute(statement)
+
+    def _write_in_session(self, by_model: dict[type[Base], list[Base]]) -> None:
         with self.database.transaction() as session:
             if session.get_bind().dialect.name != "postgresql":
-                # SQLite (development): the mapper saves them one by one, with their Python hooks.
-                session.add_all(rows)
+                # SQLite: the mapper saves them one by one, with their Python hooks.
+                session.add_all([row for same in by_model.values() for row in same])
                 return
-            by_model: dict[type[Base], list[Base]] = {}
-            for row in rows:
-                by_model.setdefault(type(row), []).append(row)
             for model, same in by_model.items():
-                # One multi-row INSERT; the columns the database fills (ids, the audit chain) are left to it.
-                columns = [c for c in inspect(model).columns
-                           if not c.primary_key and not isinstance(c.server_default, FetchedValue)]
-                session.execute(insert(model), [{c.key: getattr(row, c.key) for c in columns} for row in same])
+                session.execute(insert(model), [_column_values(row) for row in same])
+
+
+def _column_values(row: Base) -> dict[str, Any]:
+    """A row's values for an INSERT, less the columns the database fills (ids, the audit chain)."""
+    return {c.key: getattr(row, c.key) for c in inspect(type(row)).columns
+            if not c.primary_key and not isinstance(c.server_default, FetchedValue)}
 
 
 def make_engine(url: str) -> Engine:
@@ -195,7 +219,43 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # hide_parameters: a logged database error shows the SQL, never the values (names, MRNs).
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
+    engine = create_engine(url, pool_size=10, max_overflow=20, hide_parameters=True)
+    ping_idle_connections(engine, PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+# A pooled connection unused for this long is pinged before it is handed out (see below).
+PING_AFTER_IDLE_SECONDS = 2.0
+_IDLE_SINCE = "hospital.idle_since"
+
+
+def ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection before handing it out only if it sat unused for `idle_seconds`.
+
+    `pool_pre_ping` pinged on every checkout, a round trip that was a tenth of a FHIR read's cost
+    and two per read (the request's work and its audit row). A connection handed back a moment
+    ago was working a moment ago. One that broke since (the database restarted or failed over
+    within those seconds) fails its first statement: SQLAlchemy sees a disconnect, the request
+    gets 503 "try again shortly" (a job is retried, a C-STORE answered with a failure status) and
+    the pool drops every connection made before it, so the next request gets a new one. A ping
+    that fails makes the pool open a new connection instead (the checkout event's documented
+    DisconnectionError)."""
+
+    @event.listens_for(engine, "checkin")
+    def _handed_back(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop(_IDLE_SINCE, None)
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # just opened, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            if engine.dialect.is_disconnect(error, dbapi_connection, None):
+                raise DisconnectionError("a pooled connection no longer answers") from error
+            raise
 
 
 class UnitOfWorkFlask(Flask):
