@@ -60,7 +60,7 @@ from hospital.fhir.search import (
     run_search,
     sortable_params,
 )
-from hospital.fhir.versions import METHOD_DELETE, current_version, get_version, with_version_meta
+from hospital.fhir.versions import METHOD_DELETE, current_version, get_version, row_and_version, with_version_meta
 from hospital.limits import check_bundle_entries
 from hospital.models import ResourceVersion, User
 
@@ -234,10 +234,12 @@ def _lenient() -> bool:
 
 def read_resource(session: Session, user: User, mapping: ResourceMapping, resource_id: str) -> tuple[dict[str, Any], ResourceVersion]:
     _ensure_role_may_read(mapping, user, resource_id)
-    row = _load_row(session, mapping, resource_id)
+    found = row_and_version(session, mapping, int(resource_id)) if resource_id.isdigit() else None
+    if found is None:
+        raise NotFound(f"{mapping.type_name}/{resource_id} does not exist")
+    row, version = found
     patient_id = mapping.patient_id_of(row)
     _ensure_record_access(session, user, mapping, patient_id, resource_id)
-    version = current_version(session, mapping, row)
     body = with_version_meta(render_resource(mapping, row), version)
     record_access(session, user, "R", mapping.type_name, resource_id, patient_id=patient_id)
     return body, version

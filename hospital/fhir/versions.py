@@ -21,12 +21,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import event, func, insert, inspect, select
+from sqlalchemy import and_, event, func, insert, inspect, select
 from sqlalchemy.orm import Session, UOWTransaction
 
 from hospital.clock import utcnow
 from hospital.fhir.registry import VERSIONED_MODELS, ResourceMapping
-from hospital.models import ResourceVersion
+from hospital.models import ResourceLastUpdated, ResourceVersion
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,29 @@ def current_version(session: Session, mapping: ResourceMapping, row: Any) -> Res
         write_versions(session, [(mapping, row, METHOD_CREATE)])
         return current_version(session, mapping, row)
     return version
+
+
+def row_and_version(session: Session, mapping: ResourceMapping, row_id: int) -> tuple[Any, ResourceVersion] | None:
+    """A row and its current version's number and time, in one query (resource_last_updated holds
+    them); None when there is no such row. The version is not loaded whole (a read renders the
+    row) and is not added to the session."""
+    if mapping.append_only_at is not None:
+        row = session.get(mapping.model, row_id)
+        return None if row is None else (row, current_version(session, mapping, row))
+    pk = mapping.model.__mapper__.primary_key[0]
+    found = session.execute(
+        select(mapping.model, ResourceLastUpdated.version_id, ResourceLastUpdated.last_updated)
+        .outerjoin(ResourceLastUpdated, and_(ResourceLastUpdated.resource_type == mapping.type_name,
+                                             ResourceLastUpdated.resource_id == pk))
+        .where(pk == row_id)
+    ).first()
+    if found is None:
+        return None
+    row, version_id, last_updated = found
+    if version_id is None:  # predates version tracking: its first version is taken now
+        return row, current_version(session, mapping, row)
+    return row, ResourceVersion(resource_type=mapping.type_name, resource_id=row_id, version_id=version_id,
+                                last_updated=last_updated, patient_id=mapping.patient_id_of(row))
 
 
 def get_version(session: Session, type_name: str, resource_id: int, version_id: int) -> ResourceVersion | None:
