@@ -23,7 +23,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import ColumnElement, and_, false, select
-from sqlalchemy.orm import object_session
+from sqlalchemy.orm import joinedload, object_session
 
 from ai_services.applicability import NOT_APPLICABLE_PREFIX
 from ai_services.model_card import ModelCard
@@ -466,6 +466,7 @@ def register_fhir(app: Flask) -> None:
                 "derived-from": observation_derived_from_param(),
                 "device": reference_param(Finding.model_version_id, "Device", "The AI model version"),
             },
+            load_options=(joinedload(Finding.report),),  # its status is the Observation's
         ),
     )
     document_patient = patient_reference_param(ReportDocument.patient_id)

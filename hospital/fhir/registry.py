@@ -77,6 +77,9 @@ class ResourceMapping:
     # Such a row never changes, so its one version is the row itself (versionId 1 at that time):
     # no rendered copy is stored per row, and there is no history to page through.
     append_only_at: InstrumentedAttribute[Any] | None = None
+    # Loader options for the rows a read or search renders: the related rows `to_fhir` reads,
+    # loaded with the rows instead of one lazy load per distinct parent (e.g. a finding's report).
+    load_options: tuple[Any, ...] = ()
 
     def interactions(self) -> list[str]:
         """The FHIR interactions this type supports, for the CapabilityStatement."""
@@ -208,10 +211,12 @@ def _comparable(value: Any) -> Any:
 
 
 def _without_none(value: Any) -> Any:
+    # Only containers are walked: a call per leaf value cost as much as rendering the resource.
     if isinstance(value, dict):
-        return {key: _without_none(item) for key, item in value.items() if item is not None}
+        return {key: _without_none(item) if isinstance(item, (dict, list)) else item
+                for key, item in value.items() if item is not None}
     if isinstance(value, list):
-        return [_without_none(item) for item in value if item is not None]
+        return [_without_none(item) if isinstance(item, (dict, list)) else item for item in value if item is not None]
     return value
 
 

@@ -313,9 +313,11 @@ def run_search(
     if search.count == 0:
         page: list[tuple[Any, list[Any]]] = []
     elif search.page is not None:
-        page = offset_page(session, matches, search.sort, (search.page - 1) * search.count, search.count + 1)
+        page = offset_page(session, matches.options(*mapping.load_options), search.sort,
+                           (search.page - 1) * search.count, search.count + 1)
     else:
-        page = keyset_page(session, matches, search.sort, search.after, search.count + 1, joined_keys=search.joined_sort)
+        page = keyset_page(session, matches.options(*mapping.load_options), search.sort, search.after,
+                           search.count + 1, joined_keys=search.joined_sort)
     more = len(page) > search.count
     page = page[: search.count]
     rows = [row for row, _values in page]

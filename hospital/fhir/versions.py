@@ -186,6 +186,7 @@ def row_and_version(session: Session, mapping: ResourceMapping, row_id: int) -> 
         .outerjoin(ResourceLastUpdated, and_(ResourceLastUpdated.resource_type == mapping.type_name,
                                              ResourceLastUpdated.resource_id == pk))
         .where(pk == row_id)
+        .options(*mapping.load_options)
     ).first()
     if found is None:
         return None

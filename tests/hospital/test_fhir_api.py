@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from ai_services.models import Finding, FindingSource
 from followup.models import ConsultationStatus, FollowUpTask, MedicationRequest, TaskStatus
+from hospital.db import get_db
 from hospital.fhir.core_resources import MRN_SYSTEM
 from hospital.fhir.registry import validate_resource
 from hospital.models import Patient
@@ -19,6 +20,7 @@ from referrals.fhir import ACCESS_REASON_EXTENSION, DICOM_MODALITY_SYSTEM
 from referrals.models import Referral, ReferralStatus
 from tests.factories import make_preliminary_report, make_referral
 from tests.followup.test_fhir import insert_care
+from tests.plans import statements_sent
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -283,6 +285,26 @@ def test_paging_through_two_thousand_observations_sees_each_once(as_role, demo, 
     assert ids_of(descending) == sorted(seen, key=int, reverse=True)[:5]
     summary = ok(radiologist.get("/fhir/Observation?_summary=count"))
     assert summary["total"] == 2000 and "entry" not in summary
+
+
+def test_a_search_page_loads_the_rows_its_resources_read_with_it_not_one_query_per_parent(
+    as_role, demo, db_session, app,
+) -> None:
+    # An Observation's status is its report's: the page of findings brings their reports along
+    # (ResourceMapping.load_options), instead of one query per report on the page.
+    reports = [make_preliminary_report(db_session, demo, [(10, 10, 20, 20), (30, 30, 42, 40)]) for _ in range(4)]
+    db_session.commit()
+    radiologist = as_role("radiologist")
+    radiologist.get("/api/me")  # signed in and its token known before counting
+    with statements_sent(get_db(app).engine, {"diagnostic_report"}) as sent:
+        bundle = ok(radiologist.get(f"/fhir/Observation?patient={demo.patient.id}&_count=20"))
+    assert len(bundle["entry"]) == 8
+    assert {e["resource"]["derivedFrom"][0]["reference"] for e in bundle["entry"]} == {
+        f"ImagingStudy/{r.study_id}" for r in reports}
+    assert len(sent) == 1, [statement for statement, _ in sent]
+    with statements_sent(get_db(app).engine, {"diagnostic_report"}) as sent:
+        read = ok(radiologist.get(f"/fhir/Observation/{bundle['entry'][0]['resource']['id']}"))
+    assert read["status"] == "preliminary" and len(sent) == 1
 
 
 def test_sort_by_date_and_last_updated(as_role, demo, db_session) -> None:

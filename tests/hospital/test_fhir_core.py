@@ -4,7 +4,6 @@ generic search helpers in the registry."""
 from __future__ import annotations
 
 import logging
-
 from datetime import UTC, date, datetime
 
 import pytest
