@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,7 @@ class WrkResult:
     non_2xx: int
     requests: int
     cpu_ms_per_request: float = 0.0  # the server's (and its database backends') CPU per request
+    db_cpu_ms_per_request: float = 0.0  # of which the database backends'
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -106,24 +108,26 @@ def run_wrk(url: str, seconds: float, connections: int, threads: int, token: str
                      int(count.group(1)) if count else 0)
 
 
-def measured(pids: Callable[[], list[int]], run: Callable[[], WrkResult]) -> WrkResult:
-    """`run`, with the CPU that the processes `pids` names spent per request during it (a process
-    that appeared during the run counts whole)."""
-    before = cpu_seconds(pids())
+def measured(pids: Callable[[], tuple[list[int], list[int]]], run: Callable[[], WrkResult]) -> WrkResult:
+    """`run`, with the CPU that the server's processes and its database backends (`pids`) spent
+    per request during it (a process that appeared during the run counts whole)."""
+    app_before, db_before = (cpu_seconds(group) for group in pids())
     result = run()
-    after = cpu_seconds(pids())
-    spent = sum(t - before.get(pid, 0.0) for pid, t in after.items())
-    return replace(result, cpu_ms_per_request=1000 * spent / max(result.requests, 1))
+    app_after, db_after = (cpu_seconds(group) for group in pids())
+    app = sum(t - app_before.get(pid, 0.0) for pid, t in app_after.items())
+    db = sum(t - db_before.get(pid, 0.0) for pid, t in db_after.items())
+    requests = max(result.requests, 1)
+    return replace(result, cpu_ms_per_request=1000 * (app + db) / requests, db_cpu_ms_per_request=1000 * db / requests)
 
 
-def server_pids(server: subprocess.Popen[bytes], admin: Engine, database: str | None) -> list[int]:
+def server_pids(server: subprocess.Popen[bytes], admin: Engine, database: str | None) -> tuple[list[int], list[int]]:
     """The server's processes and, given its database, the PostgreSQL backends connected to it."""
-    pids = process_tree(server.pid)
+    backends: list[int] = []
     if database is not None:
         with admin.connect() as conn:
-            pids += [int(pid) for pid in conn.scalars(text("SELECT pid FROM pg_stat_activity WHERE datname = :d"),
-                                                      {"d": database})]
-    return pids
+            backends = [int(pid) for pid in conn.scalars(text("SELECT pid FROM pg_stat_activity WHERE datname = :d"),
+                                                         {"d": database})]
+    return process_tree(server.pid), backends
 
 
 def start_gunicorn(app_path: str, port: int, env: dict[str, str], workers: int, log: Path) -> subprocess.Popen[bytes]:
@@ -152,6 +156,9 @@ def main() -> int:
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--web-workers", type=int, default=2)
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("this benchmark drives the servers with wrk: install it (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
 
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
     name = f"hospital_bench_{uuid.uuid4().hex[:8]}"
@@ -211,16 +218,19 @@ def main() -> int:
             rows.append((label, med(ours, "requests_per_s"), med(ours, "p50_ms"), med(ours, "p99_ms"),
                          med(bare, "requests_per_s"), med(bare, "p50_ms"), med(bare, "p99_ms"),
                          med(ours, "cpu_ms_per_request"), med(bare, "cpu_ms_per_request"),
+                         med(ours, "db_cpu_ms_per_request"),
                          [round(r.requests_per_s) for r in ours], [round(r.requests_per_s) for r in bare]))
         load = os.getloadavg()
         print(f"\nwrk -t{args.wrk_threads} -c{args.connections} -d{args.duration:.0f}s, {args.runs} runs each, "
               f"gunicorn {args.web_workers} workers x 4 threads; load average at the end {load[0]:.1f} {load[1]:.1f}")
         print("| path | ours req/s | ours p50 ms | ours p99 ms | bare req/s | bare p50 ms | bare p99 ms "
-              "| ours / bare (req/s) | p50 ours / bare | CPU ms/request ours (app + db) | bare | CPU ours / bare |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for label, o_rate, o_p50, o_p99, b_rate, b_p50, b_p99, o_cpu, b_cpu, _o_runs, _b_runs in rows:
+              "| ours / bare (req/s) | p50 ours / bare | CPU ms/request ours (app + db) | of which db | bare "
+              "| CPU ours / bare |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for label, o_rate, o_p50, o_p99, b_rate, b_p50, b_p99, o_cpu, b_cpu, o_db, _o_runs, _b_runs in rows:
             print(f"| {label} | {o_rate:.0f} | {o_p50:.1f} | {o_p99:.1f} | {b_rate:.0f} | {b_p50:.1f} | {b_p99:.1f} "
-                  f"| {o_rate / b_rate:.2f} | {o_p50 / b_p50:.1f} | {o_cpu:.2f} | {b_cpu:.2f} | {o_cpu / b_cpu:.1f} |")
+                  f"| {o_rate / b_rate:.2f} | {o_p50 / b_p50:.1f} | {o_cpu:.2f} | {o_db:.2f} | {b_cpu:.2f} "
+                  f"| {o_cpu / b_cpu:.1f} |")
         for label, *_rest, o_runs, b_runs in rows:
             print(f"runs req/s {label}: ours {o_runs}, bare {b_runs}")
         print(f"server logs: {work}")

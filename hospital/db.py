@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +201,12 @@ class GroupCommit:
 
 def _column_values(row: Base) -> dict[str, Any]:
     """A row's values for an INSERT, less the columns the database fills (ids, the audit chain)."""
-    return {c.key: getattr(row, c.key) for c in inspect(type(row)).columns
-            if not c.primary_key and not isinstance(c.server_default, FetchedValue)}
+    return {key: getattr(row, key) for key in _inserted_columns(type(row))}
+
+
+@cache
+def _inserted_columns(model: type[Base]) -> tuple[str, ...]:
+    return tuple(c.key for c in inspect(model).columns if not c.primary_key and not isinstance(c.server_default, FetchedValue))
 
 
 def make_engine(url: str) -> Engine:
