@@ -45,6 +45,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.schema import FetchedValue
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
 
 logger = logging.getLogger(__name__)
@@ -177,17 +178,20 @@ class GroupCommit:
             # fixture): through a session, which joins that connection's transaction.
             self._write_in_session(by_model)
             return
-        # One multi-row INSERT per table; the columns the database fills (ids, the audit chain)
-        # are left to it. One table (the usual case, audit rows): one statement, atomic on its
-        # own, sent in autocommit, so the batch costs one round trip, not BEGIN, INSERT, COMMIT.
-        statements = [insert(model).values([_column_values(row) for row in same]) for model, same in by_model.items()]
+        # One INSERT per table, of many rows (SQLAlchemy's "insertmanyvalues": one statement of up
+        # to `insertmanyvalues_page_size` rows, compiled once and cached, which RETURNING turns
+        # on); the columns the database fills (ids, the audit chain) are left to it. One table
+        # and one statement (the usual case, audit rows): atomic on its own and sent in
+        # autocommit, so the batch costs one round trip, not BEGIN, INSERT, COMMIT.
+        batches = [(_insert_statement(model), [_column_values(row) for row in same]) for model, same in by_model.items()]
         with bind.connect() as connection:
-            if len(statements) == 1:
-                connection.execution_options(isolation_level="AUTOCOMMIT").execute(statements[0])
+            if len(batches) == 1 and len(batches[0][1]) <= bind.dialect.insertmanyvalues_page_size:
+                statement, values = batches[0]
+                connection.execution_options(isolation_level="AUTOCOMMIT").execute(statement, values)
                 return
             with connection.begin():
-                for statement in statements:
-                    connection.execute(statement)
+                for statement, values in batches:
+                    connection.execute(statement, values)
 
     def _write_in_session(self, by_model: dict[type[Base], list[Base]]) -> None:
         with self.database.transaction() as session:
@@ -202,6 +206,11 @@ class GroupCommit:
 def _column_values(row: Base) -> dict[str, Any]:
     """A row's values for an INSERT, less the columns the database fills (ids, the audit chain)."""
     return {key: getattr(row, key) for key in _inserted_columns(type(row))}
+
+
+@cache
+def _insert_statement(model: type[Base]) -> Insert:
+    return insert(model).returning(*inspect(model).primary_key)
 
 
 @cache
