@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -279,13 +280,29 @@ def reference_param(
     )
 
 
+# The ids this server hands out: a row's integer key, written in ASCII digits without a leading zero.
+_ROW_ID = re.compile(r"[1-9][0-9]{0,9}")
+MAX_ROW_ID = 2**31 - 1  # the keys are PostgreSQL integers
+
+
+def row_id(value: str) -> int | None:
+    """The row key a resource id names, or None when it names none: "007", "１" (a full-width
+    digit) or an id past the keys' range is no id of ours (404), not another spelling of one or
+    a value the database refuses."""
+    if _ROW_ID.fullmatch(value) is None:
+        return None
+    key = int(value)
+    return key if key <= MAX_ROW_ID else None
+
+
 def id_param(column: InstrumentedAttribute[Any]) -> SearchParam:
     """`_id`: the integer primary key; anything else is a bad value, not an empty result."""
 
     def clause(value: str) -> ColumnElement[bool]:
-        if not value.isdigit():
+        key = row_id(value)
+        if key is None:
             raise ValueError(f"not a resource id: {value!r}")
-        return column == int(value)
+        return column == key
 
     return SearchParam("token", clause, "The logical id of the resource", sort_column=column)
 

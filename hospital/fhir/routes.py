@@ -47,6 +47,7 @@ from hospital.fhir.registry import (
     check_own_resource,
     fhir_registry,
     parse_date_search,
+    row_id,
     validate_resource,
 )
 from hospital.fhir.search import (
@@ -219,7 +220,8 @@ def _ensure_record_access(
 
 
 def _load_row(session: Session, mapping: ResourceMapping, resource_id: str) -> Any:
-    row = session.get(mapping.model, int(resource_id)) if resource_id.isdigit() else None
+    key = row_id(resource_id)
+    row = session.get(mapping.model, key) if key is not None else None
     if row is None:
         raise NotFound(f"{mapping.type_name}/{resource_id} does not exist")
     return row
@@ -234,7 +236,8 @@ def _lenient() -> bool:
 
 def read_resource(session: Session, user: User, mapping: ResourceMapping, resource_id: str) -> tuple[dict[str, Any], ResourceVersion]:
     _ensure_role_may_read(mapping, user, resource_id)
-    found = row_and_version(session, mapping, int(resource_id)) if resource_id.isdigit() else None
+    key = row_id(resource_id)
+    found = row_and_version(session, mapping, key) if key is not None else None
     if found is None:
         raise NotFound(f"{mapping.type_name}/{resource_id} does not exist")
     row, version = found
@@ -259,15 +262,16 @@ def _authorise_history(session: Session, user: User, mapping: ResourceMapping, r
     """Authorise access to one resource's versions, by its current row or, once deleted, by
     the compartment of its last version."""
     _ensure_role_may_read(mapping, user, resource_id)
-    if not resource_id.isdigit():
+    key = row_id(resource_id)
+    if key is None:
         raise NotFound(f"{mapping.type_name}/{resource_id} does not exist")
-    row = session.get(mapping.model, int(resource_id))
+    row = session.get(mapping.model, key)
     if row is not None:
         patient_id = mapping.patient_id_of(row)
     else:
         last = session.scalar(
             select(ResourceVersion)
-            .where(ResourceVersion.resource_type == mapping.type_name, ResourceVersion.resource_id == int(resource_id))
+            .where(ResourceVersion.resource_type == mapping.type_name, ResourceVersion.resource_id == key)
             .order_by(ResourceVersion.version_id.desc())
             .limit(1)
         )
@@ -275,7 +279,7 @@ def _authorise_history(session: Session, user: User, mapping: ResourceMapping, r
             raise NotFound(f"{mapping.type_name}/{resource_id} does not exist")
         patient_id = last.patient_id
     _ensure_record_access(session, user, mapping, patient_id, resource_id)
-    return int(resource_id)
+    return key
 
 
 @bp.get("/<type_name>/<resource_id>/_history/<version_id>")
@@ -290,8 +294,9 @@ def vread(type_name: str, resource_id: str, version_id: str) -> Response:
         headers = version_headers(mapping, only)
         headers.pop("Location")
         return fhir_response(body, headers=headers)
-    row_id = _authorise_history(session, user, mapping, resource_id)
-    version = get_version(session, type_name, row_id, int(version_id)) if version_id.isdigit() else None
+    key = _authorise_history(session, user, mapping, resource_id)
+    number = row_id(version_id)  # version numbers are written like ids
+    version = get_version(session, type_name, key, number) if number is not None else None
     if version is None:
         raise NotFound(f"{type_name}/{resource_id} has no version {version_id}")
     if version.method == METHOD_DELETE or version.resource is None:
@@ -309,10 +314,10 @@ def instance_history(type_name: str, resource_id: str) -> Response:
     user = current_user()
     session = request_session()
     _refuse_history_of_append_only(mapping)
-    row_id = _authorise_history(session, user, mapping, resource_id)
+    key = _authorise_history(session, user, mapping, resource_id)
     bundle = _history_bundle(
-        session, mapping, [ResourceVersion.resource_type == type_name, ResourceVersion.resource_id == row_id],
-        f"{type_name}/{row_id}",
+        session, mapping, [ResourceVersion.resource_type == type_name, ResourceVersion.resource_id == key],
+        f"{type_name}/{key}",
     )
     record_access(session, user, "R", type_name, resource_id, description="history")
     return fhir_response(bundle)

@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, event, func, insert, inspect, select
+from sqlalchemy import Select, and_, bindparam, event, func, insert, inspect, select
 from sqlalchemy.orm import Session, UOWTransaction
 
 from hospital.clock import utcnow
@@ -180,14 +180,7 @@ def row_and_version(session: Session, mapping: ResourceMapping, row_id: int) -> 
     if mapping.append_only_at is not None:
         row = session.get(mapping.model, row_id)
         return None if row is None else (row, current_version(session, mapping, row))
-    pk = mapping.model.__mapper__.primary_key[0]
-    found = session.execute(
-        select(mapping.model, ResourceLastUpdated.version_id, ResourceLastUpdated.last_updated)
-        .outerjoin(ResourceLastUpdated, and_(ResourceLastUpdated.resource_type == mapping.type_name,
-                                             ResourceLastUpdated.resource_id == pk))
-        .where(pk == row_id)
-        .options(*mapping.load_options)
-    ).first()
+    found = session.execute(_row_and_version_statement(mapping), {"row_id": row_id}).first()
     if found is None:
         return None
     row, version_id, last_updated = found
@@ -195,6 +188,28 @@ def row_and_version(session: Session, mapping: ResourceMapping, row_id: int) -> 
         return row, current_version(session, mapping, row)
     return row, ResourceVersion(resource_type=mapping.type_name, resource_id=row_id, version_id=version_id,
                                 last_updated=last_updated, patient_id=mapping.patient_id_of(row))
+
+
+def _row_and_version_statement(mapping: ResourceMapping) -> Select[Any, int, datetime]:
+    """Built once per mapping (it is the same statement for every read of the type, the id a
+    bound parameter), so its cache key is worked out once too."""
+    key = (mapping.type_name, mapping.model)
+    cached = _ROW_AND_VERSION.get(key)
+    if cached is not None:
+        return cached
+    pk = mapping.model.__mapper__.primary_key[0]
+    statement = (
+        select(mapping.model, ResourceLastUpdated.version_id, ResourceLastUpdated.last_updated)
+        .outerjoin(ResourceLastUpdated, and_(ResourceLastUpdated.resource_type == mapping.type_name,
+                                             ResourceLastUpdated.resource_id == pk))
+        .where(pk == bindparam("row_id"))
+        .options(*mapping.load_options)
+    )
+    _ROW_AND_VERSION[key] = statement
+    return statement
+
+
+_ROW_AND_VERSION: dict[tuple[str, type[Any]], Select[Any, int, datetime]] = {}
 
 
 def get_version(session: Session, type_name: str, resource_id: int, version_id: int) -> ResourceVersion | None:

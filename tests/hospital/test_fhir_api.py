@@ -307,6 +307,22 @@ def test_a_search_page_loads_the_rows_its_resources_read_with_it_not_one_query_p
     assert read["status"] == "preliminary" and len(sent) == 1
 
 
+def test_an_id_is_ours_only_as_we_write_it(as_role, demo) -> None:
+    # "007" or a full-width digit is not another spelling of Patient/7, and an id past the keys'
+    # range is not a value the database refuses: each names no resource here.
+    admin = as_role("admin")
+    patient = demo.patient.id
+    assert ok(admin.get(f"/fhir/Patient/{patient}"))["id"] == str(patient)
+    full_width = "".join(chr(0xFF10 + int(digit)) for digit in str(patient))  # int() reads it as the id
+    for odd in (f"00{patient}", full_width, "99999999999999", "2147483648", f"+{patient}"):
+        for url in (f"/fhir/Patient/{odd}", f"/fhir/Patient/{odd}/_history", f"/fhir/Patient/{odd}/_history/1",
+                    f"/fhir/Patient/{patient}/_history/0{odd}"):
+            assert outcome(admin.get(url), 404)
+    # As a search value, it is a bad value (400), not an empty match.
+    assert outcome(admin.get("/fhir/Patient?_id=99999999999999"), 400)
+    assert ok(admin.get(f"/fhir/Patient?_id={patient}"))["total"] == 1
+
+
 def test_sort_by_date_and_last_updated(as_role, demo, db_session) -> None:
     first = make_referral(db_session, demo)
     second = make_referral(db_session, demo)
