@@ -111,8 +111,15 @@ def user_from(session: Session, entry: CachedBearer) -> User:
 
 @event.listens_for(Session, "after_flush")
 def _note_flushed_auth_rows(session: Session, _context: UOWTransaction) -> None:
-    for row in (*session.new, *session.dirty, *session.deleted):
+    # A new account, token or app withdraws nothing cached (a sign-in adds a token, and resets a
+    # failure count that is usually 0 already: neither empties the cache); a real change to one,
+    # or its deletion, may. The attributes' history is still there in after_flush.
+    for row in session.deleted:
         if isinstance(row, AUTH_MODELS):
+            session.info[CHANGED_KEY] = True
+            return
+    for row in session.dirty:
+        if isinstance(row, AUTH_MODELS) and session.is_modified(row, include_collections=False):
             session.info[CHANGED_KEY] = True
             return
 

@@ -92,6 +92,19 @@ def test_a_revocation_or_deactivation_in_this_process_ends_the_cached_token_at_o
     assert client.get("/api/me", headers=headers).status_code == 401
 
 
+def test_signing_in_does_not_empty_the_cache(committed_app: Flask) -> None:
+    # Thousands of staff sign in through the same processes: a new token (and a failure count
+    # reset to the 0 it already was) withdraws nothing, so other callers' entries stay.
+    client, headers = committed_app.test_client(), token_for(committed_app, "clinician")
+    assert client.get("/api/me", headers=headers).status_code == 200
+    generation = auth_cache.GENERATION.value
+    token_for(committed_app, "patient")
+    token_for(committed_app, "radiologist")
+    assert auth_cache.GENERATION.value == generation
+    response, queries = token_queries(committed_app, lambda: client.get("/api/me", headers=headers))
+    assert response.status_code == 200 and queries == 0
+
+
 def test_a_change_made_by_another_process_is_seen_once_the_entry_ends(committed_app: Flask, monkeypatch: Any) -> None:
     client, headers = committed_app.test_client(), token_for(committed_app, "patient")
     assert client.get("/api/me", headers=headers).status_code == 200
