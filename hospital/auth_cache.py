@@ -35,6 +35,9 @@ from hospital.smart_scopes import SmartAccess
 AUTH_TABLES = frozenset({User.__table__, ApiToken.__table__, SmartClient.__table__})
 AUTH_MODELS = (User, ApiToken, SmartClient)
 CHANGED_KEY = "hospital.auth_cache.changed"
+# Account columns the cache does not hold: the password hash stays in the database (a request
+# that checks a password loads it, as an expired attribute, when it reads it).
+NOT_CACHED = frozenset({"password_hash"})
 # Past this many entries the cache is emptied rather than grown (hostile callers sending many
 # distinct valid tokens are few; this only bounds memory).
 MAX_ENTRIES = 10_000
@@ -90,7 +93,8 @@ class BearerCache:
             return
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
-        columns = {attr.key: getattr(user, attr.key) for attr in inspect(User).column_attrs}
+        columns = {attr.key: getattr(user, attr.key) for attr in inspect(User).column_attrs
+                   if attr.key not in NOT_CACHED}
         self._entries[digest] = CachedBearer(min(now + self.ttl, token.expires_at), generation, columns, smart)
 
     def clear(self) -> None:

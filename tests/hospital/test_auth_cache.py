@@ -65,6 +65,11 @@ def test_a_token_seen_a_moment_ago_needs_no_query_and_the_request_sees_the_same_
 
         user = current_user()
         assert user in request_session() and user.organization is not None  # lazy loads work
+        # The password hash is not kept in the cache; read, it is loaded from the database.
+        digest = hashlib.sha256(headers["Authorization"].split()[1].encode()).hexdigest()
+        cached = committed_app.extensions["hospital.bearer_cache"].get(digest, utcnow())
+        assert cached is not None and "password_hash" not in cached.user_columns
+        assert user.password_hash.startswith("scrypt:")
         user.locale = "zh_CN"
         request_session().commit()
     with committed_app.app_context(), get_db(committed_app).transaction() as session:
