@@ -9,7 +9,10 @@ each partner model's findings, the signature, each addendum).
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,7 +154,7 @@ def store_report_outputs(app: Flask, report_id: int) -> list[StoreResult]:
     """
     storage_dir = Path(app.config["DICOM_STORAGE_DIR"])
     db = get_db(app)
-    with db.transaction() as session:
+    with _embedded_lock(app, report_id), db.transaction() as session:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(select(func.pg_advisory_xact_lock(REPORT_OUTPUTS_LOCK, report_id)))
         request = report_outputs_request(session, report_id, storage_dir)
@@ -166,3 +169,22 @@ def store_report_outputs(app: Flask, report_id: int) -> list[StoreResult]:
     logger.info("report %s: %d DICOM outputs stored (%d new), %d stale removed", report_id, len(results),
                 sum(not r.duplicate for r in results), removed)
     return results
+
+
+@contextmanager
+def _embedded_lock(app: Flask, report_id: int) -> Iterator[None]:
+    """The same one-at-a-time on the embedded SQLite database, which has no advisory locks: an
+    exclusive lock on a file of the instance folder, which every process of an embedded
+    installation shares (the web app, the DICOM node and their inline jobs; the signature's job and
+    the draft's may run at once in two of them). Nothing on PostgreSQL."""
+    if get_db(app).engine.dialect.name == "postgresql":
+        yield
+        return
+    folder = Path(app.config["INSTANCE_DIR"]) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"report-outputs-{report_id}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
