@@ -7,9 +7,9 @@ account from that, without a query.
 
 What may change meanwhile is bounded two ways:
 - A change committed in this process to an account, a token or a SMART app (a revoked token, a
-  deactivated account, a new role) empties the cache of every app in the process when it commits
-  (`hospital.auth` and the session events below), so this process never serves a request on
-  what it knows was withdrawn.
+  deactivated account, a new role) moves `GENERATION` when it commits (the session events below),
+  which makes every entry filled before it a miss, so this process never serves a request on what
+  it knows was withdrawn.
 - A change made by another process (another web worker, the CLI) is seen at the latest
   `AUTH_CACHE_SECONDS` after it commits, when the entry ends. 0 turns the cache off.
 
@@ -96,9 +96,6 @@ class BearerCache:
         columns = {attr.key: getattr(user, attr.key) for attr in inspect(User).column_attrs
                    if attr.key not in NOT_CACHED}
         self._entries[digest] = CachedBearer(min(now + self.ttl, token.expires_at), generation, columns, smart)
-
-    def clear(self) -> None:
-        self._entries.clear()
 
 
 def user_from(session: Session, entry: CachedBearer) -> User:

@@ -200,7 +200,7 @@ class GroupCommit:
                 session.add_all([row for same in by_model.values() for row in same])
                 return
             for model, same in by_model.items():
-                session.execute(insert(model), [_column_values(row) for row in same])
+                session.execute(_insert_statement(model), [_column_values(row) for row in same])
 
 
 def _column_values(row: Base) -> dict[str, Any]:
